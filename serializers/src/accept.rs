@@ -1,0 +1,69 @@
+//! Accept lists: the content types a consumer is willing to decode.
+
+use std::collections::BTreeSet;
+
+/// Content types that kombu always trusts, whatever the accept list says.
+pub const ALWAYS_TRUSTED: [&str; 2] = ["application/data", "application/text"];
+
+/// A set of accepted content types.
+///
+/// Usually built by [`Registry::accept`](crate::Registry::accept) from serializer names or
+/// content types. [`ALWAYS_TRUSTED`] types are allowed whether or not they are in the set.
+///
+/// ```
+/// use kombu_serializers::Registry;
+/// let accept = Registry::default().accept(["json"]).unwrap();
+/// assert!(accept.allows("application/json"));
+/// assert!(accept.allows("application/data")); // always trusted
+/// assert!(!accept.allows("application/x-python-serialize"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accept {
+    content_types: BTreeSet<String>,
+}
+
+impl Accept {
+    /// Builds an accept set from content types taken as they are (no name lookup).
+    pub fn from_content_types<I, S>(content_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Accept {
+            content_types: content_types.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether `content_type` may be decoded: it is in the set or is one of [`ALWAYS_TRUSTED`].
+    /// Content types are compared exactly, as kombu does.
+    pub fn allows(&self, content_type: &str) -> bool {
+        ALWAYS_TRUSTED.contains(&content_type) || self.content_types.contains(content_type)
+    }
+
+    /// The content types in the set, in sorted order (without the implicit
+    /// [`ALWAYS_TRUSTED`] ones unless they were added explicitly).
+    pub fn content_types(&self) -> impl Iterator<Item = &str> {
+        self.content_types.iter().map(String::as_str)
+    }
+
+    /// Number of content types explicitly in the set.
+    pub fn len(&self) -> usize {
+        self.content_types.len()
+    }
+
+    /// Whether no content type was added explicitly (only [`ALWAYS_TRUSTED`] types are allowed).
+    pub fn is_empty(&self) -> bool {
+        self.content_types.is_empty()
+    }
+
+    /// Adds one content type (taken as it is).
+    pub fn insert(&mut self, content_type: impl Into<String>) {
+        self.content_types.insert(content_type.into());
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for Accept {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        Accept::from_content_types(iter)
+    }
+}

@@ -1,0 +1,68 @@
+//! Serializers, compressors and accept lists for kombu-rs, named and encoded exactly as Python
+//! kombu does, so messages interoperate with kombu and Celery on a shared broker.
+//!
+//! * [`JsonSerializer`] (`json`, `application/json`, `utf-8`): output byte-identical to Python's
+//!   `json.dumps` defaults (`", "` / `": "` separators, `ensure_ascii=True`, Python float repr),
+//!   through [`PythonFormatter`].
+//! * [`RawSerializer`] (`raw`, `application/data`, `binary`): bytes or strings as they are.
+//! * [`TextSerializer`] (`text`, `text/plain`, `utf-8`): strings as they are.
+//! * [`ZlibCompressor`] (`zlib` / `gzip`, header value `application/x-gzip`): a zlib stream at
+//!   level 6, with bounded decompression.
+//! * [`Registry`]: lookups by name or content type, [`Accept`] lists, and kombu's decode rules.
+//!
+//! # Example
+//!
+//! ```
+//! use kombu_serializers::{Registry, DEFAULT_MAX_DECOMPRESSED_SIZE};
+//! use std::collections::BTreeMap;
+//!
+//! let registry = Registry::default();
+//!
+//! // Producer side: serialize, then (optionally) compress.
+//! let mut value = BTreeMap::new();
+//! value.insert("hello", "wörld");
+//! let encoded = registry.encode(&value, "json")?;
+//! assert_eq!(&encoded.body[..], br#"{"hello": "w\u00f6rld"}"#);
+//! assert_eq!(encoded.content_type, "application/json");
+//! assert_eq!(encoded.content_encoding, "utf-8");
+//! let (compressed, header) = registry.compress(&encoded.body, "zlib")?;
+//! assert_eq!(header, "application/x-gzip");
+//!
+//! // Consumer side: decompress by the header value, check the accept list, deserialize.
+//! let body = registry.decompress(&compressed, &header, DEFAULT_MAX_DECOMPRESSED_SIZE)?;
+//! let accept = registry.accept(["json"])?;
+//! let decoded: BTreeMap<String, String> = registry.decode(
+//!     &body,
+//!     Some(&encoded.content_type),
+//!     Some(&encoded.content_encoding),
+//!     Some(&accept),
+//! )?;
+//! assert_eq!(decoded["hello"], "wörld");
+//!
+//! // Content outside the accept list is refused before it is deserialized.
+//! let refused = registry.check_accept(Some("application/x-python-serialize"), Some(&accept));
+//! assert!(refused.unwrap_err().to_string().contains("Refusing to deserialize untrusted content"));
+//! # Ok::<(), kombu_serializers::Error>(())
+//! ```
+#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
+
+mod accept;
+mod compression;
+mod error;
+mod json;
+mod raw;
+mod registry;
+
+#[cfg(test)]
+mod tests;
+
+pub use bytes::Bytes;
+
+pub use accept::{ALWAYS_TRUSTED, Accept};
+pub use compression::{ZLIB_CONTENT_TYPE, ZlibCompressor};
+pub use error::{Error, Result};
+pub use json::{
+    JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,
+};
+pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
+pub use registry::{Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer};

@@ -1,0 +1,420 @@
+//! The serializer and compressor traits and the [`Registry`] that holds them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::accept::{ALWAYS_TRUSTED, Accept};
+use crate::compression::ZlibCompressor;
+use crate::error::{Error, Result};
+use crate::json::JsonSerializer;
+use crate::raw::{RAW_CONTENT_TYPE, RawSerializer, TextMode, TextSerializer, visit_body};
+
+/// Maximum decompressed size used when a caller does not choose one: 64 MiB.
+pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 64 * 1024 * 1024;
+
+/// Object-safe serializer. Registered under a name, a content type and a content encoding.
+pub trait Serializer: Send + Sync + std::fmt::Debug + 'static {
+    /// The serializer's name, e.g. `"json"`.
+    fn name(&self) -> &str;
+
+    /// The MIME type of its output, e.g. `"application/json"`.
+    fn content_type(&self) -> &str;
+
+    /// The character set of its output, e.g. `"utf-8"` or `"binary"`.
+    fn content_encoding(&self) -> &str;
+
+    /// Whether a consumer with no accept list may decode it (kombu: only json; we also allow
+    /// raw/text).
+    fn enabled_by_default(&self) -> bool {
+        true
+    }
+
+    /// Serializes `value`.
+    fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>>;
+
+    /// Built-in serializers name themselves here so [`Registry::encode`] and
+    /// [`Registry::decode`] can call them without type erasure (several times faster). Custom
+    /// serializers keep the default, `None`.
+    #[doc(hidden)]
+    fn builtin(&self) -> Option<Builtin> {
+        None
+    }
+
+    /// Serializes `value` and returns the content encoding that describes this particular
+    /// output. The default returns [`content_encoding`](Self::content_encoding); `raw`
+    /// overrides it to say `utf-8` for a string and `binary` for bytes, like kombu.
+    /// [`Registry::encode`] calls this.
+    fn encode_with_encoding(
+        &self,
+        value: &dyn erased_serde::Serialize,
+    ) -> Result<(Vec<u8>, String)> {
+        Ok((self.encode(value)?, self.content_encoding().to_owned()))
+    }
+
+    /// Calls `visit` once with a deserializer over `data`.
+    fn decode(
+        &self,
+        data: &[u8],
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'_>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<()>;
+
+    /// Like [`decode`](Self::decode), knowing the message's content encoding (`None` when the
+    /// message had none). The default ignores the encoding; `raw` and `text` use it to decide
+    /// between text and bytes. [`Registry::decode`] calls this.
+    fn decode_with_encoding(
+        &self,
+        data: &[u8],
+        content_encoding: Option<&str>,
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'_>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<()> {
+        let _ = content_encoding;
+        self.decode(data, visit)
+    }
+}
+
+/// Serializers the registry calls directly, without type erasure.
+#[doc(hidden)]
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// [`JsonSerializer`](crate::JsonSerializer).
+    Json,
+}
+
+/// Object-safe compressor.
+pub trait Compressor: Send + Sync + std::fmt::Debug + 'static {
+    /// Canonical alias, e.g. `"zlib"`.
+    fn name(&self) -> &str;
+
+    /// Every alias, e.g. `["zlib", "gzip"]`.
+    fn aliases(&self) -> &[&'static str];
+
+    /// The MIME type written to the `compression` header, e.g. `"application/x-gzip"`.
+    fn content_type(&self) -> &str;
+
+    /// Compresses `data`.
+    fn compress(&self, data: &[u8]) -> Result<Vec<u8>>;
+
+    /// Decompresses `data`. Fails with [`Error::TooLarge`] when the output would exceed `limit`
+    /// bytes (never allocates past it).
+    fn decompress(&self, data: &[u8], limit: usize) -> Result<Vec<u8>>;
+}
+
+/// Result of encoding a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// The serialized bytes.
+    pub body: Bytes,
+    /// MIME type of `body`, e.g. `application/json`.
+    pub content_type: String,
+    /// Character set of `body`, e.g. `utf-8` or `binary`.
+    pub content_encoding: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inner {
+    /// In registration order; lookups by content type prefer the most recent.
+    serializers: Vec<Arc<dyn Serializer>>,
+    compressors: Vec<Arc<dyn Compressor>>,
+}
+
+/// The set of serializers and compressors known to a connection, with kombu's lookup, accept
+/// and decode rules.
+///
+/// Cheap to clone (an `Arc` inside; registering on a shared clone copies it first).
+/// [`Registry::default`] holds the `json`, `raw` and `text` serializers and `zlib` compression.
+///
+/// ```
+/// use kombu_serializers::Registry;
+/// let registry = Registry::default();
+/// let encoded = registry.encode(&vec![1, 2, 3], "json").unwrap();
+/// assert_eq!(&encoded.body[..], b"[1, 2, 3]");
+/// let back: Vec<i32> = registry
+///     .decode(&encoded.body, Some("application/json"), Some("utf-8"), None)
+///     .unwrap();
+/// assert_eq!(back, [1, 2, 3]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let mut registry = Registry::empty();
+        registry.register_serializer(JsonSerializer);
+        registry.register_serializer(RawSerializer);
+        registry.register_serializer(TextSerializer);
+        registry.register_compressor(ZlibCompressor);
+        registry
+    }
+}
+
+/// Lets an unsized `T: serde::Serialize` be passed as `&dyn erased_serde::Serialize`.
+struct SerializeRef<'a, T: ?Sized>(&'a T);
+
+impl<T: ?Sized + serde::Serialize> serde::Serialize for SerializeRef<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl Registry {
+    /// A registry with no serializers and no compressors.
+    pub fn empty() -> Self {
+        Registry {
+            inner: Arc::new(Inner::default()),
+        }
+    }
+
+    /// Registers a serializer, replacing one with the same name. A serializer registered later
+    /// takes over lookups by content type from earlier ones with the same content type (as
+    /// kombu's decoder table does).
+    pub fn register_serializer(&mut self, s: impl Serializer) {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.serializers.retain(|old| old.name() != s.name());
+        inner.serializers.push(Arc::new(s));
+    }
+
+    /// Registers a compressor, replacing any with the same name or a shared alias.
+    pub fn register_compressor(&mut self, c: impl Compressor) {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.compressors.retain(|old| {
+            old.name() != c.name()
+                && !old
+                    .aliases()
+                    .iter()
+                    .any(|a| *a == c.name() || c.aliases().contains(a))
+        });
+        inner.compressors.push(Arc::new(c));
+    }
+
+    /// The registered serializers, in registration order.
+    pub fn serializers(&self) -> impl Iterator<Item = &dyn Serializer> {
+        self.inner.serializers.iter().map(|s| &**s)
+    }
+
+    /// The registered compressors, in registration order.
+    pub fn compressors(&self) -> impl Iterator<Item = &dyn Compressor> {
+        self.inner.compressors.iter().map(|c| &**c)
+    }
+
+    fn by_content_type(&self, content_type: &str) -> Option<&dyn Serializer> {
+        self.inner
+            .serializers
+            .iter()
+            .rev()
+            .find(|s| s.content_type() == content_type)
+            .map(|s| &**s)
+    }
+
+    /// Looks a serializer up by name (`"json"`) or content type (`"application/json"`).
+    pub fn serializer(&self, name_or_content_type: &str) -> Result<&dyn Serializer> {
+        self.inner
+            .serializers
+            .iter()
+            .find(|s| s.name() == name_or_content_type)
+            .map(|s| &**s)
+            .or_else(|| self.by_content_type(name_or_content_type))
+            .ok_or_else(|| Error::UnknownSerializer {
+                name: name_or_content_type.to_owned(),
+            })
+    }
+
+    /// Looks a compressor up by alias (`"zlib"`, `"gzip"`) or content type
+    /// (`"application/x-gzip"`).
+    pub fn compressor(&self, name_or_content_type: &str) -> Result<&dyn Compressor> {
+        self.inner
+            .compressors
+            .iter()
+            .rev()
+            .find(|c| {
+                c.name() == name_or_content_type
+                    || c.aliases().contains(&name_or_content_type)
+                    || c.content_type() == name_or_content_type
+            })
+            .map(|c| &**c)
+            .ok_or_else(|| Error::UnknownCompression {
+                name: name_or_content_type.to_owned(),
+            })
+    }
+
+    /// Serializes `value` with the serializer named (or typed) `serializer`.
+    pub fn encode<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        serializer: &str,
+    ) -> Result<Encoded> {
+        let s = self.serializer(serializer)?;
+        if s.builtin() == Some(Builtin::Json) {
+            let body = crate::json::to_python_json(value).map_err(|e| Error::Encode {
+                serializer: s.name().to_owned(),
+                source: Box::new(e),
+            })?;
+            return Ok(Encoded {
+                body: Bytes::from(body),
+                content_type: s.content_type().to_owned(),
+                content_encoding: s.content_encoding().to_owned(),
+            });
+        }
+        let (body, content_encoding) = s.encode_with_encoding(&SerializeRef(value))?;
+        Ok(Encoded {
+            body: Bytes::from(body),
+            content_type: s.content_type().to_owned(),
+            content_encoding,
+        })
+    }
+
+    /// Compresses `data`; returns the compressed bytes and the content type to put in the
+    /// `compression` header (never the alias, as kombu does).
+    pub fn compress(&self, data: &[u8], compression: &str) -> Result<(Bytes, String)> {
+        let c = self.compressor(compression)?;
+        let body = c.compress(data)?;
+        Ok((Bytes::from(body), c.content_type().to_owned()))
+    }
+
+    /// Decompresses `data` with the compressor named by alias or content type (the value of a
+    /// `compression` header), failing with [`Error::TooLarge`] past `limit` bytes.
+    pub fn decompress(&self, data: &[u8], compression: &str, limit: usize) -> Result<Bytes> {
+        let c = self.compressor(compression)?;
+        Ok(Bytes::from(c.decompress(data, limit)?))
+    }
+
+    /// The accept check of [`decode`](Self::decode), without touching the body.
+    ///
+    /// * No content type means `application/data`.
+    /// * With an accept list: the type must be in it or be one of [`ALWAYS_TRUSTED`].
+    /// * Without one: a type whose registered serializer is not
+    ///   [enabled by default](Serializer::enabled_by_default) is refused; types with no
+    ///   registered serializer are allowed (they decode to text or bytes), as in kombu.
+    pub fn check_accept(&self, content_type: Option<&str>, accept: Option<&Accept>) -> Result<()> {
+        let content_type = content_type.unwrap_or(RAW_CONTENT_TYPE);
+        match accept {
+            Some(accept) => {
+                if accept.allows(content_type) {
+                    Ok(())
+                } else {
+                    Err(Error::ContentDisallowed {
+                        content_type: content_type.to_owned(),
+                        allowed: accept.content_types().map(str::to_owned).collect(),
+                    })
+                }
+            }
+            None => {
+                let disabled = !ALWAYS_TRUSTED.contains(&content_type)
+                    && self
+                        .by_content_type(content_type)
+                        .is_some_and(|s| !s.enabled_by_default());
+                if disabled {
+                    Err(Error::ContentDisallowed {
+                        content_type: content_type.to_owned(),
+                        allowed: self.default_allowed(),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Content types a consumer without an accept list may decode: those of serializers
+    /// enabled by default plus [`ALWAYS_TRUSTED`], sorted and deduplicated.
+    fn default_allowed(&self) -> Vec<String> {
+        let mut allowed: Vec<String> = self
+            .inner
+            .serializers
+            .iter()
+            .filter(|s| s.enabled_by_default())
+            .map(|s| s.content_type().to_owned())
+            .chain(ALWAYS_TRUSTED.iter().map(|s| (*s).to_owned()))
+            .collect();
+        allowed.sort();
+        allowed.dedup();
+        allowed
+    }
+
+    /// kombu's `loads()`.
+    ///
+    /// 1. No content type means `application/data`.
+    /// 2. The accept check of [`check_accept`](Self::check_accept).
+    /// 3. An empty body is not given to a decoder (kombu returns it as it is): it is offered to
+    ///    `T` as an empty string or empty bytes.
+    /// 4. A serializer registered for the content type decodes the body.
+    /// 5. Otherwise the body is offered to `T` as text, decoded with `content_encoding`
+    ///    (default `utf-8`), unless the encoding is `binary` / `ascii-8bit`, in which case it is
+    ///    offered as bytes. `String`, `Vec<u8>`, `bytes::Bytes` and `serde_bytes::ByteBuf` all
+    ///    work as `T`.
+    ///
+    /// Decoding failures are [`Error::Decode`].
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        body: &[u8],
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        accept: Option<&Accept>,
+    ) -> Result<T> {
+        self.check_accept(content_type, accept)?;
+        let content_type = content_type.unwrap_or(RAW_CONTENT_TYPE);
+
+        if let Some(s) = self.by_content_type(content_type) {
+            if s.builtin() == Some(Builtin::Json) && !body.is_empty() {
+                return serde_json::from_slice(body).map_err(|e| Error::Decode {
+                    content_type: content_type.to_owned(),
+                    source: Box::new(e),
+                });
+            }
+        }
+        let mut out: Option<T> = None;
+        {
+            let mut visit = |de: &mut dyn erased_serde::Deserializer<'_>| {
+                out = Some(erased_serde::deserialize::<T>(de)?);
+                Ok(())
+            };
+            match self.by_content_type(content_type) {
+                Some(s) if !body.is_empty() => {
+                    s.decode_with_encoding(body, content_encoding, &mut visit)?;
+                }
+                _ => {
+                    let mode = TextMode::from_content_encoding(content_encoding);
+                    visit_body(body, mode, content_type, &mut visit)?;
+                }
+            }
+        }
+        out.ok_or_else(|| Error::Decode {
+            content_type: content_type.to_owned(),
+            source: "the decoder did not produce a value".into(),
+        })
+    }
+
+    /// Builds an accept set from serializer names (`"json"`) or content types (anything with a
+    /// `/`, taken as it is). An unknown name fails with [`Error::UnknownSerializer`].
+    pub fn accept<I, S>(&self, names: I) -> Result<Accept>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut accept = Accept::default();
+        for name in names {
+            let name = name.as_ref();
+            if name.contains('/') {
+                accept.insert(name);
+            } else {
+                let s = self
+                    .inner
+                    .serializers
+                    .iter()
+                    .find(|s| s.name() == name)
+                    .ok_or_else(|| Error::UnknownSerializer {
+                        name: name.to_owned(),
+                    })?;
+                accept.insert(s.content_type());
+            }
+        }
+        Ok(accept)
+    }
+}
