@@ -1,0 +1,389 @@
+//! The native transport contract: [`Channel`], and the [`Delivery`] it hands out.
+//!
+//! A transport whose broker routes (AMQP) implements [`Channel`] directly. Store-only brokers
+//! implement the smaller [`Backend`](crate::virtual_transport::Backend) trait instead, and core's
+//! virtual channel turns it into a `Channel`. Either way the rest of the library (Producer,
+//! Consumer, the conformance suite) sees only `Channel`.
+//!
+//! # The contract
+//!
+//! A conforming channel:
+//! - is `Send + Sync` and usable from many tasks at once;
+//! - routes a published message to every queue whose binding matches (direct: equal key; topic:
+//!   `*` one word, `#` zero or more, as RabbitMQ; fanout: all; headers: `x-match` all/any), to the
+//!   queue named by the routing key on the default exchange `""`, and drops it when nothing
+//!   matches (an unroutable message is never delivered anywhere else);
+//! - hands out each ready message to one consumer at a time, never more unacked messages to a
+//!   consumer than its prefetch allows (0 = unbounded);
+//! - keeps a delivered message until it is settled: [`Delivery::ack`] removes it,
+//!   [`Delivery::reject`] drops it (to the queue's dead-letter exchange if it has one),
+//!   [`Delivery::requeue`] makes it ready again with `redelivered` set;
+//! - returns every unsettled message to its queue, `redelivered` set, when the channel is closed
+//!   or dropped (if [`Capabilities::restore_on_drop`]), and when a delivery's visibility timeout
+//!   passes without a settlement (if [`Capabilities::visibility_timeout`]);
+//! - reports broker faults as [`Error`]s and never panics.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use kombu_serializers::{Accept, DEFAULT_MAX_DECOMPRESSED_SIZE, Registry};
+use serde::de::DeserializeOwned;
+
+use crate::capabilities::Capabilities;
+use crate::entity::{Binding, Exchange, Queue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{DeliveryInfo, Message, Properties};
+use crate::value::Headers;
+
+/// A message on its way out: where to and what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Exchange name (`""` = default exchange).
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// The message.
+    pub message: Message,
+    /// Ask the broker to return the message if no queue takes it (where supported).
+    pub mandatory: bool,
+}
+
+/// Options of a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumeOptions {
+    /// Most unacked deliveries this consumer may hold; 0 = unbounded.
+    pub prefetch: u16,
+    /// Deliveries are settled on delivery (at-most-once); `ack`/`reject` become no-ops.
+    pub no_ack: bool,
+    /// Consumer tag; empty = generated.
+    pub consumer_tag: String,
+    /// How long a delivery may stay unsettled before the message is given to another consumer;
+    /// none = the transport's default (see its URL options).
+    pub visibility_timeout: Option<Duration>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            prefetch: 100,
+            no_ack: false,
+            consumer_tag: String::new(),
+            visibility_timeout: None,
+        }
+    }
+}
+
+/// A stream of deliveries from [`Channel::consume`].
+pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
+
+/// The native transport contract. See the module docs for what every method must guarantee.
+#[async_trait]
+pub trait Channel: Send + Sync + fmt::Debug + 'static {
+    /// What this channel's transport can do.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Declares an exchange; redeclaring an identical one succeeds.
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()>;
+
+    /// Deletes an exchange and its bindings. Deleting a missing exchange succeeds.
+    async fn delete_exchange(&self, name: &str) -> Result<()>;
+
+    /// Declares a queue, its exchange (if any, and not the default), and all its bindings.
+    async fn declare_queue(&self, queue: &Queue) -> Result<()>;
+
+    /// Binds a queue to an exchange.
+    async fn bind(&self, queue: &str, binding: &Binding) -> Result<()>;
+
+    /// Removes a binding. Removing a missing binding succeeds.
+    async fn unbind(&self, queue: &str, binding: &Binding) -> Result<()>;
+
+    /// Number of ready messages (not counting delivered, unsettled ones).
+    async fn queue_size(&self, queue: &str) -> Result<u64>;
+
+    /// Removes every ready message; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+
+    /// Deletes a queue and its bindings; returns how many ready messages it held.
+    async fn delete_queue(&self, queue: &str) -> Result<u64>;
+
+    /// Publishes one message. Returns once the broker has it (confirmed, where the transport
+    /// confirms).
+    async fn publish(&self, outgoing: Outgoing) -> Result<()>;
+
+    /// Publishes many messages, in order, in as few broker round trips as the transport allows.
+    async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()>;
+
+    /// Starts consuming from `queues` (round robin between them).
+    async fn consume(&self, queues: &[String], options: &ConsumeOptions) -> Result<DeliveryStream>;
+
+    /// Takes one ready message, if any (AMQP basic.get).
+    async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>>;
+
+    /// Closes the channel: unsettled deliveries return to their queues.
+    async fn close(&self) -> Result<()>;
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: remove the message.
+    Ack,
+    /// Refused: drop it, or dead-letter it if its queue has a dead-letter exchange.
+    Reject,
+    /// Not now: make it ready again, marked redelivered.
+    Requeue,
+}
+
+/// The channel side of a delivery: what settles it. Implemented by transports.
+#[async_trait]
+pub trait Settler: Send + Sync + fmt::Debug + 'static {
+    /// Settles the delivery with this channel-scoped tag.
+    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()>;
+
+    /// Extends the visibility timeout of an unsettled delivery by `by`, from now.
+    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
+        let _ = (delivery_tag, by);
+        Err(Error::unsupported(
+            "this transport has no visibility timeout to extend",
+        ))
+    }
+}
+
+/// How a consumer decodes bodies: the serializer registry, the accept list, the bound on
+/// decompressed size.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// The registry that maps content types to serializers.
+    pub registry: Registry,
+    /// Accepted content types; none = the registry's default-enabled serializers.
+    pub accept: Option<Accept>,
+    /// Largest body decompression may produce.
+    pub max_decompressed_size: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            registry: Registry::default(),
+            accept: None,
+            max_decompressed_size: DEFAULT_MAX_DECOMPRESSED_SIZE,
+        }
+    }
+}
+
+impl Decoder {
+    /// Checks the content type against the accept list.
+    pub fn check(&self, message: &Message) -> Result<()> {
+        self.registry
+            .check_accept(message.content_type.as_deref(), self.accept.as_ref())
+            .map_err(Error::from)
+    }
+
+    /// The body after decompression (bounded), if it is compressed.
+    pub fn decompressed(&self, message: &Message) -> Result<Bytes> {
+        match message.compression() {
+            None => Ok(message.body.clone()),
+            Some(compression) => Ok(self.registry.decompress(
+                &message.body,
+                compression,
+                self.max_decompressed_size,
+            )?),
+        }
+    }
+
+    /// Decompresses and deserializes the body, honouring the accept list.
+    pub fn decode<T: DeserializeOwned>(&self, message: &Message) -> Result<T> {
+        self.check(message)?;
+        let body = self.decompressed(message)?;
+        Ok(self.registry.decode(
+            &body,
+            message.content_type.as_deref(),
+            message.content_encoding.as_deref(),
+            self.accept.as_ref(),
+        )?)
+    }
+}
+
+/// A received message that must be settled exactly once: [`ack`](Delivery::ack),
+/// [`reject`](Delivery::reject) or [`requeue`](Delivery::requeue).
+///
+/// Settling consumes the delivery. If settling fails, the error hands the delivery back
+/// ([`SettleError::into_delivery`]) so it is never silently lost. A delivery dropped without
+/// being settled stays unacked until its channel closes (then it returns to its queue) or its
+/// visibility timeout passes.
+pub struct Delivery {
+    message: Message,
+    info: DeliveryInfo,
+    settler: Option<Arc<dyn Settler>>,
+    decoder: Arc<Decoder>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("info", &self.info)
+            .field("content_type", &self.message.content_type)
+            .field("body_len", &self.message.body.len())
+            .field("no_ack", &self.settler.is_none())
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery; `settler` none means it was delivered in no-ack mode. Used by transports.
+    pub fn new(message: Message, info: DeliveryInfo, settler: Option<Arc<dyn Settler>>) -> Self {
+        Delivery {
+            message,
+            info,
+            settler,
+            decoder: default_decoder(),
+        }
+    }
+
+    pub(crate) fn set_decoder(&mut self, decoder: Arc<Decoder>) {
+        self.decoder = decoder;
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+    /// The raw (possibly compressed) body.
+    pub fn body(&self) -> &Bytes {
+        &self.message.body
+    }
+    /// Headers.
+    pub fn headers(&self) -> &Headers {
+        &self.message.headers
+    }
+    /// Properties.
+    pub fn properties(&self) -> &Properties {
+        &self.message.properties
+    }
+    /// Content type of the serialized body.
+    pub fn content_type(&self) -> Option<&str> {
+        self.message.content_type.as_deref()
+    }
+    /// Where it came from and its delivery tag.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+    /// Whether it was delivered before.
+    pub fn redelivered(&self) -> bool {
+        self.info.redelivered
+    }
+    /// Whether it was delivered in no-ack mode (settling does nothing).
+    pub fn is_no_ack(&self) -> bool {
+        self.settler.is_none()
+    }
+
+    /// Decodes the body into `T`: decompress (bounded), check the accept list, deserialize.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        self.decoder.decode(&self.message)
+    }
+
+    /// The body after decompression.
+    pub fn decompressed_body(&self) -> Result<Bytes> {
+        self.decoder.decompressed(&self.message)
+    }
+
+    /// Checks the content type against the consumer's accept list.
+    pub fn check_accept(&self) -> Result<()> {
+        self.decoder.check(&self.message)
+    }
+
+    /// Acknowledges: the message is done and removed.
+    pub async fn ack(self) -> Result<(), SettleError> {
+        self.settle(Outcome::Ack).await
+    }
+
+    /// Rejects: the message is dropped, or dead-lettered if its queue has a dead-letter exchange.
+    pub async fn reject(self) -> Result<(), SettleError> {
+        self.settle(Outcome::Reject).await
+    }
+
+    /// Requeues: the message becomes ready again, marked redelivered.
+    pub async fn requeue(self) -> Result<(), SettleError> {
+        self.settle(Outcome::Requeue).await
+    }
+
+    /// Settles with the given outcome.
+    pub async fn settle(self, outcome: Outcome) -> Result<(), SettleError> {
+        let Some(settler) = &self.settler else {
+            return Ok(());
+        };
+        match settler.settle(self.info.delivery_tag, outcome).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(SettleError {
+                error,
+                delivery: Box::new(self),
+            }),
+        }
+    }
+
+    /// Keeps the message from being redelivered for `by` more, from now (a consumer still
+    /// working on it). Needs [`Capabilities::visibility_timeout`].
+    pub async fn extend_lease(&self, by: Duration) -> Result<()> {
+        match &self.settler {
+            None => Ok(()),
+            Some(settler) => settler.extend_lease(self.info.delivery_tag, by).await,
+        }
+    }
+
+    /// Takes the message out, giving up the ability to settle it here. The message stays
+    /// unacked on the broker until the channel closes or its lease passes.
+    pub fn into_message(self) -> (Message, DeliveryInfo) {
+        (self.message, self.info)
+    }
+}
+
+fn default_decoder() -> Arc<Decoder> {
+    static DEFAULT: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::new(Decoder::default())).clone()
+}
+
+/// A failed settlement, with the delivery handed back.
+#[derive(Debug)]
+pub struct SettleError {
+    /// Why it failed.
+    pub error: Error,
+    delivery: Box<Delivery>,
+}
+
+impl SettleError {
+    /// The delivery, to retry or settle another way.
+    pub fn into_delivery(self) -> Delivery {
+        *self.delivery
+    }
+    /// A reference to the delivery.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
+impl fmt::Display for SettleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "settling delivery {} from queue {:?} failed: {}",
+            self.delivery.info.delivery_tag, self.delivery.info.queue, self.error
+        )
+    }
+}
+
+impl std::error::Error for SettleError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SettleError> for Error {
+    fn from(e: SettleError) -> Self {
+        let message = e.to_string();
+        Error::new(ErrorKind::Settlement, message).set_recoverable(e.error.is_recoverable())
+    }
+}

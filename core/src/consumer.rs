@@ -1,0 +1,358 @@
+//! [`Consumer`]: deliveries from one or more queues, as a stream or through a handler.
+//!
+//! A consumer has a channel of its own. Dropping it (or [`Consumer::close`]) returns every
+//! delivery it has not settled to its queue, marked redelivered.
+//!
+//! Before a delivery is handed out, its content type is checked against the accept list. A
+//! message that is not accepted is not lost and never panics anything: the stream yields a
+//! [`ConsumeError`] that carries the delivery, to be rejected (dead-lettered, if the queue has a
+//! dead-letter exchange), requeued or inspected. The handler style settles such messages with
+//! the consumer's [`ErrorAction`] policy (default: reject).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kombu_core::Result<()> {
+//! use futures::StreamExt;
+//! use kombu_core::{Connection, Queue};
+//!
+//! let conn = Connection::open("memory://doc-consumer").await?;
+//! let mut consumer = conn.consumer([Queue::new("jobs")]).prefetch(10).accept(["json"]).build().await?;
+//! conn.producer().routing_key("jobs").publish(&vec![1, 2, 3]).await?;
+//!
+//! let delivery = consumer.next().await.expect("stream ended")?;
+//! let numbers: Vec<u32> = delivery.decode()?;
+//! assert_eq!(numbers, [1, 2, 3]);
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use crate::channel::{Channel, ConsumeOptions, Decoder, Delivery, DeliveryStream};
+use crate::connection::Connection;
+use crate::entity::Queue;
+use crate::error::{Error, Result};
+
+/// What to do with a delivery that could not be decoded or is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorAction {
+    /// Reject it: dropped, or dead-lettered if its queue has a dead-letter exchange.
+    #[default]
+    Reject,
+    /// Requeue it for another consumer.
+    Requeue,
+    /// Stop consuming and return the error (the delivery is requeued).
+    Stop,
+}
+
+type ErrorHook = Arc<dyn Fn(&Error, &Delivery) -> ErrorAction + Send + Sync>;
+
+/// Builds a [`Consumer`]; from [`Connection::consumer`].
+pub struct ConsumerBuilder {
+    conn: Connection,
+    queues: Vec<Queue>,
+    options: ConsumeOptions,
+    decoder: Decoder,
+    declare: bool,
+    on_error: Option<ErrorHook>,
+    accept_names: Option<Vec<String>>,
+}
+
+impl fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("queues", &self.queues)
+            .field("options", &self.options)
+            .field("declare", &self.declare)
+            .finish()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(conn: Connection, queues: Vec<Queue>) -> Self {
+        let decoder = Decoder {
+            registry: conn.registry().clone(),
+            ..Decoder::default()
+        };
+        ConsumerBuilder {
+            conn,
+            queues,
+            options: ConsumeOptions::default(),
+            decoder,
+            declare: true,
+            on_error: None,
+            accept_names: None,
+        }
+    }
+
+    /// Most unsettled deliveries held at once (default 100; 0 = unbounded).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.options.prefetch = prefetch;
+        self
+    }
+
+    /// Deliveries are settled as they are taken (at-most-once).
+    pub fn no_ack(mut self, no_ack: bool) -> Self {
+        self.options.no_ack = no_ack;
+        self
+    }
+
+    /// Accepted serializers, by name (`json`) or content type (`application/json`).
+    pub fn accept<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.accept_names = Some(names.into_iter().map(|s| s.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// Visibility timeout of this consumer's deliveries (where the transport has one).
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.options.visibility_timeout = Some(timeout);
+        self
+    }
+
+    /// Bound on a decompressed body (default
+    /// [`DEFAULT_MAX_DECOMPRESSED_SIZE`](kombu_serializers::DEFAULT_MAX_DECOMPRESSED_SIZE)).
+    pub fn max_decompressed_size(mut self, bytes: usize) -> Self {
+        self.decoder.max_decompressed_size = bytes;
+        self
+    }
+
+    /// Consumer tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.options.consumer_tag = tag.into();
+        self
+    }
+
+    /// Whether to declare the queues first (default true).
+    pub fn declare(mut self, declare: bool) -> Self {
+        self.declare = declare;
+        self
+    }
+
+    /// Called for each delivery that is not accepted or cannot be decoded (in
+    /// [`Consumer::consume_as`]); returns what to do with it. Default: reject.
+    pub fn on_error<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Error, &Delivery) -> ErrorAction + Send + Sync + 'static,
+    {
+        self.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Declares the queues (unless turned off), opens a channel and starts consuming.
+    pub async fn build(mut self) -> Result<Consumer> {
+        if let Some(names) = &self.accept_names {
+            self.decoder.accept = Some(self.decoder.registry.accept(names)?);
+        }
+        if self.declare {
+            for q in &self.queues {
+                self.conn.ensure_queue(q).await?;
+            }
+        }
+        let channel = self.conn.channel().await?;
+        let names: Vec<String> = self.queues.iter().map(|q| q.name.clone()).collect();
+        let stream = channel.consume(&names, &self.options).await?;
+        Ok(Consumer {
+            channel,
+            stream,
+            decoder: Arc::new(self.decoder),
+            queues: names,
+            on_error: self.on_error,
+        })
+    }
+}
+
+/// A delivery that could not be handed out as good, with the delivery when there is one.
+#[derive(Debug)]
+pub struct ConsumeError {
+    /// What went wrong.
+    pub error: Error,
+    /// The delivery that is not accepted (none for broker errors).
+    pub delivery: Option<Delivery>,
+}
+
+impl fmt::Display for ConsumeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.delivery {
+            Some(d) => write!(
+                f,
+                "message {} from queue {:?} refused: {}",
+                d.info().delivery_tag,
+                d.info().queue,
+                self.error
+            ),
+            None => write!(f, "consuming failed: {}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for ConsumeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<ConsumeError> for Error {
+    fn from(e: ConsumeError) -> Self {
+        e.error
+    }
+}
+
+/// Consumes deliveries. See the module docs.
+pub struct Consumer {
+    channel: Arc<dyn Channel>,
+    stream: DeliveryStream,
+    decoder: Arc<Decoder>,
+    queues: Vec<String>,
+    on_error: Option<ErrorHook>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queues", &self.queues)
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// The queues consumed.
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
+    /// The consumer's channel.
+    pub fn channel(&self) -> &Arc<dyn Channel> {
+        &self.channel
+    }
+
+    /// Closes the channel: unsettled deliveries return to their queues.
+    pub async fn close(self) -> Result<()> {
+        self.channel.close().await
+    }
+
+    fn action_for(&self, error: &Error, delivery: &Delivery) -> ErrorAction {
+        match &self.on_error {
+            Some(hook) => hook(error, delivery),
+            None => {
+                tracing::error!(
+                    queue = %delivery.info().queue,
+                    %error,
+                    "refused message rejected"
+                );
+                ErrorAction::Reject
+            }
+        }
+    }
+
+    async fn apply(&self, action: ErrorAction, error: Error, delivery: Delivery) -> Result<()> {
+        match action {
+            ErrorAction::Reject => delivery.reject().await?,
+            ErrorAction::Requeue => delivery.requeue().await?,
+            ErrorAction::Stop => {
+                delivery.requeue().await?;
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `handler` for each delivery until it returns an error (which is returned) or the
+    /// stream ends. The handler settles each delivery. Refused deliveries go to the error policy.
+    pub async fn consume<F, Fut>(mut self, mut handler: F) -> Result<()>
+    where
+        F: FnMut(Delivery) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        while let Some(item) = self.next().await {
+            match item {
+                Ok(delivery) => handler(delivery).await?,
+                Err(ConsumeError {
+                    error,
+                    delivery: Some(delivery),
+                }) => {
+                    let action = self.action_for(&error, &delivery);
+                    self.apply(action, error, delivery).await?;
+                }
+                Err(ConsumeError { error, .. }) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`Consumer::consume`], decoding each body into `T` first; bodies that do not decode
+    /// go to the error policy instead of the handler.
+    pub async fn consume_as<T, F, Fut>(mut self, mut handler: F) -> Result<()>
+    where
+        T: DeserializeOwned,
+        F: FnMut(T, Delivery) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        while let Some(item) = self.next().await {
+            let (error, delivery) = match item {
+                Ok(delivery) => match delivery.decode::<T>() {
+                    Ok(value) => {
+                        handler(value, delivery).await?;
+                        continue;
+                    }
+                    Err(error) => (error, delivery),
+                },
+                Err(ConsumeError {
+                    error,
+                    delivery: Some(delivery),
+                }) => (error, delivery),
+                Err(ConsumeError { error, .. }) => return Err(error),
+            };
+            let action = self.action_for(&error, &delivery);
+            self.apply(action, error, delivery).await?;
+        }
+        Ok(())
+    }
+
+    // The error carries the refused delivery by design (it is the stream's item type), so it is
+    // as large as a delivery.
+    #[allow(clippy::result_large_err)]
+    fn prepare(&self, item: Result<Delivery>) -> Result<Delivery, ConsumeError> {
+        match item {
+            Err(error) => Err(ConsumeError {
+                error,
+                delivery: None,
+            }),
+            Ok(mut delivery) => {
+                delivery.set_decoder(self.decoder.clone());
+                match delivery.check_accept() {
+                    Ok(()) => Ok(delivery),
+                    Err(error) => Err(ConsumeError {
+                        error,
+                        delivery: Some(delivery),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, ConsumeError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.stream.poll_next_unpin(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(this.prepare(item))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

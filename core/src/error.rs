@@ -1,0 +1,206 @@
+//! The one error type of kombu-core.
+//!
+//! An [`Error`] has a [`ErrorKind`], a message with context (which operation, which queue or URL),
+//! an optional source, and says whether retrying can help ([`Error::is_recoverable`]). Retry
+//! loops and reconnecting consumers read that flag instead of guessing from messages.
+
+use std::fmt;
+
+/// What went wrong, coarsely. Transports map their own failures onto these kinds.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The broker could not be reached or the connection was lost. Recoverable.
+    Connection,
+    /// An operation did not finish in time. Recoverable.
+    Timeout,
+    /// The connection or channel was closed by this side; no more operations are possible on it.
+    Closed,
+    /// A URL could not be parsed, or names no registered transport.
+    InvalidUrl,
+    /// Configuration given by the caller is invalid (bad option, bad entity definition).
+    Config,
+    /// A named entity (queue, exchange) does not exist (AMQP 404 NOT_FOUND).
+    NotFound,
+    /// A redeclaration conflicts with the existing entity (AMQP 406 PRECONDITION_FAILED).
+    PreconditionFailed,
+    /// The broker refused access (AMQP 403 ACCESS_REFUSED, bad credentials).
+    AccessRefused,
+    /// The transport cannot do this (see its [`Capabilities`](crate::Capabilities)).
+    Unsupported,
+    /// A body could not be encoded, decoded, compressed or decompressed, or its content type is
+    /// not accepted.
+    Codec,
+    /// A delivery was settled twice or after its channel closed.
+    Settlement,
+    /// A message was returned by the broker as unroutable (mandatory publish).
+    Unroutable,
+    /// The broker answered with something this library did not expect.
+    Protocol,
+    /// Any other broker-side failure.
+    Broker,
+}
+
+impl ErrorKind {
+    /// Whether an error of this kind is, by default, worth retrying after reconnecting.
+    pub fn is_recoverable(self) -> bool {
+        matches!(self, ErrorKind::Connection | ErrorKind::Timeout)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection error",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Closed => "closed",
+            ErrorKind::InvalidUrl => "invalid URL",
+            ErrorKind::Config => "invalid configuration",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::PreconditionFailed => "precondition failed",
+            ErrorKind::AccessRefused => "access refused",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Codec => "codec error",
+            ErrorKind::Settlement => "settlement error",
+            ErrorKind::Unroutable => "unroutable",
+            ErrorKind::Protocol => "protocol error",
+            ErrorKind::Broker => "broker error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every fallible kombu-core operation.
+pub struct Error {
+    kind: ErrorKind,
+    recoverable: bool,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a message giving context.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            recoverable: kind.is_recoverable(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Overrides whether retrying can help.
+    pub fn set_recoverable(mut self, recoverable: bool) -> Self {
+        self.recoverable = recoverable;
+        self
+    }
+
+    /// Prefixes the message with more context (for example the operation and queue).
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether reconnecting and retrying the operation can succeed.
+    pub fn is_recoverable(&self) -> bool {
+        self.recoverable
+    }
+
+    /// The message, without kind or source.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Shorthand for an [`ErrorKind::Closed`] error.
+    pub fn closed(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Closed, what)
+    }
+
+    /// Shorthand for an [`ErrorKind::Config`] error.
+    pub fn config(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, what)
+    }
+
+    /// Shorthand for an [`ErrorKind::Unsupported`] error.
+    pub fn unsupported(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unsupported, what)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind)
+            .field("recoverable", &self.recoverable)
+            .field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<kombu_serializers::Error> for Error {
+    fn from(err: kombu_serializers::Error) -> Self {
+        Error::new(ErrorKind::Codec, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_has_kind_context_and_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::new(ErrorKind::Connection, "connect memory://x")
+            .with_source(io)
+            .context("open");
+        assert_eq!(
+            err.to_string(),
+            "connection error: open: connect memory://x: refused"
+        );
+        assert!(err.is_recoverable());
+        assert!(!Error::config("bad").is_recoverable());
+        assert!(
+            !Error::new(ErrorKind::Timeout, "t")
+                .set_recoverable(false)
+                .is_recoverable()
+        );
+    }
+}

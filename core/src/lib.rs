@@ -1,0 +1,73 @@
+//! # kombu-core
+//!
+//! The core of kombu-rs: the message model, entities, the transport contracts, the virtual
+//! router that turns store-only brokers into AMQP-like ones, the in-process memory transport, and
+//! the `Connection` / `Producer` / `Consumer` API.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kombu_core::Result<()> {
+//! use futures::StreamExt;
+//! use kombu_core::{Connection, Exchange, Queue};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Email { to: String }
+//!
+//! let conn = Connection::open("memory://lib-doc").await?;
+//! let queue = Queue::new("emails").exchange(Exchange::direct("mail")).routing_key("email");
+//! let mut consumer = conn.consumer([queue]).build().await?;
+//!
+//! let producer = conn.producer().exchange(Exchange::direct("mail")).routing_key("email");
+//! producer.publish(&Email { to: "a@example.com".into() }).await?;
+//!
+//! let delivery = consumer.next().await.expect("a delivery")?;
+//! assert_eq!(delivery.decode::<Email>()?, Email { to: "a@example.com".into() });
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`Channel`]: the native transport contract (AMQP implements it directly).
+//! - [`virtual_transport::Backend`]: the store-only contract; [`virtual_transport::VirtualChannel`]
+//!   adds routing, envelopes, prefetch, settlement and redelivery on top.
+//! - [`memory`]: the memory transport (`memory://`, `memory://NAME`).
+//! - [`Connection`], [`Producer`], [`Consumer`]: the application API.
+//! - `conformance` (feature `conformance`): the behaviour suite every transport runs.
+
+#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
+
+mod capabilities;
+mod channel;
+mod connection;
+mod consumer;
+mod entity;
+mod error;
+pub mod memory;
+mod message;
+mod producer;
+pub mod transport;
+mod url;
+mod value;
+pub mod virtual_transport;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use capabilities::Capabilities;
+pub use channel::{
+    Channel, ConsumeOptions, Decoder, Delivery, DeliveryStream, Outcome, Outgoing, SettleError,
+    Settler,
+};
+pub use connection::Connection;
+pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ErrorAction};
+pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};
+pub use error::{Error, ErrorKind, Result};
+pub use message::{COMPRESSION_HEADER, DeliveryInfo, DeliveryMode, Message, Properties};
+pub use producer::{Declaration, Producer, Publish};
+pub use transport::{BrokerConnection, Transport, register_transport};
+pub use url::BrokerUrl;
+pub use value::{Headers, Value};
+
+pub use kombu_serializers as serializers;

@@ -1,0 +1,118 @@
+//! The message model: body, content type and encoding, headers, properties, delivery info.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::value::Headers;
+
+/// Whether the broker should keep a message across its own restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeliveryMode {
+    /// Kept in memory only (AMQP delivery mode 1).
+    Transient,
+    /// Written to disk by brokers that persist (AMQP delivery mode 2). kombu's default.
+    #[default]
+    Persistent,
+}
+
+impl DeliveryMode {
+    /// The AMQP number: 1 transient, 2 persistent.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            DeliveryMode::Transient => 1,
+            DeliveryMode::Persistent => 2,
+        }
+    }
+
+    /// From the AMQP number; anything but 1 is persistent, as kombu reads it.
+    pub fn from_u8(n: u8) -> Self {
+        if n == 1 {
+            DeliveryMode::Transient
+        } else {
+            DeliveryMode::Persistent
+        }
+    }
+}
+
+/// Message properties, as in AMQP 0-9-1 basic properties (and kombu's envelope `properties`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Properties {
+    /// Persistent or transient; `None` means the transport default (persistent).
+    pub delivery_mode: Option<DeliveryMode>,
+    /// Priority, 0 (lowest) to 255; brokers clamp it to the queue's maximum.
+    pub priority: Option<u8>,
+    /// Correlates a reply with its request.
+    pub correlation_id: Option<String>,
+    /// The queue a reply should be sent to.
+    pub reply_to: Option<String>,
+    /// Per-message time to live; the message is dropped (or dead-lettered) when it passes.
+    /// On the wire it is milliseconds as a decimal string, as AMQP and kombu write it.
+    pub expiration: Option<Duration>,
+    /// Application message id.
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Application message type name (AMQP `type`).
+    pub kind: Option<String>,
+    /// Id of the publishing user (AMQP `user_id`).
+    pub user_id: Option<String>,
+    /// Id of the publishing application.
+    pub app_id: Option<String>,
+}
+
+/// One message: the body and everything that describes it.
+///
+/// `content_type` and `content_encoding` describe the serialized body before compression; when the
+/// body is compressed, the `compression` header names the compression's content type (kombu's
+/// convention, so Python reads the same bytes).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    /// The (possibly compressed) serialized body.
+    pub body: Bytes,
+    /// MIME type of the serialized body, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// Character set of the serialized body (`utf-8`, or `binary`).
+    pub content_encoding: Option<String>,
+    /// Application headers.
+    pub headers: Headers,
+    /// Properties.
+    pub properties: Properties,
+}
+
+impl Message {
+    /// A message with a raw body and no content type (read as `application/data`).
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message {
+            body: body.into(),
+            ..Message::default()
+        }
+    }
+
+    /// The compression content type from the `compression` header, if the body is compressed.
+    pub fn compression(&self) -> Option<&str> {
+        self.headers
+            .get(COMPRESSION_HEADER)
+            .and_then(|v| v.as_str())
+    }
+}
+
+/// The header kombu uses to name a body's compression.
+pub const COMPRESSION_HEADER: &str = "compression";
+
+/// Where and how a received message was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryInfo {
+    /// The exchange it was published to (`""` for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The queue it was taken from.
+    pub queue: String,
+    /// Whether it was delivered before and came back (requeued, restored or lease expired).
+    pub redelivered: bool,
+    /// Channel-scoped delivery tag.
+    pub delivery_tag: u64,
+    /// Tag of the consumer it was delivered to (empty for a basic get).
+    pub consumer_tag: String,
+}

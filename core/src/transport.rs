@@ -1,0 +1,77 @@
+//! Transports and the scheme registry.
+//!
+//! A transport crate implements [`Transport`] (connect to a URL) and [`BrokerConnection`] (a live
+//! connection that opens channels), and registers itself for its URL schemes with
+//! [`register_transport`]. [`Connection::open`](crate::Connection::open) looks the URL's scheme
+//! up here. The memory transport is always registered; the `kombu` facade registers every
+//! transport it was built with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+
+use crate::capabilities::Capabilities;
+use crate::channel::Channel;
+use crate::error::Result;
+use crate::memory::MemoryTransport;
+use crate::url::BrokerUrl;
+
+/// A kind of broker: knows how to connect to URLs of its schemes.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Short name (`memory`, `redis`, `amqp`).
+    fn name(&self) -> &'static str;
+    /// The URL schemes it answers to; for `a+b://` schemes, the part before `+`.
+    fn schemes(&self) -> &'static [&'static str];
+    /// Connects. Errors are [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the
+    /// broker cannot be reached, so failover moves on to the next URL.
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>>;
+}
+
+/// A live connection to a broker. Cheap to share; channels are multiplexed over it.
+#[async_trait]
+pub trait BrokerConnection: Send + Sync + fmt::Debug + 'static {
+    /// What the broker can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Opens a new channel.
+    async fn channel(&self) -> Result<Arc<dyn Channel>>;
+    /// Closes the connection.
+    async fn close(&self) -> Result<()>;
+}
+
+type Registry = HashMap<String, Arc<dyn Transport>>;
+
+static TRANSPORTS: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
+    let mut map: Registry = HashMap::new();
+    let memory: Arc<dyn Transport> = Arc::new(MemoryTransport);
+    for scheme in memory.schemes() {
+        map.insert((*scheme).to_owned(), memory.clone());
+    }
+    RwLock::new(map)
+});
+
+/// Registers a transport for each of its schemes, replacing an earlier one for the same scheme.
+pub fn register_transport(transport: Arc<dyn Transport>) {
+    let mut map = TRANSPORTS.write();
+    for scheme in transport.schemes() {
+        map.insert((*scheme).to_owned(), transport.clone());
+    }
+}
+
+/// The transport for a URL: by its full scheme, else by the part before `+`.
+pub fn transport_for(url: &BrokerUrl) -> Option<Arc<dyn Transport>> {
+    let map = TRANSPORTS.read();
+    map.get(url.scheme())
+        .or_else(|| map.get(url.transport()))
+        .cloned()
+}
+
+/// Every registered scheme, sorted.
+pub fn registered_schemes() -> Vec<String> {
+    let mut schemes: Vec<String> = TRANSPORTS.read().keys().cloned().collect();
+    schemes.sort();
+    schemes
+}

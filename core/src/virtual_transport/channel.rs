@@ -1,0 +1,790 @@
+//! The virtual channel: a [`Channel`] over any [`Backend`].
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::capabilities::Capabilities;
+use crate::channel::{
+    Channel, ConsumeOptions, Delivery, DeliveryStream, Outcome, Outgoing, Settler,
+};
+use crate::entity::{Binding, Exchange, ExchangeKind, Queue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::DeliveryInfo;
+use crate::value::{Headers, Value};
+use crate::virtual_transport::router::route;
+use crate::virtual_transport::{
+    Backend, BindingRow, DeadLetter, Envelope, Receipt, TakeMode, Taken,
+};
+
+/// Most messages taken in one backend call when prefetch does not bound it.
+const MAX_BATCH: usize = 256;
+/// Longest a consumer waits in one backend `wait` before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Dead-letter hops followed for one message before giving up (a cycle of DLXs).
+const MAX_DEAD_LETTER_HOPS: usize = 16;
+
+static CHANNEL_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A [`Channel`] over a virtual [`Backend`]. Dropping it returns every unsettled delivery to
+/// its queue.
+pub struct VirtualChannel {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for VirtualChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VirtualChannel")
+            .field("id", &self.shared.id)
+            .field("backend", &self.shared.backend)
+            .finish()
+    }
+}
+
+struct Pending {
+    queue: String,
+    receipt: Receipt,
+    inflight: Arc<InFlight>,
+}
+
+/// Unsettled deliveries of one consumer, for prefetch.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    released: Notify,
+}
+
+impl InFlight {
+    fn release(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.released.notify_one();
+    }
+}
+
+struct Shared {
+    id: u64,
+    backend: Arc<dyn Backend>,
+    capabilities: Capabilities,
+    default_visibility: Option<Duration>,
+    next_tag: AtomicU64,
+    next_consumer: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VirtualChannelState")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl VirtualChannel {
+    /// A channel over `backend`. `default_visibility` is the visibility timeout of consumers
+    /// that do not set one (none: leases never expire by themselves).
+    pub fn new(backend: Arc<dyn Backend>, default_visibility: Option<Duration>) -> Self {
+        let mut capabilities = backend.capabilities();
+        capabilities.direct = true;
+        capabilities.topic = true;
+        capabilities.fanout = true;
+        capabilities.headers = true;
+        capabilities.restore_on_drop = true;
+        capabilities.mandatory = true;
+        VirtualChannel {
+            shared: Arc::new(Shared {
+                id: CHANNEL_IDS.fetch_add(1, Ordering::Relaxed),
+                backend,
+                capabilities,
+                default_visibility,
+                next_tag: AtomicU64::new(1),
+                next_consumer: AtomicU64::new(1),
+                pending: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The backend under this channel.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.shared.backend
+    }
+}
+
+impl Drop for VirtualChannel {
+    fn drop(&mut self) {
+        let pending = self.shared.shut();
+        if pending.is_empty() {
+            return;
+        }
+        let backend = self.shared.backend.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { restore_all(&*backend, pending).await });
+            }
+            Err(_) => tracing::warn!(
+                count = pending.len(),
+                "virtual channel dropped outside a tokio runtime: unsettled messages return \
+                 only when their visibility timeout passes"
+            ),
+        }
+    }
+}
+
+async fn restore_all(backend: &dyn Backend, pending: Vec<(u64, Pending)>) {
+    for (_, p) in pending {
+        if let Err(error) = backend.restore(&p.queue, &p.receipt).await {
+            tracing::warn!(queue = %p.queue, %error, "could not restore an unsettled message");
+        }
+    }
+}
+
+impl Shared {
+    /// Marks the channel closed and takes every pending delivery, newest first (restoring
+    /// to the head in that order keeps the original order). Their prefetch slots are released,
+    /// so a consumer stream waiting for one wakes up, sees the channel closed and ends.
+    fn shut(&self) -> Vec<(u64, Pending)> {
+        self.closed.store(true, Ordering::Release);
+        let mut pending: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
+        for (_, p) in &pending {
+            p.inflight.release();
+        }
+        pending.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        pending
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::closed("the channel is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn exchange_kind(&self, name: &str) -> Result<ExchangeKind> {
+        match self.backend.lookup_exchange(name).await? {
+            Some(ex) => Ok(ex.kind),
+            None => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no exchange {name:?}: declare it before publishing to it"),
+            )),
+        }
+    }
+
+    /// Where a message goes: `(queue, envelope)` pairs.
+    async fn route(&self, out: Outgoing) -> Result<Vec<(String, Envelope)>> {
+        let Outgoing {
+            exchange,
+            routing_key,
+            message,
+            mandatory,
+        } = out;
+        let queues: Vec<String> = if exchange.is_empty() {
+            vec![routing_key.clone()]
+        } else {
+            let kind = self.exchange_kind(&exchange).await?;
+            let rows = self.backend.bindings(&exchange).await?;
+            route(kind, &rows, &routing_key, &message.headers)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        if queues.is_empty() {
+            if mandatory {
+                return Err(Error::new(
+                    ErrorKind::Unroutable,
+                    format!(
+                        "no queue is bound to exchange {exchange:?} for routing key {routing_key:?}"
+                    ),
+                ));
+            }
+            tracing::debug!(%exchange, %routing_key, "unroutable message dropped");
+            return Ok(Vec::new());
+        }
+        let envelope = Envelope {
+            message,
+            exchange,
+            routing_key,
+            tag: uuid::Uuid::new_v4().to_string(),
+            redelivered: false,
+        };
+        let mut out = Vec::with_capacity(queues.len());
+        let last = queues.len() - 1;
+        let mut envelope = Some(envelope);
+        for (i, queue) in queues.into_iter().enumerate() {
+            let env = if i == last {
+                match envelope.take() {
+                    Some(e) => e,
+                    None => break,
+                }
+            } else {
+                match &envelope {
+                    Some(e) => {
+                        let mut copy = e.clone();
+                        copy.tag = uuid::Uuid::new_v4().to_string();
+                        copy
+                    }
+                    None => break,
+                }
+            };
+            out.push((queue, env));
+        }
+        Ok(out)
+    }
+
+    async fn put_routed(&self, items: Vec<(String, Envelope)>) -> Result<()> {
+        let dead = match items.len() {
+            0 => return Ok(()),
+            1 => {
+                let mut items = items;
+                match items.pop() {
+                    Some((queue, env)) => self.backend.put(&queue, env).await?,
+                    None => Vec::new(),
+                }
+            }
+            _ => self.backend.put_many(items).await?,
+        };
+        self.dead_letter(dead).await
+    }
+
+    /// Republishes dead letters to their dead-letter exchanges with an `x-death` record.
+    async fn dead_letter(&self, mut dead: Vec<DeadLetter>) -> Result<()> {
+        let mut hops = 0;
+        while !dead.is_empty() {
+            hops += 1;
+            if hops > MAX_DEAD_LETTER_HOPS {
+                tracing::warn!(
+                    count = dead.len(),
+                    "dead-letter cycle: messages dropped after {MAX_DEAD_LETTER_HOPS} hops"
+                );
+                return Ok(());
+            }
+            let mut routed = Vec::new();
+            for dl in dead.drain(..) {
+                let routing_key = dl
+                    .routing_key
+                    .clone()
+                    .unwrap_or_else(|| dl.envelope.routing_key.clone());
+                let mut message = dl.envelope.message;
+                record_death(
+                    &mut message.headers,
+                    &dl.queue,
+                    dl.reason.as_str(),
+                    &dl.envelope.exchange,
+                    &dl.envelope.routing_key,
+                );
+                // A message expired by its own expiration is not expired again on the way.
+                message.properties.expiration = None;
+                let out = Outgoing {
+                    exchange: dl.exchange,
+                    routing_key,
+                    message,
+                    mandatory: false,
+                };
+                match self.route(out).await {
+                    Ok(r) => routed.extend(r),
+                    Err(error) => {
+                        tracing::warn!(queue = %dl.queue, %error, "dead-lettering failed");
+                    }
+                }
+            }
+            if routed.is_empty() {
+                break;
+            }
+            dead = match routed.len() {
+                1 => {
+                    let mut routed = routed;
+                    match routed.pop() {
+                        Some((queue, env)) => self.backend.put(&queue, env).await?,
+                        None => Vec::new(),
+                    }
+                }
+                _ => self.backend.put_many(routed).await?,
+            };
+        }
+        Ok(())
+    }
+
+    fn take_mode(&self, no_ack: bool, visibility: Option<Duration>) -> TakeMode {
+        if no_ack {
+            TakeMode::NoAck
+        } else {
+            TakeMode::Lease(visibility.or(self.default_visibility))
+        }
+    }
+
+    /// Registers a taken message and makes its delivery.
+    fn register(
+        self: &Arc<Self>,
+        queue: &str,
+        taken: Taken,
+        inflight: Option<&Arc<InFlight>>,
+        consumer_tag: &str,
+    ) -> Delivery {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let Taken { envelope, receipt } = taken;
+        let settler: Option<Arc<dyn Settler>> = match inflight {
+            None => None,
+            Some(inflight) => {
+                self.pending.lock().insert(
+                    tag,
+                    Pending {
+                        queue: queue.to_owned(),
+                        receipt,
+                        inflight: inflight.clone(),
+                    },
+                );
+                Some(self.clone() as Arc<dyn Settler>)
+            }
+        };
+        let info = DeliveryInfo {
+            exchange: envelope.exchange,
+            routing_key: envelope.routing_key,
+            queue: queue.to_owned(),
+            redelivered: envelope.redelivered,
+            delivery_tag: tag,
+            consumer_tag: consumer_tag.to_owned(),
+        };
+        Delivery::new(envelope.message, info, settler)
+    }
+}
+
+/// Appends a RabbitMQ-shaped `x-death` record (count per queue and reason).
+fn record_death(headers: &mut Headers, queue: &str, reason: &str, exchange: &str, rk: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut deaths = match headers.remove("x-death") {
+        Some(Value::List(list)) => list,
+        _ => Vec::new(),
+    };
+    let existing = deaths.iter_mut().find_map(|d| match d {
+        Value::Map(m)
+            if m.get("queue").and_then(Value::as_str) == Some(queue)
+                && m.get("reason").and_then(Value::as_str) == Some(reason) =>
+        {
+            Some(m)
+        }
+        _ => None,
+    });
+    match existing {
+        Some(m) => {
+            let count = m.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
+            m.insert("count".into(), Value::Int(count));
+            m.insert(
+                "time".into(),
+                Value::Int(i64::try_from(now).unwrap_or(i64::MAX)),
+            );
+        }
+        None => {
+            let mut m = Headers::new();
+            m.insert("count".into(), Value::Int(1));
+            m.insert("reason".into(), reason.into());
+            m.insert("queue".into(), queue.into());
+            m.insert("exchange".into(), exchange.into());
+            m.insert("routing-keys".into(), Value::List(vec![rk.into()]));
+            m.insert(
+                "time".into(),
+                Value::Int(i64::try_from(now).unwrap_or(i64::MAX)),
+            );
+            deaths.insert(0, Value::Map(m));
+        }
+    }
+    headers.insert("x-death".into(), Value::List(deaths));
+    headers
+        .entry("x-first-death-queue".into())
+        .or_insert_with(|| queue.into());
+    headers
+        .entry("x-first-death-reason".into())
+        .or_insert_with(|| reason.into());
+    headers
+        .entry("x-first-death-exchange".into())
+        .or_insert_with(|| exchange.into());
+}
+
+#[async_trait]
+impl Settler for Shared {
+    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+        let (queue, receipt) = {
+            let pending = self.pending.lock();
+            match pending.get(&delivery_tag) {
+                Some(p) => (p.queue.clone(), p.receipt.clone()),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Settlement,
+                        format!(
+                            "delivery {delivery_tag} is not pending on this channel (already \
+                             settled, or the channel closed and the message was restored)"
+                        ),
+                    ));
+                }
+            }
+        };
+        match outcome {
+            Outcome::Ack => self.backend.ack(&queue, &receipt).await?,
+            Outcome::Requeue => self.backend.restore(&queue, &receipt).await?,
+            Outcome::Reject => {
+                if let Some(dead) = self.backend.reject(&queue, &receipt).await? {
+                    self.dead_letter(vec![dead]).await?;
+                }
+            }
+        }
+        if let Some(p) = self.pending.lock().remove(&delivery_tag) {
+            p.inflight.release();
+        }
+        Ok(())
+    }
+
+    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
+        let (queue, receipt) = {
+            let pending = self.pending.lock();
+            match pending.get(&delivery_tag) {
+                Some(p) => (p.queue.clone(), p.receipt.clone()),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Settlement,
+                        format!("delivery {delivery_tag} is not pending on this channel"),
+                    ));
+                }
+            }
+        };
+        self.backend.extend_lease(&queue, &receipt, by).await
+    }
+}
+
+#[async_trait]
+impl Channel for VirtualChannel {
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.shared.check_open()?;
+        if exchange.is_default() {
+            return Ok(());
+        }
+        if let Some(existing) = self.shared.backend.lookup_exchange(&exchange.name).await? {
+            if existing.kind != exchange.kind {
+                return Err(Error::new(
+                    ErrorKind::PreconditionFailed,
+                    format!(
+                        "exchange {:?} exists with type {}, not {}",
+                        exchange.name, existing.kind, exchange.kind
+                    ),
+                ));
+            }
+        }
+        self.shared.backend.declare_exchange(exchange).await
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.shared.check_open()?;
+        self.shared.backend.delete_exchange(name).await
+    }
+
+    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+        self.shared.check_open()?;
+        queue.validate()?;
+        if let Some(exchange) = &queue.exchange {
+            self.declare_exchange(exchange).await?;
+        }
+        self.shared.backend.declare_queue(queue).await?;
+        for binding in queue.bindings() {
+            self.bind(&queue.name, &binding).await?;
+        }
+        Ok(())
+    }
+
+    async fn bind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.shared.check_open()?;
+        if binding.exchange.is_empty() {
+            return Err(Error::new(
+                ErrorKind::AccessRefused,
+                "queues cannot be bound to the default exchange",
+            ));
+        }
+        if self
+            .shared
+            .backend
+            .lookup_exchange(&binding.exchange)
+            .await?
+            .is_none()
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no exchange {:?} to bind to", binding.exchange),
+            ));
+        }
+        self.shared
+            .backend
+            .bind(&BindingRow {
+                exchange: binding.exchange.clone(),
+                routing_key: binding.routing_key.clone(),
+                queue: queue.to_owned(),
+                arguments: binding.arguments.clone(),
+            })
+            .await
+    }
+
+    async fn unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.shared.check_open()?;
+        self.shared
+            .backend
+            .unbind(&BindingRow {
+                exchange: binding.exchange.clone(),
+                routing_key: binding.routing_key.clone(),
+                queue: queue.to_owned(),
+                arguments: binding.arguments.clone(),
+            })
+            .await
+    }
+
+    async fn queue_size(&self, queue: &str) -> Result<u64> {
+        self.shared.check_open()?;
+        self.shared.backend.size(queue).await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        self.shared.check_open()?;
+        self.shared.backend.purge(queue).await
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<u64> {
+        self.shared.check_open()?;
+        self.shared.backend.delete_queue(queue).await
+    }
+
+    async fn publish(&self, outgoing: Outgoing) -> Result<()> {
+        self.shared.check_open()?;
+        let routed = self.shared.route(outgoing).await?;
+        self.shared.put_routed(routed).await
+    }
+
+    async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
+        self.shared.check_open()?;
+        let mut routed = Vec::with_capacity(batch.len());
+        for outgoing in batch {
+            routed.extend(self.shared.route(outgoing).await?);
+        }
+        self.shared.put_routed(routed).await
+    }
+
+    async fn consume(&self, queues: &[String], options: &ConsumeOptions) -> Result<DeliveryStream> {
+        self.shared.check_open()?;
+        if queues.is_empty() {
+            return Err(Error::config("a consumer needs at least one queue"));
+        }
+        let consumer_tag = if options.consumer_tag.is_empty() {
+            format!(
+                "ctag-{}.{}",
+                self.shared.id,
+                self.shared.next_consumer.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            options.consumer_tag.clone()
+        };
+        let state = ConsumerState {
+            shared: self.shared.clone(),
+            queues: queues.to_vec(),
+            next_queue: 0,
+            prefetch: usize::from(options.prefetch),
+            mode: self
+                .shared
+                .take_mode(options.no_ack, options.visibility_timeout),
+            consumer_tag,
+            buffer: VecDeque::new(),
+            inflight: Arc::new(InFlight::default()),
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut state| async move { state.next().await.map(|item| (item, state)) },
+        )))
+    }
+
+    async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
+        self.shared.check_open()?;
+        let mode = self.shared.take_mode(no_ack, None);
+        let fetched = self.shared.backend.get_many(queue, 1, mode).await?;
+        self.shared.dead_letter(fetched.dead).await?;
+        let inflight = (!no_ack).then(|| Arc::new(InFlight::default()));
+        Ok(fetched.taken.into_iter().next().map(|taken| {
+            if let Some(i) = &inflight {
+                i.count.fetch_add(1, Ordering::AcqRel);
+            }
+            self.shared.register(queue, taken, inflight.as_ref(), "")
+        }))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let pending = self.shared.shut();
+        restore_all(&*self.shared.backend, pending).await;
+        Ok(())
+    }
+}
+
+/// One consumer's loop state.
+struct ConsumerState {
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    next_queue: usize,
+    prefetch: usize,
+    mode: TakeMode,
+    consumer_tag: String,
+    /// Taken but not yet handed out; already pending (so a close restores them).
+    buffer: VecDeque<Delivery>,
+    inflight: Arc<InFlight>,
+}
+
+impl ConsumerState {
+    fn no_ack(&self) -> bool {
+        self.mode == TakeMode::NoAck
+    }
+
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(delivery) = self.buffer.pop_front() {
+                return Some(Ok(delivery));
+            }
+            let want = if self.no_ack() || self.prefetch == 0 {
+                MAX_BATCH
+            } else {
+                let held = self.inflight.count.load(Ordering::Acquire);
+                self.prefetch.saturating_sub(held).min(MAX_BATCH)
+            };
+            if want == 0 {
+                let released = self.inflight.released.notified();
+                tokio::pin!(released);
+                // Register before re-checking, so a release in between is not missed.
+                released.as_mut().enable();
+                if self.inflight.count.load(Ordering::Acquire) >= self.prefetch {
+                    released.await;
+                }
+                continue;
+            }
+            match self.fetch(want).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    if let Err(e) = self.shared.backend.wait(&self.queues, IDLE_WAIT).await {
+                        return Some(Err(e));
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Takes up to `want` messages from the next queue that has some. True if it got any.
+    async fn fetch(&mut self, want: usize) -> Result<bool> {
+        let n = self.queues.len();
+        for i in 0..n {
+            let idx = (self.next_queue + i) % n;
+            let fetched = {
+                let queue = &self.queues[idx];
+                self.shared.backend.get_many(queue, want, self.mode).await?
+            };
+            if !fetched.dead.is_empty() {
+                self.shared.dead_letter(fetched.dead).await?;
+            }
+            if fetched.taken.is_empty() {
+                continue;
+            }
+            self.next_queue = (idx + 1) % n;
+            let inflight = (!self.no_ack()).then_some(&self.inflight);
+            if let Some(i) = inflight {
+                i.count.fetch_add(fetched.taken.len(), Ordering::AcqRel);
+            }
+            let queue = &self.queues[idx];
+            for taken in fetched.taken {
+                let delivery = self
+                    .shared
+                    .register(queue, taken, inflight, &self.consumer_tag);
+                self.buffer.push_back(delivery);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Drop for ConsumerState {
+    fn drop(&mut self) {
+        // Deliveries taken but never handed out go back to their queues now.
+        if self.buffer.is_empty() {
+            return;
+        }
+        let mut pending = Vec::new();
+        {
+            let mut map = self.shared.pending.lock();
+            for delivery in self.buffer.drain(..).rev() {
+                if let Some(p) = map.remove(&delivery.info().delivery_tag) {
+                    pending.push((delivery.info().delivery_tag, p));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let backend = self.shared.backend.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { restore_all(&*backend, pending).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::memory::MemoryBackend;
+
+    #[tokio::test]
+    async fn close_ends_a_stream_waiting_at_its_prefetch_limit() {
+        let backend = Arc::new(MemoryBackend::new());
+        let channel = VirtualChannel::new(backend.clone(), None);
+        channel.declare_queue(&Queue::new("q")).await.unwrap();
+        for body in ["m1", "m2"] {
+            let outgoing = Outgoing {
+                exchange: String::new(),
+                routing_key: "q".into(),
+                message: crate::Message::new(body),
+                mandatory: false,
+            };
+            channel.publish(outgoing).await.unwrap();
+        }
+        let options = ConsumeOptions {
+            prefetch: 1,
+            ..ConsumeOptions::default()
+        };
+        let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
+        let held = stream.next().await.unwrap().unwrap();
+        // At the prefetch limit: the stream now waits for a slot.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(waiting.is_err(), "prefetch 1 allows one delivery");
+        channel.close().await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(
+            matches!(next, Ok(None)),
+            "the stream ends once its channel closes"
+        );
+        assert_eq!(
+            backend.size("q").await.unwrap(),
+            2,
+            "both messages are back"
+        );
+        assert!(
+            held.ack().await.is_err(),
+            "a delivery of a closed channel is not pending"
+        );
+    }
+}

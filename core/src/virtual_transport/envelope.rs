@@ -1,0 +1,344 @@
+//! kombu's JSON envelope (wire format reference §1), for backends that store bytes.
+//!
+//! [`encode`] writes the keys in kombu's order: `body` (base64), `content-encoding`,
+//! `content-type`, `headers`, `properties` (the message's own properties, then `delivery_mode`,
+//! `expiration`, `delivery_info`, `priority`, `body_encoding`, `delivery_tag`). [`decode`] reads
+//! what any kombu version writes: base64 or plain bodies, a missing content type, the redelivery
+//! markers of both restore paths (`headers.redelivered`, `delivery_info.redelivered`, top-level
+//! `redelivered`), and extra properties it does not know (ignored).
+//!
+//! ```
+//! use kombu_core::virtual_transport::{envelope, Envelope};
+//! use kombu_core::{DeliveryMode, Message, Properties};
+//!
+//! let env = Envelope {
+//!     message: Message {
+//!         body: "{\"a\": 1}".into(),
+//!         content_type: Some("application/json".into()),
+//!         content_encoding: Some("utf-8".into()),
+//!         // kombu always writes these two; they read back as set.
+//!         properties: Properties {
+//!             delivery_mode: Some(DeliveryMode::Persistent),
+//!             priority: Some(0),
+//!             ..Properties::default()
+//!         },
+//!         ..Message::default()
+//!     },
+//!     exchange: "".into(),
+//!     routing_key: "q".into(),
+//!     tag: "t1".into(),
+//!     redelivered: false,
+//! };
+//! let bytes = envelope::encode(&env);
+//! assert!(bytes.starts_with(br#"{"body": "eyJhIjogMX0=", "content-encoding": "utf-8""#));
+//! assert_eq!(envelope::decode(&bytes).unwrap(), env);
+//! ```
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer as _};
+use serde_json::Value as Json;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{DeliveryMode, Message, Properties};
+use crate::value::{Headers, Value};
+use crate::virtual_transport::Envelope;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Serializes an envelope as kombu does (Python `json.dumps` spacing: `", "` and `": "`).
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + env.message.body.len() * 4 / 3);
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, kombu_serializers::PythonFormatter);
+    // Writing JSON to a Vec only fails if a Serialize impl fails, and ours cannot.
+    if ser.serialize_some(&EnvelopeRef(env)).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Parses a kombu envelope.
+pub fn decode(bytes: &[u8]) -> Result<Envelope> {
+    let json: Json = serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Protocol,
+            "stored message is not a kombu JSON envelope",
+        )
+        .with_source(e)
+    })?;
+    from_json(json)
+}
+
+/// Builds an envelope from an already parsed JSON object (MongoDB stores it as a document).
+pub fn from_json(json: Json) -> Result<Envelope> {
+    let Json::Object(mut obj) = json else {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "stored message is not a JSON object",
+        ));
+    };
+    let mut props = match obj.remove("properties") {
+        Some(Json::Object(p)) => p,
+        _ => serde_json::Map::new(),
+    };
+    let body_encoding = props
+        .remove("body_encoding")
+        .and_then(|v| v.as_str().map(str::to_ascii_lowercase));
+    let body = match obj.remove("body") {
+        Some(Json::String(s)) => match body_encoding.as_deref() {
+            None | Some("utf-8") => bytes::Bytes::from(s.into_bytes()),
+            Some("base64") => B64
+                .decode(s.as_bytes())
+                .map(bytes::Bytes::from)
+                .map_err(|e| {
+                    Error::new(ErrorKind::Protocol, "envelope body is not valid base64")
+                        .with_source(e)
+                })?,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("unknown envelope body_encoding {other:?}"),
+                ));
+            }
+        },
+        None | Some(Json::Null) => bytes::Bytes::new(),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "envelope body is not a string",
+            ));
+        }
+    };
+    let content_type = take_string(&mut obj, "content-type");
+    let content_encoding = take_string(&mut obj, "content-encoding");
+    let mut headers: Headers = match obj.remove("headers") {
+        Some(Json::Object(h)) => h
+            .into_iter()
+            .map(|(k, v)| (k, Value::from_json(v)))
+            .collect(),
+        _ => Headers::new(),
+    };
+    let mut redelivered = matches!(obj.remove("redelivered"), Some(Json::Bool(true)));
+    if let Some(Value::Bool(true)) = headers.get("redelivered") {
+        redelivered = true;
+    }
+    headers.remove("redelivered");
+
+    let (mut exchange, mut routing_key) = (String::new(), String::new());
+    if let Some(Json::Object(mut info)) = props.remove("delivery_info") {
+        exchange = take_string(&mut info, "exchange").unwrap_or_default();
+        routing_key = take_string(&mut info, "routing_key").unwrap_or_default();
+        if let Some(Json::Bool(true)) = info.get("redelivered") {
+            redelivered = true;
+        }
+    }
+    let tag = match props.remove("delivery_tag") {
+        Some(Json::String(s)) => s,
+        Some(Json::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let properties = Properties {
+        delivery_mode: props
+            .remove("delivery_mode")
+            .and_then(|v| v.as_u64())
+            .map(|n| DeliveryMode::from_u8(u8::try_from(n).unwrap_or(2))),
+        priority: props
+            .remove("priority")
+            .and_then(|v| v.as_u64())
+            .map(|p| u8::try_from(p).unwrap_or(u8::MAX)),
+        correlation_id: take_string(&mut props, "correlation_id"),
+        reply_to: take_string(&mut props, "reply_to"),
+        expiration: props
+            .remove("expiration")
+            .and_then(|v| parse_expiration(&v)),
+        message_id: take_string(&mut props, "message_id"),
+        timestamp: props.remove("timestamp").and_then(|v| match v {
+            Json::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+            _ => None,
+        }),
+        kind: take_string(&mut props, "type"),
+        user_id: take_string(&mut props, "user_id"),
+        app_id: take_string(&mut props, "app_id"),
+    };
+    Ok(Envelope {
+        message: Message {
+            body,
+            content_type,
+            content_encoding,
+            headers,
+            properties,
+        },
+        exchange,
+        routing_key,
+        tag,
+        redelivered,
+    })
+}
+
+fn take_string(map: &mut serde_json::Map<String, Json>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Json::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn parse_expiration(v: &Json) -> Option<Duration> {
+    let ms = match v {
+        Json::String(s) => s.trim().parse::<f64>().ok()?,
+        Json::Number(n) => n.as_f64()?,
+        _ => return None,
+    };
+    (ms >= 0.0).then(|| Duration::from_millis(ms as u64))
+}
+
+struct EnvelopeRef<'a>(&'a Envelope);
+
+impl Serialize for EnvelopeRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let env = self.0;
+        let msg = &env.message;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("body", &B64.encode(&msg.body))?;
+        m.serialize_entry("content-encoding", &msg.content_encoding)?;
+        m.serialize_entry("content-type", &msg.content_type)?;
+        if env.redelivered {
+            // kombu's Redis restore marks both places; readers of either find it.
+            let mut headers = msg.headers.clone();
+            headers.insert("redelivered".into(), Value::Bool(true));
+            m.serialize_entry("headers", &headers)?;
+        } else {
+            m.serialize_entry("headers", &msg.headers)?;
+        }
+        m.serialize_entry("properties", &PropertiesRef(env))?;
+        m.end()
+    }
+}
+
+struct PropertiesRef<'a>(&'a Envelope);
+
+impl Serialize for PropertiesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let env = self.0;
+        let p = &env.message.properties;
+        let mut m = s.serialize_map(None)?;
+        let optional = [
+            ("correlation_id", &p.correlation_id),
+            ("reply_to", &p.reply_to),
+            ("message_id", &p.message_id),
+            ("type", &p.kind),
+            ("user_id", &p.user_id),
+            ("app_id", &p.app_id),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                m.serialize_entry(key, v)?;
+            }
+        }
+        if let Some(ts) = p.timestamp {
+            m.serialize_entry("timestamp", &ts)?;
+        }
+        m.serialize_entry(
+            "delivery_mode",
+            &p.delivery_mode.unwrap_or_default().as_u8(),
+        )?;
+        if let Some(exp) = p.expiration {
+            m.serialize_entry("expiration", &exp.as_millis().to_string())?;
+        }
+        m.serialize_entry("delivery_info", &DeliveryInfoRef(env))?;
+        m.serialize_entry("priority", &p.priority.unwrap_or(0))?;
+        m.serialize_entry("body_encoding", "base64")?;
+        m.serialize_entry("delivery_tag", &env.tag)?;
+        m.end()
+    }
+}
+
+struct DeliveryInfoRef<'a>(&'a Envelope);
+
+impl Serialize for DeliveryInfoRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let env = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("exchange", &env.exchange)?;
+        m.serialize_entry("routing_key", &env.routing_key)?;
+        if env.redelivered {
+            m.serialize_entry("redelivered", &true)?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kombu_observed_envelope() {
+        // Reference §1.3, written by kombu 5.7.0 to Redis.
+        let raw = br#"{"body": "eyJoZWxsbyI6ICJ3b3JsZCIsICJuIjogMX0=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"h1": "v1"}, "properties": {"correlation_id": "cid-1", "reply_to": "replyq", "delivery_mode": 2, "delivery_info": {"exchange": "tasks", "routing_key": "myq"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "819d346f-a3e7-49c9-a3d0-aed4ec702cd5"}}"#;
+        let env = decode(raw).unwrap();
+        assert_eq!(&env.message.body[..], br#"{"hello": "world", "n": 1}"#);
+        assert_eq!(env.exchange, "tasks");
+        assert_eq!(env.routing_key, "myq");
+        assert_eq!(env.tag, "819d346f-a3e7-49c9-a3d0-aed4ec702cd5");
+        assert_eq!(
+            env.message.properties.correlation_id.as_deref(),
+            Some("cid-1")
+        );
+        assert_eq!(env.message.properties.reply_to.as_deref(), Some("replyq"));
+        assert_eq!(env.message.headers["h1"], Value::from("v1"));
+        assert!(!env.redelivered);
+        // Re-encoding gives kombu's bytes exactly (same key order and spacing).
+        assert_eq!(String::from_utf8(encode(&env)).unwrap(), {
+            let s = std::str::from_utf8(raw).unwrap();
+            s.to_owned()
+        });
+    }
+
+    #[test]
+    fn reads_minimum_envelope_and_markers() {
+        let env = decode(br#"{"body": "eyJhIjoxfQ==", "content-type": "application/json", "properties": {"body_encoding": "base64", "delivery_tag": "t1", "delivery_info": {"exchange": "", "routing_key": "mq"}}}"#).unwrap();
+        assert_eq!(&env.message.body[..], br#"{"a":1}"#);
+        assert_eq!(env.message.content_encoding, None);
+        let env = decode(br#"{"body": "plain", "headers": {"redelivered": true}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q", "redelivered": true}}}"#).unwrap();
+        assert_eq!(&env.message.body[..], b"plain");
+        assert!(env.redelivered);
+        assert!(!env.message.headers.contains_key("redelivered"));
+        let env = decode(
+            br#"{"body": "eA==", "properties": {"body_encoding": "base64"}, "redelivered": true}"#,
+        )
+        .unwrap();
+        assert!(env.redelivered);
+        assert!(decode(b"not json").is_err());
+        assert!(decode(br#"{"body": "%%%", "properties": {"body_encoding": "base64"}}"#).is_err());
+    }
+
+    #[test]
+    fn expiration_and_unicode() {
+        let env = Envelope {
+            message: Message {
+                body: bytes::Bytes::from_static(&[0, 255]),
+                headers: [("k".to_owned(), Value::from("é😀"))].into_iter().collect(),
+                properties: Properties {
+                    expiration: Some(Duration::from_secs(10)),
+                    priority: Some(3),
+                    delivery_mode: Some(DeliveryMode::Persistent),
+                    ..Properties::default()
+                },
+                ..Message::default()
+            },
+            exchange: "ex".into(),
+            routing_key: "ключ".into(),
+            tag: "x".into(),
+            redelivered: true,
+        };
+        let bytes = encode(&env);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.is_ascii());
+        assert!(text.contains(r#""expiration": "10000""#));
+        assert!(text.contains(r#""k": "\u00e9\ud83d\ude00""#));
+        assert_eq!(decode(&bytes).unwrap(), env);
+    }
+}
