@@ -144,6 +144,13 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
     /// Settles the delivery with this channel-scoped tag.
     async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()>;
 
+    /// Settles at once, without waiting, when the transport can (an in-process broker); `None`
+    /// means the caller must use [`Settler::settle`]. Same semantics as `settle`.
+    fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
+        let _ = (delivery_tag, outcome);
+        None
+    }
+
     /// Extends the visibility timeout of an unsettled delivery by `by`, from now.
     async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
         let _ = (delivery_tag, by);
@@ -216,7 +223,13 @@ impl Decoder {
 /// being settled stays unacked until its channel closes (then it returns to its queue) or its
 /// visibility timeout passes.
 pub struct Delivery {
-    message: Message,
+    // Boxed: deliveries move through streams, options and results, and a message with its
+    // properties is a few hundred bytes.
+    inner: Box<DeliveryInner>,
+}
+
+struct DeliveryInner {
+    message: Arc<Message>,
     info: DeliveryInfo,
     settler: Option<Arc<dyn Settler>>,
     decoder: Arc<Decoder>,
@@ -225,10 +238,10 @@ pub struct Delivery {
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("info", &self.info)
-            .field("content_type", &self.message.content_type)
-            .field("body_len", &self.message.body.len())
-            .field("no_ack", &self.settler.is_none())
+            .field("info", &self.inner.info)
+            .field("content_type", &self.inner.message.content_type)
+            .field("body_len", &self.inner.message.body.len())
+            .field("no_ack", &self.inner.settler.is_none())
             .finish()
     }
 }
@@ -236,64 +249,76 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery; `settler` none means it was delivered in no-ack mode. Used by transports.
     pub fn new(message: Message, info: DeliveryInfo, settler: Option<Arc<dyn Settler>>) -> Self {
+        Delivery::shared(Arc::new(message), info, settler)
+    }
+
+    /// Like [`Delivery::new`], for a message the transport keeps a reference to (for
+    /// redelivery) without copying it.
+    pub fn shared(
+        message: Arc<Message>,
+        info: DeliveryInfo,
+        settler: Option<Arc<dyn Settler>>,
+    ) -> Self {
         Delivery {
-            message,
-            info,
-            settler,
-            decoder: default_decoder(),
+            inner: Box::new(DeliveryInner {
+                message,
+                info,
+                settler,
+                decoder: default_decoder(),
+            }),
         }
     }
 
     pub(crate) fn set_decoder(&mut self, decoder: Arc<Decoder>) {
-        self.decoder = decoder;
+        self.inner.decoder = decoder;
     }
 
     /// The message.
     pub fn message(&self) -> &Message {
-        &self.message
+        &self.inner.message
     }
     /// The raw (possibly compressed) body.
     pub fn body(&self) -> &Bytes {
-        &self.message.body
+        &self.inner.message.body
     }
     /// Headers.
     pub fn headers(&self) -> &Headers {
-        &self.message.headers
+        &self.inner.message.headers
     }
     /// Properties.
     pub fn properties(&self) -> &Properties {
-        &self.message.properties
+        &self.inner.message.properties
     }
     /// Content type of the serialized body.
     pub fn content_type(&self) -> Option<&str> {
-        self.message.content_type.as_deref()
+        self.inner.message.content_type.as_deref()
     }
     /// Where it came from and its delivery tag.
     pub fn info(&self) -> &DeliveryInfo {
-        &self.info
+        &self.inner.info
     }
     /// Whether it was delivered before.
     pub fn redelivered(&self) -> bool {
-        self.info.redelivered
+        self.inner.info.redelivered
     }
     /// Whether it was delivered in no-ack mode (settling does nothing).
     pub fn is_no_ack(&self) -> bool {
-        self.settler.is_none()
+        self.inner.settler.is_none()
     }
 
     /// Decodes the body into `T`: decompress (bounded), check the accept list, deserialize.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        self.decoder.decode(&self.message)
+        self.inner.decoder.decode(&self.inner.message)
     }
 
     /// The body after decompression.
     pub fn decompressed_body(&self) -> Result<Bytes> {
-        self.decoder.decompressed(&self.message)
+        self.inner.decoder.decompressed(&self.inner.message)
     }
 
     /// Checks the content type against the consumer's accept list.
     pub fn check_accept(&self) -> Result<()> {
-        self.decoder.check(&self.message)
+        self.inner.decoder.check(&self.inner.message)
     }
 
     /// Acknowledges: the message is done and removed.
@@ -313,10 +338,15 @@ impl Delivery {
 
     /// Settles with the given outcome.
     pub async fn settle(self, outcome: Outcome) -> Result<(), SettleError> {
-        let Some(settler) = &self.settler else {
+        let Some(settler) = &self.inner.settler else {
             return Ok(());
         };
-        match settler.settle(self.info.delivery_tag, outcome).await {
+        let tag = self.inner.info.delivery_tag;
+        let settled = match settler.try_settle(tag, outcome) {
+            Some(done) => done,
+            None => settler.settle(tag, outcome).await,
+        };
+        match settled {
             Ok(()) => Ok(()),
             Err(error) => Err(SettleError {
                 error,
@@ -328,16 +358,19 @@ impl Delivery {
     /// Keeps the message from being redelivered for `by` more, from now (a consumer still
     /// working on it). Needs [`Capabilities::visibility_timeout`].
     pub async fn extend_lease(&self, by: Duration) -> Result<()> {
-        match &self.settler {
+        match &self.inner.settler {
             None => Ok(()),
-            Some(settler) => settler.extend_lease(self.info.delivery_tag, by).await,
+            Some(settler) => settler.extend_lease(self.inner.info.delivery_tag, by).await,
         }
     }
 
     /// Takes the message out, giving up the ability to settle it here. The message stays
     /// unacked on the broker until the channel closes or its lease passes.
     pub fn into_message(self) -> (Message, DeliveryInfo) {
-        (self.message, self.info)
+        {
+            let inner = *self.inner;
+            (Arc::unwrap_or_clone(inner.message), inner.info)
+        }
     }
 }
 
@@ -370,7 +403,9 @@ impl fmt::Display for SettleError {
         write!(
             f,
             "settling delivery {} from queue {:?} failed: {}",
-            self.delivery.info.delivery_tag, self.delivery.info.queue, self.error
+            self.delivery.info().delivery_tag,
+            self.delivery.info().queue,
+            self.error
         )
     }
 }

@@ -24,12 +24,15 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -121,15 +124,23 @@ impl BrokerConnection for MemoryConnection {
 pub struct MemoryBackend {
     exchanges: RwLock<HashMap<String, Exchange>>,
     bindings: RwLock<HashMap<String, Arc<[BindingRow]>>>,
-    queues: RwLock<HashMap<String, Arc<MemQueue>>>,
+    /// Read on every publish, fetch and ack by both sides of a busy queue: a lock-free
+    /// snapshot, replaced whole by the rare declare and delete (under `declaring`).
+    queues: ArcSwap<FxHashMap<String, Arc<MemQueue>>>,
+    declaring: Mutex<()>,
     next_receipt: AtomicU64,
 }
 
 #[derive(Debug)]
 struct MemQueue {
     spec: Queue,
-    inner: Mutex<QueueInner>,
+    /// Ready messages. Publishers and fetching consumers lock this...
+    ready: Mutex<Ready>,
+    /// ...and settlement locks only this, so acks never contend with publishes.
+    leases: Mutex<Leases>,
     notify: Notify,
+    /// Consumers inside `wait` on this queue; puts only notify when there is one.
+    waiters: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -145,16 +156,20 @@ struct Unacked {
 }
 
 #[derive(Debug, Default)]
-struct QueueInner {
+struct Ready {
     /// One deque per priority level, lowest first.
     levels: Vec<VecDeque<Stored>>,
-    ready: usize,
-    unacked: HashMap<u64, Unacked>,
+    count: usize,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    unacked: FxHashMap<u64, Unacked>,
     /// No lease ends before this; a scan is due once it passes.
     next_deadline: Option<Instant>,
 }
 
-impl QueueInner {
+impl Ready {
     fn level_of(&self, priority: Option<u8>) -> usize {
         usize::from(priority.unwrap_or(0)).min(self.levels.len().saturating_sub(1))
     }
@@ -163,7 +178,7 @@ impl QueueInner {
         let level = self.level_of(stored.envelope.message.properties.priority);
         if let Some(q) = self.levels.get_mut(level) {
             q.push_back(stored);
-            self.ready += 1;
+            self.count += 1;
         }
     }
 
@@ -171,21 +186,38 @@ impl QueueInner {
         let level = self.level_of(stored.envelope.message.properties.priority);
         if let Some(q) = self.levels.get_mut(level) {
             q.push_front(stored);
-            self.ready += 1;
+            self.count += 1;
         }
     }
 
     fn pop_front(&mut self) -> Option<Stored> {
         let stored = self.levels.iter_mut().rev().find_map(|q| q.pop_front())?;
-        self.ready -= 1;
+        self.count -= 1;
         Some(stored)
     }
 
-    /// Returns every lease that has passed to the head of the queue, marked redelivered.
-    fn restore_expired(&mut self, now: Instant) -> bool {
+    fn clear(&mut self) -> usize {
+        for level in &mut self.levels {
+            level.clear();
+        }
+        std::mem::take(&mut self.count)
+    }
+}
+
+impl Leases {
+    fn lease(&mut self, receipt: u64, stored: Stored, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+        self.unacked.insert(receipt, Unacked { stored, deadline });
+    }
+
+    /// Takes every lease that has passed, oldest receipt last (so pushing each to the front
+    /// of the queue keeps the original order).
+    fn take_expired(&mut self, now: Instant) -> Vec<Stored> {
         match self.next_deadline {
             Some(d) if d <= now => {}
-            _ => return false,
+            _ => return Vec::new(),
         }
         let mut expired: Vec<u64> = self
             .unacked
@@ -194,15 +226,13 @@ impl QueueInner {
             .map(|(r, _)| *r)
             .collect();
         expired.sort_unstable_by(|a, b| b.cmp(a));
-        for receipt in &expired {
-            if let Some(u) = self.unacked.remove(receipt) {
-                let mut stored = u.stored;
-                stored.envelope.redelivered = true;
-                self.push_front(stored);
-            }
-        }
+        let taken = expired
+            .iter()
+            .filter_map(|r| self.unacked.remove(r))
+            .map(|u| u.stored)
+            .collect();
         self.next_deadline = self.unacked.values().filter_map(|u| u.deadline).min();
-        !expired.is_empty()
+        taken
     }
 }
 
@@ -211,12 +241,42 @@ impl MemQueue {
         let levels = spec.max_priority.map_or(1, |p| usize::from(p) + 1);
         MemQueue {
             spec,
-            inner: Mutex::new(QueueInner {
+            ready: Mutex::new(Ready {
                 levels: (0..levels).map(|_| VecDeque::new()).collect(),
-                ..QueueInner::default()
+                count: 0,
             }),
+            leases: Mutex::new(Leases::default()),
             notify: Notify::new(),
+            waiters: AtomicUsize::new(0),
         }
+    }
+
+    /// Wakes a waiting consumer, if any. A waiter registers (`waiters`) before it checks the
+    /// queue under the lock, and a put changes the queue under the lock before it reads
+    /// `waiters`, so either the waiter sees the message or the put sees the waiter.
+    fn wake_one(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Returns messages to the head of the queue, marked redelivered.
+    fn restore(&self, stored: Vec<Stored>) {
+        if stored.is_empty() {
+            return;
+        }
+        let mut ready = self.ready.lock();
+        for mut s in stored {
+            s.envelope.redelivered = true;
+            ready.push_front(s);
+        }
+        drop(ready);
+        self.wake_one();
+    }
+
+    fn restore_expired_leases(&self, now: Instant) {
+        let expired = self.leases.lock().take_expired(now);
+        self.restore(expired);
     }
 
     fn dead_letter(&self, envelope: Envelope, reason: DeathReason) -> Option<DeadLetter> {
@@ -242,12 +302,12 @@ impl MemQueue {
             envelope,
             expires_at: ttl.map(|t| now + t),
         };
-        let mut inner = self.inner.lock();
-        inner.push_back(stored);
+        let mut ready = self.ready.lock();
+        ready.push_back(stored);
         if let Some(max) = self.spec.max_length {
-            while inner.ready as u64 > max {
+            while ready.count as u64 > max {
                 // RabbitMQ's default overflow: drop from the head.
-                match inner.pop_front() {
+                match ready.pop_front() {
                     Some(old) => {
                         dead.extend(self.dead_letter(old.envelope, DeathReason::MaxLength))
                     }
@@ -255,8 +315,8 @@ impl MemQueue {
                 }
             }
         }
-        drop(inner);
-        self.notify.notify_one();
+        drop(ready);
+        self.wake_one();
     }
 }
 
@@ -267,7 +327,18 @@ impl MemoryBackend {
     }
 
     fn queue(&self, name: &str) -> Option<Arc<MemQueue>> {
-        self.queues.read().get(name).cloned()
+        self.queues.load().get(name).cloned()
+    }
+
+    /// Runs `f` on a queue without touching any shared counter (no lock, no refcount).
+    fn with_queue<R>(&self, name: &str, f: impl FnOnce(&MemQueue) -> R) -> Option<R> {
+        self.queues.load().get(name).map(|q| f(q))
+    }
+
+    fn ack_now(&self, queue: &str, receipt: &Receipt) {
+        if let Receipt::Id(id) = receipt {
+            self.with_queue(queue, |q| q.leases.lock().unacked.remove(id));
+        }
     }
 
     fn missing(queue: &str) -> Error {
@@ -313,15 +384,24 @@ impl Backend for MemoryBackend {
     }
 
     async fn declare_queue(&self, queue: &Queue) -> Result<()> {
-        self.queues
-            .write()
-            .entry(queue.name.clone())
-            .or_insert_with(|| Arc::new(MemQueue::new(queue.clone())));
+        let _writer = self.declaring.lock();
+        if self.queues.load().contains_key(&queue.name) {
+            return Ok(());
+        }
+        let mut map = FxHashMap::clone(&self.queues.load());
+        map.insert(queue.name.clone(), Arc::new(MemQueue::new(queue.clone())));
+        self.queues.store(Arc::new(map));
         Ok(())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
-        let removed = self.queues.write().remove(queue);
+        let removed = {
+            let _writer = self.declaring.lock();
+            let mut map = FxHashMap::clone(&self.queues.load());
+            let removed = map.remove(queue);
+            self.queues.store(Arc::new(map));
+            removed
+        };
         {
             let mut bindings = self.bindings.write();
             for rows in bindings.values_mut() {
@@ -335,7 +415,7 @@ impl Backend for MemoryBackend {
         Ok(match removed {
             None => 0,
             Some(q) => {
-                let count = q.inner.lock().ready as u64;
+                let count = q.ready.lock().count as u64;
                 q.notify.notify_waiters();
                 count
             }
@@ -375,9 +455,9 @@ impl Backend for MemoryBackend {
 
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {
         let mut dead = Vec::new();
-        match self.queue(queue) {
-            Some(q) => q.put(envelope, Instant::now(), &mut dead),
-            None => tracing::debug!(%queue, "message for an undeclared queue dropped"),
+        let stored = self.with_queue(queue, |q| q.put(envelope, Instant::now(), &mut dead));
+        if stored.is_none() {
+            tracing::debug!(%queue, "message for an undeclared queue dropped");
         }
         Ok(dead)
     }
@@ -385,22 +465,12 @@ impl Backend for MemoryBackend {
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
         let mut dead = Vec::new();
         let now = Instant::now();
-        let mut last: Option<(String, Arc<MemQueue>)> = None;
+        let queues = self.queues.load();
         for (queue, envelope) in items {
-            let q = match &last {
-                Some((name, q)) if *name == queue => q.clone(),
-                _ => match self.queue(&queue) {
-                    Some(q) => {
-                        last = Some((queue, q.clone()));
-                        q
-                    }
-                    None => {
-                        tracing::debug!(%queue, "message for an undeclared queue dropped");
-                        continue;
-                    }
-                },
-            };
-            q.put(envelope, now, &mut dead);
+            match queues.get(&queue) {
+                Some(q) => q.put(envelope, now, &mut dead),
+                None => tracing::debug!(%queue, "message for an undeclared queue dropped"),
+            }
         }
         Ok(dead)
     }
@@ -411,57 +481,79 @@ impl Backend for MemoryBackend {
             return Ok(fetched);
         };
         let now = Instant::now();
-        let mut inner = q.inner.lock();
-        inner.restore_expired(now);
-        while fetched.taken.len() < max {
-            let Some(stored) = inner.pop_front() else {
-                break;
-            };
-            if stored.expires_at.is_some_and(|t| t <= now) {
-                fetched
-                    .dead
-                    .extend(q.dead_letter(stored.envelope, DeathReason::Expired));
-                continue;
+        q.restore_expired_leases(now);
+        let mut taken = Vec::with_capacity(max.min(256));
+        let more = {
+            let mut ready = q.ready.lock();
+            while taken.len() < max {
+                let Some(stored) = ready.pop_front() else {
+                    break;
+                };
+                if stored.expires_at.is_some_and(|t| t <= now) {
+                    fetched
+                        .dead
+                        .extend(q.dead_letter(stored.envelope, DeathReason::Expired));
+                    continue;
+                }
+                taken.push(stored);
             }
-            let receipt = self.next_receipt.fetch_add(1, Ordering::Relaxed);
-            let envelope = match mode {
-                TakeMode::NoAck => stored.envelope,
+            ready.count > 0
+        };
+        if !taken.is_empty() {
+            let first = self
+                .next_receipt
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
+            match mode {
+                TakeMode::NoAck => {
+                    fetched.taken = taken
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(stored, receipt)| Taken {
+                            envelope: stored.envelope,
+                            receipt: Receipt::Id(receipt),
+                        })
+                        .collect();
+                }
                 TakeMode::Lease(lease) => {
                     let deadline = lease.map(|l| now + l);
-                    if let Some(d) = deadline {
-                        inner.next_deadline = Some(inner.next_deadline.map_or(d, |n| n.min(d)));
-                    }
-                    let envelope = stored.envelope.clone();
-                    inner.unacked.insert(receipt, Unacked { stored, deadline });
-                    envelope
+                    let mut leases = q.leases.lock();
+                    fetched.taken = taken
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(stored, receipt)| {
+                            let envelope = stored.envelope.clone();
+                            leases.lease(receipt, stored, deadline);
+                            Taken {
+                                envelope,
+                                receipt: Receipt::Id(receipt),
+                            }
+                        })
+                        .collect();
                 }
-            };
-            fetched.taken.push(Taken {
-                envelope,
-                receipt: Receipt::Id(receipt),
-            });
-        }
-        let more = inner.ready > 0;
-        drop(inner);
-        if more && !fetched.taken.is_empty() {
-            // Pass the baton: another waiting consumer may take the rest.
-            q.notify.notify_one();
+            }
+            if more {
+                // Pass the baton: another waiting consumer may take the rest.
+                q.wake_one();
+            }
         }
         Ok(fetched)
     }
 
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
-        if let (Some(q), Receipt::Id(id)) = (self.queue(queue), receipt) {
-            q.inner.lock().unacked.remove(id);
-        }
+        self.ack_now(queue, receipt);
         Ok(())
+    }
+
+    fn try_ack(&self, queue: &str, receipt: &Receipt) -> Option<Result<()>> {
+        self.ack_now(queue, receipt);
+        Some(Ok(()))
     }
 
     async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
         let (Some(q), Receipt::Id(id)) = (self.queue(queue), receipt) else {
             return Ok(None);
         };
-        let removed = q.inner.lock().unacked.remove(id);
+        let removed = q.leases.lock().unacked.remove(id);
         Ok(removed.and_then(|u| q.dead_letter(u.stored.envelope, DeathReason::Rejected)))
     }
 
@@ -469,20 +561,9 @@ impl Backend for MemoryBackend {
         let (Some(q), Receipt::Id(id)) = (self.queue(queue), receipt) else {
             return Ok(());
         };
-        let restored = {
-            let mut inner = q.inner.lock();
-            match inner.unacked.remove(id) {
-                Some(u) => {
-                    let mut stored = u.stored;
-                    stored.envelope.redelivered = true;
-                    inner.push_front(stored);
-                    true
-                }
-                None => false,
-            }
-        };
-        if restored {
-            q.notify.notify_one();
+        let removed = q.leases.lock().unacked.remove(id);
+        if let Some(u) = removed {
+            q.restore(vec![u.stored]);
         }
         Ok(())
     }
@@ -493,12 +574,12 @@ impl Backend for MemoryBackend {
             return Ok(());
         };
         let deadline = Instant::now() + by;
-        let mut inner = q.inner.lock();
-        match inner.unacked.get_mut(id) {
+        let mut leases = q.leases.lock();
+        match leases.unacked.get_mut(id) {
             Some(u) => {
                 u.deadline = Some(deadline);
-                inner.next_deadline =
-                    Some(inner.next_deadline.map_or(deadline, |n| n.min(deadline)));
+                leases.next_deadline =
+                    Some(leases.next_deadline.map_or(deadline, |n| n.min(deadline)));
                 Ok(())
             }
             None => Err(Error::new(
@@ -512,33 +593,27 @@ impl Backend for MemoryBackend {
         let Some(q) = self.queue(queue) else {
             return Ok(0);
         };
-        let mut inner = q.inner.lock();
-        let count = inner.ready as u64;
-        for level in &mut inner.levels {
-            level.clear();
-        }
-        inner.ready = 0;
-        Ok(count)
+        let purged = q.ready.lock().clear();
+        Ok(purged as u64)
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
-        Ok(self.queue(queue).map_or(0, |q| q.inner.lock().ready as u64))
+        Ok(self.queue(queue).map_or(0, |q| q.ready.lock().count as u64))
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
         let qs: Vec<Arc<MemQueue>> = queues.iter().filter_map(|n| self.queue(n)).collect();
-        let now = Instant::now();
-        let mut until = now + timeout;
+        let _registered = WaitGuard::register(&qs);
+        let mut until = Instant::now() + timeout;
         let mut notified = Vec::with_capacity(qs.len());
         for q in &qs {
             let mut n = Box::pin(q.notify.notified());
             n.as_mut().enable();
             notified.push(n);
-            let inner = q.inner.lock();
-            if inner.ready > 0 {
+            if q.ready.lock().count > 0 {
                 return Ok(());
             }
-            if let Some(d) = inner.next_deadline {
+            if let Some(d) = q.leases.lock().next_deadline {
                 until = until.min(d);
             }
         }
@@ -548,5 +623,25 @@ impl Backend for MemoryBackend {
         }
         let _ = tokio::time::timeout_at(until, futures::future::select_all(notified)).await;
         Ok(())
+    }
+}
+
+/// Counts a consumer as waiting on some queues for as long as it lives.
+struct WaitGuard<'a>(&'a [Arc<MemQueue>]);
+
+impl<'a> WaitGuard<'a> {
+    fn register(queues: &'a [Arc<MemQueue>]) -> Self {
+        for q in queues {
+            q.waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        WaitGuard(queues)
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        for q in self.0 {
+            q.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

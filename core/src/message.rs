@@ -1,5 +1,6 @@
 //! The message model: body, content type and encoding, headers, properties, delivery info.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,10 +71,12 @@ pub struct Properties {
 pub struct Message {
     /// The (possibly compressed) serialized body.
     pub body: Bytes,
-    /// MIME type of the serialized body, e.g. `application/json`.
-    pub content_type: Option<String>,
+    /// MIME type of the serialized body, e.g. `application/json`. A `Cow` so the common types
+    /// are static strings, not an allocation per message; `Some("text/plain".into())` and
+    /// `Some(string.into())` both build one.
+    pub content_type: Option<Cow<'static, str>>,
     /// Character set of the serialized body (`utf-8`, or `binary`).
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<Cow<'static, str>>,
     /// Application headers.
     pub headers: Headers,
     /// Properties.

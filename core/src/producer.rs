@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,8 +157,8 @@ impl Producer {
         let mut publish = self.message(&());
         publish.body = Body::Raw {
             body: body.into(),
-            content_type: content_type.to_owned(),
-            content_encoding: content_encoding.to_owned(),
+            content_type: kombu_serializers::known(content_type),
+            content_encoding: kombu_serializers::known(content_encoding),
         };
         publish.send().await
     }
@@ -227,8 +228,8 @@ enum Body<'a, T: ?Sized> {
     Value(&'a T),
     Raw {
         body: Bytes,
-        content_type: String,
-        content_encoding: String,
+        content_type: Cow<'static, str>,
+        content_encoding: Cow<'static, str>,
     },
 }
 

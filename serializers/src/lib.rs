@@ -65,4 +65,6 @@ pub use json::{
     JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,
 };
 pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
-pub use registry::{Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer};
+pub use registry::{
+    Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,
+};

@@ -1,5 +1,6 @@
 //! The serializer and compressor traits and the [`Registry`] that holds them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -110,10 +111,11 @@ pub trait Compressor: Send + Sync + std::fmt::Debug + 'static {
 pub struct Encoded {
     /// The serialized bytes.
     pub body: Bytes,
-    /// MIME type of `body`, e.g. `application/json`.
-    pub content_type: String,
+    /// MIME type of `body`, e.g. `application/json` (borrowed for the built-in serializers, so
+    /// encoding allocates nothing but the body).
+    pub content_type: Cow<'static, str>,
     /// Character set of `body`, e.g. `utf-8` or `binary`.
-    pub content_encoding: String,
+    pub content_encoding: Cow<'static, str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -258,15 +260,15 @@ impl Registry {
             })?;
             return Ok(Encoded {
                 body: Bytes::from(body),
-                content_type: s.content_type().to_owned(),
-                content_encoding: s.content_encoding().to_owned(),
+                content_type: Cow::Borrowed(crate::json::JSON_CONTENT_TYPE),
+                content_encoding: Cow::Borrowed("utf-8"),
             });
         }
         let (body, content_encoding) = s.encode_with_encoding(&SerializeRef(value))?;
         Ok(Encoded {
             body: Bytes::from(body),
-            content_type: s.content_type().to_owned(),
-            content_encoding,
+            content_type: known(s.content_type()),
+            content_encoding: known(&content_encoding),
         })
     }
 
@@ -416,5 +418,25 @@ impl Registry {
             }
         }
         Ok(accept)
+    }
+}
+
+/// A content type or encoding as a `Cow`: borrowed from a static for the common ones (no
+/// allocation per message), owned otherwise.
+pub fn known(name: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "application/json",
+        "utf-8",
+        "binary",
+        "application/data",
+        "text/plain",
+        "application/x-msgpack",
+        "application/x-yaml",
+        "application/x-python-serialize",
+        "application/x-gzip",
+    ];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_owned()),
     }
 }

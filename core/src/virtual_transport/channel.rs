@@ -1,6 +1,6 @@
 //! The virtual channel: a [`Channel`] over any [`Backend`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
@@ -27,6 +28,10 @@ use crate::virtual_transport::{
 const MAX_BATCH: usize = 256;
 /// Longest a consumer waits in one backend `wait` before looking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Times an idle consumer looks again, yielding to the runtime in between, before it parks in
+/// the backend's `wait`. A steady stream of publishes then costs no thread wake-up per message;
+/// a truly idle consumer parks after a few microseconds.
+const SPINS_BEFORE_WAIT: u32 = 8;
 /// Dead-letter hops followed for one message before giving up (a cycle of DLXs).
 const MAX_DEAD_LETTER_HOPS: usize = 16;
 
@@ -48,7 +53,7 @@ impl fmt::Debug for VirtualChannel {
 }
 
 struct Pending {
-    queue: String,
+    queue: Arc<str>,
     receipt: Receipt,
     inflight: Arc<InFlight>,
 }
@@ -74,7 +79,9 @@ struct Shared {
     default_visibility: Option<Duration>,
     next_tag: AtomicU64,
     next_consumer: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<FxHashMap<u64, Pending>>,
+    /// Woken when the channel closes, so idle consumers end at once.
+    closing: Notify,
     closed: AtomicBool,
 }
 
@@ -105,7 +112,8 @@ impl VirtualChannel {
                 default_visibility,
                 next_tag: AtomicU64::new(1),
                 next_consumer: AtomicU64::new(1),
-                pending: Mutex::new(HashMap::new()),
+                pending: Mutex::new(FxHashMap::default()),
+                closing: Notify::new(),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -155,6 +163,7 @@ impl Shared {
         for (_, p) in &pending {
             p.inflight.release();
         }
+        self.closing.notify_waiters();
         pending.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
         pending
     }
@@ -177,25 +186,25 @@ impl Shared {
         }
     }
 
-    /// Where a message goes: `(queue, envelope)` pairs.
-    async fn route(&self, out: Outgoing) -> Result<Vec<(String, Envelope)>> {
+    /// Routes a message: appends a `(queue, envelope)` pair per destination queue to `sink`.
+    async fn route(&self, out: Outgoing, sink: &mut Vec<(String, Envelope)>) -> Result<()> {
         let Outgoing {
             exchange,
             routing_key,
             message,
             mandatory,
         } = out;
-        let queues: Vec<String> = if exchange.is_empty() {
-            vec![routing_key.clone()]
-        } else {
-            let kind = self.exchange_kind(&exchange).await?;
-            let rows = self.backend.bindings(&exchange).await?;
-            route(kind, &rows, &routing_key, &message.headers)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        };
-        if queues.is_empty() {
+        if exchange.is_empty() {
+            sink.push((
+                routing_key.clone(),
+                Envelope::new(message, exchange, routing_key),
+            ));
+            return Ok(());
+        }
+        let kind = self.exchange_kind(&exchange).await?;
+        let rows = self.backend.bindings(&exchange).await?;
+        let queues = route(kind, &rows, &routing_key, &message.headers);
+        let Some((last, others)) = queues.split_last() else {
             if mandatory {
                 return Err(Error::new(
                     ErrorKind::Unroutable,
@@ -205,37 +214,14 @@ impl Shared {
                 ));
             }
             tracing::debug!(%exchange, %routing_key, "unroutable message dropped");
-            return Ok(Vec::new());
-        }
-        let envelope = Envelope {
-            message,
-            exchange,
-            routing_key,
-            tag: uuid::Uuid::new_v4().to_string(),
-            redelivered: false,
+            return Ok(());
         };
-        let mut out = Vec::with_capacity(queues.len());
-        let last = queues.len() - 1;
-        let mut envelope = Some(envelope);
-        for (i, queue) in queues.into_iter().enumerate() {
-            let env = if i == last {
-                match envelope.take() {
-                    Some(e) => e,
-                    None => break,
-                }
-            } else {
-                match &envelope {
-                    Some(e) => {
-                        let mut copy = e.clone();
-                        copy.tag = uuid::Uuid::new_v4().to_string();
-                        copy
-                    }
-                    None => break,
-                }
-            };
-            out.push((queue, env));
+        let envelope = Envelope::new(message, exchange, routing_key);
+        for queue in others {
+            sink.push(((*queue).to_owned(), envelope.clone()));
         }
-        Ok(out)
+        sink.push(((*last).to_owned(), envelope));
+        Ok(())
     }
 
     async fn put_routed(&self, items: Vec<(String, Envelope)>) -> Result<()> {
@@ -254,7 +240,15 @@ impl Shared {
     }
 
     /// Republishes dead letters to their dead-letter exchanges with an `x-death` record.
-    async fn dead_letter(&self, mut dead: Vec<DeadLetter>) -> Result<()> {
+    async fn dead_letter(&self, dead: Vec<DeadLetter>) -> Result<()> {
+        if dead.is_empty() {
+            // The common case, kept out of the (large) future below.
+            return Ok(());
+        }
+        self.dead_letter_all(dead).await
+    }
+
+    async fn dead_letter_all(&self, mut dead: Vec<DeadLetter>) -> Result<()> {
         let mut hops = 0;
         while !dead.is_empty() {
             hops += 1;
@@ -271,7 +265,7 @@ impl Shared {
                     .routing_key
                     .clone()
                     .unwrap_or_else(|| dl.envelope.routing_key.clone());
-                let mut message = dl.envelope.message;
+                let mut message = Arc::unwrap_or_clone(dl.envelope.message);
                 record_death(
                     &mut message.headers,
                     &dl.queue,
@@ -287,8 +281,8 @@ impl Shared {
                     message,
                     mandatory: false,
                 };
-                match self.route(out).await {
-                    Ok(r) => routed.extend(r),
+                match self.route(out, &mut routed).await {
+                    Ok(()) => {}
                     Err(error) => {
                         tracing::warn!(queue = %dl.queue, %error, "dead-lettering failed");
                     }
@@ -319,39 +313,45 @@ impl Shared {
         }
     }
 
-    /// Registers a taken message and makes its delivery.
+    /// Registers taken messages (one lock for the batch) and makes their deliveries.
     fn register(
         self: &Arc<Self>,
-        queue: &str,
-        taken: Taken,
+        queue: &Arc<str>,
+        taken: Vec<Taken>,
         inflight: Option<&Arc<InFlight>>,
         consumer_tag: &str,
-    ) -> Delivery {
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let Taken { envelope, receipt } = taken;
-        let settler: Option<Arc<dyn Settler>> = match inflight {
-            None => None,
-            Some(inflight) => {
-                self.pending.lock().insert(
-                    tag,
-                    Pending {
-                        queue: queue.to_owned(),
-                        receipt,
-                        inflight: inflight.clone(),
-                    },
-                );
-                Some(self.clone() as Arc<dyn Settler>)
-            }
-        };
-        let info = DeliveryInfo {
-            exchange: envelope.exchange,
-            routing_key: envelope.routing_key,
-            queue: queue.to_owned(),
-            redelivered: envelope.redelivered,
-            delivery_tag: tag,
-            consumer_tag: consumer_tag.to_owned(),
-        };
-        Delivery::new(envelope.message, info, settler)
+        out: &mut VecDeque<Delivery>,
+    ) {
+        if let Some(inflight) = inflight {
+            inflight.count.fetch_add(taken.len(), Ordering::AcqRel);
+        }
+        let mut pending = inflight.map(|_| self.pending.lock());
+        for Taken { envelope, receipt } in taken {
+            let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+            let settler: Option<Arc<dyn Settler>> = match (&mut pending, inflight) {
+                (Some(pending), Some(inflight)) => {
+                    pending.insert(
+                        tag,
+                        Pending {
+                            queue: queue.clone(),
+                            receipt,
+                            inflight: inflight.clone(),
+                        },
+                    );
+                    Some(self.clone() as Arc<dyn Settler>)
+                }
+                _ => None,
+            };
+            let info = DeliveryInfo {
+                exchange: envelope.exchange,
+                routing_key: envelope.routing_key,
+                queue: queue.to_string(),
+                redelivered: envelope.redelivered,
+                delivery_tag: tag,
+                consumer_tag: consumer_tag.to_owned(),
+            };
+            out.push_back(Delivery::shared(envelope.message, info, settler));
+        }
     }
 }
 
@@ -409,24 +409,50 @@ fn record_death(headers: &mut Headers, queue: &str, reason: &str, exchange: &str
         .or_insert_with(|| exchange.into());
 }
 
+fn not_pending(delivery_tag: u64) -> Error {
+    Error::new(
+        ErrorKind::Settlement,
+        format!(
+            "delivery {delivery_tag} is not pending on this channel (already settled, or the \
+             channel closed and the message was restored)"
+        ),
+    )
+}
+
+impl Shared {
+    fn pending_entry(&self, delivery_tag: u64) -> Result<(Arc<str>, Receipt)> {
+        match self.pending.lock().get(&delivery_tag) {
+            Some(p) => Ok((p.queue.clone(), p.receipt.clone())),
+            None => Err(not_pending(delivery_tag)),
+        }
+    }
+
+    fn settled(&self, delivery_tag: u64) {
+        if let Some(p) = self.pending.lock().remove(&delivery_tag) {
+            p.inflight.release();
+        }
+    }
+}
+
 #[async_trait]
 impl Settler for Shared {
-    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
-        let (queue, receipt) = {
-            let pending = self.pending.lock();
-            match pending.get(&delivery_tag) {
-                Some(p) => (p.queue.clone(), p.receipt.clone()),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Settlement,
-                        format!(
-                            "delivery {delivery_tag} is not pending on this channel (already \
-                             settled, or the channel closed and the message was restored)"
-                        ),
-                    ));
-                }
-            }
+    fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
+        if outcome != Outcome::Ack {
+            return None;
+        }
+        let (queue, receipt) = match self.pending_entry(delivery_tag) {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
         };
+        let acked = self.backend.try_ack(&queue, &receipt)?;
+        if acked.is_ok() {
+            self.settled(delivery_tag);
+        }
+        Some(acked)
+    }
+
+    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+        let (queue, receipt) = self.pending_entry(delivery_tag)?;
         match outcome {
             Outcome::Ack => self.backend.ack(&queue, &receipt).await?,
             Outcome::Requeue => self.backend.restore(&queue, &receipt).await?,
@@ -436,25 +462,12 @@ impl Settler for Shared {
                 }
             }
         }
-        if let Some(p) = self.pending.lock().remove(&delivery_tag) {
-            p.inflight.release();
-        }
+        self.settled(delivery_tag);
         Ok(())
     }
 
     async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
-        let (queue, receipt) = {
-            let pending = self.pending.lock();
-            match pending.get(&delivery_tag) {
-                Some(p) => (p.queue.clone(), p.receipt.clone()),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Settlement,
-                        format!("delivery {delivery_tag} is not pending on this channel"),
-                    ));
-                }
-            }
-        };
+        let (queue, receipt) = self.pending_entry(delivery_tag)?;
         self.backend.extend_lease(&queue, &receipt, by).await
     }
 }
@@ -563,7 +576,18 @@ impl Channel for VirtualChannel {
 
     async fn publish(&self, outgoing: Outgoing) -> Result<()> {
         self.shared.check_open()?;
-        let routed = self.shared.route(outgoing).await?;
+        if outgoing.exchange.is_empty() && !outgoing.mandatory {
+            // The default exchange: the routing key names the queue. No routing table, no batch.
+            let queue = outgoing.routing_key.clone();
+            let envelope = Envelope::new(outgoing.message, outgoing.exchange, outgoing.routing_key);
+            let dead = self.shared.backend.put(&queue, envelope).await?;
+            if dead.is_empty() {
+                return Ok(());
+            }
+            return self.shared.dead_letter(dead).await;
+        }
+        let mut routed = Vec::with_capacity(1);
+        self.shared.route(outgoing, &mut routed).await?;
         self.shared.put_routed(routed).await
     }
 
@@ -571,7 +595,7 @@ impl Channel for VirtualChannel {
         self.shared.check_open()?;
         let mut routed = Vec::with_capacity(batch.len());
         for outgoing in batch {
-            routed.extend(self.shared.route(outgoing).await?);
+            self.shared.route(outgoing, &mut routed).await?;
         }
         self.shared.put_routed(routed).await
     }
@@ -593,6 +617,7 @@ impl Channel for VirtualChannel {
         let state = ConsumerState {
             shared: self.shared.clone(),
             queues: queues.to_vec(),
+            names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
             next_queue: 0,
             prefetch: usize::from(options.prefetch),
             mode: self
@@ -601,6 +626,7 @@ impl Channel for VirtualChannel {
             consumer_tag,
             buffer: VecDeque::new(),
             inflight: Arc::new(InFlight::default()),
+            spins: 0,
         };
         Ok(Box::pin(futures::stream::unfold(
             state,
@@ -614,12 +640,15 @@ impl Channel for VirtualChannel {
         let fetched = self.shared.backend.get_many(queue, 1, mode).await?;
         self.shared.dead_letter(fetched.dead).await?;
         let inflight = (!no_ack).then(|| Arc::new(InFlight::default()));
-        Ok(fetched.taken.into_iter().next().map(|taken| {
-            if let Some(i) = &inflight {
-                i.count.fetch_add(1, Ordering::AcqRel);
-            }
-            self.shared.register(queue, taken, inflight.as_ref(), "")
-        }))
+        let mut out = VecDeque::with_capacity(1);
+        self.shared.register(
+            &Arc::from(queue),
+            fetched.taken,
+            inflight.as_ref(),
+            "",
+            &mut out,
+        );
+        Ok(out.pop_front())
     }
 
     async fn close(&self) -> Result<()> {
@@ -633,6 +662,8 @@ impl Channel for VirtualChannel {
 struct ConsumerState {
     shared: Arc<Shared>,
     queues: Vec<String>,
+    /// The same names, shared by every pending entry.
+    names: Vec<Arc<str>>,
     next_queue: usize,
     prefetch: usize,
     mode: TakeMode,
@@ -640,6 +671,8 @@ struct ConsumerState {
     /// Taken but not yet handed out; already pending (so a close restores them).
     buffer: VecDeque<Delivery>,
     inflight: Arc<InFlight>,
+    /// Empty looks since the last message.
+    spins: u32,
 }
 
 impl ConsumerState {
@@ -672,10 +705,29 @@ impl ConsumerState {
                 continue;
             }
             match self.fetch(want).await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    self.spins = 0;
+                    continue;
+                }
+                Ok(false) if self.spins < SPINS_BEFORE_WAIT => {
+                    self.spins += 1;
+                    tokio::task::yield_now().await;
+                }
                 Ok(false) => {
-                    if let Err(e) = self.shared.backend.wait(&self.queues, IDLE_WAIT).await {
-                        return Some(Err(e));
+                    self.spins = 0;
+                    let closing = self.shared.closing.notified();
+                    tokio::pin!(closing);
+                    closing.as_mut().enable();
+                    if self.shared.closed.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    tokio::select! {
+                        waited = self.shared.backend.wait(&self.queues, IDLE_WAIT) => {
+                            if let Err(e) = waited {
+                                return Some(Err(e));
+                            }
+                        }
+                        () = &mut closing => return None,
                     }
                 }
                 Err(e) => return Some(Err(e)),
@@ -700,16 +752,13 @@ impl ConsumerState {
             }
             self.next_queue = (idx + 1) % n;
             let inflight = (!self.no_ack()).then_some(&self.inflight);
-            if let Some(i) = inflight {
-                i.count.fetch_add(fetched.taken.len(), Ordering::AcqRel);
-            }
-            let queue = &self.queues[idx];
-            for taken in fetched.taken {
-                let delivery = self
-                    .shared
-                    .register(queue, taken, inflight, &self.consumer_tag);
-                self.buffer.push_back(delivery);
-            }
+            self.shared.register(
+                &self.names[idx],
+                fetched.taken,
+                inflight,
+                &self.consumer_tag,
+                &mut self.buffer,
+            );
             return Ok(true);
         }
         Ok(false)

@@ -8,11 +8,12 @@
 //! `redelivered`), and extra properties it does not know (ignored).
 //!
 //! ```
+//! use std::sync::Arc;
 //! use kombu_core::virtual_transport::{envelope, Envelope};
 //! use kombu_core::{DeliveryMode, Message, Properties};
 //!
 //! let env = Envelope {
-//!     message: Message {
+//!     message: Arc::new(Message {
 //!         body: "{\"a\": 1}".into(),
 //!         content_type: Some("application/json".into()),
 //!         content_encoding: Some("utf-8".into()),
@@ -23,7 +24,7 @@
 //!             ..Properties::default()
 //!         },
 //!         ..Message::default()
-//!     },
+//!     }),
 //!     exchange: "".into(),
 //!     routing_key: "q".into(),
 //!     tag: "t1".into(),
@@ -48,7 +49,8 @@ use crate::virtual_transport::Envelope;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Serializes an envelope as kombu does (Python `json.dumps` spacing: `", "` and `": "`).
+/// Serializes an envelope as kombu does (Python `json.dumps` spacing: `", "` and `": "`). An
+/// envelope without a tag gets a fresh UUID4 `delivery_tag`, as kombu's publisher gives it.
 pub fn encode(env: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + env.message.body.len() * 4 / 3);
     let mut ser =
@@ -112,8 +114,8 @@ pub fn from_json(json: Json) -> Result<Envelope> {
             ));
         }
     };
-    let content_type = take_string(&mut obj, "content-type");
-    let content_encoding = take_string(&mut obj, "content-encoding");
+    let content_type = take_name(&mut obj, "content-type");
+    let content_encoding = take_name(&mut obj, "content-encoding");
     let mut headers: Headers = match obj.remove("headers") {
         Some(Json::Object(h)) => h
             .into_iter()
@@ -164,13 +166,13 @@ pub fn from_json(json: Json) -> Result<Envelope> {
         app_id: take_string(&mut props, "app_id"),
     };
     Ok(Envelope {
-        message: Message {
+        message: std::sync::Arc::new(Message {
             body,
             content_type,
             content_encoding,
             headers,
             properties,
-        },
+        }),
         exchange,
         routing_key,
         tag,
@@ -181,6 +183,17 @@ pub fn from_json(json: Json) -> Result<Envelope> {
 fn take_string(map: &mut serde_json::Map<String, Json>, key: &str) -> Option<String> {
     match map.remove(key) {
         Some(Json::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// A content type or encoding, static for the common ones.
+fn take_name(
+    map: &mut serde_json::Map<String, Json>,
+    key: &str,
+) -> Option<std::borrow::Cow<'static, str>> {
+    match map.get(key) {
+        Some(Json::String(s)) => Some(kombu_serializers::known(s)),
         _ => None,
     }
 }
@@ -250,7 +263,11 @@ impl Serialize for PropertiesRef<'_> {
         m.serialize_entry("delivery_info", &DeliveryInfoRef(env))?;
         m.serialize_entry("priority", &p.priority.unwrap_or(0))?;
         m.serialize_entry("body_encoding", "base64")?;
-        m.serialize_entry("delivery_tag", &env.tag)?;
+        if env.tag.is_empty() {
+            m.serialize_entry("delivery_tag", &uuid::Uuid::new_v4().to_string())?;
+        } else {
+            m.serialize_entry("delivery_tag", &env.tag)?;
+        }
         m.end()
     }
 }
@@ -318,7 +335,7 @@ mod tests {
     #[test]
     fn expiration_and_unicode() {
         let env = Envelope {
-            message: Message {
+            message: std::sync::Arc::new(Message {
                 body: bytes::Bytes::from_static(&[0, 255]),
                 headers: [("k".to_owned(), Value::from("é😀"))].into_iter().collect(),
                 properties: Properties {
@@ -328,7 +345,7 @@ mod tests {
                     ..Properties::default()
                 },
                 ..Message::default()
-            },
+            }),
             exchange: "ex".into(),
             routing_key: "ключ".into(),
             tag: "x".into(),

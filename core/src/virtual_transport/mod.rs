@@ -28,17 +28,33 @@ pub use channel::VirtualChannel;
 /// A message as a virtual backend stores it: the message plus what kombu's envelope adds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// The message.
-    pub message: Message,
+    /// The message, shared: a backend that keeps a taken message for redelivery and the
+    /// delivery handed to the consumer hold the same one, with no copy.
+    pub message: Arc<Message>,
     /// Exchange it was published to.
     pub exchange: String,
     /// Routing key it was published with.
     pub routing_key: String,
-    /// kombu's `delivery_tag`: a UUID4 string chosen by the publisher. Backends that keep
-    /// kombu's unacked bookkeeping (Redis) key on it.
+    /// kombu's `delivery_tag`: a UUID4 string chosen by the publisher, which backends that keep
+    /// kombu's unacked bookkeeping (Redis) key on. Empty until the envelope is first
+    /// serialized: [`envelope::encode`] writes a fresh UUID4 for an empty tag, so backends that
+    /// never serialize (memory) never pay for one.
     pub tag: String,
     /// Delivered before and returned (requeued, restored, lease expired).
     pub redelivered: bool,
+}
+
+impl Envelope {
+    /// A freshly published message (not redelivered, no kombu tag yet).
+    pub fn new(message: Message, exchange: String, routing_key: String) -> Self {
+        Envelope {
+            message: Arc::new(message),
+            exchange,
+            routing_key,
+            tag: String::new(),
+            redelivered: false,
+        }
+    }
 }
 
 /// A backend's handle on a taken (unacked) message, used to ack, reject or restore it.
@@ -180,6 +196,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched>;
     /// Removes an unacked message.
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()>;
+    /// Acks at once when the backend can without I/O (in-process); `None` means use `ack`.
+    fn try_ack(&self, queue: &str, receipt: &Receipt) -> Option<Result<()>> {
+        let _ = (queue, receipt);
+        None
+    }
     /// Removes an unacked message; hands it back if the queue dead-letters.
     async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>>;
     /// Returns an unacked message to the head of its queue, marked redelivered.

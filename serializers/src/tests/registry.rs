@@ -176,8 +176,8 @@ fn encode_produces_body_and_headers() {
     assert_eq!(
         (
             &encoded.body[..],
-            encoded.content_type.as_str(),
-            encoded.content_encoding.as_str()
+            &*encoded.content_type,
+            &*encoded.content_encoding
         ),
         (&[1u8, 2][..], "application/data", "binary")
     );
@@ -187,8 +187,8 @@ fn encode_produces_body_and_headers() {
     assert_eq!(
         (
             &encoded.body[..],
-            encoded.content_type.as_str(),
-            encoded.content_encoding.as_str()
+            &*encoded.content_type,
+            &*encoded.content_encoding
         ),
         ("ünï".as_bytes(), "text/plain", "utf-8")
     );
