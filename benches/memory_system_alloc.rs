@@ -1,0 +1,8 @@
+//! The memory benchmark (see `benches/memory.rs`) with the system allocator.
+
+#[path = "memory_common.rs"]
+mod common;
+
+fn main() -> kombu::Result<()> {
+    common::run("system")
+}
