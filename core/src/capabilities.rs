@@ -38,8 +38,9 @@ pub struct Capabilities {
     pub restore_on_drop: bool,
     /// Publishes can be confirmed by the broker.
     pub publisher_confirms: bool,
-    /// A mandatory publish ([`Publish::mandatory`](crate::Publish::mandatory)) to an exchange
-    /// that routes it to no queue fails with [`ErrorKind::Unroutable`](crate::ErrorKind::Unroutable).
+    /// A mandatory publish ([`Publish::mandatory`](crate::Publish::mandatory)) that no queue
+    /// takes (an exchange with no matching binding, or the default exchange with a routing key
+    /// that names no queue) fails with [`ErrorKind::Unroutable`](crate::ErrorKind::Unroutable).
     pub mandatory: bool,
     /// Time-based behaviour (TTL, visibility timeout) follows tokio's clock, so tests can use
     /// `tokio::time::pause()`.

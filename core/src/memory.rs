@@ -385,13 +385,31 @@ impl Backend for MemoryBackend {
 
     async fn declare_queue(&self, queue: &Queue) -> Result<()> {
         let _writer = self.declaring.lock();
-        if self.queues.load().contains_key(&queue.name) {
+        if let Some(existing) = self.queues.load().get(&queue.name) {
+            let (a, b) = (&existing.spec, queue);
+            if (a.durable, a.exclusive, a.auto_delete) != (b.durable, b.exclusive, b.auto_delete)
+                || a.declare_arguments() != b.declare_arguments()
+            {
+                return Err(Error::new(
+                    crate::error::ErrorKind::PreconditionFailed,
+                    format!(
+                        "queue {:?} exists with other properties or arguments (durable, \
+                         exclusive, auto_delete, x-arguments); declare it as it is, or delete \
+                         it first",
+                        queue.name
+                    ),
+                ));
+            }
             return Ok(());
         }
         let mut map = FxHashMap::clone(&self.queues.load());
         map.insert(queue.name.clone(), Arc::new(MemQueue::new(queue.clone())));
         self.queues.store(Arc::new(map));
         Ok(())
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        Ok(self.queues.load().contains_key(queue))
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {

@@ -111,7 +111,22 @@ where
         id: id.clone(),
         patience: harness.patience(),
     };
-    if let Err(e) = scenario(ctx).await {
+    // A transport that spins under tokio's paused clock never lets `patience` pass; a
+    // real-time watchdog turns such a hang into a failure.
+    let limit = (harness.patience() * 6).max(std::time::Duration::from_secs(60));
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog_id = id.clone();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watched.recv_timeout(limit) {
+            eprintln!(
+                "conformance/{watchdog_id}: no result after {limit:?} of real time; aborting"
+            );
+            std::process::abort();
+        }
+    });
+    let outcome = scenario(ctx).await;
+    drop(done);
+    if let Err(e) = outcome {
         panic!("conformance/{id} failed: {e}");
     }
 }

@@ -456,7 +456,8 @@ pub async fn default_exchange(ctx: Ctx) -> Result<()> {
 /// A message that no binding of its exchange matches reaches no queue (not even one named
 /// like its routing key); with `mandatory` the publish fails with
 /// [`ErrorKind::Unroutable`] where [`Capabilities::mandatory`](crate::Capabilities::mandatory)
-/// says so. The exchange still routes matching messages afterwards.
+/// says so, as does a mandatory publish to the default exchange naming a missing queue.
+/// The exchange still routes matching messages afterwards.
 pub async fn unroutable(ctx: Ctx) -> Result<()> {
     let conn = ctx.connect().await?;
     pause_clock(&conn);
@@ -492,6 +493,21 @@ pub async fn unroutable(ctx: Ctx) -> Result<()> {
                 "a mandatory unroutable publish fails as Unroutable: {e}"
             ),
             Ok(()) => panic!("a mandatory publish that no queue takes must fail"),
+        }
+        let result = conn
+            .producer()
+            .message(&"to a missing queue")
+            .routing_key(ctx.name("missing"))
+            .mandatory(true)
+            .send()
+            .await;
+        match result {
+            Err(e) => assert_eq!(
+                e.kind(),
+                ErrorKind::Unroutable,
+                "a mandatory publish to a missing queue on the default exchange: {e}"
+            ),
+            Ok(()) => panic!("a mandatory publish to a queue that does not exist must fail"),
         }
     }
     // A mandatory publish that is routed succeeds.
@@ -1720,8 +1736,8 @@ pub async fn multi_queue_consumer(ctx: Ctx) -> Result<()> {
 }
 
 /// Declarations are idempotent: redeclaring an identical exchange or queue succeeds and keeps
-/// the queue's messages; declaring an exchange of the same name with another type fails with
-/// [`ErrorKind::PreconditionFailed`].
+/// the queue's messages; declaring an exchange of the same name with another type, or a queue
+/// of the same name with other arguments, fails with [`ErrorKind::PreconditionFailed`].
 pub async fn declare_idempotent(ctx: Ctx) -> Result<()> {
     let conn = ctx.connect().await?;
     pause_clock(&conn);
@@ -1754,6 +1770,19 @@ pub async fn declare_idempotent(ctx: Ctx) -> Result<()> {
             "redeclaring with another type: {e}"
         ),
         Ok(()) => panic!("redeclaring a direct exchange as fanout must fail"),
+    }
+    // The same for a queue redeclared with other arguments.
+    let conflicting = ctx.connect().await?;
+    match conflicting
+        .declare_queue(&Queue::new(q.name.clone()).max_length(5))
+        .await
+    {
+        Err(e) => assert_eq!(
+            e.kind(),
+            ErrorKind::PreconditionFailed,
+            "redeclaring a queue with other arguments: {e}"
+        ),
+        Ok(()) => panic!("redeclaring a queue with another x-max-length must fail"),
     }
     expect_queue(&conn, &q.name, &["kept"], &ctx).await?;
     Ok(())

@@ -195,6 +195,12 @@ impl Shared {
             mandatory,
         } = out;
         if exchange.is_empty() {
+            if mandatory && !self.backend.queue_exists(&routing_key).await? {
+                return Err(Error::new(
+                    ErrorKind::Unroutable,
+                    format!("no queue {routing_key:?} for the default exchange"),
+                ));
+            }
             sink.push((
                 routing_key.clone(),
                 Envelope::new(message, exchange, routing_key),

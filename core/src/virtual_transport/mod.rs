@@ -179,6 +179,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn declare_queue(&self, queue: &Queue) -> Result<()>;
     /// Deletes a queue, its messages and its bindings; returns how many ready messages it held.
     async fn delete_queue(&self, queue: &str) -> Result<u64>;
+    /// Whether a queue exists (asked only for mandatory publishes to the default exchange).
+    /// Brokers whose queues exist implicitly keep the default, `true`.
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        let _ = queue;
+        Ok(true)
+    }
 
     /// Adds a row to the binding table (idempotent).
     async fn bind(&self, row: &BindingRow) -> Result<()>;
