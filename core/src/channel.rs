@@ -24,7 +24,7 @@
 //! - reports broker faults as [`Error`]s and never panics.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,7 @@ use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryInfo, Message, Properties};
 use crate::value::Headers;
+use crate::virtual_transport::Envelope;
 
 /// A message on its way out: where to and what.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,19 +230,30 @@ pub struct Delivery {
 }
 
 struct DeliveryInner {
-    message: Arc<Message>,
-    info: DeliveryInfo,
+    /// The message with where it was published; shared with the backend that keeps it for
+    /// redelivery, so taking a message copies nothing.
+    envelope: Arc<Envelope>,
+    queue: Arc<str>,
+    consumer_tag: Arc<str>,
+    delivery_tag: u64,
+    /// Built on first use: most consumers never look, and it costs four strings.
+    info: OnceLock<DeliveryInfo>,
     settler: Option<Arc<dyn Settler>>,
     decoder: Arc<Decoder>,
 }
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("Delivery")
-            .field("info", &self.inner.info)
-            .field("content_type", &self.inner.message.content_type)
-            .field("body_len", &self.inner.message.body.len())
-            .field("no_ack", &self.inner.settler.is_none())
+            .field("queue", &inner.queue)
+            .field("delivery_tag", &inner.delivery_tag)
+            .field("exchange", &inner.envelope.exchange)
+            .field("routing_key", &inner.envelope.routing_key)
+            .field("redelivered", &inner.envelope.redelivered)
+            .field("content_type", &inner.envelope.message.content_type)
+            .field("body_len", &inner.envelope.message.body.len())
+            .field("no_ack", &inner.settler.is_none())
             .finish()
     }
 }
@@ -249,20 +261,42 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery; `settler` none means it was delivered in no-ack mode. Used by transports.
     pub fn new(message: Message, info: DeliveryInfo, settler: Option<Arc<dyn Settler>>) -> Self {
-        Delivery::shared(Arc::new(message), info, settler)
+        let envelope = Envelope {
+            message,
+            exchange: info.exchange.clone(),
+            routing_key: info.routing_key.clone(),
+            tag: String::new(),
+            redelivered: info.redelivered,
+        };
+        Delivery {
+            inner: Box::new(DeliveryInner {
+                envelope: Arc::new(envelope),
+                queue: Arc::from(info.queue.as_str()),
+                consumer_tag: Arc::from(info.consumer_tag.as_str()),
+                delivery_tag: info.delivery_tag,
+                info: OnceLock::from(info),
+                settler,
+                decoder: default_decoder(),
+            }),
+        }
     }
 
-    /// Like [`Delivery::new`], for a message the transport keeps a reference to (for
-    /// redelivery) without copying it.
-    pub fn shared(
-        message: Arc<Message>,
-        info: DeliveryInfo,
+    /// A delivery of a stored envelope that the transport keeps a reference to (virtual
+    /// transports), without copying it. Used by transports.
+    pub fn from_envelope(
+        envelope: Arc<Envelope>,
+        queue: Arc<str>,
+        consumer_tag: Arc<str>,
+        delivery_tag: u64,
         settler: Option<Arc<dyn Settler>>,
     ) -> Self {
         Delivery {
             inner: Box::new(DeliveryInner {
-                message,
-                info,
+                envelope,
+                queue,
+                consumer_tag,
+                delivery_tag,
+                info: OnceLock::new(),
                 settler,
                 decoder: default_decoder(),
             }),
@@ -275,31 +309,55 @@ impl Delivery {
 
     /// The message.
     pub fn message(&self) -> &Message {
-        &self.inner.message
+        &self.inner.envelope.message
     }
     /// The raw (possibly compressed) body.
     pub fn body(&self) -> &Bytes {
-        &self.inner.message.body
+        &self.inner.envelope.message.body
     }
     /// Headers.
     pub fn headers(&self) -> &Headers {
-        &self.inner.message.headers
+        &self.inner.envelope.message.headers
     }
     /// Properties.
     pub fn properties(&self) -> &Properties {
-        &self.inner.message.properties
+        &self.inner.envelope.message.properties
     }
     /// Content type of the serialized body.
     pub fn content_type(&self) -> Option<&str> {
-        self.inner.message.content_type.as_deref()
+        self.inner.envelope.message.content_type.as_deref()
     }
     /// Where it came from and its delivery tag.
     pub fn info(&self) -> &DeliveryInfo {
-        &self.inner.info
+        let inner = &self.inner;
+        inner.info.get_or_init(|| DeliveryInfo {
+            exchange: inner.envelope.exchange.clone(),
+            routing_key: inner.envelope.routing_key.clone(),
+            queue: inner.queue.to_string(),
+            redelivered: inner.envelope.redelivered,
+            delivery_tag: inner.delivery_tag,
+            consumer_tag: inner.consumer_tag.to_string(),
+        })
+    }
+    /// The queue it was taken from.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+    /// Channel-scoped delivery tag.
+    pub fn delivery_tag(&self) -> u64 {
+        self.inner.delivery_tag
+    }
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.inner.envelope.routing_key
+    }
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        &self.inner.envelope.exchange
     }
     /// Whether it was delivered before.
     pub fn redelivered(&self) -> bool {
-        self.inner.info.redelivered
+        self.inner.envelope.redelivered
     }
     /// Whether it was delivered in no-ack mode (settling does nothing).
     pub fn is_no_ack(&self) -> bool {
@@ -308,17 +366,19 @@ impl Delivery {
 
     /// Decodes the body into `T`: decompress (bounded), check the accept list, deserialize.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        self.inner.decoder.decode(&self.inner.message)
+        self.inner.decoder.decode(&self.inner.envelope.message)
     }
 
     /// The body after decompression.
     pub fn decompressed_body(&self) -> Result<Bytes> {
-        self.inner.decoder.decompressed(&self.inner.message)
+        self.inner
+            .decoder
+            .decompressed(&self.inner.envelope.message)
     }
 
     /// Checks the content type against the consumer's accept list.
     pub fn check_accept(&self) -> Result<()> {
-        self.inner.decoder.check(&self.inner.message)
+        self.inner.decoder.check(&self.inner.envelope.message)
     }
 
     /// Acknowledges: the message is done and removed.
@@ -341,7 +401,7 @@ impl Delivery {
         let Some(settler) = &self.inner.settler else {
             return Ok(());
         };
-        let tag = self.inner.info.delivery_tag;
+        let tag = self.inner.delivery_tag;
         let settled = match settler.try_settle(tag, outcome) {
             Some(done) => done,
             None => settler.settle(tag, outcome).await,
@@ -360,17 +420,16 @@ impl Delivery {
     pub async fn extend_lease(&self, by: Duration) -> Result<()> {
         match &self.inner.settler {
             None => Ok(()),
-            Some(settler) => settler.extend_lease(self.inner.info.delivery_tag, by).await,
+            Some(settler) => settler.extend_lease(self.inner.delivery_tag, by).await,
         }
     }
 
     /// Takes the message out, giving up the ability to settle it here. The message stays
     /// unacked on the broker until the channel closes or its lease passes.
     pub fn into_message(self) -> (Message, DeliveryInfo) {
-        {
-            let inner = *self.inner;
-            (Arc::unwrap_or_clone(inner.message), inner.info)
-        }
+        let info = self.info().clone();
+        let inner = *self.inner;
+        (Arc::unwrap_or_clone(inner.envelope).message, info)
     }
 }
 
@@ -403,8 +462,8 @@ impl fmt::Display for SettleError {
         write!(
             f,
             "settling delivery {} from queue {:?} failed: {}",
-            self.delivery.info().delivery_tag,
-            self.delivery.info().queue,
+            self.delivery.delivery_tag(),
+            self.delivery.queue(),
             self.error
         )
     }

@@ -188,8 +188,8 @@ impl fmt::Display for ConsumeError {
             Some(d) => write!(
                 f,
                 "message {} from queue {:?} refused: {}",
-                d.info().delivery_tag,
-                d.info().queue,
+                d.delivery_tag(),
+                d.queue(),
                 self.error
             ),
             None => write!(f, "consuming failed: {}", self.error),
@@ -248,7 +248,7 @@ impl Consumer {
             Some(hook) => hook(error, delivery),
             None => {
                 tracing::error!(
-                    queue = %delivery.info().queue,
+                    queue = %delivery.queue(),
                     %error,
                     "refused message rejected"
                 );

@@ -138,6 +138,9 @@ struct MemQueue {
     ready: Mutex<Ready>,
     /// ...and settlement locks only this, so acks never contend with publishes.
     leases: Mutex<Leases>,
+    /// `ready.count`, readable without the lock: an idle consumer looking again costs the
+    /// publisher nothing.
+    ready_len: AtomicUsize,
     notify: Notify,
     /// Consumers inside `wait` on this queue; puts only notify when there is one.
     waiters: AtomicUsize,
@@ -145,7 +148,7 @@ struct MemQueue {
 
 #[derive(Debug)]
 struct Stored {
-    envelope: Envelope,
+    envelope: Arc<Envelope>,
     expires_at: Option<Instant>,
 }
 
@@ -246,6 +249,7 @@ impl MemQueue {
                 count: 0,
             }),
             leases: Mutex::new(Leases::default()),
+            ready_len: AtomicUsize::new(0),
             notify: Notify::new(),
             waiters: AtomicUsize::new(0),
         }
@@ -267,9 +271,11 @@ impl MemQueue {
         }
         let mut ready = self.ready.lock();
         for mut s in stored {
-            s.envelope.redelivered = true;
+            // Copies the envelope only if a delivery of it is still alive.
+            Arc::make_mut(&mut s.envelope).redelivered = true;
             ready.push_front(s);
         }
+        self.ready_len.store(ready.count, Ordering::SeqCst);
         drop(ready);
         self.wake_one();
     }
@@ -279,10 +285,10 @@ impl MemQueue {
         self.restore(expired);
     }
 
-    fn dead_letter(&self, envelope: Envelope, reason: DeathReason) -> Option<DeadLetter> {
+    fn dead_letter(&self, envelope: Arc<Envelope>, reason: DeathReason) -> Option<DeadLetter> {
         let exchange = self.spec.dead_letter_exchange.clone()?;
         Some(DeadLetter {
-            envelope,
+            envelope: Arc::unwrap_or_clone(envelope),
             queue: self.spec.name.clone(),
             reason,
             exchange,
@@ -299,8 +305,9 @@ impl MemQueue {
             (a, b) => a.or(b),
         };
         let stored = Stored {
-            envelope,
-            expires_at: ttl.map(|t| now + t),
+            envelope: Arc::new(envelope),
+            // A TTL too large for the clock never expires.
+            expires_at: ttl.and_then(|t| now.checked_add(t)),
         };
         let mut ready = self.ready.lock();
         ready.push_back(stored);
@@ -315,6 +322,7 @@ impl MemQueue {
                 }
             }
         }
+        self.ready_len.store(ready.count, Ordering::SeqCst);
         drop(ready);
         self.wake_one();
     }
@@ -500,6 +508,9 @@ impl Backend for MemoryBackend {
         };
         let now = Instant::now();
         q.restore_expired_leases(now);
+        if q.ready_len.load(Ordering::SeqCst) == 0 {
+            return Ok(fetched);
+        }
         let mut taken = Vec::with_capacity(max.min(256));
         let more = {
             let mut ready = q.ready.lock();
@@ -515,6 +526,7 @@ impl Backend for MemoryBackend {
                 }
                 taken.push(stored);
             }
+            q.ready_len.store(ready.count, Ordering::SeqCst);
             ready.count > 0
         };
         if !taken.is_empty() {
@@ -533,13 +545,13 @@ impl Backend for MemoryBackend {
                         .collect();
                 }
                 TakeMode::Lease(lease) => {
-                    let deadline = lease.map(|l| now + l);
+                    let deadline = lease.and_then(|l| now.checked_add(l));
                     let mut leases = q.leases.lock();
                     fetched.taken = taken
                         .into_iter()
                         .zip(first..)
                         .map(|(stored, receipt)| {
-                            let envelope = stored.envelope.clone();
+                            let envelope = Arc::clone(&stored.envelope);
                             leases.lease(receipt, stored, deadline);
                             Taken {
                                 envelope,
@@ -591,13 +603,15 @@ impl Backend for MemoryBackend {
         let Receipt::Id(id) = receipt else {
             return Ok(());
         };
-        let deadline = Instant::now() + by;
+        let deadline = Instant::now().checked_add(by);
         let mut leases = q.leases.lock();
         match leases.unacked.get_mut(id) {
             Some(u) => {
-                u.deadline = Some(deadline);
-                leases.next_deadline =
-                    Some(leases.next_deadline.map_or(deadline, |n| n.min(deadline)));
+                // A lease too long for the clock never ends by itself.
+                u.deadline = deadline;
+                if let Some(d) = deadline {
+                    leases.next_deadline = Some(leases.next_deadline.map_or(d, |n| n.min(d)));
+                }
                 Ok(())
             }
             None => Err(Error::new(
@@ -611,7 +625,9 @@ impl Backend for MemoryBackend {
         let Some(q) = self.queue(queue) else {
             return Ok(0);
         };
-        let purged = q.ready.lock().clear();
+        let mut ready = q.ready.lock();
+        let purged = ready.clear();
+        q.ready_len.store(0, Ordering::SeqCst);
         Ok(purged as u64)
     }
 
@@ -622,13 +638,16 @@ impl Backend for MemoryBackend {
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
         let qs: Vec<Arc<MemQueue>> = queues.iter().filter_map(|n| self.queue(n)).collect();
         let _registered = WaitGuard::register(&qs);
-        let mut until = Instant::now() + timeout;
+        let now = Instant::now();
+        let mut until = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(3600));
         let mut notified = Vec::with_capacity(qs.len());
         for q in &qs {
             let mut n = Box::pin(q.notify.notified());
             n.as_mut().enable();
             notified.push(n);
-            if q.ready.lock().count > 0 {
+            if q.ready_len.load(Ordering::SeqCst) > 0 {
                 return Ok(());
             }
             if let Some(d) = q.leases.lock().next_deadline {
@@ -661,5 +680,39 @@ impl Drop for WaitGuard<'_> {
         for q in self.0 {
             q.waiters.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use crate::{Connection, Queue};
+
+    #[tokio::test]
+    async fn huge_durations_mean_never_and_do_not_panic() {
+        let conn = Connection::open("memory://huge-durations").await.unwrap();
+        let q = Queue::new("q").message_ttl(Duration::MAX);
+        conn.declare_queue(&q).await.unwrap();
+        conn.producer()
+            .message(&1)
+            .routing_key("q")
+            .expiration(Duration::MAX)
+            .send()
+            .await
+            .unwrap();
+        let mut consumer = conn
+            .consumer([q])
+            .visibility_timeout(Duration::MAX)
+            .build()
+            .await
+            .unwrap();
+        let d = consumer.next().await.unwrap().unwrap();
+        d.extend_lease(Duration::MAX).await.unwrap();
+        assert_eq!(d.decode::<i32>().unwrap(), 1);
+        d.ack().await.unwrap();
+        assert_eq!(conn.queue_size("q").await.unwrap(), 0);
     }
 }

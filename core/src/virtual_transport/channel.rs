@@ -17,7 +17,6 @@ use crate::channel::{
 };
 use crate::entity::{Binding, Exchange, ExchangeKind, Queue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::DeliveryInfo;
 use crate::value::{Headers, Value};
 use crate::virtual_transport::router::route;
 use crate::virtual_transport::{
@@ -271,7 +270,7 @@ impl Shared {
                     .routing_key
                     .clone()
                     .unwrap_or_else(|| dl.envelope.routing_key.clone());
-                let mut message = Arc::unwrap_or_clone(dl.envelope.message);
+                let mut message = dl.envelope.message;
                 record_death(
                     &mut message.headers,
                     &dl.queue,
@@ -325,7 +324,7 @@ impl Shared {
         queue: &Arc<str>,
         taken: Vec<Taken>,
         inflight: Option<&Arc<InFlight>>,
-        consumer_tag: &str,
+        consumer_tag: &Arc<str>,
         out: &mut VecDeque<Delivery>,
     ) {
         if let Some(inflight) = inflight {
@@ -348,15 +347,13 @@ impl Shared {
                 }
                 _ => None,
             };
-            let info = DeliveryInfo {
-                exchange: envelope.exchange,
-                routing_key: envelope.routing_key,
-                queue: queue.to_string(),
-                redelivered: envelope.redelivered,
-                delivery_tag: tag,
-                consumer_tag: consumer_tag.to_owned(),
-            };
-            out.push_back(Delivery::shared(envelope.message, info, settler));
+            out.push_back(Delivery::from_envelope(
+                envelope,
+                queue.clone(),
+                consumer_tag.clone(),
+                tag,
+                settler,
+            ));
         }
     }
 }
@@ -629,7 +626,7 @@ impl Channel for VirtualChannel {
             mode: self
                 .shared
                 .take_mode(options.no_ack, options.visibility_timeout),
-            consumer_tag,
+            consumer_tag: consumer_tag.into(),
             buffer: VecDeque::new(),
             inflight: Arc::new(InFlight::default()),
             spins: 0,
@@ -651,7 +648,7 @@ impl Channel for VirtualChannel {
             &Arc::from(queue),
             fetched.taken,
             inflight.as_ref(),
-            "",
+            &Arc::from(""),
             &mut out,
         );
         Ok(out.pop_front())
@@ -673,7 +670,7 @@ struct ConsumerState {
     next_queue: usize,
     prefetch: usize,
     mode: TakeMode,
-    consumer_tag: String,
+    consumer_tag: Arc<str>,
     /// Taken but not yet handed out; already pending (so a close restores them).
     buffer: VecDeque<Delivery>,
     inflight: Arc<InFlight>,
@@ -781,8 +778,8 @@ impl Drop for ConsumerState {
         {
             let mut map = self.shared.pending.lock();
             for delivery in self.buffer.drain(..).rev() {
-                if let Some(p) = map.remove(&delivery.info().delivery_tag) {
-                    pending.push((delivery.info().delivery_tag, p));
+                if let Some(p) = map.remove(&delivery.delivery_tag()) {
+                    pending.push((delivery.delivery_tag(), p));
                 }
             }
         }

@@ -8,12 +8,11 @@
 //! `redelivered`), and extra properties it does not know (ignored).
 //!
 //! ```
-//! use std::sync::Arc;
 //! use kombu_core::virtual_transport::{envelope, Envelope};
 //! use kombu_core::{DeliveryMode, Message, Properties};
 //!
 //! let env = Envelope {
-//!     message: Arc::new(Message {
+//!     message: Message {
 //!         body: "{\"a\": 1}".into(),
 //!         content_type: Some("application/json".into()),
 //!         content_encoding: Some("utf-8".into()),
@@ -24,7 +23,7 @@
 //!             ..Properties::default()
 //!         },
 //!         ..Message::default()
-//!     }),
+//!     },
 //!     exchange: "".into(),
 //!     routing_key: "q".into(),
 //!     tag: "t1".into(),
@@ -166,13 +165,13 @@ pub fn from_json(json: Json) -> Result<Envelope> {
         app_id: take_string(&mut props, "app_id"),
     };
     Ok(Envelope {
-        message: std::sync::Arc::new(Message {
+        message: Message {
             body,
             content_type,
             content_encoding,
             headers,
             properties,
-        }),
+        },
         exchange,
         routing_key,
         tag,
@@ -335,7 +334,7 @@ mod tests {
     #[test]
     fn expiration_and_unicode() {
         let env = Envelope {
-            message: std::sync::Arc::new(Message {
+            message: Message {
                 body: bytes::Bytes::from_static(&[0, 255]),
                 headers: [("k".to_owned(), Value::from("é😀"))].into_iter().collect(),
                 properties: Properties {
@@ -345,7 +344,7 @@ mod tests {
                     ..Properties::default()
                 },
                 ..Message::default()
-            }),
+            },
             exchange: "ex".into(),
             routing_key: "ключ".into(),
             tag: "x".into(),

@@ -28,9 +28,8 @@ pub use channel::VirtualChannel;
 /// A message as a virtual backend stores it: the message plus what kombu's envelope adds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// The message, shared: a backend that keeps a taken message for redelivery and the
-    /// delivery handed to the consumer hold the same one, with no copy.
-    pub message: Arc<Message>,
+    /// The message.
+    pub message: Message,
     /// Exchange it was published to.
     pub exchange: String,
     /// Routing key it was published with.
@@ -48,7 +47,7 @@ impl Envelope {
     /// A freshly published message (not redelivered, no kombu tag yet).
     pub fn new(message: Message, exchange: String, routing_key: String) -> Self {
         Envelope {
-            message: Arc::new(message),
+            message,
             exchange,
             routing_key,
             tag: String::new(),
@@ -69,8 +68,9 @@ pub enum Receipt {
 /// A message taken from a queue.
 #[derive(Debug, Clone)]
 pub struct Taken {
-    /// The stored message.
-    pub envelope: Envelope,
+    /// The stored message, shared: a backend that keeps it for redelivery and the delivery
+    /// handed to the consumer hold the same one, with no copy.
+    pub envelope: Arc<Envelope>,
     /// How to settle it (meaningless for no-ack takes).
     pub receipt: Receipt,
 }
