@@ -221,8 +221,7 @@ impl Decoder {
 ///
 /// Settling consumes the delivery. If settling fails, the error hands the delivery back
 /// ([`SettleError::into_delivery`]) so it is never silently lost. A delivery dropped without
-/// being settled stays unacked until its channel closes (then it returns to its queue) or its
-/// visibility timeout passes.
+/// being settled is requeued, marked redelivered.
 pub struct Delivery {
     // Boxed: deliveries move through streams, options and results, and a message with its
     // properties is a few hundred bytes.
@@ -300,6 +299,24 @@ impl Delivery {
                 settler,
                 decoder: default_decoder(),
             }),
+        }
+    }
+
+    /// Forgets how to settle this delivery (its channel already restored or settled it).
+    pub(crate) fn forget_settlement(&mut self) {
+        self.inner.settler = None;
+    }
+
+    /// Acks at once and turns the delivery into a no-ack one (no-ack consumers take messages
+    /// with a lease, so that a buffered message is never lost, and ack as they hand them out).
+    pub(crate) async fn ack_for_no_ack(&mut self) -> Result<()> {
+        let Some(settler) = self.inner.settler.take() else {
+            return Ok(());
+        };
+        let tag = self.inner.delivery_tag;
+        match settler.try_settle(tag, Outcome::Ack) {
+            Some(done) => done,
+            None => settler.settle(tag, Outcome::Ack).await,
         }
     }
 
@@ -397,8 +414,9 @@ impl Delivery {
     }
 
     /// Settles with the given outcome.
-    pub async fn settle(self, outcome: Outcome) -> Result<(), SettleError> {
-        let Some(settler) = &self.inner.settler else {
+    pub async fn settle(mut self, outcome: Outcome) -> Result<(), SettleError> {
+        // Taken out so that dropping the delivery afterwards does not requeue it.
+        let Some(settler) = self.inner.settler.take() else {
             return Ok(());
         };
         let tag = self.inner.delivery_tag;
@@ -408,10 +426,13 @@ impl Delivery {
         };
         match settled {
             Ok(()) => Ok(()),
-            Err(error) => Err(SettleError {
-                error,
-                delivery: Box::new(self),
-            }),
+            Err(error) => {
+                self.inner.settler = Some(settler);
+                Err(SettleError {
+                    error,
+                    delivery: Box::new(self),
+                })
+            }
         }
     }
 
@@ -425,11 +446,45 @@ impl Delivery {
     }
 
     /// Takes the message out, giving up the ability to settle it here. The message stays
-    /// unacked on the broker until the channel closes or its lease passes.
-    pub fn into_message(self) -> (Message, DeliveryInfo) {
+    /// unacked on the broker, holding one prefetch slot, until the channel closes or its
+    /// visibility timeout passes; prefer settling.
+    pub fn into_message(mut self) -> (Message, DeliveryInfo) {
         let info = self.info().clone();
-        let inner = *self.inner;
-        (Arc::unwrap_or_clone(inner.envelope).message, info)
+        self.inner.settler = None;
+        let envelope = Arc::clone(&self.inner.envelope);
+        drop(self);
+        (Arc::unwrap_or_clone(envelope).message, info)
+    }
+}
+
+/// A delivery dropped without being settled is requeued (marked redelivered), so an early
+/// return or `?` in a handler never strands a message or the prefetch slot it holds.
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some(settler) = self.inner.settler.take() else {
+            return;
+        };
+        let tag = self.inner.delivery_tag;
+        if let Some(done) = settler.try_settle(tag, Outcome::Requeue) {
+            if let Err(error) = done {
+                tracing::debug!(tag, %error, "requeue of a dropped delivery failed");
+            }
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(error) = settler.settle(tag, Outcome::Requeue).await {
+                        tracing::debug!(tag, %error, "requeue of a dropped delivery failed");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                tag,
+                "delivery dropped unsettled outside a tokio runtime: it returns when its \
+                 channel closes or its visibility timeout passes"
+            ),
+        }
     }
 }
 

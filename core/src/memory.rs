@@ -92,7 +92,7 @@ impl Transport for MemoryTransport {
 
 fn parse_seconds(v: &str) -> Option<Duration> {
     let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[derive(Debug)]
@@ -572,6 +572,10 @@ impl Backend for MemoryBackend {
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         self.ack_now(queue, receipt);
         Ok(())
+    }
+
+    fn idle_spins(&self) -> u32 {
+        8
     }
 
     fn try_ack(&self, queue: &str, receipt: &Receipt) -> Option<Result<()>> {

@@ -84,6 +84,22 @@ impl BrokerUrl {
             }
             None => (None, authority),
         };
+        if userinfo.is_none() && authority.contains(':') {
+            // `user:pass` whose password has a `/`, `?` or `#` in it ends the authority early;
+            // parsing on would show the password as a port, path or query.
+            let path_has_at = path.is_some_and(|p| p.contains('@'));
+            let query_has_at = query.is_some_and(|q| q.contains('@'));
+            let port_is_not_a_port = authority
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_err());
+            if path_has_at || (port_is_not_a_port && query_has_at) {
+                return Err(invalid(
+                    raw,
+                    "the user or password has '/', '?' or '#' in it: percent-encode them \
+                     (%2F, %3F, %23)",
+                ));
+            }
+        }
         let (host, port) = split_host_port(hostport);
         let port =
             match port {
@@ -304,6 +320,29 @@ mod tests {
         let u = BrokerUrl::parse("amqp://u:p@ss@host/").unwrap();
         assert_eq!(u.password().as_deref(), Some("p@ss"));
         assert_eq!(u.to_string(), "amqp://u:**@host/");
+
+        // Percent-encoded '/' and '?' in a password are fine and masked.
+        let u = BrokerUrl::parse("redis://:pa%2Fss%3F@host:6379/0").unwrap();
+        assert_eq!(u.password().as_deref(), Some("pa/ss?"));
+        assert_eq!(u.to_string(), "redis://:**@host:6379/0");
+        // Unencoded, they are refused, and the error does not echo the URL.
+        for raw in [
+            "redis://:pa/ss@host:6379/0",
+            "amqp://user:se?cret@host//",
+            "amqp://u:1234567/x@h//",
+        ] {
+            let err = BrokerUrl::parse(raw).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.contains("percent-encode"), "{shown}");
+            for secret in ["pa/ss", "se?cret", "1234567"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+        // An '@' in a path or query after a plain authority is not user info.
+        let u = BrokerUrl::parse("sqla+sqlite:///tmp/a@b.db").unwrap();
+        assert_eq!(u.rest(), "/tmp/a@b.db");
+        let u = BrokerUrl::parse("redis://host:6379/0?client_name=a@b").unwrap();
+        assert_eq!(u.host(), Some("host"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
@@ -27,10 +28,6 @@ use crate::virtual_transport::{
 const MAX_BATCH: usize = 256;
 /// Longest a consumer waits in one backend `wait` before looking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// Times an idle consumer looks again, yielding to the runtime in between, before it parks in
-/// the backend's `wait`. A steady stream of publishes then costs no thread wake-up per message;
-/// a truly idle consumer parks after a few microseconds.
-const SPINS_BEFORE_WAIT: u32 = 8;
 /// Dead-letter hops followed for one message before giving up (a cycle of DLXs).
 const MAX_DEAD_LETTER_HOPS: usize = 16;
 
@@ -55,6 +52,12 @@ struct Pending {
     queue: Arc<str>,
     receipt: Receipt,
     inflight: Arc<InFlight>,
+    /// When the backend gives the message to someone else (its lease ends).
+    deadline: Option<tokio::time::Instant>,
+    /// A rejected message the backend already gave up but that could be neither
+    /// dead-lettered nor returned to its queue (the broker refused both): held here until a
+    /// retried settlement or the channel's close puts it somewhere.
+    orphan: Option<DeadLetter>,
 }
 
 /// Unsettled deliveries of one consumer, for prefetch.
@@ -146,10 +149,21 @@ impl Drop for VirtualChannel {
 
 async fn restore_all(backend: &dyn Backend, pending: Vec<(u64, Pending)>) {
     for (_, p) in pending {
-        if let Err(error) = backend.restore(&p.queue, &p.receipt).await {
+        let restored = match p.orphan {
+            Some(dead) => put_back(backend, &p.queue, dead).await,
+            None => backend.restore(&p.queue, &p.receipt).await,
+        };
+        if let Err(error) = restored {
             tracing::warn!(queue = %p.queue, %error, "could not restore an unsettled message");
         }
     }
+}
+
+/// Returns a message the backend no longer holds to its queue, marked redelivered.
+async fn put_back(backend: &dyn Backend, queue: &str, dead: DeadLetter) -> Result<()> {
+    let mut envelope = dead.envelope;
+    envelope.redelivered = true;
+    backend.put(queue, envelope).await.map(drop)
 }
 
 impl Shared {
@@ -324,9 +338,12 @@ impl Shared {
         queue: &Arc<str>,
         taken: Vec<Taken>,
         inflight: Option<&Arc<InFlight>>,
+        lease: Option<Duration>,
         consumer_tag: &Arc<str>,
         out: &mut VecDeque<Delivery>,
     ) {
+        let now = tokio::time::Instant::now();
+        let deadline = lease.and_then(|l| now.checked_add(l));
         if let Some(inflight) = inflight {
             inflight.count.fetch_add(taken.len(), Ordering::AcqRel);
         }
@@ -341,6 +358,8 @@ impl Shared {
                             queue: queue.clone(),
                             receipt,
                             inflight: inflight.clone(),
+                            deadline,
+                            orphan: None,
                         },
                     );
                     Some(self.clone() as Arc<dyn Settler>)
@@ -430,6 +449,77 @@ impl Shared {
         }
     }
 
+    /// The earliest lease end among a consumer's unsettled deliveries.
+    fn earliest_deadline(&self, inflight: &Arc<InFlight>) -> Option<tokio::time::Instant> {
+        self.pending
+            .lock()
+            .values()
+            .filter(|p| Arc::ptr_eq(&p.inflight, inflight))
+            .filter_map(|p| p.deadline)
+            .min()
+    }
+
+    /// Forgets a consumer's deliveries whose lease has ended (the backend hands those messages
+    /// out again), freeing their prefetch slots. A late settlement of one fails as not pending.
+    fn expire_pending(&self, inflight: &Arc<InFlight>, now: tokio::time::Instant) {
+        let mut pending = self.pending.lock();
+        let expired: Vec<u64> = pending
+            .iter()
+            .filter(|(_, p)| Arc::ptr_eq(&p.inflight, inflight))
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in expired {
+            if let Some(p) = pending.remove(&tag) {
+                p.inflight.release();
+            }
+        }
+    }
+
+    /// Settles a rejected message the backend has already let go of: dead-letters it (or, if
+    /// that fails, returns it to its queue), or on requeue returns it, or on ack drops it. If
+    /// the broker refuses everything, the message stays with the delivery for a retry.
+    async fn settle_orphan(
+        &self,
+        delivery_tag: u64,
+        queue: &str,
+        dead: DeadLetter,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let result = match outcome {
+            Outcome::Ack => Ok(()),
+            Outcome::Requeue => put_back(&*self.backend, queue, dead.clone()).await,
+            Outcome::Reject => match self.dead_letter(vec![dead.clone()]).await {
+                Ok(()) => Ok(()),
+                Err(error) => match put_back(&*self.backend, queue, dead.clone()).await {
+                    Ok(()) => {
+                        self.settled(delivery_tag);
+                        return Err(error.context(
+                            "dead-lettering the rejected message failed; it was returned to \
+                             its queue",
+                        ));
+                    }
+                    Err(put_error) => Err(error.context(format!(
+                        "dead-lettering the rejected message failed, and so did returning it to \
+                         its queue ({put_error}); retry the settlement"
+                    ))),
+                },
+            },
+        };
+        match result {
+            Ok(()) => {
+                self.settled(delivery_tag);
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(p) = self.pending.lock().get_mut(&delivery_tag) {
+                    p.orphan = Some(dead);
+                }
+                Err(error)
+            }
+        }
+    }
+
     fn settled(&self, delivery_tag: u64) {
         if let Some(p) = self.pending.lock().remove(&delivery_tag) {
             p.inflight.release();
@@ -443,9 +533,11 @@ impl Settler for Shared {
         if outcome != Outcome::Ack {
             return None;
         }
-        let (queue, receipt) = match self.pending_entry(delivery_tag) {
-            Ok(entry) => entry,
-            Err(e) => return Some(Err(e)),
+        let (queue, receipt) = match self.pending.lock().get(&delivery_tag) {
+            // A held orphan settles on the async path.
+            Some(p) if p.orphan.is_some() => return None,
+            Some(p) => (p.queue.clone(), p.receipt.clone()),
+            None => return Some(Err(not_pending(delivery_tag))),
         };
         let acked = self.backend.try_ack(&queue, &receipt)?;
         if acked.is_ok() {
@@ -456,12 +548,24 @@ impl Settler for Shared {
 
     async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
         let (queue, receipt) = self.pending_entry(delivery_tag)?;
+        let orphan = self
+            .pending
+            .lock()
+            .get_mut(&delivery_tag)
+            .and_then(|p| p.orphan.take());
+        if let Some(dead) = orphan {
+            return self
+                .settle_orphan(delivery_tag, &queue, dead, outcome)
+                .await;
+        }
         match outcome {
             Outcome::Ack => self.backend.ack(&queue, &receipt).await?,
             Outcome::Requeue => self.backend.restore(&queue, &receipt).await?,
             Outcome::Reject => {
                 if let Some(dead) = self.backend.reject(&queue, &receipt).await? {
-                    self.dead_letter(vec![dead]).await?;
+                    return self
+                        .settle_orphan(delivery_tag, &queue, dead, outcome)
+                        .await;
                 }
             }
         }
@@ -623,34 +727,42 @@ impl Channel for VirtualChannel {
             names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
             next_queue: 0,
             prefetch: usize::from(options.prefetch),
-            mode: self
-                .shared
-                .take_mode(options.no_ack, options.visibility_timeout),
+            // No-ack consumers take with a lease too, and ack as they hand out, so messages
+            // taken into the buffer go back if the consumer is dropped.
+            lease: options
+                .visibility_timeout
+                .or(self.shared.default_visibility),
+            no_ack: options.no_ack,
             consumer_tag: consumer_tag.into(),
             buffer: VecDeque::new(),
             inflight: Arc::new(InFlight::default()),
             spins: 0,
         };
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |mut state| async move { state.next().await.map(|item| (item, state)) },
-        )))
+        // Fused: polling the stream again after it ended yields `None`, not a panic.
+        Ok(Box::pin(
+            futures::stream::unfold(state, |mut state| async move {
+                state.next().await.map(|item| (item, state))
+            })
+            .fuse(),
+        ))
     }
 
     async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
         self.shared.check_open()?;
         let mode = self.shared.take_mode(no_ack, None);
         let fetched = self.shared.backend.get_many(queue, 1, mode).await?;
-        self.shared.dead_letter(fetched.dead).await?;
         let inflight = (!no_ack).then(|| Arc::new(InFlight::default()));
         let mut out = VecDeque::with_capacity(1);
+        // Registered before dead-lettering, so a dead-letter failure cannot strand it.
         self.shared.register(
             &Arc::from(queue),
             fetched.taken,
             inflight.as_ref(),
+            self.shared.default_visibility,
             &Arc::from(""),
             &mut out,
         );
+        self.shared.dead_letter(fetched.dead).await?;
         Ok(out.pop_front())
     }
 
@@ -669,7 +781,9 @@ struct ConsumerState {
     names: Vec<Arc<str>>,
     next_queue: usize,
     prefetch: usize,
-    mode: TakeMode,
+    /// Visibility timeout of this consumer's leases.
+    lease: Option<Duration>,
+    no_ack: bool,
     consumer_tag: Arc<str>,
     /// Taken but not yet handed out; already pending (so a close restores them).
     buffer: VecDeque<Delivery>,
@@ -679,32 +793,35 @@ struct ConsumerState {
 }
 
 impl ConsumerState {
-    fn no_ack(&self) -> bool {
-        self.mode == TakeMode::NoAck
-    }
-
     async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return None;
             }
-            if let Some(delivery) = self.buffer.pop_front() {
+            if let Some(mut delivery) = self.buffer.pop_front() {
+                if self.shared.closed.load(Ordering::Acquire) {
+                    // A close raced with the pop and already restored it.
+                    delivery.forget_settlement();
+                    return None;
+                }
+                if self.no_ack {
+                    if let Err(e) = delivery.ack_for_no_ack().await {
+                        return Some(Err(e));
+                    }
+                }
                 return Some(Ok(delivery));
             }
-            let want = if self.no_ack() || self.prefetch == 0 {
+            let held = self.inflight.count.load(Ordering::Acquire);
+            let want = if self.prefetch == 0 {
                 MAX_BATCH
+            } else if self.no_ack {
+                // The window bounds the batch; deliveries are acked as they go out.
+                self.prefetch.min(MAX_BATCH)
             } else {
-                let held = self.inflight.count.load(Ordering::Acquire);
                 self.prefetch.saturating_sub(held).min(MAX_BATCH)
             };
             if want == 0 {
-                let released = self.inflight.released.notified();
-                tokio::pin!(released);
-                // Register before re-checking, so a release in between is not missed.
-                released.as_mut().enable();
-                if self.inflight.count.load(Ordering::Acquire) >= self.prefetch {
-                    released.await;
-                }
+                self.wait_for_slot().await;
                 continue;
             }
             match self.fetch(want).await {
@@ -712,12 +829,11 @@ impl ConsumerState {
                     self.spins = 0;
                     continue;
                 }
-                Ok(false) if self.spins < SPINS_BEFORE_WAIT => {
+                Ok(false) if self.spins < self.shared.backend.idle_spins() => {
                     self.spins += 1;
                     tokio::task::yield_now().await;
                 }
                 Ok(false) => {
-                    self.spins = 0;
                     let closing = self.shared.closing.notified();
                     tokio::pin!(closing);
                     closing.as_mut().enable();
@@ -738,31 +854,59 @@ impl ConsumerState {
         }
     }
 
+    /// At the prefetch limit: waits until a delivery is settled, or until one of this
+    /// consumer's leases ends (the backend then hands that message out again, so its slot is
+    /// freed here; nothing waits forever on a delivery that was dropped or kept too long).
+    async fn wait_for_slot(&self) {
+        let released = self.inflight.released.notified();
+        tokio::pin!(released);
+        // Register before re-checking, so a release in between is not missed.
+        released.as_mut().enable();
+        if self.inflight.count.load(Ordering::Acquire) < self.prefetch {
+            return;
+        }
+        match self.shared.earliest_deadline(&self.inflight) {
+            None => released.await,
+            Some(deadline) => {
+                tokio::select! {
+                    () = &mut released => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.shared
+                            .expire_pending(&self.inflight, tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes up to `want` messages from the next queue that has some. True if it got any.
     async fn fetch(&mut self, want: usize) -> Result<bool> {
         let n = self.queues.len();
+        let mode = TakeMode::Lease(self.lease);
         for i in 0..n {
             let idx = (self.next_queue + i) % n;
             let fetched = {
                 let queue = &self.queues[idx];
-                self.shared.backend.get_many(queue, want, self.mode).await?
+                self.shared.backend.get_many(queue, want, mode).await?
             };
-            if !fetched.dead.is_empty() {
-                self.shared.dead_letter(fetched.dead).await?;
+            let got = !fetched.taken.is_empty();
+            if got {
+                self.next_queue = (idx + 1) % n;
+                // Registered before dead-lettering, so a dead-letter failure cannot strand
+                // what was taken.
+                self.shared.register(
+                    &self.names[idx],
+                    fetched.taken,
+                    Some(&self.inflight),
+                    self.lease,
+                    &self.consumer_tag,
+                    &mut self.buffer,
+                );
             }
-            if fetched.taken.is_empty() {
-                continue;
+            self.shared.dead_letter(fetched.dead).await?;
+            if got {
+                return Ok(true);
             }
-            self.next_queue = (idx + 1) % n;
-            let inflight = (!self.no_ack()).then_some(&self.inflight);
-            self.shared.register(
-                &self.names[idx],
-                fetched.taken,
-                inflight,
-                &self.consumer_tag,
-                &mut self.buffer,
-            );
-            return Ok(true);
         }
         Ok(false)
     }
@@ -777,7 +921,8 @@ impl Drop for ConsumerState {
         let mut pending = Vec::new();
         {
             let mut map = self.shared.pending.lock();
-            for delivery in self.buffer.drain(..).rev() {
+            for mut delivery in self.buffer.drain(..).rev() {
+                delivery.forget_settlement();
                 if let Some(p) = map.remove(&delivery.delivery_tag()) {
                     pending.push((delivery.delivery_tag(), p));
                 }

@@ -214,8 +214,15 @@ impl Serialize for EnvelopeRef<'_> {
         let msg = &env.message;
         let mut m = s.serialize_map(Some(5))?;
         m.serialize_entry("body", &B64.encode(&msg.body))?;
-        m.serialize_entry("content-encoding", &msg.content_encoding)?;
-        m.serialize_entry("content-type", &msg.content_type)?;
+        if msg.content_type.is_none() && msg.content_encoding.is_none() {
+            // Raw bytes, named as kombu's publisher names them: a kombu consumer would
+            // otherwise read the body as UTF-8 text.
+            m.serialize_entry("content-encoding", "binary")?;
+            m.serialize_entry("content-type", "application/data")?;
+        } else {
+            m.serialize_entry("content-encoding", &msg.content_encoding)?;
+            m.serialize_entry("content-type", &msg.content_type)?;
+        }
         if env.redelivered {
             // kombu's Redis restore marks both places; readers of either find it.
             let mut headers = msg.headers.clone();
@@ -355,6 +362,13 @@ mod tests {
         assert!(text.is_ascii());
         assert!(text.contains(r#""expiration": "10000""#));
         assert!(text.contains(r#""k": "\u00e9\ud83d\ude00""#));
-        assert_eq!(decode(&bytes).unwrap(), env);
+        // Raw bytes with no content type are named as kombu names them.
+        assert!(
+            text.contains(r#""content-encoding": "binary", "content-type": "application/data""#)
+        );
+        let mut expected = env;
+        expected.message.content_type = Some("application/data".into());
+        expected.message.content_encoding = Some("binary".into());
+        assert_eq!(decode(&bytes).unwrap(), expected);
     }
 }

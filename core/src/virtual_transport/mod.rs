@@ -220,4 +220,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn size(&self, queue: &str) -> Result<u64>;
     /// Waits until one of `queues` may have a message, or `timeout`.
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()>;
+
+    /// How many times an idle consumer looks again, yielding to the runtime in between, before
+    /// it calls [`Backend::wait`]. Only for in-process backends, where a look costs no I/O: a
+    /// steady stream of publishes then costs no thread wake-up per message. Default 0.
+    fn idle_spins(&self) -> u32 {
+        0
+    }
 }
