@@ -20,7 +20,9 @@
 //!   [`Delivery::requeue`] makes it ready again with `redelivered` set;
 //! - returns every unsettled message to its queue, `redelivered` set, when the channel is closed
 //!   or dropped (if [`Capabilities::restore_on_drop`]), and when a delivery's visibility timeout
-//!   passes without a settlement (if [`Capabilities::visibility_timeout`]);
+//!   passes without a settlement (if [`Capabilities::visibility_timeout`]); a [`Delivery`]
+//!   dropped unsettled is requeued (its [`Drop`] asks the [`Settler`]);
+//! - frees a consumer's prefetch slot when its delivery is settled, dropped, or its lease ends;
 //! - reports broker faults as [`Error`]s and never panics.
 
 use std::fmt;

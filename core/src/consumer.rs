@@ -1,7 +1,8 @@
 //! [`Consumer`]: deliveries from one or more queues, as a stream or through a handler.
 //!
 //! A consumer has a channel of its own. Dropping it (or [`Consumer::close`]) returns every
-//! delivery it has not settled to its queue, marked redelivered.
+//! delivery it has not settled to its queue, marked redelivered; so does dropping a single
+//! [`Delivery`] without settling it.
 //!
 //! Before a delivery is handed out, its content type is checked against the accept list. A
 //! message that is not accepted is not lost and never panics anything: the stream yields a
