@@ -243,18 +243,19 @@ impl Shared {
         Ok(())
     }
 
+    /// Stores routed messages: one `put`, or one `put_many` round trip for several.
+    async fn store(&self, mut items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
+        if items.len() > 1 {
+            return self.backend.put_many(items).await;
+        }
+        match items.pop() {
+            Some((queue, env)) => self.backend.put(&queue, env).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn put_routed(&self, items: Vec<(String, Envelope)>) -> Result<()> {
-        let dead = match items.len() {
-            0 => return Ok(()),
-            1 => {
-                let mut items = items;
-                match items.pop() {
-                    Some((queue, env)) => self.backend.put(&queue, env).await?,
-                    None => Vec::new(),
-                }
-            }
-            _ => self.backend.put_many(items).await?,
-        };
+        let dead = self.store(items).await?;
         self.dead_letter(dead).await
     }
 
@@ -310,16 +311,7 @@ impl Shared {
             if routed.is_empty() {
                 break;
             }
-            dead = match routed.len() {
-                1 => {
-                    let mut routed = routed;
-                    match routed.pop() {
-                        Some((queue, env)) => self.backend.put(&queue, env).await?,
-                        None => Vec::new(),
-                    }
-                }
-                _ => self.backend.put_many(routed).await?,
-            };
+            dead = self.store(routed).await?;
         }
         Ok(())
     }
