@@ -17,7 +17,8 @@
 //!
 //! conn.producer().exchange(tasks).routing_key("report.daily").publish(&"build it").await?;
 //!
-//! let delivery = consumer.next().await.expect("a delivery")?;
+//! let Some(delivery) = consumer.next().await else { return Ok(()) };
+//! let delivery = delivery?;
 //! assert_eq!(delivery.decode::<String>()?, "build it");
 //! delivery.ack().await?;
 //! # Ok(()) }

@@ -20,7 +20,8 @@
 //! let mut consumer = conn.consumer([Queue::new("jobs")]).prefetch(10).accept(["json"]).build().await?;
 //! conn.producer().routing_key("jobs").publish(&vec![1, 2, 3]).await?;
 //!
-//! let delivery = consumer.next().await.expect("stream ended")?;
+//! let Some(delivery) = consumer.next().await else { return Ok(()) };
+//! let delivery = delivery?;
 //! let numbers: Vec<u32> = delivery.decode()?;
 //! assert_eq!(numbers, [1, 2, 3]);
 //! delivery.ack().await?;

@@ -21,7 +21,8 @@
 //! let producer = conn.producer().exchange(Exchange::direct("mail")).routing_key("email");
 //! producer.publish(&Email { to: "a@example.com".into() }).await?;
 //!
-//! let delivery = consumer.next().await.expect("a delivery")?;
+//! let Some(delivery) = consumer.next().await else { return Ok(()) };
+//! let delivery = delivery?;
 //! assert_eq!(delivery.decode::<Email>()?, Email { to: "a@example.com".into() });
 //! delivery.ack().await?;
 //! # Ok(()) }

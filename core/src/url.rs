@@ -3,15 +3,17 @@
 //! ```
 //! use kombu_core::BrokerUrl;
 //!
-//! let url = BrokerUrl::parse("amqp://user:s%40cret@rabbit:5672/%2Fvh?heartbeat=10").unwrap();
+//! # fn main() -> kombu_core::Result<()> {
+//! let url = BrokerUrl::parse("amqp://user:s%40cret@rabbit:5672/%2Fvh?heartbeat=10")?;
 //! assert_eq!(url.transport(), "amqp");
 //! assert_eq!(url.password().as_deref(), Some("s@cret"));
 //! assert_eq!(url.virtual_host().as_deref(), Some("/vh"));
 //! assert_eq!(url.query("heartbeat").as_deref(), Some("10"));
 //! assert_eq!(url.to_string(), "amqp://user:**@rabbit:5672/%2Fvh?heartbeat=10");
 //!
-//! let all = BrokerUrl::parse_failover("memory://a;memory://b").unwrap();
+//! let all = BrokerUrl::parse_failover("memory://a;memory://b")?;
 //! assert_eq!(all.len(), 2);
+//! # Ok(()) }
 //! ```
 
 use std::borrow::Cow;

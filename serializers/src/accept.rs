@@ -12,10 +12,11 @@ pub const ALWAYS_TRUSTED: [&str; 2] = ["application/data", "application/text"];
 ///
 /// ```
 /// use kombu_serializers::Registry;
-/// let accept = Registry::default().accept(["json"]).unwrap();
+/// let accept = Registry::default().accept(["json"])?;
 /// assert!(accept.allows("application/json"));
 /// assert!(accept.allows("application/data")); // always trusted
 /// assert!(!accept.allows("application/x-python-serialize"));
+/// # Ok::<(), kombu_serializers::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accept {

@@ -30,8 +30,9 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// ```
 /// let mut out = Vec::new();
 /// let mut ser = serde_json::Serializer::with_formatter(&mut out, kombu_serializers::PythonFormatter);
-/// serde::Serialize::serialize(&("é", 1e16, [1.5]), &mut ser).unwrap();
+/// serde::Serialize::serialize(&("é", 1e16, [1.5]), &mut ser)?;
 /// assert_eq!(out, br#"["\u00e9", 1e+16, [1.5]]"#);
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PythonFormatter;
@@ -254,8 +255,9 @@ impl Formatter for PythonFormatter {
 /// Serializes `value` to JSON bytes exactly as Python's `json.dumps(value)` would.
 ///
 /// ```
-/// let out = kombu_serializers::to_python_json(&serde_json::json!({"hello": "wörld"})).unwrap();
+/// let out = kombu_serializers::to_python_json(&serde_json::json!({"hello": "wörld"}))?;
 /// assert_eq!(out, br#"{"hello": "w\u00f6rld"}"#);
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 pub fn to_python_json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);

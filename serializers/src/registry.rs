@@ -134,12 +134,12 @@ struct Inner {
 /// ```
 /// use kombu_serializers::Registry;
 /// let registry = Registry::default();
-/// let encoded = registry.encode(&vec![1, 2, 3], "json").unwrap();
+/// let encoded = registry.encode(&vec![1, 2, 3], "json")?;
 /// assert_eq!(&encoded.body[..], b"[1, 2, 3]");
 /// let back: Vec<i32> = registry
-///     .decode(&encoded.body, Some("application/json"), Some("utf-8"), None)
-///     .unwrap();
+///     .decode(&encoded.body, Some("application/json"), Some("utf-8"), None)?;
 /// assert_eq!(back, [1, 2, 3]);
+/// # Ok::<(), kombu_serializers::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct Registry {

@@ -1046,7 +1046,7 @@ pub async fn purge_and_size(ctx: Ctx) -> Result<()> {
     let held = channel
         .get(&q.name, false)
         .await?
-        .expect("a ready message to get");
+        .expect("a ready message to get"); // ok: a conformance assertion
     wait_for_size(&conn, &q.name, 2, ctx.patience).await?;
     assert_eq!(
         conn.purge(&q.name).await?,
@@ -1197,7 +1197,7 @@ pub async fn concurrent_producers(ctx: Ctx) -> Result<()> {
         d.ack().await?;
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.expect("a producer task panicked")?;
+        joined.expect("a producer task panicked")?; // ok: a conformance assertion
     }
     assert_quiet(&mut consumer, QUIET, "exactly 1,000").await;
     for p in 0..10u32 {
@@ -1381,7 +1381,7 @@ pub async fn accept_list(ctx: Ctx) -> Result<()> {
         }),
     )
     .await
-    .expect("consume_as stops on ErrorAction::Stop");
+    .expect("consume_as stops on ErrorAction::Stop"); // ok: a conformance assertion
     let error = result.expect_err("ErrorAction::Stop returns the error");
     assert_eq!(error.kind(), ErrorKind::Codec);
     assert_eq!(
@@ -1459,7 +1459,7 @@ pub async fn accept_list(ctx: Ctx) -> Result<()> {
         }),
     )
     .await
-    .expect("the handler stops the consumer");
+    .expect("the handler stops the consumer"); // ok: a conformance assertion
     let error = result.expect_err("the handler's error ends consume_as");
     assert_eq!(error.message(), "stop: the good message was handled");
     assert_eq!(
@@ -1575,7 +1575,7 @@ pub async fn basic_get(ctx: Ctx) -> Result<()> {
     let producer = conn.producer().routing_key(q.name.clone());
     producer.publish(&"m1").await?;
     producer.publish(&"m2").await?;
-    let d = channel.get(&q.name, false).await?.expect("m1");
+    let d = channel.get(&q.name, false).await?.expect("m1"); // ok: a conformance assertion
     assert_eq!(d.decode::<String>()?, "m1");
     assert!(!d.redelivered());
     assert!(!d.is_no_ack());
@@ -1584,11 +1584,11 @@ pub async fn basic_get(ctx: Ctx) -> Result<()> {
     wait_for_size(&conn, &q.name, 2, ctx.patience).await?;
     let mut got = BTreeMap::new();
     for _ in 0..2 {
-        let d = channel.get(&q.name, false).await?.expect("a message");
+        let d = channel.get(&q.name, false).await?.expect("a message"); // ok: a conformance assertion
         got.insert(d.decode::<String>()?, d);
     }
-    let m1 = got.remove("m1").expect("m1 is back");
-    let m2 = got.remove("m2").expect("m2 is there");
+    let m1 = got.remove("m1").expect("m1 is back"); // ok: a conformance assertion
+    let m2 = got.remove("m2").expect("m2 is there"); // ok: a conformance assertion
     assert!(m1.redelivered(), "a requeued got message is redelivered");
     assert!(!m2.redelivered());
     m1.ack().await?;
@@ -1600,7 +1600,7 @@ pub async fn basic_get(ctx: Ctx) -> Result<()> {
     assert_eq!(conn.queue_size(&q.name).await?, 0);
 
     producer.publish(&"m3").await?;
-    let d = channel.get(&q.name, true).await?.expect("m3");
+    let d = channel.get(&q.name, true).await?.expect("m3"); // ok: a conformance assertion
     assert!(d.is_no_ack());
     assert_eq!(d.decode::<String>()?, "m3");
     assert_eq!(conn.queue_size(&q.name).await?, 0, "a no-ack get removes");
@@ -1726,7 +1726,7 @@ pub async fn multi_queue_consumer(ctx: Ctx) -> Result<()> {
     let position = seen
         .iter()
         .position(|b| b == "quiet-0")
-        .expect("the quiet queue's message arrived");
+        .expect("the quiet queue's message arrived"); // ok: a conformance assertion
     assert!(
         position < 50,
         "the quiet queue waited for the busy one to drain (position {position})"

@@ -31,7 +31,8 @@
 //! };
 //! let bytes = envelope::encode(&env);
 //! assert!(bytes.starts_with(br#"{"body": "eyJhIjogMX0=", "content-encoding": "utf-8""#));
-//! assert_eq!(envelope::decode(&bytes).unwrap(), env);
+//! assert_eq!(envelope::decode(&bytes)?, env);
+//! # Ok::<(), kombu_core::Error>(())
 //! ```
 
 use std::time::Duration;
