@@ -8,6 +8,10 @@
 //! * [`TextSerializer`] (`text`, `text/plain`, `utf-8`): strings as they are.
 //! * [`ZlibCompressor`] (`zlib` / `gzip`, header value `application/x-gzip`): a zlib stream at
 //!   level 6, with bounded decompression.
+//! * [`Bzip2Compressor`] (`bzip2` / `bzip`, `application/x-bz2`), [`LzmaCompressor`] (`lzma` /
+//!   `xz`, `application/x-lzma`, an XZ container), [`BrotliCompressor`] (`brotli`,
+//!   `application/x-brotli`) and [`ZstdCompressor`] (`zstd` / `zstandard`, `application/zstd`):
+//!   the other algorithms kombu knows, all with bounded decompression.
 //! * [`Registry`]: lookups by name or content type, [`Accept`] lists, and kombu's decode rules.
 //!
 //! # Example
@@ -59,7 +63,10 @@ mod tests;
 pub use bytes::Bytes;
 
 pub use accept::{ALWAYS_TRUSTED, Accept};
-pub use compression::{ZLIB_CONTENT_TYPE, ZlibCompressor};
+pub use compression::{
+    BROTLI_CONTENT_TYPE, BZIP2_CONTENT_TYPE, BrotliCompressor, Bzip2Compressor, LZMA_CONTENT_TYPE,
+    LzmaCompressor, ZLIB_CONTENT_TYPE, ZSTD_CONTENT_TYPE, ZlibCompressor, ZstdCompressor,
+};
 pub use error::{Error, Result};
 pub use json::{
     JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::accept::{ALWAYS_TRUSTED, Accept};
-use crate::compression::ZlibCompressor;
+use crate::compression::{
+    BrotliCompressor, Bzip2Compressor, LzmaCompressor, ZlibCompressor, ZstdCompressor,
+};
 use crate::error::{Error, Result};
 use crate::json::JsonSerializer;
 use crate::raw::{RAW_CONTENT_TYPE, RawSerializer, TextMode, TextSerializer, visit_body};
@@ -129,7 +131,8 @@ struct Inner {
 /// and decode rules.
 ///
 /// Cheap to clone (an `Arc` inside; registering on a shared clone copies it first).
-/// [`Registry::default`] holds the `json`, `raw` and `text` serializers and `zlib` compression.
+/// [`Registry::default`] holds the `json`, `raw` and `text` serializers and the `zlib`, `bzip2`,
+/// `lzma`, `brotli` and `zstd` compressors.
 ///
 /// ```
 /// use kombu_serializers::Registry;
@@ -153,6 +156,10 @@ impl Default for Registry {
         registry.register_serializer(RawSerializer);
         registry.register_serializer(TextSerializer);
         registry.register_compressor(ZlibCompressor);
+        registry.register_compressor(Bzip2Compressor);
+        registry.register_compressor(LzmaCompressor);
+        registry.register_compressor(BrotliCompressor);
+        registry.register_compressor(ZstdCompressor);
         registry
     }
 }
@@ -424,7 +431,7 @@ impl Registry {
 /// A content type or encoding as a `Cow`: borrowed from a static for the common ones (no
 /// allocation per message), owned otherwise.
 pub fn known(name: &str) -> Cow<'static, str> {
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 13] = [
         "application/json",
         "utf-8",
         "binary",
@@ -434,6 +441,10 @@ pub fn known(name: &str) -> Cow<'static, str> {
         "application/x-yaml",
         "application/x-python-serialize",
         "application/x-gzip",
+        "application/x-bz2",
+        "application/x-lzma",
+        "application/x-brotli",
+        "application/zstd",
     ];
     match KNOWN.iter().find(|k| **k == name) {
         Some(k) => Cow::Borrowed(k),

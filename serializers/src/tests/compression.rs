@@ -12,11 +12,11 @@ fn metadata_and_lookup() {
     for key in ["zlib", "gzip", "application/x-gzip"] {
         assert_eq!(registry.compressor(key).unwrap().name(), "zlib", "{key}");
     }
-    let err = registry.compressor("bzip2").unwrap_err();
-    assert!(matches!(err, Error::UnknownCompression { ref name } if name == "bzip2"));
+    let err = registry.compressor("lz4").unwrap_err();
+    assert!(matches!(err, Error::UnknownCompression { ref name } if name == "lz4"));
     assert_eq!(
         err.to_string(),
-        "no compression named or typed \"bzip2\" is registered"
+        "no compression named or typed \"lz4\" is registered"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Unit tests. Expected JSON strings were produced by CPython's `json.dumps` (3.x, defaults).
 
 mod compression;
+mod compression_others;
 mod json;
 mod raw;
 mod registry;
