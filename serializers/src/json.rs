@@ -89,7 +89,7 @@ impl std::fmt::Write for FloatBuf {
 
 /// Writes `repr(float)` given the shortest round-trip scientific form produced by Rust's
 /// `{:e}` formatting (for example `-1.2345e-7`, `1e16`, `0e0`).
-fn write_python_float<W: ?Sized + io::Write>(
+pub(crate) fn write_python_float<W: ?Sized + io::Write>(
     writer: &mut W,
     value: impl std::fmt::LowerExp,
 ) -> io::Result<()> {

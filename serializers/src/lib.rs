@@ -6,6 +6,13 @@
 //!   through [`PythonFormatter`].
 //! * [`RawSerializer`] (`raw`, `application/data`, `binary`): bytes or strings as they are.
 //! * [`TextSerializer`] (`text`, `text/plain`, `utf-8`): strings as they are.
+//! * [`MsgpackSerializer`] (`msgpack`, `application/x-msgpack`, `binary`): MessagePack as
+//!   Python's `msgpack.packb(use_bin_type=True)` writes it (structs as maps with string keys).
+//! * [`YamlSerializer`] (`yaml`, `application/x-yaml`, `utf-8`): YAML readable by PyYAML's
+//!   `safe_load`, decoded with alias-expansion and recursion limits.
+//!
+//!   Both are registered but, as in kombu, **not enabled by default**: a consumer must name
+//!   them in its accept list to decode them.
 //! * [`ZlibCompressor`] (`zlib` / `gzip`, header value `application/x-gzip`): a zlib stream at
 //!   level 6, with bounded decompression.
 //! * [`Bzip2Compressor`] (`bzip2` / `bzip`, `application/x-bz2`), [`LzmaCompressor`] (`lzma` /
@@ -54,8 +61,10 @@ mod accept;
 mod compression;
 mod error;
 mod json;
+mod msgpack;
 mod raw;
 mod registry;
+mod yaml;
 
 #[cfg(test)]
 mod tests;
@@ -71,7 +80,9 @@ pub use error::{Error, Result};
 pub use json::{
     JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,
 };
+pub use msgpack::{MSGPACK_CONTENT_TYPE, MsgpackSerializer};
 pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
 pub use registry::{
     Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,
 };
+pub use yaml::{YAML_CONTENT_TYPE, YamlSerializer};

@@ -11,7 +11,9 @@ use crate::compression::{
 };
 use crate::error::{Error, Result};
 use crate::json::JsonSerializer;
+use crate::msgpack::MsgpackSerializer;
 use crate::raw::{RAW_CONTENT_TYPE, RawSerializer, TextMode, TextSerializer, visit_body};
+use crate::yaml::YamlSerializer;
 
 /// Maximum decompressed size used when a caller does not choose one: 64 MiB.
 pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 64 * 1024 * 1024;
@@ -131,8 +133,9 @@ struct Inner {
 /// and decode rules.
 ///
 /// Cheap to clone (an `Arc` inside; registering on a shared clone copies it first).
-/// [`Registry::default`] holds the `json`, `raw` and `text` serializers and the `zlib`, `bzip2`,
-/// `lzma`, `brotli` and `zstd` compressors.
+/// [`Registry::default`] holds the `json`, `raw`, `text`, `msgpack` and `yaml` serializers
+/// (`msgpack` and `yaml` are not enabled by default: a consumer must put them in its accept
+/// list) and the `zlib`, `bzip2`, `lzma`, `brotli` and `zstd` compressors.
 ///
 /// ```
 /// use kombu_serializers::Registry;
@@ -155,6 +158,8 @@ impl Default for Registry {
         registry.register_serializer(JsonSerializer);
         registry.register_serializer(RawSerializer);
         registry.register_serializer(TextSerializer);
+        registry.register_serializer(MsgpackSerializer);
+        registry.register_serializer(YamlSerializer);
         registry.register_compressor(ZlibCompressor);
         registry.register_compressor(Bzip2Compressor);
         registry.register_compressor(LzmaCompressor);

@@ -3,8 +3,10 @@
 mod compression;
 mod compression_others;
 mod json;
+mod msgpack;
 mod raw;
 mod registry;
+mod yaml;
 
 /// Decodes a lowercase hex string (test fixtures produced by Python's `bytes.hex()`).
 pub(crate) fn unhex(s: &str) -> Vec<u8> {
