@@ -19,6 +19,8 @@
 //!   `xz`, `application/x-lzma`, an XZ container), [`BrotliCompressor`] (`brotli`,
 //!   `application/x-brotli`) and [`ZstdCompressor`] (`zstd` / `zstandard`, `application/zstd`):
 //!   the other algorithms kombu knows, all with bounded decompression.
+//! * [`tagged`]: serde `with`-modules writing and reading kombu's JSON type tags
+//!   (`{"__type__": "datetime", "__value__": ...}`) for dates, times, decimals, UUIDs and bytes.
 //! * [`Registry`]: lookups by name or content type, [`Accept`] lists, and kombu's decode rules.
 //!
 //! # Example
@@ -64,6 +66,7 @@ mod json;
 mod msgpack;
 mod raw;
 mod registry;
+pub mod tagged;
 mod yaml;
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ mod json;
 mod msgpack;
 mod raw;
 mod registry;
+#[cfg(all(feature = "chrono", feature = "uuid", feature = "decimal"))]
+mod tagged;
 mod yaml;
 
 /// Decodes a lowercase hex string (test fixtures produced by Python's `bytes.hex()`).
