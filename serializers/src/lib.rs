@@ -11,7 +11,11 @@
 //! * [`YamlSerializer`] (`yaml`, `application/x-yaml`, `utf-8`): YAML readable by PyYAML's
 //!   `safe_load`, decoded with alias-expansion and recursion limits.
 //!
-//!   Both are registered but, as in kombu, **not enabled by default**: a consumer must name
+//! * `PickleSerializer` (feature `pickle`; `pickle`, `application/x-python-serialize`,
+//!   `binary`): **decode only**, plain data only (no Python globals, no object construction,
+//!   nothing executed); `encode` always fails.
+//!
+//!   These are registered but, as in kombu, **not enabled by default**: a consumer must name
 //!   them in its accept list to decode them.
 //! * [`ZlibCompressor`] (`zlib` / `gzip`, header value `application/x-gzip`): a zlib stream at
 //!   level 6, with bounded decompression.
@@ -64,6 +68,8 @@ mod compression;
 mod error;
 mod json;
 mod msgpack;
+#[cfg(feature = "pickle")]
+mod pickle;
 mod raw;
 mod registry;
 pub mod tagged;
@@ -84,6 +90,8 @@ pub use json::{
     JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,
 };
 pub use msgpack::{MSGPACK_CONTENT_TYPE, MsgpackSerializer};
+#[cfg(feature = "pickle")]
+pub use pickle::{PICKLE_CONTENT_TYPE, PickleSerializer};
 pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
 pub use registry::{
     Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,

@@ -135,7 +135,8 @@ struct Inner {
 /// Cheap to clone (an `Arc` inside; registering on a shared clone copies it first).
 /// [`Registry::default`] holds the `json`, `raw`, `text`, `msgpack` and `yaml` serializers
 /// (`msgpack` and `yaml` are not enabled by default: a consumer must put them in its accept
-/// list) and the `zlib`, `bzip2`, `lzma`, `brotli` and `zstd` compressors.
+/// list), with the cargo feature `pickle` also the decode-only `pickle` serializer (not enabled
+/// by default either), and the `zlib`, `bzip2`, `lzma`, `brotli` and `zstd` compressors.
 ///
 /// ```
 /// use kombu_serializers::Registry;
@@ -160,6 +161,8 @@ impl Default for Registry {
         registry.register_serializer(TextSerializer);
         registry.register_serializer(MsgpackSerializer);
         registry.register_serializer(YamlSerializer);
+        #[cfg(feature = "pickle")]
+        registry.register_serializer(crate::pickle::PickleSerializer);
         registry.register_compressor(ZlibCompressor);
         registry.register_compressor(Bzip2Compressor);
         registry.register_compressor(LzmaCompressor);

@@ -4,6 +4,8 @@ mod compression;
 mod compression_others;
 mod json;
 mod msgpack;
+#[cfg(feature = "pickle")]
+mod pickle;
 mod raw;
 mod registry;
 #[cfg(all(feature = "chrono", feature = "uuid", feature = "decimal"))]
