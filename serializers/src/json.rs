@@ -167,35 +167,44 @@ pub(crate) fn write_python_float<W: ?Sized + io::Write>(
     }
 }
 
+/// The separators of Python's `json.dumps` defaults (`", "` between items, `": "` after keys),
+/// as `serde_json::ser::Formatter` methods; shared by the JSON and the YAML flow formatters.
+macro_rules! python_separators {
+    () => {
+        fn begin_array_value<W>(&mut self, writer: &mut W, first: bool) -> io::Result<()>
+        where
+            W: ?Sized + io::Write,
+        {
+            if first {
+                Ok(())
+            } else {
+                writer.write_all(b", ")
+            }
+        }
+
+        fn begin_object_key<W>(&mut self, writer: &mut W, first: bool) -> io::Result<()>
+        where
+            W: ?Sized + io::Write,
+        {
+            if first {
+                Ok(())
+            } else {
+                writer.write_all(b", ")
+            }
+        }
+
+        fn begin_object_value<W>(&mut self, writer: &mut W) -> io::Result<()>
+        where
+            W: ?Sized + io::Write,
+        {
+            writer.write_all(b": ")
+        }
+    };
+}
+pub(crate) use python_separators;
+
 impl Formatter for PythonFormatter {
-    fn begin_array_value<W>(&mut self, writer: &mut W, first: bool) -> io::Result<()>
-    where
-        W: ?Sized + io::Write,
-    {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W>(&mut self, writer: &mut W, first: bool) -> io::Result<()>
-    where
-        W: ?Sized + io::Write,
-    {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W>(&mut self, writer: &mut W) -> io::Result<()>
-    where
-        W: ?Sized + io::Write,
-    {
-        writer.write_all(b": ")
-    }
+    python_separators!();
 
     fn write_f32<W>(&mut self, writer: &mut W, value: f32) -> io::Result<()>
     where
