@@ -87,6 +87,70 @@ impl std::fmt::Write for FloatBuf {
     }
 }
 
+/// An `f64` whose `{:e}` form is the shortest round-tripping one with Python's tie rule.
+///
+/// Rust's `{:e}` and Python's `repr()` both pick the shortest digit string that reads back as
+/// the same float, and the one closest to its exact value; when two candidates are exactly as
+/// close (the exact value ends in the digit 5 one place further, as 1724393011044760.25),
+/// Rust takes the upper one and Python (David Gay's `dtoa`) the even one.
+pub(crate) struct ShortestHalfEven(pub(crate) f64);
+
+impl std::fmt::LowerExp for ShortestHalfEven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let value = self.0;
+        let mut shortest = FloatBuf {
+            buf: [0; 64],
+            len: 0,
+        };
+        write!(shortest, "{value:e}")?;
+        let text = std::str::from_utf8(shortest.buf.get(..shortest.len).unwrap_or_default())
+            .map_err(|_| std::fmt::Error)?;
+        match lower_tie_candidate(value, text) {
+            Some(lower) => f.write_str(lower.as_str()),
+            None => f.write_str(text),
+        }
+    }
+}
+
+/// When the last digit of `shortest` (Rust's `{:e}` of `value`) is odd, and the digit string
+/// one unit lower reads back as `value` too and lies exactly as close to it (`value` is exactly
+/// halfway between them), returns that lower string, which is the one Python's `repr` writes.
+/// Allocates nothing unless the lower string reads back as `value` (rare).
+fn lower_tie_candidate(value: f64, shortest: &str) -> Option<FloatBuf> {
+    use std::fmt::Write as _;
+    let (mantissa, exp) = shortest.split_once('e')?;
+    let (head, last) = mantissa.split_at(mantissa.len().checked_sub(1)?);
+    let last = *last.as_bytes().first()?;
+    if !last.is_ascii_digit() || (last - b'0') % 2 == 0 {
+        return None;
+    }
+    // An odd digit is at least 1: decrementing it never borrows.
+    let mut lower = FloatBuf {
+        buf: [0; 64],
+        len: 0,
+    };
+    write!(lower, "{head}{}e{exp}", char::from(last - 1)).ok()?;
+    if lower.as_str().parse::<f64>().ok()? != value {
+        return None;
+    }
+    // The exact decimal value of `value` (a double has at most 767 significant digits) must be
+    // the lower digits followed by a 5.
+    let exact = format!("{:.800e}", value.abs());
+    let (exact_mantissa, exact_exp) = exact.split_once('e')?;
+    let digits = |m: &str| -> String { m.chars().filter(char::is_ascii_digit).collect() };
+    let mut halfway = digits(head);
+    halfway.push(char::from(last - 1));
+    halfway.push('5');
+    (exact_exp == exp && digits(exact_mantissa).trim_end_matches('0') == halfway).then_some(lower)
+}
+
+impl FloatBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
 /// Writes `repr(float)` given the shortest round-trip scientific form produced by Rust's
 /// `{:e}` formatting (for example `-1.2345e-7`, `1e16`, `0e0`).
 pub(crate) fn write_python_float<W: ?Sized + io::Write>(
@@ -168,7 +232,7 @@ pub(crate) fn write_python_float<W: ?Sized + io::Write>(
 }
 
 /// The separators of Python's `json.dumps` defaults (`", "` between items, `": "` after keys),
-/// as `serde_json::ser::Formatter` methods; shared by the JSON and the YAML flow formatters.
+/// as `serde_json::ser::Formatter` methods.
 macro_rules! python_separators {
     () => {
         fn begin_array_value<W>(&mut self, writer: &mut W, first: bool) -> io::Result<()>
@@ -201,7 +265,6 @@ macro_rules! python_separators {
         }
     };
 }
-pub(crate) use python_separators;
 
 impl Formatter for PythonFormatter {
     python_separators!();
@@ -217,7 +280,7 @@ impl Formatter for PythonFormatter {
     where
         W: ?Sized + io::Write,
     {
-        write_python_float(writer, value)
+        write_python_float(writer, ShortestHalfEven(value))
     }
 
     fn write_string_fragment<W>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()>

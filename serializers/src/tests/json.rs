@@ -210,3 +210,23 @@ fn decode_rejects_trailing_characters_and_garbage() {
     let err = decode_json::<String>(b"\"\xff\"").unwrap_err();
     assert!(matches!(err, crate::Error::Decode { .. }));
 }
+
+#[test]
+// The literal is the float's exact value (a multiple of 0.25 near 2^51); that is the point.
+#[allow(clippy::excessive_precision)]
+fn float_ties_go_to_the_even_digit_like_python_repr() {
+    // 1724393011044760.25 lies exactly halfway between the shortest candidates ...760.2 and
+    // ...760.3; Python's repr (and so json.dumps) writes the even one.
+    let value = [
+        1724393011044760.25,
+        -1724393011044760.25,
+        0.1,
+        5e-324,
+        1e22,
+        2.5,
+    ];
+    assert_eq!(
+        dumps(&value[..]),
+        "[1724393011044760.2, -1724393011044760.2, 0.1, 5e-324, 1e+22, 2.5]"
+    );
+}
