@@ -21,6 +21,7 @@ pub const ALWAYS_TRUSTED: [&str; 2] = ["application/data", "application/text"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accept {
     content_types: BTreeSet<String>,
+    strict: bool,
 }
 
 impl Accept {
@@ -32,13 +33,30 @@ impl Accept {
     {
         Accept {
             content_types: content_types.into_iter().map(Into::into).collect(),
+            strict: false,
         }
     }
 
-    /// Whether `content_type` may be decoded: it is in the set or is one of [`ALWAYS_TRUSTED`].
-    /// Content types are compared exactly, as kombu does.
+    /// Whether `content_type` may be decoded: it is in the set or, unless the set is
+    /// [strict](Self::strict), is one of [`ALWAYS_TRUSTED`]. Content types are compared
+    /// exactly, as kombu does.
     pub fn allows(&self, content_type: &str) -> bool {
-        ALWAYS_TRUSTED.contains(&content_type) || self.content_types.contains(content_type)
+        (!self.strict && ALWAYS_TRUSTED.contains(&content_type))
+            || self.content_types.contains(content_type)
+    }
+
+    /// The same set without kombu's implicit trust in [`ALWAYS_TRUSTED`]: only the listed
+    /// content types are allowed. [`Registry::accept`](crate::Registry::accept) returns a
+    /// strict set when it names only signing serializers, so that a consumer requiring
+    /// signatures does not take an unsigned `application/text` message.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Whether the set is [strict](Self::strict).
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     /// The content types in the set, in sorted order (without the implicit

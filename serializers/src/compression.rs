@@ -21,7 +21,9 @@ const ZLIB_LEVEL: u32 = 6;
 /// kombu's `zlib` compression (aliases `zlib` and `gzip`, header value `application/x-gzip`).
 ///
 /// Despite the `gzip` alias and content type this is a zlib stream (RFC 1950, header `78 9c`),
-/// not the gzip file format, compressed at level 6 like Python's `zlib.compress`.
+/// not the gzip file format, compressed at level 6 like Python's `zlib.compress`. flate2 is built
+/// on C zlib (the workspace enables its `zlib` feature), so the bytes are the same as Python's;
+/// flate2's default backend, miniz_oxide, writes different (valid) streams.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ZlibCompressor;
 

@@ -52,6 +52,26 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A signed message failed verification: unknown or expired signer, bad signature or
+    /// MAC, or a malformed signed envelope. The body was not deserialized.
+    #[error("{serializer} refused the message: {reason}")]
+    Signature {
+        /// Name of the signing serializer (`auth`, `hmac`).
+        serializer: String,
+        /// Why the message was refused.
+        reason: String,
+    },
+
+    /// Keys or certificates given to a signing serializer are unusable (unreadable PEM, a
+    /// non-RSA key, a certificate that does not match the key, a secret that is too short).
+    #[error("invalid {serializer} key material: {reason}")]
+    InvalidKey {
+        /// Name of the signing serializer (`auth`, `hmac`).
+        serializer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Compression failed.
     #[error("{compression} compression failed: {source}")]
     Compress {

@@ -23,6 +23,10 @@
 //!   `xz`, `application/x-lzma`, an XZ container), [`BrotliCompressor`] (`brotli`,
 //!   `application/x-brotli`) and [`ZstdCompressor`] (`zstd` / `zstandard`, `application/zstd`):
 //!   the other algorithms kombu knows, all with bounded decompression.
+//! * [`HmacSerializer`] (feature `hmac`, default; `hmac`,
+//!   `application/x-kombu-hmac-sha256`): bodies signed with HMAC-SHA256 under a shared secret.
+//! * `auth::AuthSerializer` (feature `auth`; `auth`, `application/data`): Celery's message
+//!   signing (RSA-PSS, X.509 certificate store), wire-compatible with Celery.
 //! * [`tagged`]: serde `with`-modules writing and reading kombu's JSON type tags
 //!   (`{"__type__": "datetime", "__value__": ...}`) for dates, times, decimals, UUIDs and bytes.
 //! * [`Registry`]: lookups by name or content type, [`Accept`] lists, and kombu's decode rules.
@@ -72,6 +76,8 @@ mod msgpack;
 mod pickle;
 mod raw;
 mod registry;
+#[cfg(any(feature = "auth", feature = "hmac"))]
+mod signing;
 pub mod tagged;
 mod yaml;
 
@@ -96,4 +102,8 @@ pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer
 pub use registry::{
     Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,
 };
+#[cfg(feature = "auth")]
+pub use signing::auth;
+#[cfg(feature = "hmac")]
+pub use signing::hmac::{HMAC_CONTENT_TYPE, HMAC_MIN_SECRET_LEN, HmacSerializer};
 pub use yaml::{YAML_CONTENT_TYPE, YamlSerializer};

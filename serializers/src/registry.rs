@@ -35,6 +35,14 @@ pub trait Serializer: Send + Sync + std::fmt::Debug + 'static {
         true
     }
 
+    /// Whether this serializer authenticates what it decodes (a signature or MAC checked before
+    /// the body is deserialized), like Celery's `auth`. An accept list that names only signing
+    /// serializers is [strict](crate::Accept::strict): it does not let the always-trusted
+    /// content types through, so a consumer that requires signatures refuses unsigned messages.
+    fn is_signing(&self) -> bool {
+        false
+    }
+
     /// Serializes `value`.
     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>>;
 
@@ -392,15 +400,7 @@ impl Registry {
                 out = Some(erased_serde::deserialize::<T>(de)?);
                 Ok(())
             };
-            match self.by_content_type(content_type) {
-                Some(s) if !body.is_empty() => {
-                    s.decode_with_encoding(body, content_encoding, &mut visit)?;
-                }
-                _ => {
-                    let mode = TextMode::from_content_encoding(content_encoding);
-                    visit_body(body, mode, content_type, &mut visit)?;
-                }
-            }
+            self.decode_forced(body, content_type, content_encoding, &mut visit)?;
         }
         out.ok_or_else(|| Error::Decode {
             content_type: content_type.to_owned(),
@@ -408,18 +408,59 @@ impl Registry {
         })
     }
 
+    /// Steps 3 to 5 of [`decode`](Self::decode), without the accept check (kombu's
+    /// `loads(..., force=True)`): the signing serializers decode their verified inner body
+    /// with it.
+    pub(crate) fn decode_forced(
+        &self,
+        body: &[u8],
+        content_type: &str,
+        content_encoding: Option<&str>,
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'_>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<()> {
+        match self.by_content_type(content_type) {
+            Some(s) if !body.is_empty() => s.decode_with_encoding(body, content_encoding, visit),
+            _ => {
+                let mode = TextMode::from_content_encoding(content_encoding);
+                visit_body(body, mode, content_type, visit)
+            }
+        }
+    }
+
     /// Builds an accept set from serializer names (`"json"`) or content types (anything with a
     /// `/`, taken as it is). An unknown name fails with [`Error::UnknownSerializer`].
+    ///
+    /// When every entry is a [signing](Serializer::is_signing) serializer (`"auth"`, `"hmac"`,
+    /// or their content types), the set is [strict](Accept::strict): the always-trusted types
+    /// are not let through, so only authenticated messages decode.
+    ///
+    /// ```
+    /// use kombu_serializers::Registry;
+    /// let registry = Registry::default();
+    /// assert!(registry.accept(["json"])?.allows("application/text")); // kombu's rule
+    /// # #[cfg(feature = "hmac")] {
+    /// let mut registry = registry.clone();
+    /// registry.register_serializer(kombu_serializers::HmacSerializer::new("k1", [7u8; 32])?);
+    /// let signed_only = registry.accept(["hmac"])?;
+    /// assert!(signed_only.is_strict());
+    /// assert!(!signed_only.allows("application/text"));
+    /// # }
+    /// # Ok::<(), kombu_serializers::Error>(())
+    /// ```
     pub fn accept<I, S>(&self, names: I) -> Result<Accept>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         let mut accept = Accept::default();
+        let mut all_signing = true;
         for name in names {
             let name = name.as_ref();
             if name.contains('/') {
                 accept.insert(name);
+                all_signing &= self.by_content_type(name).is_some_and(|s| s.is_signing());
             } else {
                 let s = self
                     .inner
@@ -430,7 +471,11 @@ impl Registry {
                         name: name.to_owned(),
                     })?;
                 accept.insert(s.content_type());
+                all_signing &= s.is_signing();
             }
+        }
+        if all_signing && !accept.is_empty() {
+            accept = accept.strict();
         }
         Ok(accept)
     }

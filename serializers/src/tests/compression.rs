@@ -179,3 +179,94 @@ fn corrupt_input_is_an_error_not_a_panic() {
     let err = ZlibCompressor.decompress(b"", 1 << 20).unwrap_err();
     assert!(matches!(err, Error::Decompress { .. }), "{err:?}");
 }
+
+/// Python kombu compresses with `zlib.compress(body)` (C zlib, level 6). flate2's default
+/// backend, miniz_oxide, produces different (valid) streams even for 100 bytes, so the workspace
+/// builds flate2 on the C zlib (feature `zlib`, the system libz), which writes the same bytes.
+///
+/// `tests/data/zlib_python_64k.bin` is `zlib.compress(gen(65536))` from CPython 3.11 with zlib
+/// 1.2.13, where `gen` is (the same as [`python_like_records`]):
+///
+/// ```python
+/// WORDS = ["alpha", "beta", "gamma", "delta", "eu-west", "us-east", "retry", "urgent"]
+/// def gen(n):
+///     state = 0x9E3779B97F4A7C15
+///     M = (1 << 64) - 1
+///     def nxt():
+///         nonlocal state
+///         state = (state * 6364136223846793005 + 1442695040888963407) & M
+///         return state >> 33
+///     out = bytearray()
+///     i = 0
+///     while len(out) < n:
+///         user = nxt() % 5000; score = nxt() % 100000; token = nxt(); word = WORDS[nxt() % 8]
+///         out += ('{"id": %d, "user": "user%d", "score": %d, "token": "%08x", "tags": ["%s"]}, '
+///                 % (i, user, score, token, word)).encode()
+///         i += 1
+///     return bytes(out[:n])
+/// ```
+#[test]
+fn zlib_output_is_byte_identical_to_python_for_64_kib() {
+    let input = python_like_records(65536);
+    assert_eq!(
+        &input[..86],
+        br#"{"id": 0, "user": "user1944", "score": 72678, "token": "59e24825", "tags": ["beta"]}, "#
+    );
+    let python: &[u8] = include_bytes!("../../tests/data/zlib_python_64k.bin");
+    assert_eq!(python.len(), 12586);
+    let ours = ZlibCompressor.compress(&input).unwrap();
+    assert!(
+        ours == python,
+        "zlib output differs from Python's zlib.compress"
+    );
+    assert_eq!(
+        ZlibCompressor
+            .decompress(python, DEFAULT_MAX_DECOMPRESSED_SIZE)
+            .unwrap(),
+        input
+    );
+}
+
+/// The same for 1 MiB, against the length and FNV-1a-64 hash of Python's output
+/// (`zlib.compress(gen(1 << 20))`: 195,854 bytes), so the vector need not be stored.
+#[test]
+fn zlib_output_is_byte_identical_to_python_for_1_mib() {
+    let ours = ZlibCompressor
+        .compress(&python_like_records(1 << 20))
+        .unwrap();
+    let fnv1a = ours.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    assert_eq!((ours.len(), fnv1a), (195_854, 0x0ecf_02e1_92b6_d9e4));
+}
+
+/// `n` bytes of JSON-like records with pseudo-random fields; the same bytes as `gen(n)` in the
+/// Python script quoted in [`zlib_output_is_byte_identical_to_python_for_64_kib`].
+fn python_like_records(n: usize) -> Vec<u8> {
+    const WORDS: [&str; 8] = [
+        "alpha", "beta", "gamma", "delta", "eu-west", "us-east", "retry", "urgent",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        state >> 33
+    };
+    let mut out = Vec::with_capacity(n + 128);
+    let mut i = 0u64;
+    while out.len() < n {
+        let user = next() % 5000;
+        let score = next() % 100_000;
+        let token = next();
+        let word = WORDS[(next() % 8) as usize];
+        write!(
+            out,
+            r#"{{"id": {i}, "user": "user{user}", "score": {score}, "token": "{token:08x}", "tags": ["{word}"]}}, "#
+        )
+        .unwrap();
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}

@@ -8,6 +8,10 @@ mod msgpack;
 mod pickle;
 mod raw;
 mod registry;
+#[cfg(feature = "auth")]
+mod signing_auth;
+#[cfg(feature = "hmac")]
+mod signing_hmac;
 #[cfg(all(feature = "chrono", feature = "uuid", feature = "decimal"))]
 mod tagged;
 mod yaml;
