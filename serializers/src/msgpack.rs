@@ -1,8 +1,6 @@
 //! The `msgpack` serializer (MessagePack through `rmp-serde`), compatible with Python's
 //! `msgpack.packb(use_bin_type=True)` / `msgpack.unpackb(raw=False)` as kombu calls them.
 
-use std::io::Cursor;
-
 use crate::error::{Error, Result};
 use crate::registry::Serializer;
 
@@ -71,10 +69,11 @@ impl Serializer for MsgpackSerializer {
     }
 
     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>> {
-        rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
-            serializer: self.name().to_owned(),
-            source: Box::new(e),
-        })
+        encode_msgpack(value)
+    }
+
+    fn builtin(&self) -> Option<crate::registry::Builtin> {
+        Some(crate::registry::Builtin::Msgpack)
     }
 
     fn decode(
@@ -84,26 +83,52 @@ impl Serializer for MsgpackSerializer {
             &mut dyn erased_serde::Deserializer<'_>,
         ) -> Result<(), erased_serde::Error>,
     ) -> Result<()> {
-        let decode_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Decode {
-            content_type: MSGPACK_CONTENT_TYPE.to_owned(),
-            source,
-        };
-        let mut de = rmp_serde::Deserializer::new(Cursor::new(data));
+        let mut de = rmp_serde::Deserializer::from_read_ref(data);
         de.set_max_depth(MAX_DEPTH);
         {
             let mut erased = <dyn erased_serde::Deserializer>::erase(&mut de);
             visit(&mut erased).map_err(|e| decode_err(Box::new(e)))?;
         }
-        let used = de.position();
-        if used != data.len() as u64 {
-            return Err(decode_err(
-                format!(
-                    "{} bytes of extra data after the msgpack value",
-                    data.len() as u64 - used
-                )
-                .into(),
-            ));
-        }
-        Ok(())
+        check_consumed(&mut de)
     }
+}
+
+fn decode_err(source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Decode {
+        content_type: MSGPACK_CONTENT_TYPE.to_owned(),
+        source,
+    }
+}
+
+type SliceDeserializer<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
+
+/// Fails when anything follows the value just decoded (Python's `unpackb` raises `ExtraData`):
+/// reading one more value must hit the end of the input at once.
+fn check_consumed(de: &mut SliceDeserializer<'_>) -> Result<()> {
+    use serde::Deserialize as _;
+    match serde::de::IgnoredAny::deserialize(&mut *de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(())
+        }
+        _ => Err(decode_err("extra data after the msgpack value".into())),
+    }
+}
+
+/// Encodes `value` (plain or type-erased) as Python's `msgpack.packb(use_bin_type=True)` does.
+pub(crate) fn encode_msgpack<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
+        serializer: "msgpack".to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// The typed twin of [`MsgpackSerializer::decode`]: same depth limit and trailing-bytes check.
+pub(crate) fn decode_msgpack<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(data);
+    de.set_max_depth(MAX_DEPTH);
+    let value = T::deserialize(&mut de).map_err(|e| decode_err(Box::new(e)))?;
+    check_consumed(&mut de)?;
+    Ok(value)
 }

@@ -22,7 +22,7 @@ type Visit<'v> =
 // ---------------------------------------------------------------------------------------------
 
 /// What a value serialized to.
-enum Payload {
+pub(crate) enum Payload {
     Bytes(Vec<u8>),
     Text(String),
 }
@@ -415,22 +415,45 @@ impl serde::Serializer for U8Serializer {
     }
 }
 
-fn encode_payload(
-    value: &dyn erased_serde::Serialize,
+/// Serializes `value` (a plain or a type-erased `Serialize`) into a [`Payload`].
+pub(crate) fn encode_payload<T: serde::Serialize + ?Sized>(
+    value: &T,
     allow_bytes: bool,
     name: &'static str,
 ) -> Result<Payload> {
-    erased_serde::serialize(
-        value,
-        PayloadSerializer {
+    value
+        .serialize(PayloadSerializer {
             allow_bytes,
             what: name,
-        },
-    )
-    .map_err(|e| Error::Encode {
-        serializer: name.to_owned(),
-        source: Box::new(e),
-    })
+        })
+        .map_err(|e| Error::Encode {
+            serializer: name.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// The `raw` serializer's output and content encoding (`binary` for bytes, `utf-8` for text).
+pub(crate) fn encode_raw<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, &'static str)> {
+    match encode_payload(value, true, "raw")? {
+        Payload::Bytes(bytes) => Ok((bytes, "binary")),
+        Payload::Text(text) => Ok((text.into_bytes(), "utf-8")),
+    }
+}
+
+/// The `text` serializer's output.
+pub(crate) fn encode_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    match encode_payload(value, false, "text")? {
+        Payload::Text(text) => Ok(text.into_bytes()),
+        // Unreachable in practice: bytes are rejected by the payload serializer.
+        Payload::Bytes(_) => Err(Error::Encode {
+            serializer: "text".to_owned(),
+            source: Box::new(MessageError(
+                "the text serializer only accepts a string, got bytes".to_owned(),
+            )),
+        }),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,6 +612,18 @@ impl<'de> serde::Deserializer<'de> for BodyDeserializer<'de> {
     }
 }
 
+/// Deserializes `T` from a [`BodyDeserializer`] (the typed twin of [`visit_body`]).
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(
+    data: &[u8],
+    mode: TextMode,
+    content_type: &str,
+) -> Result<T> {
+    T::deserialize(BodyDeserializer::new(data, mode)).map_err(|e| Error::Decode {
+        content_type: content_type.to_owned(),
+        source: Box::new(e),
+    })
+}
+
 /// Runs `visit` with a [`BodyDeserializer`] and maps errors to [`Error::Decode`].
 pub(crate) fn visit_body(
     data: &[u8],
@@ -642,10 +677,12 @@ impl Serializer for RawSerializer {
         &self,
         value: &dyn erased_serde::Serialize,
     ) -> Result<(Vec<u8>, String)> {
-        match encode_payload(value, true, "raw")? {
-            Payload::Bytes(bytes) => Ok((bytes, "binary".to_owned())),
-            Payload::Text(text) => Ok((text.into_bytes(), "utf-8".to_owned())),
-        }
+        let (body, encoding) = encode_raw(value)?;
+        Ok((body, encoding.to_owned()))
+    }
+
+    fn builtin(&self) -> Option<crate::registry::Builtin> {
+        Some(crate::registry::Builtin::Raw)
     }
 
     fn decode(&self, data: &[u8], visit: &mut Visit<'_>) -> Result<()> {
@@ -684,16 +721,11 @@ impl Serializer for TextSerializer {
     }
 
     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>> {
-        match encode_payload(value, false, "text")? {
-            Payload::Text(text) => Ok(text.into_bytes()),
-            // Unreachable in practice: bytes are rejected by the payload serializer.
-            Payload::Bytes(_) => Err(Error::Encode {
-                serializer: "text".to_owned(),
-                source: Box::new(MessageError(
-                    "the text serializer only accepts a string, got bytes".to_owned(),
-                )),
-            }),
-        }
+        encode_text(value)
+    }
+
+    fn builtin(&self) -> Option<crate::registry::Builtin> {
+        Some(crate::registry::Builtin::Text)
     }
 
     fn decode(&self, data: &[u8], visit: &mut Visit<'_>) -> Result<()> {

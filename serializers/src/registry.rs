@@ -97,6 +97,12 @@ pub trait Serializer: Send + Sync + std::fmt::Debug + 'static {
 pub enum Builtin {
     /// [`JsonSerializer`](crate::JsonSerializer).
     Json,
+    /// [`MsgpackSerializer`](crate::MsgpackSerializer).
+    Msgpack,
+    /// [`RawSerializer`](crate::RawSerializer).
+    Raw,
+    /// [`TextSerializer`](crate::TextSerializer).
+    Text,
 }
 
 /// Object-safe compressor.
@@ -135,6 +141,35 @@ struct Inner {
     /// In registration order; lookups by content type prefer the most recent.
     serializers: Vec<Arc<dyn Serializer>>,
     compressors: Vec<Arc<dyn Compressor>>,
+    /// Content types whose decoder (the most recent serializer of that type) is a built-in,
+    /// rebuilt on every registration: decoding the common types skips the scan and the
+    /// virtual calls.
+    builtin_types: Vec<(String, Builtin)>,
+}
+
+impl Inner {
+    fn rebuild_builtin_types(&mut self) {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut table = Vec::new();
+        for s in self.serializers.iter().rev() {
+            let content_type = s.content_type();
+            if seen.contains(&content_type) {
+                continue; // a later serializer decodes this type
+            }
+            seen.push(content_type);
+            if let Some(builtin) = s.builtin() {
+                table.push((content_type.to_owned(), builtin));
+            }
+        }
+        self.builtin_types = table;
+    }
+
+    fn builtin_for(&self, content_type: &str) -> Option<Builtin> {
+        self.builtin_types
+            .iter()
+            .find(|(t, _)| t == content_type)
+            .map(|(_, b)| *b)
+    }
 }
 
 /// The set of serializers and compressors known to a connection, with kombu's lookup, accept
@@ -204,6 +239,7 @@ impl Registry {
         let inner = Arc::make_mut(&mut self.inner);
         inner.serializers.retain(|old| old.name() != s.name());
         inner.serializers.push(Arc::new(s));
+        inner.rebuild_builtin_types();
     }
 
     /// Registers a compressor, replacing any with the same name or a shared alias.
@@ -276,22 +312,45 @@ impl Registry {
         serializer: &str,
     ) -> Result<Encoded> {
         let s = self.serializer(serializer)?;
-        if s.builtin() == Some(Builtin::Json) {
-            let body = crate::json::to_python_json(value).map_err(|e| Error::Encode {
-                serializer: s.name().to_owned(),
-                source: Box::new(e),
-            })?;
-            return Ok(Encoded {
-                body: Bytes::from(body),
-                content_type: Cow::Borrowed(crate::json::JSON_CONTENT_TYPE),
-                content_encoding: Cow::Borrowed("utf-8"),
-            });
-        }
-        let (body, content_encoding) = s.encode_with_encoding(&SerializeRef(value))?;
+        let (body, content_type, content_encoding): (Vec<u8>, &'static str, &'static str) =
+            match s.builtin() {
+                Some(Builtin::Json) => (
+                    crate::json::to_python_json(value).map_err(|e| Error::Encode {
+                        serializer: s.name().to_owned(),
+                        source: Box::new(e),
+                    })?,
+                    crate::json::JSON_CONTENT_TYPE,
+                    "utf-8",
+                ),
+                Some(Builtin::Msgpack) => (
+                    crate::msgpack::encode_msgpack(value)?,
+                    crate::msgpack::MSGPACK_CONTENT_TYPE,
+                    "binary",
+                ),
+                Some(Builtin::Raw) => {
+                    let (body, encoding) = crate::raw::encode_raw(value)?;
+                    (body, RAW_CONTENT_TYPE, encoding)
+                }
+                Some(Builtin::Text) => (
+                    crate::raw::encode_text(value)?,
+                    crate::raw::TEXT_CONTENT_TYPE,
+                    "utf-8",
+                ),
+                None => {
+                    let (body, content_encoding) = s.encode_with_encoding(&SerializeRef(value))?;
+                    return Ok(Encoded {
+                        body: Bytes::from(body),
+                        content_type: known(s.content_type()),
+                        content_encoding: known(&content_encoding),
+                    });
+                }
+            };
         Ok(Encoded {
-            body: Bytes::from(body),
-            content_type: known(s.content_type()),
-            content_encoding: known(&content_encoding),
+            // An exactly-sized buffer becomes `Bytes` without a second allocation (a `Vec` with
+            // spare capacity would need a shared header); shrinking in place is cheaper.
+            body: Bytes::from(body.into_boxed_slice()),
+            content_type: Cow::Borrowed(content_type),
+            content_encoding: Cow::Borrowed(content_encoding),
         })
     }
 
@@ -386,12 +445,20 @@ impl Registry {
         self.check_accept(content_type, accept)?;
         let content_type = content_type.unwrap_or(RAW_CONTENT_TYPE);
 
-        if let Some(s) = self.by_content_type(content_type) {
-            if s.builtin() == Some(Builtin::Json) && !body.is_empty() {
-                return serde_json::from_slice(body).map_err(|e| Error::Decode {
-                    content_type: content_type.to_owned(),
-                    source: Box::new(e),
-                });
+        if !body.is_empty() {
+            match self.inner.builtin_for(content_type) {
+                Some(Builtin::Json) => {
+                    return serde_json::from_slice(body).map_err(|e| Error::Decode {
+                        content_type: content_type.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+                Some(Builtin::Msgpack) => return crate::msgpack::decode_msgpack(body),
+                Some(Builtin::Raw | Builtin::Text) => {
+                    let mode = TextMode::from_content_encoding(content_encoding);
+                    return crate::raw::decode_body(body, mode, content_type);
+                }
+                None => {}
             }
         }
         let mut out: Option<T> = None;
