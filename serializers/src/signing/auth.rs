@@ -28,7 +28,6 @@
 //! # Ok::<(), kombu_serializers::Error>(())
 //! ```
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,7 +39,7 @@ use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
 use openssl::x509::X509;
 
-use super::{pack, unpack};
+use super::{InnerCodec, pack, unpack};
 use crate::error::{Error, Result};
 use crate::raw::RAW_CONTENT_TYPE;
 use crate::registry::{Registry, Serializer};
@@ -308,8 +307,7 @@ pub struct AuthSerializer {
     signer: Option<Arc<SigningIdentity>>,
     store: Arc<CertStore>,
     digest: Digest,
-    inner: Registry,
-    inner_name: Cow<'static, str>,
+    inner: InnerCodec,
 }
 
 impl std::fmt::Debug for AuthSerializer {
@@ -318,7 +316,7 @@ impl std::fmt::Debug for AuthSerializer {
             .field("signer", &self.signer.as_ref().map(|s| s.cert.id()))
             .field("certificates", &self.store.len())
             .field("digest", &self.digest)
-            .field("serializer", &self.inner_name)
+            .field("serializer", &self.inner.name())
             .finish_non_exhaustive()
     }
 }
@@ -331,8 +329,7 @@ impl AuthSerializer {
             signer: None,
             store: Arc::new(store),
             digest: Digest::default(),
-            inner: Registry::default(),
-            inner_name: Cow::Borrowed("json"),
+            inner: InnerCodec::default(),
         }
     }
 
@@ -362,15 +359,14 @@ impl AuthSerializer {
     /// The inner serializer that makes the signed body (Celery's `serializer` argument of
     /// `setup_security`, default `json`), looked up in the inner registry.
     pub fn with_serializer(mut self, name: &str) -> Result<Self> {
-        let found = self.inner.serializer(name)?;
-        self.inner_name = Cow::Owned(found.name().to_owned());
+        self.inner.set_serializer(name)?;
         Ok(self)
     }
 
     /// The registry for inner serialization and for decoding verified bodies (default
     /// [`Registry::default`]).
     pub fn with_registry(mut self, registry: Registry) -> Self {
-        self.inner = registry;
+        self.inner.set_registry(registry);
         self
     }
 
@@ -434,7 +430,7 @@ impl Serializer for AuthSerializer {
             serializer: NAME.to_owned(),
             source: "this auth serializer has no signing key (AuthSerializer::with_signer)".into(),
         })?;
-        let inner = self.inner.encode(value, &self.inner_name)?;
+        let inner = self.inner.encode(value)?;
         let signature = self.sign(&identity.key, &inner.body)?;
         Ok(pack(
             identity.cert.id().as_bytes(),
@@ -460,12 +456,7 @@ impl Serializer for AuthSerializer {
             .ok_or_else(|| refuse(format!("unknown certificate {signer:?}")))?;
         cert.check_current()?;
         self.verify(cert, un.body(), &un.signature)?;
-        self.inner.decode_forced(
-            un.body(),
-            &un.content_type,
-            Some(&un.content_encoding),
-            visit,
-        )
+        self.inner.decode(&un, visit)
     }
 }
 

@@ -1,13 +1,12 @@
 //! The `hmac` serializer: bodies authenticated with HMAC-SHA256 under a shared secret.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{SEP, pack, unpack};
+use super::{InnerCodec, SEP, pack, unpack};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, Serializer};
 
@@ -86,8 +85,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct HmacSerializer {
     signing_key: String,
     keys: Arc<BTreeMap<String, HmacSha256>>,
-    inner: Registry,
-    inner_name: Cow<'static, str>,
+    inner: InnerCodec,
 }
 
 impl std::fmt::Debug for HmacSerializer {
@@ -95,7 +93,7 @@ impl std::fmt::Debug for HmacSerializer {
         f.debug_struct("HmacSerializer")
             .field("signing_key", &self.signing_key)
             .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
-            .field("serializer", &self.inner_name)
+            .field("serializer", &self.inner.name())
             .finish_non_exhaustive()
     }
 }
@@ -132,8 +130,7 @@ impl HmacSerializer {
         Ok(HmacSerializer {
             signing_key: key_id,
             keys: Arc::new(keys),
-            inner: Registry::default(),
-            inner_name: Cow::Borrowed("json"),
+            inner: InnerCodec::default(),
         })
     }
 
@@ -152,15 +149,14 @@ impl HmacSerializer {
     /// The inner serializer that makes the signed body (default `json`), looked up in the
     /// inner registry.
     pub fn with_serializer(mut self, name: &str) -> Result<Self> {
-        let found = self.inner.serializer(name)?;
-        self.inner_name = Cow::Owned(found.name().to_owned());
+        self.inner.set_serializer(name)?;
         Ok(self)
     }
 
     /// The registry for inner serialization and for decoding verified bodies (default
     /// [`Registry::default`]).
     pub fn with_registry(mut self, registry: Registry) -> Self {
-        self.inner = registry;
+        self.inner.set_registry(registry);
         self
     }
 
@@ -194,7 +190,7 @@ impl Serializer for HmacSerializer {
 
     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>> {
         use base64::Engine as _;
-        let inner = self.inner.encode(value, &self.inner_name)?;
+        let inner = self.inner.encode(value)?;
         let key = self
             .keys
             .get(&self.signing_key)
@@ -245,11 +241,6 @@ impl Serializer for HmacSerializer {
         )
         .verify_slice(&un.signature)
         .map_err(|_| refuse(format!("bad signature (key id {key_id:?})")))?;
-        self.inner.decode_forced(
-            un.body(),
-            &un.content_type,
-            Some(&un.content_encoding),
-            visit,
-        )
+        self.inner.decode(&un, visit)
     }
 }

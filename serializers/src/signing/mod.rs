@@ -20,7 +20,10 @@ pub(crate) mod hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
+use crate::registry::{Encoded, Registry};
 
 /// The field separator of the signed envelope.
 pub(crate) const SEP: &[u8] = b"\x00\x01";
@@ -45,6 +48,61 @@ pub(crate) struct Unpacked {
 impl Unpacked {
     pub(crate) fn body(&self) -> &[u8] {
         &self.raw[self.body_start..]
+    }
+}
+
+/// The serializer inside a signed body, and the registry that decodes verified bodies.
+#[derive(Debug, Clone)]
+pub(crate) struct InnerCodec {
+    registry: Registry,
+    name: Cow<'static, str>,
+}
+
+impl Default for InnerCodec {
+    /// `json` from [`Registry::default`].
+    fn default() -> Self {
+        InnerCodec {
+            registry: Registry::default(),
+            name: Cow::Borrowed("json"),
+        }
+    }
+}
+
+impl InnerCodec {
+    /// Chooses the inner serializer by name or content type (it must be in the registry).
+    pub(crate) fn set_serializer(&mut self, name: &str) -> Result<()> {
+        let found = self.registry.serializer(name)?;
+        self.name = Cow::Owned(found.name().to_owned());
+        Ok(())
+    }
+
+    pub(crate) fn set_registry(&mut self, registry: Registry) {
+        self.registry = registry;
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Encoded> {
+        self.registry.encode(value, &self.name)
+    }
+
+    /// Decodes a verified body with the serializer its content type names, without an accept
+    /// check (Celery's `force=True`: the signature is the check).
+    pub(crate) fn decode(
+        &self,
+        verified: &Unpacked,
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'_>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<()> {
+        self.registry.decode_forced(
+            verified.body(),
+            &verified.content_type,
+            Some(&verified.content_encoding),
+            visit,
+        )
     }
 }
 
