@@ -206,10 +206,10 @@ impl Producer {
         }
         self.declared
             .get_or_try_init(|| async {
-                if let Some(ex) = &self.exchange {
-                    if !ex.is_default() {
-                        self.conn.ensure_exchange(ex).await?;
-                    }
+                if let Some(ex) = &self.exchange
+                    && !ex.is_default()
+                {
+                    self.conn.ensure_exchange(ex).await?;
                 }
                 for d in self.declarations.iter() {
                     match d {

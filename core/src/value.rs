@@ -227,20 +227,19 @@ impl<'de> Visitor<'de> for ValueVisitor {
         while let Some((k, v)) = map.next_entry::<String, Value>()? {
             out.insert(k, v);
         }
-        if out.len() == 2 {
-            if let (Some(Value::String(tag)), Some(Value::String(inner))) =
+        if out.len() == 2
+            && let (Some(Value::String(tag)), Some(Value::String(inner))) =
                 (out.get(TYPE_KEY), out.get(VALUE_KEY))
-            {
-                match tag.as_str() {
-                    "bytes" => return Ok(Value::Bytes(inner.clone().into_bytes())),
-                    "base64" => {
-                        return base64::engine::general_purpose::STANDARD
-                            .decode(inner)
-                            .map(Value::Bytes)
-                            .map_err(|e| de::Error::custom(format!("bad base64 header: {e}")));
-                    }
-                    _ => {}
+        {
+            match tag.as_str() {
+                "bytes" => return Ok(Value::Bytes(inner.clone().into_bytes())),
+                "base64" => {
+                    return base64::engine::general_purpose::STANDARD
+                        .decode(inner)
+                        .map(Value::Bytes)
+                        .map_err(|e| de::Error::custom(format!("bad base64 header: {e}")));
                 }
+                _ => {}
             }
         }
         Ok(Value::Map(out))

@@ -346,7 +346,7 @@ async fn stress_exactly_once() {
                             d.ack().await.unwrap();
                             return;
                         }
-                        if i % 7 == 0 && !d.redelivered() {
+                        if i.is_multiple_of(7) && !d.redelivered() {
                             seen[i].fetch_sub(1, Ordering::Relaxed);
                             total.fetch_sub(1, Ordering::Relaxed);
                             d.requeue().await.unwrap();

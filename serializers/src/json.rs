@@ -122,7 +122,7 @@ fn lower_tie_candidate(value: f64, shortest: &str) -> Option<FloatBuf> {
     let (mantissa, exp) = shortest.split_once('e')?;
     let (head, last) = mantissa.split_at(mantissa.len().checked_sub(1)?);
     let last = *last.as_bytes().first()?;
-    if !last.is_ascii_digit() || (last - b'0') % 2 == 0 {
+    if !last.is_ascii_digit() || (last - b'0').is_multiple_of(2) {
         return None;
     }
     // An odd digit is at least 1: decrementing it never borrows.

@@ -197,7 +197,7 @@ pub mod datetime {
         let sign = if offset < 0 { '-' } else { '+' };
         let abs = offset.unsigned_abs();
         out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs / 60) % 60));
-        if abs % 60 != 0 {
+        if !abs.is_multiple_of(60) {
             out.push_str(&format!(":{:02}", abs % 60));
         }
         out

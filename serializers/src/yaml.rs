@@ -258,10 +258,10 @@ fn yaml_float(value: f64, as_f32: Option<f32>) -> std::result::Result<Scalar, Tr
         }
         .map_err(|e| TreeError(e.to_string()))?;
         let mut text = String::from_utf8(buf).map_err(|e| TreeError(e.to_string()))?;
-        if !text.contains('.') {
-            if let Some(e) = text.find('e') {
-                text.insert_str(e, ".0");
-            }
+        if !text.contains('.')
+            && let Some(e) = text.find('e')
+        {
+            text.insert_str(e, ".0");
         }
         text
     };

@@ -582,16 +582,16 @@ impl Channel for VirtualChannel {
         if exchange.is_default() {
             return Ok(());
         }
-        if let Some(existing) = self.shared.backend.lookup_exchange(&exchange.name).await? {
-            if existing.kind != exchange.kind {
-                return Err(Error::new(
-                    ErrorKind::PreconditionFailed,
-                    format!(
-                        "exchange {:?} exists with type {}, not {}",
-                        exchange.name, existing.kind, exchange.kind
-                    ),
-                ));
-            }
+        if let Some(existing) = self.shared.backend.lookup_exchange(&exchange.name).await?
+            && existing.kind != exchange.kind
+        {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "exchange {:?} exists with type {}, not {}",
+                    exchange.name, existing.kind, exchange.kind
+                ),
+            ));
         }
         self.shared.backend.declare_exchange(exchange).await
     }
@@ -796,10 +796,10 @@ impl ConsumerState {
                     delivery.forget_settlement();
                     return None;
                 }
-                if self.no_ack {
-                    if let Err(e) = delivery.ack_for_no_ack().await {
-                        return Some(Err(e));
-                    }
+                if self.no_ack
+                    && let Err(e) = delivery.ack_for_no_ack().await
+                {
+                    return Some(Err(e));
                 }
                 return Some(Ok(delivery));
             }
