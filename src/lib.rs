@@ -59,7 +59,9 @@ pub fn install() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The memory transport lives in kombu-core and is always registered there. Transport
-        // crates added later register here, each behind its feature.
+        // crates register here, each behind its feature.
+        #[cfg(feature = "sqlite")]
+        kombu_sqlite::register();
     });
 }
 

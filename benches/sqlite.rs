@@ -1,0 +1,226 @@
+//! SQLite transport throughput against Python kombu's `sqla+sqlite` transport, measured in the
+//! same run on the same machine (`../shared/bench/kombu_baseline.py`, run with the venv that
+//! `scripts/python-env` makes).
+//!
+//! ```text
+//! cargo bench --bench sqlite                 # 20,000 messages per row
+//! cargo bench --bench sqlite -- 5000         # fewer
+//! ```
+//!
+//! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON, published to a
+//! direct exchange `bench_ex` bound to `bench_q` with key `bench` (as the Python baseline does),
+//! into a fresh database file in the temp directory. Rows:
+//! - publish, one by one: `producer.publish(&value)` per message, each its own transaction.
+//! - publish, batches of 100: `producer.publish_batch`, one transaction per batch.
+//! - consume with ack, prefetch 100: one consumer decodes and acks every message.
+//! - consume with ack, prefetch 1: the same, one message in flight.
+//!
+//! Python kombu publishes one by one and consumes with prefetch 100 (its only modes).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kombu::{Connection, Exchange, Queue, StreamExt};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    id: u64,
+    payload: String,
+}
+
+fn db_url(tag: &str) -> (String, PathBuf) {
+    let path = std::env::temp_dir().join(format!("kombu-rs-bench-{tag}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    (format!("sqlite://{}", path.display()), path)
+}
+
+fn cleanup(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+async fn publish(conn: &Connection, n: u64, batch: usize) -> Duration {
+    let x = Exchange::direct("bench_ex");
+    let q = Queue::new("bench_q")
+        .exchange(x.clone())
+        .routing_key("bench");
+    conn.declare_queue(&q).await.expect("declare");
+    let producer = conn.producer().exchange(x).routing_key("bench");
+    let values: Vec<Payload> = (0..n)
+        .map(|id| Payload {
+            id,
+            payload: "x".repeat(64),
+        })
+        .collect();
+    let start = Instant::now();
+    if batch <= 1 {
+        for v in &values {
+            producer.publish(v).await.expect("publish");
+        }
+    } else {
+        for chunk in values.chunks(batch) {
+            producer.publish_batch(chunk).await.expect("publish batch");
+        }
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(conn.queue_size("bench_q").await.expect("size"), n);
+    elapsed
+}
+
+async fn consume(conn: &Connection, n: u64, prefetch: u16) -> Duration {
+    let q = Queue::new("bench_q")
+        .exchange(Exchange::direct("bench_ex"))
+        .routing_key("bench");
+    let mut consumer = conn
+        .consumer([q])
+        .prefetch(prefetch)
+        .build()
+        .await
+        .expect("consumer");
+    let mut seen = vec![false; usize::try_from(n).expect("n")];
+    let start = Instant::now();
+    for _ in 0..n {
+        let delivery = consumer.next().await.expect("a message").expect("delivery");
+        let value: Payload = delivery.decode().expect("decode");
+        let slot = &mut seen[usize::try_from(value.id).expect("id")];
+        assert!(!*slot, "duplicate {}", value.id);
+        *slot = true;
+        delivery.ack().await.expect("ack");
+    }
+    start.elapsed()
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Python kombu's figures from the shared baseline script, if Python and the script exist.
+fn python_baseline(n: u64) -> Option<(f64, f64)> {
+    let python = std::env::var_os("KOMBU_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv =
+                PathBuf::from(std::env::var_os("HOME")?).join(".cache/kombu-rs/venv/bin/python");
+            venv.exists().then_some(venv)
+        })?;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/kombu_baseline.py");
+    if !script.exists() {
+        eprintln!("no {}: Python column left out", script.display());
+        return None;
+    }
+    let out_json = std::env::temp_dir().join(format!("kombu-baseline-{}.json", std::process::id()));
+    let status = Command::new(python)
+        .arg(&script)
+        .args([
+            "--only",
+            "sqlite",
+            "--runs",
+            "1",
+            "--n",
+            &n.to_string(),
+            "--json",
+        ])
+        .arg(&out_json)
+        .status()
+        .ok()?;
+    if !status.success() {
+        eprintln!("the Python baseline failed ({status})");
+        return None;
+    }
+    let text = std::fs::read_to_string(&out_json).ok()?;
+    let _ = std::fs::remove_file(&out_json);
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let runs = json
+        .as_array()
+        .cloned()
+        .or_else(|| json.get("results").and_then(|r| r.as_array().cloned()))?;
+    let run = runs
+        .iter()
+        .find(|r| r["name"] == "sqlite" && r["ok"] == true)?;
+    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
+}
+
+/// `12345.6` → `"12,346"`.
+fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let (single_pub, batch_pub, consume_100, consume_1) = rt.block_on(async {
+        let (url, path) = db_url("single");
+        let conn = Connection::open(&url).await.expect("open");
+        let single_pub = publish(&conn, n, 1).await;
+        let consume_100 = consume(&conn, n, 100).await;
+        drop(conn);
+        cleanup(&path);
+
+        let (url, path) = db_url("batch");
+        let conn = Connection::open(&url).await.expect("open");
+        let batch_pub = publish(&conn, n, 100).await;
+        let consume_1 = consume(&conn, n, 1).await;
+        drop(conn);
+        cleanup(&path);
+        (single_pub, batch_pub, consume_100, consume_1)
+    });
+
+    // Python kombu: 2,000 messages are plenty for its rate (its own default for sqlite).
+    let python = python_baseline(n.min(2_000));
+
+    println!(
+        "sqlite: {n} messages of ~90 bytes of JSON per row; Python kombu sqla+sqlite in the same run"
+    );
+    println!();
+    println!("| row | kombu-rs msg/s | Python kombu msg/s | kombu-rs / Python |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, ours: f64, theirs: Option<f64>| {
+        let (t, r) = match theirs {
+            Some(t) => (grouped(t), format!("{:.1}×", ours / t)),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        println!("| {name} | {} | {t} | {r} |", grouped(ours));
+    };
+    row(
+        "publish, one by one",
+        rate(n, single_pub),
+        python.map(|p| p.0),
+    );
+    row(
+        "publish, batches of 100",
+        rate(n, batch_pub),
+        python.map(|p| p.0),
+    );
+    row(
+        "consume + ack, prefetch 100",
+        rate(n, consume_100),
+        python.map(|p| p.1),
+    );
+    row(
+        "consume + ack, prefetch 1",
+        rate(n, consume_1),
+        python.map(|p| p.1),
+    );
+}
