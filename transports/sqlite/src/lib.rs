@@ -24,9 +24,11 @@
 //! timestamp, payload, version, queue_id)`, created with exactly the DDL SQLAlchemy emits, the
 //! kombu JSON envelope in `payload`. kombu-rs adds two columns with defaults, so Python's
 //! inserts still work: `lease_until` (a Unix time, `NULL`) and `redelivered` (`0`). And two
-//! tables of its own, `kombu_rs_exchange` and `kombu_rs_binding`, so that exchanges and
-//! bindings declared in one process route publishes in every other (Python kombu keeps them
-//! per connection, in memory).
+//! tables of its own, `kombu_rs_exchange` and `kombu_rs_binding` (and `kombu_rs_queue` for
+//! queue arguments), so that exchanges and bindings declared in one process route publishes in
+//! every other (Python kombu keeps them per connection, in memory). Each process caches what
+//! it read of them for a second: a binding made by another process routes this process's
+//! publishes within a second; its own declarations take effect at once.
 //!
 //! * Taking a message sets `visible = 0` (as kombu does) plus a lease, `lease_until = now +
 //!   visibility_timeout`. Acking **deletes** the row; kombu leaves its acked rows invisible
