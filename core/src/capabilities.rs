@@ -45,6 +45,10 @@ pub struct Capabilities {
     /// Time-based behaviour (TTL, visibility timeout) follows tokio's clock, so tests can use
     /// `tokio::time::pause()`.
     pub tokio_clock: bool,
+    /// A publish to the default exchange naming a queue that does not exist creates it (kombu's
+    /// Redis transport: a queue is its list, made by the first push), instead of being
+    /// dropped as in AMQP.
+    pub implicit_queues: bool,
 }
 
 impl Capabilities {
@@ -67,6 +71,7 @@ impl Capabilities {
             publisher_confirms: false,
             mandatory: false,
             tokio_clock: false,
+            implicit_queues: false,
         }
     }
 

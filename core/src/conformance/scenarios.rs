@@ -1081,7 +1081,11 @@ pub async fn queue_delete(ctx: Ctx) -> Result<()> {
     assert_eq!(conn.delete_queue(&q.name).await?, 3);
     producer.publish(&"to-the-exchange").await?;
     let by_name = conn.producer().routing_key(q.name.clone());
-    by_name.publish(&"to-the-name").await?;
+    if !conn.capabilities().implicit_queues {
+        // Where a publish by name creates the queue (kombu's Redis), this one would be a
+        // message for the new queue, not a ghost.
+        by_name.publish(&"to-the-name").await?;
+    }
 
     // The same name, now bound to nothing but the default exchange.
     let unbound = Queue::new(q.name.clone());

@@ -1,0 +1,414 @@
+//! The command line: every command, argument and example.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Publish, consume, inspect and move messages on any broker kombu-rs speaks.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kombu",
+    version,
+    propagate_version = true,
+    after_help = "\
+The broker is --url, else $KOMBU_URL, else sqlite://kombu.db (a file in the current directory).
+URLs: sqlite:///absolute/path.db, sqlite://relative.db, memory:// (this process only).
+
+Examples:
+  kombu --url sqlite:///tmp/q.db publish --routing-key jobs --declare-queue jobs '{\"id\": 1}'
+  kombu --url sqlite:///tmp/q.db consume --queue jobs --count 1
+  kombu --url sqlite:///tmp/q.db size jobs"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Broker URL (default: $KOMBU_URL, else sqlite://kombu.db). `bench` takes it several times.
+    #[arg(long = "url", value_name = "URL", global = true)]
+    pub urls: Vec<String>,
+    /// On error, print every cause (and a backtrace) instead of one line.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish messages (BODY, else stdin).
+    #[command(after_help = "\
+Examples:
+  kombu publish --routing-key jobs --declare-queue jobs '{\"id\": 1}'
+  kombu publish --exchange logs --exchange-type topic --routing-key app.error '\"disk full\"'
+  seq 1 100 | kombu publish --routing-key numbers --declare-queue numbers --lines
+  kombu publish --routing-key blobs --serializer raw --compression zstd < image.png
+
+Publishing to the default exchange (no --exchange) fails when no queue has the routing key's
+name, so a typo never drops messages silently: create it with --declare-queue or `kombu declare`.
+Every publish returns once the broker has the message: confirmed where the broker confirms,
+committed to the store for SQLite and memory. --confirm says so in the summary.")]
+    Publish(PublishArgs),
+    /// Consume messages and print them.
+    #[command(after_help = "\
+Examples:
+  kombu consume --queue jobs --count 10 --timeout 5
+  kombu consume --queue jobs --queue other --format pretty
+  kombu consume --queue jobs --requeue --count 1     # peek: the message stays in the queue
+
+Exit status: 0 when --count messages arrived, 3 when --timeout seconds pass without a message
+before that, 130 on Ctrl-C, 1 on any error.")]
+    Consume(ConsumeArgs),
+    /// Declare an exchange or a queue.
+    #[command(after_help = "\
+Examples:
+  kombu declare exchange logs --type topic
+  kombu declare queue errors --exchange logs --routing-key '*.error'")]
+    Declare(DeclareArgs),
+    /// Bind a queue to an exchange.
+    #[command(after_help = "\
+Examples:
+  kombu bind errors logs --routing-key 'app.error'
+  kombu bind urgent alerts --header level=high --header team=ops --match any")]
+    Bind(BindArgs),
+    /// Remove a binding (same arguments as `bind`).
+    #[command(after_help = "\
+Examples:
+  kombu unbind errors logs --routing-key 'app.error'")]
+    Unbind(BindArgs),
+    /// Print the number of ready messages in a queue.
+    #[command(after_help = "Example:\n  kombu size jobs")]
+    Size(QueueArg),
+    /// Remove every ready message from a queue; print how many.
+    #[command(after_help = "Example:\n  kombu purge jobs")]
+    Purge(QueueArg),
+    /// Delete a queue or an exchange.
+    #[command(after_help = "\
+Examples:
+  kombu delete queue jobs
+  kombu delete exchange logs")]
+    Delete(DeleteArgs),
+    /// Move messages from a queue of one broker to another, losing none.
+    #[command(after_help = "\
+Examples:
+  kombu move --from sqlite:///old.db --to sqlite:///new.db --queue jobs
+  kombu move --from sqlite:///a.db --to sqlite:///b.db --queue jobs --to-exchange logs --to-routing-key app.info
+
+Each message is acknowledged on the source only after the destination has it (the publish
+returned: confirmed or committed), so a crash midway may duplicate messages but never loses one.
+Bodies, content type and encoding, headers and properties are copied byte for byte. Without
+--to-exchange the messages go to the queue of the same name on the destination (declared first).")]
+    Move(MoveArgs),
+    /// Measure publish and consume throughput and latency.
+    #[command(after_help = "\
+Examples:
+  kombu bench --url memory:// --url sqlite:///tmp/bench.db --messages 10000
+  kombu bench --url sqlite:///tmp/bench.db --producers 4 --consumers 4 --batch 100 --json
+
+For each URL: publish --messages messages to a fresh queue, then consume and ack them all; the
+queue is deleted afterwards. Latency is per publish call (one message, or one batch with
+--batch) and per delivery (waiting for it plus its ack).")]
+    Bench(BenchArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  kombu completions bash > ~/.local/share/bash-completion/completions/kombu
+  kombu completions zsh > ~/.zfunc/_kombu
+  kombu completions fish > ~/.config/fish/completions/kombu.fish")]
+    Completions(CompletionsArgs),
+}
+
+/// Exchange types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExchangeType {
+    Direct,
+    Topic,
+    Fanout,
+    Headers,
+}
+
+impl From<ExchangeType> for kombu::ExchangeKind {
+    fn from(t: ExchangeType) -> Self {
+        match t {
+            ExchangeType::Direct => kombu::ExchangeKind::Direct,
+            ExchangeType::Topic => kombu::ExchangeKind::Topic,
+            ExchangeType::Fanout => kombu::ExchangeKind::Fanout,
+            ExchangeType::Headers => kombu::ExchangeKind::Headers,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Exchange to publish to ("" = the default exchange: the routing key names the queue).
+    #[arg(long, default_value = "")]
+    pub exchange: String,
+    /// Type of --exchange (declared if missing).
+    #[arg(long, value_enum, default_value = "direct")]
+    pub exchange_type: ExchangeType,
+    /// Routing key.
+    #[arg(long, default_value = "")]
+    pub routing_key: String,
+    /// Serializer: json, msgpack, yaml (BODY is JSON text), raw or text (BODY as given).
+    #[arg(long, default_value = "json")]
+    pub serializer: String,
+    /// Compression: zlib, bzip2, lzma, brotli or zstd.
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Message priority (queues declared with --max-priority).
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Header K=V (V is JSON when it parses as JSON, else a string); repeatable.
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Per-message time to live in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub expiration: Option<u64>,
+    /// Correlation id.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Reply-to queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub reply_to: Option<String>,
+    /// Declare this queue first, bound to --exchange with --binding-key.
+    #[arg(long, value_name = "QUEUE")]
+    pub declare_queue: Option<String>,
+    /// Binding key for --declare-queue (default: --routing-key).
+    #[arg(long, value_name = "KEY", requires = "declare_queue")]
+    pub binding_key: Option<String>,
+    /// Publish the body (or every line) this many times.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Every input line is one message (empty lines are skipped).
+    #[arg(long)]
+    pub lines: bool,
+    /// Wait for the broker's confirmation (every publish already does; see below).
+    #[arg(long)]
+    pub confirm: bool,
+    /// The message body; stdin when absent.
+    pub body: Option<String>,
+}
+
+/// Output formats of `consume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+    /// The body alone, one per line.
+    Body,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Queue to consume from; repeatable.
+    #[arg(long = "queue", value_name = "QUEUE", required = true)]
+    pub queues: Vec<String>,
+    /// Stop after this many messages (exit 0).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Give up when this many seconds pass without a message (exit 3).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Messages are removed as they are delivered (at most once).
+    #[arg(long, conflicts_with = "requeue")]
+    pub no_ack: bool,
+    /// Return the messages to the queue instead of acking them (peek).
+    #[arg(long)]
+    pub requeue: bool,
+    /// Most unacknowledged messages held at once.
+    #[arg(long, default_value_t = 100)]
+    pub prefetch: u16,
+    /// Accepted serializers by name or content type; repeatable (default: all known).
+    #[arg(long = "accept", value_name = "NAME")]
+    pub accept: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DeclareArgs {
+    #[command(subcommand)]
+    pub what: DeclareWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeclareWhat {
+    /// Declare an exchange.
+    #[command(after_help = "Example:\n  kombu declare exchange logs --type topic")]
+    Exchange {
+        /// Exchange name.
+        name: String,
+        /// Exchange type.
+        #[arg(long = "type", value_enum)]
+        kind: ExchangeType,
+        /// Survives a broker restart.
+        #[arg(long)]
+        durable: bool,
+        /// Deleted when its last binding goes.
+        #[arg(long)]
+        auto_delete: bool,
+    },
+    /// Declare a queue (and its binding to --exchange).
+    #[command(after_help = "\
+Examples:
+  kombu declare queue jobs
+  kombu declare queue errors --exchange logs --routing-key '*.error'
+  kombu declare queue urgent --max-priority 9 --dead-letter-exchange dlx")]
+    Queue(DeclareQueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeclareQueueArgs {
+    /// Queue name.
+    pub name: String,
+    /// Bind the queue to this (existing) exchange.
+    #[arg(long)]
+    pub exchange: Option<String>,
+    /// Binding key for --exchange.
+    #[arg(long, default_value = "")]
+    pub routing_key: String,
+    /// Highest priority honoured (x-max-priority).
+    #[arg(long, value_name = "N")]
+    pub max_priority: Option<u8>,
+    /// Message time to live in the queue, milliseconds (x-message-ttl).
+    #[arg(long, value_name = "MS")]
+    pub message_ttl: Option<u64>,
+    /// Delete the queue after it is unused this long, milliseconds (x-expires).
+    #[arg(long, value_name = "MS")]
+    pub expires: Option<u64>,
+    /// At most this many ready messages (x-max-length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<u64>,
+    /// Dead-letter exchange (x-dead-letter-exchange).
+    #[arg(long, value_name = "E")]
+    pub dead_letter_exchange: Option<String>,
+    /// Dead-letter routing key (x-dead-letter-routing-key).
+    #[arg(long, value_name = "K")]
+    pub dead_letter_routing_key: Option<String>,
+    /// Survives a broker restart.
+    #[arg(long)]
+    pub durable: bool,
+}
+
+/// Header matching of a headers-exchange binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MatchMode {
+    All,
+    Any,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The queue.
+    pub queue: String,
+    /// The exchange.
+    pub exchange: String,
+    /// Binding key (direct and topic exchanges).
+    #[arg(long, default_value = "")]
+    pub routing_key: String,
+    /// Header K=V to match (headers exchanges); repeatable.
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Whether all or any of the headers must match.
+    #[arg(long = "match", value_enum, default_value = "all")]
+    pub match_mode: MatchMode,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArg {
+    /// Queue name.
+    pub queue: String,
+}
+
+/// What `delete` deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntityKind {
+    Queue,
+    Exchange,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// queue or exchange.
+    #[arg(value_enum)]
+    pub kind: EntityKind,
+    /// Its name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// Source broker URL.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// Destination broker URL.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Source queue.
+    #[arg(long)]
+    pub queue: String,
+    /// Destination exchange (default: the default exchange, to the queue of the same name).
+    #[arg(long, value_name = "E")]
+    pub to_exchange: Option<String>,
+    /// Destination routing key (default: the queue name without --to-exchange, else the
+    /// message's own routing key).
+    #[arg(long, value_name = "K")]
+    pub to_routing_key: Option<String>,
+    /// Move at most this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Messages per URL.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Body size in bytes (before serialization).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    /// Concurrent consumers.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
+    /// Consumer prefetch.
+    #[arg(long, default_value_t = 100)]
+    pub prefetch: u16,
+    /// Messages per publish call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Serializer.
+    #[arg(long, default_value = "json")]
+    pub serializer: String,
+    /// Compression.
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,128 @@
+//! `kombu move`: at-least-once transfer of a queue's messages between two brokers.
+//!
+//! Messages are taken (not acked) in chunks, published to the destination as they are (body
+//! bytes, content type and encoding, headers, properties), and acked on the source only once
+//! the destination publish returned. A failure puts the taken messages back on the source; a
+//! crash leaves them leased on the source, to return when the lease passes. Duplicates are
+//! possible, loss is not.
+
+use anyhow::anyhow;
+use kombu::{Delivery, Outgoing, Queue};
+
+use crate::Outcome;
+use crate::cli::{Global, MoveArgs};
+use crate::common::{self, Ctx as _};
+
+/// Messages taken, published and acked per round.
+const CHUNK: u64 = 200;
+
+pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
+    let from = common::mask(&args.from);
+    let to = common::mask(&args.to);
+    let queue = args.queue.clone();
+    let exchange = args.to_exchange.clone().unwrap_or_default();
+    // Without an exchange, the destination queue of the same name (or --to-routing-key).
+    let fixed_key = match (&args.to_exchange, &args.to_routing_key) {
+        (_, Some(key)) => Some(key.clone()),
+        (None, None) => Some(queue.clone()),
+        (Some(_), None) => None,
+    };
+    if args.from == args.to && exchange.is_empty() && fixed_key.as_deref() == Some(&queue) {
+        return Err(anyhow!(
+            "--from and --to are the same broker and the messages would go back to queue \
+             {queue:?}; give another --to URL, --to-exchange or --to-routing-key"
+        ));
+    }
+    let source = common::connect(&args.from).await?;
+    let destination = common::connect(&args.to).await?;
+    if exchange.is_empty()
+        && let Some(key) = &fixed_key
+    {
+        common::declare_queue_lenient(&destination, &Queue::new(key.clone()))
+            .await
+            .ctx(format!("cannot declare queue {key:?} on {to}"))?;
+    }
+    let ready = source
+        .queue_size(&queue)
+        .await
+        .ctx(format!("cannot read queue {queue:?} on {from}"))?;
+    let expected = args.count.map_or(ready, |c| c.min(ready));
+    let bar = common::progress(Some(expected), "moving");
+    let mandatory = destination.capabilities().mandatory;
+    let taker = source
+        .channel()
+        .await
+        .ctx(format!("cannot open a channel on {from}"))?;
+    let sender = destination.default_channel().clone();
+    let target = if exchange.is_empty() {
+        format!("queue {:?}", fixed_key.as_deref().unwrap_or(&queue))
+    } else {
+        format!("exchange {exchange:?}")
+    };
+
+    let mut moved = 0u64;
+    loop {
+        let want = match args.count {
+            Some(c) if moved >= c => break,
+            Some(c) => (c - moved).min(CHUNK),
+            None => CHUNK,
+        };
+        let mut taken: Vec<Delivery> = Vec::new();
+        while (taken.len() as u64) < want {
+            match taker.get(&queue, false).await.ctx(format!(
+                "cannot take a message from queue {queue:?} on {from}"
+            )) {
+                Ok(Some(d)) => taken.push(d),
+                Ok(None) => break,
+                Err(e) => {
+                    put_back(taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        if taken.is_empty() {
+            break;
+        }
+        let batch: Vec<Outgoing> = taken
+            .iter()
+            .map(|d| Outgoing {
+                exchange: exchange.clone(),
+                routing_key: fixed_key
+                    .clone()
+                    .unwrap_or_else(|| d.routing_key().to_owned()),
+                message: d.message().clone(),
+                mandatory,
+            })
+            .collect();
+        let n = taken.len() as u64;
+        if let Err(e) = sender.publish_batch(batch).await.ctx(format!(
+            "cannot publish to {target} on {to} ({moved} moved so far; the {n} in hand went back \
+             to the source)"
+        )) {
+            put_back(taken).await;
+            return Err(e);
+        }
+        for d in taken {
+            d.ack().await.ctx(format!(
+                "the destination has the messages but acking them on {from} failed: they may \
+                 be moved twice"
+            ))?;
+        }
+        moved += n;
+        bar.set_position(moved.min(expected));
+    }
+    bar.finish_and_clear();
+    let _ = taker.close().await;
+    println!(
+        "moved {moved} message{} from queue {queue:?} on {from} to {target} on {to}",
+        if moved == 1 { "" } else { "s" }
+    );
+    Ok(Outcome::Done)
+}
+
+/// Returns taken messages to the source (best effort: dropping a delivery does it too).
+async fn put_back(taken: Vec<Delivery>) {
+    for d in taken {
+        let _ = d.requeue().await;
+    }
+}

@@ -1,0 +1,718 @@
+//! The `kombu` binary, driven end to end as a user would: separate invocations sharing SQLite
+//! files in a temporary directory.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The binary with a clean environment (no `KOMBU_URL`, no backtraces).
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kombu"));
+    cmd.env_remove("KOMBU_URL")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    cmd
+}
+
+/// The binary on `url`.
+fn kombu(url: &str) -> Command {
+    let mut cmd = bin();
+    cmd.args(["--url", url]);
+    cmd
+}
+
+fn sqlite_url(dir: &Path, name: &str) -> String {
+    format!("sqlite://{}", dir.join(name).display())
+}
+
+fn setup() -> (TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path(), "broker.db");
+    (dir, url)
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    String::from_utf8(out).unwrap()
+}
+
+fn size(url: &str, queue: &str) -> u64 {
+    stdout_of(kombu(url).args(["size", queue]))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Consumes `count` messages as JSON objects.
+fn consume_json(url: &str, queue: &str, count: usize) -> Vec<Value> {
+    let out = stdout_of(kombu(url).args([
+        "consume",
+        "--queue",
+        queue,
+        "--count",
+        &count.to_string(),
+        "--timeout",
+        "5",
+    ]));
+    let messages: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), count, "{out}");
+    messages
+}
+
+#[test]
+fn publish_then_consume_size_and_purge_across_invocations() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "jobs",
+            "--declare-queue",
+            "jobs",
+            "--header",
+            "attempt=2",
+            "--header",
+            "source=cli",
+            "--priority",
+            "4",
+            "--expiration",
+            "60000",
+            "--correlation-id",
+            "req-1",
+            "--reply-to",
+            "answers",
+            "--confirm",
+            r#"{"id": 1, "tags": ["a", "b"]}"#,
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("published 1 message"));
+    assert_eq!(size(&url, "jobs"), 1);
+
+    let [m] = consume_json(&url, "jobs", 1).try_into().unwrap();
+    assert_eq!(m["body"], json!({"id": 1, "tags": ["a", "b"]}));
+    assert_eq!(m["content_type"], "application/json");
+    assert_eq!(m["content_encoding"], "utf-8");
+    assert_eq!(m["headers"], json!({"attempt": 2, "source": "cli"}));
+    let props = &m["properties"];
+    assert_eq!(props["priority"], 4);
+    assert_eq!(props["correlation_id"], "req-1");
+    assert_eq!(props["reply_to"], "answers");
+    assert_eq!(props["expiration"], 60000);
+    assert_eq!(props["delivery_mode"], 2);
+    assert!(props.get("message_id").is_some());
+    assert_eq!(m["delivery_info"]["exchange"], "");
+    assert_eq!(m["delivery_info"]["routing_key"], "jobs");
+    assert_eq!(m["delivery_info"]["redelivered"], false);
+    // Acked after printing: gone.
+    assert_eq!(size(&url, "jobs"), 0);
+
+    kombu(&url)
+        .args(["publish", "--routing-key", "jobs", "--count", "5", "7"])
+        .assert()
+        .success();
+    assert_eq!(size(&url, "jobs"), 5);
+    kombu(&url)
+        .args(["purge", "jobs"])
+        .assert()
+        .success()
+        .stdout("5\n");
+    assert_eq!(size(&url, "jobs"), 0);
+    kombu(&url)
+        .args(["delete", "queue", "jobs"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn every_serializer_and_compression_round_trips() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args(["declare", "queue", "codec"])
+        .assert()
+        .success();
+    let compressions = ["", "zlib", "bzip2", "lzma", "brotli", "zstd"];
+    let mut expected = Vec::new();
+    for serializer in ["json", "msgpack", "yaml", "raw", "text"] {
+        for compression in compressions {
+            let mut cmd = kombu(&url);
+            cmd.args([
+                "publish",
+                "--routing-key",
+                "codec",
+                "--serializer",
+                serializer,
+            ]);
+            if !compression.is_empty() {
+                cmd.args(["--compression", compression]);
+            }
+            let body = match serializer {
+                "raw" => {
+                    // Bytes that are not UTF-8, from stdin.
+                    cmd.write_stdin(vec![0u8, 159, 146, 150, 255, b'\n']);
+                    json!("AJ+Slv8K") // base64 of the bytes
+                }
+                "text" => {
+                    cmd.arg("héllo wörld");
+                    json!("héllo wörld")
+                }
+                _ => {
+                    cmd.arg(r#"{"n": 1, "f": 2.5, "s": "x", "l": [true, null]}"#);
+                    json!({"n": 1, "f": 2.5, "s": "x", "l": [true, null]})
+                }
+            };
+            cmd.assert().success();
+            expected.push((serializer, compression, body));
+        }
+    }
+    let got = consume_json(&url, "codec", expected.len());
+    for ((serializer, compression, body), m) in expected.iter().zip(&got) {
+        assert_eq!(&m["body"], body, "{serializer} + {compression:?}: {m}");
+        let content_type = match *serializer {
+            "json" => "application/json",
+            "msgpack" => "application/x-msgpack",
+            "yaml" => "application/x-yaml",
+            "raw" => "application/data",
+            _ => "text/plain",
+        };
+        assert_eq!(m["content_type"], content_type);
+        assert_eq!(
+            m["headers"].get("compression").is_some(),
+            !compression.is_empty(),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn lines_and_count_publish_many_messages() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "n",
+            "--declare-queue",
+            "n",
+            "--lines",
+            "--count",
+            "2",
+        ])
+        .write_stdin("1\n\n{\"two\": 2}\r\n\"three\"\n")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("published 6 messages"));
+    let bodies: Vec<Value> = consume_json(&url, "n", 6)
+        .into_iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    let round = [json!(1), json!({"two": 2}), json!("three")];
+    assert_eq!(bodies, [round.clone(), round].concat());
+
+    // --format body prints only bodies; text lines keep their text.
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "n",
+            "--serializer",
+            "text",
+            "--lines",
+        ])
+        .write_stdin("alpha\nbeta\n")
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "consume", "--queue", "n", "--count", "2", "--format", "body",
+        ])
+        .assert()
+        .success()
+        .stdout("alpha\nbeta\n");
+}
+
+#[test]
+fn topic_exchange_routing_with_bind_and_unbind() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args(["declare", "exchange", "logs", "--type", "topic"])
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "declare",
+            "queue",
+            "errors",
+            "--exchange",
+            "logs",
+            "--routing-key",
+            "*.error",
+        ])
+        .assert()
+        .success();
+    kombu(&url)
+        .args(["declare", "queue", "everything"])
+        .assert()
+        .success();
+    kombu(&url)
+        .args(["bind", "everything", "logs", "--routing-key", "#"])
+        .assert()
+        .success();
+    let publish = |key: &str, body: &str| {
+        kombu(&url)
+            .args([
+                "publish",
+                "--exchange",
+                "logs",
+                "--exchange-type",
+                "topic",
+                "--routing-key",
+                key,
+                body,
+            ])
+            .assert()
+            .success();
+    };
+    publish("app.error", "1");
+    publish("app.info", "2");
+    publish("db.error", "3");
+    assert_eq!(size(&url, "errors"), 2);
+    assert_eq!(size(&url, "everything"), 3);
+    kombu(&url)
+        .args(["unbind", "everything", "logs", "--routing-key", "#"])
+        .assert()
+        .success();
+    publish("app.error", "4");
+    assert_eq!(size(&url, "errors"), 3);
+    assert_eq!(size(&url, "everything"), 3);
+    let keys: Vec<Value> = consume_json(&url, "errors", 3)
+        .into_iter()
+        .map(|m| m["delivery_info"]["routing_key"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [json!("app.error"), json!("db.error"), json!("app.error")]
+    );
+}
+
+#[test]
+fn headers_exchange_routing_all_and_any() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args(["declare", "exchange", "alerts", "--type", "headers"])
+        .assert()
+        .success();
+    for q in ["both", "either"] {
+        kombu(&url).args(["declare", "queue", q]).assert().success();
+    }
+    kombu(&url)
+        .args([
+            "bind", "both", "alerts", "--header", "level=3", "--header", "team=ops",
+        ])
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "bind", "either", "alerts", "--header", "level=3", "--header", "team=ops", "--match",
+            "any",
+        ])
+        .assert()
+        .success();
+    let publish = |headers: &[&str]| {
+        let mut cmd = kombu(&url);
+        cmd.args([
+            "publish",
+            "--exchange",
+            "alerts",
+            "--exchange-type",
+            "headers",
+        ]);
+        for h in headers {
+            cmd.args(["--header", h]);
+        }
+        cmd.arg("{}").assert().success();
+    };
+    publish(&["level=3", "team=ops"]); // both, either
+    publish(&["team=ops"]); // either
+    publish(&["level=\"3\""]); // a string, not the number 3: neither
+    publish(&["team=dev"]); // neither
+    assert_eq!(size(&url, "both"), 1);
+    assert_eq!(size(&url, "either"), 2);
+}
+
+#[test]
+fn consume_exit_codes() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args(["publish", "--routing-key", "q", "--declare-queue", "q", "1"])
+        .assert()
+        .success();
+    // 0: --count messages arrived.
+    kombu(&url)
+        .args(["consume", "--queue", "q", "--count", "1", "--timeout", "5"])
+        .assert()
+        .code(0);
+    // 3: the timeout passed first (the queue is empty now).
+    kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "q",
+            "--count",
+            "1",
+            "--timeout",
+            "0.2",
+        ])
+        .assert()
+        .code(3)
+        .stdout("");
+    // 1: an error (an unknown serializer in --accept).
+    kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "q",
+            "--timeout",
+            "1",
+            "--accept",
+            "nope",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nope"));
+    // 1: a message the accept list refuses is put back, and the error says so.
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "q",
+            "--serializer",
+            "yaml",
+            "[1]",
+        ])
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "q",
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+            "--accept",
+            "json",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("refused"));
+    assert_eq!(size(&url, "q"), 1);
+}
+
+#[test]
+fn requeue_leaves_messages_and_no_ack_removes_them() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "peek",
+            "--declare-queue",
+            "peek",
+            "--lines",
+        ])
+        .write_stdin("1\n2\n3\n")
+        .assert()
+        .success();
+    let out = stdout_of(kombu(&url).args([
+        "consume",
+        "--queue",
+        "peek",
+        "--count",
+        "3",
+        "--requeue",
+        "--format",
+        "body",
+    ]));
+    assert_eq!(out, "1\n2\n3\n");
+    assert_eq!(size(&url, "peek"), 3);
+    let again = consume_json(&url, "peek", 1);
+    assert_eq!(again[0]["body"], 1);
+    assert_eq!(again[0]["delivery_info"]["redelivered"], true);
+
+    let out = stdout_of(kombu(&url).args([
+        "consume", "--queue", "peek", "--count", "1", "--no-ack", "--format", "body",
+    ]));
+    assert_eq!(out, "2\n");
+    assert_eq!(size(&url, "peek"), 1);
+}
+
+#[test]
+fn move_between_sqlite_files_keeps_every_message_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = sqlite_url(dir.path(), "from.db");
+    let to = sqlite_url(dir.path(), "to.db");
+    kombu(&from)
+        .args([
+            "publish",
+            "--routing-key",
+            "jobs",
+            "--declare-queue",
+            "jobs",
+            "--count",
+            "250",
+            "--header",
+            "kind=bulk",
+            "--correlation-id",
+            "c-7",
+            "--compression",
+            "zlib",
+            r#"{"payload": [1, 2, 3]}"#,
+        ])
+        .assert()
+        .success();
+    kombu(&from)
+        .args([
+            "publish",
+            "--routing-key",
+            "jobs",
+            "--serializer",
+            "raw",
+            "--priority",
+            "2",
+        ])
+        .write_stdin(vec![1u8, 2, 255])
+        .assert()
+        .success();
+    // A few, then the rest.
+    bin()
+        .args([
+            "move", "--from", &from, "--to", &to, "--queue", "jobs", "--count", "3",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("moved 3 messages"));
+    assert_eq!(size(&from, "jobs"), 248);
+    assert_eq!(size(&to, "jobs"), 3);
+    bin()
+        .args(["move", "--from", &from, "--to", &to, "--queue", "jobs"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("moved 248 messages"));
+    assert_eq!(size(&from, "jobs"), 0);
+    assert_eq!(size(&to, "jobs"), 251);
+
+    let moved = consume_json(&to, "jobs", 251);
+    for m in &moved[..250] {
+        assert_eq!(m["body"], json!({"payload": [1, 2, 3]}));
+        assert_eq!(m["content_type"], "application/json");
+        assert_eq!(m["content_encoding"], "utf-8");
+        assert_eq!(
+            m["headers"],
+            json!({"kind": "bulk", "compression": "application/x-gzip"})
+        );
+        assert_eq!(m["properties"]["correlation_id"], "c-7");
+    }
+    let last = &moved[250];
+    assert_eq!(last["body"], "AQL/"); // base64 of [1, 2, 255]
+    assert_eq!(last["content_type"], "application/data");
+    assert_eq!(last["content_encoding"], "binary");
+    assert_eq!(last["properties"]["priority"], 2);
+
+    // Moving a queue onto itself is refused.
+    bin()
+        .args(["move", "--from", &to, "--to", &to, "--queue", "jobs"])
+        .assert()
+        .code(1);
+}
+
+#[test]
+fn bench_on_sqlite_and_memory() {
+    let (_dir, url) = setup();
+    let out = stdout_of(kombu(&url).args([
+        "--url",
+        "memory://",
+        "bench",
+        "--messages",
+        "40",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--batch",
+        "5",
+        "--json",
+    ]));
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["url"], url.as_str());
+    assert_eq!(runs[1]["url"], "memory://");
+    for run in runs {
+        assert_eq!(run["messages"], 40);
+        for phase in ["publish", "consume"] {
+            assert!(run[phase]["msgs_per_sec"].as_f64().unwrap() > 0.0, "{run}");
+            assert!(run[phase]["latency_us"]["p50"].is_u64(), "{run}");
+            assert!(run[phase]["latency_us"]["p99"].is_u64(), "{run}");
+        }
+    }
+    // The table, with compression; the bench queue is gone afterwards.
+    kombu("memory://")
+        .args([
+            "bench",
+            "--messages",
+            "20",
+            "--compression",
+            "zstd",
+            "--serializer",
+            "msgpack",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("publish/s").and(predicate::str::contains("memory://")));
+    let leftovers = std::fs::metadata(_dir.path().join("broker.db")).is_ok();
+    assert!(leftovers, "the sqlite bench ran on the file");
+}
+
+#[test]
+fn errors_are_one_line_and_never_show_the_password() {
+    let (_dir, url) = setup();
+    // Unknown scheme, with a password.
+    let out = kombu("foo://user:secret@host:1234/vhost")
+        .args(["size", "q"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(String::from_utf8(out.stdout).unwrap().is_empty());
+    assert!(stderr.contains("foo://user:**@host:1234/vhost"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+
+    // A working memory URL with a password: an error later still masks it.
+    let out = kombu("memory://user:secret@x")
+        .args(["consume", "--queue", "q", "--accept", "bogus"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("secret"));
+    // Even a URL that does not parse.
+    let out = kombu("foo://user:secret@host:99999")
+        .args(["purge", "q"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("secret"));
+    // And --verbose details.
+    let out = kombu("nope://u:secret@h")
+        .args(["--verbose", "size", "q"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("secret"));
+
+    // Unknown serializer: names the known ones, creates no database file.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = sqlite_url(dir.path(), "never.db");
+    kombu(&fresh)
+        .args([
+            "publish",
+            "--routing-key",
+            "q",
+            "--serializer",
+            "pickle2",
+            "1",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pickle2").and(predicate::str::contains("json")));
+    assert!(!dir.path().join("never.db").exists());
+    // Unknown compression, a body that is not JSON, a queue that does not exist.
+    kombu(&url)
+        .args(["publish", "--routing-key", "q", "--compression", "rar", "1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("rar"));
+    kombu(&url)
+        .args(["publish", "--routing-key", "q", "not json"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--serializer text"));
+    kombu(&url)
+        .args(["publish", "--routing-key", "missing", "1"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("missing").and(predicate::str::contains("--declare-queue")),
+        );
+    // A database that cannot be opened names the URL.
+    kombu("sqlite:///nonexistent-dir/for/sure.db")
+        .args(["size", "q"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "sqlite:///nonexistent-dir/for/sure.db",
+        ));
+}
+
+#[test]
+fn url_comes_from_the_environment_then_the_default_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_url = sqlite_url(dir.path(), "env.db");
+    bin()
+        .env("KOMBU_URL", &env_url)
+        .args(["publish", "--routing-key", "e", "--declare-queue", "e", "1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("env.db"));
+    assert_eq!(size(&env_url, "e"), 1);
+    // No --url, no KOMBU_URL: kombu.db in the current directory.
+    bin()
+        .current_dir(dir.path())
+        .args(["declare", "queue", "d"])
+        .assert()
+        .success();
+    assert!(dir.path().join("kombu.db").exists());
+}
+
+#[test]
+fn completions_and_help() {
+    for shell in ["bash", "zsh", "fish"] {
+        bin()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("kombu").and(predicate::str::contains("publish")));
+    }
+    for command in [
+        "publish",
+        "consume",
+        "declare",
+        "bind",
+        "unbind",
+        "size",
+        "purge",
+        "delete",
+        "move",
+        "bench",
+        "completions",
+    ] {
+        bin()
+            .args([command, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Example"));
+    }
+}

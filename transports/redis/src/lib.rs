@@ -1,0 +1,1159 @@
+//! The Redis transport for kombu-rs, sharing queues with Python kombu and Celery on the same
+//! Redis: kombu's key layout, with taking a message and recording it as unacked in one atomic
+//! step.
+//!
+//! URLs: `redis://[user:password@]host[:port][/db]` and `redis+socket:///path/to/redis.sock`
+//! (Unix socket, `?virtual_host=<db>`). Transport options in the query string, as kombu users
+//! know them:
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `visibility_timeout` | `3600` | seconds after delivery before an unacked message is restored |
+//! | `priority_steps` | `0,3,6,9` | priority buckets; **lower numbers are consumed first**, as in kombu |
+//! | `sep` | `\x06\x16` | separator of priority keys and binding members |
+//! | `global_keyprefix` | empty | prefix of every key |
+//! | `unacked_key`, `unacked_index_key`, `unacked_mutex_key` | `unacked`, `unacked_index`, `unacked_mutex` | kombu's ack-emulation keys |
+//! | `polling_interval` | `1` | longest pause between two looks for messages that Python publishers pushed, when idle |
+//!
+//! # Layout (kombu's, `kombu/transport/redis.py`)
+//!
+//! * Queue `q` is the list `q` (priority bucket 0) and `q\x06\x16<n>` for the other steps;
+//!   publishers `LPUSH` the JSON envelope, consumers take from the right, bucket 0 first.
+//! * Bindings: the set `_kombu.binding.<exchange>` with members
+//!   `<routing_key>\x06\x16<pattern>\x06\x16<queue>` (the pattern is kombu's regex for topic
+//!   bindings, the binding arguments as JSON for headers bindings, empty otherwise).
+//! * Unacked messages: the hash `unacked` (delivery tag → `[envelope, exchange, routing_key]`)
+//!   and the sorted set `unacked_index` (delivery tag → delivery time), restored after the
+//!   visibility timeout by whichever consumer (Python or Rust) sweeps first, under
+//!   `unacked_mutex`.
+//! * Exchange types are kept in the hash `_kombu_rs.exchanges` (kombu keeps them in process
+//!   memory); an exchange found only by its binding set is taken as direct.
+//!
+//! kombu pops a message and records it as unacked in a later command, so a crash in between
+//! loses it. Here one Lua script pops up to `prefetch` messages and writes their `unacked` and
+//! `unacked_index` entries, in kombu's format, atomically: a killed consumer's messages are
+//! always in `unacked` and come back after the visibility timeout, restored by kombu-rs or by
+//! Python kombu.
+//!
+//! A lease can be extended (`unacked_index` moves forward). Scores are written as `deadline −
+//! visibility_timeout`, which is the delivery time for an ordinary lease, so a Python sweeper
+//! configured with the same `visibility_timeout` restores a message exactly when its lease
+//! ends.
+//!
+//! Not yet supported: fanout exchanges over PUB/SUB as kombu does them (here fanout routes into
+//! the bound queues' lists, which Python fanout consumers do not read), `rediss://` (TLS) and
+//! `sentinel://`, queue expiry (`x-expires`). Priorities follow kombu's buckets, not AMQP's
+//! order, so the capability is off.
+#![deny(missing_docs, unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use kombu_core::virtual_transport::{
+    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, VirtualChannel,
+    envelope, router,
+};
+use kombu_core::{
+    BrokerConnection, BrokerUrl, Capabilities, Channel, Error, ErrorKind, Exchange, ExchangeKind,
+    Headers, Queue, Result, Transport, register_transport,
+};
+use parking_lot::Mutex;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+/// Registers the `redis` and `redis+socket` URL schemes (idempotent).
+pub fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| register_transport(Arc::new(RedisTransport)));
+}
+
+/// The Redis transport (see the crate documentation).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisTransport;
+
+#[derive(Debug, Clone)]
+struct Options {
+    /// The URL handed to the redis crate (no transport options).
+    client_url: String,
+    db: i64,
+    visibility_timeout: Duration,
+    priority_steps: Vec<u8>,
+    sep: String,
+    prefix: String,
+    unacked: String,
+    unacked_index: String,
+    unacked_mutex: String,
+    polling_interval: Duration,
+}
+
+fn seconds(url: &BrokerUrl, key: &str, default: f64) -> Result<Duration> {
+    let Some(v) = url.query(key) else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    v.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| Error::config(format!("{key}={v:?} is not a number of seconds")))
+}
+
+impl Options {
+    fn from_url(url: &BrokerUrl) -> Result<Options> {
+        let bad =
+            |why: String| Error::new(ErrorKind::InvalidUrl, format!("{}: {why}", url.masked()));
+        let (client_url, db) = match url.scheme() {
+            "redis" => {
+                let db = match url.path().unwrap_or_default().trim_matches('/') {
+                    "" => 0,
+                    d => d
+                        .parse::<i64>()
+                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
+                };
+                let host = url.host().unwrap_or("localhost");
+                let port = url.port().unwrap_or(6379);
+                let auth = match (url.username(), url.password()) {
+                    (Some(""), Some(p)) | (None, Some(p)) => format!(":{}@", enc(&p)),
+                    (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p)),
+                    (Some(u), None) if !u.is_empty() => format!("{}@", enc(u)),
+                    _ => String::new(),
+                };
+                (format!("redis://{auth}{host}:{port}/{db}"), db)
+            }
+            "redis+socket" => {
+                let rest = url.rest();
+                let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+                let db = match url.query("virtual_host").or_else(|| url.query("db")) {
+                    None => 0,
+                    Some(d) => d
+                        .trim_matches('/')
+                        .parse::<i64>()
+                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
+                };
+                (format!("redis+unix://{path}?db={db}"), db)
+            }
+            other => {
+                return Err(bad(format!(
+                    "the Redis transport does not take {other}:// URLs"
+                )));
+            }
+        };
+        let priority_steps = match url.query("priority_steps") {
+            None => vec![0, 3, 6, 9],
+            Some(s) => {
+                let mut steps = s
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|p| p.trim().parse::<u8>())
+                    .collect::<std::result::Result<Vec<u8>, _>>()
+                    .map_err(|_| {
+                        Error::config(format!(
+                            "priority_steps={s:?}: numbers 0-255, comma-separated"
+                        ))
+                    })?;
+                steps.sort_unstable();
+                steps.dedup();
+                if steps.first() != Some(&0) {
+                    steps.insert(0, 0);
+                }
+                steps
+            }
+        };
+        let prefix = url.query("global_keyprefix").unwrap_or_default();
+        let key = |name: &str, default: &str| {
+            format!(
+                "{prefix}{}",
+                url.query(name).unwrap_or_else(|| default.to_owned())
+            )
+        };
+        Ok(Options {
+            client_url,
+            db,
+            visibility_timeout: seconds(url, "visibility_timeout", 3600.0)?,
+            priority_steps,
+            sep: url.query("sep").unwrap_or_else(|| "\x06\x16".to_owned()),
+            unacked: key("unacked_key", "unacked"),
+            unacked_index: key("unacked_index_key", "unacked_index"),
+            unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
+            polling_interval: seconds(url, "polling_interval", 1.0)?,
+            prefix,
+        })
+    }
+
+    /// The list holding `queue`'s messages of `priority` (kombu's `_q_for_pri`).
+    fn list_key(&self, queue: &str, priority: u8) -> String {
+        let step = self
+            .priority_steps
+            .iter()
+            .rev()
+            .find(|s| **s <= priority.min(9))
+            .copied()
+            .unwrap_or(0);
+        if step == 0 {
+            format!("{}{queue}", self.prefix)
+        } else {
+            format!("{}{queue}{}{step}", self.prefix, self.sep)
+        }
+    }
+
+    /// Every list of `queue`, in consumption order (bucket 0 first).
+    fn list_keys(&self, queue: &str) -> Vec<String> {
+        self.priority_steps
+            .iter()
+            .map(|s| self.list_key(queue, *s))
+            .collect()
+    }
+
+    fn binding_key(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding.{exchange}", self.prefix)
+    }
+
+    fn exchanges_key(&self) -> String {
+        format!("{}_kombu_rs.exchanges", self.prefix)
+    }
+
+    fn queues_key(&self) -> String {
+        format!("{}_kombu_rs.queues", self.prefix)
+    }
+
+    /// Which take of a delivery tag is current (a tag keeps its value across redeliveries).
+    fn owner_key(&self) -> String {
+        format!("{}_kombu_rs.unacked_owner", self.prefix)
+    }
+
+    fn wake_channel(&self) -> String {
+        format!("{}_kombu_rs.wake.{}", self.prefix, self.db)
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// kombu's `TopicExchange.key_to_pattern`: the regex Python consumers match routing keys with.
+fn topic_pattern(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || ".#*".contains(c) {
+                c.to_string()
+            } else if c == '\0' {
+                "\\000".to_owned()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect();
+    let words: Vec<&str> = escaped
+        .split('.')
+        .map(|w| match w {
+            "*" => "[^\\.]+",
+            "#" => ".*?",
+            w => w,
+        })
+        .collect();
+    format!("^{}$", words.join("\\."))
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["redis"]
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
+        let options = Options::from_url(url)?;
+        let label = url.masked();
+        let backend = RedisBackend::connect(options.clone(), label).await?;
+        Ok(Arc::new(RedisConnection {
+            backend: Arc::new(backend),
+            visibility: options.visibility_timeout,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct RedisConnection {
+    backend: Arc<RedisBackend>,
+    visibility: Duration,
+}
+
+#[async_trait]
+impl BrokerConnection for RedisConnection {
+    fn capabilities(&self) -> Capabilities {
+        VirtualChannel::new(self.backend.clone(), None)
+            .capabilities()
+            .clone()
+    }
+
+    async fn channel(&self) -> Result<Arc<dyn Channel>> {
+        Ok(Arc::new(VirtualChannel::new(
+            self.backend.clone(),
+            Some(self.visibility),
+        )))
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Pops up to `ARGV[1]` messages from the lists in `KEYS[4..]` (in order) and, unless
+/// `ARGV[3]` is `0` (no-ack), records each in kombu's `unacked` hash (`KEYS[1]`) and
+/// `unacked_index` (`KEYS[2]`, score `ARGV[2]`), and the take's token (`ARGV[4]` and a
+/// counter) in the owner hash (`KEYS[3]`), in the same atomic step. Returns
+/// `[payload, list index, payload, list index, ...]`.
+const TAKE: &str = r#"
+local max = tonumber(ARGV[1])
+local lease = ARGV[3] ~= '0'
+local out = {}
+local count = 0
+for i = 4, #KEYS do
+  while count < max do
+    local raw = redis.call('RPOP', KEYS[i])
+    if not raw then break end
+    if lease then
+      local ok, env = pcall(cjson.decode, raw)
+      local tag, ex, rk = nil, '', ''
+      if ok and type(env) == 'table' and type(env['properties']) == 'table' then
+        local p = env['properties']
+        tag = p['delivery_tag']
+        local di = p['delivery_info']
+        if type(di) == 'table' then
+          if type(di['exchange']) == 'string' then ex = di['exchange'] end
+          if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+        end
+      end
+      if type(tag) == 'string' then
+        redis.call('ZADD', KEYS[2], ARGV[2], tag)
+        redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+        redis.call('HSET', KEYS[3], tag, ARGV[4] .. ':' .. count)
+      end
+    end
+    out[#out + 1] = raw
+    out[#out + 1] = ARGV[4] .. ':' .. count
+    count = count + 1
+  end
+  if count >= max then break end
+end
+return out
+"#;
+
+/// Moves an unacked message back: when `KEYS[1]` (unacked) still holds `ARGV[1]` (the tag)
+/// and the owner hash `KEYS[3]` names take `ARGV[3]` (or anyone, when `ARGV[3]` is empty, or
+/// no one, for Python's deliveries), removes it from there, from `KEYS[2]` (unacked_index)
+/// and from the owner hash, and `RPUSH`es `ARGV[2]` (the redelivered envelope) onto every
+/// list in `KEYS[4..]`. Returns 1 when it moved it.
+const RESTORE: &str = r#"
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if ARGV[3] ~= '' and owner ~= false and owner ~= ARGV[3] then return 0 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  for i = 4, #KEYS do
+    redis.call('RPUSH', KEYS[i], ARGV[2])
+  end
+  return 1
+end
+return 0
+"#;
+
+/// Settles an unacked message: when the owner hash `KEYS[3]` names take `ARGV[2]` for tag
+/// `ARGV[1]` (or no take), removes the tag from `KEYS[1]` (unacked), `KEYS[2]`
+/// (unacked_index) and the owner hash. A late settlement of an older take does nothing.
+const SETTLE: &str = r#"
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner ~= false and owner ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"#;
+
+/// Moves the lease of tag `ARGV[1]` to score `ARGV[3]` if take `ARGV[2]` still holds it.
+const EXTEND: &str = r#"
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner ~= false and owner ~= ARGV[2] then return 0 end
+return redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+"#;
+
+/// Releases `KEYS[1]` if it still holds our token `ARGV[1]`.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+#[derive(Debug, Default)]
+struct TopologyCache {
+    exchanges: HashMap<String, (Instant, Option<Exchange>)>,
+    bindings: HashMap<String, (Instant, Arc<[BindingRow]>)>,
+}
+
+const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
+/// At most one sweep for expired leases per this interval per connection.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+struct RedisBackend {
+    conn: MultiplexedConnection,
+    client: redis::Client,
+    options: Options,
+    label: String,
+    take: redis::Script,
+    restore: redis::Script,
+    settle: redis::Script,
+    extend: redis::Script,
+    unlock: redis::Script,
+    topology: Mutex<TopologyCache>,
+    last_sweep: Mutex<Option<Instant>>,
+    wake: Arc<tokio::sync::Notify>,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
+    let kind = if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+        ErrorKind::Connection
+    } else if err.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Broker
+    };
+    Error::new(kind, format!("redis {label}: {what}")).with_source(err)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn payload(env: &Envelope) -> Vec<u8> {
+    envelope::encode(env)
+}
+
+fn priority_of(env: &Envelope) -> u8 {
+    env.message.properties.priority.unwrap_or(0)
+}
+
+impl RedisBackend {
+    async fn connect(options: Options, label: String) -> Result<RedisBackend> {
+        let client = redis::Client::open(options.client_url.as_str())
+            .map_err(|e| redis_error(&label, "bad connection parameters", e))?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| redis_error(&label, "cannot connect", e))?;
+        Ok(RedisBackend {
+            conn,
+            client,
+            options,
+            label,
+            take: redis::Script::new(TAKE),
+            restore: redis::Script::new(RESTORE),
+            settle: redis::Script::new(SETTLE),
+            extend: redis::Script::new(EXTEND),
+            unlock: redis::Script::new(UNLOCK),
+            topology: Mutex::new(TopologyCache::default()),
+            last_sweep: Mutex::new(None),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            listener: Mutex::new(None),
+        })
+    }
+
+    fn err(&self, what: &str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
+        let what = what.to_owned();
+        move |e| redis_error(&self.label, &what, e)
+    }
+
+    fn forget_topology(&self) {
+        let mut t = self.topology.lock();
+        t.exchanges.clear();
+        t.bindings.clear();
+    }
+
+    /// Starts (once) the subscriber that turns our publishers' wake-ups into local wake-ups.
+    fn ensure_listener(&self) {
+        let mut slot = self.listener.lock();
+        if slot.is_some() {
+            return;
+        }
+        let client = self.client.clone();
+        let channel = self.options.wake_channel();
+        let wake = self.wake.clone();
+        *slot = Some(tokio::spawn(async move {
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            let mut messages = pubsub.on_message();
+                            while futures::StreamExt::next(&mut messages).await.is_some() {
+                                wake.notify_waiters();
+                            }
+                        }
+                    }
+                    Err(err) => tracing::debug!(error = %err, "redis wake-up subscriber"),
+                }
+                // Reconnect after a broken subscription; pollers cover the gap.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+
+    /// Restores messages whose lease passed (ours or Python's), kombu's `restore_visible`.
+    async fn sweep(&self) -> Result<()> {
+        {
+            let mut last = self.last_sweep.lock();
+            if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let mut conn = self.conn.clone();
+        let o = &self.options;
+        let ceiling = unix_now() - o.visibility_timeout.as_secs_f64();
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&o.unacked_index)
+            .arg("-inf")
+            .arg(ceiling)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("read unacked_index"))?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&o.unacked_mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(300_000)
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("take unacked_mutex"))?;
+        if locked.is_none() {
+            return Ok(()); // another consumer is sweeping
+        }
+        let due: Vec<(String, String)> = due.into_iter().map(|t| (t, String::new())).collect();
+        let result = self.restore_tags(&due, None).await;
+        let _: i64 = self
+            .unlock
+            .key(&o.unacked_mutex)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.err("release unacked_mutex"))?;
+        result
+    }
+
+    /// Restores unacked messages by tag: to `queue` when known (our own deliveries), else to
+    /// the queues their exchange routes them to now (kombu's rule for what Python took).
+    async fn restore_tags(&self, tags: &[(String, String)], queue: Option<&str>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let o = &self.options;
+        for (tag, token) in tags {
+            let stored: Option<String> = conn
+                .hget(&o.unacked, tag)
+                .await
+                .map_err(self.err("read unacked"))?;
+            let Some(stored) = stored else {
+                // Settled meanwhile; drop a stale index entry.
+                let _: i64 = conn
+                    .zrem(&o.unacked_index, tag)
+                    .await
+                    .map_err(self.err("clean unacked_index"))?;
+                continue;
+            };
+            let (env, exchange, routing_key) = match parse_unacked(&stored) {
+                Ok(parts) => parts,
+                Err(err) => {
+                    tracing::warn!(url = %self.label, %tag, error = %err, "unreadable unacked entry left in place");
+                    continue;
+                }
+            };
+            let mut env = env;
+            env.redelivered = true;
+            let queues: Vec<String> = match queue {
+                Some(q) => vec![q.to_owned()],
+                None => {
+                    self.lookup(&exchange, &routing_key, &env.message.headers)
+                        .await?
+                }
+            };
+            let mut script = self.restore.key(&o.unacked);
+            script.key(&o.unacked_index).key(o.owner_key());
+            for q in &queues {
+                script.key(o.list_key(q, priority_of(&env)));
+            }
+            script.arg(tag).arg(payload(&env)).arg(token);
+            let _: i64 = script
+                .invoke_async(&mut conn)
+                .await
+                .map_err(self.err("restore"))?;
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// The queues `exchange` routes `routing_key` to now.
+    async fn lookup(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &Headers,
+    ) -> Result<Vec<String>> {
+        if exchange.is_empty() {
+            return Ok(vec![routing_key.to_owned()]);
+        }
+        let kind = self
+            .lookup_exchange(exchange)
+            .await?
+            .map_or(ExchangeKind::Direct, |x| x.kind);
+        let rows = self.bindings(exchange).await?;
+        Ok(router::route(kind, &rows, routing_key, headers)
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn member(&self, row: &BindingRow, kind: ExchangeKind) -> Result<String> {
+        let pattern = match kind {
+            ExchangeKind::Topic => topic_pattern(&row.routing_key),
+            ExchangeKind::Headers => serde_json::to_string(&row.arguments)
+                .map_err(|e| Error::new(ErrorKind::Codec, "binding arguments").with_source(e))?,
+            _ => String::new(),
+        };
+        let sep = &self.options.sep;
+        Ok(format!(
+            "{}{sep}{pattern}{sep}{}",
+            row.routing_key, row.queue
+        ))
+    }
+}
+
+/// A receipt is `<delivery tag>\n<take token>`.
+fn split_receipt(receipt: &Receipt) -> Result<(&str, &str)> {
+    match receipt {
+        Receipt::Key(key) => Ok(key.split_once('\n').unwrap_or((key.as_str(), ""))),
+        Receipt::Id(_) => Err(Error::new(
+            ErrorKind::Settlement,
+            "redis receipts are delivery tags",
+        )),
+    }
+}
+
+fn parse_unacked(stored: &str) -> Result<(Envelope, String, String)> {
+    let bad = || {
+        Error::new(
+            ErrorKind::Protocol,
+            "unacked entry is not [envelope, exchange, routing_key]",
+        )
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(stored).map_err(|e| bad().with_source(e))?;
+    let serde_json::Value::Array(mut parts) = value else {
+        return Err(bad());
+    };
+    if parts.len() < 3 {
+        return Err(bad());
+    }
+    let routing_key = parts
+        .pop()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let exchange = parts
+        .pop()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let env = parts.pop().ok_or_else(bad)?;
+    Ok((envelope::from_json(env)?, exchange, routing_key))
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.persistent = true;
+        c.shared_between_processes = true;
+        c.visibility_timeout = true;
+        c.implicit_queues = true;
+        c
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        let spec = serde_json::json!({
+            "type": exchange.kind.as_str(),
+            "durable": exchange.durable,
+            "auto_delete": exchange.auto_delete,
+            "arguments": exchange.arguments,
+        })
+        .to_string();
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .hset(self.options.exchanges_key(), &exchange.name, spec)
+            .await
+            .map_err(self.err("declare exchange"))?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        if let Some((at, found)) = self.topology.lock().exchanges.get(name)
+            && at.elapsed() < TOPOLOGY_TTL
+        {
+            return Ok(found.clone());
+        }
+        let mut conn = self.conn.clone();
+        let spec: Option<String> = conn
+            .hget(self.options.exchanges_key(), name)
+            .await
+            .map_err(self.err("look up exchange"))?;
+        let found = match spec {
+            Some(spec) => {
+                let v: serde_json::Value = serde_json::from_str(&spec).map_err(|e| {
+                    Error::new(ErrorKind::Protocol, "stored exchange").with_source(e)
+                })?;
+                let kind: ExchangeKind = v["type"].as_str().unwrap_or("direct").parse()?;
+                let mut x = Exchange::new(name, kind);
+                x.durable = v["durable"].as_bool().unwrap_or(true);
+                x.auto_delete = v["auto_delete"].as_bool().unwrap_or(false);
+                x.arguments = serde_json::from_value(v["arguments"].clone()).unwrap_or_default();
+                Some(x)
+            }
+            None => {
+                // Declared by Python kombu (which keeps types in memory): known by its bindings.
+                let exists: bool = conn
+                    .exists(self.options.binding_key(name))
+                    .await
+                    .map_err(self.err("look up exchange"))?;
+                exists.then(|| Exchange::new(name, ExchangeKind::Direct))
+            }
+        };
+        self.topology
+            .lock()
+            .exchanges
+            .insert(name.to_owned(), (Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .hdel(self.options.exchanges_key(), name)
+            .ignore()
+            .del(self.options.binding_key(name))
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("delete exchange"))?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+        // kombu writes nothing (a queue is its lists); the arguments are kept so that a
+        // conflicting redeclaration fails as on a broker.
+        let mut spec = queue.declare_arguments();
+        for (flag, on) in [
+            ("durable", queue.durable),
+            ("exclusive", queue.exclusive),
+            ("auto_delete", queue.auto_delete),
+        ] {
+            spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
+        }
+        let spec = serde_json::to_string(&spec)
+            .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
+        let mut conn = self.conn.clone();
+        let (_, stored): (i64, String) = redis::pipe()
+            .atomic()
+            .hset_nx(self.options.queues_key(), &queue.name, &spec)
+            .hget(self.options.queues_key(), &queue.name)
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("declare queue"))?;
+        if stored != spec {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "queue {:?} exists with other properties or arguments (durable, exclusive, \
+                     auto_delete, x-arguments); declare it as it is, or delete it first",
+                    queue.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<u64> {
+        let removed = self.purge(queue).await?;
+        // Remove the queue from every binding table (kombu removes the ones it knows).
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}_kombu.binding.*", self.options.prefix);
+        let tables: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn
+                .scan_match(&pattern)
+                .await
+                .map_err(self.err("list binding tables"))?;
+            let mut out = Vec::new();
+            while let Some(item) = futures::StreamExt::next(&mut iter).await {
+                out.push(item.map_err(self.err("list binding tables"))?);
+            }
+            out
+        };
+        let _: i64 = conn
+            .hdel(self.options.queues_key(), queue)
+            .await
+            .map_err(self.err("delete queue"))?;
+        let suffix = format!("{}{queue}", self.options.sep);
+        for table in tables {
+            let members: Vec<String> = conn
+                .smembers(&table)
+                .await
+                .map_err(self.err("read bindings"))?;
+            let gone: Vec<&String> = members.iter().filter(|m| m.ends_with(&suffix)).collect();
+            if !gone.is_empty() {
+                let _: i64 = conn.srem(&table, gone).await.map_err(self.err("unbind"))?;
+            }
+        }
+        self.forget_topology();
+        Ok(removed)
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        // kombu: a queue exists when one of its lists does.
+        let mut conn = self.conn.clone();
+        let (declared, lists): (bool, i64) = redis::pipe()
+            .hexists(self.options.queues_key(), queue)
+            .cmd("EXISTS")
+            .arg(self.options.list_keys(queue))
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("queue exists"))?;
+        Ok(declared || lists > 0)
+    }
+
+    async fn bind(&self, row: &BindingRow) -> Result<()> {
+        let kind = self
+            .lookup_exchange(&row.exchange)
+            .await?
+            .map_or(ExchangeKind::Direct, |x| x.kind);
+        let member = self.member(row, kind)?;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .sadd(self.options.binding_key(&row.exchange), member)
+            .await
+            .map_err(self.err("bind"))?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn unbind(&self, row: &BindingRow) -> Result<()> {
+        let kind = self
+            .lookup_exchange(&row.exchange)
+            .await?
+            .map_or(ExchangeKind::Direct, |x| x.kind);
+        let member = self.member(row, kind)?;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .srem(self.options.binding_key(&row.exchange), member)
+            .await
+            .map_err(self.err("unbind"))?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        if let Some((at, rows)) = self.topology.lock().bindings.get(exchange)
+            && at.elapsed() < TOPOLOGY_TTL
+        {
+            return Ok(rows.clone());
+        }
+        let mut conn = self.conn.clone();
+        let mut members: Vec<String> = conn
+            .smembers(self.options.binding_key(exchange))
+            .await
+            .map_err(self.err("read bindings"))?;
+        members.sort();
+        let sep = &self.options.sep;
+        let mut rows = Vec::with_capacity(members.len());
+        for m in members {
+            let mut parts = m.splitn(3, sep.as_str());
+            let (Some(rk), Some(pattern), Some(queue)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let arguments: Headers = if pattern.starts_with('{') {
+                serde_json::from_str(pattern).unwrap_or_default()
+            } else {
+                Headers::new()
+            };
+            rows.push(BindingRow {
+                exchange: exchange.to_owned(),
+                routing_key: rk.to_owned(),
+                queue: queue.to_owned(),
+                arguments,
+            });
+        }
+        let rows: Arc<[BindingRow]> = rows.into();
+        self.topology
+            .lock()
+            .bindings
+            .insert(exchange.to_owned(), (Instant::now(), rows.clone()));
+        Ok(rows)
+    }
+
+    async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {
+        self.put_many(vec![(queue.to_owned(), envelope)]).await
+    }
+
+    async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
+        let mut pipe = redis::pipe();
+        for (queue, env) in &items {
+            pipe.lpush(self.options.list_key(queue, priority_of(env)), payload(env))
+                .ignore();
+        }
+        pipe.publish(self.options.wake_channel(), "1").ignore();
+        let mut conn = self.conn.clone();
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("publish"))?;
+        Ok(Vec::new())
+    }
+
+    async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
+        self.sweep().await?;
+        let o = &self.options;
+        let (lease, score) = match mode {
+            TakeMode::NoAck => ("0", 0.0),
+            TakeMode::Lease(timeout) => {
+                let timeout = timeout.unwrap_or(o.visibility_timeout);
+                // kombu's score is the delivery time; a lease of another length moves it so
+                // that sweepers using the connection's timeout restore it when it ends.
+                (
+                    "1",
+                    unix_now() + timeout.as_secs_f64() - o.visibility_timeout.as_secs_f64(),
+                )
+            }
+        };
+        let keys = o.list_keys(queue);
+        let mut script = self.take.key(&o.unacked);
+        script.key(&o.unacked_index).key(o.owner_key());
+        for k in &keys {
+            script.key(k);
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        script.arg(max.max(1)).arg(score).arg(lease).arg(&token);
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<u8>> = script
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.err("take"))?;
+        let mut fetched = Fetched::default();
+        for pair in raw.chunks(2) {
+            let (Some(body), Some(take)) = (pair.first(), pair.get(1)) else {
+                continue;
+            };
+            match envelope::decode(body) {
+                Ok(env) => {
+                    let receipt =
+                        Receipt::Key(format!("{}\n{}", env.tag, String::from_utf8_lossy(take)));
+                    fetched.taken.push(Taken {
+                        envelope: Arc::new(env),
+                        receipt,
+                    });
+                }
+                Err(err) => {
+                    // kombu would fail on it too; it stays in `unacked` (when it had a tag)
+                    // for whoever can read it, and is not handed out.
+                    tracing::warn!(url = %self.label, %queue, error = %err, "unreadable message skipped");
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        let (tag, take) = split_receipt(receipt)?;
+        let o = &self.options;
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .settle
+            .key(&o.unacked)
+            .key(&o.unacked_index)
+            .key(o.owner_key())
+            .arg(tag)
+            .arg(take)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.err("ack"))?;
+        Ok(())
+    }
+
+    async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
+        self.ack(queue, receipt).await?;
+        Ok(None)
+    }
+
+    async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        let (tag, take) = split_receipt(receipt)?;
+        self.restore_tags(&[(tag.to_owned(), take.to_owned())], Some(queue))
+            .await
+    }
+
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        let (tag, take) = split_receipt(receipt)?;
+        let o = &self.options;
+        let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .extend
+            .key(&o.unacked)
+            .key(&o.unacked_index)
+            .key(o.owner_key())
+            .arg(tag)
+            .arg(take)
+            .arg(score)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.err("extend lease"))?;
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let keys = self.options.list_keys(queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for k in &keys {
+            pipe.llen(k);
+        }
+        for k in &keys {
+            pipe.del(k).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let lens: Vec<u64> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("purge"))?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        for k in self.options.list_keys(queue) {
+            pipe.llen(k);
+        }
+        let mut conn = self.conn.clone();
+        let lens: Vec<u64> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("size"))?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        self.ensure_listener();
+        let deadline = Instant::now() + timeout;
+        let notified = self.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            self.sweep().await?;
+            let mut pipe = redis::pipe();
+            for q in queues {
+                for k in self.options.list_keys(q) {
+                    pipe.llen(k);
+                }
+            }
+            let mut conn = self.conn.clone();
+            let lens: Vec<u64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(self.err("poll"))?;
+            if lens.iter().any(|n| *n > 0) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = &mut notified => return Ok(()),
+                _ = tokio::time::sleep(pause.min(left)) => {}
+            }
+            pause = (pause * 2).min(self.options.polling_interval.max(Duration::from_millis(5)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_are_kombus() {
+        assert_eq!(topic_pattern("a.*.c"), r"^a\.[^\.]+\.c$");
+        assert_eq!(topic_pattern("a.#"), r"^a\..*?$");
+        assert_eq!(topic_pattern("usd-eur.x"), r"^usd\-eur\.x$");
+    }
+
+    #[test]
+    fn priority_keys_follow_kombus_steps() -> Result<()> {
+        let o = Options::from_url(&BrokerUrl::parse(
+            "redis://localhost/3?global_keyprefix=p:",
+        )?)?;
+        assert_eq!(o.db, 3);
+        assert_eq!(o.list_key("q", 0), "p:q");
+        assert_eq!(o.list_key("q", 2), "p:q");
+        assert_eq!(o.list_key("q", 5), "p:q\x06\x163");
+        assert_eq!(o.list_key("q", 9), "p:q\x06\x169");
+        assert_eq!(o.list_keys("q").len(), 4);
+        assert_eq!(o.unacked, "p:unacked");
+        assert_eq!(o.binding_key("x"), "p:_kombu.binding.x");
+        Ok(())
+    }
+
+    #[test]
+    fn urls() -> Result<()> {
+        let o = Options::from_url(&BrokerUrl::parse("redis://u:p%40ss@h:6380/2")?)?;
+        assert_eq!(o.client_url, "redis://u:p%40ss@h:6380/2");
+        assert!(Options::from_url(&BrokerUrl::parse("redis://h/x")?).is_err());
+        let o = Options::from_url(&BrokerUrl::parse(
+            "redis://h?priority_steps=0,5&visibility_timeout=2",
+        )?)?;
+        assert_eq!(o.priority_steps, [0, 5]);
+        assert_eq!(o.visibility_timeout, Duration::from_secs(2));
+        Ok(())
+    }
+}
