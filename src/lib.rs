@@ -62,6 +62,8 @@ pub fn install() {
         // crates register here, each behind its feature.
         #[cfg(feature = "sqlite")]
         kombu_sqlite::register();
+        #[cfg(feature = "redis")]
+        kombu_redis::register();
     });
 }
 

@@ -761,7 +761,7 @@ impl Channel for VirtualChannel {
     async fn close(&self) -> Result<()> {
         let pending = self.shared.shut();
         restore_all(&*self.shared.backend, pending).await;
-        Ok(())
+        self.shared.backend.flush().await
     }
 }
 

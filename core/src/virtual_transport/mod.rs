@@ -221,6 +221,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Waits until one of `queues` may have a message, or `timeout`.
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()>;
 
+    /// Writes settlements the backend queued to batch them (a channel calls it when it
+    /// closes, so a closed consumer's acks are on the broker). Default: nothing is queued.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// How many times an idle consumer looks again, yielding to the runtime in between, before
     /// it calls [`Backend::wait`]. Only for in-process backends, where a look costs no I/O: a
     /// steady stream of publishes then costs no thread wake-up per message. Default 0.

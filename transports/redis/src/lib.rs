@@ -306,7 +306,7 @@ impl BrokerConnection for RedisConnection {
     }
 
     async fn close(&self) -> Result<()> {
-        Ok(())
+        self.backend.acks.flush().await
     }
 }
 
@@ -370,16 +370,23 @@ end
 return 0
 "#;
 
-/// Settles an unacked message: when the owner hash `KEYS[3]` names take `ARGV[2]` for tag
-/// `ARGV[1]` (or no take), removes the tag from `KEYS[1]` (unacked), `KEYS[2]`
-/// (unacked_index) and the owner hash. A late settlement of an older take does nothing.
+/// Settles unacked messages: for each pair (tag, take) in `ARGV`, when the owner hash
+/// `KEYS[3]` names that take for the tag (or no take), removes the tag from `KEYS[1]`
+/// (unacked), `KEYS[2]` (unacked_index) and the owner hash. A late settlement of an older take
+/// does nothing.
 const SETTLE: &str = r#"
-local owner = redis.call('HGET', KEYS[3], ARGV[1])
-if owner ~= false and owner ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return 1
+local done = 0
+for i = 1, #ARGV, 2 do
+  local tag = ARGV[i]
+  local owner = redis.call('HGET', KEYS[3], tag)
+  if owner == false or owner == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[3], tag)
+    done = done + 1
+  end
+end
+return done
 "#;
 
 /// Moves the lease of tag `ARGV[1]` to score `ARGV[3]` if take `ARGV[2]` still holds it.
@@ -394,6 +401,94 @@ const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
+
+/// Acks waiting to be written: `ack` returns once its ack is queued, and one pipeline writes
+/// every queued ack (one round trip for many). Every read of the broker (take, size, purge,
+/// wait, restore) writes the queued acks first, so this process never sees a message it
+/// acked. If the process dies with acks still queued, those messages come back after the
+/// visibility timeout (at-least-once, as when a consumer dies before acking).
+struct AckQueue {
+    pending: Mutex<Vec<(String, String)>>,
+    flushing: tokio::sync::Mutex<()>,
+    running: std::sync::atomic::AtomicBool,
+    conn: MultiplexedConnection,
+    settle: redis::Script,
+    keys: [String; 3],
+    label: String,
+}
+
+impl AckQueue {
+    /// Writes every queued ack (waiting for a flush already in progress first).
+    async fn flush(&self) -> Result<()> {
+        let _turn = self.flushing.lock().await;
+        loop {
+            let batch = std::mem::take(&mut *self.pending.lock());
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.write(&batch).await?;
+        }
+    }
+
+    async fn write(&self, batch: &[(String, String)]) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let build = |hash: &str| {
+            let mut pipe = redis::pipe();
+            // One script call per 500 settlements: few calls, none too long for the server.
+            for chunk in batch.chunks(500) {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(hash)
+                    .arg(3)
+                    .arg(&self.keys[0])
+                    .arg(&self.keys[1])
+                    .arg(&self.keys[2]);
+                for (tag, take) in chunk {
+                    cmd.arg(tag).arg(take);
+                }
+                cmd.ignore();
+            }
+            pipe
+        };
+        let first: redis::RedisResult<()> =
+            build(self.settle.get_hash()).query_async(&mut conn).await;
+        match first {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // The server lost its script cache (restart, SCRIPT FLUSH): load and retry.
+                self.settle
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(&self.label, "load the ack script", e))?;
+                build(self.settle.get_hash())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(&self.label, "ack", e))
+            }
+            Err(e) => Err(redis_error(&self.label, "ack", e)),
+        }
+    }
+}
+
+/// Writes queued acks in the background until none are left.
+fn spawn_flusher(acks: Arc<AckQueue>) {
+    use std::sync::atomic::Ordering;
+    if acks.running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            if let Err(err) = acks.flush().await {
+                tracing::warn!(url = %acks.label, error = %err, "acks not written; those messages will be redelivered after the visibility timeout");
+            }
+            acks.running.store(false, Ordering::Release);
+            // An ack queued after the last drain but before `running` was cleared.
+            if acks.pending.lock().is_empty() || acks.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    });
+}
 
 #[derive(Debug, Default)]
 struct TopologyCache {
@@ -412,13 +507,13 @@ struct RedisBackend {
     label: String,
     take: redis::Script,
     restore: redis::Script,
-    settle: redis::Script,
     extend: redis::Script,
     unlock: redis::Script,
     topology: Mutex<TopologyCache>,
     last_sweep: Mutex<Option<Instant>>,
     wake: Arc<tokio::sync::Notify>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    acks: Arc<AckQueue>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -470,14 +565,33 @@ impl RedisBackend {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| redis_error(&label, "cannot connect", e))?;
+        let settle = redis::Script::new(SETTLE);
+        let mut loader = conn.clone();
+        settle
+            .load_async(&mut loader)
+            .await
+            .map_err(|e| redis_error(&label, "load the ack script", e))?;
+        let acks = Arc::new(AckQueue {
+            pending: Mutex::new(Vec::new()),
+            flushing: tokio::sync::Mutex::new(()),
+            running: std::sync::atomic::AtomicBool::new(false),
+            conn: conn.clone(),
+            settle: settle.clone(),
+            keys: [
+                options.unacked.clone(),
+                options.unacked_index.clone(),
+                options.owner_key(),
+            ],
+            label: label.clone(),
+        });
         Ok(RedisBackend {
+            acks,
             conn,
             client,
             options,
             label,
             take: redis::Script::new(TAKE),
             restore: redis::Script::new(RESTORE),
-            settle: redis::Script::new(SETTLE),
             extend: redis::Script::new(EXTEND),
             unlock: redis::Script::new(UNLOCK),
             topology: Mutex::new(TopologyCache::default()),
@@ -751,12 +865,24 @@ impl Backend for RedisBackend {
                 Some(x)
             }
             None => {
-                // Declared by Python kombu (which keeps types in memory): known by its bindings.
-                let exists: bool = conn
-                    .exists(self.options.binding_key(name))
+                // Declared by Python kombu (which keeps types in memory): known by its bindings,
+                // and a binding's pattern tells its type (kombu's topic bindings carry the
+                // `^...$` regex, headers bindings their arguments as JSON; direct ones none).
+                let member: Option<String> = conn
+                    .srandmember(self.options.binding_key(name))
                     .await
                     .map_err(self.err("look up exchange"))?;
-                exists.then(|| Exchange::new(name, ExchangeKind::Direct))
+                member.map(|m| {
+                    let pattern = m.split(self.options.sep.as_str()).nth(1).unwrap_or("");
+                    let kind = if pattern.starts_with('^') {
+                        ExchangeKind::Topic
+                    } else if pattern.starts_with('{') {
+                        ExchangeKind::Headers
+                    } else {
+                        ExchangeKind::Direct
+                    };
+                    Exchange::new(name, kind)
+                })
             }
         };
         self.topology
@@ -952,6 +1078,7 @@ impl Backend for RedisBackend {
     }
 
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
+        self.acks.flush().await?;
         self.sweep().await?;
         let o = &self.options;
         let (lease, score) = match mode {
@@ -1005,18 +1132,16 @@ impl Backend for RedisBackend {
 
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
         let (tag, take) = split_receipt(receipt)?;
-        let o = &self.options;
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .settle
-            .key(&o.unacked)
-            .key(&o.unacked_index)
-            .key(o.owner_key())
-            .arg(tag)
-            .arg(take)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(self.err("ack"))?;
+        let queued = {
+            let mut pending = self.acks.pending.lock();
+            pending.push((tag.to_owned(), take.to_owned()));
+            pending.len()
+        };
+        if queued >= 256 {
+            // Keep the queue short under a flood of acks.
+            return self.acks.flush().await;
+        }
+        spawn_flusher(self.acks.clone());
         Ok(())
     }
 
@@ -1026,12 +1151,14 @@ impl Backend for RedisBackend {
     }
 
     async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        self.acks.flush().await?;
         let (tag, take) = split_receipt(receipt)?;
         self.restore_tags(&[(tag.to_owned(), take.to_owned())], Some(queue))
             .await
     }
 
     async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        self.acks.flush().await?;
         let (tag, take) = split_receipt(receipt)?;
         let o = &self.options;
         let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
@@ -1051,6 +1178,7 @@ impl Backend for RedisBackend {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
+        self.acks.flush().await?;
         let keys = self.options.list_keys(queue);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -1069,6 +1197,7 @@ impl Backend for RedisBackend {
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
+        self.acks.flush().await?;
         let mut pipe = redis::pipe();
         for k in self.options.list_keys(queue) {
             pipe.llen(k);
@@ -1081,7 +1210,12 @@ impl Backend for RedisBackend {
         Ok(lens.iter().sum())
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.acks.flush().await
+    }
+
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        self.acks.flush().await?;
         self.ensure_listener();
         let deadline = Instant::now() + timeout;
         let notified = self.wake.notified();

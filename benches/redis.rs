@@ -1,0 +1,306 @@
+//! Redis transport throughput against the raw `redis` crate doing the bare list work with the
+//! same pipelining (the ceiling) and against Python kombu (`../shared/bench/kombu_baseline.py`),
+//! in the same run, on the server at 127.0.0.1:6379 (`KOMBU_BENCH_REDIS_URL` to change).
+//!
+//! ```text
+//! cargo bench --bench redis                  # 20,000 messages per row
+//! cargo bench --bench redis -- 5000          # fewer
+//! ```
+//!
+//! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON (kombu-rs wraps
+//! it in kombu's envelope, ~330 bytes on the wire); the raw rows push and pop byte strings of
+//! the same size. Every row runs under a fresh key prefix. Rows:
+//! - publish one by one: `producer.publish` / one awaited `LPUSH` per message;
+//! - publish in batches of 100: `producer.publish_batch` / a pipeline of 100 `LPUSH`es;
+//! - consume with ack, prefetch 100: decode and ack every message / `RPOP key 100` round trips;
+//! - latency p50/p99 with one message in flight: publish, receive, decode, ack / `LPUSH` then
+//!   `RPOP`.
+
+use std::time::{Duration, Instant};
+
+use kombu::{Connection, Queue, StreamExt};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    id: u64,
+    payload: String,
+}
+
+fn server() -> String {
+    std::env::var("KOMBU_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn prefix() -> String {
+    format!("bench-{}:", uuid::Uuid::new_v4().simple())
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Figures {
+    publish_single: f64,
+    publish_batch: f64,
+    consume: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn ours(n: u64) -> Figures {
+    let url = format!("{}?global_keyprefix={}", server(), prefix());
+    let conn = Connection::open(&url).await.expect("open");
+    let q = Queue::new("bench_q");
+    conn.declare_queue(&q).await.expect("declare");
+    let producer = conn.producer().routing_key("bench_q");
+    let values: Vec<Payload> = (0..n)
+        .map(|id| Payload {
+            id,
+            payload: "x".repeat(64),
+        })
+        .collect();
+
+    let start = Instant::now();
+    for v in &values {
+        producer.publish(v).await.expect("publish");
+    }
+    let publish_single = rate(n, start.elapsed());
+
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .prefetch(100)
+        .build()
+        .await
+        .expect("consumer");
+    let start = Instant::now();
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: Payload = d.decode().expect("decode");
+        d.ack().await.expect("ack");
+    }
+    let consume = rate(n, start.elapsed());
+
+    let start = Instant::now();
+    for chunk in values.chunks(100) {
+        producer.publish_batch(chunk).await.expect("batch");
+    }
+    let publish_batch = rate(n, start.elapsed());
+    conn.purge("bench_q").await.expect("purge");
+
+    let rounds = 2_000.min(n as usize);
+    let mut lat = Vec::with_capacity(rounds);
+    for v in values.iter().take(rounds) {
+        let t = Instant::now();
+        producer.publish(v).await.expect("publish");
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: Payload = d.decode().expect("decode");
+        d.ack().await.expect("ack");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    consumer.close().await.expect("close");
+    conn.delete_queue("bench_q").await.expect("delete");
+    Figures {
+        publish_single,
+        publish_batch,
+        consume,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+async fn raw(n: u64) -> Figures {
+    let client = redis::Client::open(server()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}bench_q", prefix());
+    let body = vec![b'x'; 330];
+
+    let start = Instant::now();
+    for _ in 0..n {
+        let _: i64 = conn.lpush(&key, &body).await.expect("lpush");
+    }
+    let publish_single = rate(n, start.elapsed());
+
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < n {
+        let batch: Vec<Vec<u8>> = redis::cmd("RPOP")
+            .arg(&key)
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .expect("rpop");
+        got += batch.len() as u64;
+    }
+    let consume = rate(n, start.elapsed());
+
+    let start = Instant::now();
+    for chunk in 0..n.div_ceil(100) {
+        let mut pipe = redis::pipe();
+        for _ in 0..100.min(n - chunk * 100) {
+            pipe.lpush(&key, &body).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.expect("pipeline");
+    }
+    let publish_batch = rate(n, start.elapsed());
+    let _: i64 = conn.del(&key).await.expect("del");
+
+    let rounds = 2_000.min(n as usize);
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let _: i64 = conn.lpush(&key, &body).await.expect("lpush");
+        let _: Option<Vec<u8>> = conn.rpop(&key, None).await.expect("rpop");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Figures {
+        publish_single,
+        publish_batch,
+        consume,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// Python kombu's publish and consume rates, from the shared baseline script.
+fn python(n: u64) -> Option<(f64, f64)> {
+    let python = std::env::var_os("KOMBU_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let venv = std::path::PathBuf::from(std::env::var_os("HOME")?)
+                .join(".cache/kombu-rs/venv/bin/python");
+            venv.exists().then_some(venv)
+        })?;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/bench/kombu_baseline.py");
+    if !script.exists() {
+        eprintln!("no {}: Python column left out", script.display());
+        return None;
+    }
+    let out =
+        std::env::temp_dir().join(format!("kombu-baseline-redis-{}.json", std::process::id()));
+    let status = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--only",
+            "redis",
+            "--runs",
+            "1",
+            "--n",
+            &n.to_string(),
+            "--json",
+        ])
+        .arg(&out)
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let runs = json.as_array()?;
+    let run = runs
+        .iter()
+        .find(|r| r["name"] == "redis" && r["ok"] == true)?;
+    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Alternate the two sides over three rounds; report medians.
+    let mut ours_runs = Vec::new();
+    let mut raw_runs = Vec::new();
+    for _ in 0..3 {
+        ours_runs.push(rt.block_on(ours(n)));
+        raw_runs.push(rt.block_on(raw(n)));
+    }
+    let med = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let pick = |runs: &[Figures], f: fn(&Figures) -> f64| med(&mut runs.iter().map(f).collect());
+    let py = python(n.min(5_000));
+
+    println!(
+        "redis: {n} messages per row, median of 3 rounds; raw = the redis crate, same pipelining; Python kombu in the same run"
+    );
+    println!();
+    println!("| row | kombu-rs | raw redis | kombu-rs / raw | Python kombu | kombu-rs / Python |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, f: fn(&Figures) -> f64, py: Option<f64>| {
+        let o = pick(&ours_runs, f);
+        let r = pick(&raw_runs, f);
+        let (p, pr) = match py {
+            Some(p) => (grouped(p), format!("{:.1}×", o / p)),
+            None => ("–".into(), "–".into()),
+        };
+        println!(
+            "| {name} | {} msg/s | {} msg/s | {:.2} | {p} | {pr} |",
+            grouped(o),
+            grouped(r),
+            o / r
+        );
+    };
+    row("publish, one by one", |f| f.publish_single, py.map(|p| p.0));
+    row(
+        "publish, batches of 100",
+        |f| f.publish_batch,
+        py.map(|p| p.0),
+    );
+    row(
+        "consume + ack, prefetch 100",
+        |f| f.consume,
+        py.map(|p| p.1),
+    );
+    let lat = |runs: &[Figures], f: fn(&Figures) -> Duration| {
+        let mut xs: Vec<f64> = runs.iter().map(|r| f(r).as_secs_f64() * 1e6).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    println!(
+        "| latency p50, one in flight | {:.0} µs | {:.0} µs | {:.1}× slower | – | – |",
+        lat(&ours_runs, |f| f.p50),
+        lat(&raw_runs, |f| f.p50),
+        lat(&ours_runs, |f| f.p50) / lat(&raw_runs, |f| f.p50)
+    );
+    println!(
+        "| latency p99, one in flight | {:.0} µs | {:.0} µs | {:.1}× slower | – | – |",
+        lat(&ours_runs, |f| f.p99),
+        lat(&raw_runs, |f| f.p99),
+        lat(&ours_runs, |f| f.p99) / lat(&raw_runs, |f| f.p99)
+    );
+}
