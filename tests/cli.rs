@@ -716,3 +716,70 @@ fn completions_and_help() {
             .stdout(predicate::str::contains("Example"));
     }
 }
+
+/// A Redis URL under a key prefix of its own (the server scripts/test starts on 6379).
+fn redis_url() -> String {
+    format!(
+        "redis://127.0.0.1:6379/0?global_keyprefix=cli-{}:",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[test]
+fn redis_publish_consume_move_and_bench() {
+    let url = redis_url();
+    kombu(&url)
+        .args(["declare", "queue", "jobs"])
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "jobs",
+            "--count",
+            "3",
+            "--header",
+            "k=v",
+        ])
+        .arg(r#"{"n": 1}"#)
+        .assert()
+        .success();
+    assert_eq!(size(&url, "jobs"), 3);
+    let got = consume_json(&url, "jobs", 2);
+    assert_eq!(got[0]["body"], json!({"n": 1}));
+    assert_eq!(got[0]["headers"]["k"], "v");
+    assert_eq!(size(&url, "jobs"), 1);
+
+    // Redis to SQLite and back: nothing lost on the way.
+    let (_dir, sqlite) = setup();
+    kombu(&sqlite)
+        .args(["declare", "queue", "jobs"])
+        .assert()
+        .success();
+    bin()
+        .args(["move", "--from", &url, "--to", &sqlite, "--queue", "jobs"])
+        .assert()
+        .success();
+    assert_eq!(size(&url, "jobs"), 0);
+    assert_eq!(consume_json(&sqlite, "jobs", 1)[0]["body"], json!({"n": 1}));
+
+    let out = stdout_of(kombu(&url).args(["bench", "--messages", "200", "--json"]));
+    assert!(
+        out.contains("msgs_per_sec") || out.contains("rate"),
+        "{out}"
+    );
+}
+
+#[test]
+fn connection_refused_names_the_url_without_its_password() {
+    kombu("redis://user:hunter2@127.0.0.1:1/0")
+        .args(["size", "jobs"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("127.0.0.1:1")
+                .and(predicate::str::contains("hunter2").not())
+                .and(predicate::str::contains("refused")),
+        );
+}
