@@ -1,0 +1,265 @@
+"""Python kombu's side of the Redis interop tests (transports/redis/tests/python_interop.rs).
+
+Every command takes a key prefix first: kombu runs with
+``transport_options={'global_keyprefix': PREFIX}`` against ``redis://127.0.0.1:6379/0`` (or
+``$KOMBU_REDIS_URL``), so concurrent tests never share a key. Results go to stdout as one JSON
+document.
+
+    publish PREFIX QUEUE          one message of every kind: json (headers, properties, priority
+                                  5), text, raw bytes, msgpack, yaml, and json compressed with
+                                  zlib, bzip2, lzma, brotli and zstd (10 messages)
+    put PREFIX QUEUE BODY...      each BODY as a JSON string, default exchange
+    priorities PREFIX QUEUE P...  {"p": P} with priority P, in the order given
+    bind PREFIX                   declare direct exchange py.direct (queue pyd, key rk.direct)
+                                  and topic exchange py.topic (queue pyt, keys stock.*.usd, #.eur)
+    publish_routed PREFIX         publish through rs.direct (key rk.direct) and rs.topic (keys
+                                  stock.nyse.usd, stock.usd, fx.spot.eur), exchanges Rust bound
+    consume PREFIX QUEUE N        consume N messages with a Consumer (drain_events), ack each
+    take_ack PREFIX QUEUE         take one message (Queue.get), ack it, print it
+    drain PREFIX QUEUE            take every ready message (Queue.get), ack each, in order
+    take_exit PREFIX QUEUE N      take N messages unacked, print them, then os._exit(0)
+    recover PREFIX QUEUE N        visibility_timeout=1: run restore_visible and take until N
+                                  messages arrived (bounded), ack each
+"""
+
+import base64
+import json
+import os
+import socket
+import sys
+import time
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+URL = os.environ.get("KOMBU_REDIS_URL", "redis://127.0.0.1:6379/0")
+ACCEPT = ["json", "msgpack", "yaml", "text/plain", "application/data"]
+TEXT = "h\u00e9llo \u2713 plain text"
+BYTES = b"\x00\xff\x01binary\x80"
+NESTED = {
+    "id": 1,
+    "nested": {
+        "list": [1, 2.5, "three", None, True, False],
+        "map": {"a": {"b": [{}, [], {"c": -7}]}},
+        "unicode": "h\u00e9llo \u2713 \U0001f600",
+    },
+    "big": 12345678901234,
+}
+HEADERS = {"h-str": "v", "h-int": 42, "h-list": [1, "x", None], "h-map": {"k": "v"}, "h-bool": True}
+COMPRESSIONS = ["zlib", "bzip2", "lzma", "brotli", "zstd"]
+
+
+def connection(prefix, **options):
+    return Connection(URL, transport_options=dict(options, global_keyprefix=prefix))
+
+
+def compressed_body(kind):
+    return {"kind": kind, "data": "x" * 2000, "n": [1, 2, 3]}
+
+
+def publish(prefix, queue_name):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        queue = Queue(queue_name)
+        producer.publish(
+            NESTED,
+            routing_key=queue_name,
+            serializer="json",
+            headers=dict(HEADERS, case="json"),
+            correlation_id="cid-1",
+            reply_to="replies",
+            priority=5,
+            message_id="mid-1",
+            declare=[queue],
+        )
+        producer.publish(TEXT, routing_key=queue_name, content_type="text/plain",
+                         content_encoding="utf-8", headers={"case": "text"})
+        producer.publish(BYTES, routing_key=queue_name, content_type="application/data",
+                         content_encoding="binary", headers={"case": "bytes"})
+        producer.publish({"id": 4, "kind": "msgpack", "list": [1, 2, 3], "f": 1.5, "s": "\u00e9"},
+                         routing_key=queue_name, serializer="msgpack", headers={"case": "msgpack"})
+        producer.publish({"id": 5, "kind": "yaml", "list": [1, "two", None], "map": {"k": "v"}},
+                         routing_key=queue_name, serializer="yaml", headers={"case": "yaml"})
+        for kind in COMPRESSIONS:
+            producer.publish(compressed_body(kind), routing_key=queue_name, serializer="json",
+                             compression=kind, headers={"case": kind})
+        channel.close()
+    print(json.dumps({"published": 5 + len(COMPRESSIONS)}))
+
+
+def put(prefix, queue_name, *bodies):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        for body in bodies:
+            producer.publish(body, routing_key=queue_name, serializer="json")
+        channel.close()
+    print(json.dumps({"published": len(bodies)}))
+
+
+def priorities(prefix, queue_name, *pris):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        for p in pris:
+            producer.publish({"p": int(p)}, routing_key=queue_name, serializer="json",
+                             priority=int(p))
+        channel.close()
+    print(json.dumps({"published": len(pris)}))
+
+
+def bind(prefix):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        direct = Exchange("py.direct", type="direct")
+        Queue("pyd", exchange=direct, routing_key="rk.direct")(channel).declare()
+        topic = Exchange("py.topic", type="topic")
+        Queue("pyt", exchange=topic, routing_key="stock.*.usd")(channel).declare()
+        Queue("pyt", exchange=topic, routing_key="#.eur")(channel).declare()
+        channel.close()
+    print(json.dumps({"bound": True}))
+
+
+def publish_routed(prefix):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        # kombu keeps exchange types in memory: a publisher declares the type it expects.
+        direct = Exchange("rs.direct", type="direct")(channel)
+        direct.declare()
+        Producer(channel, exchange=direct).publish(
+            {"via": "rs.direct", "rk": "rk.direct"}, routing_key="rk.direct", serializer="json")
+        topic = Exchange("rs.topic", type="topic")(channel)
+        topic.declare()
+        producer = Producer(channel, exchange=topic)
+        for rk in ["stock.nyse.usd", "stock.usd", "fx.spot.eur"]:
+            producer.publish({"via": "rs.topic", "rk": rk}, routing_key=rk, serializer="json")
+        channel.close()
+    print(json.dumps({"published": 4}))
+
+
+def describe(message):
+    payload = message.decode()
+    out = {
+        "headers": message.headers,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "redelivered": bool(message.delivery_info.get("redelivered")
+                            or (message.headers or {}).get("redelivered")),
+        "delivery_info": {
+            "exchange": message.delivery_info.get("exchange"),
+            "routing_key": message.delivery_info.get("routing_key"),
+        },
+        "properties": {
+            k: message.properties.get(k)
+            for k in ("correlation_id", "reply_to", "priority", "message_id", "delivery_mode")
+        },
+    }
+    if isinstance(payload, bytes):
+        out["payload_b64"] = base64.b64encode(payload).decode("ascii")
+    else:
+        out["payload"] = payload
+    return out
+
+
+def consume(prefix, queue_name, n):
+    n = int(n)
+    got = []
+    deadline = time.monotonic() + 30
+    with connection(prefix) as conn:
+
+        def on_message(body, message):
+            got.append(describe(message))
+            message.ack()
+
+        with Consumer(conn, [Queue(queue_name)], accept=ACCEPT, callbacks=[on_message]):
+            while len(got) < n and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except socket.timeout:
+                    pass
+    print(json.dumps({"messages": got}))
+
+
+def drain(prefix, queue_name):
+    got = []
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        queue = Queue(queue_name)(channel)
+        while True:
+            message = queue.get(no_ack=False, accept=ACCEPT)
+            if message is None:
+                break
+            got.append(describe(message))
+            message.ack()
+        channel.close()
+    print(json.dumps({"messages": got}))
+
+
+def take_ack(prefix, queue_name):
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        message = Queue(queue_name)(channel).get(no_ack=False, accept=ACCEPT)
+        out = None
+        if message is not None:
+            out = describe(message)
+            message.ack()
+        channel.close()
+    print(json.dumps({"message": out}))
+
+
+def take_exit(prefix, queue_name, n):
+    taken = []
+    conn = connection(prefix)
+    channel = conn.channel()
+    queue = Queue(queue_name)(channel)
+    for _ in range(int(n)):
+        message = queue.get(no_ack=False, accept=ACCEPT)
+        if message is None:
+            break
+        taken.append(describe(message))
+    sys.stdout.write(json.dumps({"messages": taken}) + "\n")
+    sys.stdout.flush()
+    # No ack, no close, no atexit: the messages stay in kombu's `unacked` hash.
+    os._exit(0)
+
+
+def recover(prefix, queue_name, n):
+    n = int(n)
+    got = []
+    sweeps = 0
+    deadline = time.monotonic() + 30
+    with connection(prefix, visibility_timeout=1) as conn:
+        channel = conn.channel()
+        queue = Queue(queue_name)(channel)
+        while len(got) < n and time.monotonic() < deadline:
+            message = queue.get(no_ack=False, accept=ACCEPT)
+            if message is not None:
+                got.append(describe(message))
+                message.ack()
+                continue
+            # What a consumer's empty polls do (every `unacked_restore_throttle` polls).
+            channel.qos.restore_visible(num=100, interval=1)
+            sweeps += 1
+            time.sleep(0.1)
+        channel.close()
+    print(json.dumps({"messages": got, "sweeps": sweeps}))
+
+
+def main(argv):
+    command, args = argv[1], argv[2:]
+    {
+        "publish": publish,
+        "put": put,
+        "priorities": priorities,
+        "bind": bind,
+        "publish_routed": publish_routed,
+        "consume": consume,
+        "drain": drain,
+        "take_ack": take_ack,
+        "take_exit": take_exit,
+        "recover": recover,
+    }[command](*args)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
