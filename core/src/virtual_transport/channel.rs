@@ -236,6 +236,9 @@ impl Shared {
             return Ok(());
         };
         let envelope = Envelope::new(message, exchange, routing_key);
+        if kind == ExchangeKind::Fanout && self.backend.native_fanout() {
+            return self.backend.publish_fanout(envelope).await;
+        }
         for queue in others {
             sink.push(((*queue).to_owned(), envelope.clone()));
         }

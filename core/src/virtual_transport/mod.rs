@@ -221,6 +221,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Waits until one of `queues` may have a message, or `timeout`.
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()>;
 
+    /// Whether the backend carries fanout exchanges itself (kombu's Redis PUB/SUB): a publish
+    /// to a fanout exchange with at least one binding then goes once to
+    /// [`publish_fanout`](Self::publish_fanout) instead of into each bound queue, and the
+    /// backend hands what it receives to consumers of the bound queues through `get_many`.
+    fn native_fanout(&self) -> bool {
+        false
+    }
+
+    /// Publishes to a fanout exchange (the envelope names it) when
+    /// [`native_fanout`](Self::native_fanout) is on.
+    async fn publish_fanout(&self, envelope: Envelope) -> Result<()> {
+        let _ = envelope;
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Unsupported,
+            "this backend does not carry fanout exchanges itself",
+        ))
+    }
+
     /// Writes settlements the backend queued to batch them (a channel calls it when it
     /// closes, so a closed consumer's acks are on the broker). Default: nothing is queued.
     async fn flush(&self) -> Result<()> {

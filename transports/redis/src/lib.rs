@@ -14,6 +14,8 @@
 //! | `global_keyprefix` | empty | prefix of every key |
 //! | `unacked_key`, `unacked_index_key`, `unacked_mutex_key` | `unacked`, `unacked_index`, `unacked_mutex` | kombu's ack-emulation keys |
 //! | `polling_interval` | `1` | longest pause between two looks for messages that Python publishers pushed, when idle |
+//! | `fanout_prefix` | `true` (`/{db}.`) | PUB/SUB topic prefix of fanout exchanges; `false` for none, or a string |
+//! | `fanout_patterns` | `true` | append `/<routing key>` to fanout topics (kombu's default) |
 //!
 //! # Layout (kombu's, `kombu/transport/redis.py`)
 //!
@@ -40,9 +42,17 @@
 //! configured with the same `visibility_timeout` restores a message exactly when its lease
 //! ends.
 //!
-//! Not yet supported: fanout exchanges over PUB/SUB as kombu does them (here fanout routes into
-//! the bound queues' lists, which Python fanout consumers do not read), `rediss://` (TLS) and
-//! `sentinel://`, queue expiry (`x-expires`). Priorities follow kombu's buckets, not AMQP's
+//! * Fanout exchanges go over PUB/SUB as in kombu: a publish is one `PUBLISH` to
+//!   `<global_keyprefix><fanout_prefix><exchange>[/<routing key>]` (`fanout_prefix` defaults
+//!   to `/{db}.`, `fanout_patterns` to on); a queue of this process bound to a fanout
+//!   exchange subscribes to the binding's topic (`#` as Redis's `*`) when it is bound, and its
+//!   consumers get what arrives from then on. At-most-once, like kombu's: nothing is stored.
+//!   With kombu's default `fanout_patterns=true` a binding only gets messages published with
+//!   its own routing key (an empty key only empty keys); `fanout_patterns=false` gives AMQP's
+//!   fanout, where every bound queue gets every message (Python consumers must use the same
+//!   setting).
+//!
+//! Not yet supported: `rediss://` (TLS) and `sentinel://`, queue expiry (`x-expires`). Priorities follow kombu's buckets, not AMQP's
 //! order, so the capability is off.
 #![deny(missing_docs, unsafe_code)]
 
@@ -86,6 +96,9 @@ struct Options {
     unacked_index: String,
     unacked_mutex: String,
     polling_interval: Duration,
+    /// `keyprefix_fanout`, already formatted (`/{db}.` by default).
+    fanout_prefix: String,
+    fanout_patterns: bool,
 }
 
 fn seconds(url: &BrokerUrl, key: &str, default: f64) -> Result<Duration> {
@@ -176,6 +189,15 @@ impl Options {
             unacked_index: key("unacked_index_key", "unacked_index"),
             unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
             polling_interval: seconds(url, "polling_interval", 1.0)?,
+            fanout_prefix: match url.query("fanout_prefix").as_deref() {
+                None | Some("true") | Some("True") | Some("1") => format!("/{db}."),
+                Some("false") | Some("False") | Some("0") => String::new(),
+                Some(custom) => custom.to_owned(),
+            },
+            fanout_patterns: !matches!(
+                url.query("fanout_patterns").as_deref(),
+                Some("false") | Some("False") | Some("0")
+            ),
             prefix,
         })
     }
@@ -210,6 +232,24 @@ impl Options {
 
     fn exchanges_key(&self) -> String {
         format!("{}_kombu_rs.exchanges", self.prefix)
+    }
+
+    /// The PUB/SUB channel of a fanout publish (kombu's `_get_publish_topic`).
+    fn fanout_topic(&self, exchange: &str, routing_key: &str) -> String {
+        if self.fanout_patterns && !routing_key.is_empty() {
+            format!(
+                "{}{}{exchange}/{routing_key}",
+                self.prefix, self.fanout_prefix
+            )
+        } else {
+            format!("{}{}{exchange}", self.prefix, self.fanout_prefix)
+        }
+    }
+
+    /// The pattern a queue bound to a fanout exchange subscribes to (kombu's
+    /// `_get_subscribe_topic`: `#` becomes Redis's `*`).
+    fn fanout_pattern(&self, exchange: &str, binding_key: &str) -> String {
+        self.fanout_topic(exchange, &binding_key.replace('#', "*"))
     }
 
     fn queues_key(&self) -> String {
@@ -490,6 +530,64 @@ fn spawn_flusher(acks: Arc<AckQueue>) {
     });
 }
 
+/// Fanout exchanges over PUB/SUB, as kombu does them: queues of this process bound to a
+/// fanout exchange subscribe to its topic; what arrives waits here for their consumers
+/// (at-most-once, like kombu's: nothing is kept in Redis).
+#[derive(Default)]
+struct Fanout {
+    /// Queue → the patterns it subscribes to.
+    queues: Mutex<HashMap<String, Vec<String>>>,
+    /// Messages received for each queue, oldest first.
+    buffers: Mutex<HashMap<String, std::collections::VecDeque<Vec<u8>>>>,
+    /// Adds subscriptions to the live PUB/SUB connection.
+    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+}
+
+/// Most messages kept for one fanout queue before the oldest are dropped (a queue bound in
+/// this process that nobody consumes must not grow without bound).
+const FANOUT_BUFFER: usize = 100_000;
+/// Receipt prefix of a fanout delivery (nothing to settle in Redis).
+const FANOUT_RECEIPT: &str = "\u{0}fanout\n";
+
+impl Fanout {
+    fn deliver(&self, pattern: &str, payload: &[u8]) -> bool {
+        let targets: Vec<String> = self
+            .queues
+            .lock()
+            .iter()
+            .filter(|(_, patterns)| patterns.iter().any(|p| p == pattern))
+            .map(|(q, _)| q.clone())
+            .collect();
+        let mut buffers = self.buffers.lock();
+        for queue in &targets {
+            let buffer = buffers.entry(queue.clone()).or_default();
+            if buffer.len() >= FANOUT_BUFFER {
+                buffer.pop_front();
+                tracing::warn!(%queue, "fanout buffer full: oldest message dropped");
+            }
+            buffer.push_back(payload.to_vec());
+        }
+        !targets.is_empty()
+    }
+
+    fn is_fanout_queue(&self, queue: &str) -> bool {
+        self.queues.lock().contains_key(queue)
+    }
+
+    fn take(&self, queue: &str, max: usize) -> Vec<Vec<u8>> {
+        let mut buffers = self.buffers.lock();
+        let Some(buffer) = buffers.get_mut(queue) else {
+            return Vec::new();
+        };
+        let n = max.min(buffer.len());
+        buffer.drain(..n).collect()
+    }
+
+    fn len(&self, queue: &str) -> usize {
+        self.buffers.lock().get(queue).map_or(0, |b| b.len())
+    }
+}
+
 #[derive(Debug, Default)]
 struct TopologyCache {
     exchanges: HashMap<String, (Instant, Option<Exchange>)>,
@@ -514,6 +612,7 @@ struct RedisBackend {
     wake: Arc<tokio::sync::Notify>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     acks: Arc<AckQueue>,
+    fanout: Arc<Fanout>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -598,6 +697,7 @@ impl RedisBackend {
             last_sweep: Mutex::new(None),
             wake: Arc::new(tokio::sync::Notify::new()),
             listener: Mutex::new(None),
+            fanout: Arc::new(Fanout::default()),
         })
     }
 
@@ -612,7 +712,9 @@ impl RedisBackend {
         t.bindings.clear();
     }
 
-    /// Starts (once) the subscriber that turns our publishers' wake-ups into local wake-ups.
+    /// Starts (once) this backend's PUB/SUB connection: our publishers' wake-ups, and the
+    /// topics of fanout exchanges that queues of this process are bound to. It reconnects
+    /// and resubscribes after a failure.
     fn ensure_listener(&self) {
         let mut slot = self.listener.lock();
         if slot.is_some() {
@@ -621,23 +723,78 @@ impl RedisBackend {
         let client = self.client.clone();
         let channel = self.options.wake_channel();
         let wake = self.wake.clone();
+        let fanout = self.fanout.clone();
         *slot = Some(tokio::spawn(async move {
             loop {
                 match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => {
-                        if pubsub.subscribe(&channel).await.is_ok() {
-                            let mut messages = pubsub.on_message();
-                            while futures::StreamExt::next(&mut messages).await.is_some() {
-                                wake.notify_waiters();
+                    Ok(pubsub) => {
+                        let (mut sink, mut stream) = pubsub.split();
+                        let subscribed = {
+                            let mut slot = fanout.sink.lock().await;
+                            let patterns: Vec<String> =
+                                fanout.queues.lock().values().flatten().cloned().collect();
+                            let mut ok = sink.subscribe(&channel).await.is_ok();
+                            for p in patterns {
+                                ok &= sink.psubscribe(&p).await.is_ok();
+                            }
+                            *slot = Some(sink);
+                            ok
+                        };
+                        if subscribed {
+                            while let Some(msg) = futures::StreamExt::next(&mut stream).await {
+                                if msg.get_channel_name() == channel {
+                                    wake.notify_waiters();
+                                } else if let Ok(pattern) = msg.get_pattern::<String>()
+                                    && fanout.deliver(&pattern, msg.get_payload_bytes())
+                                {
+                                    wake.notify_waiters();
+                                }
                             }
                         }
+                        *fanout.sink.lock().await = None;
                     }
-                    Err(err) => tracing::debug!(error = %err, "redis wake-up subscriber"),
+                    Err(err) => tracing::debug!(error = %err, "redis PUB/SUB connection"),
                 }
-                // Reconnect after a broken subscription; pollers cover the gap.
+                // Reconnect after a broken subscription; pollers cover the gap for lists
+                // (fanout messages published meanwhile are lost, as in kombu).
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }));
+    }
+
+    /// Subscribes `queue` to a fanout exchange's topic for `binding_key`.
+    async fn subscribe_fanout(&self, queue: &str, exchange: &str, binding_key: &str) -> Result<()> {
+        let pattern = self.options.fanout_pattern(exchange, binding_key);
+        {
+            let mut queues = self.fanout.queues.lock();
+            let patterns = queues.entry(queue.to_owned()).or_default();
+            if patterns.contains(&pattern) {
+                return Ok(());
+            }
+            patterns.push(pattern.clone());
+        }
+        self.ensure_listener();
+        // Wait until the subscription is live, so that what is published once `bind` returns
+        // reaches this queue (PUB/SUB keeps nothing for late subscribers).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(sink) = self.fanout.sink.lock().await.as_mut() {
+                return sink
+                    .psubscribe(&pattern)
+                    .await
+                    .map_err(self.err("subscribe to a fanout exchange"));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "redis {}: no PUB/SUB connection for fanout exchange {exchange:?}",
+                        self.label
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Restores messages whose lease passed (ours or Python's), kombu's `restore_visible`.
@@ -739,6 +896,29 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// The type of an exchange kombu-rs has no record of, guessed from a member of its
+    /// binding set (Python's topic bindings carry kombu's `^...$` regex; direct and fanout
+    /// ones no pattern, so both read as direct).
+    async fn inferred_kind(&self, exchange: &str) -> Result<ExchangeKind> {
+        let mut conn = self.conn.clone();
+        let member: Option<String> = conn
+            .srandmember(self.options.binding_key(exchange))
+            .await
+            .map_err(self.err("read bindings"))?;
+        let pattern = member
+            .as_deref()
+            .and_then(|m| m.split(self.options.sep.as_str()).nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        Ok(if pattern.starts_with('^') {
+            ExchangeKind::Topic
+        } else if pattern.starts_with('{') {
+            ExchangeKind::Headers
+        } else {
+            ExchangeKind::Direct
+        })
+    }
+
     /// The queues `exchange` routes `routing_key` to now.
     async fn lookup(
         &self,
@@ -749,10 +929,10 @@ impl RedisBackend {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_owned()]);
         }
-        let kind = self
-            .lookup_exchange(exchange)
-            .await?
-            .map_or(ExchangeKind::Direct, |x| x.kind);
+        let kind = match self.lookup_exchange(exchange).await? {
+            Some(x) => x.kind,
+            None => self.inferred_kind(exchange).await?,
+        };
         let rows = self.bindings(exchange).await?;
         Ok(router::route(kind, &rows, routing_key, headers)
             .into_iter()
@@ -773,6 +953,10 @@ impl RedisBackend {
             row.routing_key, row.queue
         ))
     }
+}
+
+fn is_fanout_receipt(receipt: &Receipt) -> bool {
+    matches!(receipt, Receipt::Key(key) if key.starts_with(FANOUT_RECEIPT))
 }
 
 /// A receipt is `<delivery tag>\n<take token>`.
@@ -865,24 +1049,10 @@ impl Backend for RedisBackend {
                 Some(x)
             }
             None => {
-                // Declared by Python kombu (which keeps types in memory): known by its bindings,
-                // and a binding's pattern tells its type (kombu's topic bindings carry the
-                // `^...$` regex, headers bindings their arguments as JSON; direct ones none).
-                let member: Option<String> = conn
-                    .srandmember(self.options.binding_key(name))
-                    .await
-                    .map_err(self.err("look up exchange"))?;
-                member.map(|m| {
-                    let pattern = m.split(self.options.sep.as_str()).nth(1).unwrap_or("");
-                    let kind = if pattern.starts_with('^') {
-                        ExchangeKind::Topic
-                    } else if pattern.starts_with('{') {
-                        ExchangeKind::Headers
-                    } else {
-                        ExchangeKind::Direct
-                    };
-                    Exchange::new(name, kind)
-                })
+                // Not declared by kombu-rs. Python kombu keeps exchange types in process
+                // memory, so its exchanges are unknown here until declared (with any type):
+                // publishers declare the exchanges they publish to, as kombu's do.
+                None
             }
         };
         self.topology
@@ -1000,6 +1170,10 @@ impl Backend for RedisBackend {
             .await
             .map_err(self.err("bind"))?;
         self.forget_topology();
+        if kind == ExchangeKind::Fanout {
+            self.subscribe_fanout(&row.queue, &row.exchange, &row.routing_key)
+                .await?;
+        }
         Ok(())
     }
 
@@ -1079,6 +1253,27 @@ impl Backend for RedisBackend {
 
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         self.acks.flush().await?;
+        let mut fetched = Fetched::default();
+        if self.fanout.is_fanout_queue(queue) {
+            for body in self.fanout.take(queue, max.max(1)) {
+                match envelope::decode(&body) {
+                    Ok(env) => fetched.taken.push(Taken {
+                        envelope: Arc::new(env),
+                        receipt: Receipt::Key(format!(
+                            "{FANOUT_RECEIPT}{}",
+                            String::from_utf8_lossy(&body)
+                        )),
+                    }),
+                    Err(err) => {
+                        tracing::warn!(url = %self.label, %queue, error = %err, "unreadable fanout message dropped");
+                    }
+                }
+            }
+            if fetched.taken.len() >= max.max(1) {
+                return Ok(fetched);
+            }
+        }
+        let max = max.max(1) - fetched.taken.len();
         self.sweep().await?;
         let o = &self.options;
         let (lease, score) = match mode {
@@ -1106,7 +1301,6 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(self.err("take"))?;
-        let mut fetched = Fetched::default();
         for pair in raw.chunks(2) {
             let (Some(body), Some(take)) = (pair.first(), pair.get(1)) else {
                 continue;
@@ -1131,6 +1325,9 @@ impl Backend for RedisBackend {
     }
 
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        if is_fanout_receipt(receipt) {
+            return Ok(()); // nothing in Redis to settle
+        }
         let (tag, take) = split_receipt(receipt)?;
         let queued = {
             let mut pending = self.acks.pending.lock();
@@ -1152,6 +1349,21 @@ impl Backend for RedisBackend {
 
     async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         self.acks.flush().await?;
+        if let Receipt::Key(key) = receipt
+            && let Some(body) = key.strip_prefix(FANOUT_RECEIPT)
+        {
+            // Back to the head of this process's buffer for the queue.
+            let mut env = envelope::decode(body.as_bytes())?;
+            env.redelivered = true;
+            self.fanout
+                .buffers
+                .lock()
+                .entry(queue.to_owned())
+                .or_default()
+                .push_front(payload(&env));
+            self.wake.notify_waiters();
+            return Ok(());
+        }
         let (tag, take) = split_receipt(receipt)?;
         self.restore_tags(&[(tag.to_owned(), take.to_owned())], Some(queue))
             .await
@@ -1159,6 +1371,9 @@ impl Backend for RedisBackend {
 
     async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
         self.acks.flush().await?;
+        if is_fanout_receipt(receipt) {
+            return Ok(()); // held in this process, no lease to extend
+        }
         let (tag, take) = split_receipt(receipt)?;
         let o = &self.options;
         let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
@@ -1193,7 +1408,13 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(self.err("purge"))?;
-        Ok(lens.iter().sum())
+        let buffered = self
+            .fanout
+            .buffers
+            .lock()
+            .get_mut(queue)
+            .map_or(0, |b| std::mem::take(b).len());
+        Ok(lens.iter().sum::<u64>() + buffered as u64)
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
@@ -1207,11 +1428,27 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(self.err("size"))?;
-        Ok(lens.iter().sum())
+        Ok(lens.iter().sum::<u64>() + self.fanout.len(queue) as u64)
     }
 
     async fn flush(&self) -> Result<()> {
         self.acks.flush().await
+    }
+
+    fn native_fanout(&self) -> bool {
+        true
+    }
+
+    async fn publish_fanout(&self, envelope: Envelope) -> Result<()> {
+        let topic = self
+            .options
+            .fanout_topic(&envelope.exchange, &envelope.routing_key);
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .publish(topic, payload(&envelope))
+            .await
+            .map_err(self.err("publish to a fanout exchange"))?;
+        Ok(())
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
@@ -1235,7 +1472,7 @@ impl Backend for RedisBackend {
                 .query_async(&mut conn)
                 .await
                 .map_err(self.err("poll"))?;
-            if lens.iter().any(|n| *n > 0) {
+            if lens.iter().any(|n| *n > 0) || queues.iter().any(|q| self.fanout.len(q) > 0) {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -20,8 +20,11 @@ impl Harness for Redis {
         // per KOMBU_TEST_REQUIRE).
         let client = redis::Client::open(url.as_str()).ok()?;
         client.get_multiplexed_async_connection().await.ok()?;
+        // fanout_patterns=false: every subscriber of a fanout exchange gets every message,
+        // whatever its routing key, as AMQP (and the suite) expect; kombu's default (true)
+        // delivers only to bindings whose key matches the published one.
         Some(format!(
-            "{url}?global_keyprefix=conformance-{}:&visibility_timeout=1&polling_interval=0.05",
+            "{url}?global_keyprefix=conformance-{}:&visibility_timeout=1&polling_interval=0.05&fanout_patterns=false",
             uuid::Uuid::new_v4().simple()
         ))
     }

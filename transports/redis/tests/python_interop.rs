@@ -882,3 +882,82 @@ async fn rust_recovers_what_a_dead_python_consumer_held() {
     consumer.close().await.expect("close");
     space.clean().await;
 }
+
+/// Fanout over PUB/SUB, kombu's way: a Python consumer of a queue bound to a fanout exchange
+/// gets what kombu-rs publishes to it.
+#[tokio::test]
+async fn rust_fanout_publishes_reach_python_subscribers() {
+    let Some(python) = python() else { return };
+    let space = Space::new("fanout-rs-py");
+    let mut child = Command::new(&python)
+        .arg(script())
+        .args(["fanout_consume", &space.prefix, "bcast", "py-fq", "3"])
+        .env("KOMBU_REDIS_URL", server())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Python consumer");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.trim() == "READY" {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the Python consumer subscribed");
+
+    let conn = open(&space.url("")).await;
+    let x = Exchange::fanout("bcast");
+    conn.declare_exchange(&x).await.expect("declare");
+    let producer = conn.producer().exchange(x);
+    for i in 0..3 {
+        producer.publish(&json!({"i": i})).await.expect("publish");
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("the Python consumer ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Json = serde_json::from_slice(&out.stdout).expect("JSON");
+    let bodies: Vec<Json> = got["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["payload"].clone())
+        .collect();
+    assert_eq!(bodies, [json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]);
+    space.clean().await;
+}
+
+/// And the other way: a kombu-rs queue bound to a fanout exchange gets Python's publishes.
+#[tokio::test]
+async fn python_fanout_publishes_reach_rust_subscribers() {
+    let Some(python) = python() else { return };
+    let space = Space::new("fanout-py-rs");
+    let conn = open(&space.url("")).await;
+    let q = Queue::new("rs-fq").exchange(Exchange::fanout("bcast"));
+    let mut consumer = conn
+        .consumer([q])
+        .accept(["json"])
+        .build()
+        .await
+        .expect("consume");
+    let published = space.python(&python, "fanout_publish", &["bcast", "3"]);
+    assert_eq!(published["published"], 3);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer).await;
+        got.push(d.decode::<Json>().expect("decode"));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, [json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]);
+    consumer.close().await.expect("close");
+    space.clean().await;
+}

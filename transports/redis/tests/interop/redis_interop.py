@@ -245,6 +245,44 @@ def recover(prefix, queue_name, n):
     print(json.dumps({"messages": got, "sweeps": sweeps}))
 
 
+def fanout_consume(prefix, exchange_name, queue_name, n):
+    """Consumes n messages from a queue bound to a fanout exchange (kombu: PUB/SUB), printing
+    READY on stderr once subscribed."""
+    n = int(n)
+    got = []
+    deadline = time.monotonic() + 30
+    exchange = Exchange(exchange_name, type="fanout")
+    queue = Queue(queue_name, exchange=exchange, routing_key="")
+    with connection(prefix) as conn:
+
+        def on_message(body, message):
+            got.append(describe(message))
+            message.ack()
+
+        with Consumer(conn, [queue], accept=ACCEPT, callbacks=[on_message]):
+            # kombu subscribes on its first poll.
+            try:
+                conn.drain_events(timeout=0.3)
+            except socket.timeout:
+                pass
+            print("READY", file=sys.stderr, flush=True)
+            while len(got) < n and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except socket.timeout:
+                    pass
+    print(json.dumps({"messages": got}))
+
+
+def fanout_publish(prefix, exchange_name, n):
+    exchange = Exchange(exchange_name, type="fanout")
+    with connection(prefix) as conn:
+        producer = Producer(conn.channel(), exchange=exchange, routing_key="")
+        for i in range(int(n)):
+            producer.publish({"i": i}, serializer="json")
+    print(json.dumps({"published": int(n)}))
+
+
 def main(argv):
     command, args = argv[1], argv[2:]
     {
@@ -258,6 +296,8 @@ def main(argv):
         "take_ack": take_ack,
         "take_exit": take_exit,
         "recover": recover,
+        "fanout_consume": fanout_consume,
+        "fanout_publish": fanout_publish,
     }[command](*args)
 
 
