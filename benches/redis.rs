@@ -196,7 +196,11 @@ fn python(n: u64) -> Option<(f64, f64)> {
                 .join(".cache/kombu-rs/venv/bin/python");
             venv.exists().then_some(venv)
         })?;
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
         .join("../shared/bench/kombu_baseline.py");
     if !script.exists() {
         eprintln!("no {}: Python column left out", script.display());

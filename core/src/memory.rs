@@ -37,14 +37,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::capabilities::Capabilities;
-use crate::channel::Channel;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
 use crate::transport::{BrokerConnection, Transport};
 use crate::url::BrokerUrl;
 use crate::virtual_transport::{
     Backend, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt, TakeMode, Taken,
-    VirtualChannel,
+    VirtualConnection,
 };
 
 /// The memory transport (`memory://`, `memory://NAME`).
@@ -83,40 +82,16 @@ impl Transport for MemoryTransport {
                 ))
             })?),
         };
-        Ok(Arc::new(MemoryConnection {
-            backend: MemoryTransport::backend(&name),
+        Ok(Arc::new(VirtualConnection::new(
+            MemoryTransport::backend(&name),
             visibility,
-        }))
+        )))
     }
 }
 
 fn parse_seconds(v: &str) -> Option<Duration> {
     let secs: f64 = v.parse().ok()?;
     Duration::try_from_secs_f64(secs).ok()
-}
-
-#[derive(Debug)]
-struct MemoryConnection {
-    backend: Arc<MemoryBackend>,
-    visibility: Option<Duration>,
-}
-
-#[async_trait]
-impl BrokerConnection for MemoryConnection {
-    fn capabilities(&self) -> Capabilities {
-        VirtualChannel::new(self.backend.clone(), None)
-            .capabilities()
-            .clone()
-    }
-    async fn channel(&self) -> Result<Arc<dyn Channel>> {
-        Ok(Arc::new(VirtualChannel::new(
-            self.backend.clone(),
-            self.visibility,
-        )))
-    }
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// One in-process broker: exchanges, bindings, queues.

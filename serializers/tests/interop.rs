@@ -105,7 +105,11 @@ fn python() -> Option<PathBuf> {
 }
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/kombu_codec.py")
+    // The directory cargo runs the test in, read at run time: a test binary compiled in another
+    // checkout sharing the target directory would carry that checkout's path.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/interop/kombu_codec.py")
 }
 
 fn run_python(python: &PathBuf, args: &[&str]) -> Value {

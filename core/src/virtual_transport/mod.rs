@@ -10,6 +10,7 @@
 mod channel;
 pub mod envelope;
 pub mod router;
+mod shared;
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::message::Message;
 use crate::value::Headers;
 
 pub use channel::VirtualChannel;
+pub use shared::{TopologyCache, VirtualConnection};
 
 /// A message as a virtual backend stores it: the message plus what kombu's envelope adds.
 #[derive(Debug, Clone, PartialEq)]

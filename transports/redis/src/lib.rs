@@ -65,12 +65,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kombu_core::virtual_transport::{
-    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, VirtualChannel,
-    envelope, router,
+    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
+    VirtualConnection, envelope, router,
 };
 use kombu_core::{
-    BrokerConnection, BrokerUrl, Capabilities, Channel, Error, ErrorKind, Exchange, ExchangeKind,
-    Headers, Queue, Result, Transport, register_transport,
+    BrokerConnection, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers,
+    Queue, Result, Transport, register_transport,
 };
 use parking_lot::Mutex;
 use redis::AsyncCommands;
@@ -369,36 +369,10 @@ impl Transport for RedisTransport {
         let options = Options::from_url(url)?;
         let label = url.masked();
         let backend = RedisBackend::connect(options.clone(), label).await?;
-        Ok(Arc::new(RedisConnection {
-            backend: Arc::new(backend),
-            visibility: options.visibility_timeout,
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct RedisConnection {
-    backend: Arc<RedisBackend>,
-    visibility: Duration,
-}
-
-#[async_trait]
-impl BrokerConnection for RedisConnection {
-    fn capabilities(&self) -> Capabilities {
-        VirtualChannel::new(self.backend.clone(), None)
-            .capabilities()
-            .clone()
-    }
-
-    async fn channel(&self) -> Result<Arc<dyn Channel>> {
-        Ok(Arc::new(VirtualChannel::new(
-            self.backend.clone(),
-            Some(self.visibility),
+        Ok(Arc::new(VirtualConnection::new(
+            Arc::new(backend),
+            Some(options.visibility_timeout),
         )))
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.backend.acks.flush().await
     }
 }
 
@@ -640,12 +614,6 @@ impl Fanout {
     }
 }
 
-#[derive(Debug, Default)]
-struct TopologyCache {
-    exchanges: HashMap<String, (Instant, Option<Exchange>)>,
-    bindings: HashMap<String, (Instant, Arc<[BindingRow]>)>,
-}
-
 const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 /// At most one sweep for expired leases per this interval per connection.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -659,7 +627,7 @@ struct RedisBackend {
     restore: redis::Script,
     extend: redis::Script,
     unlock: redis::Script,
-    topology: Mutex<TopologyCache>,
+    topology: TopologyCache,
     last_sweep: Mutex<Option<Instant>>,
     wake: Arc<tokio::sync::Notify>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -784,7 +752,7 @@ impl RedisBackend {
             restore: redis::Script::new(RESTORE),
             extend: redis::Script::new(EXTEND),
             unlock: redis::Script::new(UNLOCK),
-            topology: Mutex::new(TopologyCache::default()),
+            topology: TopologyCache::new(TOPOLOGY_TTL),
             last_sweep: Mutex::new(None),
             wake: Arc::new(tokio::sync::Notify::new()),
             listener: Mutex::new(None),
@@ -798,9 +766,7 @@ impl RedisBackend {
     }
 
     fn forget_topology(&self) {
-        let mut t = self.topology.lock();
-        t.exchanges.clear();
-        t.bindings.clear();
+        self.topology.clear();
     }
 
     /// Starts (once) this backend's PUB/SUB connection: our publishers' wake-ups, and the
@@ -1117,10 +1083,8 @@ impl Backend for RedisBackend {
     }
 
     async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
-        if let Some((at, found)) = self.topology.lock().exchanges.get(name)
-            && at.elapsed() < TOPOLOGY_TTL
-        {
-            return Ok(found.clone());
+        if let Some(found) = self.topology.exchange(name) {
+            return Ok(found);
         }
         let mut conn = self.conn.clone();
         let spec: Option<String> = conn
@@ -1146,10 +1110,7 @@ impl Backend for RedisBackend {
                 None
             }
         };
-        self.topology
-            .lock()
-            .exchanges
-            .insert(name.to_owned(), (Instant::now(), found.clone()));
+        self.topology.put_exchange(name, found.clone());
         Ok(found)
     }
 
@@ -1284,10 +1245,8 @@ impl Backend for RedisBackend {
     }
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
-        if let Some((at, rows)) = self.topology.lock().bindings.get(exchange)
-            && at.elapsed() < TOPOLOGY_TTL
-        {
-            return Ok(rows.clone());
+        if let Some(rows) = self.topology.bindings(exchange) {
+            return Ok(rows);
         }
         let mut conn = self.conn.clone();
         let mut members: Vec<String> = conn
@@ -1316,10 +1275,7 @@ impl Backend for RedisBackend {
             });
         }
         let rows: Arc<[BindingRow]> = rows.into();
-        self.topology
-            .lock()
-            .bindings
-            .insert(exchange.to_owned(), (Instant::now(), rows.clone()));
+        self.topology.put_bindings(exchange, rows.clone());
         Ok(rows)
     }
 

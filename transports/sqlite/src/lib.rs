@@ -57,12 +57,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kombu_core::virtual_transport::{
-    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, VirtualChannel,
-    envelope,
+    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
+    VirtualConnection, envelope,
 };
 use kombu_core::{
-    BrokerConnection, BrokerUrl, Capabilities, Channel, Error, ErrorKind, Exchange, ExchangeKind,
-    Queue, Result, Transport, register_transport,
+    BrokerConnection, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Queue,
+    Result, Transport, register_transport,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -156,44 +156,11 @@ impl Transport for SqliteTransport {
         let options = Options::from_url(url)?;
         let label = url.masked();
         let backend = SqliteBackend::shared(options.clone(), label).await?;
-        Ok(Arc::new(SqliteConnection {
+        Ok(Arc::new(VirtualConnection::new(
             backend,
-            visibility: options.visibility_timeout,
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct SqliteConnection {
-    backend: Arc<SqliteBackend>,
-    visibility: Duration,
-}
-
-#[async_trait]
-impl BrokerConnection for SqliteConnection {
-    fn capabilities(&self) -> Capabilities {
-        VirtualChannel::new(self.backend.clone(), None)
-            .capabilities()
-            .clone()
-    }
-
-    async fn channel(&self) -> Result<Arc<dyn Channel>> {
-        Ok(Arc::new(VirtualChannel::new(
-            self.backend.clone(),
-            Some(self.visibility),
+            Some(options.visibility_timeout),
         )))
     }
-
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// The routing tables, cached for a moment: publishes look them up every time.
-#[derive(Debug, Default)]
-struct TopologyCache {
-    exchanges: HashMap<String, (Instant, Option<Exchange>)>,
-    bindings: HashMap<String, (Instant, Arc<[BindingRow]>)>,
 }
 
 /// How long a cached exchange or binding list is used before it is read again (bindings made
@@ -209,7 +176,7 @@ struct SqliteBackend {
     options: Options,
     /// Woken by every commit of a put in this process.
     notify: tokio::sync::Notify,
-    topology: Mutex<TopologyCache>,
+    topology: TopologyCache,
 }
 
 static BACKENDS: std::sync::LazyLock<Mutex<HashMap<PathBuf, Weak<SqliteBackend>>>> =
@@ -438,7 +405,7 @@ impl SqliteBackend {
             label,
             options,
             notify: tokio::sync::Notify::new(),
-            topology: Mutex::new(TopologyCache::default()),
+            topology: TopologyCache::new(TOPOLOGY_TTL),
         });
         let mut map = BACKENDS.lock();
         // Another task may have opened the same file meanwhile: use one backend per file.
@@ -473,9 +440,7 @@ impl SqliteBackend {
     }
 
     fn forget_topology(&self) {
-        let mut cache = self.topology.lock();
-        cache.exchanges.clear();
-        cache.bindings.clear();
+        self.topology.clear();
     }
 }
 
@@ -508,10 +473,8 @@ impl Backend for SqliteBackend {
     }
 
     async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
-        if let Some((at, found)) = self.topology.lock().exchanges.get(name)
-            && at.elapsed() < TOPOLOGY_TTL
-        {
-            return Ok(found.clone());
+        if let Some(found) = self.topology.exchange(name) {
+            return Ok(found);
         }
         let key = name.to_owned();
         let row = self
@@ -543,10 +506,7 @@ impl Backend for SqliteBackend {
                 Some(exchange)
             }
         };
-        self.topology
-            .lock()
-            .exchanges
-            .insert(name.to_owned(), (Instant::now(), found.clone()));
+        self.topology.put_exchange(name, found.clone());
         Ok(found)
     }
 
@@ -682,10 +642,8 @@ impl Backend for SqliteBackend {
     }
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
-        if let Some((at, rows)) = self.topology.lock().bindings.get(exchange)
-            && at.elapsed() < TOPOLOGY_TTL
-        {
-            return Ok(rows.clone());
+        if let Some(rows) = self.topology.bindings(exchange) {
+            return Ok(rows);
         }
         let name = exchange.to_owned();
         let raw = self
@@ -716,10 +674,7 @@ impl Backend for SqliteBackend {
             });
         }
         let rows: Arc<[BindingRow]> = rows.into();
-        self.topology
-            .lock()
-            .bindings
-            .insert(exchange.to_owned(), (Instant::now(), rows.clone()));
+        self.topology.put_bindings(exchange, rows.clone());
         Ok(rows)
     }
 

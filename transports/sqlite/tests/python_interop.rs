@@ -46,7 +46,11 @@ fn python() -> Option<PathBuf> {
 }
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sqla_interop.py")
+    // The directory cargo runs the test in, read at run time: a test binary compiled in another
+    // checkout sharing the target directory would carry that checkout's path.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/interop/sqla_interop.py")
 }
 
 /// Runs a command of the interop script (blocking; no Rust consumer is running meanwhile).
