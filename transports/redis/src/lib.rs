@@ -55,7 +55,12 @@
 //!   fanout, where every bound queue gets every message (Python consumers must use the same
 //!   setting).
 //!
-//! Not yet supported: `sentinel://`, queue expiry (`x-expires`). Priorities follow kombu's buckets, not AMQP's
+//! * Queue expiry (`x-expires`): as kombu does, a connection that declared a queue with an
+//!   expiry refreshes its lists' `PEXPIRE` after every publish and every take, so a queue
+//!   nobody uses disappears with its messages. (kombu 5.7's expiry of binding tables is not
+//!   done: binding sets stay.)
+//!
+//! Not yet supported: `sentinel://`. Priorities follow kombu's buckets, not AMQP's
 //! order, so the capability is off.
 #![deny(missing_docs, unsafe_code)]
 
@@ -633,6 +638,9 @@ struct RedisBackend {
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     acks: Arc<AckQueue>,
     fanout: Arc<Fanout>,
+    /// `x-expires` (ms) of queues declared through this connection: their lists get a
+    /// `PEXPIRE` after every publish and take, as kombu does, so an unused queue disappears.
+    expiring: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -652,7 +660,15 @@ impl Drop for RedisBackend {
 }
 
 fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
-    let kind = if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+    let refused = matches!(
+        err.kind(),
+        redis::ErrorKind::AuthenticationFailed
+            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) || err.code() == Some("WRONGPASS")
+        || err.code() == Some("NOAUTH");
+    let kind = if refused {
+        ErrorKind::AccessRefused
+    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
         ErrorKind::Connection
     } else if err.is_timeout() {
         ErrorKind::Timeout
@@ -757,6 +773,7 @@ impl RedisBackend {
             wake: Arc::new(tokio::sync::Notify::new()),
             listener: Mutex::new(None),
             fanout: Arc::new(Fanout::default()),
+            expiring: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1141,6 +1158,12 @@ impl Backend for RedisBackend {
         }
         let spec = serde_json::to_string(&spec)
             .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
+        if let Some(expires) = queue.expires {
+            let ms = u64::try_from(expires.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            self.expiring.lock().insert(queue.name.clone(), ms);
+        }
         let mut conn = self.conn.clone();
         let (_, stored): (i64, String) = redis::pipe()
             .atomic()
@@ -1289,6 +1312,21 @@ impl Backend for RedisBackend {
             pipe.lpush(self.options.list_key(queue, priority_of(env)), payload(env))
                 .ignore();
         }
+        {
+            let expiring = self.expiring.lock();
+            if !expiring.is_empty() {
+                let mut done = std::collections::HashSet::new();
+                for (queue, _) in &items {
+                    if let Some(ms) = expiring.get(queue)
+                        && done.insert(queue.as_str())
+                    {
+                        for key in self.options.list_keys(queue) {
+                            pipe.cmd("PEXPIRE").arg(key).arg(*ms).ignore();
+                        }
+                    }
+                }
+            }
+        }
         pipe.publish(self.options.wake_channel(), "1").ignore();
         let mut conn = self.conn.clone();
         let _: () = pipe
@@ -1348,6 +1386,17 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(self.err("take"))?;
+        let expires = self.expiring.lock().get(queue).copied();
+        if let Some(ms) = expires {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+            }
+            let _: () = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(self.err("refresh queue expiry"))?;
+        }
         for pair in raw.chunks(2) {
             let (Some(body), Some(take)) = (pair.first(), pair.get(1)) else {
                 continue;

@@ -1,0 +1,119 @@
+//! Deployment details against the real server: ACL users, and queue expiry.
+
+use std::time::Duration;
+
+use kombu_core::{Connection, ErrorKind, Queue};
+
+fn server_up() -> bool {
+    let up = redis::Client::open("redis://127.0.0.1:6379/0")
+        .and_then(|c| c.get_connection())
+        .is_ok();
+    if !up {
+        let why = "no Redis on 127.0.0.1:6379";
+        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
+            panic!("{why}; KOMBU_TEST_REQUIRE is set, so this is a failure");
+        }
+        eprintln!("skipped: {why}");
+    }
+    up
+}
+
+fn prefix() -> String {
+    format!("server-{}:", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn acl_users_connect_with_their_password_and_are_refused_without_it() {
+    if !server_up() {
+        return;
+    }
+    kombu_redis::register();
+    let pfx = prefix();
+    let user = format!("kombu-{}", uuid::Uuid::new_v4().simple());
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("client");
+    let mut admin = client.get_connection().expect("admin connection");
+    // A user that may only touch this test's keys and channels, and run what kombu-rs runs.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">s3cret/pass")
+        .arg(format!("~{pfx}*"))
+        .arg(format!("&{pfx}*"))
+        .arg("+@all")
+        .query(&mut admin)
+        .expect("create the ACL user");
+
+    let url = format!("redis://{user}:s3cret%2Fpass@127.0.0.1:6379/0?global_keyprefix={pfx}");
+    let conn = Connection::open(&url).await.expect("the ACL user connects");
+    conn.declare_queue(&Queue::new("q")).await.expect("declare");
+    conn.producer()
+        .routing_key("q")
+        .publish("hi")
+        .await
+        .expect("publish");
+    assert_eq!(conn.queue_size("q").await.expect("size"), 1);
+
+    let wrong = format!("redis://{user}:nope@127.0.0.1:6379/0?global_keyprefix={pfx}");
+    let err = Connection::open(&wrong)
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(err.kind(), ErrorKind::AccessRefused, "{err}");
+    assert!(!err.to_string().contains("nope"), "{err}");
+
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query(&mut admin)
+        .expect("remove the ACL user");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{pfx}*"))
+        .query(&mut admin)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query(&mut admin);
+    }
+}
+
+#[tokio::test]
+async fn a_queue_with_an_expiry_disappears_when_unused() {
+    if !server_up() {
+        return;
+    }
+    kombu_redis::register();
+    let pfx = prefix();
+    let url = format!("redis://127.0.0.1:6379/0?global_keyprefix={pfx}");
+    let conn = Connection::open(&url).await.expect("connect");
+    let q = Queue::new("short-lived").expires(Duration::from_millis(300));
+    conn.declare_queue(&q).await.expect("declare");
+    conn.producer()
+        .routing_key("short-lived")
+        .publish("soon gone")
+        .await
+        .expect("publish");
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("client");
+    let mut raw = client.get_connection().expect("connection");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{pfx}short-lived"))
+        .query(&mut raw)
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 300,
+        "the list expires with the queue (PTTL {ttl})"
+    );
+    // Bounded wait for the server to expire it.
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("{pfx}short-lived"))
+            .query(&mut raw)
+            .expect("exists");
+        if exists == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the unused queue's list expired");
+    assert_eq!(conn.queue_size("short-lived").await.expect("size"), 0);
+}
