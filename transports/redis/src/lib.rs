@@ -6,7 +6,8 @@
 //! certificate is verified against the system's roots, or `ssl_ca_certs=<PEM file>`;
 //! `ssl_cert_reqs=none` turns verification off, which is kombu's default for a bare
 //! `rediss://`; `ssl_certfile` + `ssl_keyfile` for a client certificate), and
-//! `redis+socket:///path/to/redis.sock` (Unix socket, `?virtual_host=<db>`). Transport options in the query string, as kombu users
+//! `redis+socket:///path/to/redis.sock` (Unix socket, `?virtual_host=<db>`) and
+//! `sentinel://` (below). Transport options in the query string, as kombu users
 //! know them:
 //!
 //! | option | default | meaning |
@@ -60,7 +61,9 @@
 //!   nobody uses disappears with its messages. (kombu 5.7's expiry of binding tables is not
 //!   done: binding sets stay.)
 //!
-//! Not yet supported: `sentinel://`. Priorities follow kombu's buckets, not AMQP's
+//! * `sentinel://host:26379[/db]?master_name=<name>` asks that sentinel for the master's
+//!   address and connects to it (user and password from the URL are the master's). Several
+//!   sentinels are `;`-separated URLs, tried in turn as failover alternatives. Priorities follow kombu's buckets, not AMQP's
 //! order, so the capability is off.
 #![deny(missing_docs, unsafe_code)]
 
@@ -97,6 +100,8 @@ struct Options {
     client_url: String,
     /// `rediss://` with a CA bundle or a client certificate of its own.
     tls: Option<TlsFiles>,
+    /// `sentinel://`: the sentinel to ask, the master's name, and how to log in to the master.
+    sentinel: Option<SentinelTarget>,
     db: i64,
     visibility_timeout: Duration,
     priority_steps: Vec<u8>,
@@ -109,6 +114,16 @@ struct Options {
     /// `keyprefix_fanout`, already formatted (`/{db}.` by default).
     fanout_prefix: String,
     fanout_patterns: bool,
+}
+
+/// Where `sentinel://` finds its master.
+#[derive(Debug, Clone)]
+struct SentinelTarget {
+    /// `redis://host:port` of the sentinel.
+    sentinel: String,
+    master_name: String,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 /// PEM files for `rediss://` (kombu's `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`).
@@ -134,6 +149,7 @@ impl Options {
         let bad =
             |why: String| Error::new(ErrorKind::InvalidUrl, format!("{}: {why}", url.masked()));
         let mut tls = None;
+        let mut sentinel = None;
         let (client_url, db) = match url.scheme() {
             scheme @ ("redis" | "rediss") => {
                 let db = match url.path().unwrap_or_default().trim_matches('/') {
@@ -189,6 +205,27 @@ impl Options {
                 }
                 (client, db)
             }
+            "sentinel" => {
+                let master_name = url.query("master_name").ok_or_else(|| {
+                    bad("a sentinel:// URL needs ?master_name=<the monitored master's name>".into())
+                })?;
+                let db = match url.path().unwrap_or_default().trim_matches('/') {
+                    "" => 0,
+                    d => d
+                        .parse::<i64>()
+                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
+                };
+                let host = url.host().unwrap_or("localhost");
+                let port = url.port().unwrap_or(26379);
+                sentinel = Some(SentinelTarget {
+                    sentinel: format!("redis://{host}:{port}"),
+                    master_name,
+                    username: url.username().filter(|u| !u.is_empty()).map(str::to_owned),
+                    password: url.password().map(|p| p.into_owned()),
+                });
+                // Replaced by the master's address when connecting.
+                (String::new(), db)
+            }
             "redis+socket" => {
                 let rest = url.rest();
                 let path = rest.split_once('?').map_or(rest, |(p, _)| p);
@@ -238,6 +275,7 @@ impl Options {
         Ok(Options {
             client_url,
             tls,
+            sentinel,
             db,
             visibility_timeout: seconds(url, "visibility_timeout", 3600.0)?,
             priority_steps,
@@ -367,7 +405,7 @@ impl Transport for RedisTransport {
     }
 
     fn schemes(&self) -> &'static [&'static str] {
-        &["redis", "rediss"]
+        &["redis", "rediss", "sentinel"]
     }
 
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
@@ -699,14 +737,38 @@ fn priority_of(env: &Envelope) -> u8 {
 
 impl RedisBackend {
     async fn connect(options: Options, label: String) -> Result<RedisBackend> {
-        let client = match &options.tls {
-            None => {
+        let client = match (&options.sentinel, &options.tls) {
+            (Some(target), _) => {
+                let mut sentinel = redis::sentinel::Sentinel::build(vec![target.sentinel.as_str()])
+                    .map_err(|e| redis_error(&label, "bad sentinel address", e))?;
+                let mut login = redis::RedisConnectionInfo::default().set_db(options.db);
+                if let Some(user) = &target.username {
+                    login = login.set_username(user);
+                }
+                if let Some(password) = &target.password {
+                    login = login.set_password(password);
+                }
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(login);
+                let master = sentinel
+                    .async_master_for(&target.master_name, Some(&node))
+                    .await;
+                master.map_err(|e| {
+                    redis_error(
+                        &label,
+                        &format!("no master {:?} from the sentinel", target.master_name),
+                        e,
+                    )
+                })?
+            }
+            (None, None) => {
                 if options.client_url.starts_with("rediss://") {
                     install_crypto_provider();
                 }
                 redis::Client::open(options.client_url.as_str())
+                    .map_err(|e| redis_error(&label, "bad connection parameters", e))?
             }
-            Some(files) => {
+            (None, Some(files)) => {
                 install_crypto_provider();
                 let read = |path: &str| {
                     std::fs::read(path).map_err(|e| {
@@ -732,9 +794,9 @@ impl RedisBackend {
                         root_cert,
                     },
                 )
+                .map_err(|e| redis_error(&label, "bad connection parameters", e))?
             }
-        }
-        .map_err(|e| redis_error(&label, "bad connection parameters", e))?;
+        };
         let conn = client
             .get_multiplexed_async_connection()
             .await

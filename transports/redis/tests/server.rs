@@ -117,3 +117,53 @@ async fn a_queue_with_an_expiry_disappears_when_unused() {
     assert!(gone, "the unused queue's list expired");
     assert_eq!(conn.queue_size("short-lived").await.expect("size"), 0);
 }
+
+#[tokio::test]
+async fn sentinel_urls_find_the_master() {
+    if !server_up() {
+        return;
+    }
+    let sentinel_up = redis::Client::open("redis://127.0.0.1:26379")
+        .and_then(|c| c.get_connection())
+        .is_ok();
+    if !sentinel_up {
+        let why = "no Redis Sentinel on 127.0.0.1:26379 (scripts/test starts one)";
+        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
+            panic!("{why}; KOMBU_TEST_REQUIRE is set, so this is a failure");
+        }
+        eprintln!("skipped: {why}");
+        return;
+    }
+    kombu_redis::register();
+    let pfx = prefix();
+    // The first sentinel of the list is down: failover moves on to the live one.
+    let url = format!(
+        "sentinel://127.0.0.1:1/0?master_name=kombu-test&global_keyprefix={pfx};\
+         sentinel://127.0.0.1:26379/0?master_name=kombu-test&global_keyprefix={pfx}"
+    );
+    let conn = Connection::open(&url).await.expect("through the sentinel");
+    conn.declare_queue(&Queue::new("via-sentinel"))
+        .await
+        .expect("declare");
+    conn.producer()
+        .routing_key("via-sentinel")
+        .publish("found the master")
+        .await
+        .expect("publish");
+    // The message is on the master the sentinel named (6379).
+    let direct = Connection::open(&format!("redis://127.0.0.1:6379/0?global_keyprefix={pfx}"))
+        .await
+        .expect("direct");
+    assert_eq!(direct.queue_size("via-sentinel").await.expect("size"), 1);
+    direct.purge("via-sentinel").await.expect("purge");
+
+    let err = Connection::open("sentinel://127.0.0.1:26379/0?master_name=no-such-master")
+        .await
+        .expect_err("an unknown master");
+    assert!(err.to_string().contains("no-such-master"), "{err}");
+    assert!(
+        Connection::open("sentinel://127.0.0.1:26379/0")
+            .await
+            .is_err()
+    );
+}
