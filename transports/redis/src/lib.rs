@@ -63,8 +63,9 @@
 //!
 //! * `sentinel://host:26379[/db]?master_name=<name>` asks that sentinel for the master's
 //!   address and connects to it (user and password from the URL are the master's). Several
-//!   sentinels are `;`-separated URLs, tried in turn as failover alternatives. Priorities follow kombu's buckets, not AMQP's
-//! order, so the capability is off.
+//!   sentinels are `;`-separated URLs, tried in turn as failover alternatives.
+//!
+//! Priorities follow kombu's buckets, not AMQP's order, so the `priorities` capability is off.
 #![deny(missing_docs, unsafe_code)]
 
 use std::collections::HashMap;
