@@ -426,37 +426,69 @@ impl Transport for RedisTransport {
 /// counter) in the owner hash (`KEYS[3]`), in the same atomic step. Returns
 /// `[payload, list index, payload, list index, ...]`.
 const TAKE: &str = r#"
-local max = tonumber(ARGV[1])
-local lease = ARGV[3] ~= '0'
-local out = {}
-local count = 0
-for i = 4, #KEYS do
-  while count < max do
-    local raw = redis.call('RPOP', KEYS[i])
-    if not raw then break end
-    if lease then
-      local ok, env = pcall(cjson.decode, raw)
-      local tag, ex, rk = nil, '', ''
-      if ok and type(env) == 'table' and type(env['properties']) == 'table' then
-        local p = env['properties']
-        tag = p['delivery_tag']
-        local di = p['delivery_info']
-        if type(di) == 'table' then
-          if type(di['exchange']) == 'string' then ex = di['exchange'] end
-          if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
-        end
-      end
-      if type(tag) == 'string' then
-        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-        redis.call('HSET', KEYS[3], tag, ARGV[4] .. ':' .. count)
+-- The delivery tag, exchange and routing key of an envelope. kombu's writers put one plain
+-- "delivery_tag" and a "delivery_info" of plain strings, found without decoding the JSON;
+-- anything else (escapes, repeated keys) takes the full decode.
+local function meta(raw)
+  local at = string.find(raw, '"delivery_tag": "', 1, true)
+  if at and not string.find(raw, '"delivery_tag": "', at + 1, true) then
+    local tag = string.match(raw, '^([^"\\]*)"', at + 17)
+    local info = string.find(raw, '"delivery_info": {"exchange": "', 1, true)
+    if tag and info then
+      local ex = string.match(raw, '^([^"\\]*)", "routing_key": "', info + 31)
+      if ex then
+        local rk = string.match(raw, '^([^"\\]*)"', info + 31 + #ex + 19)
+        if rk then return tag, ex, rk end
       end
     end
-    out[#out + 1] = raw
-    out[#out + 1] = ARGV[4] .. ':' .. count
-    count = count + 1
   end
+  local ok, env = pcall(cjson.decode, raw)
+  local tag, ex, rk = nil, '', ''
+  if ok and type(env) == 'table' and type(env['properties']) == 'table' then
+    local p = env['properties']
+    tag = p['delivery_tag']
+    local di = p['delivery_info']
+    if type(di) == 'table' then
+      if type(di['exchange']) == 'string' then ex = di['exchange'] end
+      if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+    end
+  end
+  return tag, ex, rk
+end
+
+local max = tonumber(ARGV[1])
+local lease = ARGV[3] ~= '0'
+local out, scores, entries, owners = {}, {}, {}, {}
+local count = 0
+for i = 4, #KEYS do
   if count >= max then break end
+  local got = redis.call('RPOP', KEYS[i], max - count)
+  if got then
+    for _, raw in ipairs(got) do
+      count = count + 1
+      local token = ARGV[4] .. ':' .. count
+      if lease then
+        local tag, ex, rk = meta(raw)
+        if type(tag) == 'string' then
+          scores[#scores + 1] = ARGV[2]
+          scores[#scores + 1] = tag
+          entries[#entries + 1] = tag
+          entries[#entries + 1] = '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
+          owners[#owners + 1] = tag
+          owners[#owners + 1] = token
+        end
+      end
+      out[#out + 1] = raw
+      out[#out + 1] = token
+    end
+  end
+end
+-- One call each for the whole batch (in slices, to stay within Lua's argument limit).
+for s = 1, #scores, 1000 do
+  local e = math.min(s + 999, #scores)
+  redis.call('ZADD', KEYS[2], unpack(scores, s, e))
+  redis.call('HSET', KEYS[1], unpack(entries, s, e))
+  redis.call('HSET', KEYS[3], unpack(owners, s, e))
 end
 return out
 "#;
@@ -485,18 +517,20 @@ return 0
 /// (unacked), `KEYS[2]` (unacked_index) and the owner hash. A late settlement of an older take
 /// does nothing.
 const SETTLE: &str = r#"
-local done = 0
-for i = 1, #ARGV, 2 do
-  local tag = ARGV[i]
-  local owner = redis.call('HGET', KEYS[3], tag)
-  if owner == false or owner == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], tag)
-    redis.call('ZREM', KEYS[2], tag)
-    redis.call('HDEL', KEYS[3], tag)
-    done = done + 1
-  end
+local tags = {}
+for i = 1, #ARGV, 2 do tags[#tags + 1] = ARGV[i] end
+local owners = redis.call('HMGET', KEYS[3], unpack(tags))
+local done = {}
+for n, tag in ipairs(tags) do
+  local owner = owners[n]
+  if owner == false or owner == ARGV[2 * n] then done[#done + 1] = tag end
 end
-return done
+if #done > 0 then
+  redis.call('HDEL', KEYS[1], unpack(done))
+  redis.call('ZREM', KEYS[2], unpack(done))
+  redis.call('HDEL', KEYS[3], unpack(done))
+end
+return #done
 "#;
 
 /// Moves the lease of tag `ARGV[1]` to score `ARGV[3]` if take `ARGV[2]` still holds it.
