@@ -39,6 +39,7 @@ use crate::connection::Connection;
 use crate::error::Result;
 
 mod scenarios;
+pub mod support;
 
 pub use scenarios::*;
 

@@ -12,6 +12,7 @@
 //! interpreter is `$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv/bin/python` (with Celery);
 //! without one the test fails when `KOMBU_TEST_REQUIRE` is set and is skipped otherwise.
 
+use kombu_core::conformance::support::python;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,24 +21,6 @@ use kombu_core::{Connection, Headers, Queue, Value};
 use serde_json::{Value as Json, json};
 
 const GUARD: Duration = Duration::from_secs(60);
-
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            let venv = PathBuf::from(home).join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        });
-    if candidate.is_none() {
-        let hint = "no Python with Celery: run scripts/python-env and set KOMBU_PYTHON";
-        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
-            panic!("{hint} (KOMBU_TEST_REQUIRE is set, so this is a failure)");
-        }
-        eprintln!("skipped: {hint}");
-    }
-    candidate
-}
 
 fn server() -> String {
     std::env::var("KOMBU_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())

@@ -17,10 +17,10 @@
 //! Timeouts (60 s) only guard against hanging; nothing here asserts how fast anything is.
 //! The server is `$KOMBU_REDIS_URL` (default `redis://127.0.0.1:6379/0`).
 
+use kombu_core::conformance::support::{KillOnDrop, lines};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -113,16 +113,6 @@ async fn child(url: &str) {
     drop(held);
 }
 
-/// Kills the child if the parent fails before it does.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Deletes every key under `prefix`.
 async fn clean(prefix: &str) {
     let Ok(client) = redis::Client::open(server()) else {
@@ -174,15 +164,7 @@ async fn parent() {
             .expect("spawn the child consumer"),
     );
     let stdout = child.0.stdout.take().expect("child stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines(stdout);
     let mut acked = HashSet::new();
     let mut held = HashSet::new();
     let deadline = Instant::now() + GUARD;

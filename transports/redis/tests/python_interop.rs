@@ -14,6 +14,7 @@
 //! and redis-py), else `~/.cache/kombu-rs/venv/bin/python` when it exists. Without one the tests
 //! fail when `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
 
+use kombu_core::conformance::support::{KillOnDrop, lines, python};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -46,24 +47,6 @@ const CASES: [&str; 10] = [
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The child consumer's role (see `holder_child`): `URL\tQUEUE\tACK\tHOLD`.
 const HOLDER_ENV: &str = "KOMBU_REDIS_INTEROP_HOLDER";
-
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            let venv = PathBuf::from(home).join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        });
-    if candidate.is_none() {
-        let hint = "no Python with kombu: run scripts/python-env and set KOMBU_PYTHON";
-        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
-            panic!("{hint} (KOMBU_TEST_REQUIRE is set, so this is a failure)");
-        }
-        eprintln!("skipped: {hint}");
-    }
-    candidate
-}
 
 fn server() -> String {
     std::env::var("KOMBU_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
@@ -697,16 +680,6 @@ async fn acks_cross_sides() {
     space.clean().await;
 }
 
-/// Kills the child if the test fails before it does.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The child role of `python_recovers_what_a_killed_rust_consumer_held`: consumes from the
 /// queue, acks the first ACK deliveries, holds the next HOLD unsettled, prints `ACKED id` /
 /// `HELD id` lines and `READY`, and waits to be killed. A no-op unless `HOLDER_ENV` is set.
@@ -789,15 +762,7 @@ async fn python_recovers_what_a_killed_rust_consumer_held() {
             .expect("spawn the child consumer"),
     );
     let stdout = child.0.stdout.take().expect("child stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines(stdout);
     let mut acked = BTreeSet::new();
     let mut held = BTreeSet::new();
     loop {

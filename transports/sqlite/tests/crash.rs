@@ -16,11 +16,11 @@
 //!
 //! Timeouts (120 s) only guard against hanging; nothing here asserts how fast anything is.
 
+use kombu_core::conformance::support::{KillOnDrop, lines};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -139,16 +139,6 @@ impl Drop for TempDb {
     }
 }
 
-/// Kills the child if the parent fails before it does.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn parent() {
     kombu_sqlite::register();
     let db = TempDb::new("crash");
@@ -177,15 +167,7 @@ async fn parent() {
             .expect("spawn the child consumer"),
     );
     let stdout = child.0.stdout.take().expect("child stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines(stdout);
     let mut acked = HashSet::new();
     let mut held = HashSet::new();
     let deadline = Instant::now() + GUARD;

@@ -12,6 +12,7 @@
 //! SQLAlchemy), else `~/.cache/kombu-rs/venv/bin/python` when it exists. Without one the tests
 //! fail when `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
 
+use kombu_core::conformance::support::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,24 +27,6 @@ const TEXT: &str = "h\u{e9}llo \u{2713} plain text";
 const BYTES: &[u8] = b"\x00\xff\x01binary\x80";
 /// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            let venv = PathBuf::from(home).join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        });
-    if candidate.is_none() {
-        let hint = "no Python with kombu: run scripts/python-env and set KOMBU_PYTHON";
-        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
-            panic!("{hint} (KOMBU_TEST_REQUIRE is set, so this is a failure)");
-        }
-        eprintln!("skipped: {hint}");
-    }
-    candidate
-}
 
 fn script() -> PathBuf {
     // The directory cargo runs the test in, read at run time: a test binary compiled in another
