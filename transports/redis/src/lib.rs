@@ -85,6 +85,8 @@ use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
+mod watch;
+
 /// Registers the `redis` and `redis+socket` URL schemes (idempotent).
 pub fn register() {
     static ONCE: Once = Once::new();
@@ -351,15 +353,6 @@ impl Options {
     fn queues_key(&self) -> String {
         format!("{}_kombu_rs.queues", self.prefix)
     }
-
-    /// Which take of a delivery tag is current (a tag keeps its value across redeliveries).
-    fn owner_key(&self) -> String {
-        format!("{}_kombu_rs.unacked_owner", self.prefix)
-    }
-
-    fn wake_channel(&self) -> String {
-        format!("{}_kombu_rs.wake.{}", self.prefix, self.db)
-    }
 }
 
 fn enc(s: &str) -> String {
@@ -420,66 +413,33 @@ impl Transport for RedisTransport {
     }
 }
 
-/// Pops up to `ARGV[1]` messages from the lists in `KEYS[4..]` (in order) and, unless
+/// Pops up to `ARGV[1]` messages from the lists in `KEYS[3..]` (in order) and, unless
 /// `ARGV[3]` is `0` (no-ack), records each in kombu's `unacked` hash (`KEYS[1]`) and
-/// `unacked_index` (`KEYS[2]`, score `ARGV[2]`), and the take's token (`ARGV[4]` and a
-/// counter) in the owner hash (`KEYS[3]`), in the same atomic step. Returns
-/// `[payload, list index, payload, list index, ...]`.
+/// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) in the same atomic step. The n-th message
+/// taken is recorded under the field `ARGV[4] .. n` (the take's token, unique per take), with
+/// the value `[<envelope>` .. `ARGV[5]` (`, "", "<queue>"]`: kombu's `[envelope, exchange,
+/// routing_key]`, naming the default exchange and the queue, so whoever restores it, Python
+/// kombu or kombu-rs, returns it to the queue it was taken from). Returns the envelopes.
+///
+/// A field names one take, not the message: after a restore the message is taken again under
+/// a new field, so a late settlement of an earlier take touches nothing.
 const TAKE: &str = r#"
--- The delivery tag, exchange and routing key of an envelope. kombu's writers put one plain
--- "delivery_tag" and a "delivery_info" of plain strings, found without decoding the JSON;
--- anything else (escapes, repeated keys) takes the full decode.
-local function meta(raw)
-  local at = string.find(raw, '"delivery_tag": "', 1, true)
-  if at and not string.find(raw, '"delivery_tag": "', at + 1, true) then
-    local tag = string.match(raw, '^([^"\\]*)"', at + 17)
-    local info = string.find(raw, '"delivery_info": {"exchange": "', 1, true)
-    if tag and info then
-      local ex = string.match(raw, '^([^"\\]*)", "routing_key": "', info + 31)
-      if ex then
-        local rk = string.match(raw, '^([^"\\]*)"', info + 31 + #ex + 19)
-        if rk then return tag, ex, rk end
-      end
-    end
-  end
-  local ok, env = pcall(cjson.decode, raw)
-  local tag, ex, rk = nil, '', ''
-  if ok and type(env) == 'table' and type(env['properties']) == 'table' then
-    local p = env['properties']
-    tag = p['delivery_tag']
-    local di = p['delivery_info']
-    if type(di) == 'table' then
-      if type(di['exchange']) == 'string' then ex = di['exchange'] end
-      if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
-    end
-  end
-  return tag, ex, rk
-end
-
 local max = tonumber(ARGV[1])
 local lease = ARGV[3] ~= '0'
-local out, scores, entries, owners = {}, {}, {}, {}
-local count = 0
-for i = 4, #KEYS do
-  if count >= max then break end
-  local got = redis.call('RPOP', KEYS[i], max - count)
+local out, scores, entries = {}, {}, {}
+for i = 3, #KEYS do
+  if #out >= max then break end
+  local got = redis.call('RPOP', KEYS[i], max - #out)
   if got then
     for _, raw in ipairs(got) do
-      count = count + 1
-      local token = ARGV[4] .. ':' .. count
-      if lease then
-        local tag, ex, rk = meta(raw)
-        if type(tag) == 'string' then
-          scores[#scores + 1] = ARGV[2]
-          scores[#scores + 1] = tag
-          entries[#entries + 1] = tag
-          entries[#entries + 1] = '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
-          owners[#owners + 1] = tag
-          owners[#owners + 1] = token
-        end
-      end
       out[#out + 1] = raw
-      out[#out + 1] = token
+      if lease then
+        local field = ARGV[4] .. #out
+        scores[#scores + 1] = ARGV[2]
+        scores[#scores + 1] = field
+        entries[#entries + 1] = field
+        entries[#entries + 1] = '[' .. raw .. ARGV[5]
+      end
     end
   end
 end
@@ -488,56 +448,22 @@ for s = 1, #scores, 1000 do
   local e = math.min(s + 999, #scores)
   redis.call('ZADD', KEYS[2], unpack(scores, s, e))
   redis.call('HSET', KEYS[1], unpack(entries, s, e))
-  redis.call('HSET', KEYS[3], unpack(owners, s, e))
 end
 return out
 "#;
 
-/// Moves an unacked message back: when `KEYS[1]` (unacked) still holds `ARGV[1]` (the tag)
-/// and the owner hash `KEYS[3]` names take `ARGV[3]` (or anyone, when `ARGV[3]` is empty, or
-/// no one, for Python's deliveries), removes it from there, from `KEYS[2]` (unacked_index)
-/// and from the owner hash, and `RPUSH`es `ARGV[2]` (the redelivered envelope) onto every
-/// list in `KEYS[4..]`. Returns 1 when it moved it.
+/// Moves an unacked message back: when `KEYS[1]` (unacked) still holds the field `ARGV[1]`,
+/// removes it from there and from `KEYS[2]` (unacked_index) and `RPUSH`es `ARGV[2]` (the
+/// redelivered envelope) onto every list in `KEYS[3..]`. Returns 1 when it moved it.
 const RESTORE: &str = r#"
-local owner = redis.call('HGET', KEYS[3], ARGV[1])
-if ARGV[3] ~= '' and owner ~= false and owner ~= ARGV[3] then return 0 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  for i = 4, #KEYS do
+  for i = 3, #KEYS do
     redis.call('RPUSH', KEYS[i], ARGV[2])
   end
   return 1
 end
 return 0
-"#;
-
-/// Settles unacked messages: for each pair (tag, take) in `ARGV`, when the owner hash
-/// `KEYS[3]` names that take for the tag (or no take), removes the tag from `KEYS[1]`
-/// (unacked), `KEYS[2]` (unacked_index) and the owner hash. A late settlement of an older take
-/// does nothing.
-const SETTLE: &str = r#"
-local tags = {}
-for i = 1, #ARGV, 2 do tags[#tags + 1] = ARGV[i] end
-local owners = redis.call('HMGET', KEYS[3], unpack(tags))
-local done = {}
-for n, tag in ipairs(tags) do
-  local owner = owners[n]
-  if owner == false or owner == ARGV[2 * n] then done[#done + 1] = tag end
-end
-if #done > 0 then
-  redis.call('HDEL', KEYS[1], unpack(done))
-  redis.call('ZREM', KEYS[2], unpack(done))
-  redis.call('HDEL', KEYS[3], unpack(done))
-end
-return #done
-"#;
-
-/// Moves the lease of tag `ARGV[1]` to score `ARGV[3]` if take `ARGV[2]` still holds it.
-const EXTEND: &str = r#"
-local owner = redis.call('HGET', KEYS[3], ARGV[1])
-if owner ~= false and owner ~= ARGV[2] then return 0 end
-return redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
 "#;
 
 /// Releases `KEYS[1]` if it still holds our token `ARGV[1]`.
@@ -552,12 +478,13 @@ return 0
 /// acked. If the process dies with acks still queued, those messages come back after the
 /// visibility timeout (at-least-once, as when a consumer dies before acking).
 struct AckQueue {
-    pending: Mutex<Vec<(String, String)>>,
+    /// Fields of `unacked` (one per take) whose messages were settled.
+    pending: Mutex<Vec<String>>,
     flushing: tokio::sync::Mutex<()>,
     running: std::sync::atomic::AtomicBool,
     conn: MultiplexedConnection,
-    settle: redis::Script,
-    keys: [String; 3],
+    /// `unacked` and `unacked_index`.
+    keys: [String; 2],
     label: String,
 }
 
@@ -574,43 +501,20 @@ impl AckQueue {
         }
     }
 
-    async fn write(&self, batch: &[(String, String)]) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let build = |hash: &str| {
-            let mut pipe = redis::pipe();
-            // One script call per 500 settlements: few calls, none too long for the server.
-            for chunk in batch.chunks(500) {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(hash)
-                    .arg(3)
-                    .arg(&self.keys[0])
-                    .arg(&self.keys[1])
-                    .arg(&self.keys[2]);
-                for (tag, take) in chunk {
-                    cmd.arg(tag).arg(take);
-                }
-                cmd.ignore();
-            }
-            pipe
-        };
-        let first: redis::RedisResult<()> =
-            build(self.settle.get_hash()).query_async(&mut conn).await;
-        match first {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // The server lost its script cache (restart, SCRIPT FLUSH): load and retry.
-                self.settle
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| redis_error(&self.label, "load the ack script", e))?;
-                build(self.settle.get_hash())
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| redis_error(&self.label, "ack", e))
-            }
-            Err(e) => Err(redis_error(&self.label, "ack", e)),
+    /// kombu's ack (`HDEL unacked`, `ZREM unacked_index`) for a batch, in one transaction.
+    async fn write(&self, batch: &[String]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for chunk in batch.chunks(1000) {
+            pipe.hdel(&self.keys[0], chunk)
+                .ignore()
+                .zrem(&self.keys[1], chunk)
+                .ignore();
         }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| redis_error(&self.label, "ack", e))
     }
 }
 
@@ -703,11 +607,14 @@ struct RedisBackend {
     label: String,
     take: redis::Script,
     restore: redis::Script,
-    extend: redis::Script,
     unlock: redis::Script,
     topology: TopologyCache,
     last_sweep: Mutex<Option<Instant>>,
+    /// Wakes this connection's idle consumers: its own publishes and restores, fanout
+    /// messages received.
     wake: Arc<tokio::sync::Notify>,
+    /// Blocking waits for what other connections push.
+    watchers: watch::Watchers,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     acks: Arc<AckQueue>,
     fanout: Arc<Fanout>,
@@ -836,26 +743,18 @@ impl RedisBackend {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| redis_error(&label, "cannot connect", e))?;
-        let settle = redis::Script::new(SETTLE);
-        let mut loader = conn.clone();
-        settle
-            .load_async(&mut loader)
-            .await
-            .map_err(|e| redis_error(&label, "load the ack script", e))?;
         let acks = Arc::new(AckQueue {
             pending: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
             running: std::sync::atomic::AtomicBool::new(false),
             conn: conn.clone(),
-            settle: settle.clone(),
-            keys: [
-                options.unacked.clone(),
-                options.unacked_index.clone(),
-                options.owner_key(),
-            ],
+            keys: [options.unacked.clone(), options.unacked_index.clone()],
             label: label.clone(),
         });
+        let watchers =
+            watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
+            watchers,
             acks,
             conn,
             client,
@@ -863,7 +762,6 @@ impl RedisBackend {
             label,
             take: redis::Script::new(TAKE),
             restore: redis::Script::new(RESTORE),
-            extend: redis::Script::new(EXTEND),
             unlock: redis::Script::new(UNLOCK),
             topology: TopologyCache::new(TOPOLOGY_TTL),
             last_sweep: Mutex::new(None),
@@ -883,16 +781,15 @@ impl RedisBackend {
         self.topology.clear();
     }
 
-    /// Starts (once) this backend's PUB/SUB connection: our publishers' wake-ups, and the
-    /// topics of fanout exchanges that queues of this process are bound to. It reconnects
-    /// and resubscribes after a failure.
+    /// Starts (once) this backend's PUB/SUB connection for the topics of fanout exchanges
+    /// that queues of this process are bound to. It reconnects and resubscribes after a
+    /// failure.
     fn ensure_listener(&self) {
         let mut slot = self.listener.lock();
         if slot.is_some() {
             return;
         }
         let client = self.client.clone();
-        let channel = self.options.wake_channel();
         let wake = self.wake.clone();
         let fanout = self.fanout.clone();
         *slot = Some(tokio::spawn(async move {
@@ -904,7 +801,7 @@ impl RedisBackend {
                             let mut slot = fanout.sink.lock().await;
                             let patterns: Vec<String> =
                                 fanout.queues.lock().values().flatten().cloned().collect();
-                            let mut ok = sink.subscribe(&channel).await.is_ok();
+                            let mut ok = true;
                             for p in patterns {
                                 ok &= sink.psubscribe(&p).await.is_ok();
                             }
@@ -913,9 +810,7 @@ impl RedisBackend {
                         };
                         if subscribed {
                             while let Some(msg) = futures::StreamExt::next(&mut stream).await {
-                                if msg.get_channel_name() == channel {
-                                    wake.notify_waiters();
-                                } else if let Ok(pattern) = msg.get_pattern::<String>()
+                                if let Ok(pattern) = msg.get_pattern::<String>()
                                     && fanout.deliver(&pattern, msg.get_payload_bytes())
                                 {
                                     wake.notify_waiters();
@@ -926,8 +821,8 @@ impl RedisBackend {
                     }
                     Err(err) => tracing::debug!(error = %err, "redis PUB/SUB connection"),
                 }
-                // Reconnect after a broken subscription; pollers cover the gap for lists
-                // (fanout messages published meanwhile are lost, as in kombu).
+                // Reconnect after a broken subscription (fanout messages published meanwhile
+                // are lost, as in kombu).
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }));
@@ -1006,7 +901,6 @@ impl RedisBackend {
         if locked.is_none() {
             return Ok(()); // another consumer is sweeping
         }
-        let due: Vec<(String, String)> = due.into_iter().map(|t| (t, String::new())).collect();
         let result = self.restore_tags(&due, None).await;
         let _: i64 = self
             .unlock
@@ -1018,32 +912,34 @@ impl RedisBackend {
         result
     }
 
-    /// Restores unacked messages by tag: to `queue` when known (our own deliveries), else to
-    /// the queues their exchange routes them to now (kombu's rule for what Python took).
-    async fn restore_tags(&self, tags: &[(String, String)], queue: Option<&str>) -> Result<()> {
+    /// Restores unacked messages by their `unacked` field: to `queue` when known (our own
+    /// deliveries), else to the queues their exchange routes them to now (kombu's rule; what
+    /// kombu-rs took names the default exchange and its queue, so it goes back there).
+    async fn restore_tags(&self, fields: &[String], queue: Option<&str>) -> Result<()> {
         let mut conn = self.conn.clone();
         let o = &self.options;
-        for (tag, token) in tags {
+        for field in fields {
             let stored: Option<String> = conn
-                .hget(&o.unacked, tag)
+                .hget(&o.unacked, field)
                 .await
                 .map_err(self.err("read unacked"))?;
-            let Some(stored) = stored else {
-                // Settled meanwhile; drop a stale index entry.
-                let _: i64 = conn
-                    .zrem(&o.unacked_index, tag)
-                    .await
-                    .map_err(self.err("clean unacked_index"))?;
-                continue;
-            };
-            let (env, exchange, routing_key) = match parse_unacked(&stored) {
-                Ok(parts) => parts,
-                Err(err) => {
-                    tracing::warn!(url = %self.label, %tag, error = %err, "unreadable unacked entry left in place");
+            let parsed = stored.as_deref().map(parse_unacked);
+            let (mut env, exchange, routing_key) = match parsed {
+                Some(Ok(parts)) => parts,
+                None | Some(Err(_)) => {
+                    if let Some(Err(err)) = parsed {
+                        // Nobody can read it (Python's sweep neither): out of the index, so
+                        // sweeps do not stall on it; the entry stays in the hash to inspect.
+                        tracing::error!(url = %self.label, %field, error = %err, "unreadable unacked entry taken out of unacked_index");
+                    }
+                    // Settled meanwhile (or unreadable): drop the index entry.
+                    let _: i64 = conn
+                        .zrem(&o.unacked_index, field)
+                        .await
+                        .map_err(self.err("clean unacked_index"))?;
                     continue;
                 }
             };
-            let mut env = env;
             env.redelivered = true;
             let queues: Vec<String> = match queue {
                 Some(q) => vec![q.to_owned()],
@@ -1053,11 +949,11 @@ impl RedisBackend {
                 }
             };
             let mut script = self.restore.key(&o.unacked);
-            script.key(&o.unacked_index).key(o.owner_key());
+            script.key(&o.unacked_index);
             for q in &queues {
                 script.key(o.list_key(q, priority_of(&env)));
             }
-            script.arg(tag).arg(payload(&env)).arg(token);
+            script.arg(field).arg(payload(&env));
             let _: i64 = script
                 .invoke_async(&mut conn)
                 .await
@@ -1130,13 +1026,13 @@ fn is_fanout_receipt(receipt: &Receipt) -> bool {
     matches!(receipt, Receipt::Key(key) if key.starts_with(FANOUT_RECEIPT))
 }
 
-/// A receipt is `<delivery tag>\n<take token>`.
-fn split_receipt(receipt: &Receipt) -> Result<(&str, &str)> {
+/// A receipt is the message's field in `unacked` (one per take).
+fn field_of(receipt: &Receipt) -> Result<&str> {
     match receipt {
-        Receipt::Key(key) => Ok(key.split_once('\n').unwrap_or((key.as_str(), ""))),
+        Receipt::Key(key) => Ok(key),
         Receipt::Id(_) => Err(Error::new(
             ErrorKind::Settlement,
-            "redis receipts are delivery tags",
+            "redis receipts are unacked fields",
         )),
     }
 }
@@ -1424,12 +1320,13 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        pipe.publish(self.options.wake_channel(), "1").ignore();
         let mut conn = self.conn.clone();
         let _: () = pipe
             .query_async(&mut conn)
             .await
             .map_err(self.err("publish"))?;
+        // This connection's idle consumers look at once; others' watchers see the push.
+        self.wake.notify_waiters();
         Ok(Vec::new())
     }
 
@@ -1472,12 +1369,19 @@ impl Backend for RedisBackend {
         };
         let keys = o.list_keys(queue);
         let mut script = self.take.key(&o.unacked);
-        script.key(&o.unacked_index).key(o.owner_key());
+        script.key(&o.unacked_index);
         for k in &keys {
             script.key(k);
         }
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        script.arg(max.max(1)).arg(score).arg(lease).arg(&token);
+        // Fields are `<token>:<n>`; the token is unique per take.
+        let token = format!("{}:", uuid::Uuid::new_v4().simple());
+        let suffix = format!(", \"\", {}]", serde_json::Value::from(queue));
+        script
+            .arg(max)
+            .arg(score)
+            .arg(lease)
+            .arg(&token)
+            .arg(&suffix);
         let mut conn = self.conn.clone();
         let raw: Vec<Vec<u8>> = script
             .invoke_async(&mut conn)
@@ -1494,25 +1398,26 @@ impl Backend for RedisBackend {
                 .await
                 .map_err(self.err("refresh queue expiry"))?;
         }
-        for pair in raw.chunks(2) {
-            let (Some(body), Some(take)) = (pair.first(), pair.get(1)) else {
-                continue;
-            };
+        fetched.taken.reserve(raw.len());
+        let mut unreadable = Vec::new();
+        for (n, body) in raw.iter().enumerate() {
+            let field = format!("{token}{}", n + 1);
             match envelope::decode(body) {
-                Ok(env) => {
-                    let receipt =
-                        Receipt::Key(format!("{}\n{}", env.tag, String::from_utf8_lossy(take)));
-                    fetched.taken.push(Taken {
-                        envelope: Arc::new(env),
-                        receipt,
-                    });
-                }
+                Ok(env) => fetched.taken.push(Taken {
+                    envelope: Arc::new(env),
+                    receipt: Receipt::Key(field),
+                }),
                 Err(err) => {
-                    // kombu would fail on it too; it stays in `unacked` (when it had a tag)
-                    // for whoever can read it, and is not handed out.
-                    tracing::warn!(url = %self.label, %queue, error = %err, "unreadable message skipped");
+                    // Not a kombu envelope: nobody can consume it (kombu fails on it too).
+                    // Dropped, so that it does not come back forever.
+                    tracing::error!(url = %self.label, %queue, error = %err, body = %String::from_utf8_lossy(body), "unreadable message dropped");
+                    unreadable.push(field);
                 }
             }
+        }
+        if !unreadable.is_empty() && lease == "1" {
+            self.acks.pending.lock().extend(unreadable);
+            spawn_flusher(self.acks.clone());
         }
         Ok(fetched)
     }
@@ -1521,10 +1426,10 @@ impl Backend for RedisBackend {
         if is_fanout_receipt(receipt) {
             return Ok(()); // nothing in Redis to settle
         }
-        let (tag, take) = split_receipt(receipt)?;
+        let field = field_of(receipt)?;
         let queued = {
             let mut pending = self.acks.pending.lock();
-            pending.push((tag.to_owned(), take.to_owned()));
+            pending.push(field.to_owned());
             pending.len()
         };
         if queued >= 256 {
@@ -1557,8 +1462,7 @@ impl Backend for RedisBackend {
             self.wake.notify_waiters();
             return Ok(());
         }
-        let (tag, take) = split_receipt(receipt)?;
-        self.restore_tags(&[(tag.to_owned(), take.to_owned())], Some(queue))
+        self.restore_tags(&[field_of(receipt)?.to_owned()], Some(queue))
             .await
     }
 
@@ -1567,19 +1471,17 @@ impl Backend for RedisBackend {
         if is_fanout_receipt(receipt) {
             return Ok(()); // held in this process, no lease to extend
         }
-        let (tag, take) = split_receipt(receipt)?;
+        let field = field_of(receipt)?;
         let o = &self.options;
         let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .extend
-            .key(&o.unacked)
-            .key(&o.unacked_index)
-            .key(o.owner_key())
-            .arg(tag)
-            .arg(take)
+        // XX: only a lease this take still holds (a restored message's field is gone).
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&o.unacked_index)
+            .arg("XX")
             .arg(score)
-            .invoke_async(&mut conn)
+            .arg(field)
+            .query_async(&mut conn)
             .await
             .map_err(self.err("extend lease"))?;
         Ok(())
@@ -1646,19 +1548,28 @@ impl Backend for RedisBackend {
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
         self.acks.flush().await?;
-        self.ensure_listener();
-        let deadline = Instant::now() + timeout;
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        self.sweep().await?;
+        if queues.iter().any(|q| self.fanout.len(q) > 0) {
+            return Ok(());
+        }
+        let keys: Vec<String> = queues
+            .iter()
+            .filter(|q| !self.fanout.is_fanout_queue(q))
+            .flat_map(|q| self.options.list_keys(q))
+            .collect();
+        if self.watchers.wait(&keys, timeout, &mut notified).await {
+            return Ok(());
+        }
+        // No blocking wait possible: look every so often, backing off to `polling_interval`.
+        let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         loop {
-            self.sweep().await?;
             let mut pipe = redis::pipe();
-            for q in queues {
-                for k in self.options.list_keys(q) {
-                    pipe.llen(k);
-                }
+            for k in &keys {
+                pipe.llen(k);
             }
             let mut conn = self.conn.clone();
             let lens: Vec<u64> = pipe
@@ -1677,6 +1588,7 @@ impl Backend for RedisBackend {
                 _ = tokio::time::sleep(pause.min(left)) => {}
             }
             pause = (pause * 2).min(self.options.polling_interval.max(Duration::from_millis(5)));
+            self.sweep().await?;
         }
     }
 }

@@ -167,3 +167,94 @@ async fn sentinel_urls_find_the_master() {
             .is_err()
     );
 }
+
+/// The names of the connections blocked in `BLMOVE` right now.
+fn blocked_watchers(admin: &mut redis::Connection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(admin)
+        .expect("client list");
+    list.lines()
+        .filter(|l| l.contains(" cmd=blmove ") && l.contains(" flags=b "))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("name="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn idle_consumers_block_on_the_server_and_leave_the_list_as_it_was() {
+    use futures::StreamExt;
+    use kombu_core::virtual_transport::{Envelope, envelope};
+
+    if !server_up() {
+        return;
+    }
+    kombu_redis::register();
+    let pfx = prefix();
+    // A polling interval far beyond the test: only a blocking wait can be what wakes.
+    let url = format!("redis://127.0.0.1:6379/0?global_keyprefix={pfx}&polling_interval=3600");
+    let conn = Connection::open(&url).await.expect("open");
+    conn.declare_queue(&Queue::new("q")).await.expect("declare");
+    let mut consumer = conn
+        .consumer([Queue::new("q")])
+        .build()
+        .await
+        .expect("consumer");
+    let mut next = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let delivery = consumer
+                .next()
+                .await
+                .expect("open stream")
+                .expect("delivery");
+            got.push(delivery.body().to_vec());
+            delivery.ack().await.expect("ack");
+        }
+        got
+    });
+
+    // The idle consumer's watcher blocks on the queue's list (one per priority bucket).
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("client");
+    let mut admin = client.get_connection().expect("admin connection");
+    let name = format!("kombu-rs:watch:{pfx}q");
+    let mut waited = 0;
+    while !blocked_watchers(&mut admin).contains(&name) {
+        waited += 1;
+        assert!(waited < 500, "no connection blocked in BLMOVE on {pfx}q");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut next)
+            .await
+            .is_err(),
+        "nothing to deliver yet"
+    );
+
+    // Three messages pushed in one command by another client (as Python kombu would push
+    // them): the watcher's BLMOVE pops the newest and puts it back, so they arrive in order.
+    let bodies: Vec<Vec<u8>> = (1..=3)
+        .map(|n| {
+            let message = kombu_core::Message::new(format!("m{n}"));
+            envelope::encode(&Envelope::new(message, String::new(), "q".into()))
+        })
+        .collect();
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(format!("{pfx}q"))
+        .arg(&bodies)
+        .query(&mut admin)
+        .expect("lpush");
+    let got = tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("the blocked consumer wakes")
+        .expect("consumer task");
+    assert_eq!(got, [b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
+    let left: i64 = redis::cmd("LLEN")
+        .arg(format!("{pfx}q"))
+        .query(&mut admin)
+        .expect("llen");
+    assert_eq!(left, 0);
+}
