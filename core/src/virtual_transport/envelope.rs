@@ -64,6 +64,11 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
 
 /// Parses a kombu envelope.
 pub fn decode(bytes: &[u8]) -> Result<Envelope> {
+    // The common shape straight into typed fields (no JSON tree, the body borrowed until it
+    // is decoded); anything unusual (a field of an unexpected type) through the lenient path.
+    if let Ok(wire) = serde_json::from_slice::<Wire<'_>>(bytes) {
+        return wire.into_envelope();
+    }
     let json: Json = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Protocol,
@@ -178,6 +183,134 @@ pub fn from_json(json: Json) -> Result<Envelope> {
         tag,
         redelivered,
     })
+}
+
+/// An envelope as kombu writes it, borrowed from the stored bytes where it can be.
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(default, borrow)]
+    body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "content-type", default, borrow)]
+    content_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "content-encoding", default, borrow)]
+    content_encoding: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    headers: Option<Headers>,
+    #[serde(default)]
+    properties: Option<WireProperties<'a>>,
+    #[serde(default)]
+    redelivered: Option<bool>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct WireProperties<'a> {
+    #[serde(default, borrow)]
+    body_encoding: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    delivery_info: Option<WireInfo>,
+    #[serde(default)]
+    delivery_tag: Option<String>,
+    #[serde(default)]
+    delivery_mode: Option<u64>,
+    #[serde(default)]
+    priority: Option<u64>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    expiration: Option<Json>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    timestamp: Option<Json>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    app_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireInfo {
+    #[serde(default)]
+    exchange: Option<String>,
+    #[serde(default)]
+    routing_key: Option<String>,
+    #[serde(default)]
+    redelivered: Option<bool>,
+}
+
+impl Wire<'_> {
+    /// The envelope, read as [`from_json`] reads it.
+    fn into_envelope(self) -> Result<Envelope> {
+        let props = self.properties.unwrap_or_default();
+        let body = match self.body {
+            None => bytes::Bytes::new(),
+            Some(s) => match props.body_encoding.as_deref().map(str::to_ascii_lowercase) {
+                None => bytes::Bytes::from(s.into_owned().into_bytes()),
+                Some(e) if e == "utf-8" => bytes::Bytes::from(s.into_owned().into_bytes()),
+                Some(e) if e == "base64" => B64
+                    .decode(s.as_bytes())
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Protocol, "envelope body is not valid base64")
+                            .with_source(e)
+                    })?,
+                Some(other) => {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("unknown envelope body_encoding {other:?}"),
+                    ));
+                }
+            },
+        };
+        let mut headers = self.headers.unwrap_or_default();
+        let mut redelivered = self.redelivered == Some(true);
+        if let Some(Value::Bool(true)) = headers.remove("redelivered") {
+            redelivered = true;
+        }
+        let (mut exchange, mut routing_key) = (String::new(), String::new());
+        if let Some(info) = props.delivery_info {
+            exchange = info.exchange.unwrap_or_default();
+            routing_key = info.routing_key.unwrap_or_default();
+            redelivered |= info.redelivered == Some(true);
+        }
+        let properties = Properties {
+            delivery_mode: props
+                .delivery_mode
+                .map(|n| DeliveryMode::from_u8(u8::try_from(n).unwrap_or(2))),
+            priority: props.priority.map(|p| u8::try_from(p).unwrap_or(u8::MAX)),
+            correlation_id: props.correlation_id,
+            reply_to: props.reply_to,
+            expiration: props.expiration.as_ref().and_then(parse_expiration),
+            message_id: props.message_id,
+            timestamp: props.timestamp.and_then(|v| match v {
+                Json::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+                _ => None,
+            }),
+            kind: props.kind,
+            user_id: props.user_id,
+            app_id: props.app_id,
+        };
+        Ok(Envelope {
+            message: Message {
+                body,
+                content_type: self.content_type.as_deref().map(kombu_serializers::known),
+                content_encoding: self
+                    .content_encoding
+                    .as_deref()
+                    .map(kombu_serializers::known),
+                headers,
+                properties,
+            },
+            exchange,
+            routing_key,
+            tag: props.delivery_tag.unwrap_or_default(),
+            redelivered,
+        })
+    }
 }
 
 fn take_string(map: &mut serde_json::Map<String, Json>, key: &str) -> Option<String> {
@@ -319,6 +452,30 @@ mod tests {
             let s = std::str::from_utf8(raw).unwrap();
             s.to_owned()
         });
+    }
+
+    #[test]
+    fn typed_and_lenient_readers_agree() {
+        // The fast typed reader and the JSON-tree reader give the same envelope for every shape
+        // kombu writes, and the tree reader takes what the typed one cannot (odd types).
+        let cases: [&[u8]; 7] = [
+            br#"{"body": "eyJoZWxsbyI6ICJ3b3JsZCIsICJuIjogMX0=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"h1": "v1", "n": [1, 2.5, null, {"k": true}]}, "properties": {"correlation_id": "cid-1", "reply_to": "replyq", "delivery_mode": 2, "delivery_info": {"exchange": "tasks", "routing_key": "myq"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "819d346f-a3e7-49c9-a3d0-aed4ec702cd5", "expiration": "1500", "timestamp": 1700000000, "type": "t", "message_id": "m", "app_id": "a", "user_id": "u", "unknown": {"x": 1}}}"#,
+            br#"{"body": "plain \"quoted\" \u00e9", "headers": {"redelivered": true}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q", "redelivered": true}}}"#,
+            br#"{"body": "eA==", "properties": {"body_encoding": "BASE64"}, "redelivered": true}"#,
+            br#"{"body": null, "headers": null, "properties": null}"#,
+            br#"{"body": "x", "headers": "not a map", "properties": {"delivery_tag": 17, "priority": "high"}}"#,
+            br#"{"body": "x", "properties": {"delivery_info": "odd", "timestamp": 1.5e9, "expiration": 250}}"#,
+            br#"{}"#,
+        ];
+        for raw in cases {
+            let tree: Json = serde_json::from_slice(raw).unwrap();
+            assert_eq!(
+                decode(raw).unwrap(),
+                from_json(tree).unwrap(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

@@ -258,3 +258,96 @@ async fn idle_consumers_block_on_the_server_and_leave_the_list_as_it_was() {
         .expect("llen");
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn binding_tables_of_expiring_queues_get_deadlines_and_overdue_ones_are_swept() {
+    use futures::StreamExt;
+    use kombu_core::Exchange;
+
+    if !server_up() {
+        return;
+    }
+    kombu_redis::register();
+    let pfx = prefix();
+    let url = format!("redis://127.0.0.1:6379/0?global_keyprefix={pfx}");
+    let conn = Connection::open(&url).await.expect("open");
+    let expiring = Queue::new("eq")
+        .exchange(Exchange::direct("x"))
+        .routing_key("eq")
+        .expires(Duration::from_secs(60));
+    conn.declare_queue(&expiring).await.expect("declare");
+    let lasting = Queue::new("pq")
+        .exchange(Exchange::direct("y"))
+        .routing_key("pq");
+    conn.declare_queue(&lasting).await.expect("declare");
+
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("client");
+    let mut admin = client.get_connection().expect("admin connection");
+    let deadlines = format!("{pfx}_kombu.binding_deadlines");
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut admin).expect("time");
+    let now_ms = secs * 1000 + micros / 1000;
+    // kombu 5.7: at least an hour (twice x-expires when that is longer), server clock.
+    let deadline: f64 = redis::cmd("ZSCORE")
+        .arg(&deadlines)
+        .arg("x")
+        .query(&mut admin)
+        .expect("the expiring queue's exchange has a deadline");
+    let ahead = deadline - now_ms as f64;
+    assert!(
+        (3_590_000.0..=3_600_000.0).contains(&ahead),
+        "deadline {ahead} ms ahead"
+    );
+    let permanent: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{pfx}_kombu.binding_permanent.y"))
+        .query(&mut admin)
+        .expect("smembers");
+    assert_eq!(permanent, ["pq\x06\x16\x06\x16pq"]);
+    let none: i64 = redis::cmd("EXISTS")
+        .arg(format!("{pfx}_kombu.binding_permanent.x"))
+        .query(&mut admin)
+        .expect("exists");
+    assert_eq!(none, 0, "an expiring queue's binding is not permanent");
+
+    // Two overdue tables, as stopped consumers leave them: one only expiring queues used
+    // (swept), one that a lasting queue still needs (kept).
+    let _: () = redis::pipe()
+        .sadd(format!("{pfx}_kombu.binding.old"), "k\x06\x16\x06\x16gone")
+        .sadd(format!("{pfx}_kombu.binding.keep"), "k\x06\x16\x06\x16kept")
+        .sadd(
+            format!("{pfx}_kombu.binding_permanent.keep"),
+            "k\x06\x16\x06\x16kept",
+        )
+        .zadd(&deadlines, "old", 1)
+        .zadd(&deadlines, "keep", 1)
+        .query(&mut admin)
+        .expect("set up overdue tables");
+
+    // A consumer of the expiring queue refreshes its tables and sweeps overdue ones.
+    let mut consumer = conn.consumer([expiring]).build().await.expect("consumer");
+    let idle = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await;
+    });
+    let exists = |admin: &mut redis::Connection, key: String| -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(admin)
+            .expect("exists")
+            == 1
+    };
+    let mut waited = 0;
+    while exists(&mut admin, format!("{pfx}_kombu.binding.old")) {
+        waited += 1;
+        assert!(waited < 500, "the overdue table was never swept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(exists(&mut admin, format!("{pfx}_kombu.binding.keep")));
+    assert!(exists(&mut admin, format!("{pfx}_kombu.binding.x")));
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&deadlines)
+        .arg(0)
+        .arg(-1)
+        .query(&mut admin)
+        .expect("zrange");
+    assert_eq!(left, ["x"], "overdue entries leave the deadline set");
+    idle.abort();
+}
