@@ -12,6 +12,8 @@
 //! the same size. Every row runs under a fresh key prefix. Rows:
 //! - publish one by one: `producer.publish` / one awaited `LPUSH` per message;
 //! - publish in batches of 100: `producer.publish_batch` / a pipeline of 100 `LPUSH`es;
+//! - publish from 16 tasks, each one by one: clones of one producer / of one multiplexed
+//!   connection, whose concurrent commands share round trips;
 //! - consume with ack, prefetch 100: decode and ack every message / `RPOP key 100` round trips;
 //! - latency p50/p99 with one message in flight: publish, receive, decode, ack / `LPUSH` then
 //!   `RPOP`.
@@ -63,6 +65,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Figures {
     publish_single: f64,
     publish_batch: f64,
+    publish_tasks: f64,
     consume: f64,
     p50: Duration,
     p99: Duration,
@@ -108,6 +111,25 @@ async fn ours(n: u64) -> Figures {
     let publish_batch = rate(n, start.elapsed());
     conn.purge("bench_q").await.expect("purge");
 
+    let values = std::sync::Arc::new(values);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let producer = producer.clone();
+            let values = values.clone();
+            tokio::spawn(async move {
+                for v in values.iter().skip(t).step_by(TASKS) {
+                    producer.publish(v).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publishing task");
+    }
+    let publish_tasks = rate(n, start.elapsed());
+    conn.purge("bench_q").await.expect("purge");
+
     let rounds = 2_000.min(n as usize);
     let mut lat = Vec::with_capacity(rounds);
     for v in values.iter().take(rounds) {
@@ -124,11 +146,15 @@ async fn ours(n: u64) -> Figures {
     Figures {
         publish_single,
         publish_batch,
+        publish_tasks,
         consume,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
     }
 }
+
+/// Concurrent publishing tasks in the "16 tasks" rows.
+const TASKS: usize = 16;
 
 async fn raw(n: u64) -> Figures {
     let client = redis::Client::open(server()).expect("client");
@@ -169,6 +195,26 @@ async fn raw(n: u64) -> Figures {
     let publish_batch = rate(n, start.elapsed());
     let _: i64 = conn.del(&key).await.expect("del");
 
+    let start = Instant::now();
+    let per_task = n.div_ceil(TASKS as u64);
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|t| {
+            let mut conn = conn.clone();
+            let (key, body) = (key.clone(), body.clone());
+            let count = per_task.min(n.saturating_sub(t * per_task));
+            tokio::spawn(async move {
+                for _ in 0..count {
+                    let _: i64 = conn.lpush(&key, &body).await.expect("lpush");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publishing task");
+    }
+    let publish_tasks = rate(n, start.elapsed());
+    let _: i64 = conn.del(&key).await.expect("del");
+
     let rounds = 2_000.min(n as usize);
     let mut lat = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -181,6 +227,7 @@ async fn raw(n: u64) -> Figures {
     Figures {
         publish_single,
         publish_batch,
+        publish_tasks,
         consume,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
@@ -283,6 +330,11 @@ fn main() {
     row(
         "publish, batches of 100",
         |f| f.publish_batch,
+        py.map(|p| p.0),
+    );
+    row(
+        "publish, 16 tasks one by one",
+        |f| f.publish_tasks,
         py.map(|p| p.0),
     );
     row(

@@ -6,7 +6,8 @@
 //! certificate is verified against the system's roots, or `ssl_ca_certs=<PEM file>`;
 //! `ssl_cert_reqs=none` turns verification off, which is kombu's default for a bare
 //! `rediss://`; `ssl_certfile` + `ssl_keyfile` for a client certificate), and
-//! `redis+socket:///path/to/redis.sock` (Unix socket, `?virtual_host=<db>`) and
+//! `redis+socket:///path/to/redis.sock` and `unix:///path/to/redis.sock` (Unix socket,
+//! `?virtual_host=<db>` or `?db=<db>`, credentials as `user:password@` before the path) and
 //! `sentinel://` (below). Transport options in the query string, as kombu users
 //! know them:
 //!
@@ -105,7 +106,8 @@ use redis::aio::MultiplexedConnection;
 
 mod watch;
 
-/// Registers the `redis` and `redis+socket` URL schemes (idempotent).
+/// Registers the `redis`, `rediss`, `redis+socket`, `unix` and `sentinel` URL schemes
+/// (idempotent).
 pub fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| register_transport(Arc::new(RedisTransport)));
@@ -247,9 +249,13 @@ impl Options {
                 // Replaced by the master's address when connecting.
                 (String::new(), db)
             }
-            "redis+socket" => {
+            "redis+socket" | "unix" => {
                 let rest = url.rest();
-                let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+                let before_query = rest.split_once('?').map_or(rest, |(p, _)| p);
+                // `[user[:password]@]/path`: the socket path is what follows the last `@`.
+                let path = before_query
+                    .rsplit_once('@')
+                    .map_or(before_query, |(_, p)| p);
                 let db = match url.query("virtual_host").or_else(|| url.query("db")) {
                     None => 0,
                     Some(d) => d
@@ -257,7 +263,16 @@ impl Options {
                         .parse::<i64>()
                         .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
                 };
-                (format!("redis+unix://{path}?db={db}"), db)
+                let mut client = format!("redis+unix://{path}?db={db}");
+                // Credentials only before the path (a password in the query would not be
+                // masked when the URL is shown).
+                if let Some(user) = url.username().filter(|u| !u.is_empty()) {
+                    client.push_str(&format!("&user={}", enc(user)));
+                }
+                if let Some(password) = url.password() {
+                    client.push_str(&format!("&pass={}", enc(&password)));
+                }
+                (client, db)
             }
             other => {
                 return Err(bad(format!(
@@ -429,7 +444,7 @@ impl Transport for RedisTransport {
     }
 
     fn schemes(&self) -> &'static [&'static str] {
-        &["redis", "rediss", "sentinel"]
+        &["redis", "rediss", "sentinel", "unix"]
     }
 
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {

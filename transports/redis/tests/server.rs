@@ -351,3 +351,56 @@ async fn binding_tables_of_expiring_queues_get_deadlines_and_overdue_ones_are_sw
     assert_eq!(left, ["x"], "overdue entries leave the deadline set");
     idle.abort();
 }
+
+#[tokio::test]
+async fn unix_socket_urls_reach_the_server_and_its_database() {
+    use futures::StreamExt;
+
+    let Some(sock) = std::env::var_os("KOMBU_TEST_REDIS_SOCKET") else {
+        let why = "KOMBU_TEST_REDIS_SOCKET is not set (scripts/test starts a Redis on a socket)";
+        if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
+            panic!("{why}; KOMBU_TEST_REQUIRE is set, so this is a failure");
+        }
+        eprintln!("skipped: {why}");
+        return;
+    };
+    let sock = sock.to_string_lossy().into_owned();
+    kombu_redis::register();
+    let pfx = prefix();
+    for (url, db) in [
+        (
+            format!("redis+socket://{sock}?virtual_host=3&global_keyprefix={pfx}"),
+            3,
+        ),
+        (format!("unix://{sock}?db=4&global_keyprefix={pfx}"), 4),
+    ] {
+        let conn = Connection::open(&url).await.expect("open over the socket");
+        conn.declare_queue(&Queue::new("q")).await.expect("declare");
+        conn.producer()
+            .routing_key("q")
+            .publish("over the socket")
+            .await
+            .expect("publish");
+        // The message is in the URL's database, on the socket's server.
+        let admin = redis::Client::open(format!("redis+unix://{sock}?db={db}")).expect("client");
+        let mut admin = admin.get_connection().expect("admin connection");
+        let len: i64 = redis::cmd("LLEN")
+            .arg(format!("{pfx}q"))
+            .query(&mut admin)
+            .expect("llen");
+        assert_eq!(len, 1, "{url}");
+        let mut consumer = conn
+            .consumer([Queue::new("q")])
+            .build()
+            .await
+            .expect("consumer");
+        let delivery = consumer.next().await.expect("stream").expect("delivery");
+        assert_eq!(
+            delivery.decode::<String>().expect("decode"),
+            "over the socket"
+        );
+        delivery.ack().await.expect("ack");
+        consumer.close().await.expect("close");
+        conn.delete_queue("q").await.expect("delete");
+    }
+}
