@@ -685,6 +685,9 @@ type ExpiringBindings = (Vec<(String, String)>, Option<Instant>);
 const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 /// At most one sweep for expired leases per this interval per connection.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Overdue messages restored per batch of a sweep, and most batches per sweep.
+const SWEEP_BATCH: usize = 100;
+const SWEEP_ROUNDS: usize = 20;
 
 struct RedisBackend {
     conn: MultiplexedConnection,
@@ -1044,13 +1047,15 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let o = &self.options;
         let ceiling = unix_now() - o.visibility_timeout.as_secs_f64();
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        let mut overdue = redis::cmd("ZRANGEBYSCORE");
+        overdue
             .arg(&o.unacked_index)
             .arg("-inf")
             .arg(ceiling)
             .arg("LIMIT")
             .arg(0)
-            .arg(100)
+            .arg(SWEEP_BATCH);
+        let mut due: Vec<String> = overdue
             .query_async(&mut conn)
             .await
             .map_err(self.err("read unacked_index"))?;
@@ -1070,7 +1075,22 @@ impl RedisBackend {
         if locked.is_none() {
             return Ok(()); // another consumer is sweeping
         }
-        let result = self.restore_tags(&due, None).await;
+        // Batch after batch while the mutex is ours, up to SWEEP_ROUNDS of them.
+        let mut result = Ok(());
+        for _ in 0..SWEEP_ROUNDS {
+            result = self.restore_tags(&due, None).await;
+            if result.is_err() || due.len() < SWEEP_BATCH {
+                break;
+            }
+            due = match overdue.query_async::<Vec<String>>(&mut conn).await {
+                Ok(due) if !due.is_empty() => due,
+                Ok(_) => break,
+                Err(e) => {
+                    result = Err(redis_error(&self.label, "read unacked_index", e));
+                    break;
+                }
+            };
+        }
         let _: i64 = self
             .unlock
             .key(&o.unacked_mutex)

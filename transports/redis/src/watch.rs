@@ -35,15 +35,22 @@ const POOL: usize = 8;
 
 /// The watchers of one backend.
 pub(crate) struct Watchers {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the watchers of one backend share with their tasks.
+struct Shared {
     client: redis::Client,
     label: String,
     /// How long a watcher that cannot reach the server waits before trying again.
     retry: Duration,
+    /// The lists watched now (a watcher leaves when it ends).
     map: Mutex<HashMap<String, Arc<Watch>>>,
-    pool: Arc<Mutex<Vec<MultiplexedConnection>>>,
+    /// Idle blocking connections.
+    pool: Mutex<Vec<MultiplexedConnection>>,
     /// The server has no `BLMOVE`: every wait polls.
-    unsupported: Arc<AtomicBool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    unsupported: AtomicBool,
 }
 
 /// One watched list.
@@ -86,12 +93,14 @@ impl Watchers {
     /// unreachable server (kombu's `polling_interval`).
     pub(crate) fn new(client: redis::Client, label: String, retry: Duration) -> Self {
         Watchers {
-            client,
-            label,
-            retry,
-            map: Mutex::new(HashMap::new()),
-            pool: Arc::new(Mutex::new(Vec::new())),
-            unsupported: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(Shared {
+                client,
+                label,
+                retry,
+                map: Mutex::new(HashMap::new()),
+                pool: Mutex::new(Vec::new()),
+                unsupported: AtomicBool::new(false),
+            }),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -106,12 +115,12 @@ impl Watchers {
         timeout: Duration,
         other: impl std::future::Future<Output = ()>,
     ) -> bool {
-        if self.unsupported.load(Ordering::Acquire) {
+        if self.shared.unsupported.load(Ordering::Acquire) {
             return false;
         }
         let mut watches = Vec::with_capacity(keys.len());
         {
-            let mut map = self.map.lock();
+            let mut map = self.shared.map.lock();
             for key in keys {
                 let watch = match map.get(key) {
                     Some(w) => w.clone(),
@@ -170,14 +179,7 @@ impl Watchers {
     }
 
     fn spawn(&self, watch: Arc<Watch>) {
-        let task = tokio::spawn(run(
-            watch,
-            self.client.clone(),
-            self.pool.clone(),
-            self.label.clone(),
-            self.retry,
-            self.unsupported.clone(),
-        ));
+        let task = tokio::spawn(run(watch, self.shared.clone()));
         let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
@@ -193,14 +195,8 @@ impl Drop for Watchers {
 }
 
 /// A watcher: blocks on its list while it has waiters, wakes them when the list has an element.
-async fn run(
-    watch: Arc<Watch>,
-    client: redis::Client,
-    pool: Arc<Mutex<Vec<MultiplexedConnection>>>,
-    label: String,
-    retry: Duration,
-    unsupported: Arc<AtomicBool>,
-) {
+async fn run(watch: Arc<Watch>, shared: Arc<Shared>) {
+    let (label, retry) = (&shared.label, shared.retry);
     let mut conn: Option<MultiplexedConnection> = None;
     // The list the connection in `conn` is named after.
     let mut named: Option<String> = None;
@@ -214,12 +210,17 @@ async fn run(
                 break;
             }
             if tokio::time::timeout(IDLE, wanted).await.is_err() {
+                // Locks in the waiters' order: the map, then the watch.
+                let mut map = shared.map.lock();
                 let mut state = watch.state.lock();
                 if state.waiting == 0 {
                     state.running = false;
-                    drop(state);
+                    if map.get(&watch.key).is_some_and(|w| Arc::ptr_eq(w, &watch)) {
+                        map.remove(&watch.key);
+                    }
+                    drop((state, map));
                     if let Some(c) = conn.take() {
-                        let mut pool = pool.lock();
+                        let mut pool = shared.pool.lock();
                         if pool.len() < POOL {
                             pool.push(c);
                         }
@@ -230,7 +231,7 @@ async fn run(
         }
         let mut c = match conn.take() {
             Some(c) => c,
-            None => match connect(&client, &pool).await {
+            None => match connect(&shared.client, &shared.pool).await {
                 Ok(c) => {
                     named = None;
                     c
@@ -285,7 +286,7 @@ async fn run(
                     .contains("unknown command")
                 {
                     tracing::warn!(url = %label, "the server has no BLMOVE (Redis before 6.2): idle consumers poll");
-                    unsupported.store(true, Ordering::Release);
+                    shared.unsupported.store(true, Ordering::Release);
                     watch.state.lock().running = false;
                     watch.ready.notify_waiters();
                     return;
