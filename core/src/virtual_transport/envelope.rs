@@ -91,26 +91,11 @@ pub fn from_json(json: Json) -> Result<Envelope> {
         Some(Json::Object(p)) => p,
         _ => serde_json::Map::new(),
     };
-    let body_encoding = props
-        .remove("body_encoding")
-        .and_then(|v| v.as_str().map(str::to_ascii_lowercase));
+    let body_encoding = props.remove("body_encoding");
     let body = match obj.remove("body") {
-        Some(Json::String(s)) => match body_encoding.as_deref() {
-            None | Some("utf-8") => bytes::Bytes::from(s.into_bytes()),
-            Some("base64") => B64
-                .decode(s.as_bytes())
-                .map(bytes::Bytes::from)
-                .map_err(|e| {
-                    Error::new(ErrorKind::Protocol, "envelope body is not valid base64")
-                        .with_source(e)
-                })?,
-            Some(other) => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("unknown envelope body_encoding {other:?}"),
-                ));
-            }
-        },
+        Some(Json::String(s)) => {
+            body_bytes(s.into(), body_encoding.as_ref().and_then(Json::as_str))?
+        }
         None | Some(Json::Null) => bytes::Bytes::new(),
         Some(_) => {
             return Err(Error::new(
@@ -162,10 +147,7 @@ pub fn from_json(json: Json) -> Result<Envelope> {
             .remove("expiration")
             .and_then(|v| parse_expiration(&v)),
         message_id: take_string(&mut props, "message_id"),
-        timestamp: props.remove("timestamp").and_then(|v| match v {
-            Json::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
-            _ => None,
-        }),
+        timestamp: props.remove("timestamp").and_then(timestamp),
         kind: take_string(&mut props, "type"),
         user_id: take_string(&mut props, "user_id"),
         app_id: take_string(&mut props, "app_id"),
@@ -248,23 +230,7 @@ impl Wire<'_> {
         let props = self.properties.unwrap_or_default();
         let body = match self.body {
             None => bytes::Bytes::new(),
-            Some(s) => match props.body_encoding.as_deref().map(str::to_ascii_lowercase) {
-                None => bytes::Bytes::from(s.into_owned().into_bytes()),
-                Some(e) if e == "utf-8" => bytes::Bytes::from(s.into_owned().into_bytes()),
-                Some(e) if e == "base64" => B64
-                    .decode(s.as_bytes())
-                    .map(bytes::Bytes::from)
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Protocol, "envelope body is not valid base64")
-                            .with_source(e)
-                    })?,
-                Some(other) => {
-                    return Err(Error::new(
-                        ErrorKind::Protocol,
-                        format!("unknown envelope body_encoding {other:?}"),
-                    ));
-                }
-            },
+            Some(s) => body_bytes(s, props.body_encoding.as_deref())?,
         };
         let mut headers = self.headers.unwrap_or_default();
         let mut redelivered = self.redelivered == Some(true);
@@ -286,10 +252,7 @@ impl Wire<'_> {
             reply_to: props.reply_to,
             expiration: props.expiration.as_ref().and_then(parse_expiration),
             message_id: props.message_id,
-            timestamp: props.timestamp.and_then(|v| match v {
-                Json::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
-                _ => None,
-            }),
+            timestamp: props.timestamp.and_then(timestamp),
             kind: props.kind,
             user_id: props.user_id,
             app_id: props.app_id,
@@ -310,6 +273,32 @@ impl Wire<'_> {
             tag: props.delivery_tag.unwrap_or_default(),
             redelivered,
         })
+    }
+}
+
+/// A stored body, decoded by its `body_encoding` (kombu writes base64; none or `utf-8` is the
+/// text itself).
+fn body_bytes(body: std::borrow::Cow<'_, str>, encoding: Option<&str>) -> Result<bytes::Bytes> {
+    match encoding.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("utf-8") => Ok(bytes::Bytes::from(body.into_owned().into_bytes())),
+        Some("base64") => B64
+            .decode(body.as_bytes())
+            .map(bytes::Bytes::from)
+            .map_err(|e| {
+                Error::new(ErrorKind::Protocol, "envelope body is not valid base64").with_source(e)
+            }),
+        Some(other) => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("unknown envelope body_encoding {other:?}"),
+        )),
+    }
+}
+
+/// A timestamp property: whole seconds, from an integer or a float.
+fn timestamp(v: Json) -> Option<u64> {
+    match v {
+        Json::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        _ => None,
     }
 }
 
