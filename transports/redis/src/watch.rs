@@ -121,21 +121,22 @@ impl Watchers {
         let mut watches = Vec::with_capacity(keys.len());
         {
             let mut map = self.shared.map.lock();
+            let new = keys.iter().filter(|k| !map.contains_key(*k)).count();
+            if map.len() + new > MAX_WATCHERS {
+                return false;
+            }
             for key in keys {
-                let watch = match map.get(key) {
-                    Some(w) => w.clone(),
-                    None if map.len() < MAX_WATCHERS => {
-                        let w = Arc::new(Watch {
+                let watch = map
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Watch {
                             key: key.clone(),
                             state: Mutex::new(State::default()),
                             ready: Notify::new(),
                             wanted: Notify::new(),
-                        });
-                        map.insert(key.clone(), w.clone());
-                        w
-                    }
-                    None => return false,
-                };
+                        })
+                    })
+                    .clone();
                 watches.push(watch);
             }
         }
