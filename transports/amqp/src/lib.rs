@@ -96,8 +96,27 @@ impl Transport for AmqpTransport {
     }
 
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
-        let options = AmqpOptions::from_url(url)?;
-        Ok(Arc::new(AmqpConnection::open(vec![options]).await?))
+        self.connect_with_alternates(url, std::slice::from_ref(url))
+            .await
+    }
+
+    /// Connects to `url`; after the connection drops, recovery tries the AMQP URLs among
+    /// `alternates` in turn, starting with the one in use.
+    async fn connect_with_alternates(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+    ) -> Result<Arc<dyn BrokerConnection>> {
+        let first = AmqpOptions::from_url(url)?;
+        let at = alternates.iter().position(|a| a == url).unwrap_or(0);
+        let mut urls = vec![first];
+        // The ones after `url`, then the ones before it: the order failover tries them in.
+        for other in alternates[at..].iter().skip(1).chain(&alternates[..at]) {
+            if other != url && SCHEMES.contains(&other.scheme()) {
+                urls.push(AmqpOptions::from_url(other)?);
+            }
+        }
+        Ok(Arc::new(AmqpConnection::open(urls).await?))
     }
 }
 

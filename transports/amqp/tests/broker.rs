@@ -80,7 +80,10 @@ async fn channel_errors_keep_the_connection_usable() {
     // The same channel object works again (a new AMQP channel underneath).
     assert!(channel.queue_size(&unique("missing")).await.is_err());
     let q = Queue::new(unique("after"));
-    channel.declare_queue(&q).await.expect("declare after errors");
+    channel
+        .declare_queue(&q)
+        .await
+        .expect("declare after errors");
     assert_eq!(channel.queue_size(&q.name).await.expect("size"), 0);
     channel.close().await.expect("close");
 
@@ -110,7 +113,9 @@ async fn channel_errors_keep_the_connection_usable() {
     still_usable(&conn, "after ACCESS_REFUSED").await;
 
     conn.delete_queue(&q.name).await.expect("delete");
-    conn.delete_exchange(&x.name).await.expect("delete exchange");
+    conn.delete_exchange(&x.name)
+        .await
+        .expect("delete exchange");
 }
 
 #[tokio::test]
@@ -136,7 +141,9 @@ async fn refused_logins_and_unreachable_brokers() {
     assert_ne!(conn.url().port(), Some(1));
     still_usable(&conn, "after failover").await;
 
-    let e = Connection::open("amqp://127.0.0.1//?bogus=1").await.unwrap_err();
+    let e = Connection::open("amqp://127.0.0.1//?bogus=1")
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{e}");
 }
 
@@ -213,7 +220,12 @@ async fn quorum_queues_round_trip() {
         .argument("x-queue-type", "quorum")
         .dead_letter_exchange("")
         .dead_letter_routing_key("nowhere");
-    let mut consumer = conn.consumer([q.clone()]).prefetch(10).build().await.expect("consume");
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .prefetch(10)
+        .build()
+        .await
+        .expect("consume");
     let producer = conn.producer().routing_key(q.name.clone());
     producer
         .publish_batch((0..100u32).collect::<Vec<_>>().iter())

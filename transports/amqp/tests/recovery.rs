@@ -17,7 +17,12 @@ const VHOST: &str = "kombu-rs-recovery";
 
 fn close_all_connections() -> bool {
     Command::new("rabbitmqctl")
-        .args(["close_all_connections", "-p", VHOST, "kombu-rs recovery test"])
+        .args([
+            "close_all_connections",
+            "-p",
+            VHOST,
+            "kombu-rs recovery test",
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -59,14 +64,19 @@ async fn connections_recover_and_redeclare_their_topology() {
         .exclusive(true)
         .exchange(x.clone())
         .routing_key("k");
-    let mut consumer = consumer_conn.consumer([q.clone()]).build().await.expect("consume");
+    let mut consumer = consumer_conn
+        .consumer([q.clone()])
+        .build()
+        .await
+        .expect("consume");
     // The consumer runs as an application's would: always waiting for the next delivery
     // (recovery happens as the connection is used).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let consuming = tokio::spawn(async move {
         while let Some(item) = consumer.next().await {
             let d = item.expect("a good delivery, never an error: the consumer resumes");
-            tx.send(d.decode::<String>().expect("decode")).expect("send");
+            tx.send(d.decode::<String>().expect("decode"))
+                .expect("send");
             d.ack().await.expect("ack");
         }
     });

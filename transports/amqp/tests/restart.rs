@@ -83,8 +83,17 @@ async fn broker_restart_loses_no_confirmed_message() {
     let started = Instant::now();
 
     let queue = Queue::new(format!("restart-{}", uuid::Uuid::new_v4().simple()));
-    let consumer_conn = Connection::open(&url).await.expect("open consumer connection");
-    let producer_conn = Connection::open(&url).await.expect("open producer connection");
+    let consumer_conn = Connection::open(&url)
+        .await
+        .expect("open consumer connection");
+    // The producer's URL lists an unreachable alternate first: it connects to the second, and
+    // recovery goes through both in turn while the broker is down.
+    let producer_conn = Connection::open(&format!(
+        "amqp://guest:guest@127.0.0.1:1/?connect_timeout=1;{url}"
+    ))
+    .await
+    .expect("open producer connection");
+    assert_ne!(producer_conn.url().port(), Some(1));
     let mut consumer = consumer_conn
         .consumer([queue.clone()])
         .prefetch(200)
@@ -140,7 +149,11 @@ async fn broker_restart_loses_no_confirmed_message() {
     let mut producer = Some(producer);
     loop {
         if producer.as_ref().is_some_and(|p| p.is_finished()) {
-            producer.take().expect("producer").await.expect("producer task");
+            producer
+                .take()
+                .expect("producer")
+                .await
+                .expect("producer task");
         }
         if let Some(r) = restarter.as_ref()
             && r.is_finished()
@@ -156,7 +169,11 @@ async fn broker_restart_loses_no_confirmed_message() {
         assert!(
             started.elapsed() < GUARD,
             "after {GUARD:?}: {} of {} confirmed messages received ({} published, {} failed)",
-            confirmed.lock().iter().filter(|n| received.contains(n)).count(),
+            confirmed
+                .lock()
+                .iter()
+                .filter(|n| received.contains(n))
+                .count(),
             confirmed.lock().len(),
             published.load(Ordering::SeqCst),
             failed.load(Ordering::SeqCst)
@@ -192,9 +209,15 @@ async fn broker_restart_loses_no_confirmed_message() {
         deliveries - received.len(),
         started.elapsed()
     );
-    assert_eq!(confirmed, MESSAGES as usize, "every publish was confirmed in the end");
+    assert_eq!(
+        confirmed, MESSAGES as usize,
+        "every publish was confirmed in the end"
+    );
     assert!(after_restart > 0, "the consumer resumed after the restart");
     consumer.close().await.expect("close");
-    consumer_conn.delete_queue(&queue.name).await.expect("delete");
+    consumer_conn
+        .delete_queue(&queue.name)
+        .await
+        .expect("delete");
     drop(restore);
 }
