@@ -8,12 +8,15 @@
 //! at least once, never lost), and consumers subscribe again by themselves.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, SelectAll};
+use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll};
 use futures::{StreamExt, TryFutureExt};
 use kombu_core::{
     Binding, Capabilities, Channel, ConsumeOptions, Delivery, DeliveryInfo, DeliveryStream, Error,
@@ -48,7 +51,62 @@ struct Inner {
     closed: AtomicBool,
     confirms: bool,
     capabilities: Capabilities,
+    /// Settlements handed to lapin and not yet written.
+    in_flight: Arc<InFlight>,
 }
+
+/// A settlement on its way to the broker.
+type SettleFuture = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
+
+/// Settlements handed to lapin's I/O loop without waiting for each to be written: a consumer
+/// acking one message at a time does not wait for the loop (four times the throughput on
+/// RabbitMQ). Closing the channel waits for them first, so an ack is never overtaken by the
+/// channel's close.
+#[derive(Default)]
+struct InFlight {
+    settlements: Mutex<FuturesUnordered<SettleFuture>>,
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("settlements", &self.settlements.lock().len())
+            .finish()
+    }
+}
+
+impl InFlight {
+    /// Starts `settlement` (its first poll hands the frame to lapin). Its result when it
+    /// finished at once (a refused or failed settlement), else `None`: it is on its way.
+    fn start(&self, mut settlement: SettleFuture) -> Option<lapin::Result<bool>> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Ready(done) = settlement.as_mut().poll(&mut cx) {
+            return Some(done);
+        }
+        let mut all = self.settlements.lock();
+        all.push(settlement);
+        // Reap the ones written since.
+        while let Poll::Ready(Some(done)) = all.poll_next_unpin(&mut cx) {
+            match done {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!("a settlement was refused: its channel ended"),
+                Err(error) => tracing::debug!(%error, "a settlement failed"),
+            }
+        }
+        None
+    }
+
+    /// Waits (at most `within`) until every started settlement is written.
+    async fn drain(&self, within: Duration) {
+        let all = std::mem::take(&mut *self.settlements.lock());
+        if !all.is_empty() {
+            let _ = tokio::time::timeout(within, all.collect::<Vec<_>>()).await;
+        }
+    }
+}
+
+/// How long closing a channel waits for its settlements to be written.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// A channel on an AMQP connection. See the module docs.
 pub struct AmqpChannel {
@@ -76,7 +134,9 @@ impl Drop for AmqpChannel {
         if channel.status().connected()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
+            let in_flight = self.inner.in_flight.clone();
             handle.spawn(async move {
+                in_flight.drain(DRAIN).await;
                 if let Err(error) = channel.close(200, "OK".into()).await {
                     tracing::debug!(%error, "closing a dropped AMQP channel failed");
                 }
@@ -91,36 +151,51 @@ impl Drop for AmqpChannel {
 #[derive(Debug)]
 struct AckerSettler {
     acker: lapin::Acker,
+    in_flight: Arc<InFlight>,
+}
+
+impl AckerSettler {
+    fn settlement(&self, outcome: Outcome) -> SettleFuture {
+        let acker = self.acker.clone();
+        Box::pin(async move {
+            match outcome {
+                Outcome::Ack => acker.ack(Default::default()).await,
+                Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                Outcome::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
+            }
+        })
+    }
+}
+
+fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+    let done = done.map_err(|e| map(e, format!("settle delivery {delivery_tag} ({outcome:?})")))?;
+    if done {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Settlement,
+            format!(
+                "delivery {delivery_tag} cannot be settled: its AMQP channel ended (the broker \
+                 gives the message to another consumer)"
+            ),
+        ))
+    }
 }
 
 #[async_trait]
 impl Settler for AckerSettler {
+    /// Settles and waits until lapin wrote the frame.
     async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
-        let done = match outcome {
-            Outcome::Ack => self.acker.ack(Default::default()).await,
-            Outcome::Reject => {
-                self.acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
-            }
-            Outcome::Requeue => {
-                self.acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await
-            }
-        }
-        .map_err(|e| map(e, format!("settle delivery {delivery_tag} ({outcome:?})")))?;
-        if done {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Settlement,
-                format!(
-                    "delivery {delivery_tag} cannot be settled: its AMQP channel ended (the \
-                     broker gives the message to another consumer)"
-                ),
-            ))
-        }
+        settled(self.settlement(outcome).await, delivery_tag, outcome)
+    }
+
+    /// Hands the settlement to lapin without waiting for it to be written (closing the
+    /// channel waits); a settlement refused at once (its channel ended) is an error.
+    fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
+        Some(match self.in_flight.start(self.settlement(outcome)) {
+            None => Ok(()),
+            Some(done) => settled(done, delivery_tag, outcome),
+        })
     }
 }
 
@@ -129,7 +204,7 @@ fn delivery(
     d: lapin::message::Delivery,
     queue: &str,
     consumer_tag: &str,
-    no_ack: bool,
+    in_flight: Option<&Arc<InFlight>>,
 ) -> Delivery {
     let lapin::message::Delivery {
         delivery_tag,
@@ -148,11 +223,12 @@ fn delivery(
         delivery_tag,
         consumer_tag: consumer_tag.to_owned(),
     };
-    let settler: Option<Arc<dyn Settler>> = if no_ack {
-        None
-    } else {
-        Some(Arc::new(AckerSettler { acker }))
-    };
+    let settler: Option<Arc<dyn Settler>> = in_flight.map(|in_flight| {
+        Arc::new(AckerSettler {
+            acker,
+            in_flight: in_flight.clone(),
+        }) as Arc<dyn Settler>
+    });
     Delivery::new(to_message(data, &properties), info, settler)
 }
 
@@ -304,6 +380,7 @@ type Subscription =
 
 struct ConsumeState {
     inner: Weak<Inner>,
+    in_flight: Arc<InFlight>,
     queues: Vec<String>,
     options: ConsumeOptions,
     streams: SelectAll<Subscription>,
@@ -345,7 +422,8 @@ impl ConsumeState {
             }
             match self.streams.next().await {
                 Some((queue, tag, Ok(d))) => {
-                    let d = delivery(d, &queue, &tag, self.options.no_ack);
+                    let settle = (!self.options.no_ack).then_some(&self.in_flight);
+                    let d = delivery(d, &queue, &tag, settle);
                     return Some((Ok(d), self));
                 }
                 Some((queue, _, Err(e))) => {
@@ -401,6 +479,7 @@ impl AmqpChannel {
                 closed: AtomicBool::new(false),
                 confirms,
                 capabilities: capabilities(confirms),
+                in_flight: Arc::default(),
             }),
         };
         channel.inner.run(|_| async { Ok(()) }).await?;
@@ -683,6 +762,7 @@ impl Channel for AmqpChannel {
         };
         let state = ConsumeState {
             inner: Arc::downgrade(&self.inner),
+            in_flight: self.inner.in_flight.clone(),
             queues: queues.to_vec(),
             options: options.clone(),
             streams,
@@ -704,11 +784,13 @@ impl Channel for AmqpChannel {
                 }
             })
             .await?;
-        Ok(got.map(|m| delivery(m.delivery, queue, "", no_ack)))
+        let settle = (!no_ack).then_some(&self.inner.in_flight);
+        Ok(got.map(|m| delivery(m.delivery, queue, "", settle)))
     }
 
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.in_flight.drain(DRAIN).await;
         let channel = self.inner.slot.lock().take();
         if let Some(channel) = channel
             && channel.status().connected()
