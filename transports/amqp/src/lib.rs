@@ -51,12 +51,18 @@
 //!   returns once the broker confirmed; a batch is published whole and its confirms awaited
 //!   together. A mandatory publish that no queue takes fails with
 //!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
-//! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu).
+//! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
+//!   delivery hands the `basic.ack` / `basic.reject` to lapin without waiting for it to be
+//!   written; closing or dropping the channel waits for those first. A settlement refused at
+//!   once (the delivery's channel ended) is an error; one that fails later is logged, and the
+//!   broker redelivers the message.
 //! - Channel-level errors (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED) become errors of
 //!   those kinds, and the channel reopens for the next operation: the connection stays usable.
-//! - Recovery: when the connection drops, the next operation reconnects (every failover URL in
+//! - Recovery: when the connection drops, the next use of it (an operation, or a consumer
+//!   waiting for its next delivery) reconnects (every failover URL in
 //!   turn, with exponential backoff, for up to `recover_timeout`), declares again every
-//!   exchange, queue and binding this connection declared, and runs again. Consumers subscribe
+//!   exchange, queue and binding this connection declared, and runs again. Failover URLs
+//!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use. Consumers subscribe
 //!   again by themselves. A publish whose confirm did not arrive is published again, so a
 //!   confirmed publish is never lost (at least once: it may arrive twice). Deliveries taken
 //!   before the drop cannot be settled any more (the broker redelivers them).
