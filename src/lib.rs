@@ -33,6 +33,7 @@
 //! | scheme | feature | crate |
 //! |---|---|---|
 //! | `memory://`, `memory://NAME` | `memory` | `kombu-core` |
+//! | `amqp://`, `amqps://`, `pyamqp://` | `amqp` | `kombu-amqp` |
 //!
 //! Crates that use `kombu-core` directly call [`install`] (or a transport crate's own
 //! `register` function) once before opening connections.
@@ -64,6 +65,8 @@ pub fn install() {
         kombu_sqlite::register();
         #[cfg(feature = "redis")]
         kombu_redis::register();
+        #[cfg(feature = "amqp")]
+        kombu_amqp::register();
     });
 }
 

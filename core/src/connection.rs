@@ -72,7 +72,10 @@ impl Connection {
                     ),
                 ));
             };
-            match transport.connect(candidate).await {
+            match transport
+                .connect_with_alternates(candidate, &alternates)
+                .await
+            {
                 Ok(broker) => {
                     let default_channel = broker.channel().await?;
                     return Ok(Connection {

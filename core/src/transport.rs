@@ -29,6 +29,19 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Connects. Errors are [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the
     /// broker cannot be reached, so failover moves on to the next URL.
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>>;
+
+    /// Connects to `url`, one of the failover `alternates` (all of them, in order, `url`
+    /// among them), so that a transport that reconnects by itself after the connection drops
+    /// can move on to the others in turn. The default ignores them and calls
+    /// [`Transport::connect`].
+    async fn connect_with_alternates(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+    ) -> Result<Arc<dyn BrokerConnection>> {
+        let _ = alternates;
+        self.connect(url).await
+    }
 }
 
 /// A live connection to a broker. Cheap to share; channels are multiplexed over it.

@@ -1,0 +1,413 @@
+//! AMQP transport throughput against bare lapin doing the same work (the ceiling) and against
+//! Python kombu on py-amqp (`../shared/bench/kombu_baseline.py --only amqp`), in the same run,
+//! on RabbitMQ at 127.0.0.1:5672 (`KOMBU_BENCH_AMQP_URL` to change).
+//!
+//! ```text
+//! cargo bench --bench amqp                  # 20,000 messages per row
+//! cargo bench --bench amqp -- 5000          # fewer
+//! ```
+//!
+//! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON, persistent,
+//! to a durable queue through a direct exchange, as Python's baseline does. Bare lapin does the
+//! same work: it encodes each body with serde_json, sets the same properties (content type,
+//! encoding, delivery mode 2), and on consume decodes each body and acks it. Every row runs on
+//! a fresh queue. Rows:
+//! - publish with confirms, one by one: each publish waits for its confirm;
+//! - publish with confirms, batches of 100: a batch is published, then its confirms awaited;
+//! - publish without confirms, one by one (what Python kombu does by default);
+//! - consume + ack, prefetch 100: decode and ack every message. kombu-rs hands each ack to
+//!   lapin without waiting for it to be written (closing the channel waits); bare lapin is
+//!   measured both awaiting each ack and spawning each ack.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use kombu::{Connection, Exchange, Queue};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    id: u64,
+    payload: String,
+}
+
+fn server() -> String {
+    std::env::var("KOMBU_BENCH_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct Figures {
+    confirmed_single: f64,
+    confirmed_batch: f64,
+    unconfirmed: f64,
+    consume: f64,
+    /// Bare lapin only: acks spawned, not awaited one by one (what kombu-rs does).
+    consume_spawned_acks: f64,
+}
+
+fn values(n: u64) -> Vec<Payload> {
+    (0..n)
+        .map(|id| Payload {
+            id,
+            payload: "x".repeat(64),
+        })
+        .collect()
+}
+
+fn names() -> (String, String) {
+    let id = uuid::Uuid::new_v4().simple();
+    (format!("bench_ex_{id}"), format!("bench_q_{id}"))
+}
+
+async fn ours(n: u64) -> Figures {
+    let values = values(n);
+    let (ex, q) = names();
+    let exchange = Exchange::direct(ex.as_str());
+    let queue = Queue::new(q.as_str())
+        .exchange(exchange.clone())
+        .routing_key("bench");
+    let conn = Connection::open(&server()).await.expect("open");
+    conn.declare_queue(&queue).await.expect("declare");
+    let producer = conn
+        .producer()
+        .exchange(exchange.clone())
+        .routing_key("bench");
+
+    let start = Instant::now();
+    for v in &values {
+        producer.publish(v).await.expect("publish");
+    }
+    let confirmed_single = rate(n, start.elapsed());
+
+    let mut consumer = conn
+        .consumer([queue.clone()])
+        .prefetch(100)
+        .build()
+        .await
+        .expect("consumer");
+    let start = Instant::now();
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: Payload = d.decode().expect("decode");
+        d.ack().await.expect("ack");
+    }
+    let consume = rate(n, start.elapsed());
+    consumer.close().await.expect("close");
+
+    let start = Instant::now();
+    for chunk in values.chunks(100) {
+        producer.publish_batch(chunk).await.expect("batch");
+    }
+    let confirmed_batch = rate(n, start.elapsed());
+
+    let sep = if server().contains('?') { '&' } else { '?' };
+    let unconfirmed_conn = Connection::open(&format!("{}{sep}confirm_publish=false", server()))
+        .await
+        .expect("open");
+    let producer = unconfirmed_conn
+        .producer()
+        .exchange(exchange.clone())
+        .routing_key("bench");
+    let start = Instant::now();
+    for v in &values {
+        producer.publish(v).await.expect("publish");
+    }
+    let unconfirmed = rate(n, start.elapsed());
+    unconfirmed_conn.close().await.expect("close");
+
+    conn.delete_queue(&q).await.expect("delete");
+    conn.delete_exchange(&ex).await.expect("delete exchange");
+    conn.close().await.expect("close");
+    Figures {
+        confirmed_single,
+        confirmed_batch,
+        unconfirmed,
+        consume,
+        consume_spawned_acks: 0.0,
+    }
+}
+
+fn properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_delivery_mode(2)
+        .with_priority(0)
+}
+
+async fn publish_raw(ch: &lapin::Channel, ex: &str, v: &Payload) -> lapin::PublisherConfirm {
+    let body = serde_json::to_vec(v).expect("encode");
+    ch.basic_publish(
+        ex.into(),
+        "bench".into(),
+        BasicPublishOptions::default(),
+        &body,
+        properties(),
+    )
+    .await
+    .expect("publish")
+}
+
+async fn raw(n: u64) -> Figures {
+    let values = values(n);
+    let (ex, q) = names();
+    let conn = lapin::Connection::connect(&server(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        ex.as_str().into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare exchange");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare queue");
+    ch.queue_bind(
+        q.as_str().into(),
+        ex.as_str().into(),
+        "bench".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+
+    let start = Instant::now();
+    for v in &values {
+        let confirm = publish_raw(&ch, &ex, v).await.await.expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    let confirmed_single = rate(n, start.elapsed());
+
+    let cch = conn.create_channel().await.expect("channel");
+    cch.basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = cch
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let start = Instant::now();
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: Payload = serde_json::from_slice(&d.data).expect("decode");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let consume = rate(n, start.elapsed());
+
+    let start = Instant::now();
+    for chunk in values.chunks(100) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for v in chunk {
+            confirms.push(publish_raw(&ch, &ex, v).await);
+        }
+        for c in confirms {
+            assert!(c.await.expect("confirm").is_ack());
+        }
+    }
+    let confirmed_batch = rate(n, start.elapsed());
+
+    // The batch just published, consumed with acks handed to lapin without awaiting each.
+    let start = Instant::now();
+    let mut acks = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: Payload = serde_json::from_slice(&d.data).expect("decode");
+        let acker = d.acker;
+        acks.push(tokio::spawn(async move {
+            acker.ack(BasicAckOptions::default()).await
+        }));
+    }
+    for ack in acks {
+        ack.await.expect("ack task").expect("ack");
+    }
+    let consume_spawned_acks = rate(n, start.elapsed());
+    cch.close(200, "OK".into()).await.expect("close");
+
+    let plain = conn.create_channel().await.expect("channel");
+    let start = Instant::now();
+    for v in &values {
+        publish_raw(&plain, &ex, v).await;
+    }
+    // Both sides count a publish as done when its frames are handed to the socket.
+    let unconfirmed = rate(n, start.elapsed());
+
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    conn.close(200, "OK".into()).await.expect("close");
+    Figures {
+        confirmed_single,
+        confirmed_batch,
+        unconfirmed,
+        consume,
+        consume_spawned_acks,
+    }
+}
+
+/// Python kombu's publish and consume rates, from the shared baseline script.
+fn python(n: u64) -> Option<(f64, f64)> {
+    let python = std::env::var_os("KOMBU_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let venv = std::path::PathBuf::from(std::env::var_os("HOME")?)
+                .join(".cache/kombu-rs/venv/bin/python");
+            venv.exists().then_some(venv)
+        })?;
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("../shared/bench/kombu_baseline.py");
+    if !script.exists() {
+        eprintln!("no {}: Python column left out", script.display());
+        return None;
+    }
+    let out = std::env::temp_dir().join(format!("kombu-baseline-amqp-{}.json", std::process::id()));
+    let status = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--only",
+            "amqp",
+            "--runs",
+            "1",
+            "--n",
+            &n.to_string(),
+            "--json",
+        ])
+        .arg(&out)
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let run = json
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == "amqp" && r["ok"] == true)?;
+    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    kombu::install();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Alternate the two sides over three rounds; report medians.
+    let mut ours_runs = Vec::new();
+    let mut raw_runs = Vec::new();
+    for _ in 0..3 {
+        ours_runs.push(rt.block_on(ours(n)));
+        raw_runs.push(rt.block_on(raw(n)));
+    }
+    let med = |runs: &[Figures], f: fn(&Figures) -> f64| {
+        let mut xs: Vec<f64> = runs.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let py = python(n);
+
+    println!(
+        "amqp: {n} messages per row, median of 3 rounds; bare lapin doing the same work; Python kombu (py-amqp, no confirms) in the same run"
+    );
+    println!();
+    println!(
+        "| row | kombu-rs | bare lapin | kombu-rs / lapin | Python kombu | kombu-rs / Python |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, f: fn(&Figures) -> f64, py: Option<f64>| {
+        let o = med(&ours_runs, f);
+        let r = med(&raw_runs, f);
+        let (p, pr) = match py {
+            Some(p) => (format!("{} msg/s", grouped(p)), format!("{:.1}×", o / p)),
+            None => ("–".into(), "–".into()),
+        };
+        println!(
+            "| {name} | {} msg/s | {} msg/s | {:.2} | {p} | {pr} |",
+            grouped(o),
+            grouped(r),
+            o / r
+        );
+    };
+    row(
+        "publish with confirms, one by one",
+        |f| f.confirmed_single,
+        None,
+    );
+    row(
+        "publish with confirms, batches of 100",
+        |f| f.confirmed_batch,
+        py.map(|p| p.0),
+    );
+    row(
+        "publish without confirms, one by one",
+        |f| f.unconfirmed,
+        py.map(|p| p.0),
+    );
+    row(
+        "consume + ack, prefetch 100",
+        |f| f.consume,
+        py.map(|p| p.1),
+    );
+    let o = med(&ours_runs, |f| f.consume);
+    let r = med(&raw_runs, |f| f.consume_spawned_acks);
+    println!(
+        "| consume + ack, prefetch 100, lapin's acks spawned (not awaited one by one, as kombu-rs) | {} msg/s | {} msg/s | {:.2} | – | – |",
+        grouped(o),
+        grouped(r),
+        o / r
+    );
+}

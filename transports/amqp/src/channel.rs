@@ -1,0 +1,806 @@
+//! [`AmqpChannel`]: core's native [`Channel`] on a lapin channel.
+//!
+//! The lapin channel underneath is opened lazily and replaced when it ends: after a
+//! channel-level error (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED close the AMQP channel)
+//! the next operation opens a fresh one, so one failed declaration never makes the connection
+//! unusable. After the connection drops, operations wait for the connection to recover and run
+//! again (declarations are idempotent; a publish whose confirm never came is published again:
+//! at least once, never lost), and consumers subscribe again by themselves.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures::{StreamExt, TryFutureExt};
+use kombu_core::{
+    Binding, Capabilities, Channel, ConsumeOptions, Delivery, DeliveryInfo, DeliveryStream, Error,
+    ErrorKind, Exchange, Outcome, Outgoing, Queue, Result, Settler,
+};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::connection::{
+    Declared, Shared, bind, capabilities, declarable, declare_exchange, declare_queue_only,
+    no_arguments,
+};
+use crate::error::{is_connection_loss, map};
+use crate::mapping::{short_string, to_message, to_properties, to_table};
+
+/// Pause between attempts of an operation interrupted by a lost connection.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// The lapin channel in use, if one is open.
+    slot: Mutex<Option<lapin::Channel>>,
+    /// One opening at a time.
+    opening: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    confirms: bool,
+    capabilities: Capabilities,
+    /// Settlements handed to lapin and not yet written.
+    in_flight: Arc<InFlight>,
+}
+
+/// A settlement on its way to the broker.
+type SettleFuture = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
+
+/// Settlements handed to lapin's I/O loop without waiting for each to be written: a consumer
+/// acking one message at a time does not wait for the loop (four times the throughput on
+/// RabbitMQ). Closing the channel waits for them first, so an ack is never overtaken by the
+/// channel's close.
+#[derive(Default)]
+struct InFlight {
+    settlements: Mutex<FuturesUnordered<SettleFuture>>,
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("settlements", &self.settlements.lock().len())
+            .finish()
+    }
+}
+
+impl InFlight {
+    /// Starts `settlement` (its first poll hands the frame to lapin). Its result when it
+    /// finished at once (a refused or failed settlement), else `None`: it is on its way.
+    fn start(&self, mut settlement: SettleFuture) -> Option<lapin::Result<bool>> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Ready(done) = settlement.as_mut().poll(&mut cx) {
+            return Some(done);
+        }
+        let mut all = self.settlements.lock();
+        all.push(settlement);
+        // Reap the ones written since.
+        while let Poll::Ready(Some(done)) = all.poll_next_unpin(&mut cx) {
+            match done {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!("a settlement was refused: its channel ended"),
+                Err(error) => tracing::debug!(%error, "a settlement failed"),
+            }
+        }
+        None
+    }
+
+    /// Waits (at most `within`) until every started settlement is written.
+    async fn drain(&self, within: Duration) {
+        let all = std::mem::take(&mut *self.settlements.lock());
+        if !all.is_empty() {
+            let _ = tokio::time::timeout(within, all.collect::<Vec<_>>()).await;
+        }
+    }
+}
+
+/// How long closing a channel waits for its settlements to be written.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A channel on an AMQP connection. See the module docs.
+pub struct AmqpChannel {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AmqpChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.inner.slot.lock().as_ref().map(lapin::Channel::id);
+        f.debug_struct("AmqpChannel")
+            .field("channel_id", &id)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .field("confirms", &self.inner.confirms)
+            .finish()
+    }
+}
+
+impl Drop for AmqpChannel {
+    fn drop(&mut self) {
+        // Unsettled deliveries return to their queues when the AMQP channel closes.
+        self.inner.closed.store(true, Ordering::Release);
+        let Some(channel) = self.inner.slot.lock().take() else {
+            return;
+        };
+        if channel.status().connected()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let in_flight = self.inner.in_flight.clone();
+            handle.spawn(async move {
+                in_flight.drain(DRAIN).await;
+                if let Err(error) = channel.close(200, "OK".into()).await {
+                    tracing::debug!(%error, "closing a dropped AMQP channel failed");
+                }
+            });
+        }
+    }
+}
+
+/// Settles one delivery through lapin's acker, which knows its AMQP channel: after that channel
+/// ended (closed, or its connection dropped) the acker refuses, so a stale delivery tag is never
+/// applied to another channel's messages.
+#[derive(Debug)]
+struct AckerSettler {
+    acker: lapin::Acker,
+    in_flight: Arc<InFlight>,
+}
+
+impl AckerSettler {
+    fn settlement(&self, outcome: Outcome) -> SettleFuture {
+        let acker = self.acker.clone();
+        Box::pin(async move {
+            match outcome {
+                Outcome::Ack => acker.ack(Default::default()).await,
+                Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                Outcome::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
+            }
+        })
+    }
+}
+
+fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+    let done = done.map_err(|e| map(e, format!("settle delivery {delivery_tag} ({outcome:?})")))?;
+    if done {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Settlement,
+            format!(
+                "delivery {delivery_tag} cannot be settled: its AMQP channel ended (the broker \
+                 gives the message to another consumer)"
+            ),
+        ))
+    }
+}
+
+#[async_trait]
+impl Settler for AckerSettler {
+    /// Settles and waits until lapin wrote the frame.
+    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+        settled(self.settlement(outcome).await, delivery_tag, outcome)
+    }
+
+    /// Hands the settlement to lapin without waiting for it to be written (closing the
+    /// channel waits); a settlement refused at once (its channel ended) is an error.
+    fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
+        Some(match self.in_flight.start(self.settlement(outcome)) {
+            None => Ok(()),
+            Some(done) => settled(done, delivery_tag, outcome),
+        })
+    }
+}
+
+/// A lapin delivery as a kombu delivery.
+fn delivery(
+    d: lapin::message::Delivery,
+    queue: &str,
+    consumer_tag: &str,
+    in_flight: Option<&Arc<InFlight>>,
+) -> Delivery {
+    let lapin::message::Delivery {
+        delivery_tag,
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+    } = d;
+    let info = DeliveryInfo {
+        exchange: exchange.as_str().to_owned(),
+        routing_key: routing_key.as_str().to_owned(),
+        queue: queue.to_owned(),
+        redelivered,
+        delivery_tag,
+        consumer_tag: consumer_tag.to_owned(),
+    };
+    let settler: Option<Arc<dyn Settler>> = in_flight.map(|in_flight| {
+        Arc::new(AckerSettler {
+            acker,
+            in_flight: in_flight.clone(),
+        }) as Arc<dyn Settler>
+    });
+    Delivery::new(to_message(data, &properties), info, settler)
+}
+
+/// The outcome of a confirmed publish.
+fn confirmation(
+    confirmed: lapin::Result<Confirmation>,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<()> {
+    let what = || format!("publish to exchange {exchange:?} with routing key {routing_key:?}");
+    match confirmed.map_err(|e| map(e, what()))? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(Error::new(
+            ErrorKind::Unroutable,
+            format!(
+                "{}: returned by the broker ({} {}): no queue is bound to take it",
+                what(),
+                returned.reply_code,
+                returned.reply_text.as_str()
+            ),
+        )),
+        Confirmation::Nack(_) => Err(Error::new(
+            ErrorKind::Broker,
+            format!("{}: the broker refused it (nack)", what()),
+        )),
+    }
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The lapin channel to use: the open one, else a new one (on a recovered connection if
+    /// the old one dropped), in confirm mode when confirms are on.
+    async fn lapin(&self) -> Result<lapin::Channel> {
+        if self.is_closed() {
+            return Err(Error::closed("the AMQP channel was closed"));
+        }
+        if let Some(ch) = self.slot.lock().as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let _one = self.opening.lock().await;
+        if let Some(ch) = self.slot.lock().as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let (conn, _) = self.shared.connection().await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| map(e, "open an AMQP channel"))?;
+        if self.confirms {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| map(e, "enable publisher confirms"))?;
+        }
+        if self.is_closed() {
+            let _ = ch.close(200, "OK".into()).await;
+            return Err(Error::closed("the AMQP channel was closed"));
+        }
+        *self.slot.lock() = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Whether an operation that failed with `e` is worth running again: the connection or the
+    /// channel went away under it (not closed by us), recovery is on and there is time left.
+    fn retryable(&self, e: &Error, deadline: Instant) -> bool {
+        matches!(
+            e.kind(),
+            ErrorKind::Connection | ErrorKind::Closed | ErrorKind::Timeout
+        ) && !self.is_closed()
+            && !self.shared.is_closed()
+            && self.shared.options().recover
+            && Instant::now() < deadline
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.shared.options().recover_timeout
+    }
+
+    /// Runs `op` on the lapin channel, again on a new one when the connection or channel went
+    /// away under it.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(lapin::Channel) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let deadline = self.deadline();
+        loop {
+            match self.lapin().and_then(&op).await {
+                Ok(v) => return Ok(v),
+                Err(e) if self.retryable(&e, deadline) => {
+                    tracing::debug!(error = %e, "AMQP operation interrupted; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        queues: &[String],
+        options: &ConsumeOptions,
+    ) -> Result<SelectAll<Subscription>> {
+        let ch = self.lapin().await?;
+        if options.prefetch > 0 && !options.no_ack {
+            ch.basic_qos(options.prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(|e| map(e, format!("set prefetch {}", options.prefetch)))?;
+        }
+        let mut all = SelectAll::new();
+        for (i, queue) in queues.iter().enumerate() {
+            let tag = match (options.consumer_tag.as_str(), queues.len()) {
+                ("", _) => String::new(),
+                (tag, 1) => tag.to_owned(),
+                (tag, _) => format!("{tag}-{i}"),
+            };
+            let consumer = ch
+                .basic_consume(
+                    short_string("queue name", queue)?,
+                    short_string("consumer tag", &tag)?,
+                    BasicConsumeOptions {
+                        no_ack: options.no_ack,
+                        ..BasicConsumeOptions::default()
+                    },
+                    no_arguments(),
+                )
+                .await
+                .map_err(|e| map(e, format!("consume from queue {queue:?}")))?;
+            let queue: Arc<str> = Arc::from(queue.as_str());
+            let tag: Arc<str> = Arc::from(consumer.tag().as_str());
+            all.push(
+                consumer
+                    .map(move |item| (queue.clone(), tag.clone(), item))
+                    .boxed(),
+            );
+        }
+        Ok(all)
+    }
+}
+
+type Subscription =
+    BoxStream<'static, (Arc<str>, Arc<str>, lapin::Result<lapin::message::Delivery>)>;
+
+struct ConsumeState {
+    inner: Weak<Inner>,
+    in_flight: Arc<InFlight>,
+    queues: Vec<String>,
+    options: ConsumeOptions,
+    streams: SelectAll<Subscription>,
+    done: bool,
+}
+
+impl ConsumeState {
+    /// After the connection dropped: subscribe again on a recovered connection. `None` when
+    /// the channel was closed meanwhile or recovery gave up (the error then ends the stream).
+    async fn resubscribe(&mut self, cause: Error) -> Option<Error> {
+        let inner = self.inner.upgrade()?;
+        let deadline = inner.deadline();
+        let mut last = cause;
+        loop {
+            if inner.is_closed() {
+                return None;
+            }
+            if !inner.retryable(&last, deadline) {
+                return Some(last);
+            }
+            match inner.subscribe(&self.queues, &self.options).await {
+                Ok(streams) => {
+                    tracing::info!(queues = ?self.queues, "AMQP consumer resumed");
+                    self.streams = streams;
+                    return None;
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Delivery>, ConsumeState)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            match self.streams.next().await {
+                Some((queue, tag, Ok(d))) => {
+                    let settle = (!self.options.no_ack).then_some(&self.in_flight);
+                    let d = delivery(d, &queue, &tag, settle);
+                    return Some((Ok(d), self));
+                }
+                Some((queue, _, Err(e))) => {
+                    let lost = is_connection_loss(&e);
+                    let error = map(e, format!("consume from queue {queue:?}"));
+                    let closed = self.inner.upgrade().is_none_or(|i| i.is_closed());
+                    if closed {
+                        return None;
+                    }
+                    if lost {
+                        match self.resubscribe(error).await {
+                            None => continue,
+                            Some(error) => {
+                                self.done = true;
+                                return Some((Err(error), self));
+                            }
+                        }
+                    }
+                    self.done = true;
+                    return Some((Err(error), self));
+                }
+                None => {
+                    // Every subscription ended: the channel was closed (by us, or by the
+                    // broker after a channel error), or the connection dropped.
+                    let inner = self.inner.upgrade()?;
+                    if inner.is_closed() || inner.shared.is_closed() {
+                        return None;
+                    }
+                    let alive = inner.shared.connection_alive();
+                    drop(inner);
+                    if alive {
+                        return None;
+                    }
+                    let lost = Error::new(ErrorKind::Connection, "the AMQP connection dropped");
+                    if let Some(error) = self.resubscribe(lost).await {
+                        self.done = true;
+                        return Some((Err(error), self));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AmqpChannel {
+    pub(crate) async fn open(shared: Arc<Shared>) -> Result<AmqpChannel> {
+        let confirms = shared.options().confirm_publish;
+        let channel = AmqpChannel {
+            inner: Arc::new(Inner {
+                shared,
+                slot: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+                confirms,
+                capabilities: capabilities(confirms),
+                in_flight: Arc::default(),
+            }),
+        };
+        channel.inner.run(|_| async { Ok(()) }).await?;
+        Ok(channel)
+    }
+
+    async fn publish_all(&self, batch: &[Outgoing]) -> Result<()> {
+        let inner = &self.inner;
+        let mut prepared = Vec::with_capacity(batch.len());
+        for o in batch {
+            prepared.push((
+                short_string("exchange name", &o.exchange)?,
+                short_string("routing key", &o.routing_key)?,
+                to_properties(&o.message),
+            ));
+        }
+        let deadline = inner.deadline();
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut failure: Option<Error> = None;
+        while !pending.is_empty() {
+            let mut again = Vec::new();
+            let mut interrupted: Option<Error> = None;
+            match inner.lapin().await {
+                Err(e) => {
+                    interrupted = Some(e);
+                    again = pending.clone();
+                }
+                Ok(ch) => {
+                    let mut confirms = Vec::with_capacity(pending.len());
+                    for (n, &i) in pending.iter().enumerate() {
+                        let (exchange, routing_key, properties) = &prepared[i];
+                        let o = &batch[i];
+                        match publish_one(&ch, exchange, routing_key, o, properties.clone()).await {
+                            Ok(confirm) => confirms.push((i, confirm)),
+                            Err(e) => {
+                                interrupted = Some(e);
+                                again.extend_from_slice(&pending[n..]);
+                                break;
+                            }
+                        }
+                    }
+                    // Awaited together: one round trip's wait for the whole batch.
+                    for (i, confirm) in confirms {
+                        let o = &batch[i];
+                        if let Err(e) = confirmation(confirm.await, &o.exchange, &o.routing_key) {
+                            if inner.retryable(&e, deadline) {
+                                again.push(i);
+                                interrupted.get_or_insert(e);
+                            } else if failure.is_none() {
+                                failure = Some(e);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(e) = interrupted {
+                if !inner.retryable(&e, deadline) {
+                    return Err(failure.unwrap_or(e));
+                }
+                tracing::debug!(error = %e, left = again.len(), "AMQP publish interrupted; publishing again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            again.sort_unstable();
+            pending = again;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, entry: Declared) {
+        self.inner.shared.record(entry);
+    }
+}
+
+async fn publish_one(
+    ch: &lapin::Channel,
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    o: &Outgoing,
+    properties: BasicProperties,
+) -> Result<lapin::PublisherConfirm> {
+    ch.basic_publish(
+        exchange.clone(),
+        routing_key.clone(),
+        BasicPublishOptions {
+            mandatory: o.mandatory,
+            immediate: false,
+        },
+        &o.message.body,
+        properties,
+    )
+    .await
+    .map_err(|e| {
+        map(
+            e,
+            format!(
+                "publish to exchange {:?} with routing key {:?}",
+                o.exchange, o.routing_key
+            ),
+        )
+    })
+}
+
+#[async_trait]
+impl Channel for AmqpChannel {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.inner
+            .run(|ch| async move { declare_exchange(&ch, exchange).await })
+            .await?;
+        if declarable(&exchange.name) {
+            self.record(Declared::Exchange(exchange.clone()));
+        }
+        Ok(())
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let exchange = short_string("exchange name", name)?;
+        self.inner
+            .run(|ch| {
+                let exchange = exchange.clone();
+                async move {
+                    ch.exchange_delete(exchange, ExchangeDeleteOptions::default())
+                        .await
+                        .map_err(|e| map(e, format!("delete exchange {name:?}")))
+                }
+            })
+            .await?;
+        self.inner.shared.forget(|d| match d {
+            Declared::Exchange(e) => e.name == name,
+            Declared::Binding(_, b) => b.exchange == name,
+            Declared::Queue(_) => false,
+        });
+        Ok(())
+    }
+
+    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+        queue.validate()?;
+        if let Some(exchange) = &queue.exchange
+            && declarable(&exchange.name)
+        {
+            self.declare_exchange(exchange).await?;
+        }
+        self.inner
+            .run(|ch| async move { declare_queue_only(&ch, queue).await })
+            .await?;
+        self.record(Declared::Queue(queue.clone()));
+        for binding in queue.bindings() {
+            self.bind(&queue.name, &binding).await?;
+        }
+        Ok(())
+    }
+
+    async fn bind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.inner
+            .run(|ch| async move { bind(&ch, queue, binding).await })
+            .await?;
+        self.record(Declared::Binding(queue.to_owned(), binding.clone()));
+        Ok(())
+    }
+
+    async fn unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        let q = short_string("queue name", queue)?;
+        let x = short_string("exchange name", &binding.exchange)?;
+        let rk = short_string("routing key", &binding.routing_key)?;
+        let args = to_table(&binding.arguments);
+        let result = self
+            .inner
+            .run(|ch| {
+                let (q, x, rk, args) = (q.clone(), x.clone(), rk.clone(), args.clone());
+                async move {
+                    ch.queue_unbind(q, x, rk, args).await.map_err(|e| {
+                        map(
+                            e,
+                            format!(
+                                "unbind queue {queue:?} from exchange {:?}",
+                                binding.exchange
+                            ),
+                        )
+                    })
+                }
+            })
+            .await;
+        self.inner
+            .shared
+            .forget(|d| matches!(d, Declared::Binding(q, b) if q == queue && b == binding));
+        match result {
+            // A binding whose queue or exchange is gone is gone too.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn queue_size(&self, queue: &str) -> Result<u64> {
+        let name = short_string("queue name", queue)?;
+        self.inner
+            .run(|ch| {
+                let name = name.clone();
+                async move {
+                    let q = ch
+                        .queue_declare(
+                            name,
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            no_arguments(),
+                        )
+                        .await
+                        .map_err(|e| map(e, format!("size of queue {queue:?}")))?;
+                    Ok(u64::from(q.message_count()))
+                }
+            })
+            .await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let name = short_string("queue name", queue)?;
+        self.inner
+            .run(|ch| {
+                let name = name.clone();
+                async move {
+                    ch.queue_purge(name, QueuePurgeOptions::default())
+                        .await
+                        .map(u64::from)
+                        .map_err(|e| map(e, format!("purge queue {queue:?}")))
+                }
+            })
+            .await
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<u64> {
+        let name = short_string("queue name", queue)?;
+        let deleted = self
+            .inner
+            .run(|ch| {
+                let name = name.clone();
+                async move {
+                    ch.queue_delete(name, QueueDeleteOptions::default())
+                        .await
+                        .map(u64::from)
+                        .map_err(|e| map(e, format!("delete queue {queue:?}")))
+                }
+            })
+            .await?;
+        self.inner.shared.forget(|d| match d {
+            Declared::Queue(q) => q.name == queue,
+            Declared::Binding(q, _) => q == queue,
+            Declared::Exchange(_) => false,
+        });
+        Ok(deleted)
+    }
+
+    async fn publish(&self, outgoing: Outgoing) -> Result<()> {
+        self.publish_all(std::slice::from_ref(&outgoing)).await
+    }
+
+    async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
+        self.publish_all(&batch).await
+    }
+
+    async fn consume(&self, queues: &[String], options: &ConsumeOptions) -> Result<DeliveryStream> {
+        if queues.is_empty() {
+            return Err(Error::config("consume needs at least one queue"));
+        }
+        let deadline = self.inner.deadline();
+        let streams = loop {
+            match self.inner.subscribe(queues, options).await {
+                Ok(s) => break s,
+                Err(e) if self.inner.retryable(&e, deadline) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let state = ConsumeState {
+            inner: Arc::downgrade(&self.inner),
+            in_flight: self.inner.in_flight.clone(),
+            queues: queues.to_vec(),
+            options: options.clone(),
+            streams,
+            done: false,
+        };
+        Ok(stream::unfold(state, ConsumeState::next).boxed())
+    }
+
+    async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
+        let name = short_string("queue name", queue)?;
+        let got = self
+            .inner
+            .run(|ch| {
+                let name = name.clone();
+                async move {
+                    ch.basic_get(name, BasicGetOptions { no_ack })
+                        .await
+                        .map_err(|e| map(e, format!("get from queue {queue:?}")))
+                }
+            })
+            .await?;
+        let settle = (!no_ack).then_some(&self.inner.in_flight);
+        Ok(got.map(|m| delivery(m.delivery, queue, "", settle)))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.in_flight.drain(DRAIN).await;
+        let channel = self.inner.slot.lock().take();
+        if let Some(channel) = channel
+            && channel.status().connected()
+            && let Err(e) = channel.close(200, "OK".into()).await
+        {
+            // A channel whose connection dropped is closed already.
+            if !is_connection_loss(&e) {
+                return Err(map(e, "close the AMQP channel"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! The broker connection: one lapin connection, replaced after it drops (recovery), and the
+//! topology this connection declared, replayed on every new one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use kombu_core::{
+    Binding, BrokerConnection, Capabilities, Channel, Error, ErrorKind, Exchange, Queue, Result,
+};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::FieldTable;
+use parking_lot::Mutex;
+
+use crate::channel::AmqpChannel;
+use crate::error::map;
+use crate::mapping::{short_string, to_table};
+use crate::options::AmqpOptions;
+
+/// What this connection declared, in order, so that a new connection can declare it again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Declared {
+    Exchange(Exchange),
+    Queue(Queue),
+    Binding(String, Binding),
+}
+
+pub(crate) struct Shared {
+    /// The failover alternatives, the first one the URL this connection was opened with.
+    pub(crate) urls: Vec<AmqpOptions>,
+    /// The lapin connection in use and its generation (bumped by every reconnect).
+    current: Mutex<(Arc<lapin::Connection>, u64)>,
+    /// One reconnect at a time.
+    reconnecting: tokio::sync::Mutex<()>,
+    pub(crate) topology: Mutex<Vec<Declared>>,
+    closed: AtomicBool,
+    /// Which of `urls` is in use.
+    url_index: AtomicU64,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConnection")
+            .field("url", &self.options())
+            .field("generation", &self.current.lock().1)
+            .finish()
+    }
+}
+
+/// Opens a lapin connection to `options`, within its connect timeout.
+pub(crate) async fn connect(options: &AmqpOptions) -> Result<lapin::Connection> {
+    let shown = format!(
+        "amqp{}://{}:{}/{}",
+        if options.tls { "s" } else { "" },
+        options.host,
+        options.port,
+        options.vhost
+    );
+    let tls = match &options.ca_certs {
+        None => OwnedTLSConfig::default(),
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::config(format!("ssl_ca_certs: cannot read {path:?}")).with_source(e)
+            })?),
+        },
+    };
+    let runtime =
+        lapin::runtime::default_runtime().map_err(|e| map(e, format!("connect to {shown}")))?;
+    let properties = lapin::ConnectionProperties::default().with_connection_name("kombu-rs".into());
+    let connecting =
+        lapin::Connection::connect_uri_with_config(options.uri(), properties, tls, runtime);
+    // The URI carries the timeout for the TCP connect; this bounds the handshake too.
+    match tokio::time::timeout(options.connect_timeout + Duration::from_secs(1), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            let mut error = map(e, format!("connect to {shown}"));
+            // A refused login is not worth retrying; everything else is.
+            if error.kind() != ErrorKind::AccessRefused {
+                error = Error::new(ErrorKind::Connection, error.message().to_owned())
+                    .with_source(error);
+            }
+            Err(error)
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "connect to {shown}: no answer within {:?}",
+                options.connect_timeout
+            ),
+        )),
+    }
+}
+
+/// Declares what `entry` describes on `channel`.
+pub(crate) async fn declare(channel: &lapin::Channel, entry: &Declared) -> Result<()> {
+    match entry {
+        Declared::Exchange(e) => declare_exchange(channel, e).await,
+        Declared::Queue(q) => declare_queue_only(channel, q).await.map(|_| ()),
+        Declared::Binding(q, b) => bind(channel, q, b).await,
+    }
+}
+
+/// Whether kombu would declare this exchange: not the default exchange, not `amq.*`.
+pub(crate) fn declarable(exchange: &str) -> bool {
+    !exchange.is_empty() && !exchange.starts_with("amq.")
+}
+
+pub(crate) async fn declare_exchange(channel: &lapin::Channel, e: &Exchange) -> Result<()> {
+    if !declarable(&e.name) {
+        return Ok(());
+    }
+    let name = short_string("exchange name", &e.name)?;
+    let kind = match e.kind {
+        kombu_core::ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        kombu_core::ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        kombu_core::ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        kombu_core::ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+    };
+    channel
+        .exchange_declare(
+            name,
+            kind,
+            ExchangeDeclareOptions {
+                durable: e.durable,
+                auto_delete: e.auto_delete,
+                ..ExchangeDeclareOptions::default()
+            },
+            to_table(&e.arguments),
+        )
+        .await
+        .map_err(|err| map(err, format!("declare exchange {:?}", e.name)))
+}
+
+pub(crate) async fn declare_queue_only(channel: &lapin::Channel, q: &Queue) -> Result<u32> {
+    q.validate()?;
+    let name = short_string("queue name", &q.name)?;
+    let declared = channel
+        .queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable: q.durable,
+                exclusive: q.exclusive,
+                // kombu: exclusive implies auto_delete.
+                auto_delete: q.auto_delete || q.exclusive,
+                ..QueueDeclareOptions::default()
+            },
+            to_table(&q.declare_arguments()),
+        )
+        .await
+        .map_err(|err| map(err, format!("declare queue {:?}", q.name)))?;
+    Ok(declared.message_count())
+}
+
+pub(crate) async fn bind(channel: &lapin::Channel, queue: &str, b: &Binding) -> Result<()> {
+    channel
+        .queue_bind(
+            short_string("queue name", queue)?,
+            short_string("exchange name", &b.exchange)?,
+            short_string("routing key", &b.routing_key)?,
+            QueueBindOptions::default(),
+            to_table(&b.arguments),
+        )
+        .await
+        .map_err(|err| {
+            map(
+                err,
+                format!(
+                    "bind queue {queue:?} to exchange {:?} with key {:?}",
+                    b.exchange, b.routing_key
+                ),
+            )
+        })
+}
+
+impl Shared {
+    pub(crate) async fn open(urls: Vec<AmqpOptions>) -> Result<Arc<Shared>> {
+        let first = urls
+            .first()
+            .ok_or_else(|| Error::config("no AMQP URL given"))?;
+        let conn = connect(first).await?;
+        Ok(Arc::new(Shared {
+            urls,
+            current: Mutex::new((Arc::new(conn), 0)),
+            reconnecting: tokio::sync::Mutex::new(()),
+            topology: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            url_index: AtomicU64::new(0),
+        }))
+    }
+
+    /// The options of the URL in use.
+    pub(crate) fn options(&self) -> &AmqpOptions {
+        let i = usize::try_from(self.url_index.load(Ordering::Relaxed)).unwrap_or(0);
+        // ok: `urls` is never empty (checked in `open`) and the index stays in range.
+        self.urls.get(i).unwrap_or(&self.urls[0])
+    }
+
+    /// Whether the lapin connection in use is up.
+    pub(crate) fn connection_alive(&self) -> bool {
+        self.current.lock().0.status().connected()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A live lapin connection and its generation, reconnecting first when the current one
+    /// dropped (and recovery is on).
+    pub(crate) async fn connection(&self) -> Result<(Arc<lapin::Connection>, u64)> {
+        if self.is_closed() {
+            return Err(Error::closed("the AMQP connection was closed"));
+        }
+        {
+            let current = self.current.lock();
+            if current.0.status().connected() {
+                return Ok((current.0.clone(), current.1));
+            }
+        }
+        if !self.options().recover {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                "the AMQP connection dropped (recovery is off: recover=false)",
+            ));
+        }
+        self.reconnect().await
+    }
+
+    /// Reconnects (single flight): tries every failover URL in turn, backing off exponentially
+    /// between rounds, until one connects or `recover_timeout` passes; then declares this
+    /// connection's topology again.
+    async fn reconnect(&self) -> Result<(Arc<lapin::Connection>, u64)> {
+        let _one = self.reconnecting.lock().await;
+        {
+            let current = self.current.lock();
+            if current.0.status().connected() {
+                return Ok((current.0.clone(), current.1));
+            }
+        }
+        let timeout = self.options().recover_timeout;
+        let started = tokio::time::Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut index = usize::try_from(self.url_index.load(Ordering::Relaxed)).unwrap_or(0);
+        let mut last_error = None;
+        loop {
+            for _ in 0..self.urls.len() {
+                if self.is_closed() {
+                    return Err(Error::closed("the AMQP connection was closed"));
+                }
+                let options = &self.urls[index % self.urls.len()];
+                match connect(options).await {
+                    Ok(conn) => match self.replay(&conn).await {
+                        Ok(()) => {
+                            self.url_index
+                                .store((index % self.urls.len()) as u64, Ordering::Relaxed);
+                            let mut current = self.current.lock();
+                            current.0 = Arc::new(conn);
+                            current.1 += 1;
+                            tracing::info!(
+                                host = %options.host,
+                                port = options.port,
+                                generation = current.1,
+                                "AMQP connection recovered"
+                            );
+                            return Ok((current.0.clone(), current.1));
+                        }
+                        Err(e) => last_error = Some(e),
+                    },
+                    Err(e) if e.kind() == ErrorKind::AccessRefused => return Err(e),
+                    Err(e) => last_error = Some(e),
+                }
+                index += 1;
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+            if started.elapsed() + delay > timeout {
+                let error = last_error.unwrap_or_else(|| {
+                    Error::new(ErrorKind::Connection, "no AMQP URL could be reached")
+                });
+                return Err(error.context(format!(
+                    "AMQP connection lost and not recovered within {timeout:?}"
+                )));
+            }
+            tracing::debug!(?delay, "AMQP broker unreachable; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Declares this connection's topology on a new connection.
+    async fn replay(&self, conn: &lapin::Connection) -> Result<()> {
+        let entries = self.topology.lock().clone();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let open = || async {
+            conn.create_channel()
+                .await
+                .map_err(|e| map(e, "open a channel to redeclare the topology"))
+        };
+        let mut channel = open().await?;
+        for entry in &entries {
+            if let Err(e) = declare(&channel, entry).await {
+                if e.kind() == ErrorKind::Connection || !conn.status().connected() {
+                    return Err(e);
+                }
+                // An entity that cannot be declared the same way any more (someone redeclared
+                // it differently) is reported, not fatal: the rest still recovers.
+                tracing::warn!(error = %e, "redeclaring after a reconnect failed");
+                channel = open().await?;
+            }
+        }
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(())
+    }
+
+    /// Remembers a declaration for replay (once).
+    pub(crate) fn record(&self, entry: Declared) {
+        let mut topology = self.topology.lock();
+        if !topology.contains(&entry) {
+            // A redeclared queue or exchange replaces its earlier definition.
+            topology.retain(|old| !same_entity(old, &entry));
+            topology.push(entry);
+        }
+    }
+
+    /// Forgets declarations that `gone` matches.
+    pub(crate) fn forget(&self, gone: impl Fn(&Declared) -> bool) {
+        self.topology.lock().retain(|d| !gone(d));
+    }
+
+    pub(crate) async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let conn = self.current.lock().0.clone();
+        if conn.status().connected() {
+            conn.close(200, "OK".into())
+                .await
+                .map_err(|e| map(e, "close the AMQP connection"))?;
+        }
+        Ok(())
+    }
+}
+
+fn same_entity(a: &Declared, b: &Declared) -> bool {
+    match (a, b) {
+        (Declared::Exchange(x), Declared::Exchange(y)) => x.name == y.name,
+        (Declared::Queue(x), Declared::Queue(y)) => x.name == y.name,
+        _ => false,
+    }
+}
+
+/// A connection to RabbitMQ (or any AMQP 0-9-1 broker). Channels are multiplexed over it.
+#[derive(Debug, Clone)]
+pub struct AmqpConnection {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl AmqpConnection {
+    /// Connects to the first of `urls` (failover alternatives for recovery, tried in turn).
+    pub async fn open(urls: Vec<AmqpOptions>) -> Result<AmqpConnection> {
+        Ok(AmqpConnection {
+            shared: Shared::open(urls).await?,
+        })
+    }
+
+    /// How many times this connection was re-established after dropping.
+    pub fn recoveries(&self) -> u64 {
+        self.shared.current.lock().1
+    }
+}
+
+/// What RabbitMQ does.
+pub(crate) fn capabilities(confirms: bool) -> Capabilities {
+    let mut c = Capabilities::none();
+    c.direct = true;
+    c.topic = true;
+    c.fanout = true;
+    c.headers = true;
+    c.priorities = true;
+    c.message_ttl = true;
+    c.max_length = true;
+    c.dead_lettering = true;
+    c.persistent = true;
+    c.shared_between_processes = true;
+    c.restore_on_drop = true;
+    c.publisher_confirms = confirms;
+    // Returned messages are matched to their publish through the confirm.
+    c.mandatory = confirms;
+    c
+}
+
+#[async_trait]
+impl BrokerConnection for AmqpConnection {
+    fn capabilities(&self) -> Capabilities {
+        capabilities(self.shared.options().confirm_publish)
+    }
+
+    async fn channel(&self) -> Result<Arc<dyn Channel>> {
+        let channel = AmqpChannel::open(self.shared.clone()).await?;
+        Ok(Arc::new(channel))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.close().await
+    }
+}
+
+/// An empty field table.
+pub(crate) fn no_arguments() -> FieldTable {
+    FieldTable::default()
+}

@@ -1,0 +1,133 @@
+//! # kombu-amqp
+//!
+//! The AMQP 0-9-1 transport of kombu-rs, on [lapin](https://docs.rs/lapin): RabbitMQ does the
+//! routing, and kombu's model maps onto AMQP as Python kombu (py-amqp) maps it, so Python kombu
+//! and Celery share exchanges, queues and messages with a Rust service.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kombu_core::Result<()> {
+//! kombu_amqp::register();
+//! let conn = kombu_core::Connection::open("amqp://guest:guest@127.0.0.1:5672//").await?;
+//! conn.producer().routing_key("celery").publish(&"hello").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## URLs
+//!
+//! `amqp://[user[:password]@]host[:port][/vhost][?options]`; `amqps://` for TLS (port 5671),
+//! `pyamqp://` as an alias of `amqp://`. As in kombu: user and password default to
+//! `guest`, the host to `localhost` (as `127.0.0.1`), the virtual host is the path without its
+//! first `/` (`amqp://h//` and `amqp://h` are `/`, `amqp://h/%2Fvh` is `/vh`). Options:
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `heartbeat` | `60` | heartbeat interval in seconds (0: off) |
+//! | `connect_timeout` | `5` | seconds connecting may take |
+//! | `confirm_publish` | `true` | publisher confirms: a publish returns once the broker has it |
+//! | `recover` | `true` | reconnect, redeclare and resume after the connection drops |
+//! | `recover_timeout` | `60` | seconds recovery keeps trying before operations fail |
+//! | `ssl` | `false` | TLS on an `amqp://` URL |
+//! | `ssl_ca_certs` | system roots | PEM file of the CAs that sign the server's certificate |
+//! | `frame_max`, `channel_max` | the broker's | connection tuning |
+//!
+//! ## Mapping (as py-amqp)
+//!
+//! Content type and encoding are the AMQP properties of the same names; headers (with kombu's
+//! `compression` header) are the application headers, integers written as signed 32-bit when
+//! they fit and 64-bit otherwise, strings as long strings, byte strings as byte arrays; the
+//! delivery mode is 2 (persistent) unless transient; the expiration is milliseconds as a decimal
+//! string; priority, correlation id, reply-to, message id, timestamp, type, user id and app id
+//! pass through. Exchanges and queues are declared with kombu's defaults (durable, not
+//! auto-delete; exclusive implies auto-delete), never the default exchange or `amq.*`, and
+//! queue arguments carry kombu's names (`x-message-ttl`, `x-expires`, `x-max-length`,
+//! `x-max-priority`, `x-dead-letter-exchange`, `x-dead-letter-routing-key`, and any other,
+//! such as `x-queue-type: quorum`, through [`Queue::argument`](kombu_core::Queue::argument)),
+//! so redeclaring what Python kombu or Celery declared never fails with PRECONDITION_FAILED.
+//!
+//! ## Reliability
+//!
+//! - Publisher confirms are on by default. [`Channel::publish`](kombu_core::Channel::publish)
+//!   returns once the broker confirmed; a batch is published whole and its confirms awaited
+//!   together. A mandatory publish that no queue takes fails with
+//!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
+//! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
+//!   delivery hands the `basic.ack` / `basic.reject` to lapin without waiting for it to be
+//!   written; closing or dropping the channel waits for those first. A settlement refused at
+//!   once (the delivery's channel ended) is an error; one that fails later is logged, and the
+//!   broker redelivers the message.
+//! - Channel-level errors (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED) become errors of
+//!   those kinds, and the channel reopens for the next operation: the connection stays usable.
+//! - Recovery: when the connection drops, the next use of it (an operation, or a consumer
+//!   waiting for its next delivery) reconnects (every failover URL in
+//!   turn, with exponential backoff, for up to `recover_timeout`), declares again every
+//!   exchange, queue and binding this connection declared, and runs again. Failover URLs
+//!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use. Consumers subscribe
+//!   again by themselves. A publish whose confirm did not arrive is published again, so a
+//!   confirmed publish is never lost (at least once: it may arrive twice). Deliveries taken
+//!   before the drop cannot be settled any more (the broker redelivers them).
+
+#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
+
+mod channel;
+mod connection;
+mod error;
+mod mapping;
+mod options;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kombu_core::{BrokerConnection, BrokerUrl, Result, Transport};
+
+pub use channel::AmqpChannel;
+pub use connection::AmqpConnection;
+pub use options::{AmqpOptions, OPTIONS};
+
+/// The URL schemes of this transport.
+pub const SCHEMES: &[&str] = &["amqp", "amqps", "pyamqp"];
+
+/// The AMQP transport (`amqp://`, `amqps://`, `pyamqp://`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AmqpTransport;
+
+#[async_trait]
+impl Transport for AmqpTransport {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        SCHEMES
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
+        self.connect_with_alternates(url, std::slice::from_ref(url))
+            .await
+    }
+
+    /// Connects to `url`; after the connection drops, recovery tries the AMQP URLs among
+    /// `alternates` in turn, starting with the one in use.
+    async fn connect_with_alternates(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+    ) -> Result<Arc<dyn BrokerConnection>> {
+        let first = AmqpOptions::from_url(url)?;
+        let at = alternates.iter().position(|a| a == url).unwrap_or(0);
+        let mut urls = vec![first];
+        // The ones after `url`, then the ones before it: the order failover tries them in.
+        for other in alternates[at..].iter().skip(1).chain(&alternates[..at]) {
+            if other != url && SCHEMES.contains(&other.scheme()) {
+                urls.push(AmqpOptions::from_url(other)?);
+            }
+        }
+        Ok(Arc::new(AmqpConnection::open(urls).await?))
+    }
+}
+
+/// Registers the AMQP transport for its schemes. Idempotent.
+pub fn register() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| kombu_core::register_transport(Arc::new(AmqpTransport)));
+}

@@ -1,0 +1,564 @@
+//! Python kombu (py-amqp) and kombu-rs on one RabbitMQ, both ways.
+//!
+//! `interop/amqp_interop.py` is Python's side. The tests share a virtual host made fresh for
+//! the run (`kombu-rs-interop`), each with names of its own. Covered: every serializer and
+//! compression kombu ships, headers and properties, in both directions; the same topology
+//! (topic, fanout and headers exchanges, a queue with every kombu queue argument, a quorum
+//! queue) declared by one side and declared again by the other without PRECONDITION_FAILED,
+//! with messages published by one side routed to the queues the other bound.
+//!
+//! The Python interpreter is `$KOMBU_PYTHON` (scripts/python-env makes a venv with kombu and
+//! py-amqp), else `~/.cache/kombu-rs/venv/bin/python` when it exists.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use futures::StreamExt;
+use kombu_core::conformance::support::python;
+use kombu_core::{
+    Binding, Connection, Consumer, Delivery, DeliveryMode, Exchange, HeaderMatch, Headers, Queue,
+    Value,
+};
+use serde_json::{Value as Json, json};
+
+const TEXT: &str = "h\u{e9}llo \u{2713} plain text";
+const BYTES: &[u8] = b"\x00\xff\x01binary\x80";
+const COMPRESSIONS: [(&str, &str); 5] = [
+    ("zlib", "application/x-gzip"),
+    ("bzip2", "application/x-bz2"),
+    ("lzma", "application/x-lzma"),
+    ("brotli", "application/x-brotli"),
+    ("zstd", "application/zstd"),
+];
+const CASES: [&str; 10] = [
+    "brotli", "bytes", "bzip2", "json", "lzma", "msgpack", "text", "yaml", "zlib", "zstd",
+];
+/// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The URL of the run's virtual host, or `None` (skip) without a broker.
+fn url() -> Option<String> {
+    static URL: OnceLock<Option<String>> = OnceLock::new();
+    URL.get_or_init(|| {
+        kombu_amqp::register();
+        if !common::broker_up("python_interop") {
+            return None;
+        }
+        let vhost = common::fresh_vhost("kombu-rs-interop");
+        Some(common::url_on(vhost.as_deref()))
+    })
+    .clone()
+}
+
+/// The broker and the Python interpreter, or `None` to skip.
+async fn setup() -> Option<(String, PathBuf)> {
+    let url = tokio::task::spawn_blocking(url).await.ok().flatten()?;
+    Some((url, python()?))
+}
+
+fn script() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/interop/amqp_interop.py")
+}
+
+/// Runs a command of the interop script (blocking) and parses its JSON output.
+fn run_python(python: &Path, url: &str, command: &str, args: &[&str]) -> Json {
+    let out = Command::new(python)
+        .arg(script())
+        .arg(command)
+        .args(args)
+        .env("KOMBU_AMQP_URL", url)
+        .output()
+        .expect("run the interop script");
+    assert!(
+        out.status.success(),
+        "amqp_interop.py {command} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "amqp_interop.py {command} {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn open(url: &str) -> Connection {
+    Connection::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+async fn consumer(conn: &Connection, queue: &str) -> Consumer {
+    conn.consumer([Queue::new(queue)])
+        .accept(["json", "msgpack", "yaml", "text", "raw"])
+        .build()
+        .await
+        .expect("start consuming")
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    match tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next()).await {
+        Err(_) => panic!("no delivery within {DELIVERY_TIMEOUT:?}"),
+        Ok(None) => panic!("the delivery stream ended"),
+        Ok(Some(Err(e))) => panic!("delivery refused: {e}"),
+        Ok(Some(Ok(d))) => d,
+    }
+}
+
+fn case_of(d: &Delivery) -> String {
+    d.headers()
+        .get("case")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("delivery without a case header: {d:?}"))
+        .to_owned()
+}
+
+fn nested() -> Json {
+    json!({
+        "id": 1,
+        "nested": {
+            "list": [1, 2.5, "three", null, true, false],
+            "map": {"a": {"b": [{}, [], {"c": -7}]}},
+            "unicode": "h\u{e9}llo \u{2713} \u{1f600}",
+        },
+        "big": 12_345_678_901_234_i64,
+    })
+}
+
+fn json_headers() -> Json {
+    json!({
+        "h-str": "v",
+        "h-int": 42,
+        "h-list": [1, "x", null],
+        "h-map": {"k": "v"},
+        "h-bool": true,
+        "case": "json",
+    })
+}
+
+fn msgpack_value() -> Json {
+    json!({"id": 4, "kind": "msgpack", "list": [1, 2, 3], "f": 1.5, "s": "\u{e9}"})
+}
+
+fn yaml_value() -> Json {
+    json!({"id": 5, "kind": "yaml", "list": [1, "two", null], "map": {"k": "v"}})
+}
+
+fn compressed_value(kind: &str) -> Json {
+    json!({"kind": kind, "data": "x".repeat(2000), "n": [1, 2, 3]})
+}
+
+fn compression_type(kind: &str) -> &'static str {
+    COMPRESSIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("no compression {kind}"))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn python_publishes_rust_consumes() {
+    let Some((url, python)) = setup().await else {
+        return;
+    };
+    let queue = unique("py2rs");
+    let published = run_python(&python, &url, "publish", &[&queue]);
+    assert_eq!(published["published"], 10);
+
+    let conn = open(&url).await;
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 10);
+    let mut consumer = consumer(&conn, &queue).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let d = next(&mut consumer).await;
+        let case = case_of(&d);
+        assert!(!d.redelivered(), "{case}: a first delivery");
+        assert_eq!(d.exchange(), "", "{case}");
+        assert_eq!(d.routing_key(), queue, "{case}");
+        match case.as_str() {
+            "json" => {
+                assert_eq!(d.content_type(), Some("application/json"));
+                assert_eq!(d.message().content_encoding.as_deref(), Some("utf-8"));
+                assert_eq!(d.decode::<Json>().expect("decode json"), nested());
+                assert_eq!(
+                    serde_json::to_value(d.headers()).expect("headers"),
+                    json_headers()
+                );
+                let p = d.properties();
+                assert_eq!(p.correlation_id.as_deref(), Some("cid-1"));
+                assert_eq!(p.reply_to.as_deref(), Some("replies"));
+                assert_eq!(p.message_id.as_deref(), Some("mid-1"));
+                assert_eq!(p.priority, Some(5));
+                assert_eq!(p.delivery_mode, Some(DeliveryMode::Persistent));
+            }
+            "text" => {
+                assert_eq!(d.content_type(), Some("text/plain"));
+                assert_eq!(d.decode::<String>().expect("decode text"), TEXT);
+            }
+            "bytes" => {
+                assert_eq!(d.content_type(), Some("application/data"));
+                assert_eq!(d.message().content_encoding.as_deref(), Some("binary"));
+                assert_eq!(&d.body()[..], BYTES);
+            }
+            "msgpack" => {
+                assert_eq!(d.content_type(), Some("application/x-msgpack"));
+                assert_eq!(d.decode::<Json>().expect("decode msgpack"), msgpack_value());
+            }
+            "yaml" => {
+                assert_eq!(d.content_type(), Some("application/x-yaml"));
+                assert_eq!(d.decode::<Json>().expect("decode yaml"), yaml_value());
+            }
+            kind => {
+                assert_eq!(
+                    d.headers().get("compression").and_then(Value::as_str),
+                    Some(compression_type(kind)),
+                    "{kind}"
+                );
+                assert_eq!(d.content_type(), Some("application/json"), "{kind}");
+                assert_eq!(
+                    d.decode::<Json>()
+                        .unwrap_or_else(|e| panic!("decode {kind}: {e}")),
+                    compressed_value(kind)
+                );
+            }
+        }
+        seen.push(case);
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(sorted(seen), CASES, "every message exactly once");
+    consumer.close().await.expect("close");
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 0);
+    conn.delete_queue(&queue).await.expect("delete");
+}
+
+/// Publishes one message of every case (10) from Rust to `queue` through the default exchange.
+async fn publish_variety(conn: &Connection, queue: &str) {
+    let producer = conn
+        .producer()
+        .routing_key(queue)
+        .declare(Queue::new(queue));
+    let mut map = Headers::new();
+    map.insert("k".into(), "v".into());
+    producer
+        .message(&nested())
+        .header("h-str", "v")
+        .header("h-int", 42)
+        .header("h-list", vec![Value::Int(1), "x".into(), Value::Null])
+        .header("h-map", map)
+        .header("h-bool", true)
+        .header("case", "json")
+        .correlation_id("cid-1")
+        .reply_to("replies")
+        .message_id("mid-1")
+        .priority(5)
+        .expiration(Duration::from_secs(600))
+        .send()
+        .await
+        .expect("publish json");
+    producer
+        .message(TEXT)
+        .serializer("text")
+        .header("case", "text")
+        .send()
+        .await
+        .expect("publish text");
+    producer
+        .message(&bytes::Bytes::from_static(BYTES))
+        .serializer("raw")
+        .header("case", "bytes")
+        .send()
+        .await
+        .expect("publish bytes");
+    producer
+        .message(&msgpack_value())
+        .serializer("msgpack")
+        .header("case", "msgpack")
+        .send()
+        .await
+        .expect("publish msgpack");
+    producer
+        .message(&yaml_value())
+        .serializer("yaml")
+        .header("case", "yaml")
+        .send()
+        .await
+        .expect("publish yaml");
+    for (kind, _) in COMPRESSIONS {
+        producer
+            .message(&compressed_value(kind))
+            .compression(kind)
+            .header("case", kind)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("publish {kind}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn rust_publishes_python_consumes() {
+    let Some((url, python)) = setup().await else {
+        return;
+    };
+    let queue = unique("rs2py");
+    let conn = open(&url).await;
+    publish_variety(&conn, &queue).await;
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 10);
+
+    let out = run_python(&python, &url, "consume", &[&queue, "10"]);
+    let messages = out["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 10, "Python consumed every message: {out}");
+    let mut seen = Vec::new();
+    for m in messages {
+        let case = m["headers"]["case"]
+            .as_str()
+            .expect("case header")
+            .to_owned();
+        assert_eq!(m["delivery_info"]["exchange"], "", "{case}: {m}");
+        assert_eq!(
+            m["delivery_info"]["routing_key"],
+            queue.as_str(),
+            "{case}: {m}"
+        );
+        assert_eq!(m["redelivered"], false, "{case}: {m}");
+        assert_eq!(m["properties"]["delivery_mode"], 2, "{m}");
+        match case.as_str() {
+            "json" => {
+                assert_eq!(m["content_type"], "application/json", "{m}");
+                assert_eq!(m["content_encoding"], "utf-8", "{m}");
+                assert_eq!(m["payload"], nested(), "{m}");
+                assert_eq!(m["headers"], json_headers(), "{m}");
+                assert_eq!(m["properties"]["correlation_id"], "cid-1", "{m}");
+                assert_eq!(m["properties"]["reply_to"], "replies", "{m}");
+                assert_eq!(m["properties"]["message_id"], "mid-1", "{m}");
+                assert_eq!(m["properties"]["priority"], 5, "{m}");
+                assert_eq!(m["properties"]["expiration"], "600000", "{m}");
+            }
+            "text" => {
+                assert_eq!(m["content_type"], "text/plain", "{m}");
+                assert_eq!(m["payload"], TEXT, "{m}");
+            }
+            "bytes" => {
+                assert_eq!(m["content_type"], "application/data", "{m}");
+                assert_eq!(m["content_encoding"], "binary", "{m}");
+                let b64 = m["payload_b64"].as_str().expect("Python decoded bytes");
+                assert_eq!(STANDARD.decode(b64).expect("base64"), BYTES, "{m}");
+            }
+            "msgpack" => {
+                assert_eq!(m["content_type"], "application/x-msgpack", "{m}");
+                assert_eq!(m["payload"], msgpack_value(), "{m}");
+            }
+            "yaml" => {
+                assert_eq!(m["content_type"], "application/x-yaml", "{m}");
+                assert_eq!(m["payload"], yaml_value(), "{m}");
+            }
+            kind => {
+                assert_eq!(m["headers"]["compression"], compression_type(kind), "{m}");
+                assert_eq!(m["payload"], compressed_value(kind), "{m}");
+            }
+        }
+        seen.push(case);
+    }
+    assert_eq!(sorted(seen), CASES);
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 0);
+    conn.delete_queue(&queue).await.expect("delete");
+}
+
+/// The topology of `amqp_interop.py`'s `topology(prefix)`, as kombu-rs entities.
+fn topology(prefix: &str) -> Vec<Queue> {
+    let topic = Exchange::topic(format!("{prefix}.topic"));
+    let fanout = Exchange::fanout(format!("{prefix}.fanout"));
+    let headers = Exchange::headers(format!("{prefix}.headers"));
+    let h = |pairs: &[(&str, &str)]| -> Headers {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect()
+    };
+    let all = Binding::headers(
+        headers.name.clone(),
+        HeaderMatch::All,
+        h(&[("format", "pdf"), ("type", "report")]),
+    );
+    let any = Binding::headers(
+        headers.name.clone(),
+        HeaderMatch::Any,
+        h(&[("format", "zip"), ("type", "report")]),
+    );
+    vec![
+        Queue::new(format!("{prefix}.t1"))
+            .exchange(topic.clone())
+            .routing_key("stock.*.usd"),
+        Queue::new(format!("{prefix}.t2"))
+            .exchange(topic)
+            .routing_key("#.eur"),
+        Queue::new(format!("{prefix}.f1"))
+            .exchange(fanout.clone())
+            .routing_key("f1"),
+        Queue::new(format!("{prefix}.f2")).exchange(fanout),
+        Queue::new(format!("{prefix}.hall"))
+            .exchange(headers.clone())
+            .binding_arguments(all.arguments),
+        Queue::new(format!("{prefix}.hany"))
+            .exchange(headers)
+            .binding_arguments(any.arguments),
+        Queue::new(format!("{prefix}.args"))
+            .max_priority(10)
+            .message_ttl(Duration::from_secs(60))
+            .expires(Duration::from_secs(3600))
+            .max_length(100)
+            .dead_letter_exchange(format!("{prefix}.dlx"))
+            .dead_letter_routing_key("dead"),
+        Queue::new(format!("{prefix}.quorum")).argument("x-queue-type", "quorum"),
+    ]
+}
+
+/// What each queue of the topology receives from `publish_routed` (either side's), as
+/// `via/rk` strings.
+fn routed(prefix: &str) -> BTreeMap<String, Vec<String>> {
+    let q = |s: &str| format!("{prefix}.{s}");
+    let v = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    BTreeMap::from([
+        (q("t1"), v(&["topic/stock.nyse.usd"])),
+        (q("t2"), v(&["topic/fx.spot.eur"])),
+        (q("f1"), v(&["fanout/anything"])),
+        (q("f2"), v(&["fanout/anything"])),
+        (q("hall"), v(&["headers/m1", "headers/m5"])),
+        (q("hany"), v(&["headers/m1", "headers/m3", "headers/m5"])),
+        (q("args"), v(&[])),
+        (q("quorum"), v(&[])),
+    ])
+}
+
+const HEADER_MESSAGES: [(&str, &[(&str, &str)]); 5] = [
+    ("m1", &[("format", "pdf"), ("type", "report")]),
+    ("m2", &[("format", "pdf"), ("type", "log")]),
+    ("m3", &[("format", "zip")]),
+    ("m4", &[]),
+    (
+        "m5",
+        &[("format", "pdf"), ("type", "report"), ("extra", "1")],
+    ),
+];
+
+/// The same publishes as `amqp_interop.py publish_routed`.
+async fn publish_routed(conn: &Connection, prefix: &str) {
+    let topic = conn
+        .producer()
+        .exchange(Exchange::topic(format!("{prefix}.topic")));
+    for rk in ["stock.nyse.usd", "stock.usd", "fx.spot.eur"] {
+        topic
+            .message(&json!({"via": "topic", "rk": rk}))
+            .routing_key(rk)
+            .send()
+            .await
+            .expect("publish topic");
+    }
+    conn.producer()
+        .exchange(Exchange::fanout(format!("{prefix}.fanout")))
+        .message(&json!({"via": "fanout", "rk": "anything"}))
+        .routing_key("anything")
+        .send()
+        .await
+        .expect("publish fanout");
+    let headers = conn
+        .producer()
+        .exchange(Exchange::headers(format!("{prefix}.headers")));
+    for (body, pairs) in HEADER_MESSAGES {
+        let hs: Headers = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        headers
+            .message(&json!({"via": "headers", "rk": body}))
+            .headers(hs)
+            .send()
+            .await
+            .expect("publish headers");
+    }
+}
+
+fn tag(body: &Json) -> String {
+    format!(
+        "{}/{}",
+        body["via"].as_str().expect("via"),
+        body["rk"].as_str().expect("rk")
+    )
+}
+
+#[tokio::test]
+async fn python_declares_rust_redeclares_and_publishes() {
+    let Some((url, python)) = setup().await else {
+        return;
+    };
+    let prefix = unique("pydecl");
+    run_python(&python, &url, "declare", &[&prefix]);
+    let conn = open(&url).await;
+    // Declaring what kombu declared, with the same definitions, must not conflict.
+    for q in topology(&prefix) {
+        conn.declare_queue(&q)
+            .await
+            .unwrap_or_else(|e| panic!("redeclare {}: {e}", q.name));
+    }
+    publish_routed(&conn, &prefix).await;
+    let expected = routed(&prefix);
+    let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+    let out = run_python(&python, &url, "drain", &names);
+    for (queue, want) in &expected {
+        let got: Vec<String> = out[queue]
+            .as_array()
+            .unwrap_or_else(|| panic!("no result for {queue}: {out}"))
+            .iter()
+            .map(|m| tag(&m["payload"]))
+            .collect();
+        assert_eq!(&sorted(got), want, "queue {queue}");
+    }
+    for queue in expected.keys() {
+        conn.delete_queue(queue).await.expect("delete");
+    }
+}
+
+#[tokio::test]
+async fn rust_declares_python_redeclares_and_publishes() {
+    let Some((url, python)) = setup().await else {
+        return;
+    };
+    let prefix = unique("rsdecl");
+    let conn = open(&url).await;
+    for q in topology(&prefix) {
+        conn.declare_queue(&q)
+            .await
+            .unwrap_or_else(|e| panic!("declare {}: {e}", q.name));
+    }
+    // kombu declares the same entities again (it would raise on PRECONDITION_FAILED) and
+    // publishes through them.
+    run_python(&python, &url, "declare", &[&prefix]);
+    run_python(&python, &url, "publish_routed", &[&prefix]);
+    let channel = conn.channel().await.expect("channel");
+    for (queue, want) in routed(&prefix) {
+        let mut got = Vec::new();
+        while let Some(d) = channel.get(&queue, false).await.expect("get") {
+            got.push(tag(&d.decode::<Json>().expect("decode")));
+            d.ack().await.expect("ack");
+        }
+        assert_eq!(sorted(got), want, "queue {queue}");
+        conn.delete_queue(&queue).await.expect("delete");
+    }
+}
