@@ -19,7 +19,9 @@
 //!   lapin without waiting for it to be written (closing the channel waits); bare lapin is
 //!   measured both awaiting each ack and spawning each ack.
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use kombu::{Connection, Exchange, Queue};
@@ -41,22 +43,6 @@ struct Payload {
 fn server() -> String {
     std::env::var("KOMBU_BENCH_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn grouped(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[derive(Clone, Copy)]
@@ -101,7 +87,7 @@ async fn ours(n: u64) -> Figures {
     for v in &values {
         producer.publish(v).await.expect("publish");
     }
-    let confirmed_single = rate(n, start.elapsed());
+    let confirmed_single = support::rate(n, start.elapsed());
 
     let mut consumer = conn
         .consumer([queue.clone()])
@@ -115,14 +101,14 @@ async fn ours(n: u64) -> Figures {
         let _: Payload = d.decode().expect("decode");
         d.ack().await.expect("ack");
     }
-    let consume = rate(n, start.elapsed());
+    let consume = support::rate(n, start.elapsed());
     consumer.close().await.expect("close");
 
     let start = Instant::now();
     for chunk in values.chunks(100) {
         producer.publish_batch(chunk).await.expect("batch");
     }
-    let confirmed_batch = rate(n, start.elapsed());
+    let confirmed_batch = support::rate(n, start.elapsed());
 
     let sep = if server().contains('?') { '&' } else { '?' };
     let unconfirmed_conn = Connection::open(&format!("{}{sep}confirm_publish=false", server()))
@@ -136,7 +122,7 @@ async fn ours(n: u64) -> Figures {
     for v in &values {
         producer.publish(v).await.expect("publish");
     }
-    let unconfirmed = rate(n, start.elapsed());
+    let unconfirmed = support::rate(n, start.elapsed());
     unconfirmed_conn.close().await.expect("close");
 
     conn.delete_queue(&q).await.expect("delete");
@@ -215,7 +201,7 @@ async fn raw(n: u64) -> Figures {
         let confirm = publish_raw(&ch, &ex, v).await.await.expect("confirm");
         assert!(confirm.is_ack());
     }
-    let confirmed_single = rate(n, start.elapsed());
+    let confirmed_single = support::rate(n, start.elapsed());
 
     let cch = conn.create_channel().await.expect("channel");
     cch.basic_qos(100, BasicQosOptions::default())
@@ -236,7 +222,7 @@ async fn raw(n: u64) -> Figures {
         let _: Payload = serde_json::from_slice(&d.data).expect("decode");
         d.acker.ack(BasicAckOptions::default()).await.expect("ack");
     }
-    let consume = rate(n, start.elapsed());
+    let consume = support::rate(n, start.elapsed());
 
     let start = Instant::now();
     for chunk in values.chunks(100) {
@@ -248,7 +234,7 @@ async fn raw(n: u64) -> Figures {
             assert!(c.await.expect("confirm").is_ack());
         }
     }
-    let confirmed_batch = rate(n, start.elapsed());
+    let confirmed_batch = support::rate(n, start.elapsed());
 
     // The batch just published, consumed with acks handed to lapin without awaiting each.
     let start = Instant::now();
@@ -264,7 +250,7 @@ async fn raw(n: u64) -> Figures {
     for ack in acks {
         ack.await.expect("ack task").expect("ack");
     }
-    let consume_spawned_acks = rate(n, start.elapsed());
+    let consume_spawned_acks = support::rate(n, start.elapsed());
     cch.close(200, "OK".into()).await.expect("close");
 
     let plain = conn.create_channel().await.expect("channel");
@@ -273,7 +259,7 @@ async fn raw(n: u64) -> Figures {
         publish_raw(&plain, &ex, v).await;
     }
     // Both sides count a publish as done when its frames are handed to the socket.
-    let unconfirmed = rate(n, start.elapsed());
+    let unconfirmed = support::rate(n, start.elapsed());
 
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
@@ -286,53 +272,6 @@ async fn raw(n: u64) -> Figures {
         consume,
         consume_spawned_acks,
     }
-}
-
-/// Python kombu's publish and consume rates, from the shared baseline script.
-fn python(n: u64) -> Option<(f64, f64)> {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let venv = std::path::PathBuf::from(std::env::var_os("HOME")?)
-                .join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        })?;
-    let script = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            std::path::PathBuf::from,
-        )
-        .join("../shared/bench/kombu_baseline.py");
-    if !script.exists() {
-        eprintln!("no {}: Python column left out", script.display());
-        return None;
-    }
-    let out = std::env::temp_dir().join(format!("kombu-baseline-amqp-{}.json", std::process::id()));
-    let status = std::process::Command::new(python)
-        .arg(&script)
-        .args([
-            "--only",
-            "amqp",
-            "--runs",
-            "1",
-            "--n",
-            &n.to_string(),
-            "--json",
-        ])
-        .arg(&out)
-        .status()
-        .ok()?;
-    if !status.success() {
-        return None;
-    }
-    let text = std::fs::read_to_string(&out).ok()?;
-    let _ = std::fs::remove_file(&out);
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let run = json
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == "amqp" && r["ok"] == true)?;
-    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
 }
 
 fn main() {
@@ -358,7 +297,7 @@ fn main() {
         xs.sort_by(f64::total_cmp);
         xs[xs.len() / 2]
     };
-    let py = python(n);
+    let py = support::python_baseline("amqp", n);
 
     println!(
         "amqp: {n} messages per row, median of 3 rounds; bare lapin doing the same work; Python kombu (py-amqp, no confirms) in the same run"
@@ -372,13 +311,16 @@ fn main() {
         let o = med(&ours_runs, f);
         let r = med(&raw_runs, f);
         let (p, pr) = match py {
-            Some(p) => (format!("{} msg/s", grouped(p)), format!("{:.1}×", o / p)),
+            Some(p) => (
+                format!("{} msg/s", support::grouped(p)),
+                format!("{:.1}×", o / p),
+            ),
             None => ("–".into(), "–".into()),
         };
         println!(
             "| {name} | {} msg/s | {} msg/s | {:.2} | {p} | {pr} |",
-            grouped(o),
-            grouped(r),
+            support::grouped(o),
+            support::grouped(r),
             o / r
         );
     };
@@ -406,8 +348,8 @@ fn main() {
     let r = med(&raw_runs, |f| f.consume_spawned_acks);
     println!(
         "| consume + ack, prefetch 100, lapin's acks spawned (not awaited one by one, as kombu-rs) | {} msg/s | {} msg/s | {:.2} | – | – |",
-        grouped(o),
-        grouped(r),
+        support::grouped(o),
+        support::grouped(r),
         o / r
     );
 }

@@ -18,6 +18,8 @@
 //! - latency p50/p99 with one message in flight: publish, receive, decode, ack / `LPUSH` then
 //!   `RPOP`.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kombu::{Connection, Queue, StreamExt};
@@ -36,30 +38,6 @@ fn server() -> String {
 
 fn prefix() -> String {
     format!("bench-{}:", uuid::Uuid::new_v4().simple())
-}
-
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn grouped(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 struct Figures {
@@ -88,7 +66,7 @@ async fn ours(n: u64) -> Figures {
     for v in &values {
         producer.publish(v).await.expect("publish");
     }
-    let publish_single = rate(n, start.elapsed());
+    let publish_single = support::rate(n, start.elapsed());
 
     let mut consumer = conn
         .consumer([q.clone()])
@@ -102,13 +80,13 @@ async fn ours(n: u64) -> Figures {
         let _: Payload = d.decode().expect("decode");
         d.ack().await.expect("ack");
     }
-    let consume = rate(n, start.elapsed());
+    let consume = support::rate(n, start.elapsed());
 
     let start = Instant::now();
     for chunk in values.chunks(100) {
         producer.publish_batch(chunk).await.expect("batch");
     }
-    let publish_batch = rate(n, start.elapsed());
+    let publish_batch = support::rate(n, start.elapsed());
     conn.purge("bench_q").await.expect("purge");
 
     let values = std::sync::Arc::new(values);
@@ -127,7 +105,7 @@ async fn ours(n: u64) -> Figures {
     for task in tasks {
         task.await.expect("publishing task");
     }
-    let publish_tasks = rate(n, start.elapsed());
+    let publish_tasks = support::rate(n, start.elapsed());
     conn.purge("bench_q").await.expect("purge");
 
     let rounds = 2_000.min(n as usize);
@@ -148,8 +126,8 @@ async fn ours(n: u64) -> Figures {
         publish_batch,
         publish_tasks,
         consume,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
+        p50: support::percentile(&lat, 0.5),
+        p99: support::percentile(&lat, 0.99),
     }
 }
 
@@ -169,7 +147,7 @@ async fn raw(n: u64) -> Figures {
     for _ in 0..n {
         let _: i64 = conn.lpush(&key, &body).await.expect("lpush");
     }
-    let publish_single = rate(n, start.elapsed());
+    let publish_single = support::rate(n, start.elapsed());
 
     let start = Instant::now();
     let mut got = 0u64;
@@ -182,7 +160,7 @@ async fn raw(n: u64) -> Figures {
             .expect("rpop");
         got += batch.len() as u64;
     }
-    let consume = rate(n, start.elapsed());
+    let consume = support::rate(n, start.elapsed());
 
     let start = Instant::now();
     for chunk in 0..n.div_ceil(100) {
@@ -192,7 +170,7 @@ async fn raw(n: u64) -> Figures {
         }
         let _: () = pipe.query_async(&mut conn).await.expect("pipeline");
     }
-    let publish_batch = rate(n, start.elapsed());
+    let publish_batch = support::rate(n, start.elapsed());
     let _: i64 = conn.del(&key).await.expect("del");
 
     let start = Instant::now();
@@ -212,7 +190,7 @@ async fn raw(n: u64) -> Figures {
     for task in tasks {
         task.await.expect("publishing task");
     }
-    let publish_tasks = rate(n, start.elapsed());
+    let publish_tasks = support::rate(n, start.elapsed());
     let _: i64 = conn.del(&key).await.expect("del");
 
     let rounds = 2_000.min(n as usize);
@@ -229,57 +207,9 @@ async fn raw(n: u64) -> Figures {
         publish_batch,
         publish_tasks,
         consume,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
+        p50: support::percentile(&lat, 0.5),
+        p99: support::percentile(&lat, 0.99),
     }
-}
-
-/// Python kombu's publish and consume rates, from the shared baseline script.
-fn python(n: u64) -> Option<(f64, f64)> {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let venv = std::path::PathBuf::from(std::env::var_os("HOME")?)
-                .join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        })?;
-    let script = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            std::path::PathBuf::from,
-        )
-        .join("../shared/bench/kombu_baseline.py");
-    if !script.exists() {
-        eprintln!("no {}: Python column left out", script.display());
-        return None;
-    }
-    let out =
-        std::env::temp_dir().join(format!("kombu-baseline-redis-{}.json", std::process::id()));
-    let status = std::process::Command::new(python)
-        .arg(&script)
-        .args([
-            "--only",
-            "redis",
-            "--runs",
-            "1",
-            "--n",
-            &n.to_string(),
-            "--json",
-        ])
-        .arg(&out)
-        .status()
-        .ok()?;
-    if !status.success() {
-        return None;
-    }
-    let text = std::fs::read_to_string(&out).ok()?;
-    let _ = std::fs::remove_file(&out);
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let runs = json.as_array()?;
-    let run = runs
-        .iter()
-        .find(|r| r["name"] == "redis" && r["ok"] == true)?;
-    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
 }
 
 fn main() {
@@ -304,7 +234,7 @@ fn main() {
         xs[xs.len() / 2]
     };
     let pick = |runs: &[Figures], f: fn(&Figures) -> f64| med(&mut runs.iter().map(f).collect());
-    let py = python(n.min(5_000));
+    let py = support::python_baseline("redis", n.min(5_000));
 
     println!(
         "redis: {n} messages per row, median of 3 rounds; raw = the redis crate, same pipelining; Python kombu in the same run"
@@ -316,13 +246,13 @@ fn main() {
         let o = pick(&ours_runs, f);
         let r = pick(&raw_runs, f);
         let (p, pr) = match py {
-            Some(p) => (grouped(p), format!("{:.1}×", o / p)),
+            Some(p) => (support::grouped(p), format!("{:.1}×", o / p)),
             None => ("–".into(), "–".into()),
         };
         println!(
             "| {name} | {} msg/s | {} msg/s | {:.2} | {p} | {pr} |",
-            grouped(o),
-            grouped(r),
+            support::grouped(o),
+            support::grouped(r),
             o / r
         );
     };

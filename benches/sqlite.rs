@@ -17,8 +17,9 @@
 //!
 //! Python kombu publishes one by one and consumes with prefetch 100 (its only modes).
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kombu::{Connection, Exchange, Queue, StreamExt};
@@ -95,71 +96,6 @@ async fn consume(conn: &Connection, n: u64, prefetch: u16) -> Duration {
     start.elapsed()
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-/// Python kombu's figures from the shared baseline script, if Python and the script exist.
-fn python_baseline(n: u64) -> Option<(f64, f64)> {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv =
-                PathBuf::from(std::env::var_os("HOME")?).join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        })?;
-    let script = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../shared/bench/kombu_baseline.py");
-    if !script.exists() {
-        eprintln!("no {}: Python column left out", script.display());
-        return None;
-    }
-    let out_json = std::env::temp_dir().join(format!("kombu-baseline-{}.json", std::process::id()));
-    let status = Command::new(python)
-        .arg(&script)
-        .args([
-            "--only",
-            "sqlite",
-            "--runs",
-            "1",
-            "--n",
-            &n.to_string(),
-            "--json",
-        ])
-        .arg(&out_json)
-        .status()
-        .ok()?;
-    if !status.success() {
-        eprintln!("the Python baseline failed ({status})");
-        return None;
-    }
-    let text = std::fs::read_to_string(&out_json).ok()?;
-    let _ = std::fs::remove_file(&out_json);
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let runs = json
-        .as_array()
-        .cloned()
-        .or_else(|| json.get("results").and_then(|r| r.as_array().cloned()))?;
-    let run = runs
-        .iter()
-        .find(|r| r["name"] == "sqlite" && r["ok"] == true)?;
-    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
-}
-
-/// `12345.6` → `"12,346"`.
-fn grouped(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -189,7 +125,7 @@ fn main() {
     });
 
     // Python kombu: 2,000 messages are plenty for its rate (its own default for sqlite).
-    let python = python_baseline(n.min(2_000));
+    let python = support::python_baseline("sqlite", n.min(2_000));
 
     println!(
         "sqlite: {n} messages of ~90 bytes of JSON per row; Python kombu sqla+sqlite in the same run"
@@ -199,29 +135,29 @@ fn main() {
     println!("|---|---:|---:|---:|");
     let row = |name: &str, ours: f64, theirs: Option<f64>| {
         let (t, r) = match theirs {
-            Some(t) => (grouped(t), format!("{:.1}×", ours / t)),
+            Some(t) => (support::grouped(t), format!("{:.1}×", ours / t)),
             None => ("–".to_owned(), "–".to_owned()),
         };
-        println!("| {name} | {} | {t} | {r} |", grouped(ours));
+        println!("| {name} | {} | {t} | {r} |", support::grouped(ours));
     };
     row(
         "publish, one by one",
-        rate(n, single_pub),
+        support::rate(n, single_pub),
         python.map(|p| p.0),
     );
     row(
         "publish, batches of 100",
-        rate(n, batch_pub),
+        support::rate(n, batch_pub),
         python.map(|p| p.0),
     );
     row(
         "consume + ack, prefetch 100",
-        rate(n, consume_100),
+        support::rate(n, consume_100),
         python.map(|p| p.1),
     );
     row(
         "consume + ack, prefetch 1",
-        rate(n, consume_1),
+        support::rate(n, consume_1),
         python.map(|p| p.1),
     );
 }

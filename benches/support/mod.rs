@@ -1,0 +1,84 @@
+//! Helpers shared by the transport benchmarks (`mod support;`): rates, number formatting,
+//! percentiles, and Python kombu's figures from the shared baseline script. A folder, so that
+//! Cargo does not take it for a benchmark of its own.
+
+#![allow(dead_code)] // each benchmark uses the part it needs
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Messages a second.
+pub fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// `12345.6` → `"12,346"`.
+pub fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `p` quantile (0 to 1) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Python kombu's publish and consume rates for the baseline suite entry `name` (`redis`,
+/// `amqp`, `sqlite`), `n` messages, one run of `../shared/bench/kombu_baseline.py` in the venv
+/// (`$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python,
+/// the script or the run is missing.
+pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
+    let python = std::env::var_os("KOMBU_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv =
+                PathBuf::from(std::env::var_os("HOME")?).join(".cache/kombu-rs/venv/bin/python");
+            venv.exists().then_some(venv)
+        })?;
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../shared/bench/kombu_baseline.py");
+    if !script.exists() {
+        eprintln!("no {}: Python column left out", script.display());
+        return None;
+    }
+    let out =
+        std::env::temp_dir().join(format!("kombu-baseline-{name}-{}.json", std::process::id()));
+    let status = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--only",
+            name,
+            "--runs",
+            "1",
+            "--n",
+            &n.to_string(),
+            "--json",
+        ])
+        .arg(&out)
+        .status()
+        .ok()?;
+    if !status.success() {
+        eprintln!("the Python baseline failed ({status})");
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let run = json
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name && r["ok"] == true)?;
+    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
+}
