@@ -1,10 +1,13 @@
 //! Helpers the transports' integration tests share: the Python interpreter with kombu and
-//! Celery, child processes that die with the test, and their output as lines.
+//! Celery, child processes that die with the test, their output as lines, Celery workers, and
+//! Celery's task headers.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+
+use crate::value::{Headers, Value};
 
 /// The Python interpreter of the venv `scripts/python-env` makes (`$KOMBU_PYTHON`, else
 /// `~/.cache/kombu-rs/venv/bin/python` when it exists). Without one: a panic when
@@ -52,4 +55,124 @@ pub fn lines(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// A Celery worker process (`celery -A kombu_rs_tasks worker --pool solo`) and its scratch
+/// directory, which holds the app module and the worker's log. The worker is killed and the
+/// directory removed when the guard drops; when the test is failing, the directory is kept and
+/// the log printed.
+#[derive(Debug)]
+pub struct CeleryWorker {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl CeleryWorker {
+    /// Starts a worker of the app module `app` (Python source, written as `kombu_rs_tasks.py`)
+    /// consuming `queue`, with `env` set for it (the app reads its broker URL from there).
+    /// `name` labels the scratch directory. Panics when the worker cannot start (a test
+    /// helper).
+    pub fn start(python: &Path, name: &str, app: &str, queue: &str, env: &[(&str, &str)]) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir =
+            std::env::temp_dir().join(format!("kombu-rs-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the worker directory");
+        std::fs::write(dir.join("kombu_rs_tasks.py"), app).expect("write the app module");
+        let log = std::fs::File::create(dir.join("worker.log")).expect("worker log");
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "celery",
+                "-A",
+                "kombu_rs_tasks",
+                "worker",
+                "--pool",
+                "solo",
+                "-Q",
+                queue,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-c",
+                "1",
+                "--loglevel",
+                "INFO",
+            ])
+            .current_dir(&dir)
+            .env("PYTHONPATH", &dir)
+            .env("KOMBU_RS_QUEUE", queue)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the Celery worker");
+        CeleryWorker {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// The scratch directory (where the app module and the log are).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the worker has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "worker directory kept: {}\n--- worker log ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Celery's protocol 2 task headers (reference celery-protocol.md §2.2), all of them, in
+/// Celery's order, for a task `task` with id `id` (also its root id).
+pub fn celery_task_headers(task: &str, id: &str, argsrepr: &str, kwargsrepr: &str) -> Headers {
+    let mut h = Headers::new();
+    let mut set = |k: &str, v: Value| {
+        h.insert(k.to_owned(), v);
+    };
+    set("lang", "py".into());
+    set("task", task.into());
+    set("id", id.into());
+    set("shadow", Value::Null);
+    set("eta", Value::Null);
+    set("expires", Value::Null);
+    set("group", Value::Null);
+    set("group_index", Value::Null);
+    set("retries", 0.into());
+    set("timelimit", vec![Value::Null, Value::Null].into());
+    set("root_id", id.into());
+    set("parent_id", Value::Null);
+    set("argsrepr", argsrepr.into());
+    set("kwargsrepr", kwargsrepr.into());
+    set(
+        "origin",
+        format!("gen{}@kombu-rs-test", std::process::id()).into(),
+    );
+    set("ignore_result", false.into());
+    set("replaced_task_nesting", 0.into());
+    set("stamped_headers", Value::Null);
+    set("stamps", Headers::new().into());
+    h
 }

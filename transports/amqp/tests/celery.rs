@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kombu_core::conformance::support::python;
-use kombu_core::{Connection, Exchange, Headers, Queue, Value};
+use kombu_core::conformance::support::{CeleryWorker, celery_task_headers, python};
+use kombu_core::{Connection, Exchange, Queue, Value};
 use serde_json::{Value as Json, json};
 
 const GUARD: Duration = Duration::from_secs(60);
@@ -40,37 +40,6 @@ fn url() -> Option<String> {
 async fn setup() -> Option<(String, PathBuf)> {
     let url = tokio::task::spawn_blocking(url).await.ok().flatten()?;
     Some((url, python()?))
-}
-
-/// The worker process and its scratch directory: the worker is killed and the directory
-/// removed on drop (kept, with the worker's log, when the test fails).
-struct Worker {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Worker {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "worker directory kept: {}\n--- worker log ---\n{}",
-                self.dir.display(),
-                self.log()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 const APP: &str = r#"
@@ -124,74 +93,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn start_worker(python: &Path, broker: &str, queue: &str) -> Worker {
-    let dir = scratch("celery-worker");
-    let log = std::fs::File::create(dir.join("worker.log")).expect("worker log");
-    let child = Command::new(python)
-        .args([
-            "-m",
-            "celery",
-            "-A",
-            "kombu_rs_tasks",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-c",
-            "1",
-            "--loglevel",
-            "INFO",
-        ])
-        .current_dir(&dir)
-        .env("PYTHONPATH", &dir)
-        .env("KOMBU_RS_QUEUE", queue)
-        .env("KOMBU_RS_BROKER", broker)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the Celery worker");
-    Worker {
-        child: Some(child),
-        dir,
-    }
-}
-
-/// Celery's protocol 2 headers (celery-protocol.md §2.2), all of them.
-fn task_headers(task: &str, id: &str, argsrepr: &str, kwargsrepr: &str) -> Headers {
-    let mut h = Headers::new();
-    let mut set = |k: &str, v: Value| {
-        h.insert(k.to_owned(), v);
-    };
-    set("lang", "py".into());
-    set("task", task.into());
-    set("id", id.into());
-    set("shadow", Value::Null);
-    set("eta", Value::Null);
-    set("expires", Value::Null);
-    set("group", Value::Null);
-    set("group_index", Value::Null);
-    set("retries", 0.into());
-    set("timelimit", vec![Value::Null, Value::Null].into());
-    set("root_id", id.into());
-    set("parent_id", Value::Null);
-    set("argsrepr", argsrepr.into());
-    set("kwargsrepr", kwargsrepr.into());
-    set(
-        "origin",
-        format!("gen{}@kombu-rs-test", std::process::id()).into(),
-    );
-    set("ignore_result", false.into());
-    set("replaced_task_nesting", 0.into());
-    set("stamped_headers", Value::Null);
-    set("stamps", Headers::new().into());
-    h
-}
-
 /// Celery's declaration of a queue named `name`: a durable direct exchange of the same name,
 /// bound with the name as key.
 fn celery_queue(name: &str) -> Queue {
@@ -206,8 +107,14 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
         return;
     };
     let queue = format!("rs-tasks-{}", uuid::Uuid::new_v4().simple());
-    let worker = start_worker(&python, &url, &queue);
-    let out_path = worker.dir.join("result.json");
+    let worker = CeleryWorker::start(
+        &python,
+        "amqp-celery",
+        APP,
+        &queue,
+        &[("KOMBU_RS_BROKER", &url)],
+    );
+    let out_path = worker.dir().join("result.json");
     let out = out_path.to_str().expect("UTF-8 path").to_owned();
 
     let conn = Connection::open(&url).await.expect("open");
@@ -226,7 +133,7 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
         .routing_key(&queue)
         .declare(celery_queue(&queue))
         .message(&body)
-        .headers(task_headers(
+        .headers(celery_task_headers(
             "kombu_rs.record",
             &task_id,
             &argsrepr,

@@ -12,49 +12,16 @@
 //! interpreter is `$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv/bin/python` (with Celery);
 //! without one the test fails when `KOMBU_TEST_REQUIRE` is set and is skipped otherwise.
 
-use kombu_core::conformance::support::python;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use kombu_core::conformance::support::{CeleryWorker, celery_task_headers, python};
 use std::time::{Duration, Instant};
 
-use kombu_core::{Connection, Headers, Queue, Value};
+use kombu_core::{Connection, Queue};
 use serde_json::{Value as Json, json};
 
 const GUARD: Duration = Duration::from_secs(60);
 
 fn server() -> String {
     std::env::var("KOMBU_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
-}
-
-/// The worker process and its scratch directory: the worker is killed and the directory
-/// removed on drop (kept, with the worker's log, when the test fails).
-struct Worker {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Worker {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "worker directory kept: {}\n--- worker log ---\n{}",
-                self.dir.display(),
-                self.log()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 const APP: &str = r#"
@@ -91,51 +58,6 @@ def record(self, path, a, b, *, label=None, nested=None):
     return a + b
 "#;
 
-fn start_worker(python: &Path, prefix: &str, queue: &str) -> Worker {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir =
-        std::env::temp_dir().join(format!("kombu-redis-celery-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the worker directory");
-    std::fs::write(dir.join("kombu_rs_tasks.py"), APP).expect("write the app module");
-    let log = std::fs::File::create(dir.join("worker.log")).expect("worker log");
-    let child = Command::new(python)
-        .args([
-            "-m",
-            "celery",
-            "-A",
-            "kombu_rs_tasks",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-c",
-            "1",
-            "--loglevel",
-            "INFO",
-        ])
-        .current_dir(&dir)
-        .env("PYTHONPATH", &dir)
-        .env("KOMBU_RS_PREFIX", prefix)
-        .env("KOMBU_RS_QUEUE", queue)
-        .env("KOMBU_RS_BROKER", server())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the Celery worker");
-    Worker {
-        child: Some(child),
-        dir,
-    }
-}
-
 fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -148,45 +70,21 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
-/// Celery's protocol 2 headers (celery-protocol.md §2.2), all of them, in Celery's order.
-fn task_headers(task: &str, id: &str, argsrepr: &str, kwargsrepr: &str) -> Headers {
-    let mut h = Headers::new();
-    let mut set = |k: &str, v: Value| {
-        h.insert(k.to_owned(), v);
-    };
-    set("lang", "py".into());
-    set("task", task.into());
-    set("id", id.into());
-    set("shadow", Value::Null);
-    set("eta", Value::Null);
-    set("expires", Value::Null);
-    set("group", Value::Null);
-    set("group_index", Value::Null);
-    set("retries", 0.into());
-    set("timelimit", vec![Value::Null, Value::Null].into());
-    set("root_id", id.into());
-    set("parent_id", Value::Null);
-    set("argsrepr", argsrepr.into());
-    set("kwargsrepr", kwargsrepr.into());
-    set(
-        "origin",
-        format!("gen{}@kombu-rs-test", std::process::id()).into(),
-    );
-    set("ignore_result", false.into());
-    set("replaced_task_nesting", 0.into());
-    set("stamped_headers", Value::Null);
-    set("stamps", Headers::new().into());
-    h
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_worker_runs_a_task_kombu_rs_published() {
     let Some(python) = python() else { return };
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("kombu-rs-celery-{tag}:");
     let queue = format!("rs-tasks-{tag}");
-    let worker = start_worker(&python, &prefix, &queue);
-    let out_path = worker.dir.join("result.json");
+    let broker = server();
+    let worker = CeleryWorker::start(
+        &python,
+        "redis-celery",
+        APP,
+        &queue,
+        &[("KOMBU_RS_PREFIX", &prefix), ("KOMBU_RS_BROKER", &broker)],
+    );
+    let out_path = worker.dir().join("result.json");
     let out = out_path.to_str().expect("UTF-8 path").to_owned();
 
     kombu_redis::register();
@@ -206,7 +104,7 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
         .routing_key(&queue)
         .declare(Queue::new(&queue))
         .message(&body)
-        .headers(task_headers(
+        .headers(celery_task_headers(
             "kombu_rs.record",
             &task_id,
             &argsrepr,
