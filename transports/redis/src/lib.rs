@@ -252,10 +252,11 @@ impl Options {
             "redis+socket" | "unix" => {
                 let rest = url.rest();
                 let before_query = rest.split_once('?').map_or(rest, |(p, _)| p);
-                // `[user[:password]@]/path`: the socket path is what follows the last `@`.
-                let path = before_query
-                    .rsplit_once('@')
-                    .map_or(before_query, |(_, p)| p);
+                // `[user[:password]@]/path`: credentials only before the path's first `/`.
+                let path = match before_query.split_once('@') {
+                    Some((userinfo, path)) if !userinfo.contains('/') => path,
+                    _ => before_query,
+                };
                 let db = match url.query("virtual_host").or_else(|| url.query("db")) {
                     None => 0,
                     Some(d) => d
@@ -503,8 +504,14 @@ return out
 
 /// Moves an unacked message back: when `KEYS[1]` (unacked) still holds the field `ARGV[1]`,
 /// removes it from there and from `KEYS[2]` (unacked_index) and `RPUSH`es `ARGV[2]` (the
-/// redelivered envelope) onto every list in `KEYS[3..]`. Returns 1 when it moved it.
+/// redelivered envelope) onto every list in `KEYS[3..]`. With a ceiling `ARGV[3]` (a sweep),
+/// only while the lease's score is still at most that: a lease extended since the sweep read
+/// the index stays. Returns 1 when it moved it.
 const RESTORE: &str = r#"
+if ARGV[3] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if score and tonumber(score) > tonumber(ARGV[3]) then return 0 end
+end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   for i = 3, #KEYS do
@@ -992,20 +999,22 @@ impl RedisBackend {
     /// at most every [`BINDING_SWEEP_EVERY`].
     async fn binding_upkeep(&self, queue: &str, expires_ms: u64) -> Result<()> {
         let ttl = Duration::from_millis(expires_ms.saturating_mul(2).max(MIN_BINDING_TTL_MS));
-        let due: Vec<(String, String)> = {
-            let mut bindings = self.expiring_bindings.lock();
-            match bindings.get_mut(queue) {
-                Some((rows, refreshed)) if refreshed.is_none_or(|t| t.elapsed() >= ttl / 3) => {
-                    *refreshed = Some(Instant::now());
-                    rows.clone()
-                }
-                _ => Vec::new(),
+        let due: Vec<(String, String)> = match self.expiring_bindings.lock().get(queue) {
+            Some((rows, refreshed)) if refreshed.is_none_or(|t| t.elapsed() >= ttl / 3) => {
+                rows.clone()
             }
+            _ => Vec::new(),
         };
         // Refreshed first, so that a sweep never deletes this connection's own tables.
         for (exchange, member) in &due {
             self.refresh_binding_table(exchange, member, expires_ms)
                 .await?;
+        }
+        // Marked only once done, so that a failed refresh is tried again at the next take.
+        if !due.is_empty()
+            && let Some((_, refreshed)) = self.expiring_bindings.lock().get_mut(queue)
+        {
+            *refreshed = Some(Instant::now());
         }
         let sweep = {
             let mut swept = self.bindings_swept.lock();
@@ -1078,7 +1087,7 @@ impl RedisBackend {
         // Batch after batch while the mutex is ours, up to SWEEP_ROUNDS of them.
         let mut result = Ok(());
         for _ in 0..SWEEP_ROUNDS {
-            result = self.restore_tags(&due, None).await;
+            result = self.restore_tags(&due, None, Some(ceiling)).await;
             if result.is_err() || due.len() < SWEEP_BATCH {
                 break;
             }
@@ -1103,8 +1112,14 @@ impl RedisBackend {
 
     /// Restores unacked messages by their `unacked` field: to `queue` when known (our own
     /// deliveries), else to the queues their exchange routes them to now (kombu's rule; what
-    /// kombu-rs took names the default exchange and its queue, so it goes back there).
-    async fn restore_tags(&self, fields: &[String], queue: Option<&str>) -> Result<()> {
+    /// kombu-rs took names the default exchange and its queue, so it goes back there). A sweep
+    /// passes its `ceiling`: a lease whose score moved past it since (extended) stays.
+    async fn restore_tags(
+        &self,
+        fields: &[String],
+        queue: Option<&str>,
+        ceiling: Option<f64>,
+    ) -> Result<()> {
         let mut conn = self.conn.clone();
         let o = &self.options;
         for field in fields {
@@ -1142,7 +1157,10 @@ impl RedisBackend {
             for q in &queues {
                 script.key(o.list_key(q, priority_of(&env)));
             }
-            script.arg(field).arg(payload(&env));
+            script
+                .arg(field)
+                .arg(payload(&env))
+                .arg(ceiling.map_or_else(String::new, |c| c.to_string()));
             let _: i64 = script
                 .invoke_async(&mut conn)
                 .await
@@ -1625,17 +1643,21 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(self.err("take"))?;
+        // What was taken is in `unacked` now and must reach the consumer: the upkeep of an
+        // expiring queue that follows is best effort (it is done again at the next take).
         let expires = self.expiring.lock().get(queue).copied();
         if let Some(ms) = expires {
             let mut pipe = redis::pipe();
             for key in &keys {
                 pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
             }
-            let _: () = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(self.err("refresh queue expiry"))?;
-            self.binding_upkeep(queue, ms).await?;
+            let refreshed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            if let Err(err) = refreshed {
+                tracing::warn!(url = %self.label, %queue, error = %err, "queue expiry not refreshed");
+            }
+            if let Err(err) = self.binding_upkeep(queue, ms).await {
+                tracing::warn!(url = %self.label, %queue, error = %err, "binding tables not kept up");
+            }
         }
         fetched.taken.reserve(raw.len());
         let mut unreadable = Vec::new();
@@ -1701,7 +1723,7 @@ impl Backend for RedisBackend {
             self.wake.notify_waiters();
             return Ok(());
         }
-        self.restore_tags(&[field_of(receipt)?.to_owned()], Some(queue))
+        self.restore_tags(&[field_of(receipt)?.to_owned()], Some(queue), None)
             .await
     }
 
@@ -1869,6 +1891,12 @@ mod tests {
         )?)?;
         assert_eq!(o.priority_steps, [0, 5]);
         assert_eq!(o.visibility_timeout, Duration::from_secs(2));
+        // Unix sockets: credentials only before the path; an `@` inside the path is the path's.
+        let o = Options::from_url(&BrokerUrl::parse("unix:///run/app@1/redis.sock")?)?;
+        assert_eq!(o.client_url, "redis+unix:///run/app@1/redis.sock?db=0");
+        let o = Options::from_url(&BrokerUrl::parse("unix://u:p%40ss@/tmp/r.sock?db=2")?)?;
+        assert_eq!(o.client_url, "redis+unix:///tmp/r.sock?db=2&user=u&pass=p%40ss");
+        assert_eq!(o.db, 2);
         Ok(())
     }
 }

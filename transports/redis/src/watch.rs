@@ -26,6 +26,9 @@ use tokio::sync::Notify;
 
 /// Longest one `BLMOVE` blocks; a watcher whose waiters left ends within about this long.
 const BLOCK: Duration = Duration::from_secs(5);
+/// How much later than [`BLOCK`] a `BLMOVE`'s answer may come before the connection is taken
+/// for dead.
+const RESPONSE_MARGIN: Duration = Duration::from_secs(3);
 /// A watcher with no waiter for this long ends and returns its connection to the pool.
 const IDLE: Duration = Duration::from_secs(30);
 /// Most watchers (so dedicated connections) of one kombu-rs connection.
@@ -280,19 +283,26 @@ async fn run(watch: Arc<Watch>, shared: Arc<Shared>) {
                 }
             }
             Err(err) => {
-                named = None;
-                if err
-                    .to_string()
-                    .to_ascii_lowercase()
-                    .contains("unknown command")
-                {
-                    tracing::warn!(url = %label, "the server has no BLMOVE (Redis before 6.2): idle consumers poll");
+                let text = err.to_string().to_ascii_lowercase();
+                if text.contains("unknown command") || text.contains("noperm") {
+                    tracing::warn!(url = %label, error = %err, "no BLMOVE here (Redis before 6.2, or an ACL without it): idle consumers poll");
                     shared.unsupported.store(true, Ordering::Release);
                     watch.state.lock().running = false;
                     watch.ready.notify_waiters();
                     return;
                 }
-                tracing::debug!(url = %label, key = %watch.key, error = %err, "redis watcher failed; reconnecting");
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_timeout()
+                {
+                    // A new connection next time (this one may be dead).
+                    named = None;
+                    tracing::debug!(url = %label, key = %watch.key, error = %err, "redis watcher lost its connection; reconnecting");
+                } else {
+                    conn = Some(c);
+                    tracing::debug!(url = %label, key = %watch.key, error = %err, "redis watcher's BLMOVE failed");
+                }
                 fail(&watch, retry).await;
             }
         }
@@ -311,8 +321,9 @@ async fn fail(watch: &Watch, retry: Duration) {
     tokio::time::sleep(retry).await;
 }
 
-/// A connection for blocking commands: no response timeout (a `BLMOVE` answers when it
-/// has something or its own timeout passes).
+/// A connection for blocking commands: its response timeout is [`BLOCK`] and a margin (a
+/// `BLMOVE` answers when it has something or its own timeout passes), so a connection that went
+/// silent is noticed and replaced.
 async fn connect(
     client: &redis::Client,
     pool: &Mutex<Vec<MultiplexedConnection>>,
@@ -320,7 +331,8 @@ async fn connect(
     if let Some(c) = pool.lock().pop() {
         return Ok(c);
     }
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK + RESPONSE_MARGIN));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
