@@ -1895,7 +1895,10 @@ mod tests {
         let o = Options::from_url(&BrokerUrl::parse("unix:///run/app@1/redis.sock")?)?;
         assert_eq!(o.client_url, "redis+unix:///run/app@1/redis.sock?db=0");
         let o = Options::from_url(&BrokerUrl::parse("unix://u:p%40ss@/tmp/r.sock?db=2")?)?;
-        assert_eq!(o.client_url, "redis+unix:///tmp/r.sock?db=2&user=u&pass=p%40ss");
+        assert_eq!(
+            o.client_url,
+            "redis+unix:///tmp/r.sock?db=2&user=u&pass=p%40ss"
+        );
         assert_eq!(o.db, 2);
         Ok(())
     }
