@@ -79,9 +79,9 @@ impl CeleryWorker {
             .unwrap_or_default();
         let dir =
             std::env::temp_dir().join(format!("kombu-rs-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the worker directory");
-        std::fs::write(dir.join("kombu_rs_tasks.py"), app).expect("write the app module");
-        let log = std::fs::File::create(dir.join("worker.log")).expect("worker log");
+        std::fs::create_dir_all(&dir).expect("create the worker directory"); // ok: a test helper; documented to panic
+        std::fs::write(dir.join("kombu_rs_tasks.py"), app).expect("write the app module"); // ok: a test helper; documented to panic
+        let log = std::fs::File::create(dir.join("worker.log")).expect("worker log"); // ok: a test helper; documented to panic
         let child = Command::new(python)
             .args([
                 "-m",
@@ -106,10 +106,10 @@ impl CeleryWorker {
             .env("KOMBU_RS_QUEUE", queue)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
+            .stdout(log.try_clone().expect("log")) // ok: a test helper; documented to panic
             .stderr(log)
             .spawn()
-            .expect("start the Celery worker");
+            .expect("start the Celery worker"); // ok: a test helper; documented to panic
         CeleryWorker {
             child: Some(child),
             dir,
