@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use crate::connection::Connection;
 use crate::error::Result;
 
+pub mod interop;
 mod scenarios;
 pub mod support;
 

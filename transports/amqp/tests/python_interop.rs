@@ -21,6 +21,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
+use kombu_core::conformance::interop::*;
 use kombu_core::conformance::support::python;
 use kombu_core::{
     Binding, Connection, Consumer, Delivery, DeliveryMode, Exchange, HeaderMatch, Headers, Queue,
@@ -28,18 +29,6 @@ use kombu_core::{
 };
 use serde_json::{Value as Json, json};
 
-const TEXT: &str = "h\u{e9}llo \u{2713} plain text";
-const BYTES: &[u8] = b"\x00\xff\x01binary\x80";
-const COMPRESSIONS: [(&str, &str); 5] = [
-    ("zlib", "application/x-gzip"),
-    ("bzip2", "application/x-bz2"),
-    ("lzma", "application/x-lzma"),
-    ("brotli", "application/x-brotli"),
-    ("zstd", "application/zstd"),
-];
-const CASES: [&str; 10] = [
-    "brotli", "bytes", "bzip2", "json", "lzma", "msgpack", "text", "yaml", "zlib", "zstd",
-];
 /// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -116,62 +105,6 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         Ok(Some(Err(e))) => panic!("delivery refused: {e}"),
         Ok(Some(Ok(d))) => d,
     }
-}
-
-fn case_of(d: &Delivery) -> String {
-    d.headers()
-        .get("case")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("delivery without a case header: {d:?}"))
-        .to_owned()
-}
-
-fn nested() -> Json {
-    json!({
-        "id": 1,
-        "nested": {
-            "list": [1, 2.5, "three", null, true, false],
-            "map": {"a": {"b": [{}, [], {"c": -7}]}},
-            "unicode": "h\u{e9}llo \u{2713} \u{1f600}",
-        },
-        "big": 12_345_678_901_234_i64,
-    })
-}
-
-fn json_headers() -> Json {
-    json!({
-        "h-str": "v",
-        "h-int": 42,
-        "h-list": [1, "x", null],
-        "h-map": {"k": "v"},
-        "h-bool": true,
-        "case": "json",
-    })
-}
-
-fn msgpack_value() -> Json {
-    json!({"id": 4, "kind": "msgpack", "list": [1, 2, 3], "f": 1.5, "s": "\u{e9}"})
-}
-
-fn yaml_value() -> Json {
-    json!({"id": 5, "kind": "yaml", "list": [1, "two", null], "map": {"k": "v"}})
-}
-
-fn compressed_value(kind: &str) -> Json {
-    json!({"kind": kind, "data": "x".repeat(2000), "n": [1, 2, 3]})
-}
-
-fn compression_type(kind: &str) -> &'static str {
-    COMPRESSIONS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, t)| *t)
-        .unwrap_or_else(|| panic!("no compression {kind}"))
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
 }
 
 #[tokio::test]

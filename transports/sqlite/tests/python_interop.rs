@@ -12,6 +12,7 @@
 //! SQLAlchemy), else `~/.cache/kombu-rs/venv/bin/python` when it exists. Without one the tests
 //! fail when `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
 
+use kombu_core::conformance::interop::*;
 use kombu_core::conformance::support::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,8 +24,6 @@ use futures::StreamExt;
 use kombu_core::{Connection, Consumer, Delivery, DeliveryMode, Exchange, Headers, Queue, Value};
 use serde_json::{Value as Json, json};
 
-const TEXT: &str = "h\u{e9}llo \u{2713} plain text";
-const BYTES: &[u8] = b"\x00\xff\x01binary\x80";
 /// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -132,41 +131,6 @@ async fn nothing_within(consumer: &mut Consumer, wait: Duration) -> Option<Strin
         )),
         Ok(Some(Err(e))) => Some(format!("error {e}")),
     }
-}
-
-fn case_of(d: &Delivery) -> String {
-    d.headers()
-        .get("case")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("delivery without a case header: {d:?}"))
-        .to_owned()
-}
-
-fn headers_json(h: &Headers) -> Json {
-    serde_json::to_value(h).expect("headers serialize")
-}
-
-fn nested() -> Json {
-    json!({
-        "id": 1,
-        "nested": {
-            "list": [1, 2.5, "three", null, true, false],
-            "map": {"a": {"b": [{}, [], {"c": -7}]}},
-            "unicode": "h\u{e9}llo \u{2713} \u{1f600}",
-        },
-        "big": 12_345_678_901_234_i64,
-    })
-}
-
-fn json_headers() -> Json {
-    json!({
-        "h-str": "v",
-        "h-int": 42,
-        "h-list": [1, "x", null],
-        "h-map": {"k": "v"},
-        "h-bool": true,
-        "case": "json",
-    })
 }
 
 /// Checks one of the messages `sqla_interop.py publish` wrote to `queue`; returns its case.
