@@ -31,29 +31,19 @@ import time
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+# The interop cases, shared with the other transports and mirrored on the Rust side
+# (core/src/conformance/kombu_rs_interop.py and interop.rs).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "..", "..", "core", "src", "conformance"))
+from kombu_rs_interop import publish_cases  # noqa: E402
+
 URL = os.environ.get("KOMBU_REDIS_URL", "redis://127.0.0.1:6379/0")
 ACCEPT = ["json", "msgpack", "yaml", "text/plain", "application/data"]
-TEXT = "h\u00e9llo \u2713 plain text"
-BYTES = b"\x00\xff\x01binary\x80"
-NESTED = {
-    "id": 1,
-    "nested": {
-        "list": [1, 2.5, "three", None, True, False],
-        "map": {"a": {"b": [{}, [], {"c": -7}]}},
-        "unicode": "h\u00e9llo \u2713 \U0001f600",
-    },
-    "big": 12345678901234,
-}
-HEADERS = {"h-str": "v", "h-int": 42, "h-list": [1, "x", None], "h-map": {"k": "v"}, "h-bool": True}
-COMPRESSIONS = ["zlib", "bzip2", "lzma", "brotli", "zstd"]
 
 
 def connection(prefix, **options):
     return Connection(URL, transport_options=dict(options, global_keyprefix=prefix))
 
-
-def compressed_body(kind):
-    return {"kind": kind, "data": "x" * 2000, "n": [1, 2, 3]}
 
 
 def publish(prefix, queue_name):
@@ -61,30 +51,9 @@ def publish(prefix, queue_name):
         channel = conn.channel()
         producer = Producer(channel)
         queue = Queue(queue_name)
-        producer.publish(
-            NESTED,
-            routing_key=queue_name,
-            serializer="json",
-            headers=dict(HEADERS, case="json"),
-            correlation_id="cid-1",
-            reply_to="replies",
-            priority=5,
-            message_id="mid-1",
-            declare=[queue],
-        )
-        producer.publish(TEXT, routing_key=queue_name, content_type="text/plain",
-                         content_encoding="utf-8", headers={"case": "text"})
-        producer.publish(BYTES, routing_key=queue_name, content_type="application/data",
-                         content_encoding="binary", headers={"case": "bytes"})
-        producer.publish({"id": 4, "kind": "msgpack", "list": [1, 2, 3], "f": 1.5, "s": "\u00e9"},
-                         routing_key=queue_name, serializer="msgpack", headers={"case": "msgpack"})
-        producer.publish({"id": 5, "kind": "yaml", "list": [1, "two", None], "map": {"k": "v"}},
-                         routing_key=queue_name, serializer="yaml", headers={"case": "yaml"})
-        for kind in COMPRESSIONS:
-            producer.publish(compressed_body(kind), routing_key=queue_name, serializer="json",
-                             compression=kind, headers={"case": kind})
+        published = publish_cases(producer, queue_name, declare=[queue])
         channel.close()
-    print(json.dumps({"published": 5 + len(COMPRESSIONS)}))
+    print(json.dumps({"published": published}))
 
 
 def put(prefix, queue_name, *bodies):

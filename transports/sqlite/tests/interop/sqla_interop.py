@@ -17,25 +17,20 @@ to stdout as one JSON document.
 
 import base64
 import json
+import os
 import socket
 import sys
 import time
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+# The interop cases, shared with the other transports and mirrored on the Rust side
+# (core/src/conformance/kombu_rs_interop.py and interop.rs).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "..", "..", "core", "src", "conformance"))
+from kombu_rs_interop import BYTES, HEADERS, NESTED, TEXT  # noqa: E402
+
 ACCEPT = ["json", "msgpack", "text/plain", "application/data"]
-TEXT = "h\u00e9llo \u2713 plain text"
-BYTES = b"\x00\xff\x01binary\x80"
-NESTED = {
-    "id": 1,
-    "nested": {
-        "list": [1, 2.5, "three", None, True, False],
-        "map": {"a": {"b": [{}, [], {"c": -7}]}},
-        "unicode": "h\u00e9llo \u2713 \U0001f600",
-    },
-    "big": 12345678901234,
-}
-HEADERS = {"h-str": "v", "h-int": 42, "h-list": [1, "x", None], "h-map": {"k": "v"}, "h-bool": True}
 DIRECT_EXCHANGE = "py.direct"
 DIRECT_KEY = "rk.direct"
 
