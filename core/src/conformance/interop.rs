@@ -2,9 +2,14 @@
 //! side: the same values the tests' Python scripts publish and expect, and small readers of
 //! deliveries. Each case is named in a `case` header.
 
+use std::time::Duration;
+
 use serde_json::{Value as Json, json};
 
 use crate::channel::Delivery;
+use crate::connection::Connection;
+use crate::entity::Queue;
+use crate::message::DeliveryMode;
 use crate::value::{Headers, Value};
 
 /// The `text` case's body (`text/plain`, UTF-8).
@@ -91,4 +96,124 @@ pub fn compression_type(kind: &str) -> &'static str {
 pub fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
+}
+
+/// Checks a delivery of one of the cases against its values (content type and encoding,
+/// body, headers, properties); `case` is its `case` header. Panics on a mismatch (a test
+/// helper).
+pub fn check_case(d: &Delivery, case: &str) {
+    match case {
+        "json" => {
+            assert_eq!(d.content_type(), Some("application/json"));
+            assert_eq!(d.message().content_encoding.as_deref(), Some("utf-8"));
+            assert_eq!(d.decode::<Json>().expect("decode json"), nested());
+            assert_eq!(
+                serde_json::to_value(d.headers()).expect("headers"),
+                json_headers()
+            );
+            let p = d.properties();
+            assert_eq!(p.correlation_id.as_deref(), Some("cid-1"));
+            assert_eq!(p.reply_to.as_deref(), Some("replies"));
+            assert_eq!(p.message_id.as_deref(), Some("mid-1"));
+            assert_eq!(p.priority, Some(5));
+            assert_eq!(p.delivery_mode, Some(DeliveryMode::Persistent));
+        }
+        "text" => {
+            assert_eq!(d.content_type(), Some("text/plain"));
+            assert_eq!(d.decode::<String>().expect("decode text"), TEXT);
+        }
+        "bytes" => {
+            assert_eq!(d.content_type(), Some("application/data"));
+            assert_eq!(d.message().content_encoding.as_deref(), Some("binary"));
+            assert_eq!(&d.body()[..], BYTES);
+        }
+        "msgpack" => {
+            assert_eq!(d.content_type(), Some("application/x-msgpack"));
+            assert_eq!(d.decode::<Json>().expect("decode msgpack"), msgpack_value());
+        }
+        "yaml" => {
+            assert_eq!(d.content_type(), Some("application/x-yaml"));
+            assert_eq!(d.decode::<Json>().expect("decode yaml"), yaml_value());
+        }
+        kind => {
+            assert_eq!(
+                d.headers().get("compression").and_then(Value::as_str),
+                Some(compression_type(kind)),
+                "{kind}"
+            );
+            assert_eq!(d.content_type(), Some("application/json"), "{kind}");
+            assert_eq!(
+                d.decode::<Json>()
+                    .unwrap_or_else(|e| panic!("decode {kind}: {e}")),
+                compressed_value(kind)
+            );
+        }
+    }
+}
+
+/// Publishes every case to `queue` on the default exchange, as the scripts' `publish_cases`
+/// does on the Python side (declaring the queue first); the `json` case with `expiration` when
+/// given. Panics on a failure (a test helper).
+pub async fn publish_cases(conn: &Connection, queue: &str, expiration: Option<Duration>) {
+    let producer = conn
+        .producer()
+        .routing_key(queue)
+        .declare(Queue::new(queue));
+    let mut map = Headers::new();
+    map.insert("k".into(), "v".into());
+    let body = nested();
+    let mut json = producer.message(&body);
+    if let Some(ttl) = expiration {
+        json = json.expiration(ttl);
+    }
+    json.header("h-str", "v")
+        .header("h-int", 42)
+        .header("h-list", vec![Value::Int(1), "x".into(), Value::Null])
+        .header("h-map", map)
+        .header("h-bool", true)
+        .header("case", "json")
+        .correlation_id("cid-1")
+        .reply_to("replies")
+        .message_id("mid-1")
+        .priority(5)
+        .send()
+        .await
+        .expect("publish json");
+    producer
+        .message(TEXT)
+        .serializer("text")
+        .header("case", "text")
+        .send()
+        .await
+        .expect("publish text");
+    producer
+        .message(&bytes::Bytes::from_static(BYTES))
+        .serializer("raw")
+        .header("case", "bytes")
+        .send()
+        .await
+        .expect("publish bytes");
+    producer
+        .message(&msgpack_value())
+        .serializer("msgpack")
+        .header("case", "msgpack")
+        .send()
+        .await
+        .expect("publish msgpack");
+    producer
+        .message(&yaml_value())
+        .serializer("yaml")
+        .header("case", "yaml")
+        .send()
+        .await
+        .expect("publish yaml");
+    for (kind, _) in COMPRESSIONS {
+        producer
+            .message(&compressed_value(kind))
+            .compression(kind)
+            .header("case", kind)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("publish {kind}: {e}"));
+    }
 }

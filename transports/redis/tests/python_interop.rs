@@ -26,9 +26,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
-use kombu_core::{
-    Binding, Connection, Consumer, Delivery, DeliveryMode, Exchange, Headers, Queue, Value,
-};
+use kombu_core::{Binding, Connection, Consumer, Delivery, Exchange, Queue};
 use serde_json::{Value as Json, json};
 
 /// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
@@ -173,49 +171,7 @@ async fn python_publishes_rust_consumes() {
         assert!(!d.redelivered(), "{case}: a first delivery");
         assert_eq!(d.exchange(), "", "{case}");
         assert_eq!(d.routing_key(), "py2rs", "{case}");
-        match case.as_str() {
-            "json" => {
-                assert_eq!(d.content_type(), Some("application/json"));
-                assert_eq!(d.decode::<Json>().expect("decode json"), nested());
-                assert_eq!(headers_json(d.headers()), json_headers());
-                let p = d.properties();
-                assert_eq!(p.correlation_id.as_deref(), Some("cid-1"));
-                assert_eq!(p.reply_to.as_deref(), Some("replies"));
-                assert_eq!(p.message_id.as_deref(), Some("mid-1"));
-                assert_eq!(p.priority, Some(5));
-                assert_eq!(p.delivery_mode, Some(DeliveryMode::Persistent));
-            }
-            "text" => {
-                assert_eq!(d.content_type(), Some("text/plain"));
-                assert_eq!(d.decode::<String>().expect("decode text"), TEXT);
-            }
-            "bytes" => {
-                assert_eq!(d.content_type(), Some("application/data"));
-                assert_eq!(d.message().content_encoding.as_deref(), Some("binary"));
-                assert_eq!(&d.body()[..], BYTES);
-            }
-            "msgpack" => {
-                assert_eq!(d.content_type(), Some("application/x-msgpack"));
-                assert_eq!(d.decode::<Json>().expect("decode msgpack"), msgpack_value());
-            }
-            "yaml" => {
-                assert_eq!(d.content_type(), Some("application/x-yaml"));
-                assert_eq!(d.decode::<Json>().expect("decode yaml"), yaml_value());
-            }
-            kind => {
-                assert_eq!(
-                    d.headers().get("compression").and_then(Value::as_str),
-                    Some(compression_type(kind)),
-                    "{kind}"
-                );
-                assert_eq!(d.content_type(), Some("application/json"), "{kind}");
-                assert_eq!(
-                    d.decode::<Json>()
-                        .unwrap_or_else(|e| panic!("decode {kind}: {e}")),
-                    compressed_value(kind)
-                );
-            }
-        }
+        check_case(&d, &case);
         seen.push(case);
         d.ack().await.expect("ack");
     }
@@ -232,73 +188,12 @@ async fn python_publishes_rust_consumes() {
 }
 
 /// Publishes one message of every case (10) from Rust to `queue` through the default exchange.
-async fn publish_variety(conn: &Connection, queue: &str) {
-    let producer = conn
-        .producer()
-        .routing_key(queue)
-        .declare(Queue::new(queue));
-    let mut map = Headers::new();
-    map.insert("k".into(), "v".into());
-    producer
-        .message(&nested())
-        .header("h-str", "v")
-        .header("h-int", 42)
-        .header("h-list", vec![Value::Int(1), "x".into(), Value::Null])
-        .header("h-map", map)
-        .header("h-bool", true)
-        .header("case", "json")
-        .correlation_id("cid-1")
-        .reply_to("replies")
-        .message_id("mid-1")
-        .priority(5)
-        .send()
-        .await
-        .expect("publish json");
-    producer
-        .message(TEXT)
-        .serializer("text")
-        .header("case", "text")
-        .send()
-        .await
-        .expect("publish text");
-    producer
-        .message(&bytes::Bytes::from_static(BYTES))
-        .serializer("raw")
-        .header("case", "bytes")
-        .send()
-        .await
-        .expect("publish bytes");
-    producer
-        .message(&msgpack_value())
-        .serializer("msgpack")
-        .header("case", "msgpack")
-        .send()
-        .await
-        .expect("publish msgpack");
-    producer
-        .message(&yaml_value())
-        .serializer("yaml")
-        .header("case", "yaml")
-        .send()
-        .await
-        .expect("publish yaml");
-    for (kind, _) in COMPRESSIONS {
-        producer
-            .message(&compressed_value(kind))
-            .compression(kind)
-            .header("case", kind)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("publish {kind}: {e}"));
-    }
-}
-
 #[tokio::test]
 async fn rust_publishes_python_consumes() {
     let Some(python) = python() else { return };
     let space = Space::new("rs2py");
     let conn = open(&space.url("")).await;
-    publish_variety(&conn, "rs2py").await;
+    publish_cases(&conn, "rs2py", None).await;
     assert_eq!(conn.queue_size("rs2py").await.expect("size"), 10);
 
     let out = space.python(&python, "consume", &["rs2py", "10"]);
