@@ -106,9 +106,9 @@ pub fn check_case(d: &Delivery, case: &str) {
         "json" => {
             assert_eq!(d.content_type(), Some("application/json"));
             assert_eq!(d.message().content_encoding.as_deref(), Some("utf-8"));
-            assert_eq!(d.decode::<Json>().expect("decode json"), nested());
+            assert_eq!(d.decode::<Json>().expect("decode json"), nested()); // ok: a test helper; panics are its failures
             assert_eq!(
-                serde_json::to_value(d.headers()).expect("headers"),
+                serde_json::to_value(d.headers()).expect("headers"), // ok: a test helper; panics are its failures
                 json_headers()
             );
             let p = d.properties();
@@ -120,7 +120,7 @@ pub fn check_case(d: &Delivery, case: &str) {
         }
         "text" => {
             assert_eq!(d.content_type(), Some("text/plain"));
-            assert_eq!(d.decode::<String>().expect("decode text"), TEXT);
+            assert_eq!(d.decode::<String>().expect("decode text"), TEXT); // ok: a test helper; panics are its failures
         }
         "bytes" => {
             assert_eq!(d.content_type(), Some("application/data"));
@@ -129,11 +129,11 @@ pub fn check_case(d: &Delivery, case: &str) {
         }
         "msgpack" => {
             assert_eq!(d.content_type(), Some("application/x-msgpack"));
-            assert_eq!(d.decode::<Json>().expect("decode msgpack"), msgpack_value());
+            assert_eq!(d.decode::<Json>().expect("decode msgpack"), msgpack_value()); // ok: a test helper; panics are its failures
         }
         "yaml" => {
             assert_eq!(d.content_type(), Some("application/x-yaml"));
-            assert_eq!(d.decode::<Json>().expect("decode yaml"), yaml_value());
+            assert_eq!(d.decode::<Json>().expect("decode yaml"), yaml_value()); // ok: a test helper; panics are its failures
         }
         kind => {
             assert_eq!(
@@ -178,35 +178,35 @@ pub async fn publish_cases(conn: &Connection, queue: &str, expiration: Option<Du
         .priority(5)
         .send()
         .await
-        .expect("publish json");
+        .expect("publish json"); // ok: a test helper; panics are its failures
     producer
         .message(TEXT)
         .serializer("text")
         .header("case", "text")
         .send()
         .await
-        .expect("publish text");
+        .expect("publish text"); // ok: a test helper; panics are its failures
     producer
         .message(&bytes::Bytes::from_static(BYTES))
         .serializer("raw")
         .header("case", "bytes")
         .send()
         .await
-        .expect("publish bytes");
+        .expect("publish bytes"); // ok: a test helper; panics are its failures
     producer
         .message(&msgpack_value())
         .serializer("msgpack")
         .header("case", "msgpack")
         .send()
         .await
-        .expect("publish msgpack");
+        .expect("publish msgpack"); // ok: a test helper; panics are its failures
     producer
         .message(&yaml_value())
         .serializer("yaml")
         .header("case", "yaml")
         .send()
         .await
-        .expect("publish yaml");
+        .expect("publish yaml"); // ok: a test helper; panics are its failures
     for (kind, _) in COMPRESSIONS {
         producer
             .message(&compressed_value(kind))
