@@ -9,21 +9,20 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures::stream::{self, BoxStream, SelectAll};
 use futures::{StreamExt, TryFutureExt};
 use kombu_core::{
-    Binding, Capabilities, Channel, ConsumeOptions, Delivery, DeliveryInfo, DeliveryStream, Error,
-    ErrorKind, Exchange, Outcome, Outgoing, Queue, Result, Settler,
+    Binding, Capabilities, Channel, ConsumeOptions, Delivery, DeliveryStream, Error, ErrorKind,
+    Exchange, Outcome, Outgoing, Queue, Result, Settler,
 };
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
     QueuePurgeOptions,
 };
@@ -38,14 +37,23 @@ use crate::connection::{
 };
 use crate::error::{is_connection_loss, map};
 use crate::mapping::{short_string, to_message, to_properties, to_table};
+use crate::settle::{InFlight, Settlements};
+use kombu_core::virtual_transport::Envelope;
 
 /// Pause between attempts of an operation interrupted by a lost connection.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// An open lapin channel with the settlements of its deliveries.
+#[derive(Clone)]
+struct Slot {
+    channel: lapin::Channel,
+    settlements: Arc<Settlements>,
+}
+
 struct Inner {
     shared: Arc<Shared>,
     /// The lapin channel in use, if one is open.
-    slot: Mutex<Option<lapin::Channel>>,
+    slot: Mutex<Option<Slot>>,
     /// One opening at a time.
     opening: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -53,56 +61,6 @@ struct Inner {
     capabilities: Capabilities,
     /// Settlements handed to lapin and not yet written.
     in_flight: Arc<InFlight>,
-}
-
-/// A settlement on its way to the broker.
-type SettleFuture = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
-
-/// Settlements handed to lapin's I/O loop without waiting for each to be written: a consumer
-/// acking one message at a time does not wait for the loop (four times the throughput on
-/// RabbitMQ). Closing the channel waits for them first, so an ack is never overtaken by the
-/// channel's close.
-#[derive(Default)]
-struct InFlight {
-    settlements: Mutex<FuturesUnordered<SettleFuture>>,
-}
-
-impl fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InFlight")
-            .field("settlements", &self.settlements.lock().len())
-            .finish()
-    }
-}
-
-impl InFlight {
-    /// Starts `settlement` (its first poll hands the frame to lapin). Its result when it
-    /// finished at once (a refused or failed settlement), else `None`: it is on its way.
-    fn start(&self, mut settlement: SettleFuture) -> Option<lapin::Result<bool>> {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        if let Poll::Ready(done) = settlement.as_mut().poll(&mut cx) {
-            return Some(done);
-        }
-        let mut all = self.settlements.lock();
-        all.push(settlement);
-        // Reap the ones written since.
-        while let Poll::Ready(Some(done)) = all.poll_next_unpin(&mut cx) {
-            match done {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!("a settlement was refused: its channel ended"),
-                Err(error) => tracing::debug!(%error, "a settlement failed"),
-            }
-        }
-        None
-    }
-
-    /// Waits (at most `within`) until every started settlement is written.
-    async fn drain(&self, within: Duration) {
-        let all = std::mem::take(&mut *self.settlements.lock());
-        if !all.is_empty() {
-            let _ = tokio::time::timeout(within, all.collect::<Vec<_>>()).await;
-        }
-    }
 }
 
 /// How long closing a channel waits for its settlements to be written.
@@ -115,7 +73,7 @@ pub struct AmqpChannel {
 
 impl fmt::Debug for AmqpChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = self.inner.slot.lock().as_ref().map(lapin::Channel::id);
+        let id = self.inner.slot.lock().as_ref().map(|s| s.channel.id());
         f.debug_struct("AmqpChannel")
             .field("channel_id", &id)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
@@ -128,9 +86,14 @@ impl Drop for AmqpChannel {
     fn drop(&mut self) {
         // Unsettled deliveries return to their queues when the AMQP channel closes.
         self.inner.closed.store(true, Ordering::Release);
-        let Some(channel) = self.inner.slot.lock().take() else {
+        let Some(Slot {
+            channel,
+            settlements,
+        }) = self.inner.slot.lock().take()
+        else {
             return;
         };
+        settlements.flush();
         if channel.status().connected()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
@@ -145,26 +108,12 @@ impl Drop for AmqpChannel {
     }
 }
 
-/// Settles one delivery through lapin's acker, which knows its AMQP channel: after that channel
-/// ended (closed, or its connection dropped) the acker refuses, so a stale delivery tag is never
-/// applied to another channel's messages.
+/// Settles one delivery through the [`Settlements`] of the lapin channel it came on (which
+/// coalesce acks): after that channel ended (closed, or its connection dropped) they refuse, so
+/// a stale delivery tag is never applied to another channel's messages.
 #[derive(Debug)]
-struct AckerSettler {
-    acker: lapin::Acker,
-    in_flight: Arc<InFlight>,
-}
-
-impl AckerSettler {
-    fn settlement(&self, outcome: Outcome) -> SettleFuture {
-        let acker = self.acker.clone();
-        Box::pin(async move {
-            match outcome {
-                Outcome::Ack => acker.ack(Default::default()).await,
-                Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
-                Outcome::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
-            }
-        })
-    }
+struct ChannelSettler {
+    settlements: Arc<Settlements>,
 }
 
 fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Result<()> {
@@ -183,28 +132,29 @@ fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Re
 }
 
 #[async_trait]
-impl Settler for AckerSettler {
-    /// Settles and waits until lapin wrote the frame.
+impl Settler for ChannelSettler {
+    /// As [`try_settle`](Settler::try_settle): this transport always settles without waiting.
     async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
-        settled(self.settlement(outcome).await, delivery_tag, outcome)
+        self.try_settle(delivery_tag, outcome).unwrap_or(Ok(()))
     }
 
-    /// Hands the settlement to lapin without waiting for it to be written (closing the
-    /// channel waits); a settlement refused at once (its channel ended) is an error.
+    /// Records an ack to send with others, or hands a reject to lapin, without waiting for it
+    /// to be written (closing the channel sends and waits); a settlement refused at once (its
+    /// channel ended) is an error.
     fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
-        Some(match self.in_flight.start(self.settlement(outcome)) {
+        Some(match self.settlements.settle(delivery_tag, outcome) {
             None => Ok(()),
             Some(done) => settled(done, delivery_tag, outcome),
         })
     }
 }
 
-/// A lapin delivery as a kombu delivery.
+/// A lapin delivery as a kombu delivery; `settlements` none in no-ack mode.
 fn delivery(
     d: lapin::message::Delivery,
-    queue: &str,
-    consumer_tag: &str,
-    in_flight: Option<&Arc<InFlight>>,
+    queue: &Arc<str>,
+    consumer_tag: &Arc<str>,
+    settlements: Option<&Arc<Settlements>>,
 ) -> Delivery {
     let lapin::message::Delivery {
         delivery_tag,
@@ -213,23 +163,27 @@ fn delivery(
         redelivered,
         properties,
         data,
-        acker,
+        ..
     } = d;
-    let info = DeliveryInfo {
+    let envelope = Envelope {
+        message: to_message(data, &properties),
         exchange: exchange.as_str().to_owned(),
         routing_key: routing_key.as_str().to_owned(),
-        queue: queue.to_owned(),
+        tag: String::new(),
         redelivered,
-        delivery_tag,
-        consumer_tag: consumer_tag.to_owned(),
     };
-    let settler: Option<Arc<dyn Settler>> = in_flight.map(|in_flight| {
-        Arc::new(AckerSettler {
-            acker,
-            in_flight: in_flight.clone(),
+    let settler: Option<Arc<dyn Settler>> = settlements.map(|settlements| {
+        Arc::new(ChannelSettler {
+            settlements: settlements.clone(),
         }) as Arc<dyn Settler>
     });
-    Delivery::new(to_message(data, &properties), info, settler)
+    Delivery::from_envelope(
+        Arc::new(envelope),
+        queue.clone(),
+        consumer_tag.clone(),
+        delivery_tag,
+        settler,
+    )
 }
 
 /// The outcome of a confirmed publish.
@@ -265,19 +219,24 @@ impl Inner {
     /// The lapin channel to use: the open one, else a new one (on a recovered connection if
     /// the old one dropped), in confirm mode when confirms are on.
     async fn lapin(&self) -> Result<lapin::Channel> {
+        Ok(self.slot().await?.channel)
+    }
+
+    /// The open lapin channel with its settlements, else a new one.
+    async fn slot(&self) -> Result<Slot> {
         if self.is_closed() {
             return Err(Error::closed("the AMQP channel was closed"));
         }
-        if let Some(ch) = self.slot.lock().as_ref()
-            && ch.status().connected()
+        if let Some(slot) = self.slot.lock().as_ref()
+            && slot.channel.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok(slot.clone());
         }
         let _one = self.opening.lock().await;
-        if let Some(ch) = self.slot.lock().as_ref()
-            && ch.status().connected()
+        if let Some(slot) = self.slot.lock().as_ref()
+            && slot.channel.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok(slot.clone());
         }
         let (conn, _) = self.shared.connection().await?;
         let ch = conn
@@ -293,8 +252,21 @@ impl Inner {
             let _ = ch.close(200, "OK".into()).await;
             return Err(Error::closed("the AMQP channel was closed"));
         }
-        *self.slot.lock() = Some(ch.clone());
-        Ok(ch)
+        let slot = Slot {
+            settlements: Settlements::new(ch.clone(), self.in_flight.clone()),
+            channel: ch,
+        };
+        *self.slot.lock() = Some(slot.clone());
+        Ok(slot)
+    }
+
+    /// The settlements of deliveries received on `channel` (fresh ones, which settle one by
+    /// one, if it is no longer the channel in use).
+    fn settlements_of(&self, channel: &lapin::Channel) -> Arc<Settlements> {
+        match self.slot.lock().as_ref() {
+            Some(slot) if slot.channel.id() == channel.id() => slot.settlements.clone(),
+            _ => Settlements::new(channel.clone(), self.in_flight.clone()),
+        }
     }
 
     /// Whether an operation that failed with `e` is worth running again: the connection or the
@@ -333,16 +305,22 @@ impl Inner {
         }
     }
 
+    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions and the
+    /// settlements of that channel.
     async fn subscribe(
         &self,
         queues: &[String],
         options: &ConsumeOptions,
-    ) -> Result<SelectAll<Subscription>> {
-        let ch = self.lapin().await?;
+    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>)> {
+        let Slot {
+            channel: ch,
+            settlements,
+        } = self.slot().await?;
         if options.prefetch > 0 && !options.no_ack {
             ch.basic_qos(options.prefetch, BasicQosOptions { global: false })
                 .await
                 .map_err(|e| map(e, format!("set prefetch {}", options.prefetch)))?;
+            settlements.limit_batch(options.prefetch);
         }
         let mut all = SelectAll::new();
         for (i, queue) in queues.iter().enumerate() {
@@ -371,7 +349,7 @@ impl Inner {
                     .boxed(),
             );
         }
-        Ok(all)
+        Ok((all, settlements))
     }
 }
 
@@ -380,7 +358,8 @@ type Subscription =
 
 struct ConsumeState {
     inner: Weak<Inner>,
-    in_flight: Arc<InFlight>,
+    /// The settlements of the lapin channel the subscriptions are on.
+    settlements: Arc<Settlements>,
     queues: Vec<String>,
     options: ConsumeOptions,
     streams: SelectAll<Subscription>,
@@ -402,9 +381,10 @@ impl ConsumeState {
                 return Some(last);
             }
             match inner.subscribe(&self.queues, &self.options).await {
-                Ok(streams) => {
+                Ok((streams, settlements)) => {
                     tracing::info!(queues = ?self.queues, "AMQP consumer resumed");
                     self.streams = streams;
+                    self.settlements = settlements;
                     return None;
                 }
                 Err(e) => {
@@ -420,9 +400,19 @@ impl ConsumeState {
             if self.done {
                 return None;
             }
-            match self.streams.next().await {
+            let next = match futures::poll!(self.streams.next()) {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    // Nothing to hand out: acks the broker may be waiting for go now.
+                    self.settlements.idle();
+                    self.streams.next().await
+                }
+            };
+            match next {
                 Some((queue, tag, Ok(d))) => {
-                    let settle = (!self.options.no_ack).then_some(&self.in_flight);
+                    let ack_mode = !self.options.no_ack;
+                    self.settlements.seen(d.delivery_tag, ack_mode);
+                    let settle = ack_mode.then_some(&self.settlements);
                     let d = delivery(d, &queue, &tag, settle);
                     return Some((Ok(d), self));
                 }
@@ -751,7 +741,7 @@ impl Channel for AmqpChannel {
             return Err(Error::config("consume needs at least one queue"));
         }
         let deadline = self.inner.deadline();
-        let streams = loop {
+        let (streams, settlements) = loop {
             match self.inner.subscribe(queues, options).await {
                 Ok(s) => break s,
                 Err(e) if self.inner.retryable(&e, deadline) => {
@@ -762,7 +752,7 @@ impl Channel for AmqpChannel {
         };
         let state = ConsumeState {
             inner: Arc::downgrade(&self.inner),
-            in_flight: self.inner.in_flight.clone(),
+            settlements,
             queues: queues.to_vec(),
             options: options.clone(),
             streams,
@@ -773,26 +763,34 @@ impl Channel for AmqpChannel {
 
     async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
         let name = short_string("queue name", queue)?;
-        let got = self
-            .inner
+        let inner = &self.inner;
+        let got = inner
             .run(|ch| {
                 let name = name.clone();
                 async move {
-                    ch.basic_get(name, BasicGetOptions { no_ack })
+                    let got = ch
+                        .basic_get(name, BasicGetOptions { no_ack })
                         .await
-                        .map_err(|e| map(e, format!("get from queue {queue:?}")))
+                        .map_err(|e| map(e, format!("get from queue {queue:?}")))?;
+                    Ok(got.map(|m| (m, inner.settlements_of(&ch))))
                 }
             })
             .await?;
-        let settle = (!no_ack).then_some(&self.inner.in_flight);
-        Ok(got.map(|m| delivery(m.delivery, queue, "", settle)))
+        Ok(got.map(|(m, settlements)| {
+            settlements.seen(m.delivery.delivery_tag, !no_ack);
+            let settle = (!no_ack).then_some(&settlements);
+            delivery(m.delivery, &Arc::from(queue), &Arc::from(""), settle)
+        }))
     }
 
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        let slot = self.inner.slot.lock().take();
+        if let Some(slot) = &slot {
+            slot.settlements.flush();
+        }
         self.inner.in_flight.drain(DRAIN).await;
-        let channel = self.inner.slot.lock().take();
-        if let Some(channel) = channel
+        if let Some(Slot { channel, .. }) = slot
             && channel.status().connected()
             && let Err(e) = channel.close(200, "OK".into()).await
         {

@@ -52,10 +52,15 @@
 //!   together. A mandatory publish that no queue takes fails with
 //!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
 //! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
-//!   delivery hands the `basic.ack` / `basic.reject` to lapin without waiting for it to be
-//!   written; closing or dropping the channel waits for those first. A settlement refused at
-//!   once (the delivery's channel ended) is an error; one that fails later is logged, and the
-//!   broker redelivers the message.
+//!   delivery does not wait for the broker. Acks are coalesced: they are sent together as one
+//!   `basic.ack` with `multiple` (covering only deliveries the application acked) when a
+//!   quarter of the prefetch window (at most 64) is waiting, when the consumer has nothing to
+//!   hand out while half its window is unsettled, 10 ms after the first at the latest, and
+//!   before the channel closes. Rejects and requeues go at once. Closing or dropping the
+//!   channel sends what waits and waits for it to be written. A settlement refused at once
+//!   (the delivery's channel ended) is an error; one that fails later is logged, and the broker
+//!   redelivers the message (as it does an acked message whose ack had not been sent when the
+//!   process died: at-least-once).
 //! - Channel-level errors (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED) become errors of
 //!   those kinds, and the channel reopens for the next operation: the connection stays usable.
 //! - Recovery: when the connection drops, the next use of it (an operation, or a consumer
@@ -74,6 +79,7 @@ mod connection;
 mod error;
 mod mapping;
 mod options;
+mod settle;
 
 use std::sync::Arc;
 
