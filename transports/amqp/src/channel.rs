@@ -498,16 +498,34 @@ impl AmqpChannel {
                     again = pending.clone();
                 }
                 Ok(ch) => {
-                    let mut confirms = Vec::with_capacity(pending.len());
-                    for (n, &i) in pending.iter().enumerate() {
+                    // Each publish's first poll queues its frames, in order: the whole batch is
+                    // on its way before any write is waited for (one wake-up, not one each).
+                    let mut sends = Vec::with_capacity(pending.len());
+                    for &i in &pending {
                         let (exchange, routing_key, properties) = &prepared[i];
-                        let o = &batch[i];
-                        match publish_one(&ch, exchange, routing_key, o, properties.clone()).await {
+                        let mut send = Box::pin(publish_one(
+                            &ch,
+                            exchange,
+                            routing_key,
+                            &batch[i],
+                            properties.clone(),
+                        ));
+                        let first = send.as_mut().poll(&mut std::task::Context::from_waker(
+                            futures::task::noop_waker_ref(),
+                        ));
+                        sends.push((i, send, first));
+                    }
+                    let mut confirms = Vec::with_capacity(sends.len());
+                    for (i, send, first) in sends {
+                        let sent = match first {
+                            Poll::Ready(sent) => sent,
+                            Poll::Pending => send.await,
+                        };
+                        match sent {
                             Ok(confirm) => confirms.push((i, confirm)),
                             Err(e) => {
-                                interrupted = Some(e);
-                                again.extend_from_slice(&pending[n..]);
-                                break;
+                                again.push(i);
+                                interrupted.get_or_insert(e);
                             }
                         }
                     }

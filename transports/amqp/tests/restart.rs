@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -104,13 +104,23 @@ async fn broker_restart_loses_no_confirmed_message() {
     let confirmed = Arc::new(Mutex::new(HashSet::new()));
     let failed = Arc::new(AtomicUsize::new(0));
     let published = Arc::new(AtomicUsize::new(0));
+    let broker_back = Arc::new(AtomicBool::new(false));
     let producer = {
         let confirmed = confirmed.clone();
         let failed = failed.clone();
         let published = published.clone();
+        let broker_back = broker_back.clone();
         let producer = producer_conn.producer().routing_key(queue.name.clone());
         tokio::spawn(async move {
             for start in (0..MESSAGES).step_by(BATCH as usize) {
+                // From the stop until the broker is back, a batch every 100 ms: publishes
+                // straddle the outage (each waits for recovery while the broker is down), and
+                // the rest follow it, however fast publishing is.
+                if published.load(Ordering::SeqCst) >= STOP_AFTER as usize
+                    && !broker_back.load(Ordering::SeqCst)
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let batch: Vec<u32> = (start..(start + BATCH).min(MESSAGES)).collect();
                 match producer.publish_batch(batch.iter()).await {
                     Ok(()) => {
@@ -136,6 +146,7 @@ async fn broker_restart_loses_no_confirmed_message() {
             let down = tokio::task::spawn_blocking(restart_broker)
                 .await
                 .expect("restart the broker");
+            broker_back.store(true, Ordering::SeqCst);
             (Instant::now(), down)
         })
     };
