@@ -34,10 +34,14 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Runs of the Python baseline per benchmark; its figures are their medians, as ours are.
+const PYTHON_RUNS: &str = "3";
+
 /// Python kombu's publish and consume rates for the baseline suite entry `name` (`redis`,
-/// `amqp`, `sqlite`), `n` messages, one run of `../shared/bench/kombu_baseline.py` in the venv
-/// (`$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python,
-/// the script or the run is missing.
+/// `amqp`, `sqlite`), `n` messages: the medians of [`PYTHON_RUNS`] runs of
+/// `../shared/bench/kombu_baseline.py` (each in a fresh process) in the venv (`$KOMBU_PYTHON`,
+/// else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python, the script or
+/// every run is missing.
 pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
     let python = std::env::var_os("KOMBU_PYTHON")
         .map(PathBuf::from)
@@ -61,7 +65,7 @@ pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
             "--only",
             name,
             "--runs",
-            "1",
+            PYTHON_RUNS,
             "--n",
             &n.to_string(),
             "--json",
@@ -76,9 +80,15 @@ pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
     let text = std::fs::read_to_string(&out).ok()?;
     let _ = std::fs::remove_file(&out);
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let run = json
+    let runs: Vec<&serde_json::Value> = json
         .as_array()?
         .iter()
-        .find(|r| r["name"] == name && r["ok"] == true)?;
-    Some((run["publish_rate"].as_f64()?, run["consume_rate"].as_f64()?))
+        .filter(|r| r["name"] == name && r["ok"] == true)
+        .collect();
+    let median = |field: &str| {
+        let mut rates: Vec<f64> = runs.iter().filter_map(|r| r[field].as_f64()).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied()
+    };
+    Some((median("publish_rate")?, median("consume_rate")?))
 }

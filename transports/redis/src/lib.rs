@@ -1701,6 +1701,20 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
+    /// Queues the ack for the background writer without waiting (the common case of `ack`).
+    fn try_ack(&self, _queue: &str, receipt: &Receipt) -> Option<Result<()>> {
+        if is_fanout_receipt(receipt) {
+            return Some(Ok(())); // nothing in Redis to settle
+        }
+        let field = match field_of(receipt) {
+            Ok(field) => field,
+            Err(e) => return Some(Err(e)),
+        };
+        self.acks.pending.lock().push(field.to_owned());
+        spawn_flusher(self.acks.clone());
+        Some(Ok(()))
+    }
+
     async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
         self.ack(queue, receipt).await?;
         Ok(None)
