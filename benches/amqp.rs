@@ -1,6 +1,7 @@
 //! AMQP transport throughput against bare lapin doing the same work (the ceiling) and against
-//! Python kombu on py-amqp (`../shared/bench/kombu_baseline.py --only amqp`), in the same run,
-//! on RabbitMQ at 127.0.0.1:5672 (`KOMBU_BENCH_AMQP_URL` to change).
+//! Python kombu on py-amqp (`../shared/bench/kombu_baseline.py --only amqp`, without confirms,
+//! and `benches/python/kombu_confirmed_publish.py` with them; medians of 3 runs each), in the
+//! same run, on RabbitMQ at 127.0.0.1:5672 (`KOMBU_BENCH_AMQP_URL` to change).
 //!
 //! ```text
 //! cargo bench --bench amqp                  # 20,000 messages per row
@@ -13,11 +14,12 @@
 //! encoding, delivery mode 2), and on consume decodes each body and acks it. Every row runs on
 //! a fresh queue. Rows:
 //! - publish with confirms, one by one: each publish waits for its confirm;
-//! - publish with confirms, batches of 100: a batch is published, then its confirms awaited;
+//! - publish with confirms, batches of 100: a batch is published, then its confirms awaited
+//!   (kombu-rs queues a batch's frames before waiting for any write);
 //! - publish without confirms, one by one (what Python kombu does by default);
-//! - consume + ack, prefetch 100: decode and ack every message. kombu-rs hands each ack to
-//!   lapin without waiting for it to be written (closing the channel waits); bare lapin is
-//!   measured both awaiting each ack and spawning each ack.
+//! - consume + ack, prefetch 100: decode and ack every message. kombu-rs records each ack and
+//!   sends them coalesced (`basic.ack` with `multiple`), without waiting for the writes;
+//!   bare lapin is measured both awaiting each ack and spawning each ack.
 
 mod support;
 
@@ -38,6 +40,14 @@ use serde::{Deserialize, Serialize};
 struct Payload {
     id: u64,
     payload: String,
+}
+
+/// The server URL as kombu writes it (`pyamqp://`, the default vhost as `//`).
+fn server_for_python() -> String {
+    server()
+        .replacen("amqp://", "pyamqp://", 1)
+        .replace("/%2f", "//")
+        .replace("/%2F", "//")
 }
 
 fn server() -> String {
@@ -298,9 +308,16 @@ fn main() {
         xs[xs.len() / 2]
     };
     let py = support::python_baseline("amqp", n);
+    // Python kombu publishing with confirms (one by one: kombu has no batch publish), fewer
+    // messages: each waits for the broker's disk write.
+    let py_confirmed = support::python_script(
+        "kombu_confirmed_publish.py",
+        &[&server_for_python(), &(n / 10).max(100).to_string()],
+        "confirmed_publish_rate",
+    );
 
     println!(
-        "amqp: {n} messages per row, median of 3 rounds; bare lapin doing the same work; Python kombu (py-amqp, no confirms) in the same run"
+        "amqp: {n} messages per row, median of 3 rounds; bare lapin doing the same work; Python kombu (py-amqp; medians of 3 runs) in the same run, with confirms where kombu-rs has them"
     );
     println!();
     println!(
@@ -327,12 +344,12 @@ fn main() {
     row(
         "publish with confirms, one by one",
         |f| f.confirmed_single,
-        None,
+        py_confirmed,
     );
     row(
-        "publish with confirms, batches of 100",
+        "publish with confirms, batches of 100 (Python: one by one, it has no batches)",
         |f| f.confirmed_batch,
-        py.map(|p| p.0),
+        py_confirmed,
     );
     row(
         "publish without confirms, one by one",

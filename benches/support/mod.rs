@@ -43,13 +43,7 @@ const PYTHON_RUNS: &str = "3";
 /// else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python, the script or
 /// every run is missing.
 pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv =
-                PathBuf::from(std::env::var_os("HOME")?).join(".cache/kombu-rs/venv/bin/python");
-            venv.exists().then_some(venv)
-        })?;
+    let python = python()?;
     let script = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("../shared/bench/kombu_baseline.py");
@@ -91,4 +85,45 @@ pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
         rates.get(rates.len() / 2).copied()
     };
     Some((median("publish_rate")?, median("consume_rate")?))
+}
+
+/// The venv's Python: `$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv/bin/python` if it exists.
+fn python() -> Option<PathBuf> {
+    std::env::var_os("KOMBU_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv =
+                PathBuf::from(std::env::var_os("HOME")?).join(".cache/kombu-rs/venv/bin/python");
+            venv.exists().then_some(venv)
+        })
+}
+
+/// The median over [`PYTHON_RUNS`] runs of `benches/python/<script>` with `args` of the number
+/// it prints as `{"<field>": number}`; `None` when Python or every run is missing.
+pub fn python_script(script: &str, args: &[&str], field: &str) -> Option<f64> {
+    let python = python()?;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/python")
+        .join(script);
+    let runs: usize = PYTHON_RUNS.parse().ok()?;
+    let mut values: Vec<f64> = (0..runs)
+        .filter_map(|_| {
+            let out = std::process::Command::new(&python)
+                .arg(&path)
+                .args(args)
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "{script} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            json[field].as_f64()
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }

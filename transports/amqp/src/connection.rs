@@ -12,7 +12,7 @@ use kombu_core::{
     Binding, BrokerConnection, Capabilities, Channel, Error, ErrorKind, Exchange, Queue, Result,
 };
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use parking_lot::Mutex;
 
@@ -60,14 +60,26 @@ pub(crate) async fn connect(options: &AmqpOptions) -> Result<lapin::Connection> 
         options.port,
         options.vhost
     );
-    let tls = match &options.ca_certs {
-        None => OwnedTLSConfig::default(),
-        Some(path) => OwnedTLSConfig {
-            identity: None,
-            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
-                Error::config(format!("ssl_ca_certs: cannot read {path:?}")).with_source(e)
-            })?),
-        },
+    let read = |option: &str, path: &str| {
+        std::fs::read(path)
+            .map_err(|e| Error::config(format!("{option}: cannot read {path:?}")).with_source(e))
+    };
+    let cert_chain = match &options.ca_certs {
+        None => None,
+        Some(path) => Some(String::from_utf8(read("ssl_ca_certs", path)?).map_err(|e| {
+            Error::config(format!("ssl_ca_certs: {path:?} is not a PEM file")).with_source(e)
+        })?),
+    };
+    let identity = match (&options.certfile, &options.keyfile) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read("ssl_certfile", cert)?,
+            key: read("ssl_keyfile", key)?,
+        }),
+        _ => None,
+    };
+    let tls = OwnedTLSConfig {
+        identity,
+        cert_chain,
     };
     let runtime =
         lapin::runtime::default_runtime().map_err(|e| map(e, format!("connect to {shown}")))?;

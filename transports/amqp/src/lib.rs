@@ -29,6 +29,7 @@
 //! | `recover_timeout` | `60` | seconds recovery keeps trying before operations fail |
 //! | `ssl` | `false` | TLS on an `amqp://` URL |
 //! | `ssl_ca_certs` | system roots | PEM file of the CAs that sign the server's certificate |
+//! | `ssl_certfile`, `ssl_keyfile` | none | PEM files of a client certificate and its key, for brokers that verify clients |
 //! | `frame_max`, `channel_max` | the broker's | connection tuning |
 //!
 //! ## Mapping (as py-amqp)

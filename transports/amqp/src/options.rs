@@ -24,6 +24,11 @@ pub struct AmqpOptions {
     /// PEM file of the certificate authorities that sign the server's certificate
     /// (`ssl_ca_certs`); none: the system's roots.
     pub ca_certs: Option<String>,
+    /// PEM file of the client certificate (chain) presented to the broker (`ssl_certfile`),
+    /// with its private key (`ssl_keyfile`, PEM: PKCS#8, PKCS#1 or SEC1); both or neither.
+    pub certfile: Option<String>,
+    /// PEM file of the client certificate's private key (`ssl_keyfile`).
+    pub keyfile: Option<String>,
     /// Heartbeat interval in seconds; 0 turns heartbeats off (`heartbeat`, default 60, RabbitMQ's
     /// own default, so a dead peer is noticed).
     pub heartbeat: u16,
@@ -69,6 +74,8 @@ pub const OPTIONS: &[&str] = &[
     "recover_timeout",
     "ssl",
     "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
     "frame_max",
     "channel_max",
 ];
@@ -136,6 +143,8 @@ impl AmqpOptions {
                 .map_or_else(|| "guest".to_owned(), |p| p.into_owned()),
             tls: false,
             ca_certs: None,
+            certfile: None,
+            keyfile: None,
             heartbeat: 60,
             connect_timeout: Duration::from_secs(5),
             confirm_publish: true,
@@ -156,6 +165,8 @@ impl AmqpOptions {
                 "recover_timeout" => options.recover_timeout = seconds(url, key, value)?,
                 "ssl" => tls = tls || flag(url, key, value)?,
                 "ssl_ca_certs" => options.ca_certs = Some(value.clone()),
+                "ssl_certfile" => options.certfile = Some(value.clone()),
+                "ssl_keyfile" => options.keyfile = Some(value.clone()),
                 "frame_max" => options.frame_max = Some(number(url, key, value)?),
                 "channel_max" => options.channel_max = Some(number(url, key, value)?),
                 other => {
@@ -168,6 +179,12 @@ impl AmqpOptions {
                     ));
                 }
             }
+        }
+        if options.certfile.is_some() != options.keyfile.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!("{url}: ssl_certfile and ssl_keyfile go together"),
+            ));
         }
         options.tls = tls;
         options.host = match url.host() {
@@ -240,6 +257,13 @@ mod tests {
         assert!(o.tls);
         assert_eq!(o.port, 5671);
         assert!(parse("amqp://h?ssl=true").unwrap().tls);
+        let o = parse("amqps://h?ssl_certfile=/c.pem&ssl_keyfile=/k.pem").unwrap();
+        assert_eq!(
+            (o.certfile.as_deref(), o.keyfile.as_deref()),
+            (Some("/c.pem"), Some("/k.pem"))
+        );
+        assert!(parse("amqps://h?ssl_certfile=/c.pem").is_err());
+        assert!(parse("amqps://h?ssl_keyfile=/k.pem").is_err());
         assert!(
             !parse("amqp://h?confirm_publish=false")
                 .unwrap()
