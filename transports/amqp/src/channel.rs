@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -61,6 +62,8 @@ struct Inner {
     capabilities: Capabilities,
     /// Settlements handed to lapin and not yet written.
     in_flight: Arc<InFlight>,
+    /// Publishes without confirms queued and not yet written.
+    unwritten: Arc<Unwritten>,
 }
 
 /// How long closing a channel waits for its settlements to be written.
@@ -98,7 +101,9 @@ impl Drop for AmqpChannel {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let in_flight = self.inner.in_flight.clone();
+            let unwritten = self.inner.unwritten.clone();
             handle.spawn(async move {
+                unwritten.drain(DRAIN).await;
                 in_flight.drain(DRAIN).await;
                 if let Err(error) = channel.close(200, "OK".into()).await {
                     tracing::debug!(%error, "closing a dropped AMQP channel failed");
@@ -470,6 +475,7 @@ impl AmqpChannel {
                 confirms,
                 capabilities: capabilities(confirms),
                 in_flight: Arc::default(),
+                unwritten: Arc::default(),
             }),
         };
         channel.inner.run(|_| async { Ok(()) }).await?;
@@ -503,13 +509,8 @@ impl AmqpChannel {
                     let mut sends = Vec::with_capacity(pending.len());
                     for &i in &pending {
                         let (exchange, routing_key, properties) = &prepared[i];
-                        let mut send = Box::pin(publish_one(
-                            &ch,
-                            exchange,
-                            routing_key,
-                            &batch[i],
-                            properties.clone(),
-                        ));
+                        let mut send =
+                            publish_one(&ch, exchange, routing_key, &batch[i], properties.clone());
                         let first = send.as_mut().poll(&mut std::task::Context::from_waker(
                             futures::task::noop_waker_ref(),
                         ));
@@ -519,6 +520,11 @@ impl AmqpChannel {
                     for (i, send, first) in sends {
                         let sent = match first {
                             Poll::Ready(sent) => sent,
+                            // Without confirms, queued is published (see `Unwritten`).
+                            Poll::Pending if !inner.confirms => {
+                                inner.unwritten.push(send).await;
+                                continue;
+                            }
                             Poll::Pending => send.await,
                         };
                         match sent {
@@ -564,33 +570,98 @@ impl AmqpChannel {
     }
 }
 
-async fn publish_one(
+/// A publish's frames handed to lapin (on the first poll) and written (when it completes). Owns
+/// what it needs, so that a publish without confirms can be left to finish in the background.
+fn publish_one(
     ch: &lapin::Channel,
     exchange: &ShortString,
     routing_key: &ShortString,
     o: &Outgoing,
     properties: BasicProperties,
-) -> Result<lapin::PublisherConfirm> {
-    ch.basic_publish(
-        exchange.clone(),
-        routing_key.clone(),
-        BasicPublishOptions {
-            mandatory: o.mandatory,
-            immediate: false,
-        },
-        &o.message.body,
-        properties,
-    )
-    .await
-    .map_err(|e| {
-        map(
-            e,
-            format!(
-                "publish to exchange {:?} with routing key {:?}",
-                o.exchange, o.routing_key
-            ),
+) -> Pin<Box<dyn Future<Output = Result<lapin::PublisherConfirm>> + Send>> {
+    let (ch, exchange, routing_key) = (ch.clone(), exchange.clone(), routing_key.clone());
+    let body = o.message.body.clone();
+    let options = BasicPublishOptions {
+        mandatory: o.mandatory,
+        immediate: false,
+    };
+    Box::pin(async move {
+        ch.basic_publish(
+            exchange.clone(),
+            routing_key.clone(),
+            options,
+            &body,
+            properties,
         )
+        .await
+        .map_err(|e| {
+            map(
+                e,
+                format!(
+                    "publish to exchange {:?} with routing key {:?}",
+                    exchange.as_str(),
+                    routing_key.as_str()
+                ),
+            )
+        })
     })
+}
+
+/// Most publishes without confirms whose frames may wait to be written: past it, a publish
+/// waits for the oldest writes (backpressure).
+const MAX_UNWRITTEN: usize = 256;
+
+/// Publishes without confirms whose frames are queued on the connection and not yet written,
+/// oldest first: such a publish returns once its frames are queued (in order), not once they
+/// are written, so one-by-one publishing does not wait for lapin's I/O loop each time. Closing
+/// or dropping the channel waits for them.
+#[derive(Default)]
+struct Unwritten {
+    writes: Mutex<std::collections::VecDeque<PublishFuture>>,
+}
+
+type PublishFuture = Pin<Box<dyn Future<Output = Result<lapin::PublisherConfirm>> + Send>>;
+
+impl Unwritten {
+    /// Keeps `write` until it completes; waits while too many are unwritten.
+    async fn push(&self, write: PublishFuture) {
+        let oldest = {
+            let mut writes = self.writes.lock();
+            writes.push_back(write);
+            // Drop what was written since (in order: frames are written first in, first out).
+            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            while let Some(front) = writes.front_mut() {
+                match front.as_mut().poll(&mut cx) {
+                    Poll::Ready(done) => {
+                        if let Err(error) = done {
+                            tracing::warn!(%error, "a publish without confirms was not written");
+                        }
+                        writes.pop_front();
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if writes.len() > MAX_UNWRITTEN {
+                writes.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(oldest) = oldest
+            && let Err(error) = oldest.await
+        {
+            tracing::warn!(%error, "a publish without confirms was not written");
+        }
+    }
+
+    /// Waits (at most `within`) until every queued publish is written.
+    async fn drain(&self, within: Duration) {
+        let writes = std::mem::take(&mut *self.writes.lock());
+        if !writes.is_empty() {
+            let all = futures::future::join_all(writes);
+            let _ = tokio::time::timeout(within, all).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -807,6 +878,7 @@ impl Channel for AmqpChannel {
         if let Some(slot) = &slot {
             slot.settlements.flush();
         }
+        self.inner.unwritten.drain(DRAIN).await;
         self.inner.in_flight.drain(DRAIN).await;
         if let Some(Slot { channel, .. }) = slot
             && channel.status().connected()

@@ -52,6 +52,11 @@
 //!   returns once the broker confirmed; a batch is published whole and its confirms awaited
 //!   together. A mandatory publish that no queue takes fails with
 //!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
+//! - Without confirms (`confirm_publish=false`: no guarantee, as in kombu) a publish returns
+//!   once its frames are queued on the connection, in order, not once they are written: at
+//!   most 256 publishes wait to be written before a publish waits for the oldest. Closing or
+//!   dropping the channel (the connection's close closes its channel) writes them first; a
+//!   write that fails is logged.
 //! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
 //!   delivery does not wait for the broker. Acks are coalesced: they are sent together as one
 //!   `basic.ack` with `multiple` (covering only deliveries the application acked) when a

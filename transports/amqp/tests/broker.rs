@@ -1,6 +1,7 @@
 //! What only the AMQP transport has, against RabbitMQ: channel-level errors that keep the
 //! connection usable, refused logins and unreachable brokers, failover URLs, heartbeats, the
-//! default exchange and `amq.*` never declared, quorum queues, and publishes without confirms.
+//! default exchange and `amq.*` never declared, quorum queues, and publishes without confirms
+//! (queued, and all written by the close).
 
 mod common;
 
@@ -274,4 +275,23 @@ async fn publishes_without_confirms() {
     assert!(!conn.capabilities().publisher_confirms);
     assert!(!conn.capabilities().mandatory);
     still_usable(&conn, "without confirms").await;
+
+    // Publishes return once queued; closing writes every one of them first.
+    let q = Queue::new(unique("unconfirmed"));
+    conn.declare_queue(&q).await.expect("declare");
+    let producer = conn.producer().routing_key(q.name.clone());
+    for n in 0..2_000u32 {
+        producer.publish(&n).await.expect("publish");
+    }
+    conn.close().await.expect("close");
+    let check = Connection::open(&url).await.expect("open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut size = 0;
+    while size < 2_000 && std::time::Instant::now() < deadline {
+        size = check.queue_size(&q.name).await.expect("size");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(size, 2_000, "every publish queued before the close arrived");
+    check.delete_queue(&q.name).await.expect("delete");
+    check.close().await.expect("close");
 }
