@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kombu_core::{Connection, Exchange, Queue};
+use kombu_core::{Connection, Consumer, Delivery, Exchange, Queue};
 
 fn url() -> Option<(String, Option<String>)> {
     static URL: OnceLock<Option<(String, Option<String>)>> = OnceLock::new();
@@ -57,6 +57,24 @@ fn broker_counts(vhost: &str, queue: &str) -> Option<(u64, u64)> {
         })
 }
 
+/// A consumer of `queue` with a prefetch window of 100.
+async fn consumer_of(conn: &Connection, queue: &Queue) -> Consumer {
+    conn.consumer([queue.clone()])
+        .prefetch(100)
+        .build()
+        .await
+        .expect("consume")
+}
+
+/// The consumer's next delivery, within 10 s.
+async fn next(consumer: &mut Consumer, what: &str) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .expect("stream open")
+        .expect("a good delivery")
+}
+
 /// Waits (bounded) until the broker counts `want` for `queue`; what it counted last.
 async fn await_counts(vhost: &str, queue: &str, want: (u64, u64)) -> Option<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -90,33 +108,21 @@ async fn mixed_settlements_keep_their_outcomes() {
     conn.declare_queue(&q).await.expect("declare");
     const N: u32 = 600;
     let ids: Vec<u32> = (0..N).collect();
+    let producer = conn.producer().routing_key(q.name.clone());
     for chunk in ids.chunks(100) {
-        conn.producer()
-            .routing_key(q.name.clone())
-            .publish_batch(chunk.iter())
-            .await
-            .expect("publish");
+        producer.publish_batch(chunk.iter()).await.expect("publish");
     }
 
     // Of every ten: 3 rejected, 5 held until the end (60, within the prefetch window), 7
     // requeued once, the rest acked at once.
-    let mut consumer = conn
-        .consumer([q.clone()])
-        .prefetch(100)
-        .build()
-        .await
-        .expect("consume");
+    let mut consumer = consumer_of(&conn, &q).await;
     let mut deliveries: BTreeMap<u32, u32> = BTreeMap::new();
     let mut held = Vec::new();
     let mut acked = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.len() + held.len() < (N as usize) * 9 / 10 {
         assert!(Instant::now() < deadline, "stalled after {deliveries:?}");
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a delivery within 10 s")
-            .expect("stream open")
-            .expect("a good delivery");
+        let d = next(&mut consumer, "a delivery within 10 s").await;
         let id: u32 = d.decode().expect("decode");
         *deliveries.entry(id).or_default() += 1;
         match id % 10 {
@@ -140,19 +146,10 @@ async fn mixed_settlements_keep_their_outcomes() {
         let want = if id % 10 == 7 { 2 } else { 1 };
         assert_eq!(deliveries.get(&id), Some(&want), "deliveries of {id}");
     }
-    let mut dead_consumer = conn
-        .consumer([dead.clone()])
-        .prefetch(100)
-        .build()
-        .await
-        .expect("consume dead");
+    let mut dead_consumer = consumer_of(&conn, &dead).await;
     let mut dead_ids = BTreeSet::new();
     while dead_ids.len() < (N / 10) as usize {
-        let d = tokio::time::timeout(Duration::from_secs(10), dead_consumer.next())
-            .await
-            .expect("a dead letter within 10 s")
-            .expect("stream open")
-            .expect("a good delivery");
+        let d = next(&mut dead_consumer, "a dead letter within 10 s").await;
         dead_ids.insert(d.decode::<u32>().expect("decode"));
         d.ack().await.expect("ack");
     }
@@ -191,19 +188,10 @@ async fn acks_reach_the_broker_without_more_polling() {
         .publish_batch(ids.iter())
         .await
         .expect("publish");
-    let mut consumer = conn
-        .consumer([q.clone()])
-        .prefetch(100)
-        .build()
-        .await
-        .expect("consume");
+    let mut consumer = consumer_of(&conn, &q).await;
     let mut held = Vec::new();
     for n in 0..10 {
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a delivery within 10 s")
-            .expect("stream open")
-            .expect("a good delivery");
+        let d = next(&mut consumer, "a delivery within 10 s").await;
         if n % 3 == 0 {
             held.push(d);
         } else {
@@ -220,11 +208,7 @@ async fn acks_reach_the_broker_without_more_polling() {
     // Held deliveries dropped unsettled are requeued, and come again; acked, nothing is left.
     drop(held);
     for _ in 0..4 {
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a redelivery within 10 s")
-            .expect("stream open")
-            .expect("a good delivery");
+        let d = next(&mut consumer, "a redelivery within 10 s").await;
         assert!(d.redelivered());
         d.ack().await.expect("ack");
     }
