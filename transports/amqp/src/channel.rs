@@ -33,8 +33,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::connection::{
-    Declared, Shared, bind, capabilities, declarable, declare_exchange, declare_queue_only,
-    no_arguments,
+    Declared, SendPending, Shared, bind, capabilities, declarable, declare_exchange,
+    declare_queue_only, no_arguments,
 };
 use crate::error::{is_connection_loss, map};
 use crate::mapping::{short_string, to_message, to_properties, to_table};
@@ -265,15 +265,6 @@ impl Inner {
         Ok(slot)
     }
 
-    /// The settlements of deliveries received on `channel` (fresh ones, which settle one by
-    /// one, if it is no longer the channel in use).
-    fn settlements_of(&self, channel: &lapin::Channel) -> Arc<Settlements> {
-        match self.slot.lock().as_ref() {
-            Some(slot) if slot.channel.id() == channel.id() => slot.settlements.clone(),
-            _ => Settlements::new(channel.clone(), self.in_flight.clone()),
-        }
-    }
-
     /// Whether an operation that failed with `e` is worth running again: the connection or the
     /// channel went away under it (not closed by us), recovery is on and there is time left.
     fn retryable(&self, e: &Error, deadline: Instant) -> bool {
@@ -297,9 +288,31 @@ impl Inner {
         F: Fn(lapin::Channel) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        self.run_on_slot(|slot| op(slot.channel)).await
+    }
+
+    /// Sends what waits before an operation other than a publish: recorded acks (so that a
+    /// channel error the operation causes does not drop them), and publishes without confirms
+    /// (lapin writes method frames before queued publishes, so a purge or a `get` could
+    /// otherwise overtake a publish that already returned).
+    async fn send_pending_now(&self) {
+        let settlements = self.slot.lock().as_ref().map(|s| s.settlements.clone());
+        if let Some(settlements) = settlements {
+            settlements.flush();
+        }
+        self.unwritten.drain(DRAIN).await;
+    }
+
+    /// As [`run`](Inner::run), with the lapin channel's settlements too.
+    async fn run_on_slot<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Slot) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.send_pending_now().await;
         let deadline = self.deadline();
         loop {
-            match self.lapin().and_then(&op).await {
+            match self.slot().and_then(&op).await {
                 Ok(v) => return Ok(v),
                 Err(e) if self.retryable(&e, deadline) => {
                     tracing::debug!(error = %e, "AMQP operation interrupted; retrying");
@@ -317,6 +330,7 @@ impl Inner {
         queues: &[String],
         options: &ConsumeOptions,
     ) -> Result<(SelectAll<Subscription>, Arc<Settlements>)> {
+        self.send_pending_now().await;
         let Slot {
             channel: ch,
             settlements,
@@ -355,6 +369,13 @@ impl Inner {
             );
         }
         Ok((all, settlements))
+    }
+}
+
+#[async_trait]
+impl SendPending for Inner {
+    async fn send_pending(&self) {
+        self.send_pending_now().await;
     }
 }
 
@@ -478,6 +499,9 @@ impl AmqpChannel {
                 unwritten: Arc::default(),
             }),
         };
+        let pending: Weak<dyn SendPending> =
+            Arc::downgrade(&channel.inner) as Weak<dyn SendPending>;
+        channel.inner.shared.register(pending);
         channel.inner.run(|_| async { Ok(()) }).await?;
         Ok(channel)
     }
@@ -523,6 +547,10 @@ impl AmqpChannel {
                             // Without confirms, queued is published (see `Unwritten`).
                             Poll::Pending if !inner.confirms => {
                                 inner.unwritten.push(send).await;
+                                if inner.is_closed() {
+                                    // A close that began meanwhile may have drained already.
+                                    inner.unwritten.drain(DRAIN).await;
+                                }
                                 continue;
                             }
                             Poll::Pending => send.await,
@@ -852,16 +880,17 @@ impl Channel for AmqpChannel {
 
     async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
         let name = short_string("queue name", queue)?;
-        let inner = &self.inner;
-        let got = inner
-            .run(|ch| {
+        let got = self
+            .inner
+            .run_on_slot(|slot| {
                 let name = name.clone();
                 async move {
-                    let got = ch
+                    let got = slot
+                        .channel
                         .basic_get(name, BasicGetOptions { no_ack })
                         .await
                         .map_err(|e| map(e, format!("get from queue {queue:?}")))?;
-                    Ok(got.map(|m| (m, inner.settlements_of(&ch))))
+                    Ok(got.map(|m| (m, slot.settlements)))
                 }
             })
             .await?;

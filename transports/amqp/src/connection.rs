@@ -2,8 +2,8 @@
 //! topology this connection declared, replayed on every new one.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +40,15 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Which of `urls` is in use.
     url_index: AtomicU64,
+    /// The channels opened on this connection, to send what they hold back before it closes.
+    channels: Mutex<Vec<Weak<dyn SendPending>>>,
+}
+
+/// A channel's acks and publishes recorded but not yet written (see `channel.rs`).
+#[async_trait::async_trait]
+pub(crate) trait SendPending: Send + Sync {
+    /// Writes them (bounded in time).
+    async fn send_pending(&self);
 }
 
 impl fmt::Debug for Shared {
@@ -202,6 +211,7 @@ impl Shared {
             topology: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             url_index: AtomicU64::new(0),
+            channels: Mutex::new(Vec::new()),
         }))
     }
 
@@ -349,7 +359,23 @@ impl Shared {
         self.topology.lock().retain(|d| !gone(d));
     }
 
+    /// Remembers a channel, so that closing the connection writes what it holds back first.
+    pub(crate) fn register(&self, channel: Weak<dyn SendPending>) {
+        let mut channels = self.channels.lock();
+        channels.retain(|c| c.strong_count() > 0);
+        channels.push(channel);
+    }
+
     pub(crate) async fn close(&self) -> Result<()> {
+        let open: Vec<Arc<dyn SendPending>> = self
+            .channels
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for channel in open {
+            channel.send_pending().await;
+        }
         self.closed.store(true, Ordering::Release);
         let conn = self.current.lock().0.clone();
         if conn.status().connected() {

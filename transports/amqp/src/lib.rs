@@ -54,15 +54,17 @@
 //!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
 //! - Without confirms (`confirm_publish=false`: no guarantee, as in kombu) a publish returns
 //!   once its frames are queued on the connection, in order, not once they are written: at
-//!   most 256 publishes wait to be written before a publish waits for the oldest. Closing or
-//!   dropping the channel (the connection's close closes its channel) writes them first; a
-//!   write that fails is logged.
+//!   most 256 publishes wait to be written before a publish waits for the oldest. Any other
+//!   operation on the channel (a purge, a `get`, a declaration) waits for them, so it never
+//!   overtakes a publish that returned; closing the channel or the connection, or dropping the
+//!   channel, writes them first; a write that fails is logged.
 //! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
 //!   delivery does not wait for the broker. Acks are coalesced: they are sent together as one
 //!   `basic.ack` with `multiple` (covering only deliveries the application acked) when a
 //!   quarter of the prefetch window (at most 64) is waiting, when the consumer has nothing to
 //!   hand out while half its window is unsettled, 10 ms after the first at the latest, and
-//!   before the channel closes. Rejects and requeues go at once. Closing or dropping the
+//!   before any other operation on the channel and before the channel or the connection
+//!   closes. Rejects and requeues go at once. Closing or dropping the
 //!   channel sends what waits and waits for it to be written. A settlement refused at once
 //!   (the delivery's channel ended) is an error; one that fails later is logged, and the broker
 //!   redelivers the message (as it does an acked message whose ack had not been sent when the

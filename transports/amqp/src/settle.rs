@@ -9,7 +9,8 @@
 //! - when a consumer of the channel has no delivery to hand out and is about to wait while at
 //!   least half of its prefetch window is unsettled (the broker may be waiting for acks);
 //! - [`ACK_LINGER`] after the first one waiting, at the latest;
-//! - before the channel closes.
+//! - before any other operation on the channel, and before the channel or its connection
+//!   closes.
 //!
 //! `multiple` may only cover deliveries the application acked: it is used only up to the
 //! highest tag below which every delivery of the channel was seen here (the broker numbers the
@@ -343,15 +344,33 @@ impl Settlements {
             return;
         };
         state.timer = true;
-        let this: Weak<Settlements> = Arc::downgrade(self);
+        let armed = Armed(Arc::downgrade(self));
         handle.spawn(async move {
             tokio::time::sleep(ACK_LINGER).await;
-            if let Some(this) = this.upgrade() {
-                let mut state = this.state.lock();
-                state.timer = false;
-                this.flush_locked(&mut state);
-            }
+            armed.fire();
         });
+    }
+}
+
+/// A scheduled flush. If its task is dropped unfinished (its runtime shut down), the next ack
+/// schedules another.
+struct Armed(Weak<Settlements>);
+
+impl Armed {
+    fn fire(mut self) {
+        if let Some(this) = std::mem::take(&mut self.0).upgrade() {
+            let mut state = this.state.lock();
+            state.timer = false;
+            this.flush_locked(&mut state);
+        }
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(this) = self.0.upgrade() {
+            this.state.lock().timer = false;
+        }
     }
 }
 

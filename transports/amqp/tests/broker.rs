@@ -276,10 +276,21 @@ async fn publishes_without_confirms() {
     assert!(!conn.capabilities().mandatory);
     still_usable(&conn, "without confirms").await;
 
-    // Publishes return once queued; closing writes every one of them first.
+    // Publishes return once queued. The next other operation is not written before them (lapin
+    // writes method frames ahead of queued publishes), and closing writes them all first.
     let q = Queue::new(unique("unconfirmed"));
     conn.declare_queue(&q).await.expect("declare");
     let producer = conn.producer().routing_key(q.name.clone());
+    for n in 0..2_000u32 {
+        producer.publish(&n).await.expect("publish");
+    }
+    // (Not `queue_size`: RabbitMQ answers it ahead of deliveries still on their way to the
+    // queue.)
+    assert_eq!(
+        conn.purge(&q.name).await.expect("purge"),
+        2_000,
+        "the purge comes after the publishes that returned before it"
+    );
     for n in 0..2_000u32 {
         producer.publish(&n).await.expect("publish");
     }

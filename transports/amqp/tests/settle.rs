@@ -1,6 +1,7 @@
 //! Settlements against RabbitMQ: acks coalesced into `basic.ack` with `multiple` must settle
 //! exactly what the application acked, never a delivery it rejected, requeued or still holds,
-//! and must reach the broker without the consumer asking for more.
+//! and must reach the broker without the consumer asking for more, and before the connection
+//! closes.
 
 mod common;
 
@@ -220,4 +221,36 @@ async fn acks_reach_the_broker_without_more_polling() {
     consumer.close().await.expect("close");
     conn.delete_queue(&q.name).await.expect("delete");
     conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn closing_the_connection_sends_recorded_acks() {
+    let Some((url, _)) = setup().await else {
+        return;
+    };
+    let conn = Connection::open(&url).await.expect("open");
+    let q = Queue::new(unique("close-acks"));
+    conn.declare_queue(&q).await.expect("declare");
+    let ids: Vec<u32> = (0..10).collect();
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish_batch(ids.iter())
+        .await
+        .expect("publish");
+    // Ten acks, fewer than a batch: recorded, then the connection (not the consumer) closes.
+    let mut consumer = consumer_of(&conn, &q).await;
+    for _ in 0..10 {
+        next(&mut consumer, "a delivery within 10 s")
+            .await
+            .ack()
+            .await
+            .expect("ack");
+    }
+    conn.close().await.expect("close");
+    drop(consumer);
+    // Had the acks been dropped, the broker would have made the ten ready again.
+    let check = Connection::open(&url).await.expect("open");
+    assert_eq!(check.queue_size(&q.name).await.expect("size"), 0);
+    check.delete_queue(&q.name).await.expect("delete");
+    check.close().await.expect("close");
 }
