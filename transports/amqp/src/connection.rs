@@ -45,7 +45,7 @@ pub(crate) struct Shared {
 }
 
 /// A channel's acks and publishes recorded but not yet written (see `channel.rs`).
-#[async_trait::async_trait]
+#[async_trait]
 pub(crate) trait SendPending: Send + Sync {
     /// Writes them (bounded in time).
     async fn send_pending(&self);
@@ -198,13 +198,65 @@ pub(crate) async fn bind(channel: &lapin::Channel, queue: &str, b: &Binding) -> 
         })
 }
 
+/// How often the watcher looks at the connection besides lapin's events.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Recovers a dropped connection in the background, without waiting for it to be used: woken by
+/// the lapin connection's events (and every [`WATCH_EVERY`]), it reconnects (redeclaring the
+/// topology) when the connection in use is down. Ends with the connection, or when recovery is
+/// off.
+fn spawn_watcher(me: Weak<Shared>) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        loop {
+            let (events, generation) = {
+                let Some(shared) = me.upgrade() else { return };
+                if shared.is_closed() || !shared.options().recover {
+                    return;
+                }
+                let current = shared.current.lock();
+                (current.0.events_listener(), current.1)
+            };
+            let mut events = Some(Box::pin(events));
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                match events.as_mut() {
+                    Some(stream) => {
+                        tokio::select! {
+                            event = stream.next() => if event.is_none() { events = None },
+                            _ = tick.tick() => {}
+                        }
+                    }
+                    None => {
+                        tick.tick().await;
+                    }
+                }
+                let Some(shared) = me.upgrade() else { return };
+                if shared.is_closed() {
+                    return;
+                }
+                if !shared.connection_alive() {
+                    if let Err(error) = shared.connection().await {
+                        tracing::warn!(%error, "AMQP connection not recovered in the background");
+                    }
+                    break;
+                }
+                if shared.current.lock().1 != generation {
+                    break; // recovered on use: watch the new connection
+                }
+            }
+        }
+    });
+}
+
 impl Shared {
     pub(crate) async fn open(urls: Vec<AmqpOptions>) -> Result<Arc<Shared>> {
         let first = urls
             .first()
             .ok_or_else(|| Error::config("no AMQP URL given"))?;
         let conn = connect(first).await?;
-        Ok(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             urls,
             current: Mutex::new((Arc::new(conn), 0)),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -212,7 +264,9 @@ impl Shared {
             closed: AtomicBool::new(false),
             url_index: AtomicU64::new(0),
             channels: Mutex::new(Vec::new()),
-        }))
+        });
+        spawn_watcher(Arc::downgrade(&shared));
+        Ok(shared)
     }
 
     /// The options of the URL in use.

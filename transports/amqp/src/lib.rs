@@ -71,9 +71,10 @@
 //!   process died: at-least-once).
 //! - Channel-level errors (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED) become errors of
 //!   those kinds, and the channel reopens for the next operation: the connection stays usable.
-//! - Recovery: when the connection drops, the next use of it (an operation, or a consumer
-//!   waiting for its next delivery) reconnects (every failover URL in
-//!   turn, with exponential backoff, for up to `recover_timeout`), declares again every
+//! - Recovery: when the connection drops, a background watcher (woken by lapin's connection
+//!   events, and every second) or the next use of it, whichever comes first, reconnects (every
+//!   failover URL in turn, with exponential backoff, for up to `recover_timeout`; the watcher
+//!   then tries again), declares again every
 //!   exchange, queue and binding this connection declared, and runs again. Failover URLs
 //!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use. Consumers subscribe
 //!   again by themselves. A publish whose confirm did not arrive is published again, so a

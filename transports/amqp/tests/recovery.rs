@@ -2,7 +2,8 @@
 //! host of this test's own drops every connection to it, which also deletes the exclusive
 //! queue the consumer's connection declared. The connections reconnect by themselves, declare
 //! their topology again (the exchange, the exclusive queue, its binding), the consumer
-//! subscribes again, and publishing goes on. A binary of its own: nothing else uses the vhost.
+//! subscribes again, and publishing goes on. An idle connection also reconnects by itself. A
+//! binary of its own: nothing else uses these vhosts.
 
 mod common;
 
@@ -112,4 +113,91 @@ async fn connections_recover_and_redeclare_their_topology() {
     consuming.abort();
     producer_conn.close().await.expect("close");
     consumer_conn.close().await.expect("close");
+}
+
+/// The names (client and server address) of the connections to `vhost` (`rabbitmqctl`).
+fn connections_on(vhost: &str) -> Option<Vec<String>> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-p",
+            vhost,
+            "name",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// Waits (bounded) until the connections to `vhost` satisfy `done`; what was listed last.
+async fn await_connections(
+    vhost: &'static str,
+    done: impl Fn(&[String]) -> bool,
+) -> Option<Vec<String>> {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let listed = tokio::task::spawn_blocking(move || connections_on(vhost))
+            .await
+            .expect("rabbitmqctl");
+        if listed.as_deref().is_some_and(&done) || Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_recovers_by_itself() {
+    const IDLE_VHOST: &str = "kombu-rs-recovery-idle";
+    kombu_amqp::register();
+    let url = tokio::task::spawn_blocking(|| {
+        if !common::broker_up("recovery") {
+            return None;
+        }
+        match common::fresh_vhost(IDLE_VHOST) {
+            Some(vhost) => Some(common::url_on(Some(&vhost))),
+            None if common::required() => {
+                panic!("recovery: rabbitmqctl cannot make a vhost, and KOMBU_TEST_REQUIRE requires this test")
+            }
+            None => None,
+        }
+    })
+    .await
+    .expect("setup");
+    let Some(url) = url else { return };
+    let conn = Connection::open(&url).await.expect("open");
+    let before = await_connections(IDLE_VHOST, |c| c.len() == 1)
+        .await
+        .expect("rabbitmqctl list_connections");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        tokio::task::spawn_blocking(|| {
+            Command::new("rabbitmqctl")
+                .args(["close_all_connections", "-p", IDLE_VHOST, "idle test"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .await
+        .expect("rabbitmqctl"),
+        "rabbitmqctl close_all_connections failed"
+    );
+    // Nothing uses the connection: it connects again by itself (from another client port).
+    let after = await_connections(IDLE_VHOST, |c| c.len() == 1 && c[0] != before[0]).await;
+    assert!(
+        after
+            .as_deref()
+            .is_some_and(|c| c.len() == 1 && c[0] != before[0]),
+        "the idle connection did not come back: before {before:?}, after {after:?}"
+    );
+    conn.close().await.expect("close");
 }
