@@ -25,6 +25,8 @@ const MESSAGES: u32 = 10_000;
 const BATCH: u32 = 50;
 /// The broker is stopped once this many messages were published and confirmed.
 const STOP_AFTER: u32 = 2_000;
+/// Published only once the broker is back.
+const HELD_BACK: u32 = 500;
 /// Bound on the whole test (a guard, not a timing assertion).
 const GUARD: Duration = Duration::from_secs(240);
 
@@ -113,13 +115,18 @@ async fn broker_restart_loses_no_confirmed_message() {
         let producer = producer_conn.producer().routing_key(queue.name.clone());
         tokio::spawn(async move {
             for start in (0..MESSAGES).step_by(BATCH as usize) {
-                // From the stop until the broker is back, a batch every 100 ms: publishes
-                // straddle the outage (each waits for recovery while the broker is down), and
-                // the rest follow it, however fast publishing is.
-                if published.load(Ordering::SeqCst) >= STOP_AFTER as usize
-                    && !broker_back.load(Ordering::SeqCst)
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                // From the stop until the broker is back, a batch every 10 ms, so that batches
+                // are on their way when the connection drops (their confirms lost, they are
+                // published again); the last ones wait for the broker to be back, so some
+                // follow the restart however fast publishing is.
+                if published.load(Ordering::SeqCst) >= STOP_AFTER as usize {
+                    if start + HELD_BACK >= MESSAGES {
+                        while !broker_back.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    } else if !broker_back.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 let batch: Vec<u32> = (start..(start + BATCH).min(MESSAGES)).collect();
                 match producer.publish_batch(batch.iter()).await {
