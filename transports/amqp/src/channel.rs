@@ -508,6 +508,9 @@ impl AmqpChannel {
 
     async fn publish_all(&self, batch: &[Outgoing]) -> Result<()> {
         let inner = &self.inner;
+        if inner.shared.is_closing() {
+            return Err(Error::closed("the AMQP connection is closing"));
+        }
         let mut prepared = Vec::with_capacity(batch.len());
         for o in batch {
             prepared.push((
@@ -547,7 +550,7 @@ impl AmqpChannel {
                             // Without confirms, queued is published (see `Unwritten`).
                             Poll::Pending if !inner.confirms => {
                                 inner.unwritten.push(send).await;
-                                if inner.is_closed() {
+                                if inner.is_closed() || inner.shared.is_closing() {
                                     // A close that began meanwhile may have drained already.
                                     inner.unwritten.drain(DRAIN).await;
                                 }
@@ -685,9 +688,19 @@ impl Unwritten {
     /// Waits (at most `within`) until every queued publish is written.
     async fn drain(&self, within: Duration) {
         let writes = std::mem::take(&mut *self.writes.lock());
-        if !writes.is_empty() {
-            let all = futures::future::join_all(writes);
-            let _ = tokio::time::timeout(within, all).await;
+        if writes.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(within, futures::future::join_all(writes)).await {
+            Ok(done) => {
+                for error in done.into_iter().filter_map(std::result::Result::err) {
+                    tracing::warn!(%error, "a publish without confirms was not written");
+                }
+            }
+            Err(_) => tracing::warn!(
+                ?within,
+                "publishes without confirms still unwritten; going on without them"
+            ),
         }
     }
 }

@@ -42,6 +42,11 @@ pub(crate) struct Shared {
     url_index: AtomicU64,
     /// The channels opened on this connection, to send what they hold back before it closes.
     channels: Mutex<Vec<Weak<dyn SendPending>>>,
+    /// Set when closing begins (before the channels send what they hold back).
+    closing: AtomicBool,
+    /// Recovery rounds that failed, and the last one's error.
+    failed_rounds: AtomicU64,
+    last_failure: Mutex<String>,
 }
 
 /// A channel's acks and publishes recorded but not yet written (see `channel.rs`).
@@ -200,6 +205,8 @@ pub(crate) async fn bind(channel: &lapin::Channel, queue: &str, b: &Binding) -> 
 
 /// How often the watcher looks at the connection besides lapin's events.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// The watcher's pause after a recovery that failed.
+const WATCH_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Recovers a dropped connection in the background, without waiting for it to be used: woken by
 /// the lapin connection's events (and every [`WATCH_EVERY`]), it reconnects (redeclaring the
@@ -208,6 +215,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 fn spawn_watcher(me: Weak<Shared>) {
     use futures::StreamExt;
     tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (events, generation) = {
                 let Some(shared) = me.upgrade() else { return };
@@ -218,8 +227,6 @@ fn spawn_watcher(me: Weak<Shared>) {
                 (current.0.events_listener(), current.1)
             };
             let mut events = Some(Box::pin(events));
-            let mut tick = tokio::time::interval(WATCH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 match events.as_mut() {
                     Some(stream) => {
@@ -239,6 +246,9 @@ fn spawn_watcher(me: Weak<Shared>) {
                 if !shared.connection_alive() {
                     if let Err(error) = shared.connection().await {
                         tracing::warn!(%error, "AMQP connection not recovered in the background");
+                        drop(shared);
+                        // Refused logins and unreachable brokers are tried again, slowly.
+                        tokio::time::sleep(WATCH_AFTER_FAILURE).await;
                     }
                     break;
                 }
@@ -264,6 +274,9 @@ impl Shared {
             closed: AtomicBool::new(false),
             url_index: AtomicU64::new(0),
             channels: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            failed_rounds: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
         });
         spawn_watcher(Arc::downgrade(&shared));
         Ok(shared)
@@ -283,6 +296,11 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether closing has begun (it may still be sending what channels hold back).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.is_closed()
     }
 
     /// A live lapin connection and its generation, reconnecting first when the current one
@@ -310,6 +328,7 @@ impl Shared {
     /// between rounds, until one connects or `recover_timeout` passes; then declares this
     /// connection's topology again.
     async fn reconnect(&self) -> Result<(Arc<lapin::Connection>, u64)> {
+        let failed_before = self.failed_rounds.load(Ordering::Acquire);
         let _one = self.reconnecting.lock().await;
         {
             let current = self.current.lock();
@@ -317,6 +336,27 @@ impl Shared {
                 return Ok((current.0.clone(), current.1));
             }
         }
+        // A round that ended while this waited failed: its outcome is this one's too (else a
+        // caller could wait for two whole rounds).
+        if self.failed_rounds.load(Ordering::Acquire) != failed_before {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "AMQP connection lost and not recovered: {}",
+                    self.last_failure.lock()
+                ),
+            ));
+        }
+        let result = self.reconnect_round().await;
+        if let Err(e) = &result {
+            *self.last_failure.lock() = e.to_string();
+            self.failed_rounds.fetch_add(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    /// One recovery round of [`reconnect`](Shared::reconnect).
+    async fn reconnect_round(&self) -> Result<(Arc<lapin::Connection>, u64)> {
         let timeout = self.options().recover_timeout;
         let started = tokio::time::Instant::now();
         let mut backoff = ExponentialBuilder::default()
@@ -336,6 +376,11 @@ impl Shared {
                 let options = &self.urls[index % self.urls.len()];
                 match connect(options).await {
                     Ok(conn) => match self.replay(&conn).await {
+                        Ok(()) if self.is_closed() => {
+                            // Closed while this connected: the new connection is not kept.
+                            let _ = conn.close(200, "OK".into()).await;
+                            return Err(Error::closed("the AMQP connection was closed"));
+                        }
                         Ok(()) => {
                             self.url_index
                                 .store((index % self.urls.len()) as u64, Ordering::Relaxed);
@@ -421,15 +466,14 @@ impl Shared {
     }
 
     pub(crate) async fn close(&self) -> Result<()> {
+        self.closing.store(true, Ordering::Release);
         let open: Vec<Arc<dyn SendPending>> = self
             .channels
             .lock()
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        for channel in open {
-            channel.send_pending().await;
-        }
+        futures::future::join_all(open.iter().map(|channel| channel.send_pending())).await;
         self.closed.store(true, Ordering::Release);
         let conn = self.current.lock().0.clone();
         if conn.status().connected() {

@@ -55,9 +55,10 @@
 //! - Without confirms (`confirm_publish=false`: no guarantee, as in kombu) a publish returns
 //!   once its frames are queued on the connection, in order, not once they are written: at
 //!   most 256 publishes wait to be written before a publish waits for the oldest. Any other
-//!   operation on the channel (a purge, a `get`, a declaration) waits for them, so it never
-//!   overtakes a publish that returned; closing the channel or the connection, or dropping the
-//!   channel, writes them first; a write that fails is logged.
+//!   operation on the channel (a purge, a `get`, a declaration) waits for them (up to 5 s), so
+//!   it does not overtake a publish that returned; closing the channel or the connection, or
+//!   dropping the channel, writes them first, and publishing once the connection is closing
+//!   is an error; a write that fails is logged.
 //! - Consumers set their prefetch with `basic.qos` (per consumer, as kombu). Settling a
 //!   delivery does not wait for the broker. Acks are coalesced: they are sent together as one
 //!   `basic.ack` with `multiple` (covering only deliveries the application acked) when a
@@ -73,8 +74,9 @@
 //!   those kinds, and the channel reopens for the next operation: the connection stays usable.
 //! - Recovery: when the connection drops, a background watcher (woken by lapin's connection
 //!   events, and every second) or the next use of it, whichever comes first, reconnects (every
-//!   failover URL in turn, with exponential backoff, for up to `recover_timeout`; the watcher
-//!   then tries again), declares again every
+//!   failover URL in turn, with exponential backoff, for up to `recover_timeout`; an operation
+//!   waiting for a recovery that fails gets its error; the watcher tries again 5 s later),
+//!   declares again every
 //!   exchange, queue and binding this connection declared, and runs again. Failover URLs
 //!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use. Consumers subscribe
 //!   again by themselves. A publish whose confirm did not arrive is published again, so a

@@ -28,6 +28,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -102,6 +103,9 @@ pub(crate) struct Settlements {
     channel: lapin::Channel,
     state: Mutex<State>,
     in_flight: Arc<InFlight>,
+    /// A flush after [`ACK_LINGER`] is scheduled (outside `state`: the guard of a task that
+    /// is dropped at once clears it while `state` is locked).
+    timer: AtomicBool,
 }
 
 /// What is known of a channel's deliveries, and which acks wait to be sent.
@@ -123,8 +127,6 @@ struct State {
     batch: usize,
     /// The smallest prefetch window of the channel's consumers (0: none set).
     prefetch: usize,
-    /// A flush after [`ACK_LINGER`] is scheduled.
-    timer: bool,
 }
 
 /// An ack frame to send: the delivery tag, and whether it is `multiple`.
@@ -140,7 +142,6 @@ impl State {
             coalesce: true,
             batch: ACK_BATCH,
             prefetch: 0,
-            timer: false,
         }
     }
 
@@ -252,6 +253,7 @@ impl Settlements {
             channel,
             state: Mutex::new(State::new()),
             in_flight,
+            timer: AtomicBool::new(false),
         })
     }
 
@@ -289,7 +291,7 @@ impl Settlements {
         if outcome == Outcome::Ack && state.ack(tag) {
             if state.is_full() {
                 self.flush_locked(&mut state);
-            } else if !state.timer {
+            } else if !self.timer.swap(true, Ordering::AcqRel) {
                 self.schedule(&mut state);
             }
             return None;
@@ -337,13 +339,13 @@ impl Settlements {
         })
     }
 
-    /// Flushes after [`ACK_LINGER`] (at once outside a tokio runtime).
+    /// Flushes after [`ACK_LINGER`] (at once outside a tokio runtime). `timer` is set.
     fn schedule(self: &Arc<Self>, state: &mut State) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.timer.store(false, Ordering::Release);
             self.flush_locked(state);
             return;
         };
-        state.timer = true;
         let armed = Armed(Arc::downgrade(self));
         handle.spawn(async move {
             tokio::time::sleep(ACK_LINGER).await;
@@ -360,7 +362,7 @@ impl Armed {
     fn fire(mut self) {
         if let Some(this) = std::mem::take(&mut self.0).upgrade() {
             let mut state = this.state.lock();
-            state.timer = false;
+            this.timer.store(false, Ordering::Release);
             this.flush_locked(&mut state);
         }
     }
@@ -369,7 +371,7 @@ impl Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         if let Some(this) = self.0.upgrade() {
-            this.state.lock().timer = false;
+            this.timer.store(false, Ordering::Release);
         }
     }
 }
