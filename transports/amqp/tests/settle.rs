@@ -34,6 +34,29 @@ fn unique(name: &str) -> String {
     format!("{name}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A connection (on the test's vhost, whose name `rabbitmqctl` needs) and a fresh queue
+/// `name-<uuid>` holding ten messages; `None` to skip.
+async fn ten_messages(name: &str) -> Option<(String, String, Connection, Queue)> {
+    let (url, vhost) = setup().await?;
+    let Some(vhost) = vhost else {
+        assert!(
+            !common::required(),
+            "rabbitmqctl is needed to read the broker's counts"
+        );
+        return None;
+    };
+    let conn = Connection::open(&url).await.expect("open");
+    let q = Queue::new(unique(name));
+    conn.declare_queue(&q).await.expect("declare");
+    let ids: Vec<u32> = (0..10).collect();
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish_batch(ids.iter())
+        .await
+        .expect("publish");
+    Some((url, vhost, conn, q))
+}
+
 /// Ready and unacknowledged messages of `queue` as the broker counts them (`rabbitmqctl`).
 fn broker_counts(vhost: &str, queue: &str) -> Option<(u64, u64)> {
     let out = Command::new("rabbitmqctl")
@@ -170,25 +193,9 @@ async fn mixed_settlements_keep_their_outcomes() {
 
 #[tokio::test]
 async fn acks_reach_the_broker_without_more_polling() {
-    let Some((url, vhost)) = setup().await else {
+    let Some((_, vhost, conn, q)) = ten_messages("linger").await else {
         return;
     };
-    let Some(vhost) = vhost else {
-        assert!(
-            !common::required(),
-            "rabbitmqctl is needed to read the broker's counts"
-        );
-        return;
-    };
-    let conn = Connection::open(&url).await.expect("open");
-    let q = Queue::new(unique("linger"));
-    conn.declare_queue(&q).await.expect("declare");
-    let ids: Vec<u32> = (0..10).collect();
-    conn.producer()
-        .routing_key(q.name.clone())
-        .publish_batch(ids.iter())
-        .await
-        .expect("publish");
     let mut consumer = consumer_of(&conn, &q).await;
     let mut held = Vec::new();
     for n in 0..10 {
@@ -225,25 +232,9 @@ async fn acks_reach_the_broker_without_more_polling() {
 
 #[tokio::test]
 async fn closing_the_connection_sends_recorded_acks() {
-    let Some((url, vhost)) = setup().await else {
+    let Some((url, vhost, conn, q)) = ten_messages("close-acks").await else {
         return;
     };
-    let Some(vhost) = vhost else {
-        assert!(
-            !common::required(),
-            "rabbitmqctl is needed to read the broker's counts"
-        );
-        return;
-    };
-    let conn = Connection::open(&url).await.expect("open");
-    let q = Queue::new(unique("close-acks"));
-    conn.declare_queue(&q).await.expect("declare");
-    let ids: Vec<u32> = (0..10).collect();
-    conn.producer()
-        .routing_key(q.name.clone())
-        .publish_batch(ids.iter())
-        .await
-        .expect("publish");
     // Ten acks, fewer than a batch: recorded, then the connection (not the consumer) closes.
     let mut consumer = consumer_of(&conn, &q).await;
     for _ in 0..10 {
