@@ -151,6 +151,59 @@ pub fn check_case(d: &Delivery, case: &str) {
     }
 }
 
+/// Checks what Python kombu read of one of the messages [`publish_cases`] published to `queue`
+/// on the default exchange (an entry of the interop script's `messages`): where it came from,
+/// and each case's content type, body and headers; `json_extra` checks what the `json` case
+/// carries besides on this transport. Returns the case. Panics on a mismatch (a test helper).
+pub fn check_read_by_python(m: &Json, queue: &str, json_extra: impl FnOnce(&Json)) -> String {
+    use base64::Engine as _;
+    let case = m["headers"]["case"]
+        .as_str()
+        .expect("case header") // ok: a test helper; panics are its failures
+        .to_owned();
+    assert_eq!(m["delivery_info"]["exchange"], "", "{case}: {m}");
+    assert_eq!(m["delivery_info"]["routing_key"], queue, "{case}: {m}");
+    assert_eq!(m["redelivered"], false, "{case}: {m}");
+    match case.as_str() {
+        "json" => {
+            assert_eq!(m["content_type"], "application/json", "{m}");
+            assert_eq!(m["payload"], nested(), "{m}");
+            assert_eq!(m["headers"], json_headers(), "{m}");
+            assert_eq!(m["properties"]["correlation_id"], "cid-1", "{m}");
+            assert_eq!(m["properties"]["reply_to"], "replies", "{m}");
+            assert_eq!(m["properties"]["message_id"], "mid-1", "{m}");
+            assert_eq!(m["properties"]["priority"], 5, "{m}");
+            json_extra(m);
+        }
+        "text" => {
+            assert_eq!(m["content_type"], "text/plain", "{m}");
+            assert_eq!(m["payload"], TEXT, "{m}");
+        }
+        "bytes" => {
+            assert_eq!(m["content_type"], "application/data", "{m}");
+            assert_eq!(m["content_encoding"], "binary", "{m}");
+            let b64 = m["payload_b64"].as_str().expect("Python decoded bytes"); // ok: a test helper; panics are its failures
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64"); // ok: a test helper; panics are its failures
+            assert_eq!(bytes, BYTES, "{m}");
+        }
+        "msgpack" => {
+            assert_eq!(m["content_type"], "application/x-msgpack", "{m}");
+            assert_eq!(m["payload"], msgpack_value(), "{m}");
+        }
+        "yaml" => {
+            assert_eq!(m["content_type"], "application/x-yaml", "{m}");
+            assert_eq!(m["payload"], yaml_value(), "{m}");
+        }
+        kind => {
+            assert_eq!(m["headers"]["compression"], compression_type(kind), "{m}");
+            assert_eq!(m["payload"], compressed_value(kind), "{m}");
+        }
+    }
+    case
+}
+
 /// Publishes every case to `queue` on the default exchange, as the scripts' `publish_cases`
 /// does on the Python side (declaring the queue first); the `json` case with `expiration` when
 /// given. Panics on a failure (a test helper).

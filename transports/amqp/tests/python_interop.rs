@@ -151,53 +151,11 @@ async fn rust_publishes_python_consumes() {
     assert_eq!(messages.len(), 10, "Python consumed every message: {out}");
     let mut seen = Vec::new();
     for m in messages {
-        let case = m["headers"]["case"]
-            .as_str()
-            .expect("case header")
-            .to_owned();
-        assert_eq!(m["delivery_info"]["exchange"], "", "{case}: {m}");
-        assert_eq!(
-            m["delivery_info"]["routing_key"],
-            queue.as_str(),
-            "{case}: {m}"
-        );
-        assert_eq!(m["redelivered"], false, "{case}: {m}");
         assert_eq!(m["properties"]["delivery_mode"], 2, "{m}");
-        match case.as_str() {
-            "json" => {
-                assert_eq!(m["content_type"], "application/json", "{m}");
-                assert_eq!(m["content_encoding"], "utf-8", "{m}");
-                assert_eq!(m["payload"], nested(), "{m}");
-                assert_eq!(m["headers"], json_headers(), "{m}");
-                assert_eq!(m["properties"]["correlation_id"], "cid-1", "{m}");
-                assert_eq!(m["properties"]["reply_to"], "replies", "{m}");
-                assert_eq!(m["properties"]["message_id"], "mid-1", "{m}");
-                assert_eq!(m["properties"]["priority"], 5, "{m}");
-                assert_eq!(m["properties"]["expiration"], "600000", "{m}");
-            }
-            "text" => {
-                assert_eq!(m["content_type"], "text/plain", "{m}");
-                assert_eq!(m["payload"], TEXT, "{m}");
-            }
-            "bytes" => {
-                assert_eq!(m["content_type"], "application/data", "{m}");
-                assert_eq!(m["content_encoding"], "binary", "{m}");
-                let b64 = m["payload_b64"].as_str().expect("Python decoded bytes");
-                assert_eq!(STANDARD.decode(b64).expect("base64"), BYTES, "{m}");
-            }
-            "msgpack" => {
-                assert_eq!(m["content_type"], "application/x-msgpack", "{m}");
-                assert_eq!(m["payload"], msgpack_value(), "{m}");
-            }
-            "yaml" => {
-                assert_eq!(m["content_type"], "application/x-yaml", "{m}");
-                assert_eq!(m["payload"], yaml_value(), "{m}");
-            }
-            kind => {
-                assert_eq!(m["headers"]["compression"], compression_type(kind), "{m}");
-                assert_eq!(m["payload"], compressed_value(kind), "{m}");
-            }
-        }
+        let case = check_read_by_python(m, &queue, |m| {
+            assert_eq!(m["content_encoding"], "utf-8", "{m}");
+            assert_eq!(m["properties"]["expiration"], "600000", "{m}");
+        });
         seen.push(case);
     }
     assert_eq!(sorted(seen), CASES);
