@@ -176,3 +176,38 @@ pub fn celery_task_headers(task: &str, id: &str, argsrepr: &str, kwargsrepr: &st
     set("stamps", Headers::new().into());
     h
 }
+
+/// Waits (up to `guard`) for the JSON file the interop tests' Celery task `kombu_rs.record`
+/// writes at `path`, and checks it against the task kombu-rs published: id `task_id` (its own
+/// root, not retried), args `[2, 3]`, `label` `"from-rust"`, `nested` as given, delivered from
+/// the default exchange with routing key `queue`. Returns it. Panics on a mismatch or when the
+/// worker did not run the task in time (a test helper).
+pub async fn await_recorded_task(
+    path: &Path,
+    guard: std::time::Duration,
+    task_id: &str,
+    queue: &str,
+    nested: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::json;
+    let deadline = std::time::Instant::now() + guard;
+    let result: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            break serde_json::from_str(&text).expect("the task wrote JSON"); // ok: a test helper; panics are its failures
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Celery worker did not run the task within {guard:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(result["args"], json!([2, 3]), "{result}");
+    assert_eq!(result["label"], "from-rust", "{result}");
+    assert_eq!(&result["nested"], nested, "{result}");
+    assert_eq!(result["id"], task_id, "{result}");
+    assert_eq!(result["root_id"], task_id, "{result}");
+    assert_eq!(result["retries"], 0, "{result}");
+    assert_eq!(result["delivery_info"]["exchange"], "", "{result}");
+    assert_eq!(result["delivery_info"]["routing_key"], queue, "{result}");
+    result
+}

@@ -18,7 +18,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kombu_core::conformance::support::{CeleryWorker, celery_task_headers, python};
+use kombu_core::conformance::support::{
+    CeleryWorker, await_recorded_task, celery_task_headers, python,
+};
 use kombu_core::{Connection, Exchange, Queue, Value};
 use serde_json::{Value as Json, json};
 
@@ -146,29 +148,7 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
         .await
         .expect("publish the task");
 
-    let deadline = Instant::now() + GUARD;
-    let result: Json = loop {
-        if let Ok(text) = std::fs::read_to_string(&out_path) {
-            break serde_json::from_str(&text).expect("the task wrote JSON");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the Celery worker did not run the task within {GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(result["args"], json!([2, 3]), "{result}");
-    assert_eq!(result["label"], "from-rust", "{result}");
-    assert_eq!(result["nested"], nested, "{result}");
-    assert_eq!(result["id"], task_id.as_str(), "{result}");
-    assert_eq!(result["root_id"], task_id.as_str(), "{result}");
-    assert_eq!(result["retries"], 0, "{result}");
-    assert_eq!(result["delivery_info"]["exchange"], "", "{result}");
-    assert_eq!(
-        result["delivery_info"]["routing_key"],
-        queue.as_str(),
-        "{result}"
-    );
+    await_recorded_task(&out_path, GUARD, &task_id, &queue, &nested).await;
     let deadline = Instant::now() + GUARD;
     loop {
         let log = worker.log();
