@@ -18,7 +18,7 @@ use kombu_core::conformance::support::{
 use std::time::{Duration, Instant};
 
 use kombu_core::{Connection, Queue};
-use serde_json::{Value as Json, json};
+use serde_json::json;
 
 const GUARD: Duration = Duration::from_secs(60);
 
