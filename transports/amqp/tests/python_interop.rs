@@ -18,8 +18,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
 use kombu_core::conformance::interop::*;
 use kombu_core::conformance::support::python;

@@ -23,8 +23,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
 use kombu_core::{Binding, Connection, Consumer, Delivery, Exchange, Queue};
 use serde_json::{Value as Json, json};
