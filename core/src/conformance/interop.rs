@@ -8,6 +8,7 @@ use serde_json::{Value as Json, json};
 
 use crate::channel::Delivery;
 use crate::connection::Connection;
+use crate::consumer::Consumer;
 use crate::entity::Queue;
 use crate::message::DeliveryMode;
 use crate::value::{Headers, Value};
@@ -96,6 +97,31 @@ pub fn compression_type(kind: &str) -> &'static str {
 pub fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
+}
+
+/// How long the interop tests wait for one delivery.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A consumer of `queue` that accepts every serializer the cases use. Panics on a failure (a
+/// test helper).
+pub async fn cases_consumer(conn: &Connection, queue: &str) -> Consumer {
+    conn.consumer([Queue::new(queue)])
+        .accept(["json", "msgpack", "yaml", "text", "raw"])
+        .build()
+        .await
+        .expect("start consuming") // ok: a test helper; panics are its failures
+}
+
+/// The consumer's next delivery, within [`DELIVERY_TIMEOUT`]. Panics otherwise (a test
+/// helper).
+pub async fn next_delivery(consumer: &mut Consumer) -> Delivery {
+    use futures::StreamExt as _;
+    match tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next()).await {
+        Err(_) => panic!("no delivery within {DELIVERY_TIMEOUT:?}"),
+        Ok(None) => panic!("the delivery stream ended"),
+        Ok(Some(Err(e))) => panic!("delivery refused: {e}"),
+        Ok(Some(Ok(d))) => d,
+    }
 }
 
 /// Checks a delivery of one of the cases against its values (content type and encoding,

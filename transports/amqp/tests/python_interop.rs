@@ -18,16 +18,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kombu_core::conformance::interop::*;
 use kombu_core::conformance::support::python;
-use kombu_core::{
-    Binding, Connection, Consumer, Delivery, Exchange, HeaderMatch, Headers, Queue, Value,
-};
+use kombu_core::{Binding, Connection, Exchange, HeaderMatch, Headers, Queue, Value};
 use serde_json::{Value as Json, json};
-
-/// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The URL of the run's virtual host, or `None` (skip) without a broker.
 fn url() -> Option<String> {
@@ -87,23 +81,6 @@ async fn open(url: &str) -> Connection {
         .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
-async fn consumer(conn: &Connection, queue: &str) -> Consumer {
-    conn.consumer([Queue::new(queue)])
-        .accept(["json", "msgpack", "yaml", "text", "raw"])
-        .build()
-        .await
-        .expect("start consuming")
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    match tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next()).await {
-        Err(_) => panic!("no delivery within {DELIVERY_TIMEOUT:?}"),
-        Ok(None) => panic!("the delivery stream ended"),
-        Ok(Some(Err(e))) => panic!("delivery refused: {e}"),
-        Ok(Some(Ok(d))) => d,
-    }
-}
-
 #[tokio::test]
 async fn python_publishes_rust_consumes() {
     let Some((url, python)) = setup().await else {
@@ -115,10 +92,10 @@ async fn python_publishes_rust_consumes() {
 
     let conn = open(&url).await;
     assert_eq!(conn.queue_size(&queue).await.expect("size"), 10);
-    let mut consumer = consumer(&conn, &queue).await;
+    let mut consumer = cases_consumer(&conn, &queue).await;
     let mut seen = Vec::new();
     for _ in 0..10 {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         let case = case_of(&d);
         assert!(!d.redelivered(), "{case}: a first delivery");
         assert_eq!(d.exchange(), "", "{case}");

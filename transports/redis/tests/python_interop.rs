@@ -27,8 +27,6 @@ use futures::StreamExt;
 use kombu_core::{Binding, Connection, Consumer, Delivery, Exchange, Queue};
 use serde_json::{Value as Json, json};
 
-/// Longest wait for one delivery before the test fails (a guard, not a timing assertion).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The child consumer's role (see `holder_child`): `URL\tQUEUE\tACK\tHOLD`.
 const HOLDER_ENV: &str = "KOMBU_REDIS_INTEROP_HOLDER";
 
@@ -123,23 +121,6 @@ async fn open(url: &str) -> Connection {
         .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
-async fn consumer(conn: &Connection, queue: &str) -> Consumer {
-    conn.consumer([Queue::new(queue)])
-        .accept(["json", "msgpack", "yaml", "text", "raw"])
-        .build()
-        .await
-        .expect("start consuming")
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    match tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next()).await {
-        Err(_) => panic!("no delivery within {DELIVERY_TIMEOUT:?}"),
-        Ok(None) => panic!("the delivery stream ended"),
-        Ok(Some(Err(e))) => panic!("delivery refused: {e}"),
-        Ok(Some(Ok(d))) => d,
-    }
-}
-
 /// A description of the delivery arriving within `wait`, if one does.
 async fn nothing_within(consumer: &mut Consumer, wait: Duration) -> Option<String> {
     match tokio::time::timeout(wait, consumer.next()).await {
@@ -161,10 +142,10 @@ async fn python_publishes_rust_consumes() {
 
     let conn = open(&space.url("")).await;
     assert_eq!(conn.queue_size("py2rs").await.expect("size"), 10);
-    let mut consumer = consumer(&conn, "py2rs").await;
+    let mut consumer = cases_consumer(&conn, "py2rs").await;
     let mut seen = Vec::new();
     for _ in 0..10 {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         let case = case_of(&d);
         assert!(!d.redelivered(), "{case}: a first delivery");
         assert_eq!(d.exchange(), "", "{case}");
@@ -256,8 +237,8 @@ async fn python_bindings_route_rust_publishes() {
     assert_eq!(conn.queue_size("pyd").await.expect("size"), 1);
     assert_eq!(conn.queue_size("pyt").await.expect("size"), 2);
 
-    let mut d_consumer = consumer(&conn, "pyd").await;
-    let d = next(&mut d_consumer).await;
+    let mut d_consumer = cases_consumer(&conn, "pyd").await;
+    let d = next_delivery(&mut d_consumer).await;
     assert_eq!(d.exchange(), "py.direct");
     assert_eq!(
         via_and_key(&d),
@@ -266,10 +247,10 @@ async fn python_bindings_route_rust_publishes() {
     d.ack().await.expect("ack");
     d_consumer.close().await.expect("close");
 
-    let mut t_consumer = consumer(&conn, "pyt").await;
+    let mut t_consumer = cases_consumer(&conn, "pyt").await;
     let mut keys = Vec::new();
     for _ in 0..2 {
-        let d = next(&mut t_consumer).await;
+        let d = next_delivery(&mut t_consumer).await;
         assert_eq!(d.exchange(), "py.topic");
         let (via, key) = via_and_key(&d);
         assert_eq!(via, "py.topic");
@@ -316,8 +297,8 @@ async fn rust_bindings_route_python_publishes() {
     assert_eq!(conn.queue_size("rsd").await.expect("size"), 1);
     assert_eq!(conn.queue_size("rst").await.expect("size"), 2);
 
-    let mut d_consumer = consumer(&conn, "rsd").await;
-    let d = next(&mut d_consumer).await;
+    let mut d_consumer = cases_consumer(&conn, "rsd").await;
+    let d = next_delivery(&mut d_consumer).await;
     assert_eq!(d.exchange(), "rs.direct");
     assert_eq!(
         via_and_key(&d),
@@ -326,10 +307,10 @@ async fn rust_bindings_route_python_publishes() {
     d.ack().await.expect("ack");
     d_consumer.close().await.expect("close");
 
-    let mut t_consumer = consumer(&conn, "rst").await;
+    let mut t_consumer = cases_consumer(&conn, "rst").await;
     let mut keys = Vec::new();
     for _ in 0..2 {
-        let d = next(&mut t_consumer).await;
+        let d = next_delivery(&mut t_consumer).await;
         assert_eq!(d.exchange(), "rs.topic");
         keys.push(via_and_key(&d).1);
         d.ack().await.expect("ack");
@@ -358,10 +339,10 @@ async fn python_priorities_consumed_in_kombus_order_by_rust() {
     space.python(&python, "priorities", &args);
 
     let conn = open(&space.url("")).await;
-    let mut consumer = consumer(&conn, "pri").await;
+    let mut consumer = cases_consumer(&conn, "pri").await;
     let mut order = Vec::new();
     for _ in 0..PUBLISH_ORDER.len() {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         let p = d.decode::<Json>().expect("decode")["p"]
             .as_u64()
             .expect("p");
@@ -424,7 +405,7 @@ async fn acks_cross_sides() {
         .build()
         .await
         .expect("consume");
-    let d = next(&mut first).await;
+    let d = next_delivery(&mut first).await;
     assert_eq!(d.decode::<String>().expect("decode"), "first");
     d.ack().await.expect("ack");
     first.close().await.expect("close");
@@ -448,8 +429,8 @@ async fn acks_cross_sides() {
     let taken = space.python(&python, "take_ack", &["ackq2"]);
     assert_eq!(taken["message"]["payload"], "p-first", "{taken}");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let mut consumer = consumer(&conn, "ackq2").await;
-    let d = next(&mut consumer).await;
+    let mut consumer = cases_consumer(&conn, "ackq2").await;
+    let d = next_delivery(&mut consumer).await;
     assert_eq!(d.decode::<String>().expect("decode"), "p-second");
     assert!(!d.redelivered());
     d.ack().await.expect("ack");
@@ -489,7 +470,7 @@ async fn holder_child() {
     writeln!(out).expect("stdout");
     let mut held = Vec::new();
     for i in 0..ack + hold {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         let id = d.decode::<Json>().expect("decode")["id"]
             .as_u64()
             .expect("id");
@@ -607,11 +588,11 @@ async fn rust_recovers_what_a_dead_python_consumer_held() {
 
     let conn = open(&space.url("visibility_timeout=1")).await;
     assert_eq!(conn.queue_size("pyheld").await.expect("size"), 1);
-    let mut consumer = consumer(&conn, "pyheld").await;
+    let mut consumer = cases_consumer(&conn, "pyheld").await;
     let mut fresh = BTreeSet::new();
     let mut redelivered = BTreeSet::new();
     for _ in 0..4 {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         let body = d.decode::<String>().expect("decode");
         assert_eq!(d.routing_key(), "pyheld");
         let new = if d.redelivered() {
@@ -705,7 +686,7 @@ async fn python_fanout_publishes_reach_rust_subscribers() {
     assert_eq!(published["published"], 3);
     let mut got = Vec::new();
     for _ in 0..3 {
-        let d = next(&mut consumer).await;
+        let d = next_delivery(&mut consumer).await;
         got.push(d.decode::<Json>().expect("decode"));
         d.ack().await.expect("ack");
     }
