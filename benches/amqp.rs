@@ -93,11 +93,7 @@ async fn ours(n: u64) -> Figures {
         .exchange(exchange.clone())
         .routing_key("bench");
 
-    let start = Instant::now();
-    for v in &values {
-        producer.publish(v).await.expect("publish");
-    }
-    let confirmed_single = support::rate(n, start.elapsed());
+    let confirmed_single = support::publish_each(&producer, &values).await;
 
     let mut consumer = conn
         .consumer([queue.clone()])
@@ -105,20 +101,10 @@ async fn ours(n: u64) -> Figures {
         .build()
         .await
         .expect("consumer");
-    let start = Instant::now();
-    for _ in 0..n {
-        let d = consumer.next().await.expect("message").expect("delivery");
-        let _: Payload = d.decode().expect("decode");
-        d.ack().await.expect("ack");
-    }
-    let consume = support::rate(n, start.elapsed());
+    let consume = support::consume_acking::<Payload>(&mut consumer, n).await;
     consumer.close().await.expect("close");
 
-    let start = Instant::now();
-    for chunk in values.chunks(100) {
-        producer.publish_batch(chunk).await.expect("batch");
-    }
-    let confirmed_batch = support::rate(n, start.elapsed());
+    let confirmed_batch = support::publish_batches(&producer, &values).await;
 
     let sep = if server().contains('?') { '&' } else { '?' };
     let unconfirmed_conn = Connection::open(&format!("{}{sep}confirm_publish=false", server()))
@@ -128,11 +114,7 @@ async fn ours(n: u64) -> Figures {
         .producer()
         .exchange(exchange.clone())
         .routing_key("bench");
-    let start = Instant::now();
-    for v in &values {
-        producer.publish(v).await.expect("publish");
-    }
-    let unconfirmed = support::rate(n, start.elapsed());
+    let unconfirmed = support::publish_each(&producer, &values).await;
     unconfirmed_conn.close().await.expect("close");
 
     conn.delete_queue(&q).await.expect("delete");
@@ -285,28 +267,11 @@ async fn raw(n: u64) -> Figures {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
+    let n = support::messages(20_000);
     kombu::install();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     // Alternate the two sides over three rounds; report medians.
-    let mut ours_runs = Vec::new();
-    let mut raw_runs = Vec::new();
-    for _ in 0..3 {
-        ours_runs.push(rt.block_on(ours(n)));
-        raw_runs.push(rt.block_on(raw(n)));
-    }
-    let med = |runs: &[Figures], f: fn(&Figures) -> f64| {
-        let mut xs: Vec<f64> = runs.iter().map(f).collect();
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
+    let (ours_runs, raw_runs) = support::alternate(|| ours(n), || raw(n));
+    let med = support::median::<Figures>;
     let py = support::python_baseline("amqp", n);
     // Python kombu publishing with confirms (one by one: kombu has no batch publish), fewer
     // messages: each waits for the broker's disk write.

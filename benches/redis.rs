@@ -62,11 +62,7 @@ async fn ours(n: u64) -> Figures {
         })
         .collect();
 
-    let start = Instant::now();
-    for v in &values {
-        producer.publish(v).await.expect("publish");
-    }
-    let publish_single = support::rate(n, start.elapsed());
+    let publish_single = support::publish_each(&producer, &values).await;
 
     let mut consumer = conn
         .consumer([q.clone()])
@@ -74,19 +70,9 @@ async fn ours(n: u64) -> Figures {
         .build()
         .await
         .expect("consumer");
-    let start = Instant::now();
-    for _ in 0..n {
-        let d = consumer.next().await.expect("message").expect("delivery");
-        let _: Payload = d.decode().expect("decode");
-        d.ack().await.expect("ack");
-    }
-    let consume = support::rate(n, start.elapsed());
+    let consume = support::consume_acking::<Payload>(&mut consumer, n).await;
 
-    let start = Instant::now();
-    for chunk in values.chunks(100) {
-        producer.publish_batch(chunk).await.expect("batch");
-    }
-    let publish_batch = support::rate(n, start.elapsed());
+    let publish_batch = support::publish_batches(&producer, &values).await;
     conn.purge("bench_q").await.expect("purge");
 
     let values = std::sync::Arc::new(values);
@@ -213,27 +199,10 @@ async fn raw(n: u64) -> Figures {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let n = support::messages(20_000);
     // Alternate the two sides over three rounds; report medians.
-    let mut ours_runs = Vec::new();
-    let mut raw_runs = Vec::new();
-    for _ in 0..3 {
-        ours_runs.push(rt.block_on(ours(n)));
-        raw_runs.push(rt.block_on(raw(n)));
-    }
-    let med = |xs: &mut Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
-    let pick = |runs: &[Figures], f: fn(&Figures) -> f64| med(&mut runs.iter().map(f).collect());
+    let (ours_runs, raw_runs) = support::alternate(|| ours(n), || raw(n));
+    let pick = support::median::<Figures>;
     let py = support::python_baseline("redis", n.min(5_000));
 
     println!(

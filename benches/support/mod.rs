@@ -127,3 +127,72 @@ pub fn python_script(script: &str, args: &[&str], field: &str) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }
+
+/// Publishes `values` one by one, each awaited; messages a second.
+pub async fn publish_each<T: serde::Serialize>(producer: &kombu::Producer, values: &[T]) -> f64 {
+    let start = std::time::Instant::now();
+    for v in values {
+        producer.publish(v).await.expect("publish");
+    }
+    rate(values.len() as u64, start.elapsed())
+}
+
+/// Publishes `values` in batches of 100; messages a second.
+pub async fn publish_batches<T: serde::Serialize>(producer: &kombu::Producer, values: &[T]) -> f64 {
+    let start = std::time::Instant::now();
+    for chunk in values.chunks(100) {
+        producer.publish_batch(chunk).await.expect("batch");
+    }
+    rate(values.len() as u64, start.elapsed())
+}
+
+/// Takes `n` deliveries, decoding each as `T` and acking it; messages a second.
+pub async fn consume_acking<T: serde::de::DeserializeOwned>(
+    consumer: &mut kombu::Consumer,
+    n: u64,
+) -> f64 {
+    use kombu::StreamExt as _;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        let _: T = d.decode().expect("decode");
+        d.ack().await.expect("ack");
+    }
+    rate(n, start.elapsed())
+}
+
+/// Messages per row: the first number among the arguments, else `default`.
+pub fn messages(default: u64) -> u64 {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `ours` and `raw` alternately for three rounds on a two-worker tokio runtime; their
+/// figures, round by round.
+pub fn alternate<T, O, R>(ours: impl Fn() -> O, raw: impl Fn() -> R) -> (Vec<T>, Vec<T>)
+where
+    O: std::future::Future<Output = T>,
+    R: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut ours_runs = Vec::new();
+    let mut raw_runs = Vec::new();
+    for _ in 0..3 {
+        ours_runs.push(rt.block_on(ours()));
+        raw_runs.push(rt.block_on(raw()));
+    }
+    (ours_runs, raw_runs)
+}
+
+/// The median over `runs` of the figure `f` picks.
+pub fn median<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    let mut xs: Vec<f64> = runs.iter().map(f).collect();
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
