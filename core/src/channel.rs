@@ -104,10 +104,35 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// Removes a binding. Removing a missing binding succeeds.
     async fn unbind(&self, queue: &str, binding: &Binding) -> Result<()>;
 
-    /// Number of ready messages (not counting delivered, unsettled ones).
+    /// Whether the broker knows a queue named `queue`.
+    ///
+    /// The contract, on every transport:
+    /// - `Ok(true)` when the transport knows the queue: declared on the broker (AMQP), or, on a
+    ///   virtual transport, recorded by its backend, holding messages, or named in the broker's
+    ///   binding table (so a queue that Python kombu or a Celery worker declared counts on Redis
+    ///   and SQLite, see each transport's docs);
+    /// - `Ok(false)` when it exists nowhere; asking never creates it and never changes it;
+    /// - `Err` only for a broker fault (unreachable, closed channel), never for a missing queue;
+    /// - the answer is a snapshot: another client may create or delete the queue right after.
+    ///
+    /// The default asks [`queue_size`](Channel::queue_size) and maps
+    /// [`ErrorKind::NotFound`] to `false`.
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        match self.queue_size(queue).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Number of ready messages (not counting delivered, unsettled ones). Fails with
+    /// [`ErrorKind::NotFound`] when the queue exists nowhere (see
+    /// [`queue_exists`](Channel::queue_exists)), on every transport.
     async fn queue_size(&self, queue: &str) -> Result<u64>;
 
-    /// Removes every ready message; returns how many.
+    /// Removes every ready message; returns how many. Fails with [`ErrorKind::NotFound`] when
+    /// the queue exists nowhere (see [`queue_exists`](Channel::queue_exists)), on every
+    /// transport.
     async fn purge(&self, queue: &str) -> Result<u64>;
 
     /// Deletes a queue and its bindings; returns how many ready messages it held.

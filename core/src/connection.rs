@@ -187,12 +187,33 @@ impl Connection {
         self.inner.default_channel.unbind(queue, binding).await
     }
 
-    /// Number of ready messages in a queue.
+    /// Whether the broker knows a queue: declared by anyone (kombu-rs, Python kombu, a Celery
+    /// worker), holding messages, or bound to an exchange. Never creates it. See
+    /// [`Channel::queue_exists`] for the contract.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use kombu_core::{Connection, Queue};
+    ///
+    /// let conn = Connection::open("memory://").await?;
+    /// assert!(!conn.queue_exists("jobs").await?);
+    /// conn.declare_queue(&Queue::new("jobs")).await?;
+    /// assert!(conn.queue_exists("jobs").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        self.inner.default_channel.queue_exists(queue).await
+    }
+
+    /// Number of ready messages in a queue; [`ErrorKind::NotFound`] when it exists nowhere.
     pub async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.inner.default_channel.queue_size(queue).await
     }
 
-    /// Removes every ready message from a queue; returns how many.
+    /// Removes every ready message from a queue; returns how many; [`ErrorKind::NotFound`]
+    /// when it exists nowhere.
     pub async fn purge(&self, queue: &str) -> Result<u64> {
         self.inner.default_channel.purge(queue).await
     }

@@ -661,6 +661,11 @@ impl Channel for VirtualChannel {
             .await
     }
 
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        self.shared.check_open()?;
+        self.shared.backend.queue_exists(queue).await
+    }
+
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.shared.check_open()?;
         self.shared.backend.size(queue).await

@@ -798,6 +798,39 @@ impl Channel for AmqpChannel {
         }
     }
 
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        // A passive queue.declare of a missing queue closes its channel (404): ask on a
+        // throwaway channel so that this channel and its consumers are untouched.
+        let name = short_string("queue name", queue)?;
+        if self.inner.is_closed() {
+            return Err(Error::closed("the AMQP channel was closed"));
+        }
+        let (conn, _) = self.inner.shared.connection().await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| map(e, "open an AMQP channel"))?;
+        let declared = ch
+            .queue_declare(
+                name,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                no_arguments(),
+            )
+            .await
+            .map_err(|e| map(e, format!("look up queue {queue:?}")));
+        if ch.status().connected() {
+            let _ = ch.close(200, "OK".into()).await;
+        }
+        match declared {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         let name = short_string("queue name", queue)?;
         self.inner

@@ -1214,6 +1214,40 @@ impl RedisBackend {
             .collect())
     }
 
+    /// Whether `queue` is the queue part of a member of any binding table
+    /// (`_kombu.binding.*`, found with SCAN).
+    async fn bound_anywhere(&self, queue: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}_kombu.binding.*", glob_escape(&self.options.prefix));
+        let tables: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn
+                .scan_match(&pattern)
+                .await
+                .map_err(self.err("list binding tables"))?;
+            let mut out = Vec::new();
+            while let Some(item) = futures::StreamExt::next(&mut iter).await {
+                out.push(item.map_err(self.err("list binding tables"))?);
+            }
+            out
+        };
+        if tables.is_empty() {
+            return Ok(false);
+        }
+        let sep = &self.options.sep;
+        let mut pipe = redis::pipe();
+        for table in &tables {
+            pipe.smembers(table);
+        }
+        let members: Vec<Vec<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("read bindings"))?;
+        Ok(members
+            .iter()
+            .flatten()
+            .any(|member| member_queue(member, sep) == Some(queue)))
+    }
+
     fn member(&self, row: &BindingRow, kind: ExchangeKind) -> Result<String> {
         let pattern = match kind {
             ExchangeKind::Topic => topic_pattern(&row.routing_key),
@@ -1227,6 +1261,27 @@ impl RedisBackend {
             row.routing_key, row.queue
         ))
     }
+}
+
+/// The queue part of a binding-table member (`<routing key><sep><pattern><sep><queue>`, as
+/// kombu splits it).
+fn member_queue<'a>(member: &'a str, sep: &str) -> Option<&'a str> {
+    let mut parts = member.splitn(3, sep);
+    let _routing_key = parts.next()?;
+    let _pattern = parts.next()?;
+    parts.next()
+}
+
+/// `text` with Redis glob metacharacters escaped, for a literal match in SCAN MATCH.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn is_fanout_receipt(receipt: &Receipt) -> bool {
@@ -1435,7 +1490,9 @@ impl Backend for RedisBackend {
     }
 
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        // kombu: a queue exists when one of its lists does.
+        // A queue exists when kombu-rs recorded it, one of its lists (priority buckets) exists,
+        // or it is bound in one of kombu's binding tables (a queue Python kombu or a Celery
+        // worker declared, whose list does not exist while it is empty).
         let mut conn = self.conn.clone();
         let (declared, lists): (bool, i64) = redis::pipe()
             .hexists(self.options.queues_key(), queue)
@@ -1444,7 +1501,10 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(self.err("queue exists"))?;
-        Ok(declared || lists > 0)
+        if declared || lists > 0 {
+            return Ok(true);
+        }
+        self.bound_anywhere(queue).await
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
