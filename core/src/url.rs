@@ -31,6 +31,8 @@ pub struct BrokerUrl {
     scheme: String,
     /// Byte range of the password in `raw`, if any.
     password_span: Option<(usize, usize)>,
+    /// Byte range of a user name given without a password (`scheme://NAME@host`), if any.
+    lone_user_span: Option<(usize, usize)>,
     userinfo: Option<(String, Option<String>)>,
     host: Option<String>,
     port: Option<u16>,
@@ -68,6 +70,7 @@ impl BrokerUrl {
             None => (before_query, None),
         };
         let mut password_span = None;
+        let mut lone_user_span = None;
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(at) => {
                 let info = &authority[..at];
@@ -77,7 +80,12 @@ impl BrokerUrl {
                         password_span = Some((start, start + p.len()));
                         (u, Some(p))
                     }
-                    None => (info, None),
+                    None => {
+                        if !info.is_empty() {
+                            lone_user_span = Some((scheme_len, scheme_len + info.len()));
+                        }
+                        (info, None)
+                    }
                 };
                 (
                     Some((decode(user)?, pass.map(decode).transpose()?)),
@@ -120,6 +128,7 @@ impl BrokerUrl {
             raw: raw.to_owned(),
             scheme: scheme.to_ascii_lowercase(),
             password_span,
+            lone_user_span,
             userinfo,
             host: (!host.is_empty()).then(|| decode(host)).transpose()?,
             port,
@@ -216,13 +225,26 @@ impl BrokerUrl {
     }
 
     /// The URL with its password replaced by `**`.
+    ///
+    /// On Redis URLs (`redis`, `rediss`, `redis+socket`, `unix`, `sentinel`) a user name given
+    /// without a password (`redis://SECRET@host/0`) is masked too: Redis has no user name
+    /// without a password, so such user info is almost always a password written without its
+    /// leading `:` (many Redis clients read it as one).
     pub fn masked(&self) -> String {
-        match self.password_span {
+        let span = self.password_span.or_else(|| {
+            self.lone_user_span
+                .filter(|_| LONE_USER_IS_SECRET.contains(&self.scheme.as_str()))
+        });
+        match span {
             Some((start, end)) => format!("{}**{}", &self.raw[..start], &self.raw[end..]),
             None => self.raw.clone(),
         }
     }
 }
+
+/// Schemes whose lone user info (`scheme://INFO@host`, no `:`) is masked as a password: the
+/// Redis ones. AMQP and others keep it: there it is a user name.
+const LONE_USER_IS_SECRET: &[&str] = &["redis", "rediss", "redis+socket", "unix", "sentinel"];
 
 fn split_host_port(hostport: &str) -> (&str, Option<&str>) {
     if let Some(rest) = hostport.strip_prefix('[') {
@@ -345,6 +367,42 @@ mod tests {
         assert_eq!(u.rest(), "/tmp/a@b.db");
         let u = BrokerUrl::parse("redis://host:6379/0?client_name=a@b").unwrap();
         assert_eq!(u.host(), Some("host"));
+    }
+
+    #[test]
+    fn redis_lone_user_info_is_masked_as_a_password() {
+        for (raw, shown) in [
+            ("redis://SECRET@host/0", "redis://**@host/0"),
+            ("rediss://SECRET@host:6380/1", "rediss://**@host:6380/1"),
+            (
+                "sentinel://SECRET@host:26379?master_name=m",
+                "sentinel://**@host:26379?master_name=m",
+            ),
+            (
+                "redis+socket://SECRET@/tmp/r.sock",
+                "redis+socket://**@/tmp/r.sock",
+            ),
+            (
+                "unix://SECRET@/tmp/r.sock?db=2",
+                "unix://**@/tmp/r.sock?db=2",
+            ),
+            ("REDIS://SECRET@host/0", "REDIS://**@host/0"),
+            // With a password, only the password is masked, as before.
+            ("redis://user:SECRET@host/0", "redis://user:**@host/0"),
+            ("redis://:SECRET@host/0", "redis://:**@host/0"),
+            ("redis://host/0", "redis://host/0"),
+        ] {
+            let u = BrokerUrl::parse(raw).unwrap();
+            assert_eq!(u.masked(), shown, "{raw}");
+            assert_eq!(u.to_string(), shown, "{raw}");
+            assert!(!format!("{u:?}").contains("SECRET"), "{raw}");
+        }
+        let all = BrokerUrl::parse_failover("redis://SECRET@h1/0;redis://SECRET@h2/0").unwrap();
+        assert!(all.iter().all(|u| !u.masked().contains("SECRET")));
+        // On AMQP a lone user info is a user name (guest's password is then the default).
+        let u = BrokerUrl::parse("amqp://guest@host//").unwrap();
+        assert_eq!(u.username(), Some("guest"));
+        assert_eq!(u.masked(), "amqp://guest@host//");
     }
 
     #[test]
