@@ -227,9 +227,9 @@ impl BrokerUrl {
     /// The URL with its password replaced by `**`.
     ///
     /// On Redis URLs (`redis`, `rediss`, `redis+socket`, `unix`, `sentinel`) a user name given
-    /// without a password (`redis://SECRET@host/0`) is masked too: Redis has no user name
-    /// without a password, so such user info is almost always a password written without its
-    /// leading `:` (many Redis clients read it as one).
+    /// without a password (`redis://SECRET@host/0`) is masked too: Redis authenticates with a
+    /// password, never with a user name alone, so such user info is most likely a password
+    /// written without its leading `:`.
     pub fn masked(&self) -> String {
         let span = self.password_span.or_else(|| {
             self.lone_user_span
