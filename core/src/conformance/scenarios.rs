@@ -1891,6 +1891,87 @@ pub async fn channel_close_ends_stream(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A queue exists when the transport knows it: [`Connection::queue_exists`] says `false` for
+/// a name nobody declared (and asking creates nothing), `true` once declared, and `false` again
+/// once deleted. `queue_size` and `purge` of a queue that exists nowhere fail with
+/// [`ErrorKind::NotFound`] on every transport, while an empty declared queue has size 0.
+pub async fn missing_queue(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    let name = ctx.name("missing");
+    let not_found = |what: &str, result: Result<u64>| match result {
+        Err(e) => assert_eq!(
+            e.kind(),
+            ErrorKind::NotFound,
+            "{what} of a queue that exists nowhere: {e}"
+        ),
+        Ok(n) => panic!("{what} of a queue that exists nowhere gave {n}, not NotFound"),
+    };
+    assert!(!conn.queue_exists(&name).await?, "nobody declared it");
+    not_found("queue_size", conn.queue_size(&name).await);
+    not_found("purge", conn.purge(&name).await);
+    assert!(
+        !conn.queue_exists(&name).await?,
+        "asking for size or purging creates nothing"
+    );
+    // The connection still works after the failures (AMQP closes the channel on a 404).
+    let q = Queue::new(name.clone());
+    conn.declare_queue(&q).await?;
+    assert!(conn.queue_exists(&name).await?, "declared");
+    assert_eq!(conn.queue_size(&name).await?, 0, "an empty declared queue");
+    assert_eq!(
+        conn.purge(&name).await?,
+        0,
+        "purging an empty declared queue"
+    );
+    conn.producer()
+        .message(&"here")
+        .routing_key(name.clone())
+        .mandatory(conn.capabilities().mandatory)
+        .send()
+        .await?;
+    wait_for_size(&conn, &name, 1, ctx.patience).await?;
+    conn.delete_queue(&name).await?;
+    assert!(!conn.queue_exists(&name).await?, "deleted");
+    not_found("queue_size after delete", conn.queue_size(&name).await);
+    Ok(())
+}
+
+/// A mandatory batch to the default exchange: messages for a declared queue are taken, and a
+/// batch naming a queue that exists nowhere fails as [`ErrorKind::Unroutable`] where
+/// [`Capabilities::mandatory`](crate::Capabilities::mandatory) says so.
+pub async fn default_exchange_mandatory_batch(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    if !conn.capabilities().mandatory {
+        eprintln!("skipped: {} has no mandatory publishes", ctx.url);
+        return Ok(());
+    }
+    let q = Queue::new(ctx.name("q"));
+    conn.declare_queue(&q).await?;
+    let outgoing = |key: &str, text: &str| crate::Outgoing {
+        exchange: String::new(),
+        routing_key: key.to_owned(),
+        message: crate::Message::new(text.as_bytes().to_vec()),
+        mandatory: true,
+    };
+    let channel = conn.channel().await?;
+    let batch: Vec<_> = (0..10).map(|i| outgoing(&q.name, &i.to_string())).collect();
+    channel.publish_batch(batch).await?;
+    wait_for_size(&conn, &q.name, 10, ctx.patience).await?;
+    let missing = ctx.name("missing");
+    match channel
+        .publish_batch(vec![outgoing(&q.name, "x"), outgoing(&missing, "y")])
+        .await
+    {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unroutable, "{e}"),
+        Ok(()) => panic!("a mandatory batch naming a missing queue must fail"),
+    }
+    assert!(
+        !conn.queue_exists(&missing).await?,
+        "a refused mandatory publish creates nothing"
+    );
+    Ok(())
+}
+
 /// Lists every scenario as a `#[tokio::test]` for the given harness expression.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1930,6 +2011,8 @@ macro_rules! conformance_tests {
             declare_idempotent,
             headers_and_properties,
             channel_close_ends_stream,
+            missing_queue,
+            default_exchange_mandatory_batch,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

@@ -200,7 +200,17 @@ impl Shared {
     }
 
     /// Routes a message: appends a `(queue, envelope)` pair per destination queue to `sink`.
-    async fn route(&self, out: Outgoing, sink: &mut Vec<(String, Envelope)>) -> Result<()> {
+    ///
+    /// The default exchange sends to the queue named by the routing key without looking it
+    /// up (as kombu does, so a queue that another client declared is reachable); only a
+    /// mandatory publish asks whether the queue exists anywhere, once per distinct routing key
+    /// of a batch (`known` remembers the answers).
+    async fn route(
+        &self,
+        out: Outgoing,
+        sink: &mut Vec<(String, Envelope)>,
+        known: &mut FxHashMap<String, bool>,
+    ) -> Result<()> {
         let Outgoing {
             exchange,
             routing_key,
@@ -208,7 +218,7 @@ impl Shared {
             mandatory,
         } = out;
         if exchange.is_empty() {
-            if mandatory && !self.backend.queue_exists(&routing_key).await? {
+            if mandatory && !self.known_queue(&routing_key, known).await? {
                 return Err(Error::new(
                     ErrorKind::Unroutable,
                     format!("no queue {routing_key:?} for the default exchange"),
@@ -244,6 +254,28 @@ impl Shared {
         }
         sink.push(((*last).to_owned(), envelope));
         Ok(())
+    }
+
+    /// Whether a queue exists, asking the backend once per name in `known`.
+    async fn known_queue(&self, queue: &str, known: &mut FxHashMap<String, bool>) -> Result<bool> {
+        if let Some(&exists) = known.get(queue) {
+            return Ok(exists);
+        }
+        let exists = self.backend.queue_exists(queue).await?;
+        known.insert(queue.to_owned(), exists);
+        Ok(exists)
+    }
+
+    /// A queue's ready count, or [`ErrorKind::NotFound`] when the count is 0 because the queue
+    /// exists nowhere.
+    fn found(&self, queue: &str, count: u64, exists: bool) -> Result<u64> {
+        if count == 0 && !exists {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no queue {queue:?}: declare it first"),
+            ));
+        }
+        Ok(count)
     }
 
     /// Stores routed messages: one `put`, or one `put_many` round trip for several.
@@ -283,6 +315,7 @@ impl Shared {
                 return Ok(());
             }
             let mut routed = Vec::new();
+            let mut known = FxHashMap::default();
             for dl in dead.drain(..) {
                 let routing_key = dl
                     .routing_key
@@ -304,7 +337,7 @@ impl Shared {
                     message,
                     mandatory: false,
                 };
-                match self.route(out, &mut routed).await {
+                match self.route(out, &mut routed, &mut known).await {
                     Ok(()) => {}
                     Err(error) => {
                         tracing::warn!(queue = %dl.queue, %error, "dead-lettering failed");
@@ -668,12 +701,22 @@ impl Channel for VirtualChannel {
 
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.shared.check_open()?;
-        self.shared.backend.size(queue).await
+        let count = self.shared.backend.size(queue).await?;
+        if count > 0 {
+            return Ok(count);
+        }
+        let exists = self.shared.backend.queue_exists(queue).await?;
+        self.shared.found(queue, count, exists)
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         self.shared.check_open()?;
-        self.shared.backend.purge(queue).await
+        let count = self.shared.backend.purge(queue).await?;
+        if count > 0 {
+            return Ok(count);
+        }
+        let exists = self.shared.backend.queue_exists(queue).await?;
+        self.shared.found(queue, count, exists)
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
@@ -694,15 +737,17 @@ impl Channel for VirtualChannel {
             return self.shared.dead_letter(dead).await;
         }
         let mut routed = Vec::with_capacity(1);
-        self.shared.route(outgoing, &mut routed).await?;
+        let mut known = FxHashMap::default();
+        self.shared.route(outgoing, &mut routed, &mut known).await?;
         self.shared.put_routed(routed).await
     }
 
     async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
         self.shared.check_open()?;
         let mut routed = Vec::with_capacity(batch.len());
+        let mut known = FxHashMap::default();
         for outgoing in batch {
-            self.shared.route(outgoing, &mut routed).await?;
+            self.shared.route(outgoing, &mut routed, &mut known).await?;
         }
         self.shared.put_routed(routed).await
     }
