@@ -762,6 +762,28 @@ fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
     Error::new(kind, format!("redis {label}: {what}")).with_source(err)
 }
 
+/// A plain `PING` on a new connection, so that a server that wants a password the URL does not
+/// give (or that refuses this user every command) is an [`ErrorKind::AccessRefused`] error at
+/// connect time. The redis crate sends no `AUTH` without a password, and 1.8 panics in its
+/// connection task when the `MULTI` of a transaction is refused (`NOAUTH`), which callers then
+/// only see as a broken pipe.
+async fn check_access(conn: &mut MultiplexedConnection, label: &str) -> Result<()> {
+    let pong: redis::RedisResult<redis::Value> = redis::cmd("PING").query_async(conn).await;
+    match pong {
+        Ok(_) => Ok(()),
+        // The whole story is in the message; the server's own text adds nothing to it.
+        Err(e) if e.code() == Some("NOAUTH") => Err(Error::new(
+            ErrorKind::AccessRefused,
+            format!(
+                "redis {label}: the server requires a password (NOAUTH) and the URL gives none \
+                 (a user name alone is not sent); put it in the URL: \
+                 redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@host:port/db"
+            ),
+        )),
+        Err(e) => Err(redis_error(label, "cannot connect", e)),
+    }
+}
+
 /// rustls needs a process-wide crypto provider; ring is ours (a no-op when one is set).
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -843,10 +865,11 @@ impl RedisBackend {
                 .map_err(|e| redis_error(&label, "bad connection parameters", e))?
             }
         };
-        let conn = client
+        let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| redis_error(&label, "cannot connect", e))?;
+        check_access(&mut conn, &label).await?;
         let acks = Arc::new(AckQueue {
             pending: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
