@@ -448,7 +448,8 @@ impl Registry {
         if !body.is_empty() {
             match self.inner.builtin_for(content_type) {
                 Some(Builtin::Json) => {
-                    return serde_json::from_slice(body).map_err(|e| Error::Decode {
+                    // Strict first; what Python's json.dumps adds (NaN, lone surrogates) after.
+                    return crate::json::from_python_json(body).map_err(|e| Error::Decode {
                         content_type: content_type.to_owned(),
                         source: Box::new(e),
                     });

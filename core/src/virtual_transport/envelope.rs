@@ -5,7 +5,9 @@
 //! `expiration`, `delivery_info`, `priority`, `body_encoding`, `delivery_tag`). [`decode`] reads
 //! what any kombu version writes: base64 or plain bodies, a missing content type, the redelivery
 //! markers of both restore paths (`headers.redelivered`, `delivery_info.redelivered`, top-level
-//! `redelivered`), and extra properties it does not know (ignored).
+//! `redelivered`), extra properties it does not know (ignored), and what Python's `json.dumps`
+//! writes beyond RFC JSON: `NaN`, `Infinity` and `-Infinity` (a header holding one reads as a
+//! non-finite [`Value::Float`](crate::Value::Float)) and lone surrogates (U+FFFD).
 //!
 //! ```
 //! use kombu_core::virtual_transport::{envelope, Envelope};
@@ -69,13 +71,23 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope> {
     if let Ok(wire) = serde_json::from_slice::<Wire<'_>>(bytes) {
         return wire.into_envelope();
     }
-    let json: Json = serde_json::from_slice(bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Protocol,
-            "stored message is not a kombu JSON envelope",
-        )
-        .with_source(e)
-    })?;
+    let json: Json = match serde_json::from_slice(bytes) {
+        Ok(json) => json,
+        Err(strict) => {
+            // What Python's json.dumps writes beyond RFC JSON: `NaN`/`Infinity` in headers
+            // (kept as non-finite `Value::Float`s), lone surrogates (U+FFFD).
+            if let Ok(wire) = kombu_serializers::from_python_json::<Wire<'_>>(bytes) {
+                return wire.into_envelope();
+            }
+            kombu_serializers::from_python_json(bytes).map_err(|_| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    "stored message is not a kombu JSON envelope",
+                )
+                .with_source(strict)
+            })?
+        }
+    };
     from_json(json)
 }
 
@@ -441,6 +453,28 @@ mod tests {
             let s = std::str::from_utf8(raw).unwrap();
             s.to_owned()
         });
+    }
+
+    #[test]
+    fn reads_python_json_extensions() {
+        // kombu 5.7 on Redis, `headers={"score": float("nan"), "hi": float("inf"),
+        // "lo": float("-inf"), "who": "a\ud800b"}`: json.dumps writes non-RFC JSON.
+        let raw = br#"{"body": "eyJ4IjogTmFOfQ==", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"score": NaN, "hi": Infinity, "lo": -Infinity, "who": "a\ud800b"}, "properties": {"delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "q"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "t-1"}}"#;
+        let env = decode(raw).unwrap();
+        let headers = &env.message.headers;
+        assert!(matches!(headers["score"], Value::Float(f) if f.is_nan()));
+        assert_eq!(headers["hi"], Value::Float(f64::INFINITY));
+        assert_eq!(headers["lo"], Value::Float(f64::NEG_INFINITY));
+        assert_eq!(headers["who"], Value::from("a\u{fffd}b"));
+        assert_eq!(env.routing_key, "q");
+        assert_eq!(env.tag, "t-1");
+        assert_eq!(&env.message.body[..], br#"{"x": NaN}"#);
+        // An odd shape that only the tree reader takes, with a NaN too.
+        let odd = br#"{"body": "x", "headers": {"s": NaN}, "properties": {"delivery_tag": 17, "priority": "high"}}"#;
+        let env = decode(odd).unwrap();
+        assert_eq!(env.tag, "17");
+        assert_eq!(env.message.headers["s"], Value::Null);
+        assert!(decode(br#"{"body": nan}"#).is_err());
     }
 
     #[test]
