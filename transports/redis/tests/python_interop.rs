@@ -694,3 +694,139 @@ async fn python_fanout_publishes_reach_rust_subscribers() {
     consumer.close().await.expect("close");
     space.clean().await;
 }
+
+/// Publishes `{"via": "rust", "text": text}` to `queue` through the default exchange with
+/// `mandatory`.
+async fn mandatory(conn: &Connection, queue: &str, text: &str) -> kombu_core::Result<()> {
+    conn.producer()
+        .message(&json!({"via": "rust", "text": text}))
+        .routing_key(queue.to_owned())
+        .mandatory(true)
+        .send()
+        .await
+}
+
+/// Queues Python kombu declared are reachable from Rust through the default exchange with
+/// `mandatory`, without kombu-rs having declared them: one bound to an exchange (kombu keeps
+/// only its binding; no list exists while it is empty) and one that only has a list. `size`,
+/// `purge` and consuming (without declaring) work on both. A name that exists nowhere is
+/// refused with `mandatory` and stored without it, as kombu stores it.
+#[tokio::test]
+async fn python_declared_queues_take_mandatory_default_exchange_publishes() {
+    use kombu_core::ErrorKind;
+    let Some(python) = python() else { return };
+    let space = Space::new("pydecl");
+    space.python(&python, "bind", &[]);
+    space.python(&python, "put", &["pylist", "from-python"]);
+    let conn = open(&space.url("")).await;
+
+    // Bound by Python only: no list, not in kombu-rs's registry.
+    assert!(conn.queue_exists("pyd").await.expect("exists"));
+    assert_eq!(conn.queue_size("pyd").await.expect("size"), 0);
+    mandatory(&conn, "pyd", "to-bound")
+        .await
+        .expect("publish to pyd");
+    assert_eq!(conn.queue_size("pyd").await.expect("size"), 1);
+    // A list only.
+    assert!(conn.queue_exists("pylist").await.expect("exists"));
+    assert_eq!(conn.queue_size("pylist").await.expect("size"), 1);
+    mandatory(&conn, "pylist", "to-list")
+        .await
+        .expect("publish to pylist");
+    assert_eq!(conn.queue_size("pylist").await.expect("size"), 2);
+
+    for (queue, expected) in [
+        ("pyd", vec![json!({"via": "rust", "text": "to-bound"})]),
+        (
+            "pylist",
+            vec![
+                json!("from-python"),
+                json!({"via": "rust", "text": "to-list"}),
+            ],
+        ),
+    ] {
+        let mut consumer = conn
+            .consumer([Queue::new(queue)])
+            .declare(false)
+            .build()
+            .await
+            .expect("consume without declaring");
+        for want in expected {
+            let d = next_delivery(&mut consumer).await;
+            assert_eq!(d.decode::<Json>().expect("decode"), want, "{queue}");
+            d.ack().await.expect("ack");
+        }
+        consumer.close().await.expect("close");
+    }
+    // Python's bound queue still routes from its exchange, and Python reads what Rust sent.
+    mandatory(&conn, "pyd", "for-python")
+        .await
+        .expect("publish to pyd");
+    let out = space.python(&python, "drain", &["pyd"]);
+    assert_eq!(out["messages"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(
+        conn.purge("pyd").await.expect("purge an empty bound queue"),
+        0
+    );
+
+    // A name that exists nowhere.
+    assert!(!conn.queue_exists("nowhere").await.expect("exists"));
+    let e = mandatory(&conn, "nowhere", "refused").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unroutable, "{e}");
+    let e = conn.queue_size("nowhere").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = conn.purge("nowhere").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    conn.producer()
+        .message(&"kept")
+        .routing_key("nowhere")
+        .send()
+        .await
+        .expect("a publish without mandatory");
+    assert_eq!(conn.queue_size("nowhere").await.expect("size"), 1);
+    let out = space.python(&python, "drain", &["nowhere"]);
+    assert_eq!(out["messages"].as_array().map(Vec::len), Some(1), "{out}");
+    space.clean().await;
+}
+
+/// A message Python kombu published with `NaN`, `Infinity`, `-Infinity` and a lone surrogate
+/// in its headers and JSON body (what `json.dumps` writes, not RFC JSON) is delivered to a
+/// Rust consumer, read as documented: non-finite `Value::Float`s in headers and body, `null`
+/// in a `serde_json::Value`, U+FFFD for the surrogate.
+#[tokio::test]
+async fn python_non_finite_json_reaches_rust() {
+    use kombu_core::Value;
+    use std::collections::BTreeMap;
+    let Some(python) = python() else { return };
+    let space = Space::new("nonfinite");
+    space.python(&python, "nonfinite", &["pynan"]);
+    let conn = open(&space.url("")).await;
+    assert_eq!(conn.queue_size("pynan").await.expect("size"), 1);
+    let mut consumer = cases_consumer(&conn, "pynan").await;
+    let d = next_delivery(&mut consumer).await;
+    let headers = d.headers();
+    assert!(
+        matches!(headers.get("score"), Some(Value::Float(f)) if f.is_nan()),
+        "{headers:?}"
+    );
+    assert_eq!(headers.get("hi"), Some(&Value::Float(f64::INFINITY)));
+    assert_eq!(headers.get("lo"), Some(&Value::Float(f64::NEG_INFINITY)));
+    assert_eq!(headers.get("who"), Some(&Value::from("a\u{fffd}b")));
+    let body: BTreeMap<String, Value> = d.decode().expect("decode into kombu values");
+    assert!(
+        matches!(body["x"], Value::Float(f) if f.is_nan()),
+        "{body:?}"
+    );
+    assert_eq!(body["hi"], Value::Float(f64::INFINITY));
+    assert_eq!(body["lo"], Value::Float(f64::NEG_INFINITY));
+    assert_eq!(body["s"], Value::from("a\u{fffd}b"));
+    let tree: Json = d.decode().expect("decode into serde_json::Value");
+    assert_eq!(
+        tree,
+        json!({"x": null, "hi": null, "lo": null, "s": "a\u{fffd}b", "n": 1})
+    );
+    d.ack().await.expect("ack");
+    consumer.close().await.expect("close");
+    assert_eq!(conn.queue_size("pynan").await.expect("size"), 0);
+    space.clean().await;
+}

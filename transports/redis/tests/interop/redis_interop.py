@@ -9,6 +9,8 @@ document.
                                   5), text, raw bytes, msgpack, yaml, and json compressed with
                                   zlib, bzip2, lzma, brotli and zstd (10 messages)
     put PREFIX QUEUE BODY...      each BODY as a JSON string, default exchange
+    nonfinite PREFIX QUEUE        one json message with NaN, Infinity, -Infinity and a lone
+                                  surrogate in its headers and body (default exchange)
     priorities PREFIX QUEUE P...  {"p": P} with priority P, in the order given
     bind PREFIX                   declare direct exchange py.direct (queue pyd, key rk.direct)
                                   and topic exchange py.topic (queue pyt, keys stock.*.usd, #.eur)
@@ -64,6 +66,22 @@ def put(prefix, queue_name, *bodies):
             producer.publish(body, routing_key=queue_name, serializer="json")
         channel.close()
     print(json.dumps({"published": len(bodies)}))
+
+
+def nonfinite(prefix, queue_name):
+    # What json.dumps writes beyond RFC JSON: NaN, Infinity, -Infinity, lone surrogates, in the
+    # headers (so in kombu's envelope) and in the body.
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        producer.publish(
+            {"x": float("nan"), "hi": float("inf"), "lo": float("-inf"), "s": "a\ud800b",
+             "n": 1},
+            routing_key=queue_name, serializer="json",
+            headers={"score": float("nan"), "hi": float("inf"), "lo": float("-inf"),
+                     "who": "a\ud800b"})
+        channel.close()
+    print(json.dumps({"published": 1}))
 
 
 def priorities(prefix, queue_name, *pris):
@@ -257,6 +275,7 @@ def main(argv):
     {
         "publish": publish,
         "put": put,
+        "nonfinite": nonfinite,
         "priorities": priorities,
         "bind": bind,
         "publish_routed": publish_routed,
