@@ -92,32 +92,9 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
     kombu_redis::register();
     let url = format!("{}?global_keyprefix={}", server(), percent(&prefix));
     let conn = Connection::open(&url).await.expect("open");
-    let task_id = uuid::Uuid::new_v4().to_string();
-    let nested = json!({"list": [1, 2.5, "three", null], "map": {"k": "v"}, "u": "h\u{e9}llo"});
-    let body = json!([
-        [out, 2, 3],
-        {"label": "from-rust", "nested": nested},
-        {"callbacks": null, "errbacks": null, "chain": null, "chord": null},
-    ]);
-    let argsrepr = format!("('{out}', 2, 3)");
-    let kwargsrepr = "{'label': 'from-rust', 'nested': {...}}";
-    // The default exchange, routing key = queue name: how Celery routes to a direct queue.
-    conn.producer()
-        .routing_key(&queue)
-        .declare(Queue::new(&queue))
-        .message(&body)
-        .headers(celery_task_headers(
-            "kombu_rs.record",
-            &task_id,
-            &argsrepr,
-            kwargsrepr,
-        ))
-        .correlation_id(&task_id)
-        .reply_to(uuid::Uuid::new_v4().to_string())
-        .send()
+    let (task_id, nested) = publish_task(&conn, &queue, &out, false)
         .await
         .expect("publish the task");
-
     await_recorded_task(&out_path, GUARD, &task_id, &queue, &nested).await;
 
     // The worker acked it (task_acks_late=False: before running it): nothing left.
@@ -130,6 +107,97 @@ async fn celery_worker_runs_a_task_kombu_rs_published() {
         assert!(Instant::now() < deadline, "{size} messages left");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let log = worker.log();
+    assert!(
+        log.contains(&format!("Task kombu_rs.record[{task_id}] succeeded")),
+        "the worker logged no success:\n{log}"
+    );
+    drop(worker);
+    clean(&prefix).await;
+}
+
+/// Publishes the `kombu_rs.record` task (writing to `out`) to `queue` through the default
+/// exchange, as Celery routes to a direct queue; with `mandatory` the queue is not declared
+/// first, so the publish relies on the worker having declared it. Returns the task id and the
+/// `nested` argument.
+async fn publish_task(
+    conn: &Connection,
+    queue: &str,
+    out: &str,
+    mandatory: bool,
+) -> kombu_core::Result<(String, serde_json::Value)> {
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let nested = json!({"list": [1, 2.5, "three", null], "map": {"k": "v"}, "u": "h\u{e9}llo"});
+    let body = json!([
+        [out, 2, 3],
+        {"label": "from-rust", "nested": nested},
+        {"callbacks": null, "errbacks": null, "chain": null, "chord": null},
+    ]);
+    let argsrepr = format!("('{out}', 2, 3)");
+    let kwargsrepr = "{'label': 'from-rust', 'nested': {...}}";
+    let producer = conn.producer().routing_key(queue);
+    let producer = if mandatory {
+        producer
+    } else {
+        producer.declare(Queue::new(queue))
+    };
+    producer
+        .message(&body)
+        .headers(celery_task_headers(
+            "kombu_rs.record",
+            &task_id,
+            &argsrepr,
+            kwargsrepr,
+        ))
+        .correlation_id(&task_id)
+        .reply_to(uuid::Uuid::new_v4().to_string())
+        .mandatory(mandatory)
+        .send()
+        .await?;
+    Ok((task_id, nested))
+}
+
+/// The queue a Celery worker declared (named `celery`, as a worker's default queue is, bound
+/// to its direct exchange `celery`; no list exists while it is empty) takes a mandatory
+/// publish from kombu-rs to the default exchange without kombu-rs declaring it, and its size
+/// can be asked; the worker runs the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_workers_queue_takes_a_mandatory_publish_without_declaring() {
+    let Some(python) = python() else { return };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("kombu-rs-celery-{tag}:");
+    let queue = "celery";
+    let broker = server();
+    let worker = CeleryWorker::start(
+        &python,
+        "redis-celery-declared",
+        APP,
+        queue,
+        &[("KOMBU_RS_PREFIX", &prefix), ("KOMBU_RS_BROKER", &broker)],
+    );
+    let out_path = worker.dir().join("result.json");
+    let out = out_path.to_str().expect("UTF-8 path").to_owned();
+
+    kombu_redis::register();
+    let url = format!("{}?global_keyprefix={}", server(), percent(&prefix));
+    let conn = Connection::open(&url).await.expect("open");
+    // The worker declares its queue when it starts.
+    let deadline = Instant::now() + GUARD;
+    while !conn.queue_exists(queue).await.expect("queue_exists") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker declared no queue {queue:?}:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    conn.queue_size(queue)
+        .await
+        .expect("the size of the worker's queue");
+    let (task_id, nested) = publish_task(&conn, queue, &out, true)
+        .await
+        .expect("a mandatory publish to the worker's queue");
+    await_recorded_task(&out_path, GUARD, &task_id, queue, &nested).await;
     let log = worker.log();
     assert!(
         log.contains(&format!("Task kombu_rs.record[{task_id}] succeeded")),
