@@ -5,25 +5,7 @@
 //! virtual channel turns it into a `Channel`. Either way the rest of the library (Producer,
 //! Consumer, the conformance suite) sees only `Channel`.
 //!
-//! # The contract
-//!
-//! A conforming channel:
-//! - is `Send + Sync` and usable from many tasks at once;
-//! - routes a published message to every queue whose binding matches (direct: equal key; topic:
-//!   `*` one word, `#` zero or more, as RabbitMQ; fanout: all; headers: `x-match` all/any), to the
-//!   queue named by the routing key on the default exchange `""`, and drops it when nothing
-//!   matches (an unroutable message is never delivered anywhere else);
-//! - hands out each ready message to one consumer at a time, never more unacked messages to a
-//!   consumer than its prefetch allows (0 = unbounded);
-//! - keeps a delivered message until it is settled: [`Delivery::ack`] removes it,
-//!   [`Delivery::reject`] drops it (to the queue's dead-letter exchange if it has one),
-//!   [`Delivery::requeue`] makes it ready again with `redelivered` set;
-//! - returns every unsettled message to its queue, `redelivered` set, when the channel is closed
-//!   or dropped (if [`Capabilities::restore_on_drop`]), and when a delivery's visibility timeout
-//!   passes without a settlement (if [`Capabilities::visibility_timeout`]); a [`Delivery`]
-//!   dropped unsettled is requeued (its [`Drop`] asks the [`Settler`]);
-//! - frees a consumer's prefetch slot when its delivery is settled, dropped, or its lease ends;
-//! - reports broker faults as [`Error`]s and never panics.
+//! What every method must guarantee is written on [`Channel`] itself.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -83,7 +65,30 @@ impl Default for ConsumeOptions {
 /// A stream of deliveries from [`Channel::consume`].
 pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 
-/// The native transport contract. See the module docs for what every method must guarantee.
+/// The native transport contract: what every transport's channel must do. Applications use it
+/// through [`Connection`](crate::Connection), [`Producer`](crate::Producer) and
+/// [`Consumer`](crate::Consumer); transport authors implement it (or
+/// [`Backend`](crate::virtual_transport::Backend) for brokers that only store).
+///
+/// # The contract
+///
+/// A conforming channel:
+/// - is `Send + Sync` and usable from many tasks at once;
+/// - routes a published message to every queue whose binding matches (direct: equal key; topic:
+///   `*` one word, `#` zero or more, as RabbitMQ; fanout: all; headers: `x-match` all/any), to the
+///   queue named by the routing key on the default exchange `""`, and drops it when nothing
+///   matches (an unroutable message is never delivered anywhere else);
+/// - hands out each ready message to one consumer at a time, never more unacked messages to a
+///   consumer than its prefetch allows (0 = unbounded);
+/// - keeps a delivered message until it is settled: [`Delivery::ack`] removes it,
+///   [`Delivery::reject`] drops it (to the queue's dead-letter exchange if it has one),
+///   [`Delivery::requeue`] makes it ready again with `redelivered` set;
+/// - returns every unsettled message to its queue, `redelivered` set, when the channel is closed
+///   or dropped (if [`Capabilities::restore_on_drop`]), and when a delivery's visibility timeout
+///   passes without a settlement (if [`Capabilities::visibility_timeout`]); a [`Delivery`]
+///   dropped unsettled is requeued (its [`Drop`] asks the [`Settler`]);
+/// - frees a consumer's prefetch slot when its delivery is settled, dropped, or its lease ends;
+/// - reports broker faults as [`Error`]s and never panics.
 #[async_trait]
 pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// What this channel's transport can do.
@@ -249,6 +254,47 @@ impl Decoder {
 /// Settling consumes the delivery. If settling fails, the error hands the delivery back
 /// ([`SettleError::into_delivery`]) so it is never silently lost. A delivery dropped without
 /// being settled is requeued, marked redelivered.
+///
+/// [`decode`](Delivery::decode) decompresses the body (bounded), checks the consumer's accept
+/// list and deserializes it into any `T: DeserializeOwned`; the raw body, headers, properties
+/// and where the message came from ([`info`](Delivery::info)) are there too.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kombu_core::Result<()> {
+/// use futures::StreamExt;
+/// use kombu_core::{Connection, Queue};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct Resize { width: u32 }
+///
+/// let conn = Connection::open("memory://doc-delivery").await?;
+/// let mut consumer = conn.consumer([Queue::new("images")]).build().await?;
+/// let producer = conn.producer().routing_key("images");
+/// producer.message(&serde_json::json!({"width": 64})).header("attempt", 1.0).send().await?;
+///
+/// let Some(Ok(delivery)) = consumer.next().await else { return Ok(()) };
+/// assert_eq!(delivery.queue(), "images");
+/// assert_eq!(delivery.content_type(), Some("application/json"));
+/// assert!(!delivery.redelivered());
+/// let job: Resize = delivery.decode()?;
+/// if job.width > 0 {
+///     // Not now: back to the queue, marked redelivered.
+///     delivery.requeue().await?;
+/// } else {
+///     // Refused: dropped, or dead-lettered when the queue has a dead-letter exchange.
+///     delivery.reject().await?;
+/// }
+///
+/// let Some(Ok(again)) = consumer.next().await else { return Ok(()) };
+/// assert!(again.redelivered());
+/// if let Err(failed) = again.ack().await {
+///     // The broker did not take the ack: the delivery comes back, to retry or inspect.
+///     let _delivery = failed.into_delivery();
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Delivery {
     // Boxed: deliveries move through streams, options and results, and a message with its
     // properties is a few hundred bytes.

@@ -211,7 +211,53 @@ impl From<ConsumeError> for Error {
     }
 }
 
-/// Consumes deliveries. See the module docs.
+/// Deliveries from one or more queues, as a [`Stream`](futures::Stream) or through a handler
+/// ([`Consumer::consume_as`]).
+///
+/// Made by [`Connection::consumer`] and [`ConsumerBuilder::build`]. A consumer has a channel of
+/// its own. Dropping it (or [`Consumer::close`]) returns every delivery it has not settled to
+/// its queue, marked redelivered; so does dropping a single [`Delivery`] without settling it.
+///
+/// Before a delivery is handed out, its content type is checked against the accept list. A
+/// message that is not accepted is not lost and never panics anything: the stream yields a
+/// [`ConsumeError`] that carries the delivery, to be rejected (dead-lettered, if the queue has a
+/// dead-letter exchange), requeued or inspected. The handler style settles such messages with
+/// the consumer's [`ErrorAction`] policy (default: reject).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kombu_core::Result<()> {
+/// use futures::StreamExt;
+/// use kombu_core::{Connection, Queue};
+///
+/// let conn = Connection::open("memory://doc-consumer-type").await?;
+/// let mut consumer = conn
+///     .consumer([Queue::new("emails"), Queue::new("sms")]) // declared unless .declare(false)
+///     .prefetch(20) // at most 20 unsettled deliveries at once
+///     .accept(["json"])
+///     .build()
+///     .await?;
+/// conn.producer().routing_key("sms").publish("call me").await?;
+///
+/// while let Some(delivery) = consumer.next().await {
+///     match delivery {
+///         Ok(delivery) => {
+///             assert_eq!(delivery.queue(), "sms");
+///             let text: String = delivery.decode()?;
+///             assert_eq!(text, "call me");
+///             delivery.ack().await?;
+///             break;
+///         }
+///         // Refused (not in the accept list): the message rides along, to settle as you choose.
+///         Err(refused) => match refused.delivery {
+///             Some(delivery) => delivery.reject().await?,
+///             None => return Err(refused.error),
+///         },
+///     }
+/// }
+/// consumer.close().await?;
+/// # Ok(()) }
+/// ```
 pub struct Consumer {
     channel: Arc<dyn Channel>,
     stream: DeliveryStream,

@@ -68,7 +68,42 @@ impl From<Queue> for Declaration {
     }
 }
 
-/// Publishes messages. Cheap to clone.
+/// Publishes messages: typed values (any `T: Serialize`, JSON unless another serializer is
+/// named) or raw bytes.
+///
+/// Made by [`Connection::producer`]. A producer carries defaults (exchange, routing key,
+/// serializer, compression, delivery mode, entities to declare before the first publish), which
+/// each publish may override through [`Producer::message`]. It is cheap to clone; clones share
+/// the connection's default channel.
+///
+/// A publish returns once the broker has the message: confirmed where the transport confirms
+/// (AMQP with publisher confirms), committed to the store otherwise. On the default exchange
+/// (no [`exchange`](Producer::exchange)) the routing key names the queue.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kombu_core::Result<()> {
+/// use kombu_core::{Connection, Queue};
+/// use serde::Serialize;
+///
+/// #[derive(Serialize)]
+/// struct Invoice { id: u32, total_cents: u64 }
+///
+/// let conn = Connection::open("memory://doc-producer-type").await?;
+/// let producer = conn.producer().routing_key("invoices").declare(Queue::new("invoices"));
+///
+/// // One message with the producer's defaults, one with per-message options.
+/// producer.publish(&Invoice { id: 1, total_cents: 1250 }).await?;
+/// producer.message(&Invoice { id: 2, total_cents: 99 }).priority(9).header("tenant", "acme").send().await?;
+///
+/// // Many at once: one broker round trip where the transport allows it.
+/// let batch = (3..=5)
+///     .map(|id| producer.message(&Invoice { id, total_cents: 0 }).build())
+///     .collect::<kombu_core::Result<Vec<_>>>()?;
+/// producer.send_batch(batch).await?;
+/// assert_eq!(conn.queue_size("invoices").await?, 5);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Producer {
     conn: Connection,

@@ -69,7 +69,15 @@ struct Inner {
 /// How long closing a channel waits for its settlements to be written.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// A channel on an AMQP connection. See the module docs.
+/// A channel on an AMQP connection: core's [`Channel`] on a lapin channel.
+///
+/// The lapin channel underneath is opened lazily and replaced when it ends: after a
+/// channel-level error (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED close the AMQP channel)
+/// the next operation opens a fresh one, so one failed declaration never makes the connection
+/// unusable. After the connection drops, operations wait for the connection to recover and run
+/// again (declarations are idempotent; a publish whose confirm never came is published again:
+/// at least once, never lost), and consumers subscribe again by themselves. Applications reach
+/// it through `kombu::Connection` with an `amqp://` URL rather than by name.
 pub struct AmqpChannel {
     inner: Arc<Inner>,
 }
