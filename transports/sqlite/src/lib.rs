@@ -6,9 +6,11 @@
 //! the path as SQLAlchemy (so Python kombu) does: `sqla+sqlite:///relative.db`,
 //! `sqla+sqlite:////absolute/path.db`. The same URL string opens the same file on both sides.
 //!
-//! A publish to a queue that no one declared (in any process, Rust or Python) is dropped, as
-//! AMQP drops an unroutable message; Python kombu's SQLAlchemy transport creates the queue
-//! instead. Declare queues first (consumers do; producers can with `Producer::declare`).
+//! A publish through the default exchange to a queue that no one declared (in any process,
+//! Rust or Python) creates it in `kombu_queue` and stores the message, as Python kombu's
+//! SQLAlchemy transport does; with `mandatory` it fails as unroutable instead. A queue exists
+//! when it has a row in `kombu_queue` (whoever made it); `queue_size` and `purge` of one that
+//! does not fail with `NotFound`.
 //! Options in the query string:
 //!
 //! | option | default | meaning |
@@ -689,20 +691,19 @@ impl Backend for SqliteBackend {
         }
         self.run("publish", move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // A queue nobody declared (in this process or Python's) gets nothing, as in AMQP.
-            let mut ids: HashMap<String, Option<i64>> = HashMap::new();
+            // A queue nobody declared (in this process or Python's) is created, as Python
+            // kombu's SQLAlchemy transport creates it.
+            let mut ids: HashMap<String, i64> = HashMap::new();
             for (queue, payload, redelivered) in &rows {
                 let id = match ids.get(queue) {
                     Some(id) => *id,
                     None => {
-                        let id = queue_id(&tx, queue)?;
+                        let id = ensure_queue(&tx, queue)?;
                         ids.insert(queue.clone(), id);
                         id
                     }
                 };
-                if let Some(id) = id {
-                    insert(&tx, id, payload, *redelivered)?;
-                }
+                insert(&tx, id, payload, *redelivered)?;
             }
             tx.commit()
         })

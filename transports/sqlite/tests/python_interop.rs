@@ -235,7 +235,7 @@ async fn python_publishes_rust_consumes() {
 /// Publishes one message of every kind from Rust to `queue` (6 in all, the last through the
 /// direct exchange `rs.direct`).
 async fn publish_variety(conn: &Connection, queue: &str) {
-    // Declared first: kombu-rs, like AMQP, drops a publish to a queue nobody declared.
+    // Declared first, so that its bindings and arguments are kombu-rs's.
     let producer = conn
         .producer()
         .routing_key(queue)
@@ -528,4 +528,87 @@ async fn message_leased_by_rust_is_invisible_to_python_until_requeued() {
         .collect();
     assert_eq!(bodies, [&json!("held")], "requeued, Python gets it: {out}");
     assert_eq!(conn.queue_size("leaseq").await.expect("size"), 0);
+}
+
+/// A queue Python kombu declared (a `kombu_queue` row, no message) exists for Rust: it takes a
+/// mandatory publish through the default exchange, and its size and purge work. A name that
+/// exists nowhere is refused with `mandatory` (`queue_size`/`purge`: NotFound) and, without
+/// it, created and stored as Python kombu's SQLAlchemy transport does, so Python reads it.
+#[tokio::test]
+async fn python_declared_queue_takes_mandatory_default_exchange_publishes() {
+    use kombu_core::ErrorKind;
+    let Some(python) = python() else { return };
+    let db = TempDb::new("declared");
+    run_python(&python, &["declare", db.path(), "pyq"]);
+    let conn = open(&db.rust_url()).await;
+    assert!(conn.queue_exists("pyq").await.expect("exists"));
+    assert_eq!(conn.queue_size("pyq").await.expect("size"), 0);
+    conn.producer()
+        .message(&"to-pyq")
+        .routing_key("pyq")
+        .mandatory(true)
+        .send()
+        .await
+        .expect("a mandatory publish to Python's queue");
+    assert_eq!(conn.queue_size("pyq").await.expect("size"), 1);
+    let out = run_python(&python, &["drain", db.path(), "pyq"]);
+    assert_eq!(out["messages"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(conn.purge("pyq").await.expect("purge"), 0);
+
+    assert!(!conn.queue_exists("nowhere").await.expect("exists"));
+    let e = conn
+        .producer()
+        .message(&"refused")
+        .routing_key("nowhere")
+        .mandatory(true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unroutable, "{e}");
+    let e = conn.queue_size("nowhere").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = conn.purge("nowhere").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    conn.producer()
+        .message(&"kept")
+        .routing_key("nowhere")
+        .send()
+        .await
+        .expect("a publish without mandatory");
+    assert_eq!(conn.queue_size("nowhere").await.expect("size"), 1);
+    let out = run_python(&python, &["drain", db.path(), "nowhere"]);
+    assert_eq!(out["messages"].as_array().map(Vec::len), Some(1), "{out}");
+}
+
+/// A message Python kombu published with `NaN`, `Infinity`, `-Infinity` and a lone surrogate
+/// in its headers and JSON body reaches a Rust consumer, read as documented.
+#[tokio::test]
+async fn python_non_finite_json_reaches_rust() {
+    let Some(python) = python() else { return };
+    let db = TempDb::new("nonfinite");
+    run_python(&python, &["nonfinite", db.path(), "pynan"]);
+    let conn = open(&db.rust_url()).await;
+    let mut consumer = consumer(&conn, "pynan").await;
+    let d = next(&mut consumer).await;
+    assert!(
+        matches!(d.headers().get("score"), Some(Value::Float(f)) if f.is_nan()),
+        "{:?}",
+        d.headers()
+    );
+    assert_eq!(d.headers().get("who"), Some(&Value::from("a\u{fffd}b")));
+    let body: std::collections::BTreeMap<String, Value> = d.decode().expect("decode");
+    assert!(
+        matches!(body["x"], Value::Float(f) if f.is_nan()),
+        "{body:?}"
+    );
+    assert_eq!(body["hi"], Value::Float(f64::INFINITY));
+    assert_eq!(body["lo"], Value::Float(f64::NEG_INFINITY));
+    assert_eq!(body["s"], Value::from("a\u{fffd}b"));
+    let tree: Json = d.decode().expect("decode into serde_json::Value");
+    assert_eq!(
+        tree,
+        json!({"x": null, "hi": null, "lo": null, "s": "a\u{fffd}b"})
+    );
+    d.ack().await.expect("ack");
+    consumer.close().await.expect("close");
 }

@@ -8,6 +8,9 @@ to stdout as one JSON document.
                                properties, text/plain, raw bytes, msgpack, zlib json; and one
                                through the direct exchange py.direct)
     put DB QUEUE BODY...       publish each BODY as a JSON string to QUEUE (default exchange)
+    declare DB QUEUE           declare QUEUE (kombu's kombu_queue row), publish nothing
+    nonfinite DB QUEUE         one json message with NaN, Infinity, -Infinity and a lone
+                               surrogate in its headers and body (default exchange)
     consume DB QUEUE N         consume N messages from QUEUE with a Consumer, ack each, print them
     take_ack DB QUEUE          take one message from QUEUE, ack it, print it
     drain DB QUEUE             take every ready message from QUEUE (no wait), ack each, print them
@@ -108,6 +111,26 @@ def put(db, queue_name, *bodies):
     print(json.dumps({"published": len(bodies)}))
 
 
+def declare(db, queue_name):
+    with Connection(url(db)) as conn:
+        channel = conn.channel()
+        Queue(queue_name)(channel).declare()
+        channel.close()
+    print(json.dumps({"declared": queue_name}))
+
+
+def nonfinite(db, queue_name):
+    # What json.dumps writes beyond RFC JSON, in the headers (so the envelope) and the body.
+    with Connection(url(db)) as conn:
+        channel = conn.channel()
+        Producer(channel).publish(
+            {"x": float("nan"), "hi": float("inf"), "lo": float("-inf"), "s": "a\ud800b"},
+            routing_key=queue_name, serializer="json",
+            headers={"score": float("nan"), "who": "a\ud800b"})
+        channel.close()
+    print(json.dumps({"published": 1}))
+
+
 def describe(message):
     payload = message.decode()
     out = {
@@ -193,7 +216,7 @@ def take_close(db, queue_name, n):
 
 def main(argv):
     command, args = argv[1], argv[2:]
-    {"publish": publish, "put": put, "consume": consume, "take_ack": take_ack, "drain": drain, "take_close": take_close}[command](*args)
+    {"publish": publish, "put": put, "declare": declare, "nonfinite": nonfinite, "consume": consume, "take_ack": take_ack, "drain": drain, "take_close": take_close}[command](*args)
 
 
 if __name__ == "__main__":
