@@ -60,7 +60,7 @@ impl Connection {
     pub async fn open_with(url: &str, registry: Registry) -> Result<Connection> {
         let alternates = BrokerUrl::parse_failover(url)?;
         let mut last_error = None;
-        for candidate in &alternates {
+        for (i, candidate) in alternates.iter().enumerate() {
             let Some(transport) = transport_for(candidate) else {
                 return Err(Error::new(
                     ErrorKind::InvalidUrl,
@@ -90,7 +90,10 @@ impl Connection {
                     });
                 }
                 Err(e) if e.is_recoverable() => {
-                    tracing::warn!(url = %candidate, error = %e, "broker unreachable, trying the next URL");
+                    // The last one's error is returned: logging it too would say it twice.
+                    if i + 1 < alternates.len() {
+                        tracing::warn!(url = %candidate, error = %e, "broker unreachable, trying the next URL");
+                    }
                     last_error = Some(e.context(format!("connect to {candidate}")));
                 }
                 Err(e) => return Err(e.context(format!("connect to {candidate}"))),

@@ -10,8 +10,12 @@ use clap_complete::Shell;
     version,
     propagate_version = true,
     after_help = "\
-The broker is --url, else $KOMBU_URL, else sqlite://kombu.db (a file in the current directory).
-URLs: sqlite:///absolute/path.db, sqlite://relative.db, memory:// (this process only).
+The broker is --url, else $KOMBU_URL, else sqlite://kombu.db (a file in the current directory;
+stderr says so). URLs: sqlite:///absolute/path.db, sqlite://relative.db, redis://host:6379/0,
+amqp://user:password@host:5672//, memory:// (lives only as long as one command).
+Errors are one line on stderr (--verbose: every cause and a backtrace). The library's warnings
+go to stderr too; RUST_LOG filters them (default: kombu's warnings and errors; RUST_LOG=debug
+for more, RUST_LOG=off for none).
 
 Examples:
   kombu --url sqlite:///tmp/q.db publish --routing-key jobs --declare-queue jobs '{\"id\": 1}'
@@ -31,7 +35,8 @@ pub struct Global {
     /// Broker URL (default: $KOMBU_URL, else sqlite://kombu.db). `bench` takes it several times.
     #[arg(long = "url", value_name = "URL", global = true)]
     pub urls: Vec<String>,
-    /// On error, print every cause (and a backtrace) instead of one line.
+    /// On error, print every cause and a backtrace instead of one line (RUST_BACKTRACE alone
+    /// does not).
     #[arg(long, short, global = true)]
     pub verbose: bool,
 }
@@ -99,7 +104,8 @@ Examples:
 Each message is acknowledged on the source only after the destination has it (the publish
 returned: confirmed or committed), so a crash midway may duplicate messages but never loses one.
 Bodies, content type and encoding, headers and properties are copied byte for byte. Without
---to-exchange the messages go to the queue of the same name on the destination (declared first).")]
+--to-exchange the messages go to the queue of the same name on the destination (declared first).
+A source queue that does not exist is an error.")]
     Move(MoveArgs),
     /// Measure publish and consume throughput and latency.
     #[command(after_help = "\
@@ -349,7 +355,7 @@ pub struct MoveArgs {
     /// Destination broker URL.
     #[arg(long, value_name = "URL")]
     pub to: String,
-    /// Source queue.
+    /// Source queue (it must exist).
     #[arg(long)]
     pub queue: String,
     /// Destination exchange (default: the default exchange, to the queue of the same name).

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::IsTerminal as _;
+use std::sync::Once;
 
 use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +38,15 @@ impl From<kombu::Error> for BrokerError {
     }
 }
 
+impl BrokerError {
+    /// The error as the cause of `context`: what the context already says (the URL, the queue,
+    /// the operation) is not repeated.
+    fn under(mut self, context: &str) -> Self {
+        self.text = tidy_cause(&self.text, context, self.kind);
+        self
+    }
+}
+
 /// `.ctx("what failed")` on kombu results: an anyhow error that keeps the kind for the hint.
 pub trait Ctx<T> {
     fn ctx(self, what: impl fmt::Display + Send + Sync + 'static) -> anyhow::Result<T>;
@@ -44,45 +54,169 @@ pub trait Ctx<T> {
 
 impl<T, E: Into<kombu::Error>> Ctx<T> for Result<T, E> {
     fn ctx(self, what: impl fmt::Display + Send + Sync + 'static) -> anyhow::Result<T> {
-        self.map_err(|e| anyhow::Error::new(BrokerError::from(e.into())).context(what))
+        self.map_err(|e| {
+            let what = what.to_string();
+            anyhow::Error::new(BrokerError::from(e.into()).under(&what)).context(what)
+        })
     }
 }
 
-/// What to try, from the kind of the first kombu error in the chain.
-pub fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
+/// Every [`ErrorKind`]'s label as kombu errors print it first.
+const KIND_LABELS: [&str; 14] = [
+    "connection error",
+    "timed out",
+    "closed",
+    "invalid URL",
+    "invalid configuration",
+    "not found",
+    "precondition failed",
+    "access refused",
+    "unsupported",
+    "codec error",
+    "settlement error",
+    "unroutable",
+    "protocol error",
+    "broker error",
+];
+
+/// Lower case, with `-` and `_` as spaces: `NOT_FOUND` and `not found` compare equal.
+fn normalized(text: &str) -> String {
+    text.to_lowercase().replace(['-', '_'], " ")
+}
+
+/// Whether `segment` only names a URL ("connect to redis://h/0", "redis redis://h/0"): a URL
+/// and at most three other words.
+fn names_a_url(segment: &str) -> bool {
+    let words: Vec<&str> = segment.split_whitespace().collect();
+    words.iter().any(|w| w.contains("://")) && words.len() <= 4
+}
+
+/// A kombu error's text (`kind: context: context: source`) cut down to what `context` does
+/// not already say: the `": "`-separated parts that only name a URL when `context` names one,
+/// parts that another part or the context already contains, and kind labels after the first
+/// part are left out. Never empty: the kind label stays when nothing else does.
+fn tidy_cause(cause: &str, context: &str, kind: ErrorKind) -> String {
+    let parts: Vec<&str> = cause.split(": ").map(str::trim).collect();
+    let norms: Vec<String> = parts.iter().map(|p| normalized(p)).collect();
+    let context_norm = normalized(context);
+    let context_has_url = context.contains("://");
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let norm = &norms[i];
+        if part.is_empty() || (context_has_url && names_a_url(part)) {
+            continue;
+        }
+        if context_norm.contains(norm.as_str()) {
+            continue;
+        }
+        let elsewhere = norms.iter().enumerate().any(|(j, other)| {
+            j != i && other.contains(norm.as_str()) && (other.len() > norm.len() || j < i)
+        });
+        if elsewhere {
+            continue;
+        }
+        if i > 0 && KIND_LABELS.contains(part) {
+            continue;
+        }
+        kept.push(part);
+    }
+    if kept.is_empty() {
+        return kind.to_string();
+    }
+    kept.join(": ")
+}
+
+/// An error that carries its own hint (what to try), printed after it.
+#[derive(Debug)]
+pub struct Hinted {
+    text: String,
+    hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// An error with its own hint.
+pub fn hinted(text: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        text: text.into(),
+        hint: hint.into(),
+    })
+}
+
+/// Which option named the URL an error is about (`--url`, `--from`, `--to`), for the hint.
+#[derive(Debug)]
+pub struct Via {
+    option: &'static str,
+    text: String,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// What `memory://` errors add: the broker is gone when the command ends.
+pub const MEMORY_NOTE: &str = "memory:// lives only as long as one kombu command, so nothing an \
+     earlier command declared or published is there: use sqlite://FILE (or a broker) to keep \
+     queues between commands";
+
+/// What to try: an error's own hint, else one from the kind of the first kombu error in the
+/// chain.
+pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    if let Some(h) = err.downcast_ref::<Hinted>() {
+        return Some(h.hint.clone());
+    }
     let kind = err
         .chain()
         .find_map(|e| e.downcast_ref::<BrokerError>())
         .map(|e| e.kind)?;
+    let option = match err.downcast_ref::<Via>() {
+        Some(via) => via.option,
+        None => "--url or $KOMBU_URL",
+    };
+    let text = format!("{err:#}");
     Some(match kind {
-        ErrorKind::InvalidUrl => {
-            "try a URL like sqlite:///absolute/path.db, sqlite://relative.db or memory:// \
-             (--url or $KOMBU_URL)"
-        }
-        ErrorKind::Connection if format!("{err:#}").contains("sqlite") => {
-            "check that the database file's directory exists and is writable (sqlite:///absolute/path.db, \
-             or sqlite://relative.db from the current directory)"
-        }
-        ErrorKind::Connection => {
-            "check that the broker is running and reachable and that the URL (--url or \
-             $KOMBU_URL) is right"
-        }
-        ErrorKind::Timeout => "the broker did not answer in time; try again",
-        ErrorKind::Closed => "the connection was closed; try again",
-        ErrorKind::NotFound => "check the name, or create it first with `kombu declare`",
+        ErrorKind::InvalidUrl => format!(
+            "try a URL like sqlite:///absolute/path.db, sqlite://relative.db, \
+             redis://host:6379/0 or amqp://user:password@host:5672// ({option})"
+        ),
+        ErrorKind::Connection if text.contains("sqlite") => format!(
+            "check that the database file's directory exists and is writable \
+             (sqlite:///absolute/path.db, or sqlite://relative.db from the current directory; \
+             {option})"
+        ),
+        ErrorKind::Connection => format!(
+            "check that the broker is running and reachable and that the URL ({option}) is right"
+        ),
+        ErrorKind::Timeout => "the broker did not answer in time; try again".to_owned(),
+        ErrorKind::Closed => "the connection was closed; try again".to_owned(),
+        ErrorKind::NotFound if text.contains("memory://") => MEMORY_NOTE.to_owned(),
+        ErrorKind::NotFound => "check the name, or create it first with `kombu declare`".to_owned(),
         ErrorKind::PreconditionFailed => {
             "it exists with other settings: use them, or delete it first with `kombu delete`"
+                .to_owned()
         }
-        ErrorKind::AccessRefused => "check the user name and password in the URL",
-        ErrorKind::Unsupported => "this transport cannot do that; leave that option out",
-        ErrorKind::Codec => {
-            "check --serializer, --compression and --accept against the message (the body must \
-             be JSON text for json, msgpack and yaml)"
+        ErrorKind::AccessRefused => {
+            format!("check the user name and password in the URL ({option})")
         }
-        ErrorKind::Unroutable => {
-            "no queue takes it: create the queue first (--declare-queue QUEUE, or `kombu declare \
-             queue QUEUE`) or bind one to the exchange"
+        ErrorKind::Unsupported => "this transport cannot do that; leave that option out".to_owned(),
+        ErrorKind::Codec if text.contains("exceeds the limit") => {
+            "raise the bound with --max-size BYTES if the message is expected to be that large"
+                .to_owned()
         }
+        ErrorKind::Codec => "check --serializer, --compression and --accept against the message \
+             (the body must be JSON text for json, msgpack and yaml)"
+            .to_owned(),
+        ErrorKind::Unroutable => "no queue takes it: create the queue first (--declare-queue \
+             QUEUE, or `kombu declare queue QUEUE`) or bind one to the exchange"
+            .to_owned(),
         _ => return None,
     })
 }
@@ -102,14 +236,19 @@ pub fn mask(raw: &str) -> String {
     }
 }
 
-/// Every URL given: `--url`s, else `$KOMBU_URL`, else [`DEFAULT_URL`].
+/// Every URL given: `--url`s, else `$KOMBU_URL`, else [`DEFAULT_URL`] (and a note on stderr
+/// saying so, once).
 pub fn urls(global: &Global) -> Vec<String> {
     if !global.urls.is_empty() {
         return global.urls.clone();
     }
     match std::env::var("KOMBU_URL") {
         Ok(url) if !url.trim().is_empty() => vec![url],
-        _ => vec![DEFAULT_URL.to_owned()],
+        _ => {
+            static NOTED: Once = Once::new();
+            NOTED.call_once(|| eprintln!("using {DEFAULT_URL} (no --url or KOMBU_URL)"));
+            vec![DEFAULT_URL.to_owned()]
+        }
     }
 }
 
@@ -129,9 +268,41 @@ pub fn url(global: &Global) -> anyhow::Result<String> {
 
 /// Connects, with the URL (masked) in the error.
 pub async fn connect(url: &str) -> anyhow::Result<Connection> {
-    Connection::open(url)
+    connect_via(url, "--url or $KOMBU_URL").await
+}
+
+/// Connects to the URL `option` gave; the error's hint names that option.
+pub async fn connect_via(url: &str, option: &'static str) -> anyhow::Result<Connection> {
+    let what = format!("cannot connect to {}", mask(url));
+    match Connection::open(url).await {
+        Ok(conn) => Ok(conn),
+        Err(e) => Err(anyhow::Error::new(BrokerError::from(e).under(&what))
+            .context(Via { option, text: what })),
+    }
+}
+
+/// Fails with a one-line error and a hint when `queue` exists nowhere on the broker (`what_to_do`
+/// is the hint: check the name, or how to create it).
+pub async fn require_queue(
+    conn: &Connection,
+    queue: &str,
+    masked: &str,
+    what_to_do: &str,
+) -> anyhow::Result<()> {
+    let exists = conn
+        .queue_exists(queue)
         .await
-        .ctx(format!("cannot connect to {}", mask(url)))
+        .ctx(format!("cannot look up queue {queue:?} on {masked}"))?;
+    if exists {
+        return Ok(());
+    }
+    let text = format!("queue {queue:?} does not exist on {masked}");
+    let hint = if conn.url().scheme() == "memory" {
+        format!("{MEMORY_NOTE}; {what_to_do}")
+    } else {
+        what_to_do.to_owned()
+    };
+    Err(hinted(text, hint))
 }
 
 /// Parses `K=V`: `V` is JSON when it parses as JSON, else a string.

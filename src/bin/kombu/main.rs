@@ -2,9 +2,11 @@
 //! command line.
 //!
 //! Every command takes the broker URL from `--url`, else `$KOMBU_URL`, else
-//! `sqlite://kombu.db` (a file in the current directory). Errors are one line on stderr naming
-//! what failed and the URL (never its password), and what to try; the exit status is 1 (2 for a
-//! command line clap refuses, 3 when `consume --timeout` runs out).
+//! `sqlite://kombu.db` (a file in the current directory; stderr says so). Errors are one line on
+//! stderr naming what failed and the URL once (never its password), and what to try; `--verbose`
+//! adds every cause and a backtrace. The exit status is 1 (2 for a command line clap refuses, 3
+//! when `consume --timeout` runs out). The library's own warnings go to stderr too, filtered by
+//! `RUST_LOG` (default `warn`).
 
 mod admin;
 mod bench;
@@ -34,14 +36,15 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `--verbose`, or a backtrace asked for the usual way, prints every cause of an error.
-    let verbose = cli.global.verbose
-        || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| !v.is_empty() && v != "0");
-    if verbose && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+    // Only `--verbose` prints every cause and a backtrace: a RUST_BACKTRACE left set in the
+    // user's environment does not turn one-line errors into pages.
+    let verbose = cli.global.verbose;
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: nothing else runs yet (no runtime, no threads), so no one reads the
         // environment concurrently.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", if verbose { "1" } else { "0" }) };
     }
+    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +90,28 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Done)
         }
     }
+}
+
+/// What is logged without `RUST_LOG`: kombu's own warnings and errors. The crates beneath it
+/// (lapin logs every channel a broker closes as an error) stay quiet: what they report reaches
+/// the user as kombu's error.
+const DEFAULT_LOG: &str = "off,kombu=warn,kombu_core=warn,kombu_serializers=warn,\
+                           kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn";
+
+/// Sends tracing events to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG`], so the
+/// library's warnings reach the user; `RUST_LOG=debug` shows more, `RUST_LOG=off` nothing).
+fn init_tracing() {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::new(spec),
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
+    };
+    // Fails only when a subscriber is already installed: nothing to do then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 /// Prints the error: one line (the context chain, then a hint), or with `--verbose` every cause

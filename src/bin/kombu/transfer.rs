@@ -33,8 +33,10 @@ pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
              {queue:?}; give another --to URL, --to-exchange or --to-routing-key"
         ));
     }
-    let source = common::connect(&args.from).await?;
-    let destination = common::connect(&args.to).await?;
+    let source = common::connect_via(&args.from, "--from").await?;
+    // Before anything is created on the destination: a typo moves nothing and says so.
+    common::require_queue(&source, &queue, &from, "check the name and the --from URL").await?;
+    let destination = common::connect_via(&args.to, "--to").await?;
     if exchange.is_empty()
         && let Some(key) = &fixed_key
     {
