@@ -62,6 +62,17 @@ Examples:
   kombu consume --queue jobs --count 10 --timeout 5
   kombu consume --queue jobs --queue other --format pretty
   kombu consume --queue jobs --requeue --count 1     # peek: the message stays in the queue
+  kombu consume --queue blobs --count 1 --format raw > blob.bin
+  kombu consume --queue celery --accept pickle --count 1
+
+A queue that does not exist is an error (nothing is created) unless --declare is given.
+Accepted by default: json, msgpack, yaml, text and raw (and untyped bytes); pickle only when
+named in --accept. --format raw and base64 print the body after decompression without decoding
+it, so they show any message whatever its serializer. In --format json, bytes inside a decoded
+body (msgpack bin, kombu's {\"__type__\": \"bytes\"} JSON tags, pickle bytes) are shown as
+base64 text, and properties.priority is a number on every transport (0 when the message has
+none). With --requeue, only --count messages are taken from the queue, so no other message is
+marked redelivered.
 
 Exit status: 0 when --count messages arrived, 3 when --timeout seconds pass without a message
 before that, 130 on Ctrl-C, 1 on any error.")]
@@ -206,6 +217,11 @@ pub enum Format {
     Pretty,
     /// The body alone, one per line.
     Body,
+    /// The body's bytes after decompression, exactly, nothing between messages (not decoded;
+    /// no accept list).
+    Raw,
+    /// The body after decompression as base64, one per line (not decoded; no accept list).
+    Base64,
 }
 
 #[derive(Debug, Args)]
@@ -222,15 +238,27 @@ pub struct ConsumeArgs {
     /// Messages are removed as they are delivered (at most once).
     #[arg(long, conflicts_with = "requeue")]
     pub no_ack: bool,
-    /// Return the messages to the queue instead of acking them (peek).
+    /// Return the messages to the queue instead of acking them (peek); takes only --count
+    /// messages from the queue.
     #[arg(long)]
     pub requeue: bool,
     /// Most unacknowledged messages held at once.
     #[arg(long, default_value_t = 100)]
     pub prefetch: u16,
-    /// Accepted serializers by name or content type; repeatable (default: all known).
+    /// Accepted serializers by name or content type; repeatable (default: json, msgpack, yaml,
+    /// text, raw; pickle only when named).
     #[arg(long = "accept", value_name = "NAME")]
     pub accept: Vec<String>,
+    /// Create the queues that do not exist (else a missing queue is an error).
+    #[arg(long)]
+    pub declare: bool,
+    /// Largest body decompression may produce, in bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = kombu::serializers::DEFAULT_MAX_DECOMPRESSED_SIZE
+    )]
+    pub max_size: usize,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,

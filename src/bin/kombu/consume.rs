@@ -1,16 +1,22 @@
 //! `kombu consume`.
 
+use std::fmt;
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use base64::Engine as _;
 use kombu::{ConsumeError, Delivery, Queue, StreamExt as _};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 
 use crate::Outcome;
 use crate::cli::{ConsumeArgs, Format, Global};
 use crate::common::{self, Ctx as _};
+
+/// What `consume` accepts without `--accept`: the serializers that only describe data. Pickle
+/// (which Python runs code to read) and the signing serializers must be named.
+const DEFAULT_ACCEPT: [&str; 5] = ["json", "msgpack", "yaml", "text", "raw"];
 
 pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> {
     let url = common::url(global)?;
@@ -25,10 +31,10 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     let conn = common::connect(&url).await?;
     let registry = conn.registry().clone();
     let accept: Vec<String> = if args.accept.is_empty() {
-        // An inspection tool reads whatever it is given: every known serializer.
-        registry
-            .serializers()
-            .map(|s| s.name().to_owned())
+        DEFAULT_ACCEPT
+            .iter()
+            .filter(|name| registry.serializer(name).is_ok())
+            .map(|name| (*name).to_owned())
             .collect()
     } else {
         args.accept.clone()
@@ -44,25 +50,30 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         )
     })?;
     for name in &args.queues {
-        common::declare_queue_lenient(&conn, &Queue::new(name.clone()))
-            .await
-            .ctx(format!("cannot declare queue {name:?} on {masked}"))?;
-    }
-    // --requeue holds every message until the end (so none comes straight back): no bound.
-    // With --count, take no more than that: extra ones would come back marked redelivered.
-    let prefetch = match args.count {
-        _ if args.requeue => 0,
-        Some(c) if args.prefetch == 0 || u64::from(args.prefetch) > c => {
-            u16::try_from(c.max(1)).unwrap_or(u16::MAX)
+        if args.declare {
+            common::declare_queue_lenient(&conn, &Queue::new(name.clone()))
+                .await
+                .ctx(format!("cannot declare queue {name:?} on {masked}"))?;
+        } else {
+            common::require_queue(
+                &conn,
+                name,
+                &masked,
+                &format!(
+                    "check the name, or create it with --declare (or `kombu declare queue {name}`)"
+                ),
+            )
+            .await?;
         }
-        _ => args.prefetch,
-    };
+    }
+    let prefetch = prefetch_for(&args);
     let mut consumer = conn
         .consumer(args.queues.iter().map(|q| Queue::new(q.clone())))
         .declare(false)
         .prefetch(prefetch)
         .no_ack(args.no_ack)
         .accept(&accept)
+        .max_decompressed_size(args.max_size)
         .build()
         .await
         .ctx(format!("cannot consume from {:?} on {masked}", args.queues))?;
@@ -101,6 +112,11 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 ));
                 break;
             }
+            // raw and base64 show the bytes of any message: the accept list does not apply.
+            Some(Some(Err(ConsumeError {
+                delivery: Some(delivery),
+                ..
+            }))) if matches!(args.format, Format::Raw | Format::Base64) => delivery,
             Some(Some(Err(ConsumeError {
                 error,
                 delivery: Some(delivery),
@@ -175,6 +191,127 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     Ok(outcome)
 }
 
+/// How many unsettled messages the consumer may hold.
+///
+/// With `--count`, no more than that: extra ones would be taken for nothing, and with
+/// `--requeue` (or when the command ends) come back marked redelivered. `--requeue` holds every
+/// printed message until the end (so none comes straight back), so it takes exactly `--count`
+/// (no bound without one).
+fn prefetch_for(args: &ConsumeArgs) -> u16 {
+    match args.count {
+        Some(c) if args.requeue => u16::try_from(c.max(1)).unwrap_or(0),
+        None if args.requeue => 0,
+        Some(c) if args.prefetch == 0 || u64::from(args.prefetch) > c => {
+            u16::try_from(c.max(1)).unwrap_or(u16::MAX)
+        }
+        _ => args.prefetch,
+    }
+}
+
+/// A decoded body as JSON, whatever the serializer produced: bytes (msgpack bin, pickle
+/// bytes) become base64 text, map keys that are not strings become their JSON text, numbers
+/// JSON cannot hold (non-finite floats) become `null`.
+struct Shown(Json);
+
+impl<'de> Deserialize<'de> for Shown {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ShownVisitor).map(Shown)
+    }
+}
+
+struct ShownVisitor;
+
+fn base64_text(bytes: &[u8]) -> Json {
+    Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+impl<'de> Visitor<'de> for ShownVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Json, E> {
+        Ok(match i64::try_from(v) {
+            Ok(small) => Json::from(small),
+            Err(_) => Json::String(v.to_string()),
+        })
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Json, E> {
+        Ok(match u64::try_from(v) {
+            Ok(small) => Json::from(small),
+            Err(_) => Json::String(v.to_string()),
+        })
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Json, E> {
+        Ok(base64_text(v))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        Shown::deserialize(d).map(|s| s.0)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        Shown::deserialize(d).map(|s| s.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(Shown(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = Map::new();
+        while let Some((Shown(key), Shown(value))) = map.next_entry()? {
+            let key = match key {
+                Json::String(s) => s,
+                other => other.to_string(),
+            };
+            object.insert(key, value);
+        }
+        Ok(untag_bytes(object))
+    }
+}
+
+/// kombu's JSON tag for bytes, `{"__type__": "bytes", "__value__": TEXT}` (or `"base64"` with
+/// base64 text), as base64 text; any other object as it is.
+fn untag_bytes(object: Map<String, Json>) -> Json {
+    if object.len() == 2
+        && let (Some(Json::String(tag)), Some(Json::String(value))) =
+            (object.get("__type__"), object.get("__value__"))
+    {
+        match tag.as_str() {
+            "bytes" => return base64_text(value.as_bytes()),
+            "base64" => return Json::String(value.clone()),
+            _ => {}
+        }
+    }
+    Json::Object(object)
+}
+
 /// The body as JSON: decoded for structured serializers, a string for text, base64 for bytes.
 fn body_json(delivery: &Delivery, registry: &kombu::serializers::Registry) -> anyhow::Result<Json> {
     let content_type = delivery.content_type().unwrap_or("application/data");
@@ -183,7 +320,8 @@ fn body_json(delivery: &Delivery, registry: &kombu::serializers::Registry) -> an
         && registry.serializer(content_type).is_ok();
     if structured {
         return delivery
-            .decode::<Json>()
+            .decode::<Shown>()
+            .map(|s| s.0)
             .ctx(format!("cannot decode the {content_type} body"));
     }
     let body = delivery
@@ -221,7 +359,8 @@ pub fn message_json(
         "content_encoding": message.content_encoding,
         "headers": serde_json::to_value(&message.headers)?,
         "properties": {
-            "priority": props.priority,
+            // kombu's default: brokers treat a message without a priority as priority 0.
+            "priority": props.priority.unwrap_or(0),
             "correlation_id": props.correlation_id,
             "reply_to": props.reply_to,
             "delivery_mode": props.delivery_mode.map(|m| m.as_u8()),
@@ -246,6 +385,23 @@ fn render(
     match format {
         Format::Json => {
             serde_json::to_writer(&mut out, &message_json(delivery, registry)?)?;
+            out.push(b'\n');
+        }
+        Format::Raw => {
+            let body = delivery
+                .decompressed_body()
+                .ctx("cannot decompress the body")?;
+            out.extend_from_slice(&body);
+        }
+        Format::Base64 => {
+            let body = delivery
+                .decompressed_body()
+                .ctx("cannot decompress the body")?;
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&body)
+                    .as_bytes(),
+            );
             out.push(b'\n');
         }
         Format::Body => {
