@@ -19,6 +19,9 @@ use crate::common::{self, Ctx as _};
 /// A consumer that sees no message for this long while some are missing gives up.
 const STALL: Duration = Duration::from_secs(60);
 
+/// Largest latency the histograms hold, in microseconds (an hour); longer ones count as this.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
 /// One phase's numbers.
 struct Phase {
     seconds: f64,
@@ -112,25 +115,23 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<Outcome> {
         runs.push(bench_one(&url, &args, plan).await?);
     }
     if args.json {
-        let out: Vec<_> = runs
-            .iter()
-            .map(|r| {
-                json!({
-                    "url": r.url,
-                    "messages": args.messages,
-                    "size": args.size,
-                    "producers": args.producers,
-                    "consumers": args.consumers,
-                    "prefetch": args.prefetch,
-                    "batch": args.batch,
-                    "serializer": serializer,
-                    "compression": args.compression,
-                    "publish": r.publish.json(),
-                    "consume": r.consume.json(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        // JSON lines: one object per URL.
+        for r in &runs {
+            let row = json!({
+                "url": r.url,
+                "messages": args.messages,
+                "size": args.size,
+                "producers": args.producers,
+                "consumers": args.consumers,
+                "prefetch": args.prefetch,
+                "batch": args.batch,
+                "serializer": serializer,
+                "compression": args.compression,
+                "publish": r.publish.json(),
+                "consume": r.consume.json(),
+            });
+            println!("{row}");
+        }
     } else {
         print_table(&runs);
     }
@@ -166,8 +167,16 @@ fn micros(us: u64) -> String {
     }
 }
 
+/// A latency histogram in microseconds, from 1 µs to [`MAX_LATENCY_US`], 3 significant digits.
+///
+/// Bounded on purpose: `Histogram::new` starts with a range of 1..=2 that only grows on
+/// `record`, and `saturating_record` clamps instead of growing, so every latency read 2 µs.
+fn latency_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+}
+
 fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Histogram::new(3).map_err(|e| anyhow!("cannot make a latency histogram: {e}"))
+    latency_histogram().map_err(|e| anyhow!("cannot make a latency histogram: {e}"))
 }
 
 fn elapsed_us(since: Instant) -> u64 {
@@ -295,8 +304,8 @@ async fn publish_share(
     if let Some(c) = &plan.compression {
         producer = producer.compression(c.clone());
     }
-    let mut latency = Histogram::<u64>::new(3)
-        .map_err(|e| kombu::Error::config(format!("latency histogram: {e}")))?;
+    let mut latency =
+        latency_histogram().map_err(|e| kombu::Error::config(format!("latency histogram: {e}")))?;
     let mut left = share;
     while left > 0 {
         let n = left.min(u64::from(plan.batch));
@@ -383,4 +392,25 @@ async fn consume_until_done(
     let _ = consumer.close().await;
     let _ = conn.close().await;
     Ok(latency)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_are_kept_up_to_an_hour() {
+        let mut h = histogram().unwrap();
+        for us in [3, 30_000, 2_000_000] {
+            h.saturating_record(us);
+        }
+        assert!(
+            h.value_at_quantile(0.5) >= 29_900,
+            "{}",
+            h.value_at_quantile(0.5)
+        );
+        assert!(h.max() >= 1_990_000, "{}", h.max());
+        h.saturating_record(MAX_LATENCY_US * 2);
+        assert!(h.max() >= MAX_LATENCY_US - MAX_LATENCY_US / 500);
+    }
 }

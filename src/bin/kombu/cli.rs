@@ -125,8 +125,11 @@ Examples:
   kombu bench --url sqlite:///tmp/bench.db --producers 4 --consumers 4 --batch 100 --json
 
 For each URL: publish --messages messages to a fresh queue, then consume and ack them all; the
-queue is deleted afterwards. Latency is per publish call (one message, or one batch with
---batch) and per delivery (waiting for it plus its ack).")]
+queue is deleted afterwards. Publish latency is per publish call (one message, or one batch with
+--batch), from the call until it returns: until the broker confirmed it where it confirms (AMQP
+unless the URL says confirm_publish=false), stored for Redis, committed for SQLite. Consume
+latency is per delivery: from asking for the next message until it is decoded and acked.
+--json prints one JSON object per URL, one per line.")]
     Bench(BenchArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
@@ -424,7 +427,7 @@ pub struct BenchArgs {
     /// Compression.
     #[arg(long)]
     pub compression: Option<String>,
-    /// Print JSON instead of a table.
+    /// Print JSON lines (one object per URL) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
