@@ -550,9 +550,12 @@ fn bench_on_sqlite_and_memory() {
         "5",
         "--json",
     ]));
-    let runs: Value = serde_json::from_str(&out).unwrap();
-    let runs = runs.as_array().unwrap();
-    assert_eq!(runs.len(), 2);
+    // JSON lines: one object per URL.
+    let runs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
     assert_eq!(runs[0]["url"], url.as_str());
     assert_eq!(runs[1]["url"], "memory://");
     for run in runs {
@@ -782,4 +785,604 @@ fn connection_refused_names_the_url_without_its_password() {
                 .and(predicate::str::contains("hunter2").not())
                 .and(predicate::str::contains("refused")),
         );
+}
+
+// --- Issue 13: consume, bench, move and errors as a new user meets them. ---
+
+/// The RabbitMQ scripts/test starts.
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672//";
+
+/// A queue name of its own for a test on a shared broker.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One broker of each kind that keeps queues between commands: a SQLite file, Redis, RabbitMQ.
+/// The `TempDir` holds the SQLite file.
+fn every_broker() -> (TempDir, Vec<String>) {
+    let (dir, sqlite) = setup();
+    (dir, vec![sqlite, redis_url(), AMQP_URL.to_owned()])
+}
+
+/// Runs `f` with a connection to `url` through the library, on a runtime of its own.
+fn with_connection<T>(url: &str, f: impl AsyncFnOnce(&kombu::Connection) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = kombu::Connection::open(url).await.unwrap();
+        let out = f(&conn).await;
+        conn.close().await.unwrap();
+        out
+    })
+}
+
+/// Puts `message` on `queue` (declared) as another producer (a Python service) would.
+fn put_message(url: &str, queue: &str, message: kombu::Message) {
+    with_connection(url, async |conn| {
+        conn.declare_queue(&kombu::Queue::new(queue)).await.unwrap();
+        conn.default_channel()
+            .publish(kombu::Outgoing {
+                exchange: String::new(),
+                routing_key: queue.to_owned(),
+                message,
+                mandatory: false,
+            })
+            .await
+            .unwrap();
+    })
+}
+
+fn queue_exists(url: &str, queue: &str) -> bool {
+    with_connection(url, async |conn| conn.queue_exists(queue).await.unwrap())
+}
+
+/// A message with `content_type`, as Python kombu would write it with that serializer.
+fn message_of(content_type: &'static str, body: &[u8]) -> kombu::Message {
+    kombu::Message {
+        body: body.to_vec().into(),
+        content_type: Some(content_type.into()),
+        content_encoding: Some("binary".into()),
+        ..kombu::Message::default()
+    }
+}
+
+/// `pickle.dumps({"b": b"\x01\x02\xff", "n": 1}, protocol=4)`, as Python 3 writes it.
+const PICKLE_BYTES: &[u8] =
+    b"\x80\x04\x95\x15\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01b\x94C\x03\x01\x02\xff\x94\x8c\x01n\x94K\x01u.";
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn peeking_takes_only_the_messages_it_prints() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let queue = unique("peek");
+        kombu(url)
+            .args(["declare", "queue", &queue])
+            .assert()
+            .success();
+        kombu(url)
+            .args(["publish", "--routing-key", &queue, "--lines"])
+            .write_stdin("1\n2\n3\n")
+            .assert()
+            .success();
+        let out = stdout_of(kombu(url).args([
+            "consume",
+            "--queue",
+            &queue,
+            "--requeue",
+            "--count",
+            "1",
+            "--format",
+            "body",
+        ]));
+        assert_eq!(out, "1\n", "{url}");
+        let all = consume_json(url, &queue, 3);
+        for m in &all {
+            // Only the peeked message was delivered before.
+            let peeked = m["body"] == 1;
+            assert_eq!(m["delivery_info"]["redelivered"], peeked, "{url}: {m}");
+        }
+        if !url.starts_with("redis") {
+            // It keeps its place where the transport keeps order.
+            let bodies: Vec<&Value> = all.iter().map(|m| &m["body"]).collect();
+            assert_eq!(bodies, [&json!(1), &json!(2), &json!(3)], "{url}");
+        }
+        kombu(url)
+            .args(["delete", "queue", &queue])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn raw_and_base64_formats_print_any_body_undecoded() {
+    let (_dir, url) = setup();
+    kombu(&url)
+        .args(["declare", "queue", "blobs"])
+        .assert()
+        .success();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "blobs",
+            "--serializer",
+            "raw",
+            "--compression",
+            "zlib",
+        ])
+        .write_stdin(vec![0u8, 159, 255])
+        .assert()
+        .success();
+    // A pickled message: not accepted by default, shown anyway by raw and base64.
+    put_message(
+        &url,
+        "blobs",
+        message_of("application/x-python-serialize", PICKLE_BYTES),
+    );
+    kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "blobs",
+            "--count",
+            "2",
+            "--requeue",
+            "--format",
+            "base64",
+        ])
+        .assert()
+        .success()
+        .stdout(format!(
+            "AJ//\n{}\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PICKLE_BYTES)
+        ));
+    let out = kombu(&url)
+        .args([
+            "consume", "--queue", "blobs", "--count", "2", "--format", "raw",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(out, [&[0u8, 159, 255][..], PICKLE_BYTES].concat());
+    assert_eq!(size(&url, "blobs"), 0);
+}
+
+#[test]
+fn bytes_inside_decoded_bodies_are_shown_as_base64() {
+    let (_dir, url) = setup();
+    // msgpack {"b": bin(01 02 ff)}.
+    put_message(
+        &url,
+        "bytes",
+        message_of(
+            "application/x-msgpack",
+            &[0x81, 0xa1, b'b', 0xc4, 0x03, 0x01, 0x02, 0xff],
+        ),
+    );
+    // kombu's JSON tags for bytes: valid UTF-8 as text, the rest as base64.
+    kombu(&url)
+        .args(["publish", "--routing-key", "bytes"])
+        .arg(
+            r#"{"b": {"__type__": "bytes", "__value__": "hi"}, "c": {"__type__": "base64", "__value__": "AQL/"}}"#,
+        )
+        .assert()
+        .success();
+    put_message(
+        &url,
+        "bytes",
+        message_of("application/x-python-serialize", PICKLE_BYTES),
+    );
+    let out = stdout_of(kombu(&url).args([
+        "consume",
+        "--queue",
+        "bytes",
+        "--count",
+        "3",
+        "--timeout",
+        "5",
+        "--accept",
+        "msgpack",
+        "--accept",
+        "json",
+        "--accept",
+        "pickle",
+    ]));
+    let bodies: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["body"].clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            json!({"b": "AQL/"}),
+            json!({"b": "aGk=", "c": "AQL/"}),
+            json!({"b": "AQL/", "n": 1}),
+        ]
+    );
+}
+
+#[test]
+fn max_size_lets_a_large_compressed_message_through() {
+    let (_dir, url) = setup();
+    let big = kombu::serializers::DEFAULT_MAX_DECOMPRESSED_SIZE + 1024;
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "big",
+            "--declare-queue",
+            "big",
+            "--serializer",
+            "raw",
+            "--compression",
+            "zstd",
+        ])
+        .write_stdin(vec![7u8; big])
+        .assert()
+        .success();
+    // Past the default bound: refused, put back, and the error says what to raise.
+    let out = kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "big",
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(
+        stderr_of(&out).contains("--max-size"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(size(&url, "big"), 1);
+    let out = kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "big",
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+            "--format",
+            "raw",
+            "--max-size",
+            &(big + 1).to_string(),
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(out.len(), big);
+    assert!(out.iter().all(|b| *b == 7));
+}
+
+#[test]
+fn consume_accepts_pickle_only_when_asked() {
+    let (_dir, url) = setup();
+    put_message(
+        &url,
+        "py",
+        message_of("application/x-python-serialize", PICKLE_BYTES),
+    );
+    let out = kombu(&url)
+        .args(["consume", "--queue", "py", "--count", "1", "--timeout", "5"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(stderr_of(&out).contains("refused"), "{}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(size(&url, "py"), 1);
+    let [m] = serde_json::from_str::<Value>(&stdout_of(kombu(&url).args([
+        "consume",
+        "--queue",
+        "py",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+        "--accept",
+        "pickle",
+    ])))
+    .map(|m| [m])
+    .unwrap();
+    assert_eq!(m["body"], json!({"b": "AQL/", "n": 1}));
+}
+
+#[test]
+fn errors_are_one_line_even_with_rust_backtrace_set() {
+    for (url, shown) in [
+        ("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+        (
+            "amqp://guest:guest@127.0.0.1:1//",
+            "amqp://guest:**@127.0.0.1:1//",
+        ),
+    ] {
+        let out = kombu(url)
+            .env("RUST_BACKTRACE", "1")
+            .args(["size", "jobs"])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = stderr_of(&out);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("backtrace"), "{stderr}");
+        // The URL once, the cause once.
+        assert_eq!(stderr.matches("127.0.0.1:1").count(), 1, "{stderr}");
+        assert!(stderr.contains(shown), "{stderr}");
+        assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
+        // --verbose is what asks for the details.
+        let out = kombu(url)
+            .args(["--verbose", "size", "jobs"])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        assert!(stderr_of(&out).lines().count() > 1, "{}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn library_warnings_reach_stderr_and_rust_log_filters_them() {
+    let (dir, sqlite) = setup();
+    kombu(&sqlite)
+        .args(["declare", "queue", "w"])
+        .assert()
+        .success();
+    // The first URL is down: the library warns and fails over to the second.
+    let failover = format!("redis://127.0.0.1:1/0;{sqlite}");
+    let out = kombu(&failover)
+        .args(["size", "w"])
+        .assert()
+        .success()
+        .stdout("0\n")
+        .get_output()
+        .clone();
+    assert!(
+        stderr_of(&out).contains("trying the next URL"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = kombu(&failover)
+        .env("RUST_LOG", "error")
+        .args(["size", "w"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(stderr_of(&out), "");
+    drop(dir);
+}
+
+/// A TCP proxy to `upstream` that holds everything the broker sends for `delay` before passing
+/// it on: a slow network. Returns its port; it lives as long as the test process.
+fn slow_proxy(upstream: &str, delay: std::time::Duration) -> u16 {
+    use std::io::{Read as _, Write as _};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = upstream.to_owned();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            let (mut from_server, mut to_client) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                    std::thread::sleep(delay);
+                    if to_client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn bench_publish_latency_includes_the_brokers_answer() {
+    // Every answer from the broker comes 30 ms late, so no publish call that waits for the
+    // broker (Redis's reply, RabbitMQ's confirm) can take less.
+    let delay = std::time::Duration::from_millis(30);
+    let redis = slow_proxy("127.0.0.1:6379", delay);
+    let amqp = slow_proxy("127.0.0.1:5672", delay);
+    for url in [
+        format!(
+            "redis://127.0.0.1:{redis}/0?global_keyprefix=cli-{}:",
+            uuid::Uuid::new_v4().simple()
+        ),
+        format!("amqp://guest:guest@127.0.0.1:{amqp}//"),
+    ] {
+        let out =
+            stdout_of(kombu(&url).args(["bench", "--messages", "20", "--batch", "5", "--json"]));
+        let row: Value = serde_json::from_str(out.trim()).unwrap();
+        let latency = &row["publish"]["latency_us"];
+        let (p50, p99, max) = (
+            latency["p50"].as_u64().unwrap(),
+            latency["p99"].as_u64().unwrap(),
+            latency["max"].as_u64().unwrap(),
+        );
+        assert!(p50 >= 30_000, "{url}: {row}");
+        assert!(p50 <= p99 && p99 <= max, "{url}: {row}");
+    }
+}
+
+#[test]
+fn consume_of_a_missing_queue_creates_nothing_without_declare() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let queue = unique("typo");
+        let out = kombu(url)
+            .args(["consume", "--queue", &queue, "--timeout", "1"])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = stderr_of(&out);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("queue {queue:?} does not exist"))
+                && stderr.contains("--declare"),
+            "{stderr}"
+        );
+        assert!(!queue_exists(url, &queue), "{url}");
+        kombu(url)
+            .args([
+                "consume",
+                "--queue",
+                &queue,
+                "--timeout",
+                "0.2",
+                "--declare",
+            ])
+            .assert()
+            .code(3);
+        assert!(queue_exists(url, &queue), "{url}");
+        kombu(url)
+            .args(["delete", "queue", &queue])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn priority_is_printed_the_same_way_on_every_transport() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let queue = unique("prio");
+        kombu(url)
+            .args(["declare", "queue", &queue])
+            .assert()
+            .success();
+        kombu(url)
+            .args(["publish", "--routing-key", &queue, "1"])
+            .assert()
+            .success();
+        kombu(url)
+            .args(["publish", "--routing-key", &queue, "--priority", "3", "2"])
+            .assert()
+            .success();
+        let mut got: Vec<(Value, Value)> = consume_json(url, &queue, 2)
+            .into_iter()
+            .map(|m| (m["body"].clone(), m["properties"]["priority"].clone()))
+            .collect();
+        got.sort_by_key(|(body, _)| body.as_u64());
+        assert_eq!(got, [(json!(1), json!(0)), (json!(2), json!(3))], "{url}");
+        kombu(url)
+            .args(["delete", "queue", &queue])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn the_default_url_is_announced_once_and_memory_says_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .current_dir(dir.path())
+        .args(["declare", "queue", "d"])
+        .assert()
+        .success()
+        .stderr("using sqlite://kombu.db (no --url or KOMBU_URL)\n");
+    // An explicit URL says nothing.
+    kombu(&sqlite_url(dir.path(), "other.db"))
+        .args(["declare", "queue", "d"])
+        .assert()
+        .success()
+        .stderr("");
+    // What an earlier command declared on memory:// is gone; the error says why.
+    kombu("memory://")
+        .args(["declare", "queue", "m"])
+        .assert()
+        .success();
+    for args in [
+        &["consume", "--queue", "m", "--timeout", "1"][..],
+        &["size", "m"][..],
+    ] {
+        let out = kombu("memory://")
+            .args(args)
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = stderr_of(&out);
+        assert!(
+            stderr.contains("memory:// lives only as long as one kombu command"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn move_of_a_missing_queue_fails_and_hints_name_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = sqlite_url(dir.path(), "from.db");
+    let to = sqlite_url(dir.path(), "to.db");
+    let out = bin()
+        .args(["move", "--from", &from, "--to", &to, "--queue", "nope"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr_of(&out).contains("queue \"nope\" does not exist"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!dir.path().join("to.db").exists());
+
+    kombu(&from)
+        .args(["declare", "queue", "jobs"])
+        .assert()
+        .success();
+    let down = "redis://127.0.0.1:1/0";
+    for (args, option) in [
+        (["--from", down, "--to", to.as_str()], "--from"),
+        (["--from", from.as_str(), "--to", down], "--to"),
+    ] {
+        let out = bin()
+            .arg("move")
+            .args(args)
+            .args(["--queue", "jobs"])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = stderr_of(&out);
+        assert!(stderr.contains(&format!("({option})")), "{stderr}");
+        assert!(!stderr.contains("--url"), "{stderr}");
+    }
 }
