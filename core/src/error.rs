@@ -4,7 +4,10 @@
 //! an optional source, and says whether retrying can help ([`Error::is_recoverable`]). Retry
 //! loops and reconnecting consumers read that flag instead of guessing from messages.
 
+use std::collections::BTreeSet;
 use std::fmt;
+
+use crate::value::{Headers, Value};
 
 /// What went wrong, coarsely. Transports map their own failures onto these kinds.
 #[non_exhaustive]
@@ -142,6 +145,77 @@ impl Error {
     pub fn unsupported(what: impl Into<String>) -> Self {
         Error::new(ErrorKind::Unsupported, what)
     }
+
+    /// An [`ErrorKind::PreconditionFailed`] error for redeclaring `entity` (for example
+    /// `queue "jobs"`) with settings other than those it exists with. Each difference is
+    /// `(setting, value it exists with, value asked for)`, named once:
+    ///
+    /// ```
+    /// # use kombu_core::{Error, ErrorKind};
+    /// let e = Error::inequivalent(
+    ///     format_args!("queue {:?}", "jobs"),
+    ///     [("durable".to_owned(), "true".to_owned(), "false".to_owned())],
+    /// );
+    /// assert_eq!(e.kind(), ErrorKind::PreconditionFailed);
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "precondition failed: queue \"jobs\" exists with durable=true; you asked for durable=false"
+    /// );
+    /// ```
+    ///
+    /// With no difference given, says only that the settings differ.
+    pub fn inequivalent(
+        entity: impl fmt::Display,
+        differences: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Self {
+        let (mut existing, mut requested) = (Vec::new(), Vec::new());
+        for (setting, has, asked) in differences {
+            existing.push(format!("{setting}={has}"));
+            requested.push(format!("{setting}={asked}"));
+        }
+        let message = if existing.is_empty() {
+            format!(
+                "{entity} exists with other settings (durable, exclusive, auto_delete or \
+                 x-arguments) than asked for"
+            )
+        } else {
+            format!(
+                "{entity} exists with {}; you asked for {}",
+                existing.join(", "),
+                requested.join(", ")
+            )
+        };
+        Error::new(ErrorKind::PreconditionFailed, message)
+    }
+
+    /// [`Error::inequivalent`] from the settings `entity` exists with and those asked for, as
+    /// tables of setting name to value (`durable`, `x-max-priority`, ...; a `kombu-rs:` prefix
+    /// on a name is left out). Names the settings whose values differ; a setting missing on
+    /// one side reads `none`, a string value is shown without quotes.
+    pub fn inequivalent_settings(
+        entity: impl fmt::Display,
+        existing: &Headers,
+        requested: &Headers,
+    ) -> Self {
+        let names: BTreeSet<&String> = existing.keys().chain(requested.keys()).collect();
+        let differences = names.into_iter().filter_map(|name| {
+            let (has, asked) = (existing.get(name), requested.get(name));
+            (has != asked).then(|| {
+                let setting = name.strip_prefix("kombu-rs:").unwrap_or(name);
+                (setting.to_owned(), show_setting(has), show_setting(asked))
+            })
+        });
+        Error::inequivalent(entity, differences)
+    }
+}
+
+/// A setting's value as [`Error::inequivalent_settings`] shows it.
+fn show_setting(value: Option<&Value>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}")),
+    }
 }
 
 impl fmt::Debug for Error {
@@ -202,5 +276,40 @@ mod tests {
                 .set_recoverable(false)
                 .is_recoverable()
         );
+    }
+
+    #[test]
+    fn inequivalent_names_each_differing_setting_once() {
+        let settings = |pairs: &[(&str, Value)]| -> Headers {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect()
+        };
+        let existing = settings(&[
+            ("kombu-rs:durable", Value::Bool(true)),
+            ("kombu-rs:exclusive", Value::Bool(false)),
+            ("x-dead-letter-exchange", Value::from("dlx")),
+        ]);
+        let requested = settings(&[
+            ("kombu-rs:durable", Value::Bool(false)),
+            ("kombu-rs:exclusive", Value::Bool(false)),
+            ("x-dead-letter-exchange", Value::from("dlx")),
+            ("x-max-priority", Value::Int(5)),
+        ]);
+        let e = Error::inequivalent_settings("queue \"jobs\"", &existing, &requested);
+        assert_eq!(e.kind(), ErrorKind::PreconditionFailed);
+        assert_eq!(
+            e.message(),
+            "queue \"jobs\" exists with durable=true, x-max-priority=none; you asked for \
+             durable=false, x-max-priority=5"
+        );
+        assert_eq!(
+            e.to_string().matches("durable").count(),
+            2,
+            "each value named once: {e}"
+        );
+        let e = Error::inequivalent("queue \"q\"", []);
+        assert!(e.message().contains("other settings"), "{e}");
     }
 }

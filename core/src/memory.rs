@@ -369,18 +369,23 @@ impl Backend for MemoryBackend {
     async fn declare_queue(&self, queue: &Queue) -> Result<()> {
         let _writer = self.declaring.lock();
         if let Some(existing) = self.queues.load().get(&queue.name) {
-            let (a, b) = (&existing.spec, queue);
-            if (a.durable, a.exclusive, a.auto_delete) != (b.durable, b.exclusive, b.auto_delete)
-                || a.declare_arguments() != b.declare_arguments()
-            {
-                return Err(Error::new(
-                    crate::error::ErrorKind::PreconditionFailed,
-                    format!(
-                        "queue {:?} exists with other properties or arguments (durable, \
-                         exclusive, auto_delete, x-arguments); declare it as it is, or delete \
-                         it first",
-                        queue.name
-                    ),
+            let settings = |q: &Queue| {
+                let mut all = q.declare_arguments();
+                for (flag, on) in [
+                    ("durable", q.durable),
+                    ("exclusive", q.exclusive),
+                    ("auto_delete", q.auto_delete),
+                ] {
+                    all.insert(flag.to_owned(), crate::Value::Bool(on));
+                }
+                all
+            };
+            let (has, asked) = (settings(&existing.spec), settings(queue));
+            if has != asked {
+                return Err(Error::inequivalent_settings(
+                    format_args!("queue {:?}", queue.name),
+                    &has,
+                    &asked,
                 ));
             }
             return Ok(());

@@ -1792,6 +1792,69 @@ pub async fn declare_idempotent(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A conflicting redeclaration says what differs, once: the setting, the value the entity
+/// exists with and the value asked for (a queue's `durable`, an x-argument, an exchange's
+/// type).
+pub async fn declare_conflict_says_what_differs(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    let name = ctx.name("q");
+    conn.declare_queue(&Queue::new(name.clone()).durable(true))
+        .await?;
+    // A conflicting declaration may close the channel it was made on (AMQP), so each uses a
+    // connection of its own.
+    let conflict = |queue: Queue| {
+        let ctx = ctx.clone();
+        async move {
+            match ctx.connect().await?.declare_queue(&queue).await {
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::PreconditionFailed, "{e}");
+                    Ok::<String, Error>(e.to_string())
+                }
+                Ok(()) => panic!("redeclaring {queue:?} must fail"),
+            }
+        }
+    };
+    let said: String = conflict(Queue::new(name.clone()).durable(false)).await?;
+    assert!(
+        said.contains(&format!("{name:?}")),
+        "names the queue: {said}"
+    );
+    assert!(said.contains("durable=true"), "names what it is: {said}");
+    assert!(
+        said.contains("durable=false"),
+        "names what was asked: {said}"
+    );
+    assert_eq!(said.matches("durable").count(), 2, "says it once: {said}");
+
+    let said: String = conflict(Queue::new(name.clone()).durable(true).max_priority(5)).await?;
+    assert!(said.contains("x-max-priority=none"), "{said}");
+    assert!(said.contains("x-max-priority=5"), "{said}");
+    assert_eq!(said.matches("x-max-priority").count(), 2, "{said}");
+    assert!(!said.contains("durable"), "names only what differs: {said}");
+
+    let x = ctx.name("x");
+    conn.declare_exchange(&Exchange::direct(x.clone())).await?;
+    let said = match ctx
+        .connect()
+        .await?
+        .declare_exchange(&Exchange::fanout(x.clone()))
+        .await
+    {
+        Err(e) => e.to_string(),
+        Ok(()) => panic!("redeclaring a direct exchange as fanout must fail"),
+    };
+    assert!(
+        said.contains(&format!("{x:?}")),
+        "names the exchange: {said}"
+    );
+    assert!(said.contains("type=direct"), "{said}");
+    assert!(said.contains("type=fanout"), "{said}");
+    assert_eq!(said.matches("direct").count(), 1, "says it once: {said}");
+    conn.delete_queue(&name).await?;
+    conn.delete_exchange(&x).await?;
+    Ok(())
+}
+
 /// Header values of every type (null, booleans, negative and 64-bit integers, floats,
 /// strings, byte strings (UTF-8 and not), lists and nested tables) and every message
 /// property (delivery mode, priority, correlation id, reply-to, expiration, message id,
@@ -2009,6 +2072,7 @@ macro_rules! conformance_tests {
             bind_unbind,
             multi_queue_consumer,
             declare_idempotent,
+            declare_conflict_says_what_differs,
             headers_and_properties,
             channel_close_ends_stream,
             missing_queue,

@@ -621,12 +621,13 @@ impl Channel for VirtualChannel {
         if let Some(existing) = self.shared.backend.lookup_exchange(&exchange.name).await?
             && existing.kind != exchange.kind
         {
-            return Err(Error::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "exchange {:?} exists with type {}, not {}",
-                    exchange.name, existing.kind, exchange.kind
-                ),
+            return Err(Error::inequivalent(
+                format_args!("exchange {:?}", exchange.name),
+                [(
+                    "type".to_owned(),
+                    existing.kind.to_string(),
+                    exchange.kind.to_string(),
+                )],
             ));
         }
         self.shared.backend.declare_exchange(exchange).await

@@ -1434,7 +1434,8 @@ impl Backend for RedisBackend {
         ] {
             spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
         }
-        let spec = serde_json::to_string(&spec)
+        let requested = spec;
+        let spec = serde_json::to_string(&requested)
             .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
         if let Some(expires) = queue.expires {
             let ms = u64::try_from(expires.as_millis())
@@ -1455,13 +1456,12 @@ impl Backend for RedisBackend {
             .await
             .map_err(self.err("declare queue"))?;
         if stored != spec {
-            return Err(Error::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "queue {:?} exists with other properties or arguments (durable, exclusive, \
-                     auto_delete, x-arguments); declare it as it is, or delete it first",
-                    queue.name
-                ),
+            // What it was declared with, to name what differs (nothing named if unreadable).
+            let has: Headers = serde_json::from_str(&stored).unwrap_or_default();
+            return Err(Error::inequivalent_settings(
+                format_args!("queue {:?}", queue.name),
+                &has,
+                &requested,
             ));
         }
         Ok(())

@@ -535,7 +535,8 @@ impl Backend for SqliteBackend {
         ] {
             spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
         }
-        let spec = serde_json::to_string(&spec)
+        let requested = spec;
+        let spec = serde_json::to_string(&requested)
             .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
         let conflict = self
             .run("declare queue", move |conn| {
@@ -549,27 +550,26 @@ impl Backend for SqliteBackend {
                     )
                     .optional()?;
                 let conflict = match stored {
-                    Some(stored) => stored != spec,
+                    Some(stored) => (stored != spec).then_some(stored),
                     None => {
                         tx.execute(
                             "INSERT INTO kombu_rs_queue (name, arguments) VALUES (?1, ?2)",
                             params![name, spec],
                         )?;
-                        false
+                        None
                     }
                 };
                 tx.commit()?;
                 Ok(conflict)
             })
             .await?;
-        if conflict {
-            return Err(Error::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "queue {:?} exists with other properties or arguments (durable, exclusive, \
-                     auto_delete, x-arguments); declare it as it is, or delete it first",
-                    queue.name
-                ),
+        if let Some(stored) = conflict {
+            // What it was declared with, to name what differs (nothing named if unreadable).
+            let has: kombu_core::Headers = serde_json::from_str(&stored).unwrap_or_default();
+            return Err(Error::inequivalent_settings(
+                format_args!("queue {:?}", queue.name),
+                &has,
+                &requested,
             ));
         }
         Ok(())
