@@ -603,6 +603,59 @@ pub async fn requeue_redelivers(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A requeued message keeps its place: with `a`, `b`, `c` queued and a consumer holding one
+/// message at a time, requeueing `a` makes it the next delivery again, before `b` and `c`
+/// (a peek leaves the queue as it was). The same for a message got with `basic_get`.
+pub async fn requeue_keeps_place(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    pause_clock(&conn);
+    let q = Queue::new(ctx.name("q"));
+    conn.declare_queue(&q).await?;
+    let producer = conn.producer().routing_key(q.name.clone());
+    for text in ["a", "b", "c"] {
+        producer.publish(&text).await?;
+    }
+    wait_for_size(&conn, &q.name, 3, ctx.patience).await?;
+    let mut consumer = conn.consumer([q.clone()]).prefetch(1).build().await?;
+    let first = next_delivery(&mut consumer, ctx.patience).await;
+    assert_eq!(
+        first.decode::<String>()?,
+        "a",
+        "the oldest message comes first"
+    );
+    first.requeue().await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut consumer, ctx.patience).await;
+        got.push((d.decode::<String>()?, d.redelivered()));
+        d.ack().await?;
+    }
+    assert_eq!(
+        got,
+        [("a".into(), true), ("b".into(), false), ("c".into(), false)],
+        "a requeued message is delivered again before the ones queued after it"
+    );
+    consumer.close().await?;
+
+    for text in ["d", "e"] {
+        producer.publish(&text).await?;
+    }
+    wait_for_size(&conn, &q.name, 2, ctx.patience).await?;
+    let channel = conn.channel().await?;
+    let got = channel.get(&q.name, false).await?.expect("d is ready"); // ok: a conformance assertion
+    assert_eq!(got.decode::<String>()?, "d");
+    got.requeue().await?;
+    wait_for_size(&conn, &q.name, 2, ctx.patience).await?;
+    let again = channel.get(&q.name, false).await?.expect("d is back"); // ok: a conformance assertion
+    assert_eq!(
+        (again.decode::<String>()?, again.redelivered()),
+        ("d".into(), true),
+        "a requeued got message is got again first"
+    );
+    again.ack().await?;
+    Ok(())
+}
+
 /// Checks that a delivery whose channel is gone cannot be settled into harm: the late ack
 /// either succeeds as a no-op or fails as a settlement/closed error.
 async fn stale_ack(d: Delivery) {
@@ -2050,6 +2103,7 @@ macro_rules! conformance_tests {
             ack_removes,
             reject_drops,
             requeue_redelivers,
+            requeue_keeps_place,
             unacked_return_on_drop,
             unacked_return_on_close,
             visibility_timeout,

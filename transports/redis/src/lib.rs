@@ -507,6 +507,12 @@ return out
 /// redelivered envelope) onto every list in `KEYS[3..]`. With a ceiling `ARGV[3]` (a sweep),
 /// only while the lease's score is still at most that: a lease extended since the sweep read
 /// the index stays. Returns 1 when it moved it.
+///
+/// `RPUSH` is the end consumers take from (`RPOP`), so a requeued or restored message is the
+/// next one taken: a requeue keeps the message's place, as RabbitMQ's does, and a channel's
+/// close restores its messages newest first, which keeps their order. kombu restores to the
+/// same end, but `LPUSH`es a `reject(requeue=True)` to the far end, behind every queued message;
+/// both sides read the same lists, so this is a difference in order only, not in format.
 const RESTORE: &str = r#"
 if ARGV[3] ~= '' then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
