@@ -782,8 +782,8 @@ async fn check_access(conn: &mut MultiplexedConnection, label: &str) -> Result<(
             ErrorKind::AccessRefused,
             format!(
                 "redis {label}: the server requires a password (NOAUTH) and the URL gives none \
-                 (a user name alone is not sent); put it in the URL: \
-                 redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@host:port/db"
+                 (a user name alone is not sent); give it as redis://:PASSWORD@host:port/db \
+                 or redis://USER:PASSWORD@host:port/db"
             ),
         )),
         Err(e) => Err(redis_error(label, "cannot connect", e)),
