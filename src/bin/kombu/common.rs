@@ -400,6 +400,52 @@ mod tests {
     }
 
     #[test]
+    fn causes_leave_out_what_the_context_says() {
+        let cause = "connection error: connect to redis://127.0.0.1:1/0: redis \
+                     redis://127.0.0.1:1/0: cannot connect: Connection refused (os error 111)";
+        assert_eq!(
+            tidy_cause(
+                cause,
+                "cannot connect to redis://127.0.0.1:1/0",
+                ErrorKind::Connection
+            ),
+            "connection error: Connection refused (os error 111)"
+        );
+        let cause = "connection error: connect to amqp://guest:**@127.0.0.1:1//: connect to \
+                     amqp://127.0.0.1:1//: connection error: connect to amqp://127.0.0.1:1//: IO \
+                     error: Connection refused (os error 111)";
+        assert_eq!(
+            tidy_cause(
+                cause,
+                "cannot connect to amqp://guest:**@127.0.0.1:1//",
+                ErrorKind::Connection
+            ),
+            "connection error: IO error: Connection refused (os error 111)"
+        );
+        let cause = "not found: size of queue \"q\": protocol error: AMQP soft error: NOT-FOUND: \
+                     NOT_FOUND - no queue 'q' in vhost '/'";
+        assert_eq!(
+            tidy_cause(
+                cause,
+                "cannot get the size of queue \"q\" on amqp://h//",
+                ErrorKind::NotFound
+            ),
+            "AMQP soft error: NOT_FOUND - no queue 'q' in vhost '/'"
+        );
+        // A URL in a longer sentence stays; so does a cause the context does not name.
+        let cause = "invalid URL: no transport for scheme \"foo\" in foo://h/x (registered: amqp)";
+        assert_eq!(
+            tidy_cause(cause, "cannot connect to foo://h/x", ErrorKind::InvalidUrl),
+            cause
+        );
+        // Nothing left but the kind.
+        assert_eq!(
+            tidy_cause("timed out: declare", "cannot declare", ErrorKind::Timeout),
+            "timed out"
+        );
+    }
+
+    #[test]
     fn masks_passwords_even_in_bad_urls() {
         assert_eq!(mask("foo://u:secret@h/x"), "foo://u:**@h/x");
         assert!(!mask("memory://u:secret@a;memory://v:secret@b").contains("secret"));
