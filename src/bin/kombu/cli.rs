@@ -67,12 +67,14 @@ Examples:
 
 A queue that does not exist is an error (nothing is created) unless --declare is given.
 Accepted by default: json, msgpack, yaml, text and raw (and untyped bytes); pickle only when
-named in --accept. --format raw and base64 print the body after decompression without decoding
-it, so they show any message whatever its serializer. In --format json, bytes inside a decoded
-body (msgpack bin, kombu's {\"__type__\": \"bytes\"} JSON tags, pickle bytes) are shown as
-base64 text, numbers JSON has no room for (Python's NaN, Infinity, -Infinity) as null, and
-properties.priority is a number on every transport (0 when the message has none). With --requeue, only --count messages are taken from the queue, so no other message is
-marked redelivered.
+named in --accept. With --requeue, only --count messages are taken from the queue, so no other
+message is marked redelivered.
+
+--format raw and base64 print the body after decompression without decoding it, so they show
+any message whatever its serializer. In --format json, bytes inside a decoded body (msgpack
+bin, kombu's {\"__type__\": \"bytes\"} JSON tags, pickle bytes) are shown as base64 text,
+numbers JSON has no room for (Python's NaN, Infinity, -Infinity) as null, and
+properties.priority is a number on every transport (0 when the message has none).
 
 Exit status: 0 when --count messages arrived, 3 when --timeout seconds pass without a message
 before that, 130 on Ctrl-C, 1 on any error.")]
