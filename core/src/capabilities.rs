@@ -20,6 +20,11 @@ pub struct Capabilities {
     pub headers: bool,
     /// Queues honour message priorities (with `max_priority` set).
     pub priorities: bool,
+    /// Message priorities take effect as in kombu's Redis transport rather than AMQP's order:
+    /// each message goes to one of its queue's priority buckets and lower numbers are consumed
+    /// first, whatever the queue's `max_priority`. [`priorities`](Capabilities::priorities)
+    /// (higher first) is off then.
+    pub priority_buckets: bool,
     /// Per-message expiration and queue message TTL are honoured.
     pub message_ttl: bool,
     /// Queues with `max_length` drop their oldest messages.
@@ -60,6 +65,7 @@ impl Capabilities {
             fanout: false,
             headers: false,
             priorities: false,
+            priority_buckets: false,
             message_ttl: false,
             max_length: false,
             dead_lettering: false,

@@ -84,7 +84,8 @@
 //!   address and connects to it (user and password from the URL are the master's). Several
 //!   sentinels are `;`-separated URLs, tried in turn as failover alternatives.
 //!
-//! Priorities follow kombu's buckets, not AMQP's order, so the `priorities` capability is off.
+//! Priorities follow kombu's buckets, not AMQP's order: the `priorities` capability is off,
+//! `priority_buckets` on.
 #![deny(missing_docs, unsafe_code)]
 
 use std::collections::HashMap;
@@ -1363,6 +1364,7 @@ impl Backend for RedisBackend {
         c.shared_between_processes = true;
         c.visibility_timeout = true;
         c.implicit_queues = true;
+        c.priority_buckets = true;
         c
     }
 
