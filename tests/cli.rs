@@ -654,7 +654,7 @@ fn errors_are_one_line_and_never_show_the_password() {
         .code(1)
         .stderr(predicate::str::contains("--serializer text"));
     kombu(&url)
-        .args(["publish", "--routing-key", "missing", "1"])
+        .args(["publish", "--routing-key", "missing", "--mandatory", "1"])
         .assert()
         .code(1)
         .stderr(
@@ -718,6 +718,636 @@ fn completions_and_help() {
             .success()
             .stdout(predicate::str::contains("Example"));
     }
+}
+
+// --- Issue 13: publish, declare, size and bulk publishing as a new user meets them. ---
+
+/// `redis_interop.py` of the Redis transport's tests: Python kombu's side (declares, consumes).
+const REDIS_INTEROP_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/transports/redis/tests/interop/redis_interop.py"
+);
+
+/// A Redis URL whose `global_keyprefix` is `prefix` (Python kombu's side uses the same one).
+fn redis_url_with_prefix(prefix: &str) -> String {
+    format!("redis://127.0.0.1:6379/0?global_keyprefix={prefix}")
+}
+
+/// Runs a command of `redis_interop.py` under `prefix`; returns its stdout.
+fn redis_interop_py(python: &Path, prefix: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(python)
+        .arg(REDIS_INTEROP_PY)
+        .arg(args[0])
+        .arg(prefix)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis_interop.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Deletes the `kombu publish` queues and exchanges a test made on a shared broker.
+fn delete_entities(url: &str, queues: &[&str], exchanges: &[&str]) {
+    for q in queues {
+        kombu(url).args(["delete", "queue", q]).assert().success();
+    }
+    for x in exchanges {
+        kombu(url)
+            .args(["delete", "exchange", x])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn publish_reaches_a_queue_python_kombu_declared_on_redis() {
+    let Some(python) = kombu_core::conformance::support::python() else {
+        return;
+    };
+    let prefix = format!("cli-py-{}:", uuid::Uuid::new_v4().simple());
+    let url = redis_url_with_prefix(&prefix);
+    // Python kombu declares `pyd` bound to its direct exchange `py.direct`: a binding only, no
+    // list, nothing in kombu-rs's registry.
+    redis_interop_py(&python, &prefix, &["bind"]);
+    let out = kombu(&url)
+        .args(["publish", "--routing-key", "pyd", "--mandatory"])
+        .arg(r#"{"from": "cli"}"#)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(
+        stderr_of(&out),
+        "",
+        "no warning for a queue Python declared"
+    );
+    assert_eq!(size(&url, "pyd"), 1);
+    let got: Value =
+        serde_json::from_str(redis_interop_py(&python, &prefix, &["consume", "pyd", "1"]).trim())
+            .unwrap();
+    assert!(got.to_string().contains("cli"), "{got}");
+}
+
+#[test]
+fn publish_reaches_a_celery_workers_queue_on_redis() {
+    use kombu_core::conformance::support::{
+        CeleryWorker, await_recorded_task, celery_task_headers,
+    };
+    let Some(python) = kombu_core::conformance::support::python() else {
+        return;
+    };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("cli-celery-{tag}:");
+    let url = redis_url_with_prefix(&prefix);
+    let app = r#"
+import json
+import os
+
+from celery import Celery
+
+app = Celery("kombu_rs_tasks", broker="redis://127.0.0.1:6379/0")
+app.conf.broker_transport_options = {"global_keyprefix": os.environ["KOMBU_RS_PREFIX"]}
+app.conf.worker_hijack_root_logger = False
+app.conf.broker_connection_retry_on_startup = True
+
+
+@app.task(name="kombu_rs.record", bind=True)
+def record(self, path, a, b, *, label=None, nested=None):
+    out = {
+        "args": [a, b], "label": label, "nested": nested, "id": self.request.id,
+        "root_id": self.request.root_id, "retries": self.request.retries,
+        "delivery_info": self.request.delivery_info,
+    }
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.rename(path + ".tmp", path)
+"#;
+    // The worker's default queue, `celery`, bound to its direct exchange `celery`.
+    let worker = CeleryWorker::start(
+        &python,
+        "cli-celery",
+        app,
+        "celery",
+        &[("KOMBU_RS_PREFIX", &prefix)],
+    );
+    let guard = std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + guard;
+    while !queue_exists(&url, "celery") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker declared no queue:\n{}",
+            worker.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let result = worker.dir().join("result.json");
+    let path = result.to_str().unwrap();
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let nested = json!({"list": [1, 2.5, "three", null], "map": {"k": "v"}});
+    let mut cmd = kombu(&url);
+    cmd.args([
+        "publish",
+        "--routing-key",
+        "celery",
+        "--correlation-id",
+        &task_id,
+    ]);
+    let headers = celery_task_headers(
+        "kombu_rs.record",
+        &task_id,
+        &format!("('{path}', 2, 3)"),
+        "{}",
+    );
+    for (k, v) in headers.iter() {
+        cmd.args([
+            "--header",
+            &format!("{k}={}", serde_json::to_string(v).unwrap()),
+        ]);
+    }
+    let body = json!([[path, 2, 3], {"label": "from-rust", "nested": nested}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]);
+    let out = cmd
+        .arg(body.to_string())
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(stderr_of(&out), "", "no warning for the worker's queue");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(await_recorded_task(
+            &result, guard, &task_id, "celery", &nested,
+        ));
+}
+
+#[test]
+fn publish_to_a_queue_that_exists_nowhere_is_stored_with_one_warning_or_refused() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let ghost = unique("ghost");
+        let out = kombu(url)
+            .args(["publish", "--routing-key", &ghost, "--count", "3", "1"])
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&out);
+        if !url.starts_with("amqp") {
+            // Redis and SQLite store it, as Python kombu does, and say so once.
+            assert!(out.status.success(), "{url}: {stderr}");
+            assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+            assert!(
+                stderr.contains(&ghost) && stderr.contains("--mandatory"),
+                "{stderr}"
+            );
+            assert_eq!(size(url, &ghost), 3);
+            kombu(url)
+                .args(["delete", "queue", &ghost])
+                .assert()
+                .success();
+        } else {
+            // RabbitMQ would drop it: an error, as before.
+            assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+            assert!(
+                stderr.contains(&ghost) && stderr.contains("--declare-queue"),
+                "{stderr}"
+            );
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        }
+        // --mandatory: an error everywhere, and nothing created.
+        let other = unique("ghost");
+        let out = kombu(url)
+            .args(["publish", "--routing-key", &other, "--mandatory", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        assert!(stderr_of(&out).contains(&other), "{}", stderr_of(&out));
+        assert!(!queue_exists(url, &other), "{url}");
+    }
+    // memory:// would drop it too, and lives for one command: said so.
+    kombu("memory://")
+        .args(["publish", "--routing-key", "jobs", "1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("one kombu command"));
+    let help = stdout_of(bin().args(["publish", "--help"]));
+    assert!(!help.contains("never drops"), "{help}");
+    assert!(
+        help.contains("--mandatory") && help.contains("Python kombu"),
+        "{help}"
+    );
+}
+
+#[test]
+fn the_readme_sequence_works_on_rabbitmq_and_sqlite() {
+    let (_dir, sqlite) = setup();
+    for url in [sqlite.as_str(), AMQP_URL] {
+        let jobs = unique("jobs");
+        let logs = unique("logs");
+        let errors = unique("errors");
+        kombu(url)
+            .args(["publish", "--routing-key", &jobs, "--declare-queue", &jobs])
+            .arg(r#"{"id": 1, "item": "teapot"}"#)
+            .assert()
+            .success();
+        kombu(url)
+            .args(["publish", "--routing-key", &jobs, "--lines"])
+            .write_stdin("1\n2\n3\n")
+            .assert()
+            .success();
+        assert_eq!(size(url, &jobs), 4, "{url}");
+        // `declare queue` declares what `publish --declare-queue` does: no conflict.
+        kombu(url)
+            .args(["declare", "queue", &jobs])
+            .assert()
+            .success();
+        let peek =
+            stdout_of(kombu(url).args(["consume", "--queue", &jobs, "--requeue", "--count", "1"]));
+        assert_eq!(peek.lines().count(), 1, "{peek}");
+        assert_eq!(
+            consume_json(url, &jobs, 4)[0]["body"],
+            json!({"id": 1, "item": "teapot"})
+        );
+
+        kombu(url)
+            .args(["declare", "exchange", &logs, "--type", "topic"])
+            .assert()
+            .success();
+        kombu(url)
+            .args([
+                "declare",
+                "queue",
+                &errors,
+                "--exchange",
+                &logs,
+                "--routing-key",
+                "*.error",
+            ])
+            .assert()
+            .success();
+        kombu(url)
+            .args(["publish", "--exchange", &logs, "--exchange-type", "topic"])
+            .args([
+                "--routing-key",
+                "app.error",
+                "--header",
+                "level=3",
+                r#""disk full""#,
+            ])
+            .assert()
+            .success();
+        assert_eq!(size(url, &errors), 1, "{url}");
+        delete_entities(url, &[&jobs, &errors], &[&logs]);
+    }
+}
+
+#[test]
+fn declared_entities_are_durable_unless_transient() {
+    // On RabbitMQ a durable and a transient declaration of one name conflict, so this shows
+    // what each command declares.
+    let queue = unique("dur");
+    kombu(AMQP_URL)
+        .args(["declare", "queue", &queue])
+        .assert()
+        .success();
+    // The same durable queue: fine; a transient one: refused.
+    kombu(AMQP_URL)
+        .args([
+            "publish",
+            "--routing-key",
+            &queue,
+            "--declare-queue",
+            &queue,
+            "1",
+        ])
+        .assert()
+        .success();
+    kombu(AMQP_URL)
+        .args(["declare", "queue", &queue, "--transient"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("durable"));
+    let exchange = unique("dur");
+    kombu(AMQP_URL)
+        .args([
+            "declare",
+            "exchange",
+            &exchange,
+            "--type",
+            "fanout",
+            "--transient",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("transient"));
+    kombu(AMQP_URL)
+        .args(["declare", "exchange", &exchange, "--type", "fanout"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("durable"));
+    kombu(AMQP_URL)
+        .args([
+            "publish",
+            "--exchange",
+            &exchange,
+            "--exchange-type",
+            "fanout",
+            "--transient",
+            "1",
+        ])
+        .assert()
+        .success();
+    delete_entities(AMQP_URL, &[&queue], &[&exchange]);
+}
+
+#[test]
+fn publish_to_an_existing_exchange_uses_it_as_it_is() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let exchange = unique("logs");
+        let queue = unique("errors");
+        kombu(url)
+            .args([
+                "declare",
+                "exchange",
+                &exchange,
+                "--type",
+                "topic",
+                "--transient",
+            ])
+            .assert()
+            .success();
+        kombu(url)
+            .args([
+                "declare",
+                "queue",
+                &queue,
+                "--exchange",
+                &exchange,
+                "--routing-key",
+                "*.error",
+            ])
+            .assert()
+            .success();
+        // No --exchange-type: a topic exchange, and transient, whatever publish would declare.
+        kombu(url)
+            .args([
+                "publish",
+                "--exchange",
+                &exchange,
+                "--routing-key",
+                "app.error",
+                "1",
+            ])
+            .assert()
+            .success();
+        assert_eq!(size(url, &queue), 1, "{url}");
+        // With --exchange-type, it must be that type.
+        kombu(url)
+            .args([
+                "publish",
+                "--exchange",
+                &exchange,
+                "--exchange-type",
+                "direct",
+            ])
+            .args(["--routing-key", "app.error", "2"])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("topic"));
+        // A missing exchange is declared, direct, with --declare-queue bound to it.
+        let fresh = unique("fresh");
+        let bound = unique("bound");
+        kombu(url)
+            .args([
+                "publish",
+                "--exchange",
+                &fresh,
+                "--routing-key",
+                "k",
+                "--declare-queue",
+                &bound,
+                "3",
+            ])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("(direct)"));
+        assert_eq!(size(url, &bound), 1, "{url}");
+        delete_entities(url, &[&queue, &bound], &[&exchange, &fresh]);
+    }
+}
+
+#[test]
+fn size_and_purge_of_a_missing_queue_fail_the_same_way_everywhere() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let missing = unique("missing");
+        for command in ["size", "purge"] {
+            let out = kombu(url).args([command, &missing]).output().unwrap();
+            let stderr = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(1), "{url} {command}: {stderr}");
+            assert!(out.stdout.is_empty(), "{url} {command}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains(&format!("queue \"{missing}\" does not exist on"))
+                    && stderr.contains("kombu declare queue"),
+                "{stderr}"
+            );
+        }
+        // A queue that exists and is empty: 0.
+        kombu(url)
+            .args(["declare", "queue", &missing])
+            .assert()
+            .success();
+        assert_eq!(size(url, &missing), 0, "{url}");
+        kombu(url)
+            .args(["delete", "queue", &missing])
+            .assert()
+            .success();
+    }
+    let help = stdout_of(bin().args(["size", "--help"]));
+    assert!(help.contains("exists nowhere is an error"), "{help}");
+}
+
+#[test]
+fn priority_is_not_called_ineffective_on_redis() {
+    let url = redis_url();
+    kombu(&url)
+        .args(["declare", "queue", "p"])
+        .assert()
+        .success();
+    for (priority, body) in [("9", r#""low""#), ("0", r#""high""#)] {
+        let out = kombu(&url)
+            .args([
+                "publish",
+                "--routing-key",
+                "p",
+                "--priority",
+                priority,
+                body,
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        assert_eq!(stderr_of(&out), "", "no warning: kombu's buckets honour it");
+    }
+    // It has an effect: kombu's buckets, lower numbers first.
+    let bodies: Vec<Value> = consume_json(&url, "p", 2)
+        .into_iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    assert_eq!(bodies, [json!("high"), json!("low")]);
+    // SQLite has no priorities: still said.
+    let (_dir, sqlite) = setup();
+    kombu(&sqlite)
+        .args([
+            "publish",
+            "--routing-key",
+            "p",
+            "--declare-queue",
+            "p",
+            "--priority",
+            "3",
+            "1",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("does not honour --priority"));
+}
+
+#[test]
+fn summaries_of_declare_bind_and_publish_share_stdout() {
+    let (_dir, url) = setup();
+    let runs: [&[&str]; 6] = [
+        &["declare", "exchange", "x", "--type", "direct"],
+        &["declare", "queue", "q"],
+        &["bind", "q", "x", "--routing-key", "k"],
+        &["publish", "--exchange", "x", "--routing-key", "k", "1"],
+        &["unbind", "q", "x", "--routing-key", "k"],
+        &["publish", "--routing-key", "q", "2"],
+    ];
+    for args in runs {
+        let out = kombu(&url)
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "{args:?}: {stdout}");
+        assert!(stdout.contains(&url), "{args:?}: {stdout}");
+        assert_eq!(stderr_of(&out), "", "{args:?}");
+    }
+}
+
+/// A `redis-server` of this test's own on a free loopback port (so that its statistics count
+/// only what the test sent), killed when dropped.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        let server = PrivateRedis { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// How many times the server read from its clients' sockets: a round trip costs at least
+    /// one, a pipelined batch one per socket buffer full.
+    fn reads(&self) -> u64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = redis::Client::open(self.url()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_reads_processed:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bulk_publishing_takes_a_round_trip_per_batch_not_per_message() {
+    const N: usize = 2000;
+    let server = PrivateRedis::start();
+    let url = server.url();
+    kombu(&url)
+        .args(["declare", "queue", "bulk"])
+        .assert()
+        .success();
+    let before = server.reads();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            "bulk",
+            "--count",
+            &N.to_string(),
+        ])
+        .arg(r#"{"n": 1}"#)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("published {N} messages")));
+    let lines: String = (0..N).map(|i| format!("{i}\n")).collect();
+    kombu(&url)
+        .args(["publish", "--routing-key", "bulk", "--lines", "--mandatory"])
+        .write_stdin(lines)
+        .assert()
+        .success();
+    let reads = server.reads() - before;
+    assert_eq!(size(&url, "bulk"), 2 * N as u64);
+    // One by one, each message would be a read of its own (2N); in batches, a few per batch.
+    assert!(
+        reads < (N / 4) as u64,
+        "{reads} socket reads for {} messages",
+        2 * N
+    );
 }
 
 /// A Redis URL under a key prefix of its own (the server scripts/test starts on 6379).

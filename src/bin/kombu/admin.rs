@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kombu::{Binding, Exchange, HeaderMatch, Queue};
+use kombu::{Binding, Connection, ErrorKind, Exchange, HeaderMatch, Queue};
 
 use crate::Outcome;
 use crate::cli::{
@@ -18,22 +18,23 @@ pub async fn declare(global: &Global, args: DeclareArgs) -> anyhow::Result<Outco
         DeclareWhat::Exchange {
             name,
             kind,
-            durable,
+            transient,
             auto_delete,
         } => {
             let exchange = Exchange::new(name.clone(), kind.into())
-                .durable(durable)
+                .durable(!transient)
                 .auto_delete(auto_delete);
             conn.declare_exchange(&exchange)
                 .await
                 .ctx(format!("cannot declare exchange {name:?} on {masked}"))?;
             println!(
-                "declared exchange {name:?} ({}) on {masked}",
+                "declared {} exchange {name:?} ({}) on {masked}",
+                durability(exchange.durable),
                 exchange.kind.as_str()
             );
         }
         DeclareWhat::Queue(q) => {
-            let mut queue = Queue::new(q.name.clone()).durable(q.durable);
+            let mut queue = Queue::new(q.name.clone()).durable(!q.transient);
             if let Some(n) = q.max_priority {
                 queue = queue.max_priority(n);
             }
@@ -82,11 +83,18 @@ pub async fn declare(global: &Global, args: DeclareArgs) -> anyhow::Result<Outco
                     q.name
                 ))?;
                 println!(
-                    "declared queue {:?} bound to exchange {exchange:?} with key {:?} on {masked}",
-                    q.name, q.routing_key
+                    "declared {} queue {:?} bound to exchange {exchange:?} with key {:?} on \
+                     {masked}",
+                    durability(queue.durable),
+                    q.name,
+                    q.routing_key
                 );
             } else {
-                println!("declared queue {:?} on {masked}", q.name);
+                println!(
+                    "declared {} queue {:?} on {masked}",
+                    durability(queue.durable),
+                    q.name
+                );
             }
         }
     }
@@ -132,26 +140,68 @@ pub async fn bind(global: &Global, args: BindArgs, bind: bool) -> anyhow::Result
 
 pub async fn size(global: &Global, args: QueueArg) -> anyhow::Result<Outcome> {
     let url = common::url(global)?;
+    let masked = common::mask(&url);
     let conn = common::connect(&url).await?;
-    let n = conn.queue_size(&args.queue).await.ctx(format!(
-        "cannot get the size of queue {:?} on {}",
-        args.queue,
-        common::mask(&url)
-    ))?;
+    let what = format!("cannot get the size of queue {:?} on {masked}", args.queue);
+    let n = existing(
+        &conn,
+        &args.queue,
+        &masked,
+        what,
+        conn.queue_size(&args.queue).await,
+    )?;
     println!("{n}");
     Ok(Outcome::Done)
 }
 
 pub async fn purge(global: &Global, args: QueueArg) -> anyhow::Result<Outcome> {
     let url = common::url(global)?;
+    let masked = common::mask(&url);
     let conn = common::connect(&url).await?;
-    let n = conn.purge(&args.queue).await.ctx(format!(
-        "cannot purge queue {:?} on {}",
-        args.queue,
-        common::mask(&url)
-    ))?;
+    let what = format!("cannot purge queue {:?} on {masked}", args.queue);
+    let n = existing(
+        &conn,
+        &args.queue,
+        &masked,
+        what,
+        conn.purge(&args.queue).await,
+    )?;
     println!("{n}");
     Ok(Outcome::Done)
+}
+
+/// The result of an operation on `queue`, with `what` failed as its context; the library's
+/// NotFound (the queue exists nowhere, the same on every transport) as one uniform line with a
+/// hint.
+fn existing<T>(
+    conn: &Connection,
+    queue: &str,
+    masked: &str,
+    what: String,
+    result: kombu::Result<T>,
+) -> anyhow::Result<T> {
+    match result {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let create = format!(
+                "check the name, or create it with `kombu declare queue {queue}` (or publish \
+                 with --declare-queue {queue})"
+            );
+            let hint = if conn.url().scheme() == "memory" {
+                format!("{}; {create}", common::MEMORY_NOTE)
+            } else {
+                create
+            };
+            Err(common::hinted(
+                format!("queue {queue:?} does not exist on {masked}"),
+                hint,
+            ))
+        }
+        other => other.ctx(what),
+    }
+}
+
+fn durability(durable: bool) -> &'static str {
+    if durable { "durable" } else { "transient" }
 }
 
 pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<Outcome> {

@@ -51,9 +51,20 @@ Examples:
   seq 1 100 | kombu publish --routing-key numbers --declare-queue numbers --lines
   kombu publish --routing-key blobs --serializer raw --compression zstd < image.png
 
-Publishing to the default exchange (no --exchange) fails when no queue has the routing key's
-name, so a typo never drops messages silently: create it with --declare-queue or `kombu declare`.
-Every publish returns once the broker has the message: confirmed where the broker confirms,
+On the default exchange (no --exchange) the routing key names the queue, whether kombu-rs,
+Python kombu or a Celery worker declared it. When no queue of that name exists anywhere, Redis
+and SQLite store the message under that name all the same, as Python kombu does (it waits for
+whoever consumes that queue), and a warning on stderr says so: there a typo makes a new queue.
+RabbitMQ and memory:// would drop the message, so there it is an error. --mandatory makes it an
+error everywhere (and, with --exchange, a message that no bound queue takes is an error rather
+than dropped). --declare-queue or `kombu declare queue` creates the queue first.
+
+Entities are durable unless --transient, as kombu declares them. --exchange without
+--exchange-type uses an existing exchange as it is (whatever its type and durability) and
+declares a missing one as a direct exchange; with --exchange-type it must have that type.
+
+Messages are sent in batches (one broker round trip for many messages where the transport allows
+it). Every publish returns once the broker has the message: confirmed where the broker confirms,
 committed to the store for SQLite and memory. --confirm says so in the summary.")]
     Publish(PublishArgs),
     /// Consume messages and print them.
@@ -83,7 +94,11 @@ before that, 130 on Ctrl-C, 1 on any error.")]
     #[command(after_help = "\
 Examples:
   kombu declare exchange logs --type topic
-  kombu declare queue errors --exchange logs --routing-key '*.error'")]
+  kombu declare queue errors --exchange logs --routing-key '*.error'
+  kombu declare queue scratch --transient
+
+Exchanges and queues are durable (they survive a broker restart), as kombu declares them, unless
+--transient is given; `kombu publish` declares them the same way.")]
     Declare(DeclareArgs),
     /// Bind a queue to an exchange.
     #[command(after_help = "\
@@ -97,7 +112,12 @@ Examples:
   kombu unbind errors logs --routing-key 'app.error'")]
     Unbind(BindArgs),
     /// Print the number of ready messages in a queue.
-    #[command(after_help = "Example:\n  kombu size jobs")]
+    #[command(after_help = "\
+Example:
+  kombu size jobs
+
+A queue that exists nowhere is an error (exit 1) on every transport, not 0: on Redis a queue
+exists when kombu-rs or Python kombu declared it, bound it, or it holds messages.")]
     Size(QueueArg),
     /// Remove every ready message from a queue; print how many.
     #[command(after_help = "Example:\n  kombu purge jobs")]
@@ -167,9 +187,10 @@ pub struct PublishArgs {
     /// Exchange to publish to ("" = the default exchange: the routing key names the queue).
     #[arg(long, default_value = "")]
     pub exchange: String,
-    /// Type of --exchange (declared if missing).
-    #[arg(long, value_enum, default_value = "direct")]
-    pub exchange_type: ExchangeType,
+    /// Type of --exchange: declared with this type (an error if it exists with another).
+    /// Without it, an existing exchange is used as it is and a missing one is declared direct.
+    #[arg(long, value_enum, requires = "exchange")]
+    pub exchange_type: Option<ExchangeType>,
     /// Routing key.
     #[arg(long, default_value = "")]
     pub routing_key: String,
@@ -209,6 +230,13 @@ pub struct PublishArgs {
     /// Wait for the broker's confirmation (every publish already does; see below).
     #[arg(long)]
     pub confirm: bool,
+    /// Fail when no queue takes the message (on the default exchange: when no queue has the
+    /// routing key's name) instead of storing it for a queue to come, or dropping it.
+    #[arg(long)]
+    pub mandatory: bool,
+    /// Declare --exchange and --declare-queue non-durable (default: durable, as kombu).
+    #[arg(long)]
+    pub transient: bool,
     /// The message body; stdin when absent.
     pub body: Option<String>,
 }
@@ -285,9 +313,9 @@ pub enum DeclareWhat {
         /// Exchange type.
         #[arg(long = "type", value_enum)]
         kind: ExchangeType,
-        /// Survives a broker restart.
+        /// Does not survive a broker restart (default: durable, as kombu declares exchanges).
         #[arg(long)]
-        durable: bool,
+        transient: bool,
         /// Deleted when its last binding goes.
         #[arg(long)]
         auto_delete: bool,
@@ -329,9 +357,9 @@ pub struct DeclareQueueArgs {
     /// Dead-letter routing key (x-dead-letter-routing-key).
     #[arg(long, value_name = "K")]
     pub dead_letter_routing_key: Option<String>,
-    /// Survives a broker restart.
+    /// Does not survive a broker restart (default: durable, as kombu declares queues).
     #[arg(long)]
-    pub durable: bool,
+    pub transient: bool,
 }
 
 /// Header matching of a headers-exchange binding.

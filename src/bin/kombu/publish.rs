@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use kombu::serializers::Registry;
-use kombu::{Exchange, Headers, Outgoing, Producer, Queue};
+use kombu::{Binding, Connection, ErrorKind, Exchange, Headers, Outgoing, Producer, Queue};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -32,6 +32,8 @@ struct Options {
     expiration: Option<Duration>,
     correlation_id: Option<String>,
     reply_to: Option<String>,
+    /// Set on each message rather than on the producer, which would declare it again.
+    exchange: String,
     mandatory: bool,
 }
 
@@ -108,7 +110,16 @@ pub async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<Outcome> 
         return Err(anyhow!("nothing to publish: the input has no lines"));
     }
 
+    if args.exchange.is_empty() && args.routing_key.is_empty() {
+        return Err(anyhow!(
+            "no --routing-key: on the default exchange (no --exchange) the routing key names the \
+             queue; give --routing-key QUEUE, or --exchange"
+        ));
+    }
+
     let conn = common::connect(&url).await?;
+    let caps = conn.capabilities();
+    let durable = !args.transient;
     let mut producer = conn
         .producer()
         .routing_key(args.routing_key.clone())
@@ -116,46 +127,52 @@ pub async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<Outcome> 
     if let Some(c) = &args.compression {
         producer = producer.compression(c.clone());
     }
-    let exchange = (!args.exchange.is_empty())
-        .then(|| Exchange::new(args.exchange.clone(), args.exchange_type.into()));
-    let where_to = match &exchange {
-        Some(x) => format!("exchange {:?} ({})", x.name, x.kind.as_str()),
-        None => "the default exchange".to_owned(),
+    let where_to = if args.exchange.is_empty() {
+        "the default exchange".to_owned()
+    } else {
+        declare_exchange(&conn, &args, durable, &masked).await?
     };
-    if let Some(x) = &exchange {
-        conn.declare_exchange(x)
-            .await
-            .ctx(format!("cannot declare {where_to} on {masked}"))?;
-        producer = producer.exchange(x.clone());
-    }
     if let Some(name) = &args.declare_queue {
-        let mut queue = Queue::new(name.clone());
-        if let Some(x) = &exchange {
-            let key = args.binding_key.as_ref().unwrap_or(&args.routing_key);
-            queue = queue.exchange(x.clone()).routing_key(key.clone());
-        }
-        common::declare_queue_lenient(&conn, &queue)
+        common::declare_queue_lenient(&conn, &Queue::new(name.clone()).durable(durable))
             .await
             .ctx(format!("cannot declare queue {name:?} on {masked}"))?;
+        // Bound by name: the exchange exists now, whatever its type.
+        if !args.exchange.is_empty() {
+            let key = args.binding_key.as_ref().unwrap_or(&args.routing_key);
+            conn.bind(name, &Binding::new(args.exchange.clone(), key.clone()))
+                .await
+                .ctx(format!(
+                    "cannot bind queue {name:?} to exchange {:?} on {masked}",
+                    args.exchange
+                ))?;
+        }
     }
-    let caps = conn.capabilities();
     common::warn_unhonoured(
         &conn,
         &masked,
         &[
-            (args.priority.is_some(), "--priority", caps.priorities),
+            (
+                args.priority.is_some(),
+                "--priority",
+                caps.priorities || caps.priority_buckets,
+            ),
             (args.expiration.is_some(), "--expiration", caps.message_ttl),
+            (args.mandatory, "--mandatory", caps.mandatory),
         ],
     );
+    let mandatory = if args.exchange.is_empty() {
+        check_queue(&conn, &args, &where_to, &masked).await?
+    } else {
+        args.mandatory
+    };
     let options = Options {
         headers,
         priority: args.priority,
         expiration: args.expiration.map(Duration::from_millis),
         correlation_id: args.correlation_id.clone(),
         reply_to: args.reply_to.clone(),
-        // The default exchange routes by queue name: refuse a name no queue has rather than
-        // drop the message. Named exchanges with no bound queue drop it, as brokers do.
-        mandatory: exchange.is_none() && conn.capabilities().mandatory,
+        exchange: args.exchange.clone(),
+        mandatory: mandatory && caps.mandatory,
     };
 
     let total = args.count.saturating_mul(payloads.len() as u64);
@@ -187,6 +204,7 @@ pub async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<Outcome> 
         let n = batch.len() as u64;
         send(&producer, &mut batch).await.ctx(what.clone())?;
         sent += n;
+        bar.set_position(sent);
     }
     bar.finish_and_clear();
     let confirmed = if !args.confirm {
@@ -225,11 +243,90 @@ fn build<T: Serialize + ?Sized>(
     if let Some(q) = &options.reply_to {
         publish = publish.reply_to(q.clone());
     }
-    publish.build()
+    let mut outgoing = publish.build()?;
+    outgoing.exchange.clone_from(&options.exchange);
+    Ok(outgoing)
 }
 
 async fn send(producer: &Producer, batch: &mut Vec<Outgoing>) -> kombu::Result<()> {
     producer.send_batch(std::mem::take(batch)).await
+}
+
+/// Declares `--exchange`: with `--exchange-type`, as asked (an error if it exists with another
+/// type or durability); without, a missing exchange as a direct one, and an existing one is used
+/// as it is. Returns how the summary names it.
+async fn declare_exchange(
+    conn: &Connection,
+    args: &PublishArgs,
+    durable: bool,
+    masked: &str,
+) -> anyhow::Result<String> {
+    let name = &args.exchange;
+    let asked = args.exchange_type.map(kombu::ExchangeKind::from);
+    let exchange =
+        Exchange::new(name.clone(), asked.unwrap_or(kombu::ExchangeKind::Direct)).durable(durable);
+    match conn.declare_exchange(&exchange).await {
+        Ok(()) => Ok(format!("exchange {name:?} ({})", exchange.kind.as_str())),
+        // It exists with another type or other settings, and none was asked for: as it is.
+        Err(e) if e.kind() == ErrorKind::PreconditionFailed && asked.is_none() => {
+            Ok(format!("exchange {name:?}"))
+        }
+        Err(e) => Err(e).ctx(format!(
+            "cannot declare exchange {name:?} ({}{}) on {masked}",
+            if durable { "durable " } else { "transient " },
+            exchange.kind.as_str()
+        )),
+    }
+}
+
+/// On the default exchange: whether the routing key's queue exists anywhere, asked once for the
+/// whole run. Where the broker keeps messages for a queue nobody declared (Redis and SQLite, as
+/// Python kombu: `Capabilities::implicit_queues`), a missing queue is a warning unless
+/// `--mandatory`; where it would drop them (AMQP, memory), an error. Returns whether the messages must still be published as mandatory (they are where
+/// the broker would drop them, so that a queue deleted meanwhile is an error too).
+async fn check_queue(
+    conn: &Connection,
+    args: &PublishArgs,
+    where_to: &str,
+    masked: &str,
+) -> anyhow::Result<bool> {
+    let queue = &args.routing_key;
+    let stores = conn.capabilities().implicit_queues;
+    let exists = conn
+        .queue_exists(queue)
+        .await
+        .ctx(format!("cannot look up queue {queue:?} on {masked}"))?;
+    if !exists {
+        if args.mandatory || !stores {
+            let why = if stores {
+                "(--mandatory)"
+            } else {
+                "(this broker drops a message that no queue takes)"
+            };
+            let create = format!(
+                "check the name, or create the queue first with --declare-queue {queue} or \
+                 `kombu declare queue {queue}`"
+            );
+            let hint = if conn.url().scheme() == "memory" {
+                format!("{}; {create}", common::MEMORY_NOTE)
+            } else {
+                create
+            };
+            return Err(common::hinted(
+                format!(
+                    "cannot publish to {where_to} with routing key {queue:?} on {masked}: no \
+                     queue {queue:?} exists {why}"
+                ),
+                hint,
+            ));
+        }
+        eprintln!(
+            "warning: no queue {queue:?} exists on {masked}; the messages are stored under that \
+             name all the same, as Python kombu does, until something consumes queue {queue:?} \
+             (--mandatory makes this an error)"
+        );
+    }
+    Ok(args.mandatory || !stores)
 }
 
 fn serializer_names(registry: &Registry) -> String {
