@@ -1497,7 +1497,7 @@ fn peeking_takes_only_the_messages_it_prints() {
             .success();
         kombu(url)
             .args(["publish", "--routing-key", &queue, "--lines"])
-            .write_stdin("1\n2\n3\n")
+            .write_stdin("1\n2\n3\n4\n")
             .assert()
             .success();
         let out = stdout_of(kombu(url).args([
@@ -1506,20 +1506,20 @@ fn peeking_takes_only_the_messages_it_prints() {
             &queue,
             "--requeue",
             "--count",
-            "1",
+            "2",
             "--format",
             "body",
         ]));
-        assert_eq!(out, "1\n", "{url}");
-        let all = consume_json(url, &queue, 3);
+        assert_eq!(out, "1\n2\n", "{url}");
+        let all = consume_json(url, &queue, 4);
         for m in &all {
-            // Only the peeked message was delivered before.
-            let peeked = m["body"] == 1;
+            // Only the peeked messages were delivered before.
+            let peeked = m["body"] == 1 || m["body"] == 2;
             assert_eq!(m["delivery_info"]["redelivered"], peeked, "{url}: {m}");
         }
-        // It keeps its place.
+        // They keep their places, in order.
         let bodies: Vec<&Value> = all.iter().map(|m| &m["body"]).collect();
-        assert_eq!(bodies, [&json!(1), &json!(2), &json!(3)], "{url}");
+        assert_eq!(bodies, [&json!(1), &json!(2), &json!(3), &json!(4)], "{url}");
         kombu(url)
             .args(["delete", "queue", &queue])
             .assert()

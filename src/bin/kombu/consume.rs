@@ -169,7 +169,9 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             }
         }
     }
-    for delivery in held {
+    // Newest first: transports that put a requeued message back at the head (memory, Redis)
+    // then keep the original order of several peeked messages.
+    for delivery in held.into_iter().rev() {
         let queue = delivery.queue().to_owned();
         let requeued = delivery.requeue().await.ctx(format!(
             "cannot put a message back on queue {queue:?} on {masked}"
