@@ -24,7 +24,44 @@ use crate::producer::Producer;
 use crate::transport::{BrokerConnection, transport_for};
 use crate::url::BrokerUrl;
 
-/// A connection to a broker. See the module docs.
+/// A connection to a broker, chosen by URL.
+///
+/// [`Connection::open`] picks the transport from the URL scheme (`memory://`, and whatever
+/// transports are installed: `sqlite://`, `redis://`, `amqp://`, ...). Several URLs separated
+/// by `;` are failover alternatives, tried in order until one connects. A connection is cheap to
+/// clone: clones share the broker connection, the default channel (used by producers) and the
+/// cache of declared entities. Consumers open channels of their own, so dropping a consumer
+/// returns its unsettled messages without touching anyone else's. The URL is never shown with
+/// its password: [`Connection::url`] displays it masked.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kombu_core::Result<()> {
+/// use futures::StreamExt;
+/// use kombu_core::{Connection, Exchange, ExchangeKind, Queue};
+///
+/// let conn = Connection::open("memory://u:secret@doc-connection-type").await?;
+/// assert_eq!(conn.url().to_string(), "memory://u:**@doc-connection-type");
+///
+/// // Entities as AMQP has them; redeclaring an identical one is fine.
+/// let alerts = Exchange::new("alerts", ExchangeKind::Fanout);
+/// conn.declare_queue(&Queue::new("pager").exchange(alerts.clone())).await?;
+/// conn.declare_queue(&Queue::new("audit").exchange(alerts.clone())).await?;
+///
+/// conn.producer().exchange(alerts).publish("disk full").await?;
+/// assert_eq!(conn.queue_size("pager").await?, 1);
+/// assert_eq!(conn.queue_size("audit").await?, 1);
+///
+/// let mut pager = conn.consumer([Queue::new("pager")]).build().await?;
+/// if let Some(Ok(delivery)) = pager.next().await {
+///     assert_eq!(delivery.decode::<String>()?, "disk full");
+///     delivery.ack().await?;
+/// }
+/// assert_eq!(conn.purge("audit").await?, 1);
+/// pager.close().await?;
+/// conn.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
