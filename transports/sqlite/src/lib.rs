@@ -453,6 +453,8 @@ impl Backend for SqliteBackend {
         c.persistent = true;
         c.shared_between_processes = true;
         c.visibility_timeout = true;
+        // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
+        c.implicit_queues = true;
         c
     }
 
