@@ -152,8 +152,9 @@ pub enum TakeMode {
 ///
 /// Semantics a backend must keep:
 /// - `put`/`put_many` append to the named queue (in priority order where the backend has
-///   priorities; higher number first). A put to a queue that was never declared may create it or
-///   drop the message; it must never reach another queue.
+///   priorities; higher number first). A put to a queue that was never declared may create it
+///   (as kombu does: Redis, SQLite) or drop the message (memory); it must never reach another
+///   queue.
 /// - `get_many` takes up to `max` ready messages from one queue. In [`TakeMode::Lease`] each moves
 ///   to the backend's unacked set atomically with the take, so a crash between the two cannot
 ///   lose it.
@@ -181,7 +182,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn declare_queue(&self, queue: &Queue) -> Result<()>;
     /// Deletes a queue, its messages and its bindings; returns how many ready messages it held.
     async fn delete_queue(&self, queue: &str) -> Result<u64>;
-    /// Whether a queue exists (asked only for mandatory publishes to the default exchange).
+    /// Whether a queue exists: the backend knows it (declared, holding messages, or named in
+    /// the broker's binding table by any client, Python kombu's included). Asked by
+    /// [`Channel::queue_exists`](crate::Channel::queue_exists), by mandatory publishes to the
+    /// default exchange (once per distinct queue of a batch), and when `size` or `purge` find
+    /// nothing (a queue that exists nowhere is then `NotFound`). Never creates the queue.
     /// Brokers whose queues exist implicitly keep the default, `true`.
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
         let _ = queue;
