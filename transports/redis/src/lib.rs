@@ -1336,8 +1336,10 @@ fn parse_unacked(stored: &str) -> Result<(Envelope, String, String)> {
             "unacked entry is not [envelope, exchange, routing_key]",
         )
     };
-    let value: serde_json::Value =
-        serde_json::from_str(stored).map_err(|e| bad().with_source(e))?;
+    // Written by Python kombu too: json.dumps may put NaN or Infinity in it (read as null
+    // here, which is what any re-encoding would write anyway).
+    let value: serde_json::Value = kombu_core::serializers::from_python_json(stored.as_bytes())
+        .map_err(|e| bad().with_source(e))?;
     let serde_json::Value::Array(mut parts) = value else {
         return Err(bad());
     };
