@@ -7,7 +7,7 @@
 //! markers of both restore paths (`headers.redelivered`, `delivery_info.redelivered`, top-level
 //! `redelivered`), extra properties it does not know (ignored), and what Python's `json.dumps`
 //! writes beyond RFC JSON: `NaN`, `Infinity` and `-Infinity` (a header holding one reads as a
-//! non-finite [`Value::Float`](crate::Value::Float)) and lone surrogates (U+FFFD).
+//! non-finite [`Value::Float`]) and lone surrogates (U+FFFD).
 //!
 //! ```
 //! use kombu_core::virtual_transport::{envelope, Envelope};
