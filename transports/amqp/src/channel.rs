@@ -199,6 +199,18 @@ fn delivery(
     )
 }
 
+/// Whether the broker refused with RESOURCE_LOCKED (405: another connection's exclusive queue).
+fn is_resource_locked(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if matches!(
+                p.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::RESOURCELOCKED)
+            )
+    )
+}
+
 /// The outcome of a confirmed publish.
 fn confirmation(
     confirmed: lapin::Result<Confirmation>,
@@ -827,15 +839,18 @@ impl Channel for AmqpChannel {
                 },
                 no_arguments(),
             )
-            .await
-            .map_err(|e| map(e, format!("look up queue {queue:?}")));
+            .await;
         if ch.status().connected() {
             let _ = ch.close(200, "OK".into()).await;
         }
         match declared {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+            // Another connection's exclusive queue: it exists, it is just not ours.
+            Err(e) if is_resource_locked(&e) => Ok(true),
+            Err(e) => match map(e, format!("look up queue {queue:?}")) {
+                e if e.kind() == ErrorKind::NotFound => Ok(false),
+                e => Err(e),
+            },
         }
     }
 

@@ -306,3 +306,46 @@ async fn publishes_without_confirms() {
     check.delete_queue(&q.name).await.expect("delete");
     check.close().await.expect("close");
 }
+
+/// `queue_exists` asks without harm: a missing queue is `false` (the 404 closes only a
+/// throwaway channel, so a consumer on the same connection keeps its deliveries), a declared
+/// one `true`, and another connection's exclusive queue `true` too (it exists, locked).
+#[tokio::test]
+async fn queue_exists_is_a_harmless_question() {
+    let Some(url) = setup().await else { return };
+    let conn = Connection::open(&url).await.expect("open");
+    let q = Queue::new(unique("exists"));
+    conn.declare_queue(&q).await.expect("declare");
+    let mut consumer = conn.consumer([q.clone()]).build().await.expect("consume");
+    let channel = consumer.channel().clone();
+    assert!(!channel.queue_exists(&unique("missing")).await.expect("ask"));
+    assert!(!conn.queue_exists(&unique("missing")).await.expect("ask"));
+    assert!(conn.queue_exists(&q.name).await.expect("ask"));
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish(&"after the questions")
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("stream open")
+        .expect("a good delivery");
+    assert_eq!(d.decode::<String>().expect("decode"), "after the questions");
+    d.ack().await.expect("ack");
+    consumer.close().await.expect("close");
+
+    let owner = Connection::open(&url).await.expect("open");
+    let exclusive = Queue::new(unique("exclusive")).exclusive(true);
+    owner
+        .declare_queue(&exclusive)
+        .await
+        .expect("declare exclusive");
+    assert!(
+        conn.queue_exists(&exclusive.name).await.expect("ask"),
+        "another connection's exclusive queue exists"
+    );
+    owner.close().await.expect("close");
+    conn.delete_queue(&q.name).await.expect("delete");
+    conn.close().await.expect("close");
+}
