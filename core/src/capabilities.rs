@@ -50,9 +50,11 @@ pub struct Capabilities {
     /// Time-based behaviour (TTL, visibility timeout) follows tokio's clock, so tests can use
     /// `tokio::time::pause()`.
     pub tokio_clock: bool,
-    /// A publish to the default exchange naming a queue that does not exist creates it (kombu's
-    /// Redis transport: a queue is its list, made by the first push), instead of being
-    /// dropped as in AMQP.
+    /// A publish to the default exchange naming a queue that exists nowhere stores the message
+    /// for that queue, as Python kombu does (Redis: a queue is its list, made by the first push;
+    /// SQLite: kombu's SQLAlchemy transport creates the `kombu_queue` row), instead of dropping
+    /// it as AMQP and the memory transport do. Either way a mandatory publish fails with
+    /// [`ErrorKind::Unroutable`](crate::ErrorKind::Unroutable) for such a queue.
     pub implicit_queues: bool,
 }
 
