@@ -1583,6 +1583,8 @@ fn raw_and_base64_formats_print_any_body_undecoded() {
     assert_eq!(size(&url, "blobs"), 0);
 }
 
+// Reads pickle, which the binary has only with the `pickle` feature (scripts/test: all).
+#[cfg(feature = "pickle")]
 #[test]
 fn bytes_inside_decoded_bodies_are_shown_as_base64() {
     let (_dir, url) = setup();
@@ -1700,6 +1702,8 @@ fn max_size_lets_a_large_compressed_message_through() {
     assert!(out.iter().all(|b| *b == 7));
 }
 
+// Reads pickle, which the binary has only with the `pickle` feature (scripts/test: all).
+#[cfg(feature = "pickle")]
 #[test]
 fn consume_accepts_pickle_only_when_asked() {
     let (_dir, url) = setup();
