@@ -1519,7 +1519,11 @@ fn peeking_takes_only_the_messages_it_prints() {
         }
         // They keep their places, in order.
         let bodies: Vec<&Value> = all.iter().map(|m| &m["body"]).collect();
-        assert_eq!(bodies, [&json!(1), &json!(2), &json!(3), &json!(4)], "{url}");
+        assert_eq!(
+            bodies,
+            [&json!(1), &json!(2), &json!(3), &json!(4)],
+            "{url}"
+        );
         kombu(url)
             .args(["delete", "queue", &queue])
             .assert()
