@@ -200,7 +200,8 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
         ErrorKind::NotFound if text.contains("memory://") => MEMORY_NOTE.to_owned(),
         ErrorKind::NotFound => "check the name, or create it first with `kombu declare`".to_owned(),
         ErrorKind::PreconditionFailed => {
-            "it exists with other settings: use them, or delete it first with `kombu delete`"
+            "it exists with other settings: declare it with those (--transient for a \
+             non-durable one), or delete it first with `kombu delete`"
                 .to_owned()
         }
         ErrorKind::AccessRefused => {
