@@ -100,6 +100,26 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// Deletes an exchange and its bindings. Deleting a missing exchange succeeds.
     async fn delete_exchange(&self, name: &str) -> Result<()>;
 
+    /// Whether the broker knows an exchange named `name`, to use it as it is rather than
+    /// declare it (a declaration that differs from the existing exchange fails, and on AMQP
+    /// closes the channel).
+    ///
+    /// The contract, on every transport:
+    /// - `Ok(true)` for the default exchange `""`, and when the transport knows the exchange:
+    ///   declared on the broker (AMQP: by anyone, `amq.*` included), or, on a virtual
+    ///   transport, recorded by its backend
+    ///   ([`lookup_exchange`](crate::virtual_transport::Backend::lookup_exchange)). Python
+    ///   kombu keeps the types of the exchanges it declares on Redis in process memory, so
+    ///   there an exchange only Python declared is unknown (`false`) until kombu-rs declares it;
+    /// - `Ok(false)` when it exists nowhere; asking never creates it, never changes it, and
+    ///   leaves this channel and its consumers untouched (AMQP asks on a channel of its own);
+    /// - `Err` only for a broker fault (unreachable, closed channel), never for a missing
+    ///   exchange;
+    /// - the answer is a snapshot: another client may create or delete the exchange right
+    ///   after, and a transport that caches its exchange table may see another connection's
+    ///   change a moment late (Redis: within a second).
+    async fn exchange_exists(&self, name: &str) -> Result<bool>;
+
     /// Declares a queue, its exchange (if any, and not the default), and all its bindings.
     async fn declare_queue(&self, queue: &Queue) -> Result<()>;
 
@@ -395,6 +415,18 @@ impl Delivery {
 
     pub(crate) fn set_decoder(&mut self, decoder: Arc<Decoder>) {
         self.inner.decoder = decoder;
+    }
+
+    /// The same delivery, decoded from now on by `decoder`: its registry, accept list and
+    /// decompression bound apply to [`decode`](Delivery::decode),
+    /// [`decompressed_body`](Delivery::decompressed_body) and
+    /// [`check_accept`](Delivery::check_accept). A [`Consumer`](crate::Consumer) sets its own
+    /// on every delivery; a delivery taken with [`Channel::get`] has the default one (default
+    /// registry and serializers, default bound) until given another.
+    #[must_use]
+    pub fn with_decoder(mut self, decoder: Arc<Decoder>) -> Self {
+        self.set_decoder(decoder);
+        self
     }
 
     /// The message.

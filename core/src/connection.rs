@@ -247,6 +247,27 @@ impl Connection {
         self.inner.default_channel.queue_exists(queue).await
     }
 
+    /// Whether the broker knows an exchange (the default exchange `""` always exists), to use
+    /// it as it is instead of declaring it. Never creates or changes it. See
+    /// [`Channel::exchange_exists`] for the contract.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use kombu_core::{Connection, Exchange, ExchangeKind};
+    ///
+    /// let conn = Connection::open("memory://doc-exchange-exists").await?;
+    /// assert!(conn.exchange_exists("").await?);
+    /// assert!(!conn.exchange_exists("logs").await?);
+    /// conn.declare_exchange(&Exchange::new("logs", ExchangeKind::Topic)).await?;
+    /// assert!(conn.exchange_exists("logs").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn exchange_exists(&self, name: &str) -> Result<bool> {
+        self.inner.default_channel.exchange_exists(name).await
+    }
+
     /// Number of ready messages in a queue; [`ErrorKind::NotFound`] when it exists nowhere.
     pub async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.inner.default_channel.queue_size(queue).await

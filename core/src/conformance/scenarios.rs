@@ -2052,6 +2052,75 @@ pub async fn missing_queue(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// An exchange exists when the transport knows it: [`Connection::exchange_exists`] says `true`
+/// for the default exchange, `false` for a name nobody declared (asking creates nothing and
+/// leaves the channel asked, and a consumer on it, working), `true` once declared (on another
+/// connection too, whatever its type), and `false` again once deleted.
+pub async fn missing_exchange(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    let name = ctx.name("missing-x");
+    assert!(
+        conn.exchange_exists("").await?,
+        "the default exchange always exists"
+    );
+    assert!(!conn.exchange_exists(&name).await?, "nobody declared it");
+    assert!(
+        !conn.exchange_exists(&name).await?,
+        "asking creates nothing"
+    );
+
+    // A consumer on the channel that was asked still gets its messages.
+    let q = Queue::new(ctx.name("q"));
+    conn.declare_queue(&q).await?;
+    let mut consumer = conn.consumer([q.clone()]).build().await?;
+    assert!(
+        !consumer.channel().exchange_exists(&name).await?,
+        "asked on a consumer's channel"
+    );
+    conn.producer()
+        .message(&"still here")
+        .routing_key(q.name.clone())
+        .send()
+        .await?;
+    let delivery = next_delivery(&mut consumer, ctx.patience).await;
+    assert_eq!(delivery.decode::<String>()?, "still here");
+    delivery.ack().await?;
+    consumer.close().await?;
+
+    let caps = conn.capabilities();
+    let kind = [crate::ExchangeKind::Topic, crate::ExchangeKind::Direct]
+        .into_iter()
+        .find(|k| caps.supports_exchange(*k));
+    let Some(kind) = kind else {
+        return skipped("missing_exchange", "direct or topic exchange");
+    };
+    conn.declare_exchange(&Exchange::new(name.clone(), kind))
+        .await?;
+    assert!(conn.exchange_exists(&name).await?, "declared");
+    // Another connection may cache what it learnt for a moment (Redis, for a second): it
+    // sees the change within the patience.
+    let other = ctx.connect().await?;
+    let sees = async |exists: bool| -> Result<bool> {
+        let deadline = Instant::now() + ctx.patience;
+        loop {
+            if other.exchange_exists(&name).await? == exists {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(sees(true).await?, "declared, seen from another connection");
+    conn.delete_exchange(&name).await?;
+    assert!(!conn.exchange_exists(&name).await?, "deleted");
+    assert!(sees(false).await?, "deleted, seen from another connection");
+    other.close().await?;
+    conn.delete_queue(&q.name).await?;
+    Ok(())
+}
+
 /// A mandatory batch to the default exchange: messages for a declared queue are taken, and a
 /// batch naming a queue that exists nowhere fails as [`ErrorKind::Unroutable`] where
 /// [`Capabilities::mandatory`](crate::Capabilities::mandatory) says so.
@@ -2130,6 +2199,7 @@ macro_rules! conformance_tests {
             headers_and_properties,
             channel_close_ends_stream,
             missing_queue,
+            missing_exchange,
             default_exchange_mandatory_batch,
         );
     };

@@ -638,6 +638,14 @@ impl Channel for VirtualChannel {
         self.shared.backend.delete_exchange(name).await
     }
 
+    async fn exchange_exists(&self, name: &str) -> Result<bool> {
+        self.shared.check_open()?;
+        if name.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.shared.backend.lookup_exchange(name).await?.is_some())
+    }
+
     async fn declare_queue(&self, queue: &Queue) -> Result<()> {
         self.shared.check_open()?;
         queue.validate()?;

@@ -24,8 +24,8 @@ use kombu_core::{
 };
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
@@ -245,6 +245,24 @@ impl Inner {
     /// the old one dropped), in confirm mode when confirms are on.
     async fn lapin(&self) -> Result<lapin::Channel> {
         Ok(self.slot().await?.channel)
+    }
+
+    /// Fails when this channel was closed.
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::closed("the AMQP channel was closed"));
+        }
+        Ok(())
+    }
+
+    /// A new lapin channel of its own, for a question whose "no" closes the channel it is
+    /// asked on (a passive declaration of a missing entity); the caller closes it.
+    async fn throwaway(&self) -> Result<lapin::Channel> {
+        self.check_open()?;
+        let (conn, _) = self.shared.connection().await?;
+        conn.create_channel()
+            .await
+            .map_err(|e| map(e, "open an AMQP channel"))
     }
 
     /// The open lapin channel with its settlements, else a new one.
@@ -818,18 +836,44 @@ impl Channel for AmqpChannel {
         }
     }
 
+    async fn exchange_exists(&self, name: &str) -> Result<bool> {
+        if name.is_empty() {
+            self.inner.check_open()?;
+            return Ok(true);
+        }
+        // A passive exchange.declare of a missing exchange closes its channel (404): ask on a
+        // throwaway channel so that this channel and its consumers are untouched. The type is
+        // not compared by a passive declaration.
+        let exchange = short_string("exchange name", name)?;
+        let ch = self.inner.throwaway().await?;
+        let declared = ch
+            .exchange_declare(
+                exchange,
+                lapin::ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                no_arguments(),
+            )
+            .await;
+        if ch.status().connected() {
+            let _ = ch.close(200, "OK".into()).await;
+        }
+        match declared {
+            Ok(()) => Ok(true),
+            Err(e) => match map(e, format!("look up exchange {name:?}")) {
+                e if e.kind() == ErrorKind::NotFound => Ok(false),
+                e => Err(e),
+            },
+        }
+    }
+
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
         // A passive queue.declare of a missing queue closes its channel (404): ask on a
         // throwaway channel so that this channel and its consumers are untouched.
         let name = short_string("queue name", queue)?;
-        if self.inner.is_closed() {
-            return Err(Error::closed("the AMQP channel was closed"));
-        }
-        let (conn, _) = self.inner.shared.connection().await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| map(e, "open an AMQP channel"))?;
+        let ch = self.inner.throwaway().await?;
         let declared = ch
             .queue_declare(
                 name,
