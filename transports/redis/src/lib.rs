@@ -771,24 +771,57 @@ fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
 
 /// A plain `PING` on a new connection, so that a server that wants a password the URL does not
 /// give (or that refuses this user every command) is an [`ErrorKind::AccessRefused`] error at
-/// connect time. The redis crate sends no `AUTH` without a password, and 1.8 panics in its
-/// connection task when the `MULTI` of a transaction is refused (`NOAUTH`), which callers then
-/// only see as a broken pipe.
+/// connect time, then an empty transaction (`MULTI`, `EXEC`), so that a user the server does
+/// not allow transactions is one too. The redis crate sends no `AUTH` without a password, and
+/// 1.8 panics in its connection task (an overflow in debug builds; a bogus error index in
+/// release builds) whenever the `MULTI` of a transaction is refused, by `NOAUTH` or an ACL's
+/// `NOPERM`; callers then only see a broken pipe. kombu-rs sends transactions (declaring a
+/// queue, purging one, writing acks), so this connection must be allowed them.
 async fn check_access(conn: &mut MultiplexedConnection, label: &str) -> Result<()> {
     let pong: redis::RedisResult<redis::Value> = redis::cmd("PING").query_async(conn).await;
     match pong {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         // The whole story is in the message; the server's own text adds nothing to it.
-        Err(e) if e.code() == Some("NOAUTH") => Err(Error::new(
-            ErrorKind::AccessRefused,
-            format!(
-                "redis {label}: the server requires a password (NOAUTH) and the URL gives none \
-                 (a user name alone is not sent); give it as redis://:PASSWORD@host:port/db \
-                 or redis://USER:PASSWORD@host:port/db"
-            ),
-        )),
-        Err(e) => Err(redis_error(label, "cannot connect", e)),
+        Err(e) if e.code() == Some("NOAUTH") => {
+            return Err(Error::new(
+                ErrorKind::AccessRefused,
+                format!(
+                    "redis {label}: the server requires a password (NOAUTH) and the URL gives \
+                     none (a user name alone is not sent); give it as \
+                     redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@host:port/db"
+                ),
+            ));
+        }
+        Err(e) => return Err(redis_error(label, "cannot connect", e)),
     }
+    // Plain commands in a plain pipeline (not the crate's transaction support, which is what
+    // a refused MULTI breaks), each answer on its own.
+    let replies: Vec<redis::Value> = redis::pipe()
+        .cmd("MULTI")
+        .cmd("EXEC")
+        .ignore_errors()
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error(label, "cannot connect", e))?;
+    for (command, reply) in ["MULTI", "EXEC"].into_iter().zip(&replies) {
+        if let redis::Value::ServerError(err) = reply {
+            let code = err.code();
+            let detail = err.details().unwrap_or_default();
+            return Err(Error::new(
+                if code == "NOPERM" {
+                    ErrorKind::AccessRefused
+                } else {
+                    ErrorKind::Broker
+                },
+                format!(
+                    "redis {label}: the server refuses {command} ({code}: {detail}); kombu-rs \
+                     needs transactions (MULTI and EXEC): for an ACL user, grant them with \
+                     ACL SETUSER <user> +multi +exec"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// rustls needs a process-wide crypto provider; ring is ours (a no-op when one is set).

@@ -1,64 +1,19 @@
 //! A password-protected Redis (started by this test on a free loopback port): a URL without
 //! the password is refused at connect time with the server's NOAUTH, as an access error, and
-//! nothing panics; with the password everything works.
+//! nothing panics; with the password everything works. An ACL user the server does not allow
+//! transactions is refused at connect time too, naming what it lacks.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kombu_core::{Connection, ErrorKind, Queue};
 
+mod support;
+
 const PASSWORD: &str = "k13-s3cret";
 
-/// A `redis-server` child, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `redis-server --requirepass` on a free port; `None` (skip) when there is no
-/// `redis-server` and `KOMBU_TEST_REQUIRE` is not set.
-fn start() -> Option<Server> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let spawned = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--requirepass", PASSWORD])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let why = format!("cannot start redis-server: {e}");
-            if std::env::var_os("KOMBU_TEST_REQUIRE").is_some() {
-                panic!("{why}; KOMBU_TEST_REQUIRE is set, so this is a failure");
-            }
-            eprintln!("skipped: {why}");
-            return None;
-        }
-    };
-    let server = Server { child, port };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server on port {port} did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(server)
+fn start() -> Option<support::Server> {
+    support::start(&["--requirepass", PASSWORD])
 }
 
 #[tokio::test]
@@ -105,5 +60,59 @@ async fn a_password_protected_server_without_the_password_is_an_access_error() {
     assert_eq!(delivery.decode::<String>().expect("decode"), "hi");
     delivery.ack().await.expect("ack");
     consumer.close().await.expect("close the consumer");
+    conn.close().await.expect("close");
+}
+
+/// The redis crate (1.8) panics in its connection task when the `MULTI` of a transaction is
+/// refused; a user without `+multi` is told so when it connects instead of meeting a broken
+/// pipe at its first declaration.
+#[tokio::test]
+async fn an_acl_user_refused_transactions_is_an_access_error_at_connect() {
+    let Some(server) = start() else { return };
+    kombu_redis::register();
+    let port = server.port;
+    let admin =
+        redis::Client::open(format!("redis://:{PASSWORD}@127.0.0.1:{port}/0")).expect("client");
+    let mut admin = admin.get_connection().expect("admin connection");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nomulti")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-multi")
+        .query(&mut admin)
+        .expect("create the ACL user");
+
+    let err = Connection::open(&format!("redis://nomulti:pw@127.0.0.1:{port}/0"))
+        .await
+        .expect_err("a user that may not run MULTI");
+    assert_eq!(err.kind(), ErrorKind::AccessRefused, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("refuses MULTI"), "{text}");
+    assert!(text.contains("NOPERM"), "{text}");
+    assert!(text.contains("+multi"), "{text}");
+
+    // Allowed transactions, the same user declares a queue (a transaction) and uses it.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nomulti")
+        .arg("+multi")
+        .query(&mut admin)
+        .expect("allow MULTI");
+    let conn = Connection::open(&format!("redis://nomulti:pw@127.0.0.1:{port}/0"))
+        .await
+        .expect("the user connects");
+    conn.declare_queue(&Queue::new("jobs"))
+        .await
+        .expect("declare");
+    conn.producer()
+        .routing_key("jobs")
+        .publish(&"hi")
+        .await
+        .expect("publish");
+    assert_eq!(conn.queue_size("jobs").await.expect("size"), 1);
     conn.close().await.expect("close");
 }
