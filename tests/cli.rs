@@ -2022,3 +2022,70 @@ fn move_of_a_missing_queue_fails_and_hints_name_the_option() {
         assert!(!stderr.contains("--url"), "{stderr}");
     }
 }
+
+/// Consumes every message of `queues` (peeking them back) as `--format json` objects.
+fn peek_json(url: &str, queues: &[&str], count: usize) -> Vec<Value> {
+    let mut cmd = kombu(url);
+    cmd.arg("consume");
+    for q in queues {
+        cmd.args(["--queue", q]);
+    }
+    let out = stdout_of(cmd.args(["--requeue", "--count", &count.to_string(), "--timeout", "5"]));
+    let messages: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), count, "{url}: {out}");
+    messages
+}
+
+#[test]
+fn peeking_several_queues_takes_only_what_it_prints() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let a = unique("peek-a");
+        let b = unique("peek-b");
+        for (queue, lines) in [(&a, "1\n2\n"), (&b, "11\n12\n")] {
+            kombu(url)
+                .args(["declare", "queue", queue])
+                .assert()
+                .success();
+            kombu(url)
+                .args(["publish", "--routing-key", queue, "--lines"])
+                .write_stdin(lines)
+                .assert()
+                .success();
+        }
+        // One message from two queues: the other queue's first message is not taken (a
+        // consumer's prefetch of 1 is per queue on RabbitMQ).
+        let mut printed: Vec<Value> = peek_json(url, &[&a, &b], 1)
+            .iter()
+            .map(|m| m["body"].clone())
+            .collect();
+        assert!(
+            printed[0] == json!(1) || printed[0] == json!(11),
+            "{url}: {printed:?}"
+        );
+        // Two: one from each queue, round robin, and nothing more.
+        let two = peek_json(url, &[&a, &b], 2);
+        let queues: Vec<&Value> = two.iter().map(|m| &m["delivery_info"]["queue"]).collect();
+        assert_eq!(queues, [&json!(a), &json!(b)], "{url}");
+        printed.extend(two.iter().map(|m| m["body"].clone()));
+
+        let mut all = consume_json(url, &a, 2);
+        all.extend(consume_json(url, &b, 2));
+        for m in &all {
+            // Only the printed messages were delivered before.
+            let peeked = printed.contains(&m["body"]);
+            assert_eq!(m["delivery_info"]["redelivered"], peeked, "{url}: {m}");
+        }
+        // They keep their places, in order.
+        let bodies: Vec<&Value> = all.iter().map(|m| &m["body"]).collect();
+        assert_eq!(
+            bodies,
+            [&json!(1), &json!(2), &json!(11), &json!(12)],
+            "{url}"
+        );
+        delete_entities(url, &[&a, &b], &[]);
+    }
+}

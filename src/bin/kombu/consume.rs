@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use base64::Engine as _;
-use kombu::{ConsumeError, Delivery, Queue, StreamExt as _};
+use kombu::{Channel, ConsumeError, Consumer, Decoder, Delivery, Queue, StreamExt as _};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 
@@ -39,7 +40,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     } else {
         args.accept.clone()
     };
-    registry.accept(&accept).map_err(|e| {
+    let accepted = registry.accept(&accept).map_err(|e| {
         anyhow!(
             "{e} in --accept (known: {})",
             registry
@@ -66,17 +67,36 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             .await?;
         }
     }
-    let prefetch = prefetch_for(&args);
-    let mut consumer = conn
-        .consumer(args.queues.iter().map(|q| Queue::new(q.clone())))
-        .declare(false)
-        .prefetch(prefetch)
-        .no_ack(args.no_ack)
-        .accept(&accept)
-        .max_decompressed_size(args.max_size)
-        .build()
-        .await
-        .ctx(format!("cannot consume from {:?} on {masked}", args.queues))?;
+    let mut source = if args.requeue {
+        // A peek takes exactly what it prints, one message at a time: a consumer's prefetch
+        // applies per queue on AMQP, so with several queues it would take more.
+        let channel = conn
+            .channel()
+            .await
+            .ctx(format!("cannot open a channel on {masked}"))?;
+        Source::Peek(Peek {
+            channel,
+            queues: args.queues.clone(),
+            next: 0,
+            decoder: Arc::new(Decoder {
+                registry: registry.clone(),
+                accept: Some(accepted),
+                max_decompressed_size: args.max_size,
+            }),
+        })
+    } else {
+        let consumer = conn
+            .consumer(args.queues.iter().map(|q| Queue::new(q.clone())))
+            .declare(false)
+            .prefetch(prefetch_for(&args))
+            .no_ack(args.no_ack)
+            .accept(&accept)
+            .max_decompressed_size(args.max_size)
+            .build()
+            .await
+            .ctx(format!("cannot consume from {:?} on {masked}", args.queues))?;
+        Source::Consumer(consumer)
+    };
 
     let mut held: Vec<Delivery> = Vec::new();
     let mut got = 0u64;
@@ -87,14 +107,8 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         if args.count.is_some_and(|c| got >= c) {
             break;
         }
-        let next = async {
-            match idle {
-                Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
-                None => Some(consumer.next().await),
-            }
-        };
         let item = tokio::select! {
-            item = next => item,
+            item = source.next(idle) => item,
             _ = tokio::signal::ctrl_c() => {
                 outcome = Outcome::Interrupted;
                 break;
@@ -182,7 +196,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             failure = Some(e);
         }
     }
-    let closed = consumer
+    let closed = source
         .close()
         .await
         .ctx(format!("cannot close the consumer on {masked}"));
@@ -195,18 +209,106 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
 
 /// How many unsettled messages the consumer may hold.
 ///
-/// With `--count`, no more than that: extra ones would be taken for nothing, and with
-/// `--requeue` (or when the command ends) come back marked redelivered. `--requeue` holds every
-/// printed message until the end (so none comes straight back), so it takes exactly `--count`
-/// (no bound without one).
+/// With `--count`, no more than that: extra ones would be taken for nothing, and when the
+/// command ends come back marked redelivered. (`--requeue` takes no consumer: see [`Peek`].)
 fn prefetch_for(args: &ConsumeArgs) -> u16 {
     match args.count {
-        Some(c) if args.requeue => u16::try_from(c.max(1)).unwrap_or(0),
-        None if args.requeue => 0,
         Some(c) if args.prefetch == 0 || u64::from(args.prefetch) > c => {
             u16::try_from(c.max(1)).unwrap_or(u16::MAX)
         }
         _ => args.prefetch,
+    }
+}
+
+/// Where the messages come from: a consumer, or, to peek (`--requeue`), one `get` at a time.
+enum Source {
+    Consumer(Consumer),
+    Peek(Peek),
+}
+
+/// What [`Source::next`] gives: `None` when `--timeout` passed without a message, `Some(None)`
+/// when the broker ended the consumer, else the next message (or why there is none).
+type Next = Option<Option<Result<Delivery, ConsumeError>>>;
+
+impl Source {
+    /// The next message, waiting at most `idle` (no bound without it).
+    async fn next(&mut self, idle: Option<Duration>) -> Next {
+        match self {
+            Source::Consumer(consumer) => match idle {
+                Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
+                None => Some(consumer.next().await),
+            },
+            Source::Peek(peek) => peek.next(idle).await,
+        }
+    }
+
+    /// Closes the channel: what it still holds goes back to its queue.
+    async fn close(self) -> kombu::Result<()> {
+        match self {
+            Source::Consumer(consumer) => consumer.close().await,
+            Source::Peek(peek) => peek.channel.close().await,
+        }
+    }
+}
+
+/// First pause of a peek that found every queue empty; it doubles up to [`PEEK_MAX_PAUSE`].
+const PEEK_FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between two rounds of a peek that finds nothing.
+const PEEK_MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// A peek: takes one message at a time with [`Channel::get`] (AMQP basic.get), round robin over
+/// the queues, so that exactly the messages printed are taken, and no other is marked
+/// redelivered (a consumer's prefetch is per queue on AMQP, and a consumer takes ahead).
+struct Peek {
+    channel: Arc<dyn Channel>,
+    queues: Vec<String>,
+    /// The queue asked first next time.
+    next: usize,
+    /// The consumer's registry, accept list and decompression bound.
+    decoder: Arc<Decoder>,
+}
+
+impl Peek {
+    async fn next(&mut self, idle: Option<Duration>) -> Next {
+        let deadline = idle.map(|idle| tokio::time::Instant::now() + idle);
+        let mut pause = PEEK_FIRST_PAUSE;
+        loop {
+            for _ in 0..self.queues.len() {
+                let queue = &self.queues[self.next % self.queues.len()];
+                self.next = (self.next + 1) % self.queues.len();
+                match self.channel.get(queue, false).await {
+                    Ok(Some(delivery)) => {
+                        let delivery = delivery.with_decoder(self.decoder.clone());
+                        return Some(Some(match delivery.check_accept() {
+                            Ok(()) => Ok(delivery),
+                            Err(error) => Err(ConsumeError {
+                                error,
+                                delivery: Some(delivery),
+                            }),
+                        }));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Some(Some(Err(ConsumeError {
+                            error,
+                            delivery: None,
+                        })));
+                    }
+                }
+            }
+            let wait = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    pause.min(left)
+                }
+                None => pause,
+            };
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(PEEK_MAX_PAUSE);
+        }
     }
 }
 
