@@ -2089,3 +2089,104 @@ fn peeking_several_queues_takes_only_what_it_prints() {
         delete_entities(url, &[&a, &b], &[]);
     }
 }
+
+/// `rabbitmqctl list_exchanges name durable` row of `exchange`: its durability, if it exists.
+fn rabbitmq_exchange_durable(exchange: &str) -> Option<bool> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_exchanges",
+            "name",
+            "durable",
+            "--no-table-headers",
+            "--quiet",
+        ])
+        .output()
+        .expect("rabbitmqctl (root on the broker's machine)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (name, durable) = l.split_once('\t')?;
+            (name == exchange).then(|| durable.trim() == "true")
+        })
+}
+
+#[test]
+fn publish_to_an_existing_exchange_declares_nothing() {
+    let (_dir, urls) = every_broker();
+    for url in &urls {
+        let exchange = unique("events");
+        let queue = unique("events-q");
+        // Durable (the default), topic.
+        kombu(url)
+            .args(["declare", "exchange", &exchange, "--type", "topic"])
+            .assert()
+            .success();
+        kombu(url)
+            .args(["declare", "queue", &queue, "--exchange", &exchange])
+            .args(["--routing-key", "*.error"])
+            .assert()
+            .success();
+        // --transient for an exchange that exists: used as it is, said in one line.
+        let out = kombu(url)
+            .args([
+                "publish",
+                "--exchange",
+                &exchange,
+                "--routing-key",
+                "app.error",
+            ])
+            .args(["--transient", "1"])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        let stderr = stderr_of(&out);
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("used as it is"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{url}: {stderr}");
+        assert!(warnings[0].contains("--transient"), "{url}: {stderr}");
+        // Without --transient, nothing to say.
+        let out = kombu(url)
+            .args([
+                "publish",
+                "--exchange",
+                &exchange,
+                "--routing-key",
+                "app.error",
+            ])
+            .arg("2")
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        assert!(!stderr_of(&out).contains("warning"), "{url}: {out:?}");
+        assert_eq!(size(url, &queue), 2, "{url}");
+
+        // A missing exchange is declared direct, transient when asked.
+        let fresh = unique("fresh");
+        kombu(url)
+            .args(["publish", "--exchange", &fresh, "--routing-key", "k"])
+            .args(["--transient", "3"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("(direct)"))
+            .stderr(predicate::str::contains("warning").not());
+        assert!(
+            with_connection(url, async |conn| conn
+                .exchange_exists(&fresh)
+                .await
+                .unwrap()),
+            "{url}"
+        );
+        if url == AMQP_URL {
+            // Unchanged, and the new one transient.
+            assert_eq!(rabbitmq_exchange_durable(&exchange), Some(true));
+            assert_eq!(rabbitmq_exchange_durable(&fresh), Some(false));
+        }
+        delete_entities(url, &[&queue], &[&exchange, &fresh]);
+    }
+}

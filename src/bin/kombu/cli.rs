@@ -60,8 +60,9 @@ error everywhere (and, with --exchange, a message that no bound queue takes is a
 than dropped). --declare-queue or `kombu declare queue` creates the queue first.
 
 Entities are durable unless --transient, as kombu declares them. --exchange without
---exchange-type uses an existing exchange as it is (whatever its type and durability) and
-declares a missing one as a direct exchange; with --exchange-type it must have that type.
+--exchange-type uses an existing exchange as it is (whatever its type and durability: it is not
+declared again, and --transient then only warns) and declares a missing one as a direct
+exchange; with --exchange-type it must have that type.
 
 Messages are sent in batches (one broker round trip for many messages where the transport allows
 it). Every publish returns once the broker has the message: confirmed where the broker confirms,
@@ -234,7 +235,8 @@ pub struct PublishArgs {
     /// routing key's name) instead of storing it for a queue to come, or dropping it.
     #[arg(long)]
     pub mandatory: bool,
-    /// Declare --exchange and --declare-queue non-durable (default: durable, as kombu).
+    /// Declare --exchange and --declare-queue non-durable (default: durable, as kombu); an
+    /// existing exchange is used as it is.
     #[arg(long)]
     pub transient: bool,
     /// The message body; stdin when absent.

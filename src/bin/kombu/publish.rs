@@ -253,8 +253,9 @@ async fn send(producer: &Producer, batch: &mut Vec<Outgoing>) -> kombu::Result<(
 }
 
 /// Declares `--exchange`: with `--exchange-type`, as asked (an error if it exists with another
-/// type or durability); without, a missing exchange as a direct one, and an existing one is used
-/// as it is. Returns how the summary names it.
+/// type or durability). Without, an existing exchange is used as it is, not declared (a
+/// declaration that differs would fail, and on AMQP close the channel), and a missing one is
+/// declared direct. Returns how the summary names it.
 async fn declare_exchange(
     conn: &Connection,
     args: &PublishArgs,
@@ -263,11 +264,26 @@ async fn declare_exchange(
 ) -> anyhow::Result<String> {
     let name = &args.exchange;
     let asked = args.exchange_type.map(kombu::ExchangeKind::from);
+    if asked.is_none() {
+        let exists = conn
+            .exchange_exists(name)
+            .await
+            .ctx(format!("cannot look up exchange {name:?} on {masked}"))?;
+        if exists {
+            if args.transient {
+                eprintln!(
+                    "warning: exchange {name:?} exists on {masked} and is used as it is: \
+                     --transient applies only to what publish declares"
+                );
+            }
+            return Ok(format!("exchange {name:?}"));
+        }
+    }
     let exchange =
         Exchange::new(name.clone(), asked.unwrap_or(kombu::ExchangeKind::Direct)).durable(durable);
     match conn.declare_exchange(&exchange).await {
         Ok(()) => Ok(format!("exchange {name:?} ({})", exchange.kind.as_str())),
-        // It exists with another type or other settings, and none was asked for: as it is.
+        // Declared meanwhile by someone else, otherwise, and no type was asked for: as it is.
         Err(e) if e.kind() == ErrorKind::PreconditionFailed && asked.is_none() => {
             Ok(format!("exchange {name:?}"))
         }
