@@ -35,6 +35,14 @@
 //!   `unacked_mutex`.
 //! * Exchange types are kept in the hash `_kombu_rs.exchanges` (kombu keeps them in process
 //!   memory); an exchange found only by its binding set is taken as direct.
+//! * A queue exists (`queue_exists`, so mandatory publishes and the size of a missing queue)
+//!   when kombu-rs declared it, one of its lists exists, or a binding table names it: Python
+//!   kombu and Celery record nothing else for a queue, and an empty queue has no list. Tables
+//!   are read in the order most likely to find it: the one named after the queue (Celery's
+//!   default exchange for a queue has its name), those of the exchanges kombu-rs knows, and
+//!   only then every `_kombu.binding.*` (`SCAN … COUNT 1000`). A key of such a name that is not
+//!   a set is passed over. A queue found bound is taken to exist for 5 seconds without looking
+//!   again, unless it is deleted or unbound through the same connection.
 //!
 //! kombu pops a message and records it as unacked in a later command, so a crash in between
 //! loses it. Here one Lua script pops up to `prefetch` messages and writes their `unacked` and
@@ -697,6 +705,13 @@ impl Fanout {
 type ExpiringBindings = (Vec<(String, String)>, Option<Instant>);
 
 const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
+/// How long a queue found in a binding table is taken to exist without looking again.
+const BOUND_TTL: Duration = Duration::from_secs(5);
+/// The `COUNT` of each `SCAN` step for binding tables (Redis's default, 10, costs a round trip
+/// per ten keys of the whole database).
+const SCAN_COUNT: usize = 1000;
+/// Binding tables read per round trip.
+const TABLES_PER_READ: usize = 256;
 /// At most one sweep for expired leases per this interval per connection.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Overdue messages restored per batch of a sweep, and most batches per sweep.
@@ -712,6 +727,10 @@ struct RedisBackend {
     restore: redis::Script,
     unlock: redis::Script,
     topology: TopologyCache,
+    /// Queues found in a binding table, and when ([`BOUND_TTL`]).
+    bound: Mutex<HashMap<String, Instant>>,
+    /// Whether `SCAN` takes `TYPE` (Redis 6 and later); off after the server refused it.
+    scan_type: std::sync::atomic::AtomicBool,
     last_sweep: Mutex<Option<Instant>>,
     /// Wakes this connection's idle consumers: its own publishes and restores, fanout
     /// messages received.
@@ -931,6 +950,8 @@ impl RedisBackend {
             restore: redis::Script::new(RESTORE),
             unlock: redis::Script::new(UNLOCK),
             topology: TopologyCache::new(TOPOLOGY_TTL),
+            bound: Mutex::new(HashMap::new()),
+            scan_type: std::sync::atomic::AtomicBool::new(true),
             last_sweep: Mutex::new(None),
             wake: Arc::new(tokio::sync::Notify::new()),
             listener: Mutex::new(None),
@@ -950,6 +971,7 @@ impl RedisBackend {
 
     fn forget_topology(&self) {
         self.topology.clear();
+        self.bound.lock().clear();
     }
 
     /// Starts (once) this backend's PUB/SUB connection for the topics of fanout exchanges
@@ -1278,37 +1300,127 @@ impl RedisBackend {
     }
 
     /// Whether `queue` is the queue part of a member of any binding table
-    /// (`_kombu.binding.*`, found with SCAN).
-    async fn bound_anywhere(&self, queue: &str) -> Result<bool> {
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}_kombu.binding.*", glob_escape(&self.options.prefix));
-        let tables: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn
-                .scan_match(&pattern)
-                .await
-                .map_err(self.err("list binding tables"))?;
-            let mut out = Vec::new();
-            while let Some(item) = futures::StreamExt::next(&mut iter).await {
-                out.push(item.map_err(self.err("list binding tables"))?);
+    /// (`_kombu.binding.*`). The likely tables first, each in one round trip: the one named
+    /// after the queue (kombu's and Celery's default exchange for a queue has its name), then
+    /// those of the exchanges in `exchanges` (kombu-rs's registry). Only then all of them,
+    /// found with `SCAN` (a few round trips per hundred thousand keys).
+    async fn bound_anywhere(&self, queue: &str, exchanges: &[String]) -> Result<bool> {
+        let mut probed = vec![self.options.binding_key(queue)];
+        for exchange in exchanges {
+            let table = self.options.binding_key(exchange);
+            if !probed.contains(&table) {
+                probed.push(table);
             }
-            out
-        };
-        if tables.is_empty() {
-            return Ok(false);
         }
+        for chunk in probed.chunks(TABLES_PER_READ) {
+            if self.bound_in(chunk, queue).await? {
+                return Ok(true);
+            }
+        }
+        let mut rest = self.binding_tables().await?;
+        rest.retain(|t| !probed.contains(t));
+        for chunk in rest.chunks(TABLES_PER_READ) {
+            if self.bound_in(chunk, queue).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `queue` is bound in one of `tables` (one round trip).
+    async fn bound_in(&self, tables: &[String], queue: &str) -> Result<bool> {
         let sep = &self.options.sep;
+        Ok(self
+            .read_tables(tables)
+            .await?
+            .iter()
+            .flat_map(|(_, members)| members)
+            .any(|member| member_queue(member, sep) == Some(queue)))
+    }
+
+    /// The members of binding tables, in one round trip. A table that cannot be read (a key
+    /// of that name that is not a set) is left out, and so is a member that is not UTF-8:
+    /// neither is kombu's, and neither stops the others being read.
+    async fn read_tables(&self, tables: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
-        for table in &tables {
+        for table in tables {
             pipe.smembers(table);
         }
-        let members: Vec<Vec<String>> = pipe
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> = pipe
+            .ignore_errors()
             .query_async(&mut conn)
             .await
             .map_err(self.err("read bindings"))?;
-        Ok(members
-            .iter()
-            .flatten()
-            .any(|member| member_queue(member, sep) == Some(queue)))
+        let mut out = Vec::with_capacity(tables.len());
+        for (table, reply) in tables.iter().zip(replies) {
+            let items = match reply {
+                redis::Value::Array(items) | redis::Value::Set(items) => items,
+                other => {
+                    tracing::debug!(url = %self.label, %table, reply = ?other, "binding table skipped: not a set");
+                    continue;
+                }
+            };
+            let members = items
+                .into_iter()
+                .filter_map(|item| match item {
+                    redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                    redis::Value::SimpleString(text) => Some(text),
+                    _ => None,
+                })
+                .collect();
+            out.push((table.clone(), members));
+        }
+        Ok(out)
+    }
+
+    /// Every binding table (`_kombu.binding.*`) of the database, found with `SCAN … COUNT`
+    /// (and `TYPE set` where the server has it, so that only sets come back).
+    async fn binding_tables(&self) -> Result<Vec<String>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pattern = format!("{}_kombu.binding.*", glob_escape(&self.options.prefix));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let typed = self.scan_type.load(Relaxed);
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            if typed {
+                scan.arg("TYPE").arg("set");
+            }
+            let step: redis::RedisResult<(u64, Vec<Vec<u8>>)> = scan.query_async(&mut conn).await;
+            let (next, keys) = match step {
+                Ok(step) => step,
+                // Before Redis 6, SCAN has no TYPE: start again without it.
+                Err(e)
+                    if typed
+                        && cursor == 0
+                        && e.code() == Some("ERR")
+                        && !(e.is_io_error() || e.is_connection_dropped()) =>
+                {
+                    self.scan_type.store(false, Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(self.err("list binding tables")(e)),
+            };
+            out.extend(keys.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        // SCAN may return a key more than once.
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     fn member(&self, row: &BindingRow, kind: ExchangeKind) -> Result<String> {
@@ -1514,32 +1626,24 @@ impl Backend for RedisBackend {
         let removed = self.purge(queue).await?;
         // Remove the queue from every binding table (kombu removes the ones it knows).
         let mut conn = self.conn.clone();
-        let pattern = format!("{}_kombu.binding.*", self.options.prefix);
-        let tables: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn
-                .scan_match(&pattern)
-                .await
-                .map_err(self.err("list binding tables"))?;
-            let mut out = Vec::new();
-            while let Some(item) = futures::StreamExt::next(&mut iter).await {
-                out.push(item.map_err(self.err("list binding tables"))?);
-            }
-            out
-        };
+        let tables = self.binding_tables().await?;
         let _: i64 = conn
             .hdel(self.options.queues_key(), queue)
             .await
             .map_err(self.err("delete queue"))?;
-        let suffix = format!("{}{queue}", self.options.sep);
+        let sep = &self.options.sep;
         let table_prefix = self.options.binding_key("");
         self.expiring_bindings.lock().remove(queue);
-        for table in tables {
-            let members: Vec<String> = conn
-                .smembers(&table)
-                .await
-                .map_err(self.err("read bindings"))?;
-            let gone: Vec<&String> = members.iter().filter(|m| m.ends_with(&suffix)).collect();
-            if !gone.is_empty() {
+        self.bound.lock().remove(queue);
+        for chunk in tables.chunks(TABLES_PER_READ) {
+            for (table, members) in self.read_tables(chunk).await? {
+                let gone: Vec<&String> = members
+                    .iter()
+                    .filter(|m| member_queue(m, sep) == Some(queue))
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
                 let exchange = table.strip_prefix(&table_prefix).unwrap_or_default();
                 let _: () = redis::pipe()
                     .srem(&table, &gone)
@@ -1558,19 +1662,36 @@ impl Backend for RedisBackend {
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
         // A queue exists when kombu-rs recorded it, one of its lists (priority buckets) exists,
         // or it is bound in one of kombu's binding tables (a queue Python kombu or a Celery
-        // worker declared, whose list does not exist while it is empty).
+        // worker declared, whose list does not exist while it is empty). One found bound is
+        // taken to exist for BOUND_TTL without looking again (unless deleted through here).
+        let seen = self.bound.lock().get(queue).copied();
+        if seen.is_some_and(|at| at.elapsed() < BOUND_TTL) {
+            return Ok(true);
+        }
         let mut conn = self.conn.clone();
-        let (declared, lists): (bool, i64) = redis::pipe()
+        let (declared, lists, exchanges): (bool, i64, Vec<Vec<u8>>) = redis::pipe()
             .hexists(self.options.queues_key(), queue)
             .cmd("EXISTS")
             .arg(self.options.list_keys(queue))
+            .hkeys(self.options.exchanges_key())
             .query_async(&mut conn)
             .await
             .map_err(self.err("queue exists"))?;
         if declared || lists > 0 {
             return Ok(true);
         }
-        self.bound_anywhere(queue).await
+        let exchanges: Vec<String> = exchanges
+            .into_iter()
+            .filter_map(|x| String::from_utf8(x).ok())
+            .collect();
+        let bound = self.bound_anywhere(queue, &exchanges).await?;
+        let mut seen = self.bound.lock();
+        if bound {
+            seen.insert(queue.to_owned(), Instant::now());
+        } else {
+            seen.remove(queue);
+        }
+        Ok(bound)
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
