@@ -449,6 +449,36 @@ pub fn from_python_json<'de, T: serde::Deserialize<'de>>(
     }
 }
 
+/// A document parsed by the tolerant half of [`from_python_json`], for callers that already
+/// tried strict `serde_json` on the same bytes and may want more than one type out of one parse
+/// (a typed view first, a tree when that does not fit). Deserialize it with
+/// [`PythonJson::deserialize`]; what non-finite floats and lone surrogates become is as
+/// [`from_python_json`] says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PythonJson(PyJson);
+
+/// Parses `bytes` as Python's `json.dumps` writes it, only when it uses one of the extensions
+/// strict JSON lacks (`NaN`, `Infinity`, `-Infinity`, lone surrogates); `None` when it does not
+/// parse, or parses without needing any (strict `serde_json`'s error is then the one to report).
+///
+/// ```
+/// let doc = kombu_serializers::parse_python_json(br#"{"score": NaN}"#).expect("Python JSON");
+/// let scores: std::collections::BTreeMap<String, f64> = doc.deserialize()?;
+/// assert!(scores["score"].is_nan());
+/// assert!(kombu_serializers::parse_python_json(br#"{"score": 1}"#).is_none()); // strict JSON
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn parse_python_json(bytes: &[u8]) -> Option<PythonJson> {
+    PyJson::parse_python_only(bytes).map(PythonJson)
+}
+
+impl PythonJson {
+    /// Deserializes `T` from the parsed document.
+    pub fn deserialize<'de, T: serde::Deserialize<'de>>(self) -> serde_json::Result<T> {
+        T::deserialize(self.0)
+    }
+}
+
 /// A JSON value as Python's `json` module reads it (the tolerant path of
 /// [`from_python_json`]): floats may be non-finite, strings are already repaired.
 #[derive(Debug, Clone, PartialEq)]

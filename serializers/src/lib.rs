@@ -93,8 +93,8 @@ pub use compression::{
 };
 pub use error::{Error, Result};
 pub use json::{
-    JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, from_python_json, to_python_json,
-    to_python_json_string,
+    JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, PythonJson, from_python_json,
+    parse_python_json, to_python_json, to_python_json_string,
 };
 pub use msgpack::{MSGPACK_CONTENT_TYPE, MsgpackSerializer};
 #[cfg(feature = "pickle")]

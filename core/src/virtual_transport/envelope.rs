@@ -71,24 +71,26 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope> {
     if let Ok(wire) = serde_json::from_slice::<Wire<'_>>(bytes) {
         return wire.into_envelope();
     }
-    let json: Json = match serde_json::from_slice(bytes) {
-        Ok(json) => json,
-        Err(strict) => {
-            // What Python's json.dumps writes beyond RFC JSON: `NaN`/`Infinity` in headers
-            // (kept as non-finite `Value::Float`s), lone surrogates (U+FFFD).
-            if let Ok(wire) = kombu_serializers::from_python_json::<Wire<'_>>(bytes) {
-                return wire.into_envelope();
-            }
-            kombu_serializers::from_python_json(bytes).map_err(|_| {
-                Error::new(
-                    ErrorKind::Protocol,
-                    "stored message is not a kombu JSON envelope",
-                )
-                .with_source(strict)
-            })?
-        }
+    let strict = match serde_json::from_slice::<Json>(bytes) {
+        Ok(json) => return from_json(json),
+        Err(strict) => strict,
     };
-    from_json(json)
+    // What Python's json.dumps writes beyond RFC JSON: `NaN`/`Infinity` in headers (kept as
+    // non-finite `Value::Float`s by the typed fields), lone surrogates (U+FFFD). One tolerant
+    // parse, read typed first and as a tree when the typed fields do not fit.
+    if let Some(doc) = kombu_serializers::parse_python_json(bytes) {
+        if let Ok(wire) = doc.clone().deserialize::<Wire<'_>>() {
+            return wire.into_envelope();
+        }
+        if let Ok(json) = doc.deserialize::<Json>() {
+            return from_json(json);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Protocol,
+        "stored message is not a kombu JSON envelope",
+    )
+    .with_source(strict))
 }
 
 /// Builds an envelope from an already parsed JSON object (MongoDB stores it as a document).
