@@ -74,6 +74,7 @@ mod json;
 mod msgpack;
 #[cfg(feature = "pickle")]
 mod pickle;
+mod python_json;
 mod raw;
 mod registry;
 #[cfg(any(feature = "auth", feature = "hmac"))]
@@ -93,12 +94,12 @@ pub use compression::{
 };
 pub use error::{Error, Result};
 pub use json::{
-    JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, PythonJson, from_python_json,
-    parse_python_json, to_python_json, to_python_json_string,
+    JSON_CONTENT_TYPE, JsonSerializer, PythonFormatter, to_python_json, to_python_json_string,
 };
 pub use msgpack::{MSGPACK_CONTENT_TYPE, MsgpackSerializer};
 #[cfg(feature = "pickle")]
 pub use pickle::{PICKLE_CONTENT_TYPE, PickleSerializer};
+pub use python_json::{PythonJson, from_python_json, parse_python_json};
 pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
 pub use registry::{
     Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,

@@ -449,7 +449,7 @@ impl Registry {
             match self.inner.builtin_for(content_type) {
                 Some(Builtin::Json) => {
                     // Strict first; what Python's json.dumps adds (NaN, lone surrogates) after.
-                    return crate::json::from_python_json(body).map_err(|e| Error::Decode {
+                    return crate::python_json::from_python_json(body).map_err(|e| Error::Decode {
                         content_type: content_type.to_owned(),
                         source: Box::new(e),
                     });
