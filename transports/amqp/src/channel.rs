@@ -255,14 +255,33 @@ impl Inner {
         Ok(())
     }
 
-    /// A new lapin channel of its own, for a question whose "no" closes the channel it is
-    /// asked on (a passive declaration of a missing entity); the caller closes it.
-    async fn throwaway(&self) -> Result<lapin::Channel> {
+    /// Asks whether an entity exists with `ask` (a passive declaration) on a lapin channel of
+    /// its own, closed afterwards: the broker's "no" (404) closes the channel it is asked on, so
+    /// this channel and its consumers stay untouched. NOT_FOUND is `false`; RESOURCE_LOCKED
+    /// (another connection's exclusive queue) is `true`: it exists, it is just not ours.
+    async fn exists<F, Fut>(&self, what: String, ask: F) -> Result<bool>
+    where
+        F: FnOnce(lapin::Channel) -> Fut,
+        Fut: Future<Output = lapin::Result<()>>,
+    {
         self.check_open()?;
         let (conn, _) = self.shared.connection().await?;
-        conn.create_channel()
+        let ch = conn
+            .create_channel()
             .await
-            .map_err(|e| map(e, "open an AMQP channel"))
+            .map_err(|e| map(e, "open an AMQP channel"))?;
+        let answer = ask(ch.clone()).await;
+        if ch.status().connected() {
+            let _ = ch.close(200, "OK".into()).await;
+        }
+        match answer {
+            Ok(()) => Ok(true),
+            Err(e) if is_resource_locked(&e) => Ok(true),
+            Err(e) => match map(e, what) {
+                e if e.kind() == ErrorKind::NotFound => Ok(false),
+                e => Err(e),
+            },
+        }
     }
 
     /// The open lapin channel with its settlements, else a new one.
@@ -841,61 +860,38 @@ impl Channel for AmqpChannel {
             self.inner.check_open()?;
             return Ok(true);
         }
-        // A passive exchange.declare of a missing exchange closes its channel (404): ask on a
-        // throwaway channel so that this channel and its consumers are untouched. The type is
-        // not compared by a passive declaration.
+        // The type is not compared by a passive declaration.
         let exchange = short_string("exchange name", name)?;
-        let ch = self.inner.throwaway().await?;
-        let declared = ch
-            .exchange_declare(
-                exchange,
-                lapin::ExchangeKind::Direct,
-                ExchangeDeclareOptions {
+        self.inner
+            .exists(format!("look up exchange {name:?}"), |ch| async move {
+                let options = ExchangeDeclareOptions {
                     passive: true,
                     ..ExchangeDeclareOptions::default()
-                },
-                no_arguments(),
-            )
-            .await;
-        if ch.status().connected() {
-            let _ = ch.close(200, "OK".into()).await;
-        }
-        match declared {
-            Ok(()) => Ok(true),
-            Err(e) => match map(e, format!("look up exchange {name:?}")) {
-                e if e.kind() == ErrorKind::NotFound => Ok(false),
-                e => Err(e),
-            },
-        }
+                };
+                ch.exchange_declare(
+                    exchange,
+                    lapin::ExchangeKind::Direct,
+                    options,
+                    no_arguments(),
+                )
+                .await
+            })
+            .await
     }
 
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        // A passive queue.declare of a missing queue closes its channel (404): ask on a
-        // throwaway channel so that this channel and its consumers are untouched.
         let name = short_string("queue name", queue)?;
-        let ch = self.inner.throwaway().await?;
-        let declared = ch
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
+        self.inner
+            .exists(format!("look up queue {queue:?}"), |ch| async move {
+                let options = QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
-                },
-                no_arguments(),
-            )
-            .await;
-        if ch.status().connected() {
-            let _ = ch.close(200, "OK".into()).await;
-        }
-        match declared {
-            Ok(_) => Ok(true),
-            // Another connection's exclusive queue: it exists, it is just not ours.
-            Err(e) if is_resource_locked(&e) => Ok(true),
-            Err(e) => match map(e, format!("look up queue {queue:?}")) {
-                e if e.kind() == ErrorKind::NotFound => Ok(false),
-                e => Err(e),
-            },
-        }
+                };
+                ch.queue_declare(name, options, no_arguments())
+                    .await
+                    .map(drop)
+            })
+            .await
     }
 
     async fn queue_size(&self, queue: &str) -> Result<u64> {
