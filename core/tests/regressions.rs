@@ -181,11 +181,7 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 async fn dead_letter_failure_during_fetch_strands_nothing() {
     use kombu_core::virtual_transport::{Backend, VirtualChannel};
     use kombu_core::{Channel, ConsumeOptions, Exchange, Message, Outgoing};
-    let backend = Arc::new(flaky::Flaky {
-        inner: kombu_core::memory::MemoryBackend::new(),
-        fail_put: false.into(),
-        gets: 0.into(),
-    });
+    let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("dead").exchange(Exchange::fanout("dlx")))
         .await
@@ -234,11 +230,7 @@ async fn dead_letter_failure_during_fetch_strands_nothing() {
 async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Channel, ConsumeOptions, Exchange, Message, Outgoing};
-    let backend = Arc::new(flaky::Flaky {
-        inner: kombu_core::memory::MemoryBackend::new(),
-        fail_put: false.into(),
-        gets: 0.into(),
-    });
+    let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("dead").exchange(Exchange::fanout("dlx")))
         .await
@@ -280,11 +272,7 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
 async fn idle_consumer_on_a_remote_backend_does_not_spin() {
     use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Channel, ConsumeOptions};
-    let backend = Arc::new(flaky::Flaky {
-        inner: kombu_core::memory::MemoryBackend::new(),
-        fail_put: false.into(),
-        gets: 0.into(),
-    });
+    let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("q")).await.unwrap();
     let mut s = ch
@@ -389,6 +377,62 @@ async fn stress_exactly_once() {
     );
 }
 
+fn to(queue: &str, mandatory: bool) -> kombu_core::Outgoing {
+    use kombu_core::{Message, Outgoing};
+    Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        message: Message::new(&b"x"[..]),
+        mandatory,
+    }
+}
+
+/// The virtual channel asks its backend whether a queue exists as rarely as it can: once per
+/// distinct queue of a mandatory batch to the default exchange (not once per message), never
+/// for a publish without `mandatory`, and for `size`/`purge` only when they find nothing.
+#[tokio::test]
+async fn a_mandatory_batch_asks_once_per_distinct_queue() {
+    use kombu_core::virtual_transport::VirtualChannel;
+    use kombu_core::{Channel, ErrorKind, Outgoing};
+    let backend = Arc::new(flaky::Flaky::new());
+    let ch = VirtualChannel::new(backend.clone(), None);
+    ch.declare_queue(&Queue::new("a")).await.unwrap();
+    ch.declare_queue(&Queue::new("b")).await.unwrap();
+    let calls = || backend.exists_calls.load(Ordering::SeqCst);
+
+    let batch: Vec<Outgoing> = (0..100)
+        .map(|i| to(if i % 2 == 0 { "a" } else { "b" }, true))
+        .collect();
+    ch.publish_batch(batch).await.unwrap();
+    assert_eq!(calls(), 2, "one look per distinct queue, not per message");
+    assert_eq!(ch.queue_size("a").await.unwrap(), 50);
+    assert_eq!(ch.queue_size("b").await.unwrap(), 50);
+    assert_eq!(calls(), 2, "a size that finds messages asks nothing");
+
+    let batch: Vec<Outgoing> = (0..100).map(|_| to("a", false)).collect();
+    ch.publish_batch(batch).await.unwrap();
+    ch.publish(to("a", false)).await.unwrap();
+    assert_eq!(calls(), 2, "publishes without mandatory ask nothing");
+
+    let e = ch
+        .publish_batch(vec![to("a", true), to("missing", true), to("a", true)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unroutable, "{e}");
+    assert_eq!(
+        ch.queue_size("a").await.unwrap(),
+        151,
+        "nothing of it stored"
+    );
+
+    let e = ch.queue_size("missing").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = ch.purge("missing").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    ch.purge("a").await.unwrap();
+    assert_eq!(ch.queue_size("a").await.unwrap(), 0, "empty, and it exists");
+}
+
 mod flaky {
     use super::*;
     use async_trait::async_trait;
@@ -402,7 +446,22 @@ mod flaky {
         pub inner: MemoryBackend,
         pub fail_put: AtomicBool,
         pub gets: AtomicUsize,
+        /// `queue_exists` calls.
+        pub exists_calls: AtomicUsize,
     }
+
+    impl Flaky {
+        /// The memory backend, counting, failing nothing yet.
+        pub fn new() -> Self {
+            Flaky {
+                inner: MemoryBackend::new(),
+                fail_put: false.into(),
+                gets: 0.into(),
+                exists_calls: 0.into(),
+            }
+        }
+    }
+
     #[async_trait]
     impl Backend for Flaky {
         fn capabilities(&self) -> Capabilities {
@@ -421,6 +480,7 @@ mod flaky {
             self.inner.declare_queue(q).await
         }
         async fn queue_exists(&self, q: &str) -> Result<bool> {
+            self.exists_calls.fetch_add(1, Ordering::SeqCst);
             self.inner.queue_exists(q).await
         }
         async fn delete_queue(&self, q: &str) -> Result<u64> {
