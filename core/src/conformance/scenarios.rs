@@ -2049,6 +2049,38 @@ pub async fn missing_queue(ctx: Ctx) -> Result<()> {
     conn.delete_queue(&name).await?;
     assert!(!conn.queue_exists(&name).await?, "deleted");
     not_found("queue_size after delete", conn.queue_size(&name).await);
+
+    // Publishing by name to a queue that exists nowhere: refused with `mandatory`, stored where
+    // the transport keeps messages for undeclared queues (as Python kombu), dropped elsewhere.
+    if conn.capabilities().mandatory {
+        let refused = conn
+            .producer()
+            .message(&"refused")
+            .routing_key(name.clone())
+            .mandatory(true)
+            .send()
+            .await;
+        match refused {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Unroutable, "mandatory to nowhere: {e}"),
+            Ok(()) => panic!("a mandatory publish to a queue that exists nowhere succeeded"), // ok: a conformance assertion
+        }
+        not_found(
+            "queue_size after a refused publish",
+            conn.queue_size(&name).await,
+        );
+    }
+    conn.producer()
+        .message(&"kept")
+        .routing_key(name.clone())
+        .send()
+        .await?;
+    if conn.capabilities().implicit_queues {
+        wait_for_size(&conn, &name, 1, ctx.patience).await?;
+        assert!(conn.queue_exists(&name).await?, "stored, so it exists");
+        conn.delete_queue(&name).await?;
+    } else {
+        assert!(!conn.queue_exists(&name).await?, "dropped, nothing created");
+    }
     Ok(())
 }
 

@@ -532,11 +532,10 @@ async fn message_leased_by_rust_is_invisible_to_python_until_requeued() {
 
 /// A queue Python kombu declared (a `kombu_queue` row, no message) exists for Rust: it takes a
 /// mandatory publish through the default exchange, and its size and purge work. A name that
-/// exists nowhere is refused with `mandatory` (`queue_size`/`purge`: NotFound) and, without
-/// it, created and stored as Python kombu's SQLAlchemy transport does, so Python reads it.
+/// exists nowhere is, without `mandatory`, created and stored as Python kombu's SQLAlchemy
+/// transport does, so Python reads it.
 #[tokio::test]
 async fn python_declared_queue_takes_mandatory_default_exchange_publishes() {
-    use kombu_core::ErrorKind;
     let Some(python) = python() else { return };
     let db = TempDb::new("declared");
     run_python(&python, &["declare", db.path(), "pyq"]);
@@ -555,20 +554,9 @@ async fn python_declared_queue_takes_mandatory_default_exchange_publishes() {
     assert_eq!(out["messages"].as_array().map(Vec::len), Some(1), "{out}");
     assert_eq!(conn.purge("pyq").await.expect("purge"), 0);
 
+    // A name that exists nowhere (refused with mandatory, NotFound sizes: the conformance
+    // suite's `missing_queue`): stored without mandatory, where Python kombu finds it.
     assert!(!conn.queue_exists("nowhere").await.expect("exists"));
-    let e = conn
-        .producer()
-        .message(&"refused")
-        .routing_key("nowhere")
-        .mandatory(true)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unroutable, "{e}");
-    let e = conn.queue_size("nowhere").await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    let e = conn.purge("nowhere").await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     conn.producer()
         .message(&"kept")
         .routing_key("nowhere")
