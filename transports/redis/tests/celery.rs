@@ -72,26 +72,38 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
+/// A Celery worker of [`APP`] named `name` on `queue` under the key prefix `prefix`, the path
+/// (and its text) of the result file its task writes, and a kombu-rs connection with the same
+/// prefix.
+async fn start(
+    python: &std::path::Path,
+    name: &str,
+    queue: &str,
+    prefix: &str,
+) -> (CeleryWorker, std::path::PathBuf, String, Connection) {
+    let broker = server();
+    let worker = CeleryWorker::start(
+        python,
+        name,
+        APP,
+        queue,
+        &[("KOMBU_RS_PREFIX", prefix), ("KOMBU_RS_BROKER", &broker)],
+    );
+    let out_path = worker.dir().join("result.json");
+    let out = out_path.to_str().expect("UTF-8 path").to_owned();
+    kombu_redis::register();
+    let url = format!("{}?global_keyprefix={}", server(), percent(prefix));
+    let conn = Connection::open(&url).await.expect("open");
+    (worker, out_path, out, conn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_worker_runs_a_task_kombu_rs_published() {
     let Some(python) = python() else { return };
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("kombu-rs-celery-{tag}:");
     let queue = format!("rs-tasks-{tag}");
-    let broker = server();
-    let worker = CeleryWorker::start(
-        &python,
-        "redis-celery",
-        APP,
-        &queue,
-        &[("KOMBU_RS_PREFIX", &prefix), ("KOMBU_RS_BROKER", &broker)],
-    );
-    let out_path = worker.dir().join("result.json");
-    let out = out_path.to_str().expect("UTF-8 path").to_owned();
-
-    kombu_redis::register();
-    let url = format!("{}?global_keyprefix={}", server(), percent(&prefix));
-    let conn = Connection::open(&url).await.expect("open");
+    let (worker, out_path, out, conn) = start(&python, "redis-celery", &queue, &prefix).await;
     let (task_id, nested) = publish_task(&conn, &queue, &out, false)
         .await
         .expect("publish the task");
@@ -167,20 +179,8 @@ async fn celery_workers_queue_takes_a_mandatory_publish_without_declaring() {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("kombu-rs-celery-{tag}:");
     let queue = "celery";
-    let broker = server();
-    let worker = CeleryWorker::start(
-        &python,
-        "redis-celery-declared",
-        APP,
-        queue,
-        &[("KOMBU_RS_PREFIX", &prefix), ("KOMBU_RS_BROKER", &broker)],
-    );
-    let out_path = worker.dir().join("result.json");
-    let out = out_path.to_str().expect("UTF-8 path").to_owned();
-
-    kombu_redis::register();
-    let url = format!("{}?global_keyprefix={}", server(), percent(&prefix));
-    let conn = Connection::open(&url).await.expect("open");
+    let (worker, out_path, out, conn) =
+        start(&python, "redis-celery-declared", queue, &prefix).await;
     // The worker declares its queue when it starts.
     let deadline = Instant::now() + GUARD;
     while !conn.queue_exists(queue).await.expect("queue_exists") {
