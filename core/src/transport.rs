@@ -88,3 +88,12 @@ pub fn registered_schemes() -> Vec<String> {
     schemes.sort();
     schemes
 }
+
+/// Seconds since the Unix epoch, as Python's `time.time()` gives them: the clock kombu's
+/// stores write into their records (Redis unacked scores, SQLite timestamps). A clock before
+/// the epoch reads as 0.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -219,6 +219,101 @@ impl BrokerUrl {
         &self.query
     }
 
+    /// A query option as a duration in seconds (`?visibility_timeout=1.5`): `None` when
+    /// absent, an [`ErrorKind::InvalidUrl`] error naming the option when it is not a
+    /// non-negative number of seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use kombu_core::BrokerUrl;
+    /// let url = BrokerUrl::parse("redis://localhost/0?visibility_timeout=1.5&sep=x")?;
+    /// assert_eq!(url.query_seconds("visibility_timeout")?, Some(Duration::from_millis(1500)));
+    /// assert_eq!(url.query_seconds("polling_interval")?, None);
+    /// assert!(url.query_seconds("sep").is_err());
+    /// # Ok::<(), kombu_core::Error>(())
+    /// ```
+    pub fn query_seconds(&self, key: &str) -> Result<Option<std::time::Duration>> {
+        self.query_with(key, "a number of seconds", |v| {
+            v.parse::<f64>()
+                .ok()
+                .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        })
+    }
+
+    /// A query option as a boolean: `1`, `true`, `yes`, `on` and `0`, `false`, `no`, `off`
+    /// (any case), as kombu reads them. `None` when absent.
+    ///
+    /// ```
+    /// # use kombu_core::BrokerUrl;
+    /// let url = BrokerUrl::parse("amqp://localhost/?confirm_publish=yes&ssl=maybe")?;
+    /// assert_eq!(url.query_bool("confirm_publish")?, Some(true));
+    /// assert!(url.query_bool("ssl").is_err());
+    /// # Ok::<(), kombu_core::Error>(())
+    /// ```
+    pub fn query_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.query_with(
+            key,
+            "a boolean (true/false, yes/no, on/off, 1/0)",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => None,
+            },
+        )
+    }
+
+    /// A query option parsed as a number (or any [`FromStr`](std::str::FromStr) type). `None`
+    /// when absent.
+    ///
+    /// ```
+    /// # use kombu_core::BrokerUrl;
+    /// let url = BrokerUrl::parse("amqp://localhost/?channel_max=64&frame_max=big")?;
+    /// assert_eq!(url.query_number::<u16>("channel_max")?, Some(64));
+    /// assert!(url.query_number::<u32>("frame_max").is_err());
+    /// # Ok::<(), kombu_core::Error>(())
+    /// ```
+    pub fn query_number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
+        self.query_with(key, "a valid number", |v| v.parse::<T>().ok())
+    }
+
+    /// A comma-separated query option as a list, items trimmed, empty items dropped
+    /// (`?priority_steps=0,3,6,9`). `None` when absent.
+    ///
+    /// ```
+    /// # use kombu_core::BrokerUrl;
+    /// let url = BrokerUrl::parse("redis://localhost/?priority_steps=0, 5,9")?;
+    /// assert_eq!(url.query_list("priority_steps"), Some(vec!["0".into(), "5".into(), "9".into()]));
+    /// # Ok::<(), kombu_core::Error>(())
+    /// ```
+    pub fn query_list(&self, key: &str) -> Option<Vec<String>> {
+        self.query(key).map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    /// The error every typed accessor gives for a value it cannot read: the masked URL, the
+    /// option and what it should be. A configuration mistake: not recoverable.
+    fn query_with<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let Some(v) = self.query(key) else {
+            return Ok(None);
+        };
+        parse(&v).map(Some).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidUrl,
+                format!("{}: option {key}={v:?} is not {expected}", self.masked()),
+            )
+        })
+    }
+
     /// The URL exactly as given, password included. Never log this.
     pub fn expose(&self) -> &str {
         &self.raw
