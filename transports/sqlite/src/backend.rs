@@ -1,0 +1,597 @@
+//! The virtual [`Backend`] over one SQLite database: routing tables, takes with leases,
+//! settlement, and waiting for rows written by this process or others.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kombu_core::transport::unix_now;
+use kombu_core::virtual_transport::{
+    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
+    envelope,
+};
+use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Queue, Result};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::options::Options;
+use crate::receipt::{VERSION_MASK, receipt, receipt_row};
+use crate::schema::{ensure_queue, insert, open_db, payload_text, queue_id, timestamp_text};
+
+/// How long a cached exchange or binding list is used before it is read again (bindings made
+/// by other processes take effect within this; this process's own take effect at once).
+const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
+
+/// One database file (or one in-memory database) in this process, shared by every connection
+/// to it.
+#[derive(Debug)]
+pub(crate) struct SqliteBackend {
+    db: Arc<Mutex<Connection>>,
+    label: String,
+    options: Options,
+    /// Woken by every commit of a put in this process.
+    notify: tokio::sync::Notify,
+    topology: TopologyCache,
+}
+
+static BACKENDS: std::sync::LazyLock<Mutex<HashMap<PathBuf, Weak<SqliteBackend>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn sql_error(what: &str, label: &str, err: rusqlite::Error) -> Error {
+    let busy = matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    let kind = if busy {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Broker
+    };
+    Error::new(kind, format!("sqlite {label}: {what}")).with_source(err)
+}
+
+impl SqliteBackend {
+    pub(crate) async fn shared(options: Options, label: String) -> Result<Arc<SqliteBackend>> {
+        let key = match &options.path {
+            Some(p) => std::path::absolute(p).map_err(|e| {
+                Error::new(ErrorKind::Connection, format!("sqlite {label}: bad path"))
+                    .with_source(e)
+            })?,
+            None => PathBuf::from(":memory:"),
+        };
+        if let Some(existing) = BACKENDS.lock().get(&key).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        let opts = options.clone();
+        let db = tokio::task::spawn_blocking(move || open_db(&opts))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Broker, "sqlite open task failed").with_source(e))?
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("sqlite {label}: cannot open"),
+                )
+                .with_source(e)
+            })?;
+        let backend = Arc::new(SqliteBackend {
+            db: Arc::new(Mutex::new(db)),
+            label,
+            options,
+            notify: tokio::sync::Notify::new(),
+            topology: TopologyCache::new(TOPOLOGY_TTL),
+        });
+        let mut map = BACKENDS.lock();
+        // Another task may have opened the same file meanwhile: use one backend per file.
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&backend));
+        Ok(backend)
+    }
+
+    /// Runs `f` with the database on tokio's blocking pool.
+    async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut conn = db.lock();
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Broker,
+                format!("sqlite {}: {what}: task failed", self.label),
+            )
+            .with_source(e)
+        })?;
+        result.map_err(|e| sql_error(what, &self.label, e))
+    }
+
+    fn forget_topology(&self) {
+        self.topology.clear();
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.persistent = true;
+        c.shared_between_processes = true;
+        c.visibility_timeout = true;
+        // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
+        c.implicit_queues = true;
+        c
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        let arguments = serde_json::to_string(&exchange.arguments)
+            .map_err(|e| Error::new(ErrorKind::Codec, "exchange arguments").with_source(e))?;
+        let (name, kind) = (exchange.name.clone(), exchange.kind.as_str());
+        let (durable, auto_delete) = (exchange.durable, exchange.auto_delete);
+        self.run("declare exchange", move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO kombu_rs_exchange (name, type, durable, auto_delete, arguments) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![name, kind, durable, auto_delete, arguments])?;
+            Ok(())
+        })
+        .await?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        if let Some(found) = self.topology.exchange(name) {
+            return Ok(found);
+        }
+        let key = name.to_owned();
+        let row = self
+            .run("look up exchange", move |conn| {
+                conn.prepare_cached(
+                    "SELECT type, durable, auto_delete, arguments FROM kombu_rs_exchange WHERE name = ?1",
+                )?
+                .query_row([&key], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .optional()
+            })
+            .await?;
+        let found = match row {
+            None => None,
+            Some((kind, durable, auto_delete, arguments)) => {
+                let kind: ExchangeKind = kind.parse()?;
+                let mut exchange = Exchange::new(name, kind);
+                exchange.durable = durable;
+                exchange.auto_delete = auto_delete;
+                exchange.arguments = serde_json::from_str(&arguments).map_err(|e| {
+                    Error::new(ErrorKind::Protocol, "stored exchange arguments").with_source(e)
+                })?;
+                Some(exchange)
+            }
+        };
+        self.topology.put_exchange(name, found.clone());
+        Ok(found)
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.run("delete exchange", move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM kombu_rs_exchange WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM kombu_rs_binding WHERE exchange = ?1", [&name])?;
+            tx.commit()
+        })
+        .await?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+        let name = queue.name.clone();
+        let mut spec = queue.declare_arguments();
+        for (flag, on) in [
+            ("durable", queue.durable),
+            ("exclusive", queue.exclusive),
+            ("auto_delete", queue.auto_delete),
+        ] {
+            spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
+        }
+        let requested = spec;
+        let spec = serde_json::to_string(&requested)
+            .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
+        let conflict = self
+            .run("declare queue", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                ensure_queue(&tx, &name)?;
+                let stored: Option<String> = tx
+                    .query_row(
+                        "SELECT arguments FROM kombu_rs_queue WHERE name = ?1",
+                        [&name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let conflict = match stored {
+                    Some(stored) => (stored != spec).then_some(stored),
+                    None => {
+                        tx.execute(
+                            "INSERT INTO kombu_rs_queue (name, arguments) VALUES (?1, ?2)",
+                            params![name, spec],
+                        )?;
+                        None
+                    }
+                };
+                tx.commit()?;
+                Ok(conflict)
+            })
+            .await?;
+        if let Some(stored) = conflict {
+            // What it was declared with, to name what differs (nothing named if unreadable).
+            let has: kombu_core::Headers = serde_json::from_str(&stored).unwrap_or_default();
+            return Err(Error::inequivalent_settings(
+                format_args!("queue {:?}", queue.name),
+                &has,
+                &requested,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<u64> {
+        let name = queue.to_owned();
+        let removed = self
+            .run("delete queue", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut ready = 0u64;
+                if let Some(id) = queue_id(&tx, &name)? {
+                    ready = tx.query_row(
+                        "SELECT COUNT(*) FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
+                        [id],
+                        |r| r.get::<_, i64>(0),
+                    )?
+                    .unsigned_abs();
+                    tx.execute("DELETE FROM kombu_message WHERE queue_id = ?1", [id])?;
+                    tx.execute("DELETE FROM kombu_queue WHERE id = ?1", [id])?;
+                }
+                tx.execute("DELETE FROM kombu_rs_binding WHERE queue = ?1", [&name])?;
+                tx.execute("DELETE FROM kombu_rs_queue WHERE name = ?1", [&name])?;
+                tx.commit()?;
+                Ok(ready)
+            })
+            .await?;
+        self.forget_topology();
+        Ok(removed)
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        let name = queue.to_owned();
+        self.run("find queue", move |conn| {
+            Ok(queue_id(conn, &name)?.is_some())
+        })
+        .await
+    }
+
+    async fn bind(&self, row: &BindingRow) -> Result<()> {
+        let arguments = serde_json::to_string(&row.arguments)
+            .map_err(|e| Error::new(ErrorKind::Codec, "binding arguments").with_source(e))?;
+        let row = row.clone();
+        self.run("bind", move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO kombu_rs_binding (exchange, routing_key, queue, arguments) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![row.exchange, row.routing_key, row.queue, arguments])?;
+            Ok(())
+        })
+        .await?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn unbind(&self, row: &BindingRow) -> Result<()> {
+        let arguments = serde_json::to_string(&row.arguments)
+            .map_err(|e| Error::new(ErrorKind::Codec, "binding arguments").with_source(e))?;
+        let row = row.clone();
+        self.run("unbind", move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM kombu_rs_binding \
+                 WHERE exchange = ?1 AND routing_key = ?2 AND queue = ?3 AND arguments = ?4",
+            )?
+            .execute(params![row.exchange, row.routing_key, row.queue, arguments])?;
+            Ok(())
+        })
+        .await?;
+        self.forget_topology();
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        if let Some(rows) = self.topology.bindings(exchange) {
+            return Ok(rows);
+        }
+        let name = exchange.to_owned();
+        let raw = self
+            .run("read bindings", move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT routing_key, queue, arguments FROM kombu_rs_binding WHERE exchange = ?1 \
+                     ORDER BY rowid",
+                )?;
+                let rows = stmt.query_map([&name], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        let mut rows = Vec::with_capacity(raw.len());
+        for (routing_key, queue, arguments) in raw {
+            rows.push(BindingRow {
+                exchange: exchange.to_owned(),
+                routing_key,
+                queue,
+                arguments: serde_json::from_str(&arguments).map_err(|e| {
+                    Error::new(ErrorKind::Protocol, "stored binding arguments").with_source(e)
+                })?,
+            });
+        }
+        let rows: Arc<[BindingRow]> = rows.into();
+        self.topology.put_bindings(exchange, rows.clone());
+        Ok(rows)
+    }
+
+    async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {
+        self.put_many(vec![(queue.to_owned(), envelope)]).await
+    }
+
+    async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
+        let mut rows = Vec::with_capacity(items.len());
+        for (queue, env) in &items {
+            rows.push((queue.clone(), payload_text(env)?, env.redelivered));
+        }
+        self.run("publish", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // A queue nobody declared (in this process or Python's) is created, as Python
+            // kombu's SQLAlchemy transport creates it.
+            let mut ids: HashMap<String, i64> = HashMap::new();
+            for (queue, payload, redelivered) in &rows {
+                let id = match ids.get(queue) {
+                    Some(id) => *id,
+                    None => {
+                        let id = ensure_queue(&tx, queue)?;
+                        ids.insert(queue.clone(), id);
+                        id
+                    }
+                };
+                insert(&tx, id, payload, *redelivered)?;
+            }
+            tx.commit()
+        })
+        .await?;
+        self.notify.notify_waiters();
+        Ok(Vec::new())
+    }
+
+    async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
+        let name = queue.to_owned();
+        let label = self.label.clone();
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .run("take", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let Some(qid) = queue_id(&tx, &name)? else {
+                    return Ok(Vec::new());
+                };
+                let now = unix_now();
+                // Leases that passed (their consumer died or went silent) come back first.
+                tx.prepare_cached(
+                    "UPDATE kombu_message SET visible = 1, timestamp = NULL, lease_until = NULL, \
+                     redelivered = 1 \
+                     WHERE queue_id = ?1 AND visible = 0 AND lease_until IS NOT NULL AND lease_until < ?2",
+                )?
+                .execute(params![qid, now])?;
+                let mut found: Vec<(i64, String, bool, i64)> = Vec::new();
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, payload, redelivered, version FROM kombu_message \
+                         WHERE queue_id = ?1 AND visible = 1 ORDER BY timestamp, id LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![qid, limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+                            // The version the take below gives the row.
+                            r.get::<_, i64>(3)? + 1,
+                        ))
+                    })?;
+                    for row in rows {
+                        found.push(row?);
+                    }
+                }
+                match mode {
+                    TakeMode::NoAck => {
+                        let mut del =
+                            tx.prepare_cached("DELETE FROM kombu_message WHERE id = ?1")?;
+                        for (id, ..) in &found {
+                            del.execute([id])?;
+                        }
+                    }
+                    TakeMode::Lease(timeout) => {
+                        let until = timeout.map(|t| now + t.as_secs_f64());
+                        let stamp = timestamp_text();
+                        let mut upd = tx.prepare_cached(
+                            "UPDATE kombu_message SET visible = 0, timestamp = ?2, \
+                             version = version + 1, lease_until = ?3 WHERE id = ?1",
+                        )?;
+                        for (id, ..) in &found {
+                            upd.execute(params![id, stamp, until])?;
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(found)
+            })
+            .await?;
+        let mut fetched = Fetched::default();
+        for (id, payload, redelivered, version) in rows {
+            match envelope::decode(payload.as_bytes()) {
+                Ok(mut env) => {
+                    env.redelivered |= redelivered;
+                    fetched.taken.push(Taken {
+                        envelope: Arc::new(env),
+                        receipt: receipt(id, version),
+                    });
+                }
+                Err(err) => {
+                    // Left invisible without a lease (as kombu leaves what it took), so it
+                    // neither blocks the queue nor is lost from the table.
+                    tracing::warn!(%label, row = id, error = %err, "unreadable message set aside");
+                    if let TakeMode::NoAck = mode {
+                        continue;
+                    }
+                    self.run("set aside", move |conn| {
+                        conn.execute(
+                            "UPDATE kombu_message SET lease_until = NULL WHERE id = ?1",
+                            [id],
+                        )
+                        .map(|_| ())
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        let (id, version) = receipt_row(receipt)?;
+        self.run("ack", move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM kombu_message WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+            )?
+            .execute(params![id, version, VERSION_MASK])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
+        self.ack(queue, receipt).await?;
+        Ok(None)
+    }
+
+    async fn restore(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        let (id, version) = receipt_row(receipt)?;
+        self.run("restore", move |conn| {
+            conn.prepare_cached(
+                "UPDATE kombu_message SET visible = 1, timestamp = NULL, lease_until = NULL, \
+                 redelivered = 1 WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+            )?
+            .execute(params![id, version, VERSION_MASK])
+            .map(|_| ())
+        })
+        .await?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        let (id, version) = receipt_row(receipt)?;
+        let until = unix_now() + by.as_secs_f64();
+        self.run("extend lease", move |conn| {
+            conn.prepare_cached(
+                "UPDATE kombu_message SET lease_until = ?2 WHERE id = ?1 AND visible = 0 \
+                 AND lease_until IS NOT NULL AND (version & ?4) = ?3",
+            )?
+            .execute(params![id, until, version, VERSION_MASK])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let name = queue.to_owned();
+        self.run("purge", move |conn| {
+            let Some(id) = queue_id(conn, &name)? else {
+                return Ok(0);
+            };
+            let n = conn.execute(
+                "DELETE FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
+                [id],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        let name = queue.to_owned();
+        self.run("size", move |conn| {
+            let Some(id) = queue_id(conn, &name)? else {
+                return Ok(0);
+            };
+            conn.prepare_cached(
+                "SELECT COUNT(*) FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
+            )?
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .map(i64::unsigned_abs)
+        })
+        .await
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Fast after activity, backing off to the polling interval when idle.
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let names = queues.to_vec();
+            let ready = self
+                .run("poll", move |conn| {
+                    let now = unix_now();
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
+                         ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
+                         (m.visible = 0 AND m.lease_until IS NOT NULL AND m.lease_until < ?2)))",
+                    )?;
+                    for name in &names {
+                        if stmt.query_row(params![name, now], |r| r.get::<_, bool>(0))? {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                })
+                .await?;
+            if ready {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = &mut notified => return Ok(()),
+                _ = tokio::time::sleep(pause.min(left)) => {}
+            }
+            pause = (pause * 2).min(self.options.polling_interval.max(Duration::from_millis(1)));
+        }
+    }
+}

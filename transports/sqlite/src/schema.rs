@@ -1,0 +1,167 @@
+//! kombu's SQLAlchemy layout (`kombu_queue`, `kombu_message`) plus kombu-rs's own tables:
+//! opening a database creates them, adds kombu-rs's columns to an older `kombu_message`, and
+//! the helpers here read and write rows as Python kombu does.
+
+use kombu_core::transport::unix_now;
+use kombu_core::virtual_transport::{Envelope, envelope};
+use kombu_core::{Error, ErrorKind, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::options::Options;
+
+/// kombu's `timestamp` column format (`datetime.now()` through SQLAlchemy), in UTC.
+pub(crate) fn timestamp_text() -> String {
+    let secs = unix_now();
+    let whole = secs.floor() as i64;
+    let micros = ((secs - whole as f64) * 1e6) as i64;
+    let days = whole.div_euclid(86_400);
+    let rem = whole.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kombu_queue (
+\tid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+\tname VARCHAR(200), 
+\tUNIQUE (name)
+);
+CREATE TABLE IF NOT EXISTS kombu_message (
+\tid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+\tvisible BOOLEAN, 
+\ttimestamp DATETIME, 
+\tpayload TEXT NOT NULL, 
+\tversion SMALLINT NOT NULL, 
+\tqueue_id INTEGER, 
+\tCONSTRAINT \"FK_kombu_message_queue\" FOREIGN KEY(queue_id) REFERENCES kombu_queue (id)
+);
+CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp_id ON kombu_message (timestamp, id);
+CREATE INDEX IF NOT EXISTS ix_kombu_message_visible ON kombu_message (visible);
+CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp ON kombu_message (timestamp);
+CREATE TABLE IF NOT EXISTS kombu_rs_exchange (
+\tname TEXT NOT NULL PRIMARY KEY,
+\ttype TEXT NOT NULL,
+\tdurable INTEGER NOT NULL DEFAULT 1,
+\tauto_delete INTEGER NOT NULL DEFAULT 0,
+\targuments TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS kombu_rs_queue (
+	name TEXT NOT NULL PRIMARY KEY,
+	arguments TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kombu_rs_binding (
+\texchange TEXT NOT NULL,
+\trouting_key TEXT NOT NULL,
+\tqueue TEXT NOT NULL,
+\targuments TEXT NOT NULL DEFAULT '{}',
+\tUNIQUE (exchange, routing_key, queue, arguments)
+);
+";
+
+pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
+    let conn = match &options.path {
+        Some(path) => Connection::open(path)?,
+        None => Connection::open_in_memory()?,
+    };
+    conn.busy_timeout(options.busy_timeout)?;
+    if options.path.is_some() {
+        // Returns the mode as a row.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    }
+    conn.execute_batch(if options.synchronous_full {
+        "PRAGMA synchronous=FULL;"
+    } else {
+        "PRAGMA synchronous=NORMAL;"
+    })?;
+    // Schema changes take the write lock once, so concurrent first opens do not race.
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    let mut columns = Vec::new();
+    {
+        let mut stmt = tx.prepare("PRAGMA table_info(kombu_message)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        for c in rows {
+            columns.push(c?);
+        }
+    }
+    if !columns.iter().any(|c| c == "lease_until") {
+        tx.execute_batch("ALTER TABLE kombu_message ADD COLUMN lease_until REAL")?;
+    }
+    if !columns.iter().any(|c| c == "redelivered") {
+        tx.execute_batch(
+            "ALTER TABLE kombu_message ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS ix_kombu_rs_message_queue ON kombu_message (queue_id, visible, timestamp, id)",
+    )?;
+    tx.commit()?;
+    Ok(conn)
+}
+
+pub(crate) fn queue_id(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM kombu_queue WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()
+}
+
+pub(crate) fn ensure_queue(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    if let Some(id) = queue_id(conn, name)? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT OR IGNORE INTO kombu_queue (name) VALUES (?1)")?
+        .execute([name])?;
+    conn.prepare_cached("SELECT id FROM kombu_queue WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+}
+
+pub(crate) fn insert(
+    conn: &Connection,
+    queue_id: i64,
+    payload: &str,
+    redelivered: bool,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id, redelivered) \
+         VALUES (1, NULL, ?1, 1, ?2, ?3)",
+    )?
+    .execute(params![payload, queue_id, redelivered])?;
+    Ok(())
+}
+
+pub(crate) fn payload_text(env: &Envelope) -> Result<String> {
+    String::from_utf8(envelope::encode(env))
+        .map_err(|e| Error::new(ErrorKind::Codec, "envelope JSON is not UTF-8").with_source(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_kombu_datetime_text() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_724), (2024, 1, 2));
+        let t = timestamp_text();
+        assert_eq!(t.len(), "2026-11-22 07:56:28.377105".len(), "{t}");
+    }
+}
