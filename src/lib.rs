@@ -74,8 +74,9 @@ pub use kombu_serializers as serializers;
 pub fn install() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        // The memory transport lives in kombu-core and is always registered there. Transport
-        // crates register here, each behind its feature.
+        // Every transport registers here, each behind its feature.
+        #[cfg(feature = "memory")]
+        kombu_core::memory::register();
         #[cfg(feature = "sqlite")]
         kombu_sqlite::register();
         #[cfg(feature = "redis")]

@@ -20,9 +20,8 @@ use serde::de::DeserializeOwned;
 use crate::capabilities::Capabilities;
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{DeliveryInfo, Message, Properties};
+use crate::message::{DeliveryInfo, Envelope, Message, Properties};
 use crate::value::Headers;
-use crate::virtual_transport::Envelope;
 
 /// A message on its way out: where to and what.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +288,7 @@ impl Decoder {
 /// #[derive(Deserialize)]
 /// struct Resize { width: u32 }
 ///
+/// # kombu_core::memory::register();
 /// let conn = Connection::open("memory://doc-delivery").await?;
 /// let mut consumer = conn.consumer([Queue::new("images")]).build().await?;
 /// let producer = conn.producer().routing_key("images");

@@ -14,6 +14,7 @@
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
 //! struct Email { to: String }
 //!
+//! kombu_core::memory::register();
 //! let conn = Connection::open("memory://lib-doc").await?;
 //! let queue = Queue::new("emails").exchange(Exchange::direct("mail")).routing_key("email");
 //! let mut consumer = conn.consumer([queue]).build().await?;

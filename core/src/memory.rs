@@ -11,11 +11,15 @@
 //!
 //! URL options: `visibility_timeout` (seconds, fractions allowed) for consumers that set none.
 //!
+//! It registers like any other transport: the `kombu` crate does it (feature `memory`); a user
+//! of `kombu-core` alone calls [`register`] once.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kombu_core::Result<()> {
 //! use kombu_core::{Connection, Queue};
 //!
+//! kombu_core::memory::register();
 //! let conn = Connection::open("memory://doc-memory").await?;
 //! conn.declare_queue(&Queue::new("jobs")).await?;
 //! conn.producer().routing_key("jobs").publish(&"hello").await?;
@@ -45,6 +49,12 @@ use crate::virtual_transport::{
     Backend, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt, TakeMode, Taken,
     VirtualConnection,
 };
+
+/// Registers the `memory` URL scheme (idempotent).
+pub fn register() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| crate::transport::register_transport(Arc::new(MemoryTransport)));
+}
 
 /// The memory transport (`memory://`, `memory://NAME`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -677,6 +687,7 @@ mod tests {
 
     #[tokio::test]
     async fn huge_durations_mean_never_and_do_not_panic() {
+        super::register();
         let conn = Connection::open("memory://huge-durations").await.unwrap();
         let q = Queue::new("q").message_ttl(Duration::MAX);
         conn.declare_queue(&q).await.unwrap();

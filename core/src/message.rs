@@ -1,4 +1,5 @@
-//! The message model: body, content type and encoding, headers, properties, delivery info.
+//! The message model: body, content type and encoding, headers, properties, delivery info, and
+//! the [`Envelope`] a transport keeps a message in.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -118,4 +119,40 @@ pub struct DeliveryInfo {
     pub delivery_tag: u64,
     /// Tag of the consumer it was delivered to (empty for a basic get).
     pub consumer_tag: String,
+}
+
+/// A message with where it was published: what a transport keeps and a
+/// [`Delivery`](crate::Delivery) reads. Virtual backends store it (serialized as kombu's JSON
+/// envelope by [`virtual_transport::envelope`](crate::virtual_transport::envelope)); a native
+/// transport builds one per received message. Shared behind an `Arc` between the store and the
+/// delivery, so taking a message copies nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The message.
+    pub message: Message,
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// kombu's `delivery_tag`: a UUID4 string chosen by the publisher, which backends that keep
+    /// kombu's unacked bookkeeping (Redis) key on. Empty until the envelope is first
+    /// serialized: [`envelope::encode`](crate::virtual_transport::envelope::encode) writes a
+    /// fresh UUID4 for an empty tag, so backends that never serialize (memory) never pay for
+    /// one.
+    pub tag: String,
+    /// Delivered before and returned (requeued, restored, lease expired).
+    pub redelivered: bool,
+}
+
+impl Envelope {
+    /// A freshly published message (not redelivered, no kombu tag yet).
+    pub fn new(message: Message, exchange: String, routing_key: String) -> Self {
+        Envelope {
+            message,
+            exchange,
+            routing_key,
+            tag: String::new(),
+            redelivered: false,
+        }
+    }
 }

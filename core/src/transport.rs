@@ -3,8 +3,9 @@
 //! A transport crate implements [`Transport`] (connect to a URL) and [`BrokerConnection`] (a live
 //! connection that opens channels), and registers itself for its URL schemes with
 //! [`register_transport`]. [`Connection::open`](crate::Connection::open) looks the URL's scheme
-//! up here. The memory transport is always registered; the `kombu` facade registers every
-//! transport it was built with.
+//! up here. Nothing is registered until someone registers it: the `kombu` facade registers
+//! every transport it was built with, memory included; a user of `kombu-core` alone calls
+//! [`memory::register`](crate::memory::register) or a transport crate's `register`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +17,6 @@ use parking_lot::RwLock;
 use crate::capabilities::Capabilities;
 use crate::channel::Channel;
 use crate::error::Result;
-use crate::memory::MemoryTransport;
 use crate::url::BrokerUrl;
 
 /// A kind of broker: knows how to connect to URLs of its schemes.
@@ -57,14 +57,7 @@ pub trait BrokerConnection: Send + Sync + fmt::Debug + 'static {
 
 type Registry = HashMap<String, Arc<dyn Transport>>;
 
-static TRANSPORTS: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
-    let mut map: Registry = HashMap::new();
-    let memory: Arc<dyn Transport> = Arc::new(MemoryTransport);
-    for scheme in memory.schemes() {
-        map.insert((*scheme).to_owned(), memory.clone());
-    }
-    RwLock::new(map)
-});
+static TRANSPORTS: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashMap::new()));
 
 /// Registers a transport for each of its schemes, replacing an earlier one for the same scheme.
 pub fn register_transport(transport: Arc<dyn Transport>) {

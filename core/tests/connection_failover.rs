@@ -29,6 +29,7 @@ impl Transport for Refusing {
 }
 
 fn install() {
+    kombu_core::memory::register();
     kombu_core::register_transport(Arc::new(Refusing {
         scheme: &["down"],
         kind: ErrorKind::Connection,

@@ -40,6 +40,7 @@ fn passwords_with_reserved_characters_never_show() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_delivery_is_requeued_and_frees_its_slot() {
+    kombu_core::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("drop")))
         .await
         .unwrap();
@@ -60,6 +61,7 @@ async fn dropped_delivery_is_requeued_and_frees_its_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_that_ends_frees_the_prefetch_slot_of_a_kept_delivery() {
+    kombu_core::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("lease")))
         .await
         .unwrap();
@@ -90,6 +92,7 @@ async fn a_lease_that_ends_frees_the_prefetch_slot_of_a_kept_delivery() {
 
 #[tokio::test]
 async fn huge_visibility_timeout_in_url_does_not_panic() {
+    kombu_core::memory::register();
     let r = tokio::spawn(async {
         Connection::open("memory://x?visibility_timeout=1e30")
             .await
@@ -101,6 +104,7 @@ async fn huge_visibility_timeout_in_url_does_not_panic() {
 
 #[tokio::test]
 async fn large_visibility_timeout_in_url_does_not_panic_on_consume() {
+    kombu_core::memory::register();
     let r = tokio::spawn(async {
         let name = uniq("vt");
         let conn = Connection::open(&format!("memory://{name}?visibility_timeout=1e15"))
@@ -116,6 +120,7 @@ async fn large_visibility_timeout_in_url_does_not_panic_on_consume() {
 
 #[tokio::test]
 async fn huge_visibility_timeout_1e19_consume() {
+    kombu_core::memory::register();
     let r = tokio::spawn(async {
         let name = uniq("vt19");
         let conn = Connection::open(&format!("memory://{name}?visibility_timeout=1e19"))
@@ -131,6 +136,7 @@ async fn huge_visibility_timeout_1e19_consume() {
 
 #[tokio::test]
 async fn no_ack_consumer_dropped_after_one_keeps_the_rest() {
+    kombu_core::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("noack")))
         .await
         .unwrap();
@@ -157,6 +163,7 @@ async fn no_ack_consumer_dropped_after_one_keeps_the_rest() {
 
 #[tokio::test]
 async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
+    kombu_core::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("noack2")))
         .await
         .unwrap();
@@ -286,6 +293,7 @@ async fn idle_consumer_on_a_remote_backend_does_not_spin() {
 
 #[tokio::test]
 async fn polling_consumer_after_end_does_not_panic() {
+    kombu_core::memory::register();
     let r = tokio::spawn(async {
         let conn = Connection::open(&format!("memory://{}", uniq("fused")))
             .await
@@ -301,6 +309,7 @@ async fn polling_consumer_after_end_does_not_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_exactly_once() {
+    kombu_core::memory::register();
     let name = uniq("stress");
     let conn = Connection::open(&format!("memory://{name}")).await.unwrap();
     conn.declare_queue(&Queue::new("q")).await.unwrap();

@@ -21,42 +21,11 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::Result;
-use crate::message::Message;
 use crate::value::Headers;
 
+pub use crate::message::Envelope;
 pub use channel::VirtualChannel;
 pub use shared::{TopologyCache, VirtualConnection};
-
-/// A message as a virtual backend stores it: the message plus what kombu's envelope adds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
-    /// The message.
-    pub message: Message,
-    /// Exchange it was published to.
-    pub exchange: String,
-    /// Routing key it was published with.
-    pub routing_key: String,
-    /// kombu's `delivery_tag`: a UUID4 string chosen by the publisher, which backends that keep
-    /// kombu's unacked bookkeeping (Redis) key on. Empty until the envelope is first
-    /// serialized: [`envelope::encode`] writes a fresh UUID4 for an empty tag, so backends that
-    /// never serialize (memory) never pay for one.
-    pub tag: String,
-    /// Delivered before and returned (requeued, restored, lease expired).
-    pub redelivered: bool,
-}
-
-impl Envelope {
-    /// A freshly published message (not redelivered, no kombu tag yet).
-    pub fn new(message: Message, exchange: String, routing_key: String) -> Self {
-        Envelope {
-            message,
-            exchange,
-            routing_key,
-            tag: String::new(),
-            redelivered: false,
-        }
-    }
-}
 
 /// A backend's handle on a taken (unacked) message, used to ack, reject or restore it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
