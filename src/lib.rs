@@ -38,11 +38,16 @@
 //! | `redis://`, `rediss://` (TLS), `redis+socket://`, `unix://`, `sentinel://` | `redis` | `kombu-redis` | Redis in Python kombu's key layout; crash-safe takes, kombu's priority buckets, fanout over PUB/SUB |
 //! | `amqp://`, `amqps://` (TLS), `pyamqp://` | `amqp` | `kombu-amqp` | RabbitMQ (AMQP 0-9-1 on lapin): the broker routes; publisher confirms, recovery after a restart |
 //!
-//! What a transport can and cannot do is data: [`Connection::capabilities`](kombu_core::Connection::capabilities)
-//! returns its [`Capabilities`].
+//! What a transport can and cannot do is data: [`Connection::capabilities`] returns its
+//! [`Capabilities`].
 //!
-//! Crates that use `kombu-core` directly call [`install`] (or a transport crate's own
-//! `register` function) once before opening connections.
+//! Crates that use `kombu-core` directly call [`install`] (or `kombu_core::memory::register`,
+//! or a transport crate's own `register` function) once before opening connections.
+//!
+//! ## Two audiences
+//!
+//! The crate root is what an application uses. What a transport author uses (the channel
+//! contract, the virtual `Backend`, the scheme registry) is under [`transport`].
 //!
 //! ## Where to start
 //!
@@ -55,19 +60,30 @@
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 
-use std::ops::Deref;
-use std::sync::Once;
+use std::fmt;
+use std::sync::{Arc, Once};
 
 /// `next()` and friends for the [`Consumer`] stream.
 pub use futures::StreamExt;
 pub use kombu_core::{
-    Binding, BrokerConnection, BrokerUrl, COMPRESSION_HEADER, Capabilities, Channel, ConsumeError,
-    ConsumeOptions, Consumer, ConsumerBuilder, Declaration, Decoder, Delivery, DeliveryInfo,
-    DeliveryMode, DeliveryStream, Error, ErrorAction, ErrorKind, Exchange, ExchangeKind,
-    HeaderMatch, Headers, Message, Outcome, Outgoing, Producer, Properties, Publish, Queue, Result,
-    SettleError, Settler, Transport, Value, memory, transport, virtual_transport,
+    Binding, BrokerUrl, COMPRESSION_HEADER, Capabilities, ConsumeError, Consumer, ConsumerBuilder,
+    Declaration, Delivery, DeliveryInfo, DeliveryMode, Error, ErrorAction, ErrorKind, Exchange,
+    ExchangeKind, HeaderMatch, Headers, Message, Producer, Properties, Publish, Queue, Result,
+    SettleError, Value,
 };
 pub use kombu_serializers as serializers;
+
+/// What a transport author uses: the native [`Channel`](transport::Channel) contract and its
+/// [`Settler`](transport::Settler), the store-only
+/// [`Backend`](transport::virtual_transport::Backend) under
+/// [`virtual_transport`](transport::virtual_transport), [`Transport`](transport::Transport) and
+/// [`register_transport`](transport::register_transport), and what a transport hands to core
+/// ([`Outgoing`](transport::Outgoing), [`Envelope`](transport::Envelope),
+/// [`Delivery::from_envelope`]). Applications need none of it; the few application calls that
+/// reach down here ([`Connection::channel`], [`Producer::send_batch`]) say so.
+pub mod transport {
+    pub use kombu_core::transport::*;
+}
 
 /// Registers every transport this crate was built with for its URL schemes. Idempotent;
 /// [`Connection::open`] calls it.
@@ -88,10 +104,12 @@ pub fn install() {
 
 /// A connection to a broker chosen by URL, with every enabled transport installed.
 ///
-/// It dereferences to [`kombu_core::Connection`], whose methods ([`producer`], [`consumer`],
-/// [`declare_queue`], [`queue_size`], [`purge`], [`close`], ...) it offers. Clones are cheap
-/// and share the broker connection; consumers open channels of their own. The URL is never
-/// shown with its password ([`url`] displays it masked).
+/// [`Connection::open`] picks the transport from the URL scheme; several URLs separated by `;`
+/// are failover alternatives, tried in order until one connects. Clones are cheap and share the
+/// broker connection, the default channel (used by producers) and the cache of declared
+/// entities; consumers open channels of their own, so dropping a consumer returns its unsettled
+/// messages without touching anyone else's. The URL is never shown with its password
+/// ([`url`](Connection::url) displays it masked).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -120,25 +138,29 @@ pub fn install() {
 /// conn.close().await?;
 /// # Ok(()) }
 /// ```
-///
-/// [`producer`]: kombu_core::Connection::producer
-/// [`consumer`]: kombu_core::Connection::consumer
-/// [`declare_queue`]: kombu_core::Connection::declare_queue
-/// [`queue_size`]: kombu_core::Connection::queue_size
-/// [`purge`]: kombu_core::Connection::purge
-/// [`close`]: kombu_core::Connection::close
-/// [`url`]: kombu_core::Connection::url
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connection(kombu_core::Connection);
 
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The core connection's form: its URL masked, its alternates.
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 impl Connection {
-    /// Connects to the first reachable URL of a `;`-separated list.
+    /// Connects to the first reachable URL of a `;`-separated list, with the default
+    /// serializer registry. Installs this crate's transports first ([`install`]).
+    ///
+    /// A broker that cannot be reached moves on to the next URL; any other failure (a bad
+    /// URL, refused credentials) stops at once. The error of the last URL tried is returned.
     pub async fn open(url: &str) -> Result<Connection> {
         install();
         kombu_core::Connection::open(url).await.map(Connection)
     }
 
-    /// Like [`Connection::open`], with a serializer registry of your own.
+    /// Like [`Connection::open`], with a serializer registry of your own (extra serializers or
+    /// compressors).
     pub async fn open_with(url: &str, registry: serializers::Registry) -> Result<Connection> {
         install();
         kombu_core::Connection::open_with(url, registry)
@@ -146,28 +168,125 @@ impl Connection {
             .map(Connection)
     }
 
-    /// The core connection.
-    pub fn into_inner(self) -> kombu_core::Connection {
-        self.0
+    /// The URL in use (displays masked).
+    pub fn url(&self) -> &BrokerUrl {
+        self.0.url()
     }
-}
 
-impl Deref for Connection {
-    type Target = kombu_core::Connection;
-    fn deref(&self) -> &kombu_core::Connection {
-        &self.0
+    /// Every failover URL, the one in use included.
+    pub fn alternates(&self) -> &[BrokerUrl] {
+        self.0.alternates()
     }
-}
 
-impl AsRef<kombu_core::Connection> for Connection {
-    fn as_ref(&self) -> &kombu_core::Connection {
-        &self.0
+    /// What the broker can do: priorities, TTLs, visibility timeouts, publisher confirms, ...
+    pub fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
     }
-}
 
-impl From<Connection> for kombu_core::Connection {
-    fn from(c: Connection) -> Self {
-        c.0
+    /// The serializer registry of this connection.
+    pub fn registry(&self) -> &serializers::Registry {
+        self.0.registry()
+    }
+
+    /// A producer on the default channel, publishing JSON to the default exchange; set its
+    /// exchange, routing key, serializer and compression with its builder methods.
+    pub fn producer(&self) -> Producer {
+        self.0.producer()
+    }
+
+    /// Starts building a consumer of `queues` (names or [`Queue`]s; declared when it starts,
+    /// unless turned off).
+    pub fn consumer<I>(&self, queues: I) -> ConsumerBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<Queue>,
+    {
+        self.0.consumer(queues)
+    }
+
+    /// Declares an exchange; redeclaring an identical one succeeds, a different one fails with
+    /// [`ErrorKind::PreconditionFailed`].
+    pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.0.declare_exchange(exchange).await
+    }
+
+    /// Declares a queue with its exchange and bindings; redeclaring an identical one succeeds,
+    /// a different one fails with [`ErrorKind::PreconditionFailed`].
+    pub async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+        self.0.declare_queue(queue).await
+    }
+
+    /// Declares an exchange unless this connection already declared an identical one (kombu's
+    /// `maybe_declare`: a cache, not a retry).
+    pub async fn maybe_declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.0.maybe_declare_exchange(exchange).await
+    }
+
+    /// Declares a queue unless this connection already declared an identical one (kombu's
+    /// `maybe_declare`: a cache, not a retry).
+    pub async fn maybe_declare_queue(&self, queue: &Queue) -> Result<()> {
+        self.0.maybe_declare_queue(queue).await
+    }
+
+    /// Binds a queue to an exchange.
+    pub async fn bind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.0.bind(queue, binding).await
+    }
+
+    /// Removes a binding. Removing a missing binding succeeds.
+    pub async fn unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.0.unbind(queue, binding).await
+    }
+
+    /// Whether the broker knows a queue: declared by anyone (kombu-rs, Python kombu, a Celery
+    /// worker), holding messages, or bound to an exchange. Never creates it.
+    pub async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        self.0.queue_exists(queue).await
+    }
+
+    /// Whether the broker knows an exchange (the default exchange `""` always exists), to use
+    /// it as it is instead of declaring it. Never creates or changes it.
+    pub async fn exchange_exists(&self, name: &str) -> Result<bool> {
+        self.0.exchange_exists(name).await
+    }
+
+    /// Number of ready messages in a queue (delivered, unsettled ones not counted);
+    /// [`ErrorKind::NotFound`] when it exists nowhere.
+    pub async fn queue_size(&self, queue: &str) -> Result<u64> {
+        self.0.queue_size(queue).await
+    }
+
+    /// Removes every ready message from a queue; returns how many; [`ErrorKind::NotFound`]
+    /// when it exists nowhere.
+    pub async fn purge(&self, queue: &str) -> Result<u64> {
+        self.0.purge(queue).await
+    }
+
+    /// Deletes a queue and its bindings; returns how many ready messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u64> {
+        self.0.delete_queue(queue).await
+    }
+
+    /// Deletes an exchange and its bindings. Deleting a missing exchange succeeds.
+    pub async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.0.delete_exchange(name).await
+    }
+
+    /// Closes the default channel and the broker connection. Other clones become unusable.
+    pub async fn close(&self) -> Result<()> {
+        self.0.close().await
+    }
+
+    /// A new channel of its own, below the producer and consumer API (for tools and
+    /// transport tests; see [`transport::Channel`]).
+    pub async fn channel(&self) -> Result<Arc<dyn transport::Channel>> {
+        self.0.channel().await
+    }
+
+    /// The channel shared by this connection's producers and entity operations, below the
+    /// producer and consumer API (see [`transport::Channel`]).
+    pub fn default_channel(&self) -> &Arc<dyn transport::Channel> {
+        self.0.default_channel()
     }
 }
 

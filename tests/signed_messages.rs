@@ -13,7 +13,7 @@ async fn consumer_requiring_hmac_refuses_unsigned_and_tampered_messages() -> kom
     registry.register_serializer(HmacSerializer::new("team-a", [3u8; 32])?);
     let conn = Connection::open_with("memory://signed-hmac", registry).await?;
     let queue = Queue::new("signed");
-    conn.ensure_queue(&queue).await?;
+    conn.maybe_declare_queue(&queue).await?;
     let producer = conn.producer().routing_key("signed");
 
     // 1. signed, 2. unsigned json, 3. signed then tampered, 4. signed.
@@ -89,7 +89,7 @@ async fn consumer_requiring_celery_auth_refuses_unsigned_messages() -> kombu::Re
     );
     let conn = Connection::open_with("memory://signed-auth", registry).await?;
     let queue = Queue::new("tasks");
-    conn.ensure_queue(&queue).await?;
+    conn.maybe_declare_queue(&queue).await?;
     let producer = conn.producer().routing_key("tasks");
 
     producer.message("signed").serializer("auth").send().await?;

@@ -202,16 +202,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Declares an exchange unless this connection already did.
-    pub async fn ensure_exchange(&self, exchange: &Exchange) -> Result<()> {
+    /// Declares an exchange unless this connection already declared an identical one (kombu's
+    /// `maybe_declare`: a cache, not a retry). Producers and consumers declare through it.
+    pub async fn maybe_declare_exchange(&self, exchange: &Exchange) -> Result<()> {
         if self.is_declared(&exchange_key(exchange)) {
             return Ok(());
         }
         self.declare_exchange(exchange).await
     }
 
-    /// Declares a queue unless this connection already did.
-    pub async fn ensure_queue(&self, queue: &Queue) -> Result<()> {
+    /// Declares a queue unless this connection already declared an identical one (kombu's
+    /// `maybe_declare`: a cache, not a retry). Producers and consumers declare through it.
+    pub async fn maybe_declare_queue(&self, queue: &Queue) -> Result<()> {
         if self.is_declared(&queue_key(queue)) {
             return Ok(());
         }

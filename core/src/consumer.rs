@@ -160,7 +160,7 @@ impl ConsumerBuilder {
         }
         if self.declare {
             for q in &self.queues {
-                self.conn.ensure_queue(q).await?;
+                self.conn.maybe_declare_queue(q).await?;
             }
         }
         let channel = self.conn.channel().await?;

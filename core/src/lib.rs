@@ -31,11 +31,21 @@
 //!
 //! ## Layout
 //!
-//! - [`Channel`]: the native transport contract (AMQP implements it directly).
-//! - [`virtual_transport::Backend`]: the store-only contract; [`virtual_transport::VirtualChannel`]
-//!   adds routing, envelopes, prefetch, settlement and redelivery on top.
-//! - [`memory`]: the memory transport (`memory://`, `memory://NAME`).
-//! - [`Connection`], [`Producer`], [`Consumer`]: the application API.
+//! Two audiences, two places:
+//!
+//! - The crate root is what an application uses: [`Connection`], [`Producer`], [`Consumer`],
+//!   [`Delivery`], the entities ([`Exchange`], [`Queue`], [`Binding`]), the message model,
+//!   [`Error`] and the [`serializers`].
+//! - [`transport`] is what a transport author uses: the native contract
+//!   [`Channel`](transport::Channel) with [`Settler`](transport::Settler) (AMQP implements it
+//!   directly), [`Transport`](transport::Transport) and
+//!   [`register_transport`](transport::register_transport), [`Outgoing`](transport::Outgoing)
+//!   and the [`Envelope`](transport::Envelope) a [`Delivery`] reads.
+//! - [`virtual_transport`]: the store-only contract [`virtual_transport::Backend`];
+//!   [`virtual_transport::VirtualChannel`] adds routing, envelopes, prefetch, settlement and
+//!   redelivery on top. The native path never uses it.
+//! - [`memory`]: the memory transport (`memory://`, `memory://NAME`), registered by
+//!   [`memory::register`].
 //! - `conformance` (feature `conformance`): the behaviour suite every transport runs.
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
@@ -58,17 +68,13 @@ pub mod virtual_transport;
 pub mod conformance;
 
 pub use capabilities::Capabilities;
-pub use channel::{
-    Channel, ConsumeOptions, Decoder, Delivery, DeliveryStream, Outcome, Outgoing, SettleError,
-    Settler,
-};
+pub use channel::{Delivery, SettleError};
 pub use connection::Connection;
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ErrorAction};
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};
 pub use error::{Error, ErrorKind, Result};
 pub use message::{COMPRESSION_HEADER, DeliveryInfo, DeliveryMode, Message, Properties};
 pub use producer::{Declaration, Producer, Publish};
-pub use transport::{BrokerConnection, Transport, register_transport};
 pub use url::BrokerUrl;
 pub use value::{Headers, Value};
 

@@ -119,8 +119,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer publishing JSON to the default exchange.
-    pub fn new(conn: &Connection) -> Self {
+    /// A producer publishing JSON to the default exchange ([`Connection::producer`]).
+    pub(crate) fn new(conn: &Connection) -> Self {
         Producer {
             conn: conn.clone(),
             exchange: None,
@@ -174,10 +174,6 @@ impl Producer {
         self.reset_declared()
     }
 
-    /// The connection.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
 
     /// Publishes `value` with the producer's defaults.
     pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
@@ -246,12 +242,12 @@ impl Producer {
                 if let Some(ex) = &self.exchange
                     && !ex.is_default()
                 {
-                    self.conn.ensure_exchange(ex).await?;
+                    self.conn.maybe_declare_exchange(ex).await?;
                 }
                 for d in self.declarations.iter() {
                     match d {
-                        Declaration::Exchange(e) => self.conn.ensure_exchange(e).await?,
-                        Declaration::Queue(q) => self.conn.ensure_queue(q).await?,
+                        Declaration::Exchange(e) => self.conn.maybe_declare_exchange(e).await?,
+                        Declaration::Queue(q) => self.conn.maybe_declare_queue(q).await?,
                     }
                 }
                 Ok::<(), crate::Error>(())

@@ -1,4 +1,10 @@
-//! Transports and the scheme registry.
+//! What a transport author uses: the native contract, the scheme registry, and what a
+//! transport hands to core.
+//!
+//! Applications need none of this (the crate root has their API). A transport whose broker
+//! routes (AMQP) implements [`Channel`] and [`Settler`] and builds each [`Delivery`] with
+//! [`Delivery::new`] or [`Delivery::from_envelope`]; a broker that only stores implements
+//! [`virtual_transport::Backend`] instead.
 //!
 //! A transport crate implements [`Transport`] (connect to a URL) and [`BrokerConnection`] (a live
 //! connection that opens channels), and registers itself for its URL schemes with
@@ -15,9 +21,15 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 
 use crate::capabilities::Capabilities;
-use crate::channel::Channel;
 use crate::error::Result;
 use crate::url::BrokerUrl;
+
+pub use crate::channel::{
+    Channel, ConsumeOptions, Decoder, DeliveryStream, Outcome, Outgoing, Settler,
+};
+pub use crate::message::Envelope;
+#[doc(no_inline)]
+pub use crate::{Delivery, memory, virtual_transport};
 
 /// A kind of broker: knows how to connect to URLs of its schemes.
 #[async_trait]

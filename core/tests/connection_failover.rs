@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kombu_core::{BrokerConnection, BrokerUrl, Connection, Error, ErrorKind, Result, Transport};
+use kombu_core::transport::{BrokerConnection, Transport};
+use kombu_core::{BrokerUrl, Connection, Error, ErrorKind, Result};
 
 /// A broker that always refuses, recoverably (`down://`) or for good (`denied://`).
 #[derive(Debug)]
@@ -30,11 +31,11 @@ impl Transport for Refusing {
 
 fn install() {
     kombu_core::memory::register();
-    kombu_core::register_transport(Arc::new(Refusing {
+    kombu_core::transport::register_transport(Arc::new(Refusing {
         scheme: &["down"],
         kind: ErrorKind::Connection,
     }));
-    kombu_core::register_transport(Arc::new(Refusing {
+    kombu_core::transport::register_transport(Arc::new(Refusing {
         scheme: &["denied"],
         kind: ErrorKind::AccessRefused,
     }));

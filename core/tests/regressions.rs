@@ -187,7 +187,8 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 #[tokio::test]
 async fn dead_letter_failure_during_fetch_strands_nothing() {
     use kombu_core::virtual_transport::{Backend, VirtualChannel};
-    use kombu_core::{Channel, ConsumeOptions, Exchange, Message, Outgoing};
+    use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
+    use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("dead").exchange(Exchange::fanout("dlx")))
@@ -236,7 +237,8 @@ async fn dead_letter_failure_during_fetch_strands_nothing() {
 #[tokio::test]
 async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     use kombu_core::virtual_transport::VirtualChannel;
-    use kombu_core::{Channel, ConsumeOptions, Exchange, Message, Outgoing};
+    use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
+    use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("dead").exchange(Exchange::fanout("dlx")))
@@ -278,7 +280,7 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
 #[tokio::test(start_paused = true)]
 async fn idle_consumer_on_a_remote_backend_does_not_spin() {
     use kombu_core::virtual_transport::VirtualChannel;
-    use kombu_core::{Channel, ConsumeOptions};
+    use kombu_core::transport::{Channel, ConsumeOptions};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("q")).await.unwrap();
@@ -386,8 +388,9 @@ async fn stress_exactly_once() {
     );
 }
 
-fn to(queue: &str, mandatory: bool) -> kombu_core::Outgoing {
-    use kombu_core::{Message, Outgoing};
+fn to(queue: &str, mandatory: bool) -> kombu_core::transport::Outgoing {
+    use kombu_core::Message;
+    use kombu_core::transport::Outgoing;
     Outgoing {
         exchange: String::new(),
         routing_key: queue.to_owned(),
@@ -402,7 +405,8 @@ fn to(queue: &str, mandatory: bool) -> kombu_core::Outgoing {
 #[tokio::test]
 async fn a_mandatory_batch_asks_once_per_distinct_queue() {
     use kombu_core::virtual_transport::VirtualChannel;
-    use kombu_core::{Channel, ErrorKind, Outgoing};
+    use kombu_core::ErrorKind;
+    use kombu_core::transport::{Channel, Outgoing};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("a")).await.unwrap();

@@ -218,7 +218,7 @@ pub fn put_message(url: &str, queue: &str, message: kombu::Message) {
     with_connection(url, async |conn| {
         conn.declare_queue(&kombu::Queue::new(queue)).await.unwrap();
         conn.default_channel()
-            .publish(kombu::Outgoing {
+            .publish(kombu::transport::Outgoing {
                 exchange: String::new(),
                 routing_key: queue.to_owned(),
                 message,

@@ -1619,7 +1619,7 @@ pub async fn batch_fifo(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Basic get ([`Channel::get`](crate::Channel::get)): `None` on an empty queue; `Some` with the
+/// Basic get ([`Channel::get`](crate::transport::Channel::get)): `None` on an empty queue; `Some` with the
 /// message otherwise; a got message is settled like any delivery (requeue brings it back
 /// redelivered, ack and reject remove it); a no-ack get removes the message at once.
 pub async fn basic_get(ctx: Ctx) -> Result<()> {
@@ -2164,7 +2164,7 @@ pub async fn default_exchange_mandatory_batch(ctx: Ctx) -> Result<()> {
     }
     let q = Queue::new(ctx.name("q"));
     conn.declare_queue(&q).await?;
-    let outgoing = |key: &str, text: &str| crate::Outgoing {
+    let outgoing = |key: &str, text: &str| crate::transport::Outgoing {
         exchange: String::new(),
         routing_key: key.to_owned(),
         message: crate::Message::new(text.as_bytes().to_vec()),

@@ -2,7 +2,7 @@
 //!
 //! A store-only broker implements [`Backend`]: put and take messages, keep the binding table, and
 //! the reliability operations (move to unacked on delivery, ack, restore, visibility timeout).
-//! [`VirtualChannel`] turns any backend into a full [`Channel`](crate::Channel): it routes
+//! [`VirtualChannel`] turns any backend into a full [`Channel`](crate::transport::Channel): it routes
 //! (direct, topic, fanout, headers), builds the kombu envelope, counts prefetch, numbers delivery
 //! tags, settles, dead-letters, and restores unsettled messages when it is dropped. Routing,
 //! envelope and bookkeeping exist here once, never in a backend.
@@ -153,7 +153,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete_queue(&self, queue: &str) -> Result<u64>;
     /// Whether a queue exists: the backend knows it (declared, holding messages, or named in
     /// the broker's binding table by any client, Python kombu's included). Asked by
-    /// [`Channel::queue_exists`](crate::Channel::queue_exists), by mandatory publishes to the
+    /// [`Channel::queue_exists`](crate::transport::Channel::queue_exists), by mandatory publishes to the
     /// default exchange (once per distinct queue of a batch), and when `size` or `purge` find
     /// nothing (a queue that exists nowhere is then `NotFound`). Never creates the queue.
     /// Brokers whose queues exist implicitly keep the default, `true`.

@@ -9,7 +9,8 @@ use anyhow::anyhow;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use kombu::serializers::Registry;
-use kombu::{Connection, Outgoing, Queue, StreamExt as _};
+use kombu::transport::Outgoing;
+use kombu::{Connection, Queue, StreamExt as _};
 use serde_json::json;
 
 use crate::Outcome;
@@ -311,9 +312,7 @@ async fn publish_share(
         let n = left.min(u64::from(plan.batch));
         let t0 = Instant::now();
         if n == 1 {
-            producer
-                .connection()
-                .default_channel()
+            conn.default_channel()
                 .publish(build(&producer, &plan.body)?)
                 .await?;
         } else {

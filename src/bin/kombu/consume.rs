@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use base64::Engine as _;
-use kombu::{Channel, ConsumeError, Consumer, Decoder, Delivery, Queue, StreamExt as _};
+use kombu::transport::{Channel, Decoder};
+use kombu::{ConsumeError, Consumer, Delivery, Queue, StreamExt as _};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use kombu::serializers::Registry;
-use kombu::{Binding, Connection, ErrorKind, Exchange, Headers, Outgoing, Producer, Queue};
+use kombu::transport::Outgoing;
+use kombu::{Binding, Connection, ErrorKind, Exchange, Headers, Producer, Queue};
 use serde::Serialize;
 
 use crate::Outcome;

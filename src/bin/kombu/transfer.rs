@@ -7,7 +7,8 @@
 //! possible, loss is not.
 
 use anyhow::anyhow;
-use kombu::{Delivery, Outgoing, Queue};
+use kombu::transport::Outgoing;
+use kombu::{Delivery, Queue};
 
 use crate::Outcome;
 use crate::cli::{Global, MoveArgs};

@@ -18,10 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{StreamExt, TryFutureExt};
-use kombu_core::{
-    Binding, Capabilities, Channel, ConsumeOptions, Delivery, DeliveryStream, Error, ErrorKind,
-    Exchange, Outcome, Outgoing, Queue, Result, Settler,
+use kombu_core::transport::{
+    Channel, ConsumeOptions, DeliveryStream, Envelope, Outcome, Outgoing, Settler,
 };
+use kombu_core::{Binding, Capabilities, Delivery, Error, ErrorKind, Exchange, Queue, Result};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
@@ -39,7 +39,6 @@ use crate::connection::{
 use crate::error::{is_connection_loss, map};
 use crate::mapping::{short_string, to_message, to_properties, to_table};
 use crate::settle::{InFlight, Settlements};
-use kombu_core::virtual_transport::Envelope;
 
 /// Pause between attempts of an operation interrupted by a lost connection.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);

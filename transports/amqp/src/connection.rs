@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use kombu_core::{
-    Binding, BrokerConnection, Capabilities, Channel, Error, ErrorKind, Exchange, Queue, Result,
-};
+use kombu_core::transport::{BrokerConnection, Channel};
+use kombu_core::{Binding, Capabilities, Error, ErrorKind, Exchange, Queue, Result};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;

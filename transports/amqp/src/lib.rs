@@ -48,7 +48,7 @@
 //!
 //! ## Reliability
 //!
-//! - Publisher confirms are on by default. [`Channel::publish`](kombu_core::Channel::publish)
+//! - Publisher confirms are on by default. [`Channel::publish`](kombu_core::transport::Channel::publish)
 //!   returns once the broker confirmed; a batch is published whole and its confirms awaited
 //!   together. A mandatory publish that no queue takes fails with
 //!   [`ErrorKind::Unroutable`](kombu_core::ErrorKind::Unroutable).
@@ -95,7 +95,8 @@ mod settle;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kombu_core::{BrokerConnection, BrokerUrl, Result, Transport};
+use kombu_core::transport::{BrokerConnection, Transport};
+use kombu_core::{BrokerUrl, Result};
 
 pub use channel::AmqpChannel;
 pub use connection::AmqpConnection;
@@ -146,5 +147,5 @@ impl Transport for AmqpTransport {
 /// Registers the AMQP transport for its schemes. Idempotent.
 pub fn register() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| kombu_core::register_transport(Arc::new(AmqpTransport)));
+    ONCE.call_once(|| kombu_core::transport::register_transport(Arc::new(AmqpTransport)));
 }

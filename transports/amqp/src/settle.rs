@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use kombu_core::Outcome;
+use kombu_core::transport::Outcome;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use parking_lot::Mutex;
 

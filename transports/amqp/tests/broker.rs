@@ -69,7 +69,7 @@ async fn channel_errors_keep_the_connection_usable() {
     // A publish to an exchange that does not exist.
     let channel = conn.channel().await.expect("channel");
     let e = channel
-        .publish(kombu_core::Outgoing {
+        .publish(kombu_core::transport::Outgoing {
             exchange: unique("missing-exchange"),
             routing_key: "k".into(),
             message: kombu_core::Message::new(&b"x"[..]),

@@ -105,9 +105,9 @@ use kombu_core::virtual_transport::{
     Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
     VirtualConnection, envelope, router,
 };
+use kombu_core::transport::{BrokerConnection, Transport, register_transport};
 use kombu_core::{
-    BrokerConnection, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers,
-    Queue, Result, Transport, register_transport,
+    BrokerUrl, Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result,
 };
 use parking_lot::Mutex;
 use redis::AsyncCommands;
