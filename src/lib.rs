@@ -332,6 +332,61 @@ mod tests {
         }
     }
 
+    /// A configuration mistake is not worth retrying: a bad URL option, a missing SQLite
+    /// directory.
+    #[tokio::test]
+    async fn configuration_mistakes_are_not_recoverable() {
+        let err = Connection::open("memory://bad-option?visibility_timeout=soon")
+            .await
+            .unwrap_err();
+        assert!(!err.is_recoverable(), "{err:#}");
+        assert!(
+            matches!(err.kind(), ErrorKind::Config | ErrorKind::InvalidUrl),
+            "{err:#}"
+        );
+        #[cfg(feature = "sqlite")]
+        {
+            let err = Connection::open("sqlite:///nonexistent-dir/for/sure.db")
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{err:#}");
+            assert!(!err.is_recoverable(), "{err:#}");
+            assert!(err.to_string().contains("nonexistent-dir"), "{err}");
+        }
+    }
+
+    /// A serializer's refusal stays a typed source: an application can match it.
+    #[tokio::test]
+    async fn a_refused_content_type_can_be_matched() {
+        use std::error::Error as _;
+
+        let conn = Connection::open("memory://facade-refused").await.unwrap();
+        let mut consumer = conn
+            .consumer([Queue::new("refused")])
+            .accept(["json"])
+            .build()
+            .await
+            .unwrap();
+        conn.producer()
+            .routing_key("refused")
+            .serializer("yaml")
+            .publish(&"not json")
+            .await
+            .unwrap();
+        let Some(Err(refused)) = consumer.next().await else {
+            panic!("a yaml message was not refused by a json-only consumer");
+        };
+        let source = refused.error.source().unwrap();
+        assert!(matches!(
+            source.downcast_ref::<serializers::Error>(),
+            Some(serializers::Error::ContentDisallowed { .. })
+        ));
+        assert!(matches!(
+            refused.error.serializer_error(),
+            Some(serializers::Error::ContentDisallowed { .. })
+        ));
+    }
+
     #[tokio::test]
     async fn failover_skips_nothing_when_first_works() {
         let conn = Connection::open("memory://first;memory://second")

@@ -572,7 +572,7 @@ impl Drop for Delivery {
         let tag = self.inner.delivery_tag;
         if let Some(done) = settler.try_settle(tag, Outcome::Requeue) {
             if let Err(error) = done {
-                tracing::debug!(tag, %error, "requeue of a dropped delivery failed");
+                tracing::debug!(tag, error = %format_args!("{error:#}"), "requeue of a dropped delivery failed");
             }
             return;
         }
@@ -580,7 +580,7 @@ impl Drop for Delivery {
             Ok(handle) => {
                 handle.spawn(async move {
                     if let Err(error) = settler.settle(tag, Outcome::Requeue).await {
-                        tracing::debug!(tag, %error, "requeue of a dropped delivery failed");
+                        tracing::debug!(tag, error = %format_args!("{error:#}"), "requeue of a dropped delivery failed");
                     }
                 });
             }
@@ -598,7 +598,8 @@ fn default_decoder() -> Arc<Decoder> {
     DEFAULT.get_or_init(|| Arc::new(Decoder::default())).clone()
 }
 
-/// A failed settlement, with the delivery handed back.
+/// A failed settlement, with the delivery handed back. Its `Display` says which delivery; why
+/// is its [`source`](std::error::Error::source), the [`error`](SettleError::error).
 #[derive(Debug)]
 pub struct SettleError {
     /// Why it failed.
@@ -621,10 +622,9 @@ impl fmt::Display for SettleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "settling delivery {} from queue {:?} failed: {}",
+            "settling delivery {} from queue {:?} failed",
             self.delivery.delivery_tag(),
             self.delivery.queue(),
-            self.error
         )
     }
 }
@@ -635,9 +635,14 @@ impl std::error::Error for SettleError {
     }
 }
 
+/// An [`ErrorKind::Settlement`] error naming the delivery, caused by the settlement's error
+/// (its [`source`](std::error::Error::source)), recoverable when that one is.
 impl From<SettleError> for Error {
     fn from(e: SettleError) -> Self {
         let message = e.to_string();
-        Error::new(ErrorKind::Settlement, message).set_recoverable(e.error.is_recoverable())
+        let recoverable = e.error.is_recoverable();
+        Error::new(ErrorKind::Settlement, message)
+            .with_source(e.error)
+            .set_recoverable(recoverable)
     }
 }

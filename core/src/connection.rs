@@ -130,7 +130,7 @@ impl Connection {
                 Err(e) if e.is_recoverable() => {
                     // The last one's error is returned: logging it too would say it twice.
                     if i + 1 < alternates.len() {
-                        tracing::warn!(url = %candidate, error = %e, "broker unreachable, trying the next URL");
+                        tracing::warn!(url = %candidate, error = %format_args!("{e:#}"), "broker unreachable, trying the next URL");
                     }
                     last_error = Some(e.context(format!("connect to {candidate}")));
                 }

@@ -176,7 +176,9 @@ impl ConsumerBuilder {
     }
 }
 
-/// A delivery that could not be handed out as good, with the delivery when there is one.
+/// A delivery that could not be handed out as good, with the delivery when there is one. Its
+/// `Display` says which delivery; why is its [`source`](std::error::Error::source), the
+/// [`error`](ConsumeError::error).
 #[derive(Debug)]
 pub struct ConsumeError {
     /// What went wrong.
@@ -190,12 +192,11 @@ impl fmt::Display for ConsumeError {
         match &self.delivery {
             Some(d) => write!(
                 f,
-                "message {} from queue {:?} refused: {}",
+                "message {} from queue {:?} refused",
                 d.delivery_tag(),
                 d.queue(),
-                self.error
             ),
-            None => write!(f, "consuming failed: {}", self.error),
+            None => f.write_str("consuming failed"),
         }
     }
 }
@@ -299,7 +300,7 @@ impl Consumer {
             None => {
                 tracing::error!(
                     queue = %delivery.queue(),
-                    %error,
+                    error = %format_args!("{error:#}"),
                     "refused message rejected"
                 );
                 ErrorAction::Reject

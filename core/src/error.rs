@@ -3,6 +3,11 @@
 //! An [`Error`] has a [`ErrorKind`], a message with context (which operation, which queue or URL),
 //! an optional source, and says whether retrying can help ([`Error::is_recoverable`]). Retry
 //! loops and reconnecting consumers read that flag instead of guessing from messages.
+//!
+//! As the standard library's convention wants, `{}` shows the kind and the message but not the
+//! source (walk [`source`](std::error::Error::source) for it, as error reporters do); `{:#}`
+//! shows the whole chain on one line. A serializer's error stays the typed source of the codec
+//! error it becomes ([`Error::serializer_error`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -112,7 +117,11 @@ impl Error {
 
     /// Prefixes the message with more context (for example the operation and queue).
     pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        self.message = if self.message.is_empty() {
+            context.to_string()
+        } else {
+            format!("{context}: {}", self.message)
+        };
         self
     }
 
@@ -129,6 +138,26 @@ impl Error {
     /// The message, without kind or source.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The serializer's error behind an [`ErrorKind::Codec`] error, to match on what it was:
+    ///
+    /// ```
+    /// use kombu_core::serializers::{Accept, Error as SerializerError, Registry};
+    ///
+    /// let json_only = Accept::from_content_types(["application/json"]);
+    /// let refused = Registry::default()
+    ///     .check_accept(Some("application/x-yaml"), Some(&json_only))
+    ///     .map_err(kombu_core::Error::from)
+    ///     .unwrap_err();
+    /// assert!(matches!(
+    ///     refused.serializer_error(),
+    ///     Some(SerializerError::ContentDisallowed { .. })
+    /// ));
+    /// ```
+    pub fn serializer_error(&self) -> Option<&kombu_serializers::Error> {
+        let source = self.source.as_deref()?;
+        source.downcast_ref::<kombu_serializers::Error>()
     }
 
     /// Shorthand for an [`ErrorKind::Closed`] error.
@@ -231,11 +260,21 @@ impl fmt::Debug for Error {
     }
 }
 
+/// `{}`: the kind and the message, not the source (the standard library's convention: a
+/// reporter walks [`source`](std::error::Error::source)). `{:#}`: the whole chain, each cause
+/// after a `: `.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        write!(f, "{}", self.kind)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if f.alternate() {
+            let mut cause = std::error::Error::source(self);
+            while let Some(e) = cause {
+                write!(f, ": {e}")?;
+                cause = e.source();
+            }
         }
         Ok(())
     }
@@ -249,9 +288,25 @@ impl std::error::Error for Error {
     }
 }
 
+/// An [`ErrorKind::Codec`] error whose source is the serializer's error, kept typed
+/// ([`Error::serializer_error`]).
 impl From<kombu_serializers::Error> for Error {
     fn from(err: kombu_serializers::Error) -> Self {
-        Error::new(ErrorKind::Codec, err.to_string())
+        use kombu_serializers::Error as E;
+        let what = match &err {
+            E::UnknownSerializer { .. } => "unknown serializer",
+            E::UnknownCompression { .. } => "unknown compression",
+            E::ContentDisallowed { .. } => "content type not accepted",
+            E::Encode { .. } => "cannot encode the body",
+            E::Decode { .. } => "cannot decode the body",
+            E::Signature { .. } => "signature refused",
+            E::InvalidKey { .. } => "unusable signing keys",
+            E::Compress { .. } => "cannot compress the body",
+            E::Decompress { .. } => "cannot decompress the body",
+            E::TooLarge { .. } => "body too large once decompressed",
+            _ => "serializer error",
+        };
+        Error::new(ErrorKind::Codec, what).with_source(err)
     }
 }
 
@@ -260,15 +315,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn display_has_kind_context_and_source() {
+    fn display_has_kind_and_context_and_alternate_adds_the_source() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let err = Error::new(ErrorKind::Connection, "connect memory://x")
             .with_source(io)
             .context("open");
+        // `{}` does not repeat the source (std convention); `{:#}` shows the chain.
         assert_eq!(
             err.to_string(),
+            "connection error: open: connect memory://x"
+        );
+        assert_eq!(
+            format!("{err:#}"),
             "connection error: open: connect memory://x: refused"
         );
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("refused"));
         assert!(err.is_recoverable());
         assert!(!Error::config("bad").is_recoverable());
         assert!(
@@ -276,6 +338,42 @@ mod tests {
                 .set_recoverable(false)
                 .is_recoverable()
         );
+    }
+
+    #[test]
+    fn a_serializer_error_stays_a_typed_source() {
+        let json_only = kombu_serializers::Accept::from_content_types(["application/json"]);
+        let refused = kombu_serializers::Registry::default()
+            .check_accept(Some("application/x-yaml"), Some(&json_only))
+            .unwrap_err();
+        let err = Error::from(refused);
+        assert_eq!(err.kind(), ErrorKind::Codec);
+        assert!(!err.is_recoverable());
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(matches!(
+            source.downcast_ref::<kombu_serializers::Error>(),
+            Some(kombu_serializers::Error::ContentDisallowed { .. })
+        ));
+        assert!(matches!(
+            err.serializer_error(),
+            Some(kombu_serializers::Error::ContentDisallowed { .. })
+        ));
+        // The source's text is in the chain, once, not in `{}`.
+        assert!(!err.to_string().contains("Refusing"), "{err}");
+        assert_eq!(format!("{err:#}").matches("Refusing").count(), 1, "{err:#}");
+    }
+
+    #[test]
+    fn configuration_mistakes_are_not_recoverable() {
+        assert!(!Error::config("bad option").is_recoverable());
+        assert!(!Error::new(ErrorKind::InvalidUrl, "bad URL").is_recoverable());
+        assert!(!ErrorKind::Config.is_recoverable());
+        assert!(!ErrorKind::InvalidUrl.is_recoverable());
+        let bad_option = crate::BrokerUrl::parse("memory://x?visibility_timeout=soon")
+            .unwrap()
+            .query_seconds("visibility_timeout")
+            .unwrap_err();
+        assert!(!bad_option.is_recoverable(), "{bad_option}");
     }
 
     #[test]

@@ -174,7 +174,6 @@ impl Producer {
         self.reset_declared()
     }
 
-
     /// Publishes `value` with the producer's defaults.
     pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         self.message(value).send().await

@@ -186,8 +186,8 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 
 #[tokio::test]
 async fn dead_letter_failure_during_fetch_strands_nothing() {
-    use kombu_core::virtual_transport::{Backend, VirtualChannel};
     use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
+    use kombu_core::virtual_transport::{Backend, VirtualChannel};
     use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -236,8 +236,8 @@ async fn dead_letter_failure_during_fetch_strands_nothing() {
 
 #[tokio::test]
 async fn reject_while_the_broker_refuses_puts_loses_nothing() {
-    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
+    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -262,7 +262,11 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     let d = s.next().await.unwrap().unwrap();
     backend.fail_put.store(true, Ordering::SeqCst);
     let err = d.reject().await.unwrap_err();
-    assert!(err.to_string().contains("retry"), "{err}");
+    assert!(
+        format!("{:#}", err.error).contains("retry"),
+        "{err}: {:#}",
+        err.error
+    );
     backend.fail_put.store(false, Ordering::SeqCst);
     // The delivery still holds the message; retrying dead-letters it.
     err.into_delivery().reject().await.unwrap();
@@ -279,8 +283,8 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_consumer_on_a_remote_backend_does_not_spin() {
-    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, ConsumeOptions};
+    use kombu_core::virtual_transport::VirtualChannel;
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("q")).await.unwrap();
@@ -404,9 +408,9 @@ fn to(queue: &str, mandatory: bool) -> kombu_core::transport::Outgoing {
 /// for a publish without `mandatory`, and for `size`/`purge` only when they find nothing.
 #[tokio::test]
 async fn a_mandatory_batch_asks_once_per_distinct_queue() {
-    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::ErrorKind;
     use kombu_core::transport::{Channel, Outgoing};
+    use kombu_core::virtual_transport::VirtualChannel;
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("a")).await.unwrap();

@@ -1,4 +1,8 @@
 //! The crate's error type.
+//!
+//! As the standard library's convention wants, an error's `Display` does not repeat its
+//! [`source`](std::error::Error::source): the variants that wrap another error (`Encode`,
+//! `Decode`, `Compress`, `Decompress`) name what failed, and the cause is their source.
 
 /// Everything that can go wrong while looking up, encoding, decoding, compressing or
 /// decompressing a message body.
@@ -35,7 +39,7 @@ pub enum Error {
     },
 
     /// The serializer could not encode the value.
-    #[error("serializer {serializer:?} failed to encode the value: {source}")]
+    #[error("serializer {serializer:?} failed to encode the value")]
     Encode {
         /// Name of the serializer.
         serializer: String,
@@ -44,7 +48,7 @@ pub enum Error {
     },
 
     /// The body could not be decoded as the given content type.
-    #[error("failed to decode content of type {content_type:?}: {source}")]
+    #[error("failed to decode content of type {content_type:?}")]
     Decode {
         /// Content type that was being decoded.
         content_type: String,
@@ -73,7 +77,7 @@ pub enum Error {
     },
 
     /// Compression failed.
-    #[error("{compression} compression failed: {source}")]
+    #[error("{compression} compression failed")]
     Compress {
         /// Name of the compressor.
         compression: String,
@@ -82,7 +86,7 @@ pub enum Error {
     },
 
     /// Decompression failed (corrupt or truncated input).
-    #[error("{compression} decompression failed: {source}")]
+    #[error("{compression} decompression failed")]
     Decompress {
         /// Name of the compressor.
         compression: String,

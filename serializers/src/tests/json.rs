@@ -200,7 +200,7 @@ fn decode_rejects_trailing_characters_and_garbage() {
         crate::Error::Decode { content_type, .. } => assert_eq!(content_type, "application/json"),
         other => panic!("unexpected error {other:?}"),
     }
-    assert!(err.to_string().contains("trailing"), "{err}");
+    assert!(super::chain(&err).contains("trailing"), "{err}");
 
     let err = decode_json::<serde_json::Value>(b"{\"a\": ").unwrap_err();
     assert!(matches!(err, crate::Error::Decode { .. }));

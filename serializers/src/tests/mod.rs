@@ -16,6 +16,19 @@ mod signing_hmac;
 mod tagged;
 mod yaml;
 
+/// An error with its causes, as a reporter prints it (an error's own `Display` does not repeat
+/// its source).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// Decodes a lowercase hex string (test fixtures produced by Python's `bytes.hex()`).
 pub(crate) fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex length");

@@ -64,7 +64,7 @@ fn assert_refused(body: &[u8], needle: &str) {
         Error::Decode { content_type, .. } => assert_eq!(content_type, CT),
         other => panic!("expected Error::Decode, got {other:?}"),
     }
-    let msg = err.to_string();
+    let msg = super::chain(&err);
     assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
 }
 
@@ -219,7 +219,7 @@ fn encode_is_refused() {
         Error::Encode { serializer, .. } => assert_eq!(serializer, "pickle"),
         other => panic!("expected Error::Encode, got {other:?}"),
     }
-    assert!(err.to_string().contains("never writes it"), "{err}");
+    assert!(super::chain(&err).contains("never writes it"), "{err}");
     assert!(PickleSerializer.encode(&1).is_err());
 }
 

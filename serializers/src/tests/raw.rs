@@ -105,8 +105,7 @@ fn raw_rejects_other_values_with_clear_messages() {
     assert!(msg.contains("got a float"), "{msg}");
     let err = RawSerializer.encode(&true).unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("serializer \"raw\" failed to encode the value"),
+        super::chain(&err).starts_with("serializer \"raw\" failed to encode the value"),
         "{err}"
     );
 }
@@ -159,7 +158,7 @@ fn raw_decodes_strings_with_utf8_check() {
     let w: Wrapper = decode_with(&RawSerializer, b"abc", None).unwrap();
     assert_eq!(w, Wrapper("abc".into()));
     let err = decode_with::<String>(&RawSerializer, b"\xff\xfe", None).unwrap_err();
-    assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+    assert!(super::chain(&err).contains("not valid UTF-8"), "{err}");
 }
 
 #[test]
@@ -198,8 +197,7 @@ fn latin1_and_unsupported_encodings() {
     assert_eq!(seen, Seen::Str("é".into()));
     let err = decode_with::<String>(&RawSerializer, b"abc", Some(Some("utf-16"))).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("unsupported content encoding \"utf-16\""),
+        super::chain(&err).contains("unsupported content encoding \"utf-16\""),
         "{err}"
     );
     // Bytes are still available under an unknown encoding.
@@ -211,7 +209,7 @@ fn latin1_and_unsupported_encodings() {
 fn unsupported_targets_fail_cleanly() {
     let err = decode_with::<i32>(&RawSerializer, b"12", None).unwrap_err();
     assert!(matches!(err, Error::Decode { .. }));
-    assert!(err.to_string().contains("expected i32"), "{err}");
+    assert!(super::chain(&err).contains("expected i32"), "{err}");
     let err =
         decode_with::<std::collections::BTreeMap<String, String>>(&TextSerializer, b"x", None)
             .unwrap_err();

@@ -31,9 +31,10 @@ impl std::error::Error for BrokerError {}
 
 impl From<kombu::Error> for BrokerError {
     fn from(e: kombu::Error) -> Self {
+        // `{:#}`: the error with its causes (its `{}` leaves the source out).
         BrokerError {
             kind: e.kind(),
-            text: e.to_string(),
+            text: format!("{e:#}"),
         }
     }
 }
@@ -188,6 +189,11 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
              redis://host:6379/0 or amqp://user:password@host:5672// ({option})"
         ),
         ErrorKind::Connection if text.contains("sqlite") => format!(
+            "check that the database file's directory exists and is writable \
+             (sqlite:///absolute/path.db, or sqlite://relative.db from the current directory; \
+             {option})"
+        ),
+        ErrorKind::Config if text.contains("sqlite") && text.contains("directory") => format!(
             "check that the database file's directory exists and is writable \
              (sqlite:///absolute/path.db, or sqlite://relative.db from the current directory; \
              {option})"

@@ -137,7 +137,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 delivery: Some(delivery),
             }))) => {
                 let text = format!(
-                    "message from queue {:?} refused: {error}; it was put back (try --accept with \
+                    "message from queue {:?} refused: {error:#}; it was put back (try --accept with \
                      its serializer)",
                     delivery.queue()
                 );

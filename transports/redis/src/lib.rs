@@ -101,11 +101,11 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use kombu_core::transport::{BrokerConnection, Transport, register_transport};
 use kombu_core::virtual_transport::{
     Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
     VirtualConnection, envelope, router,
 };
-use kombu_core::transport::{BrokerConnection, Transport, register_transport};
 use kombu_core::{
     BrokerUrl, Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result,
 };

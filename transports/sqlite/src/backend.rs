@@ -61,6 +61,16 @@ impl SqliteBackend {
             })?,
             None => PathBuf::from(":memory:"),
         };
+        // A missing directory is a configuration mistake, not an unreachable broker: retrying
+        // cannot help, so it is not recoverable.
+        if let Some(dir) = key.parent().filter(|_| options.path.is_some())
+            && !dir.is_dir()
+        {
+            return Err(Error::config(format!(
+                "sqlite {label}: the directory {} does not exist",
+                dir.display()
+            )));
+        }
         if let Some(existing) = BACKENDS.lock().get(&key).and_then(Weak::upgrade) {
             return Ok(existing);
         }
