@@ -47,12 +47,12 @@ async fn consumer_requiring_hmac_refuses_unsigned_and_tampered_messages() -> kom
                     delivery.ack().await.map_err(|e| e.error)?;
                 }
                 Err(err) => {
-                    refused.push(err.to_string());
+                    refused.push(format!("{err:#}"));
                     delivery.reject().await.map_err(|e| e.error)?;
                 }
             },
             Err(err) => {
-                refused.push(err.error.to_string());
+                refused.push(format!("{:#}", err.error));
                 let delivery = err
                     .delivery
                     .expect("a refused message comes with its delivery");
