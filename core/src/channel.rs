@@ -23,7 +23,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryInfo, Envelope, Message, Properties};
 use crate::value::Headers;
 
-/// A message on its way out: where to and what.
+/// A message on its way out: where to and what. Built with [`Outgoing::new`] and
+/// [`Outgoing::mandatory`] (the struct may gain fields, so it is not built literally outside
+/// this crate); [`Publish::build`](crate::Publish::build) makes one from a producer's settings.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
     /// Exchange name (`""` = default exchange).
@@ -36,7 +39,20 @@ pub struct Outgoing {
     pub mandatory: bool,
 }
 
-/// Options of a consumer.
+/// Options of a consumer. Built from [`ConsumeOptions::default`] with a builder method per
+/// option (the struct may gain fields, so it is not built literally outside this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use kombu_core::transport::ConsumeOptions;
+///
+/// let options = ConsumeOptions::default()
+///     .prefetch(10)
+///     .consumer_tag("worker-1")
+///     .visibility_timeout(Duration::from_secs(30));
+/// assert!(!options.no_ack);
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumeOptions {
     /// Most unacked deliveries this consumer may hold; 0 = unbounded.
@@ -58,6 +74,61 @@ impl Default for ConsumeOptions {
             consumer_tag: String::new(),
             visibility_timeout: None,
         }
+    }
+}
+
+impl Outgoing {
+    /// A message for `exchange` (`""` = the default exchange) with `routing_key`, not
+    /// mandatory.
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        message: Message,
+    ) -> Self {
+        Outgoing {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            message,
+            mandatory: false,
+        }
+    }
+
+    /// Asks the broker to return the message if no queue takes it (where supported).
+    #[must_use]
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+}
+
+impl ConsumeOptions {
+    /// Sets the most unacked deliveries the consumer may hold; 0 = unbounded.
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Settles deliveries on delivery (at-most-once) when `true`.
+    #[must_use]
+    pub fn no_ack(mut self, no_ack: bool) -> Self {
+        self.no_ack = no_ack;
+        self
+    }
+
+    /// Sets the consumer tag (empty = generated).
+    #[must_use]
+    pub fn consumer_tag(mut self, tag: impl Into<String>) -> Self {
+        self.consumer_tag = tag.into();
+        self
+    }
+
+    /// Sets how long a delivery may stay unsettled before the message is given to another
+    /// consumer.
+    #[must_use]
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = Some(timeout);
+        self
     }
 }
 

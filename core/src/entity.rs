@@ -188,6 +188,23 @@ impl Binding {
 }
 
 /// A queue and how it is bound. Defaults follow kombu: durable, not exclusive, not auto-delete.
+///
+/// Built with [`Queue::new`] and a builder method per setting (the fields are readable; the
+/// struct may gain fields, so it is not built literally outside this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use kombu_core::{Exchange, Queue};
+///
+/// let q = Queue::new("jobs")
+///     .exchange(Exchange::direct("work"))
+///     .routing_key("jobs")
+///     .max_priority(9)
+///     .message_ttl(Duration::from_secs(60))
+///     .dead_letter_exchange("dead");
+/// assert_eq!(q.max_priority, Some(9));
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
     /// Name.

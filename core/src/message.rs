@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::value::Headers;
+use crate::value::{Headers, Value};
 
 /// Whether the broker should keep a message across its own restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -38,6 +38,23 @@ impl DeliveryMode {
 }
 
 /// Message properties, as in AMQP 0-9-1 basic properties (and kombu's envelope `properties`).
+///
+/// Built from [`Properties::default`] (all unset) with a builder method per property; the
+/// struct may gain fields, so it is not built literally outside this crate:
+///
+/// ```
+/// use std::time::Duration;
+/// use kombu_core::{DeliveryMode, Properties};
+///
+/// let p = Properties::default()
+///     .priority(5)
+///     .correlation_id("req-1")
+///     .reply_to("replies")
+///     .expiration(Duration::from_secs(30))
+///     .delivery_mode(DeliveryMode::Transient);
+/// assert_eq!(p.priority, Some(5));
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Properties {
     /// Persistent or transient; `None` means the transport default (persistent).
@@ -63,11 +80,99 @@ pub struct Properties {
     pub app_id: Option<String>,
 }
 
+impl Properties {
+    /// Sets persistent or transient.
+    #[must_use]
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = Some(mode);
+        self
+    }
+
+    /// Sets the priority, 0 (lowest) to 255.
+    #[must_use]
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets the id that correlates a reply with its request.
+    #[must_use]
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the queue a reply should be sent to.
+    #[must_use]
+    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
+        self.reply_to = Some(queue.into());
+        self
+    }
+
+    /// Sets the per-message time to live.
+    #[must_use]
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// Sets the application message id.
+    #[must_use]
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Sets the timestamp, in seconds since the Unix epoch.
+    #[must_use]
+    pub fn timestamp(mut self, seconds: u64) -> Self {
+        self.timestamp = Some(seconds);
+        self
+    }
+
+    /// Sets the application message type name (AMQP `type`).
+    #[must_use]
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Sets the id of the publishing user (AMQP `user_id`).
+    #[must_use]
+    pub fn user_id(mut self, id: impl Into<String>) -> Self {
+        self.user_id = Some(id.into());
+        self
+    }
+
+    /// Sets the id of the publishing application.
+    #[must_use]
+    pub fn app_id(mut self, id: impl Into<String>) -> Self {
+        self.app_id = Some(id.into());
+        self
+    }
+}
+
 /// One message: the body and everything that describes it.
 ///
 /// `content_type` and `content_encoding` describe the serialized body before compression; when the
 /// body is compressed, the `compression` header names the compression's content type (kombu's
 /// convention, so Python reads the same bytes).
+///
+/// Built with [`Message::new`] and builder methods (the struct may gain fields, so it is not
+/// built literally outside this crate); a [`Producer`](crate::Producer) builds its messages
+/// itself:
+///
+/// ```
+/// use kombu_core::{Message, Properties};
+///
+/// let m = Message::new(r#"{"a": 1}"#)
+///     .content_type("application/json")
+///     .content_encoding("utf-8")
+///     .header("attempt", 1)
+///     .properties(Properties::default().priority(3));
+/// assert_eq!(m.content_type.as_deref(), Some("application/json"));
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
     /// The (possibly compressed) serialized body.
@@ -91,6 +196,41 @@ impl Message {
             body: body.into(),
             ..Message::default()
         }
+    }
+
+    /// Sets the MIME type of the serialized body (`application/json`, ...).
+    #[must_use]
+    pub fn content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Sets the character set of the serialized body (`utf-8`, or `binary`).
+    #[must_use]
+    pub fn content_encoding(mut self, encoding: impl Into<Cow<'static, str>>) -> Self {
+        self.content_encoding = Some(encoding.into());
+        self
+    }
+
+    /// Replaces the application headers.
+    #[must_use]
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets one application header.
+    #[must_use]
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the properties.
+    #[must_use]
+    pub fn properties(mut self, properties: Properties) -> Self {
+        self.properties = properties;
+        self
     }
 
     /// The compression content type from the `compression` header, if the body is compressed.

@@ -2,9 +2,10 @@
 //! transport hands to core.
 //!
 //! Applications need none of this (the crate root has their API). A transport whose broker
-//! routes (AMQP) implements [`Channel`] and [`Settler`] and builds each [`Delivery`] with
-//! [`Delivery::new`] or [`Delivery::from_envelope`]; a broker that only stores implements
-//! [`virtual_transport::Backend`] instead.
+//! routes (AMQP) implements [`Channel`] and [`Settler`] and builds each
+//! [`Delivery`](crate::Delivery) with [`Delivery::new`](crate::Delivery::new) or
+//! [`Delivery::from_envelope`](crate::Delivery::from_envelope); a broker that only stores
+//! implements [`virtual_transport::Backend`] instead.
 //!
 //! A transport crate implements [`Transport`] (connect to a URL) and [`BrokerConnection`] (a live
 //! connection that opens channels), and registers itself for its URL schemes with
@@ -29,7 +30,7 @@ pub use crate::channel::{
 };
 pub use crate::message::Envelope;
 #[doc(no_inline)]
-pub use crate::{Delivery, memory, virtual_transport};
+pub use crate::{memory, virtual_transport};
 
 /// A kind of broker: knows how to connect to URLs of its schemes.
 #[async_trait]

@@ -199,22 +199,10 @@ async fn dead_letter_failure_during_fetch_strands_nothing() {
         .unwrap();
     let mut m1 = Message::new("expiring");
     m1.properties.expiration = Some(Duration::from_millis(1));
-    ch.publish(Outgoing {
-        exchange: String::new(),
-        routing_key: "q".into(),
-        message: m1,
-        mandatory: false,
-    })
-    .await
-    .unwrap();
-    ch.publish(Outgoing {
-        exchange: String::new(),
-        routing_key: "q".into(),
-        message: Message::new("live"),
-        mandatory: false,
-    })
-    .await
-    .unwrap();
+    ch.publish(Outgoing::new("", "q", m1)).await.unwrap();
+    ch.publish(Outgoing::new("", "q", Message::new("live")))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     backend.fail_put.store(true, Ordering::SeqCst);
     let mut s = ch
@@ -247,14 +235,9 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     ch.declare_queue(&Queue::new("q").dead_letter_exchange("dlx"))
         .await
         .unwrap();
-    ch.publish(Outgoing {
-        exchange: String::new(),
-        routing_key: "q".into(),
-        message: Message::new("m"),
-        mandatory: false,
-    })
-    .await
-    .unwrap();
+    ch.publish(Outgoing::new("", "q", Message::new("m")))
+        .await
+        .unwrap();
     let mut s = ch
         .consume(&["q".into()], &ConsumeOptions::default())
         .await
@@ -395,12 +378,7 @@ async fn stress_exactly_once() {
 fn to(queue: &str, mandatory: bool) -> kombu_core::transport::Outgoing {
     use kombu_core::Message;
     use kombu_core::transport::Outgoing;
-    Outgoing {
-        exchange: String::new(),
-        routing_key: queue.to_owned(),
-        message: Message::new(&b"x"[..]),
-        mandatory,
-    }
+    Outgoing::new("", queue.to_owned(), Message::new(&b"x"[..])).mandatory(mandatory)
 }
 
 /// The virtual channel asks its backend whether a queue exists as rarely as it can: once per

@@ -218,12 +218,11 @@ pub fn put_message(url: &str, queue: &str, message: kombu::Message) {
     with_connection(url, async |conn| {
         conn.declare_queue(&kombu::Queue::new(queue)).await.unwrap();
         conn.default_channel()
-            .publish(kombu::transport::Outgoing {
-                exchange: String::new(),
-                routing_key: queue.to_owned(),
+            .publish(kombu::transport::Outgoing::new(
+                "",
+                queue.to_owned(),
                 message,
-                mandatory: false,
-            })
+            ))
             .await
             .unwrap();
     })
@@ -235,12 +234,9 @@ pub fn queue_exists(url: &str, queue: &str) -> bool {
 
 /// A message with `content_type`, as Python kombu would write it with that serializer.
 pub fn message_of(content_type: &'static str, body: &[u8]) -> kombu::Message {
-    kombu::Message {
-        body: body.to_vec().into(),
-        content_type: Some(content_type.into()),
-        content_encoding: Some("binary".into()),
-        ..kombu::Message::default()
-    }
+    kombu::Message::new(body.to_vec())
+        .content_type(content_type)
+        .content_encoding("binary")
 }
 
 /// `pickle.dumps({"b": b"\x01\x02\xff", "n": 1}, protocol=4)`, as Python 3 writes it.

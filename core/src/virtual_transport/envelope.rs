@@ -14,18 +14,11 @@
 //! use kombu_core::{DeliveryMode, Message, Properties};
 //!
 //! let env = Envelope {
-//!     message: Message {
-//!         body: "{\"a\": 1}".into(),
-//!         content_type: Some("application/json".into()),
-//!         content_encoding: Some("utf-8".into()),
+//!     message: Message::new("{\"a\": 1}")
+//!         .content_type("application/json")
+//!         .content_encoding("utf-8")
 //!         // kombu always writes these two; they read back as set.
-//!         properties: Properties {
-//!             delivery_mode: Some(DeliveryMode::Persistent),
-//!             priority: Some(0),
-//!             ..Properties::default()
-//!         },
-//!         ..Message::default()
-//!     },
+//!         .properties(Properties::default().delivery_mode(DeliveryMode::Persistent).priority(0)),
 //!     exchange: "".into(),
 //!     routing_key: "q".into(),
 //!     tag: "t1".into(),

@@ -88,13 +88,15 @@ pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
         }
         let batch: Vec<Outgoing> = taken
             .iter()
-            .map(|d| Outgoing {
-                exchange: exchange.clone(),
-                routing_key: fixed_key
-                    .clone()
-                    .unwrap_or_else(|| d.routing_key().to_owned()),
-                message: d.message().clone(),
-                mandatory,
+            .map(|d| {
+                Outgoing::new(
+                    exchange.clone(),
+                    fixed_key
+                        .clone()
+                        .unwrap_or_else(|| d.routing_key().to_owned()),
+                    d.message().clone(),
+                )
+                .mandatory(mandatory)
             })
             .collect();
         let n = taken.len() as u64;

@@ -138,30 +138,29 @@ pub(crate) fn to_message(body: Vec<u8>, props: &BasicProperties) -> Message {
         .as_ref()
         .and_then(|e| e.as_str().trim().parse::<u64>().ok())
         .map(Duration::from_millis);
-    Message {
-        body: Bytes::from(body),
-        content_type: props
-            .content_type()
-            .as_ref()
-            .map(|s| kombu_core::serializers::known(s.as_str())),
-        content_encoding: props
-            .content_encoding()
-            .as_ref()
-            .map(|s| kombu_core::serializers::known(s.as_str())),
-        headers: props.headers().as_ref().map(from_table).unwrap_or_default(),
-        properties: Properties {
-            delivery_mode: props.delivery_mode().map(DeliveryMode::from_u8),
-            priority: *props.priority(),
-            correlation_id: short(props.correlation_id()),
-            reply_to: short(props.reply_to()),
-            expiration,
-            message_id: short(props.message_id()),
-            timestamp: *props.timestamp(),
-            kind: short(props.kind()),
-            user_id: short(props.user_id()),
-            app_id: short(props.app_id()),
-        },
-    }
+    // Field by field: the core types are non-exhaustive, so not built literally here.
+    let mut properties = Properties::default();
+    properties.delivery_mode = props.delivery_mode().map(DeliveryMode::from_u8);
+    properties.priority = *props.priority();
+    properties.correlation_id = short(props.correlation_id());
+    properties.reply_to = short(props.reply_to());
+    properties.expiration = expiration;
+    properties.message_id = short(props.message_id());
+    properties.timestamp = *props.timestamp();
+    properties.kind = short(props.kind());
+    properties.user_id = short(props.user_id());
+    properties.app_id = short(props.app_id());
+    let mut message = Message::new(Bytes::from(body)).properties(properties);
+    message.content_type = props
+        .content_type()
+        .as_ref()
+        .map(|s| kombu_core::serializers::known(s.as_str()));
+    message.content_encoding = props
+        .content_encoding()
+        .as_ref()
+        .map(|s| kombu_core::serializers::known(s.as_str()));
+    message.headers = props.headers().as_ref().map(from_table).unwrap_or_default();
+    message
 }
 
 /// A short string from text that may be too long for one (255 bytes): an error naming `what`.

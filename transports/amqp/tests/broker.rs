@@ -69,12 +69,11 @@ async fn channel_errors_keep_the_connection_usable() {
     // A publish to an exchange that does not exist.
     let channel = conn.channel().await.expect("channel");
     let e = channel
-        .publish(kombu_core::transport::Outgoing {
-            exchange: unique("missing-exchange"),
-            routing_key: "k".into(),
-            message: kombu_core::Message::new(&b"x"[..]),
-            mandatory: false,
-        })
+        .publish(kombu_core::transport::Outgoing::new(
+            unique("missing-exchange"),
+            "k",
+            kombu_core::Message::new(&b"x"[..]),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
