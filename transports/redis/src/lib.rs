@@ -113,9 +113,11 @@ use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
+mod acks;
 mod scripts;
 mod watch;
 
+use crate::acks::{AckQueue, spawn_flusher};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
 
 /// Registers the `redis`, `rediss`, `redis+socket`, `unix` and `sentinel` URL schemes
@@ -477,73 +479,6 @@ const MIN_BINDING_TTL_MS: u64 = 60 * 60 * 1000;
 /// Seconds between two sweeps of overdue binding tables (kombu's `BINDING_SWEEP_INTERVAL`).
 const BINDING_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Acks waiting to be written: `ack` returns once its ack is queued, and one pipeline writes
-/// every queued ack (one round trip for many), in the background while the consumer goes on.
-/// A sweep for overdue leases, `size`, `purge`, `wait`, a restore and a channel's close write
-/// the queued acks first, so this process never restores or counts a message it acked (a take
-/// need not: an acked message is in `unacked`, out of every list). If the process dies with acks still queued, those messages come back after the
-/// visibility timeout (at-least-once, as when a consumer dies before acking).
-struct AckQueue {
-    /// Fields of `unacked` (one per take) whose messages were settled.
-    pending: Mutex<Vec<String>>,
-    flushing: tokio::sync::Mutex<()>,
-    running: std::sync::atomic::AtomicBool,
-    conn: MultiplexedConnection,
-    /// `unacked` and `unacked_index`.
-    keys: [String; 2],
-    label: String,
-}
-
-impl AckQueue {
-    /// Writes every queued ack (waiting for a flush already in progress first).
-    async fn flush(&self) -> Result<()> {
-        let _turn = self.flushing.lock().await;
-        loop {
-            let batch = std::mem::take(&mut *self.pending.lock());
-            if batch.is_empty() {
-                return Ok(());
-            }
-            self.write(&batch).await?;
-        }
-    }
-
-    /// kombu's ack (`HDEL unacked`, `ZREM unacked_index`) for a batch, in one transaction.
-    async fn write(&self, batch: &[String]) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for chunk in batch.chunks(1000) {
-            pipe.hdel(&self.keys[0], chunk)
-                .ignore()
-                .zrem(&self.keys[1], chunk)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| redis_error(&self.label, "ack", e))
-    }
-}
-
-/// Writes queued acks in the background until none are left.
-fn spawn_flusher(acks: Arc<AckQueue>) {
-    use std::sync::atomic::Ordering;
-    if acks.running.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    tokio::spawn(async move {
-        loop {
-            if let Err(err) = acks.flush().await {
-                tracing::warn!(url = %acks.label, error = %err, "acks not written; those messages will be redelivered after the visibility timeout");
-            }
-            acks.running.store(false, Ordering::Release);
-            // An ack queued after the last drain but before `running` was cleared.
-            if acks.pending.lock().is_empty() || acks.running.swap(true, Ordering::AcqRel) {
-                return;
-            }
-        }
-    });
-}
-
 /// Fanout exchanges over PUB/SUB, as kombu does them: queues of this process bound to a
 /// fanout exchange subscribe to its topic; what arrives waits here for their consumers
 /// (at-most-once, like kombu's: nothing is kept in Redis).
@@ -671,7 +606,7 @@ impl Drop for RedisBackend {
     }
 }
 
-fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
+pub(crate) fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
     let refused = matches!(
         err.kind(),
         redis::ErrorKind::AuthenticationFailed
@@ -831,14 +766,11 @@ impl RedisBackend {
             .await
             .map_err(|e| redis_error(&label, "cannot connect", e))?;
         check_access(&mut conn, &label).await?;
-        let acks = Arc::new(AckQueue {
-            pending: Mutex::new(Vec::new()),
-            flushing: tokio::sync::Mutex::new(()),
-            running: std::sync::atomic::AtomicBool::new(false),
-            conn: conn.clone(),
-            keys: [options.unacked.clone(), options.unacked_index.clone()],
-            label: label.clone(),
-        });
+        let acks = Arc::new(AckQueue::new(
+            conn.clone(),
+            [options.unacked.clone(), options.unacked_index.clone()],
+            label.clone(),
+        ));
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
@@ -1998,7 +1930,7 @@ impl Backend for RedisBackend {
             }
         }
         if !unreadable.is_empty() && lease == "1" {
-            self.acks.pending.lock().extend(unreadable);
+            self.acks.extend(unreadable);
             spawn_flusher(self.acks.clone());
         }
         Ok(fetched)
@@ -2009,11 +1941,7 @@ impl Backend for RedisBackend {
             return Ok(()); // nothing in Redis to settle
         }
         let field = field_of(receipt)?;
-        let queued = {
-            let mut pending = self.acks.pending.lock();
-            pending.push(field.to_owned());
-            pending.len()
-        };
+        let queued = self.acks.push(field.to_owned());
         if queued >= 256 {
             // Keep the queue short under a flood of acks.
             return self.acks.flush().await;
@@ -2031,7 +1959,7 @@ impl Backend for RedisBackend {
             Ok(field) => field,
             Err(e) => return Some(Err(e)),
         };
-        self.acks.pending.lock().push(field.to_owned());
+        self.acks.push(field.to_owned());
         spawn_flusher(self.acks.clone());
         Some(Ok(()))
     }
