@@ -114,10 +114,12 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
 mod acks;
+mod fanout;
 mod scripts;
 mod watch;
 
 use crate::acks::{AckQueue, spawn_flusher};
+use crate::fanout::{Fanout, is_fanout_receipt};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
 
 /// Registers the `redis`, `rediss`, `redis+socket`, `unix` and `sentinel` URL schemes
@@ -479,64 +481,6 @@ const MIN_BINDING_TTL_MS: u64 = 60 * 60 * 1000;
 /// Seconds between two sweeps of overdue binding tables (kombu's `BINDING_SWEEP_INTERVAL`).
 const BINDING_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Fanout exchanges over PUB/SUB, as kombu does them: queues of this process bound to a
-/// fanout exchange subscribe to its topic; what arrives waits here for their consumers
-/// (at-most-once, like kombu's: nothing is kept in Redis).
-#[derive(Default)]
-struct Fanout {
-    /// Queue → the patterns it subscribes to.
-    queues: Mutex<HashMap<String, Vec<String>>>,
-    /// Messages received for each queue, oldest first.
-    buffers: Mutex<HashMap<String, std::collections::VecDeque<Vec<u8>>>>,
-    /// Adds subscriptions to the live PUB/SUB connection.
-    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
-}
-
-/// Most messages kept for one fanout queue before the oldest are dropped (a queue bound in
-/// this process that nobody consumes must not grow without bound).
-const FANOUT_BUFFER: usize = 100_000;
-/// Receipt prefix of a fanout delivery (nothing to settle in Redis).
-const FANOUT_RECEIPT: &str = "\u{0}fanout\n";
-
-impl Fanout {
-    fn deliver(&self, pattern: &str, payload: &[u8]) -> bool {
-        let targets: Vec<String> = self
-            .queues
-            .lock()
-            .iter()
-            .filter(|(_, patterns)| patterns.iter().any(|p| p == pattern))
-            .map(|(q, _)| q.clone())
-            .collect();
-        let mut buffers = self.buffers.lock();
-        for queue in &targets {
-            let buffer = buffers.entry(queue.clone()).or_default();
-            if buffer.len() >= FANOUT_BUFFER {
-                buffer.pop_front();
-                tracing::warn!(%queue, "fanout buffer full: oldest message dropped");
-            }
-            buffer.push_back(payload.to_vec());
-        }
-        !targets.is_empty()
-    }
-
-    fn is_fanout_queue(&self, queue: &str) -> bool {
-        self.queues.lock().contains_key(queue)
-    }
-
-    fn take(&self, queue: &str, max: usize) -> Vec<Vec<u8>> {
-        let mut buffers = self.buffers.lock();
-        let Some(buffer) = buffers.get_mut(queue) else {
-            return Vec::new();
-        };
-        let n = max.min(buffer.len());
-        buffer.drain(..n).collect()
-    }
-
-    fn len(&self, queue: &str) -> usize {
-        self.buffers.lock().get(queue).map_or(0, |b| b.len())
-    }
-}
-
 /// The bindings of an expiring queue made through one connection, `(exchange, member)`, and
 /// when their tables' deadlines were last pushed on.
 type ExpiringBindings = (Vec<(String, String)>, Option<Instant>);
@@ -806,88 +750,6 @@ impl RedisBackend {
     fn forget_topology(&self) {
         self.topology.clear();
         self.bound.lock().clear();
-    }
-
-    /// Starts (once) this backend's PUB/SUB connection for the topics of fanout exchanges
-    /// that queues of this process are bound to. It reconnects and resubscribes after a
-    /// failure.
-    fn ensure_listener(&self) {
-        let mut slot = self.listener.lock();
-        if slot.is_some() {
-            return;
-        }
-        let client = self.client.clone();
-        let wake = self.wake.clone();
-        let fanout = self.fanout.clone();
-        *slot = Some(tokio::spawn(async move {
-            loop {
-                match client.get_async_pubsub().await {
-                    Ok(pubsub) => {
-                        let (mut sink, mut stream) = pubsub.split();
-                        let subscribed = {
-                            let mut slot = fanout.sink.lock().await;
-                            let patterns: Vec<String> =
-                                fanout.queues.lock().values().flatten().cloned().collect();
-                            let mut ok = true;
-                            for p in patterns {
-                                ok &= sink.psubscribe(&p).await.is_ok();
-                            }
-                            *slot = Some(sink);
-                            ok
-                        };
-                        if subscribed {
-                            while let Some(msg) = futures::StreamExt::next(&mut stream).await {
-                                if let Ok(pattern) = msg.get_pattern::<String>()
-                                    && fanout.deliver(&pattern, msg.get_payload_bytes())
-                                {
-                                    wake.notify_waiters();
-                                }
-                            }
-                        }
-                        *fanout.sink.lock().await = None;
-                    }
-                    Err(err) => tracing::debug!(error = %err, "redis PUB/SUB connection"),
-                }
-                // Reconnect after a broken subscription (fanout messages published meanwhile
-                // are lost, as in kombu).
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }));
-    }
-
-    /// Subscribes `queue` to a fanout exchange's topic for `binding_key`.
-    async fn subscribe_fanout(&self, queue: &str, exchange: &str, binding_key: &str) -> Result<()> {
-        let pattern = self.options.fanout_pattern(exchange, binding_key);
-        {
-            let mut queues = self.fanout.queues.lock();
-            let patterns = queues.entry(queue.to_owned()).or_default();
-            if patterns.contains(&pattern) {
-                return Ok(());
-            }
-            patterns.push(pattern.clone());
-        }
-        self.ensure_listener();
-        // Wait until the subscription is live, so that what is published once `bind` returns
-        // reaches this queue (PUB/SUB keeps nothing for late subscribers).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(sink) = self.fanout.sink.lock().await.as_mut() {
-                return sink
-                    .psubscribe(&pattern)
-                    .await
-                    .map_err(self.err("subscribe to a fanout exchange"));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "redis {}: no PUB/SUB connection for fanout exchange {exchange:?}",
-                        self.label
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// Adds `member` to `exchange`'s binding table and pushes the table's deadline to its TTL
@@ -1299,10 +1161,6 @@ fn glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
-}
-
-fn is_fanout_receipt(receipt: &Receipt) -> bool {
-    matches!(receipt, Receipt::Key(key) if key.starts_with(FANOUT_RECEIPT))
 }
 
 /// A receipt is the message's field in `unacked` (one per take).
@@ -1836,20 +1694,9 @@ impl Backend for RedisBackend {
         // every list, and the sweep below writes them before it restores anything.
         let mut fetched = Fetched::default();
         if self.fanout.is_fanout_queue(queue) {
-            for body in self.fanout.take(queue, max.max(1)) {
-                match envelope::decode(&body) {
-                    Ok(env) => fetched.taken.push(Taken {
-                        envelope: Arc::new(env),
-                        receipt: Receipt::Key(format!(
-                            "{FANOUT_RECEIPT}{}",
-                            String::from_utf8_lossy(&body)
-                        )),
-                    }),
-                    Err(err) => {
-                        tracing::warn!(url = %self.label, %queue, error = %err, "unreadable fanout message dropped");
-                    }
-                }
-            }
+            fetched.taken = self
+                .fanout
+                .take_deliveries(queue, max.max(1), &self.label);
             if fetched.taken.len() >= max.max(1) {
                 return Ok(fetched);
             }
@@ -1971,18 +1818,8 @@ impl Backend for RedisBackend {
 
     async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         self.acks.flush().await?;
-        if let Receipt::Key(key) = receipt
-            && let Some(body) = key.strip_prefix(FANOUT_RECEIPT)
-        {
-            // Back to the head of this process's buffer for the queue.
-            let mut env = envelope::decode(body.as_bytes())?;
-            env.redelivered = true;
-            self.fanout
-                .buffers
-                .lock()
-                .entry(queue.to_owned())
-                .or_default()
-                .push_front(payload(&env));
+        if self.fanout.restore(queue, receipt)? {
+            // Back at the head of this process's buffer for the queue.
             self.wake.notify_waiters();
             return Ok(());
         }
@@ -2027,12 +1864,7 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(self.err("purge"))?;
-        let buffered = self
-            .fanout
-            .buffers
-            .lock()
-            .get_mut(queue)
-            .map_or(0, |b| std::mem::take(b).len());
+        let buffered = self.fanout.purge(queue);
         Ok(lens.iter().sum::<u64>() + buffered as u64)
     }
 
