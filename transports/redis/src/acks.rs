@@ -8,7 +8,7 @@ use kombu_core::Result;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
-use crate::redis_error;
+use crate::connect::redis_error;
 
 /// Acks waiting to be written: `ack` returns once its ack is queued, and one pipeline writes
 /// every queued ack (one round trip for many), in the background while the consumer goes on.

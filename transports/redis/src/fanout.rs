@@ -185,7 +185,12 @@ impl RedisBackend {
     }
 
     /// Subscribes `queue` to a fanout exchange's topic for `binding_key`.
-    pub(crate) async fn subscribe_fanout(&self, queue: &str, exchange: &str, binding_key: &str) -> Result<()> {
+    pub(crate) async fn subscribe_fanout(
+        &self,
+        queue: &str,
+        exchange: &str,
+        binding_key: &str,
+    ) -> Result<()> {
         let pattern = self.options.fanout_pattern(exchange, binding_key);
         {
             let mut queues = self.fanout.queues.lock();

@@ -97,7 +97,6 @@ end
 return #overdue
 "#;
 
-
 /// Releases `KEYS[1]` if it still holds our token `ARGV[1]`.
 pub(crate) const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
