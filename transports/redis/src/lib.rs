@@ -120,12 +120,14 @@ mod options {
     pub(crate) use super::Options;
 }
 mod fanout;
+mod keys;
 mod scripts;
 mod watch;
 
 use crate::acks::{AckQueue, spawn_flusher};
 use crate::connect::redis_error;
 use crate::fanout::{Fanout, is_fanout_receipt};
+use crate::keys::{glob_escape, member_queue, topic_pattern};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
 
 /// Registers the `redis`, `rediss`, `redis+socket`, `unix` and `sentinel` URL schemes
@@ -355,72 +357,6 @@ impl Options {
             prefix,
         })
     }
-
-    /// The list holding `queue`'s messages of `priority` (kombu's `_q_for_pri`).
-    fn list_key(&self, queue: &str, priority: u8) -> String {
-        let step = self
-            .priority_steps
-            .iter()
-            .rev()
-            .find(|s| **s <= priority.min(9))
-            .copied()
-            .unwrap_or(0);
-        if step == 0 {
-            format!("{}{queue}", self.prefix)
-        } else {
-            format!("{}{queue}{}{step}", self.prefix, self.sep)
-        }
-    }
-
-    /// Every list of `queue`, in consumption order (bucket 0 first).
-    fn list_keys(&self, queue: &str) -> Vec<String> {
-        self.priority_steps
-            .iter()
-            .map(|s| self.list_key(queue, *s))
-            .collect()
-    }
-
-    fn binding_key(&self, exchange: &str) -> String {
-        format!("{}_kombu.binding.{exchange}", self.prefix)
-    }
-
-    /// kombu 5.7's set of the members of an exchange's table whose queues do not expire: the
-    /// binding sweep keeps a table while it has any.
-    fn binding_permanent_key(&self, exchange: &str) -> String {
-        format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
-    }
-
-    /// kombu 5.7's deadlines of binding tables of expiring queues (exchange → ms, server
-    /// clock).
-    fn binding_deadlines_key(&self) -> String {
-        format!("{}_kombu.binding_deadlines", self.prefix)
-    }
-
-    fn exchanges_key(&self) -> String {
-        format!("{}_kombu_rs.exchanges", self.prefix)
-    }
-
-    /// The PUB/SUB channel of a fanout publish (kombu's `_get_publish_topic`).
-    fn fanout_topic(&self, exchange: &str, routing_key: &str) -> String {
-        if self.fanout_patterns && !routing_key.is_empty() {
-            format!(
-                "{}{}{exchange}/{routing_key}",
-                self.prefix, self.fanout_prefix
-            )
-        } else {
-            format!("{}{}{exchange}", self.prefix, self.fanout_prefix)
-        }
-    }
-
-    /// The pattern a queue bound to a fanout exchange subscribes to (kombu's
-    /// `_get_subscribe_topic`: `#` becomes Redis's `*`).
-    fn fanout_pattern(&self, exchange: &str, binding_key: &str) -> String {
-        self.fanout_topic(exchange, &binding_key.replace('#', "*"))
-    }
-
-    fn queues_key(&self) -> String {
-        format!("{}_kombu_rs.queues", self.prefix)
-    }
 }
 
 fn enc(s: &str) -> String {
@@ -433,31 +369,6 @@ fn enc(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// kombu's `TopicExchange.key_to_pattern`: the regex Python consumers match routing keys with.
-fn topic_pattern(key: &str) -> String {
-    let escaped: String = key
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || ".#*".contains(c) {
-                c.to_string()
-            } else if c == '\0' {
-                "\\000".to_owned()
-            } else {
-                format!("\\{c}")
-            }
-        })
-        .collect();
-    let words: Vec<&str> = escaped
-        .split('.')
-        .map(|w| match w {
-            "*" => "[^\\.]+",
-            "#" => ".*?",
-            w => w,
-        })
-        .collect();
-    format!("^{}$", words.join("\\."))
 }
 
 #[async_trait]
@@ -997,27 +908,6 @@ impl RedisBackend {
             row.routing_key, row.queue
         ))
     }
-}
-
-/// The queue part of a binding-table member (`<routing key><sep><pattern><sep><queue>`, as
-/// kombu splits it).
-fn member_queue<'a>(member: &'a str, sep: &str) -> Option<&'a str> {
-    let mut parts = member.splitn(3, sep);
-    let _routing_key = parts.next()?;
-    let _pattern = parts.next()?;
-    parts.next()
-}
-
-/// `text` with Redis glob metacharacters escaped, for a literal match in SCAN MATCH.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A receipt is the message's field in `unacked` (one per take).
@@ -1807,29 +1697,6 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_patterns_are_kombus() {
-        assert_eq!(topic_pattern("a.*.c"), r"^a\.[^\.]+\.c$");
-        assert_eq!(topic_pattern("a.#"), r"^a\..*?$");
-        assert_eq!(topic_pattern("usd-eur.x"), r"^usd\-eur\.x$");
-    }
-
-    #[test]
-    fn priority_keys_follow_kombus_steps() -> Result<()> {
-        let o = Options::from_url(&BrokerUrl::parse(
-            "redis://localhost/3?global_keyprefix=p:",
-        )?)?;
-        assert_eq!(o.db, 3);
-        assert_eq!(o.list_key("q", 0), "p:q");
-        assert_eq!(o.list_key("q", 2), "p:q");
-        assert_eq!(o.list_key("q", 5), "p:q\x06\x163");
-        assert_eq!(o.list_key("q", 9), "p:q\x06\x169");
-        assert_eq!(o.list_keys("q").len(), 4);
-        assert_eq!(o.unacked, "p:unacked");
-        assert_eq!(o.binding_key("x"), "p:_kombu.binding.x");
-        Ok(())
-    }
 
     #[test]
     fn urls() -> Result<()> {
