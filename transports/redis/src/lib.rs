@@ -116,11 +116,9 @@ use redis::aio::MultiplexedConnection;
 
 mod acks;
 mod connect;
-mod options {
-    pub(crate) use super::Options;
-}
 mod fanout;
 mod keys;
+mod options;
 mod scripts;
 mod watch;
 
@@ -128,6 +126,7 @@ use crate::acks::{AckQueue, spawn_flusher};
 use crate::connect::redis_error;
 use crate::fanout::{Fanout, is_fanout_receipt};
 use crate::keys::{glob_escape, member_queue, topic_pattern};
+use crate::options::Options;
 use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
 
 /// Registers the `redis`, `rediss`, `redis+socket`, `unix` and `sentinel` URL schemes
@@ -140,236 +139,6 @@ pub fn register() {
 /// The Redis transport (see the crate documentation).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RedisTransport;
-
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
-    /// The URL handed to the redis crate (no transport options).
-    client_url: String,
-    /// `rediss://` with a CA bundle or a client certificate of its own.
-    tls: Option<TlsFiles>,
-    /// `sentinel://`: the sentinel to ask, the master's name, and how to log in to the master.
-    sentinel: Option<SentinelTarget>,
-    db: i64,
-    visibility_timeout: Duration,
-    priority_steps: Vec<u8>,
-    sep: String,
-    prefix: String,
-    unacked: String,
-    unacked_index: String,
-    unacked_mutex: String,
-    polling_interval: Duration,
-    /// `keyprefix_fanout`, already formatted (`/{db}.` by default).
-    fanout_prefix: String,
-    fanout_patterns: bool,
-}
-
-/// Where `sentinel://` finds its master.
-#[derive(Debug, Clone)]
-struct SentinelTarget {
-    /// `redis://host:port` of the sentinel.
-    sentinel: String,
-    master_name: String,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-/// PEM files for `rediss://` (kombu's `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`).
-#[derive(Debug, Clone, Default)]
-struct TlsFiles {
-    ca_certs: Option<String>,
-    certfile: Option<String>,
-    keyfile: Option<String>,
-}
-
-fn seconds(url: &BrokerUrl, key: &str, default: f64) -> Result<Duration> {
-    let Some(v) = url.query(key) else {
-        return Ok(Duration::from_secs_f64(default));
-    };
-    v.parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| Error::config(format!("{key}={v:?} is not a number of seconds")))
-}
-
-impl Options {
-    fn from_url(url: &BrokerUrl) -> Result<Options> {
-        let bad =
-            |why: String| Error::new(ErrorKind::InvalidUrl, format!("{}: {why}", url.masked()));
-        let mut tls = None;
-        let mut sentinel = None;
-        let (client_url, db) = match url.scheme() {
-            scheme @ ("redis" | "rediss") => {
-                let db = match url.path().unwrap_or_default().trim_matches('/') {
-                    "" => 0,
-                    d => d
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
-                };
-                let host = url.host().unwrap_or("localhost");
-                let port = url.port().unwrap_or(6379);
-                let auth = match (url.username(), url.password()) {
-                    (Some(""), Some(p)) | (None, Some(p)) => format!(":{}@", enc(&p)),
-                    (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p)),
-                    (Some(u), None) if !u.is_empty() => format!("{}@", enc(u)),
-                    _ => String::new(),
-                };
-                let mut client = format!("{scheme}://{auth}{host}:{port}/{db}");
-                if scheme == "rediss" {
-                    match url
-                        .query("ssl_cert_reqs")
-                        .as_deref()
-                        .map(str::to_ascii_lowercase)
-                    {
-                        None => {}
-                        Some(r) if r == "required" || r == "cert_required" => {}
-                        Some(r)
-                            if r == "none"
-                                || r == "cert_none"
-                                || r == "optional"
-                                || r == "cert_optional" =>
-                        {
-                            // No verification of the server's certificate (kombu's default for
-                            // a bare rediss:// URL; ours verifies unless told otherwise).
-                            client.push_str("#insecure");
-                        }
-                        Some(other) => {
-                            return Err(bad(format!(
-                                "ssl_cert_reqs={other:?}: use required, optional or none"
-                            )));
-                        }
-                    }
-                    let files = TlsFiles {
-                        ca_certs: url.query("ssl_ca_certs"),
-                        certfile: url.query("ssl_certfile"),
-                        keyfile: url.query("ssl_keyfile"),
-                    };
-                    if files.certfile.is_some() != files.keyfile.is_some() {
-                        return Err(bad("ssl_certfile and ssl_keyfile go together".into()));
-                    }
-                    if files.ca_certs.is_some() || files.certfile.is_some() {
-                        tls = Some(files);
-                    }
-                }
-                (client, db)
-            }
-            "sentinel" => {
-                let master_name = url.query("master_name").ok_or_else(|| {
-                    bad("a sentinel:// URL needs ?master_name=<the monitored master's name>".into())
-                })?;
-                let db = match url.path().unwrap_or_default().trim_matches('/') {
-                    "" => 0,
-                    d => d
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
-                };
-                let host = url.host().unwrap_or("localhost");
-                let port = url.port().unwrap_or(26379);
-                sentinel = Some(SentinelTarget {
-                    sentinel: format!("redis://{host}:{port}"),
-                    master_name,
-                    username: url.username().filter(|u| !u.is_empty()).map(str::to_owned),
-                    password: url.password().map(|p| p.into_owned()),
-                });
-                // Replaced by the master's address when connecting.
-                (String::new(), db)
-            }
-            "redis+socket" | "unix" => {
-                let rest = url.rest();
-                let before_query = rest.split_once('?').map_or(rest, |(p, _)| p);
-                // `[user[:password]@]/path`: credentials only before the path's first `/`.
-                let path = match before_query.split_once('@') {
-                    Some((userinfo, path)) if !userinfo.contains('/') => path,
-                    _ => before_query,
-                };
-                let db = match url.query("virtual_host").or_else(|| url.query("db")) {
-                    None => 0,
-                    Some(d) => d
-                        .trim_matches('/')
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
-                };
-                let mut client = format!("redis+unix://{path}?db={db}");
-                // Credentials only before the path (a password in the query would not be
-                // masked when the URL is shown).
-                if let Some(user) = url.username().filter(|u| !u.is_empty()) {
-                    client.push_str(&format!("&user={}", enc(user)));
-                }
-                if let Some(password) = url.password() {
-                    client.push_str(&format!("&pass={}", enc(&password)));
-                }
-                (client, db)
-            }
-            other => {
-                return Err(bad(format!(
-                    "the Redis transport does not take {other}:// URLs"
-                )));
-            }
-        };
-        let priority_steps = match url.query("priority_steps") {
-            None => vec![0, 3, 6, 9],
-            Some(s) => {
-                let mut steps = s
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(',')
-                    .map(|p| p.trim().parse::<u8>())
-                    .collect::<std::result::Result<Vec<u8>, _>>()
-                    .map_err(|_| {
-                        Error::config(format!(
-                            "priority_steps={s:?}: numbers 0-255, comma-separated"
-                        ))
-                    })?;
-                steps.sort_unstable();
-                steps.dedup();
-                if steps.first() != Some(&0) {
-                    steps.insert(0, 0);
-                }
-                steps
-            }
-        };
-        let prefix = url.query("global_keyprefix").unwrap_or_default();
-        let key = |name: &str, default: &str| {
-            format!(
-                "{prefix}{}",
-                url.query(name).unwrap_or_else(|| default.to_owned())
-            )
-        };
-        Ok(Options {
-            client_url,
-            tls,
-            sentinel,
-            db,
-            visibility_timeout: seconds(url, "visibility_timeout", 3600.0)?,
-            priority_steps,
-            sep: url.query("sep").unwrap_or_else(|| "\x06\x16".to_owned()),
-            unacked: key("unacked_key", "unacked"),
-            unacked_index: key("unacked_index_key", "unacked_index"),
-            unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
-            polling_interval: seconds(url, "polling_interval", 1.0)?,
-            fanout_prefix: match url.query("fanout_prefix").as_deref() {
-                None | Some("true") | Some("True") | Some("1") => format!("/{db}."),
-                Some("false") | Some("False") | Some("0") => String::new(),
-                Some(custom) => custom.to_owned(),
-            },
-            fanout_patterns: !matches!(
-                url.query("fanout_patterns").as_deref(),
-                Some("false") | Some("False") | Some("0")
-            ),
-            prefix,
-        })
-    }
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 #[async_trait]
 impl Transport for RedisTransport {
@@ -1697,28 +1466,6 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() -> Result<()> {
-        let o = Options::from_url(&BrokerUrl::parse("redis://u:p%40ss@h:6380/2")?)?;
-        assert_eq!(o.client_url, "redis://u:p%40ss@h:6380/2");
-        assert!(Options::from_url(&BrokerUrl::parse("redis://h/x")?).is_err());
-        let o = Options::from_url(&BrokerUrl::parse(
-            "redis://h?priority_steps=0,5&visibility_timeout=2",
-        )?)?;
-        assert_eq!(o.priority_steps, [0, 5]);
-        assert_eq!(o.visibility_timeout, Duration::from_secs(2));
-        // Unix sockets: credentials only before the path; an `@` inside the path is the path's.
-        let o = Options::from_url(&BrokerUrl::parse("unix:///run/app@1/redis.sock")?)?;
-        assert_eq!(o.client_url, "redis+unix:///run/app@1/redis.sock?db=0");
-        let o = Options::from_url(&BrokerUrl::parse("unix://u:p%40ss@/tmp/r.sock?db=2")?)?;
-        assert_eq!(
-            o.client_url,
-            "redis+unix:///tmp/r.sock?db=2&user=u&pass=p%40ss"
-        );
-        assert_eq!(o.db, 2);
-        Ok(())
-    }
 
     #[test]
     fn a_restored_entry_keeps_what_python_wrote() {
