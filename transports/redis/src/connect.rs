@@ -32,7 +32,7 @@ pub(crate) async fn open(
                 .await;
             master.map_err(|e| {
                 redis_error(
-                    &label,
+                    label,
                     &format!("no master {:?} from the sentinel", target.master_name),
                     e,
                 )

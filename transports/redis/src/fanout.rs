@@ -11,7 +11,7 @@ use kombu_core::virtual_transport::{Receipt, Taken, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 
-use crate::RedisBackend;
+use crate::backend::RedisBackend;
 
 /// Fanout exchanges over PUB/SUB, as kombu does them: queues of this process bound to a
 /// fanout exchange subscribe to its topic; what arrives waits here for their consumers

@@ -11,7 +11,7 @@ use kombu_core::virtual_transport::{Backend, BindingRow, router};
 use kombu_core::{Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use redis::AsyncCommands;
 
-use crate::RedisBackend;
+use crate::backend::RedisBackend;
 use crate::keys::{glob_escape, member_queue, topic_pattern};
 
 /// A binding table of an expiring queue lives at least this long past its last refresh

@@ -10,8 +10,8 @@ use kombu_core::virtual_transport::{Envelope, Receipt, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use redis::AsyncCommands;
 
+use crate::backend::{RedisBackend, payload, priority_of};
 use crate::connect::redis_error;
-use crate::{RedisBackend, payload, priority_of};
 
 /// At most one sweep for expired leases per this interval per connection.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
