@@ -29,26 +29,38 @@ use crate::watch;
 /// One connection's backend: a multiplexed connection for commands, a client for the
 /// dedicated ones (PUB/SUB, blocking waits), and this process's view of the topology.
 pub(crate) struct RedisBackend {
+    /// The multiplexed connection every command goes over.
     pub(crate) conn: MultiplexedConnection,
+    /// Opens the dedicated connections (PUB/SUB, blocking waits).
     pub(crate) client: redis::Client,
+    /// What the URL asked for.
     pub(crate) options: Options,
+    /// The masked URL, naming this connection in errors and logs.
     pub(crate) label: String,
+    /// [`TAKE`].
     pub(crate) take: redis::Script,
+    /// [`RESTORE`].
     pub(crate) restore: redis::Script,
+    /// [`UNLOCK`].
     pub(crate) unlock: redis::Script,
+    /// Exchanges and bindings read, for [`TOPOLOGY_TTL`].
     pub(crate) topology: TopologyCache,
-    /// Queues found in a binding table, and when ([`BOUND_TTL`]).
+    /// Queues found in a binding table, and when (taken to exist for `topology::BOUND_TTL`).
     pub(crate) bound: Mutex<HashMap<String, Instant>>,
     /// Whether `SCAN` takes `TYPE` (Redis 6 and later); off after the server refused it.
     pub(crate) scan_type: std::sync::atomic::AtomicBool,
+    /// When this connection last swept for expired leases.
     pub(crate) last_sweep: Mutex<Option<Instant>>,
     /// Wakes this connection's idle consumers: its own publishes and restores, fanout
     /// messages received.
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// Blocking waits for what other connections push.
     pub(crate) watchers: watch::Watchers,
+    /// The PUB/SUB task of fanout subscriptions, started by the first fanout binding.
     pub(crate) listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Acks queued for the background writer.
     pub(crate) acks: Arc<AckQueue>,
+    /// Fanout subscriptions and what arrived for them.
     pub(crate) fanout: Arc<Fanout>,
     /// `x-expires` (ms) of queues declared through this connection: their lists get a
     /// `PEXPIRE` after every publish and take, as kombu does, so an unused queue disappears.
@@ -59,7 +71,9 @@ pub(crate) struct RedisBackend {
     pub(crate) expiring_bindings: Mutex<HashMap<String, ExpiringBindings>>,
     /// When this connection last swept overdue binding tables.
     pub(crate) bindings_swept: Mutex<Option<Instant>>,
+    /// [`REFRESH_BINDING`].
     pub(crate) refresh_binding: redis::Script,
+    /// [`SWEEP_BINDINGS`].
     pub(crate) sweep_bindings: redis::Script,
 }
 
@@ -150,6 +164,8 @@ impl Backend for RedisBackend {
         c.priority_buckets = true;
         c
     }
+
+    // Exchanges, queues and bindings: in `topology.rs`.
 
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
         self.store_exchange(exchange).await
