@@ -7,7 +7,7 @@ use serde::de::{IntoDeserializer, Visitor};
 use serde::ser::{Impossible, SerializeSeq, SerializeTuple};
 
 use crate::error::{Error, MessageError, Result};
-use crate::registry::Serializer;
+use crate::serializer::Serializer;
 
 /// Content type of the `raw` serializer (and of a message with no content type).
 pub const RAW_CONTENT_TYPE: &str = "application/data";
@@ -681,8 +681,8 @@ impl Serializer for RawSerializer {
         Ok((body, encoding.to_owned()))
     }
 
-    fn builtin(&self) -> Option<crate::registry::Builtin> {
-        Some(crate::registry::Builtin::Raw)
+    fn builtin(&self) -> Option<crate::serializer::Builtin> {
+        Some(crate::serializer::Builtin::Raw)
     }
 
     fn decode(&self, data: &[u8], visit: &mut Visit<'_>) -> Result<()> {
@@ -724,8 +724,8 @@ impl Serializer for TextSerializer {
         encode_text(value)
     }
 
-    fn builtin(&self) -> Option<crate::registry::Builtin> {
-        Some(crate::registry::Builtin::Text)
+    fn builtin(&self) -> Option<crate::serializer::Builtin> {
+        Some(crate::serializer::Builtin::Text)
     }
 
     fn decode(&self, data: &[u8], visit: &mut Visit<'_>) -> Result<()> {
