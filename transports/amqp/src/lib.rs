@@ -87,9 +87,12 @@
 
 mod channel;
 mod connection;
+mod consume;
 mod error;
+mod lapin_channel;
 mod mapping;
 mod options;
+mod publish;
 mod settle;
 
 use std::sync::Arc;
