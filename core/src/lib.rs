@@ -48,8 +48,6 @@
 //!   [`memory::register`].
 //! - `conformance` (feature `conformance`): the behaviour suite every transport runs.
 
-#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
-
 mod capabilities;
 mod channel;
 mod connection;
