@@ -136,8 +136,8 @@ impl ConsumeOptions {
 pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 
 /// The native transport contract: what every transport's channel must do. Applications use it
-/// through [`Connection`](crate::Connection), [`Producer`](crate::Producer) and
-/// [`Consumer`](crate::Consumer); transport authors implement it (or
+/// through a `Connection`, its [`Producer`](crate::Producer)s and
+/// [`Consumer`](crate::Consumer)s; transport authors implement it (or
 /// [`Backend`](crate::virtual_transport::Backend) for brokers that only store).
 ///
 /// # The contract

@@ -12,7 +12,7 @@
 //! [`register_transport`]. [`Connection::open`](crate::Connection::open) looks the URL's scheme
 //! up here. Nothing is registered until someone registers it: the `kombu` facade registers
 //! every transport it was built with, memory included; a user of `kombu-core` alone calls
-//! [`memory::register`](crate::memory::register) or a transport crate's `register`.
+//! [`memory::register`] or a transport crate's `register`.
 
 use std::collections::HashMap;
 use std::fmt;
