@@ -58,7 +58,7 @@ pub enum ErrorAction {
 
 type ErrorHook = Arc<dyn Fn(&Error, &Delivery) -> ErrorAction + Send + Sync>;
 
-/// Builds a [`Consumer`]; from [`Connection::consumer`].
+/// Builds a [`Consumer`]; from `Connection::consumer`.
 pub struct ConsumerBuilder {
     conn: Connection,
     queues: Vec<Queue>,
@@ -216,7 +216,7 @@ impl From<ConsumeError> for Error {
 /// Deliveries from one or more queues, as a [`Stream`](futures::Stream) or through a handler
 /// ([`Consumer::consume_as`]).
 ///
-/// Made by [`Connection::consumer`] and [`ConsumerBuilder::build`]. A consumer has a channel of
+/// Made by `Connection::consumer` and [`ConsumerBuilder::build`]. A consumer has a channel of
 /// its own. Dropping it (or [`Consumer::close`]) returns every delivery it has not settled to
 /// its queue, marked redelivered; so does dropping a single [`Delivery`] without settling it.
 ///

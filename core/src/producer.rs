@@ -72,7 +72,7 @@ impl From<Queue> for Declaration {
 /// Publishes messages: typed values (any `T: Serialize`, JSON unless another serializer is
 /// named) or raw bytes.
 ///
-/// Made by [`Connection::producer`]. A producer carries defaults (exchange, routing key,
+/// Made by `Connection::producer`. A producer carries defaults (exchange, routing key,
 /// serializer, compression, delivery mode, entities to declare before the first publish), which
 /// each publish may override through [`Producer::message`]. It is cheap to clone; clones share
 /// the connection's default channel.
@@ -119,7 +119,7 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer publishing JSON to the default exchange ([`Connection::producer`]).
+    /// A producer publishing JSON to the default exchange (`Connection::producer`).
     pub(crate) fn new(conn: &Connection) -> Self {
         Producer {
             conn: conn.clone(),
