@@ -56,7 +56,6 @@ use crate::error::Result;
 mod entities;
 mod fixtures;
 mod flow;
-pub mod interop;
 mod limits;
 mod macros;
 mod messages;

@@ -17,7 +17,7 @@
 //! Timeouts (60 s) only guard against hanging; nothing here asserts how fast anything is.
 //! The server is `$KOMBU_REDIS_URL` (default `redis://127.0.0.1:6379/0`).
 
-use kombu_core::conformance::support::{KillOnDrop, lines};
+use kombu_test_support::{KillOnDrop, lines};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};

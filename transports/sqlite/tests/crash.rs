@@ -16,7 +16,7 @@
 //!
 //! Timeouts (120 s) only guard against hanging; nothing here asserts how fast anything is.
 
-use kombu_core::conformance::support::{KillOnDrop, lines};
+use kombu_test_support::{KillOnDrop, lines};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
