@@ -53,6 +53,7 @@ use async_trait::async_trait;
 use crate::connection::Connection;
 use crate::error::Result;
 
+pub mod crash;
 mod entities;
 mod fixtures;
 mod flow;
