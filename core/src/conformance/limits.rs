@@ -319,3 +319,38 @@ pub async fn max_length(ctx: Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+/// A lease that ends frees the prefetch slot of the delivery kept past it: a consumer at its
+/// prefetch limit (1) with an unsettled delivery gets the message again, redelivered, once the
+/// visibility timeout passes, instead of waiting forever; the stale delivery can no longer be
+/// acked and the redelivered one can. Needs
+/// [`Capabilities::visibility_timeout`](crate::Capabilities).
+pub async fn lease_end_frees_prefetch_slot(ctx: Ctx) -> Result<()> {
+    let conn = open(&ctx).await?;
+    if !conn.capabilities().visibility_timeout {
+        return skipped("lease_end_frees_prefetch_slot", "visibility_timeout");
+    }
+    let q = Queue::new(ctx.name("q"));
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .prefetch(1)
+        .visibility_timeout(Duration::from_millis(100))
+        .build()
+        .await?;
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish(&1)
+        .await?;
+    let kept = next_delivery(&mut consumer, ctx.patience).await;
+    // At the prefetch limit with `kept` unsettled: the lease ends, the message comes back to
+    // this same consumer instead of the stream waiting forever.
+    let again = next_delivery(&mut consumer, ctx.patience).await;
+    assert!(again.redelivered());
+    assert!(
+        kept.ack().await.is_err(),
+        "the stale delivery is no longer pending"
+    );
+    again.ack().await?;
+    assert_eq!(conn.queue_size(&q.name).await?, 0);
+    Ok(())
+}

@@ -44,6 +44,9 @@ macro_rules! conformance_tests {
             missing_queue,
             missing_exchange,
             default_exchange_mandatory_batch,
+            dropped_delivery_requeued,
+            polling_after_end,
+            lease_end_frees_prefetch_slot,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

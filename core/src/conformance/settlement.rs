@@ -309,3 +309,59 @@ pub async fn no_ack(ctx: Ctx) -> Result<()> {
     assert_quiet(&mut consumer, QUIET, "no-ack deliveries never come back").await;
     Ok(())
 }
+
+/// A delivery dropped unsettled (e.g. `?` on a decode error in a handler) is requeued and
+/// frees its prefetch slot: a consumer with prefetch 1 gets it again, redelivered and intact,
+/// instead of stalling.
+pub async fn dropped_delivery_requeued(ctx: Ctx) -> Result<()> {
+    let (conn, q) = scenario_queue(&ctx).await?;
+    let mut consumer = conn.consumer([q.clone()]).prefetch(1).build().await?;
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish(&1)
+        .await?;
+    let d = next_delivery(&mut consumer, ctx.patience).await;
+    drop(d);
+    let again = next_delivery(&mut consumer, ctx.patience).await;
+    assert!(
+        again.redelivered(),
+        "a dropped delivery comes back redelivered"
+    );
+    assert_eq!(again.decode::<i32>()?, 1);
+    again.ack().await?;
+    Ok(())
+}
+
+/// Polling a consumer whose stream ended (its channel closed) does not panic: the stream ends
+/// (after at most one error saying the channel is closed) and stays ended.
+pub async fn polling_after_end(ctx: Ctx) -> Result<()> {
+    let (conn, q) = scenario_queue(&ctx).await?;
+    let mut consumer = conn.consumer([q.clone()]).build().await?;
+    consumer.channel().close().await?;
+    match timeout(ctx.patience, consumer.next()).await {
+        Ok(None) => {}
+        Ok(Some(Err(e))) => {
+            assert_eq!(
+                e.error.kind(),
+                ErrorKind::Closed,
+                "a closed channel's stream ends or says it is closed: {e}"
+            );
+            let after = timeout(ctx.patience, consumer.next()).await;
+            assert!(
+                matches!(after, Ok(None)),
+                "the stream ends after saying it is closed"
+            );
+        }
+        Ok(Some(Ok(d))) => panic!("a closed channel delivered {}", describe(&d)),
+        Err(_) => panic!(
+            "the stream of a closed channel did not end within {:?}",
+            ctx.patience
+        ),
+    }
+    let again = timeout(ctx.patience, consumer.next()).await;
+    assert!(
+        matches!(again, Ok(None)),
+        "an ended stream stays ended when polled again"
+    );
+    Ok(())
+}
