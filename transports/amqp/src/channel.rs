@@ -984,7 +984,8 @@ impl Channel for AmqpChannel {
             streams,
             done: false,
         };
-        Ok(stream::unfold(state, ConsumeState::next).boxed())
+        // Fused: polling the stream again after it ended yields `None`, not a panic.
+        Ok(stream::unfold(state, ConsumeState::next).fuse().boxed())
     }
 
     async fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
