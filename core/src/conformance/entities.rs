@@ -53,9 +53,7 @@ pub async fn purge_and_size(ctx: Ctx) -> Result<()> {
 pub async fn queue_delete(ctx: Ctx) -> Result<()> {
     let conn = open(&ctx).await?;
     let x = Exchange::direct(ctx.name("x"));
-    let q = Queue::new(ctx.name("q"))
-        .exchange(x.clone())
-        .routing_key("k");
+    let q = bound(&ctx, "q", &x, "k");
     conn.declare_queue(&q).await?;
     let producer = conn.producer().exchange(x).routing_key("k");
     publish_all(&producer, ["old-1", "old-2", "old-3"]).await?;
@@ -109,9 +107,7 @@ pub async fn queue_delete(ctx: Ctx) -> Result<()> {
 pub async fn declare_idempotent(ctx: Ctx) -> Result<()> {
     let conn = open(&ctx).await?;
     let x = Exchange::direct(ctx.name("x"));
-    let q = Queue::new(ctx.name("q"))
-        .exchange(x.clone())
-        .routing_key("k");
+    let q = bound(&ctx, "q", &x, "k");
     conn.declare_queue(&q).await?;
     conn.producer()
         .exchange(x.clone())

@@ -10,7 +10,7 @@ use tokio::time::{Instant, timeout};
 
 use super::Ctx;
 use crate::error::{ErrorKind, Result};
-use crate::{Connection, ConsumeError, Consumer, Delivery, Producer, Queue, Value};
+use crate::{Connection, ConsumeError, Consumer, Delivery, Exchange, Producer, Queue, Value};
 
 /// How long a check that something does *not* arrive waits.
 pub const QUIET: Duration = Duration::from_millis(300);
@@ -242,4 +242,11 @@ pub(super) async fn publish_all<T: Serialize>(
         producer.publish(&value).await?;
     }
     Ok(())
+}
+
+/// The scenario's queue `what`, bound to `exchange` with `key` (declared with it).
+pub(super) fn bound(ctx: &Ctx, what: &str, exchange: &Exchange, key: &str) -> Queue {
+    Queue::new(ctx.name(what))
+        .exchange(exchange.clone())
+        .routing_key(key)
 }

@@ -208,9 +208,7 @@ pub async fn dead_lettering(ctx: Ctx) -> Result<()> {
         return skipped("dead_lettering", "dead_lettering");
     }
     let dlx = Exchange::direct(ctx.name("dlx"));
-    let dead = Queue::new(ctx.name("dead"))
-        .exchange(dlx.clone())
-        .routing_key("dead");
+    let dead = bound(&ctx, "dead", &dlx, "dead");
     let src = Queue::new(ctx.name("src"))
         .dead_letter_exchange(dlx.name.clone())
         .dead_letter_routing_key("dead");

@@ -17,9 +17,7 @@ use crate::{ConsumeError, ErrorAction, Exchange, Headers, Queue, Value};
 pub async fn round_trip(ctx: Ctx) -> Result<()> {
     let conn = ctx.connect().await?;
     let exchange = Exchange::direct(ctx.name("x"));
-    let queue = Queue::new(ctx.name("q"))
-        .exchange(exchange.clone())
-        .routing_key("rk");
+    let queue = bound(&ctx, "q", &exchange, "rk");
     let mut consumer = conn.consumer([queue.clone()]).build().await?;
     conn.producer()
         .exchange(exchange.clone())
@@ -107,12 +105,8 @@ pub async fn unicode(ctx: Ctx) -> Result<()> {
         return skipped("unicode", "topic exchanges");
     }
     let x = Exchange::topic(ctx.name("交换-ü"));
-    let weather = Queue::new(ctx.name("天气"))
-        .exchange(x.clone())
-        .routing_key("天气.*");
-    let cafe = Queue::new(ctx.name("café"))
-        .exchange(x.clone())
-        .routing_key("café.#");
+    let weather = bound(&ctx, "天气", &x, "天气.*");
+    let cafe = bound(&ctx, "café", &x, "café.#");
     conn.declare_queue(&weather).await?;
     conn.declare_queue(&cafe).await?;
     let producer = conn.producer().exchange(x.clone());

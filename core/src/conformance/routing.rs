@@ -16,15 +16,9 @@ pub async fn direct_routing(ctx: Ctx) -> Result<()> {
         return skipped("direct_routing", "direct exchanges");
     }
     let x = Exchange::direct(ctx.name("x"));
-    let qa = Queue::new(ctx.name("qa"))
-        .exchange(x.clone())
-        .routing_key("a");
-    let qb = Queue::new(ctx.name("qb"))
-        .exchange(x.clone())
-        .routing_key("b");
-    let qa2 = Queue::new(ctx.name("qa2"))
-        .exchange(x.clone())
-        .routing_key("a");
+    let qa = bound(&ctx, "qa", &x, "a");
+    let qb = bound(&ctx, "qb", &x, "b");
+    let qa2 = bound(&ctx, "qa2", &x, "a");
     for q in [&qa, &qb, &qa2] {
         conn.declare_queue(q).await?;
     }
@@ -49,11 +43,7 @@ pub async fn topic_routing(ctx: Ctx) -> Result<()> {
         return skipped("topic_routing", "topic exchanges");
     }
     let x = Exchange::topic(ctx.name("x"));
-    let bound = |what: &str, key: &str| {
-        Queue::new(ctx.name(what))
-            .exchange(x.clone())
-            .routing_key(key)
-    };
+    let bound = |what: &str, key: &str| bound(&ctx, what, &x, key);
     let a_hash = bound("a-hash", "a.#");
     let hash_c = bound("hash-c", "#.c");
     let star_b = bound("star-b", "*.b");
@@ -211,9 +201,7 @@ pub async fn default_exchange(ctx: Ctx) -> Result<()> {
 pub async fn unroutable(ctx: Ctx) -> Result<()> {
     let conn = open(&ctx).await?;
     let x = Exchange::direct(ctx.name("x"));
-    let bound = Queue::new(ctx.name("bound"))
-        .exchange(x.clone())
-        .routing_key("yes");
+    let bound = bound(&ctx, "bound", &x, "yes");
     let lookalike = Queue::new(ctx.name("lookalike"));
     conn.declare_queue(&bound).await?;
     conn.declare_queue(&lookalike).await?;
@@ -315,9 +303,7 @@ pub async fn default_exchange_mandatory_batch(ctx: Ctx) -> Result<()> {
 pub async fn bind_unbind(ctx: Ctx) -> Result<()> {
     let conn = open(&ctx).await?;
     let x = Exchange::direct(ctx.name("x"));
-    let q = Queue::new(ctx.name("q"))
-        .exchange(x.clone())
-        .routing_key("k1");
+    let q = bound(&ctx, "q", &x, "k1");
     conn.declare_queue(&q).await?;
     let k2 = Binding::new(x.name.clone(), "k2");
     conn.bind(&q.name, &k2).await?;
