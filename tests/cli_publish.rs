@@ -206,9 +206,7 @@ fn publish_reaches_a_queue_python_kombu_declared_on_redis() {
 
 #[test]
 fn publish_reaches_a_celery_workers_queue_on_redis() {
-    use kombu_test_support::{
-        CeleryWorker, await_recorded_task, celery_task_headers,
-    };
+    use kombu_test_support::{CeleryWorker, await_recorded_task, celery_task_headers};
     let Some(python) = kombu_test_support::python() else {
         return;
     };
