@@ -52,6 +52,7 @@ mod capabilities;
 mod channel;
 mod connection;
 mod consumer;
+mod decoder;
 mod entity;
 mod error;
 pub mod memory;
