@@ -179,7 +179,7 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 
 #[tokio::test]
 async fn dead_letter_failure_during_fetch_strands_nothing() {
-    use kombu_core::virtual_transport::{Backend, VirtualChannel};
+    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Channel, ConsumeOptions, Exchange, Message, Outgoing};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -260,7 +260,6 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     drop(s);
     ch.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    use kombu_core::virtual_transport::Backend;
     let (q, dead) = (
         backend.size("q").await.unwrap(),
         backend.size("dead").await.unwrap(),
@@ -438,7 +437,7 @@ mod flaky {
     use async_trait::async_trait;
     use kombu_core::memory::MemoryBackend;
     use kombu_core::virtual_transport::*;
-    use kombu_core::{Capabilities, Error, Exchange, Result};
+    use kombu_core::{Error, Exchange, Result};
     use std::sync::atomic::AtomicBool;
 
     #[derive(Debug)]
@@ -446,7 +445,9 @@ mod flaky {
         pub inner: MemoryBackend,
         pub fail_put: AtomicBool,
         pub gets: AtomicUsize,
-        /// `queue_exists` calls.
+        /// Lookups of a queue (no declaration) that found no ready message: those for which
+        /// a store such as Redis must search further (its binding tables) to answer whether
+        /// the queue exists.
         pub exists_calls: AtomicUsize,
     }
 
@@ -460,28 +461,36 @@ mod flaky {
                 exists_calls: 0.into(),
             }
         }
+
+        /// Ready messages of a queue (0 if it does not exist).
+        pub async fn size(&self, q: &str) -> Result<u64> {
+            Ok(self.inner.queue(q, None).await?.map_or(0, |s| s.messages))
+        }
     }
 
+    /// The memory backend's own methods, counted or failing on demand; the provided ones
+    /// keep their defaults, except `put`, `purge`, `wait` and `extend_lease`, which the memory
+    /// backend overrides.
     #[async_trait]
     impl Backend for Flaky {
-        fn capabilities(&self) -> Capabilities {
-            self.inner.capabilities()
+        fn capabilities(&self) -> BackendCapabilities {
+            let mut c = self.inner.capabilities();
+            // A remote store: no idle spinning.
+            c.idle_spins = 0;
+            c
         }
-        async fn declare_exchange(&self, e: &Exchange) -> Result<()> {
-            self.inner.declare_exchange(e).await
-        }
-        async fn lookup_exchange(&self, n: &str) -> Result<Option<Exchange>> {
-            self.inner.lookup_exchange(n).await
+        async fn exchange(&self, n: &str, d: Option<&Exchange>) -> Result<Option<Exchange>> {
+            self.inner.exchange(n, d).await
         }
         async fn delete_exchange(&self, n: &str) -> Result<()> {
             self.inner.delete_exchange(n).await
         }
-        async fn declare_queue(&self, q: &Queue) -> Result<()> {
-            self.inner.declare_queue(q).await
-        }
-        async fn queue_exists(&self, q: &str) -> Result<bool> {
-            self.exists_calls.fetch_add(1, Ordering::SeqCst);
-            self.inner.queue_exists(q).await
+        async fn queue(&self, n: &str, d: Option<&Queue>) -> Result<Option<StoredQueue>> {
+            let found = self.inner.queue(n, d).await?;
+            if d.is_none() && found.as_ref().is_none_or(|s| s.messages == 0) {
+                self.exists_calls.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(found)
         }
         async fn delete_queue(&self, q: &str) -> Result<u64> {
             self.inner.delete_queue(q).await
@@ -511,23 +520,17 @@ mod flaky {
             self.gets.fetch_add(1, Ordering::SeqCst);
             self.inner.get_many(q, m, t).await
         }
-        async fn ack(&self, q: &str, r: &Receipt) -> Result<()> {
-            self.inner.ack(q, r).await
+        async fn ack_many(&self, q: &str, r: &[Receipt]) -> Result<()> {
+            self.inner.ack_many(q, r).await
         }
-        async fn reject(&self, q: &str, r: &Receipt) -> Result<Option<DeadLetter>> {
-            self.inner.reject(q, r).await
-        }
-        async fn restore(&self, q: &str, r: &Receipt) -> Result<()> {
-            self.inner.restore(q, r).await
+        async fn reject(&self, q: &str, r: &Receipt, requeue: bool) -> Result<Option<DeadLetter>> {
+            self.inner.reject(q, r, requeue).await
         }
         async fn extend_lease(&self, q: &str, r: &Receipt, by: Duration) -> Result<()> {
             self.inner.extend_lease(q, r, by).await
         }
         async fn purge(&self, q: &str) -> Result<u64> {
             self.inner.purge(q).await
-        }
-        async fn size(&self, q: &str) -> Result<u64> {
-            self.inner.size(q).await
         }
         async fn wait(&self, qs: &[String], t: Duration) -> Result<()> {
             self.inner.wait(qs, t).await
