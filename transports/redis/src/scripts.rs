@@ -1,0 +1,104 @@
+//! The Lua scripts that make kombu's multi-step operations atomic: taking messages and
+//! recording them as unacked in one step, restoring one, and kombu 5.7's binding-table
+//! deadlines. Each is run with `EVALSHA` (loaded on first use) by [`redis::Script`].
+
+/// Pops up to `ARGV[1]` messages from the lists in `KEYS[3..]` (in order) and, unless
+/// `ARGV[3]` is `0` (no-ack), records each in kombu's `unacked` hash (`KEYS[1]`) and
+/// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) in the same atomic step. The n-th message
+/// taken is recorded under the field `ARGV[4] .. n` (the take's token, unique per take), with
+/// the value `[<envelope>` .. `ARGV[5]` (`, "", "<queue>"]`: kombu's `[envelope, exchange,
+/// routing_key]`, naming the default exchange and the queue, so whoever restores it, Python
+/// kombu or kombu-rs, returns it to the queue it was taken from). Returns the envelopes.
+///
+/// A field names one take, not the message: after a restore the message is taken again under
+/// a new field, so a late settlement of an earlier take touches nothing.
+pub(crate) const TAKE: &str = r#"
+local max = tonumber(ARGV[1])
+local lease = ARGV[3] ~= '0'
+local score, token, suffix = ARGV[2], ARGV[4], ARGV[5]
+local out, scores, entries = {}, {}, {}
+local n, m = 0, 0
+for i = 3, #KEYS do
+  if n >= max then break end
+  local got = redis.call('RPOP', KEYS[i], max - n)
+  if got then
+    for _, raw in ipairs(got) do
+      n = n + 1
+      out[n] = raw
+      if lease then
+        local field = token .. n
+        m = m + 2
+        scores[m - 1] = score
+        scores[m] = field
+        entries[m - 1] = field
+        entries[m] = '[' .. raw .. suffix
+      end
+    end
+  end
+end
+-- One call each for the whole batch (in slices, to stay within Lua's argument limit).
+for s = 1, m, 1000 do
+  local e = math.min(s + 999, m)
+  redis.call('ZADD', KEYS[2], unpack(scores, s, e))
+  redis.call('HSET', KEYS[1], unpack(entries, s, e))
+end
+return out
+"#;
+
+/// Moves an unacked message back: when `KEYS[1]` (unacked) still holds the field `ARGV[1]`,
+/// removes it from there and from `KEYS[2]` (unacked_index) and `RPUSH`es `ARGV[2]` (the
+/// redelivered envelope) onto every list in `KEYS[3..]`. With a ceiling `ARGV[3]` (a sweep),
+/// only while the lease's score is still at most that: a lease extended since the sweep read
+/// the index stays. Returns 1 when it moved it.
+///
+/// `RPUSH` is the end consumers take from (`RPOP`), so a requeued or restored message is the
+/// next one taken: a requeue keeps the message's place, as RabbitMQ's does, and a channel's
+/// close restores its messages newest first, which keeps their order. kombu restores to the
+/// same end, but `LPUSH`es a `reject(requeue=True)` to the far end, behind every queued message;
+/// both sides read the same lists, so this is a difference in order only, not in format.
+pub(crate) const RESTORE: &str = r#"
+if ARGV[3] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if score and tonumber(score) > tonumber(ARGV[3]) then return 0 end
+end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  for i = 3, #KEYS do
+    redis.call('RPUSH', KEYS[i], ARGV[2])
+  end
+  return 1
+end
+return 0
+"#;
+
+/// kombu 5.7's `REFRESH_BINDING`: adds member `ARGV[1]` to binding table `KEYS[1]` and raises
+/// exchange `ARGV[2]`'s deadline in `KEYS[2]` to `ARGV[3]` ms from now, by the server clock.
+pub(crate) const REFRESH_BINDING: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+"#;
+
+/// kombu 5.7's `SWEEP_BINDINGS`: deletes up to `ARGV[3]` binding tables whose deadline in
+/// `KEYS[1]` has passed, unless their permanent set (`ARGV[2]` .. exchange) still has members;
+/// `ARGV[1]` is the table key without the exchange name.
+pub(crate) const SWEEP_BINDINGS: &str = r#"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local overdue = redis.call(
+    'ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, exchange in ipairs(overdue) do
+    if redis.call('EXISTS', ARGV[2] .. exchange) == 0 then
+        redis.call('DEL', ARGV[1] .. exchange)
+    end
+    redis.call('ZREM', KEYS[1], exchange)
+end
+return #overdue
+"#;
+
+/// Releases `KEYS[1]` if it still holds our token `ARGV[1]`.
+pub(crate) const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
