@@ -445,9 +445,7 @@ mod flaky {
         pub inner: MemoryBackend,
         pub fail_put: AtomicBool,
         pub gets: AtomicUsize,
-        /// Lookups of a queue (no declaration) that found no ready message: those for which
-        /// a store such as Redis must search further (its binding tables) to answer whether
-        /// the queue exists.
+        /// `queue_exists` calls.
         pub exists_calls: AtomicUsize,
     }
 
@@ -468,9 +466,7 @@ mod flaky {
         }
     }
 
-    /// The memory backend's own methods, counted or failing on demand; the provided ones
-    /// keep their defaults, except `put`, `purge`, `wait` and `extend_lease`, which the memory
-    /// backend overrides.
+    /// The memory backend's methods, counted or failing on demand.
     #[async_trait]
     impl Backend for Flaky {
         fn capabilities(&self) -> BackendCapabilities {
@@ -486,11 +482,11 @@ mod flaky {
             self.inner.delete_exchange(n).await
         }
         async fn queue(&self, n: &str, d: Option<&Queue>) -> Result<Option<StoredQueue>> {
-            let found = self.inner.queue(n, d).await?;
-            if d.is_none() && found.as_ref().is_none_or(|s| s.messages == 0) {
-                self.exists_calls.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(found)
+            self.inner.queue(n, d).await
+        }
+        async fn queue_exists(&self, q: &str) -> Result<bool> {
+            self.exists_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.queue_exists(q).await
         }
         async fn delete_queue(&self, q: &str) -> Result<u64> {
             self.inner.delete_queue(q).await

@@ -129,10 +129,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// queue.
     ///
     /// Core calls it to declare (and compares the returned settings with the requested ones,
-    /// so a conflicting redeclaration fails once, in core), for `queue_exists`, for
-    /// `queue_size` (the returned count), for mandatory publishes to the default exchange
-    /// (once per distinct queue of a batch), and when `purge` removes nothing. A lookup that
-    /// finds ready messages should answer without any further search.
+    /// so a conflicting redeclaration fails once, in core) and for `queue_size` (the returned
+    /// count; `None` is `NotFound`). Existence alone is asked through
+    /// [`queue_exists`](Self::queue_exists), whose default is this lookup.
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>>;
 
     /// Deletes a queue, its messages (ready and unacked) and its bindings; returns how many
@@ -195,6 +194,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         receipt: &Receipt,
         requeue: bool,
     ) -> Result<Option<DeadLetter>>;
+
+    /// Whether a queue exists: [`queue`](Self::queue) without a declaration found it. Asked
+    /// by `queue_exists`, by mandatory publishes to the default exchange (once per distinct
+    /// queue of a batch), and when `purge` removes nothing. Never creates the queue. Default:
+    /// that lookup; a backend overrides it when it can answer without counting messages (a
+    /// cache of queues found bound, one query instead of two).
+    async fn queue_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.queue(name, None).await?.is_some())
+    }
 
     /// Stores one message ([`put_many`](Self::put_many) with one item, the same contract).
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {

@@ -207,7 +207,7 @@ impl Channel for VirtualChannel {
 
     async fn queue_exists(&self, queue: &str) -> Result<bool> {
         self.shared.check_open()?;
-        Ok(self.shared.backend.queue(queue, None).await?.is_some())
+        self.shared.backend.queue_exists(queue).await
     }
 
     async fn queue_size(&self, queue: &str) -> Result<u64> {

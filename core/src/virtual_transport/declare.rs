@@ -95,7 +95,7 @@ impl Shared {
     pub(super) async fn purge(&self, queue: &str) -> Result<u64> {
         self.acks.flush().await?;
         let count = self.backend.purge(queue).await?;
-        if count == 0 && self.backend.queue(queue, None).await?.is_none() {
+        if count == 0 && !self.backend.queue_exists(queue).await? {
             return Err(missing(queue));
         }
         Ok(count)

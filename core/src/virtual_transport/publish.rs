@@ -112,7 +112,7 @@ impl Shared {
         if let Some(&exists) = known.get(queue) {
             return Ok(exists);
         }
-        let exists = self.backend.queue(queue, None).await?.is_some();
+        let exists = self.backend.queue_exists(queue).await?;
         known.insert(queue.to_owned(), exists);
         Ok(exists)
     }

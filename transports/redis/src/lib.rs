@@ -53,7 +53,7 @@
 //! so a late ack of an earlier take removes nothing. Its value names the default exchange
 //! and the queue (`[envelope, "", "<queue>"]`), so whoever restores it, Python kombu's sweep
 //! included, puts it back in the queue it came from. Acks are `HDEL` + `ZREM`, as kombu's,
-//! queued and written in batches in the background (see `AckQueue`).
+//! one transaction per batch: the virtual channel coalesces them (see `acks`).
 //!
 //! # Waiting
 //!

@@ -258,6 +258,15 @@ impl Backend for SqliteBackend {
         Ok(found.map(|(stored, ready)| StoredQueue::new(parse_settings(stored), ready)))
     }
 
+    async fn queue_exists(&self, name: &str) -> Result<bool> {
+        // One query: no count of its messages.
+        let name = name.to_owned();
+        self.run("find queue", move |conn| {
+            Ok(queue_id(conn, &name)?.is_some())
+        })
+        .await
+    }
+
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
         let name = queue.to_owned();
         let removed = self
