@@ -9,6 +9,11 @@
 //! - before the channel counts, purges or deletes a queue, before an idle consumer waits, and
 //!   when the channel closes or is dropped.
 //!
+//! Batches are written by a task of their own, never inside a caller's future: a caller
+//! waiting for its acks (a consumer about to wait, `close`) can be dropped or left unpolled
+//! (a consumer stream abandoned by a `select!`) without stalling the writes or anyone else
+//! waiting for them.
+//!
 //! An ack whose lease ends within [`LEASE_MARGIN`] is not queued but written at once, so a
 //! message acked in time is never restored because its ack was still waiting here (the
 //! backend restores a message whose lease passed). If the process dies with acks queued,
@@ -16,12 +21,12 @@
 //! before acking.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::virtual_transport::{Backend, Receipt};
 
 /// Longest an ack waits in the batch before a background task writes it.
@@ -31,22 +36,43 @@ pub(super) const ACK_BATCH: usize = 256;
 /// An ack of a lease that ends sooner than this is written at once, not queued.
 pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
-/// One channel's queued acks.
+/// One connection's (or one lone channel's) queued acks.
 pub(super) struct AckBatch {
     backend: Arc<dyn Backend>,
-    /// Settled acks not yet written, in settlement order.
-    queued: Mutex<Vec<(Arc<str>, Receipt)>>,
-    /// One writer at a time, so a flush returns only once everything queued before it is
-    /// written (by it or by the writer it waited for).
-    writing: tokio::sync::Mutex<()>,
-    /// A background write is scheduled.
-    scheduled: AtomicBool,
+    state: Mutex<State>,
+    /// Woken each time the writer finishes a batch.
+    written: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Settled acks not yet taken by the writer, in settlement order.
+    queued: Vec<(Arc<str>, Receipt)>,
+    /// Acks ever queued.
+    pushed: u64,
+    /// Acks written (or failed): a flush waits until this reaches what was queued before it.
+    done: u64,
+    writer: Writer,
+    /// Batches that failed, and what the last one failed with.
+    failures: u64,
+    last_failure: Option<(ErrorKind, String)>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// No writer task.
+    #[default]
+    Idle,
+    /// A task will start writing after [`ACK_WINDOW`].
+    Scheduled,
+    /// A task is writing.
+    Running,
 }
 
 impl std::fmt::Debug for AckBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckBatch")
-            .field("queued", &self.queued.lock().len())
+            .field("queued", &self.state.lock().queued.len())
             .finish_non_exhaustive()
     }
 }
@@ -55,61 +81,141 @@ impl AckBatch {
     pub(super) fn new(backend: Arc<dyn Backend>) -> Self {
         AckBatch {
             backend,
-            queued: Mutex::new(Vec::new()),
-            writing: tokio::sync::Mutex::new(()),
-            scheduled: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            written: Notify::new(),
         }
     }
 
+    /// Nothing queued and nothing being written.
     pub(super) fn is_empty(&self) -> bool {
-        self.queued.lock().is_empty()
+        let state = self.state.lock();
+        state.queued.is_empty() && state.done == state.pushed
     }
 
-    /// Whether the batch is full: the next ack must be written with [`AckBatch::push_and_flush`].
+    /// Whether the batch is full: the next ack must be written with
+    /// [`AckBatch::push_and_flush`].
     pub(super) fn is_full(&self) -> bool {
-        self.queued.lock().len() >= ACK_BATCH
+        self.state.lock().queued.len() >= ACK_BATCH
     }
 
-    /// Queues an ack and makes sure a background write follows within [`ACK_WINDOW`]. False
-    /// (and nothing queued) outside a tokio runtime, where nothing could write it later.
-    pub(super) fn push(self: &Arc<Self>, queue: Arc<str>, receipt: Receipt) -> bool {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return false;
+    /// Queues an ack; a writer task follows within [`ACK_WINDOW`] (outside a tokio runtime,
+    /// the next flush writes it).
+    pub(super) fn push(self: &Arc<Self>, queue: Arc<str>, receipt: Receipt) {
+        let schedule = {
+            let mut state = self.state.lock();
+            state.queued.push((queue, receipt));
+            state.pushed += 1;
+            let idle = state.writer == Writer::Idle;
+            if idle {
+                state.writer = Writer::Scheduled;
+            }
+            idle
         };
-        self.queued.lock().push((queue, receipt));
-        if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let batch = self.clone();
-            handle.spawn(async move {
-                tokio::time::sleep(ACK_WINDOW).await;
-                // Cleared before the write takes the batch: an ack queued after this point
-                // schedules another write, one queued before is in this one.
-                batch.scheduled.store(false, Ordering::Release);
-                // Logged by `flush`; nobody to hand the error to.
-                let _ = batch.flush().await;
-            });
+        if schedule && !self.spawn_writer(ACK_WINDOW) {
+            // No runtime to write later: the next flush starts the writer.
+            self.state.lock().writer = Writer::Idle;
         }
-        true
     }
 
-    /// Queues an ack and writes the whole batch now. On `Err` the batch, this ack included,
-    /// is dropped (logged): retrying the settlement queues the ack again.
-    pub(super) async fn push_and_flush(&self, queue: Arc<str>, receipt: Receipt) -> Result<()> {
-        self.queued.lock().push((queue, receipt));
+    /// Queues an ack and waits until every queued ack is written. On `Err` the acks of the
+    /// failed batch, this one included, are dropped (logged): retrying the settlement queues
+    /// the ack again.
+    pub(super) async fn push_and_flush(
+        self: &Arc<Self>,
+        queue: Arc<str>,
+        receipt: Receipt,
+    ) -> Result<()> {
+        {
+            let mut state = self.state.lock();
+            state.queued.push((queue, receipt));
+            state.pushed += 1;
+        }
         self.flush().await
     }
 
-    /// Writes every queued ack, one [`Backend::ack_many`] per queue. A failed write is logged
-    /// and its acks dropped (those messages come back when their leases end); the first
-    /// error is returned once everything else is written.
-    pub(super) async fn flush(&self) -> Result<()> {
-        // Taken even with nothing queued: a write in progress must end before this returns.
-        let _turn = self.writing.lock().await;
-        let mut failed = None;
-        loop {
-            let queued = std::mem::take(&mut *self.queued.lock());
-            if queued.is_empty() {
-                return failed.map_or(Ok(()), Err);
+    /// Waits until every ack queued before the call is written, starting the writer at once
+    /// if it only waits for its window. Fails if a batch failed meanwhile (its acks are
+    /// dropped: those messages come back when their leases end).
+    pub(super) async fn flush(self: &Arc<Self>) -> Result<()> {
+        let (target, failures, start) = {
+            let mut state = self.state.lock();
+            if state.done >= state.pushed {
+                return Ok(());
             }
+            let start = state.writer != Writer::Running;
+            if start {
+                state.writer = Writer::Running;
+            }
+            (state.pushed, state.failures, start)
+        };
+        if start && !self.spawn_writer(Duration::ZERO) {
+            // No tokio runtime to run a writer task: write here.
+            self.write_all().await;
+        }
+        loop {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            {
+                let state = self.state.lock();
+                if state.done >= target {
+                    if state.failures == failures {
+                        return Ok(());
+                    }
+                    let (kind, message) = state
+                        .last_failure
+                        .clone()
+                        .unwrap_or((ErrorKind::Broker, String::new()));
+                    return Err(Error::new(
+                        kind,
+                        format!(
+                            "acks not written ({message}); those messages come back when \
+                             their leases end"
+                        ),
+                    ));
+                }
+            }
+            written.await;
+        }
+    }
+
+    /// Starts a writer task after `delay`; false outside a tokio runtime. A scheduled task
+    /// that finds the writer already running (a flush started one) leaves.
+    fn spawn_writer(self: &Arc<Self>, delay: Duration) -> bool {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let batch = self.clone();
+        handle.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+                let mut state = batch.state.lock();
+                if state.writer != Writer::Scheduled {
+                    return;
+                }
+                state.writer = Writer::Running;
+            }
+            batch.write_all().await;
+        });
+        true
+    }
+
+    /// The writer: writes batch after batch, one [`Backend::ack_many`] per queue, until none
+    /// is queued.
+    async fn write_all(&self) {
+        loop {
+            let (queued, upto) = {
+                let mut state = self.state.lock();
+                if state.queued.is_empty() {
+                    state.writer = Writer::Idle;
+                    state.done = state.pushed;
+                    drop(state);
+                    self.written.notify_waiters();
+                    return;
+                }
+                (std::mem::take(&mut state.queued), state.pushed)
+            };
+            let mut failed = None;
             for (queue, receipts) in per_queue(queued) {
                 if let Err(error) = self.backend.ack_many(&queue, &receipts).await {
                     tracing::warn!(
@@ -118,9 +224,18 @@ impl AckBatch {
                         %error,
                         "acks not written; those messages come back when their leases end"
                     );
-                    failed.get_or_insert(error);
+                    failed = Some((error.kind(), error.to_string()));
                 }
             }
+            {
+                let mut state = self.state.lock();
+                state.done = upto;
+                if let Some(failure) = failed {
+                    state.failures += 1;
+                    state.last_failure = Some(failure);
+                }
+            }
+            self.written.notify_waiters();
         }
     }
 }
