@@ -254,7 +254,19 @@ fn per_queue(queued: Vec<(Arc<str>, Receipt)>) -> Vec<(Arc<str>, Vec<Receipt>)> 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures::StreamExt;
+
     use super::*;
+    use crate::channel::{Channel, ConsumeOptions, Outgoing};
+    use crate::entity::{Exchange, Queue};
+    use crate::memory::MemoryBackend;
+    use crate::virtual_transport::{
+        BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, StoredQueue, TakeMode,
+        VirtualChannel,
+    };
 
     #[test]
     fn acks_are_grouped_per_queue_in_order() {
@@ -271,5 +283,76 @@ mod tests {
                 (b, vec![Receipt::Id(2)])
             ]
         );
+    }
+
+    /// The memory backend with acks that take a while to write.
+    #[derive(Debug, Default)]
+    struct SlowAcks(MemoryBackend);
+
+    #[async_trait]
+    impl Backend for SlowAcks {
+        fn capabilities(&self) -> BackendCapabilities {
+            self.0.capabilities()
+        }
+        async fn exchange(&self, n: &str, d: Option<&Exchange>) -> Result<Option<Exchange>> {
+            self.0.exchange(n, d).await
+        }
+        async fn delete_exchange(&self, n: &str) -> Result<()> {
+            self.0.delete_exchange(n).await
+        }
+        async fn queue(&self, n: &str, d: Option<&Queue>) -> Result<Option<StoredQueue>> {
+            self.0.queue(n, d).await
+        }
+        async fn delete_queue(&self, n: &str) -> Result<u64> {
+            self.0.delete_queue(n).await
+        }
+        async fn bind(&self, r: &BindingRow) -> Result<()> {
+            self.0.bind(r).await
+        }
+        async fn unbind(&self, r: &BindingRow) -> Result<()> {
+            self.0.unbind(r).await
+        }
+        async fn bindings(&self, e: &str) -> Result<Arc<[BindingRow]>> {
+            self.0.bindings(e).await
+        }
+        async fn put_many(&self, i: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
+            self.0.put_many(i).await
+        }
+        async fn get_many(&self, q: &str, m: usize, t: TakeMode) -> Result<Fetched> {
+            self.0.get_many(q, m, t).await
+        }
+        async fn ack_many(&self, q: &str, r: &[Receipt]) -> Result<()> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.0.ack_many(q, r).await
+        }
+        async fn reject(&self, q: &str, r: &Receipt, requeue: bool) -> Result<Option<DeadLetter>> {
+            self.0.reject(q, r, requeue).await
+        }
+    }
+
+    /// A consumer stream left unpolled while it waits for its channel's acks to be written
+    /// (a `select!` dropped its `next()`) holds nothing that `close` waits for.
+    #[tokio::test]
+    async fn an_abandoned_stream_does_not_stall_close() {
+        let channel = VirtualChannel::new(Arc::new(SlowAcks::default()), None);
+        channel.declare_queue(&Queue::new("q")).await.unwrap();
+        let outgoing = Outgoing {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            message: crate::Message::new("m"),
+            mandatory: false,
+        };
+        channel.publish(outgoing).await.unwrap();
+        let mut stream = channel
+            .consume(&["q".into()], &ConsumeOptions::default())
+            .await
+            .unwrap();
+        let delivery = stream.next().await.unwrap().unwrap();
+        delivery.ack().await.unwrap();
+        // Idle: the stream waits for the ack's write, and is then abandoned.
+        let idle = tokio::time::timeout(Duration::from_millis(20), stream.next()).await;
+        assert!(idle.is_err(), "nothing more to deliver");
+        let closed = tokio::time::timeout(Duration::from_secs(5), channel.close()).await;
+        assert!(matches!(closed, Ok(Ok(()))), "close stalled: {closed:?}");
     }
 }
