@@ -53,8 +53,6 @@
 //! - [`serializers`]: serializers, compression, accept lists and signing, as kombu names them.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
 
-#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
-
 use std::ops::Deref;
 use std::sync::Once;
 

@@ -1,4 +1,4 @@
-//! The compressors kombu ships: `zlib`, `bzip2`, `lzma`, `brotli` and `zstd`.
+//! The [`Compressor`] trait and the compressors kombu ships: `zlib`, `bzip2`, `lzma`, `brotli` and `zstd`.
 //!
 //! Every `decompress` goes through [`read_bounded`], so the output buffer never grows past the
 //! caller's limit.
@@ -10,7 +10,25 @@ use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 
 use crate::error::{Error, Result};
-use crate::registry::Compressor;
+
+/// Object-safe compressor.
+pub trait Compressor: Send + Sync + std::fmt::Debug + 'static {
+    /// Canonical alias, e.g. `"zlib"`.
+    fn name(&self) -> &str;
+
+    /// Every alias, e.g. `["zlib", "gzip"]`.
+    fn aliases(&self) -> &[&'static str];
+
+    /// The MIME type written to the `compression` header, e.g. `"application/x-gzip"`.
+    fn content_type(&self) -> &str;
+
+    /// Compresses `data`.
+    fn compress(&self, data: &[u8]) -> Result<Vec<u8>>;
+
+    /// Decompresses `data`. Fails with [`Error::TooLarge`] when the output would exceed `limit`
+    /// bytes (never allocates past it).
+    fn decompress(&self, data: &[u8], limit: usize) -> Result<Vec<u8>>;
+}
 
 /// Content type that kombu writes to the `compression` header for zlib.
 pub const ZLIB_CONTENT_TYPE: &str = "application/x-gzip";

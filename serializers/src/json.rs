@@ -6,7 +6,7 @@ use std::io;
 use serde_json::ser::{CharEscape, Formatter};
 
 use crate::error::{Error, Result};
-use crate::registry::Serializer;
+use crate::serializer::Serializer;
 
 /// Content type of the `json` serializer.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -377,8 +377,8 @@ impl Serializer for JsonSerializer {
         })
     }
 
-    fn builtin(&self) -> Option<crate::registry::Builtin> {
-        Some(crate::registry::Builtin::Json)
+    fn builtin(&self) -> Option<crate::serializer::Builtin> {
+        Some(crate::serializer::Builtin::Json)
     }
 
     fn decode(

@@ -65,7 +65,6 @@
 //! assert!(refused.unwrap_err().to_string().contains("Refusing to deserialize untrusted content"));
 //! # Ok::<(), kombu_serializers::Error>(())
 //! ```
-#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 
 mod accept;
 mod compression;
@@ -77,6 +76,7 @@ mod pickle;
 mod python_json;
 mod raw;
 mod registry;
+mod serializer;
 #[cfg(any(feature = "auth", feature = "hmac"))]
 mod signing;
 pub mod tagged;
@@ -89,8 +89,9 @@ pub use bytes::Bytes;
 
 pub use accept::{ALWAYS_TRUSTED, Accept};
 pub use compression::{
-    BROTLI_CONTENT_TYPE, BZIP2_CONTENT_TYPE, BrotliCompressor, Bzip2Compressor, LZMA_CONTENT_TYPE,
-    LzmaCompressor, ZLIB_CONTENT_TYPE, ZSTD_CONTENT_TYPE, ZlibCompressor, ZstdCompressor,
+    BROTLI_CONTENT_TYPE, BZIP2_CONTENT_TYPE, BrotliCompressor, Bzip2Compressor, Compressor,
+    LZMA_CONTENT_TYPE, LzmaCompressor, ZLIB_CONTENT_TYPE, ZSTD_CONTENT_TYPE, ZlibCompressor,
+    ZstdCompressor,
 };
 pub use error::{Error, Result};
 pub use json::{
@@ -101,9 +102,8 @@ pub use msgpack::{MSGPACK_CONTENT_TYPE, MsgpackSerializer};
 pub use pickle::{PICKLE_CONTENT_TYPE, PickleSerializer};
 pub use python_json::{PythonJson, from_python_json, parse_python_json};
 pub use raw::{RAW_CONTENT_TYPE, RawSerializer, TEXT_CONTENT_TYPE, TextSerializer};
-pub use registry::{
-    Compressor, DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, Serializer, known,
-};
+pub use registry::{DEFAULT_MAX_DECOMPRESSED_SIZE, Encoded, Registry, known};
+pub use serializer::Serializer;
 #[cfg(feature = "auth")]
 pub use signing::auth;
 #[cfg(feature = "hmac")]

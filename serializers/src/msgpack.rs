@@ -2,7 +2,7 @@
 //! `msgpack.packb(use_bin_type=True)` / `msgpack.unpackb(raw=False)` as kombu calls them.
 
 use crate::error::{Error, Result};
-use crate::registry::Serializer;
+use crate::serializer::Serializer;
 
 /// Content type of the `msgpack` serializer.
 pub const MSGPACK_CONTENT_TYPE: &str = "application/x-msgpack";
@@ -72,8 +72,8 @@ impl Serializer for MsgpackSerializer {
         encode_msgpack(value)
     }
 
-    fn builtin(&self) -> Option<crate::registry::Builtin> {
-        Some(crate::registry::Builtin::Msgpack)
+    fn builtin(&self) -> Option<crate::serializer::Builtin> {
+        Some(crate::serializer::Builtin::Msgpack)
     }
 
     fn decode(

@@ -1,7 +1,7 @@
 //! The `pickle` serializer, **decode only** (feature `pickle`), through `serde-pickle`.
 
 use crate::error::{Error, Result};
-use crate::registry::Serializer;
+use crate::serializer::Serializer;
 
 /// Content type of the `pickle` serializer.
 pub const PICKLE_CONTENT_TYPE: &str = "application/x-python-serialize";

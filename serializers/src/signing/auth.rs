@@ -42,7 +42,8 @@ use openssl::x509::X509;
 use super::{InnerCodec, pack, unpack};
 use crate::error::{Error, Result};
 use crate::raw::RAW_CONTENT_TYPE;
-use crate::registry::{Registry, Serializer};
+use crate::registry::Registry;
+use crate::serializer::Serializer;
 
 const NAME: &str = "auth";
 

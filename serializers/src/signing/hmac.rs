@@ -8,7 +8,8 @@ use sha2::Sha256;
 
 use super::{InnerCodec, SEP, pack, unpack};
 use crate::error::{Error, Result};
-use crate::registry::{Registry, Serializer};
+use crate::registry::Registry;
+use crate::serializer::Serializer;
 
 /// Content type of the [`HmacSerializer`]'s output.
 pub const HMAC_CONTENT_TYPE: &str = "application/x-kombu-hmac-sha256";

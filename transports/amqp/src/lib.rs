@@ -83,13 +83,14 @@
 //!   confirmed publish is never lost (at least once: it may arrive twice). Deliveries taken
 //!   before the drop cannot be settled any more (the broker redelivers them).
 
-#![deny(missing_docs, missing_debug_implementations, unsafe_code)]
-
 mod channel;
 mod connection;
+mod consume;
 mod error;
+mod lapin_channel;
 mod mapping;
 mod options;
+mod publish;
 mod settle;
 
 use std::sync::Arc;

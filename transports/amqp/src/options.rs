@@ -80,39 +80,6 @@ pub const OPTIONS: &[&str] = &[
     "channel_max",
 ];
 
-fn flag(url: &BrokerUrl, key: &str, value: &str) -> Result<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::new(
-            ErrorKind::InvalidUrl,
-            format!("{url}: option {key}={value:?} is not a boolean"),
-        )),
-    }
-}
-
-fn seconds(url: &BrokerUrl, key: &str, value: &str) -> Result<Duration> {
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidUrl,
-                format!("{url}: option {key}={value:?} is not a number of seconds"),
-            )
-        })
-}
-
-fn number<T: std::str::FromStr>(url: &BrokerUrl, key: &str, value: &str) -> Result<T> {
-    value.parse::<T>().map_err(|_| {
-        Error::new(
-            ErrorKind::InvalidUrl,
-            format!("{url}: option {key}={value:?} is not a valid number"),
-        )
-    })
-}
-
 impl AmqpOptions {
     /// Reads a URL: `amqp://[user[:password]@]host[:port][/vhost][?options]`, `amqps://` for
     /// TLS, `pyamqp://` as `amqp://`.
@@ -153,33 +120,40 @@ impl AmqpOptions {
             frame_max: None,
             channel_max: None,
         };
-        for (key, value) in url.query_pairs() {
-            match key.as_str() {
-                "heartbeat" => {
-                    let secs = seconds(url, key, value)?;
-                    options.heartbeat = u16::try_from(secs.as_secs()).unwrap_or(u16::MAX);
-                }
-                "connect_timeout" => options.connect_timeout = seconds(url, key, value)?,
-                "confirm_publish" => options.confirm_publish = flag(url, key, value)?,
-                "recover" => options.recover = flag(url, key, value)?,
-                "recover_timeout" => options.recover_timeout = seconds(url, key, value)?,
-                "ssl" => tls = tls || flag(url, key, value)?,
-                "ssl_ca_certs" => options.ca_certs = Some(value.clone()),
-                "ssl_certfile" => options.certfile = Some(value.clone()),
-                "ssl_keyfile" => options.keyfile = Some(value.clone()),
-                "frame_max" => options.frame_max = Some(number(url, key, value)?),
-                "channel_max" => options.channel_max = Some(number(url, key, value)?),
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidUrl,
-                        format!(
-                            "{url}: unknown option {other:?} (known: {})",
-                            OPTIONS.join(", ")
-                        ),
-                    ));
-                }
-            }
+        if let Some((other, _)) = url
+            .query_pairs()
+            .iter()
+            .find(|(key, _)| !OPTIONS.contains(&key.as_str()))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "{url}: unknown option {other:?} (known: {})",
+                    OPTIONS.join(", ")
+                ),
+            ));
         }
+        if let Some(secs) = url.query_seconds("heartbeat")? {
+            options.heartbeat = u16::try_from(secs.as_secs()).unwrap_or(u16::MAX);
+        }
+        if let Some(timeout) = url.query_seconds("connect_timeout")? {
+            options.connect_timeout = timeout;
+        }
+        if let Some(confirm) = url.query_bool("confirm_publish")? {
+            options.confirm_publish = confirm;
+        }
+        if let Some(recover) = url.query_bool("recover")? {
+            options.recover = recover;
+        }
+        if let Some(timeout) = url.query_seconds("recover_timeout")? {
+            options.recover_timeout = timeout;
+        }
+        tls = tls || url.query_bool("ssl")?.unwrap_or(false);
+        options.ca_certs = url.query("ssl_ca_certs");
+        options.certfile = url.query("ssl_certfile");
+        options.keyfile = url.query("ssl_keyfile");
+        options.frame_max = url.query_number("frame_max")?;
+        options.channel_max = url.query_number("channel_max")?;
         if options.certfile.is_some() != options.keyfile.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidUrl,

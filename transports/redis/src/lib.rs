@@ -94,7 +94,6 @@
 //!
 //! Priorities follow kombu's buckets, not AMQP's order: the `priorities` capability is off,
 //! `priority_buckets` on.
-#![deny(missing_docs, unsafe_code)]
 
 use std::sync::{Arc, Once};
 

@@ -70,7 +70,7 @@ pub fn consume_json(url: &str, queue: &str, count: usize) -> Vec<Value> {
 /// `redis_interop.py` of the Redis transport's tests: Python kombu's side (declares, consumes).
 pub const REDIS_INTEROP_PY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/transports/redis/tests/interop/redis_interop.py"
+    "/../transports/redis/tests/interop/redis_interop.py"
 );
 
 /// A Redis URL whose `global_keyprefix` is `prefix` (Python kombu's side uses the same one).

@@ -42,7 +42,10 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: nothing else runs yet (no runtime, no threads), so no one reads the
         // environment concurrently.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", if verbose { "1" } else { "0" }) };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", if verbose { "1" } else { "0" })
+        };
     }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,284 @@
+//! Consuming on an AMQP channel: subscriptions on the lapin channel in use, lapin deliveries as
+//! kombu deliveries with their settler, and a consumer stream that subscribes again by itself
+//! after the connection recovered.
+
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::{self, BoxStream, SelectAll};
+use kombu_core::virtual_transport::Envelope;
+use kombu_core::{
+    ConsumeOptions, Delivery, DeliveryStream, Error, ErrorKind, Outcome, Result, Settler,
+};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+
+use crate::connection::no_arguments;
+use crate::error::{is_connection_loss, map};
+use crate::lapin_channel::{Inner, RETRY_PAUSE, Slot};
+use crate::mapping::{short_string, to_message};
+use crate::settle::Settlements;
+
+/// Settles one delivery through the [`Settlements`] of the lapin channel it came on (which
+/// coalesce acks): after that channel ended (closed, or its connection dropped) they refuse, so
+/// a stale delivery tag is never applied to another channel's messages.
+#[derive(Debug)]
+struct ChannelSettler {
+    settlements: Arc<Settlements>,
+}
+
+fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+    let done = done.map_err(|e| map(e, format!("settle delivery {delivery_tag} ({outcome:?})")))?;
+    if done {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Settlement,
+            format!(
+                "delivery {delivery_tag} cannot be settled: its AMQP channel ended (the broker \
+                 gives the message to another consumer)"
+            ),
+        ))
+    }
+}
+
+#[async_trait]
+impl Settler for ChannelSettler {
+    /// As [`try_settle`](Settler::try_settle): this transport always settles without waiting.
+    async fn settle(&self, delivery_tag: u64, outcome: Outcome) -> Result<()> {
+        self.try_settle(delivery_tag, outcome).unwrap_or(Ok(()))
+    }
+
+    /// Records an ack to send with others, or hands a reject to lapin, without waiting for it
+    /// to be written (closing the channel sends and waits); a settlement refused at once (its
+    /// channel ended) is an error.
+    fn try_settle(&self, delivery_tag: u64, outcome: Outcome) -> Option<Result<()>> {
+        Some(match self.settlements.settle(delivery_tag, outcome) {
+            None => Ok(()),
+            Some(done) => settled(done, delivery_tag, outcome),
+        })
+    }
+}
+
+/// A lapin delivery as a kombu delivery; `settlements` none in no-ack mode.
+pub(crate) fn delivery(
+    d: lapin::message::Delivery,
+    queue: &Arc<str>,
+    consumer_tag: &Arc<str>,
+    settlements: Option<&Arc<Settlements>>,
+) -> Delivery {
+    let lapin::message::Delivery {
+        delivery_tag,
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        ..
+    } = d;
+    let envelope = Envelope {
+        message: to_message(data, &properties),
+        exchange: exchange.as_str().to_owned(),
+        routing_key: routing_key.as_str().to_owned(),
+        tag: String::new(),
+        redelivered,
+    };
+    let settler: Option<Arc<dyn Settler>> = settlements.map(|settlements| {
+        Arc::new(ChannelSettler {
+            settlements: settlements.clone(),
+        }) as Arc<dyn Settler>
+    });
+    Delivery::from_envelope(
+        Arc::new(envelope),
+        queue.clone(),
+        consumer_tag.clone(),
+        delivery_tag,
+        settler,
+    )
+}
+
+impl Inner {
+    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions and the
+    /// settlements of that channel.
+    pub(crate) async fn subscribe(
+        &self,
+        queues: &[String],
+        options: &ConsumeOptions,
+    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>)> {
+        self.send_pending_now().await;
+        let Slot {
+            channel: ch,
+            settlements,
+        } = self.slot().await?;
+        if options.prefetch > 0 && !options.no_ack {
+            ch.basic_qos(options.prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(|e| map(e, format!("set prefetch {}", options.prefetch)))?;
+            settlements.limit_batch(options.prefetch);
+        }
+        let mut all = SelectAll::new();
+        for (i, queue) in queues.iter().enumerate() {
+            let tag = match (options.consumer_tag.as_str(), queues.len()) {
+                ("", _) => String::new(),
+                (tag, 1) => tag.to_owned(),
+                (tag, _) => format!("{tag}-{i}"),
+            };
+            let consumer = ch
+                .basic_consume(
+                    short_string("queue name", queue)?,
+                    short_string("consumer tag", &tag)?,
+                    BasicConsumeOptions {
+                        no_ack: options.no_ack,
+                        ..BasicConsumeOptions::default()
+                    },
+                    no_arguments(),
+                )
+                .await
+                .map_err(|e| map(e, format!("consume from queue {queue:?}")))?;
+            let queue: Arc<str> = Arc::from(queue.as_str());
+            let tag: Arc<str> = Arc::from(consumer.tag().as_str());
+            all.push(
+                consumer
+                    .map(move |item| (queue.clone(), tag.clone(), item))
+                    .boxed(),
+            );
+        }
+        Ok((all, settlements))
+    }
+}
+
+type Subscription =
+    BoxStream<'static, (Arc<str>, Arc<str>, lapin::Result<lapin::message::Delivery>)>;
+
+struct ConsumeState {
+    inner: Weak<Inner>,
+    /// The settlements of the lapin channel the subscriptions are on.
+    settlements: Arc<Settlements>,
+    queues: Vec<String>,
+    options: ConsumeOptions,
+    streams: SelectAll<Subscription>,
+    done: bool,
+}
+
+impl ConsumeState {
+    /// After the connection dropped: subscribe again on a recovered connection. `None` when
+    /// the channel was closed meanwhile or recovery gave up (the error then ends the stream).
+    async fn resubscribe(&mut self, cause: Error) -> Option<Error> {
+        let inner = self.inner.upgrade()?;
+        let deadline = inner.deadline();
+        let mut last = cause;
+        loop {
+            if inner.is_closed() {
+                return None;
+            }
+            if !inner.retryable(&last, deadline) {
+                return Some(last);
+            }
+            match inner.subscribe(&self.queues, &self.options).await {
+                Ok((streams, settlements)) => {
+                    tracing::info!(queues = ?self.queues, "AMQP consumer resumed");
+                    self.streams = streams;
+                    self.settlements = settlements;
+                    return None;
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Delivery>, ConsumeState)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let next = match futures::poll!(self.streams.next()) {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    // Nothing to hand out: acks the broker may be waiting for go now.
+                    self.settlements.idle();
+                    self.streams.next().await
+                }
+            };
+            match next {
+                Some((queue, tag, Ok(d))) => {
+                    let ack_mode = !self.options.no_ack;
+                    self.settlements.seen(d.delivery_tag, ack_mode);
+                    let settle = ack_mode.then_some(&self.settlements);
+                    let d = delivery(d, &queue, &tag, settle);
+                    return Some((Ok(d), self));
+                }
+                Some((queue, _, Err(e))) => {
+                    let lost = is_connection_loss(&e);
+                    let error = map(e, format!("consume from queue {queue:?}"));
+                    let closed = self.inner.upgrade().is_none_or(|i| i.is_closed());
+                    if closed {
+                        return None;
+                    }
+                    if lost {
+                        match self.resubscribe(error).await {
+                            None => continue,
+                            Some(error) => {
+                                self.done = true;
+                                return Some((Err(error), self));
+                            }
+                        }
+                    }
+                    self.done = true;
+                    return Some((Err(error), self));
+                }
+                None => {
+                    // Every subscription ended: the channel was closed (by us, or by the
+                    // broker after a channel error), or the connection dropped.
+                    let inner = self.inner.upgrade()?;
+                    if inner.is_closed() || inner.shared.is_closed() {
+                        return None;
+                    }
+                    let alive = inner.shared.connection_alive();
+                    drop(inner);
+                    if alive {
+                        return None;
+                    }
+                    let lost = Error::new(ErrorKind::Connection, "the AMQP connection dropped");
+                    if let Some(error) = self.resubscribe(lost).await {
+                        self.done = true;
+                        return Some((Err(error), self));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to `queues` (again while the connection recovers) and streams their deliveries.
+pub(crate) async fn consume(
+    inner: &Arc<Inner>,
+    queues: &[String],
+    options: &ConsumeOptions,
+) -> Result<DeliveryStream> {
+    if queues.is_empty() {
+        return Err(Error::config("consume needs at least one queue"));
+    }
+    let deadline = inner.deadline();
+    let (streams, settlements) = loop {
+        match inner.subscribe(queues, options).await {
+            Ok(s) => break s,
+            Err(e) if inner.retryable(&e, deadline) => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let state = ConsumeState {
+        inner: Arc::downgrade(inner),
+        settlements,
+        queues: queues.to_vec(),
+        options: options.clone(),
+        streams,
+        done: false,
+    };
+    Ok(stream::unfold(state, ConsumeState::next).boxed())
+}
