@@ -177,7 +177,7 @@ fn lines_and_count_publish_many_messages() {
 
 #[test]
 fn publish_reaches_a_queue_python_kombu_declared_on_redis() {
-    let Some(python) = kombu_core::conformance::support::python() else {
+    let Some(python) = kombu_test_support::python() else {
         return;
     };
     let prefix = format!("cli-py-{}:", uuid::Uuid::new_v4().simple());
@@ -206,10 +206,8 @@ fn publish_reaches_a_queue_python_kombu_declared_on_redis() {
 
 #[test]
 fn publish_reaches_a_celery_workers_queue_on_redis() {
-    use kombu_core::conformance::support::{
-        CeleryWorker, await_recorded_task, celery_task_headers,
-    };
-    let Some(python) = kombu_core::conformance::support::python() else {
+    use kombu_test_support::{CeleryWorker, await_recorded_task, celery_task_headers};
+    let Some(python) = kombu_test_support::python() else {
         return;
     };
     let tag = uuid::Uuid::new_v4().simple().to_string();

@@ -29,6 +29,21 @@
 //! Every scenario names its entities with a unique id (`scenario-<name>-<uuid>`), so a failing
 //! parallel run can be read, and transports without isolation (one shared AMQP vhost) still
 //! keep scenarios apart.
+//!
+//! The scenarios are grouped by topic (`routing`, `settlement`, `limits`, `entities`,
+//! `messages`, `flow`); each is `pub async fn name(ctx: Ctx) -> Result<()>`, documented with
+//! what it proves, re-exported here and listed in [`conformance_tests!`](crate::conformance_tests).
+//! Conventions every scenario keeps, so the suite runs unchanged on every transport:
+//! - only the public API (`Connection`, `Producer`, `Consumer`, `Delivery`, `Channel`, entities);
+//! - every entity is named with [`Ctx::name`], extra connections come from [`Ctx::connect`];
+//! - a behaviour the transport's [`Capabilities`](crate::Capabilities) declare missing is
+//!   skipped with a note on stderr (and what still must hold without it is checked, e.g. that
+//!   messages with priorities are all delivered); everything else is required;
+//! - waiting *for* something loops with short waits until [`Ctx::patience`] runs out; showing
+//!   that something does *not* happen waits a bounded [`QUIET`] period;
+//! - scenarios whose checks wait call [`pause_clock`] first (the shared setup does): on
+//!   transports whose time follows tokio's clock (memory) they run in no real time, elsewhere
+//!   they use short real durations.
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,11 +53,24 @@ use async_trait::async_trait;
 use crate::connection::Connection;
 use crate::error::Result;
 
-pub mod interop;
-mod scenarios;
+pub mod crash;
+mod entities;
+mod fixtures;
+mod flow;
+mod limits;
+mod macros;
+mod messages;
+mod routing;
+mod settlement;
 pub mod support;
 
-pub use scenarios::*;
+pub use entities::*;
+pub use fixtures::{QUIET, assert_quiet, next_deliveries, next_delivery, pause_clock};
+pub use flow::*;
+pub use limits::*;
+pub use messages::*;
+pub use routing::*;
+pub use settlement::*;
 
 /// How the suite gets brokers to test.
 #[async_trait]
@@ -84,7 +112,8 @@ impl Ctx {
     }
 }
 
-/// Runs one scenario against the harness (used by [`conformance_tests!`](crate::conformance_tests)).
+/// Runs one scenario against the harness (used by
+/// [`conformance_tests!`](crate::conformance_tests)).
 pub async fn run<H, F, Fut>(harness: &H, name: &str, scenario: F)
 where
     H: Harness,

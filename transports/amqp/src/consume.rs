@@ -280,5 +280,6 @@ pub(crate) async fn consume(
         streams,
         done: false,
     };
-    Ok(stream::unfold(state, ConsumeState::next).boxed())
+    // Fused: polling the stream again after it ended yields `None`, not a panic.
+    Ok(stream::unfold(state, ConsumeState::next).fuse().boxed())
 }

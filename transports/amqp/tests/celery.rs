@@ -18,10 +18,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kombu_core::conformance::support::{
-    CeleryWorker, await_recorded_task, celery_task_headers, python,
-};
 use kombu_core::{Connection, Exchange, Queue, Value};
+use kombu_test_support::{CeleryWorker, await_recorded_task, celery_task_headers, python};
 use serde_json::{Value as Json, json};
 
 const GUARD: Duration = Duration::from_secs(60);

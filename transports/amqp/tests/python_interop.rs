@@ -18,9 +18,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kombu_core::conformance::interop::*;
-use kombu_core::conformance::support::python;
 use kombu_core::{Binding, Connection, Exchange, HeaderMatch, Headers, Queue, Value};
+use kombu_test_support::interop::*;
+use kombu_test_support::python;
 use serde_json::{Value as Json, json};
 
 /// The URL of the run's virtual host, or `None` (skip) without a broker.

@@ -12,9 +12,7 @@
 //! interpreter is `$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv/bin/python` (with Celery);
 //! without one the test fails when `KOMBU_TEST_REQUIRE` is set and is skipped otherwise.
 
-use kombu_core::conformance::support::{
-    CeleryWorker, await_recorded_task, celery_task_headers, python,
-};
+use kombu_test_support::{CeleryWorker, await_recorded_task, celery_task_headers, python};
 use std::time::{Duration, Instant};
 
 use kombu_core::{Connection, Queue};

@@ -14,8 +14,8 @@
 //! and redis-py), else `~/.cache/kombu-rs/venv/bin/python` when it exists. Without one the tests
 //! fail when `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
 
-use kombu_core::conformance::interop::*;
-use kombu_core::conformance::support::{KillOnDrop, lines, python};
+use kombu_test_support::interop::*;
+use kombu_test_support::{KillOnDrop, lines, python};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -12,8 +12,8 @@
 //! SQLAlchemy), else `~/.cache/kombu-rs/venv/bin/python` when it exists. Without one the tests
 //! fail when `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
 
-use kombu_core::conformance::interop::*;
-use kombu_core::conformance::support::python;
+use kombu_test_support::interop::*;
+use kombu_test_support::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

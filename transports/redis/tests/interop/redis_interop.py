@@ -34,9 +34,9 @@ import time
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 # The interop cases, shared with the other transports and mirrored on the Rust side
-# (core/src/conformance/kombu_rs_interop.py and interop.rs).
+# (test-support/python/kombu_rs_interop.py and test-support/src/interop.rs).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "..", "..", "..", "core", "src", "conformance"))
+                                "..", "..", "..", "..", "test-support", "python"))
 from kombu_rs_interop import publish_cases  # noqa: E402
 
 URL = os.environ.get("KOMBU_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,5 +1,5 @@
 """The messages the transports' Python-interop tests exchange, on the Python side: the same
-values as kombu_core::conformance::interop (interop.rs beside this file) on the Rust side. Each
+values as kombu_test_support::interop (../src/interop.rs) on the Rust side. Each
 case is named in a `case` header. The tests' scripts import this module from here."""
 
 TEXT = "h\u00e9llo \u2713 plain text"

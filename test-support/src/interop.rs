@@ -6,12 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use crate::channel::Delivery;
-use crate::connection::Connection;
-use crate::consumer::Consumer;
-use crate::entity::Queue;
-use crate::message::DeliveryMode;
-use crate::value::{Headers, Value};
+use kombu_core::{Connection, Consumer, Delivery, DeliveryMode, Headers, Queue, Value};
 
 /// The `text` case's body (`text/plain`, UTF-8).
 pub const TEXT: &str = "h\u{e9}llo \u{2713} plain text";

@@ -1,0 +1,14 @@
+//! Test helpers the kombu-rs crates' integration tests share, kept out of the libraries:
+//! the Python interpreter with kombu and Celery ([`python()`]), Celery workers
+//! ([`CeleryWorker`]) and task headers, the messages the Python-interop tests exchange with
+//! Python kombu ([`interop`], mirrored by `python/kombu_rs_interop.py`, which the
+//! transports' Python scripts import), and child processes that die with the test ([`KillOnDrop`], [`lines`], from
+//! kombu-core's conformance suite).
+//!
+//! A dev-dependency only (`publish = false`).
+
+pub mod interop;
+mod python;
+
+pub use kombu_core::conformance::support::{KillOnDrop, lines};
+pub use python::{CeleryWorker, await_recorded_task, celery_task_headers, python};
