@@ -178,7 +178,7 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// - `Ok(true)` for the default exchange `""`, and when the transport knows the exchange:
     ///   declared on the broker (AMQP: by anyone, `amq.*` included), or, on a virtual
     ///   transport, recorded by its backend
-    ///   ([`lookup_exchange`](crate::virtual_transport::Backend::lookup_exchange)). Python
+    ///   ([`exchange`](crate::virtual_transport::Backend::exchange)). Python
     ///   kombu keeps the types of the exchanges it declares on Redis in process memory, so
     ///   there an exchange only Python declared is unknown (`false`) until kombu-rs declares it;
     /// - `Ok(false)` when it exists nowhere; asking never creates it, never changes it, and

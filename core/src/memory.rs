@@ -46,8 +46,8 @@ use crate::error::{Error, Result};
 use crate::transport::{BrokerConnection, Transport};
 use crate::url::BrokerUrl;
 use crate::virtual_transport::{
-    Backend, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt, TakeMode, Taken,
-    VirtualConnection,
+    Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
+    StoredQueue, TakeMode, Taken, VirtualConnection, queue_settings,
 };
 
 /// Registers the `memory` URL scheme (idempotent).
@@ -84,24 +84,12 @@ impl Transport for MemoryTransport {
     }
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
         let name = url.host().unwrap_or_default().to_owned();
-        let visibility = match url.query("visibility_timeout") {
-            None => None,
-            Some(v) => Some(parse_seconds(&v).ok_or_else(|| {
-                Error::config(format!(
-                    "visibility_timeout={v:?} is not a number of seconds"
-                ))
-            })?),
-        };
+        let visibility = url.query_seconds("visibility_timeout")?;
         Ok(Arc::new(VirtualConnection::new(
             MemoryTransport::backend(&name),
             visibility,
         )))
     }
-}
-
-fn parse_seconds(v: &str) -> Option<Duration> {
-    let secs: f64 = v.parse().ok()?;
-    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// One in-process broker: exchanges, bindings, queues.
@@ -319,19 +307,13 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
 
-    fn queue(&self, name: &str) -> Option<Arc<MemQueue>> {
+    fn find(&self, name: &str) -> Option<Arc<MemQueue>> {
         self.queues.load().get(name).cloned()
     }
 
     /// Runs `f` on a queue without touching any shared counter (no lock, no refcount).
     fn with_queue<R>(&self, name: &str, f: impl FnOnce(&MemQueue) -> R) -> Option<R> {
         self.queues.load().get(name).map(|q| f(q))
-    }
-
-    fn ack_now(&self, queue: &str, receipt: &Receipt) {
-        if let Receipt::Id(id) = receipt {
-            self.with_queue(queue, |q| q.leases.lock().unacked.remove(id));
-        }
     }
 
     fn missing(queue: &str) -> Error {
@@ -344,8 +326,8 @@ impl MemoryBackend {
 
 #[async_trait]
 impl Backend for MemoryBackend {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
+    fn capabilities(&self) -> BackendCapabilities {
+        let mut c = BackendCapabilities::new(Capabilities {
             priorities: true,
             message_ttl: true,
             max_length: true,
@@ -355,19 +337,23 @@ impl Backend for MemoryBackend {
             publisher_confirms: true,
             tokio_clock: true,
             ..Capabilities::none()
-        }
+        });
+        // A look at an empty queue costs no I/O: spin a little before sleeping.
+        c.idle_spins = 8;
+        c
     }
 
-    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
-        self.exchanges
-            .write()
-            .entry(exchange.name.clone())
-            .or_insert_with(|| exchange.clone());
-        Ok(())
-    }
-
-    async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
-        Ok(self.exchanges.read().get(name).cloned())
+    async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
+        Ok(match declare {
+            Some(exchange) => Some(
+                self.exchanges
+                    .write()
+                    .entry(name.to_owned())
+                    .or_insert_with(|| exchange.clone())
+                    .clone(),
+            ),
+            None => self.exchanges.read().get(name).cloned(),
+        })
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
@@ -376,38 +362,22 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
+    async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
+        let stored = |q: &MemQueue| {
+            let messages = q.ready.lock().count as u64;
+            StoredQueue::new(Some(queue_settings(&q.spec)), messages)
+        };
+        let Some(queue) = declare else {
+            return Ok(self.with_queue(name, stored));
+        };
         let _writer = self.declaring.lock();
-        if let Some(existing) = self.queues.load().get(&queue.name) {
-            let settings = |q: &Queue| {
-                let mut all = q.declare_arguments();
-                for (flag, on) in [
-                    ("durable", q.durable),
-                    ("exclusive", q.exclusive),
-                    ("auto_delete", q.auto_delete),
-                ] {
-                    all.insert(flag.to_owned(), crate::Value::Bool(on));
-                }
-                all
-            };
-            let (has, asked) = (settings(&existing.spec), settings(queue));
-            if has != asked {
-                return Err(Error::inequivalent_settings(
-                    format_args!("queue {:?}", queue.name),
-                    &has,
-                    &asked,
-                ));
-            }
-            return Ok(());
+        if let Some(existing) = self.with_queue(name, stored) {
+            return Ok(Some(existing));
         }
         let mut map = FxHashMap::clone(&self.queues.load());
-        map.insert(queue.name.clone(), Arc::new(MemQueue::new(queue.clone())));
+        map.insert(name.to_owned(), Arc::new(MemQueue::new(queue.clone())));
         self.queues.store(Arc::new(map));
-        Ok(())
-    }
-
-    async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        Ok(self.queues.load().contains_key(queue))
+        Ok(Some(StoredQueue::new(Some(queue_settings(queue)), 0)))
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
@@ -493,7 +463,7 @@ impl Backend for MemoryBackend {
 
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         let mut fetched = Fetched::default();
-        let Some(q) = self.queue(queue) else {
+        let Some(q) = self.find(queue) else {
             return Ok(fetched);
         };
         let now = Instant::now();
@@ -559,41 +529,39 @@ impl Backend for MemoryBackend {
         Ok(fetched)
     }
 
-    async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
-        self.ack_now(queue, receipt);
+    async fn ack_many(&self, queue: &str, receipts: &[Receipt]) -> Result<()> {
+        self.with_queue(queue, |q| {
+            let mut leases = q.leases.lock();
+            for receipt in receipts {
+                if let Receipt::Id(id) = receipt {
+                    leases.unacked.remove(id);
+                }
+            }
+        });
         Ok(())
     }
 
-    fn idle_spins(&self) -> u32 {
-        8
-    }
-
-    fn try_ack(&self, queue: &str, receipt: &Receipt) -> Option<Result<()>> {
-        self.ack_now(queue, receipt);
-        Some(Ok(()))
-    }
-
-    async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
-        let (Some(q), Receipt::Id(id)) = (self.queue(queue), receipt) else {
+    async fn reject(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        requeue: bool,
+    ) -> Result<Option<DeadLetter>> {
+        let (Some(q), Receipt::Id(id)) = (self.find(queue), receipt) else {
             return Ok(None);
         };
-        let removed = q.leases.lock().unacked.remove(id);
-        Ok(removed.and_then(|u| q.dead_letter(u.stored.envelope, DeathReason::Rejected)))
-    }
-
-    async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
-        let (Some(q), Receipt::Id(id)) = (self.queue(queue), receipt) else {
-            return Ok(());
+        let Some(unacked) = q.leases.lock().unacked.remove(id) else {
+            return Ok(None);
         };
-        let removed = q.leases.lock().unacked.remove(id);
-        if let Some(u) = removed {
-            q.restore(vec![u.stored]);
+        if requeue {
+            q.restore(vec![unacked.stored]);
+            return Ok(None);
         }
-        Ok(())
+        Ok(q.dead_letter(unacked.stored.envelope, DeathReason::Rejected))
     }
 
     async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
-        let q = self.queue(queue).ok_or_else(|| Self::missing(queue))?;
+        let q = self.find(queue).ok_or_else(|| Self::missing(queue))?;
         let Receipt::Id(id) = receipt else {
             return Ok(());
         };
@@ -616,7 +584,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
-        let Some(q) = self.queue(queue) else {
+        let Some(q) = self.find(queue) else {
             return Ok(0);
         };
         let mut ready = q.ready.lock();
@@ -625,12 +593,8 @@ impl Backend for MemoryBackend {
         Ok(purged as u64)
     }
 
-    async fn size(&self, queue: &str) -> Result<u64> {
-        Ok(self.queue(queue).map_or(0, |q| q.ready.lock().count as u64))
-    }
-
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        let qs: Vec<Arc<MemQueue>> = queues.iter().filter_map(|n| self.queue(n)).collect();
+        let qs: Vec<Arc<MemQueue>> = queues.iter().filter_map(|n| self.find(n)).collect();
         let _registered = WaitGuard::register(&qs);
         let now = Instant::now();
         let mut until = now

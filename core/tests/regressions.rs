@@ -138,7 +138,7 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 #[tokio::test]
 async fn dead_letter_failure_during_fetch_strands_nothing() {
     use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
-    use kombu_core::virtual_transport::{Backend, VirtualChannel};
+    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -207,7 +207,6 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
     drop(s);
     ch.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    use kombu_core::virtual_transport::Backend;
     let (q, dead) = (
         backend.size("q").await.unwrap(),
         backend.size("dead").await.unwrap(),
@@ -368,7 +367,7 @@ mod flaky {
     use async_trait::async_trait;
     use kombu_core::memory::MemoryBackend;
     use kombu_core::virtual_transport::*;
-    use kombu_core::{Capabilities, Error, Exchange, Result};
+    use kombu_core::{Error, Exchange, Result};
     use std::sync::atomic::AtomicBool;
 
     #[derive(Debug)]
@@ -390,24 +389,30 @@ mod flaky {
                 exists_calls: 0.into(),
             }
         }
+
+        /// Ready messages of a queue (0 if it does not exist).
+        pub async fn size(&self, q: &str) -> Result<u64> {
+            Ok(self.inner.queue(q, None).await?.map_or(0, |s| s.messages))
+        }
     }
 
+    /// The memory backend's methods, counted or failing on demand.
     #[async_trait]
     impl Backend for Flaky {
-        fn capabilities(&self) -> Capabilities {
-            self.inner.capabilities()
+        fn capabilities(&self) -> BackendCapabilities {
+            let mut c = self.inner.capabilities();
+            // A remote store: no idle spinning.
+            c.idle_spins = 0;
+            c
         }
-        async fn declare_exchange(&self, e: &Exchange) -> Result<()> {
-            self.inner.declare_exchange(e).await
-        }
-        async fn lookup_exchange(&self, n: &str) -> Result<Option<Exchange>> {
-            self.inner.lookup_exchange(n).await
+        async fn exchange(&self, n: &str, d: Option<&Exchange>) -> Result<Option<Exchange>> {
+            self.inner.exchange(n, d).await
         }
         async fn delete_exchange(&self, n: &str) -> Result<()> {
             self.inner.delete_exchange(n).await
         }
-        async fn declare_queue(&self, q: &Queue) -> Result<()> {
-            self.inner.declare_queue(q).await
+        async fn queue(&self, n: &str, d: Option<&Queue>) -> Result<Option<StoredQueue>> {
+            self.inner.queue(n, d).await
         }
         async fn queue_exists(&self, q: &str) -> Result<bool> {
             self.exists_calls.fetch_add(1, Ordering::SeqCst);
@@ -441,23 +446,17 @@ mod flaky {
             self.gets.fetch_add(1, Ordering::SeqCst);
             self.inner.get_many(q, m, t).await
         }
-        async fn ack(&self, q: &str, r: &Receipt) -> Result<()> {
-            self.inner.ack(q, r).await
+        async fn ack_many(&self, q: &str, r: &[Receipt]) -> Result<()> {
+            self.inner.ack_many(q, r).await
         }
-        async fn reject(&self, q: &str, r: &Receipt) -> Result<Option<DeadLetter>> {
-            self.inner.reject(q, r).await
-        }
-        async fn restore(&self, q: &str, r: &Receipt) -> Result<()> {
-            self.inner.restore(q, r).await
+        async fn reject(&self, q: &str, r: &Receipt, requeue: bool) -> Result<Option<DeadLetter>> {
+            self.inner.reject(q, r, requeue).await
         }
         async fn extend_lease(&self, q: &str, r: &Receipt, by: Duration) -> Result<()> {
             self.inner.extend_lease(q, r, by).await
         }
         async fn purge(&self, q: &str) -> Result<u64> {
             self.inner.purge(q).await
-        }
-        async fn size(&self, q: &str) -> Result<u64> {
-            self.inner.size(q).await
         }
         async fn wait(&self, qs: &[String], t: Duration) -> Result<()> {
             self.inner.wait(qs, t).await

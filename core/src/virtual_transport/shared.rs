@@ -13,16 +13,19 @@ use crate::channel::Channel;
 use crate::entity::Exchange;
 use crate::error::Result;
 use crate::transport::BrokerConnection;
+use crate::virtual_transport::acks::AckBatch;
 use crate::virtual_transport::{Backend, BindingRow, VirtualChannel};
 
 /// A [`BrokerConnection`] over a [`Backend`]: its channels are [`VirtualChannel`]s with the
-/// connection's default visibility timeout, and closing it writes what the backend queued
-/// ([`Backend::flush`]).
+/// connection's default visibility timeout. Its channels queue their acks in one batch, which
+/// a channel writes when it closes and the connection when it closes (so the acks of a
+/// consumer dropped without closing its channel are on the broker once `close` returns).
 #[derive(Debug)]
 pub struct VirtualConnection {
     backend: Arc<dyn Backend>,
     visibility: Option<Duration>,
     capabilities: Capabilities,
+    acks: Arc<AckBatch>,
 }
 
 impl VirtualConnection {
@@ -32,6 +35,7 @@ impl VirtualConnection {
             .capabilities()
             .clone();
         VirtualConnection {
+            acks: Arc::new(AckBatch::new(backend.clone())),
             backend,
             visibility,
             capabilities,
@@ -46,14 +50,15 @@ impl BrokerConnection for VirtualConnection {
     }
 
     async fn channel(&self) -> Result<Arc<dyn Channel>> {
-        Ok(Arc::new(VirtualChannel::new(
+        Ok(Arc::new(VirtualChannel::with_acks(
             self.backend.clone(),
             self.visibility,
+            self.acks.clone(),
         )))
     }
 
     async fn close(&self) -> Result<()> {
-        self.backend.flush().await
+        self.acks.flush().await
     }
 }
 

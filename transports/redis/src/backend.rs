@@ -9,17 +9,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::virtual_transport::{
-    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
-    envelope,
+    Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
+    TakeMode, Taken, TopologyCache, envelope,
 };
 use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
-use crate::acks::{AckQueue, spawn_flusher};
 use crate::connect::{self, redis_error};
-use crate::fanout::{Fanout, is_fanout_receipt};
+use crate::fanout::Fanout;
 use crate::options::Options;
 use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
@@ -58,8 +57,6 @@ pub(crate) struct RedisBackend {
     pub(crate) watchers: watch::Watchers,
     /// The PUB/SUB task of fanout subscriptions, started by the first fanout binding.
     pub(crate) listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Acks queued for the background writer.
-    pub(crate) acks: Arc<AckQueue>,
     /// Fanout subscriptions and what arrived for them.
     pub(crate) fanout: Arc<Fanout>,
     /// `x-expires` (ms) of queues declared through this connection: their lists get a
@@ -108,16 +105,10 @@ impl RedisBackend {
     /// the masked URL that names it in errors and logs.
     pub(crate) async fn connect(options: Options, label: String) -> Result<RedisBackend> {
         let (client, conn) = connect::open(&options, &label).await?;
-        let acks = Arc::new(AckQueue::new(
-            conn.clone(),
-            [options.unacked.clone(), options.unacked_index.clone()],
-            label.clone(),
-        ));
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
             watchers,
-            acks,
             conn,
             client,
             options,
@@ -155,40 +146,45 @@ impl RedisBackend {
 
 #[async_trait]
 impl Backend for RedisBackend {
-    fn capabilities(&self) -> Capabilities {
+    fn capabilities(&self) -> BackendCapabilities {
         let mut c = Capabilities::none();
         c.persistent = true;
         c.shared_between_processes = true;
         c.visibility_timeout = true;
         c.implicit_queues = true;
         c.priority_buckets = true;
-        c
+        let mut backend = BackendCapabilities::new(c);
+        // Fanout exchanges over PUB/SUB, as kombu carries them.
+        backend.native_fanout = true;
+        backend
     }
 
     // Exchanges, queues and bindings: in `topology.rs`.
 
-    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
-        self.store_exchange(exchange).await
-    }
-
-    async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
-        self.read_exchange(name).await
+    async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
+        match declare {
+            Some(exchange) => self.store_exchange(exchange).await,
+            None => self.read_exchange(name).await,
+        }
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
         self.remove_exchange(name).await
     }
 
-    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
-        self.store_queue(queue).await
+    async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
+        match declare {
+            Some(queue) => self.store_queue(queue).await.map(Some),
+            None => self.find_queue(name).await,
+        }
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool> {
+        self.queue_known(name).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
         self.remove_queue(queue).await
-    }
-
-    async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        self.queue_known(queue).await
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
@@ -201,10 +197,6 @@ impl Backend for RedisBackend {
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
         self.read_bindings(exchange).await
-    }
-
-    async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {
-        self.put_many(vec![(queue.to_owned(), envelope)]).await
     }
 
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
@@ -239,8 +231,6 @@ impl Backend for RedisBackend {
     }
 
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
-        // Queued acks need not be written first: what they settle is in `unacked`, out of
-        // every list, and the sweep below writes them before it restores anything.
         let mut fetched = Fetched::default();
         if self.fanout.is_fanout_queue(queue) {
             fetched.taken = self.fanout.take_deliveries(queue, max.max(1), &self.label);
@@ -323,60 +313,46 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        if !unreadable.is_empty() && lease == "1" {
-            self.acks.extend(unreadable);
-            spawn_flusher(self.acks.clone());
+        if !unreadable.is_empty()
+            && lease == "1"
+            && let Err(err) = self.remove_unacked(&unreadable).await
+        {
+            // Left in `unacked`: restored after the visibility timeout and dropped again.
+            tracing::warn!(url = %self.label, %queue, error = %err, "unreadable messages not taken out of unacked");
         }
         Ok(fetched)
     }
 
-    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
-        if is_fanout_receipt(receipt) {
-            return Ok(()); // nothing in Redis to settle
+    async fn ack_many(&self, _queue: &str, receipts: &[Receipt]) -> Result<()> {
+        let mut fields = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            if *receipt != Receipt::Unleased {
+                fields.push(field_of(receipt)?.to_owned());
+            }
         }
-        let field = field_of(receipt)?;
-        let queued = self.acks.push(field.to_owned());
-        if queued >= 256 {
-            // Keep the queue short under a flood of acks.
-            return self.acks.flush().await;
-        }
-        spawn_flusher(self.acks.clone());
-        Ok(())
+        self.remove_unacked(&fields).await
     }
 
-    /// Queues the ack for the background writer without waiting (the common case of `ack`).
-    fn try_ack(&self, _queue: &str, receipt: &Receipt) -> Option<Result<()>> {
-        if is_fanout_receipt(receipt) {
-            return Some(Ok(())); // nothing in Redis to settle
+    async fn reject(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        requeue: bool,
+    ) -> Result<Option<DeadLetter>> {
+        if *receipt == Receipt::Unleased {
+            return Ok(None); // nothing in Redis to settle
         }
-        let field = match field_of(receipt) {
-            Ok(field) => field,
-            Err(e) => return Some(Err(e)),
-        };
-        self.acks.push(field.to_owned());
-        spawn_flusher(self.acks.clone());
-        Some(Ok(()))
-    }
-
-    async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
-        self.ack(queue, receipt).await?;
+        let field = field_of(receipt)?.to_owned();
+        if requeue {
+            self.restore_tags(&[field], Some(queue), None).await?;
+        } else {
+            self.remove_unacked(&[field]).await?;
+        }
         Ok(None)
     }
 
-    async fn restore(&self, queue: &str, receipt: &Receipt) -> Result<()> {
-        self.acks.flush().await?;
-        if self.fanout.restore(queue, receipt)? {
-            // Back at the head of this process's buffer for the queue.
-            self.wake.notify_waiters();
-            return Ok(());
-        }
-        self.restore_tags(&[field_of(receipt)?.to_owned()], Some(queue), None)
-            .await
-    }
-
     async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
-        self.acks.flush().await?;
-        if is_fanout_receipt(receipt) {
+        if *receipt == Receipt::Unleased {
             return Ok(()); // held in this process, no lease to extend
         }
         let field = field_of(receipt)?;
@@ -396,7 +372,6 @@ impl Backend for RedisBackend {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
-        self.acks.flush().await?;
         let keys = self.options.list_keys(queue);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -415,28 +390,6 @@ impl Backend for RedisBackend {
         Ok(lens.iter().sum::<u64>() + buffered as u64)
     }
 
-    async fn size(&self, queue: &str) -> Result<u64> {
-        self.acks.flush().await?;
-        let mut pipe = redis::pipe();
-        for k in self.options.list_keys(queue) {
-            pipe.llen(k);
-        }
-        let mut conn = self.conn.clone();
-        let lens: Vec<u64> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(self.err("size"))?;
-        Ok(lens.iter().sum::<u64>() + self.fanout.len(queue) as u64)
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.acks.flush().await
-    }
-
-    fn native_fanout(&self) -> bool {
-        true
-    }
-
     async fn publish_fanout(&self, envelope: Envelope) -> Result<()> {
         let topic = self
             .options
@@ -450,7 +403,6 @@ impl Backend for RedisBackend {
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        self.acks.flush().await?;
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

@@ -29,8 +29,6 @@ pub(crate) struct Fanout {
 /// Most messages kept for one fanout queue before the oldest are dropped (a queue bound in
 /// this process that nobody consumes must not grow without bound).
 const FANOUT_BUFFER: usize = 100_000;
-/// Receipt prefix of a fanout delivery (nothing to settle in Redis).
-const FANOUT_RECEIPT: &str = "\u{0}fanout\n";
 
 impl std::fmt::Debug for Fanout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,8 +87,9 @@ impl Fanout {
             .map_or(0, |b| std::mem::take(b).len())
     }
 
-    /// Up to `max` buffered messages of `queue` as deliveries; their receipts carry the body
-    /// (there is nothing to settle in Redis), so that a restore can put it back. An
+    /// Up to `max` buffered messages of `queue` as deliveries, handed over outright
+    /// ([`Receipt::Unleased`]: there is nothing to settle in Redis; the virtual channel puts a
+    /// requeued or restored one back in the queue's list, as kombu restores it). An
     /// unreadable message is dropped with a warning naming `label` (the connection).
     pub(crate) fn take_deliveries(&self, queue: &str, max: usize, label: &str) -> Vec<Taken> {
         let mut taken = Vec::new();
@@ -98,10 +97,7 @@ impl Fanout {
             match envelope::decode(&body) {
                 Ok(env) => taken.push(Taken {
                     envelope: Arc::new(env),
-                    receipt: Receipt::Key(format!(
-                        "{FANOUT_RECEIPT}{}",
-                        String::from_utf8_lossy(&body)
-                    )),
+                    receipt: Receipt::Unleased,
                 }),
                 Err(err) => {
                     tracing::warn!(url = %label, %queue, error = %err, "unreadable fanout message dropped");
@@ -110,30 +106,6 @@ impl Fanout {
         }
         taken
     }
-
-    /// Puts a fanout delivery back at the head of `queue`'s buffer, marked redelivered.
-    /// `Ok(false)` when `receipt` is not a fanout receipt.
-    pub(crate) fn restore(&self, queue: &str, receipt: &Receipt) -> Result<bool> {
-        let Receipt::Key(key) = receipt else {
-            return Ok(false);
-        };
-        let Some(body) = key.strip_prefix(FANOUT_RECEIPT) else {
-            return Ok(false);
-        };
-        let mut env = envelope::decode(body.as_bytes())?;
-        env.redelivered = true;
-        self.buffers
-            .lock()
-            .entry(queue.to_owned())
-            .or_default()
-            .push_front(envelope::encode(&env));
-        Ok(true)
-    }
-}
-
-/// Whether `receipt` is a fanout delivery's (held in this process, nothing in Redis).
-pub(crate) fn is_fanout_receipt(receipt: &Receipt) -> bool {
-    matches!(receipt, Receipt::Key(key) if key.starts_with(FANOUT_RECEIPT))
 }
 
 impl RedisBackend {

@@ -53,7 +53,7 @@
 //! so a late ack of an earlier take removes nothing. Its value names the default exchange
 //! and the queue (`[envelope, "", "<queue>"]`), so whoever restores it, Python kombu's sweep
 //! included, puts it back in the queue it came from. Acks are `HDEL` + `ZREM`, as kombu's,
-//! queued and written in batches in the background (see `AckQueue`).
+//! one transaction per batch: the virtual channel coalesces them (see `acks`).
 //!
 //! # Waiting
 //!
@@ -73,7 +73,9 @@
 //!   `<global_keyprefix><fanout_prefix><exchange>[/<routing key>]` (`fanout_prefix` defaults
 //!   to `/{db}.`, `fanout_patterns` to on); a queue of this process bound to a fanout
 //!   exchange subscribes to the binding's topic (`#` as Redis's `*`) when it is bound, and its
-//!   consumers get what arrives from then on. At-most-once, like kombu's: nothing is stored.
+//!   consumers get what arrives from then on. At-most-once, like kombu's: nothing is stored,
+//!   except that a delivery requeued (or returned when its channel closes) goes to its queue's
+//!   list, as kombu restores a fanout message.
 //!   With kombu's default `fanout_patterns=true` a binding only gets messages published with
 //!   its own routing key (an empty key only empty keys); `fanout_patterns=false` gives AMQP's
 //!   fanout, where every bound queue gets every message (Python consumers must use the same

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kombu_core::virtual_transport::{Backend, BindingRow, router};
+use kombu_core::virtual_transport::{Backend, BindingRow, StoredQueue, queue_settings, router};
 use kombu_core::{Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use redis::AsyncCommands;
 
@@ -288,8 +288,9 @@ impl RedisBackend {
         ))
     }
 
-    /// Records an exchange's type and flags in kombu-rs's registry.
-    pub(crate) async fn store_exchange(&self, exchange: &Exchange) -> Result<()> {
+    /// Records an exchange's type and flags in kombu-rs's registry unless one of that name is
+    /// recorded, and returns the record now stored.
+    pub(crate) async fn store_exchange(&self, exchange: &Exchange) -> Result<Option<Exchange>> {
         let spec = serde_json::json!({
             "type": exchange.kind.as_str(),
             "durable": exchange.durable,
@@ -298,12 +299,17 @@ impl RedisBackend {
         })
         .to_string();
         let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .hset(self.options.exchanges_key(), &exchange.name, spec)
+        let (added, stored): (bool, String) = redis::pipe()
+            .atomic()
+            .hset_nx(self.options.exchanges_key(), &exchange.name, &spec)
+            .hget(self.options.exchanges_key(), &exchange.name)
+            .query_async(&mut conn)
             .await
             .map_err(self.err("declare exchange"))?;
-        self.forget_topology();
-        Ok(())
+        if added {
+            self.forget_topology();
+        }
+        parse_exchange(&exchange.name, &stored).map(Some)
     }
 
     /// An exchange from kombu-rs's registry (cached for [`TOPOLOGY_TTL`]); `None` when kombu-rs
@@ -317,25 +323,10 @@ impl RedisBackend {
             .hget(self.options.exchanges_key(), name)
             .await
             .map_err(self.err("look up exchange"))?;
-        let found = match spec {
-            Some(spec) => {
-                let v: serde_json::Value = serde_json::from_str(&spec).map_err(|e| {
-                    Error::new(ErrorKind::Protocol, "stored exchange").with_source(e)
-                })?;
-                let kind: ExchangeKind = v["type"].as_str().unwrap_or("direct").parse()?;
-                let mut x = Exchange::new(name, kind);
-                x.durable = v["durable"].as_bool().unwrap_or(true);
-                x.auto_delete = v["auto_delete"].as_bool().unwrap_or(false);
-                x.arguments = serde_json::from_value(v["arguments"].clone()).unwrap_or_default();
-                Some(x)
-            }
-            None => {
-                // Not declared by kombu-rs. Python kombu keeps exchange types in process
-                // memory, so its exchanges are unknown here until declared (with any type):
-                // publishers declare the exchanges they publish to, as kombu's do.
-                None
-            }
-        };
+        // `None`: not declared by kombu-rs. Python kombu keeps exchange types in process
+        // memory, so its exchanges are unknown here until declared (with any type):
+        // publishers declare the exchanges they publish to, as kombu's do.
+        let found = spec.map(|spec| parse_exchange(name, &spec)).transpose()?;
         self.topology.put_exchange(name, found.clone());
         Ok(found)
     }
@@ -355,21 +346,12 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Records a queue's arguments (if not yet recorded) and fails with
-    /// `PreconditionFailed` when they differ from those recorded; remembers its expiry.
-    pub(crate) async fn store_queue(&self, queue: &Queue) -> Result<()> {
-        // kombu writes nothing (a queue is its lists); the arguments are kept so that a
-        // conflicting redeclaration fails as on a broker.
-        let mut spec = queue.declare_arguments();
-        for (flag, on) in [
-            ("durable", queue.durable),
-            ("exclusive", queue.exclusive),
-            ("auto_delete", queue.auto_delete),
-        ] {
-            spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
-        }
-        let requested = spec;
-        let spec = serde_json::to_string(&requested)
+    /// Records a queue's settings ([`queue_settings`]) unless some are recorded, remembers
+    /// its expiry, and returns what is recorded with its ready count.
+    pub(crate) async fn store_queue(&self, queue: &Queue) -> Result<StoredQueue> {
+        // kombu writes nothing (a queue is its lists); the settings are kept so that the
+        // virtual channel can refuse a conflicting redeclaration as a broker does.
+        let spec = serde_json::to_string(&queue_settings(queue))
             .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
         if let Some(expires) = queue.expires {
             let ms = u64::try_from(expires.as_millis())
@@ -381,24 +363,46 @@ impl RedisBackend {
             self.expiring.lock().remove(&queue.name);
             self.expiring_bindings.lock().remove(&queue.name);
         }
-        let mut conn = self.conn.clone();
-        let (_, stored): (i64, String) = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .hset_nx(self.options.queues_key(), &queue.name, &spec)
-            .hget(self.options.queues_key(), &queue.name)
+            .ignore()
+            .hget(self.options.queues_key(), &queue.name);
+        for key in self.options.list_keys(&queue.name) {
+            pipe.llen(key);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> = pipe
             .query_async(&mut conn)
             .await
             .map_err(self.err("declare queue"))?;
-        if stored != spec {
-            // What it was declared with, to name what differs (nothing named if unreadable).
-            let has: Headers = serde_json::from_str(&stored).unwrap_or_default();
-            return Err(Error::inequivalent_settings(
-                format_args!("queue {:?}", queue.name),
-                &has,
-                &requested,
-            ));
+        let (stored, messages) = self.record_and_count(&queue.name, reply)?;
+        Ok(StoredQueue::new(stored, messages))
+    }
+
+    /// A queue's recorded settings and ready count from a reply of `HGET` then one `LLEN` per
+    /// list, plus what waits in this process's fanout buffer.
+    fn record_and_count(
+        &self,
+        queue: &str,
+        reply: Vec<redis::Value>,
+    ) -> Result<(Option<Headers>, u64)> {
+        let mut reply = reply.into_iter();
+        let stored: Option<String> = match reply.next() {
+            Some(value) => redis::from_redis_value(value)
+                .map_err(|e| self.err("read queue record")(e.into()))?,
+            None => None,
+        };
+        let mut messages = self.fanout.len(queue) as u64;
+        for value in reply {
+            let len: u64 =
+                redis::from_redis_value(value).map_err(|e| self.err("queue size")(e.into()))?;
+            messages += len;
         }
-        Ok(())
+        // Settings that cannot be read count as none recorded: a redeclaration then fails
+        // naming every setting.
+        let settings = stored.map(|text| serde_json::from_str(&text).unwrap_or_default());
+        Ok((settings, messages))
     }
 
     /// Purges a queue and removes it from the registry and from every binding table; returns
@@ -438,6 +442,26 @@ impl RedisBackend {
         }
         self.forget_topology();
         Ok(removed)
+    }
+
+    /// A queue's record and ready count, or `None` when it exists nowhere (see
+    /// [`queue_known`](Self::queue_known), asked only when it has neither).
+    pub(crate) async fn find_queue(&self, queue: &str) -> Result<Option<StoredQueue>> {
+        let mut pipe = redis::pipe();
+        pipe.hget(self.options.queues_key(), queue);
+        for key in self.options.list_keys(queue) {
+            pipe.llen(key);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("queue size"))?;
+        let (settings, messages) = self.record_and_count(queue, reply)?;
+        if settings.is_some() || messages > 0 || self.queue_known(queue).await? {
+            return Ok(Some(StoredQueue::new(settings, messages)));
+        }
+        Ok(None)
     }
 
     /// Whether a queue exists for kombu: recorded, one of its lists exists, or it is bound in
@@ -576,4 +600,16 @@ impl RedisBackend {
         self.topology.put_bindings(exchange, rows.clone());
         Ok(rows)
     }
+}
+
+/// An exchange from its record in kombu-rs's registry.
+fn parse_exchange(name: &str, spec: &str) -> Result<Exchange> {
+    let v: serde_json::Value = serde_json::from_str(spec)
+        .map_err(|e| Error::new(ErrorKind::Protocol, "stored exchange").with_source(e))?;
+    let kind: ExchangeKind = v["type"].as_str().unwrap_or("direct").parse()?;
+    let mut x = Exchange::new(name, kind);
+    x.durable = v["durable"].as_bool().unwrap_or(true);
+    x.auto_delete = v["auto_delete"].as_bool().unwrap_or(false);
+    x.arguments = serde_json::from_value(v["arguments"].clone()).unwrap_or_default();
+    Ok(x)
 }

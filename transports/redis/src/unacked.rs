@@ -24,7 +24,7 @@ const SWEEP_ROUNDS: usize = 20;
 pub(crate) fn field_of(receipt: &Receipt) -> Result<&str> {
     match receipt {
         Receipt::Key(key) => Ok(key),
-        Receipt::Id(_) => Err(Error::new(
+        Receipt::Id(_) | Receipt::Unleased => Err(Error::new(
             ErrorKind::Settlement,
             "redis receipts are unacked fields",
         )),
@@ -237,8 +237,8 @@ impl RedisBackend {
             }
             *last = Some(Instant::now());
         }
-        // A message acked here but not yet written must not look overdue.
-        self.acks.flush().await?;
+        // An ack the virtual channel still holds is of a lease that does not end soon (it
+        // writes those of leases about to end at once), so nothing acked here looks overdue.
         let mut conn = self.conn.clone();
         let o = &self.options;
         let ceiling = unix_now() - o.visibility_timeout.as_secs_f64();

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::virtual_transport::{
-    Backend, BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode, Taken, TopologyCache,
-    envelope,
+    Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
+    TakeMode, Taken, TopologyCache, envelope, queue_settings,
 };
-use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Queue, Result};
+use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -127,42 +127,9 @@ impl SqliteBackend {
     fn forget_topology(&self) {
         self.topology.clear();
     }
-}
 
-#[async_trait]
-impl Backend for SqliteBackend {
-    fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::none();
-        c.persistent = true;
-        c.shared_between_processes = true;
-        c.visibility_timeout = true;
-        // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
-        c.implicit_queues = true;
-        c
-    }
-
-    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
-        let arguments = serde_json::to_string(&exchange.arguments)
-            .map_err(|e| Error::new(ErrorKind::Codec, "exchange arguments").with_source(e))?;
-        let (name, kind) = (exchange.name.clone(), exchange.kind.as_str());
-        let (durable, auto_delete) = (exchange.durable, exchange.auto_delete);
-        self.run("declare exchange", move |conn| {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO kombu_rs_exchange (name, type, durable, auto_delete, arguments) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![name, kind, durable, auto_delete, arguments])?;
-            Ok(())
-        })
-        .await?;
-        self.forget_topology();
-        Ok(())
-    }
-
-    async fn lookup_exchange(&self, name: &str) -> Result<Option<Exchange>> {
-        if let Some(found) = self.topology.exchange(name) {
-            return Ok(found);
-        }
+    /// Reads an exchange's record (no cache).
+    async fn read_exchange(&self, name: &str) -> Result<Option<Exchange>> {
         let key = name.to_owned();
         let row = self
             .run("look up exchange", move |conn| {
@@ -180,21 +147,65 @@ impl Backend for SqliteBackend {
                 .optional()
             })
             .await?;
-        let found = match row {
-            None => None,
-            Some((kind, durable, auto_delete, arguments)) => {
-                let kind: ExchangeKind = kind.parse()?;
-                let mut exchange = Exchange::new(name, kind);
-                exchange.durable = durable;
-                exchange.auto_delete = auto_delete;
-                exchange.arguments = serde_json::from_str(&arguments).map_err(|e| {
-                    Error::new(ErrorKind::Protocol, "stored exchange arguments").with_source(e)
-                })?;
-                Some(exchange)
-            }
+        let Some((kind, durable, auto_delete, arguments)) = row else {
+            return Ok(None);
         };
-        self.topology.put_exchange(name, found.clone());
-        Ok(found)
+        let kind: ExchangeKind = kind.parse()?;
+        let mut exchange = Exchange::new(name, kind);
+        exchange.durable = durable;
+        exchange.auto_delete = auto_delete;
+        exchange.arguments = serde_json::from_str(&arguments).map_err(|e| {
+            Error::new(ErrorKind::Protocol, "stored exchange arguments").with_source(e)
+        })?;
+        Ok(Some(exchange))
+    }
+}
+
+/// Settings recorded in `kombu_rs_queue` (an unreadable record reads as none recorded, so a
+/// redeclaration fails naming every setting).
+fn parse_settings(stored: Option<String>) -> Option<Headers> {
+    stored.map(|text| serde_json::from_str(&text).unwrap_or_default())
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn capabilities(&self) -> BackendCapabilities {
+        let mut c = Capabilities::none();
+        c.persistent = true;
+        c.shared_between_processes = true;
+        c.visibility_timeout = true;
+        // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
+        c.implicit_queues = true;
+        BackendCapabilities::new(c)
+    }
+
+    async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
+        let Some(exchange) = declare else {
+            if let Some(found) = self.topology.exchange(name) {
+                return Ok(found);
+            }
+            let found = self.read_exchange(name).await?;
+            self.topology.put_exchange(name, found.clone());
+            return Ok(found);
+        };
+        let arguments = serde_json::to_string(&exchange.arguments)
+            .map_err(|e| Error::new(ErrorKind::Codec, "exchange arguments").with_source(e))?;
+        let (key, kind) = (name.to_owned(), exchange.kind.as_str());
+        let (durable, auto_delete) = (exchange.durable, exchange.auto_delete);
+        let inserted = self
+            .run("declare exchange", move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO kombu_rs_exchange (name, type, durable, auto_delete, arguments) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key, kind, durable, auto_delete, arguments])
+            })
+            .await?;
+        if inserted > 0 {
+            self.forget_topology();
+            return Ok(Some(exchange.clone()));
+        }
+        self.read_exchange(name).await
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
@@ -210,54 +221,60 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn declare_queue(&self, queue: &Queue) -> Result<()> {
-        let name = queue.name.clone();
-        let mut spec = queue.declare_arguments();
-        for (flag, on) in [
-            ("durable", queue.durable),
-            ("exclusive", queue.exclusive),
-            ("auto_delete", queue.auto_delete),
-        ] {
-            spec.insert(format!("kombu-rs:{flag}"), kombu_core::Value::Bool(on));
-        }
-        let requested = spec;
-        let spec = serde_json::to_string(&requested)
-            .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
-        let conflict = self
+    async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
+        let spec = match declare {
+            Some(queue) => Some(
+                serde_json::to_string(&queue_settings(queue))
+                    .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?,
+            ),
+            None => None,
+        };
+        let name = name.to_owned();
+        let found = self
             .run("declare queue", move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                ensure_queue(&tx, &name)?;
-                let stored: Option<String> = tx
-                    .query_row(
-                        "SELECT arguments FROM kombu_rs_queue WHERE name = ?1",
-                        [&name],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let conflict = match stored {
-                    Some(stored) => (stored != spec).then_some(stored),
-                    None => {
-                        tx.execute(
-                            "INSERT INTO kombu_rs_queue (name, arguments) VALUES (?1, ?2)",
-                            params![name, spec],
-                        )?;
-                        None
-                    }
+                let tx = conn.transaction_with_behavior(if spec.is_some() {
+                    TransactionBehavior::Immediate
+                } else {
+                    TransactionBehavior::Deferred
+                })?;
+                let id = match &spec {
+                    Some(_) => ensure_queue(&tx, &name)?,
+                    None => match queue_id(&tx, &name)? {
+                        Some(id) => id,
+                        None => return Ok(None),
+                    },
                 };
+                let mut stored: Option<String> = tx
+                    .prepare_cached("SELECT arguments FROM kombu_rs_queue WHERE name = ?1")?
+                    .query_row([&name], |r| r.get(0))
+                    .optional()?;
+                if let (None, Some(spec)) = (&stored, spec) {
+                    tx.execute(
+                        "INSERT INTO kombu_rs_queue (name, arguments) VALUES (?1, ?2)",
+                        params![name, spec],
+                    )?;
+                    stored = Some(spec);
+                }
+                let ready = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
+                    )?
+                    .query_row([id], |r| r.get::<_, i64>(0))?
+                    .unsigned_abs();
                 tx.commit()?;
-                Ok(conflict)
+                Ok(Some((stored, ready)))
             })
             .await?;
-        if let Some(stored) = conflict {
-            // What it was declared with, to name what differs (nothing named if unreadable).
-            let has: kombu_core::Headers = serde_json::from_str(&stored).unwrap_or_default();
-            return Err(Error::inequivalent_settings(
-                format_args!("queue {:?}", queue.name),
-                &has,
-                &requested,
-            ));
-        }
-        Ok(())
+        Ok(found.map(|(stored, ready)| StoredQueue::new(parse_settings(stored), ready)))
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool> {
+        // One query: no count of its messages.
+        let name = name.to_owned();
+        self.run("find queue", move |conn| {
+            Ok(queue_id(conn, &name)?.is_some())
+        })
+        .await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
@@ -284,14 +301,6 @@ impl Backend for SqliteBackend {
             .await?;
         self.forget_topology();
         Ok(removed)
-    }
-
-    async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        let name = queue.to_owned();
-        self.run("find queue", move |conn| {
-            Ok(queue_id(conn, &name)?.is_some())
-        })
-        .await
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
@@ -363,10 +372,6 @@ impl Backend for SqliteBackend {
         let rows: Arc<[BindingRow]> = rows.into();
         self.topology.put_bindings(exchange, rows.clone());
         Ok(rows)
-    }
-
-    async fn put(&self, queue: &str, envelope: Envelope) -> Result<Vec<DeadLetter>> {
-        self.put_many(vec![(queue.to_owned(), envelope)]).await
     }
 
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
@@ -489,25 +494,44 @@ impl Backend for SqliteBackend {
         Ok(fetched)
     }
 
-    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
-        let (id, version) = receipt_row(receipt)?;
+    async fn ack_many(&self, _queue: &str, receipts: &[Receipt]) -> Result<()> {
+        let rows = receipts
+            .iter()
+            .map(receipt_row)
+            .collect::<Result<Vec<(i64, i64)>>>()?;
         self.run("ack", move |conn| {
-            conn.prepare_cached(
-                "DELETE FROM kombu_message WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
-            )?
-            .execute(params![id, version, VERSION_MASK])
-            .map(|_| ())
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM kombu_message WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+                )?;
+                for (id, version) in &rows {
+                    delete.execute(params![id, version, VERSION_MASK])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }
 
-    async fn reject(&self, queue: &str, receipt: &Receipt) -> Result<Option<DeadLetter>> {
-        self.ack(queue, receipt).await?;
-        Ok(None)
-    }
-
-    async fn restore(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+    async fn reject(
+        &self,
+        _queue: &str,
+        receipt: &Receipt,
+        requeue: bool,
+    ) -> Result<Option<DeadLetter>> {
         let (id, version) = receipt_row(receipt)?;
+        if !requeue {
+            self.run("reject", move |conn| {
+                conn.prepare_cached(
+                    "DELETE FROM kombu_message WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+                )?
+                .execute(params![id, version, VERSION_MASK])
+                .map(|_| ())
+            })
+            .await?;
+            return Ok(None);
+        }
         self.run("restore", move |conn| {
             conn.prepare_cached(
                 "UPDATE kombu_message SET visible = 1, timestamp = NULL, lease_until = NULL, \
@@ -518,7 +542,7 @@ impl Backend for SqliteBackend {
         })
         .await?;
         self.notify.notify_waiters();
-        Ok(())
+        Ok(None)
     }
 
     async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
@@ -546,21 +570,6 @@ impl Backend for SqliteBackend {
                 [id],
             )?;
             Ok(n as u64)
-        })
-        .await
-    }
-
-    async fn size(&self, queue: &str) -> Result<u64> {
-        let name = queue.to_owned();
-        self.run("size", move |conn| {
-            let Some(id) = queue_id(conn, &name)? else {
-                return Ok(0);
-            };
-            conn.prepare_cached(
-                "SELECT COUNT(*) FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
-            )?
-            .query_row([id], |r| r.get::<_, i64>(0))
-            .map(i64::unsigned_abs)
         })
         .await
     }

@@ -32,5 +32,6 @@ pub(crate) fn receipt_row(receipt: &Receipt) -> Result<(i64, i64)> {
             let version: i64 = version.parse().map_err(|_| bad())?;
             Ok((id, version & VERSION_MASK))
         }
+        Receipt::Unleased => Err(bad()),
     }
 }

@@ -1,0 +1,262 @@
+//! Consuming through the virtual channel: consumer streams (prefetch, round robin over
+//! queues, idle spins and waits) and `get`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::channel::{ConsumeOptions, Delivery, DeliveryStream};
+use crate::error::{Error, Result};
+use crate::virtual_transport::TakeMode;
+use crate::virtual_transport::channel::Shared;
+use crate::virtual_transport::settle::{InFlight, restore_all};
+
+/// Most messages taken in one backend call when prefetch does not bound it.
+const MAX_BATCH: usize = 256;
+/// Longest a consumer waits in one backend `wait` before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+impl Shared {
+    fn take_mode(&self, no_ack: bool, visibility: Option<Duration>) -> TakeMode {
+        if no_ack {
+            TakeMode::NoAck
+        } else {
+            TakeMode::Lease(visibility.or(self.default_visibility))
+        }
+    }
+
+    pub(super) fn consume(
+        self: &Arc<Self>,
+        queues: &[String],
+        options: &ConsumeOptions,
+    ) -> Result<DeliveryStream> {
+        if queues.is_empty() {
+            return Err(Error::config("a consumer needs at least one queue"));
+        }
+        let consumer_tag = if options.consumer_tag.is_empty() {
+            format!(
+                "ctag-{}.{}",
+                self.id,
+                self.next_consumer.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            options.consumer_tag.clone()
+        };
+        let state = ConsumerState {
+            shared: self.clone(),
+            queues: queues.to_vec(),
+            names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
+            next_queue: 0,
+            prefetch: usize::from(options.prefetch),
+            // No-ack consumers take with a lease too, and ack as they hand out, so messages
+            // taken into the buffer go back if the consumer is dropped.
+            lease: options.visibility_timeout.or(self.default_visibility),
+            no_ack: options.no_ack,
+            consumer_tag: consumer_tag.into(),
+            buffer: VecDeque::new(),
+            inflight: Arc::new(InFlight::default()),
+            spins: 0,
+        };
+        // Fused: polling the stream again after it ended yields `None`, not a panic.
+        Ok(Box::pin(
+            futures::stream::unfold(state, |mut state| async move {
+                state.next().await.map(|item| (item, state))
+            })
+            .fuse(),
+        ))
+    }
+
+    pub(super) async fn get(
+        self: &Arc<Self>,
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<Option<Delivery>> {
+        let mode = self.take_mode(no_ack, None);
+        let fetched = self.backend.get_many(queue, 1, mode).await?;
+        let inflight = (!no_ack).then(|| Arc::new(InFlight::default()));
+        let mut out = VecDeque::with_capacity(1);
+        // Registered before dead-lettering, so a dead-letter failure cannot strand it.
+        self.register(
+            &Arc::from(queue),
+            fetched.taken,
+            inflight.as_ref(),
+            self.default_visibility,
+            &Arc::from(""),
+            &mut out,
+        );
+        self.dead_letter(fetched.dead).await?;
+        Ok(out.pop_front())
+    }
+}
+
+/// One consumer's loop state.
+struct ConsumerState {
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    /// The same names, shared by every pending entry.
+    names: Vec<Arc<str>>,
+    next_queue: usize,
+    prefetch: usize,
+    /// Visibility timeout of this consumer's leases.
+    lease: Option<Duration>,
+    no_ack: bool,
+    consumer_tag: Arc<str>,
+    /// Taken but not yet handed out; already pending (so a close restores them).
+    buffer: VecDeque<Delivery>,
+    inflight: Arc<InFlight>,
+    /// Empty looks since the last message.
+    spins: u32,
+}
+
+impl ConsumerState {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(mut delivery) = self.buffer.pop_front() {
+                if self.shared.closed.load(Ordering::Acquire) {
+                    // A close raced with the pop and already restored it.
+                    delivery.forget_settlement();
+                    return None;
+                }
+                if self.no_ack
+                    && let Err(e) = delivery.ack_for_no_ack().await
+                {
+                    return Some(Err(e));
+                }
+                return Some(Ok(delivery));
+            }
+            let held = self.inflight.count.load(Ordering::Acquire);
+            let want = if self.prefetch == 0 {
+                MAX_BATCH
+            } else if self.no_ack {
+                // The window bounds the batch; deliveries are acked as they go out.
+                self.prefetch.min(MAX_BATCH)
+            } else {
+                self.prefetch.saturating_sub(held).min(MAX_BATCH)
+            };
+            if want == 0 {
+                self.wait_for_slot().await;
+                continue;
+            }
+            match self.fetch(want).await {
+                Ok(true) => {
+                    self.spins = 0;
+                    continue;
+                }
+                Ok(false) if self.spins < self.shared.idle_spins => {
+                    self.spins += 1;
+                    tokio::task::yield_now().await;
+                }
+                Ok(false) => {
+                    // Idle: what this channel acked is written before it waits.
+                    if let Err(e) = self.shared.acks.flush().await {
+                        return Some(Err(e));
+                    }
+                    let closing = self.shared.closing.notified();
+                    tokio::pin!(closing);
+                    closing.as_mut().enable();
+                    if self.shared.closed.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    tokio::select! {
+                        waited = self.shared.backend.wait(&self.queues, IDLE_WAIT) => {
+                            if let Err(e) = waited {
+                                return Some(Err(e));
+                            }
+                        }
+                        () = &mut closing => return None,
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// At the prefetch limit: waits until a delivery is settled, or until one of this
+    /// consumer's leases ends (the backend then hands that message out again, so its slot is
+    /// freed here; nothing waits forever on a delivery that was dropped or kept too long).
+    async fn wait_for_slot(&self) {
+        let released = self.inflight.released.notified();
+        tokio::pin!(released);
+        // Register before re-checking, so a release in between is not missed.
+        released.as_mut().enable();
+        if self.inflight.count.load(Ordering::Acquire) < self.prefetch {
+            return;
+        }
+        match self.shared.earliest_deadline(&self.inflight) {
+            None => released.await,
+            Some(deadline) => {
+                tokio::select! {
+                    () = &mut released => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.shared
+                            .expire_pending(&self.inflight, tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes up to `want` messages from the next queue that has some. True if it got any.
+    async fn fetch(&mut self, want: usize) -> Result<bool> {
+        let n = self.queues.len();
+        let mode = TakeMode::Lease(self.lease);
+        for i in 0..n {
+            let idx = (self.next_queue + i) % n;
+            let fetched = {
+                let queue = &self.queues[idx];
+                self.shared.backend.get_many(queue, want, mode).await?
+            };
+            let got = !fetched.taken.is_empty();
+            if got {
+                self.next_queue = (idx + 1) % n;
+                // Registered before dead-lettering, so a dead-letter failure cannot strand
+                // what was taken.
+                self.shared.register(
+                    &self.names[idx],
+                    fetched.taken,
+                    Some(&self.inflight),
+                    self.lease,
+                    &self.consumer_tag,
+                    &mut self.buffer,
+                );
+            }
+            self.shared.dead_letter(fetched.dead).await?;
+            if got {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Drop for ConsumerState {
+    fn drop(&mut self) {
+        // Deliveries taken but never handed out go back to their queues now.
+        if self.buffer.is_empty() {
+            return;
+        }
+        let mut pending = Vec::new();
+        {
+            let mut map = self.shared.pending.lock();
+            for mut delivery in self.buffer.drain(..).rev() {
+                delivery.forget_settlement();
+                if let Some(p) = map.remove(&delivery.delivery_tag()) {
+                    pending.push((delivery.delivery_tag(), p));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let backend = self.shared.backend.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { restore_all(&*backend, pending).await });
+        }
+    }
+}
