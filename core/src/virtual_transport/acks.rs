@@ -336,12 +336,7 @@ mod tests {
     async fn an_abandoned_stream_does_not_stall_close() {
         let channel = VirtualChannel::new(Arc::new(SlowAcks::default()), None);
         channel.declare_queue(&Queue::new("q")).await.unwrap();
-        let outgoing = Outgoing {
-            exchange: String::new(),
-            routing_key: "q".into(),
-            message: crate::Message::new("m"),
-            mandatory: false,
-        };
+        let outgoing = Outgoing::new("", "q", crate::Message::new("m"));
         channel.publish(outgoing).await.unwrap();
         let mut stream = channel
             .consume(&["q".into()], &ConsumeOptions::default())

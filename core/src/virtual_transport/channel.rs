@@ -304,12 +304,7 @@ mod tests {
         let backend = Arc::new(MemoryBackend::new());
         let channel = VirtualChannel::new(backend.clone(), Some(Duration::from_secs(5)));
         channel.declare_queue(&Queue::new("q")).await.unwrap();
-        let outgoing = Outgoing {
-            exchange: String::new(),
-            routing_key: "q".into(),
-            message: crate::Message::new("m"),
-            mandatory: false,
-        };
+        let outgoing = Outgoing::new("", "q", crate::Message::new("m"));
         channel.publish(outgoing).await.unwrap();
         let delivery = channel.get("q", false).await.unwrap().unwrap();
         delivery.ack().await.unwrap();

@@ -25,6 +25,7 @@ mod channel;
 mod consume;
 mod declare;
 pub mod envelope;
+mod poll;
 mod publish;
 pub mod router;
 mod settle;
@@ -38,6 +39,7 @@ use crate::value::Headers;
 pub use crate::message::Envelope;
 pub use backend::{Backend, BackendCapabilities, StoredQueue, queue_settings};
 pub use channel::VirtualChannel;
+pub use poll::poll_until_ready;
 pub use shared::{TopologyCache, VirtualConnection};
 
 /// A backend's handle on a taken (unacked) message, used to ack, reject or restore it.

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, envelope,
+    TakeMode, Taken, TopologyCache, envelope, poll_until_ready,
 };
 use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
 use parking_lot::Mutex;
@@ -418,32 +418,29 @@ impl Backend for RedisBackend {
         if self.watchers.wait(&keys, timeout, &mut notified).await {
             return Ok(());
         }
-        // No blocking wait possible: look every so often, backing off to `polling_interval`.
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.llen(k);
+        // No blocking wait possible: look every so often, backing off to `polling_interval`,
+        // sweeping expired leases before every look but the first (swept above).
+        let mut swept = true;
+        let pauses = (Duration::from_millis(5), self.options.polling_interval);
+        let keys = &keys;
+        poll_until_ready(notified, timeout, pauses, || {
+            let sweep = !std::mem::take(&mut swept);
+            async move {
+                if sweep {
+                    self.sweep().await?;
+                }
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    pipe.llen(k);
+                }
+                let mut conn = self.conn.clone();
+                let lens: Vec<u64> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(self.err("poll"))?;
+                Ok(lens.iter().any(|n| *n > 0) || queues.iter().any(|q| self.fanout.len(q) > 0))
             }
-            let mut conn = self.conn.clone();
-            let lens: Vec<u64> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(self.err("poll"))?;
-            if lens.iter().any(|n| *n > 0) || queues.iter().any(|q| self.fanout.len(q) > 0) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = &mut notified => return Ok(()),
-                _ = tokio::time::sleep(pause.min(left)) => {}
-            }
-            pause = (pause * 2).min(self.options.polling_interval.max(Duration::from_millis(5)));
-            self.sweep().await?;
-        }
+        })
+        .await
     }
 }

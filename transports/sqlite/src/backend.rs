@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, envelope, queue_settings,
+    TakeMode, Taken, TopologyCache, envelope, poll_until_ready, queue_settings,
 };
 use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use parking_lot::Mutex;
@@ -575,42 +575,28 @@ impl Backend for SqliteBackend {
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let notified = self.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // Fast after activity, backing off to the polling interval when idle.
-        let mut pause = Duration::from_millis(1);
-        loop {
+        let pauses = (Duration::from_millis(1), self.options.polling_interval);
+        poll_until_ready(notified, timeout, pauses, || {
             let names = queues.to_vec();
-            let ready = self
-                .run("poll", move |conn| {
-                    let now = unix_now();
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
-                         ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
-                         (m.visible = 0 AND m.lease_until IS NOT NULL AND m.lease_until < ?2)))",
-                    )?;
-                    for name in &names {
-                        if stmt.query_row(params![name, now], |r| r.get::<_, bool>(0))? {
-                            return Ok(true);
-                        }
+            self.run("poll", move |conn| {
+                let now = unix_now();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
+                     ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
+                     (m.visible = 0 AND m.lease_until IS NOT NULL AND m.lease_until < ?2)))",
+                )?;
+                for name in &names {
+                    if stmt.query_row(params![name, now], |r| r.get::<_, bool>(0))? {
+                        return Ok(true);
                     }
-                    Ok(false)
-                })
-                .await?;
-            if ready {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = &mut notified => return Ok(()),
-                _ = tokio::time::sleep(pause.min(left)) => {}
-            }
-            pause = (pause * 2).min(self.options.polling_interval.max(Duration::from_millis(1)));
-        }
+                }
+                Ok(false)
+            })
+        })
+        .await
     }
 }
