@@ -519,7 +519,11 @@ impl Delivery {
         self.inner.decoder.check(&self.inner.envelope.message)
     }
 
-    /// Acknowledges: the message is done and removed.
+    /// Acknowledges: the message is done. On AMQP, `Ok` means the ack was sent. On a virtual
+    /// transport, `Ok` means the ack is queued and written within moments, in a batch (a
+    /// failed write is retried; if it still fails, the channel's `close` reports it and the
+    /// message comes back when its lease ends); an ack that cannot wait (its lease ends soon,
+    /// or the batch is full) is written before `ack` returns, and an `Err` means it was not.
     pub async fn ack(self) -> Result<(), SettleError> {
         self.settle(Outcome::Ack).await
     }

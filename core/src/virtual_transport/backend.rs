@@ -178,9 +178,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// acks (a batch per queue, written within a moment, before any lease in it ends, and
     /// before the channel closes), so this is the one ack path; one round trip per call where
     /// the broker allows. A receipt that is already gone (its lease ended and the message was
-    /// restored, or it was settled) is skipped without error: a late ack is harmless. On
-    /// `Err`, core logs and drops the batch: those messages come back when their leases end
-    /// (at-least-once).
+    /// restored, or it was settled) is skipped without error: a late ack is harmless. On a
+    /// recoverable `Err` ([`Error::is_recoverable`]) core retries the batch a few times over
+    /// about two seconds; once it gives up (or on another error) it logs the failure and
+    /// reports it to the channel that queued the acks, and those messages come back when
+    /// their leases end (at-least-once). So a backend whose takes have no lease end (no
+    /// visibility timeout) must not fail here except when the messages are gone anyway: an
+    /// unacked message must never be left with no way back.
     async fn ack_many(&self, queue: &str, receipts: &[Receipt]) -> Result<()>;
 
     /// Settles one taken message negatively. With `requeue`, returns it to the head of its

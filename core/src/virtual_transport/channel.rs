@@ -121,16 +121,20 @@ impl Drop for VirtualChannel {
     fn drop(&mut self) {
         let pending = self.shared.shut();
         if pending.is_empty() && self.shared.acks.is_empty() {
+            // A failure not reported was logged; nobody to hand it to.
+            self.shared.acks.forget(self.shared.id);
             return;
         }
         let backend = self.shared.backend.clone();
         let acks = self.shared.acks.clone();
+        let owner = self.shared.id;
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
                     restore_all(&*backend, pending).await;
-                    // Logged by the batch; nobody to hand an error to.
-                    let _ = acks.flush().await;
+                    // A failure was logged by the batch; nobody to hand it to.
+                    acks.flush().await;
+                    acks.forget(owner);
                 });
             }
             Err(_) => tracing::warn!(
@@ -222,7 +226,8 @@ impl Channel for VirtualChannel {
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
         self.shared.check_open()?;
-        self.shared.acks.flush().await?;
+        // Ordering only: acks queued before are written first.
+        self.shared.acks.flush().await;
         self.shared.backend.delete_queue(queue).await
     }
 
@@ -249,7 +254,7 @@ impl Channel for VirtualChannel {
     async fn close(&self) -> Result<()> {
         let pending = self.shared.shut();
         restore_all(&*self.shared.backend, pending).await;
-        self.shared.acks.flush().await
+        self.shared.acks.flush_owned(self.shared.id).await
     }
 }
 

@@ -153,10 +153,9 @@ impl ConsumerState {
                     tokio::task::yield_now().await;
                 }
                 Ok(false) => {
-                    // Idle: what this channel acked is written before it waits.
-                    if let Err(e) = self.shared.acks.flush().await {
-                        return Some(Err(e));
-                    }
+                    // Idle: what this channel acked is written before it waits (ordering
+                    // only: a failed ack is reported by the channel's `close`, not here).
+                    self.shared.acks.flush().await;
                     let closing = self.shared.closing.notified();
                     tokio::pin!(closing);
                     closing.as_mut().enable();

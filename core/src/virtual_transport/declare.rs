@@ -83,7 +83,8 @@ impl Shared {
 
     /// A queue's ready count, or [`ErrorKind::NotFound`] when it exists nowhere.
     pub(super) async fn queue_size(&self, queue: &str) -> Result<u64> {
-        self.acks.flush().await?;
+        // Ordering only: acks queued before are written first.
+        self.acks.flush().await;
         match self.backend.queue(queue, None).await? {
             Some(stored) => Ok(stored.messages),
             None => Err(missing(queue)),
@@ -93,7 +94,8 @@ impl Shared {
     /// Purges a queue's ready messages, or fails with [`ErrorKind::NotFound`] when it exists
     /// nowhere (asked only when nothing was purged).
     pub(super) async fn purge(&self, queue: &str) -> Result<u64> {
-        self.acks.flush().await?;
+        // Ordering only: acks queued before are written first.
+        self.acks.flush().await;
         let count = self.backend.purge(queue).await?;
         if count == 0 && !self.backend.queue_exists(queue).await? {
             return Err(missing(queue));

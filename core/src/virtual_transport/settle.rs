@@ -261,7 +261,7 @@ impl Settler for Shared {
         drop(pending);
         p.inflight.release();
         if p.unleased.is_none() {
-            self.acks.push(p.queue, p.receipt);
+            self.acks.push(self.id, p.queue, p.receipt);
         }
         Some(Ok(()))
     }

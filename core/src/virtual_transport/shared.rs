@@ -19,7 +19,9 @@ use crate::virtual_transport::{Backend, BindingRow, VirtualChannel};
 /// A [`BrokerConnection`] over a [`Backend`]: its channels are [`VirtualChannel`]s with the
 /// connection's default visibility timeout. Its channels queue their acks in one batch, which
 /// a channel writes when it closes and the connection when it closes (so the acks of a
-/// consumer dropped without closing its channel are on the broker once `close` returns).
+/// consumer dropped without closing its channel are on the broker once `close` returns). A
+/// channel's `close` reports the failures of its own acks only; the connection's `close`
+/// reports those of channels not closed yet (a dropped channel's are only logged).
 #[derive(Debug)]
 pub struct VirtualConnection {
     backend: Arc<dyn Backend>,
@@ -58,7 +60,7 @@ impl BrokerConnection for VirtualConnection {
     }
 
     async fn close(&self) -> Result<()> {
-        self.acks.flush().await
+        self.acks.flush_all().await
     }
 }
 
