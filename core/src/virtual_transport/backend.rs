@@ -134,7 +134,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// [`queue_exists`](Self::queue_exists), whose default is this lookup.
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>>;
 
-    /// Deletes a queue, its messages (ready and unacked) and its bindings; returns how many
+    /// Deletes a queue, its messages (ready, and unacked where the backend keeps them per queue;
+    /// Redis keeps kombu's one unacked table and restores what a deleted queue left there when
+    /// its leases end) and its bindings; returns how many
     /// ready messages it held. Idempotent (0 for a queue that does not exist). Consumers
     /// waiting on it should wake.
     async fn delete_queue(&self, name: &str) -> Result<u64>;
