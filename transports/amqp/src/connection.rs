@@ -103,13 +103,13 @@ pub(crate) async fn connect(options: &AmqpOptions) -> Result<lapin::Connection> 
     match tokio::time::timeout(options.connect_timeout + Duration::from_secs(1), connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => {
-            let mut error = map(e, format!("connect to {shown}"));
-            // A refused login is not worth retrying; everything else is.
-            if error.kind() != ErrorKind::AccessRefused {
-                error = Error::new(ErrorKind::Connection, error.message().to_owned())
-                    .with_source(error);
+            let error = map(e.clone(), format!("connect to {shown}"));
+            // A refused login is not worth retrying; everything else is a connection error
+            // (failover moves on), caused by lapin's.
+            if error.kind() == ErrorKind::AccessRefused {
+                return Err(error);
             }
-            Err(error)
+            Err(Error::new(ErrorKind::Connection, format!("connect to {shown}")).with_source(e))
         }
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,

@@ -63,6 +63,16 @@ pub(crate) struct TlsFiles {
     pub(crate) keyfile: Option<String>,
 }
 
+/// The database number in the URL's path (`/3`; none: 0), or why it is not one.
+fn database(url: &BrokerUrl) -> std::result::Result<i64, String> {
+    match url.path().unwrap_or_default().trim_matches('/') {
+        "" => Ok(0),
+        d => d
+            .parse::<i64>()
+            .map_err(|_| format!("the database {d:?} is not a number")),
+    }
+}
+
 impl Options {
     /// Parses `url` (one of the transport's schemes): an [`ErrorKind::InvalidUrl`] error for
     /// an address or option it cannot read.
@@ -73,12 +83,7 @@ impl Options {
         let mut sentinel = None;
         let (client_url, db) = match url.scheme() {
             scheme @ ("redis" | "rediss") => {
-                let db = match url.path().unwrap_or_default().trim_matches('/') {
-                    "" => 0,
-                    d => d
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
-                };
+                let db = database(url).map_err(bad)?;
                 let host = url.host().unwrap_or("localhost");
                 let port = url.port().unwrap_or(6379);
                 let auth = match (url.username(), url.password()) {
@@ -130,12 +135,7 @@ impl Options {
                 let master_name = url.query("master_name").ok_or_else(|| {
                     bad("a sentinel:// URL needs ?master_name=<the monitored master's name>".into())
                 })?;
-                let db = match url.path().unwrap_or_default().trim_matches('/') {
-                    "" => 0,
-                    d => d
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("the database {d:?} is not a number")))?,
-                };
+                let db = database(url).map_err(bad)?;
                 let host = url.host().unwrap_or("localhost");
                 let port = url.port().unwrap_or(26379);
                 sentinel = Some(SentinelTarget {
