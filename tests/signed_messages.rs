@@ -111,12 +111,12 @@ async fn consumer_requiring_celery_auth_refuses_unsigned_messages() -> kombu::Re
                     delivery.ack().await.map_err(|e| e.error)?;
                 }
                 Err(err) => {
-                    outcomes.push(format!("refused {err}"));
+                    outcomes.push(format!("refused {err:#}"));
                     delivery.reject().await.map_err(|e| e.error)?;
                 }
             },
             Err(err) => {
-                outcomes.push(format!("refused {}", err.error));
+                outcomes.push(format!("refused {:#}", err.error));
                 err.delivery
                     .expect("delivery")
                     .reject()
