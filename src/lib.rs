@@ -41,7 +41,7 @@
 //! What a transport can and cannot do is data: [`Connection::capabilities`] returns its
 //! [`Capabilities`].
 //!
-//! Crates that use `kombu-core` directly call [`install`] (or `kombu_core::memory::register`,
+//! Crates that use `kombu-core` directly call [`install`] (or `kombu_core::transport::memory::register`,
 //! or a transport crate's own `register` function) once before opening connections.
 //!
 //! ## Two audiences
@@ -90,7 +90,7 @@ pub fn install() {
     INSTALL.call_once(|| {
         // Every transport registers here, each behind its feature.
         #[cfg(feature = "memory")]
-        kombu_core::memory::register();
+        kombu_core::transport::memory::register();
         #[cfg(feature = "sqlite")]
         kombu_sqlite::register();
         #[cfg(feature = "redis")]

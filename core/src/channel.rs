@@ -1,7 +1,7 @@
 //! The native transport contract: [`Channel`], and the [`Delivery`] it hands out.
 //!
 //! A transport whose broker routes (AMQP) implements [`Channel`] directly. Store-only brokers
-//! implement the smaller [`Backend`](crate::virtual_transport::Backend) trait instead, and core's
+//! implement the smaller [`Backend`](crate::transport::virtual_transport::Backend) trait instead, and core's
 //! virtual channel turns it into a `Channel`. Either way the rest of the library (Producer,
 //! Consumer, the conformance suite) sees only `Channel`.
 //!
@@ -138,7 +138,7 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 /// The native transport contract: what every transport's channel must do. Applications use it
 /// through a `Connection`, its [`Producer`](crate::Producer)s and
 /// [`Consumer`](crate::Consumer)s; transport authors implement it (or
-/// [`Backend`](crate::virtual_transport::Backend) for brokers that only store).
+/// [`Backend`](crate::transport::virtual_transport::Backend) for brokers that only store).
 ///
 /// # The contract
 ///
@@ -178,7 +178,7 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// - `Ok(true)` for the default exchange `""`, and when the transport knows the exchange:
     ///   declared on the broker (AMQP: by anyone, `amq.*` included), or, on a virtual
     ///   transport, recorded by its backend
-    ///   ([`exchange`](crate::virtual_transport::Backend::exchange)). Python
+    ///   ([`exchange`](crate::transport::virtual_transport::Backend::exchange)). Python
     ///   kombu keeps the types of the exchanges it declares on Redis in process memory, so
     ///   there an exchange only Python declared is unknown (`false`) until kombu-rs declares it;
     /// - `Ok(false)` when it exists nowhere; asking never creates it, never changes it, and
@@ -304,7 +304,7 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
 /// #[derive(Deserialize)]
 /// struct Resize { width: u32 }
 ///
-/// # kombu_core::memory::register();
+/// # kombu_core::transport::memory::register();
 /// let conn = Connection::open("memory://doc-delivery").await?;
 /// let mut consumer = conn.consumer([Queue::new("images")]).build().await?;
 /// let producer = conn.producer().routing_key("images");

@@ -40,7 +40,7 @@ use crate::url::BrokerUrl;
 /// use futures::StreamExt;
 /// use kombu_core::{Connection, Exchange, ExchangeKind, Queue};
 ///
-/// # kombu_core::memory::register();
+/// # kombu_core::transport::memory::register();
 /// let conn = Connection::open("memory://u:secret@doc-connection-type").await?;
 /// assert_eq!(conn.url().to_string(), "memory://u:**@doc-connection-type");
 ///
@@ -239,7 +239,7 @@ impl Connection {
     /// # async fn main() -> kombu_core::Result<()> {
     /// use kombu_core::{Connection, Queue};
     ///
-    /// # kombu_core::memory::register();
+    /// # kombu_core::transport::memory::register();
     /// let conn = Connection::open("memory://").await?;
     /// assert!(!conn.queue_exists("jobs").await?);
     /// conn.declare_queue(&Queue::new("jobs")).await?;
@@ -260,7 +260,7 @@ impl Connection {
     /// # async fn main() -> kombu_core::Result<()> {
     /// use kombu_core::{Connection, Exchange, ExchangeKind};
     ///
-    /// # kombu_core::memory::register();
+    /// # kombu_core::transport::memory::register();
     /// let conn = Connection::open("memory://doc-exchange-exists").await?;
     /// assert!(conn.exchange_exists("").await?);
     /// assert!(!conn.exchange_exists("logs").await?);

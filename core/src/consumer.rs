@@ -16,7 +16,7 @@
 //! use futures::StreamExt;
 //! use kombu_core::{Connection, Queue};
 //!
-//! # kombu_core::memory::register();
+//! # kombu_core::transport::memory::register();
 //! let conn = Connection::open("memory://doc-consumer").await?;
 //! let mut consumer = conn.consumer([Queue::new("jobs")]).prefetch(10).accept(["json"]).build().await?;
 //! conn.producer().routing_key("jobs").publish(&vec![1, 2, 3]).await?;
@@ -232,7 +232,7 @@ impl From<ConsumeError> for Error {
 /// use futures::StreamExt;
 /// use kombu_core::{Connection, Queue};
 ///
-/// # kombu_core::memory::register();
+/// # kombu_core::transport::memory::register();
 /// let conn = Connection::open("memory://doc-consumer-type").await?;
 /// let mut consumer = conn
 ///     .consumer([Queue::new("emails"), Queue::new("sms")]) // declared unless .declare(false)

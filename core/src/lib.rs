@@ -14,7 +14,7 @@
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
 //! struct Email { to: String }
 //!
-//! kombu_core::memory::register();
+//! kombu_core::transport::memory::register();
 //! let conn = Connection::open("memory://lib-doc").await?;
 //! let queue = Queue::new("emails").exchange(Exchange::direct("mail")).routing_key("email");
 //! let mut consumer = conn.consumer([queue]).build().await?;
@@ -41,11 +41,12 @@
 //!   directly), [`Transport`](transport::Transport) and
 //!   [`register_transport`](transport::register_transport), [`Outgoing`](transport::Outgoing)
 //!   and the [`Envelope`](transport::Envelope) a [`Delivery`] reads.
-//! - [`virtual_transport`]: the store-only contract [`virtual_transport::Backend`];
-//!   [`virtual_transport::VirtualChannel`] adds routing, envelopes, prefetch, settlement and
-//!   redelivery on top. The native path never uses it.
-//! - [`memory`]: the memory transport (`memory://`, `memory://NAME`), registered by
-//!   [`memory::register`].
+//! - [`transport::virtual_transport`]: the store-only contract
+//!   [`Backend`](transport::virtual_transport::Backend);
+//!   [`VirtualChannel`](transport::virtual_transport::VirtualChannel) adds routing, envelopes,
+//!   prefetch, settlement and redelivery on top. The native path never uses it.
+//! - [`transport::memory`]: the memory transport (`memory://`, `memory://NAME`), registered by
+//!   [`transport::memory::register`].
 //! - `conformance` (feature `conformance`): the behaviour suite every transport runs.
 
 mod capabilities;
@@ -55,13 +56,11 @@ mod consumer;
 mod decoder;
 mod entity;
 mod error;
-pub mod memory;
 mod message;
 mod producer;
 pub mod transport;
 mod url;
 mod value;
-pub mod virtual_transport;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

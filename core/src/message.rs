@@ -263,7 +263,7 @@ pub struct DeliveryInfo {
 
 /// A message with where it was published: what a transport keeps and a
 /// [`Delivery`](crate::Delivery) reads. Virtual backends store it (serialized as kombu's JSON
-/// envelope by [`virtual_transport::envelope`](crate::virtual_transport::envelope)); a native
+/// envelope by [`virtual_transport::envelope`](crate::transport::virtual_transport::envelope)); a native
 /// transport builds one per received message. Shared behind an `Arc` between the store and the
 /// delivery, so taking a message copies nothing.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,7 +276,7 @@ pub struct Envelope {
     pub routing_key: String,
     /// kombu's `delivery_tag`: a UUID4 string chosen by the publisher, which backends that keep
     /// kombu's unacked bookkeeping (Redis) key on. Empty until the envelope is first
-    /// serialized: [`envelope::encode`](crate::virtual_transport::envelope::encode) writes a
+    /// serialized: [`envelope::encode`](crate::transport::virtual_transport::envelope::encode) writes a
     /// fresh UUID4 for an empty tag, so backends that never serialize (memory) never pay for
     /// one.
     pub tag: String,

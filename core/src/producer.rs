@@ -9,7 +9,7 @@
 //! use std::time::Duration;
 //! use kombu_core::{Connection, Exchange, Queue};
 //!
-//! # kombu_core::memory::register();
+//! # kombu_core::transport::memory::register();
 //! let conn = Connection::open("memory://doc-producer").await?;
 //! let orders = Exchange::topic("orders");
 //! let producer = conn
@@ -90,7 +90,7 @@ impl From<Queue> for Declaration {
 /// #[derive(Serialize)]
 /// struct Invoice { id: u32, total_cents: u64 }
 ///
-/// # kombu_core::memory::register();
+/// # kombu_core::transport::memory::register();
 /// let conn = Connection::open("memory://doc-producer-type").await?;
 /// let producer = conn.producer().routing_key("invoices").declare(Queue::new("invoices"));
 ///

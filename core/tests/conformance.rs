@@ -11,7 +11,7 @@ impl Harness for Memory {
         "memory"
     }
     async fn fresh_url(&self) -> Option<String> {
-        kombu_core::memory::register();
+        kombu_core::transport::memory::register();
         Some(format!(
             "memory://conformance-{}",
             uuid::Uuid::new_v4().simple()

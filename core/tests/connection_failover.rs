@@ -30,7 +30,7 @@ impl Transport for Refusing {
 }
 
 fn install() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     kombu_core::transport::register_transport(Arc::new(Refusing {
         scheme: &["down"],
         kind: ErrorKind::Connection,

@@ -43,7 +43,7 @@ fn passwords_with_reserved_characters_never_show() {
 
 #[tokio::test]
 async fn huge_visibility_timeout_in_url_does_not_panic() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let r = tokio::spawn(async {
         Connection::open("memory://x?visibility_timeout=1e30")
             .await
@@ -55,7 +55,7 @@ async fn huge_visibility_timeout_in_url_does_not_panic() {
 
 #[tokio::test]
 async fn large_visibility_timeout_in_url_does_not_panic_on_consume() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let r = tokio::spawn(async {
         let name = uniq("vt");
         let conn = Connection::open(&format!("memory://{name}?visibility_timeout=1e15"))
@@ -71,7 +71,7 @@ async fn large_visibility_timeout_in_url_does_not_panic_on_consume() {
 
 #[tokio::test]
 async fn huge_visibility_timeout_1e19_consume() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let r = tokio::spawn(async {
         let name = uniq("vt19");
         let conn = Connection::open(&format!("memory://{name}?visibility_timeout=1e19"))
@@ -87,7 +87,7 @@ async fn huge_visibility_timeout_1e19_consume() {
 
 #[tokio::test]
 async fn no_ack_consumer_dropped_after_one_keeps_the_rest() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("noack")))
         .await
         .unwrap();
@@ -114,7 +114,7 @@ async fn no_ack_consumer_dropped_after_one_keeps_the_rest() {
 
 #[tokio::test]
 async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let conn = Connection::open(&format!("memory://{}", uniq("noack2")))
         .await
         .unwrap();
@@ -137,8 +137,8 @@ async fn closing_a_no_ack_consumer_keeps_what_it_had_not_handed_out() {
 
 #[tokio::test]
 async fn dead_letter_failure_during_fetch_strands_nothing() {
+    use kombu_core::transport::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
-    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -175,8 +175,8 @@ async fn dead_letter_failure_during_fetch_strands_nothing() {
 
 #[tokio::test]
 async fn reject_while_the_broker_refuses_puts_loses_nothing() {
+    use kombu_core::transport::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, ConsumeOptions, Outgoing};
-    use kombu_core::virtual_transport::VirtualChannel;
     use kombu_core::{Exchange, Message};
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
@@ -216,8 +216,8 @@ async fn reject_while_the_broker_refuses_puts_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_consumer_on_a_remote_backend_does_not_spin() {
+    use kombu_core::transport::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, ConsumeOptions};
-    use kombu_core::virtual_transport::VirtualChannel;
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("q")).await.unwrap();
@@ -232,7 +232,7 @@ async fn idle_consumer_on_a_remote_backend_does_not_spin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_exactly_once() {
-    kombu_core::memory::register();
+    kombu_core::transport::memory::register();
     let name = uniq("stress");
     let conn = Connection::open(&format!("memory://{name}")).await.unwrap();
     conn.declare_queue(&Queue::new("q")).await.unwrap();
@@ -321,8 +321,8 @@ fn to(queue: &str, mandatory: bool) -> kombu_core::transport::Outgoing {
 #[tokio::test]
 async fn a_mandatory_batch_asks_once_per_distinct_queue() {
     use kombu_core::ErrorKind;
+    use kombu_core::transport::virtual_transport::VirtualChannel;
     use kombu_core::transport::{Channel, Outgoing};
-    use kombu_core::virtual_transport::VirtualChannel;
     let backend = Arc::new(flaky::Flaky::new());
     let ch = VirtualChannel::new(backend.clone(), None);
     ch.declare_queue(&Queue::new("a")).await.unwrap();
@@ -365,8 +365,8 @@ async fn a_mandatory_batch_asks_once_per_distinct_queue() {
 mod flaky {
     use super::*;
     use async_trait::async_trait;
-    use kombu_core::memory::MemoryBackend;
-    use kombu_core::virtual_transport::*;
+    use kombu_core::transport::memory::MemoryBackend;
+    use kombu_core::transport::virtual_transport::*;
     use kombu_core::{Error, Exchange, Result};
     use std::sync::atomic::AtomicBool;
 

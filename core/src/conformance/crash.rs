@@ -30,7 +30,7 @@
 //!         "memory"
 //!     }
 //!     fn register(&self) {
-//!         kombu_core::memory::register();
+//!         kombu_core::transport::memory::register();
 //!     }
 //!     async fn fresh_url(&self) -> String {
 //!         "memory://crash?visibility_timeout=2".to_owned()

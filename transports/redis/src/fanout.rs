@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kombu_core::virtual_transport::{Receipt, Taken, envelope};
+use kombu_core::transport::virtual_transport::{Receipt, Taken, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 

@@ -100,8 +100,8 @@
 use std::sync::{Arc, Once};
 
 use async_trait::async_trait;
+use kombu_core::transport::virtual_transport::VirtualConnection;
 use kombu_core::transport::{BrokerConnection, Transport, register_transport};
-use kombu_core::virtual_transport::VirtualConnection;
 use kombu_core::{BrokerUrl, Result};
 
 mod acks;

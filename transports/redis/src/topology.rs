@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kombu_core::virtual_transport::{Backend, BindingRow, StoredQueue, queue_settings, router};
+use kombu_core::transport::virtual_transport::{
+    Backend, BindingRow, StoredQueue, queue_settings, router,
+};
 use kombu_core::{Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use redis::AsyncCommands;
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use kombu_core::transport::unix_now;
-use kombu_core::virtual_transport::{Envelope, Receipt, envelope};
+use kombu_core::transport::virtual_transport::{Envelope, Receipt, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use redis::AsyncCommands;
 

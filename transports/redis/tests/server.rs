@@ -187,7 +187,7 @@ fn blocked_watchers(admin: &mut redis::Connection) -> Vec<String> {
 #[tokio::test]
 async fn idle_consumers_block_on_the_server_and_leave_the_list_as_it_was() {
     use futures::StreamExt;
-    use kombu_core::virtual_transport::{Envelope, envelope};
+    use kombu_core::transport::virtual_transport::{Envelope, envelope};
 
     if !server_up() {
         return;

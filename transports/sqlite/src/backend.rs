@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kombu_core::transport::unix_now;
-use kombu_core::virtual_transport::{
+use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, envelope, poll_until_ready, queue_settings,
 };

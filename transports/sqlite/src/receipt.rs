@@ -1,6 +1,6 @@
 //! Receipts: a taken row's id and its `version` after the take, packed in one value.
 
-use kombu_core::virtual_transport::Receipt;
+use kombu_core::transport::virtual_transport::Receipt;
 use kombu_core::{Error, ErrorKind, Result};
 
 /// Bits of a receipt that hold the row's `version` after the take: a row taken again (its

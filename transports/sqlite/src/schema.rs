@@ -3,7 +3,7 @@
 //! the helpers here read and write rows as Python kombu does.
 
 use kombu_core::transport::unix_now;
-use kombu_core::virtual_transport::{Envelope, envelope};
+use kombu_core::transport::virtual_transport::{Envelope, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 

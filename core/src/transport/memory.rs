@@ -19,7 +19,7 @@
 //! # async fn main() -> kombu_core::Result<()> {
 //! use kombu_core::{Connection, Queue};
 //!
-//! kombu_core::memory::register();
+//! kombu_core::transport::memory::register();
 //! let conn = Connection::open("memory://doc-memory").await?;
 //! conn.declare_queue(&Queue::new("jobs")).await?;
 //! conn.producer().routing_key("jobs").publish(&"hello").await?;
@@ -43,12 +43,12 @@ use tokio::time::Instant;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
-use crate::transport::{BrokerConnection, Transport};
-use crate::url::BrokerUrl;
-use crate::virtual_transport::{
+use crate::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
     StoredQueue, TakeMode, Taken, VirtualConnection, queue_settings,
 };
+use crate::transport::{BrokerConnection, Transport};
+use crate::url::BrokerUrl;
 
 /// Registers the `memory` URL scheme (idempotent).
 pub fn register() {

@@ -10,9 +10,9 @@ use super::*;
 use crate::channel::{Channel, ConsumeOptions, Outgoing};
 use crate::entity::{Exchange, Queue};
 use crate::error::ErrorKind;
-use crate::memory::MemoryBackend;
 use crate::transport::BrokerConnection;
-use crate::virtual_transport::{
+use crate::transport::memory::MemoryBackend;
+use crate::transport::virtual_transport::{
     BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, StoredQueue, TakeMode,
     VirtualChannel, VirtualConnection,
 };

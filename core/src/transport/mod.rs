@@ -29,8 +29,8 @@ pub use crate::channel::{
     Channel, ConsumeOptions, Decoder, DeliveryStream, Outcome, Outgoing, Settler,
 };
 pub use crate::message::Envelope;
-#[doc(no_inline)]
-pub use crate::{memory, virtual_transport};
+pub mod memory;
+pub mod virtual_transport;
 
 /// A kind of broker: knows how to connect to URLs of its schemes.
 #[async_trait]

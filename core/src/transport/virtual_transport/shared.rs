@@ -13,8 +13,8 @@ use crate::channel::Channel;
 use crate::entity::Exchange;
 use crate::error::Result;
 use crate::transport::BrokerConnection;
-use crate::virtual_transport::acks::AckBatch;
-use crate::virtual_transport::{Backend, BindingRow, VirtualChannel};
+use crate::transport::virtual_transport::acks::AckBatch;
+use crate::transport::virtual_transport::{Backend, BindingRow, VirtualChannel};
 
 /// A [`BrokerConnection`] over a [`Backend`]: its channels are [`VirtualChannel`]s with the
 /// connection's default visibility timeout. Its channels queue their acks in one batch, which

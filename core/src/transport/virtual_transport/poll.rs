@@ -21,7 +21,7 @@ use crate::error::Result;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> kombu_core::Result<()> {
 /// use std::time::Duration;
-/// use kombu_core::virtual_transport::poll_until_ready;
+/// use kombu_core::transport::virtual_transport::poll_until_ready;
 ///
 /// let wake = tokio::sync::Notify::new();
 /// let notified = wake.notified();

@@ -10,9 +10,9 @@ use futures::StreamExt;
 
 use crate::channel::{ConsumeOptions, Delivery, DeliveryStream};
 use crate::error::{Error, Result};
-use crate::virtual_transport::TakeMode;
-use crate::virtual_transport::channel::Shared;
-use crate::virtual_transport::settle::{InFlight, restore_all};
+use crate::transport::virtual_transport::TakeMode;
+use crate::transport::virtual_transport::channel::Shared;
+use crate::transport::virtual_transport::settle::{InFlight, restore_all};
 
 /// Most messages taken in one backend call when prefetch does not bound it.
 const MAX_BATCH: usize = 256;

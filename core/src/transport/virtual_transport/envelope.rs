@@ -10,7 +10,7 @@
 //! non-finite [`Value::Float`]) and lone surrogates (U+FFFD).
 //!
 //! ```
-//! use kombu_core::virtual_transport::{envelope, Envelope};
+//! use kombu_core::transport::virtual_transport::{envelope, Envelope};
 //! use kombu_core::{DeliveryMode, Message, Properties};
 //!
 //! let env = Envelope {
@@ -39,8 +39,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryMode, Message, Properties};
+use crate::transport::virtual_transport::Envelope;
 use crate::value::{Headers, Value};
-use crate::virtual_transport::Envelope;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -15,8 +15,8 @@
 //! A queue bound more than once receives a message once.
 
 use crate::entity::ExchangeKind;
+use crate::transport::virtual_transport::BindingRow;
 use crate::value::{Headers, Value};
-use crate::virtual_transport::BindingRow;
 
 /// Whether a topic binding key matches a routing key.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {

@@ -20,9 +20,9 @@ use crate::capabilities::Capabilities;
 use crate::channel::{Channel, ConsumeOptions, Delivery, DeliveryStream, Outgoing};
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, Result};
-use crate::virtual_transport::Backend;
-use crate::virtual_transport::acks::AckBatch;
-use crate::virtual_transport::settle::{Pending, restore_all};
+use crate::transport::virtual_transport::Backend;
+use crate::transport::virtual_transport::acks::AckBatch;
+use crate::transport::virtual_transport::settle::{Pending, restore_all};
 
 static CHANNEL_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -47,9 +47,9 @@ pub(super) struct Shared {
     pub(super) backend: Arc<dyn Backend>,
     /// The transport's capabilities: the backend's plus routing and what core adds.
     pub(super) capabilities: Capabilities,
-    /// [`BackendCapabilities::idle_spins`](crate::virtual_transport::BackendCapabilities).
+    /// [`BackendCapabilities::idle_spins`](crate::transport::virtual_transport::BackendCapabilities).
     pub(super) idle_spins: u32,
-    /// [`BackendCapabilities::native_fanout`](crate::virtual_transport::BackendCapabilities).
+    /// [`BackendCapabilities::native_fanout`](crate::transport::virtual_transport::BackendCapabilities).
     pub(super) native_fanout: bool,
     pub(super) default_visibility: Option<Duration>,
     pub(super) next_tag: AtomicU64,
@@ -263,7 +263,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::memory::MemoryBackend;
+    use crate::transport::memory::MemoryBackend;
 
     #[tokio::test]
     async fn close_ends_a_stream_waiting_at_its_prefetch_limit() {

@@ -1,5 +1,5 @@
 //! Pending deliveries of a virtual channel and their settlement: acks go to the channel's
-//! batch ([`AckBatch`](crate::virtual_transport::acks::AckBatch)), rejects and requeues to
+//! batch ([`AckBatch`](crate::transport::virtual_transport::acks::AckBatch)), rejects and requeues to
 //! [`Backend::reject`], and messages the backend no longer holds (a dead letter that could not
 //! be republished, a [`Receipt::Unleased`] delivery) are put back by core itself.
 
@@ -14,9 +14,9 @@ use tokio::time::Instant;
 
 use crate::channel::{Delivery, Outcome, Settler};
 use crate::error::{Error, ErrorKind, Result};
-use crate::virtual_transport::acks::LEASE_MARGIN;
-use crate::virtual_transport::channel::Shared;
-use crate::virtual_transport::{Backend, DeadLetter, Envelope, Receipt, Taken};
+use crate::transport::virtual_transport::acks::LEASE_MARGIN;
+use crate::transport::virtual_transport::channel::Shared;
+use crate::transport::virtual_transport::{Backend, DeadLetter, Envelope, Receipt, Taken};
 
 /// A delivery handed out and not yet settled.
 pub(super) struct Pending {

@@ -8,10 +8,10 @@ use rustc_hash::FxHashMap;
 use crate::channel::Outgoing;
 use crate::entity::ExchangeKind;
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::virtual_transport::channel::Shared;
+use crate::transport::virtual_transport::router::route;
+use crate::transport::virtual_transport::{DeadLetter, Envelope};
 use crate::value::{Headers, Value};
-use crate::virtual_transport::channel::Shared;
-use crate::virtual_transport::router::route;
-use crate::virtual_transport::{DeadLetter, Envelope};
 
 /// Dead-letter hops followed for one message before giving up (a cycle of DLXs).
 const MAX_DEAD_LETTER_HOPS: usize = 16;

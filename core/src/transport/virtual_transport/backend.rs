@@ -15,8 +15,10 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
+use crate::transport::virtual_transport::{
+    BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
+};
 use crate::value::{Headers, Value};
-use crate::virtual_transport::{BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode};
 
 /// Longest pause of the provided [`Backend::wait`] (a plain poll) before the consumer looks
 /// again.
@@ -113,7 +115,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// stored; without, only looks it up (`None`: unknown). Other connections (and processes,
     /// for a shared store) must find what was declared. Core compares the returned type with
     /// the requested one. A lookup may be served from a short-lived cache (see
-    /// [`TopologyCache`](crate::virtual_transport::TopologyCache)), but a declaration through
+    /// [`TopologyCache`](crate::transport::virtual_transport::TopologyCache)), but a declaration through
     /// this backend must be visible to its next lookup.
     async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>>;
 

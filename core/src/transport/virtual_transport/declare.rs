@@ -5,9 +5,9 @@
 
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::virtual_transport::channel::Shared;
+use crate::transport::virtual_transport::{BindingRow, queue_settings};
 use crate::value::Headers;
-use crate::virtual_transport::channel::Shared;
-use crate::virtual_transport::{BindingRow, queue_settings};
 
 impl Shared {
     /// Declares an exchange, failing if one of that name exists with another type.

@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
-use crate::virtual_transport::{Backend, Receipt};
+use crate::transport::virtual_transport::{Backend, Receipt};
 
 /// Longest an ack waits in the batch before a background task writes it.
 pub(super) const ACK_WINDOW: Duration = Duration::from_millis(1);
