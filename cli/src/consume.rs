@@ -137,9 +137,10 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 delivery: Some(delivery),
             }))) => {
                 let text = format!(
-                    "message from queue {:?} refused: {error:#}; it was put back (try --accept with \
-                     its serializer)",
-                    delivery.queue()
+                    "message from queue {:?} refused: {error:#}; {} (try --accept with its \
+                     serializer)",
+                    delivery.queue(),
+                    where_it_is(args.no_ack)
                 );
                 let _ = delivery.requeue().await;
                 failure = Some(anyhow!(text));
@@ -157,10 +158,11 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         let rendered = match render(&delivery, args.format, &registry) {
             Ok(r) => r,
             Err(e) => {
-                // Dropping the delivery puts it back.
+                // Dropping the delivery puts it back (unless it was taken with --no-ack).
                 failure = Some(e.context(format!(
-                    "cannot decode a message from queue {:?}; it was put back",
-                    delivery.queue()
+                    "cannot decode a message from queue {:?}; {}",
+                    delivery.queue(),
+                    where_it_is(args.no_ack)
                 )));
                 break;
             }
@@ -169,7 +171,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 failure = Some(anyhow!("cannot write to stdout: {e}"));
             }
-            break; // the unprinted delivery is dropped: put back
+            break; // the unprinted delivery is dropped: put back (gone with --no-ack)
         }
         got += 1;
         if args.requeue {
@@ -568,4 +570,14 @@ fn render(
         }
     }
     Ok(out)
+}
+
+/// Where a message the tool could not print is now: back in its queue, or, taken with
+/// `--no-ack`, removed by the broker when it was delivered.
+fn where_it_is(no_ack: bool) -> &'static str {
+    if no_ack {
+        "it was taken with --no-ack, so it is no longer in the queue"
+    } else {
+        "it was put back"
+    }
 }

@@ -74,8 +74,31 @@ fn consume_exit_codes() {
         ])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("refused"));
+        .stderr(predicate::str::contains("refused").and(predicate::str::contains("put back")));
     assert_eq!(size(&url, "q"), 1);
+    // The same refusal with --no-ack: the broker removed the message on delivery, and the
+    // error does not claim it was put back.
+    kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            "q",
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+            "--accept",
+            "json",
+            "--no-ack",
+        ])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("refused")
+                .and(predicate::str::contains("--no-ack"))
+                .and(predicate::str::contains("put back").not()),
+        );
+    assert_eq!(size(&url, "q"), 0);
 }
 
 #[test]
