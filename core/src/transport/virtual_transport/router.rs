@@ -194,4 +194,34 @@ mod tests {
             vec!["q1", "q2"]
         );
     }
+
+    /// The plain recursive definition of RabbitMQ's topic match, to check the iterative
+    /// matcher against: `#` takes any number of words, `*` exactly one, a word itself.
+    fn reference(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| reference(rest, &key[skip..])),
+            Some((&"*", rest)) => !key.is_empty() && reference(rest, &key[1..]),
+            Some((word, rest)) => key.first() == Some(word) && reference(rest, &key[1..]),
+        }
+    }
+
+    /// A dotted string of up to seven words drawn from `words`.
+    fn dotted(words: &'static [&'static str]) -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(words), 0..7).prop_map(|w| w.join("."))
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn topic_matcher_agrees_with_the_reference(
+            pattern in dotted(&["a", "b", "", "*", "#"]),
+            key in dotted(&["a", "b", ""]),
+        ) {
+            let expected = reference(&split_words(&pattern), &split_words(&key));
+            prop_assert_eq!(topic_matches(&pattern, &key), expected, "{:?} vs {:?}", pattern, key);
+        }
+    }
 }
