@@ -420,3 +420,31 @@ fn zstd_decodes_concatenated_frames() {
         Err(Error::TooLarge { limit: 5, .. })
     ));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Every registered compressor gives back exactly what it compressed when the bound is the
+    /// data's own size, and refuses with `TooLarge` when the bound is one byte less.
+    #[test]
+    fn every_compressor_round_trips_at_the_bound(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        repeat in 1usize..32,
+    ) {
+        // Repeated data compresses well, so the output is many times the input: the case the
+        // bound is for.
+        let data = data.repeat(repeat);
+        let registry = crate::Registry::default();
+        for compressor in registry.compressors() {
+            let packed = compressor.compress(&data).expect("compress");
+            let unpacked = compressor.decompress(&packed, data.len());
+            proptest::prop_assert_eq!(unpacked.as_deref().ok(), Some(&data[..]), "{}", compressor.name());
+            if !data.is_empty() {
+                let refused = compressor.decompress(&packed, data.len() - 1);
+                proptest::prop_assert!(
+                    matches!(refused, Err(crate::Error::TooLarge { .. })),
+                    "{} at {} - 1 bytes: {:?}", compressor.name(), data.len(), refused.map(|v| v.len())
+                );
+            }
+        }
+    }
+}
