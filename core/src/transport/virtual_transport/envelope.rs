@@ -584,16 +584,15 @@ mod tests {
                 proptest::option::of(text()),
                 proptest::option::of(0u64..4_000_000_000),
             )
-                .prop_map(|(mode, priority, cid, reply_to, ttl, id, ts)| {
-                    let mut p = Properties::default();
-                    p.delivery_mode = mode;
-                    p.priority = priority;
-                    p.correlation_id = cid;
-                    p.reply_to = reply_to;
-                    p.expiration = ttl;
-                    p.message_id = id;
-                    p.timestamp = ts;
-                    p
+                .prop_map(|(mode, priority, cid, reply_to, ttl, id, ts)| Properties {
+                    delivery_mode: mode,
+                    priority,
+                    correlation_id: cid,
+                    reply_to,
+                    expiration: ttl,
+                    message_id: id,
+                    timestamp: ts,
+                    ..Properties::default()
                 })
         }
 
