@@ -60,18 +60,19 @@ fn consume_exit_codes() {
         ])
         .assert()
         .success();
+    let refusing = [
+        "consume",
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+        "--accept",
+        "json",
+    ];
     kombu(&url)
-        .args([
-            "consume",
-            "--queue",
-            "q",
-            "--count",
-            "1",
-            "--timeout",
-            "5",
-            "--accept",
-            "json",
-        ])
+        .args(refusing)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused").and(predicate::str::contains("put back")));
@@ -79,18 +80,8 @@ fn consume_exit_codes() {
     // The same refusal with --no-ack: the broker removed the message on delivery, and the
     // error does not claim it was put back.
     kombu(&url)
-        .args([
-            "consume",
-            "--queue",
-            "q",
-            "--count",
-            "1",
-            "--timeout",
-            "5",
-            "--accept",
-            "json",
-            "--no-ack",
-        ])
+        .args(refusing)
+        .arg("--no-ack")
         .assert()
         .code(1)
         .stderr(
