@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::dead_letter::DeadLettered;
 use crate::value::{Headers, Value};
 
 /// What went wrong, coarsely. Transports map their own failures onto these kinds.
@@ -47,6 +48,10 @@ pub enum ErrorKind {
     Protocol,
     /// Any other broker-side failure.
     Broker,
+    /// A message that could not be consumed was moved aside to a dead-letter place; the
+    /// consumer goes on with the next one. Not a failure of the consumer: the error carries
+    /// where the message went ([`Error::dead_lettered`]).
+    DeadLettered,
 }
 
 impl ErrorKind {
@@ -71,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Unroutable => "unroutable",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Broker => "broker error",
+            ErrorKind::DeadLettered => "dead-lettered",
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct Error {
     recoverable: bool,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Where the message went, for [`ErrorKind::DeadLettered`].
+    dead: Option<Box<DeadLettered>>,
 }
 
 /// `Result` with [`Error`].
@@ -100,6 +108,7 @@ impl Error {
             recoverable: kind.is_recoverable(),
             message: message.into(),
             source: None,
+            dead: None,
         }
     }
 
@@ -158,6 +167,18 @@ impl Error {
     pub fn serializer_error(&self) -> Option<&kombu_serializers::Error> {
         let source = self.source.as_deref()?;
         source.downcast_ref::<kombu_serializers::Error>()
+    }
+
+    /// An [`ErrorKind::DeadLettered`] error: a message was moved aside, as `record` says.
+    pub fn from_dead_lettered(record: DeadLettered) -> Self {
+        let mut error = Error::new(ErrorKind::DeadLettered, record.to_string());
+        error.dead = Some(Box::new(record));
+        error
+    }
+
+    /// Where the message went, for an [`ErrorKind::DeadLettered`] error.
+    pub fn dead_lettered(&self) -> Option<&DeadLettered> {
+        self.dead.as_deref()
     }
 
     /// Shorthand for an [`ErrorKind::Closed`] error.

@@ -44,6 +44,9 @@ pub struct BackendCapabilities {
     /// of the bound queues through [`Backend::get_many`], with [`Receipt::Unleased`].
     /// Default off.
     pub native_fanout: bool,
+    /// The transport's name (`redis`, `sqlite`, ...), written in the `x-kombu-transport`
+    /// header of the dead letters core makes of unreadable entries. Default empty.
+    pub transport: &'static str,
 }
 
 impl BackendCapabilities {
@@ -53,6 +56,7 @@ impl BackendCapabilities {
             features,
             idle_spins: 0,
             native_fanout: false,
+            transport: "",
         }
     }
 }
@@ -254,6 +258,36 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Err(Error::unsupported(
             "this backend has no visibility timeout to extend",
         ))
+    }
+
+    /// Moves unreadable entries of `queue` (taken by [`get_many`](Self::get_many), see
+    /// [`Fetched::unreadable`](crate::transport::virtual_transport::Fetched)) to the queue
+    /// `dlq`: stores each envelope (core built it: the raw bytes as body, headers saying why) at
+    /// the tail of `dlq` and removes the leased original its receipt names. Core has declared
+    /// `dlq`. There must be no moment where an entry is in neither place: a backend does both
+    /// in one transaction or script where the store allows. Default: [`put_many`](Self::put_many)
+    /// first, then [`ack_many`](Self::ack_many) of the leased receipts, so a crash between the
+    /// two leaves a copy in both places, never in none. [`Receipt::Unleased`] entries are only
+    /// stored. Returns what a `max_length` on `dlq` pushed out, as [`put_many`](Self::put_many).
+    async fn set_aside(
+        &self,
+        queue: &str,
+        dlq: &str,
+        items: Vec<(Receipt, Envelope)>,
+    ) -> Result<Vec<DeadLetter>> {
+        let mut receipts = Vec::with_capacity(items.len());
+        let mut puts = Vec::with_capacity(items.len());
+        for (receipt, envelope) in items {
+            if receipt != Receipt::Unleased {
+                receipts.push(receipt);
+            }
+            puts.push((dlq.to_owned(), envelope));
+        }
+        let pushed_out = self.put_many(puts).await?;
+        if !receipts.is_empty() {
+            self.ack_many(queue, &receipts).await?;
+        }
+        Ok(pushed_out)
     }
 
     /// Publishes to a fanout exchange (the envelope names it and its routing key) when

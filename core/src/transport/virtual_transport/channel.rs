@@ -51,6 +51,8 @@ pub(super) struct Shared {
     pub(super) idle_spins: u32,
     /// [`BackendCapabilities::native_fanout`](crate::transport::virtual_transport::BackendCapabilities).
     pub(super) native_fanout: bool,
+    /// [`BackendCapabilities::transport`](crate::transport::virtual_transport::BackendCapabilities).
+    pub(super) transport: &'static str,
     pub(super) default_visibility: Option<Duration>,
     pub(super) next_tag: AtomicU64,
     pub(super) next_consumer: AtomicU64,
@@ -101,6 +103,7 @@ impl VirtualChannel {
                 capabilities,
                 idle_spins: profile.idle_spins,
                 native_fanout: profile.native_fanout,
+                transport: profile.transport,
                 default_visibility,
                 next_tag: AtomicU64::new(1),
                 next_consumer: AtomicU64::new(1),

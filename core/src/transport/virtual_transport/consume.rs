@@ -20,14 +20,6 @@ const MAX_BATCH: usize = 256;
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 impl Shared {
-    fn take_mode(&self, no_ack: bool, visibility: Option<Duration>) -> TakeMode {
-        if no_ack {
-            TakeMode::NoAck
-        } else {
-            TakeMode::Lease(visibility.or(self.default_visibility))
-        }
-    }
-
     pub(super) fn consume(
         self: &Arc<Self>,
         queues: &[String],
@@ -57,6 +49,7 @@ impl Shared {
             no_ack: options.no_ack,
             consumer_tag: consumer_tag.into(),
             buffer: VecDeque::new(),
+            notices: VecDeque::new(),
             inflight: Arc::new(InFlight::default()),
             spins: 0,
         };
@@ -74,21 +67,40 @@ impl Shared {
         queue: &str,
         no_ack: bool,
     ) -> Result<Option<Delivery>> {
-        let mode = self.take_mode(no_ack, None);
-        let fetched = self.backend.get_many(queue, 1, mode).await?;
-        let inflight = (!no_ack).then(|| Arc::new(InFlight::default()));
-        let mut out = VecDeque::with_capacity(1);
-        // Registered before dead-lettering, so a dead-letter failure cannot strand it.
-        self.register(
-            &Arc::from(queue),
-            fetched.taken,
-            inflight.as_ref(),
-            self.default_visibility,
-            &Arc::from(""),
-            &mut out,
-        );
-        self.dead_letter(fetched.dead).await?;
-        Ok(out.pop_front())
+        // Taken with a lease even for no-ack (acked once handed out, as consumers do), so an
+        // unreadable entry is never in neither place on its way to `<queue>.dlq`.
+        let mode = TakeMode::Lease(self.default_visibility);
+        let name: Arc<str> = Arc::from(queue);
+        // Unreadable entries are moved aside (logged, reported only there: `get` returns
+        // messages) and the next is taken; the bound only keeps a queue full of them from
+        // holding the caller forever.
+        for _ in 0..MAX_BATCH {
+            let fetched = self.backend.get_many(queue, 1, mode).await?;
+            let inflight = Arc::new(InFlight::default());
+            let mut out = VecDeque::with_capacity(1);
+            // Registered before dead-lettering, so a dead-letter failure cannot strand it.
+            self.register(
+                &name,
+                fetched.taken,
+                Some(&inflight),
+                self.default_visibility,
+                &Arc::from(""),
+                &mut out,
+            );
+            self.dead_letter(fetched.dead).await?;
+            let set_aside = !fetched.unreadable.is_empty();
+            self.set_aside_unreadable(queue, fetched.unreadable).await?;
+            if let Some(mut delivery) = out.pop_front() {
+                if no_ack {
+                    delivery.ack_for_no_ack().await?;
+                }
+                return Ok(Some(delivery));
+            }
+            if !set_aside {
+                break;
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -106,6 +118,9 @@ struct ConsumerState {
     consumer_tag: Arc<str>,
     /// Taken but not yet handed out; already pending (so a close restores them).
     buffer: VecDeque<Delivery>,
+    /// Reports of unreadable entries moved to their dead-letter queue, handed out before the
+    /// next delivery.
+    notices: VecDeque<Error>,
     inflight: Arc<InFlight>,
     /// Empty looks since the last message.
     spins: u32,
@@ -116,6 +131,9 @@ impl ConsumerState {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return None;
+            }
+            if let Some(notice) = self.notices.pop_front() {
+                return Some(Err(notice));
             }
             if let Some(mut delivery) = self.buffer.pop_front() {
                 if self.shared.closed.load(Ordering::Acquire) {
@@ -211,9 +229,11 @@ impl ConsumerState {
                 let queue = &self.queues[idx];
                 self.shared.backend.get_many(queue, want, mode).await?
             };
-            let got = !fetched.taken.is_empty();
+            let got = !fetched.taken.is_empty() || !fetched.unreadable.is_empty();
             if got {
                 self.next_queue = (idx + 1) % n;
+            }
+            if !fetched.taken.is_empty() {
                 // Registered before dead-lettering, so a dead-letter failure cannot strand
                 // what was taken.
                 self.shared.register(
@@ -226,6 +246,11 @@ impl ConsumerState {
                 );
             }
             self.shared.dead_letter(fetched.dead).await?;
+            let notices = self
+                .shared
+                .set_aside_unreadable(&self.queues[idx], fetched.unreadable)
+                .await?;
+            self.notices.extend(notices);
             if got {
                 return Ok(true);
             }

@@ -30,6 +30,7 @@ mod publish;
 pub mod router;
 mod settle;
 mod shared;
+mod unreadable;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub use backend::{Backend, BackendCapabilities, StoredQueue, queue_settings};
 pub use channel::VirtualChannel;
 pub use poll::poll_until_ready;
 pub use shared::{TopologyCache, VirtualConnection};
+pub use unreadable::dead_letter_envelope;
 
 /// A backend's handle on a taken (unacked) message, used to ack, reject or restore it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,6 +126,22 @@ pub struct Fetched {
     pub taken: Vec<Taken>,
     /// Messages found expired on the way, for dead-lettering.
     pub dead: Vec<DeadLetter>,
+    /// Entries taken that are not kombu envelopes (not JSON, a bad body encoding, not text):
+    /// taken like the others (leased, in [`TakeMode::Lease`]), never dropped; core moves each
+    /// to its queue's `<queue>.dlq` with [`Backend::set_aside`].
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A stored entry that could not be read as a kombu envelope, as [`Backend::get_many`] took it.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// The stored bytes, exactly as found.
+    pub raw: bytes::Bytes,
+    /// Why it could not be read.
+    pub reason: String,
+    /// Its lease, settled by [`Backend::set_aside`]; [`Receipt::Unleased`] for an entry the
+    /// backend no longer holds (taken in [`TakeMode::NoAck`], or received over PUB/SUB).
+    pub receipt: Receipt,
 }
 
 /// How a message is taken.
