@@ -65,9 +65,9 @@ use std::sync::{Arc, Once};
 pub use futures::StreamExt;
 pub use kombu_core::{
     Binding, BrokerUrl, COMPRESSION_HEADER, Capabilities, ConsumeError, Consumer, ConsumerBuilder,
-    Declaration, Delivery, DeliveryInfo, DeliveryMode, Error, ErrorAction, ErrorKind, Exchange,
-    ExchangeKind, HeaderMatch, Headers, Message, Producer, Properties, Publish, Queue, Result,
-    SettleError, Value,
+    DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delivery, DeliveryInfo, DeliveryMode,
+    Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch, Headers, Message,
+    Producer, Properties, Publish, Queue, Result, SettleError, Value, dead_letter,
 };
 pub use kombu_serializers as serializers;
 

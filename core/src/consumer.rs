@@ -6,9 +6,13 @@
 //!
 //! Before a delivery is handed out, its content type is checked against the accept list. A
 //! message that is not accepted is not lost and never panics anything: the stream yields a
-//! [`ConsumeError`] that carries the delivery, to be rejected (dead-lettered, if the queue has a
-//! dead-letter exchange), requeued or inspected. The handler style settles such messages with
-//! the consumer's [`ErrorAction`] policy (default: reject).
+//! [`ConsumeError`] that carries the delivery; [`Consumer::handle`] settles it with the
+//! consumer's [`ErrorAction`] policy (default: dead-letter it, see [`crate::dead_letter`]), or
+//! it can be requeued or inspected by hand. The handler style ([`Consumer::consume`],
+//! [`Consumer::consume_as`]) applies the policy by itself, to bodies that do not decode too.
+//! An entry a virtual transport could not read at all was already moved to `<queue>.dlq`: it
+//! arrives as an [`ErrorKind::DeadLettered`](crate::ErrorKind::DeadLettered) item, and the
+//! consumer goes on.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,17 +48,28 @@ use crate::connection::Connection;
 use crate::entity::Queue;
 use crate::error::{Error, Result};
 
-/// What to do with a delivery that could not be decoded or is not accepted.
+mod policy;
+pub use policy::Handled;
+
+/// What to do with a delivery that could not be decoded or is not accepted (a poison
+/// message). Nothing is ever dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorAction {
-    /// Reject it: dropped, or dead-lettered if its queue has a dead-letter exchange.
+    /// Move it aside (the default): to its queue's dead-letter exchange where the queue was
+    /// declared with one, else to the queue `<queue>.dlq` (declared on first use), with the
+    /// [`dead_letter`](crate::dead_letter) headers. See [`Consumer::dead_letter`].
     #[default]
-    Reject,
-    /// Requeue it for another consumer.
+    DeadLetter,
+    /// Put it back at the tail of its queue for another try, counting the tries in the
+    /// [`REDELIVERIES`](crate::dead_letter::REDELIVERIES) header; past the consumer's
+    /// [`max_redeliveries`](ConsumerBuilder::max_redeliveries) it is dead-lettered.
     Requeue,
-    /// Stop consuming and return the error (the delivery is requeued).
+    /// Stop consuming and return the error; the message stays in its queue.
     Stop,
 }
+
+/// How many times [`ErrorAction::Requeue`] puts a message back before dead-lettering it.
+pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
 
 type ErrorHook = Arc<dyn Fn(&Error, &Delivery) -> ErrorAction + Send + Sync>;
 
@@ -66,6 +81,8 @@ pub struct ConsumerBuilder {
     decoder: Decoder,
     declare: bool,
     on_error: Option<ErrorHook>,
+    action: ErrorAction,
+    max_redeliveries: u32,
     accept_names: Option<Vec<String>>,
 }
 
@@ -92,6 +109,8 @@ impl ConsumerBuilder {
             decoder,
             declare: true,
             on_error: None,
+            action: ErrorAction::default(),
+            max_redeliveries: DEFAULT_MAX_REDELIVERIES,
             accept_names: None,
         }
     }
@@ -143,8 +162,23 @@ impl ConsumerBuilder {
         self
     }
 
+    /// What to do with each delivery that is not accepted or cannot be decoded (default:
+    /// [`ErrorAction::DeadLetter`]). An [`on_error`](Self::on_error) hook decides instead.
+    pub fn error_action(mut self, action: ErrorAction) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// How many times [`ErrorAction::Requeue`] puts a message back before it is dead-lettered
+    /// (default [`DEFAULT_MAX_REDELIVERIES`]).
+    pub fn max_redeliveries(mut self, max: u32) -> Self {
+        self.max_redeliveries = max;
+        self
+    }
+
     /// Called for each delivery that is not accepted or cannot be decoded (in
-    /// [`Consumer::consume_as`]); returns what to do with it. Default: reject.
+    /// [`Consumer::consume_as`]); returns what to do with it. Default: the
+    /// [`error_action`](Self::error_action).
     pub fn on_error<F>(mut self, hook: F) -> Self
     where
         F: Fn(&Error, &Delivery) -> ErrorAction + Send + Sync + 'static,
@@ -167,11 +201,15 @@ impl ConsumerBuilder {
         let names: Vec<String> = self.queues.iter().map(|q| q.name.clone()).collect();
         let stream = channel.consume(&names, &self.options).await?;
         Ok(Consumer {
+            conn: self.conn,
             channel,
             stream,
             decoder: Arc::new(self.decoder),
             queues: names,
+            declared: self.queues,
             on_error: self.on_error,
+            action: self.action,
+            max_redeliveries: self.max_redeliveries,
         })
     }
 }
@@ -222,9 +260,9 @@ impl From<ConsumeError> for Error {
 ///
 /// Before a delivery is handed out, its content type is checked against the accept list. A
 /// message that is not accepted is not lost and never panics anything: the stream yields a
-/// [`ConsumeError`] that carries the delivery, to be rejected (dead-lettered, if the queue has a
-/// dead-letter exchange), requeued or inspected. The handler style settles such messages with
-/// the consumer's [`ErrorAction`] policy (default: reject).
+/// [`ConsumeError`] that carries the delivery, for [`Consumer::handle`] (the consumer's
+/// [`ErrorAction`] policy, default: dead-letter) or to be requeued or inspected by hand. The
+/// handler style applies the policy by itself.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -251,22 +289,27 @@ impl From<ConsumeError> for Error {
 ///             delivery.ack().await?;
 ///             break;
 ///         }
-///         // Refused (not in the accept list): the message rides along, to settle as you choose.
-///         Err(refused) => match refused.delivery {
-///             Some(delivery) => delivery.reject().await?,
-///             None => return Err(refused.error),
-///         },
+///         // Refused (not in the accept list), or already moved aside by the transport: the
+///         // policy settles it (dead-lettered by default) and the loop goes on.
+///         Err(refused) => {
+///             consumer.handle(refused).await?;
+///         }
 ///     }
 /// }
 /// consumer.close().await?;
 /// # Ok(()) }
 /// ```
 pub struct Consumer {
+    conn: Connection,
     channel: Arc<dyn Channel>,
     stream: DeliveryStream,
     decoder: Arc<Decoder>,
     queues: Vec<String>,
+    /// The queues as given (their dead-letter exchanges route poison messages).
+    declared: Vec<Queue>,
     on_error: Option<ErrorHook>,
+    action: ErrorAction,
+    max_redeliveries: u32,
 }
 
 impl fmt::Debug for Consumer {
@@ -297,27 +340,8 @@ impl Consumer {
     fn action_for(&self, error: &Error, delivery: &Delivery) -> ErrorAction {
         match &self.on_error {
             Some(hook) => hook(error, delivery),
-            None => {
-                tracing::error!(
-                    queue = %delivery.queue(),
-                    error = %format_args!("{error:#}"),
-                    "refused message rejected"
-                );
-                ErrorAction::Reject
-            }
+            None => self.action,
         }
-    }
-
-    async fn apply(&self, action: ErrorAction, error: Error, delivery: Delivery) -> Result<()> {
-        match action {
-            ErrorAction::Reject => delivery.reject().await?,
-            ErrorAction::Requeue => delivery.requeue().await?,
-            ErrorAction::Stop => {
-                delivery.requeue().await?;
-                return Err(error);
-            }
-        }
-        Ok(())
     }
 
     /// Runs `handler` for each delivery until it returns an error (which is returned) or the
@@ -330,14 +354,9 @@ impl Consumer {
         while let Some(item) = self.next().await {
             match item {
                 Ok(delivery) => handler(delivery).await?,
-                Err(ConsumeError {
-                    error,
-                    delivery: Some(delivery),
-                }) => {
-                    let action = self.action_for(&error, &delivery);
-                    self.apply(action, error, delivery).await?;
+                Err(refused) => {
+                    self.handle(refused).await?;
                 }
-                Err(ConsumeError { error, .. }) => return Err(error),
             }
         }
         Ok(())
@@ -360,14 +379,16 @@ impl Consumer {
                     }
                     Err(error) => (error, delivery),
                 },
-                Err(ConsumeError {
-                    error,
-                    delivery: Some(delivery),
-                }) => (error, delivery),
-                Err(ConsumeError { error, .. }) => return Err(error),
+                Err(refused) => {
+                    self.handle(refused).await?;
+                    continue;
+                }
             };
-            let action = self.action_for(&error, &delivery);
-            self.apply(action, error, delivery).await?;
+            self.handle(ConsumeError {
+                error,
+                delivery: Some(delivery),
+            })
+            .await?;
         }
         Ok(())
     }

@@ -69,7 +69,9 @@ pub mod conformance;
 pub use capabilities::Capabilities;
 pub use channel::{Delivery, SettleError};
 pub use connection::Connection;
-pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ErrorAction};
+pub use consumer::{
+    ConsumeError, Consumer, ConsumerBuilder, DEFAULT_MAX_REDELIVERIES, ErrorAction, Handled,
+};
 pub use dead_letter::DeadLettered;
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};
 pub use error::{Error, ErrorKind, Result};

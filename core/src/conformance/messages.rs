@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use super::Ctx;
 use super::fixtures::*;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::{ConsumeError, ErrorAction, Exchange, Headers, Queue, Value};
 
 /// A published JSON value comes back equal, with headers and properties intact, and the
@@ -264,12 +264,11 @@ pub async fn compression(ctx: Ctx) -> Result<()> {
 /// good and never lost. The stream yields a [`ConsumeError`] carrying the delivery (body intact, a
 /// codec error, decode refused too), which can be requeued; the handler style
 /// ([`Consumer::consume_as`](crate::Consumer::consume_as)) gives it to `on_error`, whose `Requeue`
-/// and `Stop` put it back and whose `Reject` dead-letters it (where supported) while good messages
-/// reach the handler; a consumer that accepts the type then reads it intact. Always-trusted
+/// and `Stop` put it back (dead-lettering is the `poison_*` scenarios'); a consumer that accepts
+/// the type then reads it intact. Always-trusted
 /// `application/data` is accepted whatever the list.
 pub async fn accept_list(ctx: Ctx) -> Result<()> {
     let conn = open(&ctx).await?;
-    let caps = conn.capabilities();
     let q = Queue::new(ctx.name("q"));
     conn.declare_queue(&q).await?;
     let producer = conn.producer().routing_key(q.name.clone());
@@ -377,61 +376,5 @@ pub async fn accept_list(ctx: Ctx) -> Result<()> {
     assert_quiet(&mut consumer, QUIET, "nothing else").await;
     consumer.close().await?;
 
-    // Handler style: Reject dead-letters the refused message; good ones reach the handler.
-    let dlx = Exchange::fanout(ctx.name("dlx"));
-    let dead = Queue::new(ctx.name("dead")).exchange(dlx.clone());
-    let mut rq = Queue::new(ctx.name("rq"));
-    if caps.dead_lettering {
-        conn.declare_queue(&dead).await?;
-        rq = rq.dead_letter_exchange(dlx.name.clone());
-    }
-    conn.declare_queue(&rq).await?;
-    let producer = conn.producer().routing_key(rq.name.clone());
-    producer
-        .publish_bytes(payload.clone(), "application/x-custom", "binary")
-        .await?;
-    producer.publish(&"good").await?;
-    let rejected = Arc::new(AtomicUsize::new(0));
-    let consumer = conn
-        .consumer([rq.clone()])
-        .accept(["json"])
-        .on_error({
-            let rejected = rejected.clone();
-            move |_, _| {
-                rejected.fetch_add(1, Ordering::SeqCst);
-                ErrorAction::Reject
-            }
-        })
-        .build()
-        .await?;
-    let result = timeout(
-        ctx.patience,
-        consumer.consume_as::<String, _, _>(|value, d| async move {
-            assert_eq!(value, "good");
-            d.ack().await?;
-            Err(Error::config("stop: the good message was handled"))
-        }),
-    )
-    .await
-    .expect("the handler stops the consumer"); // ok: a conformance assertion
-    let error = result.expect_err("the handler's error ends consume_as");
-    assert_eq!(error.message(), "stop: the good message was handled");
-    assert_eq!(
-        rejected.load(Ordering::SeqCst),
-        1,
-        "the refused message was rejected"
-    );
-    assert_eq!(conn.queue_size(&rq.name).await?, 0);
-    if caps.dead_lettering {
-        let mut dead_consumer = conn
-            .consumer([dead.clone()])
-            .accept(["application/x-custom"])
-            .build()
-            .await?;
-        let d = next_delivery(&mut dead_consumer, ctx.patience).await;
-        assert_eq!(d.body(), &payload, "the dead-lettered body is intact");
-        assert_death(&d, &rq.name, "rejected");
-        d.ack().await?;
-    }
     Ok(())
 }

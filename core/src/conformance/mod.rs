@@ -60,6 +60,7 @@ mod flow;
 mod limits;
 mod macros;
 mod messages;
+mod poison;
 mod routing;
 mod settlement;
 pub mod support;
@@ -69,6 +70,7 @@ pub use fixtures::{QUIET, assert_quiet, next_deliveries, next_delivery, pause_cl
 pub use flow::*;
 pub use limits::*;
 pub use messages::*;
+pub use poison::*;
 pub use routing::*;
 pub use settlement::*;
 
