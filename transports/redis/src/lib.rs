@@ -121,6 +121,8 @@ mod options;
 mod scripts;
 mod topology;
 mod unacked;
+#[cfg(test)]
+mod unreadable_tests;
 mod watch;
 
 use crate::backend::RedisBackend;

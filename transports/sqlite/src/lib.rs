@@ -60,6 +60,8 @@ mod backend;
 mod options;
 mod receipt;
 mod schema;
+#[cfg(test)]
+mod unreadable_tests;
 
 use std::sync::{Arc, Once};
 
