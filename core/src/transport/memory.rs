@@ -340,6 +340,7 @@ impl Backend for MemoryBackend {
         });
         // A look at an empty queue costs no I/O: spin a little before sleeping.
         c.idle_spins = 8;
+        c.transport = "memory";
         c
     }
 

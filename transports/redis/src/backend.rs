@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, envelope, poll_until_ready,
+    TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
 use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
 use parking_lot::Mutex;
@@ -20,7 +20,7 @@ use redis::aio::MultiplexedConnection;
 use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
-use crate::scripts::{REFRESH_BINDING, RESTORE, SWEEP_BINDINGS, TAKE, UNLOCK};
+use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
 use crate::watch;
@@ -42,6 +42,8 @@ pub(crate) struct RedisBackend {
     pub(crate) restore: redis::Script,
     /// [`UNLOCK`].
     pub(crate) unlock: redis::Script,
+    /// [`SET_ASIDE`].
+    pub(crate) set_aside: redis::Script,
     /// Exchanges and bindings read, for [`TOPOLOGY_TTL`].
     pub(crate) topology: TopologyCache,
     /// Queues found in a binding table, and when (taken to exist for `topology::BOUND_TTL`).
@@ -116,6 +118,7 @@ impl RedisBackend {
             take: redis::Script::new(TAKE),
             restore: redis::Script::new(RESTORE),
             unlock: redis::Script::new(UNLOCK),
+            set_aside: redis::Script::new(SET_ASIDE),
             topology: TopologyCache::new(TOPOLOGY_TTL),
             bound: Mutex::new(HashMap::new()),
             scan_type: std::sync::atomic::AtomicBool::new(true),
@@ -156,6 +159,7 @@ impl Backend for RedisBackend {
         let mut backend = BackendCapabilities::new(c);
         // Fanout exchanges over PUB/SUB, as kombu carries them.
         backend.native_fanout = true;
+        backend.transport = "redis";
         backend
     }
 
@@ -233,12 +237,12 @@ impl Backend for RedisBackend {
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         let mut fetched = Fetched::default();
         if self.fanout.is_fanout_queue(queue) {
-            fetched.taken = self.fanout.take_deliveries(queue, max.max(1), &self.label);
-            if fetched.taken.len() >= max.max(1) {
+            (fetched.taken, fetched.unreadable) = self.fanout.take_deliveries(queue, max.max(1));
+            if fetched.taken.len() + fetched.unreadable.len() >= max.max(1) {
                 return Ok(fetched);
             }
         }
-        let max = max.max(1) - fetched.taken.len();
+        let max = max.max(1) - fetched.taken.len() - fetched.unreadable.len();
         self.sweep().await?;
         let o = &self.options;
         let (lease, score) = match mode {
@@ -297,28 +301,26 @@ impl Backend for RedisBackend {
             }
         }
         fetched.taken.reserve(raw.len());
-        let mut unreadable = Vec::new();
-        for (n, body) in raw.iter().enumerate() {
-            let field = format!("{token}{}", n + 1);
-            match envelope::decode(body) {
+        for (n, body) in raw.into_iter().enumerate() {
+            // Only a lease has a field in `unacked` to settle.
+            let receipt = if lease == "1" {
+                Receipt::Key(format!("{token}{}", n + 1))
+            } else {
+                Receipt::Unleased
+            };
+            match envelope::decode(&body) {
                 Ok(env) => fetched.taken.push(Taken {
                     envelope: Arc::new(env),
-                    receipt: Receipt::Key(field),
+                    receipt,
                 }),
-                Err(err) => {
-                    // Not a kombu envelope: nobody can consume it (kombu fails on it too).
-                    // Dropped, so that it does not come back forever.
-                    tracing::error!(url = %self.label, %queue, error = %err, body = %String::from_utf8_lossy(body), "unreadable message dropped");
-                    unreadable.push(field);
-                }
+                // Not a kombu envelope (kombu fails on it too): core moves it to the queue's
+                // dead-letter queue with `set_aside`; until then it is leased like the others.
+                Err(err) => fetched.unreadable.push(Unreadable {
+                    raw: body.into(),
+                    reason: err.to_string(),
+                    receipt,
+                }),
             }
-        }
-        if !unreadable.is_empty()
-            && lease == "1"
-            && let Err(err) = self.remove_unacked(&unreadable).await
-        {
-            // Left in `unacked`: restored after the visibility timeout and dropped again.
-            tracing::warn!(url = %self.label, %queue, error = %err, "unreadable messages not taken out of unacked");
         }
         Ok(fetched)
     }
@@ -369,6 +371,38 @@ impl Backend for RedisBackend {
             .await
             .map_err(self.err("extend lease"))?;
         Ok(())
+    }
+
+    async fn set_aside(
+        &self,
+        _queue: &str,
+        dlq: &str,
+        items: Vec<(Receipt, Envelope)>,
+    ) -> Result<Vec<DeadLetter>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One script: each dead letter is pushed in the same atomic step that takes its
+        // original out of `unacked`, so no moment has it in neither place (nor in both).
+        let o = &self.options;
+        let mut script = self.set_aside.key(&o.unacked);
+        script.key(&o.unacked_index);
+        for (receipt, env) in &items {
+            let field = match receipt {
+                Receipt::Unleased => "",
+                leased => field_of(leased)?,
+            };
+            // The list a put of this envelope to `dlq` uses, so it is an ordinary message there.
+            script.key(o.list_key(dlq, priority_of(env)));
+            script.arg(field).arg(payload(env));
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = script
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.err("move unreadable messages to their dead-letter queue"))?;
+        self.wake.notify_waiters();
+        Ok(Vec::new())
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kombu_core::transport::virtual_transport::{Receipt, Taken, envelope};
+use kombu_core::transport::virtual_transport::{Receipt, Taken, Unreadable, envelope};
 use kombu_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 
@@ -89,22 +89,26 @@ impl Fanout {
 
     /// Up to `max` buffered messages of `queue` as deliveries, handed over outright
     /// ([`Receipt::Unleased`]: there is nothing to settle in Redis; the virtual channel puts a
-    /// requeued or restored one back in the queue's list, as kombu restores it). An
-    /// unreadable message is dropped with a warning naming `label` (the connection).
-    pub(crate) fn take_deliveries(&self, queue: &str, max: usize, label: &str) -> Vec<Taken> {
+    /// requeued or restored one back in the queue's list, as kombu restores it), and the
+    /// messages that are not kombu envelopes, for core to move to the queue's dead-letter
+    /// queue (also [`Receipt::Unleased`]).
+    pub(crate) fn take_deliveries(&self, queue: &str, max: usize) -> (Vec<Taken>, Vec<Unreadable>) {
         let mut taken = Vec::new();
+        let mut unreadable = Vec::new();
         for body in self.take(queue, max) {
             match envelope::decode(&body) {
                 Ok(env) => taken.push(Taken {
                     envelope: Arc::new(env),
                     receipt: Receipt::Unleased,
                 }),
-                Err(err) => {
-                    tracing::warn!(url = %label, %queue, error = %err, "unreadable fanout message dropped");
-                }
+                Err(err) => unreadable.push(Unreadable {
+                    raw: body.into(),
+                    reason: err.to_string(),
+                    receipt: Receipt::Unleased,
+                }),
             }
         }
-        taken
+        (taken, unreadable)
     }
 }
 

@@ -55,6 +55,14 @@
 //! included, puts it back in the queue it came from. Acks are `HDEL` + `ZREM`, as kombu's,
 //! one transaction per batch: the virtual channel coalesces them (see `acks`).
 //!
+//! An entry that is not a kombu envelope (not JSON, a bad body encoding, ...; Python kombu
+//! fails on it too) is taken and leased like the others and never dropped: core moves its bytes
+//! to `<queue>.dlq` as the body of a dead letter, which one Lua script pushes onto that queue's
+//! list (as a publish would, so Rust and Python consumers read it as an ordinary message) in
+//! the same atomic step that removes the lease from `unacked`. If its consumer dies in
+//! between, the lease ends and the sweep puts the stored bytes back in the queue. A fanout
+//! message that is not an envelope is moved there too.
+//!
 //! # Waiting
 //!
 //! Idle consumers block on the server: a dedicated connection per list they wait on sends
@@ -113,6 +121,8 @@ mod options;
 mod scripts;
 mod topology;
 mod unacked;
+#[cfg(test)]
+mod unreadable_tests;
 mod watch;
 
 use crate::backend::RedisBackend;

@@ -71,6 +71,30 @@ end
 return 0
 "#;
 
+/// Moves unreadable messages to a dead-letter queue: for each `i`, `LPUSH`es `ARGV[2i]` (the
+/// dead letter, an envelope) onto the list `KEYS[2 + i]`, as a publish to that queue does, and
+/// takes the lease `ARGV[2i - 1]` out of `KEYS[1]` (unacked) and `KEYS[2]` (unacked_index) in
+/// the same atomic step. An empty field is an entry taken without a lease: only pushed. A lease
+/// that is gone (a sweep restored the original to its queue after the lease ended, or it was
+/// settled) is not pushed: the original is where it should be, and is set aside when taken
+/// again. Returns how many were pushed.
+pub(crate) const SET_ASIDE: &str = r#"
+local pushed = 0
+for i = 1, #KEYS - 2 do
+  local field = ARGV[2 * i - 1]
+  local keep = field == ''
+  if not keep and redis.call('HDEL', KEYS[1], field) == 1 then
+    redis.call('ZREM', KEYS[2], field)
+    keep = true
+  end
+  if keep then
+    redis.call('LPUSH', KEYS[2 + i], ARGV[2 * i])
+    pushed = pushed + 1
+  end
+end
+return pushed
+"#;
+
 /// kombu 5.7's `REFRESH_BINDING`: adds member `ARGV[1]` to binding table `KEYS[1]` and raises
 /// exchange `ARGV[2]`'s deadline in `KEYS[2]` to `ARGV[3]` ms from now, by the server clock.
 pub(crate) const REFRESH_BINDING: &str = r#"

@@ -196,6 +196,23 @@ fn object_members(b: &[u8], start: usize) -> Option<Vec<(String, usize, usize)>>
     }
 }
 
+/// The stored bytes and the queue of an entry [`TAKE`](crate::scripts::TAKE) wrote for a
+/// message that is not a kombu envelope: `[` raw `, "", "<queue>"]` (the default exchange and
+/// the queue, as a JSON string, last). `None` when `stored` is not of that shape.
+fn unreadable_entry(stored: &[u8]) -> Option<(&[u8], String)> {
+    // Without the `[` and the `]`: raw, `, "", `, the queue's JSON string.
+    let inner = stored.strip_prefix(b"[")?.strip_suffix(b"]")?;
+    let close = inner.len().checked_sub(1).filter(|i| inner[*i] == b'"')?;
+    // The queue's opening quote: the last `"` before the closing one that is not escaped
+    // (preceded by an even number of backslashes); JSON escapes every quote in a string.
+    let open = (0..close).rev().find(|&i| {
+        inner[i] == b'"' && inner[..i].iter().rev().take_while(|c| **c == b'\\').count() % 2 == 0
+    })?;
+    let queue: String = serde_json::from_slice(inner.get(open..)?).ok()?;
+    let raw = inner.get(..open)?.strip_suffix(b", \"\", ")?;
+    Some((raw, queue))
+}
+
 /// An unacked entry read: the envelope, the exchange and the routing key it was published
 /// with (kombu's restore routes it again by them).
 fn parse_unacked(stored: &str) -> Result<(Envelope, String, String)> {
@@ -309,20 +326,47 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let o = &self.options;
         for field in fields {
-            let stored: Option<String> = conn
+            // Bytes: an unreadable message's entry need not be UTF-8.
+            let stored: Option<Vec<u8>> = conn
                 .hget(&o.unacked, field)
                 .await
                 .map_err(self.err("read unacked"))?;
-            let parsed = stored.as_deref().map(parse_unacked);
+            let Some(stored) = stored else {
+                // Settled meanwhile: drop the index entry.
+                let _: i64 = conn
+                    .zrem(&o.unacked_index, field)
+                    .await
+                    .map_err(self.err("clean unacked_index"))?;
+                continue;
+            };
+            let text = std::str::from_utf8(&stored).ok();
+            let parsed = text
+                .ok_or_else(|| Error::new(ErrorKind::Protocol, "unacked entry is not UTF-8"))
+                .and_then(parse_unacked);
             let (mut env, exchange, routing_key) = match parsed {
-                Some(Ok(parts)) => parts,
-                None | Some(Err(_)) => {
-                    if let Some(Err(err)) = parsed {
-                        // Nobody can read it (Python's sweep neither): out of the index, so
-                        // sweeps do not stall on it; the entry stays in the hash to inspect.
-                        tracing::error!(url = %self.label, %field, error = %err, "unreadable unacked entry taken out of unacked_index");
+                Ok(parts) => parts,
+                Err(err) => {
+                    if let Some((raw, taken_from)) = unreadable_entry(&stored) {
+                        // An unreadable message whose take ended before it was set aside (its
+                        // consumer died): back to its queue as it was stored, to be set aside
+                        // by the next take.
+                        let target = queue.map_or(taken_from, str::to_owned);
+                        let _: i64 = self
+                            .restore
+                            .key(&o.unacked)
+                            .key(&o.unacked_index)
+                            .key(o.list_key(&target, 0))
+                            .arg(field)
+                            .arg(raw)
+                            .arg(ceiling.map_or_else(String::new, |c| c.to_string()))
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(self.err("restore"))?;
+                        continue;
                     }
-                    // Settled meanwhile (or unreadable): drop the index entry.
+                    // Nobody can read it (Python's sweep neither): out of the index, so
+                    // sweeps do not stall on it; the entry stays in the hash to inspect.
+                    tracing::error!(url = %self.label, %field, error = %err, "unreadable unacked entry taken out of unacked_index");
                     let _: i64 = conn
                         .zrem(&o.unacked_index, field)
                         .await
@@ -344,8 +388,7 @@ impl RedisBackend {
                 script.key(o.list_key(q, priority_of(&env)));
             }
             // What was stored, marked redelivered; re-encoded only if it cannot be edited.
-            let body = stored
-                .as_deref()
+            let body = text
                 .and_then(restored_envelope)
                 .filter(|text| {
                     envelope::decode(text.as_bytes()).is_ok_and(|restored| restored.redelivered)
@@ -368,6 +411,24 @@ impl RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_entry_gives_back_its_bytes_and_queue() {
+        let stored = b"[\xff not \"json\", \"\", \"q \\\"x\\\" \\\\\"]";
+        let (raw, queue) = unreadable_entry(stored).expect("an entry TAKE wrote");
+        assert_eq!(raw, b"\xff not \"json\"");
+        assert_eq!(queue, "q \"x\" \\");
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"[x]",
+            b"[\"q\"]",
+            b"[x, \"q\"]",
+            b"[x, \"\", \"q]",
+        ] {
+            assert_eq!(unreadable_entry(bad), None);
+        }
+    }
 
     #[test]
     fn a_restored_entry_keeps_what_python_wrote() {

@@ -6,7 +6,8 @@
 //! properties, text, raw bytes, msgpack, yaml; zlib, bzip2, lzma, brotli, zstd), direct and
 //! topic routing with the bindings declared on one side and the publisher on the other, kombu's
 //! priority order (lower numbers first), fanout over PUB/SUB, mandatory publishes to queues Python
-//! declared, and Python's non-finite JSON. Acks across sides and recovery after a crash are in
+//! declared, Python's non-finite JSON, and Python reading the dead letters kombu-rs made of
+//! unreadable entries. Acks across sides and recovery after a crash are in
 //! `python_recovery.rs`.
 //!
 //! The server is `$KOMBU_REDIS_URL` (default `redis://127.0.0.1:6379/0`; scripts/test starts
@@ -487,5 +488,57 @@ async fn python_non_finite_json_reaches_rust() {
     d.ack().await.expect("ack");
     consumer.close().await.expect("close");
     assert_eq!(conn.queue_size("pynan").await.expect("size"), 0);
+    space.clean().await;
+}
+
+/// An entry that is not a kombu envelope is moved by kombu-rs to `<queue>.dlq`, where Python
+/// kombu reads it as an ordinary message: the stored bytes as its body, the reason in headers.
+#[tokio::test]
+async fn python_reads_the_dead_letters_of_unreadable_entries() {
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+
+    let Some(python) = python() else { return };
+    let space = Space::new("dlq");
+    let conn = open(&space.url("")).await;
+    conn.declare_queue(&Queue::new("dlq"))
+        .await
+        .expect("declare");
+    let raw: &[u8] = b"\xff not an envelope";
+    let client = redis::Client::open(server()).expect("client");
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(format!("{}dlq", space.prefix))
+        .arg(raw)
+        .query_async(&mut admin)
+        .await
+        .expect("LPUSH");
+    let mut consumer = conn
+        .consumer([Queue::new("dlq")])
+        .build()
+        .await
+        .expect("consumer");
+    let item = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("an item")
+        .expect("the stream goes on");
+    let err = item.expect_err("a dead-letter notice");
+    assert_eq!(err.error.kind(), kombu_core::ErrorKind::DeadLettered);
+    consumer.close().await.expect("close");
+
+    let read = space.python(&python, "dead_letters", &["dlq.dlq"]);
+    let messages = read["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{read}");
+    let letter = &messages[0];
+    assert_eq!(
+        letter["body_b64"],
+        json!(base64::engine::general_purpose::STANDARD.encode(raw))
+    );
+    assert_eq!(letter["content_type"], "application/octet-stream");
+    assert_eq!(letter["headers"]["x-kombu-original-queue"], "dlq");
+    assert_eq!(letter["headers"]["x-kombu-transport"], "redis");
     space.clean().await;
 }

@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, envelope, poll_until_ready, queue_settings,
+    TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready, queue_settings,
 };
 use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use parking_lot::Mutex;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::options::Options;
@@ -161,6 +162,44 @@ impl SqliteBackend {
     }
 }
 
+/// A row a take found.
+struct Row {
+    id: i64,
+    payload: Payload,
+    redelivered: bool,
+    /// The row's version after the take.
+    version: i64,
+}
+
+/// A row's payload as stored, whatever its storage class.
+struct Payload {
+    /// The stored bytes: a TEXT value's (UTF-8 or not), a BLOB's, a number's text.
+    bytes: Vec<u8>,
+    /// Why it is not even parsed (`NULL`, longer than `max_payload_size`).
+    unreadable: Option<String>,
+}
+
+impl Payload {
+    /// Reads the payload column; `oversize` is SQL's `octet_length(payload) > max`. Never
+    /// fails: whatever is stored is carried on, byte for byte.
+    fn read(value: ValueRef<'_>, oversize: bool, max: i64) -> Payload {
+        let (bytes, mut unreadable) = match value {
+            ValueRef::Text(b) => (b.to_vec(), None),
+            ValueRef::Blob(b) => (b.to_vec(), None),
+            ValueRef::Null => (Vec::new(), Some("the payload is NULL".to_owned())),
+            ValueRef::Integer(i) => (i.to_string().into_bytes(), None),
+            ValueRef::Real(f) => (f.to_string().into_bytes(), None),
+        };
+        if oversize {
+            unreadable = Some(format!(
+                "the payload is {} bytes, over max_payload_size ({max})",
+                bytes.len()
+            ));
+        }
+        Payload { bytes, unreadable }
+    }
+}
+
 /// Settings recorded in `kombu_rs_queue` (an unreadable record reads as none recorded, so a
 /// redeclaration fails naming every setting).
 fn parse_settings(stored: Option<String>) -> Option<Headers> {
@@ -176,7 +215,9 @@ impl Backend for SqliteBackend {
         c.visibility_timeout = true;
         // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
         c.implicit_queues = true;
-        BackendCapabilities::new(c)
+        let mut backend = BackendCapabilities::new(c);
+        backend.transport = "sqlite";
+        backend
     }
 
     async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
@@ -404,8 +445,8 @@ impl Backend for SqliteBackend {
 
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         let name = queue.to_owned();
-        let label = self.label.clone();
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let max_payload = i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX);
         let rows = self
             .run("take", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -420,20 +461,22 @@ impl Backend for SqliteBackend {
                      WHERE queue_id = ?1 AND visible = 0 AND lease_until IS NOT NULL AND lease_until < ?2",
                 )?
                 .execute(params![qid, now])?;
-                let mut found: Vec<(i64, String, bool, i64)> = Vec::new();
+                let mut found: Vec<Row> = Vec::new();
                 {
                     let mut stmt = tx.prepare_cached(
-                        "SELECT id, payload, redelivered, version FROM kombu_message \
+                        "SELECT id, payload, redelivered, version, octet_length(payload) > ?3 \
+                         FROM kombu_message \
                          WHERE queue_id = ?1 AND visible = 1 ORDER BY timestamp, id LIMIT ?2",
                     )?;
-                    let rows = stmt.query_map(params![qid, limit], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+                    let rows = stmt.query_map(params![qid, limit, max_payload], |r| {
+                        let oversize = r.get::<_, Option<bool>>(4)?.unwrap_or(false);
+                        Ok(Row {
+                            id: r.get(0)?,
+                            payload: Payload::read(r.get_ref(1)?, oversize, max_payload),
+                            redelivered: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
                             // The version the take below gives the row.
-                            r.get::<_, i64>(3)? + 1,
-                        ))
+                            version: r.get::<_, i64>(3)? + 1,
+                        })
                     })?;
                     for row in rows {
                         found.push(row?);
@@ -443,8 +486,8 @@ impl Backend for SqliteBackend {
                     TakeMode::NoAck => {
                         let mut del =
                             tx.prepare_cached("DELETE FROM kombu_message WHERE id = ?1")?;
-                        for (id, ..) in &found {
-                            del.execute([id])?;
+                        for row in &found {
+                            del.execute([row.id])?;
                         }
                     }
                     TakeMode::Lease(timeout) => {
@@ -454,8 +497,8 @@ impl Backend for SqliteBackend {
                             "UPDATE kombu_message SET visible = 0, timestamp = ?2, \
                              version = version + 1, lease_until = ?3 WHERE id = ?1",
                         )?;
-                        for (id, ..) in &found {
-                            upd.execute(params![id, stamp, until])?;
+                        for row in &found {
+                            upd.execute(params![row.id, stamp, until])?;
                         }
                     }
                 }
@@ -464,34 +507,82 @@ impl Backend for SqliteBackend {
             })
             .await?;
         let mut fetched = Fetched::default();
-        for (id, payload, redelivered, version) in rows {
-            match envelope::decode(payload.as_bytes()) {
+        for row in rows {
+            let receipt = match mode {
+                TakeMode::NoAck => Receipt::Unleased,
+                TakeMode::Lease(_) => receipt(row.id, row.version),
+            };
+            let decoded = match row.payload.unreadable {
+                Some(reason) => Err(reason),
+                None => envelope::decode(&row.payload.bytes).map_err(|e| e.to_string()),
+            };
+            match decoded {
                 Ok(mut env) => {
-                    env.redelivered |= redelivered;
+                    env.redelivered |= row.redelivered;
                     fetched.taken.push(Taken {
                         envelope: Arc::new(env),
-                        receipt: receipt(id, version),
+                        receipt,
                     });
                 }
-                Err(err) => {
-                    // Left invisible without a lease (as kombu leaves what it took), so it
-                    // neither blocks the queue nor is lost from the table.
-                    tracing::warn!(%label, row = id, error = %err, "unreadable message set aside");
-                    if let TakeMode::NoAck = mode {
-                        continue;
-                    }
-                    self.run("set aside", move |conn| {
-                        conn.execute(
-                            "UPDATE kombu_message SET lease_until = NULL WHERE id = ?1",
-                            [id],
-                        )
-                        .map(|_| ())
-                    })
-                    .await?;
-                }
+                // Not a kombu envelope: taken (leased) like the others; core moves it to the
+                // queue's dead-letter queue with `set_aside`.
+                Err(reason) => fetched.unreadable.push(Unreadable {
+                    raw: row.payload.bytes.into(),
+                    reason,
+                    receipt,
+                }),
             }
         }
         Ok(fetched)
+    }
+
+    async fn set_aside(
+        &self,
+        _queue: &str,
+        dlq: &str,
+        items: Vec<(Receipt, Envelope)>,
+    ) -> Result<Vec<DeadLetter>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows = Vec::with_capacity(items.len());
+        for (receipt, env) in &items {
+            let leased = match receipt {
+                Receipt::Unleased => None,
+                leased => Some(receipt_row(leased)?),
+            };
+            rows.push((leased, payload_text(env)?, env.redelivered));
+        }
+        let dlq = dlq.to_owned();
+        self.run(
+            "move unreadable messages to their dead-letter queue",
+            move |conn| {
+                // One transaction: each dead letter is stored as its original is deleted, so no
+                // moment has it in neither place (nor in both).
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dlq_id = ensure_queue(&tx, &dlq)?;
+                for (leased, payload, redelivered) in &rows {
+                    if let Some((id, version)) = leased {
+                        // The take's lease, checked as an ack checks it: a row taken again since
+                        // (its lease passed) is that take's to settle.
+                        let deleted = tx
+                            .prepare_cached(
+                                "DELETE FROM kombu_message \
+                             WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+                            )?
+                            .execute(params![id, version, VERSION_MASK])?;
+                        if deleted == 0 {
+                            continue;
+                        }
+                    }
+                    insert(&tx, dlq_id, payload, *redelivered)?;
+                }
+                tx.commit()
+            },
+        )
+        .await?;
+        self.notify.notify_waiters();
+        Ok(Vec::new())
     }
 
     async fn ack_many(&self, _queue: &str, receipts: &[Receipt]) -> Result<()> {

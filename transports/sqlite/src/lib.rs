@@ -19,6 +19,7 @@
 //! | `polling_interval` | `0.2` | longest pause, in seconds, between two looks for rows written by other processes when idle |
 //! | `busy_timeout` | `30` | seconds a statement waits for another process's write lock before failing |
 //! | `synchronous` | `normal` | SQLite's `synchronous` pragma: `normal` (safe against process crashes) or `full` (also against power loss) |
+//! | `max_payload_size` | `134217728` (128 MiB) | bytes; a row whose payload is longer is not parsed but moved to the queue's dead-letter queue as unreadable |
 //!
 //! # Layout and how it meets Python kombu
 //!
@@ -40,6 +41,10 @@
 //!   invisible, as kombu expects.
 //! * Order: `timestamp, id` like kombu (new rows have a `NULL` timestamp); a restored row gets
 //!   its `NULL` timestamp back, so it returns to its place near the head.
+//! * A row that is not a kombu envelope (not JSON, a bad body encoding, a BLOB or text that is
+//!   not UTF-8, longer than `max_payload_size`) never makes a take fail and is never dropped:
+//!   it is taken like the others, and core moves its bytes to `<queue>.dlq` as the body of a
+//!   dead letter; the insert there and the delete of the row are one transaction.
 //! * The database runs in WAL mode with a busy timeout; takes run in `BEGIN IMMEDIATE`
 //!   transactions, so concurrent consumers in any process never take the same row.
 //!
@@ -55,6 +60,8 @@ mod backend;
 mod options;
 mod receipt;
 mod schema;
+#[cfg(test)]
+mod unreadable_tests;
 
 use std::sync::{Arc, Once};
 

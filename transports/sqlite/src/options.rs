@@ -15,7 +15,14 @@ pub(crate) struct Options {
     pub(crate) polling_interval: Duration,
     pub(crate) busy_timeout: Duration,
     pub(crate) synchronous_full: bool,
+    /// Payloads longer than this (bytes) are not parsed: the row is moved to the queue's
+    /// dead-letter queue as unreadable.
+    pub(crate) max_payload_size: u64,
 }
+
+/// The default [`Options::max_payload_size`]: 128 MiB, above the envelope of a 64 MiB body
+/// (base64 makes it about 85 MiB).
+pub(crate) const DEFAULT_MAX_PAYLOAD_SIZE: u64 = 128 << 20;
 
 impl Options {
     pub(crate) fn from_url(url: &BrokerUrl) -> Result<Options> {
@@ -63,6 +70,9 @@ impl Options {
                 .query_seconds("busy_timeout")?
                 .unwrap_or(Duration::from_secs(30)),
             synchronous_full,
+            max_payload_size: url
+                .query_number("max_payload_size")?
+                .unwrap_or(DEFAULT_MAX_PAYLOAD_SIZE),
         })
     }
 }
@@ -102,6 +112,15 @@ mod tests {
         assert!(options("sqla+postgresql://h/db").is_err());
         assert!(options("sqlite:///x.db?visibility_timeout=soon").is_err());
         assert!(options("sqlite:///x.db?synchronous=off").is_err());
+        assert_eq!(
+            options("sqlite:///x.db")?.max_payload_size,
+            DEFAULT_MAX_PAYLOAD_SIZE
+        );
+        assert_eq!(
+            options("sqlite:///x.db?max_payload_size=1000")?.max_payload_size,
+            1000
+        );
+        assert!(options("sqlite:///x.db?max_payload_size=-1").is_err());
         Ok(())
     }
 }

@@ -182,6 +182,26 @@ def drain(prefix, queue_name):
     print(json.dumps({"messages": got}))
 
 
+def dead_letters(prefix, queue_name):
+    """Reads a dead-letter queue kombu-rs filled: raw bodies (base64) and headers."""
+    got = []
+    with connection(prefix) as conn:
+        channel = conn.channel()
+        queue = Queue(queue_name)(channel)
+        while True:
+            message = queue.get(no_ack=False, accept=["application/octet-stream"])
+            if message is None:
+                break
+            got.append({
+                "body_b64": base64.b64encode(message.body).decode("ascii"),
+                "content_type": message.content_type,
+                "headers": message.headers,
+            })
+            message.ack()
+        channel.close()
+    print(json.dumps({"messages": got}))
+
+
 def take_ack(prefix, queue_name):
     with connection(prefix) as conn:
         channel = conn.channel()
@@ -281,6 +301,7 @@ def main(argv):
         "publish_routed": publish_routed,
         "consume": consume,
         "drain": drain,
+        "dead_letters": dead_letters,
         "take_ack": take_ack,
         "take_exit": take_exit,
         "recover": recover,
