@@ -74,8 +74,10 @@ pub(crate) async fn open(
             .map_err(|e| redis_error(label, "bad connection parameters", e))?
         }
     };
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(options.socket_timeout));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| redis_error(label, "cannot connect", e))?;
     check_access(&mut conn, label).await?;

@@ -18,6 +18,7 @@
 //! | `sep` | `\x06\x16` | separator of priority keys and binding members |
 //! | `global_keyprefix` | empty | prefix of every key |
 //! | `unacked_key`, `unacked_index_key`, `unacked_mutex_key` | `unacked`, `unacked_index`, `unacked_mutex` | kombu's ack-emulation keys |
+//! | `socket_timeout` | `30` | seconds a command's reply may take (a take of large messages is one long reply) |
 //! | `polling_interval` | `1` | seconds between looks at the lists when an idle consumer cannot block on the server (Redis before 6.2, more than 128 lists, a blocking connection down) |
 //! | `fanout_prefix` | `true` (`/{db}.`) | PUB/SUB topic prefix of fanout exchanges; `false` for none, or a string |
 //! | `fanout_patterns` | `true` | append `/<routing key>` to fanout topics (kombu's default) |

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use kombu_core::{BrokerUrl, Error, ErrorKind, Result};
 
+/// How long a reply may take by default: the redis crate's own default (half a second) is
+/// shorter than a take of a 50 MB message needs.
+pub(crate) const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Options parsed from a URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -33,6 +37,9 @@ pub(crate) struct Options {
     pub(crate) unacked_mutex: String,
     /// `polling_interval`: the longest pause between looks when a consumer cannot block.
     pub(crate) polling_interval: Duration,
+    /// `socket_timeout`: how long a command's reply may take (a take of large messages is
+    /// one long reply).
+    pub(crate) socket_timeout: Duration,
     /// `keyprefix_fanout`, already formatted (`/{db}.` by default).
     pub(crate) fanout_prefix: String,
     /// `fanout_patterns`: fanout topics carry the routing key.
@@ -224,6 +231,9 @@ impl Options {
             polling_interval: url
                 .query_seconds("polling_interval")?
                 .unwrap_or(Duration::from_secs(1)),
+            socket_timeout: url
+                .query_seconds("socket_timeout")?
+                .unwrap_or(DEFAULT_SOCKET_TIMEOUT),
             fanout_prefix: match url.query_bool("fanout_prefix") {
                 Ok(None | Some(true)) => format!("/{db}."),
                 Ok(Some(false)) => String::new(),
