@@ -100,13 +100,17 @@ its queue to block it. --on-error says what happens to it:
   stop         it stays in its queue and consume exits 1.
 --count counts the messages printed, not the ones dead-lettered or requeued. An entry that
 Redis or SQLite cannot read as a message at all was already moved to QUEUE.dlq by the transport;
-stderr says so the same way.
+stderr says so the same way. kombu consume cannot see a queue's x-dead-letter-exchange: give it
+with --dead-letter-exchange to dead-letter there (and `kombu dlq list QUEUE --dlq Q` to read the
+queue Q bound to it).
 
 With --no-ack the broker removed each message when it was delivered: a dead-lettered or
 requeued one is a copy published again, and if that fails the message is gone.
 
-With --requeue (a peek) nothing is dead-lettered or moved: a message that cannot be printed is
-left where it was, stderr says why, and it is not counted in --count.
+With --requeue (a peek) nothing is dead-lettered or requeued: a message that cannot be printed
+is left where it was, stderr says why, and it is not counted in --count. (An entry Redis or
+SQLite cannot read at all is moved to QUEUE.dlq by the transport whenever it is taken, a peek
+too; a warning on stderr says so.)
 
 Exit status:
   0    --count messages were printed, none dead-lettered
@@ -314,7 +318,7 @@ pub struct ConsumeArgs {
     #[arg(long, conflicts_with = "requeue")]
     pub no_ack: bool,
     /// Return the messages to the queue instead of acking them (peek); takes only --count
-    /// messages from the queue, and moves none (one it cannot print stays where it was).
+    /// messages from the queue, and dead-letters none (one it cannot print stays where it was).
     #[arg(long)]
     pub requeue: bool,
     /// Most unacknowledged messages held at once.
@@ -343,6 +347,13 @@ pub struct ConsumeArgs {
     /// With --on-error requeue: tries before a message is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = kombu::DEFAULT_MAX_REDELIVERIES)]
     pub max_redeliveries: u32,
+    /// Dead-letter to this exchange (the queues' x-dead-letter-exchange) instead of QUEUE.dlq;
+    /// QUEUE.dlq all the same when no queue is bound there.
+    #[arg(long, value_name = "E")]
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead letters sent to --dead-letter-exchange (default: the message's own).
+    #[arg(long, value_name = "K", requires = "dead_letter_exchange")]
+    pub dead_letter_routing_key: Option<String>,
 }
 
 /// `consume --on-error`: what happens to a message that cannot be printed.
@@ -383,7 +394,8 @@ Examples:
 One line per dead letter (--format json: one JSON object), oldest first: why it was
 dead-lettered, the queue, exchange and routing key it came from, its content type and encoding,
 its size in bytes, and its body shown as `kombu consume` shows bodies when it decodes (with the
---accept list), else as base64 (the text says why it does not decode). The messages stay in the
+--accept list), else as base64 (--format json: body_base64, and body_error says why it does not
+decode). A line shows the first 200 characters of a body; --format json all of it. The messages stay in the
 dead-letter queue, in their order (on RabbitMQ and Redis they are marked redelivered).")]
     List(DlqListArgs),
     /// Move dead letters back to their queue.

@@ -69,7 +69,14 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         })
     } else {
         let consumer = conn
-            .consumer(args.queues.iter().map(|q| Queue::new(q.clone())))
+            .consumer(args.queues.iter().map(|q| {
+                let queue = Queue::new(q.clone());
+                match (&args.dead_letter_exchange, &args.dead_letter_routing_key) {
+                    (Some(x), Some(k)) => queue.dead_letter_exchange(x).dead_letter_routing_key(k),
+                    (Some(x), None) => queue.dead_letter_exchange(x),
+                    _ => queue,
+                }
+            }))
             .declare(false)
             .prefetch(prefetch_for(&args))
             .no_ack(args.no_ack)

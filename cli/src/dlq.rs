@@ -220,10 +220,22 @@ fn describe_line(delivery: &Delivery, registry: &kombu::serializers::Registry) -
         Ok(other) => format!("body {other}"),
         Err((base64, _)) => format!("body (base64) {base64}"),
     };
+    let body = shorten(body);
     format!(
         "{origin}, {what}: {}; {body}",
         header(delivery, REASON).unwrap_or_else(|| "no reason given".to_owned())
     )
+}
+
+/// Longest body text a `--format line` line shows; `--format json` shows all of it.
+const LINE_BODY_CHARS: usize = 200;
+
+/// `text` cut after [`LINE_BODY_CHARS`] characters, with `...` when cut.
+fn shorten(text: String) -> String {
+    match text.char_indices().nth(LINE_BODY_CHARS) {
+        Some((end, _)) => format!("{}... (--format json shows all)", &text[..end]),
+        None => text,
+    }
 }
 
 async fn replay(global: &Global, args: DlqReplayArgs) -> anyhow::Result<Outcome> {

@@ -383,3 +383,187 @@ fn dlq_of_a_queue_without_dead_letters() {
         .success()
         .stdout(predicate::str::contains("moved 0 messages"));
 }
+
+#[test]
+fn bodies_that_do_not_decompress_are_dead_lettered() {
+    let (_dir, url) = setup();
+    declare(&url, "z");
+    // A truncated zlib stream, and a body past --max-size once decompressed.
+    let mut truncated = message_of("application/json", b"\x78\x9c\xcb\x48\xcd");
+    truncated.headers.insert(
+        "compression".to_owned(),
+        kombu::Value::from("application/x-gzip"),
+    );
+    put_message(&url, "z", truncated);
+    kombu(&url)
+        .args(["publish", "--routing-key", "z", "--serializer", "raw"])
+        .args(["--compression", "zstd"])
+        .write_stdin(vec![0u8; 4096])
+        .assert()
+        .success();
+    publish_lines(&url, "z", "3\n");
+    let out = kombu(&url)
+        .args(["consume", "--queue", "z", "--count", "1", "--timeout", "5"])
+        .args(["--max-size", "1024", "--format", "body"])
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
+    let stderr = stderr_of(&out);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("dead-lettered to queue \"z.dlq\"")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].ends_with("; raise --max-size to read it"),
+        "{stderr}"
+    );
+    assert_eq!(size(&url, "z.dlq"), 2);
+    // Replayed, the large one is printed with a larger bound, byte for byte.
+    kombu(&url).args(["dlq", "replay", "z"]).assert().success();
+    let out = kombu(&url)
+        .args(["consume", "--queue", "z", "--count", "1", "--timeout", "5"])
+        .args(["--format", "raw"])
+        .assert()
+        .code(4) // the truncated one again
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(out, vec![0u8; 4096]);
+}
+
+#[test]
+fn dead_letter_exchange_and_its_queue() {
+    let (_dir, url) = setup();
+    declare(&url, "jobs");
+    declare_exchange(&url, "dead", "direct");
+    declare_bound_queue(&url, "dead-jobs", "dead", "jobs");
+    put_message(&url, "jobs", message_of("application/json", b"{bad"));
+    kombu(&url)
+        .args(["consume", "--queue", "jobs", "--timeout", "0.3"])
+        .args(["--dead-letter-exchange", "dead"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(
+            "dead-lettered to exchange \"dead\" (routing key \"jobs\")",
+        ));
+    assert_eq!(size(&url, "dead-jobs"), 1);
+    let listed = lines_of(
+        &kombu(&url)
+            .args([
+                "dlq",
+                "list",
+                "jobs",
+                "--dlq",
+                "dead-jobs",
+                "--format",
+                "json",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    );
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["original_queue"], json!("jobs"));
+    kombu(&url)
+        .args(["dlq", "replay", "jobs", "--dlq", "dead-jobs"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("moved 1 message "));
+    assert_eq!(size(&url, "jobs"), 1);
+}
+
+#[test]
+fn unreadable_redis_entries_are_reported_and_not_replayed() {
+    let url = redis_url();
+    let queue = unique("unreadable");
+    declare(&url, &queue);
+    publish_lines(&url, &queue, "1\n");
+    let prefix = url.split("global_keyprefix=").nth(1).unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        // kombu pushes on the left and pops on the right: this one is taken first.
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("{prefix}{queue}"))
+            .arg("not an envelope")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+    let out = kombu(&url)
+        .args([
+            "consume",
+            "--queue",
+            &queue,
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+        ])
+        .args(["--format", "body"])
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    let stderr = stderr_of(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unreadable envelope"), "{stderr}");
+    let dlq = format!("{queue}.dlq");
+    let listed = lines_of(
+        &kombu(&url)
+            .args(["dlq", "list", &queue, "--format", "json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    );
+    assert_eq!(listed[0]["transport"], json!("redis"));
+    assert_eq!(listed[0]["body"], json!("not an envelope"));
+    kombu(&url)
+        .args(["dlq", "replay", &queue])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("moved 0 messages"))
+        .stderr(predicate::str::contains("skipped"));
+    assert_eq!(size(&url, &dlq), 1);
+    delete_entities(&url, &[&queue, &dlq], &[]);
+}
+
+#[test]
+fn too_deep_and_pickled_bodies_are_dead_lettered() {
+    let (_dir, url) = setup();
+    declare(&url, "d");
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    put_message(&url, "d", message_of("application/json", deep.as_bytes()));
+    put_message(
+        &url,
+        "d",
+        message_of("application/x-python-serialize", PICKLE_BYTES),
+    );
+    publish_lines(&url, "d", "3\n");
+    let out = kombu(&url)
+        .args(["consume", "--queue", "d", "--count", "1", "--timeout", "5"])
+        .args(["--format", "body"])
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
+    let stderr = stderr_of(&out);
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert_eq!(size(&url, "d.dlq"), 2);
+}
