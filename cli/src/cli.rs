@@ -88,8 +88,37 @@ bin, kombu's {\"__type__\": \"bytes\"} JSON tags, pickle bytes) are shown as bas
 numbers JSON has no room for (Python's NaN, Infinity, -Infinity) as null, and
 properties.priority is a number on every transport (0 when the message has none).
 
-Exit status: 0 when --count messages arrived, 3 when --timeout seconds pass without a message
-before that, 130 on Ctrl-C, 1 on any error.")]
+A message that cannot be printed (its serializer is not accepted, its body does not decode,
+its compression is truncated or decompresses past --max-size) is never put back at the head of
+its queue to block it. --on-error says what happens to it:
+  dead-letter  (default) it goes to its dead-letter queue, QUEUE.dlq (declared on first use),
+               with headers saying why (x-kombu-dead-reason) and where it came from; stderr
+               says so in one line, and the next message is consumed.
+               `kombu dlq list QUEUE` shows them, `kombu dlq replay QUEUE` puts them back.
+  requeue      it goes back to the end of its queue for another try, the tries counted in its
+               x-kombu-redeliveries header; after --max-redeliveries tries it is dead-lettered.
+  stop         it stays in its queue and consume exits 1.
+--count counts the messages printed, not the ones dead-lettered or requeued. An entry that
+Redis or SQLite cannot read as a message at all was already moved to QUEUE.dlq by the transport;
+stderr says so the same way. kombu consume cannot see a queue's x-dead-letter-exchange: give it
+with --dead-letter-exchange to dead-letter there (and `kombu dlq list QUEUE --dlq Q` to read the
+queue Q bound to it).
+
+With --no-ack the broker removed each message when it was delivered: a dead-lettered or
+requeued one is a copy published again, and if that fails the message is gone.
+
+With --requeue (a peek) nothing is dead-lettered or requeued: a message that cannot be printed
+is left where it was, stderr says why, and it is not counted in --count. (An entry Redis or
+SQLite cannot read at all is moved to QUEUE.dlq by the transport whenever it is taken, a peek
+too; a warning on stderr says so.)
+
+Exit status:
+  0    --count messages were printed, none dead-lettered
+  3    --timeout seconds passed without a message (before --count were printed)
+  4    as 0, but at least one message was dead-lettered (stderr says which)
+  1    any error, and --on-error stop on a message that cannot be printed
+  130  Ctrl-C
+3 wins over 4: a run that timed out exits 3 even if it dead-lettered messages.")]
     Consume(ConsumeArgs),
     /// Declare an exchange or a queue.
     #[command(after_help = "\
@@ -141,6 +170,21 @@ Bodies, content type and encoding, headers and properties are copied byte for by
 --to-exchange the messages go to the queue of the same name on the destination (declared first).
 A source queue that does not exist is an error.")]
     Move(MoveArgs),
+    /// Inspect and replay the dead letters of a queue.
+    #[command(after_help = "\
+Examples:
+  kombu dlq list jobs
+  kombu dlq list jobs --format json --count 10
+  kombu dlq replay jobs
+  kombu dlq replay jobs --count 1
+
+Dead letters are the messages `kombu consume` (or any kombu-rs consumer) could not read, and the
+entries Redis or SQLite could not read at all: they are kept in the queue QUEUE.dlq, with headers
+saying why (x-kombu-dead-reason) and where they came from (x-kombu-original-queue,
+x-kombu-original-exchange, x-kombu-original-routing-key; x-kombu-transport for unreadable
+entries). A queue declared with a dead-letter exchange sends its dead letters there instead:
+give the queue bound to that exchange with --dlq.")]
+    Dlq(DlqArgs),
     /// Measure publish and consume throughput and latency.
     #[command(after_help = "\
 Examples:
@@ -264,7 +308,7 @@ pub struct ConsumeArgs {
     /// Queue to consume from; repeatable.
     #[arg(long = "queue", value_name = "QUEUE", required = true)]
     pub queues: Vec<String>,
-    /// Stop after this many messages (exit 0).
+    /// Stop after printing this many messages (exit 0, or 4 if some were dead-lettered).
     #[arg(long)]
     pub count: Option<u64>,
     /// Give up when this many seconds pass without a message (exit 3).
@@ -274,7 +318,7 @@ pub struct ConsumeArgs {
     #[arg(long, conflicts_with = "requeue")]
     pub no_ack: bool,
     /// Return the messages to the queue instead of acking them (peek); takes only --count
-    /// messages from the queue.
+    /// messages from the queue, and dead-letters none (one it cannot print stays where it was).
     #[arg(long)]
     pub requeue: bool,
     /// Most unacknowledged messages held at once.
@@ -297,6 +341,119 @@ pub struct ConsumeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
+    /// What to do with a message that cannot be printed (not accepted, does not decode).
+    #[arg(long, value_enum, default_value = "dead-letter")]
+    pub on_error: OnError,
+    /// With --on-error requeue: tries before a message is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = kombu::DEFAULT_MAX_REDELIVERIES)]
+    pub max_redeliveries: u32,
+    /// Dead-letter to this exchange (the queues' x-dead-letter-exchange) instead of QUEUE.dlq;
+    /// QUEUE.dlq all the same when no queue is bound there.
+    #[arg(long, value_name = "E")]
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead letters sent to --dead-letter-exchange (default: the message's own).
+    #[arg(long, value_name = "K", requires = "dead_letter_exchange")]
+    pub dead_letter_routing_key: Option<String>,
+}
+
+/// `consume --on-error`: what happens to a message that cannot be printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Move it to its dead-letter queue (QUEUE.dlq) and go on.
+    DeadLetter,
+    /// Put it at the end of its queue, up to --max-redeliveries tries, then dead-letter it.
+    Requeue,
+    /// Leave it in its queue and exit 1.
+    Stop,
+}
+
+impl From<OnError> for kombu::ErrorAction {
+    fn from(o: OnError) -> Self {
+        match o {
+            OnError::DeadLetter => kombu::ErrorAction::DeadLetter,
+            OnError::Requeue => kombu::ErrorAction::Requeue,
+            OnError::Stop => kombu::ErrorAction::Stop,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub what: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print the dead letters of a queue without removing them.
+    #[command(after_help = "\
+Examples:
+  kombu dlq list jobs
+  kombu dlq list jobs --format json | jq .reason
+
+One line per dead letter (--format json: one JSON object), oldest first: why it was
+dead-lettered, the queue, exchange and routing key it came from, its content type and encoding,
+its size in bytes, and its body shown as `kombu consume` shows bodies when it decodes (with the
+--accept list), else as base64 (--format json: body_base64, and body_error says why it does not
+decode). A line shows the first 200 characters of a body; --format json all of it. The messages stay in the
+dead-letter queue, in their order (on RabbitMQ and Redis they are marked redelivered).")]
+    List(DlqListArgs),
+    /// Move dead letters back to their queue.
+    #[command(after_help = "\
+Examples:
+  kombu dlq replay jobs
+  kombu dlq replay jobs --count 10
+
+Each dead letter, oldest first, is published to QUEUE through the default exchange (routing key
+QUEUE), not to its original exchange, which might deliver it to other queues bound there too.
+Its body, content type and encoding, properties and headers go back byte for byte, without the
+x-kombu-* headers dead-lettering added (x-kombu-dead-reason, x-kombu-original-*,
+x-kombu-transport, x-kombu-redeliveries), so it gets its tries afresh. It is removed from the
+dead-letter queue only once QUEUE has it: a crash may duplicate a message, never lose it.
+An entry Redis or SQLite could not read at all (it has x-kombu-transport) is not a message to
+replay: it is skipped and stays in the dead-letter queue (stderr says so). Prints how many
+messages were moved. QUEUE must exist.")]
+    Replay(DlqReplayArgs),
+}
+
+/// Output formats of `dlq list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DlqFormat {
+    /// One line per dead letter.
+    Line,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// The queue whose dead letters to show.
+    pub queue: String,
+    /// The dead-letter queue to read (default: QUEUE.dlq), e.g. the queue bound to QUEUE's
+    /// dead-letter exchange.
+    #[arg(long, value_name = "QUEUE")]
+    pub dlq: Option<String>,
+    /// Show at most this many.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Serializers whose bodies are decoded; repeatable (default as `consume`).
+    #[arg(long = "accept", value_name = "NAME")]
+    pub accept: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "line")]
+    pub format: DlqFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// The queue to move the dead letters back to.
+    pub queue: String,
+    /// The dead-letter queue to take them from (default: QUEUE.dlq).
+    #[arg(long, value_name = "QUEUE")]
+    pub dlq: Option<String>,
+    /// Move at most this many.
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

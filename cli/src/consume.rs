@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::anyhow;
 use base64::Engine as _;
 use kombu::transport::{Channel, Decoder};
-use kombu::{ConsumeError, Consumer, Delivery, Queue, StreamExt as _};
+use kombu::{ConsumeError, Consumer, Delivery, Handled, Queue, StreamExt as _};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json, json};
 
 use crate::Outcome;
-use crate::cli::{ConsumeArgs, Format, Global};
+use crate::cli::{ConsumeArgs, Format, Global, OnError};
 use crate::common::{self, Ctx as _};
 
 /// What `consume` accepts without `--accept`: the serializers that only describe data. Pickle
@@ -32,25 +32,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     };
     let conn = common::connect(&url).await?;
     let registry = conn.registry().clone();
-    let accept: Vec<String> = if args.accept.is_empty() {
-        DEFAULT_ACCEPT
-            .iter()
-            .filter(|name| registry.serializer(name).is_ok())
-            .map(|name| (*name).to_owned())
-            .collect()
-    } else {
-        args.accept.clone()
-    };
-    let accepted = registry.accept(&accept).map_err(|e| {
-        anyhow!(
-            "{e} in --accept (known: {})",
-            registry
-                .serializers()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
+    let (accept, accepted) = accept_list(&registry, &args.accept)?;
     for name in &args.queues {
         if args.declare {
             common::declare_queue_lenient(&conn, &Queue::new(name.clone()))
@@ -87,12 +69,21 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         })
     } else {
         let consumer = conn
-            .consumer(args.queues.iter().map(|q| Queue::new(q.clone())))
+            .consumer(args.queues.iter().map(|q| {
+                let queue = Queue::new(q.clone());
+                match (&args.dead_letter_exchange, &args.dead_letter_routing_key) {
+                    (Some(x), Some(k)) => queue.dead_letter_exchange(x).dead_letter_routing_key(k),
+                    (Some(x), None) => queue.dead_letter_exchange(x),
+                    _ => queue,
+                }
+            }))
             .declare(false)
             .prefetch(prefetch_for(&args))
             .no_ack(args.no_ack)
             .accept(&accept)
             .max_decompressed_size(args.max_size)
+            .error_action(args.on_error.into())
+            .max_redeliveries(args.max_redeliveries)
             .build()
             .await
             .ctx(format!("cannot consume from {:?} on {masked}", args.queues))?;
@@ -101,6 +92,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
 
     let mut held: Vec<Delivery> = Vec::new();
     let mut got = 0u64;
+    let mut dead = 0u64;
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
     let mut outcome = Outcome::Done;
@@ -115,7 +107,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 break;
             }
         };
-        let delivery = match item {
+        let taken = match item {
             None => {
                 outcome = Outcome::TimedOut;
                 break;
@@ -127,40 +119,35 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 ));
                 break;
             }
+            Some(Some(Ok(delivery))) => decode(delivery, args.format, &registry),
             // raw and base64 show the bytes of any message: the accept list does not apply.
             Some(Some(Err(ConsumeError {
                 delivery: Some(delivery),
                 ..
-            }))) if matches!(args.format, Format::Raw | Format::Base64) => delivery,
-            Some(Some(Err(ConsumeError {
-                error,
-                delivery: Some(delivery),
-            }))) => {
-                let text = format!(
-                    "message from queue {:?} refused: {error:#}; {} (try --accept with its \
-                     serializer)",
-                    delivery.queue(),
-                    where_it_is(args.no_ack)
-                );
-                let _ = delivery.requeue().await;
-                failure = Some(anyhow!(text));
-                break;
+            }))) if matches!(args.format, Format::Raw | Format::Base64) => {
+                decode(delivery, args.format, &registry)
             }
-            Some(Some(Err(ConsumeError { error, .. }))) => {
-                failure = Some(
-                    anyhow::Error::new(common::BrokerError::from(error))
-                        .context(format!("consuming from {:?} on {masked}", args.queues)),
-                );
-                break;
-            }
-            Some(Some(Ok(delivery))) => delivery,
+            Some(Some(Err(refused))) => Err(refused),
         };
-        let rendered = match render(&delivery, args.format, &registry) {
+        let (delivery, body) = match taken {
+            Ok(taken) => taken,
+            Err(refused) => {
+                match settle_refused(&source, refused, &args, &masked, &mut held).await {
+                    Ok(Settled::DeadLettered) => dead += 1,
+                    Ok(Settled::Other) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
+        let rendered = match render(&delivery, &body, args.format) {
             Ok(r) => r,
             Err(e) => {
-                // Dropping the delivery puts it back (unless it was taken with --no-ack).
                 failure = Some(e.context(format!(
-                    "cannot decode a message from queue {:?}; {}",
+                    "cannot print a message from queue {:?}; {}",
                     delivery.queue(),
                     where_it_is(args.no_ack)
                 )));
@@ -186,6 +173,9 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             }
         }
     }
+    if outcome == Outcome::Done && dead > 0 {
+        outcome = Outcome::DeadLettered;
+    }
     // Newest first: transports that put a requeued message back at the head (memory, Redis)
     // then keep the original order of several peeked messages.
     for delivery in held.into_iter().rev() {
@@ -208,6 +198,153 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     }
     closed?;
     Ok(outcome)
+}
+
+/// The accept list: `given` (`--accept`), else [`DEFAULT_ACCEPT`] (those this build has), by
+/// name and as the decoder's [`kombu::serializers::Accept`].
+pub fn accept_list(
+    registry: &kombu::serializers::Registry,
+    given: &[String],
+) -> anyhow::Result<(Vec<String>, kombu::serializers::Accept)> {
+    let accept: Vec<String> = if given.is_empty() {
+        DEFAULT_ACCEPT
+            .iter()
+            .filter(|name| registry.serializer(name).is_ok())
+            .map(|name| (*name).to_owned())
+            .collect()
+    } else {
+        given.to_vec()
+    };
+    let accepted = registry.accept(&accept).map_err(|e| {
+        anyhow!(
+            "{e} in --accept (known: {})",
+            registry
+                .serializers()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    Ok((accept, accepted))
+}
+
+/// What became of a message that could not be printed.
+enum Settled {
+    /// Moved to its dead-letter queue (by the policy, or earlier by the transport).
+    DeadLettered,
+    /// Requeued for another try, or left in place by a peek.
+    Other,
+}
+
+/// Settles a message that cannot be printed by `--on-error` (a peek leaves it where it is) and
+/// says so on stderr in one line; an error ends the command (a broker failure, or `stop`).
+async fn settle_refused(
+    source: &Source,
+    refused: ConsumeError,
+    args: &ConsumeArgs,
+    masked: &str,
+    held: &mut Vec<Delivery>,
+) -> anyhow::Result<Settled> {
+    let ConsumeError { error, delivery } = refused;
+    let Some(delivery) = delivery else {
+        if let Some(record) = error.dead_lettered() {
+            eprintln!("{record}");
+            return Ok(Settled::DeadLettered);
+        }
+        return Err(anyhow::Error::new(common::BrokerError::from(error))
+            .context(format!("consuming from {:?} on {masked}", args.queues)));
+    };
+    let queue = delivery.queue().to_owned();
+    let hint = hint(&error);
+    let consumer = match source {
+        Source::Consumer(consumer) => consumer,
+        Source::Peek(_) => {
+            // A peek changes nothing: the message goes back with the others at the end.
+            eprintln!(
+                "message from queue {queue:?} not printed: {error:#}; left in the queue \
+                 (--requeue moves nothing){hint}"
+            );
+            held.push(delivery);
+            return Ok(Settled::Other);
+        }
+    };
+    let no_ack = delivery.is_no_ack();
+    let text = format!("{error:#}");
+    match consumer
+        .handle(ConsumeError {
+            error,
+            delivery: Some(delivery),
+        })
+        .await
+    {
+        Ok(Handled::DeadLettered(record)) => {
+            eprintln!("{record}{hint}");
+            Ok(Settled::DeadLettered)
+        }
+        Ok(Handled::Requeued { redeliveries }) => {
+            eprintln!(
+                "message from queue {queue:?} requeued at the end of the queue (try {redeliveries} \
+                 of {}): {text}{hint}",
+                args.max_redeliveries
+            );
+            Ok(Settled::Other)
+        }
+        Ok(other) => {
+            eprintln!("message from queue {queue:?}: {other:?}: {text}");
+            Ok(Settled::Other)
+        }
+        Err(e) if args.on_error == OnError::Stop => {
+            let place = if no_ack {
+                "it was taken with --no-ack, so it was published again at the end of the queue"
+            } else {
+                "it was left in the queue"
+            };
+            let text = format!(
+                "message from queue {queue:?} cannot be printed; {place} (--on-error stop)"
+            );
+            match hint.strip_prefix("; ") {
+                Some(what) => Err(common::hinted(format!("{text}: {e:#}"), what)),
+                None => Err(anyhow::Error::new(common::BrokerError::from(e)).context(text)),
+            }
+        }
+        Err(e) => {
+            let place = if no_ack {
+                "it was taken with --no-ack, so it is no longer in the queue"
+            } else {
+                "it is still in the queue"
+            };
+            let e = anyhow::Error::new(common::BrokerError::from(e));
+            Err(e.context(format!(
+                "cannot move a message of queue {queue:?} aside on {masked} ({text}); {place}"
+            )))
+        }
+    }
+}
+
+/// What to try about a message that cannot be printed, as `; ...` (or nothing).
+fn hint(error: &kombu::Error) -> &'static str {
+    use kombu::serializers::Error as E;
+    match error.serializer_error() {
+        Some(E::TooLarge { .. }) => "; raise --max-size to read it",
+        Some(E::ContentDisallowed { .. }) => "; --accept its serializer to read it",
+        _ => "",
+    }
+}
+
+/// Decodes the body as `format` shows it; a body that does not decode is refused with its
+/// delivery.
+fn decode(
+    delivery: Delivery,
+    format: Format,
+    registry: &kombu::serializers::Registry,
+) -> Result<(Delivery, Body), ConsumeError> {
+    match decode_body(&delivery, format, registry) {
+        Ok(body) => Ok((delivery, body)),
+        Err(error) => Err(ConsumeError {
+            error,
+            delivery: Some(delivery),
+        }),
+    }
 }
 
 /// How many unsettled messages the consumer may hold.
@@ -420,7 +557,10 @@ fn untag_bytes(object: Map<String, Json>) -> Json {
 }
 
 /// The body as JSON: decoded for structured serializers, a string for text, base64 for bytes.
-fn body_json(delivery: &Delivery, registry: &kombu::serializers::Registry) -> anyhow::Result<Json> {
+pub fn body_json(
+    delivery: &Delivery,
+    registry: &kombu::serializers::Registry,
+) -> kombu::Result<Json> {
     let content_type = delivery.content_type().unwrap_or("application/data");
     let structured = !is_bytes(content_type)
         && !is_text(content_type)
@@ -429,19 +569,47 @@ fn body_json(delivery: &Delivery, registry: &kombu::serializers::Registry) -> an
         return delivery
             .decode::<Shown>()
             .map(|s| s.0)
-            .ctx(format!("cannot decode the {content_type} body"));
+            .map_err(|e| e.context(format!("cannot decode the {content_type} body")));
     }
     let body = delivery
         .decompressed_body()
-        .ctx("cannot decompress the body")?;
+        .map_err(|e| e.context("cannot decompress the body"))?;
     if !is_bytes(content_type)
         && let Ok(text) = std::str::from_utf8(&body)
     {
         return Ok(Json::String(text.to_owned()));
     }
-    Ok(Json::String(
-        base64::engine::general_purpose::STANDARD.encode(&body),
-    ))
+    Ok(base64_text(&body))
+}
+
+/// A body decoded as a format shows it.
+enum Body {
+    /// Shown as JSON.
+    Json(Json),
+    /// Shown as its bytes (after decompression).
+    Bytes(Vec<u8>),
+}
+
+/// Decodes (or decompresses) the body as `format` shows it: what fails here is the message's
+/// fault, and goes to `--on-error`.
+fn decode_body(
+    delivery: &Delivery,
+    format: Format,
+    registry: &kombu::serializers::Registry,
+) -> kombu::Result<Body> {
+    let content_type = delivery.content_type().unwrap_or("application/data");
+    let bytes = match format {
+        Format::Raw | Format::Base64 => true,
+        Format::Body => is_bytes(content_type) || is_text(content_type),
+        Format::Json | Format::Pretty => false,
+    };
+    if bytes {
+        return delivery
+            .decompressed_body()
+            .map(|b| Body::Bytes(b.to_vec()))
+            .map_err(|e| e.context("cannot decompress the body"));
+    }
+    body_json(delivery, registry).map(Body::Json)
 }
 
 fn is_bytes(content_type: &str) -> bool {
@@ -452,16 +620,13 @@ fn is_text(content_type: &str) -> bool {
     content_type.starts_with("text/")
 }
 
-/// The whole message as the JSON object `--format json` prints.
-pub fn message_json(
-    delivery: &Delivery,
-    registry: &kombu::serializers::Registry,
-) -> anyhow::Result<Json> {
+/// The whole message as the JSON object `--format json` prints, with its body shown as `body`.
+fn message_json(delivery: &Delivery, body: Json) -> anyhow::Result<Json> {
     let message = delivery.message();
     let props = &message.properties;
     let info = delivery.info();
     Ok(json!({
-        "body": body_json(delivery, registry)?,
+        "body": body,
         "content_type": message.content_type,
         "content_encoding": message.content_encoding,
         "headers": serde_json::to_value(&message.headers)?,
@@ -483,48 +648,40 @@ pub fn message_json(
     }))
 }
 
-fn render(
-    delivery: &Delivery,
-    format: Format,
-    registry: &kombu::serializers::Registry,
-) -> anyhow::Result<Vec<u8>> {
+/// What `format` prints for a delivery whose body is decoded.
+fn render(delivery: &Delivery, body: &Body, format: Format) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
-    match format {
-        Format::Json => {
-            serde_json::to_writer(&mut out, &message_json(delivery, registry)?)?;
+    let json = match body {
+        Body::Json(json) => json.clone(),
+        Body::Bytes(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Json::String(text.to_owned()),
+            Err(_) => base64_text(bytes),
+        },
+    };
+    match (format, body) {
+        (Format::Json, _) => {
+            serde_json::to_writer(&mut out, &message_json(delivery, json)?)?;
             out.push(b'\n');
         }
-        Format::Raw => {
-            let body = delivery
-                .decompressed_body()
-                .ctx("cannot decompress the body")?;
-            out.extend_from_slice(&body);
-        }
-        Format::Base64 => {
-            let body = delivery
-                .decompressed_body()
-                .ctx("cannot decompress the body")?;
+        (Format::Raw, Body::Bytes(bytes)) => out.extend_from_slice(bytes),
+        (Format::Base64, Body::Bytes(bytes)) => {
             out.extend_from_slice(
                 base64::engine::general_purpose::STANDARD
-                    .encode(&body)
+                    .encode(bytes)
                     .as_bytes(),
             );
             out.push(b'\n');
         }
-        Format::Body => {
-            let content_type = delivery.content_type().unwrap_or("application/data");
-            if is_bytes(content_type) || is_text(content_type) {
-                let body = delivery
-                    .decompressed_body()
-                    .ctx("cannot decompress the body")?;
-                out.extend_from_slice(&body);
-            } else {
-                serde_json::to_writer(&mut out, &body_json(delivery, registry)?)?;
-            }
+        (Format::Body, Body::Bytes(bytes)) => {
+            out.extend_from_slice(bytes);
             out.push(b'\n');
         }
-        Format::Pretty => {
-            let all = message_json(delivery, registry)?;
+        (Format::Raw | Format::Base64 | Format::Body, Body::Json(json)) => {
+            serde_json::to_writer(&mut out, json)?;
+            out.push(b'\n');
+        }
+        (Format::Pretty, _) => {
+            let all = message_json(delivery, json)?;
             let info = delivery.info();
             writeln!(
                 out,

@@ -5,14 +5,15 @@
 //! `sqlite://kombu.db` (a file in the current directory; stderr says so). Errors are one line on
 //! stderr naming what failed and the URL once (never its password), and what to try; `--verbose`
 //! adds every cause and a backtrace. The exit status is 1 (2 for a command line clap refuses, 3
-//! when `consume --timeout` runs out). The library's own warnings go to stderr too, filtered by
-//! `RUST_LOG` (default `warn`).
+//! when `consume --timeout` runs out, 4 when `consume` dead-lettered a message, 130 on Ctrl-C).
+//! The library's own warnings go to stderr too, filtered by `RUST_LOG` (default `warn`).
 
 mod admin;
 mod bench;
 mod cli;
 mod common;
 mod consume;
+mod dlq;
 mod publish;
 mod transfer;
 
@@ -32,6 +33,9 @@ pub enum Outcome {
     TimedOut,
     /// Stopped by Ctrl-C.
     Interrupted,
+    /// `consume` ended as [`Outcome::Done`] but moved messages it could not print to their
+    /// dead-letter queue.
+    DeadLettered,
 }
 
 fn main() -> ExitCode {
@@ -47,7 +51,9 @@ fn main() -> ExitCode {
             std::env::set_var("RUST_LIB_BACKTRACE", if verbose { "1" } else { "0" })
         };
     }
-    init_tracing();
+    // `consume` prints a line of its own for each message it dead-letters or requeues (a peek
+    // does not see what the transport sets aside: the library's warning says it).
+    init_tracing(matches!(&cli.command, Command::Consume(args) if !args.requeue));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::TimedOut) => ExitCode::from(3),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Ok(Outcome::DeadLettered) => ExitCode::from(4),
         Err(err) => {
             report(&err, verbose);
             ExitCode::FAILURE
@@ -84,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Purge(args) => admin::purge(&global, args).await,
         Command::Delete(args) => admin::delete(&global, args).await,
         Command::Move(args) => transfer::run(&global, args).await,
+        Command::Dlq(args) => dlq::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Completions(args) => {
             let mut cmd = Cli::command();
@@ -101,11 +109,17 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 const DEFAULT_LOG: &str = "off,kombu=warn,kombu_core=warn,kombu_serializers=warn,\
                            kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn";
 
+/// Added to [`DEFAULT_LOG`] for `consume`, which prints its own line for each message the
+/// consumer's policy or the transport moved aside: the library's warning would repeat it.
+const CONSUME_QUIET: &str = ",kombu_core::consumer::policy=error,\
+                             kombu_core::transport::virtual_transport::unreadable=error";
+
 /// Sends tracing events to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG`], so the
 /// library's warnings reach the user; `RUST_LOG=debug` shows more, `RUST_LOG=off` nothing).
-fn init_tracing() {
+fn init_tracing(consume: bool) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::new(spec),
+        _ if consume => tracing_subscriber::EnvFilter::new(format!("{DEFAULT_LOG}{CONSUME_QUIET}")),
         _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
     };
     // Fails only when a subscriber is already installed: nothing to do then.

@@ -48,7 +48,8 @@ fn consume_exit_codes() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("nope"));
-    // 1: a message the accept list refuses is put back, and the error says so.
+    // 1: with --on-error stop, a message the accept list refuses stays in the queue, and the
+    // error says so.
     kombu(&url)
         .args([
             "publish",
@@ -67,29 +68,33 @@ fn consume_exit_codes() {
         "--count",
         "1",
         "--timeout",
-        "5",
+        "0.5",
         "--accept",
         "json",
     ];
     kombu(&url)
         .args(refusing)
+        .args(["--on-error", "stop"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("refused").and(predicate::str::contains("put back")));
+        .stderr(
+            predicate::str::contains("not accepted")
+                .and(predicate::str::contains("left in the queue")),
+        );
     assert_eq!(size(&url, "q"), 1);
-    // The same refusal with --no-ack: the broker removed the message on delivery, and the
-    // error does not claim it was put back.
+    // By default it is dead-lettered (the timeout then runs out: 3); with --no-ack the broker
+    // removed the message on delivery, and nothing claims it was put back.
     kombu(&url)
         .args(refusing)
         .arg("--no-ack")
         .assert()
-        .code(1)
+        .code(3)
         .stderr(
-            predicate::str::contains("refused")
-                .and(predicate::str::contains("--no-ack"))
+            predicate::str::contains("dead-lettered to queue \"q.dlq\"")
                 .and(predicate::str::contains("put back").not()),
         );
     assert_eq!(size(&url, "q"), 0);
+    assert_eq!(size(&url, "q.dlq"), 1);
 }
 
 #[test]
@@ -337,7 +342,8 @@ fn max_size_lets_a_large_compressed_message_through() {
         .write_stdin(vec![7u8; big])
         .assert()
         .success();
-    // Past the default bound: refused, put back, and the error says what to raise.
+    // Past the default bound: refused, left in the queue (--on-error stop), and the error says
+    // what to raise.
     let out = kombu(&url)
         .args([
             "consume",
@@ -347,6 +353,8 @@ fn max_size_lets_a_large_compressed_message_through() {
             "1",
             "--timeout",
             "5",
+            "--on-error",
+            "stop",
         ])
         .assert()
         .code(1)
@@ -393,11 +401,16 @@ fn consume_accepts_pickle_only_when_asked() {
     );
     let out = kombu(&url)
         .args(["consume", "--queue", "py", "--count", "1", "--timeout", "5"])
+        .args(["--on-error", "stop"])
         .assert()
         .code(1)
         .get_output()
         .clone();
-    assert!(stderr_of(&out).contains("refused"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not accepted"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(out.stdout.is_empty());
     assert_eq!(size(&url, "py"), 1);
     let [m] = serde_json::from_str::<Value>(&stdout_of(kombu(&url).args([
