@@ -143,7 +143,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
                 continue;
             }
         };
-        let rendered = match render(&delivery, &body, args.format) {
+        let rendered = match render(&delivery, body, args.format) {
             Ok(r) => r,
             Err(e) => {
                 failure = Some(e.context(format!(
@@ -590,6 +590,19 @@ enum Body {
     Bytes(Vec<u8>),
 }
 
+impl Body {
+    /// As JSON: text as a string, other bytes as base64.
+    fn into_json(self) -> Json {
+        match self {
+            Body::Json(json) => json,
+            Body::Bytes(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Json::String(text),
+                Err(e) => base64_text(e.as_bytes()),
+            },
+        }
+    }
+}
+
 /// Decodes (or decompresses) the body as `format` shows it: what fails here is the message's
 /// fault, and goes to `--on-error`.
 fn decode_body(
@@ -649,21 +662,16 @@ fn message_json(delivery: &Delivery, body: Json) -> anyhow::Result<Json> {
 }
 
 /// What `format` prints for a delivery whose body is decoded.
-fn render(delivery: &Delivery, body: &Body, format: Format) -> anyhow::Result<Vec<u8>> {
+fn render(delivery: &Delivery, body: Body, format: Format) -> anyhow::Result<Vec<u8>> {
+    // The body is moved, never copied, into what is printed: a large message is held once as
+    // its decoded value and once as its printed text.
     let mut out = Vec::new();
-    let json = match body {
-        Body::Json(json) => json.clone(),
-        Body::Bytes(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Json::String(text.to_owned()),
-            Err(_) => base64_text(bytes),
-        },
-    };
     match (format, body) {
-        (Format::Json, _) => {
-            serde_json::to_writer(&mut out, &message_json(delivery, json)?)?;
+        (Format::Json, body) => {
+            serde_json::to_writer(&mut out, &message_json(delivery, body.into_json())?)?;
             out.push(b'\n');
         }
-        (Format::Raw, Body::Bytes(bytes)) => out.extend_from_slice(bytes),
+        (Format::Raw, Body::Bytes(bytes)) => out = bytes,
         (Format::Base64, Body::Bytes(bytes)) => {
             out.extend_from_slice(
                 base64::engine::general_purpose::STANDARD
@@ -672,16 +680,16 @@ fn render(delivery: &Delivery, body: &Body, format: Format) -> anyhow::Result<Ve
             );
             out.push(b'\n');
         }
-        (Format::Body, Body::Bytes(bytes)) => {
-            out.extend_from_slice(bytes);
-            out.push(b'\n');
+        (Format::Body, Body::Bytes(mut bytes)) => {
+            bytes.push(b'\n');
+            out = bytes;
         }
         (Format::Raw | Format::Base64 | Format::Body, Body::Json(json)) => {
-            serde_json::to_writer(&mut out, json)?;
+            serde_json::to_writer(&mut out, &json)?;
             out.push(b'\n');
         }
-        (Format::Pretty, _) => {
-            let all = message_json(delivery, json)?;
+        (Format::Pretty, body) => {
+            let all = message_json(delivery, body.into_json())?;
             let info = delivery.info();
             writeln!(
                 out,

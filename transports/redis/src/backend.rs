@@ -20,7 +20,7 @@ use redis::aio::MultiplexedConnection;
 use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
-use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SWEEP_BINDINGS, TAKE, UNLOCK};
+use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
 use crate::watch;
@@ -44,6 +44,8 @@ pub(crate) struct RedisBackend {
     pub(crate) unlock: redis::Script,
     /// [`SET_ASIDE`].
     pub(crate) set_aside: redis::Script,
+    /// [`SLICE`].
+    pub(crate) slice: redis::Script,
     /// Exchanges and bindings read, for [`TOPOLOGY_TTL`].
     pub(crate) topology: TopologyCache,
     /// Queues found in a binding table, and when (taken to exist for `topology::BOUND_TTL`).
@@ -102,6 +104,11 @@ pub(crate) fn priority_of(env: &Envelope) -> u8 {
     env.message.properties.priority.unwrap_or(0)
 }
 
+/// Envelopes longer than this are read from the server in pieces of this size rather than in
+/// the reply of the take (4 MiB): a reply of tens of MiB made the client hold it two or three
+/// times over while reading it.
+const LARGE_ENTRY: usize = 4 << 20;
+
 impl RedisBackend {
     /// Connects (see [`connect::open`]) and sets up the backend for `options`; `label` is
     /// the masked URL that names it in errors and logs.
@@ -119,6 +126,7 @@ impl RedisBackend {
             restore: redis::Script::new(RESTORE),
             unlock: redis::Script::new(UNLOCK),
             set_aside: redis::Script::new(SET_ASIDE),
+            slice: redis::Script::new(SLICE),
             topology: TopologyCache::new(TOPOLOGY_TTL),
             bound: Mutex::new(HashMap::new()),
             scan_type: std::sync::atomic::AtomicBool::new(true),
@@ -144,6 +152,32 @@ impl RedisBackend {
     pub(crate) fn forget_topology(&self) {
         self.topology.clear();
         self.bound.lock().clear();
+    }
+
+    /// Reads the `len` bytes of a large message taken under `field`, a [`LARGE_ENTRY`] piece
+    /// at a time, into one buffer of its exact size. `None` when the lease is gone.
+    async fn read_large(&self, field: &str, len: usize) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(len);
+        let mut conn = self.conn.clone();
+        while out.len() < len {
+            // The unacked value is `[` + the envelope + a suffix: the envelope starts at byte 2.
+            let first = out.len() + 2;
+            let last = (out.len() + LARGE_ENTRY).min(len) + 1;
+            let piece: Option<Vec<u8>> = self
+                .slice
+                .key(&self.options.unacked)
+                .arg(field)
+                .arg(first)
+                .arg(last)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(self.err("take a large message"))?;
+            match piece {
+                Some(piece) if !piece.is_empty() => out.extend_from_slice(&piece),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
     }
 }
 
@@ -278,12 +312,28 @@ impl Backend for RedisBackend {
             .arg(score)
             .arg(lease)
             .arg(&token)
-            .arg(&suffix);
+            .arg(&suffix)
+            .arg(LARGE_ENTRY);
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<u8>> = script
+        let (mut raw, large): (Vec<Vec<u8>>, Vec<usize>) = script
             .invoke_async(&mut conn)
             .await
             .map_err(self.err("take"))?;
+        // Large entries come in pieces; one whose lease is gone already (swept back to its
+        // queue in between) is not delivered from this take.
+        let mut gone = Vec::new();
+        for pair in large.chunks_exact(2) {
+            let (n, len) = (pair[0], pair[1]);
+            let field = format!("{token}{n}");
+            match self.read_large(&field, len).await? {
+                Some(bytes) => {
+                    if let Some(slot) = raw.get_mut(n - 1) {
+                        *slot = bytes;
+                    }
+                }
+                None => gone.push(n),
+            }
+        }
         // What was taken is in `unacked` now and must reach the consumer: the upkeep of an
         // expiring queue that follows is best effort (it is done again at the next take).
         let expires = self.expiring.lock().get(queue).copied();
@@ -302,6 +352,9 @@ impl Backend for RedisBackend {
         }
         fetched.taken.reserve(raw.len());
         for (n, body) in raw.into_iter().enumerate() {
+            if gone.contains(&(n + 1)) {
+                continue;
+            }
             // Only a lease has a field in `unacked` to settle.
             let receipt = if lease == "1" {
                 Receipt::Key(format!("{token}{}", n + 1))

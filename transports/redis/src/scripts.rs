@@ -8,7 +8,11 @@
 /// taken is recorded under the field `ARGV[4] .. n` (the take's token, unique per take), with
 /// the value `[<envelope>` .. `ARGV[5]` (`, "", "<queue>"]`: kombu's `[envelope, exchange,
 /// routing_key]`, naming the default exchange and the queue, so whoever restores it, Python
-/// kombu or kombu-rs, returns it to the queue it was taken from). Returns the envelopes.
+/// kombu or kombu-rs, returns it to the queue it was taken from). Returns `{envelopes, large}`:
+/// a leased envelope longer than `ARGV[6]` bytes (`0`: none) is left out of `envelopes` (an
+/// empty string in its place) and listed in `large` as its position and length, for
+/// [`SLICE`] to read in pieces: one reply of tens of MiB made the client's read buffers hold
+/// it two or three times over.
 ///
 /// A field names one take, not the message: after a restore the message is taken again under
 /// a new field, so a late settlement of an earlier take touches nothing.
@@ -16,7 +20,8 @@ pub(crate) const TAKE: &str = r#"
 local max = tonumber(ARGV[1])
 local lease = ARGV[3] ~= '0'
 local score, token, suffix = ARGV[2], ARGV[4], ARGV[5]
-local out, scores, entries = {}, {}, {}
+local limit = tonumber(ARGV[6])
+local out, scores, entries, large = {}, {}, {}, {}
 local n, m = 0, 0
 for i = 3, #KEYS do
   if n >= max then break end
@@ -24,7 +29,13 @@ for i = 3, #KEYS do
   if got then
     for _, raw in ipairs(got) do
       n = n + 1
-      out[n] = raw
+      if lease and limit > 0 and #raw > limit then
+        out[n] = ''
+        large[#large + 1] = n
+        large[#large + 1] = #raw
+      else
+        out[n] = raw
+      end
       if lease then
         local field = token .. n
         m = m + 2
@@ -42,7 +53,16 @@ for s = 1, m, 1000 do
   redis.call('ZADD', KEYS[2], unpack(scores, s, e))
   redis.call('HSET', KEYS[1], unpack(entries, s, e))
 end
-return out
+return {out, large}
+"#;
+
+/// Reads bytes `ARGV[2]..=ARGV[3]` (counted from 1) of the unacked entry `ARGV[1]` of
+/// `KEYS[1]` (unacked): a piece of a large message [`TAKE`] left out of its reply. Nil once
+/// the lease is gone (the message went back to its queue).
+pub(crate) const SLICE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+return string.sub(v, tonumber(ARGV[2]), tonumber(ARGV[3]))
 "#;
 
 /// Moves an unacked message back: when `KEYS[1]` (unacked) still holds the field `ARGV[1]`,
