@@ -109,8 +109,12 @@ impl Consumer {
         let queue = delivery.queue();
         let mandatory = self.channel.capabilities().mandatory;
         let declared = self.declared.iter().find(|q| q.name == queue);
+        // Through the dead-letter exchange only when the broker can say that no queue took
+        // the copy (mandatory) and the exchange exists (publishing to a missing one closes an
+        // AMQP channel, this consumer's); otherwise `<queue>.dlq`, which is declared first.
         if let Some(q) = declared
             && let Some(exchange) = q.dead_letter_exchange.as_deref().filter(|x| !x.is_empty())
+            && self.usable_exchange(queue, exchange, mandatory).await?
         {
             let routing_key = q
                 .dead_letter_routing_key
@@ -155,6 +159,28 @@ impl Consumer {
             .await
             .map_err(|e| e.context(format!("publishing a dead letter to queue {dlq:?}")))?;
         Ok(Destination::Queue(dlq))
+    }
+
+    /// Whether dead letters of `queue` may go through `exchange`.
+    async fn usable_exchange(&self, queue: &str, exchange: &str, mandatory: bool) -> Result<bool> {
+        if !mandatory {
+            tracing::warn!(
+                %queue,
+                %exchange,
+                "this connection cannot publish mandatory messages (AMQP without publisher \
+                 confirms), so an unrouted dead letter would be lost: using the dead-letter queue"
+            );
+            return Ok(false);
+        }
+        if !self.conn.exchange_exists(exchange).await? {
+            tracing::warn!(
+                %queue,
+                %exchange,
+                "the dead-letter exchange does not exist; using the dead-letter queue"
+            );
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// [`ErrorAction::Requeue`]: a copy with one more try counted goes to the tail of the

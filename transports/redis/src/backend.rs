@@ -325,7 +325,20 @@ impl Backend for RedisBackend {
         for pair in large.chunks_exact(2) {
             let (n, len) = (pair[0], pair[1]);
             let field = format!("{token}{n}");
-            match self.read_large(&field, len).await? {
+            let read = match self.read_large(&field, len).await {
+                Ok(read) => read,
+                Err(error) => {
+                    // Nothing of this take reaches the consumer: back to the queue now, not
+                    // when the leases end (best effort: the sweep does it otherwise).
+                    let fields: Vec<String> =
+                        (1..=raw.len()).map(|i| format!("{token}{i}")).collect();
+                    if let Err(restore) = self.restore_tags(&fields, Some(queue), None).await {
+                        tracing::warn!(url = %self.label, %queue, error = %restore, "a failed take left its messages leased until the sweep");
+                    }
+                    return Err(error);
+                }
+            };
+            match read {
                 Some(bytes) => {
                     if let Some(slot) = raw.get_mut(n - 1) {
                         *slot = bytes;

@@ -97,7 +97,10 @@ impl Shared {
             return Ok(());
         };
         let envelope = Envelope::new(message, exchange, routing_key);
-        if kind == ExchangeKind::Fanout && self.native_fanout {
+        // A mandatory message must be held by a queue: native fanout (Redis PUB/SUB) reaches
+        // only the consumers listening at that moment, so it goes into the bound queues'
+        // stores instead (a dead letter sent to a fanout dead-letter exchange, say).
+        if kind == ExchangeKind::Fanout && self.native_fanout && !mandatory {
             return self.backend.publish_fanout(envelope).await;
         }
         for queue in others {
