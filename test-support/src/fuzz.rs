@@ -110,7 +110,7 @@ fn check_url(url: &BrokerUrl) {
             assert!(masked.contains("**"), "{masked:?} shows its password");
         }
     }
-    for (key, _) in url.query_pairs() {
+    for (key, value) in url.query_pairs() {
         assert!(url.query(key).is_some());
         for err in [
             url.query_seconds(key).err(),
@@ -122,10 +122,21 @@ fn check_url(url: &BrokerUrl) {
         .flatten()
         {
             assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+            // The error names the masked URL, the option and its value; the password shows
+            // only if one of those holds its text anyway.
             let text = err.to_string();
+            assert!(text.contains(&masked), "{text:?} does not name {masked:?}");
             if let Some(password) = url.password().filter(|p| p.len() >= 8) {
+                let elsewhere = [
+                    masked.as_str(),
+                    key,
+                    value,
+                    &url.query(key).unwrap_or_default(),
+                ]
+                .iter()
+                .any(|part| part.contains(&*password));
                 assert!(
-                    !text.contains(&*password) || masked.contains(&*password),
+                    !text.contains(&*password) || elsewhere,
                     "an option error shows the password: {text}"
                 );
             }
@@ -138,6 +149,11 @@ fn check_url(url: &BrokerUrl) {
 /// parses a delivery): even, a field table mapped to kombu headers; odd, the basic properties
 /// of a content header mapped to a kombu message. What maps must survive being published
 /// again: after one trip through kombu's properties a second trip changes nothing.
+///
+/// libFuzzer's default input size (4 KiB) bounds the nesting here. Much deeper tables
+/// (thousands of levels, tens of KB: one frame) overflow the stack inside amq-protocol-types'
+/// own recursive parser, which lapin runs on every delivery before kombu's mapping sees it
+/// (5,000 levels do under the fuzz build): an upstream limit, not one this target checks.
 pub fn amqp_headers(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -169,8 +185,8 @@ pub fn amqp_headers(data: &[u8]) {
 const BOUNDS: [usize; 6] = [0, 1, 7, 256, 4096, 65536];
 
 /// `decompress`: the first byte picks a registered compressor, the second a bound; the rest is
-/// decompressed. It fails with a decompression error or [`SerError::TooLarge`], or gives at
-/// most the bound, which compresses and decompresses back to itself.
+/// decompressed. It fails with a decompression error or [`SerError::TooLarge`] (naming the
+/// bound), or gives at most the bound, the same through [`Registry::decompress`].
 pub fn decompress(data: &[u8]) {
     let [which, bound, rest @ ..] = data else {
         return;
@@ -195,15 +211,9 @@ pub fn decompress(data: &[u8]) {
                     panic!("{}: the registry fails where it did not: {e}", c.name())
                 });
             assert_eq!(&via[..], &out[..]);
-            if out.len() <= 4096 {
-                let packed = c
-                    .compress(&out)
-                    .unwrap_or_else(|e| panic!("{}: compress failed: {e}", c.name()));
-                let back = c
-                    .decompress(&packed, out.len())
-                    .unwrap_or_else(|e| panic!("{}: own output refused: {e}", c.name()));
-                assert_eq!(back, out, "{}: round trip", c.name());
-            }
+            // Not compressed back here: kombu-serializers' property test covers round trips,
+            // and the encoders' setup (bzip2 -9, brotli quality 11) would slow the decoders'
+            // fuzzing a hundredfold.
         }
         Err(SerError::TooLarge {
             limit: reported, ..
