@@ -5,8 +5,11 @@
 //! transports' Python scripts import), and child processes that die with the test ([`KillOnDrop`], [`lines`], from
 //! kombu-core's conformance suite).
 //!
+//! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
+//!
 //! A dev-dependency only (`publish = false`).
 
+pub mod fuzz;
 pub mod interop;
 mod python;
 

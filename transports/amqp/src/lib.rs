@@ -87,6 +87,8 @@ mod channel;
 mod connection;
 mod consume;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod lapin_channel;
 mod mapping;
 mod options;
