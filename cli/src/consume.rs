@@ -293,7 +293,9 @@ async fn settle_refused(
             eprintln!("message from queue {queue:?}: {other:?}: {text}");
             Ok(Settled::Other)
         }
-        Err(e) if args.on_error == OnError::Stop => {
+        // Stop hands back the refusal itself once the message is back in its queue; any other
+        // error (putting it back failed) is the general case below.
+        Err(e) if args.on_error == OnError::Stop && e.kind() == kombu::ErrorKind::Codec => {
             let place = if no_ack {
                 "it was taken with --no-ack, so it was published again at the end of the queue"
             } else {

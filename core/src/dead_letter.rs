@@ -16,7 +16,11 @@
 //!   dead-letter exchange where one is declared (`x-dead-letter-exchange`, with
 //!   `x-dead-letter-routing-key` or the message's own routing key), else to the queue
 //!   [`dlq_name`]`(queue)`, declared on first use. The copy keeps the body byte for byte, its
-//!   properties and headers; the original is acked only once the copy is stored.
+//!   properties and headers; the original is acked only once the broker took the copy. The
+//!   exchange is used only when it exists and the connection can publish mandatory messages
+//!   (so a copy no queue takes comes back as unroutable and goes to `<queue>.dlq` instead); on
+//!   AMQP with `confirm_publish=false` that is not the case, and the copy to `<queue>.dlq` is
+//!   sent without a confirmation.
 //!
 //! Every dead letter carries [`REASON`], [`ORIGINAL_QUEUE`], [`ORIGINAL_EXCHANGE`] and
 //! [`ORIGINAL_ROUTING_KEY`]; an unreadable envelope also [`TRANSPORT`]. What a broker

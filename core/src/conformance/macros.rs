@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             poison_to_dead_letter_exchange,
             poison_requeue_limit,
             poison_stop_leaves_it,
+            poison_dead_letter_exchange_fallbacks,
             compression,
             batch_fifo,
             basic_get,

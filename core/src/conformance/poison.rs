@@ -108,7 +108,7 @@ pub async fn poison_dead_lettered(ctx: Ctx) -> Result<()> {
     refused.ack().await?;
     let undecodable = next_delivery(&mut consumer, ctx.patience).await;
     assert_eq!(undecodable.body().as_ref(), b"{not json");
-    assert_dead_letter_headers(undecodable.headers(), &q.name, "");
+    assert_dead_letter_headers(undecodable.headers(), &q.name, "codec error");
     undecodable.ack().await?;
     assert_quiet(&mut consumer, QUIET, "two dead letters only").await;
     consumer.close().await?;
@@ -257,5 +257,91 @@ pub async fn poison_stop_leaves_it(ctx: Ctx) -> Result<()> {
     assert!(d.redelivered());
     d.ack().await?;
     consumer.close().await?;
+    Ok(())
+}
+
+/// Dead letters never go where nothing holds them: a dead-letter exchange that was never
+/// declared sends them to `<queue>.dlq` (and leaves the consumer's channel open), and one of
+/// kind fanout delivers them into its bound queue (never only to whoever listens right now,
+/// as Redis's PUB/SUB fanout would).
+pub async fn poison_dead_letter_exchange_fallbacks(ctx: Ctx) -> Result<()> {
+    let conn = ctx.connect().await?;
+    // The consumer reads the dead-letter exchange from the `Queue` it is given; the queues
+    // are declared plainly, so that this runs where queues cannot be declared with one.
+    let plain = Queue::new(ctx.name("poison-missing-dlx"));
+    conn.declare_queue(&plain).await?;
+    let q = plain.clone().dead_letter_exchange(ctx.name("nowhere"));
+    let producer = conn.producer().routing_key(q.name.clone());
+    producer
+        .publish_bytes(Bytes::from_static(POISON), "application/x-custom", "binary")
+        .await?;
+    producer.publish(&"after").await?;
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .declare(false)
+        .accept(["json"])
+        .build()
+        .await?;
+    let refused = match next_item(&mut consumer, ctx.patience).await {
+        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
+        Err(refused) => refused,
+    };
+    match consumer.handle(refused).await? {
+        Handled::DeadLettered(record) => assert_eq!(
+            record.destination,
+            Destination::Queue(dead_letter::dlq_name(&q.name))
+        ),
+        other => panic!("dead-lettering expected, got {other:?}"),
+    }
+    let after = next_delivery(&mut consumer, ctx.patience).await;
+    assert_eq!(
+        after.decode::<String>()?,
+        "after",
+        "the channel still works"
+    );
+    after.ack().await?;
+    consumer.close().await?;
+    let d = only_message(&conn, &dead_letter::dlq_name(&q.name), &ctx).await?;
+    assert_eq!(d.body.as_ref(), POISON);
+
+    // Fanout exchange with a bound queue and no consumer listening.
+    let dlx = Exchange::fanout(ctx.name("poison-fanout-dlx"));
+    let dead = Queue::new(ctx.name("poison-fanout-dead")).exchange(dlx.clone());
+    // Declared (and bound) by another connection that is gone by the time the dead letter is
+    // sent: nobody listens for the fanout exchange, only the bound queue can hold it.
+    let other = ctx.connect().await?;
+    other.declare_queue(&dead).await?;
+    other.close().await?;
+    let plain = Queue::new(ctx.name("poison-fanout"));
+    conn.declare_queue(&plain).await?;
+    let q = plain.clone().dead_letter_exchange(dlx.name.clone());
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish_bytes(Bytes::from_static(POISON), "application/x-custom", "binary")
+        .await?;
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .declare(false)
+        .accept(["json"])
+        .build()
+        .await?;
+    let refused = match next_item(&mut consumer, ctx.patience).await {
+        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
+        Err(refused) => refused,
+    };
+    match consumer.handle(refused).await? {
+        Handled::DeadLettered(record) => assert!(
+            matches!(&record.destination, Destination::Exchange { exchange, .. } if *exchange == dlx.name),
+            "{record:?}"
+        ),
+        other => panic!("dead-lettering expected, got {other:?}"),
+    }
+    consumer.close().await?;
+    conn.close().await?;
+    let reader = ctx.connect().await?;
+    let d = only_message(&reader, &dead.name, &ctx).await?;
+    reader.close().await?;
+    assert_eq!(d.body.as_ref(), POISON, "held by the bound queue");
+    assert_dead_letter_headers(&d.headers, &q.name, "not accepted");
     Ok(())
 }

@@ -446,7 +446,14 @@ impl Backend for SqliteBackend {
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         let name = queue.to_owned();
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let max_payload = i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX);
+        // A dead-letter queue holds what core wrote there, among it the dead letters of
+        // oversize rows (their bytes in base64, larger still): bounded again, reading one
+        // would move it one queue deeper each time.
+        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
+            i64::MAX
+        } else {
+            i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX)
+        };
         let rows = self
             .run("take", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -11,8 +11,10 @@ use crate::dead_letter::{
 use crate::entity::Queue;
 use crate::error::{Error, Result};
 use crate::message::{Envelope, Message};
-use crate::transport::virtual_transport::Unreadable;
+use base64::Engine as _;
+
 use crate::transport::virtual_transport::channel::Shared;
+use crate::transport::virtual_transport::{Receipt, Unreadable};
 use crate::value::Value;
 
 /// The dead letter of an unreadable entry of `queue`: the stored bytes as the body
@@ -76,15 +78,30 @@ impl Shared {
             let envelope = dead_letter_envelope(queue, transport, &entry.reason, entry.raw);
             items.push((entry.receipt, envelope));
         }
-        let pushed_out = self
-            .backend
-            .set_aside(queue, &dlq, items)
-            .await
-            .map_err(|e| {
-                e.context(format!(
+        // Entries no store holds any more (received over PUB/SUB): if moving them fails, this
+        // log line is the one place left that has their bytes.
+        let unleased: Vec<bytes::Bytes> = items
+            .iter()
+            .filter(|(receipt, _)| *receipt == Receipt::Unleased)
+            .map(|(_, envelope)| envelope.message.body.clone())
+            .collect();
+        let pushed_out = match self.backend.set_aside(queue, &dlq, items).await {
+            Ok(pushed_out) => pushed_out,
+            Err(error) => {
+                for raw in &unleased {
+                    tracing::error!(
+                        %queue,
+                        %error,
+                        bytes_base64 = %base64::engine::general_purpose::STANDARD.encode(raw),
+                        "an unreadable message held by no store could not be moved to its \
+                         dead-letter queue; its bytes are in this line"
+                    );
+                }
+                return Err(error.context(format!(
                     "moving unreadable messages of {queue:?} to {dlq:?}"
-                ))
-            })?;
+                )));
+            }
+        };
         self.dead_letter(pushed_out).await?;
         Ok(notices)
     }
