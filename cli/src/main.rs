@@ -51,6 +51,18 @@ fn main() -> ExitCode {
             std::env::set_var("RUST_LIB_BACKTRACE", if verbose { "1" } else { "0" })
         };
     }
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // The AMQP client (lapin) parses a message's header tables recursively on a thread of
+        // its own whose stack comes from RUST_MIN_STACK: at its 2 MiB default, headers nested
+        // a thousand deep (a few KiB that any publisher can send) overflow it and abort the
+        // process, and the message stays first in its queue. 256 MiB holds the deepest a
+        // 128 KiB frame can carry; it is address space, used only as deep as a parse goes.
+        // SAFETY: as above, nothing else runs yet.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_MIN_STACK", (256usize << 20).to_string())
+        };
+    }
     // `consume` prints a line of its own for each message it dead-letters or requeues (a peek
     // does not see what the transport sets aside: the library's warning says it).
     init_tracing(matches!(&cli.command, Command::Consume(args) if !args.requeue));

@@ -2,7 +2,9 @@
 //! basic_publish) place each broken or malicious message between two good ones; `kombu
 //! consume`, run as a process of its own, must print every good message in order, move each
 //! hostile one to `<queue>.dlq` byte for byte, never panic, and keep its peak RSS (VmHWM) under
-//! 4x the decompression bound. Decompression bombs are 256 MiB here
+//! 4x the decompression bound. On RabbitMQ also a message whose header tables nest 2,000 deep
+//! (py-amqp publishes it): delivered, the deeper levels left out, where it used to abort every
+//! consumer with a stack overflow. Decompression bombs are 256 MiB here
 //! (`KOMBU_HOSTILE_BOMB_MIB=1024 scripts/soak` runs them at 1 GiB).
 //!
 //! Each test prints its rows of the table of where each case ended up (`--nocapture`).
@@ -47,6 +49,7 @@ fn redis_hostile_entries_are_dead_lettered_and_good_ones_delivered() {
         let bytes = match &case.placed {
             Placed::Message(body) => envelope(&queue, body),
             Placed::Raw(raw) | Placed::Blob(raw) => raw.clone(),
+            Placed::DeepHeaders(..) => unreachable!("AMQP only"),
         };
         // kombu's Redis queue: LPUSH onto the queue's list, consumers take from the right.
         redis::cmd("LPUSH")
@@ -88,6 +91,7 @@ fn sqlite_hostile_rows_are_dead_lettered_and_good_ones_delivered() {
         // As Python kombu's SQLAlchemy transport inserts: visible, no timestamp, TEXT.
         let (sql, bytes) = match &case.placed {
             Placed::Message(body) => (TEXT_ROW, envelope(queue, body)),
+            Placed::DeepHeaders(..) => unreachable!("AMQP only"),
             Placed::Raw(raw) => (TEXT_ROW, raw.clone()),
             Placed::Blob(raw) => (BLOB_ROW, raw.clone()),
         };
@@ -112,7 +116,10 @@ fn amqp_hostile_bodies_are_dead_lettered_and_good_ones_delivered() {
     let url = cli_support::AMQP_URL;
     let queue = cli_support::unique("hostile");
     let marker = pwned_marker(&queue);
-    let cases = interleave(body_cases(&marker));
+    let mut cases = body_cases(&marker);
+    cases.push(deep_headers_case());
+    let cases = interleave(cases);
+    let python = kombu_test_support::python();
     cli_support::declare(url, &queue);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,8 +137,14 @@ fn amqp_hostile_bodies_are_dead_lettered_and_good_ones_delivered() {
             .await
             .expect("confirms");
         for case in &cases {
-            let Placed::Message(body) = &case.placed else {
-                unreachable!("AMQP carries messages only");
+            let body = match &case.placed {
+                Placed::Message(body) => body,
+                Placed::DeepHeaders(body, depth) => {
+                    let python = python.as_deref().expect("Python with py-amqp");
+                    publish_deep_headers(python, &queue, body, *depth);
+                    continue;
+                }
+                _ => unreachable!("AMQP carries messages only"),
             };
             let mut headers = lapin::types::FieldTable::default();
             if let Some(compression) = body.headers["compression"].as_str() {
@@ -163,6 +176,20 @@ fn amqp_hostile_bodies_are_dead_lettered_and_good_ones_delivered() {
     let dead = drain(url, &dlq_name(&queue));
     cli_support::delete_entities(url, &[&queue, &dlq_name(&queue)], &[]);
     let rows = check("amqp", &cases, &run, &dead);
+    let deep = run
+        .stdout
+        .iter()
+        .find(|m| m["body"] == "deep headers")
+        .expect("the deep-header message printed");
+    assert!(
+        deep["headers"].to_string().contains("left out by kombu-rs"),
+        "the nesting past the limit is replaced by a note: {}",
+        deep["headers"]
+            .to_string()
+            .chars()
+            .take(300)
+            .collect::<String>()
+    );
     assert_not_pwned(&marker);
     report(&rows);
 }

@@ -15,7 +15,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use crate::connection::no_arguments;
 use crate::error::{is_connection_loss, map};
 use crate::lapin_channel::{Inner, RETRY_PAUSE, Slot};
-use crate::mapping::{short_string, to_message};
+use crate::mapping::{MAX_HEADER_DEPTH, drop_deep, short_string, to_message_cut};
 use crate::settle::Settlements;
 
 /// Settles one delivery through the [`Settlements`] of the lapin channel it came on (which
@@ -75,8 +75,16 @@ pub(crate) fn delivery(
         data,
         ..
     } = d;
+    let (message, cut) = to_message_cut(data, &properties);
+    if cut {
+        tracing::warn!(
+            queue = %queue,
+            "a message's headers nest deeper than {MAX_HEADER_DEPTH} levels; the deeper part is left out"
+        );
+        drop_deep(properties);
+    }
     let envelope = Envelope {
-        message: to_message(data, &properties),
+        message,
         exchange: exchange.as_str().to_owned(),
         routing_key: routing_key.as_str().to_owned(),
         tag: String::new(),

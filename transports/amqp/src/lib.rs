@@ -46,6 +46,20 @@
 //! such as `x-queue-type: quorum`, through [`Queue::argument`](kombu_core::Queue::argument)),
 //! so redeclaring what Python kombu or Celery declared never fails with PRECONDITION_FAILED.
 //!
+//! ## Hostile headers
+//!
+//! Headers nested deeper than 64 tables or arrays are mapped down to that depth, the rest
+//! replaced by a string saying it was left out (with a `warn` log), and their wire form is
+//! dropped on a thread with a stack of its own. The AMQP client (lapin, through
+//! amq-protocol-types) parses a frame's field tables recursively, with no depth limit, on a
+//! thread it starts with the standard library's default stack: a publisher that nests a
+//! thousand tables (a few KiB) overflows that 2 MiB stack and aborts the consuming process,
+//! and the message stays first in its queue. Until the parser has a limit, a service that
+//! consumes from brokers other services publish to should start with a larger default thread
+//! stack, before its first connection: `RUST_MIN_STACK=268435456` (256 MiB of address space,
+//! enough for the deepest nesting a 128 KiB frame holds; only what a parse uses is resident).
+//! The `kombu` tool sets it for itself.
+//!
 //! ## Reliability
 //!
 //! - Publisher confirms are on by default. [`Channel::publish`](kombu_core::transport::Channel::publish)

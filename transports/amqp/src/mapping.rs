@@ -31,9 +31,21 @@ pub(crate) fn to_amqp(value: &Value) -> AMQPValue {
     }
 }
 
+/// Deepest nesting of tables and arrays in headers that is mapped; deeper values become a
+/// string saying so. A hostile publisher can nest thousands of tables in one frame, and
+/// mapping (or dropping) them recursively would overflow a thread's stack.
+pub(crate) const MAX_HEADER_DEPTH: usize = 64;
+
 /// A field-table value as kombu sees it (py-amqp decodes every integer width to `int`, `S` to
 /// `str`, `x` to `bytes`, a timestamp to a datetime, here its seconds).
+#[cfg(test)]
 pub(crate) fn from_amqp(value: &AMQPValue) -> Value {
+    from_amqp_at(value, 0, &mut false)
+}
+
+/// A field-table value as kombu sees it at nesting `depth`; sets `cut` when something was
+/// nested too deep.
+fn from_amqp_at(value: &AMQPValue, depth: usize, cut: &mut bool) -> Value {
     match value {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::ShortShortInt(i) => Value::Int(i64::from(*i)),
@@ -53,14 +65,32 @@ pub(crate) fn from_amqp(value: &AMQPValue) -> Value {
             Ok(text) => Value::String(text.to_owned()),
             Err(_) => Value::Bytes(s.as_bytes().to_vec()),
         },
-        AMQPValue::FieldArray(items) => {
-            Value::List(items.as_slice().iter().map(from_amqp).collect())
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) if depth >= MAX_HEADER_DEPTH => {
+            *cut = true;
+            Value::String(format!(
+                "(nested deeper than {MAX_HEADER_DEPTH} levels: left out by kombu-rs)"
+            ))
         }
+        AMQPValue::FieldArray(items) => Value::List(
+            items
+                .as_slice()
+                .iter()
+                .map(|v| from_amqp_at(v, depth + 1, cut))
+                .collect(),
+        ),
         AMQPValue::Timestamp(t) => Value::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
-        AMQPValue::FieldTable(t) => Value::Map(from_table(t)),
+        AMQPValue::FieldTable(t) => Value::Map(table_at(t, depth + 1, cut)),
         AMQPValue::ByteArray(b) => Value::Bytes(b.as_slice().to_vec()),
         AMQPValue::Void => Value::Null,
     }
+}
+
+fn table_at(table: &FieldTable, depth: usize, cut: &mut bool) -> Headers {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), from_amqp_at(v, depth, cut)))
+        .collect()
 }
 
 /// Headers as a field table.
@@ -72,13 +102,9 @@ pub(crate) fn to_table(headers: &Headers) -> FieldTable {
     FieldTable::from(map)
 }
 
-/// A field table as headers.
+/// A field table as headers (nesting past [`MAX_HEADER_DEPTH`] left out).
 pub(crate) fn from_table(table: &FieldTable) -> Headers {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), from_amqp(v)))
-        .collect()
+    table_at(table, 0, &mut false)
 }
 
 /// The basic properties kombu's `prepare_message` writes for `message`: content type and
@@ -133,6 +159,12 @@ fn short(s: &Option<ShortString>) -> Option<String> {
 
 /// The message a delivery carries: `body` and what its properties say.
 pub(crate) fn to_message(body: Vec<u8>, props: &BasicProperties) -> Message {
+    to_message_cut(body, props).0
+}
+
+/// [`to_message`], and whether the headers nested deeper than [`MAX_HEADER_DEPTH`] (then the
+/// properties must not be dropped on a small stack: see [`drop_deep`]).
+pub(crate) fn to_message_cut(body: Vec<u8>, props: &BasicProperties) -> (Message, bool) {
     let expiration = props
         .expiration()
         .as_ref()
@@ -159,9 +191,34 @@ pub(crate) fn to_message(body: Vec<u8>, props: &BasicProperties) -> Message {
         .content_encoding()
         .as_ref()
         .map(|s| kombu_core::serializers::known(s.as_str()));
-    message.headers = props.headers().as_ref().map(from_table).unwrap_or_default();
-    message
+    let mut cut = false;
+    message.headers = props
+        .headers()
+        .as_ref()
+        .map(|t| table_at(t, 0, &mut cut))
+        .unwrap_or_default();
+    (message, cut)
 }
+
+/// Drops properties whose headers nest deeper than [`MAX_HEADER_DEPTH`] on a thread of its
+/// own with a large stack: dropping nested tables recurses once per level, and a frame can
+/// hold thousands. If no thread can be started the properties are leaked (at most a frame's
+/// worth of memory) rather than risk the stack.
+pub(crate) fn drop_deep(props: BasicProperties) {
+    // ManuallyDrop: when the thread cannot start, the closure (and the properties in it) is
+    // dropped here without running the properties' drop.
+    let held = std::mem::ManuallyDrop::new(props);
+    let spawned = std::thread::Builder::new()
+        .name("kombu-amqp-drop".to_owned())
+        .stack_size(DROP_STACK)
+        .spawn(move || drop(std::mem::ManuallyDrop::into_inner(held)));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to drop deeply nested headers; leaked");
+    }
+}
+
+/// Stack of [`drop_deep`]'s thread: ample for the deepest nesting a 128 KiB frame can hold.
+const DROP_STACK: usize = 256 << 20;
 
 /// A short string from text that may be too long for one (255 bytes): an error naming `what`.
 pub(crate) fn short_string(what: &str, text: &str) -> kombu_core::Result<ShortString> {
@@ -178,6 +235,33 @@ pub(crate) fn short_string(what: &str, text: &str) -> kombu_core::Result<ShortSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_nested_past_the_limit_are_cut_and_said_so() {
+        let mut table = FieldTable::default();
+        for _ in 0..200 {
+            let mut outer = FieldTable::default();
+            outer.insert("a".into(), AMQPValue::FieldTable(table));
+            table = outer;
+        }
+        let props = BasicProperties::default().with_headers(table);
+        let (message, cut) = to_message_cut(Vec::new(), &props);
+        assert!(cut);
+        let mut level = &message.headers;
+        let mut depth = 0;
+        while let Some(Value::Map(inner)) = level.get("a") {
+            level = inner;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_HEADER_DEPTH);
+        assert!(
+            matches!(level.get("a"), Some(Value::String(s)) if s.contains("left out")),
+            "{level:?}"
+        );
+        drop_deep(props);
+        let shallow = BasicProperties::default().with_headers(FieldTable::default());
+        assert!(!to_message_cut(Vec::new(), &shallow).1);
+    }
 
     #[test]
     fn values_round_trip_as_py_amqp_writes_them() {
