@@ -13,7 +13,9 @@ use crate::dead_letter::{
     REDELIVERIES,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::{Connection, ErrorAction, Exchange, Headers, Message, Queue, Value};
+use crate::{
+    Connection, Consumer, DeadLettered, ErrorAction, Exchange, Headers, Message, Queue, Value,
+};
 
 const POISON: &[u8] = b"\x00\xffnot for this consumer";
 
@@ -48,6 +50,24 @@ async fn only_message(conn: &Connection, queue: &str, ctx: &Ctx) -> Result<Messa
     assert_quiet(&mut consumer, QUIET, "one dead letter only").await;
     consumer.close().await?;
     Ok(message)
+}
+
+/// Takes the next item of `consumer`, which must be a refusal of `kind`, and settles it by the
+/// consumer's policy, which must dead-letter it; returns where it went.
+async fn dead_letter_next(
+    consumer: &mut Consumer,
+    kind: ErrorKind,
+    ctx: &Ctx,
+) -> Result<DeadLettered> {
+    let refused = match next_item(consumer, ctx.patience).await {
+        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
+        Err(refused) => refused,
+    };
+    assert_eq!(refused.error.kind(), kind);
+    match consumer.handle(refused).await? {
+        Handled::DeadLettered(record) => Ok(record),
+        other => panic!("dead-lettering expected, got {other:?}"),
+    }
 }
 
 /// With the default policy, a message that is not accepted and one that does not decode go to
@@ -140,24 +160,15 @@ pub async fn poison_to_dead_letter_exchange(ctx: Ctx) -> Result<()> {
     producer.publish(&"good").await?;
 
     let mut consumer = conn.consumer([q.clone()]).accept(["json"]).build().await?;
-    let refused = match next_item(&mut consumer, ctx.patience).await {
-        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
-        Err(refused) => refused,
-    };
-    assert_eq!(refused.error.kind(), ErrorKind::Codec);
-    match consumer.handle(refused).await? {
-        Handled::DeadLettered(record) => {
-            assert_eq!(record.queue, q.name);
-            assert_eq!(
-                record.destination,
-                Destination::Exchange {
-                    exchange: dlx.name.clone(),
-                    routing_key: "dead".to_owned()
-                }
-            );
+    let record = dead_letter_next(&mut consumer, ErrorKind::Codec, &ctx).await?;
+    assert_eq!(record.queue, q.name);
+    assert_eq!(
+        record.destination,
+        Destination::Exchange {
+            exchange: dlx.name.clone(),
+            routing_key: "dead".to_owned()
         }
-        other => panic!("dead-lettering expected, got {other:?}"),
-    }
+    );
     let good = next_delivery(&mut consumer, ctx.patience).await;
     assert_eq!(good.decode::<String>()?, "good");
     good.ack().await?;
@@ -282,17 +293,11 @@ pub async fn poison_dead_letter_exchange_fallbacks(ctx: Ctx) -> Result<()> {
         .accept(["json"])
         .build()
         .await?;
-    let refused = match next_item(&mut consumer, ctx.patience).await {
-        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
-        Err(refused) => refused,
-    };
-    match consumer.handle(refused).await? {
-        Handled::DeadLettered(record) => assert_eq!(
-            record.destination,
-            Destination::Queue(dead_letter::dlq_name(&q.name))
-        ),
-        other => panic!("dead-lettering expected, got {other:?}"),
-    }
+    let record = dead_letter_next(&mut consumer, ErrorKind::Codec, &ctx).await?;
+    assert_eq!(
+        record.destination,
+        Destination::Queue(dead_letter::dlq_name(&q.name))
+    );
     let after = next_delivery(&mut consumer, ctx.patience).await;
     assert_eq!(
         after.decode::<String>()?,
@@ -325,17 +330,11 @@ pub async fn poison_dead_letter_exchange_fallbacks(ctx: Ctx) -> Result<()> {
         .accept(["json"])
         .build()
         .await?;
-    let refused = match next_item(&mut consumer, ctx.patience).await {
-        Ok(d) => panic!("poison handed out as good: {}", describe(&d)),
-        Err(refused) => refused,
-    };
-    match consumer.handle(refused).await? {
-        Handled::DeadLettered(record) => assert!(
-            matches!(&record.destination, Destination::Exchange { exchange, .. } if *exchange == dlx.name),
-            "{record:?}"
-        ),
-        other => panic!("dead-lettering expected, got {other:?}"),
-    }
+    let record = dead_letter_next(&mut consumer, ErrorKind::Codec, &ctx).await?;
+    assert!(
+        matches!(&record.destination, Destination::Exchange { exchange, .. } if *exchange == dlx.name),
+        "{record:?}"
+    );
     consumer.close().await?;
     conn.close().await?;
     let reader = ctx.connect().await?;

@@ -153,11 +153,8 @@ impl Consumer {
                 .await
                 .map_err(|e| e.context(format!("declaring dead-letter queue {dlq:?}")))?;
         }
-        let out = Outgoing::new("", dlq.clone(), message).mandatory(mandatory);
-        self.channel
-            .publish(out)
-            .await
-            .map_err(|e| e.context(format!("publishing a dead letter to queue {dlq:?}")))?;
+        self.publish_to_queue(&dlq, message, "publishing a dead letter")
+            .await?;
         Ok(Destination::Queue(dlq))
     }
 
@@ -198,7 +195,8 @@ impl Consumer {
             .headers
             .insert(REDELIVERIES.to_owned(), Value::from(i64::from(tries) + 1));
         let queue = delivery.queue().to_owned();
-        self.publish_to_queue(&queue, message).await?;
+        self.publish_to_queue(&queue, message, "publishing back")
+            .await?;
         delivery.ack().await.map_err(|e| {
             Error::from(e).context("the message was requeued, but acking the original failed")
         })?;
@@ -214,17 +212,21 @@ impl Consumer {
         if delivery.is_no_ack() {
             let queue = delivery.queue().to_owned();
             let message = delivery.message().clone();
-            return self.publish_to_queue(&queue, message).await;
+            return self
+                .publish_to_queue(&queue, message, "publishing back")
+                .await;
         }
         delivery.requeue().await.map_err(Error::from)
     }
 
-    async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<()> {
+    /// Publishes `message` to `queue` through the default exchange (mandatory where the
+    /// transport can say no queue took it); `what` names the step in an error.
+    async fn publish_to_queue(&self, queue: &str, message: Message, what: &str) -> Result<()> {
         let mandatory = self.channel.capabilities().mandatory;
         let out = Outgoing::new("", queue, message).mandatory(mandatory);
         self.channel
             .publish(out)
             .await
-            .map_err(|e| e.context(format!("publishing back to queue {queue:?}")))
+            .map_err(|e| e.context(format!("{what} to queue {queue:?}")))
     }
 }
