@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS kombu_rs_binding (
 ";
 
 pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
-    let conn = match &options.path {
+    let mut conn = match &options.path {
         Some(path) => Connection::open(path)?,
         None => Connection::open_in_memory()?,
     };
@@ -92,8 +92,11 @@ pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     } else {
         "PRAGMA synchronous=NORMAL;"
     })?;
-    // Schema changes take the write lock once, so concurrent first opens do not race.
-    let tx = conn.unchecked_transaction()?;
+    // Schema changes take the write lock once, so concurrent first opens do not race: at the
+    // start (IMMEDIATE), since a deferred transaction that read and then writes after another
+    // process committed fails at once in WAL mode (SQLITE_BUSY_SNAPSHOT; the busy timeout does
+    // not apply), which failed a process's open now and then when several started together.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
     let mut columns = Vec::new();
     {
