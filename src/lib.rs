@@ -66,8 +66,9 @@ pub use futures::StreamExt;
 pub use kombu_core::{
     Binding, BrokerUrl, COMPRESSION_HEADER, Capabilities, ConsumeError, Consumer, ConsumerBuilder,
     DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delivery, DeliveryInfo, DeliveryMode,
-    Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch, Headers, Message,
-    Producer, Properties, Publish, Queue, Result, SettleError, Value, dead_letter,
+    Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch, Headers,
+    LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result, RetryEvent,
+    RetryPolicy, SettleError, Value, dead_letter,
 };
 pub use kombu_serializers as serializers;
 
@@ -166,9 +167,16 @@ impl Connection {
             .map(Connection)
     }
 
-    /// The URL in use (displays masked).
-    pub fn url(&self) -> &BrokerUrl {
+    /// The URL in use (displays masked): the one opened, or the failover alternative the
+    /// transport moved to after losing it.
+    pub fn url(&self) -> BrokerUrl {
         self.0.url()
+    }
+
+    /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see
+    /// [`LinkState`]).
+    pub fn link(&self) -> LinkWatch {
+        self.0.link()
     }
 
     /// Every failover URL, the one in use included.

@@ -655,13 +655,20 @@ impl std::error::Error for SettleError {
     }
 }
 
-/// An [`ErrorKind::Settlement`] error naming the delivery, caused by the settlement's error
-/// (its [`source`](std::error::Error::source)), recoverable when that one is.
+/// An [`ErrorKind::Settlement`] error naming the delivery ([`ErrorKind::StaleDelivery`] when the
+/// settlement's error is one), caused by the settlement's error (its
+/// [`source`](std::error::Error::source)), recoverable when that one is.
 impl From<SettleError> for Error {
     fn from(e: SettleError) -> Self {
         let message = e.to_string();
         let recoverable = e.error.is_recoverable();
-        Error::new(ErrorKind::Settlement, message)
+        // A stale delivery stays one: callers treat it as a warning.
+        let kind = if e.error.kind() == ErrorKind::StaleDelivery {
+            ErrorKind::StaleDelivery
+        } else {
+            ErrorKind::Settlement
+        };
+        Error::new(kind, message)
             .with_source(e.error)
             .set_recoverable(recoverable)
     }

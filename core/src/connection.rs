@@ -20,6 +20,7 @@ use crate::channel::Channel;
 use crate::consumer::ConsumerBuilder;
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
+use crate::link::LinkWatch;
 use crate::producer::Producer;
 use crate::transport::{BrokerConnection, transport_for};
 use crate::url::BrokerUrl;
@@ -141,9 +142,19 @@ impl Connection {
             .unwrap_or_else(|| Error::new(ErrorKind::Connection, "no broker URL could be used")))
     }
 
-    /// The URL in use (displays masked).
-    pub fn url(&self) -> &BrokerUrl {
-        &self.inner.url
+    /// The URL in use (displays masked): the one opened, or the failover alternative the
+    /// transport moved to after losing it.
+    pub fn url(&self) -> BrokerUrl {
+        self.inner
+            .broker
+            .url_in_use()
+            .unwrap_or_else(|| self.inner.url.clone())
+    }
+
+    /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see
+    /// [`LinkState`]).
+    pub fn link(&self) -> LinkWatch {
+        self.inner.broker.link()
     }
 
     /// Every failover URL, the one in use included.

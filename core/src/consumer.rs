@@ -332,6 +332,12 @@ impl Consumer {
         &self.channel
     }
 
+    /// Whether this consumer's connection is up, reconnecting or lost for good (see
+    /// [`LinkState`](crate::LinkState)).
+    pub fn link(&self) -> crate::LinkWatch {
+        self.conn.link()
+    }
+
     /// Closes the channel: unsettled deliveries return to their queues.
     pub async fn close(self) -> Result<()> {
         self.channel.close().await

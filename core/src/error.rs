@@ -42,6 +42,11 @@ pub enum ErrorKind {
     Codec,
     /// A delivery was settled twice or after its channel closed.
     Settlement,
+    /// A delivery was taken on a connection that has since been lost (and reconnected): it
+    /// cannot be settled any more, and need not be: the broker gives the message again (AMQP
+    /// at once; a virtual transport when its lease ends, or at once when its consumer returned
+    /// it). A warning for the caller, not a failure.
+    StaleDelivery,
     /// A message was returned by the broker as unroutable (mandatory publish).
     Unroutable,
     /// The broker answered with something this library did not expect.
@@ -73,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Codec => "codec error",
             ErrorKind::Settlement => "settlement error",
+            ErrorKind::StaleDelivery => "stale delivery",
             ErrorKind::Unroutable => "unroutable",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Broker => "broker error",
@@ -95,6 +101,8 @@ pub struct Error {
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     /// Where the message went, for [`ErrorKind::DeadLettered`].
     dead: Option<Box<DeadLettered>>,
+    /// A publish failed after the broker may have stored the message.
+    outcome_unknown: bool,
 }
 
 /// `Result` with [`Error`].
@@ -109,6 +117,7 @@ impl Error {
             message: message.into(),
             source: None,
             dead: None,
+            outcome_unknown: false,
         }
     }
 
@@ -142,6 +151,21 @@ impl Error {
     /// Whether reconnecting and retrying the operation can succeed.
     pub fn is_recoverable(&self) -> bool {
         self.recoverable
+    }
+
+    /// Marks a failed publish (or other write) as one the broker may have carried out anyway:
+    /// the request was sent, the answer was lost (the connection dropped, or no confirm came
+    /// in time). Retrying it may store the message twice, so publish retries leave such an
+    /// error to the caller unless told that duplicates are acceptable.
+    pub fn with_outcome_unknown(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
+    }
+
+    /// Whether the broker may have carried out the failed operation anyway (see
+    /// [`Error::with_outcome_unknown`]). `false` means it certainly did not.
+    pub fn outcome_unknown(&self) -> bool {
+        self.outcome_unknown
     }
 
     /// The message, without kind or source.

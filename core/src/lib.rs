@@ -57,8 +57,10 @@ pub mod dead_letter;
 mod decoder;
 mod entity;
 mod error;
+mod link;
 mod message;
 mod producer;
+mod retry;
 pub mod transport;
 mod url;
 mod value;
@@ -75,8 +77,10 @@ pub use consumer::{
 pub use dead_letter::DeadLettered;
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};
 pub use error::{Error, ErrorKind, Result};
+pub use link::{LinkReporter, LinkState, LinkWatch};
 pub use message::{COMPRESSION_HEADER, DeliveryInfo, DeliveryMode, Message, Properties};
 pub use producer::{Declaration, Producer, Publish};
+pub use retry::{Delays, RetryEvent, RetryPolicy};
 pub use url::BrokerUrl;
 pub use value::{Headers, Value};
 

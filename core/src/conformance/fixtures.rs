@@ -207,8 +207,11 @@ pub(super) fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 pub(super) async fn stale_ack(d: Delivery) {
     if let Err(e) = d.ack().await {
         assert!(
-            matches!(e.error.kind(), ErrorKind::Settlement | ErrorKind::Closed),
-            "a late ack fails only as a settlement or closed error, not {e}"
+            matches!(
+                e.error.kind(),
+                ErrorKind::Settlement | ErrorKind::StaleDelivery | ErrorKind::Closed
+            ),
+            "a late ack fails only as a settlement, stale delivery or closed error, not {e}"
         );
     }
 }

@@ -23,6 +23,7 @@ use parking_lot::RwLock;
 
 use crate::capabilities::Capabilities;
 use crate::error::Result;
+use crate::link::{LinkReporter, LinkWatch};
 use crate::url::BrokerUrl;
 
 pub use crate::channel::{
@@ -66,6 +67,18 @@ pub trait BrokerConnection: Send + Sync + fmt::Debug + 'static {
     async fn channel(&self) -> Result<Arc<dyn Channel>>;
     /// Closes the connection.
     async fn close(&self) -> Result<()>;
+
+    /// Whether the connection is up, reconnecting or lost for good. The default (a transport
+    /// that cannot lose its broker) is always [`LinkState::Connected`](crate::LinkState::Connected).
+    fn link(&self) -> LinkWatch {
+        LinkReporter::new().subscribe()
+    }
+
+    /// The failover URL in use now, when the transport may have moved to another one after a
+    /// loss; `None` (the default) = the one it was opened with.
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        None
+    }
 }
 
 type Registry = HashMap<String, Arc<dyn Transport>>;

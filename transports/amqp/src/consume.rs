@@ -32,7 +32,7 @@ fn settled(done: lapin::Result<bool>, delivery_tag: u64, outcome: Outcome) -> Re
         Ok(())
     } else {
         Err(Error::new(
-            ErrorKind::Settlement,
+            ErrorKind::StaleDelivery,
             format!(
                 "delivery {delivery_tag} cannot be settled: its AMQP channel ended (the broker \
                  gives the message to another consumer)"
