@@ -152,7 +152,7 @@ impl Connection {
     }
 
     /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see
-    /// [`LinkState`]).
+    /// [`LinkState`](crate::LinkState)).
     pub fn link(&self) -> LinkWatch {
         self.inner.broker.link()
     }

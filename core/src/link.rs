@@ -21,7 +21,7 @@ use std::fmt;
 
 use tokio::sync::watch;
 
-/// Whether a connection is usable. See the [module](self) docs.
+/// Whether a connection is usable. See the [module](crate::link) docs.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
-/// How an operation is tried again after a recoverable error. See the [module](self) docs.
+/// How an operation is tried again after a recoverable error. See the [module](crate::retry) docs.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
