@@ -1,7 +1,10 @@
 //! [`Connection`]: a broker chosen by URL.
 //!
 //! `Connection::open(url)` picks the transport from the URL scheme. Several URLs separated by
-//! `;` are failover alternatives, tried in order until one connects. A connection is cheap to
+//! `;` are failover alternatives, tried in the order of their
+//! [`FailoverStrategy`] until one connects; [`Connection::builder`]
+//! opens under a [`RetryPolicy`], which also covers declarations, and
+//! [`Connection::ensure`] runs any operation under one. A connection is cheap to
 //! clone: clones share the broker connection, the default channel (used by producers) and the
 //! cache of declared entities. Consumers open channels of their own, so dropping a consumer
 //! returns its unsettled messages without touching anyone else's.
@@ -10,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use kombu_serializers::Registry;
@@ -17,12 +21,15 @@ use parking_lot::Mutex;
 
 use crate::capabilities::Capabilities;
 use crate::channel::Channel;
+use crate::connection_builder::ConnectionBuilder;
 use crate::consumer::ConsumerBuilder;
 use crate::entity::{Binding, Exchange, Queue};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
+use crate::failover::FailoverStrategy;
 use crate::link::LinkWatch;
 use crate::producer::Producer;
-use crate::transport::{BrokerConnection, transport_for};
+use crate::retry::{OnRetry, RetryEvent, RetryPolicy, report};
+use crate::transport::BrokerConnection;
 use crate::url::BrokerUrl;
 
 /// A connection to a broker, chosen by URL.
@@ -76,6 +83,9 @@ struct Inner {
     default_channel: Arc<dyn Channel>,
     registry: Registry,
     declared: Mutex<HashSet<String>>,
+    strategy: FailoverStrategy,
+    retry: Option<RetryPolicy>,
+    on_retry: Option<OnRetry>,
 }
 
 impl fmt::Debug for Connection {
@@ -83,63 +93,168 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("url", &self.inner.url)
             .field("alternates", &self.inner.alternates)
+            .field("strategy", &self.inner.strategy)
+            .field("retry", &self.inner.retry)
             .finish()
     }
 }
 
 impl Connection {
-    /// Connects to the first reachable URL of a `;`-separated list, with the default serializer
-    /// registry.
+    /// Connects to the first reachable URL of a `;`-separated list (in the order of the first
+    /// URL's `failover_strategy` option: round-robin unless `shuffle`), trying each once, with
+    /// the default serializer registry. [`Connection::builder`] opens under a retry policy.
     pub async fn open(url: &str) -> Result<Connection> {
-        Connection::open_with(url, Registry::default()).await
+        ConnectionBuilder::new(url).open().await
     }
 
     /// Like [`Connection::open`], with a serializer registry of your own (extra serializers or
     /// compressors).
     pub async fn open_with(url: &str, registry: Registry) -> Result<Connection> {
-        let alternates = BrokerUrl::parse_failover(url)?;
-        let mut last_error = None;
-        for (i, candidate) in alternates.iter().enumerate() {
-            let Some(transport) = transport_for(candidate) else {
-                return Err(Error::new(
-                    ErrorKind::InvalidUrl,
-                    format!(
-                        "no transport for scheme {:?} in {candidate} (registered: {}); enable \
-                         the matching feature of the kombu crate",
-                        candidate.scheme(),
-                        crate::transport::registered_schemes().join(", ")
-                    ),
-                ));
-            };
-            match transport
-                .connect_with_alternates(candidate, &alternates)
-                .await
-            {
-                Ok(broker) => {
-                    let default_channel = broker.channel().await?;
-                    return Ok(Connection {
-                        inner: Arc::new(Inner {
-                            url: candidate.clone(),
-                            alternates,
-                            broker,
-                            default_channel,
-                            registry,
-                            declared: Mutex::new(HashSet::new()),
-                        }),
-                    });
-                }
-                Err(e) if e.is_recoverable() => {
-                    // The last one's error is returned: logging it too would say it twice.
-                    if i + 1 < alternates.len() {
-                        tracing::warn!(url = %candidate, error = %format_args!("{e:#}"), "broker unreachable, trying the next URL");
-                    }
-                    last_error = Some(e.context(format!("connect to {candidate}")));
-                }
-                Err(e) => return Err(e.context(format!("connect to {candidate}"))),
+        ConnectionBuilder::new(url).registry(registry).open().await
+    }
+
+    /// Starts a connection with options: a retry policy for connecting, declaring and
+    /// publishing, a failover strategy, a registry. See [`ConnectionBuilder`].
+    pub fn builder(url: &str) -> ConnectionBuilder {
+        ConnectionBuilder::new(url)
+    }
+
+    // Every part a connection is made of; only the builder calls it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        url: BrokerUrl,
+        alternates: Vec<BrokerUrl>,
+        broker: Arc<dyn BrokerConnection>,
+        default_channel: Arc<dyn Channel>,
+        registry: Registry,
+        strategy: FailoverStrategy,
+        retry: Option<RetryPolicy>,
+        on_retry: Option<OnRetry>,
+    ) -> Connection {
+        Connection {
+            inner: Arc::new(Inner {
+                url,
+                alternates,
+                broker,
+                default_channel,
+                registry,
+                declared: Mutex::new(HashSet::new()),
+                strategy,
+                retry,
+                on_retry,
+            }),
+        }
+    }
+
+    /// The retry policy given to [`ConnectionBuilder::retry_policy`], if any: declarations
+    /// run under it, and producers start with it (else with [`RetryPolicy::default`]).
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.inner.retry.as_ref()
+    }
+
+    /// The order in which the failover URLs are tried.
+    pub fn failover_strategy(&self) -> FailoverStrategy {
+        self.inner.strategy
+    }
+
+    pub(crate) fn on_retry(&self) -> Option<&OnRetry> {
+        self.inner.on_retry.as_ref()
+    }
+
+    /// Runs `op` under `policy` (kombu's `Connection.ensure`): again after each error the
+    /// policy retries (recoverable ones, and not those whose outcome is unknown unless
+    /// [`RetryPolicy::retry_unknown`] is on), waiting the policy's delays; returns the first
+    /// success or the last error. The transports reconnect by themselves (AMQP, and the
+    /// others as they learn it): `op` is simply run again, so it should take what it needs
+    /// from the connection at each call. Each retry is logged at warn.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use kombu_core::{Connection, Queue, RetryPolicy};
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// let conn = Connection::open("memory://doc-ensure").await?;
+    /// conn.declare_queue(&Queue::new("jobs")).await?;
+    /// let size = conn
+    ///     .ensure(&RetryPolicy::default().max_retries(Some(3)), || conn.queue_size("jobs"))
+    ///     .await?;
+    /// assert_eq!(size, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure<T, F, Fut>(&self, policy: &RetryPolicy, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.ensure_with(policy, |_| {}, op).await
+    }
+
+    /// As [`Connection::ensure`], calling `on_retry` before each retry (kombu's `errback`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use std::time::Duration;
+    /// use kombu_core::{Connection, Error, ErrorKind, RetryPolicy};
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// let conn = Connection::open("memory://doc-ensure-with").await?;
+    /// let policy = RetryPolicy::default().interval_start(Duration::from_millis(1)).jitter(0.0);
+    /// let mut tries = 0;
+    /// let mut retries = Vec::new();
+    /// let answer = conn
+    ///     .ensure_with(
+    ///         &policy,
+    ///         |event| retries.push(event.attempt),
+    ///         || {
+    ///             tries += 1;
+    ///             let n = tries;
+    ///             async move {
+    ///                 if n < 3 { Err(Error::new(ErrorKind::Connection, "down")) } else { Ok(42) }
+    ///             }
+    ///         },
+    ///     )
+    ///     .await?;
+    /// assert_eq!((answer, retries), (42, vec![1, 2]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure_with<T, F, Fut, R>(
+        &self,
+        policy: &RetryPolicy,
+        mut on_retry: R,
+        op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+        R: FnMut(&RetryEvent<'_>),
+    {
+        policy
+            .run(op, |event| {
+                report("operation", event, None);
+                on_retry(event);
+            })
+            .await
+    }
+
+    /// Runs `op` under the connection's retry policy, if it has one; once otherwise.
+    async fn with_policy<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match &self.inner.retry {
+            None => {
+                let mut op = op;
+                op().await
+            }
+            Some(policy) => {
+                policy
+                    .run(op, |event| report(what, event, self.on_retry()))
+                    .await
             }
         }
-        Err(last_error
-            .unwrap_or_else(|| Error::new(ErrorKind::Connection, "no broker URL could be used")))
     }
 
     /// The URL in use (displays masked): the one opened, or the failover alternative the
@@ -198,17 +313,20 @@ impl Connection {
 
     /// Declares an exchange.
     pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
-        self.inner
-            .default_channel
-            .declare_exchange(exchange)
-            .await?;
+        self.with_policy("declare", || {
+            self.inner.default_channel.declare_exchange(exchange)
+        })
+        .await?;
         self.remember(exchange_key(exchange));
         Ok(())
     }
 
     /// Declares a queue with its exchange and bindings.
     pub async fn declare_queue(&self, queue: &Queue) -> Result<()> {
-        self.inner.default_channel.declare_queue(queue).await?;
+        self.with_policy("declare", || {
+            self.inner.default_channel.declare_queue(queue)
+        })
+        .await?;
         self.remember(queue_key(queue));
         Ok(())
     }
@@ -233,7 +351,8 @@ impl Connection {
 
     /// Binds a queue to an exchange.
     pub async fn bind(&self, queue: &str, binding: &Binding) -> Result<()> {
-        self.inner.default_channel.bind(queue, binding).await
+        self.with_policy("bind", || self.inner.default_channel.bind(queue, binding))
+            .await
     }
 
     /// Removes a binding.
@@ -284,13 +403,14 @@ impl Connection {
         self.inner.default_channel.exchange_exists(name).await
     }
 
-    /// Number of ready messages in a queue; [`ErrorKind::NotFound`] when it exists nowhere.
+    /// Number of ready messages in a queue; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound)
+    /// when it exists nowhere.
     pub async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.inner.default_channel.queue_size(queue).await
     }
 
-    /// Removes every ready message from a queue; returns how many; [`ErrorKind::NotFound`]
-    /// when it exists nowhere.
+    /// Removes every ready message from a queue; returns how many;
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when it exists nowhere.
     pub async fn purge(&self, queue: &str) -> Result<u64> {
         self.inner.default_channel.purge(queue).await
     }

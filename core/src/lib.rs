@@ -52,13 +52,16 @@
 mod capabilities;
 mod channel;
 mod connection;
+mod connection_builder;
 mod consumer;
 pub mod dead_letter;
 mod decoder;
 mod entity;
 mod error;
+pub mod failover;
 pub mod link;
 mod message;
+pub mod pool;
 mod producer;
 pub mod retry;
 pub mod transport;
@@ -71,14 +74,17 @@ pub mod conformance;
 pub use capabilities::Capabilities;
 pub use channel::{Delivery, SettleError};
 pub use connection::Connection;
+pub use connection_builder::ConnectionBuilder;
 pub use consumer::{
     ConsumeError, Consumer, ConsumerBuilder, DEFAULT_MAX_REDELIVERIES, ErrorAction, Handled,
 };
 pub use dead_letter::DeadLettered;
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};
 pub use error::{Error, ErrorKind, Result};
+pub use failover::FailoverStrategy;
 pub use link::{LinkReporter, LinkState, LinkWatch};
 pub use message::{COMPRESSION_HEADER, DeliveryInfo, DeliveryMode, Message, Properties};
+pub use pool::{ConnectionPool, PooledConnection, PooledProducer, ProducerPool};
 pub use producer::{Declaration, Producer, Publish};
 pub use retry::{Delays, RetryEvent, RetryPolicy};
 pub use url::BrokerUrl;

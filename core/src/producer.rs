@@ -43,6 +43,7 @@ use crate::connection::Connection;
 use crate::entity::{Exchange, Queue};
 use crate::error::Result;
 use crate::message::{COMPRESSION_HEADER, DeliveryMode, Message, Properties};
+use crate::retry::{OnRetry, RetryEvent, RetryPolicy, report};
 use crate::value::{Headers, Value};
 
 /// An entity a producer declares before its first publish.
@@ -81,6 +82,25 @@ impl From<Queue> for Declaration {
 /// (AMQP with publisher confirms), committed to the store otherwise. On the default exchange
 /// (no [`exchange`](Producer::exchange)) the routing key names the queue.
 ///
+/// ## Retries
+///
+/// A publish (with the declarations it makes first) runs under a [`RetryPolicy`]: the
+/// connection's ([`ConnectionBuilder::retry_policy`](crate::ConnectionBuilder::retry_policy)),
+/// else [`RetryPolicy::default`] (unlimited retries within 30 s). Only recoverable errors (a
+/// lost or refused connection, a timeout) are retried, and only those after which the broker
+/// certainly does not have the message: an error marked
+/// [`outcome_unknown`](crate::Error::outcome_unknown) (the bytes may have reached the broker)
+/// is returned, not retried, so a publish is never silently duplicated.
+/// [`retry_unknown(true)`](Producer::retry_unknown) retries those too (at least once, with
+/// possible duplicates); [`retry(false)`](Producer::retry) turns retries off. Per transport:
+///
+/// | transport | a failed publish |
+/// |---|---|
+/// | memory | cannot fail on the broker's side (nothing to retry) |
+/// | SQLite | a transaction: committed or not; a busy or locked database is retried safely. Only a failure reported by the `COMMIT` itself leaves the outcome open (the file may hold it), and SQLite reports none after a successful write |
+/// | Redis | a command whose reply was lost (the connection dropped after it was sent) has an unknown outcome: not retried by default; one that could not be sent (connection refused) is retried |
+/// | AMQP | the transport itself publishes again what a lost connection interrupted within `recover_timeout` (at least once); a publish whose confirm never came when it gives up has an unknown outcome, not retried again by default; a broker nack or an unroutable return is not recoverable |
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> kombu_core::Result<()> {
@@ -116,6 +136,8 @@ pub struct Producer {
     delivery_mode: Option<DeliveryMode>,
     declarations: Arc<Vec<Declaration>>,
     declared: Arc<tokio::sync::OnceCell<()>>,
+    retry: Option<RetryPolicy>,
+    on_retry: Option<OnRetry>,
 }
 
 impl Producer {
@@ -130,6 +152,8 @@ impl Producer {
             delivery_mode: None,
             declarations: Arc::new(Vec::new()),
             declared: Arc::new(tokio::sync::OnceCell::new()),
+            retry: Some(conn.retry_policy().cloned().unwrap_or_default()),
+            on_retry: conn.on_retry().cloned(),
         }
     }
 
@@ -174,6 +198,51 @@ impl Producer {
         self.reset_declared()
     }
 
+    /// Publishes (and declares first) under `policy` instead of the connection's or the
+    /// default one. See [Retries](Producer#retries).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Turns retries off (`false`: each publish is tried once) or back on (`true`: the policy
+    /// set before, else [`RetryPolicy::default`]).
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.retry = match (retry, self.retry) {
+            (false, _) => None,
+            (true, Some(policy)) => Some(policy),
+            (true, None) => Some(self.conn.retry_policy().cloned().unwrap_or_default()),
+        };
+        self
+    }
+
+    /// Whether publishes whose outcome is unknown (the broker may have the message) are
+    /// retried too: at least once, with possible duplicates. Off by default; turning it on
+    /// turns retries on.
+    pub fn retry_unknown(self, retry_unknown: bool) -> Self {
+        let mut producer = if retry_unknown {
+            self.retry(true)
+        } else {
+            self
+        };
+        if let Some(policy) = producer.retry.take() {
+            producer.retry = Some(policy.retry_unknown(retry_unknown));
+        }
+        producer
+    }
+
+    /// Calls `callback` before each retry of a publish (for logs and metrics; each retry is
+    /// logged at warn besides).
+    pub fn on_retry(mut self, callback: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(OnRetry::new(callback));
+        self
+    }
+
+    /// The policy publishes run under (`None`: retries are off).
+    pub fn policy(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+
     /// Publishes `value` with the producer's defaults.
     pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         self.message(value).send().await
@@ -211,8 +280,42 @@ impl Producer {
 
     /// Publishes prepared messages (from [`Publish::build`]) in one batch.
     pub async fn send_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
-        self.ensure_declared().await?;
-        self.conn.default_channel().publish_batch(batch).await
+        let Some(policy) = &self.retry else {
+            self.ensure_declared().await?;
+            return self.conn.default_channel().publish_batch(batch).await;
+        };
+        policy
+            .run(
+                || {
+                    let batch = batch.clone();
+                    async move {
+                        self.ensure_declared().await?;
+                        self.conn.default_channel().publish_batch(batch).await
+                    }
+                },
+                |event| report("publish", event, self.on_retry.as_ref()),
+            )
+            .await
+    }
+
+    /// Declares what it must, then publishes `outgoing`, under the producer's policy.
+    async fn send_one(&self, outgoing: Outgoing) -> Result<()> {
+        let Some(policy) = &self.retry else {
+            self.ensure_declared().await?;
+            return self.conn.default_channel().publish(outgoing).await;
+        };
+        policy
+            .run(
+                || {
+                    let outgoing = outgoing.clone();
+                    async move {
+                        self.ensure_declared().await?;
+                        self.conn.default_channel().publish(outgoing).await
+                    }
+                },
+                |event| report("publish", event, self.on_retry.as_ref()),
+            )
+            .await
     }
 
     /// Starts a publish of `value` with per-message options.
@@ -401,21 +504,16 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
         })
     }
 
-    /// Publishes (after declaring the producer's entities, once per connection).
+    /// Publishes (after declaring the producer's entities, once per connection), under the
+    /// producer's retry policy ([Retries](Producer#retries)).
     pub async fn send(self) -> Result<()> {
         let producer = self.producer;
         let outgoing = self.build()?;
-        producer.ensure_declared().await?;
         let span = tracing::trace_span!(
             "publish",
             exchange = %outgoing.exchange,
             routing_key = %outgoing.routing_key
         );
-        producer
-            .conn
-            .default_channel()
-            .publish(outgoing)
-            .instrument(span)
-            .await
+        producer.send_one(outgoing).instrument(span).await
     }
 }

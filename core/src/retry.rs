@@ -48,6 +48,10 @@ pub struct RetryPolicy {
     pub jitter: f64,
     /// No retry starts later than this after the first try (`None` = no deadline).
     pub deadline: Option<Duration>,
+    /// Whether an error marked [`Error::outcome_unknown`] (a write the broker may have done: a
+    /// publish whose confirm or reply was lost) is retried too. Off by default: retrying it
+    /// may duplicate the write. On = at least once, with possible duplicates.
+    pub retry_unknown: bool,
 }
 
 impl Default for RetryPolicy {
@@ -62,6 +66,7 @@ impl Default for RetryPolicy {
             interval_max: Duration::from_secs(2),
             jitter: 0.2,
             deadline: Some(Duration::from_secs(30)),
+            retry_unknown: false,
         }
     }
 }
@@ -142,6 +147,21 @@ impl RetryPolicy {
         self
     }
 
+    /// Sets whether errors whose outcome is unknown ([`Error::outcome_unknown`]) are retried
+    /// (off by default: a retry may then duplicate a write the broker did).
+    #[must_use]
+    pub fn retry_unknown(mut self, retry: bool) -> Self {
+        self.retry_unknown = retry;
+        self
+    }
+
+    /// Whether this policy may retry after `error`: it is recoverable, and either its outcome
+    /// is known (the broker did not do it) or [`retry_unknown`](RetryPolicy::retry_unknown)
+    /// is on.
+    pub fn retries(&self, error: &Error) -> bool {
+        error.is_recoverable() && (self.retry_unknown || !error.outcome_unknown())
+    }
+
     /// The waits before each retry, in order (endless without `max_retries`); the deadline is
     /// not applied here.
     pub fn delays(&self) -> Delays {
@@ -151,9 +171,10 @@ impl RetryPolicy {
         }
     }
 
-    /// Runs `op` until it succeeds, fails with an error that is not recoverable, or the policy
-    /// gives up (retries spent, or the next retry would start after the deadline); then
-    /// returns the last error. `on_retry` sees each retry before its wait.
+    /// Runs `op` until it succeeds, fails with an error this policy does not retry (not
+    /// recoverable, or of unknown outcome without [`retry_unknown`](RetryPolicy::retry_unknown)),
+    /// or the policy gives up (retries spent, or the next retry would start after the
+    /// deadline); then returns the last error. `on_retry` sees each retry before its wait.
     pub async fn run<T, F, Fut, R>(&self, mut op: F, mut on_retry: R) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -167,7 +188,7 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
-            if !error.is_recoverable() {
+            if !self.retries(&error) {
                 return Err(error);
             }
             let Some(delay) = delays.next() else {
@@ -185,6 +206,39 @@ impl RetryPolicy {
             });
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// A callback that sees each retry (for logs and metrics), kept by a connection or a producer.
+#[derive(Clone)]
+pub(crate) struct OnRetry(std::sync::Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>);
+
+impl OnRetry {
+    pub(crate) fn new(callback: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        OnRetry(std::sync::Arc::new(callback))
+    }
+
+    pub(crate) fn call(&self, event: &RetryEvent<'_>) {
+        (self.0)(event)
+    }
+}
+
+impl std::fmt::Debug for OnRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRetry(..)")
+    }
+}
+
+/// Logs a retry (at warn: the broker misbehaves) and passes it to `callback`, if any.
+pub(crate) fn report(what: &str, event: &RetryEvent<'_>, callback: Option<&OnRetry>) {
+    tracing::warn!(
+        attempt = event.attempt,
+        delay = ?event.delay,
+        error = %format_args!("{:#}", event.error),
+        "{what} failed; retrying"
+    );
+    if let Some(callback) = callback {
+        callback.call(event);
     }
 }
 

@@ -56,6 +56,21 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         let _ = alternates;
         self.connect(url).await
     }
+
+    /// As [`Transport::connect_with_alternates`], with the
+    /// [`FailoverStrategy`](crate::FailoverStrategy) the connection was opened with, for a
+    /// transport that moves to another alternative by itself after a loss: it tries them in
+    /// the strategy's order ([`FailoverStrategy::order`](crate::FailoverStrategy::order)). The
+    /// default ignores the strategy.
+    async fn connect_failover(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+        strategy: crate::FailoverStrategy,
+    ) -> Result<Arc<dyn BrokerConnection>> {
+        let _ = strategy;
+        self.connect_with_alternates(url, alternates).await
+    }
 }
 
 /// A live connection to a broker. Cheap to share; channels are multiplexed over it.

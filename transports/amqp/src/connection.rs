@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use kombu_core::transport::{BrokerConnection, Channel};
-use kombu_core::{Binding, Capabilities, Error, ErrorKind, Exchange, Queue, Result};
+use kombu_core::{
+    Binding, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, FailoverStrategy, Queue, Result,
+};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
@@ -31,6 +33,11 @@ pub(crate) enum Declared {
 pub(crate) struct Shared {
     /// The failover alternatives, the first one the URL this connection was opened with.
     pub(crate) urls: Vec<AmqpOptions>,
+    /// The same alternatives as URLs (to say which one is in use); may be empty when the
+    /// connection was opened from options alone.
+    brokers: Vec<BrokerUrl>,
+    /// The order in which recovery tries `urls`.
+    strategy: FailoverStrategy,
     /// The lapin connection in use and its generation (bumped by every reconnect).
     current: Mutex<(Arc<lapin::Connection>, u64)>,
     /// One reconnect at a time.
@@ -260,13 +267,19 @@ fn spawn_watcher(me: Weak<Shared>) {
 }
 
 impl Shared {
-    pub(crate) async fn open(urls: Vec<AmqpOptions>) -> Result<Arc<Shared>> {
+    pub(crate) async fn open(
+        urls: Vec<AmqpOptions>,
+        brokers: Vec<BrokerUrl>,
+        strategy: FailoverStrategy,
+    ) -> Result<Arc<Shared>> {
         let first = urls
             .first()
             .ok_or_else(|| Error::config("no AMQP URL given"))?;
         let conn = connect(first).await?;
         let shared = Arc::new(Shared {
             urls,
+            brokers,
+            strategy,
             current: Mutex::new((Arc::new(conn), 0)),
             reconnecting: tokio::sync::Mutex::new(()),
             topology: Mutex::new(Vec::new()),
@@ -323,6 +336,12 @@ impl Shared {
         self.reconnect().await
     }
 
+    /// The URL in use, when the connection knows its URLs.
+    pub(crate) fn url_in_use(&self) -> Option<BrokerUrl> {
+        let i = usize::try_from(self.url_index.load(Ordering::Relaxed)).ok()?;
+        self.brokers.get(i).cloned()
+    }
+
     /// Reconnects (single flight): tries every failover URL in turn, backing off exponentially
     /// between rounds, until one connects or `recover_timeout` passes; then declares this
     /// connection's topology again.
@@ -365,14 +384,16 @@ impl Shared {
             .with_jitter()
             .without_max_times()
             .build();
-        let mut index = usize::try_from(self.url_index.load(Ordering::Relaxed)).unwrap_or(0);
+        let start = usize::try_from(self.url_index.load(Ordering::Relaxed)).unwrap_or(0);
         let mut last_error = None;
         loop {
-            for _ in 0..self.urls.len() {
+            // Round-robin: the one in use first (it may be back already), then the next ones;
+            // shuffle: a new random order each round.
+            for index in self.strategy.order(self.urls.len(), start) {
                 if self.is_closed() {
                     return Err(Error::closed("the AMQP connection was closed"));
                 }
-                let options = &self.urls[index % self.urls.len()];
+                let options = &self.urls[index];
                 match connect(options).await {
                     Ok(conn) => match self.replay(&conn).await {
                         Ok(()) if self.is_closed() => {
@@ -381,8 +402,7 @@ impl Shared {
                             return Err(Error::closed("the AMQP connection was closed"));
                         }
                         Ok(()) => {
-                            self.url_index
-                                .store((index % self.urls.len()) as u64, Ordering::Relaxed);
+                            self.url_index.store(index as u64, Ordering::Relaxed);
                             let mut current = self.current.lock();
                             current.0 = Arc::new(conn);
                             current.1 += 1;
@@ -399,7 +419,6 @@ impl Shared {
                     Err(e) if e.kind() == ErrorKind::AccessRefused => return Err(e),
                     Err(e) => last_error = Some(e),
                 }
-                index += 1;
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(2));
             if started.elapsed() + delay > timeout {
@@ -502,7 +521,19 @@ impl AmqpConnection {
     /// Connects to the first of `urls` (failover alternatives for recovery, tried in turn).
     pub async fn open(urls: Vec<AmqpOptions>) -> Result<AmqpConnection> {
         Ok(AmqpConnection {
-            shared: Shared::open(urls).await?,
+            shared: Shared::open(urls, Vec::new(), FailoverStrategy::RoundRobin).await?,
+        })
+    }
+
+    /// Connects to the first of `urls`, whose URLs are `brokers` (in the same order); after a
+    /// loss, recovery tries them in `strategy`'s order.
+    pub(crate) async fn open_failover(
+        urls: Vec<AmqpOptions>,
+        brokers: Vec<BrokerUrl>,
+        strategy: FailoverStrategy,
+    ) -> Result<AmqpConnection> {
+        Ok(AmqpConnection {
+            shared: Shared::open(urls, brokers, strategy).await?,
         })
     }
 
@@ -545,6 +576,10 @@ impl BrokerConnection for AmqpConnection {
 
     async fn close(&self) -> Result<()> {
         self.shared.close().await
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.shared.url_in_use()
     }
 }
 

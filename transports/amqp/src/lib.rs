@@ -92,9 +92,14 @@
 //!   waiting for a recovery that fails gets its error; the watcher tries again 5 s later),
 //!   declares again every
 //!   exchange, queue and binding this connection declared, and runs again. Failover URLs
-//!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use. Consumers subscribe
+//!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use
+//!   (`?failover_strategy=shuffle` on the first URL, or the connection builder's strategy: in a
+//!   new random order each round); `Connection::url` names the one in use. Consumers subscribe
 //!   again by themselves. A publish whose confirm did not arrive is published again, so a
-//!   confirmed publish is never lost (at least once: it may arrive twice). Deliveries taken
+//!   confirmed publish is never lost (at least once: it may arrive twice). If the connection is
+//!   not back within `recover_timeout`, the publish fails; when its frames may have reached
+//!   the broker, its error says the outcome is unknown (`Error::outcome_unknown`), and a
+//!   producer does not publish it again unless told to (`Producer::retry_unknown`). Deliveries taken
 //!   before the drop cannot be settled any more (the broker redelivers them).
 
 mod channel;
@@ -113,7 +118,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kombu_core::transport::{BrokerConnection, Transport};
-use kombu_core::{BrokerUrl, Result};
+use kombu_core::{BrokerUrl, FailoverStrategy, Result};
 
 pub use channel::AmqpChannel;
 pub use connection::AmqpConnection;
@@ -142,22 +147,40 @@ impl Transport for AmqpTransport {
     }
 
     /// Connects to `url`; after the connection drops, recovery tries the AMQP URLs among
-    /// `alternates` in turn, starting with the one in use.
+    /// `alternates` in turn, starting with the one in use (the strategy the first URL's
+    /// `failover_strategy` option names, round-robin by default).
     async fn connect_with_alternates(
         &self,
         url: &BrokerUrl,
         alternates: &[BrokerUrl],
     ) -> Result<Arc<dyn BrokerConnection>> {
+        let strategy = FailoverStrategy::from_urls(alternates)?;
+        self.connect_failover(url, alternates, strategy).await
+    }
+
+    /// Connects to `url`; after the connection drops, recovery tries the AMQP URLs among
+    /// `alternates` in `strategy`'s order: round-robin starts with the one in use (a broker
+    /// that restarts is often back first), shuffle tries all in a new random order each round.
+    async fn connect_failover(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+        strategy: FailoverStrategy,
+    ) -> Result<Arc<dyn BrokerConnection>> {
         let first = AmqpOptions::from_url(url)?;
         let at = alternates.iter().position(|a| a == url).unwrap_or(0);
         let mut urls = vec![first];
-        // The ones after `url`, then the ones before it: the order failover tries them in.
+        let mut brokers = vec![url.clone()];
+        // The ones after `url`, then the ones before it: the order round-robin tries them in.
         for other in alternates[at..].iter().skip(1).chain(&alternates[..at]) {
             if other != url && SCHEMES.contains(&other.scheme()) {
                 urls.push(AmqpOptions::from_url(other)?);
+                brokers.push(other.clone());
             }
         }
-        Ok(Arc::new(AmqpConnection::open(urls).await?))
+        Ok(Arc::new(
+            AmqpConnection::open_failover(urls, brokers, strategy).await?,
+        ))
     }
 }
 

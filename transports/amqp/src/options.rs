@@ -78,6 +78,9 @@ pub const OPTIONS: &[&str] = &[
     "ssl_keyfile",
     "frame_max",
     "channel_max",
+    // Core reads it (the order of failover URLs); accepted here so that it may be written on
+    // an AMQP URL.
+    "failover_strategy",
 ];
 
 impl AmqpOptions {

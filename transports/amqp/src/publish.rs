@@ -60,6 +60,9 @@ impl Inner {
         }
         let deadline = inner.deadline();
         let mut pending: Vec<usize> = (0..batch.len()).collect();
+        // Messages whose frames may have reached the broker (written, or failed mid-write): if
+        // one of them is still unconfirmed when this gives up, the outcome is unknown.
+        let mut maybe_delivered = vec![false; batch.len()];
         let mut failure: Option<Error> = None;
         while !pending.is_empty() {
             let mut again = Vec::new();
@@ -85,7 +88,11 @@ impl Inner {
                     let mut confirms = Vec::with_capacity(sends.len());
                     for (i, send, first) in sends {
                         let sent = match first {
-                            Poll::Ready(sent) => sent,
+                            Poll::Ready(sent) => {
+                                // Refused before anything was written, or written at once.
+                                maybe_delivered[i] |= sent.is_ok();
+                                sent
+                            }
                             // Without confirms, queued is published (see `Unwritten`).
                             Poll::Pending if !inner.confirms => {
                                 inner.unwritten.push(send).await;
@@ -95,7 +102,10 @@ impl Inner {
                                 }
                                 continue;
                             }
-                            Poll::Pending => send.await,
+                            Poll::Pending => {
+                                maybe_delivered[i] = true;
+                                send.await
+                            }
                         };
                         match sent {
                             Ok(confirm) => confirms.push((i, confirm)),
@@ -121,7 +131,15 @@ impl Inner {
             }
             if let Some(e) = interrupted {
                 if !inner.retryable(&e, deadline) {
-                    return Err(failure.unwrap_or(e));
+                    if let Some(failure) = failure {
+                        return Err(failure);
+                    }
+                    // A confirm that never came: the broker may have the message.
+                    return Err(if again.iter().any(|&i| maybe_delivered[i]) {
+                        e.with_outcome_unknown()
+                    } else {
+                        e
+                    });
                 }
                 tracing::debug!(error = %e, left = again.len(), "AMQP publish interrupted; publishing again");
                 tokio::time::sleep(RETRY_PAUSE).await;
