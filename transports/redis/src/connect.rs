@@ -107,6 +107,19 @@ pub(crate) fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Er
     Error::new(kind, format!("redis {label}: {what}")).with_source(err)
 }
 
+/// As [`redis_error`], for a write that may have reached the server: a lost connection or a
+/// timeout (not a refused connection: nothing was sent) leaves its outcome unknown
+/// ([`Error::with_outcome_unknown`]), so a producer does not repeat it by default.
+pub(crate) fn write_error(label: &str, what: &str, err: redis::RedisError) -> Error {
+    let refused = err.is_connection_refusal();
+    let error = redis_error(label, what, err);
+    if error.is_recoverable() && !refused {
+        error.with_outcome_unknown()
+    } else {
+        error
+    }
+}
+
 /// A plain `PING` on a new connection, so that a server that wants a password the URL does not
 /// give (or that refuses this user every command) is an [`ErrorKind::AccessRefused`] error at
 /// connect time, then an empty transaction (`MULTI`, `EXEC`), so that a user the server does
