@@ -56,6 +56,9 @@
 //! - [`Consumer`]: a stream of [`Delivery`]s, or a handler loop with an error policy.
 //! - [`Delivery`]: decode, then settle exactly once (`ack`, `reject`, `requeue`).
 //! - [`serializers`]: serializers, compression, accept lists and signing, as kombu names them.
+//! - [`Connection::builder`], [`Connection::ensure`], [`RetryPolicy`], [`FailoverStrategy`]:
+//!   retries (publishes retry by default; see [`Producer`]) and failover;
+//!   [`ConnectionPool`] and [`ProducerPool`]: bounded pools for many publishing tasks.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
 
 use std::fmt;
@@ -70,6 +73,10 @@ pub use kombu_core::{
     LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result, RetryEvent,
     RetryPolicy, SettleError, Value, dead_letter,
 };
+pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, ProducerPool};
+pub use resilience::{ConnectionBuilder, ConnectionPool};
+
+mod resilience;
 pub use kombu_serializers as serializers;
 
 /// What a transport author uses: the native [`Channel`](transport::Channel) contract and its

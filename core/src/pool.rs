@@ -284,9 +284,9 @@ impl ProducerPool {
     /// Producers on `connections`' connections, with a connection's default producer settings
     /// (see [`configure`](ProducerPool::configure)). At most the connection pool's `max`
     /// producers are out at once.
-    pub fn new(connections: ConnectionPool) -> ProducerPool {
+    pub fn new(connections: impl Into<ConnectionPool>) -> ProducerPool {
         ProducerPool {
-            connections,
+            connections: connections.into(),
             configure: Arc::new(|producer| producer),
         }
     }
