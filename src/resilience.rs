@@ -112,7 +112,8 @@ impl Connection {
     ///
     /// let conn = Connection::open("memory://facade-ensure").await?;
     /// let policy = RetryPolicy::default().max_retries(Some(5));
-    /// conn.ensure(&policy, || conn.declare_queue(&Queue::new("jobs"))).await?;
+    /// let jobs = Queue::new("jobs");
+    /// conn.ensure(&policy, || conn.declare_queue(&jobs)).await?;
     /// assert!(conn.queue_exists("jobs").await?);
     /// # Ok(()) }
     /// ```
