@@ -99,8 +99,9 @@
 //!   confirmed publish is never lost (at least once: it may arrive twice). If the connection is
 //!   not back within `recover_timeout`, the publish fails; when its frames may have reached
 //!   the broker, its error says the outcome is unknown (`Error::outcome_unknown`), and a
-//!   producer does not publish it again unless told to (`Producer::retry_unknown`). Deliveries taken
-//!   before the drop cannot be settled any more (the broker redelivers them).
+//!   producer does not publish it again unless told to (`Producer::retry_unknown`).
+//!   Deliveries taken before the drop cannot be settled any more (the broker redelivers
+//!   them).
 
 mod channel;
 mod connection;
