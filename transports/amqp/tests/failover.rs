@@ -1,11 +1,17 @@
 //! Failover URLs on AMQP against the shared RabbitMQ: a dead first alternative is passed over
 //! and the URL in use is the live one; `failover_strategy=shuffle` (an option the transport
-//! accepts on its URLs) opens either of two live alternatives.
+//! accepts on its URLs) opens either of two live alternatives; a connection lost mid-use (a
+//! loopback proxy in front of the broker, cut) moves to the next alternative.
 
 mod common;
 
 use std::collections::HashSet;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use kombu_core::{Connection, FailoverStrategy, Queue, RetryPolicy};
 
@@ -88,4 +94,120 @@ async fn shuffle_opens_either_live_alternative() {
     }
     // Each open picks the first with probability 1/2: missing one in 32 opens is 2^-31.
     assert_eq!(hosts.len(), 2, "{hosts:?}");
+}
+
+/// A loopback TCP proxy to `target` (threads, std only) that can be cut: the listener closes
+/// and every proxied connection is shut down, as a broker that went away.
+struct Proxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("proxy address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (target, stop2, streams2) = (target.to_owned(), stop.clone(), streams.clone());
+        let accept = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let pipes = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                streams2.lock().extend([client, server]);
+                for (from, to) in pipes {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            }
+            // The listener is dropped here: new connections are refused.
+        });
+        Proxy {
+            port,
+            stop,
+            streams,
+            accept: Some(accept),
+        }
+    }
+
+    /// Stops listening and shuts every proxied connection down.
+    fn cut(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Once the accept loop ended, no connection is proxied any more.
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        for stream in self.streams.lock().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_lost_mid_use_moves_to_the_next_alternative() {
+    let Some(live) = tokio::task::spawn_blocking(live_url).await.ok().flatten() else {
+        return;
+    };
+    let broker = kombu_core::BrokerUrl::parse(&live).expect("live URL");
+    let target = format!(
+        "{}:{}",
+        broker.host().unwrap_or("127.0.0.1"),
+        broker.port().unwrap_or(5672)
+    );
+    let mut proxy = Proxy::start(&target);
+    let via_proxy = live.replacen(
+        &format!(":{}/", broker.port().unwrap_or(5672)),
+        &format!(":{}/", proxy.port),
+        1,
+    );
+    assert_ne!(via_proxy, live, "the live URL names its port");
+    let conn = Connection::open(&format!("{via_proxy};{live}"))
+        .await
+        .expect("through the proxy");
+    assert_eq!(conn.url().port(), Some(proxy.port));
+    let q = Queue::new(format!(
+        "failover-mid-use-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    conn.declare_queue(&q).await.expect("declare");
+    let producer = conn.producer().routing_key(q.name.clone());
+    producer.publish("before the cut").await.expect("publish");
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    // Recovery (the background watcher or the next use) moves to the second URL; the publish
+    // waits for it, under the transport's own recovery and the producer's policy.
+    producer
+        .publish("after the cut")
+        .await
+        .expect("publish after the cut");
+    let moved = conn.url();
+    println!(
+        "moved from port {} to {} in {:?}",
+        proxy.port,
+        moved.port().unwrap_or_default(),
+        cut_at.elapsed()
+    );
+    assert_eq!(moved.expose(), conn.alternates()[1].expose(), "{moved}");
+    // The queue was declared again on the new connection; both messages are there.
+    assert_eq!(conn.queue_size(&q.name).await.expect("size"), 2);
+    conn.delete_queue(&q.name).await.expect("delete");
+    conn.close().await.expect("close");
 }
