@@ -119,6 +119,17 @@ impl Inner {
                     for (i, confirm) in confirms {
                         let o = &batch[i];
                         if let Err(e) = confirmation(confirm.await, &o.exchange, &o.routing_key) {
+                            // Written, then the connection or channel went away before the
+                            // confirm: the broker may have it (a nack or a return is an
+                            // answer, not this).
+                            let e = if matches!(
+                                e.kind(),
+                                ErrorKind::Connection | ErrorKind::Closed | ErrorKind::Timeout
+                            ) {
+                                e.with_outcome_unknown()
+                            } else {
+                                e
+                            };
                             if inner.retryable(&e, deadline) {
                                 again.push(i);
                                 interrupted.get_or_insert(e);

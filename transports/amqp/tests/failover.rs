@@ -101,8 +101,28 @@ async fn shuffle_opens_either_live_alternative() {
 struct Proxy {
     port: u16,
     stop: Arc<AtomicBool>,
+    /// Set: what either side sends is read and dropped (a partition without a reset).
+    frozen: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Copies `from` to `to` until either ends, dropping what it reads while `frozen` is set.
+fn pipe(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if !frozen.load(Ordering::SeqCst) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
 }
 
 impl Proxy {
@@ -111,8 +131,10 @@ impl Proxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("proxy address").port();
         let stop = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (target, stop2, streams2) = (target.to_owned(), stop.clone(), streams.clone());
+        let frozen2 = frozen.clone();
         let accept = std::thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -129,11 +151,9 @@ impl Proxy {
                 ];
                 streams2.lock().extend([client, server]);
                 for (from, to) in pipes {
-                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Both);
-                        });
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        let frozen = frozen2.clone();
+                        std::thread::spawn(move || pipe(from, to, frozen));
                     }
                 }
             }
@@ -142,18 +162,31 @@ impl Proxy {
         Proxy {
             port,
             stop,
+            frozen,
             streams,
             accept: Some(accept),
         }
     }
 
-    /// Stops listening and shuts every proxied connection down.
-    fn cut(&mut self) {
+    /// Stops listening (new connections are refused).
+    fn stop_listening(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Once the accept loop ended, no connection is proxied any more.
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
+    }
+
+    /// Stops listening and drops whatever either side sends from now on, without closing
+    /// anything: writes succeed, answers never come.
+    fn freeze(&mut self) {
+        self.stop_listening();
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops listening and shuts every proxied connection down.
+    fn cut(&mut self) {
+        self.stop_listening();
         for stream in self.streams.lock().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -210,4 +243,47 @@ async fn a_connection_lost_mid_use_moves_to_the_next_alternative() {
     assert_eq!(conn.queue_size(&q.name).await.expect("size"), 2);
     conn.delete_queue(&q.name).await.expect("delete");
     conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_publish_whose_confirm_never_came_has_an_unknown_outcome_and_is_not_repeated() {
+    let Some(live) = tokio::task::spawn_blocking(live_url).await.ok().flatten() else {
+        return;
+    };
+    let broker = kombu_core::BrokerUrl::parse(&live).expect("live URL");
+    let port = broker.port().unwrap_or(5672);
+    let target = format!("{}:{port}", broker.host().unwrap_or("127.0.0.1"));
+    let mut proxy = Proxy::start(&target);
+    // The only URL goes through the proxy; missing heartbeats end the connection within a few
+    // seconds, and recovery gives up after one.
+    let via_proxy = live.replacen(&format!(":{port}/"), &format!(":{}/", proxy.port), 1)
+        + "&heartbeat=1&recover_timeout=1";
+    let conn = Connection::open(&via_proxy)
+        .await
+        .expect("through the proxy");
+    let q = Queue::new(format!(
+        "failover-unknown-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    conn.declare_queue(&q).await.expect("declare");
+    let producer = conn.producer().routing_key(q.name.clone());
+    producer.publish("confirmed").await.expect("publish");
+
+    proxy.freeze();
+    let frozen_at = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), producer.publish("lost confirm"))
+        .await
+        .expect("the publish ends (guard)")
+        .expect_err("no confirm can come");
+    println!("failed after {:?}: {err:#}", frozen_at.elapsed());
+    assert!(err.is_recoverable(), "{err:#}");
+    assert!(err.outcome_unknown(), "the frames were written: {err:#}");
+    proxy.cut();
+
+    // The first message is on the broker; whether the second is, nobody knows (here: not, the
+    // proxy dropped it). The producer did not publish it again.
+    let direct = Connection::open(&live).await.expect("direct");
+    assert_eq!(direct.queue_size(&q.name).await.expect("size"), 1);
+    direct.delete_queue(&q.name).await.expect("delete");
+    direct.close().await.expect("close");
 }
