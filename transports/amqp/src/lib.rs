@@ -31,6 +31,7 @@
 //! | `ssl_ca_certs` | system roots | PEM file of the CAs that sign the server's certificate |
 //! | `ssl_certfile`, `ssl_keyfile` | none | PEM files of a client certificate and its key, for brokers that verify clients |
 //! | `frame_max`, `channel_max` | the broker's | connection tuning |
+//! | `failover_strategy` | `round-robin` | on the first of `;`-separated URLs: the order failover tries them in (`round-robin`, `shuffle`), read by core |
 //!
 //! ## Mapping (as py-amqp)
 //!
