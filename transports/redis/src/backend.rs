@@ -498,7 +498,7 @@ impl Backend for RedisBackend {
         let _: i64 = conn
             .publish(topic, payload(&envelope))
             .await
-            .map_err(self.err("publish to a fanout exchange"))?;
+            .map_err(|e| write_error(&self.label, "publish to a fanout exchange", e))?;
         Ok(())
     }
 
