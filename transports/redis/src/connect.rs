@@ -179,3 +179,35 @@ pub(crate) async fn check_access(conn: &mut MultiplexedConnection, label: &str) 
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_of_unknown_outcome_unless_nothing_was_sent() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "io"));
+        let refused = write_error("s", "publish", io(std::io::ErrorKind::ConnectionRefused));
+        assert!(
+            refused.is_recoverable() && !refused.outcome_unknown(),
+            "{refused}"
+        );
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let lost = write_error("s", "publish", io(kind));
+            assert!(
+                lost.is_recoverable() && lost.outcome_unknown(),
+                "{kind:?}: {lost}"
+            );
+        }
+        let answered = write_error(
+            "s",
+            "publish",
+            redis::RedisError::from((redis::ErrorKind::Client, "wrong type")),
+        );
+        assert!(!answered.outcome_unknown(), "{answered}");
+    }
+}
