@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
-use crate::connect::{self, redis_error, write_error};
+use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
 use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
@@ -262,7 +262,7 @@ impl Backend for RedisBackend {
         let _: () = pipe
             .query_async(&mut conn)
             .await
-            .map_err(|e| write_error(&self.label, "publish", e))?;
+            .map_err(self.err("publish"))?;
         // This connection's idle consumers look at once; others' watchers see the push.
         self.wake.notify_waiters();
         Ok(Vec::new())
@@ -498,7 +498,7 @@ impl Backend for RedisBackend {
         let _: i64 = conn
             .publish(topic, payload(&envelope))
             .await
-            .map_err(|e| write_error(&self.label, "publish to a fanout exchange", e))?;
+            .map_err(self.err("publish to a fanout exchange"))?;
         Ok(())
     }
 

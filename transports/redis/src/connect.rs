@@ -107,19 +107,6 @@ pub(crate) fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Er
     Error::new(kind, format!("redis {label}: {what}")).with_source(err)
 }
 
-/// As [`redis_error`], for a write that may have reached the server: a lost connection or a
-/// timeout (not a refused connection: nothing was sent) leaves its outcome unknown
-/// ([`Error::with_outcome_unknown`]), so a producer does not repeat it by default.
-pub(crate) fn write_error(label: &str, what: &str, err: redis::RedisError) -> Error {
-    let refused = err.is_connection_refusal();
-    let error = redis_error(label, what, err);
-    if error.is_recoverable() && !refused {
-        error.with_outcome_unknown()
-    } else {
-        error
-    }
-}
-
 /// A plain `PING` on a new connection, so that a server that wants a password the URL does not
 /// give (or that refuses this user every command) is an [`ErrorKind::AccessRefused`] error at
 /// connect time, then an empty transaction (`MULTI`, `EXEC`), so that a user the server does
@@ -178,36 +165,4 @@ pub(crate) async fn check_access(conn: &mut MultiplexedConnection, label: &str) 
 /// rustls needs a process-wide crypto provider; ring is ours (a no-op when one is set).
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_is_of_unknown_outcome_unless_nothing_was_sent() {
-        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "io"));
-        let refused = write_error("s", "publish", io(std::io::ErrorKind::ConnectionRefused));
-        assert!(
-            refused.is_recoverable() && !refused.outcome_unknown(),
-            "{refused}"
-        );
-        for kind in [
-            std::io::ErrorKind::ConnectionReset,
-            std::io::ErrorKind::BrokenPipe,
-            std::io::ErrorKind::UnexpectedEof,
-        ] {
-            let lost = write_error("s", "publish", io(kind));
-            assert!(
-                lost.is_recoverable() && lost.outcome_unknown(),
-                "{kind:?}: {lost}"
-            );
-        }
-        let answered = write_error(
-            "s",
-            "publish",
-            redis::RedisError::from((redis::ErrorKind::Client, "wrong type")),
-        );
-        assert!(!answered.outcome_unknown(), "{answered}");
-    }
 }
