@@ -274,12 +274,23 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Extends the visibility timeout of an unsettled delivery by `by`, from now.
-    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
-        let _ = (delivery_tag, by);
-        Err(Error::unsupported(
-            "this transport has no visibility timeout to extend",
-        ))
+    /// Restarts the lease of an unsettled delivery: the message counts as taken now, so no
+    /// consumer restores it before now + its own visibility timeout. A delivery this settler no
+    /// longer holds (settled, or its lease ended and the message was restored) fails with
+    /// [`ErrorKind::StaleDelivery`]. Default: `Ok` doing nothing, for transports whose broker
+    /// holds a delivery until its channel closes (AMQP): there is no lease to extend.
+    async fn extend_lease(&self, delivery_tag: u64) -> Result<()> {
+        let _ = delivery_tag;
+        Ok(())
+    }
+
+    /// How long the lease of this delivery lasts without an extension (the visibility timeout
+    /// it was taken with); `None` when it has none (default: the broker holds it until the
+    /// channel closes). [`Consumer::consume`](crate::Consumer::consume) extends the lease of
+    /// the delivery being handled at a third of this by default.
+    fn lease_timeout(&self, delivery_tag: u64) -> Option<Duration> {
+        let _ = delivery_tag;
+        None
     }
 }
 
@@ -561,13 +572,52 @@ impl Delivery {
         }
     }
 
-    /// Keeps the message from being redelivered for `by` more, from now (a consumer still
-    /// working on it). Needs [`Capabilities::visibility_timeout`].
-    pub async fn extend_lease(&self, by: Duration) -> Result<()> {
+    /// Restarts the message's lease (a consumer still working on it): on transports with a
+    /// visibility timeout ([`Capabilities::visibility_timeout`]: Redis, SQLite, memory) the
+    /// message counts as taken now, so no consumer restores it to its queue before now + that
+    /// consumer's own visibility timeout (see "Visibility and leases" in the architecture
+    /// notes). Call it more often than the shortest visibility timeout in use, or let
+    /// [`Consumer::consume`](crate::Consumer::consume) do it
+    /// ([`lease_heartbeat`](crate::ConsumerBuilder::lease_heartbeat)).
+    ///
+    /// On AMQP it does nothing and returns `Ok`: the broker holds a delivery until its channel
+    /// closes, there is no lease. A no-ack delivery has nothing to extend either (`Ok`).
+    ///
+    /// Fails with [`ErrorKind::StaleDelivery`] when the lease is gone: the delivery was settled
+    /// through another handle, its channel closed, or its lease already ended and the message
+    /// went back to its queue (another consumer may have it now: finish or abandon the work,
+    /// its ack will be harmless).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use futures::StreamExt;
+    /// use kombu_core::{Connection, Queue};
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// let conn = Connection::open("memory://doc-extend-lease?visibility_timeout=30").await?;
+    /// let mut consumer = conn.consumer([Queue::new("slow")]).build().await?;
+    /// conn.producer().routing_key("slow").publish("render").await?;
+    /// let Some(Ok(delivery)) = consumer.next().await else { return Ok(()) };
+    /// // ... part of a long job ...
+    /// delivery.extend_lease().await?; // 30 more seconds before anyone restores it
+    /// // ... the rest ...
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn extend_lease(&self) -> Result<()> {
         match &self.inner.settler {
             None => Ok(()),
-            Some(settler) => settler.extend_lease(self.inner.delivery_tag, by).await,
+            Some(settler) => settler.extend_lease(self.inner.delivery_tag).await,
         }
+    }
+
+    /// What extends this delivery's lease while someone else owns the delivery (a handler):
+    /// its settler, tag and lease length; `None` without a lease.
+    pub(crate) fn lease_keeper(&self) -> Option<(Arc<dyn Settler>, u64, Option<Duration>)> {
+        let settler = self.inner.settler.as_ref()?;
+        let tag = self.inner.delivery_tag;
+        Some((settler.clone(), tag, settler.lease_timeout(tag)))
     }
 
     /// Takes the message out, giving up the ability to settle it here. The message stays

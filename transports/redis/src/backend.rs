@@ -12,7 +12,7 @@ use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
-use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
+use kombu_core::{Capabilities, Error, ErrorKind, Exchange, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -52,8 +52,8 @@ pub(crate) struct RedisBackend {
     pub(crate) bound: Mutex<HashMap<String, Instant>>,
     /// Whether `SCAN` takes `TYPE` (Redis 6 and later); off after the server refused it.
     pub(crate) scan_type: std::sync::atomic::AtomicBool,
-    /// When this connection last swept for expired leases.
-    pub(crate) last_sweep: Mutex<Option<Instant>>,
+    /// When this connection last swept for expired leases, and with which visibility timeout.
+    pub(crate) last_sweep: Mutex<Option<(Instant, Duration)>>,
     /// Wakes this connection's idle consumers: its own publishes and restores, fanout
     /// messages received.
     pub(crate) wake: Arc<tokio::sync::Notify>,
@@ -277,19 +277,19 @@ impl Backend for RedisBackend {
             }
         }
         let max = max.max(1) - fetched.taken.len() - fetched.unreadable.len();
-        self.sweep().await?;
         let o = &self.options;
+        // The restorer's own visibility timeout (the visibility rule): this take's.
+        let visibility = match mode {
+            TakeMode::Lease(timeout) => timeout,
+            TakeMode::NoAck => Some(o.visibility_timeout),
+        };
+        if let Some(visibility) = visibility {
+            self.sweep(visibility).await?;
+        }
         let (lease, score) = match mode {
             TakeMode::NoAck => ("0", 0.0),
-            TakeMode::Lease(timeout) => {
-                let timeout = timeout.unwrap_or(o.visibility_timeout);
-                // kombu's score is the delivery time; a lease of another length moves it so
-                // that sweepers using the connection's timeout restore it when it ends.
-                (
-                    "1",
-                    unix_now() + timeout.as_secs_f64() - o.visibility_timeout.as_secs_f64(),
-                )
-            }
+            // kombu's score: the take time. Whoever sweeps applies its own timeout.
+            TakeMode::Lease(_) => ("1", unix_now()),
         };
         let keys = o.list_keys(queue);
         let mut script = self.take.key(&o.unacked);
@@ -419,23 +419,37 @@ impl Backend for RedisBackend {
         Ok(None)
     }
 
-    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
         if *receipt == Receipt::Unleased {
             return Ok(()); // held in this process, no lease to extend
         }
         let field = field_of(receipt)?;
         let o = &self.options;
-        let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
         let mut conn = self.conn.clone();
-        // XX: only a lease this take still holds (a restored message's field is gone).
-        let _: i64 = redis::cmd("ZADD")
+        // XX: only a lease this take still holds (a restored or settled message's field is
+        // gone); the score read in the same transaction says whether it was there.
+        let (_, score): (i64, Option<f64>) = redis::pipe()
+            .atomic()
+            .cmd("ZADD")
             .arg(&o.unacked_index)
             .arg("XX")
-            .arg(score)
+            .arg(unix_now())
+            .arg(field)
+            .cmd("ZSCORE")
+            .arg(&o.unacked_index)
             .arg(field)
             .query_async(&mut conn)
             .await
             .map_err(self.err("extend lease"))?;
+        if score.is_none() {
+            return Err(Error::new(
+                ErrorKind::StaleDelivery,
+                format!(
+                    "redis {}: the lease is gone (settled, or restored to its queue)",
+                    self.label
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -506,7 +520,7 @@ impl Backend for RedisBackend {
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        self.sweep().await?;
+        self.sweep(self.options.visibility_timeout).await?;
         if queues.iter().any(|q| self.fanout.len(q) > 0) {
             return Ok(());
         }
@@ -527,7 +541,7 @@ impl Backend for RedisBackend {
             let sweep = !std::mem::take(&mut swept);
             async move {
                 if sweep {
-                    self.sweep().await?;
+                    self.sweep(self.options.visibility_timeout).await?;
                 }
                 let mut pipe = redis::pipe();
                 for k in keys {

@@ -102,6 +102,20 @@ pub fn queue_settings(queue: &Queue) -> Headers {
 /// envelopes, compare no declarations and batch no acks: the virtual channel does all that
 /// once, for every backend.
 ///
+/// # Visibility: the one rule
+///
+/// A backend with [`Capabilities::visibility_timeout`] records, for each message taken in
+/// [`TakeMode::Lease`], **the time of its take or of its last extension**
+/// ([`extend_lease`](Self::extend_lease)), never a lease end. Any consumer may restore it (back
+/// to the head of its queue, marked redelivered) once `now >= that time + the restorer's own
+/// visibility timeout`: the timeout the restoring take runs with (the `Some` of its
+/// [`TakeMode::Lease`]; for a take without one, the backend's configured default). The
+/// timeout belongs to whoever looks, not to the message, so a consumer configured with
+/// `?visibility_timeout=5` restores what a consumer with the 3,600 s default took and left
+/// (kombu's Redis `restore_visible` works so, and Python kombu writes the same take time).
+/// A take with `TakeMode::Lease(None)` restores nothing by time. The stores' clock is
+/// [`unix_now`](crate::transport::unix_now) (memory: its monotonic clock).
+///
 /// Every method may be called concurrently from many channels and consumers of one
 /// connection, and may block on I/O (it is async: it must not block the executor's thread;
 /// run blocking calls on `spawn_blocking`). A broker fault is an `Err` with context, never a
@@ -171,8 +185,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Takes up to `max` ready messages (at least one is wanted) from one queue, oldest (or
     /// highest priority) first, and never blocks waiting for one: an empty queue gives an
-    /// empty [`Fetched`] at once. Leases that passed (of this or any client the backend
-    /// serves) are restored first, marked redelivered.
+    /// empty [`Fetched`] at once. Leases that passed by [the visibility
+    /// rule](Backend#visibility-the-one-rule), with this take's timeout (of this or any client
+    /// the backend serves), are restored first, marked redelivered.
     ///
     /// In [`TakeMode::Lease`] each message moves to the unacked state atomically with the take
     /// (a crash between the two must not lose it) until [`ack_many`](Self::ack_many),
@@ -248,13 +263,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Moves an unacked message's lease end to `by` from now (the receipt's take only: a
+    /// Extends an unacked message's lease: records now as its take time (see
+    /// [the visibility rule](Backend#visibility-the-one-rule)), for the receipt's take only (a
     /// message restored and taken again is another lease). Called only when
-    /// [`Capabilities::visibility_timeout`] is on. A receipt whose lease already ended may
-    /// succeed doing nothing or fail with [`ErrorKind::Settlement`](crate::ErrorKind).
+    /// [`Capabilities::visibility_timeout`] is on. A receipt whose lease is gone (acked,
+    /// rejected, or restored to its queue) fails with
+    /// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) and changes nothing.
     /// Default: refused as unsupported, for backends without leases.
-    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
-        let _ = (queue, receipt, by);
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        let _ = (queue, receipt);
         Err(Error::unsupported(
             "this backend has no visibility timeout to extend",
         ))

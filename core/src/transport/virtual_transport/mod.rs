@@ -149,7 +149,10 @@ pub struct Unreadable {
 pub enum TakeMode {
     /// Removed at once (no-ack consumers).
     NoAck,
-    /// Kept as unacked until settled or restored; with a visibility timeout, restored by itself
-    /// when it passes without a settlement.
+    /// Kept as unacked, with the time of the take, until settled or restored. The duration is
+    /// the taker's visibility timeout: the take restores, first, every lease whose take (or
+    /// last extension) is at least that long ago ([the visibility
+    /// rule](crate::transport::virtual_transport::Backend#visibility-the-one-rule)); `None`
+    /// restores nothing by time.
     Lease(Option<Duration>),
 }
