@@ -13,7 +13,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `visibility_timeout` | `3600` | seconds after delivery before an unacked message is restored |
+//! | `visibility_timeout` | `3600` | seconds after a take (or its last extension) before this connection's consumers restore an unacked message, whoever took it |
 //! | `priority_steps` | `0,3,6,9` | priority buckets; **lower numbers are consumed first**, as in kombu |
 //! | `sep` | `\x06\x16` | separator of priority keys and binding members |
 //! | `global_keyprefix` | empty | prefix of every key |
@@ -73,10 +73,12 @@
 //! (at most 128 watched lists per connection; before Redis 6.2, polling every
 //! `polling_interval`).
 //!
-//! A lease can be extended (`unacked_index` moves forward). Scores are written as `deadline −
-//! visibility_timeout`, which is the delivery time for an ordinary lease, so a Python sweeper
-//! configured with the same `visibility_timeout` restores a message exactly when its lease
-//! ends.
+//! Scores in `unacked_index` are the take time, as kombu writes them, and a lease can be
+//! extended ([`Delivery::extend_lease`](kombu_core::Delivery::extend_lease): the score becomes
+//! now). A sweep restores what was taken (or extended) at least the sweeper's own
+//! `visibility_timeout` ago, as kombu's `restore_visible` does: a consumer with
+//! `?visibility_timeout=5` restores what another took under the 3,600 s default after 5 s, and
+//! Python and Rust sweepers follow the same rule.
 //!
 //! * Fanout exchanges go over PUB/SUB as in kombu: a publish is one `PUBLISH` to
 //!   `<global_keyprefix><fanout_prefix><exchange>[/<routing key>]` (`fanout_prefix` defaults
