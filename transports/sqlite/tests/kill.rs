@@ -175,7 +175,7 @@ impl Parent {
 
     /// Even generations take with the short visibility timeout, odd ones with the default.
     fn consumer(&self, generation: u64) -> Running {
-        let url = if generation % 2 == 0 {
+        let url = if generation.is_multiple_of(2) {
             format!("{}?{SHORT_VISIBILITY}", self.base_url)
         } else {
             self.base_url.clone()
@@ -311,7 +311,7 @@ fn parent() {
     }
     kill(&mut producer);
     kills_p += 1;
-    if consumer.generation % 2 == 1 {
+    if !consumer.generation.is_multiple_of(2) {
         // Drain with the short timeout: it restores what the long-timeout ones left leased.
         kill(&mut consumer);
         kills_c += 1;
