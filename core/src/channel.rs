@@ -6,6 +6,9 @@
 //! Consumer, the conformance suite) sees only `Channel`.
 //!
 //! What every method must guarantee is written on [`Channel`] itself.
+//!
+//! Over 700 lines because it is the whole contract of a transport with the one type it hands
+//! out, documented with runnable examples; split, the contract would be read in pieces.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

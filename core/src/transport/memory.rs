@@ -11,6 +11,9 @@
 //!
 //! URL options: `visibility_timeout` (seconds, fractions allowed) for consumers that set none.
 //!
+//! Over 700 lines: one backend, every operation of the `Backend` contract on its in-process
+//! queues (ready levels, leases) in one place.
+//!
 //! It registers like any other transport: the `kombu` crate does it (feature `memory`); a user
 //! of `kombu-core` alone calls [`register`] once.
 //!

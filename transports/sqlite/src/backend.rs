@@ -1,5 +1,8 @@
 //! The virtual [`Backend`] over one SQLite database: routing tables, takes with leases,
 //! settlement, and waiting for rows written by this process or others.
+//!
+//! Over 700 lines: each `Backend` method is one SQL transaction written out here; the schema,
+//! its migrations and the receipts live apart (`schema.rs`, `receipt.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
