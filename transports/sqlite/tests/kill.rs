@@ -121,8 +121,8 @@ async fn consume(url: &str) {
     panic!("consumer: the stream ended");
 }
 
-/// A line a child printed: which child (`P<g>` or `C<g>`) and the line.
-type Line = (String, String);
+/// A line a child printed: which child (`P<g>` or `C<g>`), the line, and when it was read.
+type Line = (String, String, Instant);
 
 /// A running child and the generation it is.
 struct Running {
@@ -152,7 +152,7 @@ impl Parent {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if lines.send((name.clone(), line)).is_err() {
+                if lines.send((name.clone(), line, Instant::now())).is_err() {
                     break;
                 }
             }
@@ -210,6 +210,8 @@ impl Rng {
 #[derive(Default)]
 struct Counts {
     sent: HashSet<u64>,
+    /// Sent and not received yet.
+    outstanding: HashSet<u64>,
     received: HashMap<u64, u32>,
     /// Consumer generation that first received each id.
     first_by: HashMap<u64, u64>,
@@ -223,7 +225,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn take(&mut self, (who, line): Line, consumers: &HashMap<u64, Instant>) {
+    fn take(&mut self, (who, line, at): Line, consumers: &HashMap<u64, Instant>) {
         let Some((what, id)) = line.split_once(' ') else {
             panic!("{who}: unexpected output {line:?}");
         };
@@ -231,21 +233,26 @@ impl Counts {
         match what {
             "SENT" => {
                 self.sent.insert(id);
+                if !self.received.contains_key(&id) {
+                    self.outstanding.insert(id);
+                }
             }
             "RECV" => {
                 let generation: u64 = who[1..].parse().expect("a generation");
+                self.outstanding.remove(&id);
                 let seen = self.received.entry(id).or_default();
                 *seen += 1;
                 if *seen == 2
                     && let Some(killed) = self.first_by.get(&id).and_then(|g| self.killed_at.get(g))
                 {
-                    self.restored_after.push(killed.elapsed());
+                    self.restored_after
+                        .push(at.saturating_duration_since(*killed));
                 }
                 self.first_by.entry(id).or_insert(generation);
                 if let Some(started) = consumers.get(&generation) {
                     self.first_delivery
                         .entry(generation)
-                        .or_insert_with(|| started.elapsed());
+                        .or_insert_with(|| at.saturating_duration_since(*started));
                 }
             }
             _ => panic!("{who}: unexpected output {line:?}"),
@@ -321,26 +328,28 @@ fn parent() {
         consumer_starts.insert(consumer.generation, consumer.started);
     }
     let drain_start = Instant::now();
-    // Lines the killed producer printed are read before the sent set is final.
+    // When the last message sent arrived (lines the killed producer printed are read for at
+    // least half a second before the sent set counts as final).
+    let mut drained = Duration::ZERO;
     loop {
-        let missing = counts
-            .sent
-            .iter()
-            .filter(|id| !counts.received.contains_key(id))
-            .count();
-        if missing == 0 && drain_start.elapsed() > Duration::from_millis(500) {
+        if counts.outstanding.is_empty() && drain_start.elapsed() > Duration::from_millis(500) {
             break;
         }
         if drain_start.elapsed() > DRAIN_GUARD {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => counts.take(line, &consumer_starts),
+            Ok(line) => {
+                let at = line.2;
+                counts.take(line, &consumer_starts);
+                if counts.outstanding.is_empty() {
+                    drained = at.saturating_duration_since(drain_start);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the parent holds a sender"),
         }
     }
-    let drained = drain_start.elapsed();
     kill(&mut consumer);
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
         counts.take(line, &consumer_starts);
@@ -386,7 +395,7 @@ fn parent() {
          sent (committed) {}, received {} (+{unconfirmed} committed by a producer killed before \
          it printed), lost {}, duplicated {}; consumer start to first delivery: median {:?}, \
          max {:?}; a killed consumer's message redelivered after the kill: median {:?}, max \
-         {:?}; final drain {:?}",
+         {:?}; every sent message received {:?} after the producer's last kill",
         counts.sent.len(),
         counts.received.len() - unconfirmed,
         lost.len(),
