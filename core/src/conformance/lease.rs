@@ -191,3 +191,45 @@ pub async fn heartbeat_keeps_slow_handler(ctx: Ctx) -> Result<()> {
     assert_eq!(conn_b.queue_size(&q.name).await?, 0);
     Ok(())
 }
+
+/// An extension moves the consumer's own deadline for the delivery too: a consumer at its
+/// prefetch limit (1) that keeps extending its delivery past the visibility timeout neither
+/// gets the message again nor loses the delivery, whose ack then succeeds and removes it.
+/// Needs [`Capabilities::visibility_timeout`](crate::Capabilities).
+pub async fn extension_keeps_prefetch_slot(ctx: Ctx) -> Result<()> {
+    let conn = open(&ctx).await?;
+    if !conn.capabilities().visibility_timeout {
+        return skipped("extension_keeps_prefetch_slot", "visibility_timeout");
+    }
+    let q = Queue::new(ctx.name("q"));
+    let mut consumer = conn
+        .consumer([q.clone()])
+        .prefetch(1)
+        .visibility_timeout(VISIBILITY)
+        .build()
+        .await?;
+    conn.producer()
+        .routing_key(q.name.clone())
+        .publish(&"kept")
+        .await?;
+    let held = next_delivery(&mut consumer, ctx.patience).await;
+    // Extended every half timeout for twice the timeout.
+    for _ in 0..4 {
+        assert_quiet(
+            &mut consumer,
+            VISIBILITY / 2,
+            "an extended delivery does not come back to its own consumer",
+        )
+        .await;
+        held.extend_lease().await?;
+    }
+    held.ack().await?;
+    assert_quiet(
+        &mut consumer,
+        VISIBILITY + QUIET,
+        "the acked message is gone",
+    )
+    .await;
+    assert_eq!(conn.queue_size(&q.name).await?, 0);
+    Ok(())
+}

@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             lease_restored_by_restorers_timeout,
             extended_lease_restarts,
             heartbeat_keeps_slow_handler,
+            extension_keeps_prefetch_slot,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
