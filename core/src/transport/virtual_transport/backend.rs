@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
+use crate::link::LinkWatch;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
 };
@@ -288,6 +289,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
             self.ack_many(queue, &receipts).await?;
         }
         Ok(pushed_out)
+    }
+
+    /// The state of the backend's link to its broker, for a backend that can lose it and
+    /// reconnects (Redis); `None` (the default) for one that cannot lose it (memory, a SQLite
+    /// file), whose connection then reads [`LinkState::Connected`](crate::LinkState) forever.
+    /// [`VirtualConnection`](crate::transport::virtual_transport::VirtualConnection) hands it
+    /// out as the connection's [`link`](crate::transport::BrokerConnection::link).
+    fn link(&self) -> Option<LinkWatch> {
+        None
+    }
+
+    /// How many times the backend has replaced its connection to the broker since it was
+    /// made (0 for one that never does, the default). Core reads it to tell takes made on an
+    /// earlier connection: a consumer whose buffer holds deliveries it took before the
+    /// number moved returns them to their queues at once and takes again. A backend that
+    /// reconnects raises it after the new connection is in place, before it is used.
+    fn epoch(&self) -> u64 {
+        0
     }
 
     /// Publishes to a fanout exchange (the envelope names it and its routing key) when

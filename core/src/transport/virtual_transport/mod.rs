@@ -25,6 +25,8 @@ mod channel;
 mod consume;
 mod declare;
 pub mod envelope;
+#[cfg(test)]
+mod heal_tests;
 mod poll;
 mod publish;
 pub mod router;

@@ -12,6 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::channel::Channel;
 use crate::entity::Exchange;
 use crate::error::Result;
+use crate::link::{LinkReporter, LinkWatch};
 use crate::transport::BrokerConnection;
 use crate::transport::virtual_transport::acks::AckBatch;
 use crate::transport::virtual_transport::{Backend, BindingRow, VirtualChannel};
@@ -61,6 +62,13 @@ impl BrokerConnection for VirtualConnection {
 
     async fn close(&self) -> Result<()> {
         self.acks.flush_all().await
+    }
+
+    fn link(&self) -> LinkWatch {
+        match self.backend.link() {
+            Some(link) => link,
+            None => LinkReporter::new().subscribe(),
+        }
     }
 }
 
