@@ -119,6 +119,7 @@ mod connect;
 mod fanout;
 mod keys;
 mod options;
+mod reconnect;
 mod scripts;
 mod topology;
 mod unacked;

@@ -34,7 +34,7 @@ async fn an_unreadable_entry_taken_and_abandoned_comes_back() -> kombu_core::Res
     };
     backend.queue("q", Some(&Queue::new("q"))).await?;
     backend.queue("q.dlq", Some(&Queue::new("q.dlq"))).await?;
-    let mut conn = backend.conn.clone();
+    let mut conn = backend.conn().await?;
     let raw: &[u8] = b"\x00\xff \"not\" an envelope";
     let _: i64 = redis::cmd("LPUSH")
         .arg(format!("{prefix}q"))
