@@ -105,6 +105,21 @@
 //!
 //! Priorities follow kombu's buckets, not AMQP's order: the `priorities` capability is off,
 //! `priority_buckets` on.
+//!
+//! # Reconnecting
+//!
+//! A command that finds the connection dead (I/O error, dropped, refused, no reply in
+//! `socket_timeout`) fails with a recoverable error and the next command opens a new
+//! connection (one at a time, with back-off; see the `reconnect` module). Consumers wait
+//! under their retry policy and resume by themselves; what a consumer had taken into its
+//! buffer on the old connection goes back to its queue at once, and so do takes whose reply
+//! was lost; the connection's [`link`](kombu_core::Connection::link) reports `Reconnecting`
+//! and `Connected`. Publishes and acks whose reply was lost fail with
+//! [`Error::outcome_unknown`](kombu_core::Error::outcome_unknown) (the server may have done
+//! them). A settle of a delivery taken before the loss acts on that take's own `unacked`
+//! field: if its lease survived (a restart with the AOF, a cut connection) it is settled; if
+//! the lease is gone (restored, maybe taken again by another consumer under another field)
+//! the settle does nothing, and never touches another take's lease.
 
 use std::sync::{Arc, Once};
 

@@ -186,20 +186,21 @@ impl ConsumerState {
             }
             let epoch = self.shared.backend.epoch();
             let fetched = self.fetch(want).await;
-            if fetched.is_ok() {
+            if !matches!(fetched, Fetch::Lost(_)) {
                 self.recovered();
+                // What the buffer holds now was taken on this connection.
+                self.epoch = epoch;
             }
             match fetched {
-                Ok(true) => {
-                    self.epoch = epoch;
+                Fetch::Got(true) => {
                     self.spins = 0;
                     continue;
                 }
-                Ok(false) if self.spins < self.shared.idle_spins => {
+                Fetch::Got(false) if self.spins < self.shared.idle_spins => {
                     self.spins += 1;
                     tokio::task::yield_now().await;
                 }
-                Ok(false) => {
+                Fetch::Got(false) => {
                     // Idle: what this channel acked is written before it waits (ordering
                     // only: a failed ack is reported by the channel's `close`, not here).
                     self.shared.acks.flush().await;
@@ -221,11 +222,12 @@ impl ConsumerState {
                         return Some(Err(e));
                     }
                 }
-                Err(e) => {
+                Fetch::Lost(e) => {
                     if let Some(e) = self.back_off(e).await {
                         return Some(Err(e));
                     }
                 }
+                Fetch::Failed(e) => return Some(Err(e)),
             }
         }
     }
@@ -339,15 +341,21 @@ impl ConsumerState {
         }
     }
 
-    /// Takes up to `want` messages from the next queue that has some. True if it got any.
-    async fn fetch(&mut self, want: usize) -> Result<bool> {
+    /// Takes up to `want` messages from the next queue that has some: [`Fetch::Got`], true if
+    /// it got any. A failed take is [`Fetch::Lost`] (the consumer waits and takes again); a
+    /// failure after it (dead-lettering expired messages, setting aside unreadable ones) is
+    /// [`Fetch::Failed`], handed out as the stream's item as before.
+    async fn fetch(&mut self, want: usize) -> Fetch {
         let n = self.queues.len();
         let mode = TakeMode::Lease(self.lease);
         for i in 0..n {
             let idx = (self.next_queue + i) % n;
             let fetched = {
                 let queue = &self.queues[idx];
-                self.shared.backend.get_many(queue, want, mode).await?
+                match self.shared.backend.get_many(queue, want, mode).await {
+                    Ok(fetched) => fetched,
+                    Err(error) => return Fetch::Lost(error),
+                }
             };
             let got = !fetched.taken.is_empty() || !fetched.unreadable.is_empty();
             if got {
@@ -365,18 +373,33 @@ impl ConsumerState {
                     &mut self.buffer,
                 );
             }
-            self.shared.dead_letter(fetched.dead).await?;
-            let notices = self
+            if let Err(error) = self.shared.dead_letter(fetched.dead).await {
+                return Fetch::Failed(error);
+            }
+            let set_aside = self
                 .shared
                 .set_aside_unreadable(&self.queues[idx], fetched.unreadable)
-                .await?;
-            self.notices.extend(notices);
+                .await;
+            match set_aside {
+                Ok(notices) => self.notices.extend(notices),
+                Err(error) => return Fetch::Failed(error),
+            }
             if got {
-                return Ok(true);
+                return Fetch::Got(true);
             }
         }
-        Ok(false)
+        Fetch::Got(false)
     }
+}
+
+/// What [`ConsumerState::fetch`] did.
+enum Fetch {
+    /// Took something (true) or found every queue empty (false).
+    Got(bool),
+    /// The take failed.
+    Lost(Error),
+    /// The take succeeded and what followed it failed.
+    Failed(Error),
 }
 
 impl Drop for ConsumerState {
