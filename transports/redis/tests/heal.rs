@@ -258,3 +258,70 @@ async fn takes_in_the_buffer_go_back_at_once_when_the_connection_is_cut() {
         .expect("size");
     assert_eq!(size, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declarations_come_back_after_a_restart_that_lost_them() {
+    kombu_redis::register();
+    let mut server = Durable::start(16392);
+    let url = server.url("visibility_timeout=30");
+    let exchange = kombu_core::Exchange::direct("heal-ex");
+    let queue = Queue::new("heal-bound")
+        .exchange(exchange.clone())
+        .routing_key("k");
+    let consumer_conn = Connection::open(&url).await.expect("connects");
+    let states = record_link(&consumer_conn);
+    // Declares the exchange, the queue and the binding.
+    let mut consumer = consumer_conn
+        .consumer([queue])
+        .build()
+        .await
+        .expect("consumes");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        while let Some(item) = consumer.next().await {
+            let delivery = item.expect("the stream goes on");
+            let n: u64 = delivery.decode().expect("a number");
+            delivery.ack().await.expect("acked");
+            let _ = tx.send(n);
+        }
+    });
+    let publisher = Connection::open(&url).await.expect("connects");
+    let producer = publisher.producer().exchange(exchange).routing_key("k");
+    producer.publish(&1u64).await.expect("publishes");
+    let got = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("bounded");
+    assert_eq!(got, Some(1));
+
+    // A restart that keeps nothing: the exchange, the queue and the binding are gone.
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart_empty();
+        server
+    })
+    .await
+    .expect("restarted");
+    // The idle consumer finds the loss, reconnects and declares again.
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let seen = states.lock().clone();
+        let lost = seen
+            .iter()
+            .any(|s| matches!(s, LinkState::Reconnecting { .. }));
+        if lost && seen.last() == Some(&LinkState::Connected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnection: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The publisher's first command finds its connection dead; a retry reconnects.
+    RetryPolicy::default()
+        .run(|| producer.publish(&2u64), |_| {})
+        .await
+        .expect("publishes");
+    let got = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("bounded");
+    assert_eq!(got, Some(2), "routed through the binding declared again");
+    consuming.abort();
+    drop(server);
+}

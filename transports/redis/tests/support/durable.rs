@@ -43,6 +43,14 @@ impl Durable {
         }
     }
 
+    /// Kills the server and starts it again with no data (a restart without persistence).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("a data directory");
+        self.restart();
+    }
+
     /// Starts the server (again) on its port with its data; returns once it answers `PING`.
     pub fn restart(&mut self) {
         self.kill();
