@@ -17,10 +17,16 @@ use futures::StreamExt;
 use kombu_core::{Connection, LinkState, Queue, RetryPolicy};
 use parking_lot::Mutex;
 
-/// Messages published across the restart.
-const MESSAGES: u64 = 3000;
-/// Published before the server is killed.
-const BEFORE_KILL: u64 = 1000;
+/// Messages published across the restart (`KOMBU_HEAL_MESSAGES` overrides it, for a soak
+/// run); the server is killed after a third of them.
+const MESSAGES: u64 = 1500;
+
+fn messages() -> u64 {
+    std::env::var("KOMBU_HEAL_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(MESSAGES)
+}
 /// How long the server stays down.
 const OUTAGE: Duration = Duration::from_millis(300);
 /// Bound on each phase of a test.
@@ -91,10 +97,12 @@ async fn a_consumer_rides_through_a_server_restart() {
     });
 
     let producer = publisher.producer().routing_key("heal");
+    let (messages, before_kill) = (messages(), messages() / 3);
+    let guard = GUARD + Duration::from_millis(messages * 5);
     let started = Instant::now();
     let (mut confirmed, mut failed_publishes, mut unknown) = (Vec::new(), 0u64, 0u64);
-    for n in 0..MESSAGES {
-        if n == BEFORE_KILL {
+    for n in 0..messages {
+        if n == before_kill {
             kill_tx.send(()).expect("the restarter waits");
         }
         loop {
@@ -108,7 +116,7 @@ async fn a_consumer_rides_through_a_server_restart() {
                     failed_publishes += 1;
                     unknown += u64::from(e.outcome_unknown());
                     assert!(
-                        started.elapsed() < GUARD,
+                        started.elapsed() < guard,
                         "publishing takes too long: {e:#}"
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -116,12 +124,13 @@ async fn a_consumer_rides_through_a_server_restart() {
             }
         }
     }
+    let published_in = started.elapsed();
     let (server, times) = restarter.await.expect("the restarter ran");
     let (killed, back) = times.expect("the server was restarted");
 
     // Every confirmed message arrives.
     let wanted: HashSet<u64> = confirmed.iter().copied().collect();
-    let deadline = Instant::now() + GUARD;
+    let deadline = Instant::now() + guard;
     loop {
         let got: HashSet<u64> = received.lock().iter().map(|(n, _)| *n).collect();
         if wanted.is_subset(&got) || Instant::now() > deadline {
@@ -141,11 +150,16 @@ async fn a_consumer_rides_through_a_server_restart() {
     println!(
         "redis restart: sent (confirmed) {}, received {}, lost {lost}, duplicated {duplicated}, \
          failed publish attempts {failed_publishes} (outcome unknown {unknown}), stale acks {}, \
-         down {:?}, first delivery {first_after:?} after the server was back",
+         down {:?}, first delivery {first_after:?} after the server was back; published in \
+         {published_in:?}, last received {:?} after the start",
         confirmed.len(),
         received.len(),
         *stale.lock(),
         back.duration_since(killed),
+        received
+            .iter()
+            .map(|(_, at)| at.duration_since(started))
+            .max(),
     );
     assert_eq!(lost, 0, "every confirmed message is received");
     let states = states.lock().clone();
