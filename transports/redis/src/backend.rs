@@ -12,14 +12,14 @@ use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
-use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
+use kombu_core::{BrokerUrl, Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
 
 use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
-use crate::reconnect::{Link, dead_connection, maybe_written};
+use crate::reconnect::{Alternative, Link, dead_connection, maybe_written};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
@@ -111,11 +111,14 @@ pub(crate) fn priority_of(env: &Envelope) -> u8 {
 const LARGE_ENTRY: usize = 4 << 20;
 
 impl RedisBackend {
-    /// Connects (see [`connect::open`]) and sets up the backend for `options`; `label` is
-    /// the masked URL that names it in errors and logs.
-    pub(crate) async fn connect(options: Options, label: String) -> Result<RedisBackend> {
+    /// Connects to the first of `alternatives` (see [`connect::open`]) and sets up the backend
+    /// for its options; the others are where a lost connection may go next.
+    pub(crate) async fn connect_to(alternatives: Vec<Alternative>) -> Result<RedisBackend> {
+        let Some((options, label, _)) = alternatives.first().cloned() else {
+            return Err(Error::config("redis: no URL to connect to"));
+        };
         let (client, conn) = connect::open(&options, &label).await?;
-        let link = Link::new(conn, vec![(options.clone(), label.clone())]);
+        let link = Link::new(conn, alternatives);
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
@@ -208,6 +211,10 @@ impl Backend for RedisBackend {
 
     fn epoch(&self) -> u64 {
         self.link.epoch()
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.link.url_in_use()
     }
 
     // Exchanges, queues and bindings: in `topology.rs`.

@@ -167,9 +167,34 @@ impl Transport for RedisTransport {
     }
 
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
+        self.connect_with_alternates(url, std::slice::from_ref(url))
+            .await
+    }
+
+    /// Connects to `url`; a connection lost later goes back to it or on to the Redis URLs
+    /// after it among `alternates` (wrapping around), in turn.
+    async fn connect_with_alternates(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+    ) -> Result<Arc<dyn BrokerConnection>> {
         let options = Options::from_url(url)?;
-        let label = url.masked();
-        let backend = RedisBackend::connect(options.clone(), label).await?;
+        let start = alternates.iter().position(|a| a == url).unwrap_or(0);
+        let mut alternatives = vec![(options.clone(), url.masked(), url.clone())];
+        let n = alternates.len();
+        for other in (1..n).map(|i| &alternates[(start + i) % n]) {
+            let ours = self
+                .schemes()
+                .contains(&other.scheme().split('+').next().unwrap_or(""));
+            // An alternative this transport cannot parse is left to the connect-time failover.
+            if ours
+                && other != url
+                && let Ok(o) = Options::from_url(other)
+            {
+                alternatives.push((o, other.masked(), other.clone()));
+            }
+        }
+        let backend = RedisBackend::connect_to(alternatives).await?;
         Ok(Arc::new(VirtualConnection::new(
             Arc::new(backend),
             Some(options.visibility_timeout),

@@ -5,7 +5,8 @@
 //! The next command asks [`RedisBackend::conn`] for a connection and gets a new one: one
 //! reconnection runs at a time (the others wait for it and use its result), attempts are
 //! spaced by a back-off (100 ms, growing by 200 ms a try, at most 2 s), and each attempt
-//! tries the failover alternatives in order. A failed attempt is a recoverable
+//! tries the failover alternatives in order, from the one in use (a server that restarts is
+//! found again first) to the ones after it, wrapping around. A failed attempt is a recoverable
 //! [`ErrorKind::Connection`] error for the command that asked, so the caller's retry policy
 //! (a consumer's, a publisher's) decides how long to keep going. Once a new connection is in
 //! place the backend's epoch rises (core's consumers then return what they had taken into
@@ -24,7 +25,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use kombu_core::transport::virtual_transport::{Backend, BindingRow};
-use kombu_core::{Error, ErrorKind, Exchange, LinkReporter, LinkState, LinkWatch, Queue, Result};
+use kombu_core::{
+    BrokerUrl, Error, ErrorKind, Exchange, LinkReporter, LinkState, LinkWatch, Queue, Result,
+};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -40,9 +43,14 @@ const PAUSE_STEP: Duration = Duration::from_millis(200);
 /// The longest pause between attempts.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
 
+/// One failover alternative: its options, its masked URL, the URL.
+pub(crate) type Alternative = (Options, String, BrokerUrl);
+
 /// The connection in use.
 struct Current {
     conn: MultiplexedConnection,
+    /// Which alternative it goes to.
+    index: usize,
     /// Connections made before this one.
     epoch: u64,
     /// A command on it failed as if it were dead.
@@ -71,8 +79,8 @@ pub(crate) struct Link {
     current: ArcSwap<Current>,
     attempts: tokio::sync::Mutex<Attempts>,
     reporter: LinkReporter,
-    /// The failover alternatives, in order, each with its masked URL.
-    alternatives: Vec<(Options, String)>,
+    /// The failover alternatives, in order; the first is the one opened.
+    alternatives: Vec<Alternative>,
     /// Takes whose reply was lost: `(token, most fields, queue)`.
     lost_takes: Mutex<Vec<(String, usize, String)>>,
     /// Entities declared through this backend.
@@ -81,10 +89,11 @@ pub(crate) struct Link {
 
 impl Link {
     /// A link over a connection just opened to the first of `alternatives`.
-    pub(crate) fn new(conn: MultiplexedConnection, alternatives: Vec<(Options, String)>) -> Self {
+    pub(crate) fn new(conn: MultiplexedConnection, alternatives: Vec<Alternative>) -> Self {
         Link {
             current: ArcSwap::from_pointee(Current {
                 conn,
+                index: 0,
                 epoch: 0,
                 broken: AtomicBool::new(false),
             }),
@@ -99,6 +108,12 @@ impl Link {
     /// Connections replaced so far.
     pub(crate) fn epoch(&self) -> u64 {
         self.current.load().epoch
+    }
+
+    /// The URL of the alternative in use.
+    pub(crate) fn url_in_use(&self) -> Option<BrokerUrl> {
+        let index = self.current.load().index;
+        self.alternatives.get(index).map(|(_, _, url)| url.clone())
     }
 
     /// The link's state, as a watch channel.
@@ -186,11 +201,14 @@ impl RedisBackend {
             tokio::time::sleep_until(next).await;
         }
         let mut last = None;
-        for (options, label) in &link.alternatives {
+        let (from, n) = (link.current.load().index, link.alternatives.len());
+        for index in (0..n).map(|i| (from + i) % n) {
+            let (options, label, _) = &link.alternatives[index];
             match connect::open(options, label).await {
                 Ok((_, conn)) => {
                     link.current.store(Arc::new(Current {
                         conn: conn.clone(),
+                        index,
                         epoch: seen + 1,
                         broken: AtomicBool::new(false),
                     }));

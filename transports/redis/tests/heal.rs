@@ -339,3 +339,61 @@ async fn declarations_come_back_after_a_restart_that_lost_them() {
     consuming.abort();
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_moves_to_the_next_failover_url() {
+    kombu_redis::register();
+    let mut first = Durable::start(16393);
+    let second = Durable::start(16394);
+    let url = format!(
+        "{};{}",
+        first.url("visibility_timeout=30"),
+        second.url("visibility_timeout=30")
+    );
+    let consumer_conn = Connection::open(&url).await.expect("connects");
+    assert_eq!(consumer_conn.url().port(), Some(16393));
+    let mut consumer = consumer_conn
+        .consumer([Queue::new("moved")])
+        .build()
+        .await
+        .expect("consumes");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        while let Some(item) = consumer.next().await {
+            let delivery = item.expect("the stream goes on");
+            let n: u64 = delivery.decode().expect("a number");
+            delivery.ack().await.expect("acked");
+            let _ = tx.send(n);
+        }
+    });
+    let publisher = Connection::open(&url).await.expect("connects");
+    let producer = publisher.producer().routing_key("moved");
+    producer.publish(&1u64).await.expect("publishes");
+    let got = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("bounded");
+    assert_eq!(got, Some(1));
+
+    let first = tokio::task::spawn_blocking(move || {
+        first.kill();
+        first
+    })
+    .await
+    .expect("killed");
+    RetryPolicy::default()
+        .run(|| producer.publish(&2u64), |_| {})
+        .await
+        .expect("publishes on the second server");
+    assert_eq!(publisher.url().port(), Some(16394));
+    let got = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("bounded");
+    assert_eq!(
+        got,
+        Some(2),
+        "the consumer moved too, and declared its queue there"
+    );
+    assert_eq!(consumer_conn.url().port(), Some(16394));
+    consuming.abort();
+    drop((first, second));
+}

@@ -19,6 +19,7 @@ use crate::link::LinkWatch;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
 };
+use crate::url::BrokerUrl;
 use crate::value::{Headers, Value};
 
 /// Longest pause of the provided [`Backend::wait`] (a plain poll) before the consumer looks
@@ -307,6 +308,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// reconnects raises it after the new connection is in place, before it is used.
     fn epoch(&self) -> u64 {
         0
+    }
+
+    /// The failover URL the backend is connected to now, when it may have moved to another
+    /// one after a loss; `None` (the default): the one it was opened with. Handed out as the
+    /// connection's [`url_in_use`](crate::transport::BrokerConnection::url_in_use).
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        None
     }
 
     /// Publishes to a fanout exchange (the envelope names it and its routing key) when

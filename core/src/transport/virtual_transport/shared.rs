@@ -16,6 +16,7 @@ use crate::link::{LinkReporter, LinkWatch};
 use crate::transport::BrokerConnection;
 use crate::transport::virtual_transport::acks::AckBatch;
 use crate::transport::virtual_transport::{Backend, BindingRow, VirtualChannel};
+use crate::url::BrokerUrl;
 
 /// A [`BrokerConnection`] over a [`Backend`]: its channels are [`VirtualChannel`]s with the
 /// connection's default visibility timeout. Its channels queue their acks in one batch, which
@@ -69,6 +70,10 @@ impl BrokerConnection for VirtualConnection {
             Some(link) => link,
             None => LinkReporter::new().subscribe(),
         }
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.backend.url_in_use()
     }
 }
 
