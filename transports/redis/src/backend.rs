@@ -150,10 +150,7 @@ impl RedisBackend {
     /// Maps a redis error to kombu's, naming this connection and `what` was being done.
     pub(crate) fn err(&self, what: &str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
         let what = what.to_owned();
-        move |e| {
-            self.link.saw(&e);
-            redis_error(&self.label, &what, e)
-        }
+        move |e| redis_error(&self.label, &what, e)
     }
 
     /// Drops what was cached of exchanges, bindings and bound queues.

@@ -1,7 +1,8 @@
 //! Healing: the multiplexed connection every command goes over is replaced when it breaks.
 //!
 //! A command that fails with a connection-kind error (I/O, dropped, refused, a reply that
-//! never came) marks the connection broken ([`RedisBackend::err`] does, for every command).
+//! never came) marks the connection it went over broken (every command goes over a [`Conn`],
+//! which does; a late failure on a connection already replaced leaves the new one alone).
 //! The next command asks [`RedisBackend::conn`] for a connection and gets a new one: one
 //! reconnection runs at a time (the others wait for it and use its result), attempts are
 //! spaced by a back-off (100 ms, growing by 200 ms a try, at most 2 s), and each attempt
@@ -29,7 +30,8 @@ use kombu_core::{
     BrokerUrl, Error, ErrorKind, Exchange, LinkReporter, LinkState, LinkWatch, Queue, Result,
 };
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::time::Instant;
 
 use crate::backend::RedisBackend;
@@ -121,23 +123,72 @@ impl Link {
         self.reporter.subscribe()
     }
 
-    /// Looks at a command's failure: one that says the connection is dead marks it broken.
-    pub(crate) fn saw(&self, err: &redis::RedisError) {
-        if dead_connection(err) {
-            let current = self.current.load();
-            if !current.broken.swap(true, Ordering::AcqRel) {
-                self.reporter.report(LinkState::Reconnecting {
-                    attempt: 0,
-                    error: err.to_string(),
-                });
-            }
-        }
-    }
-
     /// Remembers a take whose reply was lost: its leases (fields `token1..=tokenN`) go back to
     /// `queue` once a new connection is in place.
     pub(crate) fn lost_take(&self, token: String, max: usize, queue: &str) {
         self.lost_takes.lock().push((token, max, queue.to_owned()));
+    }
+}
+
+/// The connection a command goes over ([`RedisBackend::conn`]): the multiplexed connection in
+/// use, which it marks broken when a command fails as if it were dead.
+pub(crate) struct Conn {
+    inner: MultiplexedConnection,
+    current: Arc<Current>,
+    reporter: LinkReporter,
+}
+
+impl Conn {
+    fn new(current: Arc<Current>, reporter: &LinkReporter) -> Self {
+        Conn {
+            inner: current.conn.clone(),
+            current,
+            reporter: reporter.clone(),
+        }
+    }
+}
+
+/// Marks `current` broken when `result` says its connection is dead.
+fn check<T>(current: &Current, reporter: &LinkReporter, result: &redis::RedisResult<T>) {
+    if let Err(err) = result
+        && dead_connection(err)
+        && !current.broken.swap(true, Ordering::AcqRel)
+    {
+        reporter.report(LinkState::Reconnecting {
+            attempt: 0,
+            error: err.to_string(),
+        });
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let (current, reporter) = (&self.current, &self.reporter);
+        let sent = self.inner.req_packed_command(cmd);
+        Box::pin(async move {
+            let result = sent.await;
+            check(current, reporter, &result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let (current, reporter) = (&self.current, &self.reporter);
+        let sent = self.inner.req_packed_commands(pipeline, offset, count);
+        Box::pin(async move {
+            let result = sent.await;
+            check(current, reporter, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }
 
@@ -170,31 +221,30 @@ impl RedisBackend {
     /// reached.
     // Not an `async fn`: see the comment inside.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn conn(&self) -> impl Future<Output = Result<MultiplexedConnection>> + Send + '_ {
+    pub(crate) fn conn(&self) -> impl Future<Output = Result<Conn>> + Send + '_ {
         // Not an `async fn`: the future is declared `Send`, since reconnecting declares again,
         // which sends commands through here (a cycle the compiler cannot see through).
         async move {
-            let current = self.link.current.load();
+            let current = self.link.current.load_full();
             if !current.broken.load(Ordering::Acquire) {
-                return Ok(current.conn.clone());
+                return Ok(Conn::new(current, &self.link.reporter));
             }
             let seen = current.epoch;
             drop(current);
-            let reconnect: BoxFuture<'_, Result<MultiplexedConnection>> =
-                Box::pin(self.reconnect(seen));
+            let reconnect: BoxFuture<'_, Result<Conn>> = Box::pin(self.reconnect(seen));
             reconnect.await
         }
     }
 
     /// Replaces the broken connection of epoch `seen`, one caller at a time.
-    async fn reconnect(&self, seen: u64) -> Result<MultiplexedConnection> {
+    async fn reconnect(&self, seen: u64) -> Result<Conn> {
         let link = &self.link;
         let mut attempts = link.attempts.lock().await;
         {
-            let current = link.current.load();
+            let current = link.current.load_full();
             if current.epoch != seen || !current.broken.load(Ordering::Acquire) {
                 // Another caller replaced it while this one waited.
-                return Ok(current.conn.clone());
+                return Ok(Conn::new(current, &link.reporter));
             }
         }
         if let Some(next) = attempts.next {
@@ -206,12 +256,13 @@ impl RedisBackend {
             let (options, label, _) = &link.alternatives[index];
             match connect::open(options, label).await {
                 Ok((_, conn)) => {
-                    link.current.store(Arc::new(Current {
-                        conn: conn.clone(),
+                    let fresh = Arc::new(Current {
+                        conn,
                         index,
                         epoch: seen + 1,
                         broken: AtomicBool::new(false),
-                    }));
+                    });
+                    link.current.store(fresh.clone());
                     *attempts = Attempts::default();
                     // Released first: what follows sends commands, and a failure among them
                     // reconnects again through this lock.
@@ -221,7 +272,7 @@ impl RedisBackend {
                     if !link.current.load().broken.load(Ordering::Acquire) {
                         link.reporter.report(LinkState::Connected);
                     }
-                    return Ok(conn);
+                    return Ok(Conn::new(fresh, &link.reporter));
                 }
                 Err(error) => last = Some(error),
             }
