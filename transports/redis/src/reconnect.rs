@@ -9,9 +9,10 @@
 //! tries the failover alternatives in order, from the one in use (a server that restarts is
 //! found again first) to the ones after it, wrapping around. A failed attempt is a recoverable
 //! [`ErrorKind::Connection`] error for the command that asked, so the caller's retry policy
-//! (a consumer's, a publisher's) decides how long to keep going. Once a new connection is in
-//! place the backend's epoch rises (core's consumers then return what they had taken into
-//! their buffers), takes whose reply was lost are returned to their queues, and the exchanges,
+//! (a consumer's, a publisher's) decides how long to keep going. The backend's epoch rises
+//! when a loss is found (core's consumers then return what they had taken into their buffers
+//! before it; takes made after it went over the new connection). Once a new connection is in
+//! place, takes whose reply was lost are returned to their queues, and the exchanges,
 //! queues and bindings declared through this backend are declared again (a server restarted
 //! without persistence lost them). The [`LinkState`] is reported throughout.
 //!
@@ -20,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -54,7 +55,7 @@ struct Current {
     /// Which alternative it goes to.
     index: usize,
     /// Connections made before this one.
-    epoch: u64,
+    generation: u64,
     /// A command on it failed as if it were dead.
     broken: AtomicBool,
 }
@@ -81,6 +82,8 @@ pub(crate) struct Link {
     current: ArcSwap<Current>,
     attempts: tokio::sync::Mutex<Attempts>,
     reporter: LinkReporter,
+    /// Losses found ([`Backend::epoch`](kombu_core::transport::virtual_transport::Backend::epoch)).
+    losses: Arc<AtomicU64>,
     /// The failover alternatives, in order; the first is the one opened.
     alternatives: Vec<Alternative>,
     /// Takes whose reply was lost: `(token, most fields, queue)`.
@@ -96,20 +99,21 @@ impl Link {
             current: ArcSwap::from_pointee(Current {
                 conn,
                 index: 0,
-                epoch: 0,
+                generation: 0,
                 broken: AtomicBool::new(false),
             }),
             attempts: tokio::sync::Mutex::new(Attempts::default()),
             reporter: LinkReporter::new(),
+            losses: Arc::new(AtomicU64::new(0)),
             alternatives,
             lost_takes: Mutex::new(Vec::new()),
             declared: Mutex::new(Declared::default()),
         }
     }
 
-    /// Connections replaced so far.
+    /// Losses found so far.
     pub(crate) fn epoch(&self) -> u64 {
-        self.current.load().epoch
+        self.losses.load(Ordering::Acquire)
     }
 
     /// The URL of the alternative in use.
@@ -135,26 +139,38 @@ impl Link {
 pub(crate) struct Conn {
     inner: MultiplexedConnection,
     current: Arc<Current>,
+    link: Loss,
+}
+
+/// What a [`Conn`] updates when it finds its connection dead.
+#[derive(Clone)]
+struct Loss {
     reporter: LinkReporter,
+    losses: Arc<AtomicU64>,
 }
 
 impl Conn {
-    fn new(current: Arc<Current>, reporter: &LinkReporter) -> Self {
+    fn new(current: Arc<Current>, link: &Link) -> Self {
         Conn {
             inner: current.conn.clone(),
             current,
-            reporter: reporter.clone(),
+            link: Loss {
+                reporter: link.reporter.clone(),
+                losses: link.losses.clone(),
+            },
         }
     }
 }
 
-/// Marks `current` broken when `result` says its connection is dead.
-fn check<T>(current: &Current, reporter: &LinkReporter, result: &redis::RedisResult<T>) {
+/// Marks `current` broken when `result` says its connection is dead: the first to find it
+/// counts the loss and reports it.
+fn check<T>(current: &Current, link: &Loss, result: &redis::RedisResult<T>) {
     if let Err(err) = result
         && dead_connection(err)
         && !current.broken.swap(true, Ordering::AcqRel)
     {
-        reporter.report(LinkState::Reconnecting {
+        link.losses.fetch_add(1, Ordering::AcqRel);
+        link.reporter.report(LinkState::Reconnecting {
             attempt: 0,
             error: err.to_string(),
         });
@@ -163,11 +179,11 @@ fn check<T>(current: &Current, reporter: &LinkReporter, result: &redis::RedisRes
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let (current, reporter) = (&self.current, &self.reporter);
+        let (current, link) = (&self.current, &self.link);
         let sent = self.inner.req_packed_command(cmd);
         Box::pin(async move {
             let result = sent.await;
-            check(current, reporter, &result);
+            check(current, link, &result);
             result
         })
     }
@@ -178,11 +194,11 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let (current, reporter) = (&self.current, &self.reporter);
+        let (current, link) = (&self.current, &self.link);
         let sent = self.inner.req_packed_commands(pipeline, offset, count);
         Box::pin(async move {
             let result = sent.await;
-            check(current, reporter, &result);
+            check(current, link, &result);
             result
         })
     }
@@ -227,24 +243,24 @@ impl RedisBackend {
         async move {
             let current = self.link.current.load_full();
             if !current.broken.load(Ordering::Acquire) {
-                return Ok(Conn::new(current, &self.link.reporter));
+                return Ok(Conn::new(current, &self.link));
             }
-            let seen = current.epoch;
+            let seen = current.generation;
             drop(current);
             let reconnect: BoxFuture<'_, Result<Conn>> = Box::pin(self.reconnect(seen));
             reconnect.await
         }
     }
 
-    /// Replaces the broken connection of epoch `seen`, one caller at a time.
+    /// Replaces the broken connection of generation `seen`, one caller at a time.
     async fn reconnect(&self, seen: u64) -> Result<Conn> {
         let link = &self.link;
         let mut attempts = link.attempts.lock().await;
         {
             let current = link.current.load_full();
-            if current.epoch != seen || !current.broken.load(Ordering::Acquire) {
+            if current.generation != seen || !current.broken.load(Ordering::Acquire) {
                 // Another caller replaced it while this one waited.
-                return Ok(Conn::new(current, &link.reporter));
+                return Ok(Conn::new(current, link));
             }
         }
         if let Some(next) = attempts.next {
@@ -259,7 +275,7 @@ impl RedisBackend {
                     let fresh = Arc::new(Current {
                         conn,
                         index,
-                        epoch: seen + 1,
+                        generation: seen + 1,
                         broken: AtomicBool::new(false),
                     });
                     link.current.store(fresh.clone());
@@ -272,7 +288,7 @@ impl RedisBackend {
                     if !link.current.load().broken.load(Ordering::Acquire) {
                         link.reporter.report(LinkState::Connected);
                     }
-                    return Ok(Conn::new(fresh, &link.reporter));
+                    return Ok(Conn::new(fresh, link));
                 }
                 Err(error) => last = Some(error),
             }

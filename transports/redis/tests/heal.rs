@@ -65,8 +65,9 @@ async fn a_consumer_rides_through_a_server_restart() {
 
     let received: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let stale = Arc::new(Mutex::new(0u64));
+    let redelivered = Arc::new(Mutex::new(0u64));
     let consuming = {
-        let (received, stale) = (received.clone(), stale.clone());
+        let (received, stale, redelivered) = (received.clone(), stale.clone(), redelivered.clone());
         tokio::spawn(async move {
             while let Some(item) = consumer.next().await {
                 let delivery = match item {
@@ -75,6 +76,7 @@ async fn a_consumer_rides_through_a_server_restart() {
                 };
                 let n: u64 = delivery.decode().expect("a number");
                 received.lock().push((n, Instant::now()));
+                *redelivered.lock() += u64::from(delivery.redelivered());
                 if delivery.ack().await.is_err() {
                     *stale.lock() += 1;
                 }
@@ -150,11 +152,13 @@ async fn a_consumer_rides_through_a_server_restart() {
     println!(
         "redis restart: sent (confirmed) {}, received {}, lost {lost}, duplicated {duplicated}, \
          failed publish attempts {failed_publishes} (outcome unknown {unknown}), stale acks {}, \
+         redelivered {}, \
          down {:?}, first delivery {first_after:?} after the server was back; published in \
          {published_in:?}, last received {:?} after the start",
         confirmed.len(),
         received.len(),
         *stale.lock(),
+        *redelivered.lock(),
         back.duration_since(killed),
         received
             .iter()

@@ -301,11 +301,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
-    /// How many times the backend has replaced its connection to the broker since it was
-    /// made (0 for one that never does, the default). Core reads it to tell takes made on an
-    /// earlier connection: a consumer whose buffer holds deliveries it took before the
-    /// number moved returns them to their queues at once and takes again. A backend that
-    /// reconnects raises it after the new connection is in place, before it is used.
+    /// How many times the backend has found its connection to the broker lost since it was
+    /// made (0 for one that never loses it, the default). Core reads it to tell takes made on
+    /// a lost connection: a consumer whose buffer holds deliveries it took before the number
+    /// moved returns them to their queues at once and takes again. A backend that reconnects
+    /// raises it when it finds the loss, before any take goes over a new connection (so a
+    /// take that reconnected first is not taken for a stale one).
     fn epoch(&self) -> u64 {
         0
     }
