@@ -226,6 +226,19 @@ pub(crate) fn maybe_written(error: Error) -> Error {
     }
 }
 
+/// An error and its first cause, for a [`LinkState`] (the redis crate's errors repeat their
+/// source in their own text, so the whole chain says it twice).
+fn described(error: &Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(next) = cause.and_then(std::error::Error::source) {
+        cause = Some(next);
+    }
+    match cause {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
 /// The pause before attempt `failed + 1`.
 fn pause(failed: u32) -> Duration {
     (FIRST_PAUSE + PAUSE_STEP * failed.saturating_sub(1)).min(MAX_PAUSE)
@@ -301,11 +314,11 @@ impl RedisBackend {
         link.reporter.report(if error.is_recoverable() {
             LinkState::Reconnecting {
                 attempt: attempts.failed,
-                error: format!("{error:#}"),
+                error: described(&error),
             }
         } else {
             LinkState::Failed {
-                error: format!("{error:#}"),
+                error: described(&error),
             }
         });
         Err(error.context("reconnecting"))
