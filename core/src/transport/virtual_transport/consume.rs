@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::retry::{Delays, RetryPolicy};
 use crate::transport::virtual_transport::TakeMode;
 use crate::transport::virtual_transport::channel::Shared;
-use crate::transport::virtual_transport::settle::{InFlight, Pending, restore_all};
+use crate::transport::virtual_transport::settle::{InFlight, Pending, restore_all, restore_one};
 
 /// Most messages taken in one backend call when prefetch does not bound it.
 const MAX_BATCH: usize = 256;
@@ -287,17 +287,44 @@ impl ConsumerState {
         }
     }
 
-    /// Returns every delivery taken into the buffer and not handed out to its queue at once
-    /// (a failure is logged; that message then comes back when its lease ends).
+    /// Returns every delivery taken into the buffer and not handed out to its queue, as soon
+    /// as the backend can be reached: a recoverable failure is waited out under the retry
+    /// policy. What cannot be returned (the policy gave up, another error, the channel
+    /// closed meanwhile) is logged and comes back when its lease ends.
     async fn return_buffer(&mut self) {
-        let pending = self.take_buffer();
-        if !pending.is_empty() {
-            tracing::info!(
-                consumer = %self.consumer_tag,
-                count = pending.len(),
-                "returning deliveries taken before the broker connection was replaced"
-            );
-            restore_all(&*self.shared.backend, pending).await;
+        let mut pending: VecDeque<(u64, Pending)> = self.take_buffer().into();
+        if pending.is_empty() {
+            return;
+        }
+        tracing::info!(
+            consumer = %self.consumer_tag,
+            count = pending.len(),
+            "returning deliveries taken before the broker connection was lost"
+        );
+        while let Some((_, p)) = pending.front() {
+            let error = match restore_one(&*self.shared.backend, p).await {
+                Ok(()) => {
+                    pending.pop_front();
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let closed = self.shared.closed.load(Ordering::Acquire);
+            if !error.is_recoverable() || closed {
+                tracing::warn!(queue = %p.queue, %error, "could not return a delivery taken before the loss; it comes back when its lease ends");
+                pending.pop_front();
+                continue;
+            }
+            if let Some(error) = self.back_off(error).await {
+                tracing::warn!(
+                    consumer = %self.consumer_tag,
+                    count = pending.len(),
+                    %error,
+                    "could not return deliveries taken before the loss; they come back when \
+                     their leases end"
+                );
+                return;
+            }
         }
     }
 

@@ -20,11 +20,13 @@ use crate::transport::virtual_transport::{
 };
 
 /// The memory backend, with takes that fail while `failures` is above 0 (each failing take
-/// counts it down) with an error of `kind`, and an epoch the test moves.
+/// counts it down) with an error of `kind`, requeues that fail likewise while
+/// `reject_failures` is above 0, and an epoch the test moves.
 #[derive(Debug)]
 struct Flaky {
     inner: MemoryBackend,
     failures: AtomicU32,
+    reject_failures: AtomicU32,
     kind: ErrorKind,
     epoch: AtomicU64,
 }
@@ -34,6 +36,7 @@ impl Flaky {
         Arc::new(Flaky {
             inner: MemoryBackend::new(),
             failures: AtomicU32::new(failures),
+            reject_failures: AtomicU32::new(0),
             kind,
             epoch: AtomicU64::new(0),
         })
@@ -87,6 +90,12 @@ impl Backend for Flaky {
         receipt: &Receipt,
         requeue: bool,
     ) -> Result<Option<DeadLetter>> {
+        let failing = self
+            .reject_failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Error::new(self.kind, "the broker went away"));
+        }
         self.inner.reject(queue, receipt, requeue).await
     }
     fn epoch(&self) -> u64 {
@@ -170,14 +179,16 @@ async fn a_retry_policy_that_gives_up_hands_out_the_error() {
 }
 
 #[tokio::test]
-async fn takes_of_a_replaced_connection_go_back_and_are_taken_again() {
+async fn takes_of_a_lost_connection_go_back_and_are_taken_again() {
     let backend = Flaky::new(0, ErrorKind::Connection);
     let channel = channel_with(&backend, 5).await;
     let options = ConsumeOptions::default().prefetch(10).retry(quick());
     let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
     let first = stream.next().await.expect("open").expect("a delivery");
     assert_eq!(first.body().as_ref(), b"m0");
-    // Four are in the stream's buffer. The backend replaces its connection.
+    // Four are in the stream's buffer. The backend finds its connection lost, and cannot
+    // take them back at first.
+    backend.reject_failures.store(3, Ordering::Release);
     backend.epoch.store(1, Ordering::Release);
     let mut rest = Vec::new();
     for _ in 0..4 {
@@ -191,6 +202,7 @@ async fn takes_of_a_replaced_connection_go_back_and_are_taken_again() {
         delivery.ack().await.unwrap();
     }
     assert_eq!(rest, ["m1", "m2", "m3", "m4"], "in their order");
+    assert_eq!(backend.reject_failures.load(Ordering::Acquire), 0);
     first.ack().await.unwrap();
     channel.close().await.unwrap();
     let stored = backend.queue("q", None).await.unwrap().unwrap();
