@@ -401,3 +401,103 @@ async fn a_lost_connection_moves_to_the_next_failover_url() {
     consuming.abort();
     drop((first, second));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_takes_go_back_once_a_killed_server_is_back() {
+    kombu_redis::register();
+    let server = Durable::start(16395);
+    let url = server.url("visibility_timeout=600");
+    let publisher = Connection::open(&url).await.expect("connects");
+    publisher
+        .declare_queue(&Queue::new("held"))
+        .await
+        .expect("declares");
+    let producer = publisher.producer().routing_key("held");
+    for n in 0..200u64 {
+        producer.publish(&n).await.expect("publishes");
+    }
+    let consumer_conn = Connection::open(&url).await.expect("connects");
+    let mut consumer = consumer_conn
+        .consumer([Queue::new("held")])
+        .prefetch(100)
+        .build()
+        .await
+        .expect("consumes");
+    // One handed out, 99 in the buffer.
+    let first = tokio::time::timeout(GUARD, consumer.next())
+        .await
+        .expect("bounded")
+        .expect("open")
+        .expect("a delivery");
+    // SIGKILL while they are held; the consumer's connection finds the loss while the server
+    // is down; the server is back after OUTAGE with everything the AOF kept.
+    let mut server = server;
+    server.kill();
+    let found = consumer_conn.queue_size("held").await;
+    assert!(found.is_err(), "the server is down");
+    let killed = Instant::now();
+    let restarter = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(OUTAGE);
+        server.restart();
+        (server, Instant::now())
+    });
+    // The 99 go back to the queue once it is there again, and are taken again.
+    let mut got = vec![0u64];
+    let mut redelivered = 0;
+    while got.len() < 100 {
+        let delivery = tokio::time::timeout(GUARD, consumer.next())
+            .await
+            .expect("bounded")
+            .expect("open")
+            .expect("a delivery");
+        redelivered += usize::from(delivery.redelivered());
+        got.push(delivery.decode::<u64>().expect("a number"));
+        delivery.ack().await.expect("queued");
+    }
+    let (server, back) = restarter.await.expect("restarted");
+    println!(
+        "redis kill with 99 buffered: the 99 back and taken again {:?} after the server was back \
+         (down {:?})",
+        back.elapsed(),
+        back.duration_since(killed)
+    );
+    assert_eq!(
+        redelivered, 99,
+        "every buffered take went back to the queue"
+    );
+    // The lease of the one handed out survived (AOF): its ack is a real one.
+    first.ack().await.expect("queued");
+    while got.len() < 200 {
+        let delivery = tokio::time::timeout(GUARD, consumer.next())
+            .await
+            .expect("bounded")
+            .expect("open")
+            .expect("a delivery");
+        got.push(delivery.decode::<u64>().expect("a number"));
+        delivery.ack().await.expect("queued");
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..200).collect::<Vec<_>>(), "each once");
+    consumer.close().await.expect("closes");
+    consumer_conn.close().await.expect("closes");
+    let size = RetryPolicy::default()
+        .run(|| publisher.queue_size("held"), |_| {})
+        .await
+        .expect("size");
+    assert_eq!(size, 0, "nothing left behind");
+    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).expect("client");
+    let mut admin = admin
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connects");
+    let unacked: u64 = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut admin)
+        .await
+        .expect("HLEN");
+    assert_eq!(
+        unacked, 0,
+        "every lease settled, the one taken before the kill included"
+    );
+    drop(server);
+}
