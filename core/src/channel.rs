@@ -310,16 +310,13 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
 /// list and deserializes it into any `T: DeserializeOwned`; the raw body, headers, properties
 /// and where the message came from ([`info`](Delivery::info)) are there too.
 ///
-/// After a lost connection (the consumer reconnected by itself), a delivery taken before the
-/// loss settles by its transport's rule. AMQP: the broker forgot the old channel's deliveries
-/// and redelivers them, so settling one fails with
-/// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) (treat it as a warning).
-/// Redis: each take has a lease of its own in the server's `unacked` table; one that survived
-/// (a restart with its AOF, a cut connection) is settled for real, and one that is gone
-/// (restored at its visibility timeout, possibly taken by another consumer under a new
-/// lease, or lost with a server that kept nothing) makes the settle a no-op: it never touches
-/// another take's lease. SQLite never loses its file, so there is no stale delivery: a row
-/// taken again since carries a new version, and a late settle of the old take is a no-op.
+/// A delivery taken before a lost connection settles by its transport's rule. AMQP: the
+/// broker redelivers it, so settling fails with
+/// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) (a warning, not a failure).
+/// Redis: each take has its own lease in `unacked`; one that survived (an AOF restart, a cut
+/// connection) is settled for real, one that is gone (restored, maybe taken again under
+/// another lease) makes the settle a no-op, never touching another take's lease. SQLite
+/// never loses its file: a row taken again has a new version, a late settle is a no-op.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
