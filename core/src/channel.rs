@@ -24,6 +24,7 @@ pub use crate::decoder::Decoder;
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryInfo, Envelope, Message, Properties};
+use crate::retry::RetryPolicy;
 use crate::value::Headers;
 
 /// A message on its way out: where to and what. Built with [`Outgoing::new`] and
@@ -67,6 +68,12 @@ pub struct ConsumeOptions {
     /// How long a delivery may stay unsettled before the message is given to another consumer;
     /// none = the transport's default (see its URL options).
     pub visibility_timeout: Option<Duration>,
+    /// How a consumer waits for its broker after a recoverable failure (a lost connection)
+    /// before it looks again; the stream ends with the error only when the policy gives up or
+    /// the error is not recoverable. Default [`RetryPolicy::forever`]: waits from 100 ms up to
+    /// 2 s between looks, as long as it takes. Virtual transports apply it in core; a native
+    /// transport applies it to its own reconnection.
+    pub retry: RetryPolicy,
 }
 
 impl Default for ConsumeOptions {
@@ -76,6 +83,7 @@ impl Default for ConsumeOptions {
             no_ack: false,
             consumer_tag: String::new(),
             visibility_timeout: None,
+            retry: RetryPolicy::forever(),
         }
     }
 }
@@ -131,6 +139,14 @@ impl ConsumeOptions {
     #[must_use]
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how the consumer waits for its broker after a recoverable failure (see
+    /// [`ConsumeOptions::retry`](ConsumeOptions#structfield.retry)).
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 }
@@ -307,6 +323,14 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
 /// [`decode`](Delivery::decode) decompresses the body (bounded), checks the consumer's accept
 /// list and deserializes it into any `T: DeserializeOwned`; the raw body, headers, properties
 /// and where the message came from ([`info`](Delivery::info)) are there too.
+///
+/// A delivery taken before a lost connection settles by its transport's rule. AMQP: the
+/// broker redelivers it, so settling fails with
+/// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) (a warning, not a failure).
+/// Redis: each take has its own lease in `unacked`; one that survived (an AOF restart, a cut
+/// connection) is settled for real, one that is gone (restored, maybe taken again under
+/// another lease) makes the settle a no-op, never touching another take's lease. SQLite
+/// never loses its file: a row taken again has a new version, a late settle is a no-op.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -160,6 +160,15 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How the consumer waits for its broker after a lost connection before it looks again
+    /// (default [`RetryPolicy::forever`](crate::RetryPolicy::forever): as long as it takes);
+    /// once the policy gives up, the stream hands out the error. See
+    /// [`ConsumeOptions::retry`](crate::transport::ConsumeOptions#structfield.retry).
+    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.options.retry = policy;
+        self
+    }
+
     /// Bound on a decompressed body (default
     /// [`DEFAULT_MAX_DECOMPRESSED_SIZE`](kombu_serializers::DEFAULT_MAX_DECOMPRESSED_SIZE)).
     pub fn max_decompressed_size(mut self, bytes: usize) -> Self {

@@ -12,14 +12,14 @@ use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
-use kombu_core::{Capabilities, Error, ErrorKind, Exchange, Queue, Result};
+use kombu_core::{BrokerUrl, Capabilities, Error, ErrorKind, Exchange, LinkWatch, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
+use crate::reconnect::{Alternative, Link, dead_connection, maybe_written};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
@@ -28,8 +28,9 @@ use crate::watch;
 /// One connection's backend: a multiplexed connection for commands, a client for the
 /// dedicated ones (PUB/SUB, blocking waits), and this process's view of the topology.
 pub(crate) struct RedisBackend {
-    /// The multiplexed connection every command goes over.
-    pub(crate) conn: MultiplexedConnection,
+    /// The multiplexed connection every command goes over ([`RedisBackend::conn`]), replaced
+    /// when it breaks.
+    pub(crate) link: Link,
     /// Opens the dedicated connections (PUB/SUB, blocking waits).
     pub(crate) client: redis::Client,
     /// What the URL asked for.
@@ -110,15 +111,19 @@ pub(crate) fn priority_of(env: &Envelope) -> u8 {
 const LARGE_ENTRY: usize = 4 << 20;
 
 impl RedisBackend {
-    /// Connects (see [`connect::open`]) and sets up the backend for `options`; `label` is
-    /// the masked URL that names it in errors and logs.
-    pub(crate) async fn connect(options: Options, label: String) -> Result<RedisBackend> {
+    /// Connects to the first of `alternatives` (see [`connect::open`]) and sets up the backend
+    /// for its options; the others are where a lost connection may go next.
+    pub(crate) async fn connect_to(alternatives: Vec<Alternative>) -> Result<RedisBackend> {
+        let Some((options, label, _)) = alternatives.first().cloned() else {
+            return Err(Error::config("redis: no URL to connect to"));
+        };
         let (client, conn) = connect::open(&options, &label).await?;
+        let link = Link::new(conn, alternatives);
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
             watchers,
-            conn,
+            link,
             client,
             options,
             label,
@@ -158,7 +163,7 @@ impl RedisBackend {
     /// at a time, into one buffer of its exact size. `None` when the lease is gone.
     async fn read_large(&self, field: &str, len: usize) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::with_capacity(len);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         while out.len() < len {
             // The unacked value is `[` + the envelope + a suffix: the envelope starts at byte 2.
             let first = out.len() + 2;
@@ -197,22 +202,44 @@ impl Backend for RedisBackend {
         backend
     }
 
+    fn link(&self) -> Option<LinkWatch> {
+        Some(self.link.watch())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.link.epoch()
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.link.url_in_use()
+    }
+
     // Exchanges, queues and bindings: in `topology.rs`.
 
     async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
         match declare {
-            Some(exchange) => self.store_exchange(exchange).await,
+            Some(exchange) => {
+                let stored = self.store_exchange(exchange).await?;
+                self.link.declared.lock().exchange(exchange);
+                Ok(stored)
+            }
             None => self.read_exchange(name).await,
         }
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
-        self.remove_exchange(name).await
+        self.remove_exchange(name).await?;
+        self.link.declared.lock().delete_exchange(name);
+        Ok(())
     }
 
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
         match declare {
-            Some(queue) => self.store_queue(queue).await.map(Some),
+            Some(queue) => {
+                let stored = self.store_queue(queue).await?;
+                self.link.declared.lock().queue(queue);
+                Ok(Some(stored))
+            }
             None => self.find_queue(name).await,
         }
     }
@@ -222,15 +249,21 @@ impl Backend for RedisBackend {
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
-        self.remove_queue(queue).await
+        let removed = self.remove_queue(queue).await?;
+        self.link.declared.lock().delete_queue(queue);
+        Ok(removed)
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
-        self.add_binding(row).await
+        self.add_binding(row).await?;
+        self.link.declared.lock().bind(row);
+        Ok(())
     }
 
     async fn unbind(&self, row: &BindingRow) -> Result<()> {
-        self.remove_binding(row).await
+        self.remove_binding(row).await?;
+        self.link.declared.lock().unbind(row);
+        Ok(())
     }
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
@@ -258,11 +291,12 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: () = pipe
             .query_async(&mut conn)
             .await
-            .map_err(self.err("publish"))?;
+            .map_err(self.err("publish"))
+            .map_err(maybe_written)?;
         // This connection's idle consumers look at once; others' watchers see the push.
         self.wake.notify_waiters();
         Ok(Vec::new())
@@ -314,11 +348,19 @@ impl Backend for RedisBackend {
             .arg(&token)
             .arg(&suffix)
             .arg(LARGE_ENTRY);
-        let mut conn = self.conn.clone();
-        let (mut raw, large): (Vec<Vec<u8>>, Vec<usize>) = script
-            .invoke_async(&mut conn)
-            .await
-            .map_err(self.err("take"))?;
+        let mut conn = self.conn().await?;
+        let taken: redis::RedisResult<(Vec<Vec<u8>>, Vec<usize>)> =
+            script.invoke_async(&mut conn).await;
+        let (mut raw, large) = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                if lease == "1" && dead_connection(&e) {
+                    // The server may have made the take: its leases go back on reconnect.
+                    self.link.lost_take(token, max, queue);
+                }
+                return Err(self.err("take")(e));
+            }
+        };
         // Large entries come in pieces; one whose lease is gone already (swept back to its
         // queue in between) is not delivered from this take.
         let mut gone = Vec::new();
@@ -425,7 +467,7 @@ impl Backend for RedisBackend {
         }
         let field = field_of(receipt)?;
         let o = &self.options;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         // XX: only a lease this take still holds (a restored or settled message's field is
         // gone); the score read in the same transaction says whether it was there.
         let (_, score): (i64, Option<f64>) = redis::pipe()
@@ -476,7 +518,7 @@ impl Backend for RedisBackend {
             script.key(o.list_key(dlq, priority_of(env)));
             script.arg(field).arg(payload(env));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: i64 = script
             .invoke_async(&mut conn)
             .await
@@ -495,7 +537,7 @@ impl Backend for RedisBackend {
         for k in &keys {
             pipe.del(k).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let lens: Vec<u64> = pipe
             .query_async(&mut conn)
             .await
@@ -508,11 +550,12 @@ impl Backend for RedisBackend {
         let topic = self
             .options
             .fanout_topic(&envelope.exchange, &envelope.routing_key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: i64 = conn
             .publish(topic, payload(&envelope))
             .await
-            .map_err(self.err("publish to a fanout exchange"))?;
+            .map_err(self.err("publish to a fanout exchange"))
+            .map_err(maybe_written)?;
         Ok(())
     }
 
@@ -547,7 +590,7 @@ impl Backend for RedisBackend {
                 for k in keys {
                     pipe.llen(k);
                 }
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn().await?;
                 let lens: Vec<u64> = pipe
                     .query_async(&mut conn)
                     .await

@@ -259,7 +259,7 @@ impl RedisBackend {
         }
         // An ack the virtual channel still holds is of a lease that does not end soon (it
         // writes those of leases about to end at once), so nothing acked here looks overdue.
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let o = &self.options;
         let ceiling = unix_now() - visibility.as_secs_f64();
         let mut overdue = redis::cmd("ZRANGEBYSCORE");
@@ -326,7 +326,7 @@ impl RedisBackend {
         queue: Option<&str>,
         ceiling: Option<f64>,
     ) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let o = &self.options;
         for field in fields {
             // Bytes: an unreadable message's entry need not be UTF-8.

@@ -15,9 +15,11 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
+use crate::link::LinkWatch;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
 };
+use crate::url::BrokerUrl;
 use crate::value::{Headers, Value};
 
 /// Longest pause of the provided [`Backend::wait`] (a plain poll) before the consumer looks
@@ -305,6 +307,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
             self.ack_many(queue, &receipts).await?;
         }
         Ok(pushed_out)
+    }
+
+    /// The state of the backend's link to its broker, for a backend that can lose it and
+    /// reconnects (Redis); `None` (the default) for one that cannot lose it (memory, a SQLite
+    /// file), whose connection then reads [`LinkState::Connected`](crate::LinkState) forever.
+    /// [`VirtualConnection`](crate::transport::virtual_transport::VirtualConnection) hands it
+    /// out as the connection's [`link`](crate::transport::BrokerConnection::link).
+    fn link(&self) -> Option<LinkWatch> {
+        None
+    }
+
+    /// How many times the backend has found its connection to the broker lost since it was
+    /// made (0 for one that never loses it, the default). Core reads it to tell takes made on
+    /// a lost connection: a consumer whose buffer holds deliveries it took before the number
+    /// moved returns them to their queues at once and takes again. A backend that reconnects
+    /// raises it when it finds the loss, before any take goes over a new connection (so a
+    /// take that reconnected first is not taken for a stale one).
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// The failover URL the backend is connected to now, when it may have moved to another
+    /// one after a loss; `None` (the default): the one it was opened with. Handed out as the
+    /// connection's [`url_in_use`](crate::transport::BrokerConnection::url_in_use).
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        None
     }
 
     /// Publishes to a fanout exchange (the envelope names it and its routing key) when

@@ -3,7 +3,8 @@
 //! A store-only broker implements [`Backend`]: twelve required methods to declare and look up
 //! exchanges and queues, keep the binding table, put and take messages, and settle them (ack
 //! in batches, reject or requeue), plus provided ones with defaults correct for a plain store
-//! (`put`, `queue_exists`, `purge`, `wait`, `extend_lease`, `publish_fanout`). [`VirtualChannel`] turns any
+//! (`put`, `queue_exists`, `purge`, `wait`, `extend_lease`, `publish_fanout`, and `link`,
+//! `epoch` and `url_in_use` for a backend that reconnects). [`VirtualChannel`] turns any
 //! backend into a full [`Channel`](crate::transport::Channel): it routes (direct, topic, fanout, headers),
 //! builds the kombu envelope, compares redeclarations with what is stored, counts prefetch,
 //! numbers delivery tags, coalesces acks, settles, dead-letters, and restores unsettled
@@ -25,6 +26,8 @@ mod channel;
 mod consume;
 mod declare;
 pub mod envelope;
+#[cfg(test)]
+mod heal_tests;
 mod poll;
 mod publish;
 pub mod router;

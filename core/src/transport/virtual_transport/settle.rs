@@ -54,16 +54,18 @@ impl InFlight {
 /// Returns unsettled deliveries to their queues (the order given: newest first).
 pub(super) async fn restore_all(backend: &dyn Backend, pending: Vec<(u64, Pending)>) {
     for (_, p) in pending {
-        let restored = match (p.orphan, p.unleased) {
-            (Some(dead), _) => put_back(backend, &p.queue, dead.envelope).await,
-            (None, Some(envelope)) => {
-                put_back(backend, &p.queue, Arc::unwrap_or_clone(envelope)).await
-            }
-            (None, None) => backend.reject(&p.queue, &p.receipt, true).await.map(drop),
-        };
-        if let Err(error) = restored {
+        if let Err(error) = restore_one(backend, &p).await {
             tracing::warn!(queue = %p.queue, %error, "could not restore an unsettled message");
         }
+    }
+}
+
+/// Returns one unsettled delivery to its queue.
+pub(super) async fn restore_one(backend: &dyn Backend, p: &Pending) -> Result<()> {
+    match (&p.orphan, &p.unleased) {
+        (Some(dead), _) => put_back(backend, &p.queue, dead.envelope.clone()).await,
+        (None, Some(envelope)) => put_back(backend, &p.queue, Envelope::clone(envelope)).await,
+        (None, None) => backend.reject(&p.queue, &p.receipt, true).await.map(drop),
     }
 }
 
