@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use kombu_core::conformance::faults::{FaultPlan, FaultReport, run};
+pub use kombu_core::conformance::faults::{FaultPlan, FaultReport, run, run_then};
 
 /// How long a server may take to start (or to come back) before a test fails.
 pub const READY_GUARD: Duration = Duration::from_secs(90);
@@ -673,6 +673,25 @@ impl Netns {
         check(Command::new("ip").args([
             "netns", "exec", &self.name, "nft", "delete", "table", "inet", CUT_TABLE,
         ]));
+    }
+
+    /// The host's established TCP connections to the namespace's `port`, as their local
+    /// `address:port` (from `ss`): a test compares them before a cut and after it to see that
+    /// its clients reconnected rather than kept their old connections.
+    pub fn connections_to(&self, port: u16) -> Vec<String> {
+        let out = check(Command::new("ss").args([
+            "-Htn",
+            "state",
+            "established",
+            "dst",
+            &format!("{}:{port}", self.ns_ip),
+        ]));
+        let mut local: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned))
+            .collect();
+        local.sort();
+        local
     }
 
     /// Kills with SIGKILL every process still running in the namespace (a broker, the epmd a

@@ -40,7 +40,21 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use crate::{Connection, Queue};
+use crate::{Connection, LinkState, LinkWatch, Queue};
+
+/// Counts the moves of `link` into [`LinkState::Reconnecting`] until its sender goes.
+fn count_losses(mut link: LinkWatch, losses: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        let mut down = matches!(*link.borrow_and_update(), LinkState::Reconnecting { .. });
+        while link.changed().await.is_ok() {
+            let now = matches!(*link.borrow_and_update(), LinkState::Reconnecting { .. });
+            if now && !down {
+                losses.fetch_add(1, Ordering::SeqCst);
+            }
+            down = now;
+        }
+    });
+}
 
 /// What a fault run moved and how it recovered; its `Display` is one line, which each test
 /// prints.
@@ -62,6 +76,9 @@ pub struct FaultReport {
     pub publish_retries: u64,
     /// Acks refused because their delivery was taken on a connection that is gone.
     pub stale_acks: u64,
+    /// Losses the two connections reported (moves to [`LinkState::Reconnecting`]; 0 on a
+    /// transport that reports no link state).
+    pub link_losses: u64,
 }
 
 impl fmt::Display for FaultReport {
@@ -69,7 +86,7 @@ impl fmt::Display for FaultReport {
         write!(
             f,
             "{}: sent {} received {} lost {} duplicated {} recovery {:.2?} \
-             (publish retries {}, stale acks {})",
+             (publish retries {}, stale acks {}, connection losses {})",
             self.name,
             self.sent,
             self.received,
@@ -77,7 +94,8 @@ impl fmt::Display for FaultReport {
             self.duplicated,
             self.recovery,
             self.publish_retries,
-            self.stale_acks
+            self.stale_acks,
+            self.link_losses
         )
     }
 }
@@ -203,6 +221,24 @@ pub async fn run<F>(name: &str, url: &str, plan: &FaultPlan, fault: F) -> FaultR
 where
     F: FnOnce() -> Instant + Send + 'static,
 {
+    run_then(name, url, plan, fault, || ()).await.0
+}
+
+/// [`run`], then `at_end` on a blocking thread once every message has arrived, while the
+/// run's connections are still open (to look at them: which connections a client has after
+/// a partition, say); returns its result with the report.
+pub async fn run_then<F, A, R>(
+    name: &str,
+    url: &str,
+    plan: &FaultPlan,
+    fault: F,
+    at_end: A,
+) -> (FaultReport, R)
+where
+    F: FnOnce() -> Instant + Send + 'static,
+    A: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
     let started = Instant::now();
     let queue = format!("fault-{}", uuid::Uuid::new_v4().simple());
     let consumer_conn = Connection::open(url)
@@ -220,6 +256,9 @@ where
         .await
         .unwrap_or_else(|e| panic!("{name}: consume: {e}"));
 
+    let losses = Arc::new(AtomicUsize::new(0));
+    count_losses(consumer_conn.link(), losses.clone());
+    count_losses(producer_conn.link(), losses.clone());
     let shared = Arc::new(Published::default());
     let mut publisher = Some(tokio::spawn(publish_all(
         producer_conn.clone(),
@@ -371,11 +410,16 @@ where
         recovery: first_after.map_or(Duration::ZERO, |at| at.saturating_duration_since(back)),
         publish_retries: shared.retries.load(Ordering::SeqCst) as u64,
         stale_acks,
+        link_losses: losses.load(Ordering::SeqCst) as u64,
     };
     assert_eq!(report.lost, 0, "{name}: confirmed messages were lost");
+    let looked = match tokio::task::spawn_blocking(at_end).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     let _ = consumer.close().await;
     let _ = consumer_conn.delete_queue(&queue).await;
     let _ = consumer_conn.close().await;
     let _ = producer_conn.close().await;
-    report
+    (report, looked)
 }
