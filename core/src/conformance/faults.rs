@@ -350,9 +350,12 @@ where
                 );
                 stream_errors += 1;
                 if stream_errors <= 3 {
-                    eprintln!("{name}: the consumer reported (and goes on): {e:#}");
+                    eprintln!("{name}: the consumer reported (and goes on): {:#}", e.error);
                 }
-                last_error = format!("{e:#}");
+                last_error = format!("{:#}", e.error);
+                // A consumer that reports the same failure at once, again and again, must
+                // not spin the test's thread.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(Some(Ok(d))) => {
                 let now = Instant::now();
