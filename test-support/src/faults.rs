@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 
 pub use kombu_core::conformance::faults::{FaultPlan, FaultReport, run, run_then};
 
+/// How many times a fault test repeats its fault (a fresh run each time):
+/// `KOMBU_SOAK_ROUNDS`, default 1 (`scripts/soak faults` sets more).
+pub fn rounds() -> u32 {
+    std::env::var("KOMBU_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
 /// How long a server may take to start (or to come back) before a test fails.
 pub const READY_GUARD: Duration = Duration::from_secs(90);
 

@@ -194,7 +194,7 @@ async fn publish_all(
                 }
                 Err(e) => {
                     let n = shared.retries.fetch_add(1, Ordering::SeqCst);
-                    if n < 3 || n % 50 == 0 {
+                    if n < 3 || n.is_multiple_of(50) {
                         eprintln!("fault run: batch at {start} failed, publishing it again: {e}");
                     }
                     shared.republished.lock().extend(batch.iter().copied());
@@ -288,12 +288,11 @@ where
     let mut stream_errors = 0u64;
     let mut last_error = String::new();
     loop {
-        if publisher.as_ref().is_some_and(|p| p.is_finished()) {
-            if let Some(p) = publisher.take()
-                && let Err(e) = p.await
-            {
-                std::panic::resume_unwind(e.into_panic());
-            }
+        if publisher.as_ref().is_some_and(|p| p.is_finished())
+            && let Some(p) = publisher.take()
+            && let Err(e) = p.await
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
         if fault_task.as_ref().is_some_and(|f| f.is_finished())
             && let Some(f) = fault_task.take()

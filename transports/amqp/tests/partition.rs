@@ -37,37 +37,40 @@ async fn link_cut_and_restored_loses_no_confirmed_message() {
     let url = node.url("?heartbeat=2&connect_timeout=2");
     let netns = Arc::new(netns);
     let plan = FaultPlan::from_env();
-    let before = Arc::new(Mutex::new(Vec::new()));
-    let (report, after) = {
-        let netns = netns.clone();
-        let at_end = netns.clone();
-        let before = before.clone();
-        faults::run_then(
-            "amqp partition",
-            &url,
-            &plan,
-            move || {
-                *before.lock() = netns.connections_to(PORT);
-                netns.cut();
-                std::thread::sleep(CUT);
-                netns.restore();
-                Instant::now()
-            },
-            move || at_end.connections_to(PORT),
-        )
-        .await
-    };
-    eprintln!("{report}");
-    assert_eq!(report.lost, 0);
-    // The clients noticed the dead link and connected again: none of the connections open
-    // at the cut is still in use.
-    let before = before.lock().clone();
-    eprintln!("amqp partition: connections before the cut {before:?}, after {after:?}");
-    assert!(!before.is_empty(), "the clients were connected at the cut");
-    assert!(
-        !after.is_empty() && before.iter().all(|c| !after.contains(c)),
-        "the clients did not connect again after the cut: {before:?} / {after:?}"
-    );
+    for round in 1..=faults::rounds() {
+        let name = format!("amqp partition #{round}");
+        let before = Arc::new(Mutex::new(Vec::new()));
+        let (report, after) = {
+            let netns = netns.clone();
+            let at_end = netns.clone();
+            let before = before.clone();
+            faults::run_then(
+                &name,
+                &url,
+                &plan,
+                move || {
+                    *before.lock() = netns.connections_to(PORT);
+                    netns.cut();
+                    std::thread::sleep(CUT);
+                    netns.restore();
+                    Instant::now()
+                },
+                move || at_end.connections_to(PORT),
+            )
+            .await
+        };
+        eprintln!("{report}");
+        assert_eq!(report.lost, 0);
+        // The clients noticed the dead link and connected again: none of the connections open
+        // at the cut is still in use.
+        let before = before.lock().clone();
+        eprintln!("{name}: connections before the cut {before:?}, after {after:?}");
+        assert!(!before.is_empty(), "the clients were connected at the cut");
+        assert!(
+            !after.is_empty() && before.iter().all(|c| !after.contains(c)),
+            "the clients did not connect again after the cut: {before:?} / {after:?}"
+        );
+    }
     // The node first, then its namespace.
     tokio::task::spawn_blocking(move || {
         drop(node);

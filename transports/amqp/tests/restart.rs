@@ -37,18 +37,19 @@ async fn node_killed_and_restarted_loses_no_confirmed_message() {
     let url = node.url("?connect_timeout=2&heartbeat=5");
     let node = Arc::new(Mutex::new(node));
     let plan = FaultPlan::from_env();
-    let report = {
+    for round in 1..=faults::rounds() {
         let node = node.clone();
-        faults::run("amqp node SIGKILL+restart", &url, &plan, move || {
+        let name = format!("amqp node SIGKILL+restart #{round}");
+        let report = faults::run(&name, &url, &plan, move || {
             let mut node = node.lock();
             node.kill();
             std::thread::sleep(DOWN);
             node.start_again(DIST_PORT)
         })
-        .await
-    };
-    eprintln!("{report}");
-    assert_eq!(report.lost, 0);
+        .await;
+        eprintln!("{report}");
+        assert_eq!(report.lost, 0);
+    }
     let node = Arc::try_unwrap(node).map(Mutex::into_inner);
     tokio::task::spawn_blocking(move || drop(node))
         .await

@@ -43,18 +43,19 @@ async fn server_killed_and_restarted_loses_no_stored_message() {
     let url = format!("{}{OPTIONS}", server.url());
     let server = Arc::new(Mutex::new(server));
     let plan = FaultPlan::from_env();
-    let report = {
+    for round in 1..=faults::rounds() {
         let server = server.clone();
-        faults::run("redis SIGKILL+restart", &url, &plan, move || {
+        let name = format!("redis SIGKILL+restart #{round}");
+        let report = faults::run(&name, &url, &plan, move || {
             let mut server = server.lock().expect("server");
             server.sigkill();
             std::thread::sleep(DOWN);
             server.start_again()
         })
-        .await
-    };
-    eprintln!("{report}");
-    assert_eq!(report.lost, 0);
+        .await;
+        eprintln!("{report}");
+        assert_eq!(report.lost, 0);
+    }
     tokio::task::spawn_blocking(move || drop(server))
         .await
         .expect("stop redis-server");
@@ -73,31 +74,34 @@ async fn link_cut_and_restored_loses_no_stored_message() {
     let url = format!("{}{OPTIONS}", server.url());
     let netns = Arc::new(netns);
     let plan = FaultPlan::from_env();
-    let before = Arc::new(Mutex::new(Vec::new()));
-    let (report, after) = {
-        let netns = netns.clone();
-        let at_end = netns.clone();
-        let before = before.clone();
-        faults::run_then(
-            "redis partition",
-            &url,
-            &plan,
-            move || {
-                *before.lock().expect("before") = netns.connections_to(PARTITION_PORT);
-                netns.cut();
-                std::thread::sleep(CUT);
-                netns.restore();
-                Instant::now()
-            },
-            move || at_end.connections_to(PARTITION_PORT),
-        )
-        .await
-    };
-    eprintln!("{report}");
-    assert_eq!(report.lost, 0);
-    let before = before.lock().expect("before").clone();
-    eprintln!("redis partition: connections before the cut {before:?}, after {after:?}");
-    assert!(!before.is_empty(), "the clients were connected at the cut");
+    for round in 1..=faults::rounds() {
+        let name = format!("redis partition #{round}");
+        let before = Arc::new(Mutex::new(Vec::new()));
+        let (report, after) = {
+            let netns = netns.clone();
+            let at_end = netns.clone();
+            let before = before.clone();
+            faults::run_then(
+                &name,
+                &url,
+                &plan,
+                move || {
+                    *before.lock().expect("before") = netns.connections_to(PARTITION_PORT);
+                    netns.cut();
+                    std::thread::sleep(CUT);
+                    netns.restore();
+                    Instant::now()
+                },
+                move || at_end.connections_to(PARTITION_PORT),
+            )
+            .await
+        };
+        eprintln!("{report}");
+        assert_eq!(report.lost, 0);
+        let before = before.lock().expect("before").clone();
+        eprintln!("{name}: connections before the cut {before:?}, after {after:?}");
+        assert!(!before.is_empty(), "the clients were connected at the cut");
+    }
     tokio::task::spawn_blocking(move || {
         drop(server);
         drop(netns);
