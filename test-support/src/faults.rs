@@ -425,12 +425,14 @@ impl RabbitNode {
         &self.node
     }
 
-    /// Waits until the node has booted and accepts TCP connections on its AMQP port; returns
-    /// that instant. Panics after [`READY_GUARD`], with the end of the node's output.
+    /// Waits until the node accepts TCP connections on its AMQP port (its last boot step)
+    /// and `rabbitmqctl await_startup` agrees; returns that instant. Panics after
+    /// [`READY_GUARD`], with the end of the node's output. (The port is polled first: each
+    /// `rabbitmqctl` starts an Erlang VM, which would slow the booting node down.)
     pub fn wait_ready(&mut self) -> Instant {
         let deadline = Instant::now() + READY_GUARD;
         loop {
-            if self.ctl(&["await_startup", "--timeout", "30"]) && reachable(&self.ip, self.port) {
+            if reachable(&self.ip, self.port) && self.ctl(&["await_startup", "--timeout", "30"]) {
                 return Instant::now();
             }
             if let Some(child) = self.child.as_mut()
@@ -448,7 +450,7 @@ impl RabbitNode {
                 self.node,
                 self.output_tail()
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

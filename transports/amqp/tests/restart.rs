@@ -14,7 +14,7 @@
 //! asserted.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kombu_test_support::faults::{self, FaultPlan, RabbitNode};
 use parking_lot::Mutex;
@@ -29,9 +29,11 @@ const DOWN: Duration = Duration::from_secs(1);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_and_restarted_loses_no_confirmed_message() {
     kombu_amqp::register();
+    let started = Instant::now();
     let node = tokio::task::spawn_blocking(|| RabbitNode::start(PORT, DIST_PORT))
         .await
         .expect("start the node");
+    eprintln!("amqp restart: node up after {:.1?}", started.elapsed());
     // A connection notices the kill at once (its socket closes); a short connect timeout
     // keeps each reconnection attempt short while the node is down.
     let url = node.url("?connect_timeout=2&heartbeat=5");
@@ -42,16 +44,20 @@ async fn node_killed_and_restarted_loses_no_confirmed_message() {
         let name = format!("amqp node SIGKILL+restart #{round}");
         let report = faults::run(&name, &url, &plan, move || {
             let mut node = node.lock();
+            let killed = Instant::now();
             node.kill();
             std::thread::sleep(DOWN);
-            node.start_again(DIST_PORT)
+            let back = node.start_again(DIST_PORT);
+            eprintln!("amqp restart: node killed and back in {:.1?}", killed.elapsed());
+            back
         })
         .await;
-        eprintln!("{report}");
+        eprintln!("{report}; at {:.1?}", started.elapsed());
         assert_eq!(report.lost, 0);
     }
     let node = Arc::try_unwrap(node).map(Mutex::into_inner);
     tokio::task::spawn_blocking(move || drop(node))
         .await
         .expect("stop the node");
+    eprintln!("amqp restart: all done after {:.1?}", started.elapsed());
 }
