@@ -30,6 +30,33 @@
 //!
 //! Every wait is bounded by [`FaultPlan::guard`]; nothing asserts how fast anything is (the
 //! numbers are printed).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::{Duration, Instant};
+//!
+//! use kombu_core::conformance::faults::{self, FaultPlan};
+//!
+//! kombu_core::transport::memory::register();
+//! let plan = FaultPlan {
+//!     messages: 200,
+//!     batch: 20,
+//!     fault_after: 60,
+//!     held_back: 40,
+//!     prefetch: 10,
+//!     guard: Duration::from_secs(30),
+//! };
+//! // The memory broker cannot fail: this "fault" only pauses (a real test kills a server).
+//! let report = faults::run("memory pause", "memory://doc-faults", &plan, || {
+//!     std::thread::sleep(Duration::from_millis(50));
+//!     Instant::now()
+//! })
+//! .await;
+//! println!("{report}");
+//! assert_eq!((report.sent, report.received, report.lost), (200, 200, 0));
+//! # }
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

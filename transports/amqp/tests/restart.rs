@@ -48,7 +48,10 @@ async fn node_killed_and_restarted_loses_no_confirmed_message() {
             node.kill();
             std::thread::sleep(DOWN);
             let back = node.start_again(DIST_PORT);
-            eprintln!("amqp restart: node killed and back in {:.1?}", killed.elapsed());
+            eprintln!(
+                "amqp restart: node killed and back in {:.1?}",
+                killed.elapsed()
+            );
             back
         })
         .await;
