@@ -32,6 +32,47 @@ pub fn rounds() -> u32 {
         .unwrap_or(1)
 }
 
+/// Whether this machine can run a fault test of `transport` that needs `programs` (looked up
+/// on `PATH`, and RabbitMQ's scripts in their package directory) and, when `root`, root (for
+/// `ip netns`). When it cannot, the test is skipped with a message on stderr, unless
+/// `KOMBU_TEST_REQUIRE` names the transport or is `all`: then it fails, saying what is missing.
+pub fn can_run(test: &str, transport: &str, root: bool, programs: &[&str]) -> bool {
+    let mut missing: Vec<String> = programs
+        .iter()
+        .filter(|p| {
+            let in_path = std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(p).is_file()));
+            !in_path && !Path::new(RABBIT_BIN).join(p).is_file()
+        })
+        .map(|p| format!("`{p}`"))
+        .collect();
+    if root {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if uid != "0" {
+            missing.push("root (for ip netns)".to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let required = std::env::var("KOMBU_TEST_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .any(|r| r == "all" || r == transport);
+    assert!(
+        !required,
+        "{test}: needs {} (scripts/test installs them), and KOMBU_TEST_REQUIRE requires {transport}",
+        missing.join(", ")
+    );
+    eprintln!("{test}: skipped, needs {}", missing.join(", "));
+    false
+}
+
 /// How long a server may take to start (or to come back) before a test fails.
 pub const READY_GUARD: Duration = Duration::from_secs(90);
 

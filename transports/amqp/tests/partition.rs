@@ -26,6 +26,14 @@ const CUT: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_and_restored_loses_no_confirmed_message() {
+    if !faults::can_run(
+        "partition",
+        "amqp",
+        true,
+        &["rabbitmq-server", "rabbitmqctl", "ip", "ss", "nft"],
+    ) {
+        return;
+    }
     kombu_amqp::register();
     let (netns, node) = tokio::task::spawn_blocking(|| {
         let netns = Netns::create();

@@ -28,6 +28,14 @@ const DOWN: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_and_restarted_loses_no_confirmed_message() {
+    if !faults::can_run(
+        "restart",
+        "amqp",
+        false,
+        &["rabbitmq-server", "rabbitmqctl"],
+    ) {
+        return;
+    }
     kombu_amqp::register();
     let started = Instant::now();
     let node = tokio::task::spawn_blocking(|| RabbitNode::start(PORT, DIST_PORT))

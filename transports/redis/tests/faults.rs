@@ -36,6 +36,9 @@ const OPTIONS: &str = "?visibility_timeout=10&socket_timeout=2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_and_restarted_loses_no_stored_message() {
+    if !faults::can_run("restart", "redis", false, &["redis-server"]) {
+        return;
+    }
     kombu_redis::register();
     let server = tokio::task::spawn_blocking(|| RedisServer::start(RESTART_PORT))
         .await
@@ -63,6 +66,14 @@ async fn server_killed_and_restarted_loses_no_stored_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_and_restored_loses_no_stored_message() {
+    if !faults::can_run(
+        "partition",
+        "redis",
+        true,
+        &["redis-server", "ip", "ss", "nft"],
+    ) {
+        return;
+    }
     kombu_redis::register();
     let (netns, server) = tokio::task::spawn_blocking(|| {
         let netns = Netns::create();
