@@ -44,8 +44,13 @@ async fn node_killed_and_restarted_loses_no_confirmed_message() {
         .expect("start the node");
     eprintln!("amqp restart: node up after {:.1?}", started.elapsed());
     // A connection notices the kill at once (its socket closes); a short connect timeout
-    // keeps each reconnection attempt short while the node is down.
-    let url = node.url("?connect_timeout=2&heartbeat=5");
+    // keeps each reconnection attempt short while the node is down. The URL lists an
+    // unreachable alternate first: the connections fail over to the node, and recovery goes
+    // through both in turn while the node is down.
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:1/?connect_timeout=1;{}",
+        node.url("?connect_timeout=2&heartbeat=5")
+    );
     let node = Arc::new(Mutex::new(node));
     let plan = FaultPlan::from_env();
     for round in 1..=faults::rounds() {
