@@ -48,10 +48,12 @@ async fn link_cut_and_restored_loses_no_confirmed_message() {
     for round in 1..=faults::rounds() {
         let name = format!("amqp partition #{round}");
         let before = Arc::new(Mutex::new(Vec::new()));
+        let during = Arc::new(Mutex::new(Vec::new()));
         let (report, after) = {
             let netns = netns.clone();
             let at_end = netns.clone();
             let before = before.clone();
+            let during = during.clone();
             faults::run_then(
                 &name,
                 &url,
@@ -60,6 +62,7 @@ async fn link_cut_and_restored_loses_no_confirmed_message() {
                     *before.lock() = netns.connections_to(PORT);
                     netns.cut();
                     std::thread::sleep(CUT);
+                    *during.lock() = netns.connections_to(PORT);
                     netns.restore();
                     Instant::now()
                 },
@@ -72,8 +75,18 @@ async fn link_cut_and_restored_loses_no_confirmed_message() {
         // The clients noticed the dead link and connected again: none of the connections open
         // at the cut is still in use.
         let before = before.lock().clone();
-        eprintln!("{name}: connections before the cut {before:?}, after {after:?}");
+        let during = during.lock().clone();
+        eprintln!(
+            "{name}: connections before the cut {before:?}, at its end {during:?}, after \
+             {after:?}"
+        );
         assert!(!before.is_empty(), "the clients were connected at the cut");
+        // The heartbeats noticed the silence: the clients gave up their connections during
+        // the cut, before any packet could tell them.
+        assert!(
+            before.iter().all(|c| !during.contains(c)),
+            "a connection from before the cut was still open at its end: {during:?}"
+        );
         assert!(
             !after.is_empty() && before.iter().all(|c| !after.contains(c)),
             "the clients did not connect again after the cut: {before:?} / {after:?}"
