@@ -55,6 +55,7 @@ use crate::error::Result;
 
 pub mod crash;
 mod entities;
+pub mod faults;
 mod fixtures;
 mod flow;
 mod lease;
