@@ -37,7 +37,11 @@ pub struct Capabilities {
     pub persistent: bool,
     /// Several processes can share the broker.
     pub shared_between_processes: bool,
-    /// An unacked message whose consumer went silent returns after a visibility timeout.
+    /// An unacked message whose consumer went silent returns after a visibility timeout: a
+    /// take records its time (or that of its last
+    /// [`extend_lease`](crate::Delivery::extend_lease)), and any consumer restores it once its
+    /// own visibility timeout has passed since (see the
+    /// [`Backend`](crate::transport::virtual_transport::Backend#visibility-the-one-rule) contract).
     pub visibility_timeout: bool,
     /// Unacked messages return to their queue when their consumer or channel is dropped.
     pub restore_on_drop: bool,

@@ -6,6 +6,9 @@
 //! Consumer, the conformance suite) sees only `Channel`.
 //!
 //! What every method must guarantee is written on [`Channel`] itself.
+//!
+//! Over 700 lines because it is the whole contract of a transport with the one type it hands
+//! out, documented with runnable examples; split, the contract would be read in pieces.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +24,7 @@ pub use crate::decoder::Decoder;
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryInfo, Envelope, Message, Properties};
+use crate::retry::RetryPolicy;
 use crate::value::Headers;
 
 /// A message on its way out: where to and what. Built with [`Outgoing::new`] and
@@ -64,6 +68,12 @@ pub struct ConsumeOptions {
     /// How long a delivery may stay unsettled before the message is given to another consumer;
     /// none = the transport's default (see its URL options).
     pub visibility_timeout: Option<Duration>,
+    /// How a consumer waits for its broker after a recoverable failure (a lost connection)
+    /// before it looks again; the stream ends with the error only when the policy gives up or
+    /// the error is not recoverable. Default [`RetryPolicy::forever`]: waits from 100 ms up to
+    /// 2 s between looks, as long as it takes. Virtual transports apply it in core; a native
+    /// transport applies it to its own reconnection.
+    pub retry: RetryPolicy,
 }
 
 impl Default for ConsumeOptions {
@@ -73,6 +83,7 @@ impl Default for ConsumeOptions {
             no_ack: false,
             consumer_tag: String::new(),
             visibility_timeout: None,
+            retry: RetryPolicy::forever(),
         }
     }
 }
@@ -128,6 +139,14 @@ impl ConsumeOptions {
     #[must_use]
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how the consumer waits for its broker after a recoverable failure (see
+    /// [`ConsumeOptions::retry`](ConsumeOptions#structfield.retry)).
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 }
@@ -274,12 +293,23 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Extends the visibility timeout of an unsettled delivery by `by`, from now.
-    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
-        let _ = (delivery_tag, by);
-        Err(Error::unsupported(
-            "this transport has no visibility timeout to extend",
-        ))
+    /// Restarts the lease of an unsettled delivery: the message counts as taken now, so no
+    /// consumer restores it before now + its own visibility timeout. A delivery this settler no
+    /// longer holds (settled, or its lease ended and the message was restored) fails with
+    /// [`ErrorKind::StaleDelivery`]. Default: `Ok` doing nothing, for transports whose broker
+    /// holds a delivery until its channel closes (AMQP): there is no lease to extend.
+    async fn extend_lease(&self, delivery_tag: u64) -> Result<()> {
+        let _ = delivery_tag;
+        Ok(())
+    }
+
+    /// How long the lease of this delivery lasts without an extension (the visibility timeout
+    /// it was taken with); `None` when it has none (default: the broker holds it until the
+    /// channel closes). [`Consumer::consume`](crate::Consumer::consume) extends the lease of
+    /// the delivery being handled at a third of this by default.
+    fn lease_timeout(&self, delivery_tag: u64) -> Option<Duration> {
+        let _ = delivery_tag;
+        None
     }
 }
 
@@ -293,6 +323,14 @@ pub trait Settler: Send + Sync + fmt::Debug + 'static {
 /// [`decode`](Delivery::decode) decompresses the body (bounded), checks the consumer's accept
 /// list and deserializes it into any `T: DeserializeOwned`; the raw body, headers, properties
 /// and where the message came from ([`info`](Delivery::info)) are there too.
+///
+/// A delivery taken before a lost connection settles by its transport's rule. AMQP: the
+/// broker redelivers it, so settling fails with
+/// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) (a warning, not a failure).
+/// Redis: each take has its own lease in `unacked`; one that survived (an AOF restart, a cut
+/// connection) is settled for real, one that is gone (restored, maybe taken again under
+/// another lease) makes the settle a no-op, never touching another take's lease. SQLite
+/// never loses its file: a row taken again has a new version, a late settle is a no-op.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -561,13 +599,52 @@ impl Delivery {
         }
     }
 
-    /// Keeps the message from being redelivered for `by` more, from now (a consumer still
-    /// working on it). Needs [`Capabilities::visibility_timeout`].
-    pub async fn extend_lease(&self, by: Duration) -> Result<()> {
+    /// Restarts the message's lease (a consumer still working on it): on transports with a
+    /// visibility timeout ([`Capabilities::visibility_timeout`]: Redis, SQLite, memory) the
+    /// message counts as taken now, so no consumer restores it to its queue before now + that
+    /// consumer's own visibility timeout (see "Visibility and leases" in the architecture
+    /// notes). Call it more often than the shortest visibility timeout in use, or let
+    /// [`Consumer::consume`](crate::Consumer::consume) do it
+    /// ([`lease_heartbeat`](crate::ConsumerBuilder::lease_heartbeat)).
+    ///
+    /// On AMQP it does nothing and returns `Ok`: the broker holds a delivery until its channel
+    /// closes, there is no lease. A no-ack delivery has nothing to extend either (`Ok`).
+    ///
+    /// Fails with [`ErrorKind::StaleDelivery`] when the lease is gone: the delivery was settled
+    /// through another handle, its channel closed, or its lease already ended and the message
+    /// went back to its queue (another consumer may have it now: finish or abandon the work,
+    /// its ack will be harmless).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use futures::StreamExt;
+    /// use kombu_core::{Connection, Queue};
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// let conn = Connection::open("memory://doc-extend-lease?visibility_timeout=30").await?;
+    /// let mut consumer = conn.consumer([Queue::new("slow")]).build().await?;
+    /// conn.producer().routing_key("slow").publish("render").await?;
+    /// let Some(Ok(delivery)) = consumer.next().await else { return Ok(()) };
+    /// // ... part of a long job ...
+    /// delivery.extend_lease().await?; // 30 more seconds before anyone restores it
+    /// // ... the rest ...
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn extend_lease(&self) -> Result<()> {
         match &self.inner.settler {
             None => Ok(()),
-            Some(settler) => settler.extend_lease(self.inner.delivery_tag, by).await,
+            Some(settler) => settler.extend_lease(self.inner.delivery_tag).await,
         }
+    }
+
+    /// What extends this delivery's lease while someone else owns the delivery (a handler):
+    /// its settler, tag and lease length; `None` without a lease.
+    pub(crate) fn lease_keeper(&self) -> Option<(Arc<dyn Settler>, u64, Option<Duration>)> {
+        let settler = self.inner.settler.as_ref()?;
+        let tag = self.inner.delivery_tag;
+        Some((settler.clone(), tag, settler.lease_timeout(tag)))
     }
 
     /// Takes the message out, giving up the ability to settle it here. The message stays

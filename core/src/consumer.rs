@@ -48,7 +48,9 @@ use crate::connection::Connection;
 use crate::entity::Queue;
 use crate::error::{Error, Result};
 
+mod heartbeat;
 mod policy;
+use heartbeat::Heartbeat;
 pub use policy::Handled;
 
 /// What to do with a delivery that could not be decoded or is not accepted (a poison
@@ -84,6 +86,7 @@ pub struct ConsumerBuilder {
     action: ErrorAction,
     max_redeliveries: u32,
     accept_names: Option<Vec<String>>,
+    heartbeat: Heartbeat,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -112,6 +115,7 @@ impl ConsumerBuilder {
             action: ErrorAction::default(),
             max_redeliveries: DEFAULT_MAX_REDELIVERIES,
             accept_names: None,
+            heartbeat: Heartbeat::Auto,
         }
     }
 
@@ -140,6 +144,28 @@ impl ConsumerBuilder {
     /// Visibility timeout of this consumer's deliveries (where the transport has one).
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.options.visibility_timeout = Some(timeout);
+        self
+    }
+
+    /// How often [`Consumer::consume`] and [`Consumer::consume_as`] extend the lease of the
+    /// delivery whose handler is running ([`Delivery::extend_lease`]), so a slow handler's
+    /// message is not restored to its queue and handed to another consumer while it still
+    /// runs. Default: a third of the delivery's visibility timeout, on transports with leases
+    /// (Redis, SQLite, memory with a timeout); nothing on AMQP, whose broker holds a delivery
+    /// until its channel closes. `Duration::ZERO` turns it off. Extensions stop once the
+    /// handler settles the delivery. The stream style ([`Consumer`] as a `Stream`) extends
+    /// nothing by itself: call [`Delivery::extend_lease`].
+    pub fn lease_heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Heartbeat::every(interval);
+        self
+    }
+
+    /// How the consumer waits for its broker after a lost connection before it looks again
+    /// (default [`RetryPolicy::forever`](crate::RetryPolicy::forever): as long as it takes);
+    /// once the policy gives up, the stream hands out the error. See
+    /// [`ConsumeOptions::retry`](crate::transport::ConsumeOptions#structfield.retry).
+    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.options.retry = policy;
         self
     }
 
@@ -210,6 +236,7 @@ impl ConsumerBuilder {
             on_error: self.on_error,
             action: self.action,
             max_redeliveries: self.max_redeliveries,
+            heartbeat: self.heartbeat,
         })
     }
 }
@@ -310,6 +337,7 @@ pub struct Consumer {
     on_error: Option<ErrorHook>,
     action: ErrorAction,
     max_redeliveries: u32,
+    heartbeat: Heartbeat,
 }
 
 impl fmt::Debug for Consumer {
@@ -352,6 +380,8 @@ impl Consumer {
 
     /// Runs `handler` for each delivery until it returns an error (which is returned) or the
     /// stream ends. The handler settles each delivery. Refused deliveries go to the error policy.
+    /// While a handler runs, the lease of its delivery is extended
+    /// ([`ConsumerBuilder::lease_heartbeat`]).
     pub async fn consume<F, Fut>(mut self, mut handler: F) -> Result<()>
     where
         F: FnMut(Delivery) -> Fut,
@@ -359,7 +389,10 @@ impl Consumer {
     {
         while let Some(item) = self.next().await {
             match item {
-                Ok(delivery) => handler(delivery).await?,
+                Ok(delivery) => {
+                    let keeper = heartbeat::keeper(&delivery, self.heartbeat);
+                    heartbeat::run(keeper, handler(delivery)).await?;
+                }
                 Err(refused) => {
                     self.handle(refused).await?;
                 }
@@ -380,7 +413,8 @@ impl Consumer {
             let (error, delivery) = match item {
                 Ok(delivery) => match delivery.decode::<T>() {
                     Ok(value) => {
-                        handler(value, delivery).await?;
+                        let keeper = heartbeat::keeper(&delivery, self.heartbeat);
+                        heartbeat::run(keeper, handler(value, delivery)).await?;
                         continue;
                     }
                     Err(error) => (error, delivery),

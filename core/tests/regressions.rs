@@ -452,8 +452,8 @@ mod flaky {
         async fn reject(&self, q: &str, r: &Receipt, requeue: bool) -> Result<Option<DeadLetter>> {
             self.inner.reject(q, r, requeue).await
         }
-        async fn extend_lease(&self, q: &str, r: &Receipt, by: Duration) -> Result<()> {
-            self.inner.extend_lease(q, r, by).await
+        async fn extend_lease(&self, q: &str, r: &Receipt) -> Result<()> {
+            self.inner.extend_lease(q, r).await
         }
         async fn purge(&self, q: &str) -> Result<u64> {
             self.inner.purge(q).await

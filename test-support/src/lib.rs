@@ -5,10 +5,14 @@
 //! transports' Python scripts import), and child processes that die with the test ([`KillOnDrop`], [`lines`], from
 //! kombu-core's conformance suite).
 //!
+//! [`faults`] runs brokers of a fault test's own (a Redis server, a second RabbitMQ node, a
+//! network namespace to cut them off in) for the restart and partition tests.
+//!
 //! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
 //!
 //! A dev-dependency only (`publish = false`).
 
+pub mod faults;
 pub mod fuzz;
 pub mod interop;
 mod python;

@@ -288,6 +288,7 @@ async fn parent<H: CrashHarness>(harness: &H, plan: &CrashPlan, child_env: &str)
     let mut received: HashMap<u64, usize> = HashMap::new();
     let mut redelivered = HashSet::new();
     let mut deliveries = 0usize;
+    let mut first_delivery = None;
     let deadline = Instant::now() + guard;
     while received.len() < expected {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -305,6 +306,7 @@ async fn parent<H: CrashHarness>(harness: &H, plan: &CrashPlan, child_env: &str)
             Ok(Some(d)) => d.expect("delivery"), // ok: a test helper
         };
         deliveries += 1;
+        first_delivery.get_or_insert_with(|| started.elapsed());
         let id = id_of(&d);
         assert!(
             !acked.contains(&id),
@@ -336,6 +338,24 @@ async fn parent<H: CrashHarness>(harness: &H, plan: &CrashPlan, child_env: &str)
         redelivered.len(),
         duplicates.len(),
         started.elapsed() - killed_at,
+    );
+    // The fault mode's one-line report: sent, received, lost, duplicated, and the time from
+    // the kill to the new consumer's first delivery.
+    eprintln!(
+        "{}",
+        super::faults::FaultReport {
+            name: format!("{} consumer SIGKILL", harness.transport()),
+            sent: total,
+            received: (acked.len() + received.len()) as u64,
+            lost: (0..total)
+                .filter(|id| !acked.contains(id) && !received.contains_key(id))
+                .count() as u64,
+            duplicated: duplicates.len() as u64,
+            recovery: first_delivery.map_or(Duration::ZERO, |at| at.saturating_sub(killed_at)),
+            publish_retries: 0,
+            stale_acks: 0,
+            link_losses: 0,
+        }
     );
     let all: HashSet<u64> = (0..total).collect();
     let got: HashSet<u64> = received.keys().copied().collect();

@@ -77,7 +77,7 @@ pub async fn visibility_timeout(ctx: Ctx) -> Result<()> {
         .await?;
     // Extended every half timeout for twice the timeout: it never becomes visible.
     for _ in 0..4 {
-        held.extend_lease(VISIBILITY).await?;
+        held.extend_lease().await?;
         assert_quiet(
             &mut c,
             VISIBILITY / 2,

@@ -52,6 +52,10 @@ macro_rules! conformance_tests {
             dropped_delivery_requeued,
             polling_after_end,
             lease_end_frees_prefetch_slot,
+            lease_restored_by_restorers_timeout,
+            extended_lease_restarts,
+            heartbeat_keeps_slow_handler,
+            extension_keeps_prefetch_slot,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

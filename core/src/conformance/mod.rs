@@ -30,8 +30,8 @@
 //! parallel run can be read, and transports without isolation (one shared AMQP vhost) still
 //! keep scenarios apart.
 //!
-//! The scenarios are grouped by topic (`routing`, `settlement`, `limits`, `entities`,
-//! `messages`, `flow`); each is `pub async fn name(ctx: Ctx) -> Result<()>`, documented with
+//! The scenarios are grouped by topic (`routing`, `settlement`, `limits`, `lease`,
+//! `entities`, `messages`, `flow`); each is `pub async fn name(ctx: Ctx) -> Result<()>`, documented with
 //! what it proves, re-exported here and listed in [`conformance_tests!`](crate::conformance_tests).
 //! Conventions every scenario keeps, so the suite runs unchanged on every transport:
 //! - only the public API (`Connection`, `Producer`, `Consumer`, `Delivery`, `Channel`, entities);
@@ -55,8 +55,10 @@ use crate::error::Result;
 
 pub mod crash;
 mod entities;
+pub mod faults;
 mod fixtures;
 mod flow;
+mod lease;
 mod limits;
 mod macros;
 mod messages;
@@ -68,6 +70,7 @@ pub mod support;
 pub use entities::*;
 pub use fixtures::{QUIET, assert_quiet, next_deliveries, next_delivery, pause_clock};
 pub use flow::*;
+pub use lease::*;
 pub use limits::*;
 pub use messages::*;
 pub use poison::*;

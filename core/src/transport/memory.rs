@@ -11,6 +11,9 @@
 //!
 //! URL options: `visibility_timeout` (seconds, fractions allowed) for consumers that set none.
 //!
+//! Over 700 lines: one backend, every operation of the `Backend` contract on its in-process
+//! queues (ready levels, leases) in one place.
+//!
 //! It registers like any other transport: the `kombu` crate does it (feature `memory`); a user
 //! of `kombu-core` alone calls [`register`] once.
 //!
@@ -128,7 +131,11 @@ struct Stored {
 #[derive(Debug)]
 struct Unacked {
     stored: Stored,
-    deadline: Option<Instant>,
+    /// The take, or the last extension: any take with a visibility timeout restores it once
+    /// that long has passed since.
+    taken: Instant,
+    /// The taker's visibility timeout: when its own lease ends, to wake waiting consumers.
+    lease: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -141,7 +148,10 @@ struct Ready {
 #[derive(Debug, Default)]
 struct Leases {
     unacked: FxHashMap<u64, Unacked>,
-    /// No lease ends before this; a scan is due once it passes.
+    /// No take (or extension) is older than this: a restorer scans only once this plus its
+    /// visibility timeout has passed.
+    oldest_take: Option<Instant>,
+    /// No taker's own lease ends before this: waiting consumers look again then.
     next_deadline: Option<Instant>,
 }
 
@@ -181,24 +191,42 @@ impl Ready {
 }
 
 impl Leases {
-    fn lease(&mut self, receipt: u64, stored: Stored, deadline: Option<Instant>) {
-        if let Some(d) = deadline {
-            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
-        }
-        self.unacked.insert(receipt, Unacked { stored, deadline });
+    fn lease(&mut self, receipt: u64, stored: Stored, taken: Instant, lease: Option<Duration>) {
+        self.note_take(taken, lease);
+        self.unacked.insert(
+            receipt,
+            Unacked {
+                stored,
+                taken,
+                lease,
+            },
+        );
     }
 
-    /// Takes every lease that has passed, oldest receipt last (so pushing each to the front
-    /// of the queue keeps the original order).
-    fn take_expired(&mut self, now: Instant) -> Vec<Stored> {
-        match self.next_deadline {
-            Some(d) if d <= now => {}
-            _ => return Vec::new(),
+    /// Keeps the scan bounds true after a take or an extension at `taken`.
+    fn note_take(&mut self, taken: Instant, lease: Option<Duration>) {
+        self.oldest_take = Some(self.oldest_take.map_or(taken, |o| o.min(taken)));
+        // A lease too long for the clock never ends by itself.
+        if let Some(d) = lease.and_then(|l| taken.checked_add(l)) {
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// Takes every lease taken (or extended) at least `visibility` ago, the restorer's own
+    /// visibility timeout (none: nothing), oldest receipt last (so pushing each to the front of
+    /// the queue keeps the original order).
+    fn take_expired(&mut self, now: Instant, visibility: Option<Duration>) -> Vec<Stored> {
+        let Some(visibility) = visibility else {
+            return Vec::new();
+        };
+        let passed = |taken: Instant| taken.checked_add(visibility).is_some_and(|d| d <= now);
+        if !self.oldest_take.is_some_and(passed) {
+            return Vec::new();
         }
         let mut expired: Vec<u64> = self
             .unacked
             .iter()
-            .filter(|(_, u)| u.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, u)| passed(u.taken))
             .map(|(r, _)| *r)
             .collect();
         expired.sort_unstable_by(|a, b| b.cmp(a));
@@ -207,7 +235,12 @@ impl Leases {
             .filter_map(|r| self.unacked.remove(r))
             .map(|u| u.stored)
             .collect();
-        self.next_deadline = self.unacked.values().filter_map(|u| u.deadline).min();
+        self.oldest_take = self.unacked.values().map(|u| u.taken).min();
+        self.next_deadline = self
+            .unacked
+            .values()
+            .filter_map(|u| u.lease.and_then(|l| u.taken.checked_add(l)))
+            .min();
         taken
     }
 }
@@ -253,8 +286,8 @@ impl MemQueue {
         self.wake_one();
     }
 
-    fn restore_expired_leases(&self, now: Instant) {
-        let expired = self.leases.lock().take_expired(now);
+    fn restore_expired_leases(&self, now: Instant, visibility: Option<Duration>) {
+        let expired = self.leases.lock().take_expired(now, visibility);
         self.restore(expired);
     }
 
@@ -314,13 +347,6 @@ impl MemoryBackend {
     /// Runs `f` on a queue without touching any shared counter (no lock, no refcount).
     fn with_queue<R>(&self, name: &str, f: impl FnOnce(&MemQueue) -> R) -> Option<R> {
         self.queues.load().get(name).map(|q| f(q))
-    }
-
-    fn missing(queue: &str) -> Error {
-        Error::new(
-            crate::error::ErrorKind::NotFound,
-            format!("no queue {queue:?}"),
-        )
     }
 }
 
@@ -468,7 +494,12 @@ impl Backend for MemoryBackend {
             return Ok(fetched);
         };
         let now = Instant::now();
-        q.restore_expired_leases(now);
+        let visibility = match mode {
+            TakeMode::Lease(visibility) => visibility,
+            // No backend-wide default here: a memory timeout is per connection.
+            TakeMode::NoAck => None,
+        };
+        q.restore_expired_leases(now, visibility);
         if q.ready_len.load(Ordering::SeqCst) == 0 {
             return Ok(fetched);
         }
@@ -506,14 +537,13 @@ impl Backend for MemoryBackend {
                         .collect();
                 }
                 TakeMode::Lease(lease) => {
-                    let deadline = lease.and_then(|l| now.checked_add(l));
                     let mut leases = q.leases.lock();
                     fetched.taken = taken
                         .into_iter()
                         .zip(first..)
                         .map(|(stored, receipt)| {
                             let envelope = Arc::clone(&stored.envelope);
-                            leases.lease(receipt, stored, deadline);
+                            leases.lease(receipt, stored, now, lease);
                             Taken {
                                 envelope,
                                 receipt: Receipt::Id(receipt),
@@ -561,27 +591,29 @@ impl Backend for MemoryBackend {
         Ok(q.dead_letter(unacked.stored.envelope, DeathReason::Rejected))
     }
 
-    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
-        let q = self.find(queue).ok_or_else(|| Self::missing(queue))?;
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        let gone = || {
+            Error::new(
+                crate::error::ErrorKind::StaleDelivery,
+                "the lease is gone: the message was settled or restored to its queue",
+            )
+        };
+        let q = self.find(queue).ok_or_else(gone)?;
         let Receipt::Id(id) = receipt else {
             return Ok(());
         };
-        let deadline = Instant::now().checked_add(by);
+        let now = Instant::now();
         let mut leases = q.leases.lock();
-        match leases.unacked.get_mut(id) {
+        let lease = match leases.unacked.get_mut(id) {
             Some(u) => {
-                // A lease too long for the clock never ends by itself.
-                u.deadline = deadline;
-                if let Some(d) = deadline {
-                    leases.next_deadline = Some(leases.next_deadline.map_or(d, |n| n.min(d)));
-                }
-                Ok(())
+                u.taken = now;
+                u.lease
             }
-            None => Err(Error::new(
-                crate::error::ErrorKind::Settlement,
-                "the lease already ended: the message was restored to its queue",
-            )),
-        }
+            None => return Err(gone()),
+        };
+        // The take moved forward: the bounds stay lower bounds.
+        leases.note_take(now, lease);
+        Ok(())
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
@@ -670,7 +702,7 @@ mod tests {
             .await
             .unwrap();
         let d = consumer.next().await.unwrap().unwrap();
-        d.extend_lease(Duration::MAX).await.unwrap();
+        d.extend_lease().await.unwrap();
         assert_eq!(d.decode::<i32>().unwrap(), 1);
         d.ack().await.unwrap();
         assert_eq!(conn.queue_size("q").await.unwrap(), 0);

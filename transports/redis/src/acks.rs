@@ -25,9 +25,10 @@ impl RedisBackend {
                 .zrem(&o.unacked_index, chunk)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(self.err("ack"))
+            .map_err(crate::reconnect::maybe_written)
     }
 }

@@ -12,14 +12,14 @@ use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
-use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
+use kombu_core::{BrokerUrl, Capabilities, Error, ErrorKind, Exchange, LinkWatch, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 use crate::connect::{self, redis_error};
 use crate::fanout::Fanout;
 use crate::options::Options;
+use crate::reconnect::{Alternative, Link, dead_connection, maybe_written};
 use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
@@ -28,8 +28,9 @@ use crate::watch;
 /// One connection's backend: a multiplexed connection for commands, a client for the
 /// dedicated ones (PUB/SUB, blocking waits), and this process's view of the topology.
 pub(crate) struct RedisBackend {
-    /// The multiplexed connection every command goes over.
-    pub(crate) conn: MultiplexedConnection,
+    /// The multiplexed connection every command goes over ([`RedisBackend::conn`]), replaced
+    /// when it breaks.
+    pub(crate) link: Link,
     /// Opens the dedicated connections (PUB/SUB, blocking waits).
     pub(crate) client: redis::Client,
     /// What the URL asked for.
@@ -52,8 +53,8 @@ pub(crate) struct RedisBackend {
     pub(crate) bound: Mutex<HashMap<String, Instant>>,
     /// Whether `SCAN` takes `TYPE` (Redis 6 and later); off after the server refused it.
     pub(crate) scan_type: std::sync::atomic::AtomicBool,
-    /// When this connection last swept for expired leases.
-    pub(crate) last_sweep: Mutex<Option<Instant>>,
+    /// When this connection last swept for expired leases, and with which visibility timeout.
+    pub(crate) last_sweep: Mutex<Option<(Instant, Duration)>>,
     /// Wakes this connection's idle consumers: its own publishes and restores, fanout
     /// messages received.
     pub(crate) wake: Arc<tokio::sync::Notify>,
@@ -110,15 +111,19 @@ pub(crate) fn priority_of(env: &Envelope) -> u8 {
 const LARGE_ENTRY: usize = 4 << 20;
 
 impl RedisBackend {
-    /// Connects (see [`connect::open`]) and sets up the backend for `options`; `label` is
-    /// the masked URL that names it in errors and logs.
-    pub(crate) async fn connect(options: Options, label: String) -> Result<RedisBackend> {
+    /// Connects to the first of `alternatives` (see [`connect::open`]) and sets up the backend
+    /// for its options; the others are where a lost connection may go next.
+    pub(crate) async fn connect_to(alternatives: Vec<Alternative>) -> Result<RedisBackend> {
+        let Some((options, label, _)) = alternatives.first().cloned() else {
+            return Err(Error::config("redis: no URL to connect to"));
+        };
         let (client, conn) = connect::open(&options, &label).await?;
+        let link = Link::new(conn, alternatives);
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {
             watchers,
-            conn,
+            link,
             client,
             options,
             label,
@@ -158,7 +163,7 @@ impl RedisBackend {
     /// at a time, into one buffer of its exact size. `None` when the lease is gone.
     async fn read_large(&self, field: &str, len: usize) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::with_capacity(len);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         while out.len() < len {
             // The unacked value is `[` + the envelope + a suffix: the envelope starts at byte 2.
             let first = out.len() + 2;
@@ -197,22 +202,44 @@ impl Backend for RedisBackend {
         backend
     }
 
+    fn link(&self) -> Option<LinkWatch> {
+        Some(self.link.watch())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.link.epoch()
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.link.url_in_use()
+    }
+
     // Exchanges, queues and bindings: in `topology.rs`.
 
     async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
         match declare {
-            Some(exchange) => self.store_exchange(exchange).await,
+            Some(exchange) => {
+                let stored = self.store_exchange(exchange).await?;
+                self.link.declared.lock().exchange(exchange);
+                Ok(stored)
+            }
             None => self.read_exchange(name).await,
         }
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
-        self.remove_exchange(name).await
+        self.remove_exchange(name).await?;
+        self.link.declared.lock().delete_exchange(name);
+        Ok(())
     }
 
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
         match declare {
-            Some(queue) => self.store_queue(queue).await.map(Some),
+            Some(queue) => {
+                let stored = self.store_queue(queue).await?;
+                self.link.declared.lock().queue(queue);
+                Ok(Some(stored))
+            }
             None => self.find_queue(name).await,
         }
     }
@@ -222,15 +249,21 @@ impl Backend for RedisBackend {
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {
-        self.remove_queue(queue).await
+        let removed = self.remove_queue(queue).await?;
+        self.link.declared.lock().delete_queue(queue);
+        Ok(removed)
     }
 
     async fn bind(&self, row: &BindingRow) -> Result<()> {
-        self.add_binding(row).await
+        self.add_binding(row).await?;
+        self.link.declared.lock().bind(row);
+        Ok(())
     }
 
     async fn unbind(&self, row: &BindingRow) -> Result<()> {
-        self.remove_binding(row).await
+        self.remove_binding(row).await?;
+        self.link.declared.lock().unbind(row);
+        Ok(())
     }
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
@@ -258,11 +291,12 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: () = pipe
             .query_async(&mut conn)
             .await
-            .map_err(self.err("publish"))?;
+            .map_err(self.err("publish"))
+            .map_err(maybe_written)?;
         // This connection's idle consumers look at once; others' watchers see the push.
         self.wake.notify_waiters();
         Ok(Vec::new())
@@ -277,19 +311,19 @@ impl Backend for RedisBackend {
             }
         }
         let max = max.max(1) - fetched.taken.len() - fetched.unreadable.len();
-        self.sweep().await?;
         let o = &self.options;
+        // The restorer's own visibility timeout (the visibility rule): this take's.
+        let visibility = match mode {
+            TakeMode::Lease(timeout) => timeout,
+            TakeMode::NoAck => Some(o.visibility_timeout),
+        };
+        if let Some(visibility) = visibility {
+            self.sweep(visibility).await?;
+        }
         let (lease, score) = match mode {
             TakeMode::NoAck => ("0", 0.0),
-            TakeMode::Lease(timeout) => {
-                let timeout = timeout.unwrap_or(o.visibility_timeout);
-                // kombu's score is the delivery time; a lease of another length moves it so
-                // that sweepers using the connection's timeout restore it when it ends.
-                (
-                    "1",
-                    unix_now() + timeout.as_secs_f64() - o.visibility_timeout.as_secs_f64(),
-                )
-            }
+            // kombu's score: the take time. Whoever sweeps applies its own timeout.
+            TakeMode::Lease(_) => ("1", unix_now()),
         };
         let keys = o.list_keys(queue);
         let mut script = self.take.key(&o.unacked);
@@ -314,11 +348,19 @@ impl Backend for RedisBackend {
             .arg(&token)
             .arg(&suffix)
             .arg(LARGE_ENTRY);
-        let mut conn = self.conn.clone();
-        let (mut raw, large): (Vec<Vec<u8>>, Vec<usize>) = script
-            .invoke_async(&mut conn)
-            .await
-            .map_err(self.err("take"))?;
+        let mut conn = self.conn().await?;
+        let taken: redis::RedisResult<(Vec<Vec<u8>>, Vec<usize>)> =
+            script.invoke_async(&mut conn).await;
+        let (mut raw, large) = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                if lease == "1" && dead_connection(&e) {
+                    // The server may have made the take: its leases go back on reconnect.
+                    self.link.lost_take(token, max, queue);
+                }
+                return Err(self.err("take")(e));
+            }
+        };
         // Large entries come in pieces; one whose lease is gone already (swept back to its
         // queue in between) is not delivered from this take.
         let mut gone = Vec::new();
@@ -419,23 +461,37 @@ impl Backend for RedisBackend {
         Ok(None)
     }
 
-    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
         if *receipt == Receipt::Unleased {
             return Ok(()); // held in this process, no lease to extend
         }
         let field = field_of(receipt)?;
         let o = &self.options;
-        let score = unix_now() + by.as_secs_f64() - o.visibility_timeout.as_secs_f64();
-        let mut conn = self.conn.clone();
-        // XX: only a lease this take still holds (a restored message's field is gone).
-        let _: i64 = redis::cmd("ZADD")
+        let mut conn = self.conn().await?;
+        // XX: only a lease this take still holds (a restored or settled message's field is
+        // gone); the score read in the same transaction says whether it was there.
+        let (_, score): (i64, Option<f64>) = redis::pipe()
+            .atomic()
+            .cmd("ZADD")
             .arg(&o.unacked_index)
             .arg("XX")
-            .arg(score)
+            .arg(unix_now())
+            .arg(field)
+            .cmd("ZSCORE")
+            .arg(&o.unacked_index)
             .arg(field)
             .query_async(&mut conn)
             .await
             .map_err(self.err("extend lease"))?;
+        if score.is_none() {
+            return Err(Error::new(
+                ErrorKind::StaleDelivery,
+                format!(
+                    "redis {}: the lease is gone (settled, or restored to its queue)",
+                    self.label
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -462,7 +518,7 @@ impl Backend for RedisBackend {
             script.key(o.list_key(dlq, priority_of(env)));
             script.arg(field).arg(payload(env));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: i64 = script
             .invoke_async(&mut conn)
             .await
@@ -481,7 +537,7 @@ impl Backend for RedisBackend {
         for k in &keys {
             pipe.del(k).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let lens: Vec<u64> = pipe
             .query_async(&mut conn)
             .await
@@ -494,11 +550,12 @@ impl Backend for RedisBackend {
         let topic = self
             .options
             .fanout_topic(&envelope.exchange, &envelope.routing_key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: i64 = conn
             .publish(topic, payload(&envelope))
             .await
-            .map_err(self.err("publish to a fanout exchange"))?;
+            .map_err(self.err("publish to a fanout exchange"))
+            .map_err(maybe_written)?;
         Ok(())
     }
 
@@ -506,7 +563,7 @@ impl Backend for RedisBackend {
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        self.sweep().await?;
+        self.sweep(self.options.visibility_timeout).await?;
         if queues.iter().any(|q| self.fanout.len(q) > 0) {
             return Ok(());
         }
@@ -527,13 +584,13 @@ impl Backend for RedisBackend {
             let sweep = !std::mem::take(&mut swept);
             async move {
                 if sweep {
-                    self.sweep().await?;
+                    self.sweep(self.options.visibility_timeout).await?;
                 }
                 let mut pipe = redis::pipe();
                 for k in keys {
                     pipe.llen(k);
                 }
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn().await?;
                 let lens: Vec<u64> = pipe
                     .query_async(&mut conn)
                     .await

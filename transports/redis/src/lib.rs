@@ -13,7 +13,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `visibility_timeout` | `3600` | seconds after delivery before an unacked message is restored |
+//! | `visibility_timeout` | `3600` | seconds after a take (or its last extension) before this connection's consumers restore an unacked message, whoever took it |
 //! | `priority_steps` | `0,3,6,9` | priority buckets; **lower numbers are consumed first**, as in kombu |
 //! | `sep` | `\x06\x16` | separator of priority keys and binding members |
 //! | `global_keyprefix` | empty | prefix of every key |
@@ -73,10 +73,12 @@
 //! (at most 128 watched lists per connection; before Redis 6.2, polling every
 //! `polling_interval`).
 //!
-//! A lease can be extended (`unacked_index` moves forward). Scores are written as `deadline −
-//! visibility_timeout`, which is the delivery time for an ordinary lease, so a Python sweeper
-//! configured with the same `visibility_timeout` restores a message exactly when its lease
-//! ends.
+//! Scores in `unacked_index` are the take time, as kombu writes them, and a lease can be
+//! extended ([`Delivery::extend_lease`](kombu_core::Delivery::extend_lease): the score becomes
+//! now). A sweep restores what was taken (or extended) at least the sweeper's own
+//! `visibility_timeout` ago, as kombu's `restore_visible` does: a consumer with
+//! `?visibility_timeout=5` restores what another took under the 3,600 s default after 5 s, and
+//! Python and Rust sweepers follow the same rule.
 //!
 //! * Fanout exchanges go over PUB/SUB as in kombu: a publish is one `PUBLISH` to
 //!   `<global_keyprefix><fanout_prefix><exchange>[/<routing key>]` (`fanout_prefix` defaults
@@ -105,6 +107,21 @@
 //!
 //! Priorities follow kombu's buckets, not AMQP's order: the `priorities` capability is off,
 //! `priority_buckets` on.
+//!
+//! # Reconnecting
+//!
+//! A command that finds the connection dead (I/O error, dropped, refused, no reply in
+//! `socket_timeout`) fails with a recoverable error and the next command opens a new
+//! connection (one at a time, with back-off; see the `reconnect` module). Consumers wait
+//! under their retry policy and resume by themselves; what a consumer had taken into its
+//! buffer on the old connection goes back to its queue at once, and so do takes whose reply
+//! was lost; the connection's [`link`](kombu_core::Connection::link) reports `Reconnecting`
+//! and `Connected`. Publishes and acks whose reply was lost fail with
+//! [`Error::outcome_unknown`](kombu_core::Error::outcome_unknown) (the server may have done
+//! them). A settle of a delivery taken before the loss acts on that take's own `unacked`
+//! field: if its lease survived (a restart with the AOF, a cut connection) it is settled; if
+//! the lease is gone (restored, maybe taken again by another consumer under another field)
+//! the settle does nothing, and never touches another take's lease.
 
 use std::sync::{Arc, Once};
 
@@ -119,6 +136,7 @@ mod connect;
 mod fanout;
 mod keys;
 mod options;
+mod reconnect;
 mod scripts;
 mod topology;
 mod unacked;
@@ -151,9 +169,34 @@ impl Transport for RedisTransport {
     }
 
     async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
+        self.connect_with_alternates(url, std::slice::from_ref(url))
+            .await
+    }
+
+    /// Connects to `url`; a connection lost later goes back to it or on to the Redis URLs
+    /// after it among `alternates` (wrapping around), in turn.
+    async fn connect_with_alternates(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+    ) -> Result<Arc<dyn BrokerConnection>> {
         let options = Options::from_url(url)?;
-        let label = url.masked();
-        let backend = RedisBackend::connect(options.clone(), label).await?;
+        let start = alternates.iter().position(|a| a == url).unwrap_or(0);
+        let mut alternatives = vec![(options.clone(), url.masked(), url.clone())];
+        let n = alternates.len();
+        for other in (1..n).map(|i| &alternates[(start + i) % n]) {
+            let ours = self
+                .schemes()
+                .contains(&other.scheme().split('+').next().unwrap_or(""));
+            // An alternative this transport cannot parse is left to the connect-time failover.
+            if ours
+                && other != url
+                && let Ok(o) = Options::from_url(other)
+            {
+                alternatives.push((o, other.masked(), other.clone()));
+            }
+        }
+        let backend = RedisBackend::connect_to(alternatives).await?;
         Ok(Arc::new(VirtualConnection::new(
             Arc::new(backend),
             Some(options.visibility_timeout),

@@ -46,7 +46,7 @@ impl RedisBackend {
         expires_ms: u64,
     ) -> Result<()> {
         let ttl = expires_ms.saturating_mul(2).max(MIN_BINDING_TTL_MS);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: () = self
             .refresh_binding
             .key(self.options.binding_key(exchange))
@@ -91,7 +91,7 @@ impl RedisBackend {
             due
         };
         if sweep {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let removed: i64 = self
                 .sweep_bindings
                 .key(self.options.binding_deadlines_key())
@@ -112,7 +112,7 @@ impl RedisBackend {
     /// binding set (Python's topic bindings carry kombu's `^...$` regex; direct and fanout
     /// ones no pattern, so both read as direct).
     async fn inferred_kind(&self, exchange: &str) -> Result<ExchangeKind> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let member: Option<String> = conn
             .srandmember(self.options.binding_key(exchange))
             .await
@@ -202,7 +202,7 @@ impl RedisBackend {
         for table in tables {
             pipe.smembers(table);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let replies: Vec<redis::Value> = pipe
             .ignore_errors()
             .query_async(&mut conn)
@@ -235,7 +235,7 @@ impl RedisBackend {
     async fn binding_tables(&self) -> Result<Vec<String>> {
         use std::sync::atomic::Ordering::Relaxed;
         let pattern = format!("{}_kombu.binding.*", glob_escape(&self.options.prefix));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
@@ -300,7 +300,7 @@ impl RedisBackend {
             "arguments": exchange.arguments,
         })
         .to_string();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let (added, stored): (bool, String) = redis::pipe()
             .atomic()
             .hset_nx(self.options.exchanges_key(), &exchange.name, &spec)
@@ -320,7 +320,7 @@ impl RedisBackend {
         if let Some(found) = self.topology.exchange(name) {
             return Ok(found);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let spec: Option<String> = conn
             .hget(self.options.exchanges_key(), name)
             .await
@@ -335,7 +335,7 @@ impl RedisBackend {
 
     /// Deletes an exchange's record and its binding table.
     pub(crate) async fn remove_exchange(&self, name: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: () = redis::pipe()
             .hdel(self.options.exchanges_key(), name)
             .ignore()
@@ -373,7 +373,7 @@ impl RedisBackend {
         for key in self.options.list_keys(&queue.name) {
             pipe.llen(key);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let reply: Vec<redis::Value> = pipe
             .query_async(&mut conn)
             .await
@@ -412,7 +412,7 @@ impl RedisBackend {
     pub(crate) async fn remove_queue(&self, queue: &str) -> Result<u64> {
         let removed = Backend::purge(self, queue).await?;
         // Remove the queue from every binding table (kombu removes the ones it knows).
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let tables = self.binding_tables().await?;
         let _: i64 = conn
             .hdel(self.options.queues_key(), queue)
@@ -454,7 +454,7 @@ impl RedisBackend {
         for key in self.options.list_keys(queue) {
             pipe.llen(key);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let reply: Vec<redis::Value> = pipe
             .query_async(&mut conn)
             .await
@@ -477,7 +477,7 @@ impl RedisBackend {
         if seen.is_some_and(|at| at.elapsed() < BOUND_TTL) {
             return Ok(true);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let (declared, lists, exchanges): (bool, i64, Vec<Vec<u8>>) = redis::pipe()
             .hexists(self.options.queues_key(), queue)
             .cmd("EXISTS")
@@ -511,7 +511,7 @@ impl RedisBackend {
             .await?
             .map_or(ExchangeKind::Direct, |x| x.kind);
         let member = self.member(row, kind)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let expires = self.expiring.lock().get(&row.queue).copied();
         match expires {
             Some(ms) => {
@@ -551,7 +551,7 @@ impl RedisBackend {
             .await?
             .map_or(ExchangeKind::Direct, |x| x.kind);
         let member = self.member(row, kind)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: () = redis::pipe()
             .srem(self.options.binding_key(&row.exchange), &member)
             .ignore()
@@ -572,7 +572,7 @@ impl RedisBackend {
         if let Some(rows) = self.topology.bindings(exchange) {
             return Ok(rows);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut members: Vec<String> = conn
             .smembers(self.options.binding_key(exchange))
             .await

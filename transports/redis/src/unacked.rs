@@ -245,20 +245,23 @@ fn parse_unacked(stored: &str) -> Result<(Envelope, String, String)> {
 }
 
 impl RedisBackend {
-    /// Restores messages whose lease passed (ours or Python's), kombu's `restore_visible`.
-    pub(crate) async fn sweep(&self) -> Result<()> {
+    /// Restores messages whose lease passed (ours or Python's), kombu's `restore_visible`: by
+    /// the visibility rule, those whose take (or last extension) is at least `visibility`, the
+    /// restorer's own timeout, ago.
+    pub(crate) async fn sweep(&self, visibility: Duration) -> Result<()> {
         {
             let mut last = self.last_sweep.lock();
-            if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            // A recent sweep with this timeout or a shorter one restored all this one would.
+            if last.is_some_and(|(t, v)| t.elapsed() < SWEEP_EVERY && v <= visibility) {
                 return Ok(());
             }
-            *last = Some(Instant::now());
+            *last = Some((Instant::now(), visibility));
         }
         // An ack the virtual channel still holds is of a lease that does not end soon (it
         // writes those of leases about to end at once), so nothing acked here looks overdue.
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let o = &self.options;
-        let ceiling = unix_now() - o.visibility_timeout.as_secs_f64();
+        let ceiling = unix_now() - visibility.as_secs_f64();
         let mut overdue = redis::cmd("ZRANGEBYSCORE");
         overdue
             .arg(&o.unacked_index)
@@ -323,7 +326,7 @@ impl RedisBackend {
         queue: Option<&str>,
         ceiling: Option<f64>,
     ) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let o = &self.options;
         for field in fields {
             // Bytes: an unreadable message's entry need not be UTF-8.

@@ -24,7 +24,13 @@ async fn an_unreadable_entry_taken_and_abandoned_comes_back() -> kombu_core::Res
     let url = BrokerUrl::parse(&format!(
         "{server}?global_keyprefix={prefix}&visibility_timeout=1"
     ))?;
-    let backend = match RedisBackend::connect(Options::from_url(&url)?, "test".to_owned()).await {
+    let backend = match RedisBackend::connect_to(vec![(
+        Options::from_url(&url)?,
+        "test".to_owned(),
+        url.clone(),
+    )])
+    .await
+    {
         Ok(backend) => backend,
         Err(e) if std::env::var_os("KOMBU_TEST_REQUIRE").is_none() => {
             eprintln!("skipped: no Redis: {e}");
@@ -34,7 +40,7 @@ async fn an_unreadable_entry_taken_and_abandoned_comes_back() -> kombu_core::Res
     };
     backend.queue("q", Some(&Queue::new("q"))).await?;
     backend.queue("q.dlq", Some(&Queue::new("q.dlq"))).await?;
-    let mut conn = backend.conn.clone();
+    let mut conn = backend.conn().await?;
     let raw: &[u8] = b"\x00\xff \"not\" an envelope";
     let _: i64 = redis::cmd("LPUSH")
         .arg(format!("{prefix}q"))

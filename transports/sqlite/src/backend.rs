@@ -1,5 +1,8 @@
 //! The virtual [`Backend`] over one SQLite database: routing tables, takes with leases,
 //! settlement, and waiting for rows written by this process or others.
+//!
+//! Over 700 lines: each `Backend` method is one SQL transaction written out here; the schema,
+//! its migrations and the receipts live apart (`schema.rs`, `receipt.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +22,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::options::Options;
 use crate::receipt::{VERSION_MASK, receipt, receipt_row};
-use crate::schema::{ensure_queue, insert, open_db, payload_text, queue_id, timestamp_text};
+use crate::schema::{
+    LEASE_PASSED, ensure_queue, insert, open_db, payload_text, queue_id, timestamp_text,
+};
 
 /// How long a cached exchange or binding list is used before it is read again (bindings made
 /// by other processes take effect within this; this process's own take effect at once).
@@ -454,6 +459,11 @@ impl Backend for SqliteBackend {
         } else {
             i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX)
         };
+        // The restorer's own visibility timeout (the visibility rule): this take's.
+        let visibility = match mode {
+            TakeMode::Lease(timeout) => timeout,
+            TakeMode::NoAck => Some(self.options.visibility_timeout),
+        };
         let rows = self
             .run("take", move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -462,12 +472,14 @@ impl Backend for SqliteBackend {
                 };
                 let now = unix_now();
                 // Leases that passed (their consumer died or went silent) come back first.
-                tx.prepare_cached(
-                    "UPDATE kombu_message SET visible = 1, timestamp = NULL, lease_until = NULL, \
-                     redelivered = 1 \
-                     WHERE queue_id = ?1 AND visible = 0 AND lease_until IS NOT NULL AND lease_until < ?2",
-                )?
-                .execute(params![qid, now])?;
+                if let Some(visibility) = visibility {
+                    tx.prepare_cached(&format!(
+                        "UPDATE kombu_message SET visible = 1, timestamp = NULL, taken_at = NULL, \
+                         lease_until = NULL, redelivered = 1 \
+                         WHERE queue_id = ?1 AND visible = 0 AND {LEASE_PASSED}"
+                    ))?
+                    .execute(params![qid, now - visibility.as_secs_f64(), now])?;
+                }
                 let mut found: Vec<Row> = Vec::new();
                 {
                     let mut stmt = tx.prepare_cached(
@@ -497,15 +509,16 @@ impl Backend for SqliteBackend {
                             del.execute([row.id])?;
                         }
                     }
-                    TakeMode::Lease(timeout) => {
-                        let until = timeout.map(|t| now + t.as_secs_f64());
+                    TakeMode::Lease(_) => {
+                        // The take time, not a lease end: whoever restores it applies its own
+                        // visibility timeout.
                         let stamp = timestamp_text();
                         let mut upd = tx.prepare_cached(
                             "UPDATE kombu_message SET visible = 0, timestamp = ?2, \
-                             version = version + 1, lease_until = ?3 WHERE id = ?1",
+                             version = version + 1, taken_at = ?3, lease_until = NULL WHERE id = ?1",
                         )?;
                         for row in &found {
-                            upd.execute(params![row.id, stamp, until])?;
+                            upd.execute(params![row.id, stamp, now])?;
                         }
                     }
                 }
@@ -632,8 +645,9 @@ impl Backend for SqliteBackend {
         }
         self.run("restore", move |conn| {
             conn.prepare_cached(
-                "UPDATE kombu_message SET visible = 1, timestamp = NULL, lease_until = NULL, \
-                 redelivered = 1 WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
+                "UPDATE kombu_message SET visible = 1, timestamp = NULL, taken_at = NULL, \
+                 lease_until = NULL, redelivered = 1 \
+                 WHERE id = ?1 AND visible = 0 AND (version & ?3) = ?2",
             )?
             .execute(params![id, version, VERSION_MASK])
             .map(|_| ())
@@ -643,18 +657,28 @@ impl Backend for SqliteBackend {
         Ok(None)
     }
 
-    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
         let (id, version) = receipt_row(receipt)?;
-        let until = unix_now() + by.as_secs_f64();
-        self.run("extend lease", move |conn| {
-            conn.prepare_cached(
-                "UPDATE kombu_message SET lease_until = ?2 WHERE id = ?1 AND visible = 0 \
-                 AND lease_until IS NOT NULL AND (version & ?4) = ?3",
-            )?
-            .execute(params![id, until, version, VERSION_MASK])
-            .map(|_| ())
-        })
-        .await
+        let extended = self
+            .run("extend lease", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE kombu_message SET taken_at = ?2 WHERE id = ?1 AND visible = 0 \
+                     AND taken_at IS NOT NULL AND (version & ?4) = ?3",
+                )?
+                .execute(params![id, unix_now(), version, VERSION_MASK])
+            })
+            .await?;
+        if extended == 0 {
+            return Err(Error::new(
+                ErrorKind::StaleDelivery,
+                format!(
+                    "sqlite {}: the lease is gone (the row was settled, or restored and maybe \
+                     taken again)",
+                    self.label
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
@@ -680,15 +704,20 @@ impl Backend for SqliteBackend {
         let pauses = (Duration::from_millis(1), self.options.polling_interval);
         poll_until_ready(notified, timeout, pauses, || {
             let names = queues.to_vec();
+            // The waiting consumer's own timeout is not known here: the connection's is the
+            // usual one, and the consumer looks again within a second anyway.
+            let visibility = self.options.visibility_timeout.as_secs_f64();
             self.run("poll", move |conn| {
                 let now = unix_now();
-                let mut stmt = conn.prepare_cached(
+                let mut stmt = conn.prepare_cached(&format!(
                     "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
                      ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
-                     (m.visible = 0 AND m.lease_until IS NOT NULL AND m.lease_until < ?2)))",
-                )?;
+                     (m.visible = 0 AND {LEASE_PASSED})))"
+                ))?;
                 for name in &names {
-                    if stmt.query_row(params![name, now], |r| r.get::<_, bool>(0))? {
+                    if stmt.query_row(params![name, now - visibility, now], |r| {
+                        r.get::<_, bool>(0)
+                    })? {
                         return Ok(true);
                     }
                 }

@@ -15,7 +15,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `visibility_timeout` | `3600` | seconds after which a message taken by a consumer that died (killed, not closed) becomes visible again |
+//! | `visibility_timeout` | `3600` | seconds after a take (or its last extension) before this connection's consumers make an unsettled message visible again (its consumer died or went silent), whoever took it |
 //! | `polling_interval` | `0.2` | longest pause, in seconds, between two looks for rows written by other processes when idle |
 //! | `busy_timeout` | `30` | seconds a statement waits for another process's write lock before failing |
 //! | `synchronous` | `normal` | SQLite's `synchronous` pragma: `normal` (safe against process crashes) or `full` (also against power loss) |
@@ -25,20 +25,24 @@
 //!
 //! Messages live in kombu's tables, `kombu_queue (id, name)` and `kombu_message (id, visible,
 //! timestamp, payload, version, queue_id)`, created with exactly the DDL SQLAlchemy emits, the
-//! kombu JSON envelope in `payload`. kombu-rs adds two columns with defaults, so Python's
-//! inserts still work: `lease_until` (a Unix time, `NULL`) and `redelivered` (`0`). And two
+//! kombu JSON envelope in `payload`. kombu-rs adds columns with defaults, so Python's
+//! inserts still work: `taken_at` (a Unix time, `NULL`), `redelivered` (`0`) and `lease_until`
+//! (`NULL`; the lease end earlier versions recorded, converted to `taken_at` on open). And two
 //! tables of its own, `kombu_rs_exchange` and `kombu_rs_binding` (and `kombu_rs_queue` for
 //! queue arguments), so that exchanges and bindings declared in one process route publishes in
 //! every other (Python kombu keeps them per connection, in memory). Each process caches what
 //! it read of them for a second: a binding made by another process routes this process's
 //! publishes within a second; its own declarations take effect at once.
 //!
-//! * Taking a message sets `visible = 0` (as kombu does) plus a lease, `lease_until = now +
-//!   visibility_timeout`. Acking **deletes** the row; kombu leaves its acked rows invisible
+//! * Taking a message sets `visible = 0` (as kombu does) plus a lease, `taken_at = now` (the
+//!   take time, not a lease end; [`Delivery::extend_lease`](kombu_core::Delivery::extend_lease)
+//!   sets it to now again). Acking **deletes** the row; kombu leaves its acked rows invisible
 //!   forever, which kombu-rs ignores like any invisible row without a lease.
-//! * A lease that passes makes the row visible again (marked redelivered), so a consumer killed
-//!   with messages in hand loses none. Rows a Python consumer took have no lease and stay
-//!   invisible, as kombu expects.
+//! * A lease that passed makes the row visible again (marked redelivered), so a consumer killed
+//!   with messages in hand loses none. It has passed for a consumer once `taken_at` plus *that
+//!   consumer's* `visibility_timeout` is past: a consumer with `?visibility_timeout=5` restores
+//!   rows taken under the 3,600 s default after 5 s. Rows a Python consumer took have no lease
+//!   and stay invisible, as kombu expects.
 //! * Order: `timestamp, id` like kombu (new rows have a `NULL` timestamp); a restored row gets
 //!   its `NULL` timestamp back, so it returns to its place near the head.
 //! * A row that is not a kombu envelope (not JSON, a bad body encoding, a BLOB or text that is

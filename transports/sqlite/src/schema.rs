@@ -77,6 +77,27 @@ CREATE TABLE IF NOT EXISTS kombu_rs_binding (
 );
 ";
 
+/// Restores by the visibility rule (the take time plus the restorer's timeout), or, for a
+/// row an earlier kombu-rs took (`lease_until` and no `taken_at`), by its recorded lease end.
+/// `?2` is now minus the restorer's visibility timeout, `?3` now.
+pub(crate) const LEASE_PASSED: &str = "((taken_at IS NOT NULL AND taken_at <= ?2) OR \
+     (taken_at IS NULL AND lease_until IS NOT NULL AND lease_until <= ?3))";
+
+/// Converts leases recorded by earlier kombu-rs versions (`lease_until`, a lease end) to the
+/// visibility rule's take time: the `timestamp` the take wrote (UTC text, as every kombu-rs
+/// take writes it), else the lease end minus this opener's visibility timeout (the lease then
+/// ends when it would have for a restorer with that timeout). Rows Python kombu took have
+/// neither and stay as they are (no lease).
+fn convert_lease_ends(tx: &Connection, visibility: f64) -> rusqlite::Result<usize> {
+    tx.execute(
+        "UPDATE kombu_message SET taken_at = COALESCE(\
+             (julianday(timestamp) - 2440587.5) * 86400.0, lease_until - ?1), \
+         lease_until = NULL \
+         WHERE visible = 0 AND lease_until IS NOT NULL AND taken_at IS NULL",
+        [visibility],
+    )
+}
+
 pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     let mut conn = match &options.path {
         Some(path) => Connection::open(path)?,
@@ -109,6 +130,11 @@ pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     if !columns.iter().any(|c| c == "lease_until") {
         tx.execute_batch("ALTER TABLE kombu_message ADD COLUMN lease_until REAL")?;
     }
+    if !columns.iter().any(|c| c == "taken_at") {
+        tx.execute_batch("ALTER TABLE kombu_message ADD COLUMN taken_at REAL")?;
+    }
+    // Every open: a process of an earlier version may still be taking from this file.
+    convert_lease_ends(&tx, options.visibility_timeout.as_secs_f64())?;
     if !columns.iter().any(|c| c == "redelivered") {
         tx.execute_batch(
             "ALTER TABLE kombu_message ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0",
@@ -159,6 +185,55 @@ pub(crate) fn payload_text(env: &Envelope) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_ends_of_earlier_versions_become_take_times() {
+        let path = std::env::temp_dir().join(format!(
+            "kombu-rs-migrate-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        {
+            // A file as an earlier version left it: lease ends, no take times.
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(SCHEMA).expect("schema");
+            old.execute_batch(
+                "ALTER TABLE kombu_message ADD COLUMN lease_until REAL; \
+                 ALTER TABLE kombu_message ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0; \
+                 INSERT INTO kombu_queue (name) VALUES ('q'); \
+                 INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id, lease_until) \
+                   VALUES (0, '2026-01-02 03:04:05.500000', 'a', 2, 1, 1767326645.5 + 3600); \
+                 INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id, lease_until) \
+                   VALUES (0, NULL, 'b', 2, 1, 5000.0); \
+                 INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) \
+                   VALUES (0, '2026-01-02 03:04:05', 'python took it', 2, 1);",
+            )
+            .expect("old rows");
+        }
+        let url = format!("sqlite://{}?visibility_timeout=10", path.display());
+        let options =
+            crate::options::Options::from_url(&kombu_core::BrokerUrl::parse(&url).expect("url"))
+                .expect("options");
+        let conn = open_db(&options).expect("open and migrate");
+        let rows: Vec<(String, Option<f64>, Option<f64>)> = conn
+            .prepare("SELECT payload, taken_at, lease_until FROM kombu_message ORDER BY id")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("read");
+        // 2026-01-02 03:04:05.5 UTC is 1767323045.5.
+        let taken = rows[0].1.expect("a take time from the timestamp");
+        assert!((taken - 1_767_323_045.5).abs() < 0.01, "{rows:?}");
+        assert_eq!(rows[0].2, None);
+        // No timestamp: the lease end minus the opener's timeout.
+        assert_eq!(rows[1].1, Some(4990.0), "{rows:?}");
+        // Python's take has no lease, before and after.
+        assert_eq!((rows[2].1, rows[2].2), (None, None), "{rows:?}");
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     #[test]
     fn timestamps_are_kombu_datetime_text() {

@@ -15,9 +15,11 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
+use crate::link::LinkWatch;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
 };
+use crate::url::BrokerUrl;
 use crate::value::{Headers, Value};
 
 /// Longest pause of the provided [`Backend::wait`] (a plain poll) before the consumer looks
@@ -102,6 +104,20 @@ pub fn queue_settings(queue: &Queue) -> Headers {
 /// envelopes, compare no declarations and batch no acks: the virtual channel does all that
 /// once, for every backend.
 ///
+/// # Visibility: the one rule
+///
+/// A backend with [`Capabilities::visibility_timeout`] records, for each message taken in
+/// [`TakeMode::Lease`], **the time of its take or of its last extension**
+/// ([`extend_lease`](Self::extend_lease)), never a lease end. Any consumer may restore it (back
+/// to the head of its queue, marked redelivered) once `now >= that time + the restorer's own
+/// visibility timeout`: the timeout the restoring take runs with (the `Some` of its
+/// [`TakeMode::Lease`]; for a take without one, the backend's configured default). The
+/// timeout belongs to whoever looks, not to the message, so a consumer configured with
+/// `?visibility_timeout=5` restores what a consumer with the 3,600 s default took and left
+/// (kombu's Redis `restore_visible` works so, and Python kombu writes the same take time).
+/// A take with `TakeMode::Lease(None)` restores nothing by time. The stores' clock is
+/// [`unix_now`](crate::transport::unix_now) (memory: its monotonic clock).
+///
 /// Every method may be called concurrently from many channels and consumers of one
 /// connection, and may block on I/O (it is async: it must not block the executor's thread;
 /// run blocking calls on `spawn_blocking`). A broker fault is an `Err` with context, never a
@@ -171,8 +187,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Takes up to `max` ready messages (at least one is wanted) from one queue, oldest (or
     /// highest priority) first, and never blocks waiting for one: an empty queue gives an
-    /// empty [`Fetched`] at once. Leases that passed (of this or any client the backend
-    /// serves) are restored first, marked redelivered.
+    /// empty [`Fetched`] at once. Leases that passed by [the visibility
+    /// rule](Backend#visibility-the-one-rule), with this take's timeout (of this or any client
+    /// the backend serves), are restored first, marked redelivered.
     ///
     /// In [`TakeMode::Lease`] each message moves to the unacked state atomically with the take
     /// (a crash between the two must not lose it) until [`ack_many`](Self::ack_many),
@@ -248,13 +265,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Moves an unacked message's lease end to `by` from now (the receipt's take only: a
+    /// Extends an unacked message's lease: records now as its take time (see
+    /// [the visibility rule](Backend#visibility-the-one-rule)), for the receipt's take only (a
     /// message restored and taken again is another lease). Called only when
-    /// [`Capabilities::visibility_timeout`] is on. A receipt whose lease already ended may
-    /// succeed doing nothing or fail with [`ErrorKind::Settlement`](crate::ErrorKind).
+    /// [`Capabilities::visibility_timeout`] is on. A receipt whose lease is gone (acked,
+    /// rejected, or restored to its queue) fails with
+    /// [`ErrorKind::StaleDelivery`](crate::ErrorKind::StaleDelivery) and changes nothing.
     /// Default: refused as unsupported, for backends without leases.
-    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
-        let _ = (queue, receipt, by);
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        let _ = (queue, receipt);
         Err(Error::unsupported(
             "this backend has no visibility timeout to extend",
         ))
@@ -288,6 +307,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
             self.ack_many(queue, &receipts).await?;
         }
         Ok(pushed_out)
+    }
+
+    /// The state of the backend's link to its broker, for a backend that can lose it and
+    /// reconnects (Redis); `None` (the default) for one that cannot lose it (memory, a SQLite
+    /// file), whose connection then reads [`LinkState::Connected`](crate::LinkState) forever.
+    /// [`VirtualConnection`](crate::transport::virtual_transport::VirtualConnection) hands it
+    /// out as the connection's [`link`](crate::transport::BrokerConnection::link).
+    fn link(&self) -> Option<LinkWatch> {
+        None
+    }
+
+    /// How many times the backend has found its connection to the broker lost since it was
+    /// made (0 for one that never loses it, the default). Core reads it to tell takes made on
+    /// a lost connection: a consumer whose buffer holds deliveries it took before the number
+    /// moved returns them to their queues at once and takes again. A backend that reconnects
+    /// raises it when it finds the loss, before any take goes over a new connection (so a
+    /// take that reconnected first is not taken for a stale one).
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// The failover URL the backend is connected to now, when it may have moved to another
+    /// one after a loss; `None` (the default): the one it was opened with. Handed out as the
+    /// connection's [`url_in_use`](crate::transport::BrokerConnection::url_in_use).
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        None
     }
 
     /// Publishes to a fanout exchange (the envelope names it and its routing key) when

@@ -10,9 +10,10 @@ use futures::StreamExt;
 
 use crate::channel::{ConsumeOptions, Delivery, DeliveryStream};
 use crate::error::{Error, Result};
+use crate::retry::{Delays, RetryPolicy};
 use crate::transport::virtual_transport::TakeMode;
 use crate::transport::virtual_transport::channel::Shared;
-use crate::transport::virtual_transport::settle::{InFlight, restore_all};
+use crate::transport::virtual_transport::settle::{InFlight, Pending, restore_all, restore_one};
 
 /// Most messages taken in one backend call when prefetch does not bound it.
 const MAX_BATCH: usize = 256;
@@ -52,6 +53,9 @@ impl Shared {
             notices: VecDeque::new(),
             inflight: Arc::new(InFlight::default()),
             spins: 0,
+            retry: options.retry.clone(),
+            failing: None,
+            epoch: self.backend.epoch(),
         };
         // Fused: polling the stream again after it ended yields `None`, not a panic.
         Ok(Box::pin(
@@ -104,6 +108,13 @@ impl Shared {
     }
 }
 
+/// A consumer's failing run of backend calls.
+struct Outage {
+    since: tokio::time::Instant,
+    delays: Delays,
+    attempt: u32,
+}
+
 /// One consumer's loop state.
 struct ConsumerState {
     shared: Arc<Shared>,
@@ -124,6 +135,13 @@ struct ConsumerState {
     inflight: Arc<InFlight>,
     /// Empty looks since the last message.
     spins: u32,
+    /// How to wait for the broker after a recoverable failure.
+    retry: RetryPolicy,
+    /// Since the first failure of the current outage: when it began and the waits left.
+    failing: Option<Outage>,
+    /// The backend's [`epoch`](crate::transport::virtual_transport::Backend::epoch) when the
+    /// buffer was last filled.
+    epoch: u64,
 }
 
 impl ConsumerState {
@@ -134,6 +152,11 @@ impl ConsumerState {
             }
             if let Some(notice) = self.notices.pop_front() {
                 return Some(Err(notice));
+            }
+            if !self.buffer.is_empty() && self.shared.backend.epoch() != self.epoch {
+                // Taken on a connection the backend has since replaced: back to their queues
+                // now (not when their leases end), then taken again below.
+                self.return_buffer().await;
             }
             if let Some(mut delivery) = self.buffer.pop_front() {
                 if self.shared.closed.load(Ordering::Acquire) {
@@ -161,37 +184,163 @@ impl ConsumerState {
                 self.wait_for_slot().await;
                 continue;
             }
-            match self.fetch(want).await {
-                Ok(true) => {
+            let epoch = self.shared.backend.epoch();
+            let fetched = self.fetch(want).await;
+            if !matches!(fetched, Fetch::Lost(_)) {
+                self.recovered();
+                // What the buffer holds now was taken on this connection.
+                self.epoch = epoch;
+            }
+            match fetched {
+                Fetch::Got(true) => {
                     self.spins = 0;
                     continue;
                 }
-                Ok(false) if self.spins < self.shared.idle_spins => {
+                Fetch::Got(false) if self.spins < self.shared.idle_spins => {
                     self.spins += 1;
                     tokio::task::yield_now().await;
                 }
-                Ok(false) => {
+                Fetch::Got(false) => {
                     // Idle: what this channel acked is written before it waits (ordering
                     // only: a failed ack is reported by the channel's `close`, not here).
                     self.shared.acks.flush().await;
-                    let closing = self.shared.closing.notified();
-                    tokio::pin!(closing);
-                    closing.as_mut().enable();
-                    if self.shared.closed.load(Ordering::Acquire) {
-                        return None;
-                    }
-                    tokio::select! {
-                        waited = self.shared.backend.wait(&self.queues, IDLE_WAIT) => {
-                            if let Err(e) = waited {
-                                return Some(Err(e));
-                            }
+                    let waited = {
+                        let closing = self.shared.closing.notified();
+                        tokio::pin!(closing);
+                        closing.as_mut().enable();
+                        if self.shared.closed.load(Ordering::Acquire) {
+                            return None;
                         }
-                        () = &mut closing => return None,
+                        tokio::select! {
+                            waited = self.shared.backend.wait(&self.queues, IDLE_WAIT) => waited,
+                            () = &mut closing => return None,
+                        }
+                    };
+                    if let Err(e) = waited
+                        && let Some(e) = self.back_off(e).await
+                    {
+                        return Some(Err(e));
                     }
                 }
-                Err(e) => return Some(Err(e)),
+                Fetch::Lost(e) => {
+                    if let Some(e) = self.back_off(e).await {
+                        return Some(Err(e));
+                    }
+                }
+                Fetch::Failed(e) => return Some(Err(e)),
             }
         }
+    }
+
+    /// After a failed backend call: `Some` (the error, for the stream) when it is not
+    /// recoverable or the retry policy gave up; else waits the policy's next delay (or until
+    /// the channel closes) and returns `None`, so the loop looks again.
+    async fn back_off(&mut self, error: Error) -> Option<Error> {
+        if !error.is_recoverable() {
+            self.failing = None;
+            return Some(error);
+        }
+        let outage = self.failing.get_or_insert_with(|| Outage {
+            since: tokio::time::Instant::now(),
+            delays: self.retry.delays(),
+            attempt: 0,
+        });
+        outage.attempt = outage.attempt.saturating_add(1);
+        let (since, attempt) = (outage.since, outage.attempt);
+        let Some(delay) = outage.delays.next() else {
+            self.failing = None;
+            return Some(error.context("the consumer's retry policy gave up"));
+        };
+        if let Some(deadline) = self.retry.deadline
+            && since.elapsed() + delay > deadline
+        {
+            self.failing = None;
+            return Some(error.context("the consumer's retry policy gave up"));
+        }
+        tracing::warn!(
+            consumer = %self.consumer_tag,
+            attempt,
+            ?delay,
+            error = %format!("{error:#}"),
+            "consumer lost its broker; looking again after a pause"
+        );
+        let closing = self.shared.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if !self.shared.closed.load(Ordering::Acquire) {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut closing => {}
+            }
+        }
+        None
+    }
+
+    /// A backend call succeeded: ends an outage, if there was one.
+    fn recovered(&mut self) {
+        if let Some(outage) = self.failing.take() {
+            tracing::info!(
+                consumer = %self.consumer_tag,
+                after = ?outage.since.elapsed(),
+                "consumer reached its broker again"
+            );
+        }
+    }
+
+    /// Returns every delivery taken into the buffer and not handed out to its queue, as soon
+    /// as the backend can be reached: a recoverable failure is waited out under the retry
+    /// policy. What cannot be returned (the policy gave up, another error, the channel
+    /// closed meanwhile) is logged and comes back when its lease ends.
+    async fn return_buffer(&mut self) {
+        let mut pending: VecDeque<(u64, Pending)> = self.take_buffer().into();
+        if pending.is_empty() {
+            return;
+        }
+        tracing::info!(
+            consumer = %self.consumer_tag,
+            count = pending.len(),
+            "returning deliveries taken before the broker connection was lost"
+        );
+        while let Some((_, p)) = pending.front() {
+            let error = match restore_one(&*self.shared.backend, p).await {
+                Ok(()) => {
+                    pending.pop_front();
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let closed = self.shared.closed.load(Ordering::Acquire);
+            if !error.is_recoverable() || closed {
+                tracing::warn!(queue = %p.queue, %error, "could not return a delivery taken before the loss; it comes back when its lease ends");
+                pending.pop_front();
+                continue;
+            }
+            if let Some(error) = self.back_off(error).await {
+                tracing::warn!(
+                    consumer = %self.consumer_tag,
+                    count = pending.len(),
+                    %error,
+                    "could not return deliveries taken before the loss; they come back when \
+                     their leases end"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Empties the buffer, taking its deliveries' pending entries (newest first) and
+    /// freeing their prefetch slots.
+    fn take_buffer(&mut self) -> Vec<(u64, Pending)> {
+        let mut pending = Vec::new();
+        let mut map = self.shared.pending.lock();
+        for mut delivery in self.buffer.drain(..).rev() {
+            delivery.forget_settlement();
+            if let Some(p) = map.remove(&delivery.delivery_tag()) {
+                p.inflight.release();
+                pending.push((delivery.delivery_tag(), p));
+            }
+        }
+        pending
     }
 
     /// At the prefetch limit: waits until a delivery is settled, or until one of this
@@ -219,15 +368,21 @@ impl ConsumerState {
         }
     }
 
-    /// Takes up to `want` messages from the next queue that has some. True if it got any.
-    async fn fetch(&mut self, want: usize) -> Result<bool> {
+    /// Takes up to `want` messages from the next queue that has some: [`Fetch::Got`], true if
+    /// it got any. A failed take is [`Fetch::Lost`] (the consumer waits and takes again); a
+    /// failure after it (dead-lettering expired messages, setting aside unreadable ones) is
+    /// [`Fetch::Failed`], handed out as the stream's item as before.
+    async fn fetch(&mut self, want: usize) -> Fetch {
         let n = self.queues.len();
         let mode = TakeMode::Lease(self.lease);
         for i in 0..n {
             let idx = (self.next_queue + i) % n;
             let fetched = {
                 let queue = &self.queues[idx];
-                self.shared.backend.get_many(queue, want, mode).await?
+                match self.shared.backend.get_many(queue, want, mode).await {
+                    Ok(fetched) => fetched,
+                    Err(error) => return Fetch::Lost(error),
+                }
             };
             let got = !fetched.taken.is_empty() || !fetched.unreadable.is_empty();
             if got {
@@ -245,18 +400,33 @@ impl ConsumerState {
                     &mut self.buffer,
                 );
             }
-            self.shared.dead_letter(fetched.dead).await?;
-            let notices = self
+            if let Err(error) = self.shared.dead_letter(fetched.dead).await {
+                return Fetch::Failed(error);
+            }
+            let set_aside = self
                 .shared
                 .set_aside_unreadable(&self.queues[idx], fetched.unreadable)
-                .await?;
-            self.notices.extend(notices);
+                .await;
+            match set_aside {
+                Ok(notices) => self.notices.extend(notices),
+                Err(error) => return Fetch::Failed(error),
+            }
             if got {
-                return Ok(true);
+                return Fetch::Got(true);
             }
         }
-        Ok(false)
+        Fetch::Got(false)
     }
+}
+
+/// What [`ConsumerState::fetch`] did.
+enum Fetch {
+    /// Took something (true) or found every queue empty (false).
+    Got(bool),
+    /// The take failed.
+    Lost(Error),
+    /// The take succeeded and what followed it failed.
+    Failed(Error),
 }
 
 impl Drop for ConsumerState {
@@ -265,16 +435,7 @@ impl Drop for ConsumerState {
         if self.buffer.is_empty() {
             return;
         }
-        let mut pending = Vec::new();
-        {
-            let mut map = self.shared.pending.lock();
-            for mut delivery in self.buffer.drain(..).rev() {
-                delivery.forget_settlement();
-                if let Some(p) = map.remove(&delivery.delivery_tag()) {
-                    pending.push((delivery.delivery_tag(), p));
-                }
-            }
-        }
+        let pending = self.take_buffer();
         if pending.is_empty() {
             return;
         }

@@ -3,7 +3,8 @@
 //! A store-only broker implements [`Backend`]: twelve required methods to declare and look up
 //! exchanges and queues, keep the binding table, put and take messages, and settle them (ack
 //! in batches, reject or requeue), plus provided ones with defaults correct for a plain store
-//! (`put`, `queue_exists`, `purge`, `wait`, `extend_lease`, `publish_fanout`). [`VirtualChannel`] turns any
+//! (`put`, `queue_exists`, `purge`, `wait`, `extend_lease`, `publish_fanout`, and `link`,
+//! `epoch` and `url_in_use` for a backend that reconnects). [`VirtualChannel`] turns any
 //! backend into a full [`Channel`](crate::transport::Channel): it routes (direct, topic, fanout, headers),
 //! builds the kombu envelope, compares redeclarations with what is stored, counts prefetch,
 //! numbers delivery tags, coalesces acks, settles, dead-letters, and restores unsettled
@@ -25,6 +26,8 @@ mod channel;
 mod consume;
 mod declare;
 pub mod envelope;
+#[cfg(test)]
+mod heal_tests;
 mod poll;
 mod publish;
 pub mod router;
@@ -149,7 +152,10 @@ pub struct Unreadable {
 pub enum TakeMode {
     /// Removed at once (no-ack consumers).
     NoAck,
-    /// Kept as unacked until settled or restored; with a visibility timeout, restored by itself
-    /// when it passes without a settlement.
+    /// Kept as unacked, with the time of the take, until settled or restored. The duration is
+    /// the taker's visibility timeout: the take restores, first, every lease whose take (or
+    /// last extension) is at least that long ago ([the visibility
+    /// rule](crate::transport::virtual_transport::Backend#visibility-the-one-rule)); `None`
+    /// restores nothing by time.
     Lease(Option<Duration>),
 }

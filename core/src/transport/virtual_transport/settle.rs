@@ -23,8 +23,11 @@ pub(super) struct Pending {
     pub(super) queue: Arc<str>,
     pub(super) receipt: Receipt,
     pub(super) inflight: Arc<InFlight>,
-    /// When the backend gives the message to someone else (its lease ends).
+    /// When the backend gives the message to someone else (its lease ends): the take or the
+    /// last extension, plus `lease`.
     pub(super) deadline: Option<Instant>,
+    /// The visibility timeout it was taken with (`None`: no lease end).
+    pub(super) lease: Option<Duration>,
     /// A rejected message the backend already gave up but that could be neither
     /// dead-lettered nor returned to its queue (the broker refused both): held here until a
     /// retried settlement or the channel's close puts it somewhere.
@@ -51,16 +54,18 @@ impl InFlight {
 /// Returns unsettled deliveries to their queues (the order given: newest first).
 pub(super) async fn restore_all(backend: &dyn Backend, pending: Vec<(u64, Pending)>) {
     for (_, p) in pending {
-        let restored = match (p.orphan, p.unleased) {
-            (Some(dead), _) => put_back(backend, &p.queue, dead.envelope).await,
-            (None, Some(envelope)) => {
-                put_back(backend, &p.queue, Arc::unwrap_or_clone(envelope)).await
-            }
-            (None, None) => backend.reject(&p.queue, &p.receipt, true).await.map(drop),
-        };
-        if let Err(error) = restored {
+        if let Err(error) = restore_one(backend, &p).await {
             tracing::warn!(queue = %p.queue, %error, "could not restore an unsettled message");
         }
+    }
+}
+
+/// Returns one unsettled delivery to its queue.
+pub(super) async fn restore_one(backend: &dyn Backend, p: &Pending) -> Result<()> {
+    match (&p.orphan, &p.unleased) {
+        (Some(dead), _) => put_back(backend, &p.queue, dead.envelope.clone()).await,
+        (None, Some(envelope)) => put_back(backend, &p.queue, Envelope::clone(envelope)).await,
+        (None, None) => backend.reject(&p.queue, &p.receipt, true).await.map(drop),
     }
 }
 
@@ -76,6 +81,17 @@ fn not_pending(delivery_tag: u64) -> Error {
         format!(
             "delivery {delivery_tag} is not pending on this channel (already settled, or the \
              channel closed and the message was restored)"
+        ),
+    )
+}
+
+/// The error of an extension of a delivery this channel no longer holds.
+fn stale_lease(delivery_tag: u64) -> Error {
+    Error::new(
+        ErrorKind::StaleDelivery,
+        format!(
+            "the lease of delivery {delivery_tag} is gone (settled, its channel closed, or its \
+             visibility timeout passed and the message went back to its queue)"
         ),
     )
 }
@@ -109,6 +125,7 @@ impl Shared {
                             receipt,
                             inflight: inflight.clone(),
                             deadline: if unleased.is_some() { None } else { deadline },
+                            lease: if unleased.is_some() { None } else { lease },
                             orphan: None,
                             unleased,
                         },
@@ -299,17 +316,33 @@ impl Settler for Shared {
         Ok(())
     }
 
-    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
-        let (queue, receipt) = self.pending_entry(delivery_tag)?;
-        if receipt == Receipt::Unleased {
-            // Held by this process only: no lease to extend.
+    /// Restarts the lease in the backend (the message counts as taken now) and moves this
+    /// channel's own deadline for the delivery (its prefetch slot) to now + its lease.
+    async fn extend_lease(&self, delivery_tag: u64) -> Result<()> {
+        let (queue, receipt) = self
+            .pending_entry(delivery_tag)
+            .map_err(|_| stale_lease(delivery_tag))?;
+        if receipt == Receipt::Unleased || !self.capabilities.visibility_timeout {
+            // Held by this process only, or by a backend without leases until the channel
+            // closes: nothing to extend.
             return Ok(());
         }
-        if !self.capabilities.visibility_timeout {
-            return Err(Error::unsupported(
-                "this transport has no visibility timeout to extend",
-            ));
+        self.backend.extend_lease(&queue, &receipt).await?;
+        let mut pending = self.pending.lock();
+        match pending.get_mut(&delivery_tag) {
+            Some(p) => {
+                p.deadline = p.lease.and_then(|l| Instant::now().checked_add(l));
+                Ok(())
+            }
+            // Settled or expired while the backend extended it: the extension is moot.
+            None => Err(stale_lease(delivery_tag)),
         }
-        self.backend.extend_lease(&queue, &receipt, by).await
+    }
+
+    fn lease_timeout(&self, delivery_tag: u64) -> Option<Duration> {
+        if !self.capabilities.visibility_timeout {
+            return None;
+        }
+        self.pending.lock().get(&delivery_tag).and_then(|p| p.lease)
     }
 }

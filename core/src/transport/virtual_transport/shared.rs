@@ -12,9 +12,11 @@ use crate::capabilities::Capabilities;
 use crate::channel::Channel;
 use crate::entity::Exchange;
 use crate::error::Result;
+use crate::link::{LinkReporter, LinkWatch};
 use crate::transport::BrokerConnection;
 use crate::transport::virtual_transport::acks::AckBatch;
 use crate::transport::virtual_transport::{Backend, BindingRow, VirtualChannel};
+use crate::url::BrokerUrl;
 
 /// A [`BrokerConnection`] over a [`Backend`]: its channels are [`VirtualChannel`]s with the
 /// connection's default visibility timeout. Its channels queue their acks in one batch, which
@@ -61,6 +63,17 @@ impl BrokerConnection for VirtualConnection {
 
     async fn close(&self) -> Result<()> {
         self.acks.flush_all().await
+    }
+
+    fn link(&self) -> LinkWatch {
+        match self.backend.link() {
+            Some(link) => link,
+            None => LinkReporter::new().subscribe(),
+        }
+    }
+
+    fn url_in_use(&self) -> Option<BrokerUrl> {
+        self.backend.url_in_use()
     }
 }
 
