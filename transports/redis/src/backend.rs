@@ -112,13 +112,17 @@ const LARGE_ENTRY: usize = 4 << 20;
 
 impl RedisBackend {
     /// Connects to the first of `alternatives` (see [`connect::open`]) and sets up the backend
-    /// for its options; the others are where a lost connection may go next.
-    pub(crate) async fn connect_to(alternatives: Vec<Alternative>) -> Result<RedisBackend> {
+    /// for its options; the others are where a lost connection may go next, in `strategy`'s
+    /// order.
+    pub(crate) async fn connect_to(
+        alternatives: Vec<Alternative>,
+        strategy: kombu_core::FailoverStrategy,
+    ) -> Result<RedisBackend> {
         let Some((options, label, _)) = alternatives.first().cloned() else {
             return Err(Error::config("redis: no URL to connect to"));
         };
         let (client, conn) = connect::open(&options, &label).await?;
-        let link = Link::new(conn, alternatives);
+        let link = Link::new(conn, alternatives, strategy);
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
         Ok(RedisBackend {

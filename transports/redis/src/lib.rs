@@ -128,7 +128,7 @@ use std::sync::{Arc, Once};
 use async_trait::async_trait;
 use kombu_core::transport::virtual_transport::VirtualConnection;
 use kombu_core::transport::{BrokerConnection, Transport, register_transport};
-use kombu_core::{BrokerUrl, Result};
+use kombu_core::{BrokerUrl, FailoverStrategy, Result};
 
 mod acks;
 mod backend;
@@ -180,6 +180,18 @@ impl Transport for RedisTransport {
         url: &BrokerUrl,
         alternates: &[BrokerUrl],
     ) -> Result<Arc<dyn BrokerConnection>> {
+        self.connect_failover(url, alternates, FailoverStrategy::RoundRobin)
+            .await
+    }
+
+    /// Connects to `url`; a connection lost later tries the Redis URLs among `alternates` in
+    /// `strategy`'s order (round-robin: back to `url`, then the ones after it).
+    async fn connect_failover(
+        &self,
+        url: &BrokerUrl,
+        alternates: &[BrokerUrl],
+        strategy: FailoverStrategy,
+    ) -> Result<Arc<dyn BrokerConnection>> {
         let options = Options::from_url(url)?;
         let start = alternates.iter().position(|a| a == url).unwrap_or(0);
         let mut alternatives = vec![(options.clone(), url.masked(), url.clone())];
@@ -196,7 +208,7 @@ impl Transport for RedisTransport {
                 alternatives.push((o, other.masked(), other.clone()));
             }
         }
-        let backend = RedisBackend::connect_to(alternatives).await?;
+        let backend = RedisBackend::connect_to(alternatives, strategy).await?;
         Ok(Arc::new(VirtualConnection::new(
             Arc::new(backend),
             Some(options.visibility_timeout),

@@ -6,8 +6,9 @@
 //! The next command asks [`RedisBackend::conn`] for a connection and gets a new one: one
 //! reconnection runs at a time (the others wait for it and use its result), attempts are
 //! spaced by a back-off (100 ms, growing by 200 ms a try, at most 2 s), and each attempt
-//! tries the failover alternatives in order, from the one in use (a server that restarts is
-//! found again first) to the ones after it, wrapping around. A failed attempt is a recoverable
+//! tries the failover alternatives in the connection's `failover_strategy` order: round-robin
+//! (the default) from the one in use (a server that restarts is found again first) to the
+//! ones after it, wrapping around; shuffle, a fresh random order each attempt. A failed attempt is a recoverable
 //! [`ErrorKind::Connection`] error for the command that asked, so the caller's retry policy
 //! (a consumer's, a publisher's) decides how long to keep going. The backend's epoch rises
 //! when a loss is found (core's consumers then return what they had taken into their buffers
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
+use kombu_core::FailoverStrategy;
 use kombu_core::transport::virtual_transport::{Backend, BindingRow};
 use kombu_core::{
     BrokerUrl, Error, ErrorKind, Exchange, LinkReporter, LinkState, LinkWatch, Queue, Result,
@@ -86,6 +88,8 @@ pub(crate) struct Link {
     losses: Arc<AtomicU64>,
     /// The failover alternatives, in order; the first is the one opened.
     alternatives: Vec<Alternative>,
+    /// The order a reconnection tries them in.
+    strategy: FailoverStrategy,
     /// Takes whose reply was lost: `(token, most fields, queue)`.
     lost_takes: Mutex<Vec<(String, usize, String)>>,
     /// Entities declared through this backend.
@@ -94,7 +98,11 @@ pub(crate) struct Link {
 
 impl Link {
     /// A link over a connection just opened to the first of `alternatives`.
-    pub(crate) fn new(conn: MultiplexedConnection, alternatives: Vec<Alternative>) -> Self {
+    pub(crate) fn new(
+        conn: MultiplexedConnection,
+        alternatives: Vec<Alternative>,
+        strategy: FailoverStrategy,
+    ) -> Self {
         Link {
             current: ArcSwap::from_pointee(Current {
                 conn,
@@ -106,6 +114,7 @@ impl Link {
             reporter: LinkReporter::new(),
             losses: Arc::new(AtomicU64::new(0)),
             alternatives,
+            strategy,
             lost_takes: Mutex::new(Vec::new()),
             declared: Mutex::new(Declared::default()),
         }
@@ -220,8 +229,12 @@ pub(crate) fn dead_connection(err: &redis::RedisError) -> bool {
 /// Whether a failed write may have been carried out by the server: the command was sent and
 /// its reply was lost.
 pub(crate) fn maybe_written(error: Error) -> Error {
+    // A refused connection carried nothing: the write is safe to try again.
+    let refused = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<redis::RedisError>())
+        .is_some_and(redis::RedisError::is_connection_refusal);
     match error.kind() {
-        ErrorKind::Connection | ErrorKind::Timeout => error.with_outcome_unknown(),
+        ErrorKind::Connection | ErrorKind::Timeout if !refused => error.with_outcome_unknown(),
         _ => error,
     }
 }
@@ -281,7 +294,7 @@ impl RedisBackend {
         }
         let mut last = None;
         let (from, n) = (link.current.load().index, link.alternatives.len());
-        for index in (0..n).map(|i| (from + i) % n) {
+        for index in link.strategy.order(n, from) {
             let (options, label, _) = &link.alternatives[index];
             match connect::open(options, label).await {
                 Ok((_, conn)) => {
@@ -396,5 +409,32 @@ impl Declared {
     pub(crate) fn delete_queue(&mut self, name: &str) {
         self.queues.remove(name);
         self.bindings.retain(|r| r.queue != name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::connect::redis_error;
+
+    fn io_error(kind: io::ErrorKind) -> Error {
+        redis_error(
+            "t",
+            "publish",
+            redis::RedisError::from(io::Error::new(kind, "x")),
+        )
+    }
+
+    #[test]
+    fn a_refused_connection_wrote_nothing() {
+        let refused = maybe_written(io_error(io::ErrorKind::ConnectionRefused));
+        assert_eq!(refused.kind(), ErrorKind::Connection);
+        assert!(!refused.outcome_unknown());
+        let reset = maybe_written(io_error(io::ErrorKind::ConnectionReset));
+        assert!(reset.outcome_unknown());
+        let broken = maybe_written(io_error(io::ErrorKind::BrokenPipe));
+        assert!(broken.outcome_unknown());
     }
 }

@@ -24,11 +24,10 @@ async fn an_unreadable_entry_taken_and_abandoned_comes_back() -> kombu_core::Res
     let url = BrokerUrl::parse(&format!(
         "{server}?global_keyprefix={prefix}&visibility_timeout=1"
     ))?;
-    let backend = match RedisBackend::connect_to(vec![(
-        Options::from_url(&url)?,
-        "test".to_owned(),
-        url.clone(),
-    )])
+    let backend = match RedisBackend::connect_to(
+        vec![(Options::from_url(&url)?, "test".to_owned(), url.clone())],
+        kombu_core::FailoverStrategy::RoundRobin,
+    )
     .await
     {
         Ok(backend) => backend,
