@@ -331,8 +331,10 @@ async fn declarations_come_back_after_a_restart_that_lost_them() {
         assert!(Instant::now() < deadline, "no reconnection: {seen:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The publisher's first command finds its connection dead; a retry reconnects.
+    // The publisher's first command finds its connection dead (outcome unknown: retried here,
+    // where a duplicate is harmless); a retry reconnects.
     RetryPolicy::default()
+        .retry_unknown(true)
         .run(|| producer.publish(&2u64), |_| {})
         .await
         .expect("publishes");
@@ -384,7 +386,9 @@ async fn a_lost_connection_moves_to_the_next_failover_url() {
     })
     .await
     .expect("killed");
+    // Outcome unknown for the first attempt over the dead connection: a duplicate is harmless here.
     RetryPolicy::default()
+        .retry_unknown(true)
         .run(|| producer.publish(&2u64), |_| {})
         .await
         .expect("publishes on the second server");
