@@ -99,7 +99,7 @@ impl From<Queue> for Declaration {
 /// | memory | cannot fail on the broker's side (nothing to retry) |
 /// | SQLite | a transaction commits or not: a busy or locked database (the transaction did not commit) is retried safely; any other failure, an I/O error reported by `COMMIT` included (the one case whose outcome SQLite leaves open), is not recoverable and not retried |
 /// | Redis | a command whose reply was lost (the connection dropped or timed out after it may have been sent) has an unknown outcome: not retried by default; an error the server answered is not recoverable |
-/// | AMQP | the transport itself publishes again what a lost connection interrupted within `recover_timeout` (at least once); a publish whose confirm never came when it gives up has an unknown outcome, not retried again by default; a broker nack or an unroutable return is not recoverable |
+/// | AMQP | the transport itself publishes again, within `recover_timeout`, what a lost connection interrupted before its frames were written; a publish whose confirm never came has an unknown outcome, not retried by default; a broker nack or an unroutable return is not recoverable |
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -4,8 +4,10 @@
 //! channel-level error (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED close the AMQP channel)
 //! the next operation opens a fresh one, so one failed declaration never makes the connection
 //! unusable. After the connection drops, operations wait for the connection to recover and run
-//! again (declarations are idempotent; a publish whose confirm never came is published again:
-//! at least once, never lost), and consumers subscribe again by themselves.
+//! again (declarations are idempotent; a publish interrupted before any of its frames were
+//! written is published again; one whose confirm never came fails with an error marked
+//! outcome-unknown, which the producer retries only when told to: never a silent duplicate),
+//! and consumers subscribe again by themselves.
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -34,8 +36,10 @@ use crate::mapping::{short_string, to_table};
 /// channel-level error (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED close the AMQP channel)
 /// the next operation opens a fresh one, so one failed declaration never makes the connection
 /// unusable. After the connection drops, operations wait for the connection to recover and run
-/// again (declarations are idempotent; a publish whose confirm never came is published again:
-/// at least once, never lost), and consumers subscribe again by themselves. Applications reach
+/// again (declarations are idempotent; a publish interrupted before any of its frames were
+/// written is published again; one whose confirm never came fails with an error marked
+/// outcome-unknown, which the producer retries only when told to: never a silent duplicate),
+/// and consumers subscribe again by themselves. Applications reach
 /// it through `kombu::Connection` with an `amqp://` URL rather than by name.
 pub struct AmqpChannel {
     inner: Arc<Inner>,

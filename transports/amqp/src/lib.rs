@@ -96,11 +96,12 @@
 //!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use
 //!   (`?failover_strategy=shuffle` on the first URL, or the connection builder's strategy: in a
 //!   new random order each round); `Connection::url` names the one in use. Consumers subscribe
-//!   again by themselves. A publish whose confirm did not arrive is published again, so a
-//!   confirmed publish is never lost (at least once: it may arrive twice). If the connection is
-//!   not back within `recover_timeout`, the publish fails; when its frames may have reached
-//!   the broker, its error says the outcome is unknown (`Error::outcome_unknown`), and a
-//!   producer does not publish it again unless told to (`Producer::retry_unknown`).
+//!   again by themselves. A publish interrupted before its frames were written is published
+//!   again on the recovered connection (within `recover_timeout`). One whose frames may have
+//!   reached the broker and whose confirm did not arrive fails, its error saying the outcome is
+//!   unknown (`Error::outcome_unknown`): a producer does not publish it again unless told to
+//!   (`Producer::retry_unknown`: at least once, it may arrive twice), so nothing is duplicated
+//!   silently.
 //!   Deliveries taken before the drop cannot be settled any more (the broker redelivers
 //!   them).
 

@@ -1,6 +1,7 @@
 //! Publishing on an AMQP channel: a batch's frames queued in order, confirms awaited together,
-//! what a lost connection interrupted published again, and publishes without confirms left to
-//! be written in the background (with backpressure).
+//! what a lost connection interrupted before any of it was written published again (what may
+//! have reached the broker fails outcome-unknown instead: never a silent duplicate), and
+//! publishes without confirms left to be written in the background (with backpressure).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,7 +45,8 @@ fn confirmation(
 }
 
 impl Inner {
-    /// Publishes `batch` in order, again what a lost connection interrupted.
+    /// Publishes `batch` in order; again, on the next connection, when a lost connection
+    /// interrupted it before any of its frames were written.
     pub(crate) async fn publish_all(&self, batch: &[Outgoing]) -> Result<()> {
         let inner = self;
         if inner.shared.is_closing() {
@@ -141,16 +143,20 @@ impl Inner {
                 }
             }
             if let Some(e) = interrupted {
+                // Published again only when none of what is left may have reached the broker:
+                // a second copy of one that did would be a silent duplicate. Whether to try
+                // again is then the caller's choice (the producer's `retry_unknown`).
+                if again.iter().any(|&i| maybe_delivered[i]) {
+                    if let Some(failure) = failure {
+                        return Err(failure);
+                    }
+                    return Err(e.with_outcome_unknown());
+                }
                 if !inner.retryable(&e, deadline) {
                     if let Some(failure) = failure {
                         return Err(failure);
                     }
-                    // A confirm that never came: the broker may have the message.
-                    return Err(if again.iter().any(|&i| maybe_delivered[i]) {
-                        e.with_outcome_unknown()
-                    } else {
-                        e
-                    });
+                    return Err(e);
                 }
                 tracing::debug!(error = %e, left = again.len(), "AMQP publish interrupted; publishing again");
                 tokio::time::sleep(RETRY_PAUSE).await;
