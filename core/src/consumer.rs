@@ -50,8 +50,11 @@ use crate::error::{Error, Result};
 
 mod heartbeat;
 mod policy;
+mod shutdown;
 use heartbeat::Heartbeat;
 pub use policy::Handled;
+pub use shutdown::{DEFAULT_SHUTDOWN_TIMEOUT, StopHandle};
+use shutdown::{Ran, StopSignal};
 
 /// What to do with a delivery that could not be decoded or is not accepted (a poison
 /// message). Nothing is ever dropped.
@@ -87,6 +90,7 @@ pub struct ConsumerBuilder {
     max_redeliveries: u32,
     accept_names: Option<Vec<String>>,
     heartbeat: Heartbeat,
+    shutdown_timeout: Duration,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -116,7 +120,16 @@ impl ConsumerBuilder {
             max_redeliveries: DEFAULT_MAX_REDELIVERIES,
             accept_names: None,
             heartbeat: Heartbeat::Auto,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
+    }
+
+    /// How long a stopped consumer lets the handler in flight finish (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); past it the handler is dropped and its delivery goes back
+    /// to its queue. See [`StopHandle`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
     }
 
     /// Most unsettled deliveries held at once (default 100; 0 = unbounded).
@@ -237,6 +250,8 @@ impl ConsumerBuilder {
             action: self.action,
             max_redeliveries: self.max_redeliveries,
             heartbeat: self.heartbeat,
+            stop: Arc::new(StopSignal::default()),
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -338,6 +353,10 @@ pub struct Consumer {
     action: ErrorAction,
     max_redeliveries: u32,
     heartbeat: Heartbeat,
+    /// Set by a [`StopHandle`]: the stream ends, the handler loop winds down.
+    stop: Arc<StopSignal>,
+    /// How long a stopped handler loop lets its handler finish.
+    shutdown_timeout: Duration,
 }
 
 impl fmt::Debug for Consumer {
@@ -366,9 +385,11 @@ impl Consumer {
         self.conn.link()
     }
 
-    /// Closes the channel: unsettled deliveries return to their queues.
+    /// Closes the channel: pending acks are written, and every delivery taken and not settled
+    /// (prefetched, or handed out and still held) returns to its queue at once, marked
+    /// redelivered.
     pub async fn close(self) -> Result<()> {
-        self.channel.close().await
+        self.close_gracefully().await
     }
 
     fn action_for(&self, error: &Error, delivery: &Delivery) -> ErrorAction {
@@ -378,10 +399,11 @@ impl Consumer {
         }
     }
 
-    /// Runs `handler` for each delivery until it returns an error (which is returned) or the
-    /// stream ends. The handler settles each delivery. Refused deliveries go to the error policy.
-    /// While a handler runs, the lease of its delivery is extended
-    /// ([`ConsumerBuilder::lease_heartbeat`]).
+    /// Runs `handler` for each delivery until it returns an error (which is returned), the
+    /// stream ends, or the consumer is stopped ([`StopHandle`]: the handler in flight gets the
+    /// shutdown timeout to finish, then the consumer is closed and `Ok(())` returned). The
+    /// handler settles each delivery. Refused deliveries go to the error policy. While a handler
+    /// runs, the lease of its delivery is extended ([`ConsumerBuilder::lease_heartbeat`]).
     pub async fn consume<F, Fut>(mut self, mut handler: F) -> Result<()>
     where
         F: FnMut(Delivery) -> Fut,
@@ -391,18 +413,24 @@ impl Consumer {
             match item {
                 Ok(delivery) => {
                     let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                    heartbeat::run(keeper, handler(delivery)).await?;
+                    let handled = heartbeat::run(keeper, handler(delivery));
+                    if self.run_handler(handled).await? == Ran::Abandoned {
+                        break;
+                    }
                 }
                 Err(refused) => {
                     self.handle(refused).await?;
                 }
             }
         }
+        if self.is_stopped() {
+            return self.close_gracefully().await;
+        }
         Ok(())
     }
 
-    /// Like [`Consumer::consume`], decoding each body into `T` first; bodies that do not decode
-    /// go to the error policy instead of the handler.
+    /// Like [`Consumer::consume`] (a stop included), decoding each body into `T` first; bodies
+    /// that do not decode go to the error policy instead of the handler.
     pub async fn consume_as<T, F, Fut>(mut self, mut handler: F) -> Result<()>
     where
         T: DeserializeOwned,
@@ -414,7 +442,10 @@ impl Consumer {
                 Ok(delivery) => match delivery.decode::<T>() {
                     Ok(value) => {
                         let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                        heartbeat::run(keeper, handler(value, delivery)).await?;
+                        let handled = heartbeat::run(keeper, handler(value, delivery));
+                        if self.run_handler(handled).await? == Ran::Abandoned {
+                            break;
+                        }
                         continue;
                     }
                     Err(error) => (error, delivery),
@@ -429,6 +460,9 @@ impl Consumer {
                 delivery: Some(delivery),
             })
             .await?;
+        }
+        if self.is_stopped() {
+            return self.close_gracefully().await;
         }
         Ok(())
     }
@@ -461,6 +495,9 @@ impl Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.stop.poll_stopped(cx) {
+            return Poll::Ready(None);
+        }
         match this.stream.poll_next_unpin(cx) {
             Poll::Ready(Some(item)) => Poll::Ready(Some(this.prepare(item))),
             Poll::Ready(None) => Poll::Ready(None),
