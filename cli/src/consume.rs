@@ -15,12 +15,15 @@ use serde_json::{Map, Value as Json, json};
 use crate::Outcome;
 use crate::cli::{ConsumeArgs, Format, Global, OnError};
 use crate::common::{self, Ctx as _};
+use crate::lifecycle::{self, Backoff, Signal, Signals};
 
 /// What `consume` accepts without `--accept`: the serializers that only describe data. Pickle
 /// (which Python runs code to read) and the signing serializers must be named.
 const DEFAULT_ACCEPT: [&str; 5] = ["json", "msgpack", "yaml", "text", "raw"];
 
 pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> {
+    // From here on SIGINT and SIGTERM stop the command gracefully (a second one exits at once).
+    let mut signals = Signals::install();
     let url = common::url(global)?;
     let masked = common::mask(&url);
     let idle = match args.timeout {
@@ -31,6 +34,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         None => None,
     };
     let conn = common::connect(&url).await?;
+    lifecycle::report_link(&conn, "");
     let registry = conn.registry().clone();
     let (accept, accepted) = accept_list(&registry, &args.accept)?;
     for name in &args.queues {
@@ -96,14 +100,22 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
     let mut outcome = Outcome::Done;
+    let mut backoff = Backoff::new();
+    let what = format!("consuming from {:?} on {masked}", args.queues);
     loop {
         if args.count.is_some_and(|c| got >= c) {
             break;
         }
+        if let Some(signal) = signals.received() {
+            outcome = stopped_by(signal);
+            break;
+        }
+        // A signal stops the wait for the next message; the message in hand (printed and
+        // acked below) is always finished first.
         let item = tokio::select! {
             item = source.next(idle) => item,
-            _ = tokio::signal::ctrl_c() => {
-                outcome = Outcome::Interrupted;
+            signal = signals.wait() => {
+                outcome = stopped_by(signal);
                 break;
             }
         };
@@ -127,10 +139,33 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             }))) if matches!(args.format, Format::Raw | Format::Base64) => {
                 decode(delivery, args.format, &registry)
             }
+            // The broker failed (a lost connection the transport is healing): ride it out.
+            Some(Some(Err(ConsumeError {
+                error,
+                delivery: None,
+            }))) if error.dead_lettered().is_none() => {
+                let retried = tokio::select! {
+                    retried = backoff.retry(&error, &what) => retried,
+                    signal = signals.wait() => {
+                        outcome = stopped_by(signal);
+                        break;
+                    }
+                };
+                if retried {
+                    continue;
+                }
+                Err(ConsumeError {
+                    error,
+                    delivery: None,
+                })
+            }
             Some(Some(Err(refused))) => Err(refused),
         };
         let (delivery, body) = match taken {
-            Ok(taken) => taken,
+            Ok(taken) => {
+                backoff.reset();
+                taken
+            }
             Err(refused) => {
                 match settle_refused(&source, refused, &args, &masked, &mut held).await {
                     Ok(Settled::DeadLettered) => dead += 1,
@@ -163,14 +198,11 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         got += 1;
         if args.requeue {
             held.push(delivery);
-        } else if !args.no_ack {
-            let queue = delivery.queue().to_owned();
-            if let Err(e) = delivery.ack().await.ctx(format!(
-                "cannot acknowledge a message of queue {queue:?} on {masked}"
-            )) {
-                failure = Some(e);
-                break;
-            }
+        } else if !args.no_ack
+            && let Err(e) = ack(delivery, &mut backoff, &masked).await
+        {
+            failure = Some(e);
+            break;
         }
     }
     if outcome == Outcome::Done && dead > 0 {
@@ -180,24 +212,71 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     // then keep the original order of several peeked messages.
     for delivery in held.into_iter().rev() {
         let queue = delivery.queue().to_owned();
-        let requeued = delivery.requeue().await.ctx(format!(
-            "cannot put a message back on queue {queue:?} on {masked}"
-        ));
-        if let Err(e) = requeued
-            && failure.is_none()
-        {
-            failure = Some(e);
+        let what = format!("cannot put a message back on queue {queue:?} on {masked}");
+        match delivery.requeue().await {
+            Ok(()) => {}
+            // Its channel is gone: the broker put it back by itself.
+            Err(e) if e.error.kind() == kombu::ErrorKind::StaleDelivery => {
+                lifecycle::stale_warning(&what, &e.error);
+            }
+            Err(e) => {
+                if let (None, Err(e)) = (&failure, Err::<(), _>(e).ctx(what)) {
+                    failure = Some(e);
+                }
+            }
         }
     }
-    let closed = source
-        .close()
-        .await
-        .ctx(format!("cannot close the consumer on {masked}"));
+    let closed = match source.close().await {
+        // The broker is gone: what the consumer held returns to its queue by itself (when the
+        // broker sees the connection gone, or when its visibility timeout passes).
+        Err(e) if e.is_recoverable() => {
+            eprintln!("warning: closing the consumer on {masked}: {e:#}");
+            Ok(())
+        }
+        closed => closed.ctx(format!("cannot close the consumer on {masked}")),
+    };
     if let Some(e) = failure {
         return Err(e);
     }
     closed?;
     Ok(outcome)
+}
+
+/// How a command stopped by `signal` ends: SIGINT as an interruption (status 130, the shell's
+/// convention), SIGTERM as a clean stop (status 0, what supervisors expect of a stop they
+/// asked for).
+pub fn stopped_by(signal: Signal) -> Outcome {
+    match signal {
+        Signal::Interrupt => Outcome::Interrupted,
+        Signal::Terminate => Outcome::Done,
+    }
+}
+
+/// Acks a printed message. An ack its broker can no longer apply (the connection was lost and
+/// the message will be delivered again) is a warning; one that failed for a recoverable reason
+/// is tried again under `backoff`; any other failure ends the command.
+async fn ack(delivery: Delivery, backoff: &mut Backoff, masked: &str) -> anyhow::Result<()> {
+    let what = format!(
+        "cannot acknowledge a message of queue {:?} on {masked}",
+        delivery.queue()
+    );
+    let mut delivery = delivery;
+    loop {
+        match delivery.ack().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.error.kind() == kombu::ErrorKind::StaleDelivery => {
+                lifecycle::stale_warning(&what, &e.error);
+                return Ok(());
+            }
+            Err(e) => {
+                if backoff.retry(&e.error, &what).await {
+                    delivery = e.into_delivery();
+                    continue;
+                }
+                return Err::<(), _>(e).ctx(what);
+            }
+        }
+    }
 }
 
 /// The accept list: `given` (`--accept`), else [`DEFAULT_ACCEPT`] (those this build has), by
