@@ -1,0 +1,318 @@
+//! `kombu consume` stopped by signals and riding through a lost connection, driven as a
+//! supervisor would: SIGTERM stops it cleanly (status 0) with nothing lost, what it had
+//! prefetched back in the queue at once; SIGINT exits 130; a connection the broker closes under
+//! it (RabbitMQ's `rabbitmqctl close_connection`, the shared node is not restarted) is
+//! recovered and consuming goes on.
+
+mod cli_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cli_support::*;
+
+/// Bound on anything a test waits for (a guard, not a timing).
+const GUARD: Duration = Duration::from_secs(60);
+
+/// A `kombu consume` running in the background: its stdout lines as they come, its stderr.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(url: &str, queue: &str, extra: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kombu"))
+            .env_remove("KOMBU_URL")
+            .args([
+                "--url", url, "consume", "--queue", queue, "--format", "body",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kombu consume");
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut readers = vec![std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        })];
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }));
+        Running {
+            child,
+            lines,
+            stderr,
+            readers,
+        }
+    }
+
+    /// Waits (bounded) until `n` more lines were printed; returns them.
+    fn take(&self, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = GUARD.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(e) => panic!(
+                    "{} of {n} lines printed ({e}); stderr: {}",
+                    got.len(),
+                    self.stderr()
+                ),
+            }
+        }
+        got
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name}");
+    }
+
+    /// Waits (bounded) for the exit; returns the status and every line printed meanwhile.
+    fn exit(mut self) -> (ExitStatus, Vec<String>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > GUARD {
+                let _ = self.child.kill();
+                panic!("kombu consume did not stop; stderr: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader");
+        }
+        let rest = self.lines.try_iter().collect();
+        (status, rest, self.stderr())
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Publishes the numbers `from..to`, one message each, declaring the queue.
+fn publish_range(url: &str, queue: &str, from: u32, to: u32) {
+    let lines: String = (from..to).map(|i| format!("{i}\n")).collect();
+    kombu(url)
+        .args(["publish", "--routing-key", queue, "--declare-queue", queue])
+        .args(["--serializer", "text", "--lines"])
+        .write_stdin(lines)
+        .assert()
+        .success();
+}
+
+/// The numbers printed, checked to be numbers.
+fn numbers(lines: &[String]) -> BTreeSet<u32> {
+    lines
+        .iter()
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("printed {l:?}")))
+        .collect()
+}
+
+/// SIGTERM while `kombu consume` runs: exit 0, what it printed was acked, everything else
+/// (its prefetch included) is back in the queue at once, and nothing is lost.
+fn sigterm_loses_nothing(url: &str) {
+    const N: u32 = 300;
+    let queue = unique("sigterm");
+    publish_range(url, &queue, 0, N);
+    let running = Running::start(url, &queue, &["--prefetch", "50"]);
+    let mut printed = running.take(20);
+    running.signal("TERM");
+    let (status, rest, stderr) = running.exit();
+    printed.extend(rest);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a SIGTERM stop exits 0; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("SIGTERM"),
+        "stderr says why it stops: {stderr}"
+    );
+    let seen = numbers(&printed);
+    assert_eq!(seen.len(), printed.len(), "nothing printed twice");
+    // Right after the exit: every message not printed is ready again (not leased until a
+    // visibility timeout), and the printed ones were acked.
+    let left = size(url, &queue);
+    println!(
+        "{url}: printed {} of {N} before the stop, {left} back in the queue",
+        printed.len()
+    );
+    assert_eq!(left, u64::from(N) - printed.len() as u64, "nothing lost");
+    let rest = consume_json(url, &queue, usize::try_from(left).expect("small"));
+    let rest: BTreeSet<u32> = rest
+        .iter()
+        .map(|m| {
+            m["body"]
+                .as_str()
+                .expect("text body")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    assert!(seen.is_disjoint(&rest), "the printed ones were acked");
+    assert_eq!(seen.len() + rest.len(), N as usize, "every message once");
+    delete_queue(url, &queue);
+}
+
+#[test]
+fn sigterm_stops_consume_cleanly_on_sqlite() {
+    let (_dir, url) = setup();
+    sigterm_loses_nothing(&url);
+}
+
+#[test]
+fn sigterm_stops_consume_cleanly_on_redis() {
+    sigterm_loses_nothing(&redis_url());
+}
+
+#[test]
+fn sigint_stops_consume_with_130_and_loses_nothing() {
+    let (_dir, url) = setup();
+    let queue = unique("sigint");
+    publish_range(&url, &queue, 0, 100);
+    let running = Running::start(&url, &queue, &["--prefetch", "20"]);
+    let mut printed = running.take(5);
+    running.signal("INT");
+    let (status, rest, stderr) = running.exit();
+    printed.extend(rest);
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "SIGINT exits 130; stderr: {stderr}"
+    );
+    assert_eq!(
+        size(&url, &queue),
+        100 - printed.len() as u64,
+        "nothing lost"
+    );
+}
+
+/// The local ports of `pid`'s TCP connections to port 5672, from `ss`.
+fn amqp_ports_of(pid: u32) -> Vec<u16> {
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", "established", "( dport = :5672 )"])
+        .output()
+        .expect("ss (iproute2)");
+    let needle = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(2)?;
+            local.rsplit(':').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Closes, from the broker's side, every connection `pid` has to RabbitMQ (found by the
+/// client's port among `rabbitmqctl list_connections`); returns how many.
+fn close_amqp_connections_of(pid: u32) -> usize {
+    let ports = amqp_ports_of(pid);
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "peer_port"])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut closed = 0;
+    for line in listing.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(conn), Some(port)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !port.parse().is_ok_and(|p: u16| ports.contains(&p)) {
+            continue;
+        }
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "close_connection",
+                conn,
+                "closed by the kombu-rs signal test",
+            ])
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl close_connection {conn}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        closed += 1;
+    }
+    closed
+}
+
+#[test]
+fn consume_rides_through_an_amqp_connection_closed_by_the_broker() {
+    let url = AMQP_URL;
+    let queue = unique("ride");
+    publish_range(url, &queue, 0, 50);
+    let running = Running::start(url, &queue, &["--prefetch", "10"]);
+    let mut printed = running.take(50);
+    let closed = close_amqp_connections_of(running.child.id());
+    assert!(closed > 0, "kombu consume has a connection to RabbitMQ");
+    let lost_at = Instant::now();
+    // Published after the loss: only a consumer that came back can print them.
+    publish_range(url, &queue, 50, 100);
+    let after = running.take(50);
+    println!(
+        "AMQP: {closed} connection(s) closed by the broker; 50 more printed {:?} after",
+        lost_at.elapsed()
+    );
+    printed.extend(after);
+    running.signal("TERM");
+    let (status, rest, stderr) = running.exit();
+    printed.extend(rest);
+    println!("stderr of kombu consume:\n{stderr}");
+    assert_eq!(status.code(), Some(0), "a clean stop; stderr: {stderr}");
+    assert!(!stderr.contains("error:"), "no error: {stderr}");
+    let seen = numbers(&printed);
+    assert_eq!(
+        seen,
+        (0..100).collect::<BTreeSet<u32>>(),
+        "every message printed, before and after the loss"
+    );
+    assert_eq!(size(url, &queue), 0, "every printed message was acked");
+    delete_queue(url, &queue);
+}
