@@ -14,6 +14,11 @@
 //! arrives as an [`ErrorKind::DeadLettered`](crate::ErrorKind::DeadLettered) item, and the
 //! consumer goes on.
 //!
+//! A [`StopHandle`] ([`Consumer::stop_handle`]) stops a consumer from another task: its stream
+//! ends, its handler loop lets the handler in flight finish within the
+//! [`shutdown_timeout`](ConsumerBuilder::shutdown_timeout) and closes it, and everything it
+//! took and did not settle goes back to its queue at once.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kombu_core::Result<()> {
