@@ -316,3 +316,55 @@ fn consume_rides_through_an_amqp_connection_closed_by_the_broker() {
     assert_eq!(size(url, &queue), 0, "every printed message was acked");
     delete_queue(url, &queue);
 }
+
+#[test]
+fn sigterm_stops_move_between_chunks_and_loses_nothing() {
+    const N: u32 = 5000;
+    let (dir, from) = setup();
+    let to = sqlite_url(dir.path(), "destination.db");
+    let queue = unique("moving");
+    publish_range(&from, &queue, 0, N);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kombu"))
+        .env_remove("KOMBU_URL")
+        .args(["move", "--from", &from, "--to", &to, "--queue", &queue])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kombu move");
+    // Once some messages arrived (or the move ended first: the checks below hold either way).
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none()
+        && !(queue_exists(&to, &queue) && size(&to, &queue) > 0)
+    {
+        assert!(start.elapsed() < GUARD, "kombu move moves nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("kombu move ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a SIGTERM stop exits 0; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (left, moved) = (size(&from, &queue), size(&to, &queue));
+    println!("move: {stdout}{left} left on the source, {moved} on the destination");
+    assert_eq!(
+        left + moved,
+        u64::from(N),
+        "nothing lost, nothing moved twice"
+    );
+    let bodies = |url: &str, n: u64| -> BTreeSet<u32> {
+        consume_json(url, &queue, usize::try_from(n).expect("small"))
+            .iter()
+            .map(|m| m["body"].as_str().expect("text").parse().expect("a number"))
+            .collect()
+    };
+    let mut all = bodies(&from, left);
+    all.extend(bodies(&to, moved));
+    assert_eq!(all, (0..N).collect::<BTreeSet<u32>>(), "every message once");
+}
