@@ -207,7 +207,5 @@ impl Backoff {
 /// The warning printed for a settlement the broker can no longer apply (its channel or
 /// connection was lost): the message is given again, to this consumer or another.
 pub fn stale_warning(what: &str, error: &Error) {
-    eprintln!(
-        "warning: {what}: {error:#}; the broker delivers the message again, so it may be seen twice"
-    );
+    eprintln!("warning: {what}: {error:#}; so it may be seen twice");
 }

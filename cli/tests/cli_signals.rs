@@ -29,6 +29,14 @@ struct Running {
 
 impl Running {
     fn start(url: &str, queue: &str, extra: &[&str]) -> Running {
+        let (gate, opened) = channel();
+        let _ = gate.send(());
+        Running::gated(url, queue, extra, opened)
+    }
+
+    /// As [`Running::start`], its stdout read only once `opened` says so (until then the pipe
+    /// fills and the command blocks writing).
+    fn gated(url: &str, queue: &str, extra: &[&str], opened: Receiver<()>) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kombu"))
             .env_remove("KOMBU_URL")
             .args([
@@ -43,6 +51,9 @@ impl Running {
         let (tx, lines) = channel();
         let stdout = child.stdout.take().expect("stdout piped");
         let mut readers = vec![std::thread::spawn(move || {
+            if opened.recv().is_err() {
+                return;
+            }
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 if tx.send(line).is_err() {
@@ -367,4 +378,65 @@ fn sigterm_stops_move_between_chunks_and_loses_nothing() {
     let mut all = bodies(&from, left);
     all.extend(bodies(&to, moved));
     assert_eq!(all, (0..N).collect::<BTreeSet<u32>>(), "every message once");
+}
+
+#[test]
+fn an_ack_after_the_amqp_connection_was_lost_is_a_warning_and_consume_goes_on() {
+    const N: u32 = 100;
+    let url = AMQP_URL;
+    let queue = unique("stale");
+    // 4 KB bodies: a few fill the pipe, so kombu consume blocks printing one it holds.
+    let pad = "x".repeat(4000);
+    let lines: String = (0..N).map(|i| format!("{i} {pad}\n")).collect();
+    kombu(url)
+        .args([
+            "publish",
+            "--routing-key",
+            &queue,
+            "--declare-queue",
+            &queue,
+        ])
+        .args(["--serializer", "text", "--lines"])
+        .write_stdin(lines)
+        .assert()
+        .success();
+    let (gate, opened) = channel();
+    let running = Running::gated(url, &queue, &["--prefetch", "10"], opened);
+    let start = Instant::now();
+    while size(url, &queue) == u64::from(N) {
+        assert!(start.elapsed() < GUARD, "kombu consume takes nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Blocked writing a delivery it holds, unacked, when its connection is closed.
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = close_amqp_connections_of(running.child.id());
+    assert!(closed > 0, "kombu consume has a connection to RabbitMQ");
+    std::thread::sleep(Duration::from_millis(200));
+    gate.send(()).expect("reader waiting");
+    let mut seen = BTreeSet::new();
+    let mut printed = 0usize;
+    while seen.len() < N as usize {
+        for line in running.take(1) {
+            printed += 1;
+            let number = line.split_whitespace().next().unwrap_or_default();
+            seen.insert(number.parse::<u32>().expect("a number first"));
+        }
+    }
+    running.signal("TERM");
+    let (status, rest, stderr) = running.exit();
+    printed += rest.len();
+    println!(
+        "AMQP, connection closed while consume held deliveries: {} printed for {N} messages; \
+         stderr:\n{stderr}",
+        printed
+    );
+    assert_eq!(status.code(), Some(0), "a clean stop; stderr: {stderr}");
+    assert!(!stderr.contains("error:"), "no error: {stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("may be seen twice"),
+        "the ack of the delivery held across the loss is a warning: {stderr}"
+    );
+    assert!(printed > N as usize, "what was held is delivered again");
+    assert_eq!(size(url, &queue), 0, "every message acked in the end");
+    delete_queue(url, &queue);
 }
