@@ -247,7 +247,7 @@ impl ConsumerBuilder {
         Ok(Consumer {
             conn: self.conn,
             channel,
-            stream,
+            stream: SyncStream::new(stream),
             decoder: Arc::new(self.decoder),
             queues: names,
             declared: self.queues,
@@ -349,7 +349,7 @@ impl From<ConsumeError> for Error {
 pub struct Consumer {
     conn: Connection,
     channel: Arc<dyn Channel>,
-    stream: DeliveryStream,
+    stream: SyncStream,
     decoder: Arc<Decoder>,
     queues: Vec<String>,
     /// The queues as given (their dead-letter exchanges route poison messages).
@@ -503,10 +503,28 @@ impl Stream for Consumer {
         if this.stop.poll_stopped(cx) {
             return Poll::Ready(None);
         }
-        match this.stream.poll_next_unpin(cx) {
+        match this.stream.get_mut().poll_next_unpin(cx) {
             Poll::Ready(Some(item)) => Poll::Ready(Some(this.prepare(item))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// The delivery stream, made `Sync` so that `&Consumer` may be held across an await by a task
+/// that moves between threads (the handler loops are then `Send`, and can be spawned). Only
+/// ever reached through `&mut`: the mutex is never locked.
+struct SyncStream(std::sync::Mutex<DeliveryStream>);
+
+impl SyncStream {
+    fn new(stream: DeliveryStream) -> Self {
+        SyncStream(std::sync::Mutex::new(stream))
+    }
+
+    fn get_mut(&mut self) -> &mut DeliveryStream {
+        // Never locked, so never poisoned; a poisoned one would hold a usable stream anyway.
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

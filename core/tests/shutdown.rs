@@ -213,3 +213,40 @@ async fn a_handler_that_overruns_the_shutdown_timeout_is_dropped_and_its_deliver
     delivery.ack().await.expect("ack");
     again.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_loop_runs_in_a_task_of_its_own_and_stops_there() {
+    let queue = uniq("spawned");
+    let conn = open_with(&queue, 3).await;
+    let consumer = conn
+        .consumer([Queue::new(&queue)])
+        .prefetch(1)
+        .build()
+        .await
+        .expect("consumer");
+    let stop = consumer.stop_handle();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The loop is `Send`: it runs on the multi-thread runtime's workers.
+    let worker = tokio::spawn(consumer.consume_as(move |n: u64, delivery| {
+        let seen = seen_tx.clone();
+        async move {
+            delivery.ack().await?;
+            let _ = seen.send(n);
+            Ok(())
+        }
+    }));
+    for expected in 0..3 {
+        let n = tokio::time::timeout(GUARD, seen_rx.recv())
+            .await
+            .expect("a message handled")
+            .expect("the worker runs");
+        assert_eq!(n, expected);
+    }
+    stop.stop();
+    tokio::time::timeout(GUARD, worker)
+        .await
+        .expect("the worker stops")
+        .expect("no panic")
+        .expect("a clean stop");
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 0);
+}

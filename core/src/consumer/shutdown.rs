@@ -50,18 +50,15 @@ const TAKE_GRACE: Duration = Duration::from_secs(2);
 ///     .build()
 ///     .await?;
 /// let stop = consumer.stop_handle();
+/// let worker = tokio::spawn(
+///     consumer.consume(|delivery| async move { Ok(delivery.ack().await?) }),
+/// );
 /// conn.producer().routing_key("jobs").publish("work").await?;
 ///
-/// // Elsewhere, e.g. on SIGTERM:
-/// tokio::spawn(async move {
-///     tokio::time::sleep(Duration::from_millis(100)).await;
-///     stop.stop();
-/// });
-/// // Returns once stopped: the handler in flight finished, the consumer closed.
-/// consumer
-///     .consume(|delivery| async move { Ok(delivery.ack().await?) })
-///     .await?;
-/// assert_eq!(conn.queue_size("jobs").await?, 0);
+/// stop.stop(); // e.g. on SIGTERM
+/// // The worker returns once stopped: the handler in flight finished, the consumer closed,
+/// // and what it had taken and not settled is back in the queue.
+/// worker.await.expect("the worker does not panic")?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -195,7 +192,7 @@ impl Consumer {
         // On a closed channel a consumer stream ends at once, returning what a take under way
         // brought in (the virtual channel restores it when its stream ends).
         let drained = tokio::time::timeout(TAKE_GRACE, async {
-            while self.stream.next().await.is_some() {}
+            while self.stream.get_mut().next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
