@@ -112,9 +112,9 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         }
         // A signal stops the wait for the next message; the message in hand (printed and
         // acked below) is always finished first.
-        let item = tokio::select! {
-            item = source.next(idle) => item,
-            signal = signals.wait() => {
+        let item = match source.next(idle, &mut signals).await {
+            Ok(item) => item,
+            Err(signal) => {
                 outcome = stopped_by(signal);
                 break;
             }
@@ -452,14 +452,29 @@ enum Source {
 type Next = Option<Option<Result<Delivery, ConsumeError>>>;
 
 impl Source {
-    /// The next message, waiting at most `idle` (no bound without it).
-    async fn next(&mut self, idle: Option<Duration>) -> Next {
+    /// The next message, waiting at most `idle` (no bound without it), or the signal that
+    /// stopped the wait. A take is never cut short (what it took would stay leased until its
+    /// visibility timeout): a consumer's stream keeps a take under way for its close, a peek
+    /// looks at the signals only between two takes.
+    async fn next(
+        &mut self,
+        idle: Option<Duration>,
+        signals: &mut Signals,
+    ) -> Result<Next, Signal> {
         match self {
-            Source::Consumer(consumer) => match idle {
-                Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
-                None => Some(consumer.next().await),
-            },
-            Source::Peek(peek) => peek.next(idle).await,
+            Source::Consumer(consumer) => {
+                let next = async {
+                    match idle {
+                        Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
+                        None => Some(consumer.next().await),
+                    }
+                };
+                tokio::select! {
+                    next = next => Ok(next),
+                    signal = signals.wait() => Err(signal),
+                }
+            }
+            Source::Peek(peek) => peek.next(idle, signals).await,
         }
     }
 
@@ -490,30 +505,37 @@ struct Peek {
 }
 
 impl Peek {
-    async fn next(&mut self, idle: Option<Duration>) -> Next {
+    async fn next(
+        &mut self,
+        idle: Option<Duration>,
+        signals: &mut Signals,
+    ) -> Result<Next, Signal> {
         let deadline = idle.map(|idle| tokio::time::Instant::now() + idle);
         let mut pause = PEEK_FIRST_PAUSE;
         loop {
+            if let Some(signal) = signals.received() {
+                return Err(signal);
+            }
             for _ in 0..self.queues.len() {
                 let queue = &self.queues[self.next % self.queues.len()];
                 self.next = (self.next + 1) % self.queues.len();
                 match self.channel.get(queue, false).await {
                     Ok(Some(delivery)) => {
                         let delivery = delivery.with_decoder(self.decoder.clone());
-                        return Some(Some(match delivery.check_accept() {
+                        return Ok(Some(Some(match delivery.check_accept() {
                             Ok(()) => Ok(delivery),
                             Err(error) => Err(ConsumeError {
                                 error,
                                 delivery: Some(delivery),
                             }),
-                        }));
+                        })));
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        return Some(Some(Err(ConsumeError {
+                        return Ok(Some(Some(Err(ConsumeError {
                             error,
                             delivery: None,
-                        })));
+                        }))));
                     }
                 }
             }
@@ -521,13 +543,16 @@ impl Peek {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
-                        return None;
+                        return Ok(None);
                     }
                     pause.min(left)
                 }
                 None => pause,
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                signal = signals.wait() => return Err(signal),
+            }
             pause = (pause * 2).min(PEEK_MAX_PAUSE);
         }
     }

@@ -440,3 +440,27 @@ fn an_ack_after_the_amqp_connection_was_lost_is_a_warning_and_consume_goes_on() 
     assert_eq!(size(url, &queue), 0, "every message acked in the end");
     delete_queue(url, &queue);
 }
+
+#[test]
+fn sigterm_stops_a_peek_and_puts_back_what_it_showed() {
+    let (_dir, url) = setup();
+    let queue = unique("peek");
+    publish_range(&url, &queue, 0, 30);
+    let running = Running::start(&url, &queue, &["--requeue"]);
+    let mut printed = running.take(30);
+    // Every message shown and held: the peek now waits for more, and is stopped there.
+    running.signal("TERM");
+    let (status, rest, stderr) = running.exit();
+    printed.extend(rest);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a SIGTERM stop exits 0; stderr: {stderr}"
+    );
+    assert_eq!(numbers(&printed), (0..30).collect::<BTreeSet<u32>>());
+    assert_eq!(
+        size(&url, &queue),
+        30,
+        "a peek leaves every message in its queue"
+    );
+}
