@@ -18,6 +18,7 @@ mod consume;
 mod dlq;
 mod lifecycle;
 mod publish;
+mod render;
 mod transfer;
 
 use std::io::Write as _;
