@@ -464,3 +464,56 @@ fn sigterm_stops_a_peek_and_puts_back_what_it_showed() {
         "a peek leaves every message in its queue"
     );
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (_dir, url) = setup();
+    let queue = unique("second");
+    // 4 KB bodies and a stdout nobody reads: kombu consume blocks printing, so the first
+    // SIGTERM cannot finish the message in hand; the second exits at once.
+    let pad = "x".repeat(4000);
+    let lines: String = (0..100).map(|i| format!("{i} {pad}\n")).collect();
+    kombu(&url)
+        .args([
+            "publish",
+            "--routing-key",
+            &queue,
+            "--declare-queue",
+            &queue,
+        ])
+        .args(["--serializer", "text", "--lines"])
+        .write_stdin(lines)
+        .assert()
+        .success();
+    let (gate, never) = channel();
+    let running = Running::gated(&url, &queue, &[], never);
+    let start = Instant::now();
+    while size(&url, &queue) == 100 {
+        assert!(start.elapsed() < GUARD, "kombu consume takes nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal("TERM");
+    let start = Instant::now();
+    let mut running = running;
+    let status = loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < GUARD, "the second SIGTERM exits");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The readers end with the pipes (stdout's without reading it): stderr is complete.
+    drop(gate);
+    for reader in running.readers.drain(..) {
+        reader.join().expect("reader");
+    }
+    assert_eq!(status.code(), Some(143), "stderr: {}", running.stderr());
+    assert!(
+        running.stderr().contains("exiting now"),
+        "{}",
+        running.stderr()
+    );
+}
