@@ -170,8 +170,10 @@ fn sigterm_loses_nothing(url: &str) {
     publish_range(url, &queue, 0, N);
     let running = Running::start(url, &queue, &["--prefetch", "50"]);
     let mut printed = running.take(20);
+    let signalled = Instant::now();
     running.signal("TERM");
     let (status, rest, stderr) = running.exit();
+    let stopping = signalled.elapsed();
     printed.extend(rest);
     assert_eq!(
         status.code(),
@@ -188,7 +190,8 @@ fn sigterm_loses_nothing(url: &str) {
     // visibility timeout), and the printed ones were acked.
     let left = size(url, &queue);
     println!(
-        "{url}: printed {} of {N} before the stop, {left} back in the queue",
+        "{url}: printed {} of {N} before the stop, {left} back in the queue; exited {stopping:?} \
+         after SIGTERM",
         printed.len()
     );
     assert_eq!(left, u64::from(N) - printed.len() as u64, "nothing lost");
