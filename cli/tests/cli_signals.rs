@@ -223,6 +223,11 @@ fn sigterm_stops_consume_cleanly_on_redis() {
 }
 
 #[test]
+fn sigterm_stops_consume_cleanly_on_amqp() {
+    sigterm_loses_nothing(AMQP_URL);
+}
+
+#[test]
 fn sigint_stops_consume_with_130_and_loses_nothing() {
     let (_dir, url) = setup();
     let queue = unique("sigint");
