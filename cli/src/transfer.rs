@@ -102,7 +102,7 @@ pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
             }
         }
         if let Some(e) = failed {
-            put_back(taken).await;
+            put_back(taken, &mut backoff, &from).await;
             if backoff.retry(&e, &taking).await {
                 continue;
             }
@@ -130,7 +130,7 @@ pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
              to the source)"
         );
         if let Err(e) = sender.publish_batch(batch).await {
-            put_back(taken).await;
+            put_back(taken, &mut backoff, &from).await;
             // A publish whose outcome is unknown may be on the destination already: trying
             // again may move those messages twice, never lose them.
             if backoff.retry(&e, &publishing).await {
@@ -181,9 +181,25 @@ pub async fn run(_global: &Global, args: MoveArgs) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// Returns taken messages to the source (best effort: dropping a delivery does it too).
-async fn put_back(taken: Vec<Delivery>) {
-    for d in taken {
-        let _ = d.requeue().await;
+/// Returns taken messages to the source before the move goes on, so none is left leased
+/// behind it: a requeue that fails for a recoverable reason (the source is reconnecting) is
+/// tried again under `backoff`. What still cannot be put back (the backoff ran out, or its
+/// lease is gone: the source has it back already) is dropped, which asks once more, and
+/// otherwise returns when its lease ends.
+async fn put_back(taken: Vec<Delivery>, backoff: &mut Backoff, from: &str) {
+    let what = format!("cannot put a taken message back on {from}");
+    for mut delivery in taken {
+        loop {
+            match delivery.requeue().await {
+                Ok(()) => break,
+                Err(e)
+                    if e.error.kind() != ErrorKind::StaleDelivery
+                        && backoff.retry(&e.error, &what).await =>
+                {
+                    delivery = e.into_delivery();
+                }
+                Err(_) => break,
+            }
+        }
     }
 }

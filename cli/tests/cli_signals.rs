@@ -574,3 +574,55 @@ fn consume_rides_through_a_redis_restart() {
     );
     assert_eq!(size(&url, &queue), 0, "every printed message was acked");
 }
+
+/// The port of the Redis server `move_rides_through_a_redis_restart` restarts.
+const MOVE_RESTART_PORT: u16 = 16402;
+
+#[test]
+fn move_rides_through_a_redis_restart() {
+    use kombu_test_support::faults::RedisServer;
+    const N: u32 = 4_000;
+    let mut server = RedisServer::start(MOVE_RESTART_PORT);
+    let from = server.url();
+    let (dir, _) = setup();
+    let to = sqlite_url(dir.path(), "destination.db");
+    let queue = unique("move-restart");
+    publish_range(&from, &queue, 0, N);
+    let child = Command::new(env!("CARGO_BIN_EXE_kombu"))
+        .env_remove("KOMBU_URL")
+        .args(["move", "--from", &from, "--to", &to, "--queue", &queue])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kombu move");
+    // Once some messages arrived: the restart then falls in the middle of the move (or after
+    // its end on a fast machine: the checks below hold either way).
+    let start = Instant::now();
+    while !(queue_exists(&to, &queue) && size(&to, &queue) > 0) {
+        assert!(start.elapsed() < GUARD, "kombu move moves nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.sigkill();
+    std::thread::sleep(Duration::from_millis(300));
+    server.start_again();
+    let out = child.wait_with_output().expect("kombu move ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "move across a Redis restart: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(size(&from, &queue), 0, "everything moved");
+    let moved = size(&to, &queue);
+    let bodies: Vec<u32> = consume_json(&to, &queue, usize::try_from(moved).expect("small"))
+        .iter()
+        .map(|m| m["body"].as_str().expect("text").parse().expect("a number"))
+        .collect();
+    let unique: BTreeSet<u32> = bodies.iter().copied().collect();
+    println!(
+        "{moved} on the destination for {N} messages ({} moved twice)",
+        bodies.len() - unique.len()
+    );
+    assert_eq!(unique, (0..N).collect::<BTreeSet<u32>>(), "nothing lost");
+}
