@@ -71,7 +71,7 @@ pub use kombu_core::{
     DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delivery, DeliveryInfo, DeliveryMode,
     Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch, Headers,
     LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result, RetryEvent,
-    RetryPolicy, SettleError, Value, dead_letter,
+    RetryPolicy, SettleError, StopHandle, Value, dead_letter,
 };
 pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, ProducerPool};
 pub use resilience::{ConnectionBuilder, ConnectionPool};

@@ -112,12 +112,24 @@ is left where it was, stderr says why, and it is not counted in --count. (An ent
 SQLite cannot read at all is moved to QUEUE.dlq by the transport whenever it is taken, a peek
 too; a warning on stderr says so.)
 
+Stopping: SIGINT (Ctrl-C) or SIGTERM stops consume once the message in hand is printed and
+acked; the messages it had taken and not printed (its prefetch) go back to their queue at once,
+and nothing is lost. A second signal exits at once (130, or 143 for SIGTERM): what was taken
+then returns when the broker sees the connection gone, or when its visibility timeout passes.
+
+A broker restart does not end consume: stderr says when the connection is lost, while it
+reconnects, and when it is back, and consuming goes on (a broker away for more than about 30
+seconds is an error). An ack the broker can no longer apply, because the connection it was
+delivered on was lost, is a warning on stderr: the broker delivers that message again, so it
+may be printed twice.
+
 Exit status:
-  0    --count messages were printed, none dead-lettered
+  0    --count messages were printed, none dead-lettered; or stopped by SIGTERM
   3    --timeout seconds passed without a message (before --count were printed)
   4    as 0, but at least one message was dead-lettered (stderr says which)
   1    any error, and --on-error stop on a message that cannot be printed
-  130  Ctrl-C
+  130  stopped by SIGINT (Ctrl-C)
+  130, 143  a second SIGINT or SIGTERM: exited at once
 3 wins over 4: a run that timed out exits 3 even if it dead-lettered messages.")]
     Consume(ConsumeArgs),
     /// Declare an exchange or a queue.
@@ -168,7 +180,17 @@ Each message is acknowledged on the source only after the destination has it (th
 returned: confirmed or committed), so a crash midway may duplicate messages but never loses one.
 Bodies, content type and encoding, headers and properties are copied byte for byte. Without
 --to-exchange the messages go to the queue of the same name on the destination (declared first).
-A source queue that does not exist is an error.")]
+A source queue that does not exist is an error.
+
+A broker restart on either side does not end the move: stderr says when a connection is lost
+and when it is back, the messages in hand go back to the source, and the move goes on (a broker
+away for more than about 30 seconds is an error). Messages whose ack the source can no longer
+apply (the connection they were taken on was lost) are delivered again, and moved twice.
+
+SIGINT (Ctrl-C) or SIGTERM stops the move once the messages in hand are on the destination and
+acked on the source; it exits 130 after SIGINT, 0 after SIGTERM. A second signal exits at once
+(130 or 143): the messages in hand then return to the source queue when the broker sees the
+connection gone, or when their visibility timeout passes.")]
     Move(MoveArgs),
     /// Inspect and replay the dead letters of a queue.
     #[command(after_help = "\

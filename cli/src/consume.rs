@@ -1,26 +1,26 @@
 //! `kombu consume`.
 
-use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use base64::Engine as _;
 use kombu::transport::{Channel, Decoder};
 use kombu::{ConsumeError, Consumer, Delivery, Handled, Queue, StreamExt as _};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value as Json, json};
 
 use crate::Outcome;
 use crate::cli::{ConsumeArgs, Format, Global, OnError};
 use crate::common::{self, Ctx as _};
+use crate::lifecycle::{self, Backoff, Signal, Signals};
+use crate::render::{Body, decode_body, render};
 
 /// What `consume` accepts without `--accept`: the serializers that only describe data. Pickle
 /// (which Python runs code to read) and the signing serializers must be named.
 const DEFAULT_ACCEPT: [&str; 5] = ["json", "msgpack", "yaml", "text", "raw"];
 
 pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> {
+    // From here on SIGINT and SIGTERM stop the command gracefully (a second one exits at once).
+    let mut signals = Signals::install();
     let url = common::url(global)?;
     let masked = common::mask(&url);
     let idle = match args.timeout {
@@ -31,6 +31,7 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         None => None,
     };
     let conn = common::connect(&url).await?;
+    lifecycle::report_link(&conn, "");
     let registry = conn.registry().clone();
     let (accept, accepted) = accept_list(&registry, &args.accept)?;
     for name in &args.queues {
@@ -96,14 +97,22 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
     let mut outcome = Outcome::Done;
+    let mut backoff = Backoff::new();
+    let what = format!("consuming from {:?} on {masked}", args.queues);
     loop {
         if args.count.is_some_and(|c| got >= c) {
             break;
         }
-        let item = tokio::select! {
-            item = source.next(idle) => item,
-            _ = tokio::signal::ctrl_c() => {
-                outcome = Outcome::Interrupted;
+        if let Some(signal) = signals.received() {
+            outcome = stopped_by(signal);
+            break;
+        }
+        // A signal stops the wait for the next message; the message in hand (printed and
+        // acked below) is always finished first.
+        let item = match source.next(idle, &mut signals).await {
+            Ok(item) => item,
+            Err(signal) => {
+                outcome = stopped_by(signal);
                 break;
             }
         };
@@ -127,10 +136,33 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
             }))) if matches!(args.format, Format::Raw | Format::Base64) => {
                 decode(delivery, args.format, &registry)
             }
+            // The broker failed (a lost connection the transport is healing): ride it out.
+            Some(Some(Err(ConsumeError {
+                error,
+                delivery: None,
+            }))) if error.dead_lettered().is_none() => {
+                let retried = tokio::select! {
+                    retried = backoff.retry(&error, &what) => retried,
+                    signal = signals.wait() => {
+                        outcome = stopped_by(signal);
+                        break;
+                    }
+                };
+                if retried {
+                    continue;
+                }
+                Err(ConsumeError {
+                    error,
+                    delivery: None,
+                })
+            }
             Some(Some(Err(refused))) => Err(refused),
         };
         let (delivery, body) = match taken {
-            Ok(taken) => taken,
+            Ok(taken) => {
+                backoff.reset();
+                taken
+            }
             Err(refused) => {
                 match settle_refused(&source, refused, &args, &masked, &mut held).await {
                     Ok(Settled::DeadLettered) => dead += 1,
@@ -163,14 +195,11 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
         got += 1;
         if args.requeue {
             held.push(delivery);
-        } else if !args.no_ack {
-            let queue = delivery.queue().to_owned();
-            if let Err(e) = delivery.ack().await.ctx(format!(
-                "cannot acknowledge a message of queue {queue:?} on {masked}"
-            )) {
-                failure = Some(e);
-                break;
-            }
+        } else if !args.no_ack
+            && let Err(e) = ack(delivery, &mut backoff, &masked).await
+        {
+            failure = Some(e);
+            break;
         }
     }
     if outcome == Outcome::Done && dead > 0 {
@@ -180,24 +209,71 @@ pub async fn run(global: &Global, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     // then keep the original order of several peeked messages.
     for delivery in held.into_iter().rev() {
         let queue = delivery.queue().to_owned();
-        let requeued = delivery.requeue().await.ctx(format!(
-            "cannot put a message back on queue {queue:?} on {masked}"
-        ));
-        if let Err(e) = requeued
-            && failure.is_none()
-        {
-            failure = Some(e);
+        let what = format!("cannot put a message back on queue {queue:?} on {masked}");
+        match delivery.requeue().await {
+            Ok(()) => {}
+            // Its channel is gone: the broker put it back by itself.
+            Err(e) if e.error.kind() == kombu::ErrorKind::StaleDelivery => {
+                lifecycle::stale_warning(&what, &e.error);
+            }
+            Err(e) => {
+                if let (None, Err(e)) = (&failure, Err::<(), _>(e).ctx(what)) {
+                    failure = Some(e);
+                }
+            }
         }
     }
-    let closed = source
-        .close()
-        .await
-        .ctx(format!("cannot close the consumer on {masked}"));
+    let closed = match source.close().await {
+        // The broker is gone: what the consumer held returns to its queue by itself (when the
+        // broker sees the connection gone, or when its visibility timeout passes).
+        Err(e) if e.is_recoverable() => {
+            eprintln!("warning: closing the consumer on {masked}: {e:#}");
+            Ok(())
+        }
+        closed => closed.ctx(format!("cannot close the consumer on {masked}")),
+    };
     if let Some(e) = failure {
         return Err(e);
     }
     closed?;
     Ok(outcome)
+}
+
+/// How a command stopped by `signal` ends: SIGINT as an interruption (status 130, the shell's
+/// convention), SIGTERM as a clean stop (status 0, what supervisors expect of a stop they
+/// asked for).
+pub fn stopped_by(signal: Signal) -> Outcome {
+    match signal {
+        Signal::Interrupt => Outcome::Interrupted,
+        Signal::Terminate => Outcome::Done,
+    }
+}
+
+/// Acks a printed message. An ack its broker can no longer apply (the connection was lost and
+/// the message will be delivered again) is a warning; one that failed for a recoverable reason
+/// is tried again under `backoff`; any other failure ends the command.
+async fn ack(delivery: Delivery, backoff: &mut Backoff, masked: &str) -> anyhow::Result<()> {
+    let what = format!(
+        "cannot acknowledge a message of queue {:?} on {masked}",
+        delivery.queue()
+    );
+    let mut delivery = delivery;
+    loop {
+        match delivery.ack().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.error.kind() == kombu::ErrorKind::StaleDelivery => {
+                lifecycle::stale_warning(&what, &e.error);
+                return Ok(());
+            }
+            Err(e) => {
+                if backoff.retry(&e.error, &what).await {
+                    delivery = e.into_delivery();
+                    continue;
+                }
+                return Err::<(), _>(e).ctx(what);
+            }
+        }
+    }
 }
 
 /// The accept list: `given` (`--accept`), else [`DEFAULT_ACCEPT`] (those this build has), by
@@ -373,14 +449,29 @@ enum Source {
 type Next = Option<Option<Result<Delivery, ConsumeError>>>;
 
 impl Source {
-    /// The next message, waiting at most `idle` (no bound without it).
-    async fn next(&mut self, idle: Option<Duration>) -> Next {
+    /// The next message, waiting at most `idle` (no bound without it), or the signal that
+    /// stopped the wait. A take is never cut short (what it took would stay leased until its
+    /// visibility timeout): a consumer's stream keeps a take under way for its close, a peek
+    /// looks at the signals only between two takes.
+    async fn next(
+        &mut self,
+        idle: Option<Duration>,
+        signals: &mut Signals,
+    ) -> Result<Next, Signal> {
         match self {
-            Source::Consumer(consumer) => match idle {
-                Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
-                None => Some(consumer.next().await),
-            },
-            Source::Peek(peek) => peek.next(idle).await,
+            Source::Consumer(consumer) => {
+                let next = async {
+                    match idle {
+                        Some(idle) => tokio::time::timeout(idle, consumer.next()).await.ok(),
+                        None => Some(consumer.next().await),
+                    }
+                };
+                tokio::select! {
+                    next = next => Ok(next),
+                    signal = signals.wait() => Err(signal),
+                }
+            }
+            Source::Peek(peek) => peek.next(idle, signals).await,
         }
     }
 
@@ -411,30 +502,37 @@ struct Peek {
 }
 
 impl Peek {
-    async fn next(&mut self, idle: Option<Duration>) -> Next {
+    async fn next(
+        &mut self,
+        idle: Option<Duration>,
+        signals: &mut Signals,
+    ) -> Result<Next, Signal> {
         let deadline = idle.map(|idle| tokio::time::Instant::now() + idle);
         let mut pause = PEEK_FIRST_PAUSE;
         loop {
+            if let Some(signal) = signals.received() {
+                return Err(signal);
+            }
             for _ in 0..self.queues.len() {
                 let queue = &self.queues[self.next % self.queues.len()];
                 self.next = (self.next + 1) % self.queues.len();
                 match self.channel.get(queue, false).await {
                     Ok(Some(delivery)) => {
                         let delivery = delivery.with_decoder(self.decoder.clone());
-                        return Some(Some(match delivery.check_accept() {
+                        return Ok(Some(Some(match delivery.check_accept() {
                             Ok(()) => Ok(delivery),
                             Err(error) => Err(ConsumeError {
                                 error,
                                 delivery: Some(delivery),
                             }),
-                        }));
+                        })));
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        return Some(Some(Err(ConsumeError {
+                        return Ok(Some(Some(Err(ConsumeError {
                             error,
                             delivery: None,
-                        })));
+                        }))));
                     }
                 }
             }
@@ -442,301 +540,19 @@ impl Peek {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
-                        return None;
+                        return Ok(None);
                     }
                     pause.min(left)
                 }
                 None => pause,
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                signal = signals.wait() => return Err(signal),
+            }
             pause = (pause * 2).min(PEEK_MAX_PAUSE);
         }
     }
-}
-
-/// A decoded body as JSON, whatever the serializer produced: bytes (msgpack bin, pickle
-/// bytes) become base64 text, map keys that are not strings become their JSON text, numbers
-/// JSON cannot hold (non-finite floats) become `null`.
-struct Shown(Json);
-
-impl<'de> Deserialize<'de> for Shown {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ShownVisitor).map(Shown)
-    }
-}
-
-struct ShownVisitor;
-
-fn base64_text(bytes: &[u8]) -> Json {
-    Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-impl<'de> Visitor<'de> for ShownVisitor {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
-        Ok(Json::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Json, E> {
-        Ok(match i64::try_from(v) {
-            Ok(small) => Json::from(small),
-            Err(_) => Json::String(v.to_string()),
-        })
-    }
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Json, E> {
-        Ok(match u64::try_from(v) {
-            Ok(small) => Json::from(small),
-            Err(_) => Json::String(v.to_string()),
-        })
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
-        Ok(Json::String(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
-        Ok(Json::String(v))
-    }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Json, E> {
-        Ok(base64_text(v))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
-        Shown::deserialize(d).map(|s| s.0)
-    }
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
-        Shown::deserialize(d).map(|s| s.0)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(Shown(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-        let mut object = Map::new();
-        while let Some((Shown(key), Shown(value))) = map.next_entry()? {
-            let key = match key {
-                Json::String(s) => s,
-                other => other.to_string(),
-            };
-            object.insert(key, value);
-        }
-        Ok(untag_bytes(object))
-    }
-}
-
-/// kombu's JSON tag for bytes, `{"__type__": "bytes", "__value__": TEXT}` (or `"base64"` with
-/// base64 text), as base64 text; any other object as it is.
-fn untag_bytes(object: Map<String, Json>) -> Json {
-    if object.len() == 2
-        && let (Some(Json::String(tag)), Some(Json::String(value))) =
-            (object.get("__type__"), object.get("__value__"))
-    {
-        match tag.as_str() {
-            "bytes" => return base64_text(value.as_bytes()),
-            "base64" => return Json::String(value.clone()),
-            _ => {}
-        }
-    }
-    Json::Object(object)
-}
-
-/// The body as JSON: decoded for structured serializers, a string for text, base64 for bytes.
-pub fn body_json(
-    delivery: &Delivery,
-    registry: &kombu::serializers::Registry,
-) -> kombu::Result<Json> {
-    let content_type = delivery.content_type().unwrap_or("application/data");
-    let structured = !is_bytes(content_type)
-        && !is_text(content_type)
-        && registry.serializer(content_type).is_ok();
-    if structured {
-        return delivery
-            .decode::<Shown>()
-            .map(|s| s.0)
-            .map_err(|e| e.context(format!("cannot decode the {content_type} body")));
-    }
-    let body = delivery
-        .decompressed_body()
-        .map_err(|e| e.context("cannot decompress the body"))?;
-    if !is_bytes(content_type)
-        && let Ok(text) = std::str::from_utf8(&body)
-    {
-        return Ok(Json::String(text.to_owned()));
-    }
-    Ok(base64_text(&body))
-}
-
-/// A body decoded as a format shows it.
-enum Body {
-    /// Shown as JSON.
-    Json(Json),
-    /// Shown as its bytes (after decompression).
-    Bytes(Vec<u8>),
-}
-
-impl Body {
-    /// As JSON: text as a string, other bytes as base64.
-    fn into_json(self) -> Json {
-        match self {
-            Body::Json(json) => json,
-            Body::Bytes(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => Json::String(text),
-                Err(e) => base64_text(e.as_bytes()),
-            },
-        }
-    }
-}
-
-/// Decodes (or decompresses) the body as `format` shows it: what fails here is the message's
-/// fault, and goes to `--on-error`.
-fn decode_body(
-    delivery: &Delivery,
-    format: Format,
-    registry: &kombu::serializers::Registry,
-) -> kombu::Result<Body> {
-    let content_type = delivery.content_type().unwrap_or("application/data");
-    let bytes = match format {
-        Format::Raw | Format::Base64 => true,
-        Format::Body => is_bytes(content_type) || is_text(content_type),
-        Format::Json | Format::Pretty => false,
-    };
-    if bytes {
-        return delivery
-            .decompressed_body()
-            .map(|b| Body::Bytes(b.to_vec()))
-            .map_err(|e| e.context("cannot decompress the body"));
-    }
-    body_json(delivery, registry).map(Body::Json)
-}
-
-fn is_bytes(content_type: &str) -> bool {
-    content_type == "application/data"
-}
-
-fn is_text(content_type: &str) -> bool {
-    content_type.starts_with("text/")
-}
-
-/// The whole message as the JSON object `--format json` prints, with its body shown as `body`.
-fn message_json(delivery: &Delivery, body: Json) -> anyhow::Result<Json> {
-    let message = delivery.message();
-    let props = &message.properties;
-    let info = delivery.info();
-    Ok(json!({
-        "body": body,
-        "content_type": message.content_type,
-        "content_encoding": message.content_encoding,
-        "headers": serde_json::to_value(&message.headers)?,
-        "properties": {
-            // kombu's default: brokers treat a message without a priority as priority 0.
-            "priority": props.priority.unwrap_or(0),
-            "correlation_id": props.correlation_id,
-            "reply_to": props.reply_to,
-            "delivery_mode": props.delivery_mode.map(|m| m.as_u8()),
-            "expiration": props.expiration.map(|e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX)),
-            "message_id": props.message_id,
-        },
-        "delivery_info": {
-            "exchange": info.exchange,
-            "routing_key": info.routing_key,
-            "redelivered": info.redelivered,
-            "queue": info.queue,
-        },
-    }))
-}
-
-/// What `format` prints for a delivery whose body is decoded.
-fn render(delivery: &Delivery, body: Body, format: Format) -> anyhow::Result<Vec<u8>> {
-    // The body is moved, never copied, into what is printed: a large message is held once as
-    // its decoded value and once as its printed text.
-    let mut out = Vec::new();
-    match (format, body) {
-        (Format::Json, body) => {
-            serde_json::to_writer(&mut out, &message_json(delivery, body.into_json())?)?;
-            out.push(b'\n');
-        }
-        (Format::Raw, Body::Bytes(bytes)) => out = bytes,
-        (Format::Base64, Body::Bytes(bytes)) => {
-            out.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(bytes)
-                    .as_bytes(),
-            );
-            out.push(b'\n');
-        }
-        (Format::Body, Body::Bytes(mut bytes)) => {
-            bytes.push(b'\n');
-            out = bytes;
-        }
-        (Format::Raw | Format::Base64 | Format::Body, Body::Json(json)) => {
-            serde_json::to_writer(&mut out, &json)?;
-            out.push(b'\n');
-        }
-        (Format::Pretty, body) => {
-            let all = message_json(delivery, body.into_json())?;
-            let info = delivery.info();
-            writeln!(
-                out,
-                "--- from queue {:?} (exchange {:?}, routing key {:?}{})",
-                info.queue,
-                info.exchange,
-                info.routing_key,
-                if info.redelivered {
-                    ", redelivered"
-                } else {
-                    ""
-                }
-            )?;
-            writeln!(
-                out,
-                "content type: {} ({})",
-                delivery.content_type().unwrap_or("none"),
-                delivery
-                    .message()
-                    .content_encoding
-                    .as_deref()
-                    .unwrap_or("no encoding")
-            )?;
-            if !delivery.headers().is_empty() {
-                writeln!(out, "headers: {}", all["headers"])?;
-            }
-            let set: Map<String, Json> = all["properties"]
-                .as_object()
-                .map(|p| {
-                    p.iter()
-                        .filter(|(_, v)| !v.is_null())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !set.is_empty() {
-                writeln!(out, "properties: {}", Json::Object(set))?;
-            }
-            match &all["body"] {
-                Json::String(s) => writeln!(out, "body: {s}")?,
-                other => writeln!(out, "body: {}", serde_json::to_string_pretty(other)?)?,
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Where a message the tool could not print is now: back in its queue, or, taken with

@@ -157,7 +157,7 @@ fn shown_body(
     delivery: &Delivery,
     registry: &kombu::serializers::Registry,
 ) -> Result<Json, (String, String)> {
-    consume::body_json(delivery, registry).map_err(|error| {
+    crate::render::body_json(delivery, registry).map_err(|error| {
         let bytes = delivery
             .decompressed_body()
             .map(|b| b.to_vec())

@@ -5,7 +5,9 @@
 //! `sqlite://kombu.db` (a file in the current directory; stderr says so). Errors are one line on
 //! stderr naming what failed and the URL once (never its password), and what to try; `--verbose`
 //! adds every cause and a backtrace. The exit status is 1 (2 for a command line clap refuses, 3
-//! when `consume --timeout` runs out, 4 when `consume` dead-lettered a message, 130 on Ctrl-C).
+//! when `consume --timeout` runs out, 4 when `consume` dead-lettered a message, 130 when
+//! `consume` or `move` stopped on Ctrl-C, 0 when they stopped on SIGTERM; a second signal exits
+//! at once with 130 or 143).
 //! The library's own warnings go to stderr too, filtered by `RUST_LOG` (default `warn`).
 
 mod admin;
@@ -14,7 +16,9 @@ mod cli;
 mod common;
 mod consume;
 mod dlq;
+mod lifecycle;
 mod publish;
+mod render;
 mod transfer;
 
 use std::io::Write as _;
@@ -31,7 +35,7 @@ pub enum Outcome {
     Done,
     /// `consume --timeout` passed before `--count` messages arrived.
     TimedOut,
-    /// Stopped by Ctrl-C.
+    /// Stopped by Ctrl-C (SIGINT); a SIGTERM stop is [`Outcome::Done`].
     Interrupted,
     /// `consume` ended as [`Outcome::Done`] but moved messages it could not print to their
     /// dead-letter queue.

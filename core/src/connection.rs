@@ -428,9 +428,15 @@ impl Connection {
     }
 
     /// Closes the default channel and the broker connection. Other clones become unusable.
+    ///
+    /// What the producers have pending is written first: the default channel's close waits for
+    /// the publishes it has not seen confirmed or written (AMQP) and for the acks the
+    /// connection has queued (virtual transports). The broker connection is closed even when
+    /// that fails; the first error is returned.
     pub async fn close(&self) -> Result<()> {
-        self.inner.default_channel.close().await?;
-        self.inner.broker.close().await
+        let channel = self.inner.default_channel.close().await;
+        let broker = self.inner.broker.close().await;
+        channel.and(broker)
     }
 
     fn is_declared(&self, key: &str) -> bool {

@@ -14,6 +14,11 @@
 //! arrives as an [`ErrorKind::DeadLettered`](crate::ErrorKind::DeadLettered) item, and the
 //! consumer goes on.
 //!
+//! A [`StopHandle`] ([`Consumer::stop_handle`]) stops a consumer from another task: its stream
+//! ends, its handler loop lets the handler in flight finish within the
+//! [`shutdown_timeout`](ConsumerBuilder::shutdown_timeout) and closes it, and everything it
+//! took and did not settle goes back to its queue at once.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kombu_core::Result<()> {
@@ -50,8 +55,11 @@ use crate::error::{Error, Result};
 
 mod heartbeat;
 mod policy;
+mod shutdown;
 use heartbeat::Heartbeat;
 pub use policy::Handled;
+pub use shutdown::{DEFAULT_SHUTDOWN_TIMEOUT, StopHandle};
+use shutdown::{Ran, StopSignal};
 
 /// What to do with a delivery that could not be decoded or is not accepted (a poison
 /// message). Nothing is ever dropped.
@@ -87,6 +95,7 @@ pub struct ConsumerBuilder {
     max_redeliveries: u32,
     accept_names: Option<Vec<String>>,
     heartbeat: Heartbeat,
+    shutdown_timeout: Duration,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -116,7 +125,16 @@ impl ConsumerBuilder {
             max_redeliveries: DEFAULT_MAX_REDELIVERIES,
             accept_names: None,
             heartbeat: Heartbeat::Auto,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
+    }
+
+    /// How long a stopped consumer lets the handler in flight finish (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); past it the handler is dropped and its delivery goes back
+    /// to its queue. See [`StopHandle`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
     }
 
     /// Most unsettled deliveries held at once (default 100; 0 = unbounded).
@@ -229,7 +247,7 @@ impl ConsumerBuilder {
         Ok(Consumer {
             conn: self.conn,
             channel,
-            stream,
+            stream: SyncStream::new(stream),
             decoder: Arc::new(self.decoder),
             queues: names,
             declared: self.queues,
@@ -237,6 +255,8 @@ impl ConsumerBuilder {
             action: self.action,
             max_redeliveries: self.max_redeliveries,
             heartbeat: self.heartbeat,
+            stop: Arc::new(StopSignal::default()),
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -329,7 +349,7 @@ impl From<ConsumeError> for Error {
 pub struct Consumer {
     conn: Connection,
     channel: Arc<dyn Channel>,
-    stream: DeliveryStream,
+    stream: SyncStream,
     decoder: Arc<Decoder>,
     queues: Vec<String>,
     /// The queues as given (their dead-letter exchanges route poison messages).
@@ -338,6 +358,10 @@ pub struct Consumer {
     action: ErrorAction,
     max_redeliveries: u32,
     heartbeat: Heartbeat,
+    /// Set by a [`StopHandle`]: the stream ends, the handler loop winds down.
+    stop: Arc<StopSignal>,
+    /// How long a stopped handler loop lets its handler finish.
+    shutdown_timeout: Duration,
 }
 
 impl fmt::Debug for Consumer {
@@ -366,9 +390,11 @@ impl Consumer {
         self.conn.link()
     }
 
-    /// Closes the channel: unsettled deliveries return to their queues.
+    /// Closes the channel: pending acks are written, and every delivery taken and not settled
+    /// (prefetched, or handed out and still held) returns to its queue at once, marked
+    /// redelivered.
     pub async fn close(self) -> Result<()> {
-        self.channel.close().await
+        self.close_gracefully().await
     }
 
     fn action_for(&self, error: &Error, delivery: &Delivery) -> ErrorAction {
@@ -378,10 +404,11 @@ impl Consumer {
         }
     }
 
-    /// Runs `handler` for each delivery until it returns an error (which is returned) or the
-    /// stream ends. The handler settles each delivery. Refused deliveries go to the error policy.
-    /// While a handler runs, the lease of its delivery is extended
-    /// ([`ConsumerBuilder::lease_heartbeat`]).
+    /// Runs `handler` for each delivery until it returns an error (which is returned), the
+    /// stream ends, or the consumer is stopped ([`StopHandle`]: the handler in flight gets the
+    /// shutdown timeout to finish, then the consumer is closed and `Ok(())` returned). The
+    /// handler settles each delivery. Refused deliveries go to the error policy. While a handler
+    /// runs, the lease of its delivery is extended ([`ConsumerBuilder::lease_heartbeat`]).
     pub async fn consume<F, Fut>(mut self, mut handler: F) -> Result<()>
     where
         F: FnMut(Delivery) -> Fut,
@@ -391,18 +418,24 @@ impl Consumer {
             match item {
                 Ok(delivery) => {
                     let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                    heartbeat::run(keeper, handler(delivery)).await?;
+                    let handled = heartbeat::run(keeper, handler(delivery));
+                    if self.run_handler(handled).await? == Ran::Abandoned {
+                        break;
+                    }
                 }
                 Err(refused) => {
                     self.handle(refused).await?;
                 }
             }
         }
+        if self.is_stopped() {
+            return self.close_gracefully().await;
+        }
         Ok(())
     }
 
-    /// Like [`Consumer::consume`], decoding each body into `T` first; bodies that do not decode
-    /// go to the error policy instead of the handler.
+    /// Like [`Consumer::consume`] (a stop included), decoding each body into `T` first; bodies
+    /// that do not decode go to the error policy instead of the handler.
     pub async fn consume_as<T, F, Fut>(mut self, mut handler: F) -> Result<()>
     where
         T: DeserializeOwned,
@@ -414,7 +447,10 @@ impl Consumer {
                 Ok(delivery) => match delivery.decode::<T>() {
                     Ok(value) => {
                         let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                        heartbeat::run(keeper, handler(value, delivery)).await?;
+                        let handled = heartbeat::run(keeper, handler(value, delivery));
+                        if self.run_handler(handled).await? == Ran::Abandoned {
+                            break;
+                        }
                         continue;
                     }
                     Err(error) => (error, delivery),
@@ -429,6 +465,9 @@ impl Consumer {
                 delivery: Some(delivery),
             })
             .await?;
+        }
+        if self.is_stopped() {
+            return self.close_gracefully().await;
         }
         Ok(())
     }
@@ -461,10 +500,31 @@ impl Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.stream.poll_next_unpin(cx) {
+        if this.stop.poll_stopped(cx) {
+            return Poll::Ready(None);
+        }
+        match this.stream.get_mut().poll_next_unpin(cx) {
             Poll::Ready(Some(item)) => Poll::Ready(Some(this.prepare(item))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// The delivery stream, made `Sync` so that `&Consumer` may be held across an await by a task
+/// that moves between threads (the handler loops are then `Send`, and can be spawned). Only
+/// ever reached through `&mut`: the mutex is never locked.
+struct SyncStream(std::sync::Mutex<DeliveryStream>);
+
+impl SyncStream {
+    fn new(stream: DeliveryStream) -> Self {
+        SyncStream(std::sync::Mutex::new(stream))
+    }
+
+    fn get_mut(&mut self) -> &mut DeliveryStream {
+        // Never locked, so never poisoned; a poisoned one would hold a usable stream anyway.
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

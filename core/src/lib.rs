@@ -76,7 +76,8 @@ pub use channel::{Delivery, SettleError};
 pub use connection::Connection;
 pub use connection_builder::ConnectionBuilder;
 pub use consumer::{
-    ConsumeError, Consumer, ConsumerBuilder, DEFAULT_MAX_REDELIVERIES, ErrorAction, Handled,
+    ConsumeError, Consumer, ConsumerBuilder, DEFAULT_MAX_REDELIVERIES, DEFAULT_SHUTDOWN_TIMEOUT,
+    ErrorAction, Handled, StopHandle,
 };
 pub use dead_letter::DeadLettered;
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};

@@ -148,6 +148,7 @@ impl ConsumerState {
     async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
+                self.restore_buffer().await;
                 return None;
             }
             if let Some(notice) = self.notices.pop_front() {
@@ -160,8 +161,10 @@ impl ConsumerState {
             }
             if let Some(mut delivery) = self.buffer.pop_front() {
                 if self.shared.closed.load(Ordering::Acquire) {
-                    // A close raced with the pop and already restored it.
-                    delivery.forget_settlement();
+                    // A close raced with the pop: it restored what it found pending; what a
+                    // take registered after it goes back now.
+                    self.buffer.push_front(delivery);
+                    self.restore_buffer().await;
                     return None;
                 }
                 if self.no_ack
@@ -325,6 +328,17 @@ impl ConsumerState {
                 );
                 return;
             }
+        }
+    }
+
+    /// After the channel closed: what a take that was under way brought into the buffer goes
+    /// back to its queues now, awaited (the close ran before it was registered; the drop of
+    /// this state would restore it only in a task of its own, which a runtime shutting down
+    /// may never run).
+    async fn restore_buffer(&mut self) {
+        let pending = self.take_buffer();
+        if !pending.is_empty() {
+            restore_all(&*self.shared.backend, pending).await;
         }
     }
 
