@@ -2,7 +2,7 @@
 //! topology this connection declared, replayed on every new one.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use kombu_core::transport::{BrokerConnection, Channel};
 use kombu_core::{
-    Binding, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, FailoverStrategy, Queue, Result,
+    Binding, BrokerUrl, Capabilities, Error, ErrorKind, Exchange, FailoverStrategy, LinkReporter,
+    LinkState, LinkWatch, Queue, Result,
 };
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -53,6 +54,10 @@ pub(crate) struct Shared {
     /// Recovery rounds that failed, and the last one's error.
     failed_rounds: AtomicU64,
     last_failure: Mutex<String>,
+    /// The connection's [`LinkState`](kombu_core::LinkState), as `Connection::link` shows it.
+    link: LinkReporter,
+    /// Connection attempts since the loss (reset once connected again).
+    attempts: AtomicU32,
 }
 
 /// A channel's acks and publishes recorded but not yet written (see `channel.rs`).
@@ -289,6 +294,8 @@ impl Shared {
             closing: AtomicBool::new(false),
             failed_rounds: AtomicU64::new(0),
             last_failure: Mutex::new(String::new()),
+            link: LinkReporter::new(),
+            attempts: AtomicU32::new(0),
         });
         spawn_watcher(Arc::downgrade(&shared));
         Ok(shared)
@@ -328,10 +335,14 @@ impl Shared {
             }
         }
         if !self.options().recover {
-            return Err(Error::new(
+            let error = Error::new(
                 ErrorKind::Connection,
                 "the AMQP connection dropped (recovery is off: recover=false)",
-            ));
+            );
+            self.link.report(LinkState::Failed {
+                error: error.to_string(),
+            });
+            return Err(error);
         }
         self.reconnect().await
     }
@@ -386,6 +397,12 @@ impl Shared {
             .build();
         let start = usize::try_from(self.url_index.load(Ordering::Relaxed)).unwrap_or(0);
         let mut last_error = None;
+        if self.attempts.load(Ordering::Acquire) == 0 {
+            self.link.report(LinkState::Reconnecting {
+                attempt: 0,
+                error: "the AMQP connection dropped".to_owned(),
+            });
+        }
         loop {
             // Round-robin: the one in use first (it may be back already), then the next ones;
             // shuffle: a new random order each round.
@@ -403,6 +420,8 @@ impl Shared {
                         }
                         Ok(()) => {
                             self.url_index.store(index as u64, Ordering::Relaxed);
+                            self.attempts.store(0, Ordering::Release);
+                            self.link.report(LinkState::Connected);
                             let mut current = self.current.lock();
                             current.0 = Arc::new(conn);
                             current.1 += 1;
@@ -414,10 +433,16 @@ impl Shared {
                             );
                             return Ok((current.0.clone(), current.1));
                         }
-                        Err(e) => last_error = Some(e),
+                        Err(e) => last_error = Some(self.attempt_failed(e)),
                     },
-                    Err(e) if e.kind() == ErrorKind::AccessRefused => return Err(e),
-                    Err(e) => last_error = Some(e),
+                    Err(e) if e.kind() == ErrorKind::AccessRefused => {
+                        self.attempts.fetch_add(1, Ordering::AcqRel);
+                        self.link.report(LinkState::Failed {
+                            error: e.to_string(),
+                        });
+                        return Err(e);
+                    }
+                    Err(e) => last_error = Some(self.attempt_failed(e)),
                 }
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(2));
@@ -432,6 +457,24 @@ impl Shared {
             tracing::debug!(?delay, "AMQP broker unreachable; retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Counts a failed connection attempt and reports it; returns the error.
+    fn attempt_failed(&self, error: Error) -> Error {
+        let attempt = self
+            .attempts
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        self.link.report(LinkState::Reconnecting {
+            attempt,
+            error: error.to_string(),
+        });
+        error
+    }
+
+    /// The connection's link state, as a watch channel.
+    pub(crate) fn link(&self) -> LinkWatch {
+        self.link.subscribe()
     }
 
     /// Declares this connection's topology on a new connection.
@@ -493,6 +536,7 @@ impl Shared {
             .collect();
         futures::future::join_all(open.iter().map(|channel| channel.send_pending())).await;
         self.closed.store(true, Ordering::Release);
+        self.link.report(LinkState::Closed);
         let conn = self.current.lock().0.clone();
         if conn.status().connected() {
             conn.close(200, "OK".into())
@@ -580,6 +624,10 @@ impl BrokerConnection for AmqpConnection {
 
     fn url_in_use(&self) -> Option<BrokerUrl> {
         self.shared.url_in_use()
+    }
+
+    fn link(&self) -> LinkWatch {
+        self.shared.link()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use kombu_core::{Connection, FailoverStrategy, Queue, RetryPolicy};
+use kombu_core::{Connection, FailoverStrategy, LinkState, Queue, RetryPolicy};
 
 /// The shared broker's URL with `?connect_timeout=2` (and the separator for more options), or
 /// `None` when it is down and not required.
@@ -223,6 +223,22 @@ async fn a_connection_lost_mid_use_moves_to_the_next_alternative() {
     let producer = conn.producer().routing_key(q.name.clone());
     producer.publish("before the cut").await.expect("publish");
 
+    // Every link state the connection reports from here on.
+    let mut link = conn.link();
+    assert_eq!(*link.borrow_and_update(), LinkState::Connected);
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while link.changed().await.is_ok() {
+            let state = link.borrow_and_update().clone();
+            let done = state == LinkState::Connected;
+            seen.push(state);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+
     proxy.cut();
     let cut_at = std::time::Instant::now();
     // Recovery (the background watcher or the next use) moves to the second URL; the publish
@@ -243,6 +259,15 @@ async fn a_connection_lost_mid_use_moves_to_the_next_alternative() {
         cut_at.elapsed()
     );
     assert_eq!(moved.expose(), conn.alternates()[1].expose(), "{moved}");
+    let seen = tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("the link reports Connected again")
+        .expect("the watcher task");
+    assert!(
+        matches!(seen.first(), Some(LinkState::Reconnecting { .. })),
+        "the loss is reported first: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&LinkState::Connected), "{seen:?}");
     // The queue was declared again on the new connection; both messages are there.
     assert_eq!(conn.queue_size(&q.name).await.expect("size"), 2);
     conn.delete_queue(&q.name).await.expect("delete");
