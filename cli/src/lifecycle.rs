@@ -186,7 +186,7 @@ impl Backoff {
             return false;
         };
         if let Some(deadline) = self.policy.deadline
-            && started.elapsed() + delay > deadline
+            && started.elapsed().saturating_add(delay) > deadline
         {
             return false;
         }

@@ -110,9 +110,10 @@ impl ConnectionPool {
         }
     }
 
-    /// How long [`acquire`](Self::acquire) waits for a connection to be free before failing
-    /// with [`ErrorKind::Timeout`] ([`DEFAULT_ACQUIRE_TIMEOUT`] unless set). Set it before
-    /// cloning the pool: it makes a new pool with the same settings.
+    /// How long [`acquire`](Self::acquire) may take (the wait for a free slot and the opening
+    /// of a new connection together) before failing with [`ErrorKind::Timeout`]
+    /// ([`DEFAULT_ACQUIRE_TIMEOUT`] unless set). Set it before cloning the pool: it makes a new
+    /// pool with the same settings.
     #[must_use]
     pub fn acquire_timeout(self, timeout: Duration) -> ConnectionPool {
         let max = self.inner.max;
@@ -154,24 +155,27 @@ impl ConnectionPool {
     /// retry policy. Idle connections whose link failed or closed are dropped and replaced.
     pub async fn acquire(&self) -> Result<PooledConnection> {
         let inner = &self.inner;
-        let permit = match tokio::time::timeout(
-            inner.acquire_timeout,
-            inner.permits.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(Error::closed("the connection pool was closed")),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no pooled connection free within {:?} (all {} in use)",
-                        inner.acquire_timeout, inner.max
-                    ),
-                ));
-            }
-        };
+        // One bound for the whole acquire: the wait for a slot and the opening of a
+        // connection in it.
+        let now = tokio::time::Instant::now();
+        // A timeout too long for the clock is a wait of thirty years.
+        let until = now
+            .checked_add(inner.acquire_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        let permit =
+            match tokio::time::timeout_at(until, inner.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Error::closed("the connection pool was closed")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no pooled connection free within {:?} (all {} in use)",
+                            inner.acquire_timeout, inner.max
+                        ),
+                    ));
+                }
+            };
         let reused = loop {
             let Some(conn) = inner.idle.lock().pop() else {
                 break None;
@@ -183,7 +187,18 @@ impl ConnectionPool {
         };
         let conn = match reused {
             Some(conn) => conn,
-            None => inner.builder.clone().open().await?,
+            None => match tokio::time::timeout_at(until, inner.builder.clone().open()).await {
+                Ok(opened) => opened?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no pooled connection within {:?}: opening a new one took too long",
+                            inner.acquire_timeout
+                        ),
+                    ));
+                }
+            },
         };
         Ok(PooledConnection {
             conn,

@@ -195,7 +195,7 @@ impl RetryPolicy {
                 return Err(error);
             };
             if let Some(deadline) = self.deadline
-                && started.elapsed() + delay > deadline
+                && started.elapsed().saturating_add(delay) > deadline
             {
                 return Err(error);
             }
@@ -271,20 +271,40 @@ impl Iterator for Delays {
 }
 
 /// `base` moved by a random fraction of up to `jitter` of it, either way.
+/// The field is public, so it is clamped here too (not only by [`RetryPolicy::jitter`]); a
+/// wait too long for a `Duration` saturates instead of panicking.
 fn spread(base: Duration, jitter: f64) -> Duration {
-    if jitter <= 0.0 || base.is_zero() {
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    if jitter == 0.0 || base.is_zero() {
         return base;
     }
     // Uniform in [-1, 1) from a fresh UUID's random bits: no extra dependency for this.
     let bits = uuid::Uuid::new_v4().as_u128() as u64;
     let unit = (bits >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-    base.mul_f64((1.0 + unit * jitter).max(0.0))
+    let factor = (1.0 + unit * jitter).max(0.0);
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn extreme_settings_do_not_panic() {
+        let mut policy = RetryPolicy::default().interval_max(Duration::MAX);
+        policy.interval_start = Duration::MAX;
+        policy.jitter = f64::INFINITY;
+        assert_eq!(policy.delays().next(), Some(Duration::MAX));
+        policy.jitter = 1.0;
+        assert!(policy.delays().next().is_some());
+        policy.jitter = f64::NAN;
+        assert_eq!(policy.delays().next(), Some(Duration::MAX));
+    }
 
     #[test]
     fn waits_grow_linearly_up_to_the_max() {

@@ -8,6 +8,9 @@ use redis::aio::MultiplexedConnection;
 
 use crate::options::Options;
 
+/// Longest a connection attempt may take (less when `socket_timeout` is shorter).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A client for `options`' server and one multiplexed connection to it, checked
 /// ([`check_access`]). `label` (the masked URL) names the server in errors.
 pub(crate) async fn open(
@@ -74,8 +77,12 @@ pub(crate) async fn open(
             .map_err(|e| redis_error(label, "bad connection parameters", e))?
         }
     };
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(options.socket_timeout));
+    // A connection attempt is bounded too: across a partition its SYNs go unanswered, and a
+    // reconnection (one at a time) must not sit in the kernel's retries while every command
+    // waits behind it.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(options.socket_timeout))
+        .set_connection_timeout(Some(options.socket_timeout.min(CONNECT_TIMEOUT)));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await

@@ -27,7 +27,9 @@
 //! timestamp, payload, version, queue_id)`, created with exactly the DDL SQLAlchemy emits, the
 //! kombu JSON envelope in `payload`. kombu-rs adds columns with defaults, so Python's
 //! inserts still work: `taken_at` (a Unix time, `NULL`), `redelivered` (`0`) and `lease_until`
-//! (`NULL`; the lease end earlier versions recorded, converted to `taken_at` on open). And two
+//! (`NULL`; the lease end earlier versions recorded, converted to `taken_at` on open: stop
+//! earlier kombu-rs versions before a new one opens their file, since the conversion clears
+//! the lease ends they still rely on for their extensions and their restores). And two
 //! tables of its own, `kombu_rs_exchange` and `kombu_rs_binding` (and `kombu_rs_queue` for
 //! queue arguments), so that exchanges and bindings declared in one process route publishes in
 //! every other (Python kombu keeps them per connection, in memory). Each process caches what

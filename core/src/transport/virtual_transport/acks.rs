@@ -15,8 +15,8 @@
 //! waiting for them. If the writer itself is dropped (its runtime shut down), the acks it
 //! held go back to the queue and the next ack or flush starts a new writer.
 //!
-//! A write that fails with a recoverable error is retried after [`RETRY_DELAYS`] (about two
-//! seconds in all; a flush waits for the retries). When the retries are exhausted, or the
+//! A write that fails with a recoverable error is retried under [`ack_retry`] (for up to 30 s,
+//! so a broker back within that time gets every ack; a flush waits for the retries). When the retries are exhausted, or the
 //! error is not recoverable, the acks are given up, logged at error level: those messages come
 //! back when their leases end (at-least-once). A failure belongs to whoever queued the acks
 //! (a channel, or a settlement that waits for its own ack) and is reported to it alone: a
@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 use crate::transport::virtual_transport::{Backend, Receipt};
 
 /// Longest an ack waits in the batch before a background task writes it.
@@ -46,13 +47,13 @@ pub(super) const ACK_WINDOW: Duration = Duration::from_millis(1);
 pub(super) const ACK_BATCH: usize = 256;
 /// An ack of a lease that ends sooner than this is written at once, not queued.
 pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(1);
-/// The waits before each retry of a write that failed with a recoverable error.
-pub(super) const RETRY_DELAYS: [Duration; 4] = [
-    Duration::from_millis(50),
-    Duration::from_millis(200),
-    Duration::from_millis(500),
-    Duration::from_millis(1000),
-];
+/// How a write that failed with a recoverable error is retried: the default policy (no retry
+/// limit, none started more than 30 s after the first try), an outcome-unknown failure
+/// included: an ack is idempotent (a receipt already gone is skipped), so writing it twice
+/// does no harm.
+pub(super) fn ack_retry() -> RetryPolicy {
+    RetryPolicy::default().retry_unknown(true)
+}
 
 /// Who queued an ack: a channel's id, or a ticket of one waiting settlement.
 pub(super) type Owner = u64;
@@ -273,7 +274,7 @@ impl AckBatch {
     }
 
     /// The writer: writes batch after batch, one [`Backend::ack_many`] per queue (retried
-    /// after [`RETRY_DELAYS`] while it fails recoverably), until none is queued.
+    /// under [`ack_retry`] while it fails recoverably), until none is queued.
     async fn write_all(&self, epoch: u64) {
         // Dropped mid-write (the runtime shut down): the acks in hand go back to the queue
         // and the writer is free again.
@@ -318,13 +319,20 @@ impl AckBatch {
     /// One queue's acks, retried while the failure is recoverable; the error once given up
     /// (logged).
     async fn write_group(&self, group: &Group) -> Result<()> {
-        let mut delays = RETRY_DELAYS.iter();
+        let policy = ack_retry();
+        let started = tokio::time::Instant::now();
+        let mut delays = policy.delays();
         loop {
             let error = match self.backend.ack_many(&group.queue, &group.receipts).await {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            let delay = delays.next().filter(|_| error.is_recoverable());
+            let delay = delays.next().filter(|delay| {
+                policy.retries(&error)
+                    && policy
+                        .deadline
+                        .is_none_or(|limit| started.elapsed().saturating_add(*delay) <= limit)
+            });
             match delay {
                 Some(delay) if tokio::runtime::Handle::try_current().is_ok() => {
                     tracing::warn!(
@@ -333,7 +341,7 @@ impl AckBatch {
                         %error,
                         "acks not written; retrying"
                     );
-                    tokio::time::sleep(*delay).await;
+                    tokio::time::sleep(delay).await;
                 }
                 _ => {
                     tracing::error!(

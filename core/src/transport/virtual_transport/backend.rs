@@ -204,8 +204,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// before the channel closes), so this is the one ack path; one round trip per call where
     /// the broker allows. A receipt that is already gone (its lease ended and the message was
     /// restored, or it was settled) is skipped without error: a late ack is harmless. On a
-    /// recoverable `Err` ([`Error::is_recoverable`]) core retries the batch a few times over
-    /// about two seconds; once it gives up (or on another error) it logs the failure and
+    /// recoverable `Err` ([`Error::is_recoverable`], an outcome-unknown one included: acks are
+    /// idempotent) core retries the batch under `RetryPolicy::default()` (for up to 30 s);
+    /// once it gives up (or on another error) it logs the failure and
     /// reports it to the channel that queued the acks, and those messages come back when
     /// their leases end (at-least-once). So a backend whose takes have no lease end (no
     /// visibility timeout) must not fail here except when the messages are gone anyway: an

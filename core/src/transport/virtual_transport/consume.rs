@@ -255,7 +255,7 @@ impl ConsumerState {
             return Some(error.context("the consumer's retry policy gave up"));
         };
         if let Some(deadline) = self.retry.deadline
-            && since.elapsed() + delay > deadline
+            && since.elapsed().saturating_add(delay) > deadline
         {
             self.failing = None;
             return Some(error.context("the consumer's retry policy gave up"));

@@ -34,10 +34,21 @@ impl Shared {
     pub(super) async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
         let mut routed = Vec::with_capacity(batch.len());
         let mut known = FxHashMap::default();
+        // Messages of the batch already out (native fanout publishes as it routes): if a later
+        // step fails, publishing the batch again would send those twice, so the error says the
+        // outcome is unknown and the producer does not retry it unless told to.
+        let mut sent = false;
         for outgoing in batch {
-            self.route(outgoing, &mut routed, &mut known).await?;
+            match self.route(outgoing, &mut routed, &mut known).await {
+                Ok(published) => sent |= published,
+                Err(e) if sent => return Err(e.with_outcome_unknown()),
+                Err(e) => return Err(e),
+            }
         }
-        self.put_routed(routed).await
+        match self.put_routed(routed).await {
+            Err(e) if sent => Err(e.with_outcome_unknown()),
+            other => other,
+        }
     }
 
     async fn exchange_kind(&self, name: &str) -> Result<ExchangeKind> {
@@ -50,7 +61,8 @@ impl Shared {
         }
     }
 
-    /// Routes a message: appends a `(queue, envelope)` pair per destination queue to `sink`.
+    /// Routes a message: appends a `(queue, envelope)` pair per destination queue to `sink`;
+    /// true when it was published instead (native fanout).
     ///
     /// The default exchange sends to the queue named by the routing key without looking it
     /// up (as kombu does, so a queue that another client declared is reachable); only a
@@ -61,7 +73,7 @@ impl Shared {
         out: Outgoing,
         sink: &mut Vec<(String, Envelope)>,
         known: &mut FxHashMap<String, bool>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let Outgoing {
             exchange,
             routing_key,
@@ -79,7 +91,7 @@ impl Shared {
                 routing_key.clone(),
                 Envelope::new(message, exchange, routing_key),
             ));
-            return Ok(());
+            return Ok(false);
         }
         let kind = self.exchange_kind(&exchange).await?;
         let rows = self.backend.bindings(&exchange).await?;
@@ -94,20 +106,20 @@ impl Shared {
                 ));
             }
             tracing::debug!(%exchange, %routing_key, "unroutable message dropped");
-            return Ok(());
+            return Ok(false);
         };
         let envelope = Envelope::new(message, exchange, routing_key);
         // A mandatory message must be held by a queue: native fanout (Redis PUB/SUB) reaches
         // only the consumers listening at that moment, so it goes into the bound queues'
         // stores instead (a dead letter sent to a fanout dead-letter exchange, say).
         if kind == ExchangeKind::Fanout && self.native_fanout && !mandatory {
-            return self.backend.publish_fanout(envelope).await;
+            return self.backend.publish_fanout(envelope).await.map(|()| true);
         }
         for queue in others {
             sink.push(((*queue).to_owned(), envelope.clone()));
         }
         sink.push(((*last).to_owned(), envelope));
-        Ok(())
+        Ok(false)
     }
 
     /// Whether a queue exists, asking the backend once per name in `known`.
@@ -180,7 +192,7 @@ impl Shared {
                     mandatory: false,
                 };
                 match self.route(out, &mut routed, &mut known).await {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(queue = %dl.queue, %error, "dead-lettering failed");
                     }
