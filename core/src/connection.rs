@@ -164,9 +164,11 @@ impl Connection {
     /// Runs `op` under `policy` (kombu's `Connection.ensure`): again after each error the
     /// policy retries (recoverable ones, and not those whose outcome is unknown unless
     /// [`RetryPolicy::retry_unknown`] is on), waiting the policy's delays; returns the first
-    /// success or the last error. The transports reconnect by themselves (AMQP, and the
-    /// others as they learn it): `op` is simply run again, so it should take what it needs
-    /// from the connection at each call. Each retry is logged at warn.
+    /// success or the last error. AMQP and Redis reconnect by themselves (a lost connection
+    /// is replaced, and what was declared is declared again); memory and SQLite never lose
+    /// their store, so there is nothing to reconnect and a recoverable error there (a busy
+    /// SQLite file) is simply tried again. `op` is run again as it is, so it should take what
+    /// it needs from the connection at each call. Each retry is logged at warn.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

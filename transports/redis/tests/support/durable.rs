@@ -16,7 +16,9 @@ pub struct Durable {
 
 impl Durable {
     /// Starts a server on `port` with a fresh data directory; panics (the test fails) when it
-    /// does not answer within 10 s.
+    /// does not answer within 10 s. A test asks `kombu_test_support::faults::can_run` first,
+    /// so a machine without `redis-server` skips it (or fails it clearly when Redis is
+    /// required).
     pub fn start(port: u16) -> Durable {
         let dir = std::env::temp_dir().join(format!("kombu-rs-heal-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
