@@ -308,6 +308,11 @@ impl Shared {
         self.urls.get(i).unwrap_or(&self.urls[0])
     }
 
+    /// The generation of the lapin connection in use (bumped by every reconnect).
+    pub(crate) fn generation(&self) -> u64 {
+        self.current.lock().1
+    }
+
     /// Whether the lapin connection in use is up.
     pub(crate) fn connection_alive(&self) -> bool {
         self.current.lock().0.status().connected()

@@ -119,14 +119,16 @@ pub(crate) fn delivery(
 }
 
 impl Inner {
-    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions and the
-    /// settlements of that channel.
+    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions, the
+    /// settlements of that channel and the connection generation they are on (read before
+    /// the channel is taken: never newer than the channel's connection).
     pub(crate) async fn subscribe(
         &self,
         queues: &[String],
         options: &ConsumeOptions,
-    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>)> {
+    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>, u64)> {
         self.send_pending_now().await;
+        let generation = self.shared.generation();
         let Slot {
             channel: ch,
             settlements,
@@ -164,7 +166,7 @@ impl Inner {
                     .boxed(),
             );
         }
-        Ok((all, settlements))
+        Ok((all, settlements, generation))
     }
 }
 
@@ -178,6 +180,8 @@ struct ConsumeState {
     queues: Vec<String>,
     options: ConsumeOptions,
     streams: SelectAll<Subscription>,
+    /// The connection generation the subscriptions were made on.
+    generation: u64,
     done: bool,
 }
 
@@ -204,7 +208,7 @@ impl ConsumeState {
                     return Some(last);
                 }
                 match inner.subscribe(&self.queues, &self.options).await {
-                    Ok((streams, settlements)) => {
+                    Ok((streams, settlements, generation)) => {
                         tracing::info!(
                             queues = ?self.queues,
                             after = ?since.elapsed(),
@@ -212,6 +216,7 @@ impl ConsumeState {
                         );
                         self.streams = streams;
                         self.settlements = settlements;
+                        self.generation = generation;
                         return None;
                     }
                     Err(e) => last = e,
@@ -299,9 +304,13 @@ impl ConsumeState {
                     if inner.is_closed() || inner.shared.is_closed() {
                         return None;
                     }
+                    // Ended on the connection in use, which is up: the broker closed the
+                    // channel or cancelled the consumers. On one that was replaced since (the
+                    // watcher may have recovered already), or one that is down: subscribe again.
+                    let same = inner.shared.generation() == self.generation;
                     let alive = inner.shared.connection_alive();
                     drop(inner);
-                    if alive {
+                    if same && alive {
                         return None;
                     }
                     let lost = Error::new(ErrorKind::Connection, "the AMQP connection dropped");
@@ -325,7 +334,7 @@ pub(crate) async fn consume(
         return Err(Error::config("consume needs at least one queue"));
     }
     let deadline = inner.deadline();
-    let (streams, settlements) = loop {
+    let (streams, settlements, generation) = loop {
         match inner.subscribe(queues, options).await {
             Ok(s) => break s,
             Err(e) if inner.retryable(&e, deadline) => {
@@ -340,6 +349,7 @@ pub(crate) async fn consume(
         queues: queues.to_vec(),
         options: options.clone(),
         streams,
+        generation,
         done: false,
     };
     // Fused: polling the stream again after it ended yields `None`, not a panic.
