@@ -35,8 +35,10 @@ pub enum LinkState {
         /// Why the connection was lost, or why the last attempt failed.
         error: String,
     },
-    /// Reconnecting gave up (its policy ran out) or cannot succeed (a refused login); the
-    /// connection stays unusable.
+    /// Reconnecting gave up (its policy ran out, or a recovery round its timeout) or cannot
+    /// succeed (a refused login); the connection is unusable until a later attempt succeeds
+    /// (a transport that tries again in the background, as AMQP's does, then reports
+    /// `Reconnecting` and `Connected`).
     Failed {
         /// The last error.
         error: String,

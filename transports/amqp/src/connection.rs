@@ -308,6 +308,11 @@ impl Shared {
         self.urls.get(i).unwrap_or(&self.urls[0])
     }
 
+    /// The generation of the lapin connection in use (bumped by every reconnect).
+    pub(crate) fn generation(&self) -> u64 {
+        self.current.lock().1
+    }
+
     /// Whether the lapin connection in use is up.
     pub(crate) fn connection_alive(&self) -> bool {
         self.current.lock().0.status().connected()
@@ -436,7 +441,7 @@ impl Shared {
                         Err(e) => last_error = Some(self.attempt_failed(e)),
                     },
                     Err(e) if e.kind() == ErrorKind::AccessRefused => {
-                        self.attempts.fetch_add(1, Ordering::AcqRel);
+                        self.attempts.store(0, Ordering::Release);
                         self.link.report(LinkState::Failed {
                             error: e.to_string(),
                         });
@@ -447,12 +452,20 @@ impl Shared {
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(2));
             if started.elapsed() + delay > timeout {
-                let error = last_error.unwrap_or_else(|| {
-                    Error::new(ErrorKind::Connection, "no AMQP URL could be reached")
+                let error = last_error
+                    .unwrap_or_else(|| {
+                        Error::new(ErrorKind::Connection, "no AMQP URL could be reached")
+                    })
+                    .context(format!(
+                        "AMQP connection lost and not recovered within {timeout:?}"
+                    ));
+                // This round gave up: the link says so, and the next round (the background
+                // watcher tries again) reports Reconnecting from attempt 0.
+                self.attempts.store(0, Ordering::Release);
+                self.link.report(LinkState::Failed {
+                    error: format!("{error:#}"),
                 });
-                return Err(error.context(format!(
-                    "AMQP connection lost and not recovered within {timeout:?}"
-                )));
+                return Err(error);
             }
             tracing::debug!(?delay, "AMQP broker unreachable; retrying");
             tokio::time::sleep(delay).await;

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Weak};
 use std::task::Poll;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -17,6 +18,19 @@ use crate::error::{is_connection_loss, map};
 use crate::lapin_channel::{Inner, RETRY_PAUSE, Slot};
 use crate::mapping::{MAX_HEADER_DEPTH, drop_deep, short_string, to_message_cut};
 use crate::settle::Settlements;
+
+/// How often a consumer waiting to subscribe again looks whether its channel was closed.
+const CLOSE_CHECK: Duration = Duration::from_millis(100);
+
+/// Whether a consumer subscribes again after `error`: a lost connection or channel (or an
+/// operation that timed out), on a connection that is open and recovers.
+fn resumable(inner: &Inner, error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Connection | ErrorKind::Closed | ErrorKind::Timeout
+    ) && !inner.shared.is_closing()
+        && inner.shared.options().recover
+}
 
 /// Settles one delivery through the [`Settlements`] of the lapin channel it came on (which
 /// coalesce acks): after that channel ended (closed, or its connection dropped) they refuse, so
@@ -105,14 +119,16 @@ pub(crate) fn delivery(
 }
 
 impl Inner {
-    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions and the
-    /// settlements of that channel.
+    /// Subscribes to `queues` on the lapin channel in use; returns the subscriptions, the
+    /// settlements of that channel and the connection generation they are on (read before
+    /// the channel is taken: never newer than the channel's connection).
     pub(crate) async fn subscribe(
         &self,
         queues: &[String],
         options: &ConsumeOptions,
-    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>)> {
+    ) -> Result<(SelectAll<Subscription>, Arc<Settlements>, u64)> {
         self.send_pending_now().await;
+        let generation = self.shared.generation();
         let Slot {
             channel: ch,
             settlements,
@@ -150,7 +166,7 @@ impl Inner {
                     .boxed(),
             );
         }
-        Ok((all, settlements))
+        Ok((all, settlements, generation))
     }
 }
 
@@ -164,34 +180,79 @@ struct ConsumeState {
     queues: Vec<String>,
     options: ConsumeOptions,
     streams: SelectAll<Subscription>,
+    /// The connection generation the subscriptions were made on.
+    generation: u64,
     done: bool,
 }
 
 impl ConsumeState {
-    /// After the connection dropped: subscribe again on a recovered connection. `None` when
-    /// the channel was closed meanwhile or recovery gave up (the error then ends the stream).
+    /// After the connection dropped: subscribe again on a recovered connection, as long as
+    /// the consumer's retry policy ([`ConsumeOptions::retry`], by default without a deadline)
+    /// lets it: each failed try waits the policy's next delay. A connection recovery round
+    /// that times out (`recover_timeout`) is one failed try, not the end. `None` once
+    /// subscribed again, or when the channel was closed meanwhile; the error (which then ends
+    /// the stream) when it is not recoverable, recovery is off, the connection was closed, or
+    /// the policy gave up.
     async fn resubscribe(&mut self, cause: Error) -> Option<Error> {
-        let inner = self.inner.upgrade()?;
-        let deadline = inner.deadline();
+        let since = tokio::time::Instant::now();
+        let mut delays = self.options.retry.delays();
+        let mut attempt: u32 = 0;
         let mut last = cause;
         loop {
-            if inner.is_closed() {
-                return None;
-            }
-            if !inner.retryable(&last, deadline) {
-                return Some(last);
-            }
-            match inner.subscribe(&self.queues, &self.options).await {
-                Ok((streams, settlements)) => {
-                    tracing::info!(queues = ?self.queues, "AMQP consumer resumed");
-                    self.streams = streams;
-                    self.settlements = settlements;
+            {
+                let inner = self.inner.upgrade()?;
+                if inner.is_closed() {
                     return None;
                 }
-                Err(e) => {
-                    last = e;
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                if !resumable(&inner, &last) {
+                    return Some(last);
                 }
+                match inner.subscribe(&self.queues, &self.options).await {
+                    Ok((streams, settlements, generation)) => {
+                        tracing::info!(
+                            queues = ?self.queues,
+                            after = ?since.elapsed(),
+                            "AMQP consumer resumed"
+                        );
+                        self.streams = streams;
+                        self.settlements = settlements;
+                        self.generation = generation;
+                        return None;
+                    }
+                    Err(e) => last = e,
+                }
+                if inner.is_closed() {
+                    return None;
+                }
+                if !resumable(&inner, &last) {
+                    return Some(last);
+                }
+            }
+            attempt = attempt.saturating_add(1);
+            let Some(delay) = delays.next() else {
+                return Some(last.context("the consumer's retry policy gave up"));
+            };
+            if let Some(deadline) = self.options.retry.deadline
+                && since.elapsed() + delay > deadline
+            {
+                return Some(last.context("the consumer's retry policy gave up"));
+            }
+            tracing::warn!(
+                queues = ?self.queues,
+                attempt,
+                ?delay,
+                error = %format!("{last:#}"),
+                "AMQP consumer lost its broker; subscribing again after a pause"
+            );
+            // In short steps, so that closing the channel ends the wait soon.
+            let until = tokio::time::Instant::now() + delay;
+            while tokio::time::Instant::now() < until {
+                let closed = self.inner.upgrade().is_none_or(|i| i.is_closed());
+                if closed {
+                    return None;
+                }
+                let step = until.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(step.min(CLOSE_CHECK)).await;
             }
         }
     }
@@ -224,7 +285,7 @@ impl ConsumeState {
                     if closed {
                         return None;
                     }
-                    if lost {
+                    if lost || error.is_recoverable() {
                         match self.resubscribe(error).await {
                             None => continue,
                             Some(error) => {
@@ -243,9 +304,13 @@ impl ConsumeState {
                     if inner.is_closed() || inner.shared.is_closed() {
                         return None;
                     }
+                    // Ended on the connection in use, which is up: the broker closed the
+                    // channel or cancelled the consumers. On one that was replaced since (the
+                    // watcher may have recovered already), or one that is down: subscribe again.
+                    let same = inner.shared.generation() == self.generation;
                     let alive = inner.shared.connection_alive();
                     drop(inner);
-                    if alive {
+                    if same && alive {
                         return None;
                     }
                     let lost = Error::new(ErrorKind::Connection, "the AMQP connection dropped");
@@ -269,7 +334,7 @@ pub(crate) async fn consume(
         return Err(Error::config("consume needs at least one queue"));
     }
     let deadline = inner.deadline();
-    let (streams, settlements) = loop {
+    let (streams, settlements, generation) = loop {
         match inner.subscribe(queues, options).await {
             Ok(s) => break s,
             Err(e) if inner.retryable(&e, deadline) => {
@@ -284,6 +349,7 @@ pub(crate) async fn consume(
         queues: queues.to_vec(),
         options: options.clone(),
         streams,
+        generation,
         done: false,
     };
     // Fused: polling the stream again after it ended yields `None`, not a panic.

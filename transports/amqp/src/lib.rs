@@ -90,18 +90,24 @@
 //! - Recovery: when the connection drops, a background watcher (woken by lapin's connection
 //!   events, and every second) or the next use of it, whichever comes first, reconnects (every
 //!   failover URL in turn, with exponential backoff, for up to `recover_timeout`; an operation
-//!   waiting for a recovery that fails gets its error; the watcher tries again 5 s later),
+//!   waiting for a recovery that fails gets its error, the connection's `link()` reads
+//!   `Failed`, and the watcher tries again 5 s later, reporting `Reconnecting` from attempt 0),
 //!   declares again every
 //!   exchange, queue and binding this connection declared, and runs again. Failover URLs
 //!   (`amqp://a;amqp://b`) are tried in turn, starting with the one in use
 //!   (`?failover_strategy=shuffle` on the first URL, or the connection builder's strategy: in a
 //!   new random order each round); `Connection::url` names the one in use. Consumers subscribe
-//!   again by themselves. A publish interrupted before its frames were written is published
-//!   again on the recovered connection (within `recover_timeout`). One whose frames may have
-//!   reached the broker and whose confirm did not arrive fails, its error saying the outcome is
-//!   unknown (`Error::outcome_unknown`): a producer does not publish it again unless told to
+//!   again by themselves, under their own `ConsumeOptions::retry` (default
+//!   `RetryPolicy::forever()`: no deadline), not `recover_timeout`: a recovery round that
+//!   gives up is one failed try, and the stream goes on once the broker is back; it ends with
+//!   an error only when that error is not recoverable, recovery is off, or the policy gives
+//!   up. A publish interrupted before its frames were written is published again on the
+//!   recovered connection (within `recover_timeout`). One whose frames may have reached the
+//!   broker and whose confirm did not arrive fails, its error saying the outcome is unknown
+//!   (`Error::outcome_unknown`): a producer does not publish it again unless told to
 //!   (`Producer::retry_unknown`: at least once, it may arrive twice), so nothing is duplicated
-//!   silently.
+//!   silently. So does a batch that fails on a lost connection after some of its messages were
+//!   confirmed, written or queued: publishing all of it again would duplicate those.
 //!   Deliveries taken before the drop cannot be settled any more (the broker redelivers
 //!   them).
 

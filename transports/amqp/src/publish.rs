@@ -97,6 +97,7 @@ impl Inner {
                             }
                             // Without confirms, queued is published (see `Unwritten`).
                             Poll::Pending if !inner.confirms => {
+                                maybe_delivered[i] = true;
                                 inner.unwritten.push(send).await;
                                 if inner.is_closed() || inner.shared.is_closing() {
                                     // A close that began meanwhile may have drained already.
@@ -148,15 +149,13 @@ impl Inner {
                 // again is then the caller's choice (the producer's `retry_unknown`).
                 if again.iter().any(|&i| maybe_delivered[i]) {
                     if let Some(failure) = failure {
-                        return Err(failure);
+                        return Err(partly_done(failure, &maybe_delivered));
                     }
                     return Err(e.with_outcome_unknown());
                 }
                 if !inner.retryable(&e, deadline) {
-                    if let Some(failure) = failure {
-                        return Err(failure);
-                    }
-                    return Err(e);
+                    let e = failure.unwrap_or(e);
+                    return Err(partly_done(e, &maybe_delivered));
                 }
                 tracing::debug!(error = %e, left = again.len(), "AMQP publish interrupted; publishing again");
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -165,9 +164,25 @@ impl Inner {
             pending = again;
         }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => Err(partly_done(e, &maybe_delivered)),
             None => Ok(()),
         }
+    }
+}
+
+/// The error a batch fails with, given which of its messages may have reached the broker
+/// (confirmed, written, or queued to be written): a lost connection or channel (or a timeout)
+/// after some of them did is outcome-unknown, since publishing the whole batch again would
+/// duplicate those. An answer about one message (a nack, a return) stays as it is.
+fn partly_done(error: Error, maybe_delivered: &[bool]) -> Error {
+    let lost = matches!(
+        error.kind(),
+        ErrorKind::Connection | ErrorKind::Closed | ErrorKind::Timeout
+    );
+    if lost && !error.outcome_unknown() && maybe_delivered.iter().any(|&d| d) {
+        error.with_outcome_unknown()
+    } else {
+        error
     }
 }
 
@@ -272,5 +287,24 @@ impl Unwritten {
                 "publishes without confirms still unwritten; going on without them"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_lost_after_part_of_it_may_have_arrived_has_an_unknown_outcome() {
+        let lost = || Error::new(ErrorKind::Connection, "the AMQP connection dropped");
+        // Nothing of the batch reached the broker: publishing it again is safe.
+        let e = partly_done(lost(), &[false, false]);
+        assert!(e.is_recoverable() && !e.outcome_unknown());
+        // One message was confirmed (or written) before the rest was refused.
+        let e = partly_done(lost(), &[true, false]);
+        assert!(e.outcome_unknown(), "{e}");
+        // The broker's answer about a message stays what it is.
+        let nack = Error::new(ErrorKind::Broker, "the broker refused it (nack)");
+        assert!(!partly_done(nack, &[true, false]).outcome_unknown());
     }
 }
