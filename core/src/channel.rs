@@ -74,6 +74,8 @@ pub struct ConsumeOptions {
     /// 2 s between looks, as long as it takes. Virtual transports apply it in core; a native
     /// transport applies it to its own reconnection.
     pub retry: RetryPolicy,
+    /// Sees each of those retries (for logs and metrics; they are logged at warn anyway).
+    pub on_retry: Option<crate::retry::OnRetry>,
 }
 
 impl Default for ConsumeOptions {
@@ -84,6 +86,7 @@ impl Default for ConsumeOptions {
             consumer_tag: String::new(),
             visibility_timeout: None,
             retry: RetryPolicy::forever(),
+            on_retry: None,
         }
     }
 }

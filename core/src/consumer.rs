@@ -114,10 +114,14 @@ impl ConsumerBuilder {
             registry: conn.registry().clone(),
             ..Decoder::default()
         };
+        let options = ConsumeOptions {
+            on_retry: conn.on_retry().cloned(),
+            ..ConsumeOptions::default()
+        };
         ConsumerBuilder {
             conn,
             queues,
-            options: ConsumeOptions::default(),
+            options,
             decoder,
             declare: true,
             on_error: None,
@@ -184,6 +188,17 @@ impl ConsumerBuilder {
     /// [`ConsumeOptions::retry`](crate::transport::ConsumeOptions#structfield.retry).
     pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
         self.options.retry = policy;
+        self
+    }
+
+    /// Calls `callback` before each of those retries (for logs and metrics). Default: the
+    /// connection's own callback
+    /// ([`ConnectionBuilder::on_retry`](crate::ConnectionBuilder::on_retry)), if it has one.
+    pub fn on_retry<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&crate::RetryEvent<'_>) + Send + Sync + 'static,
+    {
+        self.options.on_retry = Some(crate::retry::OnRetry::new(callback));
         self
     }
 

@@ -87,7 +87,7 @@ pub use link::{LinkReporter, LinkState, LinkWatch};
 pub use message::{COMPRESSION_HEADER, DeliveryInfo, DeliveryMode, Message, Properties};
 pub use pool::{ConnectionPool, PooledConnection, PooledProducer, ProducerPool};
 pub use producer::{Declaration, Producer, Publish};
-pub use retry::{Delays, RetryEvent, RetryPolicy};
+pub use retry::{Delays, OnRetry, RetryEvent, RetryPolicy};
 pub use url::BrokerUrl;
 pub use value::{Headers, Value};
 

@@ -209,17 +209,27 @@ impl RetryPolicy {
     }
 }
 
-/// A callback that sees each retry (for logs and metrics), kept by a connection or a producer.
+/// A callback that sees each retry (for logs and metrics), kept by a connection, a producer or
+/// a consumer's [`ConsumeOptions`](crate::transport::ConsumeOptions). Cheap to clone; two are
+/// equal when they are clones of one callback.
 #[derive(Clone)]
-pub(crate) struct OnRetry(std::sync::Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>);
+pub struct OnRetry(std::sync::Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>);
 
 impl OnRetry {
-    pub(crate) fn new(callback: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+    /// Wraps `callback`.
+    pub fn new(callback: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
         OnRetry(std::sync::Arc::new(callback))
     }
 
-    pub(crate) fn call(&self, event: &RetryEvent<'_>) {
+    /// Calls the callback.
+    pub fn call(&self, event: &RetryEvent<'_>) {
         (self.0)(event)
+    }
+}
+
+impl PartialEq for OnRetry {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream, SelectAll};
 use kombu_core::transport::{ConsumeOptions, DeliveryStream, Envelope, Outcome, Settler};
-use kombu_core::{Delivery, Error, ErrorKind, Result};
+use kombu_core::{Delivery, Error, ErrorKind, Result, RetryEvent};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 
 use crate::connection::no_arguments;
@@ -233,7 +233,7 @@ impl ConsumeState {
                 return Some(last.context("the consumer's retry policy gave up"));
             };
             if let Some(deadline) = self.options.retry.deadline
-                && since.elapsed() + delay > deadline
+                && since.elapsed().saturating_add(delay) > deadline
             {
                 return Some(last.context("the consumer's retry policy gave up"));
             }
@@ -244,8 +244,18 @@ impl ConsumeState {
                 error = %format!("{last:#}"),
                 "AMQP consumer lost its broker; subscribing again after a pause"
             );
+            if let Some(callback) = &self.options.on_retry {
+                callback.call(&RetryEvent {
+                    attempt,
+                    error: &last,
+                    delay,
+                });
+            }
             // In short steps, so that closing the channel ends the wait soon.
-            let until = tokio::time::Instant::now() + delay;
+            let now = tokio::time::Instant::now();
+            let until = now
+                .checked_add(delay)
+                .unwrap_or(now + Duration::from_secs(86_400));
             while tokio::time::Instant::now() < until {
                 let closed = self.inner.upgrade().is_none_or(|i| i.is_closed());
                 if closed {

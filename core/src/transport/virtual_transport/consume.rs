@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use crate::channel::{ConsumeOptions, Delivery, DeliveryStream};
 use crate::error::{Error, Result};
-use crate::retry::{Delays, RetryPolicy};
+use crate::retry::{Delays, OnRetry, RetryEvent, RetryPolicy};
 use crate::transport::virtual_transport::TakeMode;
 use crate::transport::virtual_transport::channel::Shared;
 use crate::transport::virtual_transport::settle::{InFlight, Pending, restore_all, restore_one};
@@ -54,6 +54,7 @@ impl Shared {
             inflight: Arc::new(InFlight::default()),
             spins: 0,
             retry: options.retry.clone(),
+            on_retry: options.on_retry.clone(),
             failing: None,
             epoch: self.backend.epoch(),
         };
@@ -137,6 +138,8 @@ struct ConsumerState {
     spins: u32,
     /// How to wait for the broker after a recoverable failure.
     retry: RetryPolicy,
+    /// Sees each of those retries.
+    on_retry: Option<OnRetry>,
     /// Since the first failure of the current outage: when it began and the waits left.
     failing: Option<Outage>,
     /// The backend's [`epoch`](crate::transport::virtual_transport::Backend::epoch) when the
@@ -267,6 +270,13 @@ impl ConsumerState {
             error = %format!("{error:#}"),
             "consumer lost its broker; looking again after a pause"
         );
+        if let Some(callback) = &self.on_retry {
+            callback.call(&RetryEvent {
+                attempt,
+                error: &error,
+                delay,
+            });
+        }
         let closing = self.shared.closing.notified();
         tokio::pin!(closing);
         closing.as_mut().enable();

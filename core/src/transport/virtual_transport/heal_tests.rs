@@ -128,7 +128,12 @@ fn quick() -> RetryPolicy {
 async fn a_stream_rides_through_recoverable_take_failures() {
     let backend = Flaky::new(5, ErrorKind::Connection);
     let channel = channel_with(&backend, 3).await;
-    let options = ConsumeOptions::default().retry(quick());
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut options = ConsumeOptions::default().retry(quick());
+    let record = seen.clone();
+    options.on_retry = Some(crate::retry::OnRetry::new(move |event| {
+        record.lock().push((event.attempt, event.error.kind()));
+    }));
     let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
     let mut bodies = Vec::new();
     for _ in 0..3 {
@@ -143,6 +148,8 @@ async fn a_stream_rides_through_recoverable_take_failures() {
         0,
         "all five failed"
     );
+    let expected: Vec<(u32, ErrorKind)> = (1..=5).map(|i| (i, ErrorKind::Connection)).collect();
+    assert_eq!(*seen.lock(), expected, "the callback saw each retry");
 }
 
 #[tokio::test]
