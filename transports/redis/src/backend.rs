@@ -227,7 +227,11 @@ impl Backend for RedisBackend {
                 self.link.declared.lock().exchange(exchange);
                 Ok(stored)
             }
-            None => self.read_exchange(name).await,
+            None => {
+                // After a reconnection, not before this backend's declarations are back.
+                self.link.replayed().await;
+                self.read_exchange(name).await
+            }
         }
     }
 
@@ -271,6 +275,8 @@ impl Backend for RedisBackend {
     }
 
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        // After a reconnection, routing waits for this backend's bindings to be back.
+        self.link.replayed().await;
         self.read_bindings(exchange).await
     }
 

@@ -94,6 +94,12 @@ pub(crate) struct Link {
     lost_takes: Mutex<Vec<(String, usize, String)>>,
     /// Entities declared through this backend.
     pub(crate) declared: Mutex<Declared>,
+    /// Set from the moment a new connection is in place until what this backend declared is
+    /// declared again on it: routing reads wait meanwhile ([`Link::replayed`]), so a publish
+    /// to a server restarted empty is not routed before its bindings are back.
+    replaying: AtomicBool,
+    /// Wakes the routing reads once the replay is done.
+    replay_done: tokio::sync::Notify,
 }
 
 impl Link {
@@ -117,6 +123,26 @@ impl Link {
             strategy,
             lost_takes: Mutex::new(Vec::new()),
             declared: Mutex::new(Declared::default()),
+            replaying: AtomicBool::new(false),
+            replay_done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Returns once no replay of declarations is under way (at most [`REPLAY_WAIT`]: a
+    /// replay that hangs does not hold routing forever). Holds no lock, so a command it is
+    /// followed by may reconnect freely.
+    pub(crate) async fn replayed(&self) {
+        let until = Instant::now() + REPLAY_WAIT;
+        while self.replaying.load(Ordering::Acquire) {
+            let done = self.replay_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.replaying.load(Ordering::Acquire) {
+                return;
+            }
+            if tokio::time::timeout_at(until, done).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -252,6 +278,19 @@ fn described(error: &Error) -> String {
     }
 }
 
+/// Longest a routing read waits for a replay of declarations ([`Link::replayed`]).
+const REPLAY_WAIT: Duration = Duration::from_secs(5);
+
+/// Ends a replay of declarations when dropped (done, or abandoned).
+struct Replaying<'a>(&'a Link);
+
+impl Drop for Replaying<'_> {
+    fn drop(&mut self) {
+        self.0.replaying.store(false, Ordering::Release);
+        self.0.replay_done.notify_waiters();
+    }
+}
+
 /// The pause before attempt `failed + 1`.
 fn pause(failed: u32) -> Duration {
     (FIRST_PAUSE + PAUSE_STEP * failed.saturating_sub(1)).min(MAX_PAUSE)
@@ -304,6 +343,10 @@ impl RedisBackend {
                         generation: seen + 1,
                         broken: AtomicBool::new(false),
                     });
+                    // Routing waits until the declarations are back (see `replayed`); the
+                    // guard ends the wait even if this future is dropped midway.
+                    link.replaying.store(true, Ordering::Release);
+                    let replaying = Replaying(link);
                     link.current.store(fresh.clone());
                     *attempts = Attempts::default();
                     // Released first: what follows sends commands, and a failure among them
@@ -311,6 +354,7 @@ impl RedisBackend {
                     drop(attempts);
                     tracing::info!(url = %label, "redis connection replaced");
                     self.after_reconnect().await;
+                    drop(replaying);
                     if !link.current.load().broken.load(Ordering::Acquire) {
                         link.reporter.report(LinkState::Connected);
                     }
