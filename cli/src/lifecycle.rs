@@ -190,8 +190,14 @@ impl Backoff {
         {
             return false;
         }
+        // A write the broker may have done: trying it again may do it twice.
+        let twice = if error.outcome_unknown() {
+            " (the broker may have done it already: it may happen twice)"
+        } else {
+            ""
+        };
         eprintln!(
-            "warning: {what}: {error:#}; trying again in {} ms",
+            "warning: {what}: {error:#}; trying again in {} ms{twice}",
             delay.as_millis()
         );
         tokio::time::sleep(delay).await;

@@ -193,12 +193,12 @@ impl ConsumerState {
             let epoch = self.shared.backend.epoch();
             let fetched = self.fetch(want).await;
             if !matches!(fetched, Fetch::Lost(_)) {
-                self.recovered();
                 // What the buffer holds now was taken on this connection.
                 self.epoch = epoch;
             }
             match fetched {
                 Fetch::Got(true) => {
+                    self.recovered();
                     self.spins = 0;
                     continue;
                 }
@@ -222,10 +222,15 @@ impl ConsumerState {
                             () = &mut closing => return None,
                         }
                     };
-                    if let Err(e) = waited
-                        && let Some(e) = self.back_off(e).await
-                    {
-                        return Some(Err(e));
+                    // An outage ends with a take that got something or a wait that worked: an
+                    // empty take between failed waits does not restart the policy's count.
+                    match waited {
+                        Ok(()) => self.recovered(),
+                        Err(e) => {
+                            if let Some(e) = self.back_off(e).await {
+                                return Some(Err(e));
+                            }
+                        }
                     }
                 }
                 Fetch::Lost(e) => {
