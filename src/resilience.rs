@@ -172,8 +172,9 @@ impl ConnectionPool {
         ConnectionPool(kombu_core::ConnectionPool::new(source, max))
     }
 
-    /// How long an acquire waits for a free connection before failing with
-    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (10 s unless set).
+    /// How long an acquire may take, the wait for a free connection and the opening of a new
+    /// one together, before failing with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
+    /// (10 s unless set).
     #[must_use]
     pub fn acquire_timeout(self, timeout: Duration) -> ConnectionPool {
         ConnectionPool(self.0.acquire_timeout(timeout))
