@@ -413,7 +413,9 @@ where
             Ok(Some(Err(e))) => {
                 assert!(
                     e.delivery.is_none() && e.error.is_recoverable(),
-                    "{name}: the consumer failed instead of resuming: {e:#}"
+                    "{name}: the consumer failed instead of resuming: {e}: {:#} ({:?})",
+                    e.error,
+                    e.error.kind()
                 );
                 stream_errors += 1;
                 if stream_errors <= 3 {

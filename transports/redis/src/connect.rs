@@ -93,7 +93,8 @@ pub(crate) async fn open(
 
 /// A redis crate error as kombu's: refused logins and ACL denials are
 /// [`ErrorKind::AccessRefused`], I/O and dropped connections [`ErrorKind::Connection`],
-/// timeouts [`ErrorKind::Timeout`], the rest [`ErrorKind::Broker`]; the message names the
+/// timeouts [`ErrorKind::Timeout`], the rest [`ErrorKind::Broker`] (recoverable when the
+/// server only says it is not ready yet: `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`); the message names the
 /// server (`label`) and what was being done (`what`), the redis error is the source.
 pub(crate) fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Error {
     let refused = matches!(
@@ -111,7 +112,20 @@ pub(crate) fn redis_error(label: &str, what: &str, err: redis::RedisError) -> Er
     } else {
         ErrorKind::Broker
     };
-    Error::new(kind, format!("redis {label}: {what}")).with_source(err)
+    // A server that is up but not serving yet (LOADING its append-only file after a restart,
+    // a replica whose master is down): nothing was done, and asking again shortly works.
+    let not_ready = matches!(
+        err.kind(),
+        redis::ErrorKind::Server(
+            redis::ServerErrorKind::BusyLoading
+                | redis::ServerErrorKind::TryAgain
+                | redis::ServerErrorKind::MasterDown
+                | redis::ServerErrorKind::ClusterDown
+        )
+    );
+    Error::new(kind, format!("redis {label}: {what}"))
+        .set_recoverable(kind.is_recoverable() || not_ready)
+        .with_source(err)
 }
 
 /// A plain `PING` on a new connection, so that a server that wants a password the URL does not

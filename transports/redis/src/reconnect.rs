@@ -472,6 +472,22 @@ mod tests {
     }
 
     #[test]
+    fn a_server_still_loading_is_retried_and_wrote_nothing() {
+        let loading = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory",
+        ));
+        let error = maybe_written(redis_error("t", "publish", loading));
+        assert!(error.is_recoverable());
+        assert!(!error.outcome_unknown());
+        let syntax = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "ERR syntax",
+        ));
+        assert!(!redis_error("t", "publish", syntax).is_recoverable());
+    }
+
+    #[test]
     fn a_refused_connection_wrote_nothing() {
         let refused = maybe_written(io_error(io::ErrorKind::ConnectionRefused));
         assert_eq!(refused.kind(), ErrorKind::Connection);
