@@ -224,19 +224,19 @@ mod tests {
     use crate::{ErrorKind, ProducerPool, Queue};
 
     #[tokio::test]
-    async fn pools_open_from_a_url_a_builder_or_a_connection_with_transports_installed() {
+    async fn pools_open_from_a_url_a_builder_or_a_connection_with_transports_installed()
+    -> Result<()> {
         let conn = Connection::builder("memory://facade-pool-a;memory://facade-pool-b")
             .retry_policy(RetryPolicy::default().max_retries(Some(1)))
             .open()
-            .await
-            .unwrap();
+            .await?;
         for pool in [
             ConnectionPool::new("memory://facade-pool-a", 1),
             ConnectionPool::new(Connection::builder("memory://facade-pool-a"), 1),
             ConnectionPool::new(&conn, 1),
         ] {
             let pool = pool.acquire_timeout(Duration::from_millis(20));
-            let held = pool.acquire().await.unwrap();
+            let held = pool.acquire().await?;
             assert_eq!(held.url().host(), Some("facade-pool-a"));
             assert_eq!(
                 pool.acquire().await.expect_err("max 1").kind(),
@@ -247,16 +247,11 @@ mod tests {
                 p.routing_key("facade-pool")
                     .declare(Queue::new("facade-pool"))
             });
-            producers
-                .acquire()
-                .await
-                .unwrap()
-                .publish("x")
-                .await
-                .unwrap();
-            pool.close().await.unwrap();
+            producers.acquire().await?.publish("x").await?;
+            pool.close().await?;
         }
-        assert_eq!(conn.queue_size("facade-pool").await.unwrap(), 3);
+        assert_eq!(conn.queue_size("facade-pool").await?, 3);
         assert_eq!(ConnectionPool::new(&conn, 2).max(), 2);
+        Ok(())
     }
 }

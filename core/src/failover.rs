@@ -150,20 +150,18 @@ mod tests {
     }
 
     #[test]
-    fn read_from_the_first_url() {
-        let urls = BrokerUrl::parse_failover("amqp://a/?failover_strategy=shuffle;amqp://b/")
-            .expect("valid URLs");
+    fn read_from_the_first_url() -> crate::Result<()> {
+        let urls = BrokerUrl::parse_failover("amqp://a/?failover_strategy=shuffle;amqp://b/")?;
         assert_eq!(
-            FailoverStrategy::from_urls(&urls).expect("known"),
+            FailoverStrategy::from_urls(&urls)?,
             FailoverStrategy::Shuffle
         );
-        let urls = BrokerUrl::parse_failover("amqp://a/;amqp://b/").expect("valid URLs");
+        let urls = BrokerUrl::parse_failover("amqp://a/;amqp://b/")?;
         assert_eq!(
-            FailoverStrategy::from_urls(&urls).expect("default"),
+            FailoverStrategy::from_urls(&urls)?,
             FailoverStrategy::RoundRobin
         );
-        let urls = BrokerUrl::parse_failover("amqp://u:secret@a/?failover_strategy=random")
-            .expect("valid URL");
+        let urls = BrokerUrl::parse_failover("amqp://u:secret@a/?failover_strategy=random")?;
         let err = FailoverStrategy::from_urls(&urls).expect_err("unknown strategy");
         assert_eq!(err.kind(), ErrorKind::InvalidUrl);
         assert!(!err.to_string().contains("secret"), "{err}");
@@ -171,5 +169,6 @@ mod tests {
             "Round-Robin".parse::<FailoverStrategy>().ok(),
             Some(FailoverStrategy::RoundRobin)
         );
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> kombu_core::Result<()> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use kombu_core::{ConnectionPool, ProducerPool, Queue};
 //!
@@ -30,7 +30,7 @@
 //!     })
 //!     .collect();
 //! for task in tasks {
-//!     task.await.expect("task ran")?;
+//!     task.await??;
 //! }
 //! assert!(connections.size() <= 4);
 //! let conn = connections.acquire().await?;

@@ -38,7 +38,7 @@ const TAKE_GRACE: Duration = Duration::from_secs(2);
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> kombu_core::Result<()> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use kombu_core::{Connection, Queue};
 ///
@@ -58,7 +58,7 @@ const TAKE_GRACE: Duration = Duration::from_secs(2);
 /// stop.stop(); // e.g. on SIGTERM
 /// // The worker returns once stopped: the handler in flight finished, the consumer closed,
 /// // and what it had taken and not settled is back in the queue.
-/// worker.await.expect("the worker does not panic")?;
+/// worker.await??; // a panicked worker is an error here too
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

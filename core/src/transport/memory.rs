@@ -683,28 +683,30 @@ mod tests {
     use crate::{Connection, Queue};
 
     #[tokio::test]
-    async fn huge_durations_mean_never_and_do_not_panic() {
+    async fn huge_durations_mean_never_and_do_not_panic() -> crate::Result<()> {
         super::register();
-        let conn = Connection::open("memory://huge-durations").await.unwrap();
+        let conn = Connection::open("memory://huge-durations").await?;
         let q = Queue::new("q").message_ttl(Duration::MAX);
-        conn.declare_queue(&q).await.unwrap();
+        conn.declare_queue(&q).await?;
         conn.producer()
             .message(&1)
             .routing_key("q")
             .expiration(Duration::MAX)
             .send()
-            .await
-            .unwrap();
+            .await?;
         let mut consumer = conn
             .consumer([q])
             .visibility_timeout(Duration::MAX)
             .build()
+            .await?;
+        let d = consumer
+            .next()
             .await
-            .unwrap();
-        let d = consumer.next().await.unwrap().unwrap();
-        d.extend_lease().await.unwrap();
-        assert_eq!(d.decode::<i32>().unwrap(), 1);
-        d.ack().await.unwrap();
-        assert_eq!(conn.queue_size("q").await.unwrap(), 0);
+            .ok_or_else(|| crate::Error::new(crate::ErrorKind::Broker, "the stream ended"))??;
+        d.extend_lease().await?;
+        assert_eq!(d.decode::<i32>()?, 1);
+        d.ack().await?;
+        assert_eq!(conn.queue_size("q").await?, 0);
+        Ok(())
     }
 }

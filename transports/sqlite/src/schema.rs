@@ -187,15 +187,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lease_ends_of_earlier_versions_become_take_times() {
+    fn lease_ends_of_earlier_versions_become_take_times() -> Result<(), Box<dyn std::error::Error>>
+    {
         let path = std::env::temp_dir().join(format!(
             "kombu-rs-migrate-{}.db",
             uuid::Uuid::new_v4().simple()
         ));
         {
             // A file as an earlier version left it: lease ends, no take times.
-            let old = Connection::open(&path).expect("open");
-            old.execute_batch(SCHEMA).expect("schema");
+            let old = Connection::open(&path)?;
+            old.execute_batch(SCHEMA)?;
             old.execute_batch(
                 "ALTER TABLE kombu_message ADD COLUMN lease_until REAL; \
                  ALTER TABLE kombu_message ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0; \
@@ -207,22 +208,17 @@ mod tests {
                  INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) \
                    VALUES (0, '2026-01-02 03:04:05', 'python took it', 2, 1);",
             )
-            .expect("old rows");
+            ?;
         }
         let url = format!("sqlite://{}?visibility_timeout=10", path.display());
-        let options =
-            crate::options::Options::from_url(&kombu_core::BrokerUrl::parse(&url).expect("url"))
-                .expect("options");
-        let conn = open_db(&options).expect("open and migrate");
+        let options = crate::options::Options::from_url(&kombu_core::BrokerUrl::parse(&url)?)?;
+        let conn = open_db(&options)?;
         let rows: Vec<(String, Option<f64>, Option<f64>)> = conn
-            .prepare("SELECT payload, taken_at, lease_until FROM kombu_message ORDER BY id")
-            .expect("select")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("rows")
-            .collect::<rusqlite::Result<_>>()
-            .expect("read");
+            .prepare("SELECT payload, taken_at, lease_until FROM kombu_message ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         // 2026-01-02 03:04:05.5 UTC is 1767323045.5.
-        let taken = rows[0].1.expect("a take time from the timestamp");
+        let taken = rows[0].1.ok_or("no take time from the timestamp")?;
         assert!((taken - 1_767_323_045.5).abs() < 0.01, "{rows:?}");
         assert_eq!(rows[0].2, None);
         // No timestamp: the lease end minus the opener's timeout.
@@ -233,6 +229,7 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+        Ok(())
     }
 
     #[test]
