@@ -68,10 +68,10 @@ use std::sync::{Arc, Once};
 pub use futures::StreamExt;
 pub use kombu_core::{
     Binding, BrokerUrl, COMPRESSION_HEADER, Capabilities, ConsumeError, Consumer, ConsumerBuilder,
-    DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delivery, DeliveryInfo, DeliveryMode,
-    Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch, Headers,
-    LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result, RetryEvent,
-    RetryPolicy, SettleError, StopHandle, Value, dead_letter,
+    DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delays, Delivery, DeliveryInfo,
+    DeliveryMode, Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch,
+    Headers, LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result,
+    RetryEvent, RetryPolicy, SettleError, StopHandle, Value, dead_letter,
 };
 pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, ProducerPool};
 pub use resilience::{ConnectionBuilder, ConnectionPool};

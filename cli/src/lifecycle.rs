@@ -2,8 +2,6 @@
 //! signal exits at once), the connection's link changes are told on stderr, and recoverable
 //! broker errors are ridden through with back-off instead of ending the command.
 
-use std::time::Duration;
-
 use kombu::{Connection, Error, ErrorKind, LinkState, RetryPolicy};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -161,7 +159,7 @@ pub fn report_link(conn: &Connection, label: &str) {
 /// once its deadline (or its retries) is spent. A success ends the run.
 pub struct Backoff {
     policy: RetryPolicy,
-    run: Option<(Instant, Box<dyn Iterator<Item = Duration> + Send>)>,
+    run: Option<(Instant, kombu::Delays)>,
 }
 
 impl Backoff {
@@ -181,15 +179,10 @@ impl Backoff {
         }
         let (started, delays) = self
             .run
-            .get_or_insert_with(|| (Instant::now(), Box::new(self.policy.delays())));
-        let Some(delay) = delays.next() else {
+            .get_or_insert_with(|| (Instant::now(), self.policy.delays()));
+        let Some(delay) = delays.next_within(started.elapsed()) else {
             return false;
         };
-        if let Some(deadline) = self.policy.deadline
-            && started.elapsed().saturating_add(delay) > deadline
-        {
-            return false;
-        }
         // A write the broker may have done: trying it again may do it twice.
         let twice = if error.outcome_unknown() {
             " (the broker may have done it already: it may happen twice)"

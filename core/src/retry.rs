@@ -191,14 +191,9 @@ impl RetryPolicy {
             if !self.retries(&error) {
                 return Err(error);
             }
-            let Some(delay) = delays.next() else {
+            let Some(delay) = delays.next_within(started.elapsed()) else {
                 return Err(error);
             };
-            if let Some(deadline) = self.deadline
-                && started.elapsed().saturating_add(delay) > deadline
-            {
-                return Err(error);
-            }
             on_retry(&RetryEvent {
                 attempt: delays.attempt,
                 error: &error,
@@ -257,6 +252,18 @@ pub(crate) fn report(what: &str, event: &RetryEvent<'_>, callback: Option<&OnRet
 pub struct Delays {
     policy: RetryPolicy,
     attempt: u32,
+}
+
+impl Delays {
+    /// The next wait, unless the retries are used up or the retry would start past the
+    /// policy's deadline, `elapsed` being the time since the first try.
+    pub fn next_within(&mut self, elapsed: Duration) -> Option<Duration> {
+        let delay = self.next()?;
+        match self.policy.deadline {
+            Some(deadline) if elapsed.saturating_add(delay) > deadline => None,
+            _ => Some(delay),
+        }
+    }
 }
 
 impl Iterator for Delays {

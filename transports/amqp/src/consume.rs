@@ -229,14 +229,9 @@ impl ConsumeState {
                 }
             }
             attempt = attempt.saturating_add(1);
-            let Some(delay) = delays.next() else {
+            let Some(delay) = delays.next_within(since.elapsed()) else {
                 return Some(last.context("the consumer's retry policy gave up"));
             };
-            if let Some(deadline) = self.options.retry.deadline
-                && since.elapsed().saturating_add(delay) > deadline
-            {
-                return Some(last.context("the consumer's retry policy gave up"));
-            }
             tracing::warn!(
                 queues = ?self.queues,
                 attempt,

@@ -327,12 +327,11 @@ impl AckBatch {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            let delay = delays.next().filter(|delay| {
-                policy.retries(&error)
-                    && policy
-                        .deadline
-                        .is_none_or(|limit| started.elapsed().saturating_add(*delay) <= limit)
-            });
+            let delay = if policy.retries(&error) {
+                delays.next_within(started.elapsed())
+            } else {
+                None
+            };
             match delay {
                 Some(delay) if tokio::runtime::Handle::try_current().is_ok() => {
                     tracing::warn!(

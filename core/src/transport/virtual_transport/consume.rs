@@ -258,16 +258,10 @@ impl ConsumerState {
         });
         outage.attempt = outage.attempt.saturating_add(1);
         let (since, attempt) = (outage.since, outage.attempt);
-        let Some(delay) = outage.delays.next() else {
+        let Some(delay) = outage.delays.next_within(since.elapsed()) else {
             self.failing = None;
             return Some(error.context("the consumer's retry policy gave up"));
         };
-        if let Some(deadline) = self.retry.deadline
-            && since.elapsed().saturating_add(delay) > deadline
-        {
-            self.failing = None;
-            return Some(error.context("the consumer's retry policy gave up"));
-        }
         tracing::warn!(
             consumer = %self.consumer_tag,
             attempt,
