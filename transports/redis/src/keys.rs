@@ -76,31 +76,6 @@ impl Options {
     }
 }
 
-/// kombu's `TopicExchange.key_to_pattern`: the regex Python consumers match routing keys with.
-pub(crate) fn topic_pattern(key: &str) -> String {
-    let escaped: String = key
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || ".#*".contains(c) {
-                c.to_string()
-            } else if c == '\0' {
-                "\\000".to_owned()
-            } else {
-                format!("\\{c}")
-            }
-        })
-        .collect();
-    let words: Vec<&str> = escaped
-        .split('.')
-        .map(|w| match w {
-            "*" => "[^\\.]+",
-            "#" => ".*?",
-            w => w,
-        })
-        .collect();
-    format!("^{}$", words.join("\\."))
-}
-
 /// The queue part of a binding-table member (`<routing key><sep><pattern><sep><queue>`, as
 /// kombu splits it).
 pub(crate) fn member_queue<'a>(member: &'a str, sep: &str) -> Option<&'a str> {
@@ -127,13 +102,6 @@ mod tests {
     use kombu_core::{BrokerUrl, Result};
 
     use super::*;
-
-    #[test]
-    fn topic_patterns_are_kombus() {
-        assert_eq!(topic_pattern("a.*.c"), r"^a\.[^\.]+\.c$");
-        assert_eq!(topic_pattern("a.#"), r"^a\..*?$");
-        assert_eq!(topic_pattern("usd-eur.x"), r"^usd\-eur\.x$");
-    }
 
     #[test]
     fn priority_keys_follow_kombus_steps() -> Result<()> {

@@ -14,7 +14,8 @@ use kombu_core::{Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Resul
 use redis::AsyncCommands;
 
 use crate::backend::RedisBackend;
-use crate::keys::{glob_escape, member_queue, topic_pattern};
+use crate::keys::{glob_escape, member_queue};
+use kombu_core::transport::virtual_transport::router::kombu_topic_pattern;
 
 /// A binding table of an expiring queue lives at least this long past its last refresh
 /// (kombu's `MIN_BINDING_TTL`), or twice the queue's `x-expires` if that is longer.
@@ -278,7 +279,7 @@ impl RedisBackend {
 
     fn member(&self, row: &BindingRow, kind: ExchangeKind) -> Result<String> {
         let pattern = match kind {
-            ExchangeKind::Topic => topic_pattern(&row.routing_key),
+            ExchangeKind::Topic => kombu_topic_pattern(&row.routing_key),
             ExchangeKind::Headers => serde_json::to_string(&row.arguments)
                 .map_err(|e| Error::new(ErrorKind::Codec, "binding arguments").with_source(e))?,
             _ => String::new(),

@@ -25,6 +25,33 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     match_words(&pattern, &key)
 }
 
+/// kombu's `TopicExchange.key_to_pattern`: the regular expression Python kombu's virtual
+/// transports store beside a topic binding (Redis binding members, MongoDB's `pattern` field) and
+/// match routing keys with. Stores that share bindings with Python write it.
+pub fn kombu_topic_pattern(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || ".#*".contains(c) {
+                c.to_string()
+            } else if c == '\0' {
+                "\\000".to_owned()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect();
+    let words: Vec<&str> = escaped
+        .split('.')
+        .map(|w| match w {
+            "*" => "[^\\.]+",
+            "#" => ".*?",
+            w => w,
+        })
+        .collect();
+    format!("^{}$", words.join("\\."))
+}
+
 fn split_words(s: &str) -> Vec<&str> {
     if s.is_empty() {
         Vec::new()
@@ -113,6 +140,13 @@ pub fn route<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_patterns_are_kombus() {
+        assert_eq!(kombu_topic_pattern("a.*.c"), r"^a\.[^\.]+\.c$");
+        assert_eq!(kombu_topic_pattern("a.#"), r"^a\..*?$");
+        assert_eq!(kombu_topic_pattern("usd-eur.x"), r"^usd\-eur\.x$");
+    }
 
     #[test]
     fn topic_rabbitmq_semantics() {

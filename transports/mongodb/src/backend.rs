@@ -1,0 +1,703 @@
+//! The virtual [`Backend`] over one MongoDB database: kombu's collections, leased takes,
+//! settlement, fanout through the capped broadcast collection, and waiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use kombu_core::transport::unix_now;
+use kombu_core::transport::virtual_transport::{
+    Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
+    StoredQueue, TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
+};
+use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use parking_lot::Mutex;
+
+use crate::documents::{
+    self, EXPIRE_AT, LEASED_QUEUE, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT,
+    message_document, read_payload, receipt, receipt_ids, restore_update,
+};
+use crate::errors::{Op, driver_error, is_link_loss};
+use crate::fanout::Fanout;
+use crate::options::{DEFAULT_SERVER_SELECTION_TIMEOUT, Options};
+use crate::topology::{QueueSpec, SPEC_TTL};
+use crate::watch::Waker;
+
+/// How long a cached exchange or binding list is used before it is read again (bindings made
+/// by other processes take effect within this; this process's own take effect at once).
+const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
+
+/// A sweep for passed leases with a timeout at most as long ran this recently: skipped.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// MongoDB's "collection already exists".
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// One database of one server (or replica set), shared by the channels of a connection.
+#[derive(Debug)]
+pub(crate) struct MongoBackend {
+    pub(crate) messages: Collection<Document>,
+    pub(crate) routing: Collection<Document>,
+    pub(crate) broadcast: Collection<Document>,
+    pub(crate) queues: Collection<Document>,
+    pub(crate) exchanges: Collection<Document>,
+    pub(crate) options: Options,
+    label: String,
+    pub(crate) topology: TopologyCache,
+    /// Queue → its arguments, as read at the instant.
+    pub(crate) specs: Mutex<HashMap<String, (Instant, Arc<QueueSpec>)>>,
+    /// Queue → when its passed leases were last restored, and with which timeout.
+    sweeps: Mutex<HashMap<String, (Instant, Duration)>>,
+    /// Takes whose reply was lost: returned to their queues by the next take that gets
+    /// through (their documents are leased under these take ids).
+    lost_takes: Mutex<Vec<ObjectId>>,
+    /// Losses of the connection found so far (see [`Backend::epoch`]).
+    epoch: AtomicU64,
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) fanout: Arc<Fanout>,
+}
+
+impl MongoBackend {
+    /// Connects, and makes what kombu makes on connect: the capped broadcast collection and
+    /// kombu's indexes (TTL ones with `ttl`).
+    pub(crate) async fn connect(options: Options, label: String) -> Result<Arc<MongoBackend>> {
+        let connect_err = |what: &'static str| {
+            let label = label.clone();
+            move |e| driver_error(&label, what, Op::Read, e)
+        };
+        let mut client_options = ClientOptions::parse(options.connection.clone())
+            .await
+            .map_err(connect_err("resolve the connection string"))?;
+        if client_options.server_selection_timeout.is_none() {
+            client_options.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        }
+        if client_options.app_name.is_none() {
+            client_options.app_name = Some("kombu-rs".to_owned());
+        }
+        let client =
+            Client::with_options(client_options).map_err(connect_err("make the client"))?;
+        let db = client.database(&options.database);
+        // The server answers (or the connection fails here, not at the first publish).
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(connect_err("connect"))?;
+        let backend = Arc::new(MongoBackend {
+            messages: db.collection(&options.messages),
+            routing: db.collection(&options.routing),
+            broadcast: db.collection(&options.broadcast),
+            queues: db.collection(&options.queues),
+            exchanges: db.collection(&options.exchanges()),
+            topology: TopologyCache::new(TOPOLOGY_TTL),
+            specs: Mutex::default(),
+            sweeps: Mutex::default(),
+            lost_takes: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            waker: Arc::default(),
+            fanout: Arc::default(),
+            label,
+            options,
+        });
+        backend.prepare(&db).await?;
+        Ok(backend)
+    }
+
+    /// kombu's `_create_broadcast` and `_ensure_indexes`, plus the index of leased documents.
+    async fn prepare(&self, db: &mongodb::Database) -> Result<()> {
+        if let Err(e) = db
+            .create_collection(&self.options.broadcast)
+            .capped(true)
+            .size(self.options.capped_queue_size)
+            .await
+        {
+            let exists = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS);
+            if !exists {
+                return Err(driver_error(
+                    &self.label,
+                    "create the broadcast collection",
+                    Op::Write,
+                    e,
+                ));
+            }
+        }
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.messages
+            .create_index(index(doc! { QUEUE: 1, PRIORITY: 1, "_id": 1 }))
+            .await
+            .map_err(self.err("create the messages index", Op::Write))?;
+        // Leased documents by queue and take time: the sweep for passed leases.
+        self.messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { LEASED_QUEUE: 1, TAKEN_AT: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .partial_filter_expression(doc! { LEASED_QUEUE: { "$exists": true } })
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(self.err("create the lease index", Op::Write))?;
+        self.broadcast
+            .create_index(index(doc! { QUEUE: 1 }))
+            .await
+            .map_err(self.err("create the broadcast index", Op::Write))?;
+        self.routing
+            .create_index(index(doc! { "queue": 1, "exchange": 1 }))
+            .await
+            .map_err(self.err("create the routing index", Op::Write))?;
+        if self.options.ttl {
+            let ttl_index = || {
+                IndexModel::builder()
+                    .keys(doc! { EXPIRE_AT: 1 })
+                    .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+                    .build()
+            };
+            for collection in [&self.messages, &self.routing, &self.queues] {
+                collection
+                    .create_index(ttl_index())
+                    .await
+                    .map_err(self.err("create a TTL index", Op::Write))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps a driver error of operation `what`; a lost connection raises the epoch.
+    pub(crate) fn err(
+        &self,
+        what: &'static str,
+        op: Op,
+    ) -> impl FnOnce(mongodb::error::Error) -> Error + '_ {
+        move |e| {
+            if is_link_loss(&e) {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            driver_error(&self.label, what, op, e)
+        }
+    }
+
+    /// Returns to their queues the documents of takes whose reply was lost.
+    async fn return_lost_takes(&self) -> Result<()> {
+        let takes: Vec<ObjectId> = std::mem::take(&mut *self.lost_takes.lock());
+        if takes.is_empty() {
+            return Ok(());
+        }
+        let leased: Vec<Document> = match self
+            .messages
+            .find(doc! { TAKE: { "$in": &takes } })
+            .projection(doc! { "_id": 1, LEASED_QUEUE: 1 })
+            .await
+        {
+            Ok(cursor) => cursor.try_collect().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            self.lost_takes.lock().extend(takes.iter().copied());
+            self.err("find takes whose reply was lost", Op::Read)(e)
+        })?;
+        for document in leased {
+            let (Ok(id), Ok(queue)) = (
+                document.get_object_id("_id"),
+                document.get_str(LEASED_QUEUE),
+            ) else {
+                continue;
+            };
+            if let Err(e) = self
+                .messages
+                .update_one(
+                    doc! { "_id": id, TAKE: { "$in": &takes } },
+                    restore_update(queue),
+                )
+                .await
+            {
+                self.lost_takes.lock().extend(takes.iter().copied());
+                return Err(self.err("return takes whose reply was lost", Op::Write)(e));
+            }
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Restores `queue`'s leases taken (or extended) at least `visibility` ago, unless a
+    /// sweep with a timeout at most as long ran within [`SWEEP_EVERY`].
+    async fn restore_passed(&self, queue: &str, visibility: Duration) -> Result<()> {
+        {
+            let sweeps = self.sweeps.lock();
+            if let Some((at, timeout)) = sweeps.get(queue)
+                && at.elapsed() < SWEEP_EVERY
+                && *timeout <= visibility
+            {
+                return Ok(());
+            }
+        }
+        let cutoff = unix_now() - visibility.as_secs_f64();
+        let restored = self
+            .messages
+            .update_many(
+                doc! { LEASED_QUEUE: queue, TAKEN_AT: { "$lte": cutoff } },
+                restore_update(queue),
+            )
+            .await
+            .map_err(self.err("restore passed leases", Op::Write))?;
+        self.sweeps
+            .lock()
+            .insert(queue.to_owned(), (Instant::now(), visibility));
+        if restored.modified_count > 0 {
+            tracing::debug!(
+                queue,
+                count = restored.modified_count,
+                "mongodb: passed leases restored"
+            );
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max` ready documents of `queue` under a new take id: one find of the
+    /// candidates, one update that moves each (still ready) to the take, and (only when
+    /// another consumer got some first) one find of what this take got.
+    async fn lease(&self, queue: &str, max: usize) -> Result<(ObjectId, Vec<Document>)> {
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let candidates: Vec<Document> = self
+            .messages
+            .find(doc! { QUEUE: queue })
+            .sort(doc! { PRIORITY: 1, "_id": 1 })
+            .limit(limit)
+            .await
+            .map_err(self.err("find messages", Op::Read))?
+            .try_collect()
+            .await
+            .map_err(self.err("find messages", Op::Read))?;
+        let take = ObjectId::new();
+        if candidates.is_empty() {
+            return Ok((take, candidates));
+        }
+        let ids: Vec<ObjectId> = candidates
+            .iter()
+            .filter_map(|d| d.get_object_id("_id").ok())
+            .collect();
+        let update = doc! {
+            "$unset": { QUEUE: "" },
+            "$set": { LEASED_QUEUE: queue, TAKEN_AT: unix_now(), TAKE: take },
+        };
+        let moved = match self
+            .messages
+            .update_many(doc! { "_id": { "$in": &ids }, QUEUE: queue }, update)
+            .await
+        {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The update may have been done: whatever it leased comes back with the next
+                // take that gets through, not at the end of the visibility timeout.
+                if is_link_loss(&e) {
+                    self.lost_takes.lock().push(take);
+                }
+                return Err(self.err("take messages", Op::Write)(e));
+            }
+        };
+        if moved.modified_count as usize == candidates.len() {
+            return Ok((take, candidates));
+        }
+        // Another consumer took some of them between the find and the update.
+        let ours: Vec<ObjectId> = self
+            .messages
+            .find(doc! { TAKE: take })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(self.err("read a take", Op::Read))?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(self.err("read a take", Op::Read))?
+            .iter()
+            .filter_map(|d| d.get_object_id("_id").ok())
+            .collect();
+        let kept = candidates
+            .into_iter()
+            .filter(|d| d.get_object_id("_id").is_ok_and(|id| ours.contains(&id)))
+            .collect();
+        Ok((take, kept))
+    }
+
+    /// A dead letter of `env` leaving `queue` for `reason`, when the queue has a dead-letter
+    /// exchange.
+    fn dead_letter(
+        spec: &QueueSpec,
+        queue: &str,
+        env: Envelope,
+        reason: DeathReason,
+    ) -> Option<DeadLetter> {
+        Some(DeadLetter {
+            envelope: env,
+            queue: queue.to_owned(),
+            reason,
+            exchange: spec.dead_letter_exchange.clone()?,
+            routing_key: spec.dead_letter_routing_key.clone(),
+        })
+    }
+
+    /// Deletes the documents of one take (`ids`), returning how many were deleted.
+    async fn delete_taken(&self, take: ObjectId, ids: &[ObjectId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let deleted = self
+            .messages
+            .delete_many(doc! { "_id": { "$in": ids }, TAKE: take })
+            .await
+            .map_err(self.err("delete taken messages", Op::Write))?;
+        Ok(deleted.deleted_count)
+    }
+
+    /// Fanout documents read for `queue` as deliveries, handed over outright.
+    fn fanout_deliveries(&self, queue: &str, max: usize, fetched: &mut Fetched) {
+        for document in self.fanout.take(queue, max) {
+            match read_payload(&document, self.options.max_payload_size) {
+                Payload::Envelope(envelope) => fetched.taken.push(Taken {
+                    envelope,
+                    receipt: Receipt::Unleased,
+                }),
+                Payload::Unreadable(raw, reason) => fetched.unreadable.push(Unreadable {
+                    raw,
+                    reason,
+                    receipt: Receipt::Unleased,
+                }),
+            }
+        }
+    }
+
+    /// Whether a message may be ready on one of `queues` (a ready document, a fanout
+    /// document read, or a lease past the connection's visibility timeout).
+    async fn anything_ready(&self, queues: &[String]) -> Result<bool> {
+        if self.fanout.any_ready(queues) {
+            return Ok(true);
+        }
+        let cutoff = unix_now() - self.options.visibility_timeout.as_secs_f64();
+        let found = self
+            .messages
+            .find_one(doc! { "$or": [
+                { QUEUE: { "$in": queues } },
+                { LEASED_QUEUE: { "$in": queues }, TAKEN_AT: { "$lte": cutoff } },
+            ] })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(self.err("look for messages", Op::Read))?;
+        Ok(found.is_some())
+    }
+}
+
+#[async_trait]
+impl Backend for MongoBackend {
+    fn capabilities(&self) -> BackendCapabilities {
+        let mut c = Capabilities::none();
+        c.persistent = true;
+        c.shared_between_processes = true;
+        c.visibility_timeout = true;
+        c.implicit_queues = true;
+        c.priorities = true;
+        c.message_ttl = true;
+        c.dead_lettering = true;
+        let mut backend = BackendCapabilities::new(c);
+        // Fanout through the capped broadcast collection, as kombu carries it.
+        backend.native_fanout = true;
+        backend.transport = "mongodb";
+        backend
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {
+        match declare {
+            Some(exchange) => self.store_exchange(exchange).await,
+            None => {
+                if let Some(found) = self.topology.exchange(name) {
+                    return Ok(found);
+                }
+                let found = self.read_exchange(name).await?;
+                self.topology.put_exchange(name, found.clone());
+                Ok(found)
+            }
+        }
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.remove_exchange(name).await
+    }
+
+    async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
+        self.queue_record(name, declare).await
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<u64> {
+        let ready = self
+            .messages
+            .delete_many(doc! { QUEUE: name })
+            .await
+            .map_err(self.err("delete queue messages", Op::Write))?
+            .deleted_count
+            + self.fanout.purge(name) as u64;
+        self.messages
+            .delete_many(doc! { LEASED_QUEUE: name })
+            .await
+            .map_err(self.err("delete queue messages", Op::Write))?;
+        self.routing
+            .delete_many(doc! { "queue": name })
+            .await
+            .map_err(self.err("delete queue bindings", Op::Write))?;
+        self.queues
+            .delete_one(doc! { "_id": name })
+            .await
+            .map_err(self.err("delete queue", Op::Write))?;
+        self.fanout.unsubscribe(name, None);
+        self.specs.lock().remove(name);
+        self.topology.clear();
+        self.waker.wake();
+        Ok(ready)
+    }
+
+    async fn bind(&self, row: &BindingRow) -> Result<()> {
+        self.add_binding(row).await
+    }
+
+    async fn unbind(&self, row: &BindingRow) -> Result<()> {
+        self.remove_binding(row).await
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        self.read_bindings(exchange).await
+    }
+
+    async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = DateTime::now();
+        let mut specs: HashMap<&str, Arc<QueueSpec>> = HashMap::new();
+        let mut docs = Vec::with_capacity(items.len());
+        for (queue, env) in &items {
+            let spec = match specs.get(queue.as_str()) {
+                Some(spec) => spec.clone(),
+                None => {
+                    let spec = self.spec(queue).await?;
+                    specs.insert(queue, spec.clone());
+                    spec
+                }
+            };
+            let expire = documents::expire_at(env, spec.message_ttl, now);
+            docs.push(message_document(queue, env, expire)?);
+        }
+        self.messages
+            .insert_many(docs)
+            .await
+            .map_err(self.err("publish", Op::Write))?;
+        self.waker.wake();
+        Ok(Vec::new())
+    }
+
+    async fn publish_fanout(&self, env: Envelope) -> Result<()> {
+        let payload = String::from_utf8(envelope::encode(&env)).map_err(|e| {
+            Error::new(kombu_core::ErrorKind::Codec, "envelope JSON is not UTF-8").with_source(e)
+        })?;
+        self.broadcast
+            .insert_one(doc! { PAYLOAD: payload, QUEUE: env.exchange.as_str() })
+            .await
+            .map_err(self.err("publish to a fanout exchange", Op::Write))?;
+        Ok(())
+    }
+
+    async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
+        self.waker
+            .start(self.messages.clone(), self.options.change_streams);
+        let mut fetched = Fetched::default();
+        self.fanout_deliveries(queue, max, &mut fetched);
+        let want = max
+            .max(1)
+            .saturating_sub(fetched.taken.len() + fetched.unreadable.len());
+        if want == 0 {
+            return Ok(fetched);
+        }
+        self.return_lost_takes().await?;
+        let visibility = match mode {
+            TakeMode::Lease(timeout) => timeout,
+            TakeMode::NoAck => Some(self.options.visibility_timeout),
+        };
+        if let Some(visibility) = visibility {
+            self.restore_passed(queue, visibility).await?;
+        }
+        let spec = self.spec(queue).await?;
+        self.refresh_queue_expiry(queue, &spec).await?;
+        let (take, documents) = self.lease(queue, want).await?;
+        if documents.is_empty() {
+            return Ok(fetched);
+        }
+        let now = DateTime::now();
+        let mut gone = Vec::new();
+        for document in documents {
+            let Ok(id) = document.get_object_id("_id") else {
+                continue;
+            };
+            let expired = matches!(document.get(EXPIRE_AT), Some(Bson::DateTime(at)) if *at <= now);
+            let payload = read_payload(&document, self.options.max_payload_size);
+            let lease = match mode {
+                TakeMode::NoAck => {
+                    gone.push(id);
+                    Receipt::Unleased
+                }
+                TakeMode::Lease(_) => receipt(id, take),
+            };
+            match payload {
+                Payload::Envelope(env) if expired => {
+                    if mode != TakeMode::NoAck {
+                        gone.push(id);
+                    }
+                    let env = Arc::unwrap_or_clone(env);
+                    fetched
+                        .dead
+                        .extend(Self::dead_letter(&spec, queue, env, DeathReason::Expired));
+                }
+                Payload::Envelope(envelope) => fetched.taken.push(Taken {
+                    envelope,
+                    receipt: lease,
+                }),
+                Payload::Unreadable(raw, reason) => fetched.unreadable.push(Unreadable {
+                    raw,
+                    reason,
+                    receipt: lease,
+                }),
+            }
+        }
+        // No-ack takes and expired messages leave the store now; a failure leaves them
+        // leased, and they come back when their lease passes.
+        self.delete_taken(take, &gone).await?;
+        Ok(fetched)
+    }
+
+    async fn ack_many(&self, _queue: &str, receipts: &[Receipt]) -> Result<()> {
+        let mut by_take: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
+        for r in receipts {
+            let (id, take) = receipt_ids(r)?;
+            by_take.entry(take).or_default().push(id);
+        }
+        let clauses: Vec<Document> = by_take
+            .iter()
+            .map(|(take, ids)| doc! { TAKE: take, "_id": { "$in": ids } })
+            .collect();
+        if clauses.is_empty() {
+            return Ok(());
+        }
+        self.messages
+            .delete_many(doc! { "$or": clauses })
+            .await
+            .map_err(self.err("ack", Op::Write))?;
+        Ok(())
+    }
+
+    async fn reject(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        requeue: bool,
+    ) -> Result<Option<DeadLetter>> {
+        let (id, take) = receipt_ids(receipt)?;
+        let filter = doc! { "_id": id, TAKE: take };
+        if requeue {
+            self.messages
+                .update_one(filter, restore_update(queue))
+                .await
+                .map_err(self.err("requeue", Op::Write))?;
+            self.waker.wake();
+            return Ok(None);
+        }
+        let removed = self
+            .messages
+            .find_one_and_delete(filter)
+            .await
+            .map_err(self.err("reject", Op::Write))?;
+        let Some(document) = removed else {
+            return Ok(None);
+        };
+        let spec = self.spec(queue).await?;
+        Ok(match read_payload(&document, u64::MAX) {
+            Payload::Envelope(env) => Self::dead_letter(
+                &spec,
+                queue,
+                Arc::unwrap_or_clone(env),
+                DeathReason::Rejected,
+            ),
+            Payload::Unreadable(..) => None,
+        })
+    }
+
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        let (id, take) = receipt_ids(receipt)?;
+        let extended = self
+            .messages
+            .update_one(
+                doc! { "_id": id, TAKE: take },
+                doc! { "$set": { TAKEN_AT: unix_now() } },
+            )
+            .await
+            .map_err(self.err("extend lease", Op::Write))?;
+        if extended.matched_count == 0 {
+            return Err(Error::new(
+                kombu_core::ErrorKind::StaleDelivery,
+                format!(
+                    "mongodb {}: the lease is gone (the message was settled, or restored and \
+                     maybe taken again)",
+                    self.label
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let deleted = self
+            .messages
+            .delete_many(doc! { QUEUE: queue })
+            .await
+            .map_err(self.err("purge", Op::Write))?;
+        Ok(deleted.deleted_count + self.fanout.purge(queue) as u64)
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool> {
+        let declared = self
+            .queues
+            .find_one(doc! { "_id": name })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(self.err("look up queue", Op::Read))?;
+        if declared.is_some() {
+            return Ok(true);
+        }
+        Ok(self.queue_record(name, None).await?.is_some())
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        self.waker
+            .start(self.messages.clone(), self.options.change_streams);
+        let notified = self.waker.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.waker.streaming() {
+            // The stream wakes this waiter on the next change; one look first, for a change
+            // made between the consumer's last take and this wait.
+            if self.anything_ready(queues).await? {
+                return Ok(());
+            }
+            // Leases of other consumers pass without a change: look again within a second.
+            let _ = tokio::time::timeout(timeout.min(SPEC_TTL), notified).await;
+            return Ok(());
+        }
+        let pauses = (Duration::from_millis(5), self.options.polling_interval);
+        poll_until_ready(notified, timeout, pauses, || self.anything_ready(queues)).await
+    }
+}

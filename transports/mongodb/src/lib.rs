@@ -1,0 +1,122 @@
+//! The MongoDB transport for kombu-rs: queues in Python kombu's collections (`mongodb://`
+//! shared with kombu's MongoDB transport), with leased takes that a consumer's crash does not
+//! lose.
+//!
+//! URLs: `mongodb://[user:password@]host1[:port1][,host2[:port2],...][/database][?options]` and
+//! `mongodb+srv://[user:password@]cluster.example.net[/database][?options]`, as the official
+//! driver reads them: credentials, `authSource`, `replicaSet`, `tls` / `ssl`, `tlsCAFile`,
+//! `serverSelectionTimeoutMS` (default here 10 s) and the driver's other options pass through.
+//! The database is the URL's path, else `default_database`, else `kombu_default` (kombu's
+//! rule). kombu's transport options, read from the same query string and not passed on:
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `visibility_timeout` | `3600` | seconds after a take (or its last extension) before this connection's consumers return an unsettled message to its queue (its consumer died or went silent), whoever took it |
+//! | `polling_interval` | `1` | longest pause, in seconds, between two looks when the server has no change streams |
+//! | `ttl` | `false` | kombu's TTL mode: `expire_at` on queue and routing documents from `x-expires`, and kombu's TTL indexes, so the server deletes what expired |
+//! | `capped_queue_size` | `100000` | bytes of the capped broadcast collection (fanout), when this connection creates it |
+//! | `calc_queue_size` | `true` | count messages for `queue_size` / declare (kombu answers 0 when off) |
+//! | `default_database` | `kombu_default` | the database when the URL has no path |
+//! | `messages_collection`, `routing_collection`, `broadcast_collection`, `queues_collection` | `messages`, `messages.routing`, `messages.broadcast`, `messages.queues` | kombu's collection names |
+//! | `connect_timeout` | the driver's | seconds to open a connection |
+//! | `change_streams` | `true` | wait with a change stream where the server has them; `false`: poll |
+//! | `max_payload_size` | `16777216` | bytes; a longer payload is not parsed but moved to the dead-letter queue |
+//!
+//! # Layout, and how it meets Python kombu
+//!
+//! What kombu's MongoDB transport makes, this one makes and reads (`../shared` of the project:
+//! kombu's wire formats, §4): the capped `messages.broadcast` collection and kombu's indexes
+//! on connect; messages as `{_id, payload: <envelope JSON>, queue, priority: 9 - p,
+//! expire_at?}` in `messages`, taken highest priority first, then oldest; bindings as
+//! `{exchange, queue, routing_key, pattern}` in `messages.routing` (`pattern`: kombu's
+//! regular expression for topic bindings, which Python consumers route with); queue
+//! declarations in `messages.queues` (`{_id: queue, options: {arguments, ...}, expire_at}`);
+//! fanout messages as `{payload, queue: <exchange>}` in the capped broadcast collection, read
+//! by every queue of a process bound to the exchange through a tailable cursor
+//! (at-most-once, as in kombu). kombu-rs adds a collection of exchange declarations
+//! (`messages.kombu_rs.exchanges`; Python kombu keeps exchanges in each process's memory)
+//! and, on queue documents, `kombu_rs_settings` (the arguments a redeclaration must match).
+//!
+//! # Leases: crash safety beyond kombu
+//!
+//! Python kombu deletes a message when it fetches it (`find_one_and_delete`), so a consumer
+//! that dies loses what it held. Here a take leases instead: one update moves each document
+//! out of its queue (the `queue` field is removed, `kombu_rs_queue` names it) and records the
+//! take time (`kombu_rs_taken_at`, Unix seconds) and the take's id (`kombu_rs_take`). An ack
+//! deletes the document (only if that take still holds it), a requeue puts its `queue` back
+//! (marked `kombu_rs_redelivered`), and a consumer whose visibility timeout passed since the
+//! take (or the last [`Delivery::extend_lease`](kombu_core::Delivery::extend_lease)) returns it,
+//! whoever took it. A batch take is a find of up to the prefetch count of candidates, one
+//! `update_many` that leases those still ready (atomic per document, so two consumers never
+//! lease the same one), and, only when another consumer got some first, a find of what this
+//! take got. A take whose reply was lost is returned to its queue by the next take that gets
+//! through.
+//!
+//! With Python kombu consumers on the same collection: they never see a leased document
+//! (their filter is `{queue: q}`), they count only ready ones, and what they fetch is gone
+//! from the store at once (a Python consumer that dies loses it, as kombu always did). Both
+//! take from the same ready documents in the same order.
+//!
+//! # Waiting
+//!
+//! Consumers wait on a change stream of the `messages` collection where the server has them
+//! (replica sets and sharded clusters; a standalone MongoDB refuses them, and the transport
+//! then polls, fast after activity, backing off to `polling_interval`).
+//!
+//! # Expiry and dead letters
+//!
+//! A message's `expire_at` is the earlier of its own expiration and its queue's
+//! `x-message-ttl` (kombu's rule). A take never delivers an expired message: it removes it
+//! (and dead-letters it when the queue has a dead-letter exchange), whatever `ttl` says; with
+//! `ttl=true` the server's TTL monitor deletes expired documents too (about once a minute,
+//! without dead-lettering, as with kombu). Rejected messages go to the queue's dead-letter
+//! exchange. Payloads that are not envelopes (wrong BSON type, not JSON, over
+//! `max_payload_size`) are moved to `<queue>.dlq`.
+//!
+//! Not supported (declared in the capabilities): `x-max-length`.
+
+mod backend;
+mod documents;
+mod errors;
+mod fanout;
+mod options;
+mod topology;
+mod watch;
+
+use std::sync::{Arc, Once};
+
+use async_trait::async_trait;
+use kombu_core::transport::virtual_transport::VirtualConnection;
+use kombu_core::transport::{BrokerConnection, Transport, register_transport};
+use kombu_core::{BrokerUrl, Result};
+
+use crate::backend::MongoBackend;
+use crate::options::Options;
+
+/// Registers the `mongodb` and `mongodb+srv` URL schemes (idempotent).
+pub fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| register_transport(Arc::new(MongoTransport)));
+}
+
+/// The MongoDB transport (see the crate documentation).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MongoTransport;
+
+#[async_trait]
+impl Transport for MongoTransport {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["mongodb"]
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn BrokerConnection>> {
+        let options = Options::from_url(url)?;
+        let visibility = options.visibility_timeout;
+        let backend = MongoBackend::connect(options, url.masked()).await?;
+        Ok(Arc::new(VirtualConnection::new(backend, Some(visibility))))
+    }
+}

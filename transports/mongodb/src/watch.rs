@@ -1,0 +1,127 @@
+//! Waiting for messages: a change stream on the `messages` collection where the server has
+//! them (a replica set or a sharded cluster), an adaptive poll otherwise (a standalone server,
+//! or `change_streams=false`).
+//!
+//! One watcher task per backend follows the stream and wakes every waiting consumer of the
+//! backend on each insert or update (a publish, a requeue, a restored lease); a waiter then
+//! looks at its own queues, so a wake for another queue costs one look. The watcher reopens
+//! the stream after an error, backing off; while it is down, waiters poll. A server that
+//! refuses change streams (MongoDB's code 40573 on a standalone server) is polled for the
+//! life of the backend.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use mongodb::Collection;
+use mongodb::bson::{Document, doc};
+use tokio::sync::Notify;
+
+/// Where the watcher stands.
+const IDLE: u8 = 0;
+const STARTED: u8 = 1;
+const UNSUPPORTED: u8 = 2;
+
+/// MongoDB's "The $changeStream stage is only supported on replica sets".
+const NOT_A_REPLICA_SET: i32 = 40573;
+
+/// Wakes the backend's waiting consumers.
+#[derive(Debug, Default)]
+pub(crate) struct Waker {
+    /// Notified on every change the stream reports, every put or restore through this
+    /// backend, and every fanout message buffered.
+    pub(crate) notify: Notify,
+    /// A change stream is open now: waiters need not poll.
+    streaming: AtomicBool,
+    state: AtomicU8,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+impl Waker {
+    /// Whether a change stream is open (waiters wait for it instead of polling).
+    pub(crate) fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every waiter.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Starts the watcher (once), unless change streams are off.
+    pub(crate) fn start(self: &Arc<Self>, messages: Collection<Document>, enabled: bool) {
+        if !enabled
+            || self
+                .state
+                .compare_exchange(IDLE, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move { watch(weak, messages).await });
+        *self.task.lock() = Some(task);
+    }
+}
+
+/// Follows the change stream until the backend is gone or the server refuses streams.
+async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let opened = messages
+            .watch()
+            .pipeline([doc! {
+                "$match": { "operationType": { "$in": ["insert", "update", "replace"] } }
+            }])
+            .await;
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(err) => {
+                let Some(w) = waker.upgrade() else { return };
+                if let mongodb::error::ErrorKind::Command(command) = err.kind.as_ref()
+                    && command.code == NOT_A_REPLICA_SET
+                {
+                    tracing::debug!("mongodb: no change streams on this server; polling");
+                    w.state.store(UNSUPPORTED, Ordering::SeqCst);
+                    return;
+                }
+                tracing::debug!(error = %err, "mongodb: change stream not open; polling meanwhile");
+                drop(w);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        {
+            let Some(w) = waker.upgrade() else { return };
+            w.streaming.store(true, Ordering::SeqCst);
+            // Whatever happened while no stream was open: let the waiters look.
+            w.wake();
+        }
+        pause = Duration::from_millis(100);
+        while let Some(event) = stream.next().await {
+            let Some(w) = waker.upgrade() else { return };
+            match event {
+                Ok(_) => w.wake(),
+                Err(err) => {
+                    tracing::debug!(error = %err, "mongodb: change stream failed; reopening");
+                    break;
+                }
+            }
+        }
+        let Some(w) = waker.upgrade() else { return };
+        w.streaming.store(false, Ordering::SeqCst);
+        w.wake();
+        drop(w);
+        tokio::time::sleep(pause).await;
+    }
+}
