@@ -37,6 +37,7 @@
 //! | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite://:memory:`, `sqla+sqlite://`, `sqlalchemy+sqlite://` | `sqlite` | `kombu-sqlite` | a SQLite file in Python kombu's SQLAlchemy layout, shared between processes; leases survive a killed consumer |
 //! | `redis://`, `rediss://` (TLS), `redis+socket://`, `unix://`, `sentinel://` | `redis` | `kombu-redis` | Redis in Python kombu's key layout; crash-safe takes, kombu's priority buckets, fanout over PUB/SUB |
 //! | `amqp://`, `amqps://` (TLS), `pyamqp://` | `amqp` | `kombu-amqp` | RabbitMQ (AMQP 0-9-1 on lapin): the broker routes; publisher confirms, recovery after a restart |
+//! | `mongodb://`, `mongodb+srv://` | `mongodb` | `kombu-mongodb` | MongoDB in Python kombu's collections; leased takes survive a killed consumer, change streams, fanout through a capped collection |
 //!
 //! What a transport can and cannot do is data: [`Connection::capabilities`] returns its
 //! [`Capabilities`].
@@ -105,6 +106,8 @@ pub fn install() {
         kombu_redis::register();
         #[cfg(feature = "amqp")]
         kombu_amqp::register();
+        #[cfg(feature = "mongodb")]
+        kombu_mongodb::register();
     });
 }
 
