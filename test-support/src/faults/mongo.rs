@@ -17,9 +17,12 @@ use super::{Netns, READY_GUARD, assert_port_free, remove_dir, skip_unless_requir
 ///
 /// By default the server advertises itself as a single-node replica set (so change streams
 /// work); `--standalone` (through [`MongoServer::start_with_args`]) makes it look standalone.
-/// Its acknowledged writes are in WiredTiger's log, which it fsyncs on every commit only with
-/// `--sync-on-commit`: a SIGKILL leaves the log in the page cache, so what it acknowledged
-/// survives a killed process either way; `--sync-on-commit` matters for a lost machine.
+///
+/// What a SIGKILL keeps (`tests/mongo_server.rs`): every write acknowledged with `j: true`;
+/// writes acknowledged with `w: 1` alone (the drivers' default) only with `--sync-on-commit`.
+/// Without it the last few dozen such writes before the kill are lost (not yet out of the
+/// server's log buffer, presumably), so a fault test that counts acknowledged writes runs the
+/// server with `--sync-on-commit` or writes with `j: true`.
 ///
 /// Killed (SIGKILL) and its directory removed on drop; when the test is failing, the server's
 /// log is printed first.
@@ -162,14 +165,20 @@ impl MongoServer {
         &self.python
     }
 
+    /// The server process's id, while it runs (a script may kill it at an exact point).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs the Python `script` with the venv's interpreter (`import pymongo` works), with the
-    /// server's URL as `sys.argv[1]`, and returns what it printed. Panics, with its output, when
-    /// it fails.
-    pub fn run_python(&self, script: &str) -> String {
+    /// server's URL as `sys.argv[1]` and `args` after it, and returns what it printed. Panics,
+    /// with its output, when it fails.
+    pub fn run_python(&self, script: &str, args: &[&str]) -> String {
         let out = Command::new(&self.python)
             .arg("-c")
             .arg(script)
             .arg(self.url())
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", self.python.display()));
