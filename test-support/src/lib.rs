@@ -6,7 +6,8 @@
 //! kombu-core's conformance suite).
 //!
 //! [`faults`] runs brokers of a fault test's own (a Redis server, a second RabbitMQ node, a
-//! network namespace to cut them off in) for the restart and partition tests.
+//! SecantusDB speaking MongoDB's wire protocol, a network namespace to cut them off in) for the
+//! restart and partition tests.
 //!
 //! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
 //!

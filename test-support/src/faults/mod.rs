@@ -1,7 +1,9 @@
 //! Brokers of a fault test's own, which it may kill, restart and cut off: a Redis server
-//! ([`RedisServer`]), a second RabbitMQ node ([`RabbitNode`]) and a network namespace joined
-//! to the host by a veth pair ([`Netns`]), in which either can run. The shared brokers of the
-//! other tests (Redis on 6379, RabbitMQ on 5672) are never touched.
+//! ([`RedisServer`]), a second RabbitMQ node ([`RabbitNode`]), a SecantusDB server speaking
+//! MongoDB's wire protocol from the Python venv ([`MongoServer`], ports 27100-27109) and a
+//! network namespace joined to the host by a veth pair ([`Netns`]), in which the first two can
+//! run. The shared brokers of the other tests (Redis on 6379, RabbitMQ on 5672, the SecantusDB
+//! `scripts/test` starts on 27018) are never touched.
 //!
 //! Each guard cleans up when dropped (servers killed, temporary directories removed, the
 //! namespace and its links deleted), pass or fail. These are test helpers: they panic, with
@@ -21,10 +23,12 @@ use std::time::Duration;
 
 pub use kombu_core::conformance::faults::{FaultPlan, FaultReport, run, run_then};
 
+mod mongo;
 mod netns;
 mod rabbit;
 mod redis;
 
+pub use mongo::MongoServer;
 pub use netns::Netns;
 pub use rabbit::RabbitNode;
 pub use redis::RedisServer;
@@ -66,6 +70,13 @@ pub fn can_run(test: &str, transport: &str, root: bool, programs: &[&str]) -> bo
     if missing.is_empty() {
         return true;
     }
+    skip_unless_required(test, transport, &missing)
+}
+
+/// What [`can_run`] does when something is `missing` (not empty): fails when
+/// `KOMBU_TEST_REQUIRE` names `transport` or is `all`, else says the test is skipped and returns
+/// false.
+pub(crate) fn skip_unless_required(test: &str, transport: &str, missing: &[String]) -> bool {
     let required = std::env::var("KOMBU_TEST_REQUIRE")
         .unwrap_or_default()
         .split(',')
