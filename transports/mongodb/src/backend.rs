@@ -16,7 +16,7 @@ use kombu_core::transport::virtual_transport::{
 use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
 use parking_lot::Mutex;
 
@@ -77,6 +77,11 @@ impl MongoBackend {
             .map_err(connect_err("resolve the connection string"))?;
         if client_options.server_selection_timeout.is_none() {
             client_options.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        }
+        // A publish the server acknowledged must survive the server's crash: journaled
+        // writes unless the URL chooses a write concern (`w`, `journal`, `wtimeoutMS`).
+        if client_options.write_concern.is_none() {
+            client_options.write_concern = Some(WriteConcern::builder().journal(true).build());
         }
         if client_options.app_name.is_none() {
             client_options.app_name = Some("kombu-rs".to_owned());

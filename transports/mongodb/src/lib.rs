@@ -5,7 +5,9 @@
 //! URLs: `mongodb://[user:password@]host1[:port1][,host2[:port2],...][/database][?options]` and
 //! `mongodb+srv://[user:password@]cluster.example.net[/database][?options]`, as the official
 //! driver reads them: credentials, `authSource`, `replicaSet`, `tls` / `ssl`, `tlsCAFile`,
-//! `serverSelectionTimeoutMS` (default here 10 s) and the driver's other options pass through.
+//! `serverSelectionTimeoutMS` (default here 10 s), the write concern (`w`, `journal`,
+//! `wtimeoutMS`; default here `journal=true`, so a publish the server acknowledged is on disk
+//! when it returns) and the driver's other options pass through.
 //! The database is the URL's path, else `default_database`, else `kombu_default` (kombu's
 //! rule). kombu's transport options, read from the same query string and not passed on:
 //!

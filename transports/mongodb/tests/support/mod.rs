@@ -44,3 +44,21 @@ pub async fn require(test: &str) -> Option<String> {
     eprintln!("{test}: skipped, no MongoDB server");
     None
 }
+
+/// Drops the database a test URL names (the path of `url`), ignoring failures.
+pub async fn drop_database(url: &str) {
+    let Some(server) = server().await else {
+        return;
+    };
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path.split('?').next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if path.is_empty() {
+        return;
+    }
+    if let Ok(client) = mongodb::Client::with_uri_str(&server).await {
+        let _ = client.database(&path).drop().await;
+    }
+}
