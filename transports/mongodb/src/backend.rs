@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
     StoredQueue, TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
-use kombu_core::{Capabilities, Error, Exchange, Queue, Result};
+use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions, WriteConcern};
@@ -26,6 +26,7 @@ use crate::documents::{
 };
 use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
+use crate::link::Link;
 use crate::options::{DEFAULT_SERVER_SELECTION_TIMEOUT, Options};
 use crate::topology::{QueueSpec, SPEC_TTL};
 use crate::watch::Waker;
@@ -58,8 +59,8 @@ pub(crate) struct MongoBackend {
     /// Takes whose reply was lost: returned to their queues by the next take that gets
     /// through (their documents are leased under these take ids).
     lost_takes: Mutex<Vec<ObjectId>>,
-    /// Losses of the connection found so far (see [`Backend::epoch`]).
-    epoch: AtomicU64,
+    /// The link state and the losses found so far (see [`Backend::epoch`]).
+    link: Arc<Link>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) fanout: Arc<Fanout>,
 }
@@ -86,6 +87,8 @@ impl MongoBackend {
         if client_options.app_name.is_none() {
             client_options.app_name = Some("kombu-rs".to_owned());
         }
+        let link = Arc::new(Link::default());
+        client_options.sdam_event_handler = Some(Link::handler(&link));
         let client =
             Client::with_options(client_options).map_err(connect_err("make the client"))?;
         let db = client.database(&options.database);
@@ -103,7 +106,7 @@ impl MongoBackend {
             specs: Mutex::default(),
             sweeps: Mutex::default(),
             lost_takes: Mutex::default(),
-            epoch: AtomicU64::new(0),
+            link,
             waker: Arc::default(),
             fanout: Arc::default(),
             label,
@@ -183,7 +186,7 @@ impl MongoBackend {
     ) -> impl FnOnce(mongodb::error::Error) -> Error + '_ {
         move |e| {
             if is_link_loss(&e) {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.link.epoch.fetch_add(1, Ordering::SeqCst);
             }
             driver_error(&self.label, what, op, e)
         }
@@ -416,7 +419,11 @@ impl Backend for MongoBackend {
     }
 
     fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+        self.link.epoch.load(Ordering::SeqCst)
+    }
+
+    fn link(&self) -> Option<LinkWatch> {
+        Some(self.link.watch())
     }
 
     async fn exchange(&self, name: &str, declare: Option<&Exchange>) -> Result<Option<Exchange>> {

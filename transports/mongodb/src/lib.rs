@@ -81,6 +81,7 @@ mod backend;
 mod documents;
 mod errors;
 mod fanout;
+mod link;
 mod options;
 mod topology;
 mod watch;
