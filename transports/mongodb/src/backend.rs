@@ -28,7 +28,7 @@ use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
 use crate::link::Link;
 use crate::options::{DEFAULT_SERVER_SELECTION_TIMEOUT, Options};
-use crate::topology::{QueueSpec, SPEC_TTL};
+use crate::topology::QueueSpec;
 use crate::watch::Waker;
 
 /// How long a cached exchange or binding list is used before it is read again (bindings made
@@ -37,6 +37,10 @@ const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 
 /// A sweep for passed leases with a timeout at most as long ran this recently: skipped.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Longest wait on the change stream before a waiter looks again (a lease that passes
+/// changes nothing in the store, so no event announces it).
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// MongoDB's "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
@@ -706,7 +710,7 @@ impl Backend for MongoBackend {
                 return Ok(());
             }
             // Leases of other consumers pass without a change: look again within a second.
-            let _ = tokio::time::timeout(timeout.min(SPEC_TTL), notified).await;
+            let _ = tokio::time::timeout(timeout.min(LOOK_AGAIN), notified).await;
             return Ok(());
         }
         let pauses = (Duration::from_millis(5), self.options.polling_interval);

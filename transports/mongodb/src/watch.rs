@@ -3,7 +3,8 @@
 //! or `change_streams=false`).
 //!
 //! One watcher task per backend follows the stream and wakes every waiting consumer of the
-//! backend on each insert or update (a publish, a requeue, a restored lease); a waiter then
+//! backend on each insert, and each update that returns a document to its queue (a requeue,
+//! a restored lease); takes and acks wake nobody. A waiter then
 //! looks at its own queues, so a wake for another queue costs one look. The watcher reopens
 //! the stream after an error, backing off; while it is down, waiters poll. A server that
 //! refuses change streams (MongoDB's code 40573 on a standalone server) is polled for the
@@ -79,9 +80,17 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
     loop {
         let opened = messages
             .watch()
-            .pipeline([doc! {
-                "$match": { "operationType": { "$in": ["insert", "update", "replace"] } }
-            }])
+            // Only what makes a message ready: an insert, or an update that gives a document
+            // its `queue` back (a requeue, a restored lease). Takes (which remove `queue`) and
+            // acks (deletes) wake nobody.
+            .pipeline([doc! { "$match": { "$or": [
+                { "operationType": "insert" },
+                { "operationType": "replace" },
+                {
+                    "operationType": "update",
+                    "updateDescription.updatedFields.queue": { "$exists": true },
+                },
+            ] } }])
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
