@@ -12,7 +12,8 @@ use clap_complete::Shell;
     after_help = "\
 The broker is --url, else $KOMBU_URL, else sqlite://kombu.db (a file in the current directory;
 stderr says so). URLs: sqlite:///absolute/path.db, sqlite://relative.db, redis://host:6379/0,
-amqp://user:password@host:5672//, memory:// (lives only as long as one command).
+amqp://user:password@host:5672//, mongodb://host:27017/database, memory:// (lives only as
+long as one command).
 Errors are one line on stderr (--verbose: every cause and a backtrace). The library's warnings
 go to stderr too; RUST_LOG filters them (default: kombu's warnings and errors; RUST_LOG=debug
 for more, RUST_LOG=off for none).

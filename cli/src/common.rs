@@ -186,7 +186,8 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     Some(match kind {
         ErrorKind::InvalidUrl => format!(
             "try a URL like sqlite:///absolute/path.db, sqlite://relative.db, \
-             redis://host:6379/0 or amqp://user:password@host:5672// ({option})"
+             redis://host:6379/0, amqp://user:password@host:5672// or \
+             mongodb://host:27017/database ({option})"
         ),
         ErrorKind::Connection if text.contains("sqlite") => format!(
             "check that the database file's directory exists and is writable \
