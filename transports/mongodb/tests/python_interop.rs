@@ -10,9 +10,10 @@
 //! expression of their routing documents), priorities (highest first, both ways), fanout
 //! through the capped broadcast collection both ways, message expiry (Python's `expire_at`
 //! honoured by Rust's takes; Rust's `expire_at` written as kombu's `ttl` mode writes it and
-//! read back with pymongo), and settlement across the sides: a message Rust holds leased is
+//! read back with pymongo), settlement across the sides (a message Rust holds leased is
 //! invisible to Python's consumers and sizes, comes back to a Rust consumer once the visibility
-//! timeout passed, and a Rust ack deletes it.
+//! timeout passed, and a Rust ack deletes it), and Python reading the dead letters kombu-rs
+//! made of unreadable documents.
 //!
 //! The server is `$KOMBU_TEST_MONGODB_URL` (scripts/test starts a SecantusDB); the Python
 //! interpreter is `$KOMBU_PYTHON` (scripts/python-env makes a venv with kombu and pymongo), else
@@ -837,6 +838,58 @@ async fn a_message_python_took_is_never_delivered_by_rust() {
         None
     );
     consumer.close().await.expect("close");
+    conn.close().await.expect("close");
+    db.drop_database().await;
+}
+
+// --- dead letters --------------------------------------------------------------------------
+
+/// A document whose payload is not a kombu envelope is moved by kombu-rs to `<queue>.dlq`,
+/// where Python kombu reads it as an ordinary message: the stored bytes as its body, the
+/// reason in its headers.
+#[tokio::test]
+async fn python_reads_the_dead_letters_of_unreadable_documents() {
+    use base64::Engine as _;
+
+    let Some(db) = Db::new("pydlq").await else {
+        return;
+    };
+    let conn = db.open("").await;
+    conn.declare_queue(&Queue::new("dlq"))
+        .await
+        .expect("declare");
+    let raw = "not an envelope \u{e9}";
+    db.raw()
+        .await
+        .collection::<mongodb::bson::Document>("messages")
+        .insert_one(mongodb::bson::doc! { "payload": raw, "queue": "dlq", "priority": 9 })
+        .await
+        .expect("insert");
+    let mut consumer = conn
+        .consumer([Queue::new("dlq")])
+        .build()
+        .await
+        .expect("consumer");
+    let item = tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next())
+        .await
+        .expect("an item")
+        .expect("the stream goes on");
+    let err = item.expect_err("a dead-letter notice");
+    assert_eq!(err.error.kind(), ErrorKind::DeadLettered);
+    consumer.close().await.expect("close");
+
+    let read = db.python("dead_letters", &["dlq.dlq"]);
+    let messages = read["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{read}");
+    let letter = &messages[0];
+    assert_eq!(
+        letter["body_b64"],
+        json!(base64::engine::general_purpose::STANDARD.encode(raw))
+    );
+    assert_eq!(letter["content_type"], "application/octet-stream");
+    assert_eq!(letter["headers"]["x-kombu-original-queue"], "dlq");
+    assert_eq!(letter["headers"]["x-kombu-transport"], "mongodb");
+    assert_eq!(db.python_size("dlq.dlq"), 0);
     conn.close().await.expect("close");
     db.drop_database().await;
 }

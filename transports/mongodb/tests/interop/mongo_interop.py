@@ -19,6 +19,8 @@ the collections with pymongo. Results go to stdout as one JSON document.
                                  most SECS seconds, ack each
     drain URL QUEUE              take every ready message (Queue.get), ack each, in order
     size URL QUEUE               the queue's size as kombu reports it (queue_declare passive)
+    dead_letters URL QUEUE       take every message of a dead-letter queue kombu-rs filled:
+                                 raw bodies (base64), content types and headers
     ttl_publish URL QUEUE        with ttl=True: declare QUEUE and publish "short" (expiration
                                  0.2 s), "kept" (none) and "long" (expiration 600 s); declare
                                  QUEUE.ttl with x-message-ttl 200 ms and publish "q-short"
@@ -192,6 +194,25 @@ def size(url, queue_name):
     print(json.dumps({"size": ok.message_count}))
 
 
+def dead_letters(url, queue_name):
+    got = []
+    with connection(url) as conn:
+        channel = conn.channel()
+        queue = Queue(queue_name)(channel)
+        while True:
+            message = queue.get(no_ack=False, accept=["application/octet-stream"])
+            if message is None:
+                break
+            got.append({
+                "body_b64": base64.b64encode(message.body).decode("ascii"),
+                "content_type": message.content_type,
+                "headers": message.headers,
+            })
+            message.ack()
+        channel.close()
+    print(json.dumps({"messages": got}))
+
+
 def ttl_publish(url, queue_name):
     with connection(url, ttl=True) as conn:
         channel = conn.channel()
@@ -292,6 +313,7 @@ def main(argv):
         "consume": consume,
         "drain": drain,
         "size": size,
+        "dead_letters": dead_letters,
         "ttl_publish": ttl_publish,
         "ttl_put": ttl_put,
         "docs": docs,
