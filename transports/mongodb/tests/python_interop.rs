@@ -575,14 +575,15 @@ async fn rust_does_not_deliver_what_python_made_expire() {
         return;
     };
     db.python("ttl_publish", &["pyttl"]);
-    let docs = db.python("docs", &["pyttl"]);
-    let expiring: Vec<bool> = docs["docs"]
-        .as_array()
-        .expect("docs")
-        .iter()
-        .map(|d| d["expire_at_ms"].is_i64())
-        .collect();
-    assert_eq!(expiring, [true, false, true], "{docs}");
+    let docs = python_expiries(&db, "pyttl");
+    assert_eq!(docs.get("kept"), Some(&None), "{docs:?}");
+    assert!(within(docs["long"], Duration::from_secs(600)), "{docs:?}");
+    // "short" may be gone already (the server's TTL monitor deleted it).
+    assert!(
+        docs.get("short")
+            .is_none_or(|left| left.is_some_and(|l| l <= 200)),
+        "{docs:?}"
+    );
     // Past the 200 ms of "short" and of pyttl.ttl's x-message-ttl.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -821,7 +822,12 @@ async fn a_message_python_took_is_never_delivered_by_rust() {
     };
     db.python("put", &["pytook", "p-first", "p-second"]);
     let taken = db.python("consume", &["pytook", "1", "30"]);
-    assert_eq!(taken["messages"][0]["payload"], "p-first", "{taken}");
+    // kombu sorts on the priority alone: which of the two equals it takes is the server's.
+    let left = match taken["messages"][0]["payload"].as_str() {
+        Some("p-first") => "p-second",
+        Some("p-second") => "p-first",
+        _ => panic!("Python took none: {taken}"),
+    };
     let conn = db.open("").await;
     let mut consumer = conn
         .consumer([Queue::new("pytook")])
@@ -830,7 +836,7 @@ async fn a_message_python_took_is_never_delivered_by_rust() {
         .await
         .expect("consume");
     let d = next_delivery(&mut consumer).await;
-    assert_eq!(d.decode::<String>().expect("decode"), "p-second");
+    assert_eq!(d.decode::<String>().expect("decode"), left);
     assert!(!d.redelivered());
     d.ack().await.expect("ack");
     assert_eq!(
