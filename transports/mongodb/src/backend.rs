@@ -139,8 +139,18 @@ impl MongoBackend {
             }
         }
         let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        // With kombu's `background=True`: a server that keeps the option (SecantusDB) refuses
+        // the same index with other options (IndexKeySpecsConflict), so either side would
+        // fail to connect after the other.
+        #[allow(deprecated)] // the driver's `background`: ignored by MongoDB since 4.2
+        let background = IndexOptions::builder().background(true).build();
         self.messages
-            .create_index(index(doc! { QUEUE: 1, PRIORITY: 1, "_id": 1 }))
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { QUEUE: 1, PRIORITY: 1, "_id": 1 })
+                    .options(background)
+                    .build(),
+            )
             .await
             .map_err(self.err("create the messages index", Op::Write))?;
         // Leased documents by queue and take time: the sweep for passed leases.

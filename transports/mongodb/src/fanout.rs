@@ -5,7 +5,9 @@
 //! store once read).
 //!
 //! One tail task per exchange serves the queues bound to it in this process. A new tail
-//! skips what the collection held when it started (kombu skips the same); a tail reopened
+//! skips what the collection held when the bind that started it was made (kombu skips the
+//! same: its cursor's offset is counted in the bind), so a publish made after the bind
+//! returned is read even when the task starts later; a tail reopened
 //! after its cursor died (MongoDB kills a tailable cursor whose query matched nothing yet,
 //! and one whose position was overwritten) resumes after the last document it read, or from
 //! the oldest one left when that was overwritten (everything left is newer then).
@@ -85,8 +87,8 @@ impl Fanout {
     }
 
     /// Binds `queue` to the fanout `exchange` in this process and starts the exchange's tail
-    /// if none runs.
-    pub(crate) fn subscribe(
+    /// if none runs, positioned after the exchange's documents present now.
+    pub(crate) async fn subscribe(
         self: &Arc<Self>,
         queue: &str,
         exchange: &str,
@@ -101,8 +103,21 @@ impl Fanout {
                 exchanges.push(exchange.to_owned());
             }
         }
+        let running = |tails: &HashMap<String, tokio::task::JoinHandle<()>>| {
+            tails.get(exchange).is_some_and(|t| !t.is_finished())
+        };
+        if running(&self.tails.lock()) {
+            return;
+        }
+        // Where the tail starts, read before the bind returns (the task may start later, after
+        // a publish the caller makes next). Unknown when the read fails: the tail skips what
+        // it finds when it starts.
+        let start = present(broadcast, &doc! { QUEUE: exchange })
+            .await
+            .ok()
+            .map(|ids| ids.last().copied());
         let mut tails = self.tails.lock();
-        if tails.get(exchange).is_some_and(|t| !t.is_finished()) {
+        if running(&tails) {
             return;
         }
         let task = tokio::spawn(tail(
@@ -111,6 +126,7 @@ impl Fanout {
             broadcast.clone(),
             exchange.to_owned(),
             pause,
+            start,
         ));
         tails.insert(exchange.to_owned(), task);
     }
@@ -159,18 +175,21 @@ impl Fanout {
     }
 }
 
-/// Reads `exchange`'s broadcast documents for as long as the backend lives.
+/// Reads `exchange`'s broadcast documents for as long as the backend lives, after `start`
+/// (the last of the exchange's documents at the bind, `Some(None)` for none; `None`: unknown,
+/// skip what is there when the tail starts).
 async fn tail(
     fanout: Weak<Fanout>,
     waker: Weak<Waker>,
     broadcast: Collection<Document>,
     exchange: String,
     longest_pause: Duration,
+    start: Option<Option<ObjectId>>,
 ) {
     let filter = doc! { QUEUE: exchange.as_str() };
     // The last document read (delivered or skipped), to resume after it.
-    let mut last: Option<ObjectId> = None;
-    let mut first = true;
+    let mut last: Option<ObjectId> = start.flatten();
+    let mut first = start.is_none();
     let mut pause = Duration::from_millis(50);
     loop {
         let skip = match present(&broadcast, &filter).await {

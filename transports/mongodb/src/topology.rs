@@ -406,13 +406,15 @@ impl MongoBackend {
             .await
             .map_err(self.err("bind", Op::Write))?;
         if kind == ExchangeKind::Fanout {
-            self.fanout.subscribe(
-                &row.queue,
-                &row.exchange,
-                &self.broadcast,
-                &self.waker,
-                self.options.polling_interval,
-            );
+            self.fanout
+                .subscribe(
+                    &row.queue,
+                    &row.exchange,
+                    &self.broadcast,
+                    &self.waker,
+                    self.options.polling_interval,
+                )
+                .await;
         }
         self.topology.clear();
         Ok(())
