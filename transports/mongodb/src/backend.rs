@@ -536,6 +536,7 @@ impl Backend for MongoBackend {
             .insert_one(doc! { PAYLOAD: payload, QUEUE: env.exchange.as_str() })
             .await
             .map_err(self.err("publish to a fanout exchange", Op::Write))?;
+        self.fanout.published();
         Ok(())
     }
 
@@ -565,13 +566,21 @@ impl Backend for MongoBackend {
             return Ok(fetched);
         }
         let now = DateTime::now();
+        // A dead-letter queue holds what core wrote there, among it the dead letters of
+        // oversize payloads (their bytes in base64, larger still): bounded again, reading one
+        // would move it one queue deeper each time.
+        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
+            u64::MAX
+        } else {
+            self.options.max_payload_size
+        };
         let mut gone = Vec::new();
         for document in documents {
             let Ok(id) = document.get_object_id("_id") else {
                 continue;
             };
             let expired = matches!(document.get(EXPIRE_AT), Some(Bson::DateTime(at)) if *at <= now);
-            let payload = read_payload(&document, self.options.max_payload_size);
+            let payload = read_payload(&document, max_payload);
             let lease = match mode {
                 TakeMode::NoAck => {
                     gone.push(id);

@@ -39,6 +39,9 @@ pub(crate) struct Fanout {
     buffers: Mutex<HashMap<String, VecDeque<Document>>>,
     /// Exchange → its tail task.
     tails: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Notified on every fanout publish through this process: a tail waiting to reopen a
+    /// cursor that died (no document of its exchange yet) reopens at once.
+    kick: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Fanout {
@@ -50,6 +53,11 @@ impl Drop for Fanout {
 }
 
 impl Fanout {
+    /// A fanout publish through this process: tails waiting to reopen look now.
+    pub(crate) fn published(&self) {
+        self.kick.notify_waiters();
+    }
+
     /// Whether `queue` is bound to a fanout exchange in this process.
     pub(crate) fn is_fanout_queue(&self, queue: &str) -> bool {
         self.queues.lock().contains_key(queue)
@@ -127,6 +135,7 @@ impl Fanout {
             exchange.to_owned(),
             pause,
             start,
+            self.kick.clone(),
         ));
         tails.insert(exchange.to_owned(), task);
     }
@@ -185,7 +194,12 @@ async fn tail(
     exchange: String,
     longest_pause: Duration,
     start: Option<Option<ObjectId>>,
+    kick: Arc<tokio::sync::Notify>,
 ) {
+    // A dead cursor (no document of the exchange yet) is reopened at most this often, unless
+    // this process publishes to a fanout exchange meanwhile: many idle fanout exchanges must
+    // not keep a server busy.
+    let longest_pause = longest_pause.max(Duration::from_secs(1));
     let filter = doc! { QUEUE: exchange.as_str() };
     // The last document read (delivered or skipped), to resume after it.
     let mut last: Option<ObjectId> = start.flatten();
@@ -241,8 +255,11 @@ async fn tail(
         if fanout.strong_count() == 0 {
             return;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(longest_pause);
+        let kicked = kick.notified();
+        tokio::select! {
+            _ = kicked => pause = Duration::from_millis(50),
+            _ = tokio::time::sleep(pause) => pause = (pause * 2).min(longest_pause),
+        }
     }
 }
 

@@ -32,7 +32,9 @@
 //! expire_at?}` in `messages`, taken highest priority first, then oldest; bindings as
 //! `{exchange, queue, routing_key, pattern}` in `messages.routing` (`pattern`: kombu's
 //! regular expression for topic bindings, which Python consumers route with); queue
-//! declarations in `messages.queues` (`{_id: queue, options: {arguments, ...}, expire_at}`);
+//! declarations in `messages.queues` (`{_id: queue, options: {arguments, ...}, expire_at}`;
+//! a declaration is compared with the record there, Python kombu's included (it records its
+//! queues with `ttl=True`), and one that differs fails as on RabbitMQ);
 //! fanout messages as `{payload, queue: <exchange>}` in the capped broadcast collection, read
 //! by every queue of a process bound to the exchange through a tailable cursor
 //! (at-most-once, as in kombu). kombu-rs adds a collection of exchange declarations

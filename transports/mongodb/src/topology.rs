@@ -90,26 +90,36 @@ fn bson_of(value: &Value) -> Bson {
     }
 }
 
-/// The settings kombu-rs recorded on a queue document (`kombu_rs_settings`, JSON text), else
-/// `None`; and the arguments to read the queue's TTL and dead-letter exchange from (those
-/// settings, else what Python kombu recorded in `options.arguments`).
+/// The settings recorded on a queue document, as core compares them with a redeclaration:
+/// kombu-rs's (`kombu_rs_settings`, JSON text), else those of Python kombu's record (its
+/// `options`: `arguments` and the `durable`, `exclusive` and `auto_delete` flags, kombu's
+/// defaults for those missing), so a Rust declaration that differs from Python's fails as on
+/// RabbitMQ; `None` for a document with neither. And the arguments that give the queue's TTL
+/// and dead-letter exchange.
 fn read_queue_document(document: &Document) -> (Option<Headers>, Headers) {
-    let settings: Option<Headers> = document
-        .get_str(SETTINGS)
-        .ok()
+    if let Ok(text) = document.get_str(SETTINGS) {
         // An unreadable record reads as none recorded, so a redeclaration fails naming
         // every setting.
-        .map(|text| serde_json::from_str(text).unwrap_or_default());
-    let arguments = match &settings {
-        Some(s) => s.clone(),
-        None => document
-            .get_document("options")
-            .ok()
-            .and_then(|o| o.get_document("arguments").ok())
-            .map(|a| a.iter().map(|(k, v)| (k.clone(), value_of(v))).collect())
-            .unwrap_or_default(),
+        let settings: Headers = serde_json::from_str(text).unwrap_or_default();
+        return (Some(settings.clone()), settings);
+    }
+    let Ok(options) = document.get_document("options") else {
+        return (None, Headers::new());
     };
-    (settings, arguments)
+    let arguments: Headers = options
+        .get_document("arguments")
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), value_of(v))).collect())
+        .unwrap_or_default();
+    let mut settings = arguments.clone();
+    for (flag, default) in [
+        ("durable", true),
+        ("exclusive", false),
+        ("auto_delete", false),
+    ] {
+        let on = options.get_bool(flag).unwrap_or(default);
+        settings.insert(format!("kombu-rs:{flag}"), Value::Bool(on));
+    }
+    (Some(settings), arguments)
 }
 
 /// The field of a queue document holding kombu-rs's settings.
@@ -226,8 +236,8 @@ impl MongoBackend {
         Ok(Some(StoredQueue::new(settings, ready)))
     }
 
-    /// Records a queue's settings (kombu-rs's, and kombu's `options` for Python) unless
-    /// settings are recorded; a queue Python kombu recorded without them gets them.
+    /// Records a queue's settings (kombu-rs's, and kombu's `options` for Python) unless the
+    /// queue has a record.
     async fn store_queue(&self, queue: &Queue) -> Result<()> {
         let settings = serde_json::to_string(&queue_settings(queue))
             .map_err(|e| Error::new(ErrorKind::Codec, "queue arguments").with_source(e))?;
@@ -246,7 +256,9 @@ impl MongoBackend {
             .expires
             .filter(|_| self.options.ttl)
             .and_then(after_now);
-        let mut set_on_insert = doc! { "options": options };
+        // A record that exists (kombu-rs's, or Python kombu's with `ttl=True`) is left as it
+        // is: core compares it with this declaration.
+        let mut set_on_insert = doc! { "options": options, SETTINGS: settings };
         set_on_insert.insert("expire_at", expire_at.map_or(Bson::Null, Bson::DateTime));
         self.queues
             .update_one(
@@ -254,13 +266,6 @@ impl MongoBackend {
                 doc! { "$setOnInsert": set_on_insert },
             )
             .with_options(UpdateOptions::builder().upsert(true).build())
-            .await
-            .map_err(self.err("declare queue", Op::Write))?;
-        self.queues
-            .update_one(
-                doc! { "_id": queue.name.as_str(), SETTINGS: { "$exists": false } },
-                doc! { "$set": { SETTINGS: settings } },
-            )
             .await
             .map_err(self.err("declare queue", Op::Write))?;
         self.specs.lock().remove(&queue.name);
@@ -495,20 +500,25 @@ mod tests {
     fn python_arguments_and_kombu_rs_settings_give_the_same_spec() {
         let python = doc! { "_id": "q", "options": { "arguments": {
         "x-message-ttl": 1500_i32, "x-dead-letter-exchange": "dlx" } } };
-        let (settings, arguments) = read_queue_document(&python);
-        assert_eq!(settings, None);
+        let (python_settings, arguments) = read_queue_document(&python);
         let spec = QueueSpec::from_arguments(&arguments);
         assert_eq!(spec.message_ttl, Some(Duration::from_millis(1500)));
         assert_eq!(spec.dead_letter_exchange.as_deref(), Some("dlx"));
         let queue = Queue::new("q")
             .message_ttl(Duration::from_millis(1500))
             .dead_letter_exchange("dlx");
+        // The same declaration in Rust matches what Python recorded (kombu's default flags).
+        assert_eq!(python_settings, Some(queue_settings(&queue)));
         let rust = doc! {
             "_id": "q",
             SETTINGS: serde_json::to_string(&queue_settings(&queue)).unwrap_or_default(),
         };
         let (settings, arguments) = read_queue_document(&rust);
-        assert!(settings.is_some());
+        assert_eq!(settings, Some(queue_settings(&queue)));
         assert_eq!(QueueSpec::from_arguments(&arguments), spec);
+        assert_eq!(
+            read_queue_document(&doc! { "_id": "q" }),
+            (None, Headers::new())
+        );
     }
 }

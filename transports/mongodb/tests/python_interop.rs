@@ -604,9 +604,26 @@ async fn rust_does_not_deliver_what_python_made_expire() {
     );
     consumer.close().await.expect("close");
 
+    // Python recorded pyttl.ttl's arguments (ttl=True): a Rust declaration without its
+    // x-message-ttl is refused as RabbitMQ refuses one, and the same declaration is accepted.
+    let err = conn
+        .declare_queue(&Queue::new("pyttl.ttl"))
+        .await
+        .expect_err("a declaration that differs from Python's record");
+    assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
+    assert!(err.to_string().contains("x-message-ttl"), "{err}");
+    let same = Queue::new("pyttl.ttl").message_ttl(Duration::from_millis(200));
+    conn.declare_queue(&same)
+        .await
+        .expect("the declaration Python made");
     // Every message of the queue with a message TTL expired, "q-long" by the queue's TTL
     // though its own expiration is long.
-    let mut consumer = cases_consumer(&conn, "pyttl.ttl").await;
+    let mut consumer = conn
+        .consumer([same])
+        .accept(["json", "msgpack", "yaml", "text", "raw"])
+        .build()
+        .await
+        .expect("consume pyttl.ttl");
     assert_eq!(
         nothing_within(&mut consumer, Duration::from_secs(1)).await,
         None,
