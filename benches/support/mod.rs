@@ -43,6 +43,12 @@ const PYTHON_RUNS: &str = "3";
 /// else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python, the script or
 /// every run is missing.
 pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
+    python_baseline_with(name, n, &[])
+}
+
+/// [`python_baseline`] with more arguments for the script (`mongodb`: `--mongo-url URL`, the
+/// entry the script adds only when given a server).
+pub fn python_baseline_with(name: &str, n: u64, extra: &[&str]) -> Option<(f64, f64)> {
     let python = python()?;
     let script = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
@@ -65,6 +71,7 @@ pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
             "--json",
         ])
         .arg(&out)
+        .args(extra)
         .status()
         .ok()?;
     if !status.success() {
