@@ -141,7 +141,8 @@ impl Ops {
             d(self.delete, later.delete),
             d(self.getmore, later.getmore),
         );
-        let other = d(self.command, later.command) - 1.0 - insert - query - update - delete - getmore;
+        let other =
+            d(self.command, later.command) - 1.0 - insert - query - update - delete - getmore;
         Ops {
             insert: insert * k,
             query: query * k,
@@ -203,7 +204,11 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
     for _ in 0..n {
         let d = consumer.next().await.expect("message").expect("delivery");
         let v: Payload = d.decode().expect("decode");
-        assert!(!std::mem::replace(&mut seen[v.id as usize], true), "duplicate {}", v.id);
+        assert!(
+            !std::mem::replace(&mut seen[v.id as usize], true),
+            "duplicate {}",
+            v.id
+        );
         d.ack().await.expect("ack");
     }
     consumer.close().await.expect("close");
