@@ -4,7 +4,7 @@
 //! `KOMBU_BENCH_MONGODB_URL` (default `mongodb://127.0.0.1:27018`).
 //!
 //! ```text
-//! cargo bench --bench mongodb                  # 2,000 messages per row
+//! cargo bench --bench mongodb                  # 1,000 messages per row
 //! cargo bench --bench mongodb -- 500           # fewer
 //! KOMBU_BENCH_MONGODB_PREFETCH=500 cargo bench --bench mongodb   # another prefetch (default 100)
 //! KOMBU_BENCH_MONGODB_OPTIONS=change_streams=false cargo bench --bench mongodb   # kombu-rs's URL only
@@ -26,8 +26,8 @@
 //! The server's operation counters (`serverStatus.opcounters`) are read around each phase: the
 //! second table gives the operations per 100 messages, the round trips each side made.
 //!
-//! Python kombu (500 messages at most) publishes one by one (`insert_one` per message, its only
-//! mode) and consumes with `find_one_and_delete` per message, without a lease.
+//! Python kombu (the same number of messages) publishes one by one (`insert_one` per message, its
+//! only mode) and consumes with `find_one_and_delete` per message, without a lease.
 
 mod support;
 
@@ -160,6 +160,9 @@ impl Ops {
 
 struct Figures {
     publish: f64,
+    /// Raw only: the same publishing into a collection that also has kombu-rs's lease index
+    /// (what the transport's inserts maintain); 0 for kombu-rs.
+    publish_lease_index: f64,
     consume: f64,
     publish_ops: Ops,
     consume_ops: Ops,
@@ -226,6 +229,7 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
     monitor.database(&db).drop().await.expect("drop");
     Figures {
         publish,
+        publish_lease_index: 0.0,
         consume,
         publish_ops,
         consume_ops,
@@ -298,8 +302,35 @@ async fn raw(n: u64, prefetch: u16, payload: &str, priority: i32) -> Figures {
     let consume = support::rate(n, start.elapsed());
     let consume_ops = before.per_100(Ops::read(&monitor).await, n);
     monitor.database(&db).drop().await.expect("drop");
+
+    // The same publishing into a fresh collection with kombu-rs's indexes: the queue index and
+    // the partial index of leased documents (the sweep's).
+    let db = fresh_db("raw_leaseidx");
+    let messages: Collection<Document> = client.database(&db).collection("messages");
+    let partial = mongodb::options::IndexOptions::builder()
+        .partial_filter_expression(doc! { "kombu_rs_queue": { "$exists": true } })
+        .build();
+    messages
+        .create_indexes([
+            IndexModel::builder()
+                .keys(doc! { "queue": 1, "priority": 1, "_id": 1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "kombu_rs_queue": 1, "kombu_rs_taken_at": 1 })
+                .options(partial)
+                .build(),
+        ])
+        .await
+        .expect("indexes");
+    let start = Instant::now();
+    for chunk in docs.chunks(BATCH) {
+        messages.insert_many(chunk).await.expect("insert_many");
+    }
+    let publish_lease_index = support::rate(n, start.elapsed());
+    monitor.database(&db).drop().await.expect("drop");
     Figures {
         publish,
+        publish_lease_index,
         consume,
         publish_ops,
         consume_ops,
@@ -338,7 +369,7 @@ async fn kombu_document() -> (String, i32) {
 }
 
 fn main() {
-    let n = support::messages(2_000);
+    let n = support::messages(1_000);
     let prefetch = prefetch();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -354,13 +385,12 @@ fn main() {
     let pick = support::median::<Figures>;
     let py_db = fresh_db("py");
     let py_url = db_url(&py_db);
-    // Python kombu takes one message per round trip (~15 msg/s consuming on SecantusDB): 500
-    // messages keep its three runs to minutes, and its smaller collection only helps it.
-    let py_n = n.min(500);
+    // The same number of messages: Python kombu's take (`find_one_and_delete`, sorted) slows
+    // with the collection's size on this server, so a smaller run would flatter it.
     let py = support::python_baseline_with(
         "mongodb",
-        py_n,
-        &["--mongo-url", &py_url, "--mongo-n", &py_n.to_string()],
+        n,
+        &["--mongo-url", &py_url, "--mongo-n", &n.to_string()],
     );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -392,12 +422,33 @@ fn main() {
         );
     };
     row("publish, batches of 100", |f| f.publish, py.map(|p| p.0));
+    let lease_index = pick(&raw_runs, |f| f.publish_lease_index);
+    println!(
+        "| publish, batches of 100; raw into a collection with kombu-rs's lease index too | {} msg/s | {} msg/s | {:.2} | – | – |",
+        support::grouped(pick(&ours_runs, |f| f.publish)),
+        support::grouped(lease_index),
+        pick(&ours_runs, |f| f.publish) / lease_index
+    );
     row(
         &format!("consume + ack, prefetch {prefetch}"),
         |f| f.consume,
         py.map(|p| p.1),
     );
 
+    let per_round = |f: fn(&Figures) -> f64| {
+        ours_runs
+            .iter()
+            .zip(&raw_runs)
+            .map(|(o, r)| format!("{:.2}", f(o) / f(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!(
+        "kombu-rs / raw round by round: publish {}; consume + ack {}",
+        per_round(|f| f.publish),
+        per_round(|f| f.consume)
+    );
     println!();
     println!(
         "Server operations per 100 messages (serverStatus opcounters, medians; other = any other command, the driver's monitoring included):"
