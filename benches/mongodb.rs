@@ -15,7 +15,7 @@
 //! `{payload: <envelope JSON>, queue, priority}`; the raw rows write documents of the same
 //! shape (the payload is an envelope kombu-rs wrote, read back once before the rounds). Every
 //! round of every side runs in a fresh database, dropped afterwards, with the index kombu makes
-//! (`queue, priority, _id`). Rows:
+//! (`queue, priority, _id`); five rounds, alternating the sides, medians. Rows:
 //! - publish in batches of 100: `producer.publish_batch` / one `insert_many` of 100 prebuilt
 //!   documents;
 //! - consume with ack, prefetch P: build a consumer, decode and ack every message, close it
@@ -48,6 +48,9 @@ struct Payload {
 
 /// Documents a publish batch holds (both sides).
 const BATCH: usize = 100;
+
+/// Rounds of each side.
+const ROUNDS: usize = 5;
 
 fn server() -> String {
     std::env::var("KOMBU_BENCH_MONGODB_URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27018".into())
@@ -377,8 +380,10 @@ fn main() {
         .expect("runtime");
     let (payload, priority) = rt.block_on(kombu_document());
     drop(rt);
-    // Alternate the two sides over three rounds; report medians.
-    let (ours_runs, raw_runs) = support::alternate(
+    // Alternate the two sides over five rounds (a publish phase is a fraction of a second on
+    // this server, and single rounds swing by ±30%); report medians.
+    let (ours_runs, raw_runs) = support::alternate_rounds(
+        ROUNDS,
         || ours(n, prefetch),
         || raw(n, prefetch, &payload, priority),
     );
@@ -401,7 +406,7 @@ fn main() {
         });
 
     println!(
-        "mongodb: {n} messages per row ({} bytes of envelope), median of 3 rounds, a fresh database per round; raw = the mongodb driver doing the same operations; Python kombu in the same run",
+        "mongodb: {n} messages per row ({} bytes of envelope), median of {ROUNDS} rounds, a fresh database per round; raw = the mongodb driver doing the same operations; Python kombu in the same run",
         payload.len()
     );
     println!();

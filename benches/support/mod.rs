@@ -183,6 +183,19 @@ where
     O: std::future::Future<Output = T>,
     R: std::future::Future<Output = T>,
 {
+    alternate_rounds(3, ours, raw)
+}
+
+/// [`alternate`] over `rounds` rounds.
+pub fn alternate_rounds<T, O, R>(
+    rounds: usize,
+    ours: impl Fn() -> O,
+    raw: impl Fn() -> R,
+) -> (Vec<T>, Vec<T>)
+where
+    O: std::future::Future<Output = T>,
+    R: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -190,7 +203,7 @@ where
         .expect("runtime");
     let mut ours_runs = Vec::new();
     let mut raw_runs = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..rounds {
         ours_runs.push(rt.block_on(ours()));
         raw_runs.push(rt.block_on(raw()));
     }
