@@ -23,6 +23,12 @@
 //!   to P ready documents sorted by `priority, _id`, an `update_many` that leases them under a
 //!   take id (kombu-rs's fields), a `delete_many` of them (the ack), no decoding.
 //!
+//! Two more raw rows say where kombu-rs's time goes: the publishing again into a collection that
+//! also has kombu-rs's partial index of leased documents, and the consuming there with what
+//! kombu-rs's take and ack add on the server (the lease sweep at most every 250 ms, the ack's
+//! filter in `$or`). A third line gives the takes: how long kombu-rs's consumer waited for a
+//! delivery not yet at hand, against the driver's `find` + `update_many` and `delete_many`.
+//!
 //! The server's operation counters (`serverStatus.opcounters`) are read around each phase: the
 //! second table gives the operations per 100 messages, the round trips each side made.
 //!
@@ -48,6 +54,18 @@ struct Payload {
 
 /// Documents a publish batch holds (both sides).
 const BATCH: usize = 100;
+
+/// A wait of kombu-rs's consumer this long or longer is counted as waiting for a take.
+const TAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The median of durations, in milliseconds (0 for none).
+fn median_ms(mut xs: Vec<std::time::Duration>) -> f64 {
+    xs.sort();
+    xs.get(xs.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// How often kombu-rs sweeps a queue's passed leases (`SWEEP_EVERY` in the transport).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Rounds of each side.
 const ROUNDS: usize = 5;
@@ -167,6 +185,17 @@ struct Figures {
     /// (what the transport's inserts maintain); 0 for kombu-rs.
     publish_lease_index: f64,
     consume: f64,
+    /// Raw only: consuming in the collection with the lease index, with kombu-rs's sweep and
+    /// `$or` ack too (`raw_consume`'s `like_kombu`); 0 for kombu-rs.
+    consume_like_kombu: f64,
+    /// kombu-rs: the median wait of `next()` for a delivery not yet at hand (waits over
+    /// [`TAKE_WAIT`]); raw: the median `find` + `update_many` of a take. Milliseconds.
+    take_ms: f64,
+    /// kombu-rs: how many such waits; raw: the takes.
+    takes: f64,
+    /// Raw: the median `delete_many` of a take, milliseconds; 0 for kombu-rs (its acks are
+    /// written in the background).
+    ack_ms: f64,
     publish_ops: Ops,
     consume_ops: Ops,
 }
@@ -207,8 +236,14 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
         .await
         .expect("consumer");
     let mut seen = vec![false; n as usize];
+    let mut waits = Vec::new();
     for _ in 0..n {
+        let asked = Instant::now();
         let d = consumer.next().await.expect("message").expect("delivery");
+        let waited = asked.elapsed();
+        if waited >= TAKE_WAIT {
+            waits.push(waited);
+        }
         let v: Payload = d.decode().expect("decode");
         assert!(
             !std::mem::replace(&mut seen[v.id as usize], true),
@@ -234,9 +269,89 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
         publish,
         publish_lease_index: 0.0,
         consume,
+        consume_like_kombu: 0.0,
+        takes: waits.len() as f64,
+        take_ms: median_ms(waits),
+        ack_ms: 0.0,
         publish_ops,
         consume_ops,
     }
+}
+
+/// The driver's consume loop (see the crate docs): messages a second, and each take's
+/// `find` + `update_many` and `delete_many` durations. `like_kombu`: also what kombu-rs's take
+/// and ack add on the server (`backend.rs`): the lease sweep (an `update_many` of leases past
+/// the visibility timeout, at most every 250 ms) before a take, and the ack's filter wrapped in
+/// `$or`.
+async fn raw_consume(
+    messages: &Collection<Document>,
+    n: u64,
+    prefetch: u16,
+    like_kombu: bool,
+) -> (f64, Vec<std::time::Duration>, Vec<std::time::Duration>) {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    let start = Instant::now();
+    let mut got = 0;
+    let (mut take_times, mut ack_times) = (Vec::new(), Vec::new());
+    let mut swept: Option<Instant> = None;
+    while got < n {
+        let asked = Instant::now();
+        if like_kombu && swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            messages
+                .update_many(
+                    doc! { "kombu_rs_queue": "bench_q", "kombu_rs_taken_at": { "$lte": unix_now() - 3600.0 } },
+                    doc! {
+                        "$set": { "queue": "bench_q", "kombu_rs_redelivered": true },
+                        "$unset": { "kombu_rs_queue": "", "kombu_rs_taken_at": "", "kombu_rs_take": "" },
+                    },
+                )
+                .await
+                .expect("sweep");
+            swept = Some(Instant::now());
+        }
+        let taken: Vec<Document> = messages
+            .find(doc! { "queue": "bench_q" })
+            .sort(doc! { "priority": 1, "_id": 1 })
+            .limit(i64::from(prefetch))
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("find");
+        let ids: Vec<ObjectId> = taken
+            .iter()
+            .map(|d| d.get_object_id("_id").expect("_id"))
+            .collect();
+        let take = ObjectId::new();
+        let taken_at = unix_now();
+        messages
+            .update_many(
+                doc! { "_id": { "$in": &ids }, "queue": "bench_q" },
+                doc! {
+                    "$unset": { "queue": "" },
+                    "$set": { "kombu_rs_queue": "bench_q", "kombu_rs_taken_at": taken_at, "kombu_rs_take": take },
+                },
+            )
+            .await
+            .expect("update_many");
+        take_times.push(asked.elapsed());
+        let acking = Instant::now();
+        let ack = doc! { "_id": { "$in": &ids }, "kombu_rs_take": take };
+        let ack = if like_kombu {
+            doc! { "$or": [ack] }
+        } else {
+            ack
+        };
+        messages.delete_many(ack).await.expect("delete_many");
+        ack_times.push(acking.elapsed());
+        got += ids.len() as u64;
+    }
+    (support::rate(n, start.elapsed()), take_times, ack_times)
 }
 
 async fn raw(n: u64, prefetch: u16, payload: &str, priority: i32) -> Figures {
@@ -265,48 +380,11 @@ async fn raw(n: u64, prefetch: u16, payload: &str, priority: i32) -> Figures {
     let publish_ops = before.per_100(Ops::read(&monitor).await, n);
 
     let before = Ops::read(&monitor).await;
-    let start = Instant::now();
-    let mut got = 0;
-    while got < n {
-        let taken: Vec<Document> = messages
-            .find(doc! { "queue": "bench_q" })
-            .sort(doc! { "priority": 1, "_id": 1 })
-            .limit(i64::from(prefetch))
-            .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("find");
-        let ids: Vec<ObjectId> = taken
-            .iter()
-            .map(|d| d.get_object_id("_id").expect("_id"))
-            .collect();
-        let take = ObjectId::new();
-        let taken_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64();
-        messages
-            .update_many(
-                doc! { "_id": { "$in": &ids }, "queue": "bench_q" },
-                doc! {
-                    "$unset": { "queue": "" },
-                    "$set": { "kombu_rs_queue": "bench_q", "kombu_rs_taken_at": taken_at, "kombu_rs_take": take },
-                },
-            )
-            .await
-            .expect("update_many");
-        messages
-            .delete_many(doc! { "_id": { "$in": &ids }, "kombu_rs_take": take })
-            .await
-            .expect("delete_many");
-        got += ids.len() as u64;
-    }
-    let consume = support::rate(n, start.elapsed());
+    let (consume, take_times, ack_times) = raw_consume(&messages, n, prefetch, false).await;
     let consume_ops = before.per_100(Ops::read(&monitor).await, n);
     monitor.database(&db).drop().await.expect("drop");
 
-    // The same publishing into a fresh collection with kombu-rs's indexes: the queue index and
+    // The same publishing in a fresh collection with kombu-rs's indexes: the queue index and
     // the partial index of leased documents (the sweep's).
     let db = fresh_db("raw_leaseidx");
     let messages: Collection<Document> = client.database(&db).collection("messages");
@@ -330,11 +408,16 @@ async fn raw(n: u64, prefetch: u16, payload: &str, priority: i32) -> Figures {
         messages.insert_many(chunk).await.expect("insert_many");
     }
     let publish_lease_index = support::rate(n, start.elapsed());
+    let (consume_like_kombu, ..) = raw_consume(&messages, n, prefetch, true).await;
     monitor.database(&db).drop().await.expect("drop");
     Figures {
         publish,
         publish_lease_index,
         consume,
+        consume_like_kombu,
+        takes: take_times.len() as f64,
+        take_ms: median_ms(take_times),
+        ack_ms: median_ms(ack_times),
         publish_ops,
         consume_ops,
     }
@@ -439,6 +522,13 @@ fn main() {
         |f| f.consume,
         py.map(|p| p.1),
     );
+    let lease_index = pick(&raw_runs, |f| f.consume_like_kombu);
+    println!(
+        "| consume + ack, prefetch {prefetch}; raw with kombu-rs's lease index, lease sweep and `$or` ack too | {} msg/s | {} msg/s | {:.2} | – | – |",
+        support::grouped(pick(&ours_runs, |f| f.consume)),
+        support::grouped(lease_index),
+        pick(&ours_runs, |f| f.consume) / lease_index
+    );
 
     let per_round = |f: fn(&Figures) -> f64| {
         ours_runs
@@ -453,6 +543,16 @@ fn main() {
         "kombu-rs / raw round by round: publish {}; consume + ack {}",
         per_round(|f| f.publish),
         per_round(|f| f.consume)
+    );
+    println!();
+    println!(
+        "Takes (medians): kombu-rs's consumer waited {:.0} times for a delivery (over {} ms), {:.0} ms each; the driver made {:.0} takes, find + update_many {:.0} ms, delete_many {:.0} ms",
+        pick(&ours_runs, |f| f.takes),
+        TAKE_WAIT.as_millis(),
+        pick(&ours_runs, |f| f.take_ms),
+        pick(&raw_runs, |f| f.takes),
+        pick(&raw_runs, |f| f.take_ms),
+        pick(&raw_runs, |f| f.ack_ms),
     );
     println!();
     println!(
