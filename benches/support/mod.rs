@@ -43,6 +43,12 @@ const PYTHON_RUNS: &str = "3";
 /// else `~/.cache/kombu-rs/venv`); `None` (the column left out) when Python, the script or
 /// every run is missing.
 pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
+    python_baseline_with(name, n, &[])
+}
+
+/// [`python_baseline`] with more arguments for the script (`mongodb`: `--mongo-url URL`, the
+/// entry the script adds only when given a server).
+pub fn python_baseline_with(name: &str, n: u64, extra: &[&str]) -> Option<(f64, f64)> {
     let python = python()?;
     let script = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
@@ -65,6 +71,7 @@ pub fn python_baseline(name: &str, n: u64) -> Option<(f64, f64)> {
             "--json",
         ])
         .arg(&out)
+        .args(extra)
         .status()
         .ok()?;
     if !status.success() {
@@ -176,6 +183,19 @@ where
     O: std::future::Future<Output = T>,
     R: std::future::Future<Output = T>,
 {
+    alternate_rounds(3, ours, raw)
+}
+
+/// [`alternate`] over `rounds` rounds.
+pub fn alternate_rounds<T, O, R>(
+    rounds: usize,
+    ours: impl Fn() -> O,
+    raw: impl Fn() -> R,
+) -> (Vec<T>, Vec<T>)
+where
+    O: std::future::Future<Output = T>,
+    R: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -183,7 +203,7 @@ where
         .expect("runtime");
     let mut ours_runs = Vec::new();
     let mut raw_runs = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..rounds {
         ours_runs.push(rt.block_on(ours()));
         raw_runs.push(rt.block_on(raw()));
     }
