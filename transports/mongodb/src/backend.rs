@@ -21,7 +21,7 @@ use mongodb::{Client, Collection, IndexModel};
 use parking_lot::Mutex;
 
 use crate::documents::{
-    self, EXPIRE_AT, LEASED_QUEUE, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT,
+    self, EXPIRE_AT, LEASED_PREFIX, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased,
     message_document, read_payload, receipt, receipt_ids, restore_update,
 };
 use crate::errors::{Op, driver_error, is_link_loss};
@@ -35,8 +35,11 @@ use crate::watch::Waker;
 /// by other processes take effect within this; this process's own take effect at once).
 const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 
-/// A sweep for passed leases with a timeout at most as long ran this recently: skipped.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often a queue is swept for passed leases: a tenth of the sweeping take's visibility
+/// timeout, within these bounds (a lease is restored at most a tenth of its timeout late; the
+/// 3,600 s default sweeps every 5 s, not on every take: the sweep is an `update_many` the
+/// server answers by scanning the queue's leases).
+const SWEEP_EVERY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
 /// Longest wait on the change stream before a waiter looks again (a lease that passes
 /// changes nothing in the store, so no event announces it).
@@ -153,20 +156,6 @@ impl MongoBackend {
             )
             .await
             .map_err(self.err("create the messages index", Op::Write))?;
-        // Leased documents by queue and take time: the sweep for passed leases.
-        self.messages
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { LEASED_QUEUE: 1, TAKEN_AT: 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .partial_filter_expression(doc! { LEASED_QUEUE: { "$exists": true } })
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await
-            .map_err(self.err("create the lease index", Op::Write))?;
         self.broadcast
             .create_index(index(doc! { QUEUE: 1 }))
             .await
@@ -215,7 +204,7 @@ impl MongoBackend {
         let leased: Vec<Document> = match self
             .messages
             .find(doc! { TAKE: { "$in": &takes } })
-            .projection(doc! { "_id": 1, LEASED_QUEUE: 1 })
+            .projection(doc! { "_id": 1, QUEUE: 1 })
             .await
         {
             Ok(cursor) => cursor.try_collect().await,
@@ -228,7 +217,9 @@ impl MongoBackend {
         for document in leased {
             let (Ok(id), Ok(queue)) = (
                 document.get_object_id("_id"),
-                document.get_str(LEASED_QUEUE),
+                document
+                    .get_str(QUEUE)
+                    .map(|q| q.strip_prefix(LEASED_PREFIX).unwrap_or(q)),
             ) else {
                 continue;
             };
@@ -249,12 +240,13 @@ impl MongoBackend {
     }
 
     /// Restores `queue`'s leases taken (or extended) at least `visibility` ago, unless a
-    /// sweep with a timeout at most as long ran within [`SWEEP_EVERY`].
+    /// sweep with a timeout at most as long ran within a tenth of it ([`SWEEP_EVERY`]).
     async fn restore_passed(&self, queue: &str, visibility: Duration) -> Result<()> {
         {
             let sweeps = self.sweeps.lock();
+            let every = (visibility / 10).clamp(SWEEP_EVERY.0, SWEEP_EVERY.1);
             if let Some((at, timeout)) = sweeps.get(queue)
-                && at.elapsed() < SWEEP_EVERY
+                && at.elapsed() < every
                 && *timeout <= visibility
             {
                 return Ok(());
@@ -264,7 +256,7 @@ impl MongoBackend {
         let restored = self
             .messages
             .update_many(
-                doc! { LEASED_QUEUE: queue, TAKEN_AT: { "$lte": cutoff } },
+                doc! { QUEUE: leased(queue), TAKEN_AT: { "$lte": cutoff } },
                 restore_update(queue),
             )
             .await
@@ -306,8 +298,7 @@ impl MongoBackend {
             .filter_map(|d| d.get_object_id("_id").ok())
             .collect();
         let update = doc! {
-            "$unset": { QUEUE: "" },
-            "$set": { LEASED_QUEUE: queue, TAKEN_AT: unix_now(), TAKE: take },
+            "$set": { QUEUE: leased(queue), TAKEN_AT: unix_now(), TAKE: take },
         };
         let moved = match self
             .messages
@@ -401,11 +392,12 @@ impl MongoBackend {
             return Ok(true);
         }
         let cutoff = unix_now() - self.options.visibility_timeout.as_secs_f64();
+        let leases: Vec<String> = queues.iter().map(|q| leased(q)).collect();
         let found = self
             .messages
             .find_one(doc! { "$or": [
                 { QUEUE: { "$in": queues } },
-                { LEASED_QUEUE: { "$in": queues }, TAKEN_AT: { "$lte": cutoff } },
+                { QUEUE: { "$in": leases }, TAKEN_AT: { "$lte": cutoff } },
             ] })
             .projection(doc! { "_id": 1 })
             .await
@@ -471,7 +463,7 @@ impl Backend for MongoBackend {
             .deleted_count
             + self.fanout.purge(name) as u64;
         self.messages
-            .delete_many(doc! { LEASED_QUEUE: name })
+            .delete_many(doc! { QUEUE: leased(name) })
             .await
             .map_err(self.err("delete queue messages", Op::Write))?;
         self.routing
@@ -621,15 +613,18 @@ impl Backend for MongoBackend {
             let (id, take) = receipt_ids(r)?;
             by_take.entry(take).or_default().push(id);
         }
-        let clauses: Vec<Document> = by_take
+        let mut clauses: Vec<Document> = by_take
             .iter()
             .map(|(take, ids)| doc! { TAKE: take, "_id": { "$in": ids } })
             .collect();
-        if clauses.is_empty() {
-            return Ok(());
-        }
+        // One take (the usual batch): its filter alone, no `$or` for the server to plan.
+        let filter = match clauses.len() {
+            0 => return Ok(()),
+            1 => clauses.remove(0),
+            _ => doc! { "$or": clauses },
+        };
         self.messages
-            .delete_many(doc! { "$or": clauses })
+            .delete_many(filter)
             .await
             .map_err(self.err("ack", Op::Write))?;
         Ok(())

@@ -2,12 +2,13 @@
 //! for leases, and receipts.
 //!
 //! A ready message is kombu's document: `{_id, payload, queue, priority, expire_at?}`. A
-//! message taken with a lease has no `queue` field (so Python kombu's
-//! `find_one_and_delete({queue: q})` and `count_documents({queue: q})` do not see it) and
-//! carries `kombu_rs_queue` (its queue), `kombu_rs_taken_at` (the take time, Unix seconds as a
-//! double: the visibility rule's `T`) and `kombu_rs_take` (an `ObjectId` naming this take, so
-//! a settle of an older take of the same document touches nothing). A document that was
-//! returned carries `kombu_rs_redelivered: true`.
+//! message taken with a lease has `queue: "kombu_rs.leased:<queue>"` instead (so Python
+//! kombu's `find_one_and_delete({queue: q})` and `count_documents({queue: q})` do not see it,
+//! and kombu's `queue, priority, _id` index serves the sweep for passed leases: no index of
+//! kombu-rs's own) and carries `kombu_rs_taken_at` (the take time, Unix seconds as a double:
+//! the visibility rule's `T`) and `kombu_rs_take` (an `ObjectId` naming this take, so a settle
+//! of an older take of the same document touches nothing). A document that was returned
+//! carries `kombu_rs_redelivered: true`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub(crate) const PAYLOAD: &str = "payload";
 pub(crate) const QUEUE: &str = "queue";
 pub(crate) const PRIORITY: &str = "priority";
 pub(crate) const EXPIRE_AT: &str = "expire_at";
-pub(crate) const LEASED_QUEUE: &str = "kombu_rs_queue";
+/// What a leased document's `queue` starts with (then its queue's name).
+pub(crate) const LEASED_PREFIX: &str = "kombu_rs.leased:";
 pub(crate) const TAKEN_AT: &str = "kombu_rs_taken_at";
 pub(crate) const TAKE: &str = "kombu_rs_take";
 pub(crate) const REDELIVERED: &str = "kombu_rs_redelivered";
@@ -82,11 +84,16 @@ pub(crate) fn expire_at(
         .map(DateTime::from_millis)
 }
 
+/// The `queue` of `queue`'s leased documents.
+pub(crate) fn leased(queue: &str) -> String {
+    format!("{LEASED_PREFIX}{queue}")
+}
+
 /// The update that returns a leased document to its queue, marked redelivered.
 pub(crate) fn restore_update(queue: &str) -> Document {
     doc! {
         "$set": { QUEUE: queue, REDELIVERED: true },
-        "$unset": { LEASED_QUEUE: "", TAKEN_AT: "", TAKE: "" },
+        "$unset": { TAKEN_AT: "", TAKE: "" },
     }
 }
 

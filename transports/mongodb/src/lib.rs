@@ -45,8 +45,8 @@
 //!
 //! Python kombu deletes a message when it fetches it (`find_one_and_delete`), so a consumer
 //! that dies loses what it held. Here a take leases instead: one update moves each document
-//! out of its queue (the `queue` field is removed, `kombu_rs_queue` names it) and records the
-//! take time (`kombu_rs_taken_at`, Unix seconds) and the take's id (`kombu_rs_take`). An ack
+//! out of its queue (`queue` becomes `kombu_rs.leased:<queue>`, which kombu's index still
+//! serves, so the sweep for passed leases needs no index of its own) and records the take time (`kombu_rs_taken_at`, Unix seconds) and the take's id (`kombu_rs_take`). An ack
 //! deletes the document (only if that take still holds it), a requeue puts its `queue` back
 //! (marked `kombu_rs_redelivered`), and a consumer whose visibility timeout passed since the
 //! take (or the last [`Delivery::extend_lease`](kombu_core::Delivery::extend_lease)) returns it,

@@ -13,7 +13,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::UpdateOptions;
 
 use crate::backend::MongoBackend;
-use crate::documents::{LEASED_QUEUE, QUEUE};
+use crate::documents::{QUEUE, leased};
 use crate::errors::Op;
 
 /// How long a queue's arguments read from the store are used before they are read again.
@@ -292,7 +292,7 @@ impl MongoBackend {
         }
         let leased = self
             .messages
-            .find_one(doc! { LEASED_QUEUE: queue })
+            .find_one(doc! { QUEUE: leased(queue) })
             .projection(doc! { "_id": 1 })
             .await
             .map_err(self.err("look up queue", Op::Read))?;

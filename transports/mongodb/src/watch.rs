@@ -19,6 +19,8 @@ use mongodb::Collection;
 use mongodb::bson::{Document, doc};
 use tokio::sync::Notify;
 
+use crate::documents::LEASED_PREFIX;
+
 /// Where the watcher stands.
 const IDLE: u8 = 0;
 const STARTED: u8 = 1;
@@ -81,14 +83,17 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
         let opened = messages
             .watch()
             // Only what makes a message ready: an insert, or an update that gives a document
-            // its `queue` back (a requeue, a restored lease). Takes (which remove `queue`) and
-            // acks (deletes) wake nobody.
+            // its `queue` back (a requeue, a restored lease). Takes (which set a leased
+            // `queue`) and acks (deletes) wake nobody.
             .pipeline([doc! { "$match": { "$or": [
                 { "operationType": "insert" },
                 { "operationType": "replace" },
                 {
                     "operationType": "update",
-                    "updateDescription.updatedFields.queue": { "$exists": true },
+                    "updateDescription.updatedFields.queue": {
+                        "$type": "string",
+                        "$not": { "$regex": format!("^{}", LEASED_PREFIX.replace('.', "\\.")) },
+                    },
                 },
             ] } }])
             .await;

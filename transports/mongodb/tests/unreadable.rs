@@ -354,7 +354,7 @@ async fn a_no_ack_consumer_sets_hostile_documents_aside_too() {
 }
 
 /// A consumer that took a hostile document and died before moving it aside leaves it leased
-/// (no `queue`, `kombu_rs_queue` and a take time long past): it comes back to its queue and
+/// (`queue: "kombu_rs.leased:<queue>"` and a take time long past): it comes back to its queue and
 /// is moved aside by the next consumer.
 #[tokio::test]
 async fn a_hostile_document_of_a_dead_consumer_comes_back() {
@@ -371,7 +371,7 @@ async fn a_hostile_document_of_a_dead_consumer_comes_back() {
             "_id": ObjectId::new(),
             "payload": "{\"not\": \"an envelope\"",
             "priority": 9,
-            "kombu_rs_queue": "orphans",
+            "queue": "kombu_rs.leased:orphans",
             "kombu_rs_taken_at": long_ago,
             "kombu_rs_take": ObjectId::new(),
         })
