@@ -16,13 +16,15 @@ use kombu_core::transport::virtual_transport::{
 use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{ClientOptions, IndexOptions, WriteConcern};
+use mongodb::options::{
+    ClientOptions, DatabaseOptions, IndexOptions, ReadPreference, SelectionCriteria, WriteConcern,
+};
 use mongodb::{Client, Collection, IndexModel};
 use parking_lot::Mutex;
 
 use crate::documents::{
-    self, EXPIRE_AT, LEASED_PREFIX, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased,
-    message_document, read_payload, receipt, receipt_ids, restore_update,
+    self, EXPIRE_AT, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased, message_document,
+    read_payload, receipt, receipt_ids, restore_update,
 };
 use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
@@ -45,6 +47,9 @@ const SWEEP_EVERY: (Duration, Duration) = (Duration::from_millis(250), Duration:
 /// changes nothing in the store, so no event announces it).
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
+/// How many times a take tries again when other consumers won every candidate.
+const LEASE_ATTEMPTS: usize = 3;
+
 /// MongoDB's "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
 
@@ -65,7 +70,7 @@ pub(crate) struct MongoBackend {
     sweeps: Mutex<HashMap<String, (Instant, Duration)>>,
     /// Takes whose reply was lost: returned to their queues by the next take that gets
     /// through (their documents are leased under these take ids).
-    lost_takes: Mutex<Vec<ObjectId>>,
+    lost_takes: Mutex<Vec<(String, ObjectId)>>,
     /// The link state and the losses found so far (see [`Backend::epoch`]).
     link: Arc<Link>,
     pub(crate) waker: Arc<Waker>,
@@ -98,7 +103,14 @@ impl MongoBackend {
         client_options.sdam_event_handler = Some(Link::handler(&link));
         let client =
             Client::with_options(client_options).map_err(connect_err("make the client"))?;
-        let db = client.database(&options.database);
+        // Every read from the primary, whatever the URL's readPreference: a take reads what
+        // its own update just leased, and a stale secondary would strand leases.
+        let db = client.database_with_options(
+            &options.database,
+            DatabaseOptions::builder()
+                .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+                .build(),
+        );
         // The server answers (or the connection fails here, not at the first publish).
         db.run_command(doc! { "ping": 1 })
             .await
@@ -181,57 +193,40 @@ impl MongoBackend {
         Ok(())
     }
 
-    /// Maps a driver error of operation `what`; a lost connection raises the epoch.
+    /// Maps a driver error of operation `what`. (A lost connection does not raise the epoch
+    /// here: leases live in the store and survive it; the epoch counts the outages the
+    /// driver's monitoring sees, see `link.rs`.)
     pub(crate) fn err(
         &self,
         what: &'static str,
         op: Op,
     ) -> impl FnOnce(mongodb::error::Error) -> Error + '_ {
-        move |e| {
-            if is_link_loss(&e) {
-                self.link.epoch.fetch_add(1, Ordering::SeqCst);
-            }
-            driver_error(&self.label, what, op, e)
-        }
+        move |e| driver_error(&self.label, what, op, e)
     }
 
-    /// Returns to their queues the documents of takes whose reply was lost.
+    /// Returns to their queues the documents of takes whose outcome is unknown (an error
+    /// after the lease update was sent): they come back now, not at the end of the visibility
+    /// timeout. A take that leased nothing returns nothing.
     async fn return_lost_takes(&self) -> Result<()> {
-        let takes: Vec<ObjectId> = std::mem::take(&mut *self.lost_takes.lock());
+        let takes: Vec<(String, ObjectId)> = std::mem::take(&mut *self.lost_takes.lock());
         if takes.is_empty() {
             return Ok(());
         }
-        let leased: Vec<Document> = match self
-            .messages
-            .find(doc! { TAKE: { "$in": &takes } })
-            .projection(doc! { "_id": 1, QUEUE: 1 })
-            .await
-        {
-            Ok(cursor) => cursor.try_collect().await,
-            Err(e) => Err(e),
+        let mut by_queue: HashMap<&str, Vec<ObjectId>> = HashMap::new();
+        for (queue, take) in &takes {
+            by_queue.entry(queue).or_default().push(*take);
         }
-        .map_err(|e| {
-            self.lost_takes.lock().extend(takes.iter().copied());
-            self.err("find takes whose reply was lost", Op::Read)(e)
-        })?;
-        for document in leased {
-            let (Ok(id), Ok(queue)) = (
-                document.get_object_id("_id"),
-                document
-                    .get_str(QUEUE)
-                    .map(|q| q.strip_prefix(LEASED_PREFIX).unwrap_or(q)),
-            ) else {
-                continue;
-            };
-            if let Err(e) = self
+        for (queue, ids) in by_queue {
+            // kombu's index serves the leased queue; the take ids pick this process's.
+            let restored = self
                 .messages
-                .update_one(
-                    doc! { "_id": id, TAKE: { "$in": &takes } },
+                .update_many(
+                    doc! { QUEUE: leased(queue), TAKE: { "$in": ids } },
                     restore_update(queue),
                 )
-                .await
-            {
-                self.lost_takes.lock().extend(takes.iter().copied());
+                .await;
+            if let Err(e) = restored {
+                self.lost_takes.lock().extend(takes.iter().cloned());
                 return Err(self.err("return takes whose reply was lost", Op::Write)(e));
             }
         }
@@ -242,15 +237,8 @@ impl MongoBackend {
     /// Restores `queue`'s leases taken (or extended) at least `visibility` ago, unless a
     /// sweep with a timeout at most as long ran within a tenth of it ([`SWEEP_EVERY`]).
     async fn restore_passed(&self, queue: &str, visibility: Duration) -> Result<()> {
-        {
-            let sweeps = self.sweeps.lock();
-            let every = (visibility / 10).clamp(SWEEP_EVERY.0, SWEEP_EVERY.1);
-            if let Some((at, timeout)) = sweeps.get(queue)
-                && at.elapsed() < every
-                && *timeout <= visibility
-            {
-                return Ok(());
-            }
+        if !self.sweep_due(queue, visibility) {
+            return Ok(());
         }
         let cutoff = unix_now() - visibility.as_secs_f64();
         let restored = self
@@ -274,68 +262,89 @@ impl MongoBackend {
         Ok(())
     }
 
+    /// Whether a take of `queue` with this visibility timeout sweeps for passed leases: no
+    /// sweep with a timeout at most as long ran within a tenth of it.
+    fn sweep_due(&self, queue: &str, visibility: Duration) -> bool {
+        let every = (visibility / 10).clamp(SWEEP_EVERY.0, SWEEP_EVERY.1);
+        !self
+            .sweeps
+            .lock()
+            .get(queue)
+            .is_some_and(|(at, timeout)| at.elapsed() < every && *timeout <= visibility)
+    }
+
     /// Leases up to `max` ready documents of `queue` under a new take id: one find of the
     /// candidates, one update that moves each (still ready) to the take, and (only when
-    /// another consumer got some first) one find of what this take got.
+    /// another consumer got some first) one find of what this take got. When other consumers
+    /// won every candidate, it tries again (a few times) with the next ones.
     async fn lease(&self, queue: &str, max: usize) -> Result<(ObjectId, Vec<Document>)> {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let candidates: Vec<Document> = self
-            .messages
-            .find(doc! { QUEUE: queue })
-            .sort(doc! { PRIORITY: 1, "_id": 1 })
-            .limit(limit)
-            .await
-            .map_err(self.err("find messages", Op::Read))?
-            .try_collect()
-            .await
-            .map_err(self.err("find messages", Op::Read))?;
         let take = ObjectId::new();
-        if candidates.is_empty() {
-            return Ok((take, candidates));
-        }
-        let ids: Vec<ObjectId> = candidates
-            .iter()
-            .filter_map(|d| d.get_object_id("_id").ok())
-            .collect();
-        let update = doc! {
-            "$set": { QUEUE: leased(queue), TAKEN_AT: unix_now(), TAKE: take },
-        };
-        let moved = match self
-            .messages
-            .update_many(doc! { "_id": { "$in": &ids }, QUEUE: queue }, update)
-            .await
-        {
-            Ok(moved) => moved,
-            Err(e) => {
-                // The update may have been done: whatever it leased comes back with the next
-                // take that gets through, not at the end of the visibility timeout.
-                if is_link_loss(&e) {
-                    self.lost_takes.lock().push(take);
-                }
-                return Err(self.err("take messages", Op::Write)(e));
+        for _ in 0..LEASE_ATTEMPTS {
+            let candidates: Vec<Document> = self
+                .messages
+                .find(doc! { QUEUE: queue })
+                .sort(doc! { PRIORITY: 1, "_id": 1 })
+                .limit(limit)
+                .await
+                .map_err(self.err("find messages", Op::Read))?
+                .try_collect()
+                .await
+                .map_err(self.err("find messages", Op::Read))?;
+            if candidates.is_empty() {
+                return Ok((take, candidates));
             }
-        };
-        if moved.modified_count as usize == candidates.len() {
-            return Ok((take, candidates));
+            // Any BSON `_id`: a bare client may have written strings or numbers.
+            let ids: Vec<Bson> = candidates
+                .iter()
+                .filter_map(|d| d.get("_id").cloned())
+                .collect();
+            let update = doc! {
+                "$set": { QUEUE: leased(queue), TAKEN_AT: unix_now(), TAKE: take },
+            };
+            let moved = self
+                .messages
+                .update_many(doc! { "_id": { "$in": &ids }, QUEUE: queue }, update)
+                .await
+                .map_err(|e| {
+                    // The update may have been done, in part or whole: whatever it leased
+                    // comes back with the next take that gets through.
+                    self.lost_takes.lock().push((queue.to_owned(), take));
+                    self.err("take messages", Op::Write)(e)
+                })?;
+            if moved.modified_count as usize == candidates.len() {
+                return Ok((take, candidates));
+            }
+            if moved.modified_count == 0 {
+                // Others took them all between the find and the update: the next ones.
+                continue;
+            }
+            // Another consumer took some of them between the find and the update.
+            let ours: Vec<Bson> = self
+                .messages
+                .find(doc! { "_id": { "$in": &ids }, TAKE: take })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(|e| {
+                    self.lost_takes.lock().push((queue.to_owned(), take));
+                    self.err("read a take", Op::Read)(e)
+                })?
+                .try_collect::<Vec<Document>>()
+                .await
+                .map_err(|e| {
+                    self.lost_takes.lock().push((queue.to_owned(), take));
+                    self.err("read a take", Op::Read)(e)
+                })?
+                .into_iter()
+                .filter_map(|mut d| d.remove("_id"))
+                .collect();
+            let kept = candidates
+                .into_iter()
+                .filter(|d| d.get("_id").is_some_and(|id| ours.contains(id)))
+                .collect();
+            return Ok((take, kept));
         }
-        // Another consumer took some of them between the find and the update.
-        let ours: Vec<ObjectId> = self
-            .messages
-            .find(doc! { TAKE: take })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(self.err("read a take", Op::Read))?
-            .try_collect::<Vec<Document>>()
-            .await
-            .map_err(self.err("read a take", Op::Read))?
-            .iter()
-            .filter_map(|d| d.get_object_id("_id").ok())
-            .collect();
-        let kept = candidates
-            .into_iter()
-            .filter(|d| d.get_object_id("_id").is_ok_and(|id| ours.contains(&id)))
-            .collect();
-        Ok((take, kept))
+        Ok((take, Vec::new()))
     }
 
     /// A dead letter of `env` leaving `queue` for `reason`, when the queue has a dead-letter
@@ -355,17 +364,16 @@ impl MongoBackend {
         })
     }
 
-    /// Deletes the documents of one take (`ids`), returning how many were deleted.
-    async fn delete_taken(&self, take: ObjectId, ids: &[ObjectId]) -> Result<u64> {
+    /// Deletes the documents of one take (`ids`).
+    async fn delete_taken(&self, take: ObjectId, ids: &[Bson]) -> Result<()> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let deleted = self
-            .messages
+        self.messages
             .delete_many(doc! { "_id": { "$in": ids }, TAKE: take })
             .await
             .map_err(self.err("delete taken messages", Op::Write))?;
-        Ok(deleted.deleted_count)
+        Ok(())
     }
 
     /// Fanout documents read for `queue` as deliveries, handed over outright.
@@ -385,20 +393,119 @@ impl MongoBackend {
         }
     }
 
-    /// Whether a message may be ready on one of `queues` (a ready document, a fanout
-    /// document read, or a lease past the connection's visibility timeout).
+    /// Takes up to `want` stored messages of `queue` into `fetched` (after returning lost
+    /// takes and restoring passed leases).
+    async fn take_stored(
+        &self,
+        queue: &str,
+        want: usize,
+        mode: TakeMode,
+        fetched: &mut Fetched,
+    ) -> Result<()> {
+        self.return_lost_takes().await?;
+        let visibility = match mode {
+            TakeMode::Lease(timeout) => timeout,
+            TakeMode::NoAck => Some(self.options.visibility_timeout),
+        };
+        if let Some(visibility) = visibility {
+            self.restore_passed(queue, visibility).await?;
+        }
+        let spec = self.spec(queue).await?;
+        self.refresh_queue_expiry(queue, &spec).await?;
+        let (take, documents) = self.lease(queue, want).await?;
+        if documents.is_empty() {
+            return Ok(());
+        }
+        let now = DateTime::now();
+        // A dead-letter queue holds what core wrote there, among it the dead letters of
+        // oversize payloads (their bytes in base64, larger still): bounded again, reading one
+        // would move it one queue deeper each time.
+        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
+            u64::MAX
+        } else {
+            self.options.max_payload_size
+        };
+        let mut gone = Vec::new();
+        let mut dead = Vec::new();
+        for document in documents {
+            let Some(id) = document.get("_id").cloned() else {
+                continue;
+            };
+            let expired = matches!(document.get(EXPIRE_AT), Some(Bson::DateTime(at)) if *at <= now);
+            let payload = read_payload(&document, max_payload);
+            let lease = match mode {
+                TakeMode::NoAck => Receipt::Unleased,
+                TakeMode::Lease(_) => receipt(&id, take),
+            };
+            match payload {
+                Payload::Envelope(env) if expired => {
+                    gone.push(id);
+                    let env = Arc::unwrap_or_clone(env);
+                    dead.extend(Self::dead_letter(&spec, queue, env, DeathReason::Expired));
+                }
+                Payload::Envelope(envelope) => {
+                    if mode == TakeMode::NoAck {
+                        gone.push(id);
+                    }
+                    fetched.taken.push(Taken {
+                        envelope,
+                        receipt: lease,
+                    });
+                }
+                Payload::Unreadable(raw, reason) => {
+                    if mode == TakeMode::NoAck {
+                        gone.push(id);
+                    }
+                    fetched.unreadable.push(Unreadable {
+                        raw,
+                        reason,
+                        receipt: lease,
+                    });
+                }
+            }
+        }
+        // No-ack takes and expired messages leave the store now. When that fails (or its
+        // outcome is unknown) they stay leased where the delete did not happen, and come
+        // back when their lease passes: the takes are still delivered (a no-ack message may
+        // then arrive twice, never not at all), and the expired ones are dead-lettered by
+        // the take that finds them again, not now (no dead letter of a message still stored).
+        match self.delete_taken(take, &gone).await {
+            Ok(()) => fetched.dead.extend(dead),
+            Err(e) => tracing::warn!(
+                queue,
+                error = %e,
+                "mongodb: no-ack or expired messages not deleted; they come back when their lease passes"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Whether a message may be ready on one of `queues`: a ready document, a fanout
+    /// document read, or a lease that the next take would restore (past the timeout of the
+    /// queue's last sweep, else the connection's, and with a sweep due), so a wait never
+    /// returns for a lease a take would leave alone (a consumer would spin).
     async fn anything_ready(&self, queues: &[String]) -> Result<bool> {
         if self.fanout.any_ready(queues) {
             return Ok(true);
         }
-        let cutoff = unix_now() - self.options.visibility_timeout.as_secs_f64();
-        let leases: Vec<String> = queues.iter().map(|q| leased(q)).collect();
+        let now = unix_now();
+        let mut clauses = vec![doc! { QUEUE: { "$in": queues } }];
+        for queue in queues {
+            let timeout = self
+                .sweeps
+                .lock()
+                .get(queue)
+                .map_or(self.options.visibility_timeout, |(_, t)| *t);
+            if self.sweep_due(queue, timeout) {
+                clauses.push(doc! {
+                    QUEUE: leased(queue),
+                    TAKEN_AT: { "$lte": now - timeout.as_secs_f64() },
+                });
+            }
+        }
         let found = self
             .messages
-            .find_one(doc! { "$or": [
-                { QUEUE: { "$in": queues } },
-                { QUEUE: { "$in": leases }, TAKEN_AT: { "$lte": cutoff } },
-            ] })
+            .find_one(doc! { "$or": clauses })
             .projection(doc! { "_id": 1 })
             .await
             .map_err(self.err("look for messages", Op::Read))?;
@@ -476,6 +583,7 @@ impl Backend for MongoBackend {
             .map_err(self.err("delete queue", Op::Write))?;
         self.fanout.unsubscribe(name, None);
         self.specs.lock().remove(name);
+        self.sweeps.lock().remove(name);
         self.topology.clear();
         self.waker.wake();
         Ok(ready)
@@ -543,72 +651,20 @@ impl Backend for MongoBackend {
         if want == 0 {
             return Ok(fetched);
         }
-        self.return_lost_takes().await?;
-        let visibility = match mode {
-            TakeMode::Lease(timeout) => timeout,
-            TakeMode::NoAck => Some(self.options.visibility_timeout),
-        };
-        if let Some(visibility) = visibility {
-            self.restore_passed(queue, visibility).await?;
-        }
-        let spec = self.spec(queue).await?;
-        self.refresh_queue_expiry(queue, &spec).await?;
-        let (take, documents) = self.lease(queue, want).await?;
-        if documents.is_empty() {
-            return Ok(fetched);
-        }
-        let now = DateTime::now();
-        // A dead-letter queue holds what core wrote there, among it the dead letters of
-        // oversize payloads (their bytes in base64, larger still): bounded again, reading one
-        // would move it one queue deeper each time.
-        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
-            u64::MAX
-        } else {
-            self.options.max_payload_size
-        };
-        let mut gone = Vec::new();
-        for document in documents {
-            let Ok(id) = document.get_object_id("_id") else {
-                continue;
-            };
-            let expired = matches!(document.get(EXPIRE_AT), Some(Bson::DateTime(at)) if *at <= now);
-            let payload = read_payload(&document, max_payload);
-            let lease = match mode {
-                TakeMode::NoAck => {
-                    gone.push(id);
-                    Receipt::Unleased
-                }
-                TakeMode::Lease(_) => receipt(id, take),
-            };
-            match payload {
-                Payload::Envelope(env) if expired => {
-                    if mode != TakeMode::NoAck {
-                        gone.push(id);
-                    }
-                    let env = Arc::unwrap_or_clone(env);
-                    fetched
-                        .dead
-                        .extend(Self::dead_letter(&spec, queue, env, DeathReason::Expired));
-                }
-                Payload::Envelope(envelope) => fetched.taken.push(Taken {
-                    envelope,
-                    receipt: lease,
-                }),
-                Payload::Unreadable(raw, reason) => fetched.unreadable.push(Unreadable {
-                    raw,
-                    reason,
-                    receipt: lease,
-                }),
+        match self.take_stored(queue, want, mode, &mut fetched).await {
+            Ok(()) => Ok(fetched),
+            // Fanout messages already read leave the buffer only in a delivery: the error
+            // waits for the next take.
+            Err(e) if !fetched.taken.is_empty() || !fetched.unreadable.is_empty() => {
+                tracing::warn!(queue, error = %e, "mongodb: take failed after fanout messages were read");
+                Ok(fetched)
             }
+            Err(e) => Err(e),
         }
-        // No-ack takes and expired messages leave the store now; a failure leaves them
-        // leased, and they come back when their lease passes.
-        self.delete_taken(take, &gone).await?;
-        Ok(fetched)
     }
 
     async fn ack_many(&self, _queue: &str, receipts: &[Receipt]) -> Result<()> {
-        let mut by_take: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
+        let mut by_take: HashMap<ObjectId, Vec<Bson>> = HashMap::new();
         for r in receipts {
             let (id, take) = receipt_ids(r)?;
             by_take.entry(take).or_default().push(id);
@@ -646,16 +702,18 @@ impl Backend for MongoBackend {
             self.waker.wake();
             return Ok(None);
         }
-        let removed = self
+        // The queue's dead-letter exchange and the message are read before anything is
+        // deleted, so no failure after the delete can drop a message its queue dead-letters.
+        let spec = self.spec(queue).await?;
+        let Some(document) = self
             .messages
-            .find_one_and_delete(filter)
+            .find_one(filter.clone())
             .await
-            .map_err(self.err("reject", Op::Write))?;
-        let Some(document) = removed else {
+            .map_err(self.err("read a rejected message", Op::Read))?
+        else {
             return Ok(None);
         };
-        let spec = self.spec(queue).await?;
-        Ok(match read_payload(&document, u64::MAX) {
+        let dead = match read_payload(&document, u64::MAX) {
             Payload::Envelope(env) => Self::dead_letter(
                 &spec,
                 queue,
@@ -663,7 +721,17 @@ impl Backend for MongoBackend {
                 DeathReason::Rejected,
             ),
             Payload::Unreadable(..) => None,
-        })
+        };
+        match self.messages.delete_one(filter).await {
+            Ok(_) => Ok(dead),
+            // The delete may have happened: the dead letter is handed on all the same (if it
+            // did not, the message also comes back when its lease passes: twice, never lost).
+            Err(e) if dead.is_some() && is_link_loss(&e) => {
+                tracing::warn!(queue, error = %e, "mongodb: a rejected message's delete may not have happened; dead-lettered anyway");
+                Ok(dead)
+            }
+            Err(e) => Err(self.err("reject", Op::Write)(e)),
+        }
     }
 
     async fn extend_lease(&self, _queue: &str, receipt: &Receipt) -> Result<()> {

@@ -149,20 +149,26 @@ pub(crate) fn read_payload(doc: &Document, max: u64) -> Payload {
     }
 }
 
-/// The receipt of a leased document: its `_id` and the take's.
-pub(crate) fn receipt(id: ObjectId, take: ObjectId) -> Receipt {
-    Receipt::Key(format!("{}:{}", id.to_hex(), take.to_hex()))
+/// The receipt of a leased document: the take's id and the document's `_id` (any BSON value:
+/// a bare client may have written a string or a number), as canonical extended JSON.
+pub(crate) fn receipt(id: &Bson, take: ObjectId) -> Receipt {
+    Receipt::Key(format!(
+        "{}:{}",
+        take.to_hex(),
+        id.clone().into_canonical_extjson()
+    ))
 }
 
 /// The document and the take a receipt names.
-pub(crate) fn receipt_ids(receipt: &Receipt) -> Result<(ObjectId, ObjectId)> {
+pub(crate) fn receipt_ids(receipt: &Receipt) -> Result<(Bson, ObjectId)> {
     let bad = || Error::new(ErrorKind::Settlement, "not a mongodb receipt");
     let Receipt::Key(key) = receipt else {
         return Err(bad());
     };
-    let (id, take) = key.split_once(':').ok_or_else(bad)?;
+    let (take, id) = key.split_once(':').ok_or_else(bad)?;
+    let id: serde_json::Value = serde_json::from_str(id).map_err(|_| bad())?;
     Ok((
-        ObjectId::parse_str(id).map_err(|_| bad())?,
+        Bson::try_from(id).map_err(|_| bad())?,
         ObjectId::parse_str(take).map_err(|_| bad())?,
     ))
 }
@@ -190,8 +196,17 @@ mod tests {
 
     #[test]
     fn receipts_round_trip_and_refuse_others() -> Result<()> {
-        let (id, take) = (ObjectId::new(), ObjectId::new());
-        assert_eq!(receipt_ids(&receipt(id, take))?, (id, take));
+        let take = ObjectId::new();
+        for id in [
+            Bson::ObjectId(ObjectId::new()),
+            Bson::String("a:b".into()),
+            Bson::Int32(7),
+            Bson::Int64(7),
+            Bson::Double(1.5),
+            Bson::Document(doc! { "k": [1, "x"] }),
+        ] {
+            assert_eq!(receipt_ids(&receipt(&id, take))?, (id, take));
+        }
         assert!(receipt_ids(&Receipt::Id(1)).is_err());
         assert!(receipt_ids(&Receipt::Key("nope".into())).is_err());
         Ok(())

@@ -2,7 +2,7 @@
 //! primary is stepping down), and which writes may have happened anyway.
 
 use kombu_core::{Error, ErrorKind};
-use mongodb::error::{Error as DriverError, ErrorKind as DriverKind};
+use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure};
 
 /// Server error codes that mean "try again": no primary now, shutting down, a network
 /// problem between members (MongoDB's retryable codes).
@@ -39,11 +39,16 @@ pub(crate) fn is_link_loss(err: &DriverError) -> bool {
     )
 }
 
+/// Retryable codes that mean the server stopped in the middle of an operation: a write may
+/// have been applied (in part, for a multi-document one).
+const INTERRUPTED_CODES: &[i32] = &[89, 91, 189, 262, 9001, 11600, 11602];
+
 /// The driver's error as kombu-rs's: `label` names the server (masked URL), `what` the
 /// operation.
 pub(crate) fn driver_error(label: &str, what: &str, op: Op, err: DriverError) -> Error {
     let message = format!("mongodb {label}: {what}");
-    let link_lost = is_link_loss(&err);
+    // Whether a write may have been applied though it failed.
+    let mut maybe_applied = is_link_loss(&err);
     let (kind, recoverable) = match err.kind.as_ref() {
         DriverKind::Io(_) | DriverKind::ConnectionPoolCleared { .. } => {
             (ErrorKind::Connection, true)
@@ -56,11 +61,23 @@ pub(crate) fn driver_error(label: &str, what: &str, op: Op, err: DriverError) ->
             (ErrorKind::Config, false)
         }
         DriverKind::Command(command) if RETRYABLE_CODES.contains(&command.code) => {
+            maybe_applied |= INTERRUPTED_CODES.contains(&command.code);
             (ErrorKind::Connection, true)
+        }
+        // The write was applied on the server that answered, not (yet) as the write concern
+        // asked (a replication timeout, a failover).
+        DriverKind::Write(WriteFailure::WriteConcernError(_)) => {
+            maybe_applied = true;
+            (ErrorKind::Timeout, true)
+        }
+        DriverKind::InsertMany(failure) if failure.write_concern_error.is_some() => {
+            maybe_applied = true;
+            (ErrorKind::Timeout, true)
         }
         _ if err.contains_label("RetryableWriteError")
             || err.contains_label("TransientTransactionError") =>
         {
+            maybe_applied = true;
             (ErrorKind::Connection, true)
         }
         _ => (ErrorKind::Broker, false),
@@ -68,8 +85,35 @@ pub(crate) fn driver_error(label: &str, what: &str, op: Op, err: DriverError) ->
     let mut error = Error::new(kind, message)
         .with_source(err)
         .set_recoverable(recoverable);
-    if link_lost && op == Op::Write {
+    if maybe_applied && op == Op::Write {
         error = error.with_outcome_unknown();
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> DriverError {
+        DriverError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ))
+    }
+
+    #[test]
+    fn a_lost_connection_is_recoverable_and_leaves_a_write_unknown() {
+        let read = driver_error("l", "find", Op::Read, io());
+        assert!(read.is_recoverable() && !read.outcome_unknown());
+        let write = driver_error("l", "publish", Op::Write, io());
+        assert!(write.is_recoverable() && write.outcome_unknown());
+        assert_eq!(write.kind(), ErrorKind::Connection);
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        let other = driver_error("l", "x", Op::Write, DriverError::custom("x"));
+        assert!(!other.is_recoverable() && !other.outcome_unknown());
+    }
 }

@@ -10,7 +10,9 @@
 //! returned is read even when the task starts later; a tail reopened
 //! after its cursor died (MongoDB kills a tailable cursor whose query matched nothing yet,
 //! and one whose position was overwritten) resumes after the last document it read, or from
-//! the oldest one left when that was overwritten (everything left is newer then).
+//! the oldest one left when that was overwritten (everything left is newer then). What is
+//! skipped is known by identity (the ids present before the cursor opens), never by count,
+//! so documents the capped collection overwrites meanwhile shift nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -18,8 +20,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::Collection;
-use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::CursorType;
 use parking_lot::Mutex;
 
@@ -123,7 +124,7 @@ impl Fanout {
         let start = present(broadcast, &doc! { QUEUE: exchange })
             .await
             .ok()
-            .map(|ids| ids.last().copied());
+            .map(|ids| ids.last().cloned());
         let mut tails = self.tails.lock();
         if running(&tails) {
             return;
@@ -162,6 +163,20 @@ impl Fanout {
         });
     }
 
+    /// The exchange was deleted: no queue of this process reads it any more.
+    pub(crate) fn forget_exchange(&self, exchange: &str) {
+        let queues: Vec<String> = self
+            .queues
+            .lock()
+            .iter()
+            .filter(|(_, exchanges)| exchanges.iter().any(|e| e == exchange))
+            .map(|(q, _)| q.clone())
+            .collect();
+        for queue in queues {
+            self.unsubscribe(&queue, Some(exchange));
+        }
+    }
+
     /// Hands a document read from `exchange`'s tail to every queue of this process bound
     /// to it.
     fn deliver(&self, exchange: &str, document: &Document) {
@@ -193,7 +208,7 @@ async fn tail(
     broadcast: Collection<Document>,
     exchange: String,
     longest_pause: Duration,
-    start: Option<Option<ObjectId>>,
+    start: Option<Option<Bson>>,
     kick: Arc<tokio::sync::Notify>,
 ) {
     // A dead cursor (no document of the exchange yet) is reopened at most this often, unless
@@ -202,16 +217,23 @@ async fn tail(
     let longest_pause = longest_pause.max(Duration::from_secs(1));
     let filter = doc! { QUEUE: exchange.as_str() };
     // The last document read (delivered or skipped), to resume after it.
-    let mut last: Option<ObjectId> = start.flatten();
+    let mut last: Option<Bson> = start.clone().flatten();
     let mut first = start.is_none();
     let mut pause = Duration::from_millis(50);
     loop {
-        let skip = match present(&broadcast, &filter).await {
-            Ok(ids) if first => ids.len(),
-            Ok(ids) => match last {
-                // After the last one read; from the oldest left when it was overwritten.
-                Some(l) => ids.iter().position(|id| *id == l).map_or(0, |p| p + 1),
-                None => 0,
+        // What the cursor will read that is old, by identity (not by count: the capped
+        // collection may overwrite its oldest documents between this read and the cursor's).
+        // A capped collection holds few documents (100 kB by default): a list will do.
+        let old: Vec<Bson> = match present(&broadcast, &filter).await {
+            Ok(ids) if first => ids.into_iter().collect(),
+            Ok(ids) => match &last {
+                // Up to the last one read; nothing when it was overwritten (then everything
+                // left is newer).
+                Some(l) => match ids.iter().position(|id| id == l) {
+                    Some(p) => ids.into_iter().take(p + 1).collect(),
+                    None => Vec::new(),
+                },
+                None => Vec::new(),
             },
             Err(err) => {
                 tracing::debug!(%exchange, error = %err, "mongodb fanout: cannot read the broadcast collection");
@@ -226,16 +248,16 @@ async fn tail(
             .cursor_type(CursorType::TailableAwait)
             .max_await_time(Duration::from_secs(1))
             .await;
-        let mut read = 0usize;
         if let Ok(mut cursor) = opened {
             loop {
                 match cursor.try_next().await {
                     Ok(Some(document)) => {
-                        read += 1;
-                        last = document.get_object_id("_id").ok().or(last);
-                        if read <= skip {
+                        let id = document.get("_id").cloned();
+                        if id.as_ref().is_some_and(|id| old.contains(id)) {
+                            last = id;
                             continue;
                         }
+                        last = id.or(last);
                         let (Some(f), Some(w)) = (fanout.upgrade(), waker.upgrade()) else {
                             return;
                         };
@@ -267,7 +289,7 @@ async fn tail(
 async fn present(
     broadcast: &Collection<Document>,
     filter: &Document,
-) -> mongodb::error::Result<Vec<ObjectId>> {
+) -> mongodb::error::Result<Vec<Bson>> {
     let docs: Vec<Document> = broadcast
         .find(filter.clone())
         .projection(doc! { "_id": 1 })
@@ -276,7 +298,7 @@ async fn present(
         .try_collect()
         .await?;
     Ok(docs
-        .iter()
-        .filter_map(|d| d.get_object_id("_id").ok())
+        .into_iter()
+        .filter_map(|mut d| d.remove("_id"))
         .collect())
 }

@@ -6,8 +6,10 @@
 //! `mongodb+srv://[user:password@]cluster.example.net[/database][?options]`, as the official
 //! driver reads them: credentials, `authSource`, `replicaSet`, `tls` / `ssl`, `tlsCAFile`,
 //! `serverSelectionTimeoutMS` (default here 10 s), the write concern (`w`, `journal`,
-//! `wtimeoutMS`; default here `journal=true`, so a publish the server acknowledged is on disk
-//! when it returns) and the driver's other options pass through.
+//! `wtimeoutMS`; default here `journal=true`, so a publish the server acknowledged is in its
+//! journal when it returns: it survives that server's crash; on a replica set add `w=majority`
+//! so it also survives a failover) and the driver's other options pass through (reads always
+//! go to the primary, whatever `readPreference` says: a take must see what it just leased).
 //! The database is the URL's path, else `default_database`, else `kombu_default` (kombu's
 //! rule). kombu's transport options, read from the same query string and not passed on:
 //!
@@ -59,7 +61,10 @@
 //! With Python kombu consumers on the same collection: they never see a leased document
 //! (their filter is `{queue: q}`), they count only ready ones, and what they fetch is gone
 //! from the store at once (a Python consumer that dies loses it, as kombu always did). Both
-//! take from the same ready documents in the same order.
+//! take from the same ready documents in the same order. Only a kombu-rs consumer returns a
+//! passed lease (Python kombu knows nothing of them): messages a killed kombu-rs consumer held
+//! come back when a kombu-rs consumer of that queue takes again, not while only Python
+//! consumers run.
 //!
 //! # Waiting
 //!

@@ -205,6 +205,7 @@ impl MongoBackend {
             .delete_many(doc! { "exchange": name })
             .await
             .map_err(self.err("delete exchange bindings", Op::Write))?;
+        self.fanout.forget_exchange(name);
         self.topology.clear();
         Ok(())
     }

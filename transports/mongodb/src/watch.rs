@@ -26,8 +26,9 @@ const IDLE: u8 = 0;
 const STARTED: u8 = 1;
 const UNSUPPORTED: u8 = 2;
 
-/// MongoDB's "The $changeStream stage is only supported on replica sets".
-const NOT_A_REPLICA_SET: i32 = 40573;
+/// Refusals that opening again will not change: MongoDB's "The $changeStream stage is only
+/// supported on replica sets" (40573), Unauthorized (13), CommandNotSupported (115).
+const REFUSED: &[i32] = &[40573, 13, 115];
 
 /// Wakes the backend's waiting consumers.
 #[derive(Debug, Default)]
@@ -85,26 +86,31 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
             // Only what makes a message ready: an insert, or an update that gives a document
             // its `queue` back (a requeue, a restored lease). Takes (which set a leased
             // `queue`) and acks (deletes) wake nobody.
-            .pipeline([doc! { "$match": { "$or": [
-                { "operationType": "insert" },
-                { "operationType": "replace" },
-                {
-                    "operationType": "update",
-                    "updateDescription.updatedFields.queue": {
-                        "$type": "string",
-                        "$not": { "$regex": format!("^{}", LEASED_PREFIX.replace('.', "\\.")) },
+            .pipeline([
+                doc! { "$match": { "$or": [
+                    { "operationType": "insert" },
+                    { "operationType": "replace" },
+                    {
+                        "operationType": "update",
+                        "updateDescription.updatedFields.queue": {
+                            "$type": "string",
+                            "$not": { "$regex": format!("^{}", LEASED_PREFIX.replace('.', "\\.")) },
+                        },
                     },
-                },
-            ] } }])
+                ] } },
+                // The event's identity is all a waiter needs: not the inserted document (up to
+                // 16 MiB each, to every consumer process).
+                doc! { "$project": { "operationType": 1, "ns": 1, "documentKey": 1 } },
+            ])
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(err) => {
                 let Some(w) = waker.upgrade() else { return };
                 if let mongodb::error::ErrorKind::Command(command) = err.kind.as_ref()
-                    && command.code == NOT_A_REPLICA_SET
+                    && REFUSED.contains(&command.code)
                 {
-                    tracing::debug!("mongodb: no change streams on this server; polling");
+                    tracing::debug!(error = %err, "mongodb: no change streams on this server; polling");
                     w.state.store(UNSUPPORTED, Ordering::SeqCst);
                     return;
                 }

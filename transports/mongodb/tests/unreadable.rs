@@ -395,3 +395,71 @@ async fn a_hostile_document_of_a_dead_consumer_comes_back() {
     assert_eq!(db.documents().await, 0);
     db.drop_database().await;
 }
+
+/// Documents whose `_id` is not an ObjectId (a bare client may choose strings or numbers):
+/// a good one is delivered and its ack deletes it, a hostile one goes to the dead-letter
+/// queue, and neither blocks the queue (BSON sorts numbers and strings before ObjectIds, so
+/// they are at its head).
+#[tokio::test]
+async fn documents_with_other_ids_are_taken_settled_and_set_aside() {
+    let Some(db) = Db::new("unreadids", "").await else {
+        return;
+    };
+    let conn = db.open().await;
+    conn.declare_queue(&Queue::new("jobs"))
+        .await
+        .expect("declare");
+    conn.producer()
+        .routing_key("jobs")
+        .publish(&"after them")
+        .await
+        .expect("publish");
+    let env = kombu_core::transport::virtual_transport::Envelope::new(
+        kombu_core::Message::new("a string id"),
+        String::new(),
+        "jobs".into(),
+    );
+    let payload = String::from_utf8(kombu_core::transport::virtual_transport::envelope::encode(
+        &env,
+    ))
+    .expect("UTF-8 envelope");
+    db.messages()
+        .insert_one(doc! { "_id": "order-17", "payload": payload, "queue": "jobs", "priority": 0 })
+        .await
+        .expect("a good document with a string id");
+    db.messages()
+        .insert_one(doc! { "_id": 42_i64, "payload": "not JSON", "queue": "jobs", "priority": 0 })
+        .await
+        .expect("a hostile document with a number id");
+
+    let mut consumer = conn
+        .consumer([Queue::new("jobs")])
+        .accept(["json", "text"])
+        .build()
+        .await
+        .expect("consumer");
+    let mut bodies = Vec::new();
+    let mut notices = 0;
+    while bodies.len() < 2 {
+        match next(&mut consumer).await {
+            Ok(delivery) => {
+                bodies.push(String::from_utf8_lossy(delivery.body()).into_owned());
+                delivery.ack().await.expect("ack");
+            }
+            Err(err) => {
+                assert_eq!(err.error.kind(), ErrorKind::DeadLettered, "{}", err.error);
+                notices += 1;
+            }
+        }
+    }
+    assert_eq!(bodies, ["a string id", "\"after them\""]);
+    assert_eq!(notices, 1);
+    consumer.close().await.expect("close");
+    let dead = drain(&conn, "jobs.dlq").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].0[..], b"not JSON");
+    // Every document is gone: the acks matched the string id, the move the number id.
+    assert_eq!(db.documents().await, 0);
+    conn.close().await.expect("close the connection");
+    db.drop_database().await;
+}
