@@ -21,13 +21,11 @@
 //! - consume with ack, prefetch P: build a consumer, decode and ack every message, close it
 //!   (which writes the last acks) / the least a crash-safe take needs, in a loop: a `find` of up
 //!   to P ready documents sorted by `priority, _id`, an `update_many` that leases them under a
-//!   take id (kombu-rs's fields), a `delete_many` of them (the ack), no decoding.
+//!   take id (kombu-rs's fields: `queue` set to the leased queue, the take time and id), a
+//!   `delete_many` of them (the ack), no decoding.
 //!
-//! Two more raw rows say where kombu-rs's time goes: the publishing again into a collection that
-//! also has kombu-rs's partial index of leased documents, and the consuming there with what
-//! kombu-rs's take and ack add on the server (the lease sweep at most every 250 ms, the ack's
-//! filter in `$or`). A third line gives the takes: how long kombu-rs's consumer waited for a
-//! delivery not yet at hand, against the driver's `find` + `update_many` and `delete_many`.
+//! A line after the table gives the takes: how long kombu-rs's consumer waited for a delivery
+//! not yet at hand, against the driver's `find` + `update_many` and `delete_many`.
 //!
 //! The server's operation counters (`serverStatus.opcounters`) are read around each phase: the
 //! second table gives the operations per 100 messages, the round trips each side made.
@@ -63,9 +61,6 @@ fn median_ms(mut xs: Vec<std::time::Duration>) -> f64 {
     xs.sort();
     xs.get(xs.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
-
-/// How often kombu-rs sweeps a queue's passed leases (`SWEEP_EVERY` in the transport).
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Rounds of each side.
 const ROUNDS: usize = 5;
@@ -181,13 +176,7 @@ impl Ops {
 
 struct Figures {
     publish: f64,
-    /// Raw only: the same publishing into a collection that also has kombu-rs's lease index
-    /// (what the transport's inserts maintain); 0 for kombu-rs.
-    publish_lease_index: f64,
     consume: f64,
-    /// Raw only: consuming in the collection with the lease index, with kombu-rs's sweep and
-    /// `$or` ack too (`raw_consume`'s `like_kombu`); 0 for kombu-rs.
-    consume_like_kombu: f64,
     /// kombu-rs: the median wait of `next()` for a delivery not yet at hand (waits over
     /// [`TAKE_WAIT`]); raw: the median `find` + `update_many` of a take. Milliseconds.
     take_ms: f64,
@@ -267,9 +256,7 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
     monitor.database(&db).drop().await.expect("drop");
     Figures {
         publish,
-        publish_lease_index: 0.0,
         consume,
-        consume_like_kombu: 0.0,
         takes: waits.len() as f64,
         take_ms: median_ms(waits),
         ack_ms: 0.0,
@@ -279,15 +266,11 @@ async fn ours(n: u64, prefetch: u16) -> Figures {
 }
 
 /// The driver's consume loop (see the crate docs): messages a second, and each take's
-/// `find` + `update_many` and `delete_many` durations. `like_kombu`: also what kombu-rs's take
-/// and ack add on the server (`backend.rs`): the lease sweep (an `update_many` of leases past
-/// the visibility timeout, at most every 250 ms) before a take, and the ack's filter wrapped in
-/// `$or`.
+/// `find` + `update_many` and `delete_many` durations.
 async fn raw_consume(
     messages: &Collection<Document>,
     n: u64,
     prefetch: u16,
-    like_kombu: bool,
 ) -> (f64, Vec<std::time::Duration>, Vec<std::time::Duration>) {
     let unix_now = || {
         std::time::SystemTime::now()
@@ -298,22 +281,8 @@ async fn raw_consume(
     let start = Instant::now();
     let mut got = 0;
     let (mut take_times, mut ack_times) = (Vec::new(), Vec::new());
-    let mut swept: Option<Instant> = None;
     while got < n {
         let asked = Instant::now();
-        if like_kombu && swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
-            messages
-                .update_many(
-                    doc! { "kombu_rs_queue": "bench_q", "kombu_rs_taken_at": { "$lte": unix_now() - 3600.0 } },
-                    doc! {
-                        "$set": { "queue": "bench_q", "kombu_rs_redelivered": true },
-                        "$unset": { "kombu_rs_queue": "", "kombu_rs_taken_at": "", "kombu_rs_take": "" },
-                    },
-                )
-                .await
-                .expect("sweep");
-            swept = Some(Instant::now());
-        }
         let taken: Vec<Document> = messages
             .find(doc! { "queue": "bench_q" })
             .sort(doc! { "priority": 1, "_id": 1 })
@@ -333,8 +302,11 @@ async fn raw_consume(
             .update_many(
                 doc! { "_id": { "$in": &ids }, "queue": "bench_q" },
                 doc! {
-                    "$unset": { "queue": "" },
-                    "$set": { "kombu_rs_queue": "bench_q", "kombu_rs_taken_at": taken_at, "kombu_rs_take": take },
+                    "$set": {
+                        "queue": "kombu_rs.leased:bench_q",
+                        "kombu_rs_taken_at": taken_at,
+                        "kombu_rs_take": take,
+                    },
                 },
             )
             .await
@@ -342,11 +314,6 @@ async fn raw_consume(
         take_times.push(asked.elapsed());
         let acking = Instant::now();
         let ack = doc! { "_id": { "$in": &ids }, "kombu_rs_take": take };
-        let ack = if like_kombu {
-            doc! { "$or": [ack] }
-        } else {
-            ack
-        };
         messages.delete_many(ack).await.expect("delete_many");
         ack_times.push(acking.elapsed());
         got += ids.len() as u64;
@@ -380,41 +347,13 @@ async fn raw(n: u64, prefetch: u16, payload: &str, priority: i32) -> Figures {
     let publish_ops = before.per_100(Ops::read(&monitor).await, n);
 
     let before = Ops::read(&monitor).await;
-    let (consume, take_times, ack_times) = raw_consume(&messages, n, prefetch, false).await;
+    let (consume, take_times, ack_times) = raw_consume(&messages, n, prefetch).await;
     let consume_ops = before.per_100(Ops::read(&monitor).await, n);
     monitor.database(&db).drop().await.expect("drop");
 
-    // The same publishing in a fresh collection with kombu-rs's indexes: the queue index and
-    // the partial index of leased documents (the sweep's).
-    let db = fresh_db("raw_leaseidx");
-    let messages: Collection<Document> = client.database(&db).collection("messages");
-    let partial = mongodb::options::IndexOptions::builder()
-        .partial_filter_expression(doc! { "kombu_rs_queue": { "$exists": true } })
-        .build();
-    messages
-        .create_indexes([
-            IndexModel::builder()
-                .keys(doc! { "queue": 1, "priority": 1, "_id": 1 })
-                .build(),
-            IndexModel::builder()
-                .keys(doc! { "kombu_rs_queue": 1, "kombu_rs_taken_at": 1 })
-                .options(partial)
-                .build(),
-        ])
-        .await
-        .expect("indexes");
-    let start = Instant::now();
-    for chunk in docs.chunks(BATCH) {
-        messages.insert_many(chunk).await.expect("insert_many");
-    }
-    let publish_lease_index = support::rate(n, start.elapsed());
-    let (consume_like_kombu, ..) = raw_consume(&messages, n, prefetch, true).await;
-    monitor.database(&db).drop().await.expect("drop");
     Figures {
         publish,
-        publish_lease_index,
         consume,
-        consume_like_kombu,
         takes: take_times.len() as f64,
         take_ms: median_ms(take_times),
         ack_ms: median_ms(ack_times),
@@ -510,24 +449,10 @@ fn main() {
         );
     };
     row("publish, batches of 100", |f| f.publish, py.map(|p| p.0));
-    let lease_index = pick(&raw_runs, |f| f.publish_lease_index);
-    println!(
-        "| publish, batches of 100; raw into a collection with kombu-rs's lease index too | {} msg/s | {} msg/s | {:.2} | – | – |",
-        support::grouped(pick(&ours_runs, |f| f.publish)),
-        support::grouped(lease_index),
-        pick(&ours_runs, |f| f.publish) / lease_index
-    );
     row(
         &format!("consume + ack, prefetch {prefetch}"),
         |f| f.consume,
         py.map(|p| p.1),
-    );
-    let lease_index = pick(&raw_runs, |f| f.consume_like_kombu);
-    println!(
-        "| consume + ack, prefetch {prefetch}; raw with kombu-rs's lease index, lease sweep and `$or` ack too | {} msg/s | {} msg/s | {:.2} | – | – |",
-        support::grouped(pick(&ours_runs, |f| f.consume)),
-        support::grouped(lease_index),
-        pick(&ours_runs, |f| f.consume) / lease_index
     );
 
     let per_round = |f: fn(&Figures) -> f64| {
