@@ -258,14 +258,21 @@ impl MongoBackend {
             .filter(|_| self.options.ttl)
             .and_then(after_now);
         // A record that exists (kombu-rs's, or Python kombu's with `ttl=True`) is left as it
-        // is: core compares it with this declaration.
-        let mut set_on_insert = doc! { "options": options, SETTINGS: settings };
-        set_on_insert.insert("expire_at", expire_at.map_or(Bson::Null, Bson::DateTime));
+        // is (core compares it with this declaration), but for its expiry: every declaration
+        // of a queue with `x-expires` moves it, as kombu's `ttl` mode does.
+        let mut on_insert = doc! { "options": options, SETTINGS: settings };
+        let mut update = Document::new();
+        match expire_at {
+            Some(at) => {
+                update.insert("$set", doc! { "expire_at": at });
+            }
+            None => {
+                on_insert.insert("expire_at", Bson::Null);
+            }
+        }
+        update.insert("$setOnInsert", on_insert);
         self.queues
-            .update_one(
-                doc! { "_id": queue.name.as_str() },
-                doc! { "$setOnInsert": set_on_insert },
-            )
+            .update_one(doc! { "_id": queue.name.as_str() }, update)
             .with_options(UpdateOptions::builder().upsert(true).build())
             .await
             .map_err(self.err("declare queue", Op::Write))?;

@@ -916,3 +916,48 @@ async fn python_reads_the_dead_letters_of_unreadable_documents() {
     conn.close().await.expect("close");
     db.drop_database().await;
 }
+
+/// kombu's `ttl` mode for a queue with `x-expires`: its queue and routing documents carry
+/// `expire_at` (now + x-expires), which every declaration and every take moves on, as kombu
+/// refreshes it, so MongoDB's TTL monitor removes only a queue nobody uses.
+#[tokio::test]
+async fn queue_expiry_is_kombus_expire_at_and_moves_on() {
+    let Some(db) = Db::new("qexp").await else {
+        return;
+    };
+    let conn = db.open("ttl=true").await;
+    let exchange = Exchange::direct("qexp.x");
+    let queue = Queue::new("qexp.q")
+        .expires(Duration::from_secs(600))
+        .exchange(exchange.clone())
+        .routing_key("k");
+    conn.declare_queue(&queue).await.expect("declare");
+    let raw = db.raw().await;
+    let expire_at = |collection: &'static str, filter: mongodb::bson::Document| {
+        let raw = raw.clone();
+        async move {
+            raw.collection::<mongodb::bson::Document>(collection)
+                .find_one(filter)
+                .await
+                .expect("find")
+                .and_then(|d| d.get_datetime("expire_at").ok().copied())
+                .expect("an expire_at date")
+        }
+    };
+    let now = mongodb::bson::DateTime::now().timestamp_millis();
+    let first = expire_at("messages.queues", mongodb::bson::doc! { "_id": "qexp.q" }).await;
+    let left = first.timestamp_millis() - now;
+    assert!(left > 500_000 && left <= 600_000, "{left} ms left of 600 s");
+    let bound = expire_at(
+        "messages.routing",
+        mongodb::bson::doc! { "queue": "qexp.q" },
+    )
+    .await;
+    assert!(bound.timestamp_millis() - now > 500_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.declare_queue(&queue).await.expect("declare again");
+    let again = expire_at("messages.queues", mongodb::bson::doc! { "_id": "qexp.q" }).await;
+    assert!(again > first, "a redeclaration moves the queue's expiry on");
+    conn.close().await.expect("close");
+    db.drop_database().await;
+}
