@@ -624,7 +624,12 @@ impl Backend for MongoBackend {
             .insert_many(docs)
             .await
             .map_err(self.err("publish", Op::Write))?;
-        self.waker.wake();
+        let mut woken: Vec<&str> = items.iter().map(|(q, _)| q.as_str()).collect();
+        woken.sort_unstable();
+        woken.dedup();
+        for queue in woken {
+            self.waker.wake_queue(queue);
+        }
         Ok(Vec::new())
     }
 
@@ -699,7 +704,7 @@ impl Backend for MongoBackend {
                 .update_one(filter, restore_update(queue))
                 .await
                 .map_err(self.err("requeue", Op::Write))?;
-            self.waker.wake();
+            self.waker.wake_queue(queue);
             return Ok(None);
         }
         // The queue's dead-letter exchange and the message are read before anything is
@@ -782,19 +787,32 @@ impl Backend for MongoBackend {
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
         self.waker
             .start(self.messages.clone(), self.options.change_streams);
-        let notified = self.waker.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
         if self.waker.streaming() {
-            // The stream wakes this waiter on the next change; one look first, for a change
-            // made between the consumer's last take and this wait.
+            // The stream wakes this waiter on the next change to one of its queues (or a
+            // change for everyone); one look first, for a change made between the consumer's
+            // last take and this wait.
+            let notifies: Vec<Arc<tokio::sync::Notify>> =
+                queues.iter().map(|q| self.waker.for_queue(q)).collect();
+            // The wake for everyone is among them, so the list is never empty.
+            let mut woken: Vec<_> = std::iter::once(&self.waker.notify)
+                .chain(notifies.iter().map(|n| &**n))
+                .map(|n| Box::pin(n.notified()))
+                .collect();
+            for n in &mut woken {
+                n.as_mut().enable();
+            }
             if self.anything_ready(queues).await? {
                 return Ok(());
             }
             // Leases of other consumers pass without a change: look again within a second.
-            let _ = tokio::time::timeout(timeout.min(LOOK_AGAIN), notified).await;
+            let _ =
+                tokio::time::timeout(timeout.min(LOOK_AGAIN), futures::future::select_all(woken))
+                    .await;
             return Ok(());
         }
+        let notified = self.waker.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let pauses = (Duration::from_millis(5), self.options.polling_interval);
         poll_until_ready(notified, timeout, pauses, || self.anything_ready(queues)).await
     }

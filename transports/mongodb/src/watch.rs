@@ -2,14 +2,15 @@
 //! them (a replica set or a sharded cluster), an adaptive poll otherwise (a standalone server,
 //! or `change_streams=false`).
 //!
-//! One watcher task per backend follows the stream and wakes every waiting consumer of the
-//! backend on each insert, and each update that returns a document to its queue (a requeue,
-//! a restored lease); takes and acks wake nobody. A waiter then
-//! looks at its own queues, so a wake for another queue costs one look. The watcher reopens
+//! One watcher task per backend follows the stream and wakes the consumers waiting on the
+//! queue of each insert, and of each update that returns a document to its queue (a
+//! requeue, a restored lease); takes and acks wake nobody, and a publish to one queue does
+//! not wake the consumers of the others. The watcher reopens
 //! the stream after an error, backing off; while it is down, waiters poll. A server that
 //! refuses change streams (MongoDB's code 40573 on a standalone server) is polled for the
 //! life of the backend.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -33,9 +34,11 @@ const REFUSED: &[i32] = &[40573, 13, 115];
 /// Wakes the backend's waiting consumers.
 #[derive(Debug, Default)]
 pub(crate) struct Waker {
-    /// Notified on every change the stream reports, every put or restore through this
-    /// backend, and every fanout message buffered.
+    /// Wakes every waiter (the stream opened or closed, takes returned, fanout messages read;
+    /// while no stream is open, also every put and restore through this backend).
     pub(crate) notify: Notify,
+    /// Wakes the waiters of one queue.
+    queues: parking_lot::Mutex<HashMap<String, Arc<Notify>>>,
     /// A change stream is open now: waiters need not poll.
     streaming: AtomicBool,
     state: AtomicU8,
@@ -59,6 +62,32 @@ impl Waker {
     /// Wakes every waiter.
     pub(crate) fn wake(&self) {
         self.notify.notify_waiters();
+        for notify in self.queues.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Wakes the waiters of `queue` (and, while no stream is open, every polling waiter).
+    pub(crate) fn wake_queue(&self, queue: &str) {
+        if let Some(notify) = self.queues.lock().get(queue) {
+            notify.notify_waiters();
+        }
+        if !self.streaming() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// What a waiter of `queue` waits on. Entries nobody holds are dropped as others are
+    /// made, so the map holds the queues waited on now.
+    pub(crate) fn for_queue(&self, queue: &str) -> Arc<Notify> {
+        let mut queues = self.queues.lock();
+        if let Some(notify) = queues.get(queue) {
+            return notify.clone();
+        }
+        queues.retain(|_, n| Arc::strong_count(n) > 1);
+        let notify = Arc::new(Notify::new());
+        queues.insert(queue.to_owned(), notify.clone());
+        notify
     }
 
     /// Starts the watcher (once), unless change streams are off.
@@ -98,13 +127,21 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
                         },
                     },
                 ] } },
-                // The event's identity is all a waiter needs: not the inserted document (up to
-                // 16 MiB each, to every consumer process).
-                doc! { "$project": { "operationType": 1, "ns": 1, "documentKey": 1 } },
+                // The queue is all a waiter needs: not the inserted document (up to 16 MiB
+                // each, to every consumer process).
+                doc! { "$project": {
+                    "operationType": 1,
+                    "ns": 1,
+                    "documentKey": 1,
+                    "fullDocument.queue": 1,
+                    "updateDescription.updatedFields.queue": 1,
+                } },
             ])
             .await;
         let mut stream = match opened {
-            Ok(stream) => stream,
+            // Read as plain documents: the projected events lack fields the driver's event
+            // type requires.
+            Ok(stream) => stream.with_type::<Document>(),
             Err(err) => {
                 let Some(w) = waker.upgrade() else { return };
                 if let mongodb::error::ErrorKind::Command(command) = err.kind.as_ref()
@@ -131,7 +168,13 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
         while let Some(event) = stream.next().await {
             let Some(w) = waker.upgrade() else { return };
             match event {
-                Ok(_) => w.wake(),
+                Ok(event) => {
+                    let queue = event_queue(&event);
+                    match queue {
+                        Some(queue) => w.wake_queue(queue),
+                        None => w.wake(),
+                    }
+                }
                 Err(err) => {
                     tracing::debug!(error = %err, "mongodb: change stream failed; reopening");
                     break;
@@ -143,5 +186,42 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
         w.wake();
         drop(w);
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// The queue a change event makes a message ready on: an insert's `fullDocument.queue`, an
+/// update's `updateDescription.updatedFields.queue` (as the projection keeps them).
+fn event_queue(event: &Document) -> Option<&str> {
+    event
+        .get_document("fullDocument")
+        .and_then(|d| d.get_str("queue"))
+        .or_else(|_| {
+            event
+                .get_document("updateDescription")
+                .and_then(|u| u.get_document("updatedFields"))
+                .and_then(|f| f.get_str("queue"))
+        })
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_their_queue() {
+        // As the projected pipeline delivers them (seen from the test server).
+        let insert = doc! {
+            "_id": { "_data": "x" }, "operationType": "insert",
+            "fullDocument": { "queue": "q2" }, "documentKey": { "_id": 2 },
+        };
+        let update = doc! {
+            "_id": { "_data": "y" }, "operationType": "update",
+            "updateDescription": { "updatedFields": { "queue": "q" } },
+        };
+        let replace = doc! { "_id": { "_data": "z" }, "operationType": "replace" };
+        assert_eq!(event_queue(&insert), Some("q2"));
+        assert_eq!(event_queue(&update), Some("q"));
+        assert_eq!(event_queue(&replace), None);
     }
 }
