@@ -48,15 +48,17 @@
 //! Python kombu deletes a message when it fetches it (`find_one_and_delete`), so a consumer
 //! that dies loses what it held. Here a take leases instead: one update moves each document
 //! out of its queue (`queue` becomes `kombu_rs.leased:<queue>`, which kombu's index still
-//! serves, so the sweep for passed leases needs no index of its own) and records the take time (`kombu_rs_taken_at`, Unix seconds) and the take's id (`kombu_rs_take`). An ack
+//! serves, so the sweep for passed leases needs no index of its own) and records the take
+//! time (`kombu_rs_taken_at`, Unix seconds) and the take's id (`kombu_rs_take`). An ack
 //! deletes the document (only if that take still holds it), a requeue puts its `queue` back
 //! (marked `kombu_rs_redelivered`), and a consumer whose visibility timeout passed since the
 //! take (or the last [`Delivery::extend_lease`](kombu_core::Delivery::extend_lease)) returns it,
 //! whoever took it. A batch take is a find of up to the prefetch count of candidates, one
 //! `update_many` that leases those still ready (atomic per document, so two consumers never
 //! lease the same one), and, only when another consumer got some first, a find of what this
-//! take got. A take whose reply was lost is returned to its queue by the next take that gets
-//! through.
+//! take got. A take whose outcome is unknown (an error after its update was sent) is returned
+//! to its queue by the next take that gets through. Documents with any BSON `_id` (a bare
+//! client may write strings or numbers) are taken and settled alike.
 //!
 //! With Python kombu consumers on the same collection: they never see a leased document
 //! (their filter is `{queue: q}`), they count only ready ones, and what they fetch is gone
@@ -80,7 +82,10 @@
 //! `ttl=true` the server's TTL monitor deletes expired documents too (about once a minute,
 //! without dead-lettering, as with kombu). Rejected messages go to the queue's dead-letter
 //! exchange. Payloads that are not envelopes (wrong BSON type, not JSON, over
-//! `max_payload_size`) are moved to `<queue>.dlq`.
+//! `max_payload_size`) are moved to `<queue>.dlq`, except one of about 12 MiB or more: its
+//! dead letter (the bytes in base64 in an envelope) would exceed MongoDB's 16 MiB document
+//! limit, so the move fails, the consumer's stream ends with that error, and the document
+//! comes back after the visibility timeout; remove such a document by hand.
 //!
 //! Not supported (declared in the capabilities): `x-max-length`.
 
