@@ -104,17 +104,26 @@ impl Backend for Flaky {
 }
 
 /// A channel over `backend` holding `n` messages in queue `q`.
-async fn channel_with(backend: &Arc<Flaky>, n: usize) -> VirtualChannel {
+async fn channel_with(backend: &Arc<Flaky>, n: usize) -> Result<VirtualChannel> {
     let channel = VirtualChannel::new(backend.clone(), None);
-    channel.declare_queue(&Queue::new("q")).await.unwrap();
+    channel.declare_queue(&Queue::new("q")).await?;
     for i in 0..n {
         let message = crate::Message::new(format!("m{i}"));
-        channel
-            .publish(Outgoing::new("", "q", message))
-            .await
-            .unwrap();
+        channel.publish(Outgoing::new("", "q", message)).await?;
     }
-    channel
+    Ok(channel)
+}
+
+/// What a test returns: a failed step is its error.
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// The next stream item within 10 s (a guard), which must be there.
+async fn next_item(
+    stream: &mut (impl futures::Stream<Item = Result<crate::Delivery>> + Unpin),
+) -> std::result::Result<Result<crate::Delivery>, Box<dyn std::error::Error>> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await?
+        .ok_or_else(|| "the stream ended".into())
 }
 
 fn quick() -> RetryPolicy {
@@ -125,22 +134,21 @@ fn quick() -> RetryPolicy {
 }
 
 #[tokio::test]
-async fn a_stream_rides_through_recoverable_take_failures() {
+async fn a_stream_rides_through_recoverable_take_failures() -> TestResult {
     let backend = Flaky::new(5, ErrorKind::Connection);
-    let channel = channel_with(&backend, 3).await;
+    let channel = channel_with(&backend, 3).await?;
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut options = ConsumeOptions::default().retry(quick());
     let record = seen.clone();
     options.on_retry = Some(crate::retry::OnRetry::new(move |event| {
         record.lock().push((event.attempt, event.error.kind()));
     }));
-    let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
+    let mut stream = channel.consume(&["q".into()], &options).await?;
     let mut bodies = Vec::new();
     for _ in 0..3 {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-        let delivery = next.expect("bounded").expect("open").expect("a delivery");
+        let delivery = next_item(&mut stream).await??;
         bodies.push(String::from_utf8_lossy(delivery.body()).into_owned());
-        delivery.ack().await.unwrap();
+        delivery.ack().await?;
     }
     assert_eq!(bodies, ["m0", "m1", "m2"]);
     assert_eq!(
@@ -150,48 +158,47 @@ async fn a_stream_rides_through_recoverable_take_failures() {
     );
     let expected: Vec<(u32, ErrorKind)> = (1..=5).map(|i| (i, ErrorKind::Connection)).collect();
     assert_eq!(*seen.lock(), expected, "the callback saw each retry");
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_stream_ends_on_an_error_that_is_not_recoverable() {
+async fn a_stream_ends_on_an_error_that_is_not_recoverable() -> TestResult {
     let backend = Flaky::new(1, ErrorKind::AccessRefused);
-    let channel = channel_with(&backend, 1).await;
+    let channel = channel_with(&backend, 1).await?;
     let options = ConsumeOptions::default().retry(quick());
-    let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-    let error = next
-        .expect("bounded")
-        .expect("an item")
-        .expect_err("the error");
+    let mut stream = channel.consume(&["q".into()], &options).await?;
+    let Err(error) = next_item(&mut stream).await? else {
+        return Err("a delivery, not the error".into());
+    };
     assert_eq!(error.kind(), ErrorKind::AccessRefused);
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_retry_policy_that_gives_up_hands_out_the_error() {
+async fn a_retry_policy_that_gives_up_hands_out_the_error() -> TestResult {
     let backend = Flaky::new(10, ErrorKind::Connection);
-    let channel = channel_with(&backend, 1).await;
+    let channel = channel_with(&backend, 1).await?;
     let options = ConsumeOptions::default().retry(quick().max_retries(Some(2)));
-    let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-    let error = next
-        .expect("bounded")
-        .expect("an item")
-        .expect_err("the error");
+    let mut stream = channel.consume(&["q".into()], &options).await?;
+    let Err(error) = next_item(&mut stream).await? else {
+        return Err("a delivery, not the error".into());
+    };
     assert_eq!(error.kind(), ErrorKind::Connection);
     assert_eq!(
         backend.failures.load(Ordering::Acquire),
         7,
         "three takes failed"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn takes_of_a_lost_connection_go_back_and_are_taken_again() {
+async fn takes_of_a_lost_connection_go_back_and_are_taken_again() -> TestResult {
     let backend = Flaky::new(0, ErrorKind::Connection);
-    let channel = channel_with(&backend, 5).await;
+    let channel = channel_with(&backend, 5).await?;
     let options = ConsumeOptions::default().prefetch(10).retry(quick());
-    let mut stream = channel.consume(&["q".into()], &options).await.unwrap();
-    let first = stream.next().await.expect("open").expect("a delivery");
+    let mut stream = channel.consume(&["q".into()], &options).await?;
+    let first = next_item(&mut stream).await??;
     assert_eq!(first.body().as_ref(), b"m0");
     // Four are in the stream's buffer. The backend finds its connection lost, and cannot
     // take them back at first.
@@ -199,19 +206,19 @@ async fn takes_of_a_lost_connection_go_back_and_are_taken_again() {
     backend.epoch.store(1, Ordering::Release);
     let mut rest = Vec::new();
     for _ in 0..4 {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-        let delivery = next.expect("bounded").expect("open").expect("a delivery");
+        let delivery = next_item(&mut stream).await??;
         assert!(
             delivery.redelivered(),
             "went back to the queue and was taken again"
         );
         rest.push(String::from_utf8_lossy(delivery.body()).into_owned());
-        delivery.ack().await.unwrap();
+        delivery.ack().await?;
     }
     assert_eq!(rest, ["m1", "m2", "m3", "m4"], "in their order");
     assert_eq!(backend.reject_failures.load(Ordering::Acquire), 0);
-    first.ack().await.unwrap();
-    channel.close().await.unwrap();
-    let stored = backend.queue("q", None).await.unwrap().unwrap();
+    first.ack().await?;
+    channel.close().await?;
+    let stored = backend.queue("q", None).await?.ok_or("the queue is gone")?;
     assert_eq!(stored.messages, 0);
+    Ok(())
 }
