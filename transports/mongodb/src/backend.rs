@@ -7,11 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
-    StoredQueue, TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
+    StoredQueue, TakeMode, TopologyCache, envelope, poll_until_ready,
 };
 use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use mongodb::bson::oid::ObjectId;
@@ -24,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::documents::{
     self, EXPIRE_AT, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased, message_document,
-    read_payload, receipt, receipt_ids, restore_update,
+    read_payload, receipt_ids, restore_update,
 };
 use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
@@ -37,18 +36,9 @@ use crate::watch::Waker;
 /// by other processes take effect within this; this process's own take effect at once).
 const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 
-/// How often a queue is swept for passed leases: a tenth of the sweeping take's visibility
-/// timeout, within these bounds (a lease is restored at most a tenth of its timeout late; the
-/// 3,600 s default sweeps every 5 s, not on every take: the sweep is an `update_many` the
-/// server answers by scanning the queue's leases).
-const SWEEP_EVERY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
-
 /// Longest wait on the change stream before a waiter looks again (a lease that passes
 /// changes nothing in the store, so no event announces it).
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
-
-/// How many times a take tries again when other consumers won every candidate.
-const LEASE_ATTEMPTS: usize = 3;
 
 /// MongoDB's "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
@@ -67,10 +57,10 @@ pub(crate) struct MongoBackend {
     /// Queue → its arguments, as read at the instant.
     pub(crate) specs: Mutex<HashMap<String, (Instant, Arc<QueueSpec>)>>,
     /// Queue → when its passed leases were last restored, and with which timeout.
-    sweeps: Mutex<HashMap<String, (Instant, Duration)>>,
+    pub(crate) sweeps: Mutex<HashMap<String, (Instant, Duration)>>,
     /// Takes whose reply was lost: returned to their queues by the next take that gets
     /// through (their documents are leased under these take ids).
-    lost_takes: Mutex<Vec<(String, ObjectId)>>,
+    pub(crate) lost_takes: Mutex<Vec<(String, ObjectId)>>,
     /// The link state and the losses found so far (see [`Backend::epoch`]).
     link: Arc<Link>,
     pub(crate) waker: Arc<Waker>,
@@ -202,314 +192,6 @@ impl MongoBackend {
         op: Op,
     ) -> impl FnOnce(mongodb::error::Error) -> Error + '_ {
         move |e| driver_error(&self.label, what, op, e)
-    }
-
-    /// Returns to their queues the documents of takes whose outcome is unknown (an error
-    /// after the lease update was sent): they come back now, not at the end of the visibility
-    /// timeout. A take that leased nothing returns nothing.
-    async fn return_lost_takes(&self) -> Result<()> {
-        let takes: Vec<(String, ObjectId)> = std::mem::take(&mut *self.lost_takes.lock());
-        if takes.is_empty() {
-            return Ok(());
-        }
-        let mut by_queue: HashMap<&str, Vec<ObjectId>> = HashMap::new();
-        for (queue, take) in &takes {
-            by_queue.entry(queue).or_default().push(*take);
-        }
-        for (queue, ids) in by_queue {
-            // kombu's index serves the leased queue; the take ids pick this process's.
-            let restored = self
-                .messages
-                .update_many(
-                    doc! { QUEUE: leased(queue), TAKE: { "$in": ids } },
-                    restore_update(queue),
-                )
-                .await;
-            if let Err(e) = restored {
-                self.lost_takes.lock().extend(takes.iter().cloned());
-                return Err(self.err("return takes whose reply was lost", Op::Write)(e));
-            }
-        }
-        self.waker.wake();
-        Ok(())
-    }
-
-    /// Restores `queue`'s leases taken (or extended) at least `visibility` ago, unless a
-    /// sweep with a timeout at most as long ran within a tenth of it ([`SWEEP_EVERY`]).
-    async fn restore_passed(&self, queue: &str, visibility: Duration) -> Result<()> {
-        if !self.sweep_due(queue, visibility) {
-            return Ok(());
-        }
-        let cutoff = unix_now() - visibility.as_secs_f64();
-        let restored = self
-            .messages
-            .update_many(
-                doc! { QUEUE: leased(queue), TAKEN_AT: { "$lte": cutoff } },
-                restore_update(queue),
-            )
-            .await
-            .map_err(self.err("restore passed leases", Op::Write))?;
-        self.sweeps
-            .lock()
-            .insert(queue.to_owned(), (Instant::now(), visibility));
-        if restored.modified_count > 0 {
-            tracing::debug!(
-                queue,
-                count = restored.modified_count,
-                "mongodb: passed leases restored"
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether a take of `queue` with this visibility timeout sweeps for passed leases: no
-    /// sweep with a timeout at most as long ran within a tenth of it.
-    fn sweep_due(&self, queue: &str, visibility: Duration) -> bool {
-        let every = (visibility / 10).clamp(SWEEP_EVERY.0, SWEEP_EVERY.1);
-        !self
-            .sweeps
-            .lock()
-            .get(queue)
-            .is_some_and(|(at, timeout)| at.elapsed() < every && *timeout <= visibility)
-    }
-
-    /// Leases up to `max` ready documents of `queue` under a new take id: one find of the
-    /// candidates, one update that moves each (still ready) to the take, and (only when
-    /// another consumer got some first) one find of what this take got. When other consumers
-    /// won every candidate, it tries again (a few times) with the next ones.
-    async fn lease(&self, queue: &str, max: usize) -> Result<(ObjectId, Vec<Document>)> {
-        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let take = ObjectId::new();
-        for _ in 0..LEASE_ATTEMPTS {
-            let candidates: Vec<Document> = self
-                .messages
-                .find(doc! { QUEUE: queue })
-                .sort(doc! { PRIORITY: 1, "_id": 1 })
-                .limit(limit)
-                .await
-                .map_err(self.err("find messages", Op::Read))?
-                .try_collect()
-                .await
-                .map_err(self.err("find messages", Op::Read))?;
-            if candidates.is_empty() {
-                return Ok((take, candidates));
-            }
-            // Any BSON `_id`: a bare client may have written strings or numbers.
-            let ids: Vec<Bson> = candidates
-                .iter()
-                .filter_map(|d| d.get("_id").cloned())
-                .collect();
-            let update = doc! {
-                "$set": { QUEUE: leased(queue), TAKEN_AT: unix_now(), TAKE: take },
-            };
-            let moved = self
-                .messages
-                .update_many(doc! { "_id": { "$in": &ids }, QUEUE: queue }, update)
-                .await
-                .map_err(|e| {
-                    // The update may have been done, in part or whole: whatever it leased
-                    // comes back with the next take that gets through.
-                    self.lost_takes.lock().push((queue.to_owned(), take));
-                    self.err("take messages", Op::Write)(e)
-                })?;
-            if moved.modified_count as usize == candidates.len() {
-                return Ok((take, candidates));
-            }
-            if moved.modified_count == 0 {
-                // Others took them all between the find and the update: the next ones.
-                continue;
-            }
-            // Another consumer took some of them between the find and the update.
-            let ours: Vec<Bson> = self
-                .messages
-                .find(doc! { "_id": { "$in": &ids }, TAKE: take })
-                .projection(doc! { "_id": 1 })
-                .await
-                .map_err(|e| {
-                    self.lost_takes.lock().push((queue.to_owned(), take));
-                    self.err("read a take", Op::Read)(e)
-                })?
-                .try_collect::<Vec<Document>>()
-                .await
-                .map_err(|e| {
-                    self.lost_takes.lock().push((queue.to_owned(), take));
-                    self.err("read a take", Op::Read)(e)
-                })?
-                .into_iter()
-                .filter_map(|mut d| d.remove("_id"))
-                .collect();
-            let kept = candidates
-                .into_iter()
-                .filter(|d| d.get("_id").is_some_and(|id| ours.contains(id)))
-                .collect();
-            return Ok((take, kept));
-        }
-        Ok((take, Vec::new()))
-    }
-
-    /// A dead letter of `env` leaving `queue` for `reason`, when the queue has a dead-letter
-    /// exchange.
-    fn dead_letter(
-        spec: &QueueSpec,
-        queue: &str,
-        env: Envelope,
-        reason: DeathReason,
-    ) -> Option<DeadLetter> {
-        Some(DeadLetter {
-            envelope: env,
-            queue: queue.to_owned(),
-            reason,
-            exchange: spec.dead_letter_exchange.clone()?,
-            routing_key: spec.dead_letter_routing_key.clone(),
-        })
-    }
-
-    /// Deletes the documents of one take (`ids`).
-    async fn delete_taken(&self, take: ObjectId, ids: &[Bson]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.messages
-            .delete_many(doc! { "_id": { "$in": ids }, TAKE: take })
-            .await
-            .map_err(self.err("delete taken messages", Op::Write))?;
-        Ok(())
-    }
-
-    /// Fanout documents read for `queue` as deliveries, handed over outright.
-    fn fanout_deliveries(&self, queue: &str, max: usize, fetched: &mut Fetched) {
-        for document in self.fanout.take(queue, max) {
-            match read_payload(&document, self.options.max_payload_size) {
-                Payload::Envelope(envelope) => fetched.taken.push(Taken {
-                    envelope,
-                    receipt: Receipt::Unleased,
-                }),
-                Payload::Unreadable(raw, reason) => fetched.unreadable.push(Unreadable {
-                    raw,
-                    reason,
-                    receipt: Receipt::Unleased,
-                }),
-            }
-        }
-    }
-
-    /// Takes up to `want` stored messages of `queue` into `fetched` (after returning lost
-    /// takes and restoring passed leases).
-    async fn take_stored(
-        &self,
-        queue: &str,
-        want: usize,
-        mode: TakeMode,
-        fetched: &mut Fetched,
-    ) -> Result<()> {
-        self.return_lost_takes().await?;
-        let visibility = match mode {
-            TakeMode::Lease(timeout) => timeout,
-            TakeMode::NoAck => Some(self.options.visibility_timeout),
-        };
-        if let Some(visibility) = visibility {
-            self.restore_passed(queue, visibility).await?;
-        }
-        let spec = self.spec(queue).await?;
-        self.refresh_queue_expiry(queue, &spec).await?;
-        let (take, documents) = self.lease(queue, want).await?;
-        if documents.is_empty() {
-            return Ok(());
-        }
-        let now = DateTime::now();
-        // A dead-letter queue holds what core wrote there, among it the dead letters of
-        // oversize payloads (their bytes in base64, larger still): bounded again, reading one
-        // would move it one queue deeper each time.
-        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
-            u64::MAX
-        } else {
-            self.options.max_payload_size
-        };
-        let mut gone = Vec::new();
-        let mut dead = Vec::new();
-        for document in documents {
-            let Some(id) = document.get("_id").cloned() else {
-                continue;
-            };
-            let expired = matches!(document.get(EXPIRE_AT), Some(Bson::DateTime(at)) if *at <= now);
-            let payload = read_payload(&document, max_payload);
-            let lease = match mode {
-                TakeMode::NoAck => Receipt::Unleased,
-                TakeMode::Lease(_) => receipt(&id, take),
-            };
-            match payload {
-                Payload::Envelope(env) if expired => {
-                    gone.push(id);
-                    let env = Arc::unwrap_or_clone(env);
-                    dead.extend(Self::dead_letter(&spec, queue, env, DeathReason::Expired));
-                }
-                Payload::Envelope(envelope) => {
-                    if mode == TakeMode::NoAck {
-                        gone.push(id);
-                    }
-                    fetched.taken.push(Taken {
-                        envelope,
-                        receipt: lease,
-                    });
-                }
-                Payload::Unreadable(raw, reason) => {
-                    if mode == TakeMode::NoAck {
-                        gone.push(id);
-                    }
-                    fetched.unreadable.push(Unreadable {
-                        raw,
-                        reason,
-                        receipt: lease,
-                    });
-                }
-            }
-        }
-        // No-ack takes and expired messages leave the store now. When that fails (or its
-        // outcome is unknown) they stay leased where the delete did not happen, and come
-        // back when their lease passes: the takes are still delivered (a no-ack message may
-        // then arrive twice, never not at all), and the expired ones are dead-lettered by
-        // the take that finds them again, not now (no dead letter of a message still stored).
-        match self.delete_taken(take, &gone).await {
-            Ok(()) => fetched.dead.extend(dead),
-            Err(e) => tracing::warn!(
-                queue,
-                error = %e,
-                "mongodb: no-ack or expired messages not deleted; they come back when their lease passes"
-            ),
-        }
-        Ok(())
-    }
-
-    /// Whether a message may be ready on one of `queues`: a ready document, a fanout
-    /// document read, or a lease that the next take would restore (past the timeout of the
-    /// queue's last sweep, else the connection's, and with a sweep due), so a wait never
-    /// returns for a lease a take would leave alone (a consumer would spin).
-    async fn anything_ready(&self, queues: &[String]) -> Result<bool> {
-        if self.fanout.any_ready(queues) {
-            return Ok(true);
-        }
-        let now = unix_now();
-        let mut clauses = vec![doc! { QUEUE: { "$in": queues } }];
-        for queue in queues {
-            let timeout = self
-                .sweeps
-                .lock()
-                .get(queue)
-                .map_or(self.options.visibility_timeout, |(_, t)| *t);
-            if self.sweep_due(queue, timeout) {
-                clauses.push(doc! {
-                    QUEUE: leased(queue),
-                    TAKEN_AT: { "$lte": now - timeout.as_secs_f64() },
-                });
-            }
-        }
-        let found = self
-            .messages
-            .find_one(doc! { "$or": clauses })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(self.err("look for messages", Op::Read))?;
-        Ok(found.is_some())
     }
 }
 

@@ -95,6 +95,7 @@ mod errors;
 mod fanout;
 mod link;
 mod options;
+mod take;
 mod topology;
 mod watch;
 

@@ -19,6 +19,9 @@
 //! interpreter is `$KOMBU_PYTHON` (scripts/python-env makes a venv with kombu and pymongo), else
 //! `~/.cache/kombu-rs/venv/bin/python` when it exists. Without either the tests fail when
 //! `KOMBU_TEST_REQUIRE` is set (as in CI) and are skipped with a message otherwise.
+//!
+//! Over 700 lines: one file per transport for its interop with Python kombu (as Redis and
+//! SQLite have), each case a test of its own sharing the `Db` helper and the Python script.
 
 mod support;
 
