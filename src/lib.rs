@@ -157,6 +157,14 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// The patterns of `kombu-patterns` (re-exported here as modules) take `&impl
+/// AsRef<kombu_core::Connection>`: this connection is one.
+impl AsRef<kombu_core::Connection> for Connection {
+    fn as_ref(&self) -> &kombu_core::Connection {
+        &self.0
+    }
+}
+
 impl Connection {
     /// Connects to the first reachable URL of a `;`-separated list, with the default
     /// serializer registry. Installs this crate's transports first ([`install`]).

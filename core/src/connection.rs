@@ -88,6 +88,14 @@ struct Inner {
     on_retry: Option<OnRetry>,
 }
 
+/// So that what takes `&impl AsRef<Connection>` (the patterns of `kombu-patterns`) takes core's
+/// connection as well as the facade's.
+impl AsRef<Connection> for Connection {
+    fn as_ref(&self) -> &Connection {
+        self
+    }
+}
+
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
