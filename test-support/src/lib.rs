@@ -13,6 +13,7 @@
 //!
 //! A dev-dependency only (`publish = false`).
 
+pub mod brokers;
 pub mod faults;
 pub mod fuzz;
 pub mod interop;

@@ -1,0 +1,132 @@
+//! One URL per transport, for tests that run a pattern on every transport: [`every`] lists
+//! those whose broker answers, and fails the test when one that `KOMBU_TEST_REQUIRE` requires
+//! (`all`, or a comma-separated list of transport names) does not.
+//!
+//! Each URL is fresh where the transport allows it, so tests running at once do not share
+//! state: memory gets a unique name, SQLite a new file, Redis a unique `global_keyprefix`,
+//! MongoDB a unique database. AMQP shares the broker's default virtual host (use unique queue
+//! and exchange names there).
+//!
+//! The servers: `KOMBU_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`),
+//! `KOMBU_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/`),
+//! `KOMBU_TEST_MONGODB_URL` (no default: scripts/test starts one and sets it).
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A transport's URL for one test.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// The transport's name: `memory`, `sqlite`, `redis`, `amqp` or `mongodb`.
+    pub transport: &'static str,
+    /// The URL to open.
+    pub url: String,
+    /// A directory to delete when the broker is dropped (SQLite's file).
+    _dir: Option<std::sync::Arc<TempDir>>,
+}
+
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // The last clone of the broker is gone; a missing directory is fine.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `KOMBU_TEST_REQUIRE` requires `transport`.
+pub fn required(transport: &str) -> bool {
+    std::env::var("KOMBU_TEST_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .any(|r| r == "all" || r == transport)
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn answers(url: &str, default_port: u16) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port().unwrap_or(default_port);
+    let Ok(mut addrs) = (host.as_str(), port).to_socket_addrs() else {
+        return false;
+    };
+    addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// A broker for `transport` (`memory`, `sqlite`, `redis`, `amqp`, `mongodb`), fresh for
+/// one test; `None` (with a message on standard error) when its server does not answer, and a
+/// panic instead when `KOMBU_TEST_REQUIRE` requires it. `test` names the test in the message.
+pub fn broker(transport: &'static str, test: &str) -> Option<Broker> {
+    let id = unique();
+    let (url, dir, server) = match transport {
+        "memory" => (format!("memory://{test}-{id}"), None, None),
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(format!("kombu-rs-{test}-{id}"));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                panic!("{test}: cannot make {}: {e}", dir.display());
+            }
+            let url = format!("sqlite://{}", dir.join("broker.db").display());
+            (url, Some(std::sync::Arc::new(TempDir(dir))), None)
+        }
+        "redis" => {
+            let base = std::env::var("KOMBU_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}global_keyprefix={test}-{id}:");
+            (url, None, Some((base, 6379)))
+        }
+        "amqp" => {
+            let url = std::env::var("KOMBU_TEST_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned());
+            (url.clone(), None, Some((url, 5672)))
+        }
+        "mongodb" => {
+            let Ok(base) = std::env::var("KOMBU_TEST_MONGODB_URL") else {
+                if required(transport) {
+                    panic!(
+                        "{test}: KOMBU_TEST_MONGODB_URL is not set, and KOMBU_TEST_REQUIRE requires mongodb"
+                    );
+                }
+                eprintln!("{test}: mongodb skipped (KOMBU_TEST_MONGODB_URL is not set)");
+                return None;
+            };
+            let base = base.trim_end_matches('/').to_owned();
+            let db = format!("t{}", &id[..16]);
+            (format!("{base}/{db}"), None, Some((base, 27017)))
+        }
+        other => panic!("{test}: no transport {other:?}"),
+    };
+    if let Some((server, port)) = server {
+        if !answers(&server, port) {
+            if required(transport) {
+                panic!(
+                    "{test}: no {transport} server at {server}, and KOMBU_TEST_REQUIRE requires it"
+                );
+            }
+            eprintln!("{test}: {transport} skipped (no server at {server})");
+            return None;
+        }
+    }
+    Some(Broker {
+        transport,
+        url,
+        _dir: dir,
+    })
+}
+
+/// Every transport's broker for one test ([`broker`] for each of memory, sqlite, redis, amqp
+/// and mongodb), those that answer.
+pub fn every(test: &str) -> Vec<Broker> {
+    ["memory", "sqlite", "redis", "amqp", "mongodb"]
+        .into_iter()
+        .filter_map(|t| broker(t, test))
+        .collect()
+}
