@@ -14,16 +14,18 @@ use crate::{Exchange, Queue};
 /// delayed delivery counts them.
 const DELAY: Duration = Duration::from_secs(2);
 
-/// The bound queue of a delay scenario: a topic exchange and a queue bound with `#.rk`, which
-/// takes `rk` everywhere and, on RabbitMQ, also the `<delay bits>.rk` key kombu's native
-/// delayed delivery routes a due message back with (`bind_queue_to_native_delayed_delivery_exchange`
-/// binds so).
-async fn delay_queue(ctx: &Ctx) -> Result<(crate::Connection, Exchange, Queue)> {
+/// The bound queue of a delay scenario: a topic exchange and a queue bound with `#.<key>`,
+/// which takes `<key>` everywhere and, on RabbitMQ, also the `<delay bits>.<key>` key kombu's
+/// native delayed delivery routes a due message back with
+/// (`bind_queue_to_native_delayed_delivery_exchange` binds so). The key is the scenario's own:
+/// RabbitMQ's delivery exchange routes by key alone, to every exchange bound for it.
+async fn delay_queue(ctx: &Ctx) -> Result<(crate::Connection, Exchange, Queue, String)> {
     let conn = open(ctx).await?;
     let exchange = Exchange::topic(ctx.name("x"));
-    let queue = bound(ctx, "q", &exchange, "#.rk");
+    let key = ctx.name("rk");
+    let queue = bound(ctx, "q", &exchange, &format!("#.{key}"));
     conn.declare_queue(&queue).await?;
-    Ok((conn, exchange, queue))
+    Ok((conn, exchange, queue, key))
 }
 
 /// A message published with [`delay`](crate::Publish::delay) is neither delivered nor counted
@@ -31,12 +33,12 @@ async fn delay_queue(ctx: &Ctx) -> Result<(crate::Connection, Exchange, Queue)> 
 /// after it without a delay arrives at once; once due it arrives, body and headers intact, no
 /// earlier than its delay. Needs [`Capabilities::delayed_delivery`](crate::Capabilities).
 pub async fn delayed_delivery(ctx: Ctx) -> Result<()> {
-    let (conn, exchange, queue) = delay_queue(&ctx).await?;
+    let (conn, exchange, queue, key) = delay_queue(&ctx).await?;
     if !conn.capabilities().delayed_delivery {
         return skipped("delayed_delivery", "delayed_delivery");
     }
     let mut consumer = conn.consumer([queue.clone()]).build().await?;
-    let producer = conn.producer().exchange(exchange).routing_key("rk");
+    let producer = conn.producer().exchange(exchange).routing_key(key);
     let sent = Instant::now();
     producer
         .message(&"later")
@@ -86,12 +88,12 @@ pub async fn delayed_delivery(ctx: Ctx) -> Result<()> {
 /// like a delay, one in the past is delivered at once. Needs
 /// [`Capabilities::delayed_delivery`](crate::Capabilities).
 pub async fn delayed_eta(ctx: Ctx) -> Result<()> {
-    let (conn, exchange, queue) = delay_queue(&ctx).await?;
+    let (conn, exchange, queue, key) = delay_queue(&ctx).await?;
     if !conn.capabilities().delayed_delivery {
         return skipped("delayed_eta", "delayed_delivery");
     }
     let mut consumer = conn.consumer([queue.clone()]).build().await?;
-    let producer = conn.producer().exchange(exchange).routing_key("rk");
+    let producer = conn.producer().exchange(exchange).routing_key(key);
     let now = SystemTime::now();
     // Time as the transport counts it (tokio's, paused, on memory).
     let sent = Instant::now();
