@@ -83,8 +83,8 @@ pub use resilience::{ConnectionBuilder, ConnectionPool};
 mod resilience;
 pub use kombu_serializers as serializers;
 
-/// A recording broker for a service's unit tests: see the module's own docs below. With this
-/// crate's [`Connection`]:
+/// A recording broker for a service's unit tests, which opens its URL with this crate's
+/// [`Connection`] like any broker's:
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
