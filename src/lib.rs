@@ -33,7 +33,7 @@
 //!
 //! | scheme | feature | crate | the broker |
 //! |---|---|---|---|
-//! | `memory://`, `memory://NAME` | `memory` | `kombu-core` | in this process only; routing, acks, priorities, TTL and dead-letters emulated by core |
+//! | `memory://`, `memory://NAME`; `memory+record://NAME` (registered by [`testing::Recorder`]) | `memory` | `kombu-core` | in this process only; routing, acks, priorities, TTL and dead-letters emulated by core; the `record` form logs every publish, delivery and settlement for tests |
 //! | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite://:memory:`, `sqla+sqlite://`, `sqlalchemy+sqlite://` | `sqlite` | `kombu-sqlite` | a SQLite file in Python kombu's SQLAlchemy layout, shared between processes; leases survive a killed consumer |
 //! | `redis://`, `rediss://` (TLS), `redis+socket://`, `unix://`, `sentinel://` | `redis` | `kombu-redis` | Redis in Python kombu's key layout; crash-safe takes, kombu's priority buckets, fanout over PUB/SUB |
 //! | `amqp://`, `amqps://` (TLS), `pyamqp://` | `amqp` | `kombu-amqp` | RabbitMQ (AMQP 0-9-1 on lapin): the broker routes; publisher confirms, recovery after a restart |

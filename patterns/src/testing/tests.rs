@@ -403,3 +403,45 @@ async fn a_service_on_its_url_with_a_visibility_timeout() -> Result<()> {
     )?;
     consumer.close().await
 }
+
+/// The consumer's `ErrorAction::Requeue` publishes a refused message back (then acks it):
+/// recorded as requeued; past the limit it is dead-lettered.
+#[tokio::test]
+async fn a_message_published_back_by_the_error_policy_is_requeued() -> Result<()> {
+    let rec = Recorder::new();
+    let conn = rec.connect().await?;
+    let mut consumer = conn
+        .consumer([Queue::new("picky")])
+        .accept(["json"])
+        .error_action(kombu_core::ErrorAction::Requeue)
+        .max_redeliveries(1)
+        .build()
+        .await?;
+    conn.producer()
+        .routing_key("picky")
+        .serializer("yaml")
+        .publish(&"yaml, not json")
+        .await?;
+    for _ in 0..2 {
+        match consumer.next().await {
+            Some(Err(refused)) => {
+                consumer.handle(refused).await?;
+            }
+            other => return Err(fail(format!("expected a refused delivery, got {other:?}"))),
+        }
+    }
+    let settlements: Vec<Settlement> = rec
+        .consumed_from("picky")
+        .into_iter()
+        .map(|c| c.settlement)
+        .collect();
+    let [first, second] = settlements.as_slice() else {
+        return Err(fail(format!("two deliveries, not {settlements:?}")));
+    };
+    check(*first == Settlement::Requeued, format!("{settlements:?}"))?;
+    check(
+        matches!(second, Settlement::DeadLettered { .. }),
+        format!("{settlements:?}"),
+    )?;
+    consumer.close().await
+}
