@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use kombu_core::transport::{Decoder, Outcome};
+use kombu_core::transport::{Decoder, Outcome, Outgoing};
 use kombu_core::{DeliveryInfo, Headers, Message, Properties, Result, dead_letter};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -26,6 +27,9 @@ pub struct Published {
     pub routing_key: String,
     /// The message: body (serialized, possibly compressed), content type, headers, properties.
     pub message: Message,
+    /// How long it was held back before consumers could see it (`Publish::delay` / `eta`);
+    /// `None`: delivered at once.
+    pub delay: Option<Duration>,
 }
 
 impl Published {
@@ -173,7 +177,9 @@ impl State {
         self.log.lock().dead_letter_queues.insert(queue.to_owned());
     }
 
-    pub(crate) fn published(&self, exchange: &str, routing_key: &str, message: &Message) {
+    pub(crate) fn published(&self, outgoing: &Outgoing) {
+        let (exchange, routing_key, message) =
+            (&outgoing.exchange, &outgoing.routing_key, &outgoing.message);
         {
             let mut log = self.log.lock();
             let original = message
@@ -198,16 +204,17 @@ impl State {
             {
                 // Published back to its queue by ErrorAction::Requeue, then acked.
                 let pending = Pending {
-                    queue: routing_key.to_owned(),
+                    queue: routing_key.clone(),
                     body: message.body.clone(),
                     settlement: Settlement::Requeued,
                 };
                 log.pending.push(pending);
             }
             log.published.push(Published {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
                 message: message.clone(),
+                delay: outgoing.delay,
             });
             log.published_taken.push(false);
         }

@@ -445,3 +445,39 @@ async fn a_message_published_back_by_the_error_policy_is_requeued() -> Result<()
     )?;
     consumer.close().await
 }
+
+/// A delayed publish is recorded with its delay when the broker takes it; the memory broker
+/// holds it by tokio's clock, so a paused test sees it delivered when due.
+#[tokio::test(start_paused = true)]
+async fn a_delayed_publish_is_recorded_with_its_delay() -> Result<()> {
+    let rec = Recorder::new();
+    let conn = rec.connect().await?;
+    let mut consumer = conn.consumer([Queue::new("later")]).build().await?;
+    conn.producer()
+        .routing_key("later")
+        .message(&Order { id: 4 })
+        .delay(Duration::from_secs(90))
+        .send()
+        .await?;
+    let published = rec.next_published(Duration::from_secs(1)).await?;
+    check(
+        published.delay == Some(Duration::from_secs(90)),
+        format!("{published:?}"),
+    )?;
+    let early = rec.wait_settled("later", Duration::from_secs(60)).await;
+    check(early.is_err(), "nothing delivered before it is due")?;
+    let started = tokio::time::Instant::now();
+    let delivery = next(&mut consumer).await?;
+    check(delivery.decode::<Order>()? == Order { id: 4 }, "the order")?;
+    delivery.ack().await?;
+    let handled = rec.wait_settled("later", Duration::from_secs(1)).await?;
+    check(
+        handled.settlement == Settlement::Acked,
+        format!("{handled:?}"),
+    )?;
+    check(
+        (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&started.elapsed()),
+        "delivered when due (90 s after the publish)",
+    )?;
+    consumer.close().await
+}

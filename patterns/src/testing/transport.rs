@@ -180,22 +180,17 @@ impl Channel for RecordChannel {
     }
 
     async fn publish(&self, outgoing: Outgoing) -> Result<()> {
-        let (exchange, routing_key, message) = (
-            outgoing.exchange.clone(),
-            outgoing.routing_key.clone(),
-            outgoing.message.clone(),
-        );
+        let copy = outgoing.clone();
         self.inner.publish(outgoing).await?;
-        self.state().published(&exchange, &routing_key, &message);
+        self.state().published(&copy);
         Ok(())
     }
 
     async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
-        let copies: Vec<Outgoing> = batch.clone();
+        let copies = batch.clone();
         self.inner.publish_batch(batch).await?;
         for out in &copies {
-            self.state()
-                .published(&out.exchange, &out.routing_key, &out.message);
+            self.state().published(out);
         }
         Ok(())
     }
