@@ -61,6 +61,11 @@
 //!   retries (publishes retry by default; see [`Producer`]) and failover;
 //!   [`ConnectionPool`] and [`ProducerPool`]: bounded pools for many publishing tasks.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
+//! - [`simple`]: [`SimpleQueue`](simple::SimpleQueue) and [`SimpleBuffer`](simple::SimpleBuffer),
+//!   kombu's `put` / `get(timeout)` queues, declared as Python kombu declares them.
+//! - [`rpc`]: [`RpcClient`](rpc::RpcClient) and [`RpcServer`](rpc::RpcServer), request/reply
+//!   over `reply_to` and `correlation_id` (direct reply-to on RabbitMQ), kombu's `send_reply`
+//!   shape.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -78,6 +83,7 @@ pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, Produce
 pub use resilience::{ConnectionBuilder, ConnectionPool};
 
 mod resilience;
+pub use kombu_patterns::{rpc, simple};
 pub use kombu_serializers as serializers;
 
 /// What a transport author uses: the native [`Channel`](transport::Channel) contract and its

@@ -15,7 +15,7 @@
 //! exclusive implies auto-delete), and so does this module. On RabbitMQ an exclusive queue
 //! belongs to the connection that declared it: a peer on another connection (a Python process
 //! or another Rust one) that declares the same buffer is refused with RESOURCE_LOCKED (405,
-//! [`ErrorKind::AccessRefused`]), just as between two Python processes. The virtual transports
+//! [`ErrorKind::Broker`]), just as between two Python processes. The virtual transports
 //! (Redis, SQLite, MongoDB, memory) record the flag and do not enforce it, as Python kombu's
 //! virtual transports. A buffer shared between processes on RabbitMQ is a [`SimpleQueue`]
 //! with a queue of your own ([`SimpleBuilder::queue`], kombu's `queue_opts`).
@@ -228,7 +228,9 @@ impl Base {
             accept,
             prefetch,
         } = options;
-        conn.maybe_declare_queue(&queue).await?;
+        // Always, as kombu's Consumer declares on construction: a buffer's auto-delete queue
+        // and exchange may have gone since this connection last declared them.
+        conn.declare_queue(&queue).await?;
         let mut producer = conn.producer().delivery_mode(delivery_mode);
         producer = match &queue.exchange {
             Some(exchange) if !exchange.is_default() => producer
