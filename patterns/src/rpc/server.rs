@@ -305,8 +305,8 @@ async fn respond<Resp: Serialize>(
     }
 }
 
-/// A request that is not accepted or does not decode: an error reply, then the consumer's
-/// dead-letter path.
+/// A request that is not accepted or does not decode: moved aside by the consumer's
+/// dead-letter path, then an error reply (so the caller hears of it once it is moved).
 async fn refuse(
     conn: &CoreConnection,
     consumer: &Consumer,
@@ -314,22 +314,7 @@ async fn refuse(
     request: Delivery,
     served: &AtomicU64,
 ) {
-    if let Some(reply_to) = reply_to(&request) {
-        let reply = error_message(conn, &request, &reply_to, &error);
-        let published = match reply {
-            Ok(reply) => publish(conn, reply).await,
-            Err(error) => Err(error),
-        };
-        match published {
-            Ok(()) => {
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(
-                error = %format_args!("{e:#}"),
-                "RPC error reply could not be published"
-            ),
-        }
-    }
+    let reply = reply_to(&request).map(|reply_to| error_message(conn, &request, &reply_to, &error));
     let refused = ConsumeError {
         error,
         delivery: Some(request),
@@ -339,6 +324,20 @@ async fn refuse(
             error = %format_args!("{error:#}"),
             "moving a refused RPC request aside failed; it comes back"
         );
+    }
+    let published = match reply {
+        None => return,
+        Some(Ok(reply)) => publish(conn, reply).await,
+        Some(Err(error)) => Err(error),
+    };
+    match published {
+        Ok(()) => {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(
+            error = %format_args!("{e:#}"),
+            "RPC error reply could not be published"
+        ),
     }
 }
 
