@@ -52,6 +52,12 @@ impl Inner {
         if inner.shared.is_closing() {
             return Err(Error::closed("the AMQP connection is closing"));
         }
+        if batch.iter().any(|o| o.delay.is_some()) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the AMQP transport does not delay messages yet",
+            ));
+        }
         let mut prepared = Vec::with_capacity(batch.len());
         for o in batch {
             prepared.push((
