@@ -30,10 +30,10 @@
 //! **Errors.** kombu has no error shape for replies. When the handler fails (or the request
 //! does not decode), the server replies with the header [`ERROR_HEADER`] set to the error's
 //! text and the body `{"error": <text>, "kind": <kind>}` in the request's serializer; the
-//! client turns such a reply into an [`ErrorKind::Broker`] error (not recoverable) whose
+//! client turns such a reply into an [`ErrorKind::Broker`](kombu_core::ErrorKind::Broker) error (not recoverable) whose
 //! message is the server's. Application errors a caller should match on belong in the
 //! response type (a `Result<T, E>` serializes as `{"Ok": ..}` / `{"Err": ..}`). A call that
-//! gets no reply within its timeout fails with [`ErrorKind::Timeout`], marked not recoverable
+//! gets no reply within its timeout fails with [`ErrorKind::Timeout`](kombu_core::ErrorKind::Timeout), marked not recoverable
 //! (the request may have been handled: calling again is the caller's choice).
 //!
 //! ```

@@ -196,7 +196,7 @@ async fn run_replies(
 }
 
 /// Calls servers and awaits their replies: one reply queue and one reply consumer for all its
-/// calls, which may run concurrently (`call` takes `&self`). See the [module](self) docs.
+/// calls, which may run concurrently (`call` takes `&self`). See the [module](crate::rpc) docs.
 pub struct RpcClient {
     conn: CoreConnection,
     /// The reply consumer's channel: requests go out on it (direct reply-to requires it).

@@ -77,7 +77,7 @@ impl RpcServerBuilder {
 }
 
 /// Serves a queue: for each request runs an async handler and publishes what it returns to
-/// the request's `reply_to`, then acks the request. See the [module](super) docs for the
+/// the request's `reply_to`, then acks the request. See the [module](crate::rpc) docs for the
 /// reply's shape and for error replies.
 ///
 /// - A request without `reply_to` is handled, acked and logged at warn (nobody waits for
