@@ -88,6 +88,8 @@ impl RpcServerBuilder {
 ///   request unacked: it goes back to its queue and is handled again (at-least-once).
 /// - A stop ([`stop_handle`](Self::stop_handle)) takes no more requests, lets the handlers
 ///   in flight finish and reply, and closes the consumer (what it held goes back).
+/// - Leases are not extended while a handler runs: on the virtual transports a handler that
+///   outlives the visibility timeout (an hour by default) sees its request handed out again.
 pub struct RpcServer {
     conn: CoreConnection,
     consumer: Consumer,
