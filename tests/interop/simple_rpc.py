@@ -30,6 +30,10 @@ from kombu.simple import SimpleQueue
 DEADLINE = 20
 
 
+class Gathered(Exception):
+    """Every reply expected is in."""
+
+
 def connect(url, opts):
     options = json.loads(opts)
     polling_interval = options.pop("polling_interval", None)
@@ -103,14 +107,16 @@ def rpc_client(url, opts, queue_name, n):
             replies.append({"body": body,
                             "correlation_id": message.properties.get("correlation_id"),
                             "content_type": message.content_type})
+            if len(replies) >= n:
+                raise Gathered()
 
-        deadline = time.monotonic() + DEADLINE
         bodies = collect_replies(conn, channel, reply_queue, limit=None, timeout=0.2,
                                  callbacks=[record])
-        for _ in bodies:
-            if len(replies) >= n or time.monotonic() > deadline:
-                break
-        bodies.close()
+        try:
+            for _ in bodies:
+                pass
+        except Gathered:
+            pass
     print(json.dumps({"replies": replies}))
 
 
