@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use kombu::rpc::{DIRECT_REPLY_TO, RpcClient, RpcServer};
-use kombu::{Connection, Error, ErrorKind};
+use kombu::{Connection, Error, ErrorKind, Exchange, Queue};
 use kombu_test_support::brokers;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -90,7 +90,12 @@ async fn calls_get_their_replies_on_every_transport() {
         let t = broker.transport;
         let conn = Connection::open(&broker.url).await.expect("open");
         let queue = unique("rpc");
-        let server = RpcServer::builder(&conn, queue.as_str())
+        // Bound to an exchange of its own too: calls through either exchange reach it.
+        let exchange = Exchange::direct(unique("rpc-x"));
+        let bound = Queue::new(queue.as_str())
+            .exchange(exchange.clone())
+            .routing_key("pricing");
+        let server = RpcServer::builder(&conn, bound)
             .concurrency(8)
             .build()
             .await
@@ -141,10 +146,28 @@ async fn calls_get_their_replies_on_every_transport() {
         // Counted after each reply is out, so maybe a moment after the caller has it.
         eventually("53 replies counted", || running.served() == 53).await;
 
+        let through = RpcClient::builder(&conn)
+            .exchange(exchange.clone())
+            .build()
+            .await
+            .expect(t);
+        let ten: i64 = through
+            .call("pricing", &Op::Double(5), WAIT)
+            .await
+            .expect(t);
+        assert_eq!(ten, 10, "{t}");
+        through.close().await.expect(t);
+
+        let reply_queue = client.reply_to().to_owned();
         client.close().await.expect(t);
+        if t != "amqp" {
+            let left = conn.queue_exists(&reply_queue).await.expect(t);
+            assert!(!left, "{t}: the reply queue is deleted on close");
+        }
         running.stop().await.expect(t);
         conn.delete_queue(&queue).await.expect(t);
         conn.delete_queue(&dlq).await.expect(t);
+        conn.delete_exchange(&exchange.name).await.expect(t);
         conn.close().await.expect(t);
     }
 }
@@ -238,4 +261,53 @@ async fn a_reply_after_the_client_is_gone_wedges_nothing_on_every_transport() {
         }
         conn.close().await.expect(t);
     }
+}
+
+/// On RabbitMQ a client may use a reply queue of its own instead of direct reply-to; direct
+/// reply-to is refused elsewhere.
+#[tokio::test]
+async fn a_reply_queue_of_its_own_on_rabbitmq_and_no_direct_reply_to_elsewhere() {
+    let memory = Connection::open("memory://rpc-no-direct")
+        .await
+        .expect("open");
+    let refused = RpcClient::builder(&memory)
+        .direct_reply_to(true)
+        .build()
+        .await
+        .expect_err("memory has no direct reply-to");
+    assert_eq!(refused.kind(), ErrorKind::Unsupported, "{refused:#}");
+
+    let Some(broker) = brokers::broker("amqp", "rpc-own-reply-queue") else {
+        return;
+    };
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let queue = unique("rpc-own");
+    let running = RpcServer::new(&conn, queue.as_str())
+        .await
+        .expect("server")
+        .spawn(handler(Arc::new(Gate::default())));
+    let client = RpcClient::builder(&conn)
+        .direct_reply_to(false)
+        .build()
+        .await
+        .expect("client");
+    assert!(
+        client.reply_to().starts_with("reply."),
+        "{}",
+        client.reply_to()
+    );
+    let four: i64 = client
+        .call(&queue, &Op::Double(2), WAIT)
+        .await
+        .expect("call");
+    assert_eq!(four, 4);
+    let reply_queue = client.reply_to().to_owned();
+    client.close().await.expect("close");
+    assert!(
+        !conn.queue_exists(&reply_queue).await.expect("exists"),
+        "deleted on close"
+    );
+    running.stop().await.expect("stop");
+    conn.delete_queue(&queue).await.expect("delete");
+    conn.close().await.expect("close");
 }
