@@ -64,6 +64,11 @@
 //! - [`testing`]: a recording broker for a service's unit tests (`memory+record://NAME`): what
 //!   it published and consumed, how it settled each delivery, waits with a timeout on tokio's
 //!   (pausable) clock.
+//! - [`simple`]: [`SimpleQueue`](simple::SimpleQueue) and [`SimpleBuffer`](simple::SimpleBuffer),
+//!   kombu's `put` / `get(timeout)` queues, declared as Python kombu declares them.
+//! - [`rpc`]: [`RpcClient`](rpc::RpcClient) and [`RpcServer`](rpc::RpcServer), request/reply
+//!   over `reply_to` and `correlation_id` (direct reply-to on RabbitMQ), kombu's `send_reply`
+//!   shape.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -81,6 +86,7 @@ pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, Produce
 pub use resilience::{ConnectionBuilder, ConnectionPool};
 
 mod resilience;
+pub use kombu_patterns::{rpc, simple};
 pub use kombu_serializers as serializers;
 
 /// A recording broker for a service's unit tests, which opens its URL with this crate's

@@ -13,3 +13,5 @@
 pub use kombu_core::Connection as CoreConnection;
 
 pub mod testing;
+pub mod rpc;
+pub mod simple;
