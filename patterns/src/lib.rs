@@ -12,6 +12,6 @@
 /// `kombu::Connection` and `kombu_core::Connection` both are).
 pub use kombu_core::Connection as CoreConnection;
 
-pub mod testing;
 pub mod rpc;
 pub mod simple;
+pub mod testing;
