@@ -63,6 +63,7 @@
 //! priorities, message and queue TTL, max length and dead-lettering.
 
 mod backend;
+mod delayed;
 mod options;
 mod receipt;
 mod schema;
