@@ -90,6 +90,7 @@
 //! Not supported (declared in the capabilities): `x-max-length`.
 
 mod backend;
+mod delayed;
 mod documents;
 mod errors;
 mod fanout;
