@@ -243,3 +243,57 @@ async fn sweep(sweeper: Arc<Sweeper>, backend: Weak<SqliteBackend>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_due_rows_move_to_fresh_visible_rows() -> Result<(), Box<dyn std::error::Error>> {
+        let url = kombu_core::BrokerUrl::parse("sqlite://:memory:")?;
+        let conn = crate::schema::open_db(&crate::options::Options::from_url(&url)?)?;
+        let q = crate::schema::ensure_queue(&conn, "q")?;
+        conn.execute_batch(&format!(
+            "INSERT INTO kombu_message (visible, payload, version, queue_id, taken_at) \
+               VALUES (0, 'leased', 2, {q}, 1.0); \
+             INSERT INTO kombu_message (visible, payload, version, queue_id) \
+               VALUES (0, 'python took it', 2, {q}); \
+             INSERT INTO kombu_message (visible, payload, version, queue_id) \
+               VALUES (1, 'ready', 1, {q});"
+        ))?;
+        insert_delayed(&conn, q, "later", false, 2000.0)?;
+        insert_delayed(&conn, q, "due second", true, 1500.0)?;
+        insert_delayed(&conn, q, "due first", false, 1000.0)?;
+        assert_eq!(count_due(&conn, q, 1600.0)?, 2);
+        assert_eq!(promote_due(&conn, Some(q), 1600.0)?, 2);
+        let rows: Vec<(String, bool, Option<f64>, Option<f64>, bool)> = conn
+            .prepare(
+                "SELECT payload, visible, due_at, taken_at, redelivered FROM kombu_message \
+                 ORDER BY id",
+            )?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let expected = [
+            ("leased", false, None, Some(1.0), false),
+            ("python took it", false, None, None, false),
+            ("ready", true, None, None, false),
+            ("later", false, Some(2000.0), None, false),
+            // At the tail, earliest due first, as published otherwise.
+            ("due first", true, None, None, false),
+            ("due second", true, None, None, true),
+        ];
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(p, v, d, t, r)| (p.as_str(), *v, *d, *t, *r))
+            .collect();
+        assert_eq!(rows, expected);
+        assert_eq!(next_due_anywhere(&conn)?, Some(2000.0));
+        assert_eq!(next_due_of(&conn, "q")?, Some(2000.0));
+        assert_eq!(promote_due(&conn, None, 1600.0)?, 0);
+        assert_eq!(delete_due(&conn, q, 2000.0)?, 1);
+        assert_eq!(next_due_anywhere(&conn)?, None);
+        Ok(())
+    }
+}
