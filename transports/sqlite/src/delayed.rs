@@ -248,6 +248,9 @@ async fn sweep(sweeper: Arc<Sweeper>, backend: Weak<SqliteBackend>) {
 mod tests {
     use super::*;
 
+    /// A row as the test reads it: payload, visible, due_at, taken_at, redelivered.
+    type RowState = (String, bool, Option<f64>, Option<f64>, bool);
+
     #[test]
     fn only_due_rows_move_to_fresh_visible_rows() -> Result<(), Box<dyn std::error::Error>> {
         let url = kombu_core::BrokerUrl::parse("sqlite://:memory:")?;
@@ -266,7 +269,7 @@ mod tests {
         insert_delayed(&conn, q, "due first", false, 1000.0)?;
         assert_eq!(count_due(&conn, q, 1600.0)?, 2);
         assert_eq!(promote_due(&conn, Some(q), 1600.0)?, 2);
-        let rows: Vec<(String, bool, Option<f64>, Option<f64>, bool)> = conn
+        let rows: Vec<RowState> = conn
             .prepare(
                 "SELECT payload, visible, due_at, taken_at, redelivered FROM kombu_message \
                  ORDER BY id",
