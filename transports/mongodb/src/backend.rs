@@ -2,8 +2,8 @@
 //! settlement, fanout through the capped broadcast collection, and waiting.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,9 +21,10 @@ use mongodb::options::{
 use mongodb::{Client, Collection, IndexModel};
 use parking_lot::Mutex;
 
+use crate::delayed::{date_of, due_id, due_in};
 use crate::documents::{
-    self, EXPIRE_AT, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased, message_document,
-    read_payload, receipt_ids, restore_update,
+    self, DUE, EXPIRE_AT, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, delayed, leased,
+    message_document, read_payload, receipt_ids, restore_update,
 };
 use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
@@ -65,6 +66,14 @@ pub(crate) struct MongoBackend {
     link: Arc<Link>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) fanout: Arc<Fanout>,
+    /// This backend, for the timekeeper of delayed messages (which must not keep it alive).
+    pub(crate) me: Weak<MongoBackend>,
+}
+
+impl Drop for MongoBackend {
+    fn drop(&mut self) {
+        self.waker.delays.stop();
+    }
 }
 
 impl MongoBackend {
@@ -105,7 +114,7 @@ impl MongoBackend {
         db.run_command(doc! { "ping": 1 })
             .await
             .map_err(connect_err("connect"))?;
-        let backend = Arc::new(MongoBackend {
+        let backend = Arc::new_cyclic(|me| MongoBackend {
             messages: db.collection(&options.messages),
             routing: db.collection(&options.routing),
             broadcast: db.collection(&options.broadcast),
@@ -118,10 +127,14 @@ impl MongoBackend {
             link,
             waker: Arc::default(),
             fanout: Arc::default(),
+            me: me.clone(),
             label,
             options,
         });
         backend.prepare(&db).await?;
+        // Delayed messages stored by processes gone (or by others): this one keeps time for
+        // them too.
+        backend.adopt_delayed().await?;
         Ok(backend)
     }
 
@@ -183,6 +196,14 @@ impl MongoBackend {
         Ok(())
     }
 
+    /// `timeout`, or less: until the earliest due time of a delayed message of `queues`.
+    async fn until_next_due(&self, queues: &[String], timeout: Duration) -> Result<Duration> {
+        Ok(match self.next_due(queues).await? {
+            Some(due) => timeout.min(Duration::from_secs_f64((due - unix_now()).max(0.0))),
+            None => timeout,
+        })
+    }
+
     /// Maps a driver error of operation `what`. (A lost connection does not raise the epoch
     /// here: leases live in the store and survive it; the epoch counts the outages the
     /// driver's monitoring sees, see `link.rs`.)
@@ -206,6 +227,7 @@ impl Backend for MongoBackend {
         c.priorities = true;
         c.message_ttl = true;
         c.dead_lettering = true;
+        c.delayed_delivery = true;
         let mut backend = BackendCapabilities::new(c);
         // Fanout through the capped broadcast collection, as kombu carries it.
         backend.native_fanout = true;
@@ -252,7 +274,7 @@ impl Backend for MongoBackend {
             .deleted_count
             + self.fanout.purge(name) as u64;
         self.messages
-            .delete_many(doc! { QUEUE: leased(name) })
+            .delete_many(doc! { QUEUE: { "$in": [leased(name), delayed(name)] } })
             .await
             .map_err(self.err("delete queue messages", Op::Write))?;
         self.routing
@@ -324,6 +346,46 @@ impl Backend for MongoBackend {
             .await
             .map_err(self.err("publish to a fanout exchange", Op::Write))?;
         self.fanout.published();
+        Ok(())
+    }
+
+    async fn put_delayed(&self, items: Vec<(String, Envelope)>, delay: Duration) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let due = due_in(delay);
+        let due_date = date_of(due);
+        let mut specs: HashMap<&str, Arc<QueueSpec>> = HashMap::new();
+        let mut docs = Vec::with_capacity(items.len());
+        for (queue, env) in &items {
+            let spec = match specs.get(queue.as_str()) {
+                Some(spec) => spec.clone(),
+                None => {
+                    let spec = self.spec(queue).await?;
+                    specs.insert(queue, spec.clone());
+                    spec
+                }
+            };
+            // Its expiration counts from its due time.
+            let expire = documents::expire_at(env, spec.message_ttl, due_date);
+            let mut doc = message_document(&delayed(queue), env, expire)?;
+            doc.insert("_id", due_id(due));
+            doc.insert(DUE, due_date);
+            docs.push(doc);
+        }
+        self.messages
+            .insert_many(docs)
+            .await
+            .map_err(self.err("publish delayed", Op::Write))?;
+        let mut queues: Vec<&str> = items.iter().map(|(q, _)| q.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues {
+            self.waker.delays.note(queue, due);
+            // Waiting consumers look again, for the new due time.
+            self.waker.wake_queue(queue);
+        }
+        self.keep_time();
         Ok(())
     }
 
@@ -450,7 +512,13 @@ impl Backend for MongoBackend {
             .delete_many(doc! { QUEUE: queue })
             .await
             .map_err(self.err("purge", Op::Write))?;
-        Ok(deleted.deleted_count + self.fanout.purge(queue) as u64)
+        // Delayed messages already due are ready; those not yet due stay.
+        let due = self
+            .messages
+            .delete_many(doc! { QUEUE: delayed(queue), DUE: { "$lte": DateTime::now() } })
+            .await
+            .map_err(self.err("purge", Op::Write))?;
+        Ok(deleted.deleted_count + due.deleted_count + self.fanout.purge(queue) as u64)
     }
 
     async fn queue_exists(&self, name: &str) -> Result<bool> {
@@ -486,6 +554,7 @@ impl Backend for MongoBackend {
             if self.anything_ready(queues).await? {
                 return Ok(());
             }
+            let timeout = self.until_next_due(queues, timeout).await?;
             // Leases of other consumers pass without a change: look again within a second.
             let _ =
                 tokio::time::timeout(timeout.min(LOOK_AGAIN), futures::future::select_all(woken))
@@ -495,6 +564,7 @@ impl Backend for MongoBackend {
         let notified = self.waker.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let timeout = self.until_next_due(queues, timeout).await?;
         let pauses = (Duration::from_millis(5), self.options.polling_interval);
         poll_until_ready(notified, timeout, pauses, || self.anything_ready(queues)).await
     }

@@ -8,7 +8,8 @@
 //! kombu-rs's own) and carries `kombu_rs_taken_at` (the take time, Unix seconds as a double:
 //! the visibility rule's `T`) and `kombu_rs_take` (an `ObjectId` naming this take, so a settle
 //! of an older take of the same document touches nothing). A document that was returned
-//! carries `kombu_rs_redelivered: true`.
+//! carries `kombu_rs_redelivered: true`. A delayed message has `queue:
+//! "kombu_rs.delayed:<queue>"` and its due time, `kombu_rs_due` (see `delayed.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,10 @@ pub(crate) const PRIORITY: &str = "priority";
 pub(crate) const EXPIRE_AT: &str = "expire_at";
 /// What a leased document's `queue` starts with (then its queue's name).
 pub(crate) const LEASED_PREFIX: &str = "kombu_rs.leased:";
+/// What a delayed document's `queue` starts with (then its queue's name).
+pub(crate) const DELAYED_PREFIX: &str = "kombu_rs.delayed:";
+/// A delayed document's due time (a BSON date).
+pub(crate) const DUE: &str = "kombu_rs_due";
 pub(crate) const TAKEN_AT: &str = "kombu_rs_taken_at";
 pub(crate) const TAKE: &str = "kombu_rs_take";
 pub(crate) const REDELIVERED: &str = "kombu_rs_redelivered";
@@ -87,6 +92,11 @@ pub(crate) fn expire_at(
 /// The `queue` of `queue`'s leased documents.
 pub(crate) fn leased(queue: &str) -> String {
     format!("{LEASED_PREFIX}{queue}")
+}
+
+/// The `queue` of `queue`'s delayed documents.
+pub(crate) fn delayed(queue: &str) -> String {
+    format!("{DELAYED_PREFIX}{queue}")
 }
 
 /// The update that returns a leased document to its queue, marked redelivered.

@@ -68,6 +68,23 @@
 //! come back when a kombu-rs consumer of that queue takes again, not while only Python
 //! consumers run.
 //!
+//! # Delayed messages
+//!
+//! A message published with [`Publish::delay`](kombu_core::Publish::delay) (or `eta`) is
+//! stored in `messages` with `queue: "kombu_rs.delayed:<queue>"` and its due date,
+//! `kombu_rs_due`, so Python kombu's takes, sizes and purges of the queue never see it, and
+//! its `_id` is an `ObjectId` of its due second (it sorts among the messages published then:
+//! the tail of its queue). Once due, one `update_many` gives it its `queue` back (atomic per
+//! document: nothing lost or doubled if a process dies): a kombu-rs take of the queue does it
+//! when a message is due as far as its process knows (or at least once a second), and a task
+//! in each process that knows of delayed messages (it stored them, found them on connect, or
+//! looked at their queue) does it when they fall due, so Python consumers get them while such
+//! a process runs. Waiting consumers return by the next due time; a change stream's insert of
+//! a delayed message makes the waiters of its queue look again. `queue_size` counts the
+//! messages already due as ready; `purge` removes them with the ready ones and leaves those
+//! not yet due; a queue's deletion removes them all. A delayed message's expiration counts
+//! from its due time.
+//!
 //! # Waiting
 //!
 //! Consumers wait on a change stream of the `messages` collection where the server has them
@@ -90,6 +107,7 @@
 //! Not supported (declared in the capabilities): `x-max-length`.
 
 mod backend;
+mod delayed;
 mod documents;
 mod errors;
 mod fanout;

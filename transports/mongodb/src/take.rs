@@ -17,8 +17,8 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use crate::backend::MongoBackend;
 use crate::documents::{
-    EXPIRE_AT, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, leased, read_payload, receipt,
-    restore_update,
+    DELAYED_PREFIX, DUE, EXPIRE_AT, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, delayed, leased,
+    read_payload, receipt, restore_update,
 };
 use crate::errors::Op;
 use crate::topology::QueueSpec;
@@ -239,6 +239,8 @@ impl MongoBackend {
         if let Some(visibility) = visibility {
             self.restore_passed(queue, visibility).await?;
         }
+        // Delayed messages that fell due join the queue first.
+        self.promote_if_due(queue).await?;
         let spec = self.spec(queue).await?;
         self.refresh_queue_expiry(queue, &spec).await?;
         let (take, documents) = self.lease(queue, want).await?;
@@ -318,7 +320,12 @@ impl MongoBackend {
             return Ok(true);
         }
         let now = unix_now();
-        let mut clauses = vec![doc! { QUEUE: { "$in": queues } }];
+        let delayed_queues: Vec<String> = queues.iter().map(|q| delayed(q)).collect();
+        let mut clauses = vec![
+            doc! { QUEUE: { "$in": queues } },
+            // A delayed message due: the next take moves it.
+            doc! { QUEUE: { "$in": delayed_queues }, DUE: { "$lte": DateTime::now() } },
+        ];
         for queue in queues {
             let timeout = self
                 .sweeps
@@ -335,9 +342,17 @@ impl MongoBackend {
         let found = self
             .messages
             .find_one(doc! { "$or": clauses })
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, QUEUE: 1 })
             .await
             .map_err(self.err("look for messages", Op::Read))?;
+        // A due delayed message (perhaps another process's): the take must look for it.
+        if let Some(queue) = found
+            .as_ref()
+            .and_then(|d| d.get_str(QUEUE).ok())
+            .and_then(|q| q.strip_prefix(DELAYED_PREFIX))
+        {
+            self.waker.delays.invalidate(queue);
+        }
         Ok(found.is_some())
     }
 }

@@ -13,7 +13,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::UpdateOptions;
 
 use crate::backend::MongoBackend;
-use crate::documents::{QUEUE, leased};
+use crate::documents::{DUE, QUEUE, delayed, leased};
 use crate::errors::Op;
 
 /// How long a queue's arguments read from the store are used before they are read again.
@@ -287,20 +287,28 @@ impl MongoBackend {
                 .count_documents(doc! { QUEUE: queue })
                 .await
                 .map_err(self.err("count messages", Op::Read))?
+                // Delayed messages already due are ready: the next take moves them.
+                + self
+                    .messages
+                    .count_documents(
+                        doc! { QUEUE: delayed(queue), DUE: { "$lte": DateTime::now() } },
+                    )
+                    .await
+                    .map_err(self.err("count messages", Op::Read))?
         } else {
             0
         };
         Ok(stored + self.fanout.len(queue) as u64)
     }
 
-    /// Whether any message is leased from the queue or any binding names it.
+    /// Whether any message is leased from the queue or delayed for it, or any binding names it.
     async fn mentioned(&self, queue: &str) -> Result<bool> {
         if self.fanout.is_fanout_queue(queue) {
             return Ok(true);
         }
         let leased = self
             .messages
-            .find_one(doc! { QUEUE: leased(queue) })
+            .find_one(doc! { QUEUE: { "$in": [leased(queue), delayed(queue)] } })
             .projection(doc! { "_id": 1 })
             .await
             .map_err(self.err("look up queue", Op::Read))?;

@@ -20,7 +20,8 @@ use mongodb::Collection;
 use mongodb::bson::{Document, doc};
 use tokio::sync::Notify;
 
-use crate::documents::LEASED_PREFIX;
+use crate::delayed::Delays;
+use crate::documents::{DELAYED_PREFIX, LEASED_PREFIX};
 
 /// Where the watcher stands.
 const IDLE: u8 = 0;
@@ -43,6 +44,8 @@ pub(crate) struct Waker {
     streaming: AtomicBool,
     state: AtomicU8,
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What this process knows of delayed documents (news of them comes on the stream).
+    pub(crate) delays: Arc<Delays>,
 }
 
 impl Drop for Waker {
@@ -171,6 +174,13 @@ async fn watch(waker: std::sync::Weak<Waker>, messages: Collection<Document>) {
                 Ok(event) => {
                     let queue = event_queue(&event);
                     match queue {
+                        // A delayed message stored: its queue's waiters look again, for
+                        // its due time.
+                        Some(queue) if queue.starts_with(DELAYED_PREFIX) => {
+                            let queue = &queue[DELAYED_PREFIX.len()..];
+                            w.delays.invalidate(queue);
+                            w.wake_queue(queue);
+                        }
                         Some(queue) => w.wake_queue(queue),
                         None => w.wake(),
                     }

@@ -20,6 +20,10 @@ use parking_lot::Mutex;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::delayed::{
+    Look, Sweeper, count_due, delete_due, due_in, insert_delayed, next_due_anywhere, next_due_of,
+    promote_due,
+};
 use crate::options::Options;
 use crate::receipt::{VERSION_MASK, receipt, receipt_row};
 use crate::schema::{
@@ -40,6 +44,16 @@ pub(crate) struct SqliteBackend {
     /// Woken by every commit of a put in this process.
     notify: tokio::sync::Notify,
     topology: TopologyCache,
+    /// Makes delayed rows visible when due, while this process knows of some.
+    sweeper: Arc<Sweeper>,
+    /// This backend, for the sweeper task (which must not keep it alive).
+    me: Weak<SqliteBackend>,
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        self.sweeper.stop();
+    }
 }
 
 static BACKENDS: std::sync::LazyLock<Mutex<HashMap<PathBuf, Weak<SqliteBackend>>>> =
@@ -91,20 +105,31 @@ impl SqliteBackend {
                 )
                 .with_source(e)
             })?;
-        let backend = Arc::new(SqliteBackend {
+        let backend = Arc::new_cyclic(|me| SqliteBackend {
             db: Arc::new(Mutex::new(db)),
             label,
             options,
             notify: tokio::sync::Notify::new(),
             topology: TopologyCache::new(TOPOLOGY_TTL),
+            sweeper: Arc::default(),
+            me: me.clone(),
         });
-        let mut map = BACKENDS.lock();
-        // Another task may have opened the same file meanwhile: use one backend per file.
-        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
-            return Ok(existing);
+        {
+            let mut map = BACKENDS.lock();
+            // Another task may have opened the same file meanwhile: use one backend per file.
+            if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+                return Ok(existing);
+            }
+            map.retain(|_, w| w.strong_count() > 0);
+            map.insert(key, Arc::downgrade(&backend));
         }
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(key, Arc::downgrade(&backend));
+        // Rows delayed by processes gone (or by others): this one keeps time for them too.
+        if let Some(due) = backend
+            .run("find delayed messages", |conn| next_due_anywhere(conn))
+            .await?
+        {
+            backend.sweeper.schedule(backend.me.clone(), due);
+        }
         Ok(backend)
     }
 
@@ -128,6 +153,24 @@ impl SqliteBackend {
             .with_source(e)
         })?;
         result.map_err(|e| sql_error(what, &self.label, e))
+    }
+
+    /// Makes every delayed row due now visible (in every queue), wakes this process's
+    /// waiting consumers when there were some; returns the earliest due time left.
+    pub(crate) async fn sweep_due(&self) -> Result<Option<f64>> {
+        let (promoted, left) = self
+            .run("make delayed messages visible", |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let promoted = promote_due(&tx, None, unix_now())?;
+                let left = next_due_anywhere(&tx)?;
+                tx.commit()?;
+                Ok((promoted, left))
+            })
+            .await?;
+        if promoted > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(left)
     }
 
     fn forget_topology(&self) {
@@ -220,6 +263,7 @@ impl Backend for SqliteBackend {
         c.visibility_timeout = true;
         // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
         c.implicit_queues = true;
+        c.delayed_delivery = true;
         let mut backend = BackendCapabilities::new(c);
         backend.transport = "sqlite";
         backend
@@ -301,12 +345,14 @@ impl Backend for SqliteBackend {
                     )?;
                     stored = Some(spec);
                 }
+                // Delayed rows already due are ready: the next take moves them.
                 let ready = tx
                     .prepare_cached(
                         "SELECT COUNT(*) FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
                     )?
                     .query_row([id], |r| r.get::<_, i64>(0))?
-                    .unsigned_abs();
+                    .unsigned_abs()
+                    + count_due(&tx, id, unix_now())?;
                 tx.commit()?;
                 Ok(Some((stored, ready)))
             })
@@ -335,7 +381,8 @@ impl Backend for SqliteBackend {
                         [id],
                         |r| r.get::<_, i64>(0),
                     )?
-                    .unsigned_abs();
+                    .unsigned_abs()
+                        + count_due(&tx, id, unix_now())?;
                     tx.execute("DELETE FROM kombu_message WHERE queue_id = ?1", [id])?;
                     tx.execute("DELETE FROM kombu_queue WHERE id = ?1", [id])?;
                 }
@@ -480,6 +527,8 @@ impl Backend for SqliteBackend {
                     ))?
                     .execute(params![qid, now - visibility.as_secs_f64(), now])?;
                 }
+                // Delayed rows that fell due join the tail, in this transaction.
+                promote_due(&tx, Some(qid), now)?;
                 let mut found: Vec<Row> = Vec::new();
                 {
                     let mut stmt = tx.prepare_cached(
@@ -684,13 +733,16 @@ impl Backend for SqliteBackend {
     async fn purge(&self, queue: &str) -> Result<u64> {
         let name = queue.to_owned();
         self.run("purge", move |conn| {
-            let Some(id) = queue_id(conn, &name)? else {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(id) = queue_id(&tx, &name)? else {
                 return Ok(0);
             };
-            let n = conn.execute(
+            // The ready rows and the delayed ones already due; those not yet due stay.
+            let n = tx.execute(
                 "DELETE FROM kombu_message WHERE queue_id = ?1 AND visible = 1",
                 [id],
-            )?;
+            )? + delete_due(&tx, id, unix_now())?;
+            tx.commit()?;
             Ok(n as u64)
         })
         .await
@@ -700,28 +752,98 @@ impl Backend for SqliteBackend {
         let notified = self.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let first = self.look(queues).await?;
+        if first.ready {
+            return Ok(());
+        }
+        // Back by the next due time of a delayed row, whoever stored it.
+        let bound = first.next_due;
+        let timeout = match bound {
+            Some(due) => timeout.min(Duration::from_secs_f64((due - unix_now()).max(0.0))),
+            None => timeout,
+        };
         // Fast after activity, backing off to the polling interval when idle.
         let pauses = (Duration::from_millis(1), self.options.polling_interval);
-        poll_until_ready(notified, timeout, pauses, || {
-            let names = queues.to_vec();
-            // The waiting consumer's own timeout is not known here: the connection's is the
-            // usual one, and the consumer looks again within a second anyway.
-            let visibility = self.options.visibility_timeout.as_secs_f64();
-            self.run("poll", move |conn| {
-                let now = unix_now();
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
-                     ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
-                     (m.visible = 0 AND {LEASE_PASSED})))"
-                ))?;
-                for name in &names {
-                    if stmt.query_row(params![name, now - visibility, now], |r| {
-                        r.get::<_, bool>(0)
-                    })? {
-                        return Ok(true);
+        poll_until_ready(notified, timeout, pauses, move || async move {
+            let look = self.look(queues).await?;
+            // A row delayed meanwhile (by another process) and due earlier: wait again for it.
+            Ok(look.ready || look.next_due.is_some_and(|d| bound.is_none_or(|b| d < b)))
+        })
+        .await
+    }
+
+    async fn put_delayed(&self, items: Vec<(String, Envelope)>, delay: Duration) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(items.len());
+        for (queue, env) in &items {
+            rows.push((queue.clone(), payload_text(env)?, env.redelivered));
+        }
+        let due = due_in(delay);
+        self.run("publish delayed", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut ids: HashMap<String, i64> = HashMap::new();
+            for (queue, payload, redelivered) in &rows {
+                let id = match ids.get(queue) {
+                    Some(id) => *id,
+                    None => {
+                        let id = ensure_queue(&tx, queue)?;
+                        ids.insert(queue.clone(), id);
+                        id
                     }
+                };
+                insert_delayed(&tx, id, payload, *redelivered, due)?;
+            }
+            tx.commit()
+        })
+        .await?;
+        self.sweeper.schedule(self.me.clone(), due);
+        // Waiting consumers look again, for the new due time.
+        self.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+impl SqliteBackend {
+    /// One look at `queues` for a waiting consumer: a ready row, a lease a take would restore
+    /// (by the connection's visibility timeout), or a delayed row due, and else the earliest
+    /// due time of a delayed row.
+    async fn look(&self, queues: &[String]) -> Result<Look> {
+        let names = queues.to_vec();
+        // The waiting consumer's own timeout is not known here: the connection's is the
+        // usual one, and the consumer looks again within a second anyway.
+        let visibility = self.options.visibility_timeout.as_secs_f64();
+        self.run("poll", move |conn| {
+            let now = unix_now();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
+                 ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
+                 (m.visible = 0 AND {LEASE_PASSED})))"
+            ))?;
+            let mut next_due: Option<f64> = None;
+            for name in &names {
+                if stmt.query_row(params![name, now - visibility, now], |r| {
+                    r.get::<_, bool>(0)
+                })? {
+                    return Ok(Look {
+                        ready: true,
+                        next_due,
+                    });
                 }
-                Ok(false)
+                if let Some(due) = next_due_of(conn, name)? {
+                    if due <= now {
+                        return Ok(Look {
+                            ready: true,
+                            next_due: Some(due),
+                        });
+                    }
+                    next_due = Some(next_due.map_or(due, |n| n.min(due)));
+                }
+            }
+            Ok(Look {
+                ready: false,
+                next_due,
             })
         })
         .await

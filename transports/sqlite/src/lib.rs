@@ -51,6 +51,18 @@
 //!   not UTF-8, longer than `max_payload_size`) never makes a take fail and is never dropped:
 //!   it is taken like the others, and core moves its bytes to `<queue>.dlq` as the body of a
 //!   dead letter; the insert there and the delete of the row are one transaction.
+//! * Delayed messages ([`Publish::delay`](kombu_core::Publish::delay), `eta`) are rows with
+//!   `visible = 0` and a due time, `due_at` (Unix seconds; `NULL` otherwise), and neither a
+//!   take time nor a lease end, so no lease restore takes one for a lease and no receipt
+//!   names one; Python kombu reads only visible rows, so it neither takes nor counts them.
+//!   Once due, a row is copied to a fresh visible row (a new id: the tail of its queue) and
+//!   deleted, in one transaction: by any kombu-rs take of its queue, and by a task in each
+//!   process that has the file open and knows of delayed rows (it stored them, or found them
+//!   when it opened the file), so Python consumers get them while such a process runs.
+//!   `queue_size` counts the rows already due
+//!   as ready; `purge` removes them with the ready rows and leaves those not yet due; a queue's
+//!   deletion removes them all. Python kombu's purge deletes every row of the queue, delayed
+//!   ones included (it deletes kombu-rs's leased rows too).
 //! * The database runs in WAL mode with a busy timeout; takes run in `BEGIN IMMEDIATE`
 //!   transactions, so concurrent consumers in any process never take the same row.
 //!
@@ -59,10 +71,15 @@
 //! processes are noticed by polling, fast after activity and backing off to
 //! `polling_interval` when idle.
 //!
+//! A consumer waiting for delayed rows returns at the earliest due time among its queues
+//! (`benches/delay_stores.rs` measures how late they arrive); a row another process stores
+//! meanwhile, due earlier still, is noticed at its next poll (within `polling_interval`).
+//!
 //! Not supported (declared in the capabilities, so the conformance suite skips them):
 //! priorities, message and queue TTL, max length and dead-lettering.
 
 mod backend;
+mod delayed;
 mod options;
 mod receipt;
 mod schema;

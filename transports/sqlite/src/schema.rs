@@ -135,13 +135,18 @@ pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     }
     // Every open: a process of an earlier version may still be taking from this file.
     convert_lease_ends(&tx, options.visibility_timeout.as_secs_f64())?;
+    if !columns.iter().any(|c| c == "due_at") {
+        tx.execute_batch("ALTER TABLE kombu_message ADD COLUMN due_at REAL")?;
+    }
     if !columns.iter().any(|c| c == "redelivered") {
         tx.execute_batch(
             "ALTER TABLE kombu_message ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0",
         )?;
     }
     tx.execute_batch(
-        "CREATE INDEX IF NOT EXISTS ix_kombu_rs_message_queue ON kombu_message (queue_id, visible, timestamp, id)",
+        "CREATE INDEX IF NOT EXISTS ix_kombu_rs_message_queue ON kombu_message (queue_id, visible, timestamp, id);
+         CREATE INDEX IF NOT EXISTS ix_kombu_rs_message_due ON kombu_message (queue_id, due_at) WHERE due_at IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS ix_kombu_rs_message_due_all ON kombu_message (due_at) WHERE due_at IS NOT NULL;",
     )?;
     tx.commit()?;
     Ok(conn)

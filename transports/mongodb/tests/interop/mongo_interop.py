@@ -19,6 +19,7 @@ the collections with pymongo. Results go to stdout as one JSON document.
                                  most SECS seconds, ack each
     drain URL QUEUE              take every ready message (Queue.get), ack each, in order
     size URL QUEUE               the queue's size as kombu reports it (queue_declare passive)
+    purge URL QUEUE              purge the queue as kombu does; how many it removed
     dead_letters URL QUEUE       take every message of a dead-letter queue kombu-rs filled:
                                  raw bodies (base64), content types and headers
     ttl_publish URL QUEUE        with ttl=True: declare QUEUE and publish "short" (expiration
@@ -194,6 +195,14 @@ def size(url, queue_name):
     print(json.dumps({"size": ok.message_count}))
 
 
+def purge(url, queue_name):
+    with connection(url) as conn:
+        channel = conn.channel()
+        purged = Queue(queue_name)(channel).purge()
+        channel.close()
+    print(json.dumps({"purged": purged}))
+
+
 def dead_letters(url, queue_name):
     got = []
     with connection(url) as conn:
@@ -313,6 +322,7 @@ def main(argv):
         "consume": consume,
         "drain": drain,
         "size": size,
+        "purge": purge,
         "dead_letters": dead_letters,
         "ttl_publish": ttl_publish,
         "ttl_put": ttl_put,
