@@ -294,7 +294,7 @@ mod tests {
         let text = String::from_utf8_lossy(&a);
         assert_eq!(text.as_bytes().get(32), Some(&b':'));
         assert!(
-            text.ends_with(":0:7:p:q\x06\x163{\"body\": \"x\"}"),
+            text.ends_with(":0:6:p:q\x06\x163{\"body\": \"x\"}"),
             "{text:?}"
         );
     }
