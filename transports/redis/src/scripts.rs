@@ -147,7 +147,8 @@ return #overdue
 /// clock says. Returns the due time (ms since the epoch, server clock).
 pub(crate) const PUT_DELAYED: &str = r#"
 local now = redis.call('TIME')
-local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+-- Rounded up to the next ms (and the move rounds down): never due early.
+local due = tonumber(now[1]) * 1000 + math.ceil(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
 local args = {}
 for i = 2, #ARGV do
   args[#args + 1] = due
