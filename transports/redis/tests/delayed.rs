@@ -48,8 +48,9 @@ fn keep_consuming(conn: &Connection, queue: &str) -> tokio::task::JoinHandle<()>
 
 /// Delayed messages stay out of the lists Python kombu reads until due (a `Queue.get` of
 /// every list finds only the message published without a delay), then a Python consumer
-/// blocked on the queue gets them, with their priorities, in kombu's order (lower first):
-/// moved by the mover of a kombu-rs connection consuming another queue.
+/// blocked on the queue gets them, with their priorities, moved by the mover of a kombu-rs
+/// connection consuming another queue; messages due together are read in kombu's priority
+/// order (lower first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sees_delayed_messages_only_when_due_in_priority_order() {
     let Some(python) = python() else { return };
@@ -103,8 +104,12 @@ async fn python_sees_delayed_messages_only_when_due_in_priority_order() {
         "Python got them {waited:?} after publishing"
     );
     let got = out["messages"].as_array().expect("messages");
-    let order: Vec<&Json> = got.iter().map(|m| &m["payload"]["p"]).collect();
-    assert_eq!(order, [&json!(0), &json!(5), &json!(9)], "{out}");
+    let mut ps: Vec<u64> = got
+        .iter()
+        .filter_map(|m| m["payload"]["p"].as_u64())
+        .collect();
+    ps.sort_unstable();
+    assert_eq!(ps, [0, 5, 9], "{out}");
     for m in got {
         assert_eq!(m["properties"]["priority"], m["payload"]["p"], "{m}");
         assert_eq!(m["headers"]["kind"], "delayed", "{m}");
@@ -116,6 +121,49 @@ async fn python_sees_delayed_messages_only_when_due_in_priority_order() {
         .await
         .expect("ZCARD");
     assert_eq!(held, 0, "every delayed message left the set");
+
+    // Moved together (they fell due while nobody took), they are read in kombu's priority
+    // order, from their priority lists.
+    let idle = keep_consuming(&conn, "other");
+    for p in [9u8, 0, 5] {
+        producer
+            .message(&json!({ "p": p }))
+            .priority(p)
+            .delay(Duration::from_millis(300))
+            .send()
+            .await
+            .expect("publish delayed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(format!("{}_kombu_rs.delayed", space.prefix))
+            .query_async(&mut redis)
+            .await
+            .expect("ZCARD");
+        if held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} delayed messages never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    idle.abort();
+    let out = {
+        let (python, prefix) = (python.clone(), space.prefix.clone());
+        tokio::task::spawn_blocking(move || Space { prefix }.python(&python, "drain", &["dq"]))
+            .await
+            .expect("Python drain")
+    };
+    let order: Vec<&Json> = out["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["payload"]["p"])
+        .collect();
+    assert_eq!(order, [&json!(0), &json!(5), &json!(9)], "{out}");
     space.clean().await;
 }
 
