@@ -29,8 +29,11 @@ const RATE: u64 = 1_000;
 /// Shortest and longest delay, ms.
 const DELAYS_MS: (u64, u64) = (100, 1_000);
 
-/// The transports measured: a name and a fresh URL for one run.
-const TRANSPORTS: &[(&str, fn() -> String)] = &[
+/// Gives a fresh URL (queue names and keys of its own) for one run.
+type FreshUrl = fn() -> String;
+
+/// The transports measured: a name and its URLs.
+const TRANSPORTS: &[(&str, FreshUrl)] = &[
     ("memory", || {
         format!("memory://bench-delay-{}", uuid::Uuid::new_v4().simple())
     }),
