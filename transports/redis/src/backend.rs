@@ -17,10 +17,13 @@ use parking_lot::Mutex;
 use redis::AsyncCommands;
 
 use crate::connect::{self, redis_error};
+use crate::delayed::Mover;
 use crate::fanout::Fanout;
 use crate::options::Options;
 use crate::reconnect::{Alternative, Link, dead_connection, maybe_written};
-use crate::scripts::{REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK};
+use crate::scripts::{
+    PUT_DELAYED, REFRESH_BINDING, RESTORE, SET_ASIDE, SLICE, SWEEP_BINDINGS, TAKE, UNLOCK,
+};
 use crate::topology::{ExpiringBindings, TOPOLOGY_TTL};
 use crate::unacked::field_of;
 use crate::watch;
@@ -77,6 +80,10 @@ pub(crate) struct RedisBackend {
     pub(crate) refresh_binding: redis::Script,
     /// [`SWEEP_BINDINGS`].
     pub(crate) sweep_bindings: redis::Script,
+    /// [`PUT_DELAYED`].
+    pub(crate) put_delayed: redis::Script,
+    /// Moves due delayed messages to their queues while this connection has consumers.
+    pub(crate) mover: Mover,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -125,6 +132,14 @@ impl RedisBackend {
         let link = Link::new(conn, alternatives, strategy);
         let watchers =
             watch::Watchers::new(client.clone(), label.clone(), options.polling_interval);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mover = Mover::new(
+            client.clone(),
+            label.clone(),
+            options.polling_interval,
+            (options.delayed_key(), options.delayed_unreadable_key()),
+            wake.clone(),
+        );
         Ok(RedisBackend {
             watchers,
             link,
@@ -140,7 +155,7 @@ impl RedisBackend {
             bound: Mutex::new(HashMap::new()),
             scan_type: std::sync::atomic::AtomicBool::new(true),
             last_sweep: Mutex::new(None),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            wake,
             listener: Mutex::new(None),
             fanout: Arc::new(Fanout::default()),
             expiring: Mutex::new(HashMap::new()),
@@ -148,6 +163,8 @@ impl RedisBackend {
             bindings_swept: Mutex::new(None),
             refresh_binding: redis::Script::new(REFRESH_BINDING),
             sweep_bindings: redis::Script::new(SWEEP_BINDINGS),
+            put_delayed: redis::Script::new(PUT_DELAYED),
+            mover,
         })
     }
 
@@ -199,6 +216,7 @@ impl Backend for RedisBackend {
         c.visibility_timeout = true;
         c.implicit_queues = true;
         c.priority_buckets = true;
+        c.delayed_delivery = true;
         let mut backend = BackendCapabilities::new(c);
         // Fanout exchanges over PUB/SUB, as kombu carries them.
         backend.native_fanout = true;
@@ -312,7 +330,14 @@ impl Backend for RedisBackend {
         Ok(Vec::new())
     }
 
+    async fn put_delayed(&self, items: Vec<(String, Envelope)>, delay: Duration) -> Result<()> {
+        // In `delayed.rs`.
+        self.store_delayed(items, delay).await
+    }
+
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
+        // Due delayed messages reach the lists while this connection has consumers.
+        self.mover.touch();
         let mut fetched = Fetched::default();
         if self.fanout.is_fanout_queue(queue) {
             (fetched.taken, fetched.unreadable) = self.fanout.take_deliveries(queue, max.max(1));
@@ -570,6 +595,7 @@ impl Backend for RedisBackend {
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        self.mover.touch();
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

@@ -70,6 +70,18 @@ impl Options {
         self.fanout_topic(exchange, &binding_key.replace('#', "*"))
     }
 
+    /// kombu-rs's delayed messages: a sorted set, score the due time (ms, server clock), until
+    /// they are moved to their queues' lists (see the `delayed` module).
+    pub(crate) fn delayed_key(&self) -> String {
+        format!("{}_kombu_rs.delayed", self.prefix)
+    }
+
+    /// Where a member of the delayed set that is not of kombu-rs's shape goes when due, as it
+    /// was (a list; nothing writes such members but a foreign client).
+    pub(crate) fn delayed_unreadable_key(&self) -> String {
+        format!("{}_kombu_rs.delayed.unreadable", self.prefix)
+    }
+
     /// kombu-rs's registry of declared queues and their arguments (kombu keeps none).
     pub(crate) fn queues_key(&self) -> String {
         format!("{}_kombu_rs.queues", self.prefix)

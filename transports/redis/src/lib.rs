@@ -34,6 +34,14 @@
 //!   and the sorted set `unacked_index` (delivery tag → delivery time), restored after the
 //!   visibility timeout by whichever consumer (Python or Rust) sweeps first, under
 //!   `unacked_mutex`.
+//! * Delayed messages ([`Publish::delay`](kombu_core::Publish::delay),
+//!   [`eta`](kombu_core::Publish::eta)) wait in kombu-rs's sorted set `_kombu_rs.delayed`
+//!   (score: the due time in ms by the server's clock; member: a unique id, the list a put
+//!   would push to, the envelope) and one Lua script moves the due ones onto their lists
+//!   (`LPUSH`, as a put) and out of the set in one atomic step. Until then Python kombu sees
+//!   nothing of them and sizes do not count them. The move is run by a task of each kombu-rs
+//!   connection with consumers (within 25 ms of the due time at most; at once when the
+//!   message was stored through that connection): see the `delayed` module.
 //! * Exchange types are kept in the hash `_kombu_rs.exchanges` (kombu keeps them in process
 //!   memory); an exchange found only by its binding set is taken as direct.
 //! * A queue exists (`queue_exists`, so mandatory publishes and the size of a missing queue)
@@ -133,6 +141,7 @@ use kombu_core::{BrokerUrl, FailoverStrategy, Result};
 mod acks;
 mod backend;
 mod connect;
+mod delayed;
 mod fanout;
 mod keys;
 mod options;

@@ -1,6 +1,6 @@
 //! The Lua scripts that make kombu's multi-step operations atomic: taking messages and
-//! recording them as unacked in one step, restoring one, and kombu 5.7's binding-table
-//! deadlines. Each is run with `EVALSHA` (loaded on first use) by [`redis::Script`].
+//! recording them as unacked in one step, restoring one, kombu 5.7's binding-table
+//! deadlines, and storing delayed messages and moving them to their queues when due. Each is run with `EVALSHA` (loaded on first use) by [`redis::Script`].
 
 /// Pops up to `ARGV[1]` messages from the lists in `KEYS[3..]` (in order) and, unless
 /// `ARGV[3]` is `0` (no-ack), records each in kombu's `unacked` hash (`KEYS[1]`) and
@@ -139,6 +139,68 @@ for _, exchange in ipairs(overdue) do
     redis.call('ZREM', KEYS[1], exchange)
 end
 return #overdue
+"#;
+
+/// Stores delayed messages: adds each member `ARGV[2..]` to the sorted set `KEYS[1]` (the
+/// delayed set, see the `delayed` module) with the score "now + `ARGV[1]` ms", now being the
+/// server's clock (`TIME`), so every client agrees on when a message is due whatever its own
+/// clock says. Returns the due time (ms since the epoch, server clock).
+pub(crate) const PUT_DELAYED: &str = r#"
+local now = redis.call('TIME')
+-- Rounded up to the next ms (and the move rounds down): never due early.
+local due = tonumber(now[1]) * 1000 + math.ceil(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = due
+  args[#args + 1] = ARGV[i]
+  if #args >= 1000 then
+    redis.call('ZADD', KEYS[1], unpack(args))
+    args = {}
+  end
+end
+if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end
+return due
+"#;
+
+/// Moves due delayed messages to their queues: takes up to `ARGV[1]` members of the delayed
+/// set `KEYS[1]` whose score (due time, ms) is at most the server's clock now, earliest first,
+/// and for each `LPUSH`es its envelope onto its list (as a put does, so the move wakes blocked
+/// consumers, Python's `BRPOP` included), sets that list's `PEXPIRE` when the member carries
+/// the queue's `x-expires`, and `ZREM`s it, all in one atomic step: a message is in the set or
+/// in its list, never in neither nor both, whoever runs this and however many run it at once.
+/// A member of another shape is moved as it is onto the list `KEYS[2]` (never dropped).
+///
+/// A member is `<id>:<x-expires ms, 0 for none>:<length of the list key>:<list key><envelope>`
+/// (`<id>`: 32 hex digits, unique, so identical messages do not collapse into one member).
+/// Returns `{moved, wait}`: how many were moved, and how many ms until the earliest member
+/// left is due (`-1`: none left).
+pub(crate) const MOVE_DUE: &str = r#"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local moved = false
+  local a = string.find(m, ':', 34, true)
+  local b = a and string.find(m, ':', a + 1, true)
+  if string.sub(m, 33, 33) == ':' and b then
+    local expires = tonumber(string.sub(m, 34, a - 1))
+    local len = tonumber(string.sub(m, a + 1, b - 1))
+    if expires and len and len > 0 and #m >= b + len then
+      local key = string.sub(m, b + 1, b + len)
+      redis.call('LPUSH', key, string.sub(m, b + len + 1))
+      if expires > 0 then redis.call('PEXPIRE', key, expires) end
+      moved = true
+    end
+  end
+  if not moved then redis.call('LPUSH', KEYS[2], m) end
+end
+for s = 1, #due, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(due, s, math.min(s + 999, #due)))
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if first[2] then wait = math.max(0, tonumber(first[2]) - ms) end
+return {#due, wait}
 "#;
 
 /// Releases `KEYS[1]` if it still holds our token `ARGV[1]`.
