@@ -61,6 +61,10 @@
 //!   retries (publishes retry by default; see [`Producer`]) and failover;
 //!   [`ConnectionPool`] and [`ProducerPool`]: bounded pools for many publishing tasks.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
+//! - [`telemetry`] and [`metrics`]: spans with OpenTelemetry's messaging attributes around
+//!   every publish and delivery, the W3C `traceparent` / `tracestate` carried in message
+//!   headers with the feature `opentelemetry` (off by default; `examples/tracing.rs`), and
+//!   counters of messages published, consumed and dead-lettered through the `metrics` facade.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -72,7 +76,7 @@ pub use kombu_core::{
     DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delays, Delivery, DeliveryInfo,
     DeliveryMode, Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch,
     Headers, LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result,
-    RetryEvent, RetryPolicy, SettleError, StopHandle, Value, dead_letter,
+    RetryEvent, RetryPolicy, SettleError, StopHandle, Value, dead_letter, metrics, telemetry,
 };
 pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, ProducerPool};
 pub use resilience::{ConnectionBuilder, ConnectionPool};
@@ -189,6 +193,12 @@ impl Connection {
     /// transport moved to after losing it.
     pub fn url(&self) -> BrokerUrl {
         self.0.url()
+    }
+
+    /// The broker's OpenTelemetry `messaging.system`: `rabbitmq`, `redis`, `sqlite`,
+    /// `mongodb`, `memory` (see [`telemetry`]).
+    pub fn messaging_system(&self) -> &'static str {
+        self.0.messaging_system()
     }
 
     /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see
