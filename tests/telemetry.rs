@@ -317,8 +317,8 @@ async fn a_traceparent_set_by_the_application_is_kept_and_joined() {
 }
 
 /// The value of one series in a snapshot.
-fn series(
-    snapshot: &[(
+fn series<'a>(
+    snapshot: &'a [(
         metrics_util::CompositeKey,
         Option<metrics::Unit>,
         Option<metrics::SharedString>,
@@ -326,7 +326,7 @@ fn series(
     )],
     name: &str,
     labels: &[(&str, &str)],
-) -> Option<DebugValue> {
+) -> Option<&'a DebugValue> {
     snapshot
         .iter()
         .find(|(key, ..)| {
@@ -336,7 +336,7 @@ fn series(
                     .iter()
                     .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
         })
-        .map(|(.., value)| value.clone())
+        .map(|(.., value)| value)
 }
 
 #[tokio::test]
@@ -401,7 +401,7 @@ async fn counters_and_the_handler_histogram() {
                 kombu::metrics::MESSAGES_PUBLISHED,
                 &[transport, ("destination", &queue)]
             ),
-            Some(DebugValue::Counter(3)),
+            Some(&DebugValue::Counter(3)),
             "{}",
             broker.transport
         );
@@ -411,7 +411,7 @@ async fn counters_and_the_handler_histogram() {
                 kombu::metrics::MESSAGES_CONSUMED,
                 &[transport, ("queue", &queue)]
             ),
-            Some(DebugValue::Counter(3)),
+            Some(&DebugValue::Counter(3)),
             "{}",
             broker.transport
         );
@@ -421,7 +421,7 @@ async fn counters_and_the_handler_histogram() {
                 kombu::metrics::MESSAGES_DEAD_LETTERED,
                 &[transport, ("queue", &queue)]
             ),
-            Some(DebugValue::Counter(1)),
+            Some(&DebugValue::Counter(1)),
             "{}",
             broker.transport
         );
