@@ -230,6 +230,13 @@ async fn one_trace_crosses(url: &str, system: &str) {
     ] {
         assert_eq!(attribute(send, key).as_deref(), Some(value), "{key}");
     }
+    assert!(
+        send.attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "messaging.message.body.size"
+                && kv.value == opentelemetry::Value::I64(7)),
+        "the body size is an integer attribute"
+    );
     assert_eq!(
         attribute(receive, "messaging.operation.type").as_deref(),
         Some("receive")

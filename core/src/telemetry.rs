@@ -94,6 +94,12 @@ pub(crate) fn destination(outgoing: &Outgoing) -> &str {
     }
 }
 
+/// A count as an `i64`: `tracing-opentelemetry` records signed integers as OpenTelemetry
+/// integers, and unsigned ones as strings.
+fn int<N: TryInto<i64>>(n: N) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// The `send` span of a publish of `count` messages, `first` among them.
 pub(crate) fn send_span(system: &'static str, first: &Outgoing, count: usize) -> Span {
     let destination = destination(first);
@@ -111,8 +117,8 @@ pub(crate) fn send_span(system: &'static str, first: &Outgoing, count: usize) ->
             Some(first.routing_key.as_str()).filter(|k| !k.is_empty()),
         messaging.message.id = message.properties.message_id.as_deref(),
         messaging.message.conversation_id = message.properties.correlation_id.as_deref(),
-        messaging.message.body.size = message.body.len(),
-        messaging.batch.message_count = (count > 1).then_some(count),
+        messaging.message.body.size = int(message.body.len()),
+        messaging.batch.message_count = (count > 1).then(|| int(count)),
     )
 }
 
@@ -185,10 +191,10 @@ pub(crate) fn consumer_span(system: &'static str, delivery: &Delivery, what: Con
         messaging.destination.name = queue,
         messaging.rabbitmq.destination.routing_key =
             Some(delivery.routing_key()).filter(|k| !k.is_empty()),
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag(),
+        messaging.rabbitmq.message.delivery_tag = int(delivery.delivery_tag()),
         messaging.message.id = message.properties.message_id.as_deref(),
         messaging.message.conversation_id = message.properties.correlation_id.as_deref(),
-        messaging.message.body.size = message.body.len(),
+        messaging.message.body.size = int(message.body.len()),
     );
     #[cfg(feature = "opentelemetry")]
     if !span.is_disabled() {
