@@ -69,6 +69,10 @@
 //! - [`rpc`]: [`RpcClient`](rpc::RpcClient) and [`RpcServer`](rpc::RpcServer), request/reply
 //!   over `reply_to` and `correlation_id` (direct reply-to on RabbitMQ), kombu's `send_reply`
 //!   shape.
+//! - [`telemetry`] and [`metrics`]: spans with OpenTelemetry's messaging attributes around
+//!   every publish and delivery, the W3C `traceparent` / `tracestate` carried in message
+//!   headers with the feature `opentelemetry` (off by default; `examples/tracing.rs`), and
+//!   counters of messages published, consumed and dead-lettered through the `metrics` facade.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -80,7 +84,7 @@ pub use kombu_core::{
     DEFAULT_MAX_REDELIVERIES, DeadLettered, Declaration, Delays, Delivery, DeliveryInfo,
     DeliveryMode, Error, ErrorAction, ErrorKind, Exchange, ExchangeKind, Handled, HeaderMatch,
     Headers, LinkState, LinkWatch, Message, Producer, Properties, Publish, Queue, Result,
-    RetryEvent, RetryPolicy, SettleError, StopHandle, Value, dead_letter,
+    RetryEvent, RetryPolicy, SettleError, StopHandle, Value, dead_letter, metrics, telemetry,
 };
 pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, ProducerPool};
 pub use resilience::{ConnectionBuilder, ConnectionPool};
@@ -227,6 +231,12 @@ impl Connection {
     /// transport moved to after losing it.
     pub fn url(&self) -> BrokerUrl {
         self.0.url()
+    }
+
+    /// The broker's OpenTelemetry `messaging.system`: `rabbitmq`, `redis`, `sqlite`,
+    /// `mongodb`, `memory` (see [`telemetry`]).
+    pub fn messaging_system(&self) -> &'static str {
+        self.0.messaging_system()
     }
 
     /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see

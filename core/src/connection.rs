@@ -78,6 +78,8 @@ pub struct Connection {
 
 struct Inner {
     url: BrokerUrl,
+    /// The OpenTelemetry `messaging.system` of the URL's transport.
+    system: &'static str,
     alternates: Vec<BrokerUrl>,
     broker: Arc<dyn BrokerConnection>,
     default_channel: Arc<dyn Channel>,
@@ -141,6 +143,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             inner: Arc::new(Inner {
+                system: crate::telemetry::messaging_system(&url),
                 url,
                 alternates,
                 broker,
@@ -274,6 +277,13 @@ impl Connection {
             .broker
             .url_in_use()
             .unwrap_or_else(|| self.inner.url.clone())
+    }
+
+    /// The broker's OpenTelemetry `messaging.system` (see
+    /// [`telemetry::messaging_system`](crate::telemetry::messaging_system)): `rabbitmq`,
+    /// `redis`, `sqlite`, `mongodb`, `memory`. Spans and metrics carry it.
+    pub fn messaging_system(&self) -> &'static str {
+        self.inner.system
     }
 
     /// Whether the connection is up, reconnecting or lost for good, as a watch channel (see

@@ -43,15 +43,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::channel::{Channel, ConsumeOptions, Decoder, Delivery, DeliveryStream};
 use crate::connection::Connection;
 use crate::entity::Queue;
 use crate::error::{Error, Result};
+use crate::metrics;
+use crate::telemetry::{self, Consuming};
 
 mod heartbeat;
 mod policy;
@@ -260,6 +263,8 @@ impl ConsumerBuilder {
         let names: Vec<String> = self.queues.iter().map(|q| q.name.clone()).collect();
         let stream = channel.consume(&names, &self.options).await?;
         Ok(Consumer {
+            system: self.conn.messaging_system(),
+            handling: false,
             conn: self.conn,
             channel,
             stream: SyncStream::new(stream),
@@ -377,6 +382,11 @@ pub struct Consumer {
     stop: Arc<StopSignal>,
     /// How long a stopped handler loop lets its handler finish.
     shutdown_timeout: Duration,
+    /// The connection's `messaging.system`, for spans and metrics.
+    system: &'static str,
+    /// Set by the handler loops: each delivery gets a `process` span around its handler
+    /// instead of the stream's `receive` span.
+    handling: bool,
 }
 
 impl fmt::Debug for Consumer {
@@ -429,12 +439,14 @@ impl Consumer {
         F: FnMut(Delivery) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
+        self.handling = true;
         while let Some(item) = self.next().await {
             match item {
                 Ok(delivery) => {
+                    let (span, timing) = self.observe(&delivery);
                     let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                    let handled = heartbeat::run(keeper, handler(delivery));
-                    if self.run_handler(handled).await? == Ran::Abandoned {
+                    let handled = heartbeat::run(keeper, handler(delivery)).instrument(span);
+                    if self.run_timed(handled, timing).await? == Ran::Abandoned {
                         break;
                     }
                 }
@@ -457,13 +469,16 @@ impl Consumer {
         F: FnMut(T, Delivery) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
+        self.handling = true;
         while let Some(item) = self.next().await {
             let (error, delivery) = match item {
                 Ok(delivery) => match delivery.decode::<T>() {
                     Ok(value) => {
+                        let (span, timing) = self.observe(&delivery);
                         let keeper = heartbeat::keeper(&delivery, self.heartbeat);
-                        let handled = heartbeat::run(keeper, handler(value, delivery));
-                        if self.run_handler(handled).await? == Ran::Abandoned {
+                        let handled =
+                            heartbeat::run(keeper, handler(value, delivery)).instrument(span);
+                        if self.run_timed(handled, timing).await? == Ran::Abandoned {
                             break;
                         }
                         continue;
@@ -487,17 +502,80 @@ impl Consumer {
         Ok(())
     }
 
+    /// The span to process `delivery` in, from a stream's own loop: `process <queue>`, with
+    /// the OpenTelemetry messaging attributes, child of the producer's span when the message
+    /// carries its trace context (feature `opentelemetry`). The handler loops
+    /// ([`Consumer::consume`], [`Consumer::consume_as`]) run each handler in one by themselves.
+    /// See [`telemetry`](crate::telemetry).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use futures::StreamExt;
+    /// use kombu_core::{Connection, Queue};
+    /// use tracing::Instrument;
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// let conn = Connection::open("memory://doc-process-span").await?;
+    /// let mut consumer = conn.consumer([Queue::new("jobs")]).build().await?;
+    /// conn.producer().routing_key("jobs").publish("work").await?;
+    /// if let Some(Ok(delivery)) = consumer.next().await {
+    ///     let span = consumer.process_span(&delivery);
+    ///     async { delivery.ack().await }.instrument(span).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn process_span(&self, delivery: &Delivery) -> tracing::Span {
+        telemetry::consumer_span(self.system, delivery, Consuming::Process)
+    }
+
+    /// The `process` span of a delivery the handler loop is about to run a handler on, and
+    /// its queue and start time when handler durations are recorded.
+    fn observe(&self, delivery: &Delivery) -> (tracing::Span, Option<(String, Instant)>) {
+        let span = self.process_span(delivery);
+        let timing = metrics::is_recording().then(|| (delivery.queue().to_owned(), Instant::now()));
+        (span, timing)
+    }
+
+    /// [`run_handler`](Consumer::run_handler), recording how long it ran when `timing` says
+    /// when it started.
+    async fn run_timed<Fut>(&self, handler: Fut, timing: Option<(String, Instant)>) -> Result<Ran>
+    where
+        Fut: Future<Output = Result<()>>,
+    {
+        let ran = self.run_handler(handler).await;
+        if let Some((queue, started)) = timing {
+            let ok = matches!(ran, Ok(Ran::Finished));
+            metrics::record_handler(&queue, started.elapsed(), ok);
+        }
+        ran
+    }
+
     // The error carries the refused delivery by design (it is the stream's item type), so it is
     // as large as a delivery.
     #[allow(clippy::result_large_err)]
     fn prepare(&self, item: Result<Delivery>) -> Result<Delivery, ConsumeError> {
         match item {
-            Err(error) => Err(ConsumeError {
-                error,
-                delivery: None,
-            }),
+            Err(error) => {
+                if let Some(record) = error.dead_lettered() {
+                    metrics::record_dead_lettered(self.system, &record.queue);
+                }
+                Err(ConsumeError {
+                    error,
+                    delivery: None,
+                })
+            }
             Ok(mut delivery) => {
                 delivery.set_decoder(self.decoder.clone());
+                metrics::record_consumed(self.system, delivery.queue());
+                if !self.handling {
+                    // An instant: the delivery is handed out now. Dropped here, it ends here.
+                    drop(telemetry::consumer_span(
+                        self.system,
+                        &delivery,
+                        Consuming::Receive,
+                    ));
+                }
                 match delivery.check_accept() {
                     Ok(()) => Ok(delivery),
                     Err(error) => Err(ConsumeError {

@@ -48,6 +48,16 @@
 //! - [`transport::memory`]: the memory transport (`memory://`, `memory://NAME`), registered by
 //!   [`transport::memory::register`].
 //! - `conformance` (feature `conformance`): the behaviour suite every transport runs.
+//!
+//! ## Tracing and metrics
+//!
+//! Publishes and deliveries open [`tracing`](https://docs.rs/tracing) spans named and
+//! attributed after OpenTelemetry's semantic conventions for messaging ([`telemetry`]); with the
+//! feature `opentelemetry`, a publish writes its trace context into the message's headers
+//! (W3C `traceparent`, `tracestate`) and the consumer's spans join that trace. Counters of
+//! messages published, consumed and dead-lettered, and a histogram of handler durations, go to
+//! the application's [`metrics`](https://docs.rs/metrics) recorder ([`metrics`]). Neither
+//! costs more than a check when no subscriber or recorder is installed.
 
 mod capabilities;
 mod channel;
@@ -61,9 +71,11 @@ mod error;
 pub mod failover;
 pub mod link;
 mod message;
+pub mod metrics;
 pub mod pool;
 mod producer;
 pub mod retry;
+pub mod telemetry;
 pub mod transport;
 mod url;
 mod value;

@@ -44,6 +44,7 @@ use crate::entity::{Exchange, Queue};
 use crate::error::Result;
 use crate::message::{COMPRESSION_HEADER, DeliveryMode, Message, Properties};
 use crate::retry::{OnRetry, RetryEvent, RetryPolicy, report};
+use crate::telemetry::Published;
 use crate::value::{Headers, Value};
 
 /// An entity a producer declares before its first publish.
@@ -278,8 +279,17 @@ impl Producer {
         self.send_batch(batch).await
     }
 
-    /// Publishes prepared messages (from [`Publish::build`]) in one batch.
-    pub async fn send_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
+    /// Publishes prepared messages (from [`Publish::build`]) in one batch, in one `send` span
+    /// ([`telemetry`](crate::telemetry)).
+    pub async fn send_batch(&self, mut batch: Vec<Outgoing>) -> Result<()> {
+        let (span, published) = Published::start(self.conn.messaging_system(), &mut batch);
+        self.send_many(batch).instrument(span).await?;
+        published.done();
+        Ok(())
+    }
+
+    /// Declares what it must, then publishes `batch`, under the producer's policy.
+    async fn send_many(&self, batch: Vec<Outgoing>) -> Result<()> {
         let Some(policy) = &self.retry else {
             self.ensure_declared().await?;
             return self.conn.default_channel().publish_batch(batch).await;
@@ -550,15 +560,16 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
     }
 
     /// Publishes (after declaring the producer's entities, once per connection), under the
-    /// producer's retry policy ([Retries](Producer#retries)).
+    /// producer's retry policy ([Retries](Producer#retries)), in a `send` span; with the
+    /// feature `opentelemetry`, the span's trace context goes in the headers
+    /// ([`telemetry`](crate::telemetry)).
     pub async fn send(self) -> Result<()> {
         let producer = self.producer;
-        let outgoing = self.build()?;
-        let span = tracing::trace_span!(
-            "publish",
-            exchange = %outgoing.exchange,
-            routing_key = %outgoing.routing_key
-        );
-        producer.send_one(outgoing).instrument(span).await
+        let mut outgoing = self.build()?;
+        let system = producer.conn.messaging_system();
+        let (span, published) = Published::start(system, std::slice::from_mut(&mut outgoing));
+        producer.send_one(outgoing).instrument(span).await?;
+        published.done();
+        Ok(())
     }
 }

@@ -97,6 +97,7 @@ impl Consumer {
             Error::from(e).context("the dead letter was stored, but acking the original failed")
         })?;
         tracing::warn!(%queue, %destination, %reason, "message dead-lettered");
+        crate::metrics::record_dead_lettered(self.system, &queue);
         Ok(DeadLettered::new(queue, reason, destination))
     }
 
