@@ -61,6 +61,8 @@
 //!   retries (publishes retry by default; see [`Producer`]) and failover;
 //!   [`ConnectionPool`] and [`ProducerPool`]: bounded pools for many publishing tasks.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
+//! - [`worker`]: a worker runtime (kombu's `ConsumerMixin`): typed async handlers per queue,
+//!   bounded concurrency, timeouts, retries with backoff, dead letters, graceful stop.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -78,6 +80,7 @@ pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, Produce
 pub use resilience::{ConnectionBuilder, ConnectionPool};
 
 mod resilience;
+pub use kombu_patterns::worker;
 pub use kombu_serializers as serializers;
 
 /// What a transport author uses: the native [`Channel`](transport::Channel) contract and its

@@ -11,3 +11,5 @@
 /// Core's connection, as every pattern takes it (`&impl AsRef<CoreConnection>`: the facade's
 /// `kombu::Connection` and `kombu_core::Connection` both are).
 pub use kombu_core::Connection as CoreConnection;
+
+pub mod worker;
