@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use kombu_core::{ConsumeError, Consumer, Delivery, Handled};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::{JoinError, JoinSet};
 
 use super::attempt::{self, Settings, ToLane};
 use super::control::{Count, WorkerHandle};
@@ -29,11 +30,16 @@ pub(crate) struct Lane {
     pub(crate) shutdown_timeout: Duration,
 }
 
+/// The attempts in flight, polled by the lane itself (no task per message: a spawn and a
+/// cross-thread wake per message cost more than a no-op handler). A handler with CPU-heavy
+/// work spawns it (`tokio::task::spawn_blocking`) to use more cores.
+type Attempts = FuturesUnordered<BoxFuture<'static, ()>>;
+
 /// What woke the loop.
 enum Event {
     Stop,
     FromTask(ToLane),
-    Reaped(Result<(), JoinError>),
+    Reaped,
     Permit(OwnedSemaphorePermit),
     Item(Option<Result<Delivery, ConsumeError>>),
 }
@@ -50,7 +56,7 @@ impl Lane {
     /// down: the attempts in flight get the shutdown timeout, what they hand back is settled,
     /// and the consumer is closed (its prefetched messages go back to the queue).
     pub(crate) async fn run(mut self) -> kombu_core::Result<()> {
-        let mut tasks = JoinSet::new();
+        let mut tasks = Attempts::new();
         let mut stop = self.handle.stop.subscribe();
         let outcome = self.take(&mut tasks, &mut stop).await;
         if outcome.is_err() {
@@ -64,14 +70,11 @@ impl Lane {
 
     async fn take(
         &mut self,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut Attempts,
         stop: &mut watch::Receiver<bool>,
     ) -> kombu_core::Result<()> {
         let mut permit: Option<OwnedSemaphorePermit> = None;
         loop {
-            while let Some(done) = tasks.try_join_next() {
-                reaped(done);
-            }
             if permit.is_none() {
                 permit = self.permits.clone().try_acquire_owned().ok();
             }
@@ -80,20 +83,21 @@ impl Lane {
                     biased;
                     () = stopped(stop) => Event::Stop,
                     Some(message) = self.from_tasks.recv() => Event::FromTask(message),
+                    Some(()) = tasks.next(), if !tasks.is_empty() => Event::Reaped,
                     item = self.consumer.next() => Event::Item(item),
                 },
                 false => tokio::select! {
                     biased;
                     () = stopped(stop) => Event::Stop,
                     Some(message) = self.from_tasks.recv() => Event::FromTask(message),
-                    Some(done) = tasks.join_next() => Event::Reaped(done),
+                    Some(()) = tasks.next(), if !tasks.is_empty() => Event::Reaped,
                     Ok(p) = self.permits.clone().acquire_owned() => Event::Permit(p),
                 },
             };
             match event {
                 Event::Stop => return Ok(()),
                 Event::FromTask(message) => self.from_task(message).await,
-                Event::Reaped(done) => reaped(done),
+                Event::Reaped => {}
                 Event::Permit(p) => permit = Some(p),
                 Event::Item(None) => {
                     tracing::warn!(queue = %self.queue, "the consumer's stream ended");
@@ -101,26 +105,30 @@ impl Lane {
                 }
                 Event::Item(Some(Err(refused))) => self.refused(refused).await?,
                 Event::Item(Some(Ok(delivery))) => {
-                    let worker_permit = match self.worker_permits.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => tokio::select! {
+                    let worker_permit = loop {
+                        if let Ok(p) = self.worker_permits.clone().try_acquire_owned() {
+                            break p;
+                        }
+                        tokio::select! {
                             biased;
                             // The delivery is dropped: back to its queue.
                             () = stopped(stop) => return Ok(()),
-                            Ok(p) = self.worker_permits.clone().acquire_owned() => p,
-                        },
+                            // This lane's own attempts may hold the worker's permits.
+                            Some(()) = tasks.next(), if !tasks.is_empty() => {}
+                            Ok(p) = self.worker_permits.clone().acquire_owned() => break p,
+                        }
                     };
                     let Some(route_permit) = permit.take() else {
                         continue; // never: a delivery is only taken with a permit
                     };
                     let context = JobContext::shared(Arc::new(delivery));
                     let work = self.runner.start(context.clone());
-                    tasks.spawn(attempt::run(
+                    tasks.push(Box::pin(attempt::run(
                         self.settings.clone(),
                         work,
                         context,
                         (route_permit, worker_permit),
-                    ));
+                    )));
                 }
             }
         }
@@ -128,13 +136,13 @@ impl Lane {
 
     /// Lets the attempts in flight finish within the shutdown timeout (past it they are
     /// dropped, and their deliveries go back to the queue), settling what they hand back.
-    async fn wind_down(&mut self, tasks: &mut JoinSet<()>) {
+    async fn wind_down(&mut self, tasks: &mut Attempts) {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         while !tasks.is_empty() {
             tokio::select! {
                 biased;
                 Some(message) = self.from_tasks.recv() => self.from_task(message).await,
-                Some(done) = tasks.join_next() => reaped(done),
+                Some(()) = tasks.next() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
                         queue = %self.queue,
@@ -143,8 +151,7 @@ impl Lane {
                         "handlers overran the worker's shutdown timeout: they are dropped and \
                          their messages go back to the queue"
                     );
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    tasks.clear();
                 }
             }
         }
@@ -200,15 +207,5 @@ impl Lane {
             Err(error) => return Err(error.context(format!("consuming queue {:?}", self.queue))),
         }
         Ok(())
-    }
-}
-
-/// Logs a task that panicked outside its handler (the handler's own panics are failures of
-/// its attempt).
-fn reaped(done: Result<(), JoinError>) {
-    if let Err(error) = done
-        && error.is_panic()
-    {
-        tracing::error!(%error, "a worker task panicked");
     }
 }
