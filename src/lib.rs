@@ -33,7 +33,7 @@
 //!
 //! | scheme | feature | crate | the broker |
 //! |---|---|---|---|
-//! | `memory://`, `memory://NAME` | `memory` | `kombu-core` | in this process only; routing, acks, priorities, TTL and dead-letters emulated by core |
+//! | `memory://`, `memory://NAME`; `memory+record://NAME` (registered by [`testing::Recorder`]) | `memory` | `kombu-core` | in this process only; routing, acks, priorities, TTL and dead-letters emulated by core; the `record` form logs every publish, delivery and settlement for tests |
 //! | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite://:memory:`, `sqla+sqlite://`, `sqlalchemy+sqlite://` | `sqlite` | `kombu-sqlite` | a SQLite file in Python kombu's SQLAlchemy layout, shared between processes; leases survive a killed consumer |
 //! | `redis://`, `rediss://` (TLS), `redis+socket://`, `unix://`, `sentinel://` | `redis` | `kombu-redis` | Redis in Python kombu's key layout; crash-safe takes, kombu's priority buckets, fanout over PUB/SUB |
 //! | `amqp://`, `amqps://` (TLS), `pyamqp://` | `amqp` | `kombu-amqp` | RabbitMQ (AMQP 0-9-1 on lapin): the broker routes; publisher confirms, recovery after a restart |
@@ -63,6 +63,14 @@
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
 //! - [`worker`]: a worker runtime (kombu's `ConsumerMixin`): typed async handlers per queue,
 //!   bounded concurrency, timeouts, retries with backoff, dead letters, graceful stop.
+//! - [`testing`]: a recording broker for a service's unit tests (`memory+record://NAME`): what
+//!   it published and consumed, how it settled each delivery, waits with a timeout on tokio's
+//!   (pausable) clock.
+//! - [`simple`]: [`SimpleQueue`](simple::SimpleQueue) and [`SimpleBuffer`](simple::SimpleBuffer),
+//!   kombu's `put` / `get(timeout)` queues, declared as Python kombu declares them.
+//! - [`rpc`]: [`RpcClient`](rpc::RpcClient) and [`RpcServer`](rpc::RpcServer), request/reply
+//!   over `reply_to` and `correlation_id` (direct reply-to on RabbitMQ), kombu's `send_reply`
+//!   shape.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -80,8 +88,37 @@ pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, Produce
 pub use resilience::{ConnectionBuilder, ConnectionPool};
 
 mod resilience;
-pub use kombu_patterns::worker;
+pub use kombu_patterns::{rpc, simple, worker};
 pub use kombu_serializers as serializers;
+
+/// A recording broker for a service's unit tests, which opens its URL with this crate's
+/// [`Connection`] like any broker's:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> kombu::Result<()> {
+/// use std::time::Duration;
+/// use kombu::testing::{Recorder, Settlement};
+/// use kombu::{Connection, Queue, StreamExt};
+///
+/// let rec = Recorder::new();
+/// // The service under test opens the recorder's URL (from its configuration, say).
+/// let service = Connection::open(&rec.url()).await?;
+/// let mut inbox = service.consumer([Queue::new("greetings")]).build().await?;
+/// service.producer().routing_key("greetings").publish(&"hello").await?;
+/// if let Some(delivery) = inbox.next().await {
+///     delivery?.ack().await?;
+/// }
+///
+/// rec.assert_published("greetings", &"hello".to_owned())?;
+/// let handled = rec.wait_settled("greetings", Duration::from_secs(5)).await?;
+/// assert_eq!(handled.settlement, Settlement::Acked);
+/// // Nothing else comes: under paused time this returns at once, in no real time.
+/// assert!(rec.next_published(Duration::from_secs(60)).await.is_ok()); // the one above
+/// assert!(rec.next_published(Duration::from_secs(60)).await.is_err());
+/// # Ok(()) }
+/// ```
+pub use kombu_patterns::testing;
 
 /// What a transport author uses: the native [`Channel`](transport::Channel) contract and its
 /// [`Settler`](transport::Settler), the store-only

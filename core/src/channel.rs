@@ -41,6 +41,10 @@ pub struct Outgoing {
     pub message: Message,
     /// Ask the broker to return the message if no queue takes it (where supported).
     pub mandatory: bool,
+    /// Hold the message back this long before any consumer can see it (`None`: at once). A
+    /// transport without [`Capabilities::delayed_delivery`](crate::Capabilities) refuses it
+    /// with [`ErrorKind::Unsupported`]; see [`Publish::delay`](crate::Publish::delay).
+    pub delay: Option<Duration>,
 }
 
 /// Options of a consumer. Built from [`ConsumeOptions::default`] with a builder method per
@@ -104,6 +108,7 @@ impl Outgoing {
             routing_key: routing_key.into(),
             message,
             mandatory: false,
+            delay: None,
         }
     }
 
@@ -111,6 +116,13 @@ impl Outgoing {
     #[must_use]
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
+        self
+    }
+
+    /// Holds the message back `delay` before any consumer can see it (a zero delay is none).
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = (!delay.is_zero()).then_some(delay);
         self
     }
 }

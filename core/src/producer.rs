@@ -332,6 +332,7 @@ impl Producer {
                 ..Properties::default()
             },
             mandatory: false,
+            delay: None,
         }
     }
 
@@ -378,6 +379,7 @@ pub struct Publish<'a, T: ?Sized> {
     headers: Headers,
     properties: Properties,
     mandatory: bool,
+    delay: Option<Duration>,
 }
 
 impl<T: ?Sized> std::fmt::Debug for Publish<'_, T> {
@@ -459,6 +461,48 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
         self
     }
 
+    /// Delivers the message `delay` from now instead of at once: until then no consumer sees
+    /// it (nor counts it in [`queue_size`](crate::Connection::queue_size)). Where the
+    /// transport routes it: at publish time on the stores (memory, Redis, SQLite, MongoDB:
+    /// the queues bound then get it), when due on RabbitMQ (kombu's native delayed delivery,
+    /// which Celery uses: whole seconds, rounded up, at most 2^28 - 1 s, and only to topic
+    /// exchanges and queues bound to `celery_delayed_delivery`; see the AMQP transport). A
+    /// zero delay publishes at once. A transport that cannot delay refuses the publish with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+    /// ([`Capabilities::delayed_delivery`](crate::Capabilities::delayed_delivery) says which).
+    /// The message's own [`expiration`](Self::expiration) counts from when it is due.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kombu_core::Result<()> {
+    /// use std::time::Duration;
+    /// use kombu_core::{Connection, Queue};
+    ///
+    /// # kombu_core::transport::memory::register();
+    /// tokio::time::pause(); // the memory transport follows tokio's clock
+    /// let conn = Connection::open("memory://doc-delay").await?;
+    /// conn.declare_queue(&Queue::new("reminders")).await?;
+    /// let producer = conn.producer().routing_key("reminders");
+    /// producer.message("stretch").delay(Duration::from_secs(60)).send().await?;
+    /// assert_eq!(conn.queue_size("reminders").await?, 0);
+    /// tokio::time::advance(Duration::from_secs(60)).await;
+    /// assert_eq!(conn.queue_size("reminders").await?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = (!delay.is_zero()).then_some(delay);
+        self
+    }
+
+    /// Delivers the message at `eta` (a wall-clock time) instead of at once: [`delay`](Self::delay)
+    /// by the time from now until then; a time already past publishes at once.
+    pub fn eta(self, eta: std::time::SystemTime) -> Self {
+        let delay = eta
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        self.delay(delay)
+    }
+
     /// Encodes and compresses; gives the message ready for [`Producer::send_batch`].
     pub fn build(self) -> Result<Outgoing> {
         let producer = self.producer;
@@ -501,6 +545,7 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
                 properties: self.properties,
             },
             mandatory: self.mandatory,
+            delay: self.delay,
         })
     }
 

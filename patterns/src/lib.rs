@@ -12,4 +12,7 @@
 /// `kombu::Connection` and `kombu_core::Connection` both are).
 pub use kombu_core::Connection as CoreConnection;
 
+pub mod rpc;
+pub mod simple;
+pub mod testing;
 pub mod worker;

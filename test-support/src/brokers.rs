@@ -104,16 +104,14 @@ pub fn broker(transport: &'static str, test: &str) -> Option<Broker> {
         }
         other => panic!("{test}: no transport {other:?}"),
     };
-    if let Some((server, port)) = server {
-        if !answers(&server, port) {
-            if required(transport) {
-                panic!(
-                    "{test}: no {transport} server at {server}, and KOMBU_TEST_REQUIRE requires it"
-                );
-            }
-            eprintln!("{test}: {transport} skipped (no server at {server})");
-            return None;
+    if let Some((server, port)) = server
+        && !answers(&server, port)
+    {
+        if required(transport) {
+            panic!("{test}: no {transport} server at {server}, and KOMBU_TEST_REQUIRE requires it");
         }
+        eprintln!("{test}: {transport} skipped (no server at {server})");
+        return None;
     }
     Some(Broker {
         transport,

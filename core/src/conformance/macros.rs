@@ -56,6 +56,8 @@ macro_rules! conformance_tests {
             extended_lease_restarts,
             heartbeat_keeps_slow_handler,
             extension_keeps_prefetch_slot,
+            delayed_delivery,
+            delayed_eta,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

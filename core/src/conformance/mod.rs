@@ -54,6 +54,7 @@ use crate::connection::Connection;
 use crate::error::Result;
 
 pub mod crash;
+mod delay;
 mod entities;
 pub mod faults;
 mod fixtures;
@@ -67,6 +68,7 @@ mod routing;
 mod settlement;
 pub mod support;
 
+pub use delay::*;
 pub use entities::*;
 pub use fixtures::{QUIET, assert_quiet, next_deliveries, next_delivery, pause_clock};
 pub use flow::*;

@@ -276,6 +276,7 @@ pub async fn default_exchange_mandatory_batch(ctx: Ctx) -> Result<()> {
         routing_key: key.to_owned(),
         message: crate::Message::new(text.as_bytes().to_vec()),
         mandatory: true,
+        delay: None,
     };
     let channel = conn.channel().await?;
     let batch: Vec<_> = (0..10).map(|i| outgoing(&q.name, &i.to_string())).collect();

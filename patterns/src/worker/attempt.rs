@@ -29,6 +29,11 @@ pub(crate) struct Settings {
     pub(crate) producer: Producer,
     /// Whether the transport can say a publish reached no queue.
     pub(crate) mandatory: bool,
+    /// Whether a retry's backoff is the transport's delayed publish: on transports whose
+    /// delayed messages core routes at publish time (virtual ones with `delayed_delivery`),
+    /// so the default exchange works. RabbitMQ's native layout needs a topic exchange as the
+    /// destination, so there the worker holds the message instead.
+    pub(crate) native_delay: bool,
     pub(crate) counters: Arc<Counters>,
     /// To the lane, which owns the consumer that dead-letters.
     pub(crate) to_lane: mpsc::UnboundedSender<ToLane>,
@@ -189,9 +194,12 @@ async fn requeue(settings: &Settings, delivery: Delivery) {
     }
 }
 
-/// Republishes the message to its queue with one more retry counted, once its backoff has
-/// passed, then acks the original (a failure in between leaves both, never neither). A
-/// republish that fails puts the original back as it is.
+/// Republishes the message to its queue with one more retry counted, to become visible once
+/// its backoff has passed, then acks the original (a failure in between leaves both, never
+/// neither). A republish that fails puts the original back as it is. The backoff is the
+/// transport's delayed publish where core routes it at publish time (see
+/// [`Settings::native_delay`]); elsewhere the message is held here, its lease kept alive, and
+/// published when due.
 async fn retry(settings: &Settings, delivery: Delivery, retries: u32) {
     let delay = settings.backoff.delay(retries);
     let mut message = delivery.message().clone();
@@ -200,11 +208,24 @@ async fn retry(settings: &Settings, delivery: Delivery, retries: u32) {
         Value::from(i64::from(retries) + 1),
     );
     let out = Outgoing::new("", delivery.queue(), message).mandatory(settings.mandatory);
-    if !delay.is_zero() {
-        // Held here, the lease kept alive, until native delayed publishing is available.
-        keep_lease(&delivery, settings.heartbeat, tokio::time::sleep(delay)).await;
-    }
-    match settings.producer.send_batch(vec![out]).await {
+    let published = match delay.is_zero() {
+        true => settings.producer.send_batch(vec![out]).await,
+        false if settings.native_delay => {
+            match settings
+                .producer
+                .send_batch(vec![out.clone().delay(delay)])
+                .await
+            {
+                Err(error) if error.kind() == ErrorKind::Unsupported => {
+                    tracing::debug!(%error, "no delayed publish here: the retry waits in the worker");
+                    hold_then_publish(settings, &delivery, out, delay).await
+                }
+                done => done,
+            }
+        }
+        false => hold_then_publish(settings, &delivery, out, delay).await,
+    };
+    match published {
         Ok(()) => {
             settings.counters.add(Count::Retried);
             if let Err(error) = delivery.ack().await {
@@ -222,4 +243,15 @@ async fn retry(settings: &Settings, delivery: Delivery, retries: u32) {
             requeue(settings, delivery).await;
         }
     }
+}
+
+/// Waits out `delay` keeping the delivery's lease alive, then publishes `out`.
+async fn hold_then_publish(
+    settings: &Settings,
+    delivery: &Delivery,
+    out: Outgoing,
+    delay: Duration,
+) -> kombu_core::Result<()> {
+    keep_lease(delivery, settings.heartbeat, tokio::time::sleep(delay)).await;
+    settings.producer.send_batch(vec![out]).await
 }

@@ -96,7 +96,7 @@ impl Lane {
             };
             match event {
                 Event::Stop => return Ok(()),
-                Event::FromTask(message) => self.from_task(message).await,
+                Event::FromTask(message) => self.settle_handed_back(message).await,
                 Event::Reaped => {}
                 Event::Permit(p) => permit = Some(p),
                 Event::Item(None) => {
@@ -141,7 +141,7 @@ impl Lane {
         while !tasks.is_empty() {
             tokio::select! {
                 biased;
-                Some(message) = self.from_tasks.recv() => self.from_task(message).await,
+                Some(message) = self.from_tasks.recv() => self.settle_handed_back(message).await,
                 Some(()) = tasks.next() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
@@ -156,13 +156,13 @@ impl Lane {
             }
         }
         while let Ok(message) = self.from_tasks.try_recv() {
-            self.from_task(message).await;
+            self.settle_handed_back(message).await;
         }
     }
 
     /// Settles what a task handed back, through the consumer's dead-letter path and error
     /// policy. A failure leaves the message in its queue (the delivery is dropped unsettled).
-    async fn from_task(&mut self, message: ToLane) {
+    async fn settle_handed_back(&mut self, message: ToLane) {
         let counters = &self.settings.counters;
         let done = match message {
             ToLane::DeadLetter(delivery, reason) => self

@@ -1,7 +1,9 @@
 //! A worker runtime: the role of kombu's `ConsumerMixin`, with typed async handlers.
 //!
 //! A [`Worker`] consumes several queues, each with a handler of its own ([`Route`]), and runs
-//! every message's handler as a task of its own:
+//! the handlers of its messages concurrently (each queue's attempts are polled by that queue's
+//! loop, not spawned: a handler with CPU-heavy work spawns it, e.g. with
+//! `tokio::task::spawn_blocking`):
 //!
 //! - **Typed handlers**: the body is decoded into the handler's `T: DeserializeOwned` (a body
 //!   that does not decode, or is not accepted, goes to the consumer's error policy:
@@ -19,9 +21,12 @@
 //!   up it is dead-lettered with the error as its reason (`x-kombu-dead-reason`): to the
 //!   queue's dead-letter exchange, else to `<queue>.dlq` (core's dead-letter path,
 //!   [`kombu_core::dead_letter`]). A handler returns [`JobError::permanent`] to dead-letter
-//!   at once, [`JobError::requeue`] to put the message back as it is. The backoff is waited
-//!   in the worker for now, the message's lease kept alive meanwhile; nothing is lost if the
-//!   worker stops during it (the message goes back to its queue).
+//!   at once, [`JobError::requeue`] to put the message back as it is. The backoff is the
+//!   transport's delayed publish (`Outgoing::delay`) on the virtual transports that have one
+//!   (memory, and the stores whose `Capabilities::delayed_delivery` is set); elsewhere
+//!   (RabbitMQ, whose native delays need a topic exchange as destination) the worker holds
+//!   the message, its lease kept alive, and republishes it when due; a worker stopped
+//!   meanwhile returns it to its queue as it was.
 //! - **Graceful stop**: [`WorkerHandle::stop`] or a signal ([`Worker::run_until_signal`]):
 //!   no new message is taken, the handlers in flight get the shutdown timeout to finish (past
 //!   it they are dropped and their messages go back), the messages prefetched and not started
@@ -385,6 +390,10 @@ impl Worker {
                 heartbeat,
                 producer: conn.producer(),
                 mandatory: conn.capabilities().mandatory,
+                native_delay: {
+                    let caps = conn.capabilities();
+                    caps.delayed_delivery && caps.visibility_timeout
+                },
                 counters: handle.counters.clone(),
                 to_lane,
             };

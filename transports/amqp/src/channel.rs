@@ -109,6 +109,19 @@ impl AmqpChannel {
     fn record(&self, entry: Declared) {
         self.inner.shared.record(entry);
     }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Declares one entry on the broker and records it for replay after a reconnect.
+    pub(crate) async fn declare_entry(&self, entry: &Declared) -> Result<()> {
+        self.inner
+            .run(|ch| async move { crate::connection::declare(&ch, entry).await })
+            .await?;
+        self.record(entry.clone());
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -142,6 +155,11 @@ impl Channel for AmqpChannel {
         self.inner.shared.forget(|d| match d {
             Declared::Exchange(e) => e.name == name,
             Declared::Binding(_, b) => b.exchange == name,
+            Declared::ExchangeBinding {
+                destination,
+                source,
+                ..
+            } => destination == name || source == name,
             Declared::Queue(_) => false,
         });
         Ok(())
@@ -298,19 +316,24 @@ impl Channel for AmqpChannel {
         self.inner.shared.forget(|d| match d {
             Declared::Queue(q) => q.name == queue,
             Declared::Binding(q, _) => q == queue,
-            Declared::Exchange(_) => false,
+            Declared::Exchange(_) | Declared::ExchangeBinding { .. } => false,
         });
         Ok(deleted)
     }
 
     async fn publish(&self, outgoing: Outgoing) -> Result<()> {
+        let outgoing = self.route_delayed(outgoing).await?;
         self.inner
             .publish_all(std::slice::from_ref(&outgoing))
             .await
     }
 
     async fn publish_batch(&self, batch: Vec<Outgoing>) -> Result<()> {
-        self.inner.publish_all(&batch).await
+        let mut routed = Vec::with_capacity(batch.len());
+        for outgoing in batch {
+            routed.push(self.route_delayed(outgoing).await?);
+        }
+        self.inner.publish_all(&routed).await
     }
     async fn consume(&self, queues: &[String], options: &ConsumeOptions) -> Result<DeliveryStream> {
         consume(&self.inner, queues, options).await

@@ -29,6 +29,13 @@ pub(crate) enum Declared {
     Exchange(Exchange),
     Queue(Queue),
     Binding(String, Binding),
+    /// An exchange bound to another (RabbitMQ's extension): what reaches `source` with a
+    /// key matching `routing_key` goes on to `destination` too. Delayed delivery uses them.
+    ExchangeBinding {
+        destination: String,
+        source: String,
+        routing_key: String,
+    },
 }
 
 pub(crate) struct Shared {
@@ -58,6 +65,10 @@ pub(crate) struct Shared {
     link: LinkReporter,
     /// Connection attempts since the loss (reset once connected again).
     attempts: AtomicU32,
+    /// One declaration of the delayed-delivery levels at a time (`delayed.rs`).
+    pub(crate) delayed_setup: tokio::sync::Mutex<()>,
+    /// Set once the delayed-delivery levels are declared on this connection (replayed after).
+    pub(crate) delayed_ready: AtomicBool,
 }
 
 /// A channel's acks and publishes recorded but not yet written (see `channel.rs`).
@@ -139,6 +150,27 @@ pub(crate) async fn declare(channel: &lapin::Channel, entry: &Declared) -> Resul
         Declared::Exchange(e) => declare_exchange(channel, e).await,
         Declared::Queue(q) => declare_queue_only(channel, q).await.map(|_| ()),
         Declared::Binding(q, b) => bind(channel, q, b).await,
+        Declared::ExchangeBinding {
+            destination,
+            source,
+            routing_key,
+        } => channel
+            .exchange_bind(
+                short_string("exchange name", destination)?,
+                short_string("exchange name", source)?,
+                short_string("routing key", routing_key)?,
+                lapin::options::ExchangeBindOptions::default(),
+                no_arguments(),
+            )
+            .await
+            .map_err(|e| {
+                map(
+                    e,
+                    format!(
+                        "bind exchange {destination:?} to exchange {source:?} with key {routing_key:?}"
+                    ),
+                )
+            }),
     }
 }
 
@@ -288,6 +320,8 @@ impl Shared {
             current: Mutex::new((Arc::new(conn), 0)),
             reconnecting: tokio::sync::Mutex::new(()),
             topology: Mutex::new(Vec::new()),
+            delayed_setup: tokio::sync::Mutex::new(()),
+            delayed_ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             url_index: AtomicU64::new(0),
             channels: Mutex::new(Vec::new()),
@@ -517,6 +551,11 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether a declaration is recorded (made on this connection, replayed on the next).
+    pub(crate) fn is_recorded(&self, entry: &Declared) -> bool {
+        self.topology.lock().contains(entry)
+    }
+
     /// Remembers a declaration for replay (once).
     pub(crate) fn record(&self, entry: Declared) {
         let mut topology = self.topology.lock();
@@ -615,6 +654,8 @@ pub(crate) fn capabilities(confirms: bool) -> Capabilities {
     c.shared_between_processes = true;
     c.restore_on_drop = true;
     c.publisher_confirms = confirms;
+    // kombu's native delayed delivery (delayed.rs).
+    c.delayed_delivery = true;
     // Returned messages are matched to their publish through the confirm.
     c.mandatory = confirms;
     c

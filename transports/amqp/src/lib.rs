@@ -47,6 +47,15 @@
 //! such as `x-queue-type: quorum`, through [`Queue::argument`](kombu_core::Queue::argument)),
 //! so redeclaring what Python kombu or Celery declared never fails with PRECONDITION_FAILED.
 //!
+//! ## Delayed delivery
+//!
+//! [`Publish::delay`](kombu_core::Publish::delay) and `eta` use kombu's native delayed
+//! delivery, the layout Celery's workers use with quorum queues ([`delayed`]: the
+//! `celery_delayed_N` levels and the `celery_delayed_delivery` exchange), so a message one side
+//! delays is delivered to the other's queues. Whole seconds, rounded up; the destination is a
+//! topic exchange, and its queues take the due message's key `<28 bits>.<routing key>` when
+//! bound with `#.<routing key>` (Celery binds so). Delayed messages cannot also expire.
+//!
 //! ## Hostile headers
 //!
 //! Headers nested deeper than 64 tables or arrays are mapped down to that depth, the rest
@@ -114,6 +123,7 @@
 mod channel;
 mod connection;
 mod consume;
+pub mod delayed;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

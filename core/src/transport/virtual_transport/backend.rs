@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::link::LinkWatch;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
@@ -232,6 +232,27 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// cache of queues found bound, one query instead of two).
     async fn queue_exists(&self, name: &str) -> Result<bool> {
         Ok(self.queue(name, None).await?.is_some())
+    }
+
+    /// Stores routed messages to become ready in their queues `delay` from now, in one round
+    /// trip where the store allows. Until then a delayed message is invisible: no take returns
+    /// it, [`queue`](Self::queue) and the queue size do not count it, and it stays invisible
+    /// to Python kombu clients of the same store. Once due it joins the tail of its queue (its
+    /// own expiration counting from then) without anyone publishing again, with no loss if the
+    /// process that stored it or the one moving it dies (the move is atomic), and a consumer
+    /// waiting on the queue wakes for it ([`wait`](Self::wait) returns by the due time).
+    /// `Ok` means stored. Backends with
+    /// [`Capabilities::delayed_delivery`](crate::Capabilities::delayed_delivery) implement it;
+    /// the default refuses with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+    async fn put_delayed(&self, items: Vec<(String, Envelope)>, delay: Duration) -> Result<()> {
+        let _ = (items, delay);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the {} transport cannot delay messages",
+                self.capabilities().transport
+            ),
+        ))
     }
 
     /// Stores one message ([`put_many`](Self::put_many) with one item, the same contract).

@@ -279,6 +279,7 @@ mod tests {
                 routing_key: "q".into(),
                 message: crate::Message::new(body),
                 mandatory: false,
+                delay: None,
             };
             channel.publish(outgoing).await.unwrap();
         }

@@ -18,6 +18,9 @@ const MAX_DEAD_LETTER_HOPS: usize = 16;
 
 impl Shared {
     pub(super) async fn publish(&self, outgoing: Outgoing) -> Result<()> {
+        if outgoing.delay.is_some() {
+            return self.publish_batch(vec![outgoing]).await;
+        }
         if outgoing.exchange.is_empty() && !outgoing.mandatory {
             // The default exchange: the routing key names the queue. No routing table, no batch.
             let queue = outgoing.routing_key.clone();
@@ -39,6 +42,21 @@ impl Shared {
         // outcome is unknown and the producer does not retry it unless told to.
         let mut sent = false;
         for outgoing in batch {
+            if let Some(delay) = outgoing.delay {
+                // Routed now, stored apart until due (one store call per delayed message).
+                let mut held = Vec::with_capacity(1);
+                let stored = match self.route(outgoing, &mut held, &mut known).await {
+                    Ok(_) if held.is_empty() => Ok(()),
+                    Ok(_) => self.backend.put_delayed(held, delay).await,
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok(()) => sent = true,
+                    Err(e) if sent => return Err(e.with_outcome_unknown()),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             match self.route(outgoing, &mut routed, &mut known).await {
                 Ok(published) => sent |= published,
                 Err(e) if sent => return Err(e.with_outcome_unknown()),
@@ -79,6 +97,7 @@ impl Shared {
             routing_key,
             message,
             mandatory,
+            delay,
         } = out;
         if exchange.is_empty() {
             if mandatory && !self.known_queue(&routing_key, known).await? {
@@ -112,7 +131,8 @@ impl Shared {
         // A mandatory message must be held by a queue: native fanout (Redis PUB/SUB) reaches
         // only the consumers listening at that moment, so it goes into the bound queues'
         // stores instead (a dead letter sent to a fanout dead-letter exchange, say).
-        if kind == ExchangeKind::Fanout && self.native_fanout && !mandatory {
+        // A delayed one too: it is stored until due.
+        if kind == ExchangeKind::Fanout && self.native_fanout && !mandatory && delay.is_none() {
             return self.backend.publish_fanout(envelope).await.map(|()| true);
         }
         for queue in others {
@@ -190,6 +210,7 @@ impl Shared {
                     routing_key,
                     message,
                     mandatory: false,
+                    delay: None,
                 };
                 match self.route(out, &mut routed, &mut known).await {
                     Ok(_) => {}

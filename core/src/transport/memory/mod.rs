@@ -6,13 +6,15 @@
 //!
 //! It implements everything the virtual channel can use: priorities (`max_priority`), message and
 //! queue TTL, `max_length` (drop-head), dead-lettering, visibility timeouts and restore of
-//! unsettled messages. Consumers wake on publish; nothing polls. Time follows tokio's clock, so
-//! tests under `tokio::time::pause()` exercise TTLs and timeouts in no real time.
+//! unsettled messages, delayed delivery ([`Publish::delay`](crate::Publish::delay)). Consumers
+//! wake on publish, and when a delayed message falls due; nothing polls. Time follows tokio's
+//! clock, so tests under `tokio::time::pause()` exercise TTLs, timeouts and delays in no real
+//! time.
 //!
 //! URL options: `visibility_timeout` (seconds, fractions allowed) for consumers that set none.
 //!
 //! Over 700 lines: one backend, every operation of the `Backend` contract on its in-process
-//! queues (ready levels, leases) in one place.
+//! queues (ready levels, leases) in one place; the delayed messages are in `delayed.rs`.
 //!
 //! It registers like any other transport: the `kombu` crate does it (feature `memory`); a user
 //! of `kombu-core` alone calls [`register`] once.
@@ -52,6 +54,9 @@ use crate::transport::virtual_transport::{
 };
 use crate::transport::{BrokerConnection, Transport};
 use crate::url::BrokerUrl;
+
+mod delayed;
+use delayed::Delayed;
 
 /// Registers the `memory` URL scheme (idempotent).
 pub fn register() {
@@ -120,6 +125,10 @@ struct MemQueue {
     notify: Notify,
     /// Consumers inside `wait` on this queue; puts only notify when there is one.
     waiters: AtomicUsize,
+    /// Messages published with a delay, until due.
+    delayed: Mutex<Delayed>,
+    /// `delayed.len()`, readable without the lock: a queue with none costs a take nothing.
+    delayed_len: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -258,6 +267,46 @@ impl MemQueue {
             ready_len: AtomicUsize::new(0),
             notify: Notify::new(),
             waiters: AtomicUsize::new(0),
+            delayed: Mutex::new(Delayed::default()),
+            delayed_len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Holds messages until `due`.
+    fn hold(&self, due: Instant, envelopes: impl IntoIterator<Item = Envelope>) {
+        let mut delayed = self.delayed.lock();
+        for envelope in envelopes {
+            delayed.hold(due, envelope);
+        }
+        self.delayed_len.store(delayed.len(), Ordering::SeqCst);
+        drop(delayed);
+        // A consumer waiting on the queue looks again, for the new due time.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The earliest due time of a held message.
+    fn next_due(&self) -> Option<Instant> {
+        if self.delayed_len.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        self.delayed.lock().next_due()
+    }
+
+    /// Moves the delayed messages due by `now` to the tail of the queue.
+    fn promote_due(&self, now: Instant, dead: &mut Vec<DeadLetter>) {
+        if self.delayed_len.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let due = {
+            let mut delayed = self.delayed.lock();
+            let due = delayed.take_due(now);
+            self.delayed_len.store(delayed.len(), Ordering::SeqCst);
+            due
+        };
+        for envelope in due {
+            self.put(envelope, now, dead);
         }
     }
 
@@ -361,6 +410,7 @@ impl Backend for MemoryBackend {
             visibility_timeout: true,
             restore_on_drop: true,
             publisher_confirms: true,
+            delayed_delivery: true,
             tokio_clock: true,
             ..Capabilities::none()
         });
@@ -391,7 +441,11 @@ impl Backend for MemoryBackend {
 
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
         let stored = |q: &MemQueue| {
-            let messages = q.ready.lock().count as u64;
+            // Delayed messages now due are ready (the next take moves them).
+            let due = q
+                .next_due()
+                .map_or(0, |_| q.delayed.lock().count_due(Instant::now()));
+            let messages = (q.ready.lock().count + due) as u64;
             StoredQueue::new(Some(queue_settings(&q.spec)), messages)
         };
         let Some(queue) = declare else {
@@ -488,6 +542,22 @@ impl Backend for MemoryBackend {
         Ok(dead)
     }
 
+    async fn put_delayed(&self, items: Vec<(String, Envelope)>, delay: Duration) -> Result<()> {
+        let now = Instant::now();
+        // A delay too long for the clock: about thirty years, which is never.
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365 * 30));
+        let queues = self.queues.load();
+        for (queue, envelope) in items {
+            match queues.get(&queue) {
+                Some(q) => q.hold(due, [envelope]),
+                None => tracing::debug!(%queue, "message for an undeclared queue dropped"),
+            }
+        }
+        Ok(())
+    }
+
     async fn get_many(&self, queue: &str, max: usize, mode: TakeMode) -> Result<Fetched> {
         let mut fetched = Fetched::default();
         let Some(q) = self.find(queue) else {
@@ -500,6 +570,7 @@ impl Backend for MemoryBackend {
             TakeMode::NoAck => None,
         };
         q.restore_expired_leases(now, visibility);
+        q.promote_due(now, &mut fetched.dead);
         if q.ready_len.load(Ordering::SeqCst) == 0 {
             return Ok(fetched);
         }
@@ -643,6 +714,12 @@ impl Backend for MemoryBackend {
             }
             if let Some(d) = q.leases.lock().next_deadline {
                 until = until.min(d);
+            }
+            if let Some(due) = q.next_due() {
+                if due <= now {
+                    return Ok(());
+                }
+                until = until.min(due);
             }
         }
         if notified.is_empty() {
