@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{name} did {} jobs", handle.stats().handled);
     }
 
-    let done = done.lock().map_err(|_| "lock poisoned")?;
+    let done = done.lock().map_err(|_| "lock poisoned")?.clone();
     let once = (0..JOBS).all(|id| done.get(&id).is_some_and(|by| by.len() == 1));
     println!("every job done exactly once: {once}");
     if !once {
