@@ -35,7 +35,7 @@
 //!   goes on.
 //! - **Counters**: [`WorkerHandle::stats`].
 //!
-//! ```
+//! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
