@@ -61,6 +61,8 @@
 //!   retries (publishes retry by default; see [`Producer`]) and failover;
 //!   [`ConnectionPool`] and [`ProducerPool`]: bounded pools for many publishing tasks.
 //! - [`Error`] and [`ErrorKind`]: what failed and whether retrying makes sense.
+//! - [`worker`]: a worker runtime (kombu's `ConsumerMixin`): typed async handlers per queue,
+//!   bounded concurrency, timeouts, retries with backoff, dead letters, graceful stop.
 //! - [`testing`]: a recording broker for a service's unit tests (`memory+record://NAME`): what
 //!   it published and consumed, how it settled each delivery, waits with a timeout on tokio's
 //!   (pausable) clock.
@@ -90,7 +92,7 @@ pub use kombu_core::{FailoverStrategy, PooledConnection, PooledProducer, Produce
 pub use resilience::{ConnectionBuilder, ConnectionPool};
 
 mod resilience;
-pub use kombu_patterns::{rpc, simple};
+pub use kombu_patterns::{rpc, simple, worker};
 pub use kombu_serializers as serializers;
 
 /// A recording broker for a service's unit tests, which opens its URL with this crate's

@@ -15,3 +15,4 @@ pub use kombu_core::Connection as CoreConnection;
 pub mod rpc;
 pub mod simple;
 pub mod testing;
+pub mod worker;
