@@ -35,11 +35,11 @@
 //!   goes on.
 //! - **Counters**: [`WorkerHandle::stats`].
 //!
-//! ```no_run
+//! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use kombu_core::Connection;
+//! use kombu_core::{Connection, Queue};
 //! use kombu_patterns::worker::{JobContext, JobError, Route, Worker};
 //! use serde::Deserialize;
 //!
@@ -62,6 +62,9 @@
 //! let handle = worker.handle();
 //! let running = tokio::spawn(worker.run());
 //!
+//! // The worker declares its queues when it starts; declaring here too means the publish
+//! // below cannot come first (the memory transport drops messages for unknown queues).
+//! conn.declare_queue(&Queue::new("resize")).await?;
 //! conn.producer().routing_key("resize").publish(&serde_json::json!({"width": 640})).await?;
 //! while handle.stats().handled < 1 {
 //!     tokio::time::sleep(Duration::from_millis(5)).await;
