@@ -6,7 +6,9 @@
 //!   handler loop are children of it (the same trace id, the send span as parent), with the
 //!   OpenTelemetry messaging attributes;
 //! - a `traceparent` the application set is left as it is and joined;
-//! - the counters and the handler histogram after publishes, deliveries and a dead letter.
+//! - the counters and the handler histogram after publishes, deliveries and a dead letter;
+//! - the worker runs each handler in its message's `process` span (no `receive` span) and
+//!   times it.
 //!
 //! One process-wide subscriber (an OpenTelemetry layer over an in-memory exporter) and one
 //! metrics recorder serve every test; each test finds its own spans and series by its queue's
@@ -442,6 +444,111 @@ async fn counters_and_the_handler_histogram() {
                 assert!(samples.iter().all(|s| s.0 >= 0.0));
             }
             other => panic!("{}: no handler histogram: {other:?}", broker.transport),
+        }
+        conn.delete_queue(&queue).await.expect("delete");
+        conn.delete_queue(&format!("{queue}.dlq"))
+            .await
+            .expect("delete dlq");
+    }
+}
+
+#[tokio::test]
+async fn the_worker_runs_each_handler_in_a_process_span_and_times_it() {
+    use std::sync::{Arc, Mutex};
+
+    use kombu::worker::{JobContext, JobError, Worker};
+
+    exporter();
+    let snapshotter = metrics();
+    for broker in brokers("telemetry-worker") {
+        let conn = Connection::open(&broker.url).await.expect("open");
+        let queue = unique("worker");
+        conn.declare_queue(&Queue::new(queue.as_str()))
+            .await
+            .expect("declare");
+        let producer = conn.producer().routing_key(queue.as_str());
+        for n in [1u32, 2] {
+            producer
+                .publish(&n)
+                .instrument(tracing::info_span!("enqueue"))
+                .await
+                .expect("publish");
+        }
+        // What each handler saw as its current span: (message, trace id, span id).
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_in = seen.clone();
+        let worker = Worker::builder(&conn)
+            .handle(queue.as_str(), move |n: u32, ctx: JobContext| {
+                let current =
+                    tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+                let (trace, _) = parse_traceparent(ctx.delivery());
+                let ids = current.span().span_context().clone();
+                seen_in.lock().expect("not poisoned").push((
+                    n,
+                    trace,
+                    ids.trace_id(),
+                    ids.span_id(),
+                ));
+                async move {
+                    match n {
+                        2 => Err(JobError::permanent("two is refused")),
+                        _ => Ok(()),
+                    }
+                }
+            })
+            .build()
+            .expect("worker");
+        let handle = worker.handle();
+        let running = tokio::spawn(worker.run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while handle.stats().handled + handle.stats().dead_lettered < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                handle.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handle.stop();
+        running.await.expect("joined").expect("the worker");
+
+        let spans = spans_of(&queue);
+        assert!(
+            !spans.iter().any(|s| s.name == format!("receive {queue}")),
+            "{}: the worker's deliveries have process spans, not receive spans",
+            broker.transport
+        );
+        let process: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == format!("process {queue}"))
+            .collect();
+        assert_eq!(process.len(), 2, "{}: {spans:#?}", broker.transport);
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 2, "{}", broker.transport);
+        for (n, producer_trace, trace, span) in seen {
+            // The handler ran inside its message's process span, in the producer's trace.
+            assert_eq!(trace, producer_trace, "{} message {n}", broker.transport);
+            assert!(
+                process
+                    .iter()
+                    .any(|p| p.span_context.span_id() == span && p.span_context.trace_id() == trace),
+                "{}: message {n} ran outside its process span",
+                broker.transport
+            );
+        }
+
+        let snapshot = snapshotter.snapshot().into_vec();
+        for outcome in ["ok", "error"] {
+            match series(
+                &snapshot,
+                kombu::metrics::HANDLER_DURATION,
+                &[("queue", &queue), ("outcome", outcome)],
+            ) {
+                Some(DebugValue::Histogram(samples)) => {
+                    assert_eq!(samples.len(), 1, "{} {outcome}", broker.transport);
+                }
+                other => panic!("{}: no {outcome} histogram: {other:?}", broker.transport),
+            }
         }
         conn.delete_queue(&queue).await.expect("delete");
         conn.delete_queue(&format!("{queue}.dlq"))

@@ -1,14 +1,15 @@
 //! The worker runtime on every transport (`brokers::every`): typed handlers, the concurrency
 //! bound, timeouts, retries then a dead letter with the retry count, permanent errors, bodies
 //! that do not decode, and a graceful stop that waits for the handler in flight and returns
-//! what was taken and not started.
+//! what was taken and not started; under the stop policy a bad body stops the worker and stays
+//! in its queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kombu::worker::{Backoff, JobContext, JobError, RETRIES_HEADER, Route, Worker, WorkerHandle};
-use kombu::{Connection, Delivery, Queue, StreamExt, Value, dead_letter};
+use kombu::{Connection, Delivery, ErrorAction, Queue, StreamExt, Value, dead_letter};
 use kombu_test_support::brokers;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -340,6 +341,48 @@ async fn a_stop_waits_for_the_handler_in_flight_and_returns_the_rest() {
         );
         assert_eq!(handle.stats().handled, 1, "{t}");
         until_size(&conn, &queue, 5).await;
+        conn.delete_queue(&queue).await.expect("delete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_stop_policy_a_bad_body_stops_the_worker_and_stays_queued() {
+    for broker in brokers::every("worker-stop-policy") {
+        let conn = Connection::open(&broker.url).await.expect("open");
+        let queue = unique("stop-policy");
+        conn.declare_queue(&Queue::new(queue.as_str()))
+            .await
+            .expect("declare");
+        conn.producer()
+            .routing_key(queue.as_str())
+            .publish_bytes(&b"not json"[..], "application/json", "utf-8")
+            .await
+            .expect("publish");
+        let handled = Arc::new(AtomicUsize::new(0));
+        let h = handled.clone();
+        let worker = Worker::builder(&conn)
+            .error_action(ErrorAction::Stop)
+            .handle(queue.as_str(), move |_: Task, _: JobContext| {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            })
+            .build()
+            .expect("worker");
+        let outcome = tokio::time::timeout(PATIENCE, worker.run())
+            .await
+            .expect("the worker returns");
+        let error = outcome.expect_err("the worker stops with the error");
+        assert!(
+            format!("{error:#}").contains(&queue),
+            "{}: {error:#}",
+            broker.transport
+        );
+        assert_eq!(handled.load(Ordering::SeqCst), 0);
+        // Left in its queue, not dead-lettered.
+        until_size(&conn, &queue, 1).await;
+        let dlq = dead_letter::dlq_name(&queue);
+        let in_dlq = conn.queue_size(&dlq).await.unwrap_or(0);
+        assert_eq!(in_dlq, 0, "{}", broker.transport);
         conn.delete_queue(&queue).await.expect("delete");
     }
 }

@@ -529,6 +529,13 @@ impl Consumer {
         telemetry::consumer_span(self.system, delivery, Consuming::Process)
     }
 
+    /// Says that a handler loop of the caller's runs each delivery of this consumer in its
+    /// [`process_span`](Consumer::process_span) (as kombu-patterns' worker does): the stream
+    /// then records no `receive` span per delivery, as under [`Consumer::consume`].
+    pub fn processed_in_spans(&mut self) {
+        self.handling = true;
+    }
+
     /// The `process` span of a delivery the handler loop is about to run a handler on, and
     /// its queue and start time when handler durations are recorded.
     fn observe(&self, delivery: &Delivery) -> (tracing::Span, Option<(String, Instant)>) {

@@ -1,23 +1,25 @@
-//! One attempt at one message, in a task of its own: the handler under its timeout, with the
+//! One attempt at one message, polled by its lane: the handler under its timeout, with the
 //! lease kept alive, then the settlement: ack, retry (republish with [`RETRIES_HEADER`] + 1
-//! after the backoff, then ack), requeue, or hand to the lane for dead-lettering.
+//! after the backoff, then ack), requeue, or back to the lane for dead-lettering.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use kombu_core::transport::Outgoing;
 use kombu_core::{Delivery, ErrorKind, Producer, Value};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Backoff;
 use super::control::{Count, Counters};
 use super::handler::Attempt;
 use super::job::{self, FailureKind, JobContext, RETRIES_HEADER};
 
-/// What a lane's attempts share: the route's settings and the way back to the lane.
+/// What a lane's attempts share: the route's settings and its count of running handlers.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
@@ -35,74 +37,139 @@ pub(crate) struct Settings {
     /// destination, so there the worker holds the message instead.
     pub(crate) native_delay: bool,
     pub(crate) counters: Arc<Counters>,
-    /// To the lane, which owns the consumer that dead-letters.
-    pub(crate) to_lane: mpsc::UnboundedSender<ToLane>,
+    /// The lane's handlers running now (not counting the settlements after them): the lane
+    /// takes a message while this is under the route's concurrency. Only the lane's task
+    /// polls its attempts, so the lane sees every change before it next looks.
+    pub(crate) running: AtomicUsize,
 }
 
-/// What only the lane (the owner of the consumer) can do with a delivery.
+impl Settings {
+    /// The lane's handlers running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a running handler in [`Settings::running`] until dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(running: &'a AtomicUsize) -> Self {
+        running.fetch_add(1, Ordering::Relaxed);
+        Busy(running)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What only the lane (the owner of the consumer) can do with a delivery: dead-letter it
+/// with this reason.
 #[derive(Debug)]
-pub(crate) enum ToLane {
-    /// Dead-letter it with this reason.
-    DeadLetter(Delivery, String),
-    /// It did not decode: the consumer's error policy decides.
-    Refused(Delivery, kombu_core::Error),
+pub(crate) struct DeadLetter(pub(crate) Delivery, pub(crate) String);
+
+/// What an attempt starts with, besides its message.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) settings: Arc<Settings>,
+    /// The worker's bound, where it bounds more than the route's does.
+    pub(crate) worker_permit: Option<OwnedSemaphorePermit>,
+    /// The `process` span the attempt runs in.
+    pub(crate) span: tracing::Span,
 }
 
 /// Runs the attempt `work` at the message `context` holds, then settles the message. The
-/// permits are given back as soon as the handler is done.
-pub(crate) async fn run(
+/// handler's place (in the lane's count and the worker's permits) is given back as soon as
+/// the handler is done; the handler's duration is recorded when metrics are.
+///
+/// Most handlers of a busy worker finish at their first poll: only one that does not gets
+/// the timers of its timeout and lease heartbeat (in a box: the future of an attempt stays
+/// small, and is moved cheaply).
+pub(crate) async fn run<F>(
     settings: Arc<Settings>,
-    work: BoxFuture<'static, Attempt>,
+    worker_permit: Option<OwnedSemaphorePermit>,
     context: JobContext,
-    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-) {
-    let delivery = context.arc().clone();
-    let guarded = guard(work, settings.timeout);
-    let attempt = keep_lease(&delivery, settings.heartbeat, guarded).await;
-    drop(permits);
-    drop(context);
-    let delivery = match Arc::try_unwrap(delivery) {
-        Ok(delivery) => delivery,
-        Err(_shared) => {
-            tracing::warn!(
-                "a job context outlived its handler: the message cannot be settled and goes \
-                 back to its queue once the last clone is dropped"
-            );
-            settings.counters.add(Count::Failed);
-            return;
+    work: F,
+) -> Option<DeadLetter>
+where
+    F: Future<Output = Attempt>,
+{
+    let busy = Busy::enter(&settings.running);
+    let started = kombu_core::metrics::is_recording().then(Instant::now);
+    let deadline = settings
+        .timeout
+        .map(|limit| (tokio::time::Instant::now() + limit, limit));
+    let outcome = {
+        let mut work = pin!(AssertUnwindSafe(work).catch_unwind());
+        match futures::poll!(work.as_mut()) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => {
+                let delivery = context.delivery();
+                Box::pin(supervise(work, deadline, settings.heartbeat, delivery)).await
+            }
         }
     };
-    settle(&settings, delivery, attempt).await;
-}
-
-/// The handler under its timeout, a panic caught as a failure.
-async fn guard(work: BoxFuture<'static, Attempt>, timeout: Option<Duration>) -> Attempt {
-    let caught = AssertUnwindSafe(work).catch_unwind();
-    let outcome = match timeout {
-        None => caught.await,
-        Some(limit) => match tokio::time::timeout(limit, caught).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                return Attempt::Failed(
-                    FailureKind::Retry,
-                    format!("the handler ran longer than its timeout ({limit:?})"),
-                );
-            }
-        },
-    };
-    outcome.unwrap_or_else(|panic| {
+    let attempt = outcome.unwrap_or_else(|panic| {
         let text = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".to_owned());
         Attempt::Failed(FailureKind::Retry, format!("the handler panicked: {text}"))
-    })
+    });
+    if let Some(started) = started {
+        let ok = matches!(attempt, Attempt::Done);
+        kombu_core::metrics::record_handler(context.queue(), started.elapsed(), ok);
+    }
+    drop(busy);
+    drop(worker_permit);
+    let delivery = match context.into_delivery() {
+        Ok(delivery) => delivery,
+        Err(()) => {
+            tracing::warn!(
+                "a job context outlived its handler: the message cannot be settled and goes \
+                 back to its queue once the last clone is dropped"
+            );
+            settings.counters.add(Count::Failed);
+            return None;
+        }
+    };
+    settle(&settings, delivery, attempt).await
+}
+
+/// A handler's outcome: its attempt, or the panic it raised.
+type Outcome = std::thread::Result<Attempt>;
+
+/// The rest of a handler that did not finish at once: under its deadline (past it, the
+/// attempt has failed), with its delivery's lease extended every `heartbeat`.
+async fn supervise<W>(
+    work: Pin<&mut W>,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    heartbeat: Option<Duration>,
+    delivery: &Delivery,
+) -> Outcome
+where
+    W: Future<Output = Outcome>,
+{
+    let leased = keep_lease(delivery, heartbeat, work);
+    let Some((at, limit)) = deadline else {
+        return leased.await;
+    };
+    match tokio::time::timeout_at(at, leased).await {
+        Ok(outcome) => outcome,
+        Err(_) => Ok(Attempt::Failed(
+            FailureKind::Retry,
+            format!("the handler ran longer than its timeout ({limit:?})"),
+        )),
+    }
 }
 
 /// Runs `work`, extending `delivery`'s lease every `interval` meanwhile (until the lease is
 /// gone).
-async fn keep_lease<F: std::future::Future>(
+async fn keep_lease<F: Future>(
     delivery: &Delivery,
     interval: Option<Duration>,
     work: F,
@@ -126,61 +193,53 @@ async fn keep_lease<F: std::future::Future>(
             }
         }
     };
-    tokio::pin!(work);
-    tokio::pin!(beat);
+    let work = pin!(work);
+    let beat = pin!(beat);
     match futures::future::select(work, beat).await {
         futures::future::Either::Left((done, _)) => done,
         futures::future::Either::Right(((), work)) => work.await,
     }
 }
 
-/// Acks, retries, requeues, or hands the delivery to its lane.
-async fn settle(settings: &Settings, delivery: Delivery, attempt: Attempt) {
+/// Acks, retries or requeues the delivery, or returns it to be dead-lettered by the lane.
+async fn settle(settings: &Settings, delivery: Delivery, attempt: Attempt) -> Option<DeadLetter> {
     let counters = &settings.counters;
-    match attempt {
-        Attempt::Done => match delivery.ack().await {
-            Ok(()) => counters.add(Count::Handled),
-            Err(error) => {
-                counters.add(Count::Handled);
+    let (kind, reason) = match attempt {
+        Attempt::Done => {
+            counters.add(Count::Handled);
+            if let Err(error) = delivery.ack().await {
                 tracing::warn!(
                     error = %format_args!("{:#}", kombu_core::Error::from(error)),
                     "a handled message could not be acked: the broker delivers it again"
                 );
             }
-        },
-        Attempt::Undecodable(error) => lane(settings, ToLane::Refused(delivery, error)),
-        Attempt::Failed(kind, reason) => {
-            counters.add(Count::Failed);
-            let queue = delivery.queue().to_owned();
-            match kind {
-                FailureKind::Requeue => {
-                    tracing::info!(%queue, %reason, "handler asked to requeue the message");
-                    requeue(settings, delivery).await;
-                }
-                FailureKind::Permanent => {
-                    let reason = format!("permanent failure: {reason}");
-                    lane(settings, ToLane::DeadLetter(delivery, reason));
-                }
-                FailureKind::Retry => {
-                    let retries = job::retries(&delivery);
-                    if retries >= settings.max_retries {
-                        let reason = format!("{reason} (given up after {retries} retries)");
-                        lane(settings, ToLane::DeadLetter(delivery, reason));
-                    } else {
-                        tracing::info!(%queue, %reason, retries, "handler failed; retrying");
-                        retry(settings, delivery, retries).await;
-                    }
-                }
-            }
+            return None;
         }
-    }
-}
-
-/// Hands a delivery to the lane; if the lane is gone, the delivery is dropped and so returns
-/// to its queue.
-fn lane(settings: &Settings, message: ToLane) {
-    if settings.to_lane.send(message).is_err() {
-        tracing::warn!("the worker stopped: the message goes back to its queue");
+        Attempt::Failed(kind, reason) => (kind, reason),
+    };
+    counters.add(Count::Failed);
+    match kind {
+        FailureKind::Requeue => {
+            let queue = delivery.queue();
+            tracing::info!(%queue, %reason, "handler asked to requeue the message");
+            // Boxed, as the retry below: the rare paths keep the attempt's future small.
+            Box::pin(requeue(settings, delivery)).await;
+            None
+        }
+        FailureKind::Permanent => {
+            Some(DeadLetter(delivery, format!("permanent failure: {reason}")))
+        }
+        FailureKind::Retry => {
+            let retries = job::retries(&delivery);
+            if retries >= settings.max_retries {
+                let reason = format!("{reason} (given up after {retries} retries)");
+                return Some(DeadLetter(delivery, reason));
+            }
+            let queue = delivery.queue();
+            tracing::info!(%queue, %reason, retries, "handler failed; retrying");
+            Box::pin(retry(settings, delivery, retries)).await;
+            None
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -75,7 +75,10 @@ impl Counters {
 #[derive(Clone)]
 pub struct WorkerHandle {
     pub(crate) counters: Arc<Counters>,
+    /// Wakes the lanes that wait when the worker stops.
     pub(crate) stop: Arc<watch::Sender<bool>>,
+    /// Set with `stop`: read by busy lanes at each turn, cheaper than the watch.
+    stopped: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for WorkerHandle {
@@ -92,6 +95,7 @@ impl WorkerHandle {
         WorkerHandle {
             counters: Arc::new(Counters::default()),
             stop: Arc::new(watch::Sender::new(false)),
+            stopped: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -105,11 +109,12 @@ impl WorkerHandle {
     /// start to their queues, and [`Worker::run`](super::Worker::run) returns. Idempotent; a
     /// stop before `run` makes `run` return at once.
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         self.stop.send_replace(true);
     }
 
     /// Whether [`stop`](Self::stop) was called.
     pub fn is_stopped(&self) -> bool {
-        *self.stop.borrow()
+        self.stopped.load(Ordering::Acquire)
     }
 }

@@ -1,15 +1,19 @@
 //! Handlers as [`tower::Service`]s, behind one type-erased [`Runner`] per route: it decodes
-//! the body into the service's request type, waits for the service to be ready, calls it and
-//! reduces its result to an [`Attempt`].
+//! the body into the service's request type, and starts the attempt: the service called
+//! once it is ready, its result reduced to an [`Attempt`], the message settled
+//! ([`attempt::run`]), all in one boxed future per message.
 
 use std::marker::PhantomData;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use kombu_core::Delivery;
 use serde::de::DeserializeOwned;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
-use super::job::{BoxError, FailureKind, Job, JobContext, classify};
+use super::attempt::{self, DeadLetter, Start};
+use super::job::{BoxError, FailureKind, Job, JobContext, JobError, classify};
 
 /// How one attempt at a message ended.
 #[derive(Debug)]
@@ -18,14 +22,19 @@ pub(crate) enum Attempt {
     Done,
     /// The handler failed: what to do, and the reason to record.
     Failed(FailureKind, String),
-    /// The body did not decode into the handler's type: the consumer's error policy decides.
-    Undecodable(kombu_core::Error),
 }
+
+/// A started attempt: settles its message, and returns what only the lane can do with it.
+pub(crate) type Running = BoxFuture<'static, Option<DeadLetter>>;
+
+/// A body that did not decode into the handler's type, with its delivery: the consumer's
+/// error policy decides.
+pub(crate) type Undecodable = (Delivery, kombu_core::Error);
 
 /// One route's handler, type-erased: starts an attempt at a message.
 pub(crate) trait Runner: Send + 'static {
-    /// The attempt at the message `context` holds, as a future to spawn.
-    fn start(&mut self, context: JobContext) -> BoxFuture<'static, Attempt>;
+    /// The attempt at `delivery`, as a future for the lane to poll.
+    fn start(&mut self, delivery: Delivery, start: Start) -> Result<Running, Undecodable>;
 }
 
 /// A service taking `Job<T>`, with the body decoded as `T` (JSON, or whatever the message's
@@ -44,18 +53,24 @@ impl<T, S> Typed<T, S> {
     }
 }
 
-/// Calls a clone of `service` (clones of a tower service share what they limit) once it is
-/// ready.
-fn call<Req, S>(service: &S, request: Req) -> BoxFuture<'static, Attempt>
+/// The attempt: a clone of `service` (clones of a tower service share what they limit)
+/// called with the job `request(context)` once it is ready, then the settlement.
+fn call<Req, S>(
+    service: &S,
+    delivery: Delivery,
+    start: Start,
+    request: impl FnOnce(JobContext) -> Req,
+) -> Running
 where
     Req: Send + 'static,
     S: Service<Req, Response = ()> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    let service = service.clone();
-    Box::pin(async move {
-        match service.oneshot(request).await {
+    let context = JobContext::new(delivery);
+    let work = service.clone().oneshot(request(context.clone()));
+    attempt(start, context, async move {
+        match work.await {
             Ok(()) => Attempt::Done,
             Err(error) => {
                 let (kind, reason) = classify(&error.into());
@@ -65,6 +80,25 @@ where
     })
 }
 
+/// The attempt running `work` at the message `context` holds, boxed, in its `process` span
+/// when a subscriber wants that.
+fn attempt<W>(start: Start, context: JobContext, work: W) -> Running
+where
+    W: Future<Output = Attempt> + Send + 'static,
+{
+    let Start {
+        settings,
+        worker_permit,
+        span,
+    } = start;
+    let attempt = attempt::run(settings, worker_permit, context, work);
+    // No span (no subscriber wants it): nothing to enter at each poll.
+    match span.is_disabled() {
+        true => Box::pin(attempt),
+        false => Box::pin(attempt.instrument(span)),
+    }
+}
+
 impl<T, S> Runner for Typed<T, S>
 where
     T: DeserializeOwned + Send + 'static,
@@ -72,11 +106,58 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    fn start(&mut self, context: JobContext) -> BoxFuture<'static, Attempt> {
-        match context.delivery().decode::<T>() {
-            Ok(value) => call(&self.service, Job::new(value, context)),
-            Err(error) => Box::pin(std::future::ready(Attempt::Undecodable(error))),
+    fn start(&mut self, delivery: Delivery, start: Start) -> Result<Running, Undecodable> {
+        match delivery.decode::<T>() {
+            Ok(value) => Ok(call(&self.service, delivery, start, |context| {
+                Job::new(value, context)
+            })),
+            Err(error) => Err((delivery, error)),
         }
+    }
+}
+
+/// An async function of the decoded value and its context ([`WorkerBuilder::handle`]):
+/// called by reference, with no clone or readiness check per message (the straight path of
+/// the common handler).
+///
+/// [`WorkerBuilder::handle`]: super::WorkerBuilder::handle
+pub(crate) struct Func<T, F> {
+    handler: F,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T, F> Func<T, F> {
+    pub(crate) fn new(handler: F) -> Self {
+        Func {
+            handler,
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<T, F, Fut> Runner for Func<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(T, JobContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    fn start(&mut self, delivery: Delivery, start: Start) -> Result<Running, Undecodable> {
+        let value = match delivery.decode::<T>() {
+            Ok(value) => value,
+            Err(error) => return Err((delivery, error)),
+        };
+        let context = JobContext::new(delivery);
+        // In the span too: what the function does before its future is polled.
+        let work = {
+            let _in_span = start.span.enter();
+            (self.handler)(value, context.clone())
+        };
+        Ok(attempt(start, context, async move {
+            match work.await {
+                Ok(()) => Attempt::Done,
+                Err(error) => Attempt::Failed(error.kind(), error.reason()),
+            }
+        }))
     }
 }
 
@@ -97,10 +178,12 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    fn start(&mut self, context: JobContext) -> BoxFuture<'static, Attempt> {
-        match context.delivery().decompressed_body() {
-            Ok(body) => call(&self.service, Job::new(body, context)),
-            Err(error) => Box::pin(std::future::ready(Attempt::Undecodable(error))),
+    fn start(&mut self, delivery: Delivery, start: Start) -> Result<Running, Undecodable> {
+        match delivery.decompressed_body() {
+            Ok(body) => Ok(call(&self.service, delivery, start, |context| {
+                Job::new(body, context)
+            })),
+            Err(error) => Err((delivery, error)),
         }
     }
 }

@@ -79,16 +79,16 @@ impl fmt::Debug for JobContext {
 impl JobContext {
     /// The context of `delivery` (the worker makes them; public for unit tests of a handler).
     pub fn new(delivery: Delivery) -> Self {
-        Self::shared(Arc::new(delivery))
-    }
-
-    pub(crate) fn shared(delivery: Arc<Delivery>) -> Self {
         let retries = retries(&delivery);
-        JobContext { delivery, retries }
+        JobContext {
+            delivery: Arc::new(delivery),
+            retries,
+        }
     }
 
-    pub(crate) fn arc(&self) -> &Arc<Delivery> {
-        &self.delivery
+    /// The delivery back, unless a clone of this context is still alive.
+    pub(crate) fn into_delivery(self) -> Result<Delivery, ()> {
+        Arc::try_unwrap(self.delivery).map_err(|_shared| ())
     }
 
     /// The delivery (message, body, headers, routing); settling it is the worker's job.
@@ -211,6 +211,11 @@ impl JobError {
     /// The error.
     pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.error
+    }
+
+    /// The reason to record: the error with its sources.
+    pub(crate) fn reason(&self) -> String {
+        chain(&*self.error)
     }
 }
 

@@ -1,19 +1,20 @@
-//! One route's loop: its consumer, its bound, the tasks of its attempts, what they hand back
-//! (dead letters), and its part of a graceful stop.
+//! One route's loop: its consumer, its bound, the attempts in flight, the dead letters they
+//! hand back, and its part of a graceful stop.
 
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use kombu_core::{ConsumeError, Consumer, Delivery, Handled};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use kombu_core::{ConsumeError, Consumer, Delivery, ErrorAction, Handled};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::attempt::{self, Settings, ToLane};
+use super::attempt::{DeadLetter, Settings, Start};
 use super::control::{Count, WorkerHandle};
-use super::handler::Runner;
-use super::job::JobContext;
+use super::handler::{Runner, Running};
 
 /// One route at run time.
 pub(crate) struct Lane {
@@ -21,11 +22,11 @@ pub(crate) struct Lane {
     pub(crate) consumer: Consumer,
     pub(crate) runner: Box<dyn Runner>,
     pub(crate) settings: Arc<Settings>,
-    /// The route's bound.
-    pub(crate) permits: Arc<Semaphore>,
-    /// The worker's bound, shared by every lane.
-    pub(crate) worker_permits: Arc<Semaphore>,
-    pub(crate) from_tasks: mpsc::UnboundedReceiver<ToLane>,
+    /// The route's bound: handlers running at once.
+    pub(crate) concurrency: usize,
+    /// The worker's bound, shared by the lanes, where it bounds more than theirs do.
+    pub(crate) worker_permits: Option<Arc<Semaphore>>,
+    pub(crate) error_action: ErrorAction,
     pub(crate) handle: WorkerHandle,
     pub(crate) shutdown_timeout: Duration,
 }
@@ -33,32 +34,35 @@ pub(crate) struct Lane {
 /// The attempts in flight, polled by the lane itself (no task per message: a spawn and a
 /// cross-thread wake per message cost more than a no-op handler). A handler with CPU-heavy
 /// work spawns it (`tokio::task::spawn_blocking`) to use more cores.
-type Attempts = FuturesUnordered<BoxFuture<'static, ()>>;
+type Attempts = FuturesUnordered<Running>;
 
 /// What woke the loop.
 enum Event {
     Stop,
-    FromTask(ToLane),
-    Reaped,
-    Permit(OwnedSemaphorePermit),
+    Reaped(Option<DeadLetter>),
     Item(Option<Result<Delivery, ConsumeError>>),
 }
 
 /// Returns once `stop` says stopped (never, should its sender be gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+async fn stopped(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|stopped| *stopped).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
+type Stopping<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
+
 impl Lane {
     /// Takes and handles messages until the worker stops or the consumer fails, then winds
-    /// down: the attempts in flight get the shutdown timeout, what they hand back is settled,
-    /// and the consumer is closed (its prefetched messages go back to the queue).
+    /// down: the attempts in flight get the shutdown timeout, the dead letters they hand back
+    /// are settled, and the consumer is closed (its prefetched messages go back to the
+    /// queue).
     pub(crate) async fn run(mut self) -> kombu_core::Result<()> {
         let mut tasks = Attempts::new();
-        let mut stop = self.handle.stop.subscribe();
-        let outcome = self.take(&mut tasks, &mut stop).await;
+        let outcome = {
+            let stopping = pin!(stopped(self.handle.stop.subscribe()));
+            self.take(&mut tasks, stopping).await
+        };
         if outcome.is_err() {
             // The other lanes stop too: the worker returns this error.
             self.handle.stop();
@@ -68,81 +72,129 @@ impl Lane {
         outcome.and(closed)
     }
 
+    /// The loop: one wake-up looks at the stop flag, polls the attempts, and (while the
+    /// route has room) the consumer, in that order; a lane about to wait also waits for a
+    /// stop.
     async fn take(
         &mut self,
         tasks: &mut Attempts,
-        stop: &mut watch::Receiver<bool>,
+        mut stopping: Stopping<'_>,
     ) -> kombu_core::Result<()> {
-        let mut permit: Option<OwnedSemaphorePermit> = None;
         loop {
-            if permit.is_none() {
-                permit = self.permits.clone().try_acquire_owned().ok();
-            }
-            let event = match permit.is_some() {
-                true => tokio::select! {
-                    biased;
-                    () = stopped(stop) => Event::Stop,
-                    Some(message) = self.from_tasks.recv() => Event::FromTask(message),
-                    Some(()) = tasks.next(), if !tasks.is_empty() => Event::Reaped,
-                    item = self.consumer.next() => Event::Item(item),
-                },
-                false => tokio::select! {
-                    biased;
-                    () = stopped(stop) => Event::Stop,
-                    Some(message) = self.from_tasks.recv() => Event::FromTask(message),
-                    Some(()) = tasks.next(), if !tasks.is_empty() => Event::Reaped,
-                    Ok(p) = self.permits.clone().acquire_owned() => Event::Permit(p),
-                },
-            };
+            let event = poll_fn(|cx| {
+                if self.handle.is_stopped() {
+                    return Poll::Ready(Event::Stop);
+                }
+                if let Poll::Ready(Some(out)) = tasks.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Reaped(out));
+                }
+                // An attempt polled just now may have made room.
+                if self.settings.running() < self.concurrency
+                    && let Poll::Ready(item) = self.consumer.poll_next_unpin(cx)
+                {
+                    return Poll::Ready(Event::Item(item));
+                }
+                // Only a lane about to wait needs waking by a stop.
+                match stopping.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Event::Stop),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
             match event {
                 Event::Stop => return Ok(()),
-                Event::FromTask(message) => self.settle_handed_back(message).await,
-                Event::Reaped => {}
-                Event::Permit(p) => permit = Some(p),
+                Event::Reaped(None) => {}
+                Event::Reaped(Some(dead)) => self.dead_letter(dead).await,
                 Event::Item(None) => {
                     tracing::warn!(queue = %self.queue, "the consumer's stream ended");
                     return Ok(());
                 }
                 Event::Item(Some(Err(refused))) => self.refused(refused).await?,
                 Event::Item(Some(Ok(delivery))) => {
-                    let worker_permit = loop {
-                        if let Ok(p) = self.worker_permits.clone().try_acquire_owned() {
-                            break p;
-                        }
-                        tokio::select! {
-                            biased;
-                            // The delivery is dropped: back to its queue.
-                            () = stopped(stop) => return Ok(()),
-                            // This lane's own attempts may hold the worker's permits.
-                            Some(()) = tasks.next(), if !tasks.is_empty() => {}
-                            Ok(p) = self.worker_permits.clone().acquire_owned() => break p,
+                    let worker_permit = match self.worker_permits.clone() {
+                        None => None,
+                        Some(permits) => {
+                            match self.worker_permit(permits, tasks, stopping.as_mut()).await {
+                                // The delivery is dropped: back to its queue.
+                                None => return Ok(()),
+                                some => some,
+                            }
                         }
                     };
-                    let Some(route_permit) = permit.take() else {
-                        continue; // never: a delivery is only taken with a permit
-                    };
-                    let context = JobContext::shared(Arc::new(delivery));
-                    let work = self.runner.start(context.clone());
-                    tasks.push(Box::pin(attempt::run(
-                        self.settings.clone(),
-                        work,
-                        context,
-                        (route_permit, worker_permit),
-                    )));
+                    self.start(delivery, worker_permit, tasks).await?;
                 }
             }
         }
     }
 
+    /// Waits for a place among the worker's handlers (this lane's own attempts may hold
+    /// them, so they go on meanwhile); `None` once the worker stops.
+    async fn worker_permit(
+        &mut self,
+        permits: Arc<Semaphore>,
+        tasks: &mut Attempts,
+        mut stopping: Stopping<'_>,
+    ) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            tokio::select! {
+                biased;
+                () = stopping.as_mut() => return None,
+                Some(out) = tasks.next(), if !tasks.is_empty() => {
+                    if let Some(dead) = out {
+                        self.dead_letter(dead).await;
+                    }
+                }
+                Ok(permit) = permits.clone().acquire_owned() => return Some(permit),
+            }
+        }
+    }
+
+    /// Starts the attempt at `delivery` and polls it once here: a handler that finishes at
+    /// once is settled without joining the attempts in flight.
+    async fn start(
+        &mut self,
+        delivery: Delivery,
+        worker_permit: Option<OwnedSemaphorePermit>,
+        tasks: &mut Attempts,
+    ) -> kombu_core::Result<()> {
+        let start = Start {
+            settings: self.settings.clone(),
+            worker_permit,
+            span: self.consumer.process_span(&delivery),
+        };
+        match self.runner.start(delivery, start) {
+            Ok(mut attempt) => match futures::poll!(attempt.as_mut()) {
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(dead)) => self.dead_letter(dead).await,
+                Poll::Pending => tasks.push(attempt),
+            },
+            Err((delivery, error)) => {
+                let refused = ConsumeError {
+                    error,
+                    delivery: Some(delivery),
+                };
+                self.refused(refused).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Lets the attempts in flight finish within the shutdown timeout (past it they are
-    /// dropped, and their deliveries go back to the queue), settling what they hand back.
+    /// dropped, and their deliveries go back to the queue), settling the dead letters they
+    /// hand back.
     async fn wind_down(&mut self, tasks: &mut Attempts) {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         while !tasks.is_empty() {
             tokio::select! {
                 biased;
-                Some(message) = self.from_tasks.recv() => self.settle_handed_back(message).await,
-                Some(()) = tasks.next() => {}
+                Some(out) = tasks.next() => {
+                    if let Some(dead) = out {
+                        self.dead_letter(dead).await;
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
                         queue = %self.queue,
@@ -155,55 +207,38 @@ impl Lane {
                 }
             }
         }
-        while let Ok(message) = self.from_tasks.try_recv() {
-            self.settle_handed_back(message).await;
-        }
     }
 
-    /// Settles what a task handed back, through the consumer's dead-letter path and error
-    /// policy. A failure leaves the message in its queue (the delivery is dropped unsettled).
-    async fn settle_handed_back(&mut self, message: ToLane) {
-        let counters = &self.settings.counters;
-        let done = match message {
-            ToLane::DeadLetter(delivery, reason) => self
-                .consumer
-                .dead_letter(delivery, reason)
-                .await
-                .map(Handled::DeadLettered),
-            ToLane::Refused(delivery, error) => {
-                self.consumer
-                    .handle(ConsumeError {
-                        error,
-                        delivery: Some(delivery),
-                    })
-                    .await
-            }
-        };
-        match done {
-            Ok(Handled::DeadLettered(_)) => counters.add(Count::DeadLettered),
-            Ok(Handled::Requeued { .. }) => counters.add(Count::Requeued),
-            Ok(_) => {}
+    /// Dead-letters what an attempt handed back, through the consumer's dead-letter path. A
+    /// failure leaves the message in its queue (the delivery is dropped unsettled).
+    async fn dead_letter(&mut self, DeadLetter(delivery, reason): DeadLetter) {
+        match self.consumer.dead_letter(delivery, reason).await {
+            Ok(_) => self.settings.counters.add(Count::DeadLettered),
             Err(error) => tracing::error!(
                 queue = %self.queue,
                 error = %format_args!("{error:#}"),
-                "could not dead-letter or requeue a message: it stays in its queue"
+                "could not dead-letter a message: it stays in its queue"
             ),
         }
     }
 
-    /// A refused delivery (not accepted), or an entry the transport moved aside: the
-    /// consumer's policy. A broker error the consumer gave up on is returned.
+    /// A refused delivery (not accepted, or not decoded into the handler's type), or an entry
+    /// the transport moved aside: the consumer's policy. Returned as the worker's error: a
+    /// broker error the consumer gave up on, and a refused message under
+    /// [`ErrorAction::Stop`] (which stays in its queue).
     async fn refused(&mut self, refused: ConsumeError) -> kombu_core::Result<()> {
         let with_delivery = refused.delivery.is_some();
         match self.consumer.handle(refused).await {
             Ok(Handled::DeadLettered(_)) => self.settings.counters.add(Count::DeadLettered),
             Ok(Handled::Requeued { .. }) => self.settings.counters.add(Count::Requeued),
             Ok(_) => {}
-            Err(error) if with_delivery => tracing::error!(
-                queue = %self.queue,
-                error = %format_args!("{error:#}"),
-                "could not settle a refused message: it stays in its queue"
-            ),
+            Err(error) if with_delivery && self.error_action != ErrorAction::Stop => {
+                tracing::error!(
+                    queue = %self.queue,
+                    error = %format_args!("{error:#}"),
+                    "could not settle a refused message: it stays in its queue"
+                );
+            }
             Err(error) => return Err(error.context(format!("consuming queue {:?}", self.queue))),
         }
         Ok(())

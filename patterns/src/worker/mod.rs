@@ -92,19 +92,20 @@ mod route;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kombu_core::{Connection, Error, ErrorAction, ErrorKind, Result};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tower::Service;
 
 pub use control::{WorkerHandle, WorkerStats};
 pub use job::{BoxError, FailureKind, Job, JobContext, JobError, RETRIES_HEADER};
 pub use route::{Backoff, Route};
 
-use handler::{Raw, Runner, Typed};
+use handler::{Func, Raw, Runner, Typed};
 
 /// Handlers running at once in a worker by default.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -212,7 +213,9 @@ impl WorkerBuilder {
     }
 
     /// What to do with a message whose body does not decode or is not accepted (default
-    /// [`ErrorAction::DeadLetter`]; [`ErrorAction::Stop`] leaves it in its queue and logs).
+    /// [`ErrorAction::DeadLetter`]; under [`ErrorAction::Stop`] the message stays in its
+    /// queue and the worker stops: [`Worker::run`] returns the error once the handlers in
+    /// flight are done).
     pub fn error_action(mut self, action: ErrorAction) -> Self {
         self.error_action = action;
         self
@@ -226,19 +229,15 @@ impl WorkerBuilder {
 
     /// Handles the route's messages with an async function of the decoded value and its
     /// [`JobContext`]. `Err` is a failure (retried, see [`JobError`]).
-    pub fn handle<T, F, Fut>(self, route: impl Into<Route>, handler: F) -> Self
+    pub fn handle<T, F, Fut>(mut self, route: impl Into<Route>, handler: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
-        F: Fn(T, JobContext) -> Fut + Clone + Send + 'static,
+        F: Fn(T, JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<(), JobError>> + Send + 'static,
     {
-        self.service(
-            route,
-            tower::service_fn(move |job: Job<T>| {
-                let (value, context) = job.into_parts();
-                handler(value, context)
-            }),
-        )
+        self.routes
+            .push((route.into(), Box::new(Func::new(handler))));
+        self
     }
 
     /// Handles the route's messages with an async function of the raw body (decompressed, not
@@ -358,14 +357,24 @@ impl Worker {
             return Ok(());
         }
         let heartbeat = heartbeat(&builder)?;
-        let worker_permits = Arc::new(Semaphore::new(builder.concurrency));
-        let mut lanes = Vec::with_capacity(builder.routes.len());
         let conn = builder.conn.clone();
-        for (route, runner) in builder.routes {
-            let concurrency = route
-                .concurrency
-                .unwrap_or(builder.concurrency)
-                .min(builder.concurrency);
+        let caps = conn.capabilities();
+        // Each route runs at most its own bound, and the worker's: one semaphore bounds the
+        // lanes together only where their bounds add up to more than the worker's.
+        let bounds: Vec<usize> = builder
+            .routes
+            .iter()
+            .map(|(route, _)| {
+                route
+                    .concurrency
+                    .unwrap_or(builder.concurrency)
+                    .min(builder.concurrency)
+            })
+            .collect();
+        let worker_permits = (bounds.iter().sum::<usize>() > builder.concurrency)
+            .then(|| Arc::new(Semaphore::new(builder.concurrency)));
+        let mut lanes = Vec::with_capacity(builder.routes.len());
+        for ((route, runner), concurrency) in builder.routes.into_iter().zip(bounds) {
             let mut consumer = conn
                 .consumer([route.queue.clone()])
                 .prefetch(u16::try_from(concurrency).unwrap_or(u16::MAX))
@@ -379,35 +388,34 @@ impl Worker {
             if let Some(max) = builder.max_redeliveries {
                 consumer = consumer.max_redeliveries(max);
             }
-            let consumer = consumer.build().await.map_err(|e| {
+            let mut consumer = consumer.build().await.map_err(|e| {
                 e.context(format!(
                     "starting the worker's consumer of {:?}",
                     route.queue.name
                 ))
             })?;
-            let (to_lane, from_tasks) = mpsc::unbounded_channel();
+            // Each attempt runs in the consumer's `process` span instead.
+            consumer.processed_in_spans();
             let settings = attempt::Settings {
                 timeout: route.timeout.or(builder.timeout),
                 max_retries: route.max_retries.unwrap_or(builder.max_retries),
                 backoff: route.backoff.unwrap_or(builder.backoff),
-                heartbeat,
+                // Leases need extending only where they run out.
+                heartbeat: heartbeat.filter(|_| caps.visibility_timeout),
                 producer: conn.producer(),
-                mandatory: conn.capabilities().mandatory,
-                native_delay: {
-                    let caps = conn.capabilities();
-                    caps.delayed_delivery && caps.visibility_timeout
-                },
+                mandatory: caps.mandatory,
+                native_delay: caps.delayed_delivery && caps.visibility_timeout,
                 counters: handle.counters.clone(),
-                to_lane,
+                running: AtomicUsize::new(0),
             };
             lanes.push(lane::Lane {
                 queue: route.queue.name.clone(),
                 consumer,
                 runner,
                 settings: Arc::new(settings),
-                permits: Arc::new(Semaphore::new(concurrency)),
+                concurrency,
                 worker_permits: worker_permits.clone(),
-                from_tasks,
+                error_action: builder.error_action,
                 handle: handle.clone(),
                 shutdown_timeout: builder.shutdown_timeout,
             });
