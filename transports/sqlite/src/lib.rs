@@ -72,7 +72,7 @@
 //! `polling_interval` when idle.
 //!
 //! A consumer waiting for delayed rows returns at the earliest due time among its queues
-//! (`benches/delay_stores.rs` measures how late they arrive); a row another process stores
+//! (`benches/delay.rs` measures how late they arrive); a row another process stores
 //! meanwhile, due earlier still, is noticed at its next poll (within `polling_interval`).
 //!
 //! Not supported (declared in the capabilities, so the conformance suite skips them):
