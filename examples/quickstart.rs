@@ -71,5 +71,10 @@ async fn main() -> kombu::Result<()> {
         delivery.ack().await?;
     }
     println!("{} orders left", conn.queue_size("eu-orders").await?);
+
+    // A real broker keeps queues after the program ends: leave none behind.
+    consumer.close().await?;
+    conn.delete_queue("eu-orders").await?;
+    conn.delete_exchange("orders").await?;
     Ok(())
 }
