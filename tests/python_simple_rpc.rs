@@ -1,5 +1,6 @@
 //! kombu-rs's `simple` and `rpc` against Python kombu on one broker, both ways, on Redis,
-//! RabbitMQ and SQLite (Python's SQLAlchemy transport on the same file).
+//! RabbitMQ and SQLite (Python's SQLAlchemy transport on the same file); SimpleBuffer on Redis
+//! and SQLite (its queue is exclusive, which RabbitMQ enforces per connection).
 //!
 //! `tests/interop/simple_rpc.py` is Python's side: a `kombu.simple.SimpleQueue` putting and
 //! getting, a server answering with `kombu.common.send_reply`, a client publishing with
@@ -13,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kombu::rpc::{RpcClient, RpcServer};
-use kombu::simple::SimpleQueue;
+use kombu::simple::{SimpleBuffer, SimpleQueue};
 use kombu::{Connection, DeliveryMode};
 use kombu_test_support::brokers;
 use serde::{Deserialize, Serialize};
@@ -185,6 +186,86 @@ async fn simple_queues_interoperate_with_python() {
         }
         assert_eq!(conn.queue_size(&name).await.expect(t), 0, "{t}");
         conn.delete_queue(&name).await.expect(t);
+        conn.close().await.expect(t);
+    }
+}
+
+/// A SimpleBuffer's queue is exclusive, and RabbitMQ gives an exclusive queue to one
+/// connection: a Python and a Rust buffer cannot share one there (by design, for both). On
+/// the stores, which have no exclusive queues, they share it as kombu does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_buffers_interoperate_with_python_on_the_stores() {
+    let Some(python) = kombu_test_support::python() else {
+        return;
+    };
+    for transport in ["redis", "sqlite"] {
+        let Some(broker) = brokers::broker(transport, "py-buffer") else {
+            continue;
+        };
+        let t = transport;
+        let name = unique("py-buffer");
+
+        // Python puts, Rust gets (no ack: the buffer settles as it takes).
+        let put = run(&python, t, &broker.url, &["buffer_put", &name, "3"]);
+        assert_eq!(put["put"], 3, "{t}");
+        let conn = Connection::open(&broker.url).await.expect("open");
+        let mut buffer = SimpleBuffer::new(&conn, &name).await.expect(t);
+        for n in 0..3 {
+            let item: Item = buffer.get(WAIT).await.expect(t);
+            assert_eq!(
+                item,
+                Item {
+                    n,
+                    from: "python".into()
+                },
+                "{t}"
+            );
+        }
+        assert_eq!(buffer.qsize().await.expect(t), 0, "{t}: taken is gone");
+        buffer.close().await.expect(t);
+
+        // Rust puts (transient), Python gets. A buffer that never consumed: closing one that
+        // did would delete its auto-delete queue, as kombu's does.
+        let buffer = SimpleBuffer::new(&conn, &name).await.expect(t);
+        for n in 10..13 {
+            buffer
+                .message(&Item {
+                    n,
+                    from: "rust".into(),
+                })
+                .header("origin", "rust")
+                .send()
+                .await
+                .expect(t);
+        }
+        buffer.close().await.expect(t);
+        let got = run_async(
+            python.clone(),
+            t,
+            broker.url.clone(),
+            vec!["buffer_get".into(), name.clone(), "3".into()],
+        )
+        .await;
+        let messages = got["messages"].as_array().expect("messages");
+        let bodies: Vec<&Json> = messages.iter().map(|m| &m["body"]).collect();
+        assert_eq!(
+            bodies,
+            [
+                &json!({"n": 10, "from": "rust"}),
+                &json!({"n": 11, "from": "rust"}),
+                &json!({"n": 12, "from": "rust"})
+            ],
+            "{t}"
+        );
+        for m in messages {
+            assert_eq!(m["headers"]["origin"], "rust", "{t}: {m}");
+            assert_eq!(
+                m["delivery_mode"],
+                DeliveryMode::Transient.as_u8(),
+                "{t}: {m}"
+            );
+        }
+        let _ = conn.delete_queue(&name).await;
         conn.close().await.expect(t);
     }
 }

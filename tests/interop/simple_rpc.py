@@ -8,6 +8,9 @@ Every command takes a kombu URL and a JSON object of transport options (Redis: t
                                    with the header origin=python
     simple_get URL OPTS NAME N     SimpleQueue(NAME).get(timeout=10) N times, ack each; print
                                    the bodies and headers
+    buffer_put URL OPTS NAME N     the same with a SimpleBuffer (transient, no-ack)
+    buffer_get URL OPTS NAME N     SimpleBuffer(NAME).get(timeout=10) N times; print the
+                                   bodies, headers and delivery modes
     rpc_server URL OPTS QUEUE N    serve N requests {"a", "b"} on QUEUE with send_reply
                                    ({"sum": a + b, "server": "python"}); prints "ready" once
                                    consuming, then the requests' properties
@@ -25,7 +28,7 @@ import uuid
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.common import collect_replies, send_reply
-from kombu.simple import SimpleQueue
+from kombu.simple import SimpleBuffer, SimpleQueue
 
 DEADLINE = 20
 
@@ -120,8 +123,27 @@ def rpc_client(url, opts, queue_name, n):
     print(json.dumps({"replies": replies}))
 
 
-COMMANDS = {"simple_put": simple_put, "simple_get": simple_get, "rpc_server": rpc_server,
-            "rpc_client": rpc_client}
+def buffer_put(url, opts, name, n):
+    with connect(url, opts) as conn:
+        with SimpleBuffer(conn, name) as buffer:
+            for i in range(int(n)):
+                buffer.put({"n": i, "from": "python"}, headers={"origin": "python"})
+    print(json.dumps({"put": int(n)}))
+
+
+def buffer_get(url, opts, name, n):
+    got = []
+    with connect(url, opts) as conn:
+        with SimpleBuffer(conn, name) as buffer:
+            for _ in range(int(n)):
+                message = buffer.get(block=True, timeout=10)
+                got.append({"body": message.decode(), "headers": message.headers,
+                            "delivery_mode": message.properties.get("delivery_mode")})
+    print(json.dumps({"messages": got}))
+
+
+COMMANDS = {"simple_put": simple_put, "simple_get": simple_get, "buffer_put": buffer_put,
+            "buffer_get": buffer_get, "rpc_server": rpc_server, "rpc_client": rpc_client}
 
 if __name__ == "__main__":
     # Never outlive a test that gave up on us.
