@@ -21,8 +21,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::delayed::{
-    Look, Sweeper, count_due, delete_due, due_in, insert_delayed, next_due_anywhere, next_due_of,
-    promote_due,
+    Sweeper, count_due, delete_due, due_in, insert_delayed, next_due_anywhere, promote_due,
 };
 use crate::options::Options;
 use crate::receipt::{VERSION_MASK, receipt, receipt_row};
@@ -40,7 +39,7 @@ const TOPOLOGY_TTL: Duration = Duration::from_secs(1);
 pub(crate) struct SqliteBackend {
     db: Arc<Mutex<Connection>>,
     label: String,
-    options: Options,
+    pub(crate) options: Options,
     /// Woken by every commit of a put in this process.
     notify: tokio::sync::Notify,
     topology: TopologyCache,
@@ -134,7 +133,7 @@ impl SqliteBackend {
     }
 
     /// Runs `f` with the database on tokio's blocking pool.
-    async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T>
+    pub(crate) async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -468,29 +467,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
-        let mut rows = Vec::with_capacity(items.len());
-        for (queue, env) in &items {
-            rows.push((queue.clone(), payload_text(env)?, env.redelivered));
-        }
-        self.run("publish", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // A queue nobody declared (in this process or Python's) is created, as Python
-            // kombu's SQLAlchemy transport creates it.
-            let mut ids: HashMap<String, i64> = HashMap::new();
-            for (queue, payload, redelivered) in &rows {
-                let id = match ids.get(queue) {
-                    Some(id) => *id,
-                    None => {
-                        let id = ensure_queue(&tx, queue)?;
-                        ids.insert(queue.clone(), id);
-                        id
-                    }
-                };
-                insert(&tx, id, payload, *redelivered)?;
-            }
-            tx.commit()
-        })
-        .await?;
+        self.store(items, None).await?;
         self.notify.notify_waiters();
         Ok(Vec::new())
     }
@@ -776,12 +753,29 @@ impl Backend for SqliteBackend {
         if items.is_empty() {
             return Ok(());
         }
+        let due = due_in(delay);
+        self.store(items, Some(due)).await?;
+        self.sweeper.schedule(self.me.clone(), due);
+        // Waiting consumers look again, for the new due time.
+        self.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+impl SqliteBackend {
+    /// Stores `items` in one transaction: visible now, or delayed until `due` (Unix seconds).
+    /// A queue nobody declared (in this process or Python's) is created, as Python kombu's
+    /// SQLAlchemy transport creates it.
+    async fn store(&self, items: Vec<(String, Envelope)>, due: Option<f64>) -> Result<()> {
         let mut rows = Vec::with_capacity(items.len());
         for (queue, env) in &items {
             rows.push((queue.clone(), payload_text(env)?, env.redelivered));
         }
-        let due = due_in(delay);
-        self.run("publish delayed", move |conn| {
+        let what = match due {
+            None => "publish",
+            Some(_) => "publish delayed",
+        };
+        self.run(what, move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut ids: HashMap<String, i64> = HashMap::new();
             for (queue, payload, redelivered) in &rows {
@@ -793,58 +787,12 @@ impl Backend for SqliteBackend {
                         id
                     }
                 };
-                insert_delayed(&tx, id, payload, *redelivered, due)?;
+                match due {
+                    None => insert(&tx, id, payload, *redelivered)?,
+                    Some(due) => insert_delayed(&tx, id, payload, *redelivered, due)?,
+                }
             }
             tx.commit()
-        })
-        .await?;
-        self.sweeper.schedule(self.me.clone(), due);
-        // Waiting consumers look again, for the new due time.
-        self.notify.notify_waiters();
-        Ok(())
-    }
-}
-
-impl SqliteBackend {
-    /// One look at `queues` for a waiting consumer: a ready row, a lease a take would restore
-    /// (by the connection's visibility timeout), or a delayed row due, and else the earliest
-    /// due time of a delayed row.
-    async fn look(&self, queues: &[String]) -> Result<Look> {
-        let names = queues.to_vec();
-        // The waiting consumer's own timeout is not known here: the connection's is the
-        // usual one, and the consumer looks again within a second anyway.
-        let visibility = self.options.visibility_timeout.as_secs_f64();
-        self.run("poll", move |conn| {
-            let now = unix_now();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
-                 ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
-                 (m.visible = 0 AND {LEASE_PASSED})))"
-            ))?;
-            let mut next_due: Option<f64> = None;
-            for name in &names {
-                if stmt.query_row(params![name, now - visibility, now], |r| {
-                    r.get::<_, bool>(0)
-                })? {
-                    return Ok(Look {
-                        ready: true,
-                        next_due,
-                    });
-                }
-                if let Some(due) = next_due_of(conn, name)? {
-                    if due <= now {
-                        return Ok(Look {
-                            ready: true,
-                            next_due: Some(due),
-                        });
-                    }
-                    next_due = Some(next_due.map_or(due, |n| n.min(due)));
-                }
-            }
-            Ok(Look {
-                ready: false,
-                next_due,
-            })
         })
         .await
     }

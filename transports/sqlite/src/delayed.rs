@@ -23,6 +23,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
 use crate::backend::SqliteBackend;
+use crate::schema::LEASE_PASSED;
 
 /// How long a sweep that failed (the database was locked for `busy_timeout`, say) waits
 /// before it tries again.
@@ -241,6 +242,51 @@ async fn sweep(sweeper: Arc<Sweeper>, backend: Weak<SqliteBackend>) {
                 tokio::time::sleep(RETRY_AFTER).await;
             }
         }
+    }
+}
+
+impl SqliteBackend {
+    /// One look at `queues` for a waiting consumer: a ready row, a lease a take would restore
+    /// (by the connection's visibility timeout), or a delayed row due, and else the earliest
+    /// due time of a delayed row.
+    pub(crate) async fn look(&self, queues: &[String]) -> kombu_core::Result<Look> {
+        let names = queues.to_vec();
+        // The waiting consumer's own timeout is not known here: the connection's is the
+        // usual one, and the consumer looks again within a second anyway.
+        let visibility = self.options.visibility_timeout.as_secs_f64();
+        self.run("poll", move |conn| {
+            let now = unix_now();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM kombu_message m JOIN kombu_queue q \
+                 ON m.queue_id = q.id WHERE q.name = ?1 AND (m.visible = 1 OR \
+                 (m.visible = 0 AND {LEASE_PASSED})))"
+            ))?;
+            let mut next_due: Option<f64> = None;
+            for name in &names {
+                if stmt.query_row(params![name, now - visibility, now], |r| {
+                    r.get::<_, bool>(0)
+                })? {
+                    return Ok(Look {
+                        ready: true,
+                        next_due,
+                    });
+                }
+                if let Some(due) = next_due_of(conn, name)? {
+                    if due <= now {
+                        return Ok(Look {
+                            ready: true,
+                            next_due: Some(due),
+                        });
+                    }
+                    next_due = Some(next_due.map_or(due, |n| n.min(due)));
+                }
+            }
+            Ok(Look {
+                ready: false,
+                next_due,
+            })
+        })
+        .await
     }
 }
 
