@@ -14,7 +14,7 @@
 //! | [`MESSAGES_PUBLISHED`] | counter | `transport`, `destination` | each message a producer published (after the broker took it) |
 //! | [`MESSAGES_CONSUMED`] | counter | `transport`, `queue` | each delivery a consumer handed out (refused ones included) |
 //! | [`MESSAGES_DEAD_LETTERED`] | counter | `transport`, `queue` | each message moved aside: by a consumer's error policy, or by the transport (an unreadable entry) |
-//! | [`HANDLER_DURATION`] | histogram, seconds | `queue`, `outcome` (`ok`/`error`) | each handler run by [`Consumer::consume`](crate::Consumer::consume) and [`Consumer::consume_as`](crate::Consumer::consume_as) |
+//! | [`HANDLER_DURATION`] | histogram, seconds | `queue`, `outcome` (`ok`/`error`) | each handler run by [`Consumer::consume`](crate::Consumer::consume), [`Consumer::consume_as`](crate::Consumer::consume_as) and kombu-patterns' worker |
 //!
 //! `transport` is the OpenTelemetry `messaging.system` of the connection
 //! ([`Connection::messaging_system`](crate::Connection::messaging_system): `rabbitmq`, `redis`,
