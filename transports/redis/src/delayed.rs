@@ -31,13 +31,17 @@
 //! shape (a foreign client's) go as they are to the list
 //! `<global_keyprefix>_kombu_rs.delayed.unreadable` when due.
 //!
-//! The mover is a task per kombu-rs connection that runs while the connection has consumers:
-//! it starts when one takes or waits, and ends [`IDLE`] after the last did. It runs the script,
-//! then sleeps until the earliest member left is due (the script returns how long, by the
-//! server's clock), but at most [`LOOK_EVERY`], so a message stored through another
-//! connection is moved at most that late; one stored through its own connection wakes it at
-//! once. So delayed messages need some kombu-rs consumer on the same server and prefix (any
-//! queue, any process) to reach their queues: a Python consumer alone never sees them.
+//! The mover is a task per kombu-rs connection. It runs while the connection has consumers (it
+//! starts when one takes or waits, and ends [`IDLE`] after the last did), and while a delayed
+//! message stored through the connection is not yet due (then [`IDLE`] more). It runs the
+//! script, then sleeps until the earliest member left is due (the script returns how long, by
+//! the server's clock), but at most [`LOOK_EVERY`] while it has consumers, so a message stored
+//! through another connection is moved at most that late, and at most [`LOOK_EVERY_PUBLISHER`]
+//! otherwise; one stored through its own connection wakes it at once. So a delayed message
+//! reaches its queue on time while the connection that stored it stays open, whoever consumes
+//! (Python kombu's consumers too), and otherwise once some kombu-rs connection on the same
+//! server and prefix consumes or stores delayed messages: a Python consumer alone never moves
+//! one whose publisher has gone.
 //!
 //! Not done: a queue purged or deleted before its delayed messages are due gets them when they
 //! are (Redis keeps a queue as its lists; the message lands in a list of that name). Redis
@@ -63,7 +67,11 @@ pub(crate) const BATCH: usize = 1000;
 /// Longest the mover sleeps between looks at the delayed set: a message stored through another
 /// connection is moved at most about this late.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(25);
-/// The mover ends this long after the connection's last take or wait.
+/// The same for a mover kept running only by delayed messages its connection stored (no
+/// consumer): those wake it when due; this bounds how late others' messages are moved.
+pub(crate) const LOOK_EVERY_PUBLISHER: Duration = Duration::from_secs(1);
+/// The mover ends this long after the connection's last take or wait, and after the due time
+/// of the last delayed message stored through it.
 pub(crate) const IDLE: Duration = Duration::from_secs(30);
 /// Longest reply to the move script before its connection is taken for dead.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,10 +116,24 @@ struct Shared {
     moved: Arc<Notify>,
 }
 
-/// Whether the task runs, and when a consumer last took or waited.
+/// Whether the task runs, when a consumer last took or waited, and when the last delayed
+/// message stored through the connection is due.
 struct State {
     running: bool,
     active: Instant,
+    until: Instant,
+}
+
+impl State {
+    /// Whether a consumer took or waited within [`IDLE`].
+    fn consuming(&self) -> bool {
+        self.active.elapsed() <= IDLE
+    }
+
+    /// Whether the mover has a reason to run on.
+    fn wanted(&self) -> bool {
+        self.consuming() || self.until.elapsed() <= IDLE
+    }
 }
 
 impl std::fmt::Debug for Mover {
@@ -140,9 +162,16 @@ impl Mover {
                 key,
                 unreadable_key,
                 script: redis::Script::new(MOVE_DUE),
-                state: Mutex::new(State {
-                    running: false,
-                    active: Instant::now(),
+                state: Mutex::new({
+                    // Long ago: nothing keeps a new mover running.
+                    let past = Instant::now()
+                        .checked_sub(IDLE * 2)
+                        .unwrap_or_else(Instant::now);
+                    State {
+                        running: false,
+                        active: past,
+                        until: past,
+                    }
                 }),
                 stored: Notify::new(),
                 moved,
@@ -159,17 +188,30 @@ impl Mover {
             !std::mem::replace(&mut state.running, true)
         };
         if start {
-            let task = tokio::spawn(run(self.shared.clone()));
-            if let Some(old) = self.task.lock().replace(task) {
-                old.abort(); // ended already: it cleared `running`
-            }
+            self.start();
         }
     }
 
-    /// A delayed message was stored through this connection: a running mover looks again now
-    /// (the message may be due before it planned to look).
-    pub(crate) fn stored(&self) {
+    /// A delayed message due in `delay` was stored through this connection: the mover runs
+    /// until it is due (and [`IDLE`] more), and a running one looks again now (the message may
+    /// be due before it planned to look).
+    pub(crate) fn stored(&self, delay: Duration) {
+        let start = {
+            let mut state = self.shared.state.lock();
+            state.until = state.until.max(Instant::now() + delay);
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            self.start();
+        }
         self.shared.stored.notify_one();
+    }
+
+    fn start(&self) {
+        let task = tokio::spawn(run(self.shared.clone()));
+        if let Some(old) = self.task.lock().replace(task) {
+            old.abort(); // ended already: it cleared `running`
+        }
     }
 }
 
@@ -181,18 +223,22 @@ impl Drop for Mover {
     }
 }
 
-/// The mover's task: moves what is due, sleeps until the next is (at most [`LOOK_EVERY`]),
-/// until no consumer took or waited for [`IDLE`].
+/// The mover's task: moves what is due, sleeps until the next is (at most [`LOOK_EVERY`], or
+/// [`LOOK_EVERY_PUBLISHER`] without consumers), until nothing wants it (see [`State::wanted`]).
 async fn run(shared: Arc<Shared>) {
     let mut conn: Option<MultiplexedConnection> = None;
     loop {
-        {
+        let most = {
             let mut state = shared.state.lock();
-            if state.active.elapsed() > IDLE {
+            if !state.wanted() {
                 state.running = false;
                 return;
             }
-        }
+            match state.consuming() {
+                true => LOOK_EVERY,
+                false => LOOK_EVERY_PUBLISHER,
+            }
+        };
         let mut c = match conn.take() {
             Some(c) => c,
             None => {
@@ -228,8 +274,8 @@ async fn run(shared: Arc<Shared>) {
                 if moved >= BATCH {
                     continue;
                 }
-                let pause = u64::try_from(wait)
-                    .map_or(LOOK_EVERY, |ms| Duration::from_millis(ms).min(LOOK_EVERY));
+                let pause =
+                    u64::try_from(wait).map_or(most, |ms| Duration::from_millis(ms).min(most));
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = shared.stored.notified() => {}
@@ -277,7 +323,7 @@ impl RedisBackend {
         let due: redis::RedisResult<i64> = script.invoke_async(&mut conn).await;
         due.map_err(self.err("store delayed messages"))
             .map_err(maybe_written)?;
-        self.mover.stored();
+        self.mover.stored(delay);
         Ok(())
     }
 }

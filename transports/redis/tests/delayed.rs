@@ -1,7 +1,8 @@
 //! Delayed delivery on Redis: the sorted set `_kombu_rs.delayed` and its mover.
 //!
 //! Python kombu consumers of a queue see none of its delayed messages before they are due,
-//! then get them from their lists as any other message, in kombu's priority order; no message
+//! then get them from their lists as any other message, in kombu's priority order; the
+//! connection that stored them moves them while it is open, with no kombu-rs consumer; no message
 //! is lost when every connection (so every mover) is gone before it is due, and two movers at
 //! once deliver each exactly once; a member of a foreign shape is set aside, not dropped.
 //!
@@ -164,6 +165,47 @@ async fn python_sees_delayed_messages_only_when_due_in_priority_order() {
         .map(|m| &m["payload"]["p"])
         .collect();
     assert_eq!(order, [&json!(0), &json!(5), &json!(9)], "{out}");
+    space.clean().await;
+}
+
+/// A connection that stored delayed messages moves them when due by itself while it stays
+/// open: a Python consumer, with no kombu-rs consumer anywhere, gets them on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_publisher_moves_its_delayed_messages_for_python_consumers() {
+    let Some(python) = python() else { return };
+    let space = Space::new("delay-pub");
+    let conn = open(&space.url("")).await;
+    let producer = conn.producer().routing_key("pq").declare(Queue::new("pq"));
+    let sent = Instant::now();
+    for i in 0..3 {
+        producer
+            .message(&json!({ "i": i }))
+            .delay(Duration::from_millis(1500))
+            .send()
+            .await
+            .expect("publish delayed");
+    }
+    let out = {
+        let (python, prefix) = (python.clone(), space.prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            Space { prefix }.python(&python, "consume", &["pq", "3"])
+        })
+        .await
+        .expect("Python consumer")
+    };
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "Python got them {waited:?} after publishing"
+    );
+    let got = out["messages"].as_array().expect("messages");
+    let mut is: Vec<u64> = got
+        .iter()
+        .filter_map(|m| m["payload"]["i"].as_u64())
+        .collect();
+    is.sort_unstable();
+    assert_eq!(is, [0, 1, 2], "{out}");
+    conn.close().await.expect("close");
     space.clean().await;
 }
 
