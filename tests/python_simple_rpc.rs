@@ -108,6 +108,26 @@ struct Item {
     from: String,
 }
 
+/// What Python printed after getting the three items Rust put (n 10..13, header origin=rust)
+/// with `mode`.
+fn assert_rust_items(got: &Json, t: &str, mode: DeliveryMode) {
+    let messages = got["messages"].as_array().expect("messages");
+    let bodies: Vec<&Json> = messages.iter().map(|m| &m["body"]).collect();
+    assert_eq!(
+        bodies,
+        [
+            &json!({"n": 10, "from": "rust"}),
+            &json!({"n": 11, "from": "rust"}),
+            &json!({"n": 12, "from": "rust"})
+        ],
+        "{t}"
+    );
+    for m in messages {
+        assert_eq!(m["headers"]["origin"], "rust", "{t}: {m}");
+        assert_eq!(m["delivery_mode"], mode.as_u8(), "{t}: {m}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_queues_interoperate_with_python() {
     let Some(python) = kombu_test_support::python() else {
@@ -165,25 +185,7 @@ async fn simple_queues_interoperate_with_python() {
             vec!["simple_get".into(), name.clone(), "3".into()],
         )
         .await;
-        let messages = got["messages"].as_array().expect("messages");
-        let bodies: Vec<&Json> = messages.iter().map(|m| &m["body"]).collect();
-        assert_eq!(
-            bodies,
-            [
-                &json!({"n": 10, "from": "rust"}),
-                &json!({"n": 11, "from": "rust"}),
-                &json!({"n": 12, "from": "rust"})
-            ],
-            "{t}"
-        );
-        for m in messages {
-            assert_eq!(m["headers"]["origin"], "rust", "{t}: {m}");
-            assert_eq!(
-                m["delivery_mode"],
-                DeliveryMode::Persistent.as_u8(),
-                "{t}: {m}"
-            );
-        }
+        assert_rust_items(&got, t, DeliveryMode::Persistent);
         assert_eq!(conn.queue_size(&name).await.expect(t), 0, "{t}");
         conn.delete_queue(&name).await.expect(t);
         conn.close().await.expect(t);
@@ -246,25 +248,7 @@ async fn simple_buffers_interoperate_with_python_on_the_stores() {
             vec!["buffer_get".into(), name.clone(), "3".into()],
         )
         .await;
-        let messages = got["messages"].as_array().expect("messages");
-        let bodies: Vec<&Json> = messages.iter().map(|m| &m["body"]).collect();
-        assert_eq!(
-            bodies,
-            [
-                &json!({"n": 10, "from": "rust"}),
-                &json!({"n": 11, "from": "rust"}),
-                &json!({"n": 12, "from": "rust"})
-            ],
-            "{t}"
-        );
-        for m in messages {
-            assert_eq!(m["headers"]["origin"], "rust", "{t}: {m}");
-            assert_eq!(
-                m["delivery_mode"],
-                DeliveryMode::Transient.as_u8(),
-                "{t}: {m}"
-            );
-        }
+        assert_rust_items(&got, t, DeliveryMode::Transient);
         let _ = conn.delete_queue(&name).await;
         conn.close().await.expect(t);
     }

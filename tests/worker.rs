@@ -11,6 +11,7 @@ use std::time::Duration;
 use kombu::worker::{Backoff, JobContext, JobError, RETRIES_HEADER, Route, Worker, WorkerHandle};
 use kombu::{Connection, Delivery, ErrorAction, Queue, StreamExt, Value, dead_letter};
 use kombu_test_support::brokers;
+use kombu_test_support::until;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -24,18 +25,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn unique(name: &str) -> String {
     format!("worker-{name}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Waits until `done` holds; panics (naming `what`) after [`PATIENCE`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until `queue` holds `n` ready messages.
@@ -144,7 +133,7 @@ async fn typed_handlers_run_within_the_concurrency_bound() {
             .build()
             .expect("build");
         let (handle, task) = start(worker);
-        until("24 handled", || handle.stats().handled == 24).await;
+        until("24 handled", PATIENCE, || handle.stats().handled == 24).await;
         stop(handle.clone(), task).await;
         let mut ids = seen.lock().expect("lock").clone();
         ids.sort_unstable();
@@ -184,7 +173,7 @@ async fn failures_are_retried_then_dead_lettered_with_the_retry_count() {
             .expect("build");
         let (handle, task) = start(worker);
         let dead = dead_letter_of(&conn, &queue).await;
-        until("the dead letter counted", || {
+        until("the dead letter counted", PATIENCE, || {
             handle.stats().dead_lettered == 1
         })
         .await;
@@ -279,7 +268,10 @@ async fn permanent_errors_timeouts_and_bad_bodies_are_dead_lettered() {
             "not a task",
             "{t}"
         );
-        until("three dead letters", || handle.stats().dead_lettered == 3).await;
+        until("three dead letters", PATIENCE, || {
+            handle.stats().dead_lettered == 3
+        })
+        .await;
         stop(handle.clone(), task).await;
         let stats = handle.stats();
         assert_eq!((stats.failed, stats.retried), (2, 0), "{t}");
@@ -324,7 +316,10 @@ async fn a_stop_waits_for_the_handler_in_flight_and_returns_the_rest() {
             .build()
             .expect("build");
         let (handle, task) = start(worker);
-        until("the first handler", || started.load(Ordering::SeqCst) == 1).await;
+        until("the first handler", PATIENCE, || {
+            started.load(Ordering::SeqCst) == 1
+        })
+        .await;
         handle.stop();
         // A worker that did not wait would have dropped the handler before it was released.
         release.notify_one();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use kombu::worker::{JobContext, Worker};
 use kombu::{Connection, Queue};
 use kombu_test_support::faults::{self, RedisServer};
+use kombu_test_support::until;
 
 /// This test's server port.
 const PORT: u16 = 16390;
@@ -35,17 +36,6 @@ async fn publish(conn: &Connection, ids: std::ops::Range<u32>) {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -82,7 +72,7 @@ async fn a_worker_goes_on_after_its_redis_server_restarts() {
     let running = tokio::spawn(worker.run());
 
     publish(&conn, 0..BEFORE).await;
-    until("a quarter handled before the kill", || {
+    until("a quarter handled before the kill", PATIENCE, || {
         seen.lock().expect("not poisoned").len() >= (BEFORE / 4) as usize
     })
     .await;
@@ -102,7 +92,7 @@ async fn a_worker_goes_on_after_its_redis_server_restarts() {
     );
     publish(&conn, BEFORE..BEFORE + AFTER).await;
 
-    until("every message handled", || {
+    until("every message handled", PATIENCE, || {
         seen.lock().expect("not poisoned").len() == (BEFORE + AFTER) as usize
     })
     .await;

@@ -9,6 +9,8 @@
 //! SecantusDB speaking MongoDB's wire protocol, a network namespace to cut them off in) for the
 //! restart and partition tests.
 //!
+//! [`until`] waits for a condition with a bound.
+//!
 //! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
 //!
 //! A dev-dependency only (`publish = false`).
@@ -20,4 +22,17 @@ pub mod interop;
 mod python;
 
 pub use kombu_core::conformance::support::{KillOnDrop, lines};
+
+/// Waits until `done` holds, looking every 10 ms; panics naming `what` once `patience` has
+/// passed.
+pub async fn until(what: &str, patience: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
 pub use python::{CeleryWorker, await_recorded_task, celery_task_headers, python};

@@ -47,23 +47,23 @@ def connect(url, opts):
     return conn
 
 
-def simple_put(url, opts, name, n):
+def put(kind, url, opts, name, n):
     with connect(url, opts) as conn:
-        with SimpleQueue(conn, name) as queue:
+        with kind(conn, name) as queue:
             for i in range(int(n)):
                 queue.put({"n": i, "from": "python"}, headers={"origin": "python"})
     print(json.dumps({"put": int(n)}))
 
 
-def simple_get(url, opts, name, n):
+def get(kind, url, opts, name, n):
     got = []
     with connect(url, opts) as conn:
-        with SimpleQueue(conn, name) as queue:
+        with kind(conn, name) as queue:
             for _ in range(int(n)):
                 message = queue.get(block=True, timeout=10)
                 got.append({"body": message.decode(), "headers": message.headers,
                             "delivery_mode": message.properties.get("delivery_mode")})
-                message.ack()
+                message.ack()  # a no-op for a SimpleBuffer's no-ack messages
     print(json.dumps({"messages": got}))
 
 
@@ -123,27 +123,14 @@ def rpc_client(url, opts, queue_name, n):
     print(json.dumps({"replies": replies}))
 
 
-def buffer_put(url, opts, name, n):
-    with connect(url, opts) as conn:
-        with SimpleBuffer(conn, name) as buffer:
-            for i in range(int(n)):
-                buffer.put({"n": i, "from": "python"}, headers={"origin": "python"})
-    print(json.dumps({"put": int(n)}))
-
-
-def buffer_get(url, opts, name, n):
-    got = []
-    with connect(url, opts) as conn:
-        with SimpleBuffer(conn, name) as buffer:
-            for _ in range(int(n)):
-                message = buffer.get(block=True, timeout=10)
-                got.append({"body": message.decode(), "headers": message.headers,
-                            "delivery_mode": message.properties.get("delivery_mode")})
-    print(json.dumps({"messages": got}))
-
-
-COMMANDS = {"simple_put": simple_put, "simple_get": simple_get, "buffer_put": buffer_put,
-            "buffer_get": buffer_get, "rpc_server": rpc_server, "rpc_client": rpc_client}
+COMMANDS = {
+    "simple_put": lambda *args: put(SimpleQueue, *args),
+    "simple_get": lambda *args: get(SimpleQueue, *args),
+    "buffer_put": lambda *args: put(SimpleBuffer, *args),
+    "buffer_get": lambda *args: get(SimpleBuffer, *args),
+    "rpc_server": rpc_server,
+    "rpc_client": rpc_client,
+}
 
 if __name__ == "__main__":
     # Never outlive a test that gave up on us.
