@@ -36,6 +36,13 @@
 //! gets no reply within its timeout fails with [`ErrorKind::Timeout`](kombu_core::ErrorKind::Timeout), marked not recoverable
 //! (the request may have been handled: calling again is the caller's choice).
 //!
+//! **Lost connections.** Client and server ride through a dropped connection as their
+//! consumers do: the reply consumer subscribes again (to direct reply-to on the channel the
+//! requests go out on, or to its own reply queue, declared again), and calls made after the
+//! reconnection are answered (`tests/rpc_recovery.rs`). A call in flight when the connection
+//! drops fails with its timeout: its reply was addressed to the old channel (direct reply-to)
+//! or may have been lost with the server's connection.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kombu_core::Result<()> {
