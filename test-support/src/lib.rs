@@ -9,13 +9,15 @@
 //! SecantusDB speaking MongoDB's wire protocol, a network namespace to cut them off in) for the
 //! restart and partition tests.
 //!
-//! [`until`] waits for a condition with a bound.
+//! [`until`] waits for a condition with a bound; [`delayed`] holds the delayed-delivery
+//! checks the stores share.
 //!
 //! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
 //!
 //! A dev-dependency only (`publish = false`).
 
 pub mod brokers;
+pub mod delayed;
 pub mod faults;
 pub mod fuzz;
 pub mod interop;

@@ -184,37 +184,10 @@ async fn purge_leaves_rows_not_yet_due_and_leases_never_take_them() {
     let db = TempDb::new("purge");
     // Leases pass after 0.2 s: a delayed row must not be taken for one.
     let conn = open(&db.url("?visibility_timeout=0.2")).await;
-    let queue = "purgeq";
-    conn.declare_queue(&Queue::new(queue))
-        .await
-        .expect("declare");
-    let producer = conn.producer().routing_key(queue);
-    let delay = Duration::from_millis(1500);
-    let sent = Instant::now();
-    producer
-        .message(&"delayed")
-        .delay(delay)
-        .send()
-        .await
-        .expect("publish delayed");
-    producer.publish(&"a").await.expect("publish");
-    producer.publish(&"b").await.expect("publish");
-    assert_eq!(conn.queue_size(queue).await.expect("size"), 2);
-    assert_eq!(conn.purge(queue).await.expect("purge"), 2, "the ready rows");
-    assert_eq!(conn.queue_size(queue).await.expect("size"), 0);
-
-    let mut consumer = conn
-        .consumer([Queue::new(queue)])
-        .build()
-        .await
-        .expect("consume");
-    let d = next(&mut consumer).await;
-    assert_eq!(d.decode::<String>().expect("text"), "delayed");
-    assert!(
-        sent.elapsed() + Duration::from_millis(50) >= delay,
-        "delivered {:?} after publishing",
-        sent.elapsed()
-    );
-    assert!(!d.redelivered(), "delivered as a first delivery");
-    d.ack().await.expect("ack");
+    kombu_test_support::delayed::purge_keeps_what_is_not_due(
+        &conn,
+        "purgeq",
+        Duration::from_millis(1500),
+    )
+    .await;
 }
