@@ -442,9 +442,10 @@ impl Backend for MemoryBackend {
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
         let stored = |q: &MemQueue| {
             // Delayed messages now due are ready (the next take moves them).
-            let due = q
-                .next_due()
-                .map_or(0, |_| q.delayed.lock().count_due(Instant::now()));
+            let due = match q.delayed_len.load(Ordering::SeqCst) {
+                0 => 0,
+                _ => q.delayed.lock().count_due(Instant::now()),
+            };
             let messages = (q.ready.lock().count + due) as u64;
             StoredQueue::new(Some(queue_settings(&q.spec)), messages)
         };
