@@ -7,7 +7,8 @@
 //!
 //! - **Typed handlers**: the body is decoded into the handler's `T: DeserializeOwned` (a body
 //!   that does not decode, or is not accepted, goes to the consumer's error policy:
-//!   dead-lettered by default, see [`kombu_core::ErrorAction`]); raw handlers get the body
+//!   dead-lettered by default, or the worker stops with the error under
+//!   [`ErrorAction::Stop`], see [`WorkerBuilder::error_action`]); raw handlers get the body
 //!   as bytes. A handler is an async closure or any [`tower::Service`] taking a [`Job`], so
 //!   tower's layers compose with it (timeout, concurrency limit, rate limit, tracing, ...).
 //! - **Bounded concurrency**: at most [`WorkerBuilder::concurrency`] handlers at once in the
@@ -34,6 +35,10 @@
 //! - **Reconnects**: the consumers heal by themselves after a lost connection; the worker
 //!   goes on.
 //! - **Counters**: [`WorkerHandle::stats`].
+//! - **Tracing and metrics**: each handler runs in its message's `process` span (a child of
+//!   the producer's span when the message carries a trace context, see
+//!   [`kombu_core::telemetry`]), and its duration is recorded as
+//!   [`kombu_core::metrics::HANDLER_DURATION`] when a metrics recorder is installed.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
