@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use kombu::Connection;
 use kombu::rpc::{RpcClient, RpcServer};
 
-const VHOST: &str = "kombu-rs-rpc-recovery";
 /// How long the calls may fail while the connections come back.
 const RECOVERY: Duration = Duration::from_secs(60);
 
@@ -24,15 +23,14 @@ fn rabbitmqctl(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-/// A fresh vhost the guest user may use; `None` (skipped) unless AMQP is required.
-fn fresh_vhost() -> Option<String> {
-    let _ = rabbitmqctl(&["delete_vhost", VHOST]);
-    let made = rabbitmqctl(&["add_vhost", VHOST])
-        && rabbitmqctl(&["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]);
+/// A fresh vhost `name` the guest user may use; `None` (skipped) unless AMQP is required.
+fn fresh_vhost(name: &str) -> Option<String> {
+    let made = rabbitmqctl(&["add_vhost", name])
+        && rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]);
     match made {
-        true => Some(format!("amqp://guest:guest@127.0.0.1:5672/{VHOST}")),
+        true => Some(format!("amqp://guest:guest@127.0.0.1:5672/{name}")),
         false if kombu_test_support::brokers::required("amqp") => {
-            panic!("rabbitmqctl cannot make the vhost {VHOST}, and AMQP is required")
+            panic!("rabbitmqctl cannot make the vhost {name}, and AMQP is required")
         }
         false => {
             eprintln!("rpc_recovery: skipped, rabbitmqctl unavailable");
@@ -80,7 +78,10 @@ async fn calls_resume(client: &RpcClient, queue: &str, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_after_the_connections_drop() {
-    let Some(url) = tokio::task::spawn_blocking(fresh_vhost)
+    // A vhost of this run's own: another run on the same broker keeps its own.
+    let vhost = format!("kombu-rs-rpc-recovery-{}", uuid::Uuid::new_v4().simple());
+    let name = vhost.clone();
+    let Some(url) = tokio::task::spawn_blocking(move || fresh_vhost(&name))
         .await
         .expect("setup")
     else {
@@ -111,11 +112,12 @@ async fn calls_go_on_after_the_connections_drop() {
         let (mut client_link, mut server_link) = (client_conn.link(), server_conn.link());
         client_link.mark_unchanged();
         server_link.mark_unchanged();
+        let name = vhost.clone();
         assert!(
-            tokio::task::spawn_blocking(|| rabbitmqctl(&[
+            tokio::task::spawn_blocking(move || rabbitmqctl(&[
                 "close_all_connections",
                 "-p",
-                VHOST,
+                &name,
                 "kombu-rs rpc recovery test",
             ]))
             .await
@@ -138,5 +140,5 @@ async fn calls_go_on_after_the_connections_drop() {
     direct.close().await.expect("close");
     own.close().await.expect("close");
     running.stop().await.expect("server stops");
-    let _ = tokio::task::spawn_blocking(|| rabbitmqctl(&["delete_vhost", VHOST])).await;
+    let _ = tokio::task::spawn_blocking(move || rabbitmqctl(&["delete_vhost", &vhost])).await;
 }

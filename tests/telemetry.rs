@@ -489,7 +489,19 @@ async fn the_worker_runs_each_handler_in_a_process_span_and_times_it() {
                     ids.trace_id(),
                     ids.span_id(),
                 ));
+                let seen = seen_in.clone();
                 async move {
+                    // Inside the handler's future too (the attempt is instrumented).
+                    let current = tracing_opentelemetry::OpenTelemetrySpanExt::context(
+                        &tracing::Span::current(),
+                    );
+                    let ids = current.span().span_context().clone();
+                    seen.lock().expect("not poisoned").push((
+                        n,
+                        trace,
+                        ids.trace_id(),
+                        ids.span_id(),
+                    ));
                     match n {
                         2 => Err(JobError::permanent("two is refused")),
                         _ => Ok(()),
@@ -524,7 +536,12 @@ async fn the_worker_runs_each_handler_in_a_process_span_and_times_it() {
             .collect();
         assert_eq!(process.len(), 2, "{}: {spans:#?}", broker.transport);
         let seen = seen.lock().expect("not poisoned").clone();
-        assert_eq!(seen.len(), 2, "{}", broker.transport);
+        assert_eq!(
+            seen.len(),
+            4,
+            "{}: called and polled, twice",
+            broker.transport
+        );
         for (n, producer_trace, trace, span) in seen {
             // The handler ran inside its message's process span, in the producer's trace.
             assert_eq!(trace, producer_trace, "{} message {n}", broker.transport);

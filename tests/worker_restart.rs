@@ -15,8 +15,8 @@ use kombu::{Connection, Queue};
 use kombu_test_support::faults::{self, RedisServer};
 use kombu_test_support::until;
 
-/// This test's server port.
-const PORT: u16 = 16390;
+/// This test's server port (16380-16402 are other fault tests').
+const PORT: u16 = 16410;
 /// Messages before the kill, and after the restart.
 const BEFORE: u32 = 400;
 const AFTER: u32 = 200;
@@ -61,7 +61,7 @@ async fn a_worker_goes_on_after_its_redis_server_restarts() {
             let seen = seen_in.clone();
             async move {
                 // Slow enough that the kill finds handlers in flight and messages queued.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 seen.lock().expect("not poisoned").insert(id);
                 Ok(())
             }

@@ -1,6 +1,6 @@
 //! `Worker::run_until_signal` in a process of its own, on Redis and RabbitMQ: the test
 //! publishes ten messages, starts itself again as the worker (concurrency 2, each handler
-//! taking 1.5 s), and sends it SIGTERM (then, in a second round, SIGINT) once two handlers have
+//! taking 3 s), and sends it SIGTERM (then, in a second round, SIGINT) once two handlers have
 //! started. The worker takes nothing more, lets both handlers finish (each prints `done`),
 //! and `run_until_signal` returns `Ok`: the process exits 0 with the other eight messages still
 //! in the queue, ready for the next worker.
@@ -46,7 +46,8 @@ fn child(url: &str, queue: &str) {
             .concurrency(2)
             .handle(queue, |n: u32, _: JobContext| async move {
                 say(&format!("started {n}"));
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                // Long enough that the parent's signal comes before a third could start.
+                tokio::time::sleep(Duration::from_secs(3)).await;
                 say(&format!("done {n}"));
                 Ok(())
             })

@@ -165,6 +165,7 @@ async fn requeues_and_panics() {
     let conn = open("requeue").await;
     publish(&conn, "requeue", &[1u32]).await;
     publish(&conn, "panics", &[2u32]).await;
+    publish(&conn, "panics-early", &[3u32]).await;
     let worker = Worker::builder(&conn)
         .backoff(Backoff::none())
         .handle("requeue", |_v: u32, ctx: JobContext| async move {
@@ -177,15 +178,21 @@ async fn requeues_and_panics() {
             assert!(ctx.retries() > 0, "a panicking handler");
             Ok(())
         })
+        // Panics before it returns its future: the same failure, retried.
+        .handle("panics-early", |_v: u32, ctx: JobContext| {
+            assert!(ctx.retries() > 0, "a handler panicking as it is called");
+            async { Ok(()) }
+        })
         .build()
         .expect("build");
     let (handle, task) = start(worker);
-    until("both handled", || handle.stats().handled == 2).await;
+    until("all three handled", || handle.stats().handled == 3).await;
     stop(&handle, task).await;
     let stats = handle.stats();
-    assert_eq!((stats.failed, stats.requeued, stats.retried), (2, 1, 1));
+    assert_eq!((stats.failed, stats.requeued, stats.retried), (3, 1, 2));
     assert_eq!(conn.queue_size("requeue").await.expect("size"), 0);
     assert_eq!(conn.queue_size("panics").await.expect("size"), 0);
+    assert_eq!(conn.queue_size("panics-early").await.expect("size"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

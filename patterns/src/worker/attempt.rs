@@ -99,9 +99,11 @@ where
 {
     let busy = Busy::enter(&settings.running);
     let started = kombu_core::metrics::is_recording().then(Instant::now);
-    let deadline = settings
-        .timeout
-        .map(|limit| (tokio::time::Instant::now() + limit, limit));
+    // A limit too far to add is none.
+    let deadline = settings.timeout.and_then(|limit| {
+        let at = tokio::time::Instant::now().checked_add(limit)?;
+        Some((at, limit))
+    });
     let outcome = {
         let mut work = pin!(AssertUnwindSafe(work).catch_unwind());
         match futures::poll!(work.as_mut()) {
@@ -112,14 +114,7 @@ where
             }
         }
     };
-    let attempt = outcome.unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".to_owned());
-        Attempt::Failed(FailureKind::Retry, format!("the handler panicked: {text}"))
-    });
+    let attempt = outcome.unwrap_or_else(|panic| panicked(&*panic));
     if let Some(started) = started {
         let ok = matches!(attempt, Attempt::Done);
         kombu_core::metrics::record_handler(context.queue(), started.elapsed(), ok);
@@ -138,6 +133,16 @@ where
         }
     };
     settle(&settings, delivery, attempt).await
+}
+
+/// The failed attempt of a handler that panicked with `panic` (retried, as any failure).
+pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> Attempt {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    Attempt::Failed(FailureKind::Retry, format!("the handler panicked: {text}"))
 }
 
 /// A handler's outcome: its attempt, or the panic it raised.

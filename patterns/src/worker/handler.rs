@@ -4,6 +4,7 @@
 //! ([`attempt::run`]), all in one boxed future per message.
 
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -147,17 +148,24 @@ where
             Err(error) => return Err((delivery, error)),
         };
         let context = JobContext::new(delivery);
-        // In the span too: what the function does before its future is polled.
-        let work = {
+        // In the span too, and caught as a failure as a panic of its future is: what the
+        // function does before it returns its future.
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let _in_span = start.span.enter();
             (self.handler)(value, context.clone())
-        };
-        Ok(attempt(start, context, async move {
-            match work.await {
-                Ok(()) => Attempt::Done,
-                Err(error) => Attempt::Failed(error.kind(), error.reason()),
+        }));
+        match called {
+            Ok(work) => Ok(attempt(start, context, async move {
+                match work.await {
+                    Ok(()) => Attempt::Done,
+                    Err(error) => Attempt::Failed(error.kind(), error.reason()),
+                }
+            })),
+            Err(panic) => {
+                let failed = attempt::panicked(&*panic);
+                Ok(attempt(start, context, std::future::ready(failed)))
             }
-        }))
+        }
     }
 }
 

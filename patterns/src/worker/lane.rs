@@ -186,7 +186,11 @@ impl Lane {
     /// dropped, and their deliveries go back to the queue), settling the dead letters they
     /// hand back.
     async fn wind_down(&mut self, tasks: &mut Attempts) {
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too far to add waits as long as it takes (thirty years).
+        let deadline = now
+            .checked_add(self.shutdown_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
         while !tasks.is_empty() {
             tokio::select! {
                 biased;

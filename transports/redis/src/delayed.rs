@@ -69,7 +69,7 @@ pub(crate) const BATCH: usize = 1000;
 pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(25);
 /// The same for a mover kept running only by delayed messages its connection stored (no
 /// consumer): those wake it when due; this bounds how late others' messages are moved.
-pub(crate) const LOOK_EVERY_PUBLISHER: Duration = Duration::from_secs(1);
+pub(crate) const LOOK_EVERY_PUBLISHER: Duration = Duration::from_secs(60);
 /// The mover ends this long after the connection's last take or wait, and after the due time
 /// of the last delayed message stored through it.
 pub(crate) const IDLE: Duration = Duration::from_secs(30);
@@ -198,7 +198,11 @@ impl Mover {
     pub(crate) fn stored(&self, delay: Duration) {
         let start = {
             let mut state = self.shared.state.lock();
-            state.until = state.until.max(Instant::now() + delay);
+            // Capped as the stored score is (so the sum cannot overflow).
+            let delay = delay.min(Duration::from_millis(delay_ms(delay)));
+            if let Some(due) = Instant::now().checked_add(delay) {
+                state.until = state.until.max(due);
+            }
             !std::mem::replace(&mut state.running, true)
         };
         if start {
@@ -321,10 +325,17 @@ impl RedisBackend {
         }
         let mut conn = self.conn().await?;
         let due: redis::RedisResult<i64> = script.invoke_async(&mut conn).await;
-        due.map_err(self.err("store delayed messages"))
-            .map_err(maybe_written)?;
-        self.mover.stored(delay);
-        Ok(())
+        let stored = due
+            .map_err(self.err("store delayed messages"))
+            .map_err(maybe_written);
+        // Stored, or perhaps (a lost reply): either way this connection's mover sees to it.
+        if stored
+            .as_ref()
+            .map_or_else(kombu_core::Error::outcome_unknown, |_| true)
+        {
+            self.mover.stored(delay);
+        }
+        stored.map(|_| ())
     }
 }
 
