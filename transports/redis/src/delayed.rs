@@ -35,14 +35,14 @@
 //! starts when one takes or waits, and ends [`IDLE`] after the last did), and while a delayed
 //! message stored through the connection is not yet due (then [`IDLE`] more). It runs the
 //! script, then sleeps until the earliest member left is due (the script returns how long, by
-//! the server's clock), but at most [`LOOK_EVERY`] while it has consumers, so a message stored
-//! through another connection is moved at most that late, and at most [`LOOK_EVERY_PUBLISHER`]
-//! otherwise; one stored through its own connection wakes it at once. So a delayed message
-//! reaches its queue on time while the connection that stored it stays open, whoever consumes
-//! (Python kombu's consumers too), and otherwise once some kombu-rs connection on the same
-//! server and prefix consumes or stores delayed messages: a Python consumer alone never moves
-//! one whose publisher has gone.
-//!
+//! the server's clock); one stored through its own connection wakes it at once. So a delayed
+//! message reaches its queue on time while the connection that stored it stays open, whoever
+//! consumes (Python kombu's consumers too). One whose publisher has gone is moved by the other
+//! movers, which look at the set at least every [`LOOK_EVERY`] while their connection has
+//! consumers (every [`LOOK_EVERY_PUBLISHER`] otherwise): at most that late, once some kombu-rs
+//! connection on the same server and prefix consumes or stores delayed messages. A Python
+//! consumer alone never moves one.
+
 //! Not done: a queue purged or deleted before its delayed messages are due gets them when they
 //! are (Redis keeps a queue as its lists; the message lands in a list of that name). Redis
 //! Cluster is not supported (the script pushes to lists it is not given as keys), as
@@ -64,9 +64,10 @@ use crate::scripts::MOVE_DUE;
 
 /// Most messages one run of the move script moves; a full batch is followed by another at once.
 pub(crate) const BATCH: usize = 1000;
-/// Longest the mover sleeps between looks at the delayed set: a message stored through another
-/// connection is moved at most about this late.
-pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(25);
+/// Longest the mover of a connection with consumers sleeps between looks at the delayed set:
+/// a message whose publisher's connection has closed is moved at most about this late (the
+/// publisher's own mover moves it on time while that connection is open).
+pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The same for a mover kept running only by delayed messages its connection stored (no
 /// consumer): those wake it when due; this bounds how late others' messages are moved.
 pub(crate) const LOOK_EVERY_PUBLISHER: Duration = Duration::from_secs(60);

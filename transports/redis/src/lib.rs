@@ -40,9 +40,10 @@
 //!   would push to, the envelope) and one Lua script moves the due ones onto their lists
 //!   (`LPUSH`, as a put) and out of the set in one atomic step. Until then Python kombu sees
 //!   nothing of them and sizes do not count them. The move is run by a task of each kombu-rs
-//!   connection with consumers (within 25 ms of the due time at most) and of each connection
-//!   that stored delayed messages not yet due (on time for its own; so a Python consumer
-//!   alone gets them while their publisher's connection is open): see the `delayed` module.
+//!   connection that stored delayed messages not yet due (on time: so a Python consumer alone
+//!   gets them while their publisher's connection is open), and of each connection with
+//!   consumers (within a second for messages whose publisher has gone): see the `delayed`
+//!   module.
 //! * Exchange types are kept in the hash `_kombu_rs.exchanges` (kombu keeps them in process
 //!   memory); an exchange found only by its binding set is taken as direct.
 //! * A queue exists (`queue_exists`, so mandatory publishes and the size of a missing queue)
