@@ -2,6 +2,8 @@
 //! opening a database creates them, adds kombu-rs's columns to an older `kombu_message`, and
 //! the helpers here read and write rows as Python kombu does.
 
+use std::time::{Duration, Instant};
+
 use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{Envelope, envelope};
 use kombu_core::{Error, ErrorKind, Result};
@@ -98,6 +100,28 @@ fn convert_lease_ends(tx: &Connection, visibility: f64) -> rusqlite::Result<usiz
     )
 }
 
+/// Puts the database in WAL mode. The pragma fails at once ("database is locked") while
+/// another process writes in rollback-journal mode (Python kombu's SQLAlchemy transport
+/// creating its tables, say): SQLite calls no busy handler for it. So it is tried again,
+/// backing off, for as long as the busy timeout.
+fn set_wal(conn: &Connection, patience: Duration) -> rusqlite::Result<()> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        // Returns the mode as a row.
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_mode) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < patience =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     let mut conn = match &options.path {
         Some(path) => Connection::open(path)?,
@@ -105,8 +129,7 @@ pub(crate) fn open_db(options: &Options) -> rusqlite::Result<Connection> {
     };
     conn.busy_timeout(options.busy_timeout)?;
     if options.path.is_some() {
-        // Returns the mode as a row.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        set_wal(&conn, options.busy_timeout)?;
     }
     conn.execute_batch(if options.synchronous_full {
         "PRAGMA synchronous=FULL;"
@@ -230,6 +253,43 @@ mod tests {
         assert_eq!(rows[1].1, Some(4990.0), "{rows:?}");
         // Python's take has no lease, before and after.
         assert_eq!((rows[2].1, rows[2].2), (None, None), "{rows:?}");
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_open_waits_for_a_rollback_mode_writer() -> Result<(), Box<dyn std::error::Error>> {
+        let path = std::env::temp_dir().join(format!(
+            "kombu-rs-busy-open-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        // Another process (Python kombu's SQLAlchemy transport) writes in rollback-journal
+        // mode: WAL cannot be set until it commits.
+        let writer = Connection::open(&path)?;
+        writer.execute_batch(
+            "CREATE TABLE other (x); BEGIN IMMEDIATE; INSERT INTO other VALUES (1);",
+        )?;
+        let committer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            writer.execute_batch("COMMIT")
+        });
+        let url = format!("sqlite://{}?busy_timeout=10", path.display());
+        let options = crate::options::Options::from_url(&kombu_core::BrokerUrl::parse(&url)?)?;
+        let started = Instant::now();
+        let conn = open_db(&options)?;
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(mode, "wal");
+        committer
+            .join()
+            .map_err(|_| "the writer thread panicked")??;
         drop(conn);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
