@@ -95,6 +95,11 @@ mod resilience;
 pub use kombu_patterns::{rpc, simple, worker};
 pub use kombu_serializers as serializers;
 
+/// Celery's task protocol (feature `celery`): send tasks to Celery workers and read the task
+/// messages Celery sends; see [`kombu_celery`].
+#[cfg(feature = "celery")]
+pub use kombu_celery as celery;
+
 /// A recording broker for a service's unit tests, which opens its URL with this crate's
 /// [`Connection`] like any broker's:
 ///

@@ -1,0 +1,29 @@
+//! Celery's task protocol on kombu-rs: send tasks to Celery workers, and read the task
+//! messages Celery sends, on every transport kombu-rs has, side by side with Python Celery
+//! 5.x. Re-exported by the facade as `kombu::celery` (feature `celery`).
+//!
+//! - [`Celery`] is the client: [`Celery::send_task`] writes task protocol 2 exactly as
+//!   Celery 5.7 does (every header, `null` when unset; the body `[args, kwargs, embed]`;
+//!   `correlation_id` = the task id; persistent; `eta`/`countdown` and `expires` as ISO 8601
+//!   times in UTC with their offset; priority; retries; `root_id`/`parent_id`; `link`,
+//!   `link_error`, `chain`), routes it as Celery does (the task's queue by
+//!   [`CeleryBuilder::route`] globs, else `celery`; the default exchange with the queue's name
+//!   as key) and declares the queue first. A [`Task`] declares a task's name, argument and
+//!   result types once.
+//! - [`TaskRequest::from_delivery`] reads a task message of protocol 2 or 1, as a worker
+//!   does.
+//!
+//! Not yet here (the issue "Celery from Rust" goes on): result backends, the worker, groups
+//! and chords, the `kombu celery` commands.
+//!
+//! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
+//! alphabetical order rather than Celery's; Celery reads them by name.
+
+mod client;
+mod message;
+mod repr;
+mod request;
+
+pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, Sent, Task, TaskOptions};
+pub use message::{Signature, When};
+pub use request::TaskRequest;
