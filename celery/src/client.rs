@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
+use crate::backend::ResultBackend;
 use crate::message::{Fields, Signature, When, into_args, task_message};
+use crate::result::{State, TaskError, outcome};
 
 /// Celery's default queue (and its direct exchange and routing key): `task_default_queue`.
 pub const DEFAULT_QUEUE: &str = "celery";
@@ -67,9 +69,42 @@ pub struct Sent<Output> {
 }
 
 impl<Output> Sent<Output> {
+    /// The task of id `id` (Celery's `AsyncResult(id)`), its result read as `Output`.
+    pub fn new(id: impl Into<String>) -> Self {
+        Sent {
+            id: id.into(),
+            _output: PhantomData,
+        }
+    }
+
     /// The task id (Celery's `AsyncResult.id`).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Its state in `backend` now (PENDING when the backend knows nothing of it).
+    pub async fn state(&self, backend: &dyn ResultBackend) -> Result<State> {
+        Ok(backend.meta(&self.id).await?.state)
+    }
+}
+
+impl<Output: DeserializeOwned> Sent<Output> {
+    /// Celery's `AsyncResult.get(timeout)`: waits up to `timeout` for the task to be ready in
+    /// `backend` (no polling where the backend can notify), then its value, or the exception
+    /// it raised ([`TaskError::Failed`]), its revocation, or [`TaskError::TimedOut`].
+    pub async fn get(
+        &self,
+        backend: &dyn ResultBackend,
+        timeout: Duration,
+    ) -> std::result::Result<Output, TaskError> {
+        let meta = backend.wait(&self.id, timeout).await?;
+        if !meta.state.is_ready() {
+            return Err(TaskError::TimedOut {
+                task_id: self.id.clone(),
+                state: meta.state,
+            });
+        }
+        outcome(meta)
     }
 }
 
@@ -369,10 +404,7 @@ impl Celery {
         options: TaskOptions,
     ) -> Result<Sent<Output>> {
         let id = self.send_task(task.name(), args, (), options).await?;
-        Ok(Sent {
-            id,
-            _output: PhantomData,
-        })
+        Ok(Sent::new(id))
     }
 
     /// Celery's `send_task(name, args, kwargs, **options)`: writes the protocol 2 message and

@@ -12,18 +12,26 @@
 //!   result types once.
 //! - [`TaskRequest::from_delivery`] reads a task message of protocol 2 or 1, as a worker
 //!   does.
+//! - Results in Celery's format: [`ResultMeta`] (states, the stored document, a failure's
+//!   `exc_type` / `exc_message` / `exc_module`), [`backend::ResultBackend`] and Celery's Redis
+//!   backend [`backend::RedisResultBackend`] (`celery-task-meta-<id>`, `SETEX` for
+//!   `result_expires` and `PUBLISH` in one transaction, waiting on the key's channel);
+//!   [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
 //!
-//! Not yet here (the issue "Celery from Rust" goes on): result backends, the worker, groups
-//! and chords, the `kombu celery` commands.
+//! Not yet here (the issue "Celery from Rust" goes on): the `rpc://` and SQL result backends,
+//! the worker, groups and chords, the `kombu celery` commands.
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.
 
+pub mod backend;
 mod client;
 mod message;
 mod repr;
 mod request;
+mod result;
 
 pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, Sent, Task, TaskOptions};
 pub use message::{Signature, When};
 pub use request::TaskRequest;
+pub use result::{ResultMeta, State, TaskError, TaskFailure};

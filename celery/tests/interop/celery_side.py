@@ -4,6 +4,8 @@
                             (headers, body, properties) as JSON, one list
     send URL OPTS QUEUE     send_task three tasks (protocol 2) and one with protocol 1 to QUEUE;
                             print their ids
+    result BACKEND OPTS ID  AsyncResult(ID).get(timeout=10) from the result backend: the state
+                            and the value, or the exception's type, module and text
 """
 
 import datetime
@@ -68,9 +70,23 @@ def send(url, opts, queue):
     print(json.dumps({"ids": ids}))
 
 
+def result(backend, opts, task_id):
+    app = Celery("kombu_rs_result", backend=backend)
+    app.conf.result_backend_transport_options = json.loads(opts)
+    r = app.AsyncResult(task_id)
+    try:
+        value = r.get(timeout=10)
+        print(json.dumps({"state": r.state, "value": value}))
+    except Exception as e:  # the task's own exception, re-raised by Celery
+        print(json.dumps({"state": r.state, "error_type": type(e).__name__,
+                          "error_module": type(e).__module__, "error": str(e)}))
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "format":
         fmt(json.loads(sys.argv[2]))
     elif command == "send":
         send(*sys.argv[2:])
+    elif command == "result":
+        result(*sys.argv[2:])

@@ -1,7 +1,8 @@
 """The Celery app kombu-celery's tests run a real worker of (written as kombu_rs_tasks.py).
 
-Its broker is $KOMBU_RS_BROKER with the transport options $KOMBU_RS_OPTIONS (JSON); its one
-task, kombu_rs.record, writes its arguments and request to the file it is given.
+Its broker is $KOMBU_RS_BROKER with the transport options $KOMBU_RS_OPTIONS (JSON), its result
+backend $KOMBU_RS_BACKEND (none when unset) with the same options. kombu_rs.record writes its
+arguments and request to the file it is given; tasks.add and tasks.fail are the issue's.
 """
 
 import json
@@ -13,6 +14,9 @@ app = Celery("kombu_rs_tasks", broker=os.environ["KOMBU_RS_BROKER"])
 app.conf.broker_transport_options = json.loads(os.environ.get("KOMBU_RS_OPTIONS", "{}"))
 app.conf.task_default_queue = os.environ["KOMBU_RS_QUEUE"]
 app.conf.worker_hijack_root_logger = False
+if os.environ.get("KOMBU_RS_BACKEND"):
+    app.conf.result_backend = os.environ["KOMBU_RS_BACKEND"]
+    app.conf.result_backend_transport_options = app.conf.broker_transport_options
 app.conf.broker_connection_retry_on_startup = True
 
 
@@ -34,3 +38,13 @@ def record(self, path, a, b, *, label=None, nested=None):
         json.dump(out, f)
     os.rename(tmp, path)
     return a + b
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)

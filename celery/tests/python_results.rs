@@ -1,0 +1,200 @@
+//! Task results in Celery's Redis result backend, both ways, with real Celery 5.7:
+//!
+//! - a Celery worker stores the results of tasks we send (`tasks.add` → 5, `tasks.fail` →
+//!   `ValueError`) and [`Sent::get`] reads them, waiting on the key's PUB/SUB channel;
+//! - results we store ([`RedisResultBackend`]: SUCCESS, FAILURE) are what Python's
+//!   `AsyncResult.get()` returns or raises (the same exception type and text), and expire
+//!   after `result_expires` (a day by default);
+//! - a task the backend knows nothing of is PENDING, and waiting for it ends with
+//!   [`TaskError::TimedOut`] when the time is up.
+//!
+//! The Redis server is the tests' (`kombu_test_support::brokers`), under a key prefix of the
+//! test's own; Python is `$KOMBU_PYTHON`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use kombu_celery::backend::{RedisResultBackend, ResultBackend};
+use kombu_celery::{Celery, ResultMeta, Sent, State, Task, TaskError, TaskFailure};
+use kombu_core::Connection;
+use kombu_test_support::{CeleryWorker, brokers, python};
+use serde_json::{Value as Json, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
+
+fn script() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/interop/celery_side.py")
+}
+
+/// Redis's base URL and Celery's transport options (the key prefix) for a broker URL.
+fn python_side(url: &str) -> (String, String) {
+    let (base, query) = url.split_once('?').expect("a key prefix");
+    let prefix = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("global_keyprefix="))
+        .expect("global_keyprefix");
+    (
+        base.to_owned(),
+        json!({ "global_keyprefix": prefix }).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_read_the_results_a_celery_worker_stores() {
+    let Some(python) = python() else { return };
+    let Some(broker) = brokers::broker("redis", "celery-results") else {
+        return;
+    };
+    kombu_redis::register();
+    let (py_url, options) = python_side(&broker.url);
+    let queue = format!("celery-results-{}", uuid::Uuid::new_v4().simple());
+    let worker = CeleryWorker::start(
+        &python,
+        "celery-results",
+        include_str!("interop/worker_app.py"),
+        &queue,
+        &[
+            ("KOMBU_RS_BROKER", &py_url),
+            ("KOMBU_RS_OPTIONS", &options),
+            ("KOMBU_RS_BACKEND", &py_url),
+        ],
+    );
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let celery = Celery::builder(&conn).default_queue(queue.as_str()).build();
+    let backend = RedisResultBackend::connect(&broker.url)
+        .await
+        .expect("the result backend");
+
+    let sum = celery.call(&ADD, (2, 3)).await.expect("send add");
+    let failing = celery
+        .call(&FAIL, ("boom".to_owned(),))
+        .await
+        .expect("send fail");
+    assert_eq!(sum.get(&backend, WAIT).await.expect("add's result"), 5);
+    match failing.get(&backend, WAIT).await {
+        Err(TaskError::Failed(failure)) => {
+            assert_eq!(failure.exc_type, "ValueError", "{failure:?}");
+            assert_eq!(failure.exc_module, "builtins", "{failure:?}");
+            assert_eq!(failure.exc_message, [json!("boom")], "{failure:?}");
+            assert!(
+                failure
+                    .traceback
+                    .as_deref()
+                    .is_some_and(|t| t.contains("ValueError: boom")),
+                "{failure:?}"
+            );
+        }
+        other => panic!("tasks.fail: {other:?}\n{}", worker.log()),
+    }
+    assert_eq!(sum.state(&backend).await.expect("state"), State::Success);
+    drop(worker);
+    let _ = conn.delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_reads_the_results_we_store() {
+    let Some(python) = python() else { return };
+    let Some(broker) = brokers::broker("redis", "celery-stored") else {
+        return;
+    };
+    let (py_url, options) = python_side(&broker.url);
+    let backend = RedisResultBackend::connect(&broker.url)
+        .await
+        .expect("the result backend");
+    let read = |id: &str| -> Json {
+        let out = Command::new(&python)
+            .arg(script())
+            .args(["result", &py_url, &options, id])
+            .output()
+            .expect("run celery_side.py");
+        assert!(
+            out.status.success(),
+            "celery_side.py result failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+
+    let ok = uuid::Uuid::new_v4().to_string();
+    backend
+        .store(&ResultMeta::success(
+            &ok,
+            json!({"total": 42, "items": [1, 2]}),
+        ))
+        .await
+        .expect("store a success");
+    assert_eq!(
+        read(&ok),
+        json!({"state": "SUCCESS", "value": {"total": 42, "items": [1, 2]}})
+    );
+
+    let failed = uuid::Uuid::new_v4().to_string();
+    let failure = TaskFailure::new("builtins", "ValueError", "no such order");
+    backend
+        .store(&ResultMeta::failure(&failed, State::Failure, &failure))
+        .await
+        .expect("store a failure");
+    let got = read(&failed);
+    assert_eq!(got["state"], "FAILURE", "{got}");
+    assert_eq!(got["error_type"], "ValueError", "{got}");
+    assert_eq!(got["error"], "no such order", "{got}");
+
+    // A stored success is never overwritten (as Celery's backends do).
+    backend
+        .store(&ResultMeta::failure(&ok, State::Failure, &failure))
+        .await
+        .expect("store again");
+    assert_eq!(backend.meta(&ok).await.expect("meta").state, State::Success);
+
+    // Results expire after result_expires (a day by default).
+    let mut raw = redis::Client::open(py_url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(backend.key(&ok))
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!(ttl > 86_000 && ttl <= 86_400, "TTL {ttl}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(backend.key(&ok))
+        .arg(backend.key(&failed))
+        .query_async(&mut raw)
+        .await
+        .expect("DEL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_task_is_pending_and_waiting_for_it_times_out() {
+    let Some(broker) = brokers::broker("redis", "celery-pending") else {
+        return;
+    };
+    let backend = RedisResultBackend::connect(&broker.url)
+        .await
+        .expect("the result backend");
+    let never: Sent<i64> = Sent::new(uuid::Uuid::new_v4().to_string());
+    assert_eq!(never.state(&backend).await.expect("state"), State::Pending);
+    match never.get(&backend, Duration::from_millis(200)).await {
+        Err(TaskError::TimedOut { state, .. }) => assert_eq!(state, State::Pending),
+        other => panic!("{other:?}"),
+    }
+    // A result stored while a client waits wakes it (PUB/SUB, no polling).
+    let id = never.id().to_owned();
+    let store = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        backend
+            .store(&ResultMeta::success(&id, json!(7)))
+            .await
+            .expect("store");
+    };
+    let (got, ()) = tokio::join!(never.get(&backend, WAIT), store);
+    assert_eq!(got.expect("the stored value"), 7);
+}
