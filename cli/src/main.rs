@@ -12,6 +12,7 @@
 
 mod admin;
 mod bench;
+mod celery;
 mod cli;
 mod common;
 mod consume;
@@ -109,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Move(args) => transfer::run(&global, args).await,
         Command::Dlq(args) => dlq::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
+        Command::Celery(args) => celery::run(&global, args).await,
         Command::Completions(args) => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -123,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// (lapin logs every channel a broker closes as an error) stay quiet: what they report reaches
 /// the user as kombu's error.
 const DEFAULT_LOG: &str = "off,kombu=warn,kombu_core=warn,kombu_serializers=warn,\
-                           kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn";
+                           kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn,kombu_celery=warn";
 
 /// Added to [`DEFAULT_LOG`] for `consume`, which prints its own line for each message the
 /// consumer's policy or the transport moved aside: the library's warning would repeat it.

@@ -1,0 +1,202 @@
+//! `kombu celery call` and `kombu celery result`: send a Celery task and read its result.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use kombu::celery::backend::{RedisResultBackend, ResultBackend};
+use kombu::celery::{Celery, ResultMeta, State, TaskOptions};
+use serde_json::{Map, Value as Json};
+
+use crate::Outcome;
+use crate::cli::Global;
+use crate::common::{connect, mask, url};
+
+/// `kombu celery ...`.
+#[derive(Debug, Args)]
+pub struct CeleryArgs {
+    #[command(subcommand)]
+    pub command: CeleryCommand,
+}
+
+/// The Celery commands.
+#[derive(Debug, Subcommand)]
+pub enum CeleryCommand {
+    /// Send a task to Celery workers (Python's or Rust's); print its id.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery call tasks.add --args '[2, 3]'
+  kombu celery call tasks.add --args '[2, 3]' --backend redis://localhost:6379/1 --wait 10
+  kombu celery call reports.daily --kwargs '{\"day\": \"mon\"}' --queue reports --countdown 60
+
+The message is Celery's task protocol 2, routed as Celery routes a task: to the default
+exchange with the queue's name (default celery) as routing key, the queue declared first.
+With --wait the result is printed as JSON on the last line of stdout. Exit status: 0 on
+SUCCESS; 1 on FAILURE, REVOKED or another final state that is not a success (the state, the
+exception's type and message on stderr); 3 when the wait ends first.
+Result backends: redis:// (Celery's; ?global_keyprefix=... as its transport option).")]
+    Call(CallArgs),
+    /// Print the result of a task (exit status as `call --wait`).
+    #[command(after_help = "\
+Examples:
+  kombu celery result 1c9b6c1e-... --backend redis://localhost:6379/1
+  kombu celery result 1c9b6c1e-... --backend redis://localhost:6379/1 --wait 30
+
+Without --wait a task not finished yet prints its state on stderr and exits 3.")]
+    Result(ResultArgs),
+}
+
+/// `kombu celery call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The task's registered name (tasks.add).
+    pub name: String,
+    /// Positional arguments, a JSON array.
+    #[arg(long, value_name = "JSON-ARRAY", default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments, a JSON object.
+    #[arg(long, value_name = "JSON-OBJECT", default_value = "{}")]
+    pub kwargs: String,
+    /// The queue (default celery).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Run no sooner than this many seconds from now.
+    #[arg(long, value_name = "SECONDS")]
+    pub countdown: Option<f64>,
+    /// Run no sooner than this time (ISO 8601 with an offset: 2026-12-07T10:00:00+00:00).
+    #[arg(long, value_name = "ISO8601")]
+    pub eta: Option<String>,
+    /// Not worth running this many seconds from now (then REVOKED).
+    #[arg(long, value_name = "SECONDS")]
+    pub expires: Option<f64>,
+    /// Message priority.
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Result backend URL (required with --wait).
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
+    /// Wait this many seconds for the result and print it.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<f64>,
+}
+
+/// `kombu celery result`.
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// The task id.
+    pub task_id: String,
+    /// Result backend URL.
+    #[arg(long, value_name = "URL")]
+    pub backend: String,
+    /// Wait this many seconds for the task to finish.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<f64>,
+}
+
+pub async fn run(global: &Global, args: CeleryArgs) -> anyhow::Result<Outcome> {
+    match args.command {
+        CeleryCommand::Call(call) => run_call(global, call).await,
+        CeleryCommand::Result(result) => {
+            let backend = open_backend(&result.backend).await?;
+            let meta = match result.wait {
+                Some(seconds) => backend.wait(&result.task_id, seconds_of(seconds)?).await?,
+                None => backend.meta(&result.task_id).await?,
+            };
+            finish(&meta)
+        }
+    }
+}
+
+async fn run_call(global: &Global, call: CallArgs) -> anyhow::Result<Outcome> {
+    let args: Json = serde_json::from_str(&call.args).context("--args is not JSON")?;
+    if !args.is_array() {
+        bail!("--args must be a JSON array, not {args}");
+    }
+    let kwargs: Map<String, Json> =
+        serde_json::from_str(&call.kwargs).context("--kwargs is not a JSON object")?;
+    let mut options = TaskOptions::new();
+    if let Some(queue) = &call.queue {
+        options = options.queue(queue.as_str());
+    }
+    if let Some(seconds) = call.countdown {
+        options = options.countdown(seconds_of(seconds)?);
+    }
+    if let Some(text) = &call.eta {
+        let at = chrono::DateTime::parse_from_rfc3339(text)
+            .with_context(|| format!("--eta {text:?} is not an ISO 8601 time with an offset"))?;
+        options = options.eta(SystemTime::from(at));
+    }
+    if let Some(seconds) = call.expires {
+        options = options.expires_in(seconds_of(seconds)?);
+    }
+    if let Some(priority) = call.priority {
+        options = options.priority(priority);
+    }
+    // The backend first: a wait that cannot happen is refused before the task is sent.
+    let backend = match (&call.wait, &call.backend) {
+        (_, Some(backend)) => Some(open_backend(backend).await?),
+        (Some(_), None) => bail!("--wait needs --backend (the result backend's URL)"),
+        (None, None) => None,
+    };
+    let url = url(global)?;
+    let conn = connect(&url).await?;
+    let celery = Celery::new(&conn);
+    let id = celery
+        .send_task(&call.name, args, kwargs, options)
+        .await
+        .with_context(|| format!("sending {} to {}", call.name, mask(&url)))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{id}")?;
+        out.flush()?;
+    }
+    let (Some(seconds), Some(backend)) = (call.wait, backend) else {
+        return Ok(Outcome::Done);
+    };
+    let meta = backend.wait(&id, seconds_of(seconds)?).await?;
+    finish(&meta)
+}
+
+/// Prints a ready success's value; a failure is the command's error; a task not ready yet is
+/// a timeout.
+fn finish(meta: &ResultMeta) -> anyhow::Result<Outcome> {
+    match &meta.state {
+        State::Success => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string(&meta.result)?)?;
+            out.flush()?;
+            Ok(Outcome::Done)
+        }
+        state if state.is_ready() => match meta.failure_of() {
+            Some(failure) => Err(anyhow!("task {} {state}: {failure}", meta.task_id)),
+            None => Err(anyhow!("task {} {state}", meta.task_id)),
+        },
+        state => {
+            eprintln!("task {} is {state}", meta.task_id);
+            Ok(Outcome::TimedOut)
+        }
+    }
+}
+
+fn seconds_of(seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| anyhow!("{seconds} is not a number of seconds"))
+}
+
+/// The result backend at `url`.
+async fn open_backend(url: &str) -> anyhow::Result<Box<dyn ResultBackend>> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "redis" | "rediss" => {
+            let backend = RedisResultBackend::connect(url)
+                .await
+                .with_context(|| format!("cannot reach the result backend {}", mask(url)))?;
+            Ok(Box::new(backend))
+        }
+        other => bail!(
+            "result backend {other}:// is not supported yet (redis:// is); given {}",
+            mask(url)
+        ),
+    }
+}
