@@ -286,6 +286,7 @@ pub struct Celery {
     default_queue: String,
     routes: Vec<(String, String)>,
     origin: String,
+    reply_to: Option<String>,
     declared: Mutex<HashSet<String>>,
 }
 
@@ -296,6 +297,7 @@ pub struct CeleryBuilder {
     default_queue: String,
     routes: Vec<(String, String)>,
     origin: Option<String>,
+    reply_to: Option<String>,
 }
 
 impl CeleryBuilder {
@@ -318,6 +320,14 @@ impl CeleryBuilder {
         self
     }
 
+    /// The `reply_to` of every task it sends (where the `rpc://` result backend's results
+    /// come: [`RpcResultBackend::reply_to`](crate::backend::RpcResultBackend::reply_to));
+    /// a task's own [`TaskOptions::reply_to`] wins. Default empty.
+    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
+        self.reply_to = Some(queue.into());
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Celery {
         Celery {
@@ -325,6 +335,7 @@ impl CeleryBuilder {
             default_queue: self.default_queue,
             routes: self.routes,
             origin: self.origin.unwrap_or_else(default_origin),
+            reply_to: self.reply_to,
             declared: Mutex::new(HashSet::new()),
         }
     }
@@ -376,6 +387,7 @@ impl Celery {
             default_queue: DEFAULT_QUEUE.to_owned(),
             routes: Vec::new(),
             origin: None,
+            reply_to: None,
         }
     }
 
@@ -455,7 +467,13 @@ impl Celery {
             .message(&parts.body)
             .headers(parts.headers)
             .correlation_id(parts.id.as_str())
-            .reply_to(options.reply_to.clone().unwrap_or_default())
+            .reply_to(
+                options
+                    .reply_to
+                    .clone()
+                    .or_else(|| self.reply_to.clone())
+                    .unwrap_or_default(),
+            )
             .delivery_mode(DeliveryMode::Persistent);
         if let Some(priority) = options.priority {
             publish = publish.priority(priority);

@@ -15,11 +15,12 @@
 //! - Results in Celery's format: [`ResultMeta`] (states, the stored document, a failure's
 //!   `exc_type` / `exc_message` / `exc_module`), [`backend::ResultBackend`] and Celery's Redis
 //!   backend [`backend::RedisResultBackend`] (`celery-task-meta-<id>`, `SETEX` for
-//!   `result_expires` and `PUBLISH` in one transaction, waiting on the key's channel);
-//!   [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
+//!   `result_expires` and `PUBLISH` in one transaction, waiting on the key's channel), and
+//!   its `rpc://` backend [`backend::RpcResultBackend`] (results as messages to the client's
+//!   reply queue); [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
 //!
-//! Not yet here (the issue "Celery from Rust" goes on): the `rpc://` and SQL result backends,
-//! the worker, groups and chords, the `kombu celery` commands.
+//! Not yet here (the issue "Celery from Rust" goes on): the SQL result backend, the worker,
+//! groups and chords.
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.

@@ -6,7 +6,9 @@
 //!   `AsyncResult.get()` returns or raises (the same exception type and text), and expire
 //!   after `result_expires` (a day by default);
 //! - a task the backend knows nothing of is PENDING, and waiting for it ends with
-//!   [`TaskError::TimedOut`] when the time is up.
+//!   [`TaskError::TimedOut`] when the time is up;
+//! - on RabbitMQ, a Celery worker with the `rpc://` backend sends the results of tasks we sent
+//!   with our reply queue as `reply_to` to that queue, where [`RpcResultBackend`] reads them.
 //!
 //! The Redis server is the tests' (`kombu_test_support::brokers`), under a key prefix of the
 //! test's own; Python is `$KOMBU_PYTHON`.
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use kombu_celery::backend::{RedisResultBackend, ResultBackend};
+use kombu_celery::backend::{RedisResultBackend, ResultBackend, RpcResultBackend};
 use kombu_celery::{Celery, ResultMeta, Sent, State, Task, TaskError, TaskFailure};
 use kombu_core::Connection;
 use kombu_test_support::{CeleryWorker, brokers, python};
@@ -197,4 +199,63 @@ async fn an_unknown_task_is_pending_and_waiting_for_it_times_out() {
     };
     let (got, ()) = tokio::join!(never.get(&backend, WAIT), store);
     assert_eq!(got.expect("the stored value"), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_results_from_a_celery_worker_come_to_our_reply_queue() {
+    let Some(python) = python() else { return };
+    let Some(broker) = brokers::broker("amqp", "celery-rpc") else {
+        return;
+    };
+    kombu_amqp::register();
+    let queue = format!("celery-rpc-{}", uuid::Uuid::new_v4().simple());
+    let worker = CeleryWorker::start(
+        &python,
+        "celery-rpc",
+        include_str!("interop/worker_app.py"),
+        &queue,
+        &[
+            ("KOMBU_RS_BROKER", &broker.url),
+            ("KOMBU_RS_BACKEND", "rpc://"),
+        ],
+    );
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let backend = RpcResultBackend::new(&conn).await.expect("the rpc backend");
+    let celery = Celery::builder(&conn)
+        .default_queue(queue.as_str())
+        .reply_to(backend.reply_to())
+        .build();
+    let sums: Vec<_> = futures::future::join_all((0..3).map(|i| celery.call(&ADD, (i, 10))))
+        .await
+        .into_iter()
+        .map(|sent| sent.expect("send add"))
+        .collect();
+    let failing = celery
+        .call(&FAIL, ("bad input".to_owned(),))
+        .await
+        .expect("send fail");
+    // Read in reverse order: each reply is kept for its own task.
+    for (i, sum) in sums.iter().enumerate().rev() {
+        let value = sum.get(&backend, WAIT).await;
+        assert_eq!(
+            value.expect("add's result"),
+            i as i64 + 10,
+            "{}",
+            worker.log()
+        );
+    }
+    match failing.get(&backend, WAIT).await {
+        Err(TaskError::Failed(failure)) => {
+            assert_eq!(failure.exc_type, "ValueError", "{failure:?}");
+            assert_eq!(failure.exc_message, [json!("bad input")], "{failure:?}");
+        }
+        other => panic!("tasks.fail: {other:?}\n{}", worker.log()),
+    }
+    // Another client's backend has none of them: results belong to their reply queue.
+    let other = RpcResultBackend::new(&conn)
+        .await
+        .expect("another rpc backend");
+    assert_eq!(sums[0].state(&other).await.expect("state"), State::Pending);
+    drop(worker);
+    let _ = conn.delete_queue(&queue).await;
 }

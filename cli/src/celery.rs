@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use kombu::celery::backend::{RedisResultBackend, ResultBackend};
+use kombu::celery::backend::{RedisResultBackend, ResultBackend, RpcResultBackend};
 use kombu::celery::{Celery, ResultMeta, State, TaskOptions};
 use serde_json::{Map, Value as Json};
 
@@ -35,7 +35,8 @@ exchange with the queue's name (default celery) as routing key, the queue declar
 With --wait the result is printed as JSON on the last line of stdout. Exit status: 0 on
 SUCCESS; 1 on FAILURE, REVOKED or another final state that is not a success (the state, the
 exception's type and message on stderr); 3 when the wait ends first.
-Result backends: redis:// (Celery's; ?global_keyprefix=... as its transport option).")]
+Result backends: redis:// (Celery's; ?global_keyprefix=... as its transport option) and rpc://
+(the results come to a reply queue of this command's; the default with --wait on AMQP).")]
     Call(CallArgs),
     /// Print the result of a task (exit status as `call --wait`).
     #[command(after_help = "\
@@ -73,7 +74,7 @@ pub struct CallArgs {
     /// Message priority.
     #[arg(long)]
     pub priority: Option<u8>,
-    /// Result backend URL (required with --wait).
+    /// Result backend URL (with --wait: default rpc:// on AMQP brokers, else required).
     #[arg(long, value_name = "URL")]
     pub backend: Option<String>,
     /// Wait this many seconds for the result and print it.
@@ -98,7 +99,13 @@ pub async fn run(global: &Global, args: CeleryArgs) -> anyhow::Result<Outcome> {
     match args.command {
         CeleryCommand::Call(call) => run_call(global, call).await,
         CeleryCommand::Result(result) => {
-            let backend = open_backend(&result.backend).await?;
+            if result.backend.starts_with("rpc://") {
+                bail!(
+                    "rpc:// results come only to the client that sent the task: use \
+                     `kombu celery call --wait`"
+                );
+            }
+            let backend = open_backend(&result.backend, None).await?;
             let meta = match result.wait {
                 Some(seconds) => backend.wait(&result.task_id, seconds_of(seconds)?).await?,
                 None => backend.meta(&result.task_id).await?,
@@ -133,15 +140,29 @@ async fn run_call(global: &Global, call: CallArgs) -> anyhow::Result<Outcome> {
     if let Some(priority) = call.priority {
         options = options.priority(priority);
     }
-    // The backend first: a wait that cannot happen is refused before the task is sent.
-    let backend = match (&call.wait, &call.backend) {
-        (_, Some(backend)) => Some(open_backend(backend).await?),
-        (Some(_), None) => bail!("--wait needs --backend (the result backend's URL)"),
+    let url = url(global)?;
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    let amqp = matches!(scheme, "amqp" | "amqps" | "pyamqp");
+    // Refused before anything is sent: a wait with nowhere to read the result from.
+    let backend_url = match (&call.wait, &call.backend) {
+        (_, Some(backend)) => Some(backend.clone()),
+        (Some(_), None) if amqp => Some("rpc://".to_owned()),
+        (Some(_), None) => bail!(
+            "--wait needs --backend (the result backend's URL; rpc:// is the default on AMQP \
+             brokers only)"
+        ),
         (None, None) => None,
     };
-    let url = url(global)?;
     let conn = connect(&url).await?;
-    let celery = Celery::new(&conn);
+    let backend = match &backend_url {
+        Some(backend) => Some(open_backend(backend, Some(&conn)).await?),
+        None => None,
+    };
+    let mut celery = Celery::builder(&conn);
+    if let Some(rpc) = backend.as_ref().and_then(|b| b.reply_to()) {
+        celery = celery.reply_to(rpc);
+    }
+    let celery = celery.build();
     let id = celery
         .send_task(&call.name, args, kwargs, options)
         .await
@@ -184,18 +205,53 @@ fn seconds_of(seconds: f64) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow!("{seconds} is not a number of seconds"))
 }
 
-/// The result backend at `url`.
-async fn open_backend(url: &str) -> anyhow::Result<Box<dyn ResultBackend>> {
+/// A result backend, and the reply queue its results come to when it is `rpc://`.
+enum Backend {
+    Stored(Box<dyn ResultBackend>),
+    Rpc(RpcResultBackend),
+}
+
+impl Backend {
+    fn reply_to(&self) -> Option<&str> {
+        match self {
+            Backend::Rpc(rpc) => Some(rpc.reply_to()),
+            Backend::Stored(_) => None,
+        }
+    }
+
+    async fn wait(&self, task_id: &str, timeout: Duration) -> kombu::Result<ResultMeta> {
+        match self {
+            Backend::Stored(b) => b.wait(task_id, timeout).await,
+            Backend::Rpc(b) => b.wait(task_id, timeout).await,
+        }
+    }
+
+    async fn meta(&self, task_id: &str) -> kombu::Result<ResultMeta> {
+        match self {
+            Backend::Stored(b) => b.meta(task_id).await,
+            Backend::Rpc(b) => b.meta(task_id).await,
+        }
+    }
+}
+
+/// The result backend at `url` (`rpc://` replies over `conn`, the broker's connection).
+async fn open_backend(url: &str, conn: Option<&kombu::Connection>) -> anyhow::Result<Backend> {
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    match scheme {
-        "redis" | "rediss" => {
+    match (scheme, conn) {
+        ("redis" | "rediss", _) => {
             let backend = RedisResultBackend::connect(url)
                 .await
                 .with_context(|| format!("cannot reach the result backend {}", mask(url)))?;
-            Ok(Box::new(backend))
+            Ok(Backend::Stored(Box::new(backend)))
         }
-        other => bail!(
-            "result backend {other}:// is not supported yet (redis:// is); given {}",
+        ("rpc", Some(conn)) => {
+            let backend = RpcResultBackend::new(conn)
+                .await
+                .context("cannot start the rpc:// result backend's reply queue")?;
+            Ok(Backend::Rpc(backend))
+        }
+        (other, _) => bail!(
+            "result backend {other}:// is not supported yet (redis:// and rpc:// are); given {}",
             mask(url)
         ),
     }

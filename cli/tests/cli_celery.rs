@@ -124,3 +124,64 @@ fn call_and_result_with_a_celery_worker() {
         let _ = kombu(&url).args(["delete", "queue", &q]).output();
     }
 }
+
+#[test]
+fn call_waits_on_rpc_by_default_on_rabbitmq() {
+    let Some(python) = python() else { return };
+    let Some(broker) = brokers::broker("amqp", "cli-celery-rpc") else {
+        return;
+    };
+    let url = broker.url.clone();
+    let queue = format!("cli-celery-rpc-{}", uuid::Uuid::new_v4().simple());
+    let worker = CeleryWorker::start(
+        &python,
+        "cli-celery-rpc",
+        include_str!("../../celery/tests/interop/worker_app.py"),
+        &queue,
+        &[("KOMBU_RS_BROKER", &url), ("KOMBU_RS_BACKEND", "rpc://")],
+    );
+    // No --backend: rpc:// on an AMQP broker, the results to a reply queue of the command's.
+    let out = kombu(&url)
+        .args([
+            "celery",
+            "call",
+            "tasks.add",
+            "--args",
+            "[20, 22]",
+            "--queue",
+        ])
+        .arg(&queue)
+        .args(["--wait", "60"])
+        .output()
+        .expect("run kombu");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        worker.log()
+    );
+    assert_eq!(stdout.lines().last(), Some("42"), "{stdout}");
+    kombu(&url)
+        .args([
+            "celery",
+            "call",
+            "tasks.fail",
+            "--args",
+            r#"["nope"]"#,
+            "--queue",
+        ])
+        .arg(&queue)
+        .args(["--wait", "60"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("ValueError").and(predicate::str::contains("nope")));
+    // rpc:// results belong to the command that sent the task.
+    kombu(&url)
+        .args(["celery", "result", "any-id", "--backend", "rpc://"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("celery call --wait"));
+    drop(worker);
+    let _ = kombu(&url).args(["delete", "queue", &queue]).output();
+}

@@ -1,5 +1,6 @@
 //! Result backends: where workers store task results in Celery's format and clients read them.
-//! [`RedisResultBackend`] is Celery's `redis://` backend.
+//! [`RedisResultBackend`] is Celery's `redis://` backend, [`RpcResultBackend`] its `rpc://`
+//! one (results as messages to the caller's reply queue).
 
 use std::time::Duration;
 
@@ -9,8 +10,10 @@ use kombu_core::Result;
 use crate::result::ResultMeta;
 
 mod redis;
+mod rpc;
 
 pub use redis::RedisResultBackend;
+pub use rpc::RpcResultBackend;
 
 /// Celery's `result_expires` default: results live a day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
