@@ -17,10 +17,11 @@
 //!   backend [`backend::RedisResultBackend`] (`celery-task-meta-<id>`, `SETEX` for
 //!   `result_expires` and `PUBLISH` in one transaction, waiting on the key's channel), and
 //!   its `rpc://` backend [`backend::RpcResultBackend`] (results as messages to the client's
-//!   reply queue); [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
+//!   reply queue), and its SQL backend on SQLite [`backend::SqlResultBackend`] (`db+sqlite://`,
+//!   Celery's `celery_taskmeta` table); [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
 //!
-//! Not yet here (the issue "Celery from Rust" goes on): the SQL result backend, the worker,
-//! groups and chords.
+//! Not yet here (the issue "Celery from Rust" goes on): the worker, groups and chords (and the
+//! chord counters of the Redis backend).
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.

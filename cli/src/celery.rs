@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use kombu::celery::backend::{RedisResultBackend, ResultBackend, RpcResultBackend};
+use kombu::celery::backend::{
+    RedisResultBackend, ResultBackend, RpcResultBackend, SqlResultBackend,
+};
 use kombu::celery::{Celery, ResultMeta, State, TaskOptions};
 use serde_json::{Map, Value as Json};
 
@@ -35,8 +37,9 @@ exchange with the queue's name (default celery) as routing key, the queue declar
 With --wait the result is printed as JSON on the last line of stdout. Exit status: 0 on
 SUCCESS; 1 on FAILURE, REVOKED or another final state that is not a success (the state, the
 exception's type and message on stderr); 3 when the wait ends first.
-Result backends: redis:// (Celery's; ?global_keyprefix=... as its transport option) and rpc://
-(the results come to a reply queue of this command's; the default with --wait on AMQP).")]
+Result backends: redis:// (Celery's; ?global_keyprefix=... as its transport option), rpc://
+(the results come to a reply queue of this command's; the default with --wait on AMQP) and
+db+sqlite:///relative.db or db+sqlite:////absolute.db (Celery's SQL tables).")]
     Call(CallArgs),
     /// Print the result of a task (exit status as `call --wait`).
     #[command(after_help = "\
@@ -244,6 +247,12 @@ async fn open_backend(url: &str, conn: Option<&kombu::Connection>) -> anyhow::Re
                 .with_context(|| format!("cannot reach the result backend {}", mask(url)))?;
             Ok(Backend::Stored(Box::new(backend)))
         }
+        ("db+sqlite", _) => {
+            let backend = SqlResultBackend::open(url)
+                .await
+                .with_context(|| format!("cannot open the result backend {}", mask(url)))?;
+            Ok(Backend::Stored(Box::new(backend)))
+        }
         ("rpc", Some(conn)) => {
             let backend = RpcResultBackend::new(conn)
                 .await
@@ -251,7 +260,8 @@ async fn open_backend(url: &str, conn: Option<&kombu::Connection>) -> anyhow::Re
             Ok(Backend::Rpc(backend))
         }
         (other, _) => bail!(
-            "result backend {other}:// is not supported yet (redis:// and rpc:// are); given {}",
+            "result backend {other}:// is not supported (redis://, rpc:// and db+sqlite:// are); \
+             given {}",
             mask(url)
         ),
     }

@@ -1,6 +1,7 @@
 //! Result backends: where workers store task results in Celery's format and clients read them.
 //! [`RedisResultBackend`] is Celery's `redis://` backend, [`RpcResultBackend`] its `rpc://`
-//! one (results as messages to the caller's reply queue).
+//! one (results as messages to the caller's reply queue), [`SqlResultBackend`] its SQL one on
+//! SQLite (`db+sqlite://`).
 
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use crate::result::ResultMeta;
 
 mod redis;
 mod rpc;
+mod sql;
 
 pub use redis::RedisResultBackend;
 pub use rpc::RpcResultBackend;
+pub use sql::SqlResultBackend;
 
 /// Celery's `result_expires` default: results live a day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
