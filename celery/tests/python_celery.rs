@@ -10,8 +10,6 @@
 //! The Python interpreter is `$KOMBU_PYTHON` (scripts/python-env); brokers come from
 //! `kombu_test_support::brokers` (a missing one fails when `KOMBU_TEST_REQUIRE` requires it).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,36 +18,11 @@ use kombu_core::{Connection, Queue};
 use kombu_test_support::{CeleryWorker, await_recorded_task, brokers, python};
 use serde_json::{Value as Json, json};
 
+mod support;
+use support::celery_side;
+
 const GUARD: Duration = Duration::from_secs(60);
 const TRANSPORTS: [&str; 3] = ["redis", "amqp", "sqlite"];
-
-fn script() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/interop/celery_side.py")
-}
-
-/// Celery's broker URL and transport options for the broker kombu-rs opens at `url`.
-fn python_side(transport: &str, url: &str) -> (String, String) {
-    match transport {
-        "redis" => {
-            let (base, query) = url.split_once('?').expect("a key prefix");
-            let prefix = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("global_keyprefix="))
-                .expect("global_keyprefix");
-            (
-                base.to_owned(),
-                json!({ "global_keyprefix": prefix }).to_string(),
-            )
-        }
-        "sqlite" => {
-            let file = url.strip_prefix("sqlite://").expect("a SQLite file");
-            (format!("sqla+sqlite:///{file}"), "{}".to_owned())
-        }
-        _ => (url.to_owned(), "{}".to_owned()),
-    }
-}
 
 fn register() {
     kombu_redis::register();
@@ -66,7 +39,7 @@ async fn a_celery_worker_runs_what_we_send() {
             continue;
         };
         let queue = format!("celery-run-{}", uuid::Uuid::new_v4().simple());
-        let (py_url, options) = python_side(transport, &broker.url);
+        let (py_url, options) = brokers::celery_side(transport, &broker.url);
         let worker = CeleryWorker::start(
             &python,
             &format!("celery-run-{transport}"),
@@ -126,18 +99,8 @@ async fn we_read_what_celery_sends() {
             continue;
         };
         let queue = format!("celery-read-{}", uuid::Uuid::new_v4().simple());
-        let (py_url, options) = python_side(transport, &broker.url);
-        let out = Command::new(&python)
-            .arg(script())
-            .args(["send", &py_url, &options, &queue])
-            .output()
-            .expect("run celery_side.py");
-        assert!(
-            out.status.success(),
-            "{transport}: celery_side.py send failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let sent: Json = serde_json::from_slice(&out.stdout).expect("JSON");
+        let (py_url, options) = brokers::celery_side(transport, &broker.url);
+        let sent = celery_side(&python, &["send", &py_url, &options, &queue]);
         let ids: Vec<&str> = sent["ids"]
             .as_array()
             .expect("ids")

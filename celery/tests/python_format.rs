@@ -9,8 +9,6 @@
 //! The Python interpreter is `$KOMBU_PYTHON` (scripts/python-env, with Celery); without one the
 //! test fails when `KOMBU_TEST_REQUIRE` is set and is skipped otherwise.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -18,11 +16,8 @@ use kombu_celery::{Celery, Signature, TaskOptions};
 use kombu_core::{Connection, Queue};
 use serde_json::{Value as Json, json};
 
-fn script() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/interop/celery_side.py")
-}
+mod support;
+use support::celery_side;
 
 fn at(rfc3339: &str) -> SystemTime {
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
@@ -102,18 +97,8 @@ async fn messages_match_celerys_own() {
         .await
         .expect("send full");
 
-    let out = Command::new(&python)
-        .arg(script())
-        .arg("format")
-        .arg(cases.to_string())
-        .output()
-        .expect("run celery_side.py");
-    assert!(
-        out.status.success(),
-        "celery_side.py format failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: Vec<Json> = serde_json::from_slice(&out.stdout).expect("JSON from Celery");
+    let theirs = celery_side(&python, &["format", &cases.to_string()]);
+    let theirs = theirs.as_array().expect("a list from Celery").clone();
 
     let mut consumer = conn
         .consumer([Queue::new("celery")])

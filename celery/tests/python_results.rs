@@ -13,39 +13,18 @@
 //! The Redis server is the tests' (`kombu_test_support::brokers`), under a key prefix of the
 //! test's own; Python is `$KOMBU_PYTHON`.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use kombu_celery::backend::{RedisResultBackend, ResultBackend, RpcResultBackend};
-use kombu_celery::{Celery, ResultMeta, Sent, State, Task, TaskError, TaskFailure};
+use kombu_celery::{Celery, ResultMeta, Sent, State, TaskError, TaskFailure};
 use kombu_core::Connection;
 use kombu_test_support::{CeleryWorker, brokers, python};
-use serde_json::{Value as Json, json};
+use serde_json::json;
+
+mod support;
+use support::{ADD, FAIL, celery_side};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
-const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
-
-fn script() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/interop/celery_side.py")
-}
-
-/// Redis's base URL and Celery's transport options (the key prefix) for a broker URL.
-fn python_side(url: &str) -> (String, String) {
-    let (base, query) = url.split_once('?').expect("a key prefix");
-    let prefix = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("global_keyprefix="))
-        .expect("global_keyprefix");
-    (
-        base.to_owned(),
-        json!({ "global_keyprefix": prefix }).to_string(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn we_read_the_results_a_celery_worker_stores() {
@@ -54,7 +33,7 @@ async fn we_read_the_results_a_celery_worker_stores() {
         return;
     };
     kombu_redis::register();
-    let (py_url, options) = python_side(&broker.url);
+    let (py_url, options) = brokers::celery_side("redis", &broker.url);
     let queue = format!("celery-results-{}", uuid::Uuid::new_v4().simple());
     let worker = CeleryWorker::start(
         &python,
@@ -105,23 +84,11 @@ async fn celery_reads_the_results_we_store() {
     let Some(broker) = brokers::broker("redis", "celery-stored") else {
         return;
     };
-    let (py_url, options) = python_side(&broker.url);
+    let (py_url, options) = brokers::celery_side("redis", &broker.url);
     let backend = RedisResultBackend::connect(&broker.url)
         .await
         .expect("the result backend");
-    let read = |id: &str| -> Json {
-        let out = Command::new(&python)
-            .arg(script())
-            .args(["result", &py_url, &options, id])
-            .output()
-            .expect("run celery_side.py");
-        assert!(
-            out.status.success(),
-            "celery_side.py result failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let read = |id: &str| celery_side(&python, &["result", &py_url, &options, id]);
 
     let ok = uuid::Uuid::new_v4().to_string();
     backend

@@ -4,25 +4,18 @@
 //! `AsyncResult.get()` reads the results we store; `cleanup` removes expired rows. Either side
 //! may create Celery's tables first.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use kombu_celery::backend::{ResultBackend, SqlResultBackend};
-use kombu_celery::{Celery, ResultMeta, State, Task, TaskError, TaskFailure};
+use kombu_celery::{Celery, ResultMeta, State, TaskError, TaskFailure};
 use kombu_core::Connection;
 use kombu_test_support::{CeleryWorker, brokers, python};
-use serde_json::{Value as Json, json};
+use serde_json::json;
+
+mod support;
+use support::{ADD, FAIL, celery_side};
 
 const WAIT: Duration = Duration::from_secs(30);
-const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
-const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
-
-fn script() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/interop/celery_side.py")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_results_both_ways() {
@@ -81,19 +74,7 @@ async fn sql_results_both_ways() {
     drop(worker);
 
     // Python reads what we store.
-    let read = |id: &str| -> Json {
-        let out = Command::new(&python)
-            .arg(script())
-            .args(["result", &backend_url, "{}", id])
-            .output()
-            .expect("run celery_side.py");
-        assert!(
-            out.status.success(),
-            "celery_side.py result failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let read = |id: &str| celery_side(&python, &["result", &backend_url, "{}", id]);
     let ok = uuid::Uuid::new_v4().to_string();
     backend
         .store(&ResultMeta::success(&ok, json!([1, "two", {"three": 3.0}])))

@@ -8,22 +8,8 @@ mod cli_support;
 
 use kombu_test_support::{CeleryWorker, brokers, python};
 use predicates::prelude::*;
-use serde_json::json;
 
 use cli_support::*;
-
-/// Redis's base URL and Celery's transport options (the key prefix) for a broker URL.
-fn python_side(url: &str) -> (String, String) {
-    let (base, query) = url.split_once('?').expect("a key prefix");
-    let prefix = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("global_keyprefix="))
-        .expect("global_keyprefix");
-    (
-        base.to_owned(),
-        json!({ "global_keyprefix": prefix }).to_string(),
-    )
-}
 
 #[test]
 fn call_and_result_with_a_celery_worker() {
@@ -32,7 +18,7 @@ fn call_and_result_with_a_celery_worker() {
         return;
     };
     let url = broker.url.clone();
-    let (py_url, options) = python_side(&url);
+    let (py_url, options) = brokers::celery_side("redis", &url);
     let queue = format!("cli-celery-{}", uuid::Uuid::new_v4().simple());
     let worker = CeleryWorker::start(
         &python,

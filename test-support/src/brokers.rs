@@ -128,3 +128,27 @@ pub fn every(test: &str) -> Vec<Broker> {
         .filter_map(|t| broker(t, test))
         .collect()
 }
+
+/// Celery's (Python kombu's) broker URL and `broker_transport_options` (JSON) for the broker
+/// kombu-rs opens at `url` (of `transport`): Redis's base URL with the test's key prefix as
+/// `global_keyprefix`, SQLite's file as `sqla+sqlite:///<file>`, any other URL as it is.
+pub fn celery_side(transport: &str, url: &str) -> (String, String) {
+    match transport {
+        "redis" => {
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let prefix = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("global_keyprefix="))
+                .unwrap_or("");
+            (
+                base.to_owned(),
+                serde_json::json!({ "global_keyprefix": prefix }).to_string(),
+            )
+        }
+        "sqlite" => {
+            let file = url.strip_prefix("sqlite://").unwrap_or(url);
+            (format!("sqla+sqlite:///{file}"), "{}".to_owned())
+        }
+        _ => (url.to_owned(), "{}".to_owned()),
+    }
+}
