@@ -114,6 +114,41 @@ impl<Output> std::fmt::Debug for Sent<Output> {
     }
 }
 
+/// A group sent ([`Celery::group`]): its id and its members' ids, in order.
+#[derive(Debug, Clone)]
+pub struct GroupSent {
+    id: String,
+    members: Vec<String>,
+}
+
+impl GroupSent {
+    /// The group id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The members' task ids, in the group's order.
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    /// Every member's value, in order, waiting up to `timeout` in all (Celery's
+    /// `GroupResult.get`); the first member that failed ends it with its error.
+    pub async fn get<Output: DeserializeOwned>(
+        &self,
+        backend: &dyn ResultBackend,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<Output>, TaskError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut values = Vec::with_capacity(self.members.len());
+        for id in &self.members {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            values.push(Sent::<Output>::new(id.as_str()).get(backend, left).await?);
+        }
+        Ok(values)
+    }
+}
+
 /// `apply_async`'s options: where a task goes and what its message says. All optional.
 #[derive(Debug, Clone, Default)]
 pub struct TaskOptions {
@@ -417,6 +452,37 @@ impl Celery {
     ) -> Result<Sent<Output>> {
         let id = self.send_task(task.name(), args, (), options).await?;
         Ok(Sent::new(id))
+    }
+
+    /// Celery's `group(...).apply_async()`: sends each member (its task, arguments and the
+    /// `task_id`, `queue` and `priority` among its options) with the group's id and its index,
+    /// as Celery writes a group's tasks.
+    pub async fn group(&self, members: Vec<Signature>) -> Result<GroupSent> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut ids = Vec::with_capacity(members.len());
+        for (index, member) in members.into_iter().enumerate() {
+            let mut options =
+                TaskOptions::new().group(id.as_str(), u32::try_from(index).unwrap_or(u32::MAX));
+            if let Some(task_id) = member.options.get("task_id").and_then(Json::as_str) {
+                options = options.task_id(task_id);
+            }
+            if let Some(queue) = member.options.get("queue").and_then(Json::as_str) {
+                options = options.queue(queue);
+            }
+            if let Some(priority) = member
+                .options
+                .get("priority")
+                .and_then(Json::as_u64)
+                .and_then(|p| u8::try_from(p).ok())
+            {
+                options = options.priority(priority);
+            }
+            let sent = self
+                .send_task(&member.task, member.args, member.kwargs, options)
+                .await?;
+            ids.push(sent);
+        }
+        Ok(GroupSent { id, members: ids })
     }
 
     /// Celery's `send_task(name, args, kwargs, **options)`: writes the protocol 2 message and

@@ -6,7 +6,7 @@
 //!   Celery 5.7 does (every header, `null` when unset; the body `[args, kwargs, embed]`;
 //!   `correlation_id` = the task id; persistent; `eta`/`countdown` and `expires` as ISO 8601
 //!   times in UTC with their offset; priority; retries; `root_id`/`parent_id`; `link`,
-//!   `link_error`, `chain`), routes it as Celery does (the task's queue by
+//!   `link_error`, `chain`; [`Celery::group`] sends a group), routes it as Celery does (the task's queue by
 //!   [`CeleryBuilder::route`] globs, else `celery`; the default exchange with the queue's name
 //!   as key) and declares the queue first. A [`Task`] declares a task's name, argument and
 //!   result types once.
@@ -20,8 +20,8 @@
 //!   reply queue), and its SQL backend on SQLite [`backend::SqlResultBackend`] (`db+sqlite://`,
 //!   Celery's `celery_taskmeta` table); [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
 //!
-//! Not yet here (the issue "Celery from Rust" goes on): the worker, groups and chords (and the
-//! chord counters of the Redis backend).
+//! Not yet here (the issue "Celery from Rust" goes on): the worker, and chords (with the chord
+//! counters of the Redis backend).
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.
@@ -33,7 +33,7 @@ mod repr;
 mod request;
 mod result;
 
-pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, Sent, Task, TaskOptions};
+pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, GroupSent, Sent, Task, TaskOptions};
 pub use message::{Signature, When};
 pub use request::TaskRequest;
 pub use result::{ResultMeta, State, TaskError, TaskFailure};

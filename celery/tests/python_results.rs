@@ -8,7 +8,9 @@
 //! - a task the backend knows nothing of is PENDING, and waiting for it ends with
 //!   [`TaskError::TimedOut`] when the time is up;
 //! - on RabbitMQ, a Celery worker with the `rpc://` backend sends the results of tasks we sent
-//!   with our reply queue as `reply_to` to that queue, where [`RpcResultBackend`] reads them.
+//!   with our reply queue as `reply_to` to that queue, where [`RpcResultBackend`] reads them;
+//! - a chain we send (`chain` in the embed, Celery's order) runs on a Celery worker each result
+//!   into the next task, and a group's members carry its id.
 //!
 //! The Redis server is the tests' (`kombu_test_support::brokers`), under a key prefix of the
 //! test's own; Python is `$KOMBU_PYTHON`.
@@ -16,7 +18,9 @@
 use std::time::Duration;
 
 use kombu_celery::backend::{RedisResultBackend, ResultBackend, RpcResultBackend};
-use kombu_celery::{Celery, ResultMeta, Sent, State, TaskError, TaskFailure};
+use kombu_celery::{
+    Celery, ResultMeta, Sent, Signature, State, TaskError, TaskFailure, TaskOptions,
+};
 use kombu_core::Connection;
 use kombu_test_support::{CeleryWorker, brokers, python};
 use serde_json::json;
@@ -223,6 +227,90 @@ async fn rpc_results_from_a_celery_worker_come_to_our_reply_queue() {
         .await
         .expect("another rpc backend");
     assert_eq!(sums[0].state(&other).await.expect("state"), State::Pending);
+    drop(worker);
+    let _ = conn.delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_and_a_group_we_send_run_on_a_celery_worker() {
+    let Some(python) = python() else { return };
+    let Some(broker) = brokers::broker("redis", "celery-canvas") else {
+        return;
+    };
+    kombu_redis::register();
+    let (py_url, options) = brokers::celery_side("redis", &broker.url);
+    let queue = format!("celery-canvas-{}", uuid::Uuid::new_v4().simple());
+    let worker = CeleryWorker::start(
+        &python,
+        "celery-canvas",
+        include_str!("interop/worker_app.py"),
+        &queue,
+        &[
+            ("KOMBU_RS_BROKER", &py_url),
+            ("KOMBU_RS_OPTIONS", &options),
+            ("KOMBU_RS_BACKEND", &py_url),
+        ],
+    );
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let celery = Celery::builder(&conn).default_queue(queue.as_str()).build();
+    let backend = RedisResultBackend::connect(&broker.url)
+        .await
+        .expect("the result backend");
+
+    // add(2, 3) | mul(10) | mul(2): each result is the next task's first argument.
+    let (second, last) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let first = celery
+        .send_task(
+            "tasks.add",
+            (2, 3),
+            (),
+            TaskOptions::new().chain([
+                Signature::new("tasks.mul")
+                    .args((10,))
+                    .option("task_id", second.as_str()),
+                Signature::new("tasks.mul")
+                    .args((2,))
+                    .option("task_id", last.as_str()),
+            ]),
+        )
+        .await
+        .expect("send the chain");
+    let end: Sent<i64> = Sent::new(last.as_str());
+    assert_eq!(
+        end.get(&backend, WAIT).await.expect("the chain's result"),
+        100,
+        "{}",
+        worker.log()
+    );
+    let middle = backend.meta(&second).await.expect("meta");
+    assert_eq!(middle.result, json!(50));
+    assert_eq!(
+        middle.parent_id.as_deref(),
+        Some(first.as_str()),
+        "{middle:?}"
+    );
+
+    // A group: each member with the group's id and its index.
+    let group = celery
+        .group(
+            (1..=3)
+                .map(|i| Signature::new("tasks.add").args((i, i)))
+                .collect(),
+        )
+        .await
+        .expect("send the group");
+    let values: Vec<i64> = group
+        .get(&backend, WAIT)
+        .await
+        .expect("the group's results");
+    assert_eq!(values, [2, 4, 6]);
+    for member in group.members() {
+        let meta = backend.meta(member).await.expect("meta");
+        assert_eq!(meta.group_id.as_deref(), Some(group.id()), "{meta:?}");
+    }
     drop(worker);
     let _ = conn.delete_queue(&queue).await;
 }

@@ -2,7 +2,7 @@
 
 Its broker is $KOMBU_RS_BROKER with the transport options $KOMBU_RS_OPTIONS (JSON), its result
 backend $KOMBU_RS_BACKEND (none when unset) with the same options. kombu_rs.record writes its
-arguments and request to the file it is given; tasks.add and tasks.fail are the issue's.
+arguments and request to the file it is given; tasks.add, tasks.mul and tasks.fail are the issue's.
 """
 
 import json
@@ -43,6 +43,11 @@ def record(self, path, a, b, *, label=None, nested=None):
 @app.task(name="tasks.add")
 def add(x, y):
     return x + y
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
 
 
 @app.task(name="tasks.fail")
