@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use kombu_core::{Connection, DeliveryMode, Error, ErrorKind, Exchange, Queue, Result, Value};
+use kombu_core::{
+    Connection, DeliveryMode, Error, ErrorKind, Exchange, Producer, Queue, Result, Value,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
@@ -318,6 +320,8 @@ impl TaskOptions {
 #[derive(Debug)]
 pub struct Celery {
     conn: Connection,
+    /// Publishes every task (one producer: its retry policy and declarations are set once).
+    producer: Producer,
     default_queue: String,
     routes: Vec<(String, String)>,
     origin: String,
@@ -366,6 +370,7 @@ impl CeleryBuilder {
     /// The client.
     pub fn build(self) -> Celery {
         Celery {
+            producer: self.conn.producer(),
             conn: self.conn,
             default_queue: self.default_queue,
             routes: self.routes,
@@ -528,9 +533,10 @@ impl Celery {
             Utc::now(),
             &self.origin,
         );
-        let producer = self.conn.producer().routing_key(queue.as_str());
-        let mut publish = producer
+        let mut publish = self
+            .producer
             .message(&parts.body)
+            .routing_key(queue.as_str())
             .headers(parts.headers)
             .correlation_id(parts.id.as_str())
             .reply_to(

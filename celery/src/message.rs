@@ -165,36 +165,54 @@ pub(crate) fn task_message(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let eta = fields.eta.map(|w| w.at(now));
     let expires = fields.expires.map(|w| w.at(now));
-    let or_null = |v: &Option<String>| v.as_ref().map_or(Json::Null, |s| json!(s));
     let list_or_null = |v: &[Signature]| match v.is_empty() {
         true => Json::Null,
         false => json!(v),
     };
-    let header_json = json!({
-        "lang": "py",
-        "task": name,
-        "id": id,
-        "shadow": or_null(&fields.shadow),
-        "eta": eta.map_or(Json::Null, |t| json!(isoformat(t))),
-        "expires": expires.map_or(Json::Null, |t| json!(isoformat(t))),
-        "group": or_null(&fields.group_id),
-        "group_index": fields.group_index.map_or(Json::Null, |i| json!(i)),
-        "retries": fields.retries,
-        "timelimit": [fields.time_limit, fields.soft_time_limit],
-        "root_id": fields.root_id.clone().unwrap_or_else(|| id.clone()),
-        "parent_id": or_null(&fields.parent_id),
-        "argsrepr": repr::args_repr(&args),
-        "kwargsrepr": repr::kwargs_repr(&kwargs),
-        "origin": origin,
-        "ignore_result": fields.ignore_result.map_or(Json::Null, Json::Bool),
-        "replaced_task_nesting": 0,
-        "stamped_headers": Json::Null,
-        "stamps": {},
-    });
-    let mut headers = match Value::from_json(header_json) {
-        Value::Map(map) => map,
-        _ => Headers::new(),
+    // Built as kombu values directly: no JSON document in between on this per-task path.
+    let text = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::from(s.as_str()));
+    let time = |t: Option<DateTime<Utc>>| t.map_or(Value::Null, |t| Value::from(isoformat(t)));
+    let seconds = |v: Option<f64>| v.map_or(Value::Null, Value::from);
+    let mut headers = Headers::new();
+    let mut set = |key: &str, value: Value| {
+        headers.insert(key.to_owned(), value);
     };
+    set("lang", Value::from("py"));
+    set("task", Value::from(name));
+    set("id", Value::from(id.as_str()));
+    set("shadow", text(&fields.shadow));
+    set("eta", time(eta));
+    set("expires", time(expires));
+    set("group", text(&fields.group_id));
+    set(
+        "group_index",
+        fields
+            .group_index
+            .map_or(Value::Null, |i| Value::Int(i64::from(i))),
+    );
+    set("retries", Value::Int(i64::from(fields.retries)));
+    set(
+        "timelimit",
+        Value::List(vec![
+            seconds(fields.time_limit),
+            seconds(fields.soft_time_limit),
+        ]),
+    );
+    set(
+        "root_id",
+        Value::from(fields.root_id.clone().unwrap_or_else(|| id.clone())),
+    );
+    set("parent_id", text(&fields.parent_id));
+    set("argsrepr", Value::from(repr::args_repr(&args)));
+    set("kwargsrepr", Value::from(repr::kwargs_repr(&kwargs)));
+    set("origin", Value::from(origin));
+    set(
+        "ignore_result",
+        fields.ignore_result.map_or(Value::Null, Value::from),
+    );
+    set("replaced_task_nesting", Value::Int(0));
+    set("stamped_headers", Value::Null);
+    set("stamps", Value::Map(Headers::new()));
     // Custom headers go in at the top level, as apply_async(headers=...) puts them.
     for (key, value) in &fields.headers {
         headers.insert(key.clone(), value.clone());

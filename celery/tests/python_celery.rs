@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kombu_celery::{Celery, TaskOptions, TaskRequest};
 use kombu_core::{Connection, Queue};
-use kombu_test_support::{CeleryWorker, await_recorded_task, brokers, python};
+use kombu_test_support::{await_recorded_task, brokers, python};
 use serde_json::{Value as Json, json};
 
 mod support;
@@ -40,10 +40,9 @@ async fn a_celery_worker_runs_what_we_send() {
         };
         let queue = format!("celery-run-{}", uuid::Uuid::new_v4().simple());
         let (py_url, options) = brokers::celery_side(transport, &broker.url);
-        let worker = CeleryWorker::start(
+        let worker = support::worker(
             &python,
             &format!("celery-run-{transport}"),
-            include_str!("interop/worker_app.py"),
             &queue,
             &[("KOMBU_RS_BROKER", &py_url), ("KOMBU_RS_OPTIONS", &options)],
         );

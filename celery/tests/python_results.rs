@@ -22,11 +22,11 @@ use kombu_celery::{
     Celery, ResultMeta, Sent, Signature, State, TaskError, TaskFailure, TaskOptions,
 };
 use kombu_core::Connection;
-use kombu_test_support::{CeleryWorker, brokers, python};
+use kombu_test_support::{brokers, python};
 use serde_json::json;
 
 mod support;
-use support::{ADD, FAIL, celery_side};
+use support::{ADD, FAIL, celery_side, on_redis, worker};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,25 +36,8 @@ async fn we_read_the_results_a_celery_worker_stores() {
     let Some(broker) = brokers::broker("redis", "celery-results") else {
         return;
     };
-    kombu_redis::register();
-    let (py_url, options) = brokers::celery_side("redis", &broker.url);
-    let queue = format!("celery-results-{}", uuid::Uuid::new_v4().simple());
-    let worker = CeleryWorker::start(
-        &python,
-        "celery-results",
-        include_str!("interop/worker_app.py"),
-        &queue,
-        &[
-            ("KOMBU_RS_BROKER", &py_url),
-            ("KOMBU_RS_OPTIONS", &options),
-            ("KOMBU_RS_BACKEND", &py_url),
-        ],
-    );
-    let conn = Connection::open(&broker.url).await.expect("open");
-    let celery = Celery::builder(&conn).default_queue(queue.as_str()).build();
-    let backend = RedisResultBackend::connect(&broker.url)
-        .await
-        .expect("the result backend");
+    let (worker, conn, celery, backend, queue) =
+        on_redis(&python, &broker.url, "celery-results").await;
 
     let sum = celery.call(&ADD, (2, 3)).await.expect("send add");
     let failing = celery
@@ -180,10 +163,9 @@ async fn rpc_results_from_a_celery_worker_come_to_our_reply_queue() {
     };
     kombu_amqp::register();
     let queue = format!("celery-rpc-{}", uuid::Uuid::new_v4().simple());
-    let worker = CeleryWorker::start(
+    let worker = worker(
         &python,
         "celery-rpc",
-        include_str!("interop/worker_app.py"),
         &queue,
         &[
             ("KOMBU_RS_BROKER", &broker.url),
@@ -237,25 +219,8 @@ async fn a_chain_and_a_group_we_send_run_on_a_celery_worker() {
     let Some(broker) = brokers::broker("redis", "celery-canvas") else {
         return;
     };
-    kombu_redis::register();
-    let (py_url, options) = brokers::celery_side("redis", &broker.url);
-    let queue = format!("celery-canvas-{}", uuid::Uuid::new_v4().simple());
-    let worker = CeleryWorker::start(
-        &python,
-        "celery-canvas",
-        include_str!("interop/worker_app.py"),
-        &queue,
-        &[
-            ("KOMBU_RS_BROKER", &py_url),
-            ("KOMBU_RS_OPTIONS", &options),
-            ("KOMBU_RS_BACKEND", &py_url),
-        ],
-    );
-    let conn = Connection::open(&broker.url).await.expect("open");
-    let celery = Celery::builder(&conn).default_queue(queue.as_str()).build();
-    let backend = RedisResultBackend::connect(&broker.url)
-        .await
-        .expect("the result backend");
+    let (worker, conn, celery, backend, queue) =
+        on_redis(&python, &broker.url, "celery-canvas").await;
 
     // add(2, 3) | mul(10) | mul(2): each result is the next task's first argument.
     let (second, last) = (

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kombu_celery::backend::{ResultBackend, SqlResultBackend};
 use kombu_celery::{Celery, ResultMeta, State, TaskError, TaskFailure};
 use kombu_core::Connection;
-use kombu_test_support::{CeleryWorker, brokers, python};
+use kombu_test_support::{brokers, python};
 use serde_json::json;
 
 mod support;
@@ -34,10 +34,9 @@ async fn sql_results_both_ways() {
     let backend = SqlResultBackend::open(&backend_url)
         .await
         .expect("the SQL result backend");
-    let worker = CeleryWorker::start(
+    let worker = support::worker(
         &python,
         "celery-sql",
-        include_str!("interop/worker_app.py"),
         &queue,
         &[
             ("KOMBU_RS_BROKER", &format!("sqla+sqlite:///{broker_file}")),
