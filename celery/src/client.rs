@@ -557,6 +557,88 @@ impl Celery {
         Ok(parts.id)
     }
 
+    /// Sends `sig` as a worker does after its task (Celery's `signature.apply_async`): `first`
+    /// (the parent's result, or its id for an errback) before the signature's own arguments
+    /// unless it is immutable, `parent` as its parent and root, `chain` (Celery's order, the
+    /// next task last) as the rest of its chain; its options `task_id`, `queue`, `priority`,
+    /// `countdown`, `group_id` / `group_index`, `chord` and `reply_to` are honoured, and the
+    /// parent's `priority` when it has none.
+    pub(crate) async fn send_signature(
+        &self,
+        sig: &Signature,
+        first: Option<Json>,
+        parent: &crate::TaskRequest,
+        chain: Vec<Signature>,
+        priority: Option<u8>,
+    ) -> Result<String> {
+        let mut args = Vec::with_capacity(sig.args.len() + 1);
+        if let Some(first) = first.filter(|_| !sig.immutable) {
+            args.push(first);
+        }
+        args.extend(sig.args.iter().cloned());
+        let text = |key: &str| sig.options.get(key).and_then(Json::as_str);
+        let mut options = TaskOptions::new()
+            .parent_id(parent.id.as_str())
+            .root_id(parent.root_id.as_deref().unwrap_or(&parent.id));
+        options.fields.chain = chain;
+        if let Some(id) = text("task_id") {
+            options = options.task_id(id);
+        }
+        if let Some(queue) = text("queue") {
+            options = options.queue(queue);
+        }
+        if let Some(reply_to) = text("reply_to") {
+            options = options.reply_to(reply_to);
+        }
+        let priority = sig
+            .options
+            .get("priority")
+            .and_then(Json::as_u64)
+            .and_then(|p| u8::try_from(p).ok())
+            .or(priority);
+        if let Some(priority) = priority {
+            options = options.priority(priority);
+        }
+        if let Some(countdown) = sig
+            .options
+            .get("countdown")
+            .and_then(Json::as_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        {
+            options = options.countdown(countdown);
+        }
+        if let Some(group) = text("group_id") {
+            let index = sig
+                .options
+                .get("group_index")
+                .and_then(Json::as_u64)
+                .and_then(|i| u32::try_from(i).ok());
+            options.fields.group_id = Some(group.to_owned());
+            options.fields.group_index = index;
+        }
+        if let Some(chord) = sig.options.get("chord") {
+            options.fields.chord = serde_json::from_value(chord.clone()).ok();
+        }
+        for (key, list) in [("link", true), ("link_error", false)] {
+            let callbacks: Vec<Signature> = match sig.options.get(key) {
+                Some(Json::Array(items)) => items
+                    .iter()
+                    .filter_map(|s| serde_json::from_value(s.clone()).ok())
+                    .collect(),
+                Some(one @ Json::Object(_)) => {
+                    serde_json::from_value(one.clone()).into_iter().collect()
+                }
+                _ => Vec::new(),
+            };
+            match list {
+                true => options.fields.link.extend(callbacks),
+                false => options.fields.link_error.extend(callbacks),
+            }
+        }
+        self.send_task(&sig.task, args, sig.kwargs.clone(), options)
+            .await
+    }
+
     /// Declares `queue` as Celery declares a queue it routes to (durable, bound to a direct
     /// exchange of its name with its name as key), once per client.
     async fn declare(&self, queue: &str) -> Result<()> {

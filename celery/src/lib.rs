@@ -20,8 +20,12 @@
 //!   reply queue), and its SQL backend on SQLite [`backend::SqlResultBackend`] (`db+sqlite://`,
 //!   Celery's `celery_taskmeta` table); [`Sent::get`] is Celery's `AsyncResult.get(timeout)`.
 //!
-//! Not yet here (the issue "Celery from Rust" goes on): the worker, and chords (with the chord
-//! counters of the Redis backend).
+//! - [`worker::Worker`] runs Celery tasks in Rust: typed async functions registered by task
+//!   name, on the queues Python workers use, with Celery's acks, eta, expiry, time limits,
+//!   retries, rate limits, results and chains.
+//!
+//! Not yet here (the issue "Celery from Rust" goes on): chords (with the chord counters of the
+//! Redis backend).
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.
@@ -32,6 +36,7 @@ mod message;
 mod repr;
 mod request;
 mod result;
+pub mod worker;
 
 pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, GroupSent, Sent, Task, TaskOptions};
 pub use message::{Signature, When};

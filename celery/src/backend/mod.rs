@@ -1,7 +1,7 @@
 //! Result backends: where workers store task results in Celery's format and clients read them.
 //! [`RedisResultBackend`] is Celery's `redis://` backend, [`RpcResultBackend`] its `rpc://`
 //! one (results as messages to the caller's reply queue), [`SqlResultBackend`] its SQL one on
-//! SQLite (`db+sqlite://`).
+//! SQLite (`db+sqlite://`); [`MemoryResultBackend`] keeps them in the process (tests).
 
 use std::time::Duration;
 
@@ -10,10 +10,12 @@ use kombu_core::Result;
 
 use crate::result::ResultMeta;
 
+mod memory;
 mod redis;
 mod rpc;
 mod sql;
 
+pub use memory::MemoryResultBackend;
 pub use redis::RedisResultBackend;
 pub use rpc::RpcResultBackend;
 pub use sql::SqlResultBackend;

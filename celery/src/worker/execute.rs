@@ -1,0 +1,484 @@
+//! One task message's life in the worker: expiry, eta, rate limit, a concurrency slot, the
+//! ack, the run under its time limits, then its result, retry or canvas.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use kombu_core::transport::Outgoing;
+use kombu_core::{Delivery, Message, Value};
+use serde_json::{Value as Json, json};
+
+use super::task::{Retry, TaskContext, TaskFail};
+use super::{Results, Shared};
+use crate::backend::RpcResultBackend;
+use crate::message::isoformat;
+use crate::request::TaskRequest;
+use crate::result::{ResultMeta, State, TaskFailure};
+
+/// A task due within this long waits in the worker; later ones go back through the
+/// transport's delayed delivery (RabbitMQ's counts whole seconds).
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+/// How often a late-acked task's lease is renewed where leases run out.
+const LEASE_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Where a message stands once the task has run.
+struct Call {
+    request: Arc<TaskRequest>,
+    message: Message,
+    queue: String,
+}
+
+pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: TaskRequest) {
+    let Some(task) = shared.tasks.get(&request.task) else {
+        return; // checked before the spawn
+    };
+    let counters = &shared.control.counters;
+    if request.expired() {
+        let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", "expired");
+        let mut meta = ResultMeta::failure(request.id.as_str(), State::Revoked, &failure);
+        meta.group_id = request.group.clone();
+        meta.parent_id = request.parent_id.clone();
+        store(&shared, &delivery_reply(&delivery), &meta).await;
+        tracing::info!(task = %request.task, id = %request.id, "expired: revoked");
+        counters.revoked.fetch_add(1, Ordering::Relaxed);
+        settle(delivery, true).await;
+        return;
+    }
+    // The eta: back through the transport's delayed delivery, or a short wait here.
+    if let Some(eta) = request.eta {
+        let wait = (eta.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        if wait > HOLD_AT_MOST && shared.can_delay {
+            let message = delivery.message().clone();
+            match publish_later(&shared, delivery.queue(), message, wait).await {
+                Ok(()) => {
+                    tracing::debug!(id = %request.id, ?wait, "not due yet: delayed");
+                    settle(delivery, true).await;
+                    return;
+                }
+                Err(error) => tracing::warn!(
+                    error = %format_args!("{error:#}"),
+                    "a task not due yet could not be delayed: it waits in the worker"
+                ),
+            }
+        }
+        if !wait.is_zero() && !hold(&shared, &delivery, wait).await {
+            settle(delivery, false).await;
+            return;
+        }
+    }
+    if let Some(bucket) = &task.bucket {
+        let wait = bucket.take();
+        if !wait.is_zero() && !hold(&shared, &delivery, wait).await {
+            settle(delivery, false).await;
+            return;
+        }
+    }
+    let permit = tokio::select! {
+        permit = shared.permits.acquire() => permit,
+        () = stopped(shared.stop.clone()) => {
+            settle(delivery, false).await;
+            return;
+        }
+    };
+    let Ok(_permit) = permit else {
+        settle(delivery, false).await;
+        return;
+    };
+    let reply = delivery_reply(&delivery);
+    let priority = delivery.properties().priority;
+    let call = Call {
+        request: Arc::new(request),
+        message: delivery.message().clone(),
+        queue: delivery.queue().to_owned(),
+    };
+    let acks_late = task.settings.acks_late.unwrap_or(shared.acks_late);
+    let late = match acks_late {
+        true => Some(delivery),
+        false => {
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(
+                    error = %format_args!("{:#}", kombu_core::Error::from(error)),
+                    id = %call.request.id,
+                    "acking a task before its run failed: it is not run here (it comes back)"
+                );
+                return;
+            }
+            None
+        }
+    };
+    counters.started.fetch_add(1, Ordering::Relaxed);
+    let request = &call.request;
+    let settings = &task.settings;
+    let ignore = settings.ignore_result;
+    if settings.track_started && !ignore {
+        let mut meta = ResultMeta::pending(request.id.as_str());
+        meta.state = State::Started;
+        meta.result = json!({"pid": std::process::id(), "hostname": &*shared.hostname});
+        store(&shared, &reply, &meta).await;
+    }
+    let limit = |from_message: Option<f64>, own: Option<Duration>| {
+        from_message
+            .filter(|s| *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .or(own)
+    };
+    let hard = limit(request.time_limit.0, settings.time_limit);
+    let soft = limit(request.time_limit.1, settings.soft_time_limit);
+    let ctx = TaskContext {
+        request: request.clone(),
+        soft_deadline: soft.map(|s| tokio::time::Instant::now() + s),
+        hostname: shared.hostname.clone(),
+    };
+    let run = async {
+        let started = task
+            .handler
+            .call(request.args.clone(), request.kwargs.clone(), ctx);
+        let future = match started {
+            Ok(future) => future,
+            Err(failure) => return Err(TaskFail::Failed(failure)),
+        };
+        let guarded = AssertUnwindSafe(future).catch_unwind();
+        let outcome = match hard {
+            Some(limit) => match tokio::time::timeout(limit, guarded).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Err(TaskFail::Failed(TaskFailure {
+                        exc_type: "TimeLimitExceeded".into(),
+                        exc_module: "celery.exceptions".into(),
+                        exc_message: vec![json!(limit.as_secs_f64())],
+                        traceback: None,
+                    }));
+                }
+            },
+            None => guarded.await,
+        };
+        outcome.unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(TaskFail::Failed(TaskFailure::new(
+                "builtins",
+                "RuntimeError",
+                format!("the task panicked: {text}"),
+            )))
+        })
+    };
+    let outcome = match (&late, shared.leases) {
+        (Some(delivery), true) => keep_lease(delivery, run).await,
+        _ => run.await,
+    };
+    let ignore = ignore
+        || matches!(
+            request_header(&call.message, "ignore_result"),
+            Some(Value::Bool(true))
+        );
+    match outcome {
+        Ok(value) => succeeded(&shared, &call, &reply, value, ignore, priority).await,
+        Err(TaskFail::Failed(failure)) => failed(&shared, &call, &reply, failure, priority).await,
+        Err(TaskFail::Retry(retry)) => {
+            retried(&shared, &call, &reply, retry, settings, priority).await;
+        }
+    }
+    if let Some(delivery) = late {
+        settle(delivery, true).await;
+    }
+}
+
+/// The `reply_to` and `correlation_id` of a delivery (where `rpc://` results go).
+fn delivery_reply(delivery: &Delivery) -> (String, String) {
+    let props = delivery.properties();
+    (
+        props.reply_to.clone().unwrap_or_default(),
+        props.correlation_id.clone().unwrap_or_default(),
+    )
+}
+
+fn request_header<'m>(message: &'m Message, key: &str) -> Option<&'m Value> {
+    message.headers.get(key)
+}
+
+async fn succeeded(
+    shared: &Shared,
+    call: &Call,
+    reply: &(String, String),
+    value: Json,
+    ignore: bool,
+    priority: Option<u8>,
+) {
+    let request = &call.request;
+    shared
+        .control
+        .counters
+        .succeeded
+        .fetch_add(1, Ordering::Relaxed);
+    if !ignore {
+        let mut meta = ResultMeta::success(request.id.as_str(), value.clone());
+        meta.group_id = request.group.clone();
+        meta.parent_id = request.parent_id.clone();
+        store(shared, reply, &meta).await;
+    }
+    for callback in &request.callbacks {
+        send(
+            shared,
+            callback,
+            Some(value.clone()),
+            request,
+            Vec::new(),
+            priority,
+        )
+        .await;
+    }
+    if let Some((next, rest)) = request.chain.split_last() {
+        send(shared, next, Some(value), request, rest.to_vec(), priority).await;
+    }
+}
+
+async fn failed(
+    shared: &Shared,
+    call: &Call,
+    reply: &(String, String),
+    failure: TaskFailure,
+    priority: Option<u8>,
+) {
+    let request = &call.request;
+    shared
+        .control
+        .counters
+        .failed
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(task = %request.task, id = %request.id, failure = %failure, "task failed");
+    let mut meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
+    meta.group_id = request.group.clone();
+    meta.parent_id = request.parent_id.clone();
+    store(shared, reply, &meta).await;
+    for errback in &request.errbacks {
+        let id = Json::String(request.id.clone());
+        send(shared, errback, Some(id), request, Vec::new(), priority).await;
+    }
+}
+
+async fn retried(
+    shared: &Shared,
+    call: &Call,
+    reply: &(String, String),
+    retry: Retry,
+    settings: &super::TaskSettings,
+    priority: Option<u8>,
+) {
+    let request = &call.request;
+    let max = retry.max_retries.unwrap_or(settings.max_retries);
+    if max.is_some_and(|max| request.retries >= max) {
+        let failure = retry.exc.unwrap_or_else(|| {
+            TaskFailure::new(
+                "celery.exceptions",
+                "MaxRetriesExceededError",
+                format!(
+                    "Can't retry {}[{}] args:{} kwargs:{}",
+                    request.task,
+                    request.id,
+                    Json::Array(request.args.clone()),
+                    Json::Object(request.kwargs.clone())
+                ),
+            )
+        });
+        failed(shared, call, reply, failure, priority).await;
+        return;
+    }
+    let countdown = retry.countdown.unwrap_or(settings.retry_delay);
+    let message = retry_message(call, countdown);
+    match publish_later(shared, &call.queue, message, countdown).await {
+        Ok(()) => {
+            shared
+                .control
+                .counters
+                .retried
+                .fetch_add(1, Ordering::Relaxed);
+            let failure = retry.exc.unwrap_or_else(|| {
+                TaskFailure::new(
+                    "celery.exceptions",
+                    "Retry",
+                    format!("Retry in {}s", countdown.as_secs_f64()),
+                )
+            });
+            let mut meta = ResultMeta::failure(request.id.as_str(), State::Retry, &failure);
+            meta.date_done = None;
+            meta.group_id = request.group.clone();
+            meta.parent_id = request.parent_id.clone();
+            store(shared, reply, &meta).await;
+        }
+        Err(error) => {
+            let failure = TaskFailure::new(
+                "kombu.exceptions",
+                "OperationalError",
+                format!("the retry could not be sent: {error:#}"),
+            );
+            failed(shared, call, reply, failure, priority).await;
+        }
+    }
+}
+
+/// The message of the task's retry: the same one with `retries` one higher and its `eta`
+/// the countdown from now (protocol 2 in the headers, protocol 1 in the body).
+fn retry_message(call: &Call, countdown: Duration) -> Message {
+    let mut message = call.message.clone();
+    let retries = i64::from(call.request.retries) + 1;
+    let eta = chrono::Duration::from_std(countdown)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .map(isoformat);
+    match call.request.protocol {
+        1 => {
+            if let Ok(Json::Object(mut body)) = serde_json::from_slice::<Json>(&message.body) {
+                body.insert("retries".into(), json!(retries));
+                body.insert("eta".into(), json!(eta));
+                if let Ok(bytes) = serde_json::to_vec(&Json::Object(body)) {
+                    message.body = bytes.into();
+                }
+            }
+        }
+        _ => {
+            message
+                .headers
+                .insert("retries".to_owned(), Value::Int(retries));
+            message
+                .headers
+                .insert("eta".to_owned(), eta.map_or(Value::Null, Value::from));
+        }
+    }
+    message
+}
+
+/// Publishes `message` back to `queue`, visible `delay` from now. Its broker-side
+/// `expiration` is dropped (RabbitMQ cannot delay a message that expires): the `expires`
+/// header still stands, and the worker that takes it revokes it then.
+async fn publish_later(
+    shared: &Shared,
+    queue: &str,
+    mut message: Message,
+    delay: Duration,
+) -> kombu_core::Result<()> {
+    message.properties.expiration = None;
+    let out = Outgoing::new(shared.eta_exchange, queue, message);
+    let out = match shared.can_delay {
+        true => out.delay(delay),
+        false => out,
+    };
+    shared.producer.send_batch(vec![out]).await
+}
+
+/// Waits `wait` holding the delivery (its lease kept alive), unless the worker stops first:
+/// `false` then.
+async fn hold(shared: &Shared, delivery: &Delivery, wait: Duration) -> bool {
+    let sleep = async {
+        match shared.leases {
+            true => keep_lease(delivery, tokio::time::sleep(wait)).await,
+            false => tokio::time::sleep(wait).await,
+        }
+    };
+    tokio::select! {
+        () = sleep => true,
+        () = stopped(shared.stop.clone()) => false,
+    }
+}
+
+/// Resolves once the worker is stopped.
+pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Runs `work`, renewing `delivery`'s lease meanwhile.
+async fn keep_lease<T>(delivery: &Delivery, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval(LEASE_HEARTBEAT);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = beat.tick() => {
+                if let Err(error) = delivery.extend_lease().await {
+                    tracing::debug!(error = %format_args!("{error:#}"), "a task's lease could not be renewed");
+                }
+            }
+        }
+    }
+}
+
+/// Acks (`true`) or puts back.
+async fn settle(delivery: Delivery, ack: bool) {
+    let done = match ack {
+        true => delivery.ack().await,
+        false => delivery.requeue().await,
+    };
+    if let Err(error) = done {
+        tracing::warn!(
+            error = %format_args!("{:#}", kombu_core::Error::from(error)),
+            "settling a task message failed: it comes back"
+        );
+    }
+}
+
+/// Stores `meta` where the worker's results go.
+async fn store(shared: &Shared, reply: &(String, String), meta: &ResultMeta) {
+    let stored = match &shared.results {
+        Results::None => Ok(()),
+        Results::Backend(backend) => backend.store(meta).await,
+        Results::Rpc => match reply.0.is_empty() {
+            true => Ok(()),
+            false => {
+                let correlation = match reply.1.is_empty() {
+                    true => meta.task_id.as_str(),
+                    false => reply.1.as_str(),
+                };
+                RpcResultBackend::reply(&shared.conn, &reply.0, correlation, meta).await
+            }
+        },
+    };
+    if let Err(error) = stored {
+        tracing::error!(
+            error = %format_args!("{error:#}"),
+            id = %meta.task_id,
+            state = %meta.state,
+            "storing a task's result failed"
+        );
+    }
+}
+
+/// Sends a callback, errback or the chain's next task.
+async fn send(
+    shared: &Shared,
+    sig: &crate::Signature,
+    first: Option<Json>,
+    parent: &TaskRequest,
+    chain: Vec<crate::Signature>,
+    priority: Option<u8>,
+) {
+    if let Some(kind) = &sig.subtask_type {
+        tracing::error!(
+            task = %sig.task,
+            kind = %kind,
+            parent = %parent.id,
+            "a {kind} inside a chain or callback is not run by this worker yet: not sent"
+        );
+        return;
+    }
+    if let Err(error) = shared
+        .client
+        .send_signature(sig, first, parent, chain, priority)
+        .await
+    {
+        tracing::error!(
+            error = %format_args!("{error:#}"),
+            task = %sig.task,
+            parent = %parent.id,
+            "sending the next task failed"
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! A Celery worker in Rust: typed async functions registered by their Celery task names run
+//! the task messages Python (or Rust) sends, side by side with Python workers on the same
+//! queues, and store their results where Celery's clients read them.
+//!
+//! - **Messages**: protocol 2 and protocol 1 ([`TaskRequest`]). A message that is no task
+//!   message, or names a task this worker does not have, is dead-lettered (to the queue's
+//!   dead-letter exchange, else `<queue>.dlq`, see [`kombu_core::dead_letter`]) instead of
+//!   dropped as Celery drops it.
+//! - **`eta` / `countdown`** without holding the prefetch window: a task due more than a
+//!   second from now goes back through the transport's delayed delivery (the stores' delay
+//!   mechanism; on RabbitMQ kombu's native delayed delivery, as Celery 5.5+ does, through
+//!   the topic exchange [`ETA_EXCHANGE`] each worker queue is bound to) and is acked; a task
+//!   due sooner waits in the worker, holding no concurrency slot.
+//! - **`expires`**: an expired task is not run; its result is REVOKED
+//!   (`TaskRevokedError('expired')`).
+//! - **Time limits**: a message's `timelimit`, else the task's [`TaskSettings`]: past the
+//!   hard limit the task is dropped and fails with `TimeLimitExceeded`; the soft limit is
+//!   [`TaskContext::soft_time_limit_exceeded`].
+//! - **Retries**: a task returning [`Retry`] is sent again (same id, `retries` + 1, `eta` its
+//!   countdown from now) and stored as RETRY, until its `max_retries`; then it fails.
+//! - **Acks**: early by default, as Celery (acked when it starts); late
+//!   ([`WorkerBuilder::acks_late`], [`TaskSettings::acks_late`]) after it ran, whatever the
+//!   outcome, so a worker killed mid-task leaves the message to another.
+//! - **Concurrency**: at most [`WorkerBuilder::concurrency`] tasks at once; the consumer
+//!   prefetches `concurrency × prefetch_multiplier` messages (Celery's
+//!   `worker_prefetch_multiplier`, default 4). Per-task [`RateLimit`]s.
+//! - **Results and states**: SUCCESS, FAILURE, RETRY, REVOKED (STARTED with
+//!   [`TaskSettings::track_started`]) to a [`ResultBackend`], or to the caller's reply queue
+//!   for `rpc://` ([`WorkerBuilder::rpc_results`]).
+//! - **Canvas**: after a success the message's `link` callbacks and the next task of its
+//!   `chain` are sent with the result (parent and root ids set); after a failure its
+//!   `link_error` errbacks with the task id.
+//! - **Stop**: [`WorkerHandle::stop`] or SIGINT / SIGTERM ([`Worker::run_until_signal`]):
+//!   nothing new starts, tasks waiting go back to their queues, running ones get the
+//!   shutdown timeout.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kombu_core::Result<()> {
+//! use kombu_celery::worker::{TaskContext, TaskFail, Worker};
+//! use kombu_celery::{Celery, Task};
+//! use kombu_core::Connection;
+//!
+//! const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+//!
+//! # kombu_core::transport::memory::register();
+//! let conn = Connection::open("memory://doc-celery-worker").await?;
+//! let worker = Worker::builder(&conn)
+//!     .concurrency(4)
+//!     .task(ADD, |(x, y), _ctx: TaskContext| async move { Ok::<_, TaskFail>(x + y) })
+//!     .build()?;
+//! let handle = worker.handle();
+//! let running = tokio::spawn(worker.run());
+//! Celery::new(&conn).call(&ADD, (2, 3)).await?;
+//! while handle.stats().succeeded < 1 {
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! handle.stop();
+//! running.await.expect("the worker's task")?;
+//! # Ok(()) }
+//! ```
+
+mod execute;
+mod rate;
+mod task;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kombu_core::{Binding, Connection, Error, ErrorKind, Exchange, Queue, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::backend::ResultBackend;
+use crate::client::{Celery, DEFAULT_QUEUE, Task};
+use crate::request::TaskRequest;
+
+pub use rate::RateLimit;
+pub use task::{
+    DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY, Retry, TaskContext, TaskFail, TaskSettings,
+};
+
+use task::{Handler, Typed};
+
+/// Celery's `worker_prefetch_multiplier` default.
+pub const DEFAULT_PREFETCH_MULTIPLIER: u16 = 4;
+/// How long a stopped worker lets its running tasks finish by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The topic exchange through which a worker on RabbitMQ sends a task back to its queue when
+/// due: each worker queue is bound to it with `#.<queue>`, and kombu's native delayed
+/// delivery (`celery_delayed_*`) delivers to it.
+pub const ETA_EXCHANGE: &str = "kombu_rs.celery.eta";
+
+/// A registered task.
+pub(crate) struct Registered {
+    pub(crate) handler: Box<dyn Handler>,
+    pub(crate) settings: TaskSettings,
+    pub(crate) bucket: Option<rate::Bucket>,
+}
+
+/// Where results go.
+#[derive(Clone)]
+pub(crate) enum Results {
+    /// Nowhere (Celery without a result backend).
+    None,
+    /// A result store.
+    Backend(Arc<dyn ResultBackend>),
+    /// `rpc://`: to each task's `reply_to`, correlated by its id.
+    Rpc,
+}
+
+/// Configures a [`Worker`]; from [`Worker::builder`].
+pub struct WorkerBuilder {
+    conn: Connection,
+    queues: Vec<String>,
+    tasks: HashMap<String, Registered>,
+    results: Results,
+    concurrency: usize,
+    prefetch_multiplier: u16,
+    acks_late: bool,
+    hostname: Option<String>,
+    shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut tasks: Vec<&String> = self.tasks.keys().collect();
+        tasks.sort();
+        f.debug_struct("WorkerBuilder")
+            .field("queues", &self.queues)
+            .field("tasks", &tasks)
+            .field("concurrency", &self.concurrency)
+            .field("prefetch_multiplier", &self.prefetch_multiplier)
+            .field("acks_late", &self.acks_late)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Consumes `queue` too (default: only [`DEFAULT_QUEUE`], `celery`); the first queue
+    /// given is where the tasks this worker sends (a chain's next, callbacks, retries of
+    /// tasks from elsewhere) go unless their signature names one. Declared as Celery declares
+    /// its queues (durable, a direct exchange and routing key of its name).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queues.push(queue.into());
+        self
+    }
+
+    /// Registers `task` (its Celery name, argument and result types) with `run`, called with
+    /// the positional arguments as `Args` (a tuple) and the [`TaskContext`]; Celery's
+    /// default settings.
+    pub fn task<Args, Output, F, Fut>(self, task: Task<Args, Output>, run: F) -> Self
+    where
+        Args: DeserializeOwned + Send + 'static,
+        Output: Serialize + Send + 'static,
+        F: Fn(Args, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Output, TaskFail>> + Send + 'static,
+    {
+        self.task_with(task, TaskSettings::default(), run)
+    }
+
+    /// [`task`](Self::task) with its own settings (limits, rate, acks, retries, parameter
+    /// names for keyword arguments).
+    pub fn task_with<Args, Output, F, Fut>(
+        mut self,
+        task: Task<Args, Output>,
+        settings: TaskSettings,
+        run: F,
+    ) -> Self
+    where
+        Args: DeserializeOwned + Send + 'static,
+        Output: Serialize + Send + 'static,
+        F: Fn(Args, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Output, TaskFail>> + Send + 'static,
+    {
+        let handler = Typed {
+            name: task.name(),
+            params: settings.params.clone(),
+            func: run,
+            _types: std::marker::PhantomData,
+        };
+        self.tasks.insert(
+            task.name().to_owned(),
+            Registered {
+                handler: Box::new(handler),
+                bucket: settings.rate_limit.map(rate::Bucket::new),
+                settings,
+            },
+        );
+        self
+    }
+
+    /// Stores results and states in `backend` (Celery's `result_backend`); default: none.
+    pub fn result_backend(mut self, backend: impl ResultBackend + 'static) -> Self {
+        self.results = Results::Backend(Arc::new(backend));
+        self
+    }
+
+    /// [`result_backend`](Self::result_backend) shared with others.
+    pub fn shared_result_backend(mut self, backend: Arc<dyn ResultBackend>) -> Self {
+        self.results = Results::Backend(backend);
+        self
+    }
+
+    /// Sends results as Celery's `rpc://` backend does: to each task's `reply_to` queue, with
+    /// its id as correlation id (tasks without a `reply_to` keep no result).
+    pub fn rpc_results(mut self) -> Self {
+        self.results = Results::Rpc;
+        self
+    }
+
+    /// Tasks running at once (default: the number of CPUs, as Celery's; at least 1).
+    pub fn concurrency(mut self, tasks: usize) -> Self {
+        self.concurrency = tasks.max(1);
+        self
+    }
+
+    /// Messages prefetched per concurrency slot (default [`DEFAULT_PREFETCH_MULTIPLIER`], at
+    /// least 1).
+    pub fn prefetch_multiplier(mut self, multiplier: u16) -> Self {
+        self.prefetch_multiplier = multiplier.max(1);
+        self
+    }
+
+    /// Acknowledge each task after it ran instead of when it starts (Celery's
+    /// `task_acks_late`; default `false`); a task's own setting wins.
+    pub fn acks_late(mut self, late: bool) -> Self {
+        self.acks_late = late;
+        self
+    }
+
+    /// The worker's name (default `celery@<host>`, as Celery's).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// How long a stopped worker lets its running tasks finish (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); past it they are dropped (late-acked ones go back to
+    /// their queues).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The worker; fails without a task.
+    pub fn build(self) -> Result<Worker> {
+        if self.tasks.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a Celery worker needs at least one task (WorkerBuilder::task)",
+            ));
+        }
+        let (stop, _) = watch::channel(false);
+        Ok(Worker {
+            handle: WorkerHandle {
+                control: Arc::new(Control {
+                    stop,
+                    counters: Counters::default(),
+                }),
+            },
+            builder: self,
+        })
+    }
+}
+
+/// Runs Celery tasks; see the [module docs](self).
+pub struct Worker {
+    builder: WorkerBuilder,
+    handle: WorkerHandle,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("builder", &self.builder)
+            .finish()
+    }
+}
+
+/// Stops a running [`Worker`] and reads its counters; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    control: Arc<Control>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) counters: Counters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) received: AtomicU64,
+    pub(crate) started: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) revoked: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+/// What a worker has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Task messages taken (each retry and each delayed return counts again).
+    pub received: u64,
+    /// Tasks started (acked first unless acked late).
+    pub started: u64,
+    /// Tasks that returned a value.
+    pub succeeded: u64,
+    /// Tasks that failed (retries used up included).
+    pub failed: u64,
+    /// Retries sent.
+    pub retried: u64,
+    /// Tasks not run because they expired.
+    pub revoked: u64,
+    /// Messages dead-lettered: no task message, or an unregistered task.
+    pub rejected: u64,
+}
+
+impl WorkerHandle {
+    /// Stops the worker (see the module docs).
+    pub fn stop(&self) {
+        self.control.stop.send_replace(true);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.control.stop.borrow()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.control.counters;
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        WorkerStats {
+            received: read(&c.received),
+            started: read(&c.started),
+            succeeded: read(&c.succeeded),
+            failed: read(&c.failed),
+            retried: read(&c.retried),
+            revoked: read(&c.revoked),
+            rejected: read(&c.rejected),
+        }
+    }
+}
+
+/// `celery@<host>`.
+fn default_hostname() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("celery@{host}")
+}
+
+/// What every task of a running worker shares.
+pub(crate) struct Shared {
+    pub(crate) conn: Connection,
+    pub(crate) tasks: HashMap<String, Registered>,
+    pub(crate) results: Results,
+    pub(crate) client: Celery,
+    pub(crate) producer: kombu_core::Producer,
+    pub(crate) acks_late: bool,
+    pub(crate) hostname: Arc<str>,
+    pub(crate) permits: Semaphore,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) control: Arc<Control>,
+    /// The exchange a task goes back to its queue through when due (RabbitMQ:
+    /// [`ETA_EXCHANGE`]; the stores: the default exchange, routed at publish time).
+    pub(crate) eta_exchange: &'static str,
+    /// Whether the transport delays at all.
+    pub(crate) can_delay: bool,
+    /// Whether leases run out (late-acked tasks then keep theirs alive).
+    pub(crate) leases: bool,
+}
+
+impl Worker {
+    /// A worker on `conn` (its queues, tasks and results set on the builder).
+    pub fn builder(conn: &impl AsRef<Connection>) -> WorkerBuilder {
+        WorkerBuilder {
+            conn: conn.as_ref().clone(),
+            queues: Vec::new(),
+            tasks: HashMap::new(),
+            results: Results::None,
+            concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+            prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
+            acks_late: false,
+            hostname: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Stops it and reads its counters.
+    pub fn handle(&self) -> WorkerHandle {
+        self.handle.clone()
+    }
+
+    /// Declares its queues and runs until stopped ([`WorkerHandle::stop`]) and wound down,
+    /// or until its consumer fails for good.
+    pub async fn run(self) -> Result<()> {
+        let Worker { builder, handle } = self;
+        let mut queues = builder.queues;
+        if queues.is_empty() {
+            queues.push(DEFAULT_QUEUE.to_owned());
+        }
+        let conn = builder.conn;
+        let caps = conn.capabilities();
+        let amqp = conn.messaging_system() == "rabbitmq";
+        for queue in &queues {
+            let declaration = Queue::new(queue.as_str())
+                .exchange(Exchange::direct(queue.as_str()))
+                .routing_key(queue.as_str());
+            conn.declare_queue(&declaration)
+                .await
+                .map_err(|e| e.context(format!("declaring the worker's queue {queue:?}")))?;
+            if amqp {
+                conn.declare_exchange(&Exchange::topic(ETA_EXCHANGE))
+                    .await?;
+                conn.bind(queue, &Binding::new(ETA_EXCHANGE, format!("#.{queue}")))
+                    .await
+                    .map_err(|e| e.context(format!("binding {queue:?} for delayed tasks")))?;
+            }
+        }
+        let hostname: Arc<str> = builder.hostname.unwrap_or_else(default_hostname).into();
+        let prefetch = builder
+            .concurrency
+            .saturating_mul(usize::from(builder.prefetch_multiplier));
+        let mut consumer = conn
+            .consumer(queues.iter().map(|q| Queue::new(q.as_str())))
+            .prefetch(u16::try_from(prefetch).unwrap_or(u16::MAX))
+            .declare(false)
+            .build()
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "starting the Celery worker's consumer of {queues:?}"
+                ))
+            })?;
+        let shared = Arc::new(Shared {
+            client: Celery::builder(&conn)
+                .default_queue(queues[0].as_str())
+                .origin(hostname.to_string())
+                .build(),
+            producer: conn.producer(),
+            tasks: builder.tasks,
+            results: builder.results,
+            acks_late: builder.acks_late,
+            permits: Semaphore::new(builder.concurrency),
+            stop: handle.control.stop.subscribe(),
+            control: handle.control.clone(),
+            eta_exchange: if amqp { ETA_EXCHANGE } else { "" },
+            can_delay: caps.delayed_delivery,
+            leases: caps.visibility_timeout,
+            hostname,
+            conn: conn.clone(),
+        });
+        tracing::info!(queues = ?queues, hostname = %shared.hostname, "Celery worker ready");
+        let stop = execute::stopped(handle.control.stop.subscribe());
+        tokio::pin!(stop);
+        let mut running = JoinSet::new();
+        let mut failed = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                item = consumer.next() => match item {
+                    None => break,
+                    Some(Ok(delivery)) => {
+                        match TaskRequest::from_delivery(&delivery) {
+                            Ok(request) if shared.tasks.contains_key(&request.task) => {
+                                shared.control.counters.received.fetch_add(1, Ordering::Relaxed);
+                                running.spawn(execute::execute(shared.clone(), delivery, request));
+                            }
+                            Ok(request) => {
+                                let reason = format!("unregistered task {:?} (id {})", request.task, request.id);
+                                reject(&shared, &consumer, delivery, reason).await;
+                            }
+                            Err(error) => {
+                                let reason = format!("not a Celery task message: {error:#}");
+                                reject(&shared, &consumer, delivery, reason).await;
+                            }
+                        }
+                    }
+                    Some(Err(refused)) => {
+                        if let Err(error) = consumer.handle(refused).await {
+                            failed = Some(error.context("the Celery worker's consumer"));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        handle.stop();
+        // Waiting tasks put their messages back at once; running ones get the shutdown timeout.
+        let wound_down = tokio::time::timeout(builder.shutdown_timeout, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if wound_down.is_err() {
+            tracing::warn!(
+                left = running.len(),
+                "tasks still running at the shutdown timeout are dropped"
+            );
+            running.shutdown().await;
+        }
+        let closed = consumer.close().await;
+        match failed {
+            Some(error) => Err(error),
+            None => closed,
+        }
+    }
+
+    /// [`run`](Self::run), stopping gracefully on SIGINT (Ctrl-C) or SIGTERM.
+    pub async fn run_until_signal(self) -> Result<()> {
+        let handle = self.handle();
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            done = &mut run => return done,
+            () = signal() => {
+                tracing::info!("signal received: the Celery worker stops");
+                handle.stop();
+            }
+        }
+        run.await
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Moves a message the worker cannot run aside (dead-lettered), never dropping it.
+async fn reject(
+    shared: &Shared,
+    consumer: &kombu_core::Consumer,
+    delivery: kombu_core::Delivery,
+    reason: String,
+) {
+    tracing::error!(%reason, queue = %delivery.queue(), "a message this worker cannot run");
+    match consumer.dead_letter(delivery, reason).await {
+        Ok(_) => {
+            shared
+                .control
+                .counters
+                .rejected
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => tracing::error!(
+            error = %format_args!("{error:#}"),
+            "dead-lettering failed: the message stays in its queue"
+        ),
+    }
+}

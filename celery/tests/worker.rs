@@ -1,0 +1,367 @@
+//! The Rust Celery worker on the memory transport: results and states, keyword arguments,
+//! retries and their limit, expiry, eta, time limits, panics, messages it cannot run, chains
+//! and callbacks, late and early acks at a stop. (With Python Celery on the brokers:
+//! tests/celery_worker.rs of the facade.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kombu_celery::backend::{MemoryResultBackend, ResultBackend};
+use kombu_celery::worker::{
+    TaskContext, TaskFail, TaskSettings, Worker, WorkerBuilder, WorkerHandle,
+};
+use kombu_celery::{Celery, Sent, Signature, State, Task, TaskError, TaskFailure, TaskOptions};
+use kombu_core::{Connection, Queue};
+use kombu_test_support::until;
+use serde_json::json;
+
+const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+const MUL: Task<(i64, i64), i64> = Task::new("tasks.mul");
+const FLAKY: Task<(u32,), u32> = Task::new("tasks.flaky");
+const STUBBORN: Task<(), ()> = Task::new("tasks.stubborn");
+const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
+const SOFT: Task<(), String> = Task::new("tasks.soft");
+const PANIC: Task<(), ()> = Task::new("tasks.panic");
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn tasks(worker: WorkerBuilder) -> WorkerBuilder {
+    worker
+        .task_with(
+            ADD,
+            TaskSettings::new().params(["x", "y"]),
+            |(x, y), _: TaskContext| async move { Ok(x + y) },
+        )
+        .task(MUL, |(x, y), _: TaskContext| async move { Ok(x * y) })
+        .task_with(
+            FLAKY,
+            TaskSettings::new().max_retries(None),
+            |(times,), ctx: TaskContext| async move {
+                if ctx.retries() < times {
+                    return Err(ctx.retry().countdown(Duration::from_millis(50)).into());
+                }
+                Ok(ctx.retries())
+            },
+        )
+        .task_with(
+            STUBBORN,
+            TaskSettings::new().max_retries(Some(2)),
+            |(), ctx: TaskContext| async move {
+                Err::<(), TaskFail>(ctx.retry().countdown(Duration::from_millis(20)).into())
+            },
+        )
+        .task_with(
+            SLEEP,
+            TaskSettings::new().time_limit(Duration::from_millis(300)),
+            |(seconds,), _: TaskContext| async move {
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                Ok(seconds)
+            },
+        )
+        .task_with(
+            SOFT,
+            TaskSettings::new().soft_time_limit(Duration::from_millis(100)),
+            |(), ctx: TaskContext| async move {
+                tokio::select! {
+                    () = ctx.soft_time_limit_exceeded() => Err(TaskFailure::soft_time_limit().into()),
+                    () = tokio::time::sleep(Duration::from_secs(30)) => Ok("done".to_owned()),
+                }
+            },
+        )
+        .task(PANIC, |(), _: TaskContext| async move {
+            panic!("the task went wrong");
+        })
+}
+
+struct Setup {
+    conn: Connection,
+    celery: Celery,
+    results: Arc<MemoryResultBackend>,
+    handle: WorkerHandle,
+    running: tokio::task::JoinHandle<kombu_core::Result<()>>,
+    queue: String,
+}
+
+async fn start(name: &str, configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> Setup {
+    kombu_core::transport::memory::register();
+    let conn = Connection::open(&format!(
+        "memory://celery-worker-{name}-{}",
+        uuid::Uuid::new_v4()
+    ))
+    .await
+    .expect("open");
+    let queue = format!("{name}-tasks");
+    let results = Arc::new(MemoryResultBackend::new());
+    let worker = configure(tasks(Worker::builder(&conn)))
+        .queue(queue.as_str())
+        .concurrency(4)
+        .shared_result_backend(results.clone())
+        .build()
+        .expect("the worker");
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run());
+    // The worker declares its queue as it starts; so does the client.
+    let celery = Celery::builder(&conn).default_queue(queue.as_str()).build();
+    Setup {
+        conn,
+        celery,
+        results,
+        handle,
+        running,
+        queue,
+    }
+}
+
+impl Setup {
+    async fn stop(self) {
+        self.handle.stop();
+        self.running
+            .await
+            .expect("the worker's task")
+            .expect("the worker ends well");
+    }
+
+    async fn get<R: serde::de::DeserializeOwned>(&self, sent: &Sent<R>) -> Result<R, TaskError> {
+        sent.get(self.results.as_ref(), WAIT).await
+    }
+}
+
+fn failure(result: Result<impl std::fmt::Debug, TaskError>) -> TaskFailure {
+    match result {
+        Err(TaskError::Failed(f) | TaskError::Revoked(f)) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn runs_tasks_and_stores_their_results() {
+    let s = start("results", |w| w).await;
+    let sent = s.celery.call(&ADD, (2, 3)).await.expect("send");
+    assert_eq!(s.get(&sent).await.expect("the sum"), 5);
+    let meta = s.results.meta(sent.id()).await.expect("meta");
+    assert_eq!(meta.state, State::Success);
+    assert!(meta.date_done.is_some());
+
+    // Keyword arguments fill the named parameters; extra ones fail as Python's TypeError.
+    let id = s
+        .celery
+        .send_task("tasks.add", (3,), json!({"y": 4}), TaskOptions::new())
+        .await
+        .expect("send");
+    assert_eq!(s.get(&Sent::<i64>::new(id)).await.expect("the sum"), 7);
+    let id = s
+        .celery
+        .send_task("tasks.add", (1, 2), json!({"z": 4}), TaskOptions::new())
+        .await
+        .expect("send");
+    let f = failure(s.get(&Sent::<i64>::new(id)).await);
+    assert_eq!(
+        (f.exc_module.as_str(), f.exc_type.as_str()),
+        ("builtins", "TypeError")
+    );
+    let id = s
+        .celery
+        .send_task("tasks.mul", ("two", 3), (), TaskOptions::new())
+        .await
+        .expect("send");
+    assert_eq!(
+        failure(s.get(&Sent::<i64>::new(id)).await).exc_type,
+        "TypeError"
+    );
+    assert_eq!(s.handle.stats().succeeded, 2);
+    assert_eq!(s.handle.stats().failed, 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn retries_until_done_or_out_of_retries() {
+    let s = start("retries", |w| w).await;
+    let flaky = s.celery.call(&FLAKY, (3,)).await.expect("send");
+    assert_eq!(s.get(&flaky).await.expect("its retries"), 3);
+    let stubborn = s.celery.call(&STUBBORN, ()).await.expect("send");
+    let f = failure(s.get(&stubborn).await);
+    assert_eq!(f.exc_type, "MaxRetriesExceededError");
+    assert_eq!(f.exc_module, "celery.exceptions");
+    // 3 for flaky, 2 for stubborn; the third retry of stubborn is its failure.
+    assert_eq!(s.handle.stats().retried, 5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_task_is_revoked_and_an_eta_is_waited_for() {
+    let s = start("expiry", |w| w).await;
+    // Due after it expires: it goes back to wait for its eta, and is revoked then.
+    let late = s
+        .celery
+        .call_with(
+            &ADD,
+            (1, 1),
+            TaskOptions::new()
+                .countdown(Duration::from_millis(1500))
+                .expires_in(Duration::from_millis(500)),
+        )
+        .await
+        .expect("send");
+    let sent_at = chrono::Utc::now();
+    let due = s
+        .celery
+        .call_with(
+            &ADD,
+            (4, 4),
+            TaskOptions::new().countdown(Duration::from_secs(2)),
+        )
+        .await
+        .expect("send");
+    match s.get(&late).await {
+        Err(TaskError::Revoked(f)) => {
+            assert_eq!(f.exc_type, "TaskRevokedError");
+            assert_eq!(f.exc_message, vec![json!("expired")]);
+        }
+        other => panic!("expected the expired task revoked, got {other:?}"),
+    }
+    assert_eq!(s.get(&due).await.expect("the sum"), 8);
+    let done = s
+        .results
+        .meta(due.id())
+        .await
+        .expect("meta")
+        .date_done
+        .expect("done");
+    let done = chrono::DateTime::parse_from_rfc3339(&done).expect("a time");
+    assert!(
+        done >= sent_at + chrono::Duration::seconds(2),
+        "ran at {done}, before its eta (sent {sent_at} with a 2 s countdown)"
+    );
+    assert_eq!(s.handle.stats().revoked, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn time_limits_and_panics_fail_the_task_not_the_worker() {
+    let s = start("limits", |w| w).await;
+    let slow = s.celery.call(&SLEEP, (5.0,)).await.expect("send");
+    let f = failure(s.get(&slow).await);
+    assert_eq!(
+        (f.exc_module.as_str(), f.exc_type.as_str()),
+        ("celery.exceptions", "TimeLimitExceeded")
+    );
+    // The message's own limits win over the task's.
+    let quick = s
+        .celery
+        .call_with(&SLEEP, (0.5,), TaskOptions::new().time_limit(2.0))
+        .await
+        .expect("send");
+    assert_eq!(s.get(&quick).await.expect("slept"), 0.5);
+    let soft = s.celery.call(&SOFT, ()).await.expect("send");
+    assert_eq!(
+        failure(s.get(&soft).await).exc_type,
+        "SoftTimeLimitExceeded"
+    );
+    let panicked = s.celery.call(&PANIC, ()).await.expect("send");
+    let f = failure(s.get(&panicked).await);
+    assert_eq!(f.exc_type, "RuntimeError");
+    assert!(format!("{f}").contains("the task went wrong"), "{f}");
+    let after = s.celery.call(&ADD, (1, 2)).await.expect("send");
+    assert_eq!(s.get(&after).await.expect("still working"), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn messages_it_cannot_run_are_dead_lettered() {
+    let s = start("poison", |w| w).await;
+    let dlq = format!("{}.dlq", s.queue);
+    // The client declares the queue (the memory transport drops what no queue takes).
+    s.celery
+        .send_task("tasks.unknown", (1,), (), TaskOptions::new())
+        .await
+        .expect("send");
+    s.conn
+        .producer()
+        .routing_key(s.queue.as_str())
+        .publish(&json!({"not": "a task"}))
+        .await
+        .expect("publish");
+    let handle = s.handle.clone();
+    until("both messages rejected", WAIT, || {
+        handle.stats().rejected == 2
+    })
+    .await;
+    assert_eq!(s.conn.queue_size(&dlq).await.expect("the dead letters"), 2);
+    let sent = s.celery.call(&ADD, (2, 2)).await.expect("send");
+    assert_eq!(s.get(&sent).await.expect("still working"), 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chains_and_callbacks_carry_the_result_on() {
+    let s = start("canvas", |w| w).await;
+    // add(2, 2) | mul(10) | add(1), with a callback on the first.
+    let first = s
+        .celery
+        .call_with(
+            &ADD,
+            (2, 2),
+            TaskOptions::new()
+                .chain([
+                    Signature::new("tasks.mul")
+                        .args((10,))
+                        .option("task_id", "mul-id"),
+                    Signature::new("tasks.add")
+                        .args((1,))
+                        .option("task_id", "last-id"),
+                ])
+                .link(
+                    Signature::new("tasks.mul")
+                        .args((3,))
+                        .option("task_id", "callback-id"),
+                ),
+        )
+        .await
+        .expect("send");
+    assert_eq!(
+        s.get(&Sent::<i64>::new("last-id"))
+            .await
+            .expect("the chain's end"),
+        41
+    );
+    assert_eq!(
+        s.get(&Sent::<i64>::new("callback-id"))
+            .await
+            .expect("the callback"),
+        12
+    );
+    assert_eq!(s.get(&first).await.expect("the first"), 4);
+    let meta = s.results.meta("last-id").await.expect("meta");
+    assert_eq!(meta.parent_id.as_deref(), Some("mul-id"));
+    let meta = s.results.meta("mul-id").await.expect("meta");
+    assert_eq!(meta.parent_id.as_deref(), Some(first.id()));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stop_returns_late_acked_tasks_and_not_early_acked_ones() {
+    for late in [true, false] {
+        let s = start(if late { "late" } else { "early" }, |w| {
+            w.acks_late(late)
+                .shutdown_timeout(Duration::from_millis(100))
+        })
+        .await;
+        s.celery
+            .call_with(&SLEEP, (10.0,), TaskOptions::new().time_limit(60.0))
+            .await
+            .expect("send");
+        let handle = s.handle.clone();
+        until("the task started", WAIT, || handle.stats().started == 1).await;
+        let (conn, queue) = (s.conn.clone(), s.queue.clone());
+        s.stop().await;
+        conn.declare_queue(&Queue::new(queue.as_str()))
+            .await
+            .expect("declare");
+        let left = conn.queue_size(&queue).await.expect("size");
+        assert_eq!(
+            left,
+            u64::from(late),
+            "acks_late {late}: {left} left in the queue"
+        );
+    }
+}

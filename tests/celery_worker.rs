@@ -1,0 +1,208 @@
+//! `examples/celery_worker.rs` with Python Celery 5.7, on Redis (results in Redis), RabbitMQ
+//! (`rpc://` results) and SQLite (Celery's `sqla+sqlite://` broker, `db+sqlite://` results):
+//!
+//! - Python's `examples/python/tasks.py` sends, our worker runs, Python's `AsyncResult.get()`
+//!   reads: `add.delay(2, 3)`, keyword arguments, a JSON value echoed, a failure re-raised as
+//!   `ValueError`, a task retrying itself, an expired task (REVOKED), an ETA task (not run
+//!   early), a hard time limit, a protocol 1 message;
+//! - a chain across languages: our worker, then a Python worker, then ours;
+//! - a few hundred tasks, every result back (`scripts/soak` runs 10,000, and the SIGKILL run);
+//! - the worker stops with status 0 on SIGTERM.
+//!
+//! The example binary is the one `cargo test` builds beside this test's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kombu_test_support::{CeleryWorker, brokers, python};
+use serde_json::{Value as Json, json};
+
+const TRANSPORTS: [&str; 3] = ["redis", "amqp", "sqlite"];
+/// Tasks sent through the worker in one run here (the soak script sends 10,000).
+const MANY: usize = 300;
+
+/// The example's binary: `target/<profile>/examples/celery_worker`, beside this test's
+/// `deps/` directory.
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("this test's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile.join("examples").join("celery_worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the examples (cargo test builds them)",
+        bin.display()
+    );
+    bin
+}
+
+struct RustWorker(Child);
+
+impl RustWorker {
+    fn start(broker: &str, backend: &str, queue: &str) -> RustWorker {
+        let child = Command::new(worker_binary())
+            .args(["--broker", broker, "--backend", backend, "--queue", queue])
+            .args([
+                "--concurrency",
+                "4",
+                "--hostname",
+                &format!("rust-{queue}@test"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start examples/celery_worker");
+        RustWorker(child)
+    }
+
+    /// SIGTERM, then its exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RustWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/celery_tasks.py")
+}
+
+/// Runs `celery_tasks.py` with `env`; the JSON it printed.
+fn celery_tasks(python: &Path, env: &[(String, String)], args: &[&str]) -> Json {
+    let out = Command::new(python)
+        .arg(script())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run celery_tasks.py");
+    assert!(
+        out.status.success(),
+        "celery_tasks.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from celery_tasks.py")
+}
+
+/// Our worker's broker and backend URLs, and Python's settings for the same.
+fn settings(
+    transport: &str,
+    url: &str,
+    scratch: &Path,
+    queue: &str,
+) -> (String, String, Vec<(String, String)>) {
+    let (py_broker, options) = brokers::celery_side(transport, url);
+    let (backend, py_backend) = match transport {
+        "redis" => (url.to_owned(), py_broker.clone()),
+        "amqp" => ("rpc://".to_owned(), "rpc://".to_owned()),
+        _ => {
+            let file = scratch.join("results.db");
+            let url = format!("db+sqlite:///{}", file.display());
+            (url.clone(), url)
+        }
+    };
+    let env = vec![
+        ("CELERY_BROKER_URL".to_owned(), py_broker),
+        ("CELERY_RESULT_BACKEND".to_owned(), py_backend),
+        ("CELERY_QUEUE".to_owned(), queue.to_owned()),
+        ("CELERY_TRANSPORT_OPTIONS".to_owned(), options),
+    ];
+    (url.to_owned(), backend, env)
+}
+
+#[test]
+fn python_sends_our_worker_runs() {
+    let Some(python) = python() else { return };
+    for transport in TRANSPORTS {
+        let Some(broker) = brokers::broker(transport, "celery-worker") else {
+            continue;
+        };
+        let scratch = tempdir(transport);
+        let queue = format!("rust-worker-{}", uuid::Uuid::new_v4().simple());
+        let (url, backend, env) = settings(transport, &broker.url, &scratch, &queue);
+        let worker = RustWorker::start(&url, &backend, &queue);
+
+        let out = celery_tasks(&python, &env, &["checks"]);
+        let what = format!("{transport}: {out}");
+        assert_eq!(out["add"], json!(5), "{what}");
+        assert_eq!(out["add_kwargs"], json!(7), "{what}");
+        assert_eq!(out["echo"], json!({"a": [1, 2.5, null, "x"]}), "{what}");
+        assert_eq!(
+            out["fail"],
+            json!(["builtins", "ValueError", ["boom"]]),
+            "{what}"
+        );
+        assert_eq!(out["flaky"], json!(2), "{what}");
+        assert_eq!(
+            out["expired"],
+            json!(["celery.exceptions", "TaskRevokedError", ["expired"]]),
+            "{what}"
+        );
+        assert_eq!(out["eta"], json!(8), "{what}");
+        assert_eq!(out["eta_not_early"], json!(true), "{what}");
+        assert_eq!(out["time_limit"][1], json!("TimeLimitExceeded"), "{what}");
+        assert_eq!(out["protocol1"], json!(11), "{what}");
+
+        // A chain across languages: ours, then a Python worker's, then ours.
+        let py_queue = format!("{queue}-py");
+        let py_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let py_worker = CeleryWorker::start(
+            &python,
+            "celery-worker-chain",
+            include_str!("../examples/python/tasks.py"),
+            &py_queue,
+            &py_env,
+        );
+        let out = celery_tasks(&python, &env, &["chain", &py_queue]);
+        assert_eq!(
+            out,
+            json!({"value": 13, "parent": 9}),
+            "{transport}: the chain"
+        );
+        drop(py_worker);
+
+        let out = celery_tasks(&python, &env, &["many", &MANY.to_string()]);
+        let expected: Vec<usize> = (0..MANY).collect();
+        assert_eq!(out["values"], json!(expected), "{transport}: {MANY} tasks");
+
+        let status = worker.terminate();
+        assert!(
+            status.success(),
+            "{transport}: the worker exited with {status}"
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+}
+
+fn tempdir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "kombu-rs-celery-worker-{label}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
