@@ -6,6 +6,9 @@
 //!   `ValueError`, a task retrying itself, an expired task (REVOKED), an ETA task (not run
 //!   early), a hard time limit, a protocol 1 message;
 //! - a chain across languages: our worker, then a Python worker, then ours;
+//! - chords across languages on Redis and `db+sqlite://` (`rpc://` has none), sent by Python
+//!   and by us, each with its body on either side (on SQL the worker of the body's queue runs
+//!   `celery.chord_unlock`);
 //! - a few hundred tasks, every result back (`scripts/soak` runs 10,000, and the SIGKILL run);
 //! - the worker stops with status 0 on SIGTERM.
 //!
@@ -15,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kombu::Connection;
+use kombu::celery::backend::{RedisResultBackend, ResultBackend, SqlResultBackend};
+use kombu::celery::{Celery, Signature};
 use kombu_test_support::{CeleryWorker, brokers, python};
 use serde_json::{Value as Json, json};
 
@@ -183,6 +189,18 @@ fn python_sends_our_worker_runs() {
             json!({"value": 13, "parent": 9}),
             "{transport}: the chain"
         );
+        // Chords across languages (Celery's rpc:// has none): sent by Python, then by us.
+        if transport != "amqp" {
+            let out = celery_tasks(&python, &env, &["chord", &py_queue]);
+            assert_eq!(
+                out,
+                json!({"ours": [2, 4, 6], "theirs": [20, 40]}),
+                "{transport}: Python's chords"
+            );
+            let rt = tokio::runtime::Runtime::new().expect("a runtime");
+            let values = rt.block_on(rust_chord(&url, &backend, &queue, &py_queue));
+            assert_eq!(values, json!([[3, 7], [3, 7]]), "{transport}: our chords");
+        }
         drop(py_worker);
 
         let out = celery_tasks(&python, &env, &["many", &MANY.to_string()]);
@@ -196,6 +214,44 @@ fn python_sends_our_worker_runs() {
         );
         let _ = std::fs::remove_dir_all(&scratch);
     }
+}
+
+/// Two chords sent from Rust, each with one header task on our worker and one on Python's:
+/// the body on Python's, then on ours. Their results.
+async fn rust_chord(url: &str, backend_url: &str, ours: &str, theirs: &str) -> Json {
+    let conn = Connection::open(url).await.expect("open");
+    let backend: Box<dyn ResultBackend> = match backend_url.starts_with("redis") {
+        true => Box::new(
+            RedisResultBackend::connect(backend_url)
+                .await
+                .expect("backend"),
+        ),
+        false => Box::new(SqlResultBackend::open(backend_url).await.expect("backend")),
+    };
+    let celery = Celery::builder(&conn).default_queue(ours).build();
+    let mut values = Vec::new();
+    for body_queue in [theirs, ours] {
+        let header = vec![
+            Signature::new("tasks.add")
+                .args((1, 2))
+                .option("queue", ours),
+            Signature::new("tasks.add")
+                .args((3, 4))
+                .option("queue", theirs),
+        ];
+        let body = Signature::new("tasks.echo").option("queue", body_queue);
+        let sent = celery
+            .chord(header, body, backend.as_ref())
+            .await
+            .expect("send the chord");
+        let value = sent
+            .body
+            .get(backend.as_ref(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("the chord with its body on {body_queue}: {e}"));
+        values.push(value);
+    }
+    Json::Array(values)
 }
 
 fn tempdir(label: &str) -> PathBuf {

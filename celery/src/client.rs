@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
-use crate::backend::ResultBackend;
+use crate::backend::{ChordSupport, ResultBackend};
 use crate::message::{Fields, Signature, When, into_args, task_message};
 use crate::result::{State, TaskError, outcome};
 
@@ -149,6 +149,16 @@ impl GroupSent {
         }
         Ok(values)
     }
+}
+
+/// A chord sent ([`Celery::chord`]): its header, a group, and its body, whose result is the
+/// chord's.
+#[derive(Debug)]
+pub struct ChordSent {
+    /// The header tasks, sent as a group.
+    pub header: GroupSent,
+    /// The body task (not sent yet: the header's last result sends it).
+    pub body: Sent<Json>,
 }
 
 /// `apply_async`'s options: where a task goes and what its message says. All optional.
@@ -466,28 +476,139 @@ impl Celery {
         let id = uuid::Uuid::new_v4().to_string();
         let mut ids = Vec::with_capacity(members.len());
         for (index, member) in members.into_iter().enumerate() {
-            let mut options =
-                TaskOptions::new().group(id.as_str(), u32::try_from(index).unwrap_or(u32::MAX));
-            if let Some(task_id) = member.options.get("task_id").and_then(Json::as_str) {
-                options = options.task_id(task_id);
-            }
-            if let Some(queue) = member.options.get("queue").and_then(Json::as_str) {
-                options = options.queue(queue);
-            }
-            if let Some(priority) = member
-                .options
-                .get("priority")
-                .and_then(Json::as_u64)
-                .and_then(|p| u8::try_from(p).ok())
-            {
-                options = options.priority(priority);
-            }
-            let sent = self
-                .send_task(&member.task, member.args, member.kwargs, options)
-                .await?;
-            ids.push(sent);
+            ids.push(self.send_member(member, &id, index, None).await?);
         }
         Ok(GroupSent { id, members: ids })
+    }
+
+    /// Celery's `chord(header)(body)`: runs the `header` tasks as a group, then `body` with
+    /// the list of their results (in header order) before its own arguments. As Celery writes
+    /// it: each header task carries the body (`chord` in its embed) and the group id; with a
+    /// backend that joins chords (Redis) the header's size is stored before its last task is
+    /// sent, and the worker storing the last result sends the body; with the others (SQL,
+    /// memory) a `celery.chord_unlock` task is sent to the body's queue, which polls the
+    /// header's results. `backend` must be the workers' result backend; `rpc://` has no
+    /// chords ([`ErrorKind::Unsupported`]). An empty header sends the body at once with `[]`.
+    pub async fn chord(
+        &self,
+        header: Vec<Signature>,
+        mut body: Signature,
+        backend: &dyn ResultBackend,
+    ) -> Result<ChordSent> {
+        let support = backend.chord_support();
+        if support == ChordSupport::Unsupported {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{backend:?} has no chords (Celery's rpc:// neither)"),
+            ));
+        }
+        let group_id = uuid::Uuid::new_v4().to_string();
+        let body_id = match body.options.get("task_id").and_then(Json::as_str) {
+            Some(id) => id.to_owned(),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        body.options
+            .insert("task_id".into(), Json::from(body_id.as_str()));
+        body.options
+            .insert("group_id".into(), Json::from(group_id.as_str()));
+        if let Some(reply_to) = &self.reply_to {
+            body.options
+                .entry("reply_to")
+                .or_insert_with(|| Json::from(reply_to.as_str()));
+        }
+        if header.is_empty() {
+            let mut options = TaskOptions::new().task_id(body_id.as_str());
+            options.fields.group_id = Some(group_id.clone());
+            let mut args = vec![Json::Array(Vec::new())];
+            args.extend(body.args.iter().cloned());
+            self.send_task(&body.task, args, body.kwargs.clone(), options)
+                .await?;
+            return Ok(ChordSent {
+                header: GroupSent {
+                    id: group_id,
+                    members: Vec::new(),
+                },
+                body: Sent::new(body_id),
+            });
+        }
+        let size = header.len();
+        let mut ids = Vec::with_capacity(size);
+        for (index, member) in header.into_iter().enumerate() {
+            if support == ChordSupport::Join && index + 1 == size {
+                backend.set_chord_size(&group_id, size).await?;
+            }
+            ids.push(
+                self.send_member(member, &group_id, index, Some(&body))
+                    .await?,
+            );
+        }
+        if support == ChordSupport::Unlock {
+            let results: Vec<Json> = ids
+                .iter()
+                .map(|id| {
+                    Json::Array(vec![
+                        Json::Array(vec![Json::from(id.as_str()), Json::Null]),
+                        Json::Null,
+                    ])
+                })
+                .collect();
+            let mut kwargs = Map::new();
+            kwargs.insert("interval".into(), Json::Null);
+            kwargs.insert("max_retries".into(), Json::Null);
+            kwargs.insert("result".into(), Json::Array(results));
+            let mut options = TaskOptions::new().countdown(Duration::from_secs(1));
+            if let Some(queue) = body.options.get("queue").and_then(Json::as_str) {
+                options = options.queue(queue);
+            } else {
+                options = options.queue(self.queue_of(&body.task));
+            }
+            let body_json = serde_json::to_value(&body).map_err(|e| {
+                Error::new(ErrorKind::Codec, "a chord body that does not serialize").with_source(e)
+            })?;
+            self.send_task(
+                crate::worker::CHORD_UNLOCK,
+                (group_id.as_str(), body_json),
+                kwargs,
+                options,
+            )
+            .await?;
+        }
+        Ok(ChordSent {
+            header: GroupSent {
+                id: group_id,
+                members: ids,
+            },
+            body: Sent::new(body_id),
+        })
+    }
+
+    /// Sends one member of group `group_id` at `index` (a chord's header task with `chord`).
+    async fn send_member(
+        &self,
+        member: Signature,
+        group_id: &str,
+        index: usize,
+        chord: Option<&Signature>,
+    ) -> Result<String> {
+        let mut options =
+            TaskOptions::new().group(group_id, u32::try_from(index).unwrap_or(u32::MAX));
+        options.fields.chord = chord.cloned();
+        if let Some(task_id) = member.options.get("task_id").and_then(Json::as_str) {
+            options = options.task_id(task_id);
+        }
+        if let Some(queue) = member.options.get("queue").and_then(Json::as_str) {
+            options = options.queue(queue);
+        }
+        if let Some(priority) = member
+            .options
+            .get("priority")
+            .and_then(Json::as_u64)
+            .and_then(|p| u8::try_from(p).ok())
+        {
+            options = options.priority(priority);
+        }
+        self.send_task(&member.task, member.args, member.kwargs, options)
+            .await
     }
 
     /// Celery's `send_task(name, args, kwargs, **options)`: writes the protocol 2 message and

@@ -38,7 +38,9 @@ mod request;
 mod result;
 pub mod worker;
 
-pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, GroupSent, Sent, Task, TaskOptions};
+pub use client::{
+    Celery, CeleryBuilder, ChordSent, DEFAULT_QUEUE, GroupSent, Sent, Task, TaskOptions,
+};
 pub use message::{Signature, When};
 pub use request::TaskRequest;
 pub use result::{ResultMeta, State, TaskError, TaskFailure};

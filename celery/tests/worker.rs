@@ -22,6 +22,8 @@ const STUBBORN: Task<(), ()> = Task::new("tasks.stubborn");
 const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
 const SOFT: Task<(), String> = Task::new("tasks.soft");
 const PANIC: Task<(), ()> = Task::new("tasks.panic");
+const ECHO: Task<(serde_json::Value,), serde_json::Value> = Task::new("tasks.echo");
+const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -68,6 +70,10 @@ fn tasks(worker: WorkerBuilder) -> WorkerBuilder {
                 }
             },
         )
+        .task(ECHO, |(value,), _: TaskContext| async move { Ok(value) })
+        .task(FAIL, |(message,), _: TaskContext| async move {
+            Err(TaskFailure::value_error(message).into())
+        })
         .task(PANIC, |(), _: TaskContext| async move {
             panic!("the task went wrong");
         })
@@ -364,4 +370,37 @@ async fn a_stop_returns_late_acked_tasks_and_not_early_acked_ones() {
             "acks_late {late}: {left} left in the queue"
         );
     }
+}
+
+#[tokio::test]
+async fn chords_run_their_body_with_the_header_results() {
+    let s = start("chord", |w| w).await;
+    // The memory backend does not join chords: the worker runs celery.chord_unlock.
+    let header = (1..=3)
+        .map(|i| Signature::new("tasks.add").args((i, i)))
+        .collect();
+    let chord = s
+        .celery
+        .chord(header, Signature::new("tasks.echo"), s.results.as_ref())
+        .await
+        .expect("send the chord");
+    assert_eq!(
+        s.get(&chord.body).await.expect("the body's result"),
+        json!([2, 4, 6])
+    );
+    assert_eq!(chord.header.members().len(), 3);
+    // A header task that fails fails the chord.
+    let header = vec![
+        Signature::new("tasks.add").args((1, 1)),
+        Signature::new("tasks.fail").args(("no",)),
+    ];
+    let chord = s
+        .celery
+        .chord(header, Signature::new("tasks.echo"), s.results.as_ref())
+        .await
+        .expect("send the chord");
+    let f = failure(s.get(&chord.body).await);
+    assert_eq!(f.exc_type, "ChordError");
+    assert!(format!("{f}").contains("ValueError"), "{f}");
+    s.stop().await;
 }

@@ -4,6 +4,7 @@ AsyncResult.get() gave back.
 
     celery_tasks.py checks            every check below, one JSON object out
     celery_tasks.py chain PY_QUEUE    a chain across languages: Rust, then Python, then Rust
+    celery_tasks.py chord PY_QUEUE    chords whose headers run on both workers
     celery_tasks.py many N            N tasks.echo(i), then their results
 
 Its app is examples/python/tasks.py, configured from CELERY_BROKER_URL, CELERY_RESULT_BACKEND,
@@ -18,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
 
-from celery import chain  # noqa: E402
+from celery import chain, chord  # noqa: E402
 
 import tasks  # noqa: E402
 
@@ -70,6 +71,25 @@ def cross_chain(py_queue):
     return {"value": value, "parent": result.parent.get(timeout=WAIT)}
 
 
+def cross_chord(py_queue):
+    rust = tasks.app.conf.task_default_queue
+    # The body on our worker's queue (on SQL, our worker runs celery.chord_unlock too).
+    ours = chord(
+        [
+            tasks.add.s(1, 1).set(queue=rust),
+            tasks.add.s(2, 2).set(queue=py_queue),
+            tasks.add.s(3, 3).set(queue=rust),
+        ],
+        tasks.echo.s().set(queue=rust),
+    ).apply_async()
+    # The body on Python's.
+    theirs = chord(
+        [tasks.add.s(10, 10).set(queue=py_queue), tasks.add.s(20, 20).set(queue=rust)],
+        tasks.echo.s().set(queue=py_queue),
+    ).apply_async()
+    return {"ours": ours.get(timeout=WAIT), "theirs": theirs.get(timeout=WAIT)}
+
+
 def many(n):
     started = time.monotonic()
     results = [tasks.echo.delay(i) for i in range(n)]
@@ -83,6 +103,8 @@ def main():
         out = checks()
     elif command == "chain":
         out = cross_chain(sys.argv[2])
+    elif command == "chord":
+        out = cross_chord(sys.argv[2])
     elif command == "many":
         out = many(int(sys.argv[2]))
     else:

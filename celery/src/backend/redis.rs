@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kombu_core::{BrokerUrl, Error, ErrorKind, Result};
 use serde_json::Value as Json;
 
-use super::{DEFAULT_RESULT_EXPIRES, ResultBackend};
+use super::{ChordReady, ChordSupport, DEFAULT_RESULT_EXPIRES, ResultBackend};
 use crate::result::{ResultMeta, State};
 
 /// Celery's `redis://` result backend. URL options: `global_keyprefix` (as Celery's
@@ -89,6 +89,11 @@ impl RedisResultBackend {
         format!("{}celery-task-meta-{task_id}", self.prefix)
     }
 
+    /// The key of group `group_id`'s data, with `suffix` (Celery's `get_key_for_group`).
+    fn group_key(&self, group_id: &str, suffix: &str) -> String {
+        format!("{}celery-taskset-meta-{group_id}{suffix}", self.prefix)
+    }
+
     fn parse(&self, task_id: &str, raw: &[u8]) -> Result<ResultMeta> {
         let doc: Json = kombu_serializers::from_python_json(raw).map_err(|e| {
             Error::new(
@@ -141,6 +146,114 @@ impl ResultBackend for RedisResultBackend {
             .map_err(|e| backend_error(&self.label, "SETEX and PUBLISH", e))
     }
 
+    fn chord_support(&self) -> ChordSupport {
+        ChordSupport::Join
+    }
+
+    async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("DEL").arg(self.group_key(group_id, ".c")).ignore();
+        let skey = self.group_key(group_id, ".s");
+        match self.expires {
+            Some(ttl) => pipe
+                .cmd("SET")
+                .arg(&skey)
+                .arg(size)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1)),
+            None => pipe.cmd("SET").arg(&skey).arg(size),
+        };
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| backend_error(&self.label, "setting a chord's size", e))
+    }
+
+    async fn chord_part_return(
+        &self,
+        group_id: &str,
+        group_index: Option<u32>,
+        meta: &ResultMeta,
+    ) -> Result<Option<ChordReady>> {
+        let encoded = kombu_serializers::to_python_json(&serde_json::json!([
+            1,
+            meta.task_id,
+            meta.state.as_str(),
+            meta.result
+        ]))
+        .map_err(|e| {
+            Error::new(ErrorKind::Codec, "a chord part that is not JSON").with_source(e)
+        })?;
+        let claim = uuid::Uuid::new_v4().simple().to_string();
+        let expires = self.expires.map_or(0, |d| d.as_secs().max(1));
+        let score = group_index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
+        let mut conn = self.conn.clone();
+        let (ready, claimed): (i64, i64) = redis::Script::new(CHORD_PART_RETURN)
+            .key(self.group_key(group_id, ".j"))
+            .key(self.group_key(group_id, ".t"))
+            .key(self.group_key(group_id, ".s"))
+            .key(self.group_key(group_id, ".d"))
+            .key(self.group_key(group_id, ""))
+            .key(self.group_key(group_id, ".c"))
+            .arg(&meta.task_id)
+            .arg(encoded)
+            .arg(score)
+            .arg(expires)
+            .arg(CHORD_CLAIM_SECONDS)
+            .arg(&claim)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| backend_error(&self.label, "counting a chord part", e))?;
+        if ready < 0 || claimed == 0 {
+            return Ok(None);
+        }
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(self.group_key(group_id, ".j"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| backend_error(&self.label, "reading a chord's results", e))?;
+        let mut parts = Vec::with_capacity(members.len());
+        for raw in members {
+            let part: Json = kombu_serializers::from_python_json(&raw).map_err(|e| {
+                Error::new(
+                    ErrorKind::Codec,
+                    format!("chord {group_id}: a part that is not JSON"),
+                )
+                .with_source(e)
+            })?;
+            let text = |i: usize| part.get(i).and_then(Json::as_str).unwrap_or("").to_owned();
+            let mut meta = ResultMeta::pending(text(1));
+            meta.state = State::parse(&text(2));
+            meta.result = part.get(3).cloned().unwrap_or(Json::Null);
+            parts.push(meta);
+        }
+        Ok(Some(ChordReady {
+            group_id: group_id.to_owned(),
+            parts,
+            claim,
+        }))
+    }
+
+    async fn chord_done(&self, ready: &ChordReady) -> Result<()> {
+        let gid = ready.group_id.as_str();
+        let mut conn = self.conn.clone();
+        redis::Script::new(CHORD_CLEANUP)
+            .key(self.group_key(gid, ".c"))
+            .key(self.group_key(gid, ".j"))
+            .key(self.group_key(gid, ".t"))
+            .key(self.group_key(gid, ".s"))
+            .key(self.group_key(gid, ".d"))
+            .arg(&ready.claim)
+            .arg(CHORD_DONE_SECONDS)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| backend_error(&self.label, "clearing a chord", e))
+    }
+
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
         let key = self.key(task_id);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -176,6 +289,58 @@ impl ResultBackend for RedisResultBackend {
         }
     }
 }
+
+/// How long the worker that completed a chord holds its claim to send the body (Celery's:
+/// twice `result_chord_join_timeout`, 3 s by default).
+const CHORD_CLAIM_SECONDS: u64 = 6;
+/// How long a finished chord stays marked done, so late copies of its header tasks do not
+/// start it again (Celery's: at least 300 s).
+const CHORD_DONE_SECONDS: u64 = 300;
+
+/// One header task's result into its chord, in Celery 5.7's layout (`celery/backends/redis.py`):
+/// the results in the sorted set `.j` scored by group index, the parts seen in the set `.d`
+/// (a part stored twice counts once), the header's size in `.s` and its growth in `.t`, the
+/// claim to send the body in `.c` (`done` once sent). Returns the parts in and whether this
+/// call claimed the chord; `-1` once the chord is done.
+const CHORD_PART_RETURN: &str = r"
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local tid, value, score = ARGV[1], ARGV[2], ARGV[3]
+local expires, claim_seconds, claim = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if redis.call('GET', ckey) == 'done' then
+  return {-1, 0}
+end
+local member = tid .. ':' .. score
+if redis.call('SISMEMBER', dkey, member) == 0 then
+  redis.call('ZADD', jkey, score, value)
+  redis.call('SADD', dkey, member)
+end
+local ready = redis.call('ZCOUNT', jkey, '-inf', '+inf')
+if expires > 0 then
+  for _, key in ipairs({jkey, tkey, skey, dkey}) do
+    redis.call('EXPIRE', key, expires)
+  end
+  redis.call('EXPIRE', gkey, expires)
+end
+local size = redis.call('GET', skey)
+local grown = redis.call('GET', tkey)
+local claimed = 0
+if size and ready == tonumber(size) + tonumber(grown or 0) then
+  if redis.call('SET', ckey, claim, 'NX', 'EX', claim_seconds) then
+    claimed = 1
+  end
+end
+return {ready, claimed}
+";
+
+/// Clears a chord whose body was sent by the claim's holder, and marks it done.
+const CHORD_CLEANUP: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+";
 
 #[cfg(test)]
 mod tests {

@@ -155,6 +155,10 @@ impl ResultBackend for RpcResultBackend {
         ))
     }
 
+    fn chord_support(&self) -> super::ChordSupport {
+        super::ChordSupport::Unsupported
+    }
+
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

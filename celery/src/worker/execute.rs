@@ -43,6 +43,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
         meta.group_id = request.group.clone();
         meta.parent_id = request.parent_id.clone();
         store(&shared, &delivery_reply(&delivery), &meta).await;
+        super::chord::part_return(&shared, &request, &meta, delivery.properties().priority).await;
         tracing::info!(task = %request.task, id = %request.id, "expired: revoked");
         counters.revoked.fetch_add(1, Ordering::Relaxed);
         settle(delivery, true).await;
@@ -219,12 +220,13 @@ async fn succeeded(
         .counters
         .succeeded
         .fetch_add(1, Ordering::Relaxed);
+    let mut meta = ResultMeta::success(request.id.as_str(), value.clone());
+    meta.group_id = request.group.clone();
+    meta.parent_id = request.parent_id.clone();
     if !ignore {
-        let mut meta = ResultMeta::success(request.id.as_str(), value.clone());
-        meta.group_id = request.group.clone();
-        meta.parent_id = request.parent_id.clone();
         store(shared, reply, &meta).await;
     }
+    super::chord::part_return(shared, request, &meta, priority).await;
     for callback in &request.callbacks {
         send(
             shared,
@@ -259,6 +261,7 @@ async fn failed(
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
     store(shared, reply, &meta).await;
+    super::chord::part_return(shared, request, &meta, priority).await;
     for errback in &request.errbacks {
         let id = Json::String(request.id.clone());
         send(shared, errback, Some(id), request, Vec::new(), priority).await;

@@ -29,7 +29,9 @@
 //!   for `rpc://` ([`WorkerBuilder::rpc_results`]).
 //! - **Canvas**: after a success the message's `link` callbacks and the next task of its
 //!   `chain` are sent with the result (parent and root ids set); after a failure its
-//!   `link_error` errbacks with the task id.
+//!   `link_error` errbacks with the task id. Chords: a header task's result is counted in a
+//!   backend that joins chords (Redis, in Celery's layout) and the last one in sends the body;
+//!   with the others (SQL, memory) the worker runs Celery's [`CHORD_UNLOCK`] task.
 //! - **Stop**: [`WorkerHandle::stop`] or SIGINT / SIGTERM ([`Worker::run_until_signal`]):
 //!   nothing new starts, tasks waiting go back to their queues, running ones get the
 //!   shutdown timeout.
@@ -60,6 +62,7 @@
 //! # Ok(()) }
 //! ```
 
+mod chord;
 mod execute;
 mod rate;
 mod task;
@@ -82,6 +85,7 @@ use crate::backend::ResultBackend;
 use crate::client::{Celery, DEFAULT_QUEUE, Task};
 use crate::request::TaskRequest;
 
+pub use chord::CHORD_UNLOCK;
 pub use rate::RateLimit;
 pub use task::{
     DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY, Retry, TaskContext, TaskFail, TaskSettings,
@@ -372,7 +376,7 @@ pub(crate) struct Shared {
     pub(crate) conn: Connection,
     pub(crate) tasks: HashMap<String, Registered>,
     pub(crate) results: Results,
-    pub(crate) client: Celery,
+    pub(crate) client: Arc<Celery>,
     pub(crate) producer: kombu_core::Producer,
     pub(crate) acks_late: bool,
     pub(crate) hostname: Arc<str>,
@@ -450,13 +454,30 @@ impl Worker {
                     "starting the Celery worker's consumer of {queues:?}"
                 ))
             })?;
-        let shared = Arc::new(Shared {
-            client: Celery::builder(&conn)
+        let client = Arc::new(
+            Celery::builder(&conn)
                 .default_queue(queues[0].as_str())
                 .origin(hostname.to_string())
                 .build(),
+        );
+        let mut tasks = builder.tasks;
+        if let Results::Backend(backend) = &builder.results {
+            // Celery's builtin, for chords on backends that do not join them (SQL).
+            tasks
+                .entry(CHORD_UNLOCK.to_owned())
+                .or_insert_with(|| Registered {
+                    handler: Box::new(chord::ChordUnlock {
+                        backend: backend.clone(),
+                        client: client.clone(),
+                    }),
+                    settings: TaskSettings::new().max_retries(None).ignore_result(true),
+                    bucket: None,
+                });
+        }
+        let shared = Arc::new(Shared {
+            client,
             producer: conn.producer(),
-            tasks: builder.tasks,
+            tasks,
             results: builder.results,
             acks_late: builder.acks_late,
             permits: Semaphore::new(builder.concurrency),
