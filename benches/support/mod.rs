@@ -95,7 +95,7 @@ pub fn python_baseline_with(name: &str, n: u64, extra: &[&str]) -> Option<(f64, 
 }
 
 /// The venv's Python: `$KOMBU_PYTHON`, else `~/.cache/kombu-rs/venv/bin/python` if it exists.
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     std::env::var_os("KOMBU_PYTHON")
         .map(PathBuf::from)
         .or_else(|| {
