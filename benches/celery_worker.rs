@@ -92,13 +92,11 @@ async fn rate_of(base: &str, prefix: &str, ids: &[String], patience: Duration) -
         .filter_map(|doc| {
             let doc: serde_json::Value = serde_json::from_str(doc).ok()?;
             let done = doc["date_done"].as_str()?;
-            DateTime::parse_from_rfc3339(done)
-                .ok()
-                .or_else(|| {
-                    chrono::NaiveDateTime::parse_from_str(done, "%Y-%m-%dT%H:%M:%S%.f")
-                        .ok()
-                        .map(|t| t.and_utc().fixed_offset())
-                })
+            DateTime::parse_from_rfc3339(done).ok().or_else(|| {
+                chrono::NaiveDateTime::parse_from_str(done, "%Y-%m-%dT%H:%M:%S%.f")
+                    .ok()
+                    .map(|t| t.and_utc().fixed_offset())
+            })
         })
         .collect();
     let first = times.iter().min()?;
@@ -159,8 +157,16 @@ async fn python(n: u64) -> Option<f64> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python");
     let options = serde_json::json!({ "global_keyprefix": prefix }).to_string();
     let mut child = Command::new(python)
-        .args(["-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-c", "2"])
-        .args(["-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat"])
+        .args([
+            "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-c", "2",
+        ])
+        .args([
+            "-Q",
+            QUEUE,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ])
         .args(["--loglevel", "WARNING"])
         .current_dir(&dir)
         .env("CELERY_BROKER_URL", &base)
@@ -206,7 +212,10 @@ fn main() {
             );
         }
         true => {
-            println!("| kombu-celery, concurrency 2 | {} | |", support::grouped(ours));
+            println!(
+                "| kombu-celery, concurrency 2 | {} | |",
+                support::grouped(ours)
+            );
             println!("| Celery 5.7 worker, prefork -c 2 | (no Python) | |");
         }
     }

@@ -176,7 +176,10 @@ async fn round(transport: &str, url: &str, tasks: u64, kill: bool) {
         .map(|(&n, _)| n)
         .collect();
     assert_eq!(counts.len() as u64, tasks, "{what}: a task was lost");
-    assert!(counts.keys().all(|&n| n < tasks), "{what}: a number never sent");
+    assert!(
+        counts.keys().all(|&n| n < tasks),
+        "{what}: a number never sent"
+    );
     match kill {
         false => assert!(twice.is_empty(), "{what}: ran twice: {twice:?}"),
         true => assert!(
@@ -185,7 +188,11 @@ async fn round(transport: &str, url: &str, tasks: u64, kill: bool) {
             twice.len()
         ),
     }
-    assert_eq!(conn.queue_size(&queue).await.expect("size"), 0, "{what}: left over");
+    assert_eq!(
+        conn.queue_size(&queue).await.expect("size"),
+        0,
+        "{what}: left over"
+    );
     println!(
         "celery_kill {what}: {tasks} tasks, {} ran twice{}, {:.1} s",
         twice.len(),

@@ -23,9 +23,9 @@
 //! - [`worker::Worker`] runs Celery tasks in Rust: typed async functions registered by task
 //!   name, on the queues Python workers use, with Celery's acks, eta, expiry, time limits,
 //!   retries, rate limits, results and chains.
-//!
-//! Not yet here (the issue "Celery from Rust" goes on): chords (with the chord counters of the
-//! Redis backend).
+//! - Canvas: chains and callbacks in the embed, groups ([`Celery::group`]) and chords
+//!   ([`Celery::chord`]: joined in the Redis backend in Celery's layout, else through Celery's
+//!   `celery.chord_unlock`, which the worker runs).
 //!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.
