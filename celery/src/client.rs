@@ -141,7 +141,10 @@ impl GroupSent {
         backend: &dyn ResultBackend,
         timeout: Duration,
     ) -> std::result::Result<Vec<Output>, TaskError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         let mut values = Vec::with_capacity(self.members.len());
         for id in &self.members {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -692,6 +695,43 @@ impl Celery {
         chain: Vec<Signature>,
         priority: Option<u8>,
     ) -> Result<String> {
+        let mut chain = chain;
+        let unrolled;
+        let sig = match sig.subtask_type.as_deref() {
+            None => sig,
+            // Celery's chain signature (`celery.chain`, its tasks first to last in
+            // `kwargs.tasks`): its first task, the others before the rest of `chain`.
+            Some("chain") => {
+                let mut tasks: Vec<Signature> = match sig.kwargs.get("tasks") {
+                    Some(Json::Array(items)) => items
+                        .iter()
+                        .map(|t| serde_json::from_value(t.clone()))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|e| {
+                            Error::new(ErrorKind::Codec, "a chain whose tasks do not parse")
+                                .with_source(e)
+                        })?,
+                    _ => Vec::new(),
+                };
+                if tasks.is_empty() {
+                    return Err(Error::new(ErrorKind::Codec, "a chain without tasks"));
+                }
+                unrolled = tasks.remove(0);
+                chain.extend(tasks.into_iter().rev());
+                &unrolled
+            }
+            Some(_) => sig,
+        };
+        if let Some(kind) = &sig.subtask_type {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "a {kind} ({}) as a callback, chain step or chord body is not sent by \
+                     kombu-celery yet",
+                    sig.task
+                ),
+            ));
+        }
         let mut args = Vec::with_capacity(sig.args.len() + 1);
         if let Some(first) = first.filter(|_| !sig.immutable) {
             args.push(first);

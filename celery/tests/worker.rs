@@ -341,6 +341,31 @@ async fn chains_and_callbacks_carry_the_result_on() {
     assert_eq!(meta.parent_id.as_deref(), Some("mul-id"));
     let meta = s.results.meta("mul-id").await.expect("meta");
     assert_eq!(meta.parent_id.as_deref(), Some(first.id()));
+
+    // A callback that is itself a chain (Celery's `celery.chain` signature) runs in order.
+    let mut nested = Signature::new("celery.chain");
+    nested.subtask_type = Some("chain".into());
+    nested.kwargs.insert(
+        "tasks".into(),
+        json!([
+            Signature::new("tasks.mul")
+                .args((2,))
+                .option("task_id", "nested-1"),
+            Signature::new("tasks.add")
+                .args((1,))
+                .option("task_id", "nested-2"),
+        ]),
+    );
+    s.celery
+        .call_with(&ADD, (2, 2), TaskOptions::new().link(nested))
+        .await
+        .expect("send");
+    assert_eq!(
+        s.get(&Sent::<i64>::new("nested-2"))
+            .await
+            .expect("the nested chain"),
+        9
+    );
     s.stop().await;
 }
 
@@ -352,10 +377,12 @@ async fn a_stop_returns_late_acked_tasks_and_not_early_acked_ones() {
                 .shutdown_timeout(Duration::from_millis(100))
         })
         .await;
-        s.celery
+        let sent = s
+            .celery
             .call_with(&SLEEP, (10.0,), TaskOptions::new().time_limit(60.0))
             .await
             .expect("send");
+        let results = s.results.clone();
         let handle = s.handle.clone();
         until("the task started", WAIT, || handle.stats().started == 1).await;
         let (conn, queue) = (s.conn.clone(), s.queue.clone());
@@ -369,6 +396,16 @@ async fn a_stop_returns_late_acked_tasks_and_not_early_acked_ones() {
             u64::from(late),
             "acks_late {late}: {left} left in the queue"
         );
+        // Acked early and stopped at the shutdown timeout: its result says so.
+        let meta = results.meta(sent.id()).await.expect("meta");
+        match late {
+            true => assert_eq!(meta.state, State::Pending),
+            false => {
+                assert_eq!(meta.state, State::Failure);
+                let f = meta.failure_of().expect("the failure");
+                assert_eq!(f.exc_type, "WorkerLostError");
+            }
+        }
     }
 }
 

@@ -55,7 +55,11 @@ impl ResultBackend for MemoryResultBackend {
     }
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A wait without a bound (`Duration::MAX`) is a year.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         loop {
             let stored = self.stored.notified();
             tokio::pin!(stored);

@@ -83,28 +83,12 @@ async fn complete(
         let cause = bad
             .failure_of()
             .map_or_else(|| bad.state.to_string(), |f| f.to_string());
-        let failure = TaskFailure::new(
-            "celery.exceptions",
-            "ChordError",
-            format!("Dependency {} raised {cause}", bad.task_id),
-        );
-        let Some(body_id) = body.options.get("task_id").and_then(Json::as_str) else {
-            tracing::error!(chord_body = %body.task, "a chord failed, and its body has no id to store it under");
-            return;
-        };
-        let mut meta = ResultMeta::failure(body_id, State::Failure, &failure);
-        meta.group_id = body
-            .options
-            .get("group_id")
-            .and_then(Json::as_str)
-            .map(str::to_owned);
-        if let Err(error) = backend.store(&meta).await {
-            tracing::error!(error = %format_args!("{error:#}"), "storing a chord's failure failed");
-        }
+        let reason = format!("Dependency {} raised {cause}", bad.task_id);
+        chord_error(backend, body, reason).await;
         return;
     }
     let values = parts.iter().map(|p| p.result.clone()).collect();
-    if let Err(error) = client
+    let sent = client
         .send_signature(
             body,
             Some(Json::Array(values)),
@@ -112,13 +96,33 @@ async fn complete(
             Vec::new(),
             priority,
         )
-        .await
-    {
+        .await;
+    if let Err(error) = sent {
         tracing::error!(
             error = %format_args!("{error:#}"),
             chord_body = %body.task,
             "sending a chord's body failed"
         );
+        // As Celery: the chord's result is the error, not a PENDING that never ends.
+        chord_error(backend, body, format!("Callback error: {error:#}")).await;
+    }
+}
+
+/// Stores `ChordError(reason)` as the result of the chord's body.
+async fn chord_error(backend: &dyn ResultBackend, body: &Signature, reason: String) {
+    let failure = TaskFailure::new("celery.exceptions", "ChordError", reason);
+    let Some(body_id) = body.options.get("task_id").and_then(Json::as_str) else {
+        tracing::error!(chord_body = %body.task, "a chord failed, and its body has no id to store it under");
+        return;
+    };
+    let mut meta = ResultMeta::failure(body_id, State::Failure, &failure);
+    meta.group_id = body
+        .options
+        .get("group_id")
+        .and_then(Json::as_str)
+        .map(str::to_owned);
+    if let Err(error) = backend.store(&meta).await {
+        tracing::error!(error = %format_args!("{error:#}"), "storing a chord's failure failed");
     }
 }
 
@@ -162,10 +166,23 @@ impl Handler for ChordUnlock {
         let ids: Vec<String> = match kwargs.get("result") {
             Some(Json::Array(items)) => items
                 .iter()
-                .filter_map(|r| r.pointer("/0/0").and_then(Json::as_str))
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
+                .map(|r| {
+                    r.pointer("/0/0")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned)
+                        .ok_or_else(|| {
+                            // A nested group's tuple: not a task this unlock can wait for.
+                            TaskFailure::type_error(format!(
+                                "celery.chord_unlock: a header result of another shape: {r}"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(TaskFailure::type_error(
+                    "celery.chord_unlock: no header results (result=[...])",
+                ));
+            }
         };
         let backend = self.backend.clone();
         let client = self.client.clone();

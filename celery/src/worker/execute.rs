@@ -38,14 +38,14 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
     };
     let counters = &shared.control.counters;
     if request.expired() {
-        let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", "expired");
-        let mut meta = ResultMeta::failure(request.id.as_str(), State::Revoked, &failure);
-        meta.group_id = request.group.clone();
-        meta.parent_id = request.parent_id.clone();
-        store(&shared, &delivery_reply(&delivery), &meta).await;
-        super::chord::part_return(&shared, &request, &meta, delivery.properties().priority).await;
-        tracing::info!(task = %request.task, id = %request.id, "expired: revoked");
-        counters.revoked.fetch_add(1, Ordering::Relaxed);
+        let reply = delivery_reply(&delivery);
+        let ignore = task.settings.ignore_result;
+        let call = Call {
+            request: Arc::new(request),
+            message: delivery.message().clone(),
+            queue: delivery.queue().to_owned(),
+        };
+        revoke(&shared, &call, &reply, ignore, None).await;
         settle(delivery, true).await;
         return;
     }
@@ -80,25 +80,44 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
             return;
         }
     }
-    let permit = tokio::select! {
-        permit = shared.permits.acquire() => permit,
-        () = stopped(shared.stop.clone()) => {
-            settle(delivery, false).await;
-            return;
+    // Waiting for a slot keeps the lease alive, so no other worker is given the message.
+    let waiting = async {
+        tokio::select! {
+            permit = shared.permits.acquire() => permit.ok(),
+            () = stopped(shared.stop.clone()) => None,
         }
     };
-    let Ok(_permit) = permit else {
+    let permit = match shared.leases {
+        true => keep_lease(&delivery, waiting).await,
+        false => waiting.await,
+    };
+    let Some(_permit) = permit else {
         settle(delivery, false).await;
         return;
     };
     let reply = delivery_reply(&delivery);
-    let priority = delivery.properties().priority;
+    // Celery's `task_inherit_parent_priority` is off by default: what a task sends has the
+    // priority its signature gives.
+    let priority = None;
     let call = Call {
         request: Arc::new(request),
         message: delivery.message().clone(),
         queue: delivery.queue().to_owned(),
     };
-    let acks_late = task.settings.acks_late.unwrap_or(shared.acks_late);
+    let request = &call.request;
+    let settings = &task.settings;
+    let ignore = settings.ignore_result
+        || matches!(
+            call.message.headers.get("ignore_result"),
+            Some(Value::Bool(true))
+        );
+    // It may have expired while it waited for its eta, its rate or a slot.
+    if request.expired() {
+        revoke(&shared, &call, &reply, ignore, priority).await;
+        settle(delivery, true).await;
+        return;
+    }
+    let acks_late = settings.acks_late.unwrap_or(shared.acks_late);
     let late = match acks_late {
         true => Some(delivery),
         false => {
@@ -114,9 +133,6 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
         }
     };
     counters.started.fetch_add(1, Ordering::Relaxed);
-    let request = &call.request;
-    let settings = &task.settings;
-    let ignore = settings.ignore_result;
     if settings.track_started && !ignore {
         let mut meta = ResultMeta::pending(request.id.as_str());
         meta.state = State::Started;
@@ -133,18 +149,21 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
     let soft = limit(request.time_limit.1, settings.soft_time_limit);
     let ctx = TaskContext {
         request: request.clone(),
-        soft_deadline: soft.map(|s| tokio::time::Instant::now() + s),
+        soft_deadline: soft.and_then(|s| tokio::time::Instant::now().checked_add(s)),
         hostname: shared.hostname.clone(),
     };
-    let run = async {
-        let started = task
+    // The handler is called inside the guard too: a panic before its future is a failure.
+    let guarded = AssertUnwindSafe(async {
+        match task
             .handler
-            .call(request.args.clone(), request.kwargs.clone(), ctx);
-        let future = match started {
-            Ok(future) => future,
-            Err(failure) => return Err(TaskFail::Failed(failure)),
-        };
-        let guarded = AssertUnwindSafe(future).catch_unwind();
+            .call(request.args.clone(), request.kwargs.clone(), ctx)
+        {
+            Ok(future) => future.await,
+            Err(failure) => Err(TaskFail::Failed(failure)),
+        }
+    })
+    .catch_unwind();
+    let run = async {
         let outcome = match hard {
             Some(limit) => match tokio::time::timeout(limit, guarded).await {
                 Ok(outcome) => outcome,
@@ -172,20 +191,38 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
             )))
         })
     };
-    let outcome = match (&late, shared.leases) {
-        (Some(delivery), true) => keep_lease(delivery, run).await,
-        _ => run.await,
+    let work = async {
+        match (&late, shared.leases) {
+            (Some(delivery), true) => keep_lease(delivery, run).await,
+            _ => run.await,
+        }
     };
-    let ignore = ignore
-        || matches!(
-            request_header(&call.message, "ignore_result"),
-            Some(Value::Bool(true))
-        );
+    // Past the shutdown timeout the worker aborts what still runs.
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = stopped(shared.abort.clone()) => {
+            match late {
+                // Late acks: the message goes back for another worker.
+                Some(delivery) => settle(delivery, false).await,
+                None => {
+                    let lost = TaskFailure::new(
+                        "celery.exceptions",
+                        "WorkerLostError",
+                        "the worker stopped before the task ended (its shutdown timeout)",
+                    );
+                    failed(&shared, &call, &reply, lost, ignore, priority).await;
+                }
+            }
+            return;
+        }
+    };
     match outcome {
         Ok(value) => succeeded(&shared, &call, &reply, value, ignore, priority).await,
-        Err(TaskFail::Failed(failure)) => failed(&shared, &call, &reply, failure, priority).await,
+        Err(TaskFail::Failed(failure)) => {
+            failed(&shared, &call, &reply, failure, ignore, priority).await;
+        }
         Err(TaskFail::Retry(retry)) => {
-            retried(&shared, &call, &reply, retry, settings, priority).await;
+            retried(&shared, &call, &reply, retry, settings, ignore, priority).await;
         }
     }
     if let Some(delivery) = late {
@@ -202,8 +239,29 @@ fn delivery_reply(delivery: &Delivery) -> (String, String) {
     )
 }
 
-fn request_header<'m>(message: &'m Message, key: &str) -> Option<&'m Value> {
-    message.headers.get(key)
+/// An expired task: REVOKED (`TaskRevokedError('expired')`), not run.
+async fn revoke(
+    shared: &Shared,
+    call: &Call,
+    reply: &(String, String),
+    ignore: bool,
+    priority: Option<u8>,
+) {
+    let request = &call.request;
+    let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", "expired");
+    let mut meta = ResultMeta::failure(request.id.as_str(), State::Revoked, &failure);
+    meta.group_id = request.group.clone();
+    meta.parent_id = request.parent_id.clone();
+    if !ignore {
+        store(shared, reply, &meta).await;
+    }
+    super::chord::part_return(shared, request, &meta, priority).await;
+    tracing::info!(task = %request.task, id = %request.id, "expired: revoked");
+    shared
+        .control
+        .counters
+        .revoked
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 async fn succeeded(
@@ -215,20 +273,10 @@ async fn succeeded(
     priority: Option<u8>,
 ) {
     let request = &call.request;
-    shared
-        .control
-        .counters
-        .succeeded
-        .fetch_add(1, Ordering::Relaxed);
-    let mut meta = ResultMeta::success(request.id.as_str(), value.clone());
-    meta.group_id = request.group.clone();
-    meta.parent_id = request.parent_id.clone();
-    if !ignore {
-        store(shared, reply, &meta).await;
-    }
-    super::chord::part_return(shared, request, &meta, priority).await;
+    // As Celery: callbacks and the chain's next task go out before the result is stored; one
+    // that cannot be sent fails the task.
     for callback in &request.callbacks {
-        send(
+        if let Err(error) = send(
             shared,
             callback,
             Some(value.clone()),
@@ -236,11 +284,45 @@ async fn succeeded(
             Vec::new(),
             priority,
         )
-        .await;
+        .await
+        {
+            return failed(shared, call, reply, unsent(&error), ignore, priority).await;
+        }
     }
-    if let Some((next, rest)) = request.chain.split_last() {
-        send(shared, next, Some(value), request, rest.to_vec(), priority).await;
+    if let Some((next, rest)) = request.chain.split_last()
+        && let Err(error) = send(
+            shared,
+            next,
+            Some(value.clone()),
+            request,
+            rest.to_vec(),
+            priority,
+        )
+        .await
+    {
+        return failed(shared, call, reply, unsent(&error), ignore, priority).await;
     }
+    shared
+        .control
+        .counters
+        .succeeded
+        .fetch_add(1, Ordering::Relaxed);
+    let mut meta = ResultMeta::success(request.id.as_str(), value);
+    meta.group_id = request.group.clone();
+    meta.parent_id = request.parent_id.clone();
+    if !ignore {
+        store(shared, reply, &meta).await;
+    }
+    super::chord::part_return(shared, request, &meta, priority).await;
+}
+
+/// The failure of a task whose next task could not be sent.
+fn unsent(error: &kombu_core::Error) -> TaskFailure {
+    TaskFailure::new(
+        "kombu.exceptions",
+        "OperationalError",
+        format!("sending the next task failed: {error:#}"),
+    )
 }
 
 async fn failed(
@@ -248,6 +330,7 @@ async fn failed(
     call: &Call,
     reply: &(String, String),
     failure: TaskFailure,
+    ignore: bool,
     priority: Option<u8>,
 ) {
     let request = &call.request;
@@ -260,11 +343,20 @@ async fn failed(
     let mut meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
-    store(shared, reply, &meta).await;
+    if !ignore {
+        store(shared, reply, &meta).await;
+    }
     super::chord::part_return(shared, request, &meta, priority).await;
     for errback in &request.errbacks {
         let id = Json::String(request.id.clone());
-        send(shared, errback, Some(id), request, Vec::new(), priority).await;
+        if let Err(error) = send(shared, errback, Some(id), request, Vec::new(), priority).await {
+            tracing::error!(
+                error = %format_args!("{error:#}"),
+                errback = %errback.task,
+                id = %request.id,
+                "sending an errback failed"
+            );
+        }
     }
 }
 
@@ -274,6 +366,7 @@ async fn retried(
     reply: &(String, String),
     retry: Retry,
     settings: &super::TaskSettings,
+    ignore: bool,
     priority: Option<u8>,
 ) {
     let request = &call.request;
@@ -292,7 +385,7 @@ async fn retried(
                 ),
             )
         });
-        failed(shared, call, reply, failure, priority).await;
+        failed(shared, call, reply, failure, ignore, priority).await;
         return;
     }
     let countdown = retry.countdown.unwrap_or(settings.retry_delay);
@@ -315,7 +408,9 @@ async fn retried(
             meta.date_done = None;
             meta.group_id = request.group.clone();
             meta.parent_id = request.parent_id.clone();
-            store(shared, reply, &meta).await;
+            if !ignore {
+                store(shared, reply, &meta).await;
+            }
         }
         Err(error) => {
             let failure = TaskFailure::new(
@@ -323,7 +418,7 @@ async fn retried(
                 "OperationalError",
                 format!("the retry could not be sent: {error:#}"),
             );
-            failed(shared, call, reply, failure, priority).await;
+            failed(shared, call, reply, failure, ignore, priority).await;
         }
     }
 }
@@ -462,26 +557,10 @@ async fn send(
     parent: &TaskRequest,
     chain: Vec<crate::Signature>,
     priority: Option<u8>,
-) {
-    if let Some(kind) = &sig.subtask_type {
-        tracing::error!(
-            task = %sig.task,
-            kind = %kind,
-            parent = %parent.id,
-            "a {kind} inside a chain or callback is not run by this worker yet: not sent"
-        );
-        return;
-    }
-    if let Err(error) = shared
+) -> kombu_core::Result<()> {
+    shared
         .client
         .send_signature(sig, first, parent, chain, priority)
         .await
-    {
-        tracing::error!(
-            error = %format_args!("{error:#}"),
-            task = %sig.task,
-            parent = %parent.id,
-            "sending the next task failed"
-        );
-    }
+        .map(|_| ())
 }

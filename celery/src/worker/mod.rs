@@ -101,6 +101,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// due: each worker queue is bound to it with `#.<queue>`, and kombu's native delayed
 /// delivery (`celery_delayed_*`) delivers to it.
 pub const ETA_EXCHANGE: &str = "kombu_rs.celery.eta";
+/// How long tasks stopped at the shutdown timeout get to record how they ended.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+/// How long the worker waits after it could not dead-letter a message (which then comes back).
+const REJECT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A registered task.
 pub(crate) struct Registered {
@@ -124,6 +128,7 @@ pub(crate) enum Results {
 pub struct WorkerBuilder {
     conn: Connection,
     queues: Vec<String>,
+    routes: Vec<(String, String)>,
     tasks: HashMap<String, Registered>,
     results: Results,
     concurrency: usize,
@@ -155,6 +160,16 @@ impl WorkerBuilder {
     /// its queues (durable, a direct exchange and routing key of its name).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queues.push(queue.into());
+        self
+    }
+
+    /// Sends the tasks `pattern` names (an exact name, or a glob with `*`) to `queue` when
+    /// this worker sends them (a chain's next task, a callback, a chord's body) and their
+    /// signature names no queue: Celery's `task_routes`, as [`CeleryBuilder::route`].
+    ///
+    /// [`CeleryBuilder::route`]: crate::CeleryBuilder::route
+    pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
+        self.routes.push((pattern.into(), queue.into()));
         self
     }
 
@@ -248,8 +263,9 @@ impl WorkerBuilder {
     }
 
     /// How long a stopped worker lets its running tasks finish (default
-    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); past it they are dropped (late-acked ones go back to
-    /// their queues).
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); past it they are stopped: late-acked ones go back to
+    /// their queues, early-acked ones fail with `WorkerLostError` (Celery's warm shutdown
+    /// waits without a bound: give a long timeout for long tasks).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -264,10 +280,12 @@ impl WorkerBuilder {
             ));
         }
         let (stop, _) = watch::channel(false);
+        let (abort, _) = watch::channel(false);
         Ok(Worker {
             handle: WorkerHandle {
                 control: Arc::new(Control {
                     stop,
+                    abort,
                     counters: Counters::default(),
                 }),
             },
@@ -299,6 +317,8 @@ pub struct WorkerHandle {
 #[derive(Debug)]
 pub(crate) struct Control {
     pub(crate) stop: watch::Sender<bool>,
+    /// Set past the shutdown timeout: what still runs ends now.
+    pub(crate) abort: watch::Sender<bool>,
     pub(crate) counters: Counters,
 }
 
@@ -382,6 +402,7 @@ pub(crate) struct Shared {
     pub(crate) hostname: Arc<str>,
     pub(crate) permits: Semaphore,
     pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) abort: watch::Receiver<bool>,
     pub(crate) control: Arc<Control>,
     /// The exchange a task goes back to its queue through when due (RabbitMQ:
     /// [`ETA_EXCHANGE`]; the stores: the default exchange, routed at publish time).
@@ -398,6 +419,7 @@ impl Worker {
         WorkerBuilder {
             conn: conn.as_ref().clone(),
             queues: Vec::new(),
+            routes: Vec::new(),
             tasks: HashMap::new(),
             results: Results::None,
             concurrency: std::thread::available_parallelism().map_or(1, usize::from),
@@ -454,12 +476,13 @@ impl Worker {
                     "starting the Celery worker's consumer of {queues:?}"
                 ))
             })?;
-        let client = Arc::new(
-            Celery::builder(&conn)
-                .default_queue(queues[0].as_str())
-                .origin(hostname.to_string())
-                .build(),
-        );
+        let mut client = Celery::builder(&conn)
+            .default_queue(queues[0].as_str())
+            .origin(hostname.to_string());
+        for (pattern, queue) in builder.routes {
+            client = client.route(pattern, queue);
+        }
+        let client = Arc::new(client.build());
         let mut tasks = builder.tasks;
         if let Results::Backend(backend) = &builder.results {
             // Celery's builtin, for chords on backends that do not join them (SQL).
@@ -482,6 +505,7 @@ impl Worker {
             acks_late: builder.acks_late,
             permits: Semaphore::new(builder.concurrency),
             stop: handle.control.stop.subscribe(),
+            abort: handle.control.abort.subscribe(),
             control: handle.control.clone(),
             eta_exchange: if amqp { ETA_EXCHANGE } else { "" },
             can_delay: caps.delayed_delivery,
@@ -498,7 +522,11 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    if let Err(error) = joined {
+                        tracing::error!(%error, "a task's run ended abnormally");
+                    }
+                }
                 item = consumer.next() => match item {
                     None => break,
                     Some(Ok(delivery)) => {
@@ -535,9 +563,17 @@ impl Worker {
         if wound_down.is_err() {
             tracing::warn!(
                 left = running.len(),
-                "tasks still running at the shutdown timeout are dropped"
+                "tasks still running at the shutdown timeout are stopped: early-acked ones \
+                 fail (WorkerLostError), late-acked ones go back to their queues"
             );
-            running.shutdown().await;
+            handle.control.abort.send_replace(true);
+            let settled = tokio::time::timeout(ABORT_GRACE, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if settled.is_err() {
+                running.shutdown().await;
+            }
         }
         let closed = consumer.close().await;
         match failed {
@@ -594,9 +630,13 @@ async fn reject(
                 .rejected
                 .fetch_add(1, Ordering::Relaxed);
         }
-        Err(error) => tracing::error!(
-            error = %format_args!("{error:#}"),
-            "dead-lettering failed: the message stays in its queue"
-        ),
+        Err(error) => {
+            tracing::error!(
+                error = %format_args!("{error:#}"),
+                "dead-lettering failed: the message stays in its queue"
+            );
+            // It comes straight back: no hot loop against a broker that refuses.
+            tokio::time::sleep(REJECT_BACKOFF).await;
+        }
     }
 }

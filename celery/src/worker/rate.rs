@@ -93,7 +93,7 @@ impl Bucket {
             return Duration::ZERO;
         };
         let start = next.map_or(now, |at| at.max(now));
-        *next = Some(start + self.interval);
+        *next = Some(start.checked_add(self.interval).unwrap_or(start));
         start - now
     }
 }
