@@ -366,6 +366,27 @@ async fn chains_and_callbacks_carry_the_result_on() {
             .expect("the nested chain"),
         9
     );
+
+    // A failure fails the rest of its chain.
+    s.celery
+        .send_task(
+            "tasks.fail",
+            ("broken",),
+            (),
+            TaskOptions::new().chain([
+                Signature::new("tasks.mul")
+                    .args((2,))
+                    .option("task_id", "after-1"),
+                Signature::new("tasks.add")
+                    .args((1,))
+                    .option("task_id", "after-2"),
+            ]),
+        )
+        .await
+        .expect("send");
+    let f = failure(s.get(&Sent::<i64>::new("after-2")).await);
+    assert_eq!(f.exc_type, "ValueError");
+    assert_eq!(f.exc_message, vec![json!("broken")]);
     s.stop().await;
 }
 

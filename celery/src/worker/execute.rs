@@ -347,6 +347,20 @@ async fn failed(
         store(shared, reply, &meta).await;
     }
     super::chord::part_return(shared, request, &meta, priority).await;
+    // As Celery's `_fail_chain`: the tasks chained after it fail with it, so whoever waits on
+    // the chain's end gets the error instead of a PENDING that never ends.
+    for next in request.chain.iter().rev() {
+        let Some(id) = next.options.get("task_id").and_then(Json::as_str) else {
+            continue;
+        };
+        let mut meta = ResultMeta::failure(id, State::Failure, &failure);
+        meta.group_id = next
+            .options
+            .get("group_id")
+            .and_then(Json::as_str)
+            .map(str::to_owned);
+        store(shared, &(String::new(), String::new()), &meta).await;
+    }
     for errback in &request.errbacks {
         let id = Json::String(request.id.clone());
         if let Err(error) = send(shared, errback, Some(id), request, Vec::new(), priority).await {
