@@ -2,7 +2,8 @@
 //! celery_send_task.py`) on the same Redis, in the same run: N calls of `tasks.add(i, i)` to
 //! one queue, medians of 3 rounds on each side. Rows: one sender awaiting each call (as
 //! Python's loop), 16 senders at once (as a service's tasks send), and a raw `LPUSH` loop, the
-//! round-trip limit of one awaited call. Target (issue "Celery from Rust"): 10× Celery's rate.
+//! round-trip limit of one awaited call; the one-sender and raw rows again on a current-thread
+//! runtime (no thread hop per call). Target (issue "Celery from Rust"): 10× Celery's rate.
 //!
 //! ```text
 //! cargo bench --bench celery              # 5,000 calls
@@ -106,6 +107,14 @@ fn main() {
     };
     let concurrent = median(&rt, n, || Box::pin(ours(n, 16)));
     let limit = median(&rt, n, || Box::pin(raw(n)));
+    // On a current-thread runtime no call crosses threads (the connection's task and the
+    // caller share one): the lowest round trip, for ours and the raw client alike.
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rust_local = median(&local, n, || Box::pin(ours(n, 1)));
+    let limit_local = median(&local, n, || Box::pin(raw(n)));
     let prefix = format!("bench-celery-py-{}:", uuid::Uuid::new_v4().simple());
     let python = support::python_script(
         "celery_send_task.py",
@@ -131,6 +140,18 @@ fn main() {
     if let Some(l) = limit {
         println!(
             "| raw LPUSH, each awaited (the round-trip limit) | {} | {} |",
+            support::grouped(l),
+            ratio(l)
+        );
+    }
+    if let (Some(r), Some(l)) = (rust_local, limit_local) {
+        println!(
+            "| kombu-celery, one sender, current-thread runtime | {} | {} |",
+            support::grouped(r),
+            ratio(r)
+        );
+        println!(
+            "| raw LPUSH, current-thread runtime | {} | {} |",
             support::grouped(l),
             ratio(l)
         );
