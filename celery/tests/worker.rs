@@ -24,6 +24,7 @@ const SOFT: Task<(), String> = Task::new("tasks.soft");
 const PANIC: Task<(), ()> = Task::new("tasks.panic");
 const ECHO: Task<(serde_json::Value,), serde_json::Value> = Task::new("tasks.echo");
 const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
+const RATED: Task<(), ()> = Task::new("tasks.rated");
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -71,6 +72,11 @@ fn tasks(worker: WorkerBuilder) -> WorkerBuilder {
             },
         )
         .task(ECHO, |(value,), _: TaskContext| async move { Ok(value) })
+        .task_with(
+            RATED,
+            TaskSettings::new().rate_limit("1/m".parse().expect("a rate")),
+            |(), _: TaskContext| async move { Ok(()) },
+        )
         .task(FAIL, |(message,), _: TaskContext| async move {
             Err(TaskFailure::value_error(message).into())
         })
@@ -98,12 +104,14 @@ async fn start(name: &str, configure: impl FnOnce(WorkerBuilder) -> WorkerBuilde
     .expect("open");
     let queue = format!("{name}-tasks");
     let results = Arc::new(MemoryResultBackend::new());
-    let worker = configure(tasks(Worker::builder(&conn)))
-        .queue(queue.as_str())
-        .concurrency(4)
-        .shared_result_backend(results.clone())
-        .build()
-        .expect("the worker");
+    let worker = configure(
+        tasks(Worker::builder(&conn))
+            .queue(queue.as_str())
+            .concurrency(4)
+            .shared_result_backend(results.clone()),
+    )
+    .build()
+    .expect("the worker");
     let handle = worker.handle();
     let running = tokio::spawn(worker.run());
     // The worker declares its queue as it starts; so does the client.
@@ -461,4 +469,25 @@ async fn chords_run_their_body_with_the_header_results() {
     assert_eq!(f.exc_type, "ChordError");
     assert!(format!("{f}").contains("ValueError"), "{f}");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_task_waits_without_its_slot() {
+    // One slot; the second `tasks.rated` must wait a minute for its turn.
+    let s = start("rate", |w| w.concurrency(1)).await;
+    let first = s.celery.call(&RATED, ()).await.expect("send");
+    let second = s.celery.call(&RATED, ()).await.expect("send");
+    s.get(&first).await.expect("the first runs at once");
+    // The slot is free for others meanwhile.
+    let sum = s.celery.call(&ADD, (1, 2)).await.expect("send");
+    assert_eq!(s.get(&sum).await.expect("the sum"), 3);
+    let meta = s.results.meta(second.id()).await.expect("meta");
+    assert_eq!(meta.state, State::Pending, "the second waits for its rate");
+    // Stopped, the waiting one goes back to its queue.
+    let (conn, queue) = (s.conn.clone(), s.queue.clone());
+    s.stop().await;
+    conn.declare_queue(&Queue::new(queue.as_str()))
+        .await
+        .expect("declare");
+    assert_eq!(conn.queue_size(&queue).await.expect("size"), 1);
 }
