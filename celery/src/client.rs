@@ -141,10 +141,7 @@ impl GroupSent {
         backend: &dyn ResultBackend,
         timeout: Duration,
     ) -> std::result::Result<Vec<Output>, TaskError> {
-        let now = tokio::time::Instant::now();
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        let deadline = crate::backend::deadline(timeout);
         let mut values = Vec::with_capacity(self.members.len());
         for id in &self.members {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -396,13 +393,17 @@ impl CeleryBuilder {
 
 /// `gen<pid>@<hostname>`.
 fn default_origin() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("gen{}@{}", std::process::id(), hostname())
+}
+
+/// The machine's host name (`localhost` when it cannot be read).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("gen{}@{host}", std::process::id())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Whether `name` matches the glob `pattern` (`*`: any text).

@@ -55,11 +55,7 @@ impl ResultBackend for MemoryResultBackend {
     }
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
-        let now = tokio::time::Instant::now();
-        // A wait without a bound (`Duration::MAX`) is a year.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        let deadline = super::deadline(timeout);
         loop {
             let stored = self.stored.notified();
             tokio::pin!(stored);

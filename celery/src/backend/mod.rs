@@ -20,6 +20,13 @@ pub use redis::RedisResultBackend;
 pub use rpc::RpcResultBackend;
 pub use sql::SqlResultBackend;
 
+/// `timeout` from now; a wait without a bound (`Duration::MAX`) ends in a year.
+pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+}
+
 /// Celery's `result_expires` default: results live a day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
 

@@ -256,11 +256,7 @@ impl ResultBackend for RedisResultBackend {
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
         let key = self.key(task_id);
-        let now = tokio::time::Instant::now();
-        // A wait without a bound (`Duration::MAX`) is a year.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        let deadline = super::deadline(timeout);
         // Subscribed before the first read: a result stored in between is published after.
         let mut pubsub = self
             .client

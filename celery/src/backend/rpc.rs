@@ -160,11 +160,7 @@ impl ResultBackend for RpcResultBackend {
     }
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
-        let now = tokio::time::Instant::now();
-        // A wait without a bound (`Duration::MAX`) is a year.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        let deadline = super::deadline(timeout);
         loop {
             let arrived = self.replies.arrived.notified();
             tokio::pin!(arrived);

@@ -246,11 +246,7 @@ impl ResultBackend for SqlResultBackend {
     }
 
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
-        let now = tokio::time::Instant::now();
-        // A wait without a bound (`Duration::MAX`) is a year.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        let deadline = super::deadline(timeout);
         let mut pause = Duration::from_millis(20);
         loop {
             let meta = self.meta(task_id).await?;

@@ -382,13 +382,7 @@ impl WorkerHandle {
 
 /// `celery@<host>`.
 fn default_hostname() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("celery@{host}")
+    format!("celery@{}", crate::client::hostname())
 }
 
 /// What every task of a running worker shares.
