@@ -28,13 +28,15 @@
 //!   [`TaskSettings::track_started`]) to a [`ResultBackend`], or to the caller's reply queue
 //!   for `rpc://` ([`WorkerBuilder::rpc_results`]).
 //! - **Canvas**: after a success the message's `link` callbacks and the next task of its
-//!   `chain` are sent with the result (parent and root ids set); after a failure its
-//!   `link_error` errbacks with the task id. Chords: a header task's result is counted in a
+//!   `chain` are sent with the result (parent and root ids set) before the result is stored;
+//!   one that cannot be sent fails the task. After a failure the rest of its chain fails with
+//!   it (Celery's `_fail_chain`) and its `link_error` errbacks are sent with the task id. Chords: a header task's result is counted in a
 //!   backend that joins chords (Redis, in Celery's layout) and the last one in sends the body;
 //!   with the others (SQL, memory) the worker runs Celery's [`CHORD_UNLOCK`] task.
 //! - **Stop**: [`WorkerHandle::stop`] or SIGINT / SIGTERM ([`Worker::run_until_signal`]):
 //!   nothing new starts, tasks waiting go back to their queues, running ones get the
-//!   shutdown timeout.
+//!   shutdown timeout; past it late-acked ones go back too and early-acked ones fail with
+//!   `WorkerLostError`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
