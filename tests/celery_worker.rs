@@ -5,7 +5,8 @@
 //!   reads: `add.delay(2, 3)`, keyword arguments, a JSON value echoed, a failure re-raised as
 //!   `ValueError`, a task retrying itself, an expired task (REVOKED), an ETA task (not run
 //!   early), a hard time limit, a protocol 1 message;
-//! - a chain across languages: our worker, then a Python worker, then ours;
+//! - a chain across languages: our worker, then a Python worker, then ours; a group, and a
+//!   chord followed by another step, as chain steps our worker sends;
 //! - chords across languages on Redis and `db+sqlite://` (`rpc://` has none), sent by Python
 //!   and by us, each with its body on either side (on SQL the worker of the body's queue runs
 //!   `celery.chord_unlock`);
@@ -189,6 +190,25 @@ fn python_sends_our_worker_runs() {
             json!({"value": 13, "parent": 9}),
             "{transport}: the chain"
         );
+        // A group, and a chord with a step after it, as chain steps our worker sends.
+        let chords = if transport == "amqp" {
+            "nochords"
+        } else {
+            "chords"
+        };
+        let out = celery_tasks(&python, &env, &["canvas", &py_queue, chords]);
+        assert_eq!(
+            out["group"],
+            json!([4, 6]),
+            "{transport}: a group in a chain"
+        );
+        if transport != "amqp" {
+            assert_eq!(
+                out["chord"],
+                json!([4, 6]),
+                "{transport}: a chord in a chain"
+            );
+        }
         // Chords across languages (Celery's rpc:// has none): sent by Python, then by us.
         if transport != "amqp" {
             let out = celery_tasks(&python, &env, &["chord", &py_queue]);

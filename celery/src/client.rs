@@ -480,7 +480,7 @@ impl Celery {
         let id = uuid::Uuid::new_v4().to_string();
         let mut ids = Vec::with_capacity(members.len());
         for (index, member) in members.into_iter().enumerate() {
-            ids.push(self.send_member(member, &id, index, None).await?);
+            ids.push(self.send_member(member, &id, index, None, None).await?);
         }
         Ok(GroupSent { id, members: ids })
     }
@@ -496,8 +496,21 @@ impl Celery {
     pub async fn chord(
         &self,
         header: Vec<Signature>,
+        body: Signature,
+        backend: &dyn ResultBackend,
+    ) -> Result<ChordSent> {
+        self.chord_from(header, body, backend, None, None).await
+    }
+
+    /// [`chord`](Self::chord) with the group id given (a chord Celery froze) and sent by the
+    /// task `parent` (a worker sending a chord step of a chain).
+    pub(crate) async fn chord_from(
+        &self,
+        header: Vec<Signature>,
         mut body: Signature,
         backend: &dyn ResultBackend,
+        group_id: Option<String>,
+        parent: Option<&crate::TaskRequest>,
     ) -> Result<ChordSent> {
         let support = backend.chord_support();
         if support == ChordSupport::Unsupported {
@@ -506,7 +519,7 @@ impl Celery {
                 format!("{backend:?} has no chords (Celery's rpc:// neither)"),
             ));
         }
-        let group_id = uuid::Uuid::new_v4().to_string();
+        let group_id = group_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let body_id = match body.options.get("task_id").and_then(Json::as_str) {
             Some(id) => id.to_owned(),
             None => uuid::Uuid::new_v4().to_string(),
@@ -542,7 +555,7 @@ impl Celery {
                 backend.set_chord_size(&group_id, size).await?;
             }
             ids.push(
-                self.send_member(member, &group_id, index, Some(&body))
+                self.send_member(member, &group_id, index, Some(&body), parent)
                     .await?,
             );
         }
@@ -593,10 +606,16 @@ impl Celery {
         group_id: &str,
         index: usize,
         chord: Option<&Signature>,
+        parent: Option<&crate::TaskRequest>,
     ) -> Result<String> {
         let mut options =
             TaskOptions::new().group(group_id, u32::try_from(index).unwrap_or(u32::MAX));
         options.fields.chord = chord.cloned();
+        if let Some(parent) = parent {
+            options = options
+                .parent_id(parent.id.as_str())
+                .root_id(parent.root_id.as_deref().unwrap_or(&parent.id));
+        }
         if let Some(task_id) = member.options.get("task_id").and_then(Json::as_str) {
             options = options.task_id(task_id);
         }
@@ -723,6 +742,16 @@ impl Celery {
             }
             Some(_) => sig,
         };
+        // A body or callback carrying the rest of a chain in its options (Celery puts a
+        // chord step's followers there).
+        if chain.is_empty()
+            && let Some(Json::Array(items)) = sig.options.get("chain")
+        {
+            chain = items
+                .iter()
+                .filter_map(|t| serde_json::from_value(t.clone()).ok())
+                .collect();
+        }
         if let Some(kind) = &sig.subtask_type {
             return Err(Error::new(
                 ErrorKind::Unsupported,

@@ -5,6 +5,8 @@ AsyncResult.get() gave back.
     celery_tasks.py checks            every check below, one JSON object out
     celery_tasks.py chain PY_QUEUE    a chain across languages: Rust, then Python, then Rust
     celery_tasks.py chord PY_QUEUE    chords whose headers run on both workers
+    celery_tasks.py canvas PY_QUEUE chords|nochords
+                                      a group, and a chord, as steps our worker sends
     celery_tasks.py many N            N tasks.echo(i), then their results
 
 Its app is examples/python/tasks.py, configured from CELERY_BROKER_URL, CELERY_RESULT_BACKEND,
@@ -19,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
 
-from celery import chain, chord  # noqa: E402
+from celery import chain, chord, group  # noqa: E402
 
 import tasks  # noqa: E402
 
@@ -90,6 +92,28 @@ def cross_chord(py_queue):
     return {"ours": ours.get(timeout=WAIT), "theirs": theirs.get(timeout=WAIT)}
 
 
+def canvas(py_queue, chords):
+    rust = tasks.app.conf.task_default_queue
+    out = {}
+    # Our worker sends the group that ends the chain, with its result first in each member.
+    flow = chain(
+        tasks.add.s(1, 1).set(queue=rust),
+        group(tasks.mul.s(2).set(queue=py_queue), tasks.mul.s(3).set(queue=rust)),
+    )
+    out["group"] = flow.apply_async().get(timeout=WAIT)
+    if chords:
+        # group | task in a chain is a chord (Celery upgrades it); the step after it rides on
+        # the chord's body.
+        flow = chain(
+            tasks.add.s(1, 1).set(queue=rust),
+            group(tasks.mul.s(2).set(queue=py_queue), tasks.mul.s(3).set(queue=rust)),
+            tasks.echo.s().set(queue=rust),
+            tasks.echo.s().set(queue=py_queue),
+        )
+        out["chord"] = flow.apply_async().get(timeout=WAIT)
+    return out
+
+
 def many(n):
     started = time.monotonic()
     results = [tasks.echo.delay(i) for i in range(n)]
@@ -105,6 +129,8 @@ def main():
         out = cross_chain(sys.argv[2])
     elif command == "chord":
         out = cross_chord(sys.argv[2])
+    elif command == "canvas":
+        out = canvas(sys.argv[2], sys.argv[3] == "chords")
     elif command == "many":
         out = many(int(sys.argv[2]))
     else:

@@ -563,7 +563,10 @@ async fn store(shared: &Shared, reply: &(String, String), meta: &ResultMeta) {
     }
 }
 
-/// Sends a callback, errback or the chain's next task.
+/// Sends a callback, errback or the chain's next task: a plain or chain signature through
+/// the client, a group as its members with `first` each (Celery's `group.apply_async(args)`),
+/// a chord as [`Celery::chord`](crate::Celery::chord) does with `first` given to its header
+/// tasks and the rest of `chain` to its body.
 async fn send(
     shared: &Shared,
     sig: &crate::Signature,
@@ -572,9 +575,112 @@ async fn send(
     chain: Vec<crate::Signature>,
     priority: Option<u8>,
 ) -> kombu_core::Result<()> {
-    shared
-        .client
-        .send_signature(sig, first, parent, chain, priority)
-        .await
-        .map(|_| ())
+    match sig.subtask_type.as_deref() {
+        Some("group") => {
+            if !chain.is_empty() {
+                return Err(kombu_core::Error::new(
+                    kombu_core::ErrorKind::Unsupported,
+                    "a group followed by more of its chain (Celery sends that as a chord)",
+                ));
+            }
+            let group_id = sig
+                .options
+                .get("task_id")
+                .and_then(Json::as_str)
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            for (index, member) in signatures(sig.kwargs.get("tasks"), "group")?
+                .into_iter()
+                .enumerate()
+            {
+                let mut member = member;
+                member.options.insert("group_id".into(), json!(group_id));
+                member.options.insert("group_index".into(), json!(index));
+                shared
+                    .client
+                    .send_signature(&member, first.clone(), parent, Vec::new(), priority)
+                    .await?;
+            }
+            Ok(())
+        }
+        Some("chord") => {
+            let Results::Backend(backend) = &shared.results else {
+                return Err(kombu_core::Error::new(
+                    kombu_core::ErrorKind::Unsupported,
+                    "a chord needs a result backend (WorkerBuilder::result_backend)",
+                ));
+            };
+            // The header: a list of signatures, or a group's.
+            let header = match sig.kwargs.get("header") {
+                Some(Json::Object(group)) => signatures(
+                    group.get("kwargs").and_then(|k| k.get("tasks")),
+                    "chord header",
+                )?,
+                other => signatures(other, "chord header")?,
+            };
+            let header = header
+                .into_iter()
+                .map(|mut member| {
+                    if let Some(first) = first.clone().filter(|_| !member.immutable) {
+                        member.args.insert(0, first);
+                    }
+                    member
+                })
+                .collect();
+            let mut body: crate::Signature = sig
+                .kwargs
+                .get("body")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| {
+                    kombu_core::Error::new(
+                        kombu_core::ErrorKind::Codec,
+                        "a chord body that does not parse",
+                    )
+                    .with_source(e)
+                })?
+                .ok_or_else(|| {
+                    kombu_core::Error::new(kombu_core::ErrorKind::Codec, "a chord without a body")
+                })?;
+            if !chain.is_empty() {
+                body.options.insert("chain".into(), json!(chain));
+            }
+            let group_id = body
+                .options
+                .get("group_id")
+                .and_then(Json::as_str)
+                .map(str::to_owned);
+            shared
+                .client
+                .chord_from(header, body, backend.as_ref(), group_id, Some(parent))
+                .await
+                .map(|_| ())
+        }
+        _ => shared
+            .client
+            .send_signature(sig, first, parent, chain, priority)
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// The signatures of a canvas's `tasks` (or header) list.
+fn signatures(value: Option<&Json>, what: &str) -> kombu_core::Result<Vec<crate::Signature>> {
+    let Some(Json::Array(items)) = value else {
+        return Err(kombu_core::Error::new(
+            kombu_core::ErrorKind::Codec,
+            format!("a {what} without its tasks"),
+        ));
+    };
+    items
+        .iter()
+        .map(|t| serde_json::from_value(t.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            kombu_core::Error::new(
+                kombu_core::ErrorKind::Codec,
+                format!("a {what} task that does not parse"),
+            )
+            .with_source(e)
+        })
 }

@@ -29,7 +29,9 @@
 //!   for `rpc://` ([`WorkerBuilder::rpc_results`]).
 //! - **Canvas**: after a success the message's `link` callbacks and the next task of its
 //!   `chain` are sent with the result (parent and root ids set) before the result is stored;
-//!   one that cannot be sent fails the task. After a failure the rest of its chain fails with
+//!   one that cannot be sent fails the task. Such a step may be a chain (unrolled), a group
+//!   (its members get the result first) or a chord (its header tasks get it; the steps after
+//!   it ride on its body), as Celery's canvas writes them. After a failure the rest of its chain fails with
 //!   it (Celery's `_fail_chain`) and its `link_error` errbacks are sent with the task id. Chords: a header task's result is counted in a
 //!   backend that joins chords (Redis, in Celery's layout) and the last one in sends the body;
 //!   with the others (SQL, memory) the worker runs Celery's [`CHORD_UNLOCK`] task.
