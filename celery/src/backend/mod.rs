@@ -12,6 +12,7 @@ use crate::result::ResultMeta;
 
 mod memory;
 mod redis;
+mod redis_watch;
 mod rpc;
 mod sql;
 

@@ -1,15 +1,16 @@
 //! Celery's Redis result backend (`celery/backends/redis.py`; `celery-protocol.md` §3): the
 //! document of task `<id>` under `celery-task-meta-<id>`, written with `SETEX` for
 //! `result_expires` and published, in the same transaction, on the channel of the key's name;
-//! a waiting client subscribes to that channel before it reads the key, so it never polls.
+//! a waiting client subscribes to that channel before it reads the key, so it never polls; every
+//! wait of one backend shares one PUB/SUB connection (`redis_watch.rs`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use kombu_core::{BrokerUrl, Error, ErrorKind, Result};
 use serde_json::Value as Json;
 
+use super::redis_watch::Watcher;
 use super::{ChordReady, ChordSupport, DEFAULT_RESULT_EXPIRES, ResultBackend};
 use crate::result::{ResultMeta, State};
 
@@ -19,6 +20,8 @@ use crate::result::{ResultMeta, State};
 pub struct RedisResultBackend {
     client: redis::Client,
     conn: redis::aio::MultiplexedConnection,
+    /// The one PUB/SUB connection every wait shares, opened at the first.
+    watcher: tokio::sync::Mutex<Option<std::sync::Arc<Watcher>>>,
     prefix: String,
     expires: Option<Duration>,
     label: String,
@@ -78,6 +81,7 @@ impl RedisResultBackend {
         Ok(RedisResultBackend {
             client,
             conn,
+            watcher: tokio::sync::Mutex::new(None),
             prefix,
             expires,
             label,
@@ -87,6 +91,21 @@ impl RedisResultBackend {
     /// The key of `task_id`'s result.
     pub fn key(&self, task_id: &str) -> String {
         format!("{}celery-task-meta-{task_id}", self.prefix)
+    }
+
+    /// The shared subscription connection, opened again if it dropped.
+    async fn watcher(&self) -> Result<std::sync::Arc<Watcher>> {
+        let mut slot = self.watcher.lock().await;
+        if let Some(watcher) = slot.as_ref().filter(|w| w.is_alive()) {
+            return Ok(watcher.clone());
+        }
+        let watcher = std::sync::Arc::new(
+            Watcher::open(&self.client)
+                .await
+                .map_err(|e| backend_error(&self.label, "cannot subscribe", e))?,
+        );
+        *slot = Some(watcher.clone());
+        Ok(watcher)
     }
 
     /// The key of group `group_id`'s data, with `suffix` (Celery's `get_key_for_group`).
@@ -257,34 +276,35 @@ impl ResultBackend for RedisResultBackend {
     async fn wait(&self, task_id: &str, timeout: Duration) -> Result<ResultMeta> {
         let key = self.key(task_id);
         let deadline = super::deadline(timeout);
-        // Subscribed before the first read: a result stored in between is published after.
-        let mut pubsub = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| backend_error(&self.label, "cannot subscribe", e))?;
-        pubsub
-            .subscribe(&key)
-            .await
-            .map_err(|e| backend_error(&self.label, "SUBSCRIBE", e))?;
-        let mut meta = self.meta(task_id).await?;
-        if meta.state.is_ready() {
-            return Ok(meta);
-        }
-        let mut messages = pubsub.on_message();
         loop {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Err(_) => return Ok(meta),
-                Ok(None) => {
-                    // The subscription dropped: read the key once more.
-                    return self.meta(task_id).await;
-                }
-                Ok(Some(message)) => {
-                    meta = self.parse(task_id, message.get_payload_bytes())?;
-                    if meta.state.is_ready() {
-                        return Ok(meta);
+            // Subscribed before the read: a result stored in between is published after.
+            let watcher = self.watcher().await?;
+            let mut subscription = watcher
+                .subscribe(&key)
+                .await
+                .map_err(|e| backend_error(&self.label, "SUBSCRIBE", e))?;
+            let mut meta = self.meta(task_id).await?;
+            if meta.state.is_ready() {
+                return Ok(meta);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, subscription.latest.changed()).await {
+                    Err(_) => return Ok(meta),
+                    // The connection dropped: subscribe again on a new one, then read again.
+                    Ok(Err(_)) => break,
+                    Ok(Ok(())) => {
+                        let doc = subscription.latest.borrow_and_update().clone();
+                        if let Some(doc) = doc {
+                            meta = self.parse(task_id, &doc)?;
+                            if meta.state.is_ready() {
+                                return Ok(meta);
+                            }
+                        }
                     }
                 }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.meta(task_id).await;
             }
         }
     }
