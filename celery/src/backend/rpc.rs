@@ -4,7 +4,7 @@
 //! transient); the client consumes its one reply queue (named by its id: non-durable,
 //! auto-delete, `x-expires` a day, as Celery declares it) for all its tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +20,40 @@ use crate::result::ResultMeta;
 /// How long Celery's reply queue lives unused (`result_expires`, a day).
 const REPLY_QUEUE_EXPIRES: Duration = Duration::from_secs(86_400);
 
+/// Results kept per client: past it, the oldest task's result is forgotten (it reads PENDING
+/// again), so a long-lived client does not grow without bound.
+const KEPT: usize = 100_000;
+
+/// The latest result of each task a client heard of, the oldest first out.
+#[derive(Debug, Default)]
+struct Latest {
+    by_id: HashMap<String, ResultMeta>,
+    order: VecDeque<String>,
+}
+
+impl Latest {
+    fn insert(&mut self, meta: ResultMeta) {
+        let id = meta.task_id.clone();
+        if self.by_id.insert(id.clone(), meta).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, task_id: &str) -> Option<&ResultMeta> {
+        self.by_id.get(task_id)
+    }
+}
+
 /// What the reply consumer and the client share.
 #[derive(Debug, Default)]
 struct Replies {
-    /// The latest result of each task this client heard of.
-    latest: Mutex<HashMap<String, ResultMeta>>,
+    /// The latest result of each task this client heard of (at most [`KEPT`]).
+    latest: Mutex<Latest>,
     /// Rings on each reply.
     arrived: Notify,
 }
@@ -88,7 +117,7 @@ impl RpcResultBackend {
                     .unwrap_or_default();
                 let meta = ResultMeta::from_json(&id, &doc);
                 if let Ok(mut latest) = shared.latest.lock() {
-                    latest.insert(meta.task_id.clone(), meta);
+                    latest.insert(meta);
                 }
                 shared.arrived.notify_waiters();
             }
@@ -173,5 +202,26 @@ impl ResultBackend for RpcResultBackend {
                 return self.meta(task_id).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KEPT, Latest};
+    use crate::result::ResultMeta;
+
+    #[test]
+    fn the_oldest_results_go_past_the_bound() {
+        let mut latest = Latest::default();
+        for i in 0..=KEPT {
+            latest.insert(ResultMeta::pending(format!("t{i}")));
+        }
+        // A result stored again keeps its place.
+        latest.insert(ResultMeta::pending("t5"));
+        assert!(latest.get("t0").is_none(), "the oldest is forgotten");
+        assert!(latest.get("t1").is_some());
+        assert!(latest.get(&format!("t{KEPT}")).is_some());
+        assert_eq!(latest.by_id.len(), KEPT);
+        assert_eq!(latest.order.len(), KEPT);
     }
 }
