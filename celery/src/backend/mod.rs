@@ -72,6 +72,13 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Renews the claim on `ready` just before its body is sent (`false`: the claim was
+    /// lost to another worker, which sends the body instead).
+    async fn chord_claim(&self, ready: &ChordReady) -> Result<bool> {
+        let _ = ready;
+        Ok(true)
+    }
+
     /// The body of a claimed chord was sent: its counters go, and late copies of its header
     /// tasks no longer count.
     async fn chord_done(&self, ready: &ChordReady) -> Result<()> {

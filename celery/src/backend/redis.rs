@@ -256,6 +256,20 @@ impl ResultBackend for RedisResultBackend {
         }))
     }
 
+    async fn chord_claim(&self, ready: &ChordReady) -> Result<bool> {
+        let gid = ready.group_id.as_str();
+        let mut conn = self.conn.clone();
+        redis::Script::new(CHORD_CLAIM_EXTEND)
+            .key(self.group_key(gid, ".c"))
+            .key(self.group_key(gid, ".s"))
+            .arg(&ready.claim)
+            .arg(CHORD_CLAIM_SECONDS)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|extended| extended == 1)
+            .map_err(|e| backend_error(&self.label, "renewing a chord's claim", e))
+    }
+
     async fn chord_done(&self, ready: &ChordReady) -> Result<()> {
         let gid = ready.group_id.as_str();
         let mut conn = self.conn.clone();
@@ -269,7 +283,11 @@ impl ResultBackend for RedisResultBackend {
             .arg(CHORD_DONE_SECONDS)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map(|_| ())
+            .map(|cleared| {
+                if cleared == 0 {
+                    tracing::warn!(group = %gid, "a chord's claim was lost before its cleanup: its data is left to expire");
+                }
+            })
             .map_err(|e| backend_error(&self.label, "clearing a chord", e))
     }
 
@@ -350,6 +368,20 @@ if size and ready == tonumber(size) + tonumber(grown or 0) then
   end
 end
 return {ready, claimed}
+";
+
+/// Renews the claim while its holder still has it, or takes it again if it lapsed while the
+/// chord's data is still there (Celery's claim extension before the body is published).
+const CHORD_CLAIM_EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if not redis.call('GET', KEYS[1]) and redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]), 'NX') then
+    return 1
+  end
+end
+return 0
 ";
 
 /// Clears a chord whose body was sent by the claim's holder, and marks it done.

@@ -52,6 +52,19 @@ pub(crate) async fn part_return(
             return;
         }
     };
+    match backend.chord_claim(&ready).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(group = %group, "a chord's claim went to another worker: it sends the body");
+            return;
+        }
+        // Still ours most likely (claimed moments ago): at least once rather than never.
+        Err(error) => tracing::warn!(
+            error = %format_args!("{error:#}"),
+            group = %group,
+            "renewing a chord's claim failed: the body is sent all the same"
+        ),
+    }
     complete(
         backend.as_ref(),
         &shared.client,
