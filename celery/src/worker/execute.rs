@@ -403,8 +403,11 @@ async fn retried(
         return;
     }
     let countdown = retry.countdown.unwrap_or(settings.retry_delay);
-    let message = retry_message(call, countdown);
-    match publish_later(shared, &call.queue, message, countdown).await {
+    let sent = match retry_message(call, countdown) {
+        Ok(message) => publish_later(shared, &call.queue, message, countdown).await,
+        Err(reason) => Err(kombu_core::Error::new(kombu_core::ErrorKind::Codec, reason)),
+    };
+    match sent {
         Ok(()) => {
             shared
                 .control
@@ -439,33 +442,46 @@ async fn retried(
 
 /// The message of the task's retry: the same one with `retries` one higher and its `eta`
 /// the countdown from now (protocol 2 in the headers, protocol 1 in the body).
-fn retry_message(call: &Call, countdown: Duration) -> Message {
+fn retry_message(call: &Call, countdown: Duration) -> Result<Message, String> {
     let mut message = call.message.clone();
     let retries = i64::from(call.request.retries) + 1;
     let eta = chrono::Duration::from_std(countdown)
         .ok()
         .and_then(|d| Utc::now().checked_add_signed(d))
-        .map(isoformat);
+        .map(isoformat)
+        .ok_or_else(|| format!("a countdown of {countdown:?} is past any date"))?;
     match call.request.protocol {
         1 => {
-            if let Ok(Json::Object(mut body)) = serde_json::from_slice::<Json>(&message.body) {
-                body.insert("retries".into(), json!(retries));
-                body.insert("eta".into(), json!(eta));
-                if let Ok(bytes) = serde_json::to_vec(&Json::Object(body)) {
-                    message.body = bytes.into();
+            // The body holds the retries: rewritten, or the retry would loop unchanged.
+            let body = match serde_json::from_slice::<Json>(&message.body) {
+                Ok(Json::Object(body))
+                    if message.content_type.as_deref() == Some("application/json")
+                        && message.compression().is_none() =>
+                {
+                    body
                 }
-            }
+                _ => {
+                    return Err(
+                        "a protocol 1 message whose body is not plain JSON cannot be retried"
+                            .to_owned(),
+                    );
+                }
+            };
+            let mut body = body;
+            body.insert("retries".into(), json!(retries));
+            body.insert("eta".into(), json!(eta));
+            message.body = serde_json::to_vec(&Json::Object(body))
+                .map_err(|e| e.to_string())?
+                .into();
         }
         _ => {
             message
                 .headers
                 .insert("retries".to_owned(), Value::Int(retries));
-            message
-                .headers
-                .insert("eta".to_owned(), eta.map_or(Value::Null, Value::from));
+            message.headers.insert("eta".to_owned(), Value::from(eta));
         }
     }
-    message
+    Ok(message)
 }
 
 /// Publishes `message` back to `queue`, visible `delay` from now. Its broker-side
