@@ -196,8 +196,24 @@ async fn retries_until_done_or_out_of_retries() {
     let f = failure(s.get(&stubborn).await);
     assert_eq!(f.exc_type, "MaxRetriesExceededError");
     assert_eq!(f.exc_module, "celery.exceptions");
-    // 3 for flaky, 2 for stubborn; the third retry of stubborn is its failure.
-    assert_eq!(s.handle.stats().retried, 5);
+    // A protocol 1 message (the task in the body) retries through its body.
+    s.conn
+        .producer()
+        .routing_key(s.queue.as_str())
+        .publish(&json!({
+            "task": "tasks.flaky", "id": "protocol-1", "args": [1], "kwargs": {},
+            "retries": 0, "eta": null, "expires": null,
+        }))
+        .await
+        .expect("publish");
+    assert_eq!(
+        s.get(&Sent::<u32>::new("protocol-1"))
+            .await
+            .expect("its retries"),
+        1
+    );
+    // 3 for flaky, 2 for stubborn (its third retry is its failure), 1 for protocol 1.
+    assert_eq!(s.handle.stats().retried, 6);
     s.stop().await;
 }
 
