@@ -17,6 +17,7 @@
 //! Without `--broker` it shows itself on `KOMBU_URL` (default `memory://`): it starts, sends
 //! `tasks.add(2, 3)` and `tasks.flaky(2)` to itself, prints their results and stops.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use kombu::Connection;
@@ -114,12 +115,37 @@ async fn with_backend(
     })
 }
 
+const USAGE: &str = "usage: celery_worker --broker URL --backend URL [--queue Q]... \
+                     [--concurrency N] [--hostname NAME]";
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args().map_err(|e| format!("{e}\nusage: celery_worker --broker URL --backend URL [--queue Q]... [--concurrency N] [--hostname NAME]"))?;
-    let Some(broker) = &args.broker else {
-        return demo().await;
+async fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("celery_worker: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
+    let run = match &args.broker {
+        Some(broker) => serve(broker, &args).await,
+        None => demo().await,
+    };
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("celery_worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the worker on `broker` until SIGINT or SIGTERM.
+async fn serve(broker: &str, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let conn = Connection::open(broker).await?;
     let mut worker = tasks(Worker::builder(&conn));
     if let Some(url) = &args.backend {
