@@ -124,6 +124,12 @@ async fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    // The worker's log (ready, failures, retries) on standard error, at INFO.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {

@@ -46,10 +46,12 @@ fn worker_binary() -> PathBuf {
     bin
 }
 
-struct RustWorker(Child);
+/// The example worker; its log (standard error) goes to a file, printed if the test fails.
+struct RustWorker(Child, PathBuf);
 
 impl RustWorker {
-    fn start(broker: &str, backend: &str, queue: &str) -> RustWorker {
+    fn start(broker: &str, backend: &str, queue: &str, log: PathBuf) -> RustWorker {
+        let file = std::fs::File::create(&log).expect("the worker's log");
         let child = Command::new(worker_binary())
             .args(["--broker", broker, "--backend", backend, "--queue", queue])
             .args([
@@ -58,12 +60,12 @@ impl RustWorker {
                 "--hostname",
                 &format!("rust-{queue}@test"),
             ])
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(file)
             .spawn()
             .expect("start examples/celery_worker");
-        RustWorker(child)
+        RustWorker(child, log)
     }
 
     /// SIGTERM, then its exit status.
@@ -92,6 +94,10 @@ impl Drop for RustWorker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("--- the Rust worker's log ---\n{log}");
+        }
     }
 }
 
@@ -151,7 +157,7 @@ fn python_sends_our_worker_runs() {
         let scratch = tempdir(transport);
         let queue = format!("rust-worker-{}", uuid::Uuid::new_v4().simple());
         let (url, backend, env) = settings(transport, &broker.url, &scratch, &queue);
-        let worker = RustWorker::start(&url, &backend, &queue);
+        let worker = RustWorker::start(&url, &backend, &queue, scratch.join("worker.log"));
 
         let out = celery_tasks(&python, &env, &["checks"]);
         let what = format!("{transport}: {out}");
