@@ -526,8 +526,10 @@ impl Celery {
         };
         body.options
             .insert("task_id".into(), Json::from(body_id.as_str()));
+        // As Celery's freeze: a group id the body has already (an outer group's) stays.
         body.options
-            .insert("group_id".into(), Json::from(group_id.as_str()));
+            .entry("group_id")
+            .or_insert_with(|| Json::from(group_id.as_str()));
         if let Some(reply_to) = &self.reply_to {
             body.options
                 .entry("reply_to")
@@ -608,6 +610,14 @@ impl Celery {
         chord: Option<&Signature>,
         parent: Option<&crate::TaskRequest>,
     ) -> Result<String> {
+        if let Some(kind) = &member.subtask_type {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "a {kind} as a member of a group or chord header is not sent by kombu-celery yet"
+                ),
+            ));
+        }
         let mut options =
             TaskOptions::new().group(group_id, u32::try_from(index).unwrap_or(u32::MAX));
         options.fields.chord = chord.cloned();

@@ -1,75 +1,134 @@
 //! The Redis result backend's waits share one PUB/SUB connection: 50 clients waiting at once
 //! are 50 subscriptions on one connection, each woken by its own result, and every channel is
-//! unsubscribed once its last waiter is done.
+//! unsubscribed once its last waiter is done. Every connection of the backend killed
+//! mid-wait: the waits subscribe again on a new one, and storing reconnects.
+//!
+//! Each test connects as a Redis user of its own (`ACL SETUSER`), so it finds and kills its
+//! own connections only, beside the other tests on the same server.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kombu_celery::ResultMeta;
-use kombu_celery::State;
 use kombu_celery::backend::{RedisResultBackend, ResultBackend};
+use kombu_celery::{ResultMeta, State};
 use kombu_test_support::brokers;
 use serde_json::json;
 
-const WAITERS: usize = 50;
+/// A Redis user for one test (removed when dropped), and the backend's URL as that user.
+struct User {
+    name: String,
+    admin: redis::aio::MultiplexedConnection,
+}
 
-/// `CLIENT LIST TYPE pubsub`: the number of channels of each subscribed connection.
-async fn subscribed_counts(conn: &mut redis::aio::MultiplexedConnection) -> Vec<usize> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(conn)
-        .await
-        .expect("CLIENT LIST");
-    list.lines()
-        .filter_map(|line| {
-            line.split(' ')
-                .find_map(|kv| kv.strip_prefix("sub="))
-                .and_then(|n| n.parse().ok())
+impl User {
+    async fn new(url: &str) -> (User, String) {
+        let name = format!("celery-waits-{}", uuid::Uuid::new_v4().simple());
+        let base = url.split('?').next().expect("a URL").to_owned();
+        let client = redis::Client::open(base).expect("client");
+        let mut admin = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&name)
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+        let as_user = url.replacen("redis://", &format!("redis://{name}:secret@"), 1);
+        (User { name, admin }, as_user)
+    }
+
+    /// `sub=` of each of this user's PUB/SUB connections.
+    async fn subscriptions(&mut self) -> Vec<usize> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut self.admin)
+            .await
+            .expect("CLIENT LIST");
+        let user = format!("user={}", self.name);
+        list.lines()
+            .filter(|line| line.split(' ').any(|kv| kv == user))
+            .filter_map(|line| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix("sub="))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect()
+    }
+
+    /// Closes every connection of this user.
+    async fn kill_connections(&mut self) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&self.name)
+            .query_async(&mut self.admin)
+            .await
+            .expect("CLIENT KILL")
+    }
+
+    async fn drop_user(mut self) {
+        let _: Result<i64, _> = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&self.name)
+            .query_async(&mut self.admin)
+            .await;
+    }
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spawn_waits(
+    backend: &Arc<RedisResultBackend>,
+    ids: &[String],
+) -> Vec<tokio::task::JoinHandle<kombu_core::Result<ResultMeta>>> {
+    ids.iter()
+        .map(|id| {
+            let backend = backend.clone();
+            let id = id.clone();
+            tokio::spawn(async move { backend.wait(&id, Duration::from_secs(30)).await })
         })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wait_shares_one_subscription_connection() {
+    const WAITERS: usize = 50;
     let Some(broker) = brokers::broker("redis", "celery-redis-waits") else {
         return;
     };
+    let (mut user, url) = User::new(&broker.url).await;
     let backend = Arc::new(
-        RedisResultBackend::connect(&broker.url)
+        RedisResultBackend::connect(&url)
             .await
             .expect("the backend"),
     );
     let ids: Vec<String> = (0..WAITERS)
         .map(|i| format!("wait-{i}-{}", uuid::Uuid::new_v4()))
         .collect();
-    let waits: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let backend = backend.clone();
-            let id = id.clone();
-            tokio::spawn(async move { backend.wait(&id, Duration::from_secs(30)).await })
-        })
-        .collect();
-
-    let base = broker.url.split('?').next().expect("a URL").to_owned();
-    let client = redis::Client::open(base).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    // All 50 on one connection (before: a connection each, one channel apiece).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !subscribed_counts(&mut conn).await.contains(&WAITERS) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no connection with {WAITERS} subscriptions: {:?}",
-            subscribed_counts(&mut conn).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    let waits = spawn_waits(&backend, &ids);
+    // All 50 on one connection (a connection each would be 50 with one channel apiece).
+    until("one connection with every channel", async || {
+        user.subscriptions().await == vec![WAITERS]
+    })
+    .await;
     for (i, id) in ids.iter().enumerate() {
         backend
             .store(&ResultMeta::success(id.as_str(), json!(i)))
@@ -78,101 +137,63 @@ async fn every_wait_shares_one_subscription_connection() {
     }
     for (i, wait) in waits.into_iter().enumerate() {
         let meta = wait.await.expect("the wait's task").expect("the wait");
-        assert_eq!(meta.state, State::Success);
-        assert_eq!(meta.result, json!(i), "each waiter woken by its own result");
-    }
-    // The last waiter of each channel unsubscribed it.
-    let key = backend.key(&ids[0]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let counts: Vec<redis::Value> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("PUBSUB NUMSUB");
-        if matches!(counts.get(1), Some(redis::Value::Int(0))) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} still subscribed: {counts:?}"
+        assert_eq!(
+            (meta.state, meta.result),
+            (State::Success, json!(i)),
+            "each by its own"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The last waiter of each channel unsubscribed it; the connection stays for the next.
+    // (A connection without channels leaves PUB/SUB mode: listed with none, or not at all.)
+    until("every channel unsubscribed", async || {
+        user.subscriptions().await.iter().all(|&n| n == 0)
+    })
+    .await;
+    assert_eq!(backend.subscription_connections_opened(), 1);
+    user.drop_user().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waits_survive_their_connection_killed() {
-    const SEVEN: usize = 7;
+async fn waits_and_stores_outlive_their_connections_killed() {
+    const WAITERS: usize = 7;
     let Some(broker) = brokers::broker("redis", "celery-redis-waits-kill") else {
         return;
     };
+    let (mut user, url) = User::new(&broker.url).await;
     let backend = Arc::new(
-        RedisResultBackend::connect(&broker.url)
+        RedisResultBackend::connect(&url)
             .await
             .expect("the backend"),
     );
-    let ids: Vec<String> = (0..SEVEN)
+    let ids: Vec<String> = (0..WAITERS)
         .map(|i| format!("kill-{i}-{}", uuid::Uuid::new_v4()))
         .collect();
-    let waits: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let backend = backend.clone();
-            let id = id.clone();
-            tokio::spawn(async move { backend.wait(&id, Duration::from_secs(30)).await })
-        })
-        .collect();
-    let base = broker.url.split('?').next().expect("a URL").to_owned();
-    let client = redis::Client::open(base).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    // Our connection: the one with seven channels (an id nobody else's list would match).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT LIST");
-        let ours = list
-            .lines()
-            .find(|l| l.split(' ').any(|kv| kv == format!("sub={SEVEN}")));
-        if let Some(line) = ours {
-            break line
-                .split(' ')
-                .find_map(|kv| kv.strip_prefix("id="))
-                .expect("an id")
-                .to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no connection with {SEVEN} channels"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(&id)
-        .query_async(&mut conn)
-        .await
-        .expect("CLIENT KILL");
-    // Stored after the kill: the waiters subscribe again on a new connection, or read it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waits = spawn_waits(&backend, &ids);
+    until("the waits subscribed", async || {
+        user.subscriptions().await == vec![WAITERS]
+    })
+    .await;
+    // The data connection and the subscription connection both.
+    assert!(
+        user.kill_connections().await >= 2,
+        "both connections killed"
+    );
+    // Stored after the kill: the store reconnects, the waits subscribe again on a new
+    // connection (or read the key when they do).
     for (i, id) in ids.iter().enumerate() {
         backend
             .store(&ResultMeta::success(id.as_str(), json!(i)))
             .await
-            .expect("store");
+            .expect("store after the kill");
     }
     for (i, wait) in waits.into_iter().enumerate() {
         let meta = wait.await.expect("the wait's task").expect("the wait");
         assert_eq!((meta.state, meta.result), (State::Success, json!(i)));
     }
+    assert_eq!(
+        backend.subscription_connections_opened(),
+        2,
+        "the waits opened a new subscription connection"
+    );
+    user.drop_user().await;
 }

@@ -507,3 +507,56 @@ async fn a_rate_limited_task_waits_without_its_slot() {
         .expect("declare");
     assert_eq!(conn.queue_size(&queue).await.expect("size"), 1);
 }
+
+#[tokio::test]
+async fn a_chord_as_a_chain_step_keeps_celerys_ids() {
+    let s = start("chord-step", |w| w).await;
+    // chain(add(1, 1), group(mul(2), mul(3)), echo(), echo()) as Celery serializes it: the
+    // group and the echo after it upgraded to a chord whose id is the header's task_id.
+    let member = |factor: i64, id: &str| {
+        Signature::new("tasks.mul")
+            .args((factor,))
+            .option("task_id", id)
+    };
+    let chord: Signature = serde_json::from_value(json!({
+        "task": "celery.chord",
+        "args": [],
+        "kwargs": {
+            "kwargs": {},
+            "header": {
+                "task": "celery.group",
+                "args": [],
+                "kwargs": {"tasks": [member(2, "member-1"), member(3, "member-2")]},
+                "options": {"task_id": "group-1"},
+                "subtask_type": "group",
+                "immutable": false,
+            },
+            "body": Signature::new("tasks.echo").option("task_id", "body-1"),
+        },
+        "options": {"task_id": "group-1"},
+        "subtask_type": "chord",
+        "immutable": false,
+    }))
+    .expect("a chord signature");
+    s.celery
+        .call_with(
+            &ADD,
+            (1, 1),
+            TaskOptions::new().chain([
+                chord,
+                Signature::new("tasks.echo").option("task_id", "after-1"),
+            ]),
+        )
+        .await
+        .expect("send");
+    let value = s
+        .get(&Sent::<serde_json::Value>::new("after-1"))
+        .await
+        .expect("the step after the chord");
+    assert_eq!(value, json!([4, 6]));
+    for id in ["member-1", "member-2", "body-1"] {
+        let meta = s.results.meta(id).await.expect("meta");
+        assert_eq!(meta.group_id.as_deref(), Some("group-1"), "{id}'s group");
+    }
+    s.stop().await;
+}

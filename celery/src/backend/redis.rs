@@ -19,9 +19,11 @@ use crate::result::{ResultMeta, State};
 /// `-` or `.`) and `result_expires` (seconds; `0`: results never expire; default a day).
 pub struct RedisResultBackend {
     client: redis::Client,
-    conn: redis::aio::MultiplexedConnection,
+    /// Reconnects by itself after a dropped connection.
+    conn: redis::aio::ConnectionManager,
     /// The one PUB/SUB connection every wait shares, opened at the first.
     watcher: tokio::sync::Mutex<Option<std::sync::Arc<Watcher>>>,
+    watchers_opened: std::sync::atomic::AtomicUsize,
     prefix: String,
     expires: Option<Duration>,
     label: String,
@@ -74,18 +76,50 @@ impl RedisResultBackend {
             )
             .with_source(e)
         })?;
-        let conn = client
-            .get_multiplexed_async_connection()
+        // Reconnecting after a drop, and patient with a loaded server (the redis crate's
+        // default gives up on a reply after 500 ms: a result then lost).
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| backend_error(&label, "cannot connect", e))?;
         Ok(RedisResultBackend {
             client,
             conn,
             watcher: tokio::sync::Mutex::new(None),
+            watchers_opened: std::sync::atomic::AtomicUsize::new(0),
             prefix,
             expires,
             label,
         })
+    }
+
+    /// How many subscription connections its waits have opened so far (one, unless one
+    /// dropped): for tests.
+    #[doc(hidden)]
+    pub fn subscription_connections_opened(&self) -> usize {
+        self.watchers_opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `op` on the data connection, once more after a dropped connection (the
+    /// connection manager reconnects behind the failed call): every command here may run
+    /// twice (reads, `SETEX` of the same document, a `PUBLISH` waiters read once, the chord
+    /// scripts that count a part once).
+    async fn with_conn<T, F, Fut>(&self, op: F) -> redis::RedisResult<T>
+    where
+        F: Fn(redis::aio::ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match op(self.conn.clone()).await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                tracing::debug!(error = %e, "the result backend's connection dropped: once more");
+                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                op(self.conn.clone()).await
+            }
+            done => done,
+        }
     }
 
     /// The key of `task_id`'s result.
@@ -99,6 +133,8 @@ impl RedisResultBackend {
         if let Some(watcher) = slot.as_ref().filter(|w| w.is_alive()) {
             return Ok(watcher.clone());
         }
+        self.watchers_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let watcher = std::sync::Arc::new(
             Watcher::open(&self.client)
                 .await
@@ -128,10 +164,12 @@ impl RedisResultBackend {
 #[async_trait]
 impl ResultBackend for RedisResultBackend {
     async fn meta(&self, task_id: &str) -> Result<ResultMeta> {
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.key(task_id))
-            .query_async(&mut conn)
+        let key = self.key(task_id);
+        let raw: Option<Vec<u8>> = self
+            .with_conn(|mut conn| {
+                let key = &key;
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+            })
             .await
             .map_err(|e| backend_error(&self.label, "GET", e))?;
         match raw {
@@ -159,10 +197,12 @@ impl ResultBackend for RedisResultBackend {
             None => pipe.cmd("SET").arg(&key).arg(&doc),
         };
         pipe.cmd("PUBLISH").arg(&key).arg(&doc);
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| backend_error(&self.label, "SETEX and PUBLISH", e))
+        self.with_conn(|mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await
+        .map_err(|e| backend_error(&self.label, "SETEX and PUBLISH", e))
     }
 
     fn chord_support(&self) -> ChordSupport {
@@ -183,10 +223,12 @@ impl ResultBackend for RedisResultBackend {
                 .arg(ttl.as_secs().max(1)),
             None => pipe.cmd("SET").arg(&skey).arg(size),
         };
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| backend_error(&self.label, "setting a chord's size", e))
+        self.with_conn(|mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await
+        .map_err(|e| backend_error(&self.label, "setting a chord's size", e))
     }
 
     async fn chord_part_return(
@@ -207,8 +249,9 @@ impl ResultBackend for RedisResultBackend {
         let claim = uuid::Uuid::new_v4().simple().to_string();
         let expires = self.expires.map_or(0, |d| d.as_secs().max(1));
         let score = group_index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
-        let mut conn = self.conn.clone();
-        let (ready, claimed): (i64, i64) = redis::Script::new(CHORD_PART_RETURN)
+        let script = redis::Script::new(CHORD_PART_RETURN);
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(self.group_key(group_id, ".j"))
             .key(self.group_key(group_id, ".t"))
             .key(self.group_key(group_id, ".s"))
@@ -220,18 +263,31 @@ impl ResultBackend for RedisResultBackend {
             .arg(score)
             .arg(expires)
             .arg(CHORD_CLAIM_SECONDS)
-            .arg(&claim)
-            .invoke_async(&mut conn)
+            .arg(&claim);
+        // Run again after a lost reply, it counts the part once and finds its own claim.
+        let (ready, claimed): (i64, i64) = self
+            .with_conn(|mut conn| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await
             .map_err(|e| backend_error(&self.label, "counting a chord part", e))?;
         if ready < 0 || claimed == 0 {
             return Ok(None);
         }
-        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(self.group_key(group_id, ".j"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
+        let jkey = self.group_key(group_id, ".j");
+        let members: Vec<Vec<u8>> = self
+            .with_conn(|mut conn| {
+                let jkey = &jkey;
+                async move {
+                    redis::cmd("ZRANGE")
+                        .arg(jkey)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
             .await
             .map_err(|e| backend_error(&self.label, "reading a chord's results", e))?;
         let mut parts = Vec::with_capacity(members.len());
@@ -258,31 +314,39 @@ impl ResultBackend for RedisResultBackend {
 
     async fn chord_claim(&self, ready: &ChordReady) -> Result<bool> {
         let gid = ready.group_id.as_str();
-        let mut conn = self.conn.clone();
-        redis::Script::new(CHORD_CLAIM_EXTEND)
+        let script = redis::Script::new(CHORD_CLAIM_EXTEND);
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(self.group_key(gid, ".c"))
             .key(self.group_key(gid, ".s"))
             .arg(&ready.claim)
-            .arg(CHORD_CLAIM_SECONDS)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|extended| extended == 1)
-            .map_err(|e| backend_error(&self.label, "renewing a chord's claim", e))
+            .arg(CHORD_CLAIM_SECONDS);
+        self.with_conn(|mut conn| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async::<i64>(&mut conn).await }
+        })
+        .await
+        .map(|extended| extended == 1)
+        .map_err(|e| backend_error(&self.label, "renewing a chord's claim", e))
     }
 
     async fn chord_done(&self, ready: &ChordReady) -> Result<()> {
         let gid = ready.group_id.as_str();
-        let mut conn = self.conn.clone();
-        redis::Script::new(CHORD_CLEANUP)
+        let script = redis::Script::new(CHORD_CLEANUP);
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(self.group_key(gid, ".c"))
             .key(self.group_key(gid, ".j"))
             .key(self.group_key(gid, ".t"))
             .key(self.group_key(gid, ".s"))
             .key(self.group_key(gid, ".d"))
             .arg(&ready.claim)
-            .arg(CHORD_DONE_SECONDS)
-            .invoke_async::<i64>(&mut conn)
-            .await
+            .arg(CHORD_DONE_SECONDS);
+        self.with_conn(|mut conn| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async::<i64>(&mut conn).await }
+        })
+        .await
             .map(|cleared| {
                 if cleared == 0 {
                     tracing::warn!(group = %gid, "a chord's claim was lost before its cleanup: its data is left to expire");
@@ -296,18 +360,37 @@ impl ResultBackend for RedisResultBackend {
         let deadline = super::deadline(timeout);
         loop {
             // Subscribed before the read: a result stored in between is published after.
-            let watcher = self.watcher().await?;
-            let mut subscription = watcher
-                .subscribe(&key)
-                .await
-                .map_err(|e| backend_error(&self.label, "SUBSCRIBE", e))?;
+            let subscribed = tokio::time::timeout_at(deadline, async {
+                let watcher = self.watcher().await?;
+                watcher
+                    .subscribe(&key)
+                    .await
+                    .map_err(|e| backend_error(&self.label, "SUBSCRIBE", e))
+            })
+            .await;
+            let mut subscription = match subscribed {
+                Ok(Ok(subscription)) => subscription,
+                // Its connection had just dropped: subscribe again on a new one.
+                Ok(Err(error)) if error.kind() == ErrorKind::Connection => {
+                    tracing::debug!(error = %format_args!("{error:#}"), "subscribing again");
+                    if tokio::time::Instant::now() >= deadline {
+                        return self.meta(task_id).await;
+                    }
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                    continue;
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return self.meta(task_id).await,
+            };
             let mut meta = self.meta(task_id).await?;
             if meta.state.is_ready() {
                 return Ok(meta);
             }
             loop {
                 match tokio::time::timeout_at(deadline, subscription.latest.changed()).await {
-                    Err(_) => return Ok(meta),
+                    // The time is up: what the key says now (a publish may have been missed
+                    // while a connection was replaced).
+                    Err(_) => return self.meta(task_id).await,
                     // The connection dropped: subscribe again on a new one, then read again.
                     Ok(Err(_)) => break,
                     Ok(Ok(())) => {
@@ -327,6 +410,12 @@ impl ResultBackend for RedisResultBackend {
         }
     }
 }
+
+/// The pause before subscribing again after a dropped connection.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a command may wait for its reply.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the worker that completed a chord holds its claim to send the body (Celery's:
 /// twice `result_chord_join_timeout`, 3 s by default).
@@ -363,7 +452,9 @@ local size = redis.call('GET', skey)
 local grown = redis.call('GET', tkey)
 local claimed = 0
 if size and ready == tonumber(size) + tonumber(grown or 0) then
-  if redis.call('SET', ckey, claim, 'NX', 'EX', claim_seconds) then
+  if redis.call('GET', ckey) == claim then
+    claimed = 1
+  elseif redis.call('SET', ckey, claim, 'NX', 'EX', claim_seconds) then
     claimed = 1
   end
 end

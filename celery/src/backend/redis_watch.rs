@@ -79,24 +79,18 @@ impl Watcher {
                             true => sink.subscribe(&channel).await,
                             false => Ok(()),
                         };
-                        let _ = done.send(subscribed.map(|()| receiver));
+                        let failed = subscribed.is_err();
+                        // A failed SUBSCRIBE, or a waiter gone meanwhile (its wait cancelled),
+                        // is not counted: the channel stays subscribed only while waited on.
+                        if done.send(subscribed.map(|()| receiver)).is_err() || failed {
+                            let last = forget(&channels, &channel);
+                            if last && !failed {
+                                let _ = sink.unsubscribe(&channel).await;
+                            }
+                        }
                     }
                     Request::Unsubscribe { channel } => {
-                        let last = match channels.lock() {
-                            Ok(mut channels) => match channels.get_mut(&channel) {
-                                Some(entry) if entry.0 > 1 => {
-                                    entry.0 -= 1;
-                                    false
-                                }
-                                Some(_) => {
-                                    channels.remove(&channel);
-                                    true
-                                }
-                                None => false,
-                            },
-                            Err(_) => false,
-                        };
-                        if last {
+                        if forget(&channels, &channel) {
                             // A failure leaves a subscription nobody listens to, until the
                             // connection ends.
                             let _ = sink.unsubscribe(&channel).await;
@@ -132,6 +126,24 @@ impl Watcher {
             latest,
             requests: self.requests.clone(),
         })
+    }
+}
+
+/// One waiter fewer on `channel`: whether it was the last.
+fn forget(channels: &Channels, channel: &str) -> bool {
+    match channels.lock() {
+        Ok(mut channels) => match channels.get_mut(channel) {
+            Some(entry) if entry.0 > 1 => {
+                entry.0 -= 1;
+                false
+            }
+            Some(_) => {
+                channels.remove(channel);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
     }
 }
 

@@ -28,19 +28,39 @@ pub(crate) async fn part_return(
     meta: &ResultMeta,
     priority: Option<u8>,
 ) {
-    let Results::Backend(backend) = &shared.results else {
+    let (Some(body), Some(group)) = (&request.chord, &request.group) else {
         return;
     };
-    let (Some(body), Some(group)) = (&request.chord, &request.group) else {
+    join(
+        shared,
+        body,
+        group,
+        request.group_index,
+        meta,
+        request,
+        priority,
+    )
+    .await;
+}
+
+/// Counts `meta` as the part at `index` of chord `group` with `body`, and completes the chord
+/// when it was the last (a header task's own result, or one its failed chain passed on).
+pub(crate) async fn join(
+    shared: &Shared,
+    body: &Signature,
+    group: &str,
+    index: Option<u32>,
+    meta: &ResultMeta,
+    request: &TaskRequest,
+    priority: Option<u8>,
+) {
+    let Results::Backend(backend) = &shared.results else {
         return;
     };
     if backend.chord_support() != ChordSupport::Join {
         return;
     }
-    let ready = match backend
-        .chord_part_return(group, request.group_index, meta)
-        .await
-    {
+    let ready = match backend.chord_part_return(group, index, meta).await {
         Ok(Some(ready)) => ready,
         Ok(None) => return,
         Err(error) => {
@@ -136,6 +156,17 @@ async fn chord_error(backend: &dyn ResultBackend, body: &Signature, reason: Stri
         .map(str::to_owned);
     if let Err(error) = backend.store(&meta).await {
         tracing::error!(error = %format_args!("{error:#}"), "storing a chord's failure failed");
+    }
+    // The steps after the body fail with it.
+    if let Some(Json::Array(rest)) = body.options.get("chain") {
+        for step in rest {
+            if let Some(id) = step.pointer("/options/task_id").and_then(Json::as_str) {
+                let meta = ResultMeta::failure(id, State::Failure, &failure);
+                if let Err(error) = backend.store(&meta).await {
+                    tracing::error!(error = %format_args!("{error:#}"), "storing a chain's failure failed");
+                }
+            }
+        }
     }
 }
 

@@ -22,8 +22,6 @@ use crate::result::{ResultMeta, State, TaskFailure};
 /// A task due within this long waits in the worker; later ones go back through the
 /// transport's delayed delivery (RabbitMQ's counts whole seconds).
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
-/// How often a late-acked task's lease is renewed where leases run out.
-const LEASE_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Where a message stands once the task has run.
 struct Call {
@@ -88,7 +86,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
         }
     };
     let permit = match shared.leases {
-        true => keep_lease(&delivery, waiting).await,
+        true => keep_lease(&shared, &delivery, waiting).await,
         false => waiting.await,
     };
     let Some(_permit) = permit else {
@@ -193,7 +191,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
     };
     let work = async {
         match (&late, shared.leases) {
-            (Some(delivery), true) => keep_lease(delivery, run).await,
+            (Some(delivery), true) => keep_lease(&shared, delivery, run).await,
             _ => run.await,
         }
     };
@@ -360,6 +358,21 @@ async fn failed(
             .and_then(Json::as_str)
             .map(str::to_owned);
         store(shared, &(String::new(), String::new()), &meta).await;
+        // A chain that is a chord's header task: its failure is that part's result, or the
+        // chord would wait for it for ever.
+        if let (Some(body), Some(group)) = (
+            next.options
+                .get("chord")
+                .and_then(|c| serde_json::from_value::<crate::Signature>(c.clone()).ok()),
+            meta.group_id.as_deref(),
+        ) {
+            let index = next
+                .options
+                .get("group_index")
+                .and_then(Json::as_u64)
+                .and_then(|i| u32::try_from(i).ok());
+            super::chord::join(shared, &body, group, index, &meta, request, priority).await;
+        }
     }
     for errback in &request.errbacks {
         let id = Json::String(request.id.clone());
@@ -507,7 +520,7 @@ async fn publish_later(
 async fn hold(shared: &Shared, delivery: &Delivery, wait: Duration) -> bool {
     let sleep = async {
         match shared.leases {
-            true => keep_lease(delivery, tokio::time::sleep(wait)).await,
+            true => keep_lease(shared, delivery, tokio::time::sleep(wait)).await,
             false => tokio::time::sleep(wait).await,
         }
     };
@@ -523,9 +536,13 @@ pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Runs `work`, renewing `delivery`'s lease meanwhile.
-async fn keep_lease<T>(delivery: &Delivery, work: impl std::future::Future<Output = T>) -> T {
+async fn keep_lease<T>(
+    shared: &Shared,
+    delivery: &Delivery,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     tokio::pin!(work);
-    let mut beat = tokio::time::interval(LEASE_HEARTBEAT);
+    let mut beat = tokio::time::interval(shared.lease_heartbeat);
     beat.tick().await;
     loop {
         tokio::select! {
@@ -611,6 +628,12 @@ async fn send(
                 let mut member = member;
                 member.options.insert("group_id".into(), json!(group_id));
                 member.options.insert("group_index".into(), json!(index));
+                // The group's own routing and timing apply to members that set none.
+                for key in ["queue", "priority", "countdown", "reply_to"] {
+                    if let Some(value) = sig.options.get(key) {
+                        member.options.entry(key).or_insert_with(|| value.clone());
+                    }
+                }
                 shared
                     .client
                     .send_signature(&member, first.clone(), parent, Vec::new(), priority)
@@ -661,10 +684,18 @@ async fn send(
             if !chain.is_empty() {
                 body.options.insert("chain".into(), json!(chain));
             }
-            let group_id = body
-                .options
-                .get("group_id")
-                .and_then(Json::as_str)
+            // Celery's chord.run: the group id is the header's `task_id` (the chord
+            // signature carries the same); not the body's `group_id`, which inside an outer
+            // group or chord is the outer one's.
+            let header_id = match sig.kwargs.get("header") {
+                Some(Json::Object(group)) => group
+                    .get("options")
+                    .and_then(|o| o.get("task_id"))
+                    .and_then(Json::as_str),
+                _ => None,
+            };
+            let group_id = header_id
+                .or_else(|| sig.options.get("task_id").and_then(Json::as_str))
                 .map(str::to_owned);
             shared
                 .client

@@ -409,6 +409,9 @@ pub(crate) struct Shared {
     pub(crate) can_delay: bool,
     /// Whether leases run out (late-acked tasks then keep theirs alive).
     pub(crate) leases: bool,
+    /// How often a held message's lease is renewed: a third of the URL's
+    /// `visibility_timeout`, else every 60 s.
+    pub(crate) lease_heartbeat: Duration,
 }
 
 impl Worker {
@@ -491,7 +494,12 @@ impl Worker {
                         backend: backend.clone(),
                         client: client.clone(),
                     }),
-                    settings: TaskSettings::new().max_retries(None).ignore_result(true),
+                    // Acked late: stopped midway, it comes back (it stores nothing, so a
+                    // lost one would leave the chord's body unsent).
+                    settings: TaskSettings::new()
+                        .max_retries(None)
+                        .ignore_result(true)
+                        .acks_late(true),
                     bucket: None,
                 });
         }
@@ -508,6 +516,14 @@ impl Worker {
             eta_exchange: if amqp { ETA_EXCHANGE } else { "" },
             can_delay: caps.delayed_delivery,
             leases: caps.visibility_timeout,
+            lease_heartbeat: conn
+                .url()
+                .query_seconds("visibility_timeout")
+                .ok()
+                .flatten()
+                .map_or(Duration::from_secs(60), |vt| {
+                    (vt / 3).max(Duration::from_millis(100))
+                }),
             hostname,
             conn: conn.clone(),
         });
