@@ -32,6 +32,27 @@ fn resumable(inner: &Inner, error: &Error) -> bool {
         && inner.shared.options().recover
 }
 
+/// RabbitMQ's direct reply-to pseudo-queue.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// A subscription to direct reply-to that failed with PRECONDITION_FAILED: the broker closed
+/// the channel because a request went out on it, addressed to direct reply-to, before this
+/// consumer was back (an RPC client after a reconnect). Not this consumer's fault: it is
+/// worth subscribing again, on a new channel (kind `Closed`).
+fn refused_by_a_publish(queues: &[String], error: Error) -> Error {
+    match error.kind() == ErrorKind::PreconditionFailed
+        && queues.iter().any(|q| q == DIRECT_REPLY_TO)
+    {
+        true => Error::new(
+            ErrorKind::Closed,
+            format!(
+                "the broker closed the channel before direct reply-to was consumed again: {error:#}"
+            ),
+        ),
+        false => error,
+    }
+}
+
 /// Settles one delivery through the [`Settlements`] of the lapin channel it came on (which
 /// coalesce acks): after that channel ended (closed, or its connection dropped) they refuse, so
 /// a stale delivery tag is never applied to another channel's messages.
@@ -219,7 +240,7 @@ impl ConsumeState {
                         self.generation = generation;
                         return None;
                     }
-                    Err(e) => last = e,
+                    Err(e) => last = refused_by_a_publish(&self.queues, e),
                 }
                 if inner.is_closed() {
                     return None;
@@ -290,8 +311,19 @@ impl ConsumeState {
                     if closed {
                         return None;
                     }
-                    if lost || error.is_recoverable() {
-                        match self.resubscribe(error).await {
+                    // The broker closed the channel (a soft error, maybe of another operation
+                    // on it, such as a publish it refused) with the connection up: subscribe
+                    // again on a new channel.
+                    let channel_gone = !lost && !self.settlements.channel_open();
+                    if lost || error.is_recoverable() || channel_gone {
+                        let cause = match channel_gone && !error.is_recoverable() {
+                            true => Error::new(
+                                ErrorKind::Closed,
+                                format!("the broker closed the consumer's channel: {error:#}"),
+                            ),
+                            false => error,
+                        };
+                        match self.resubscribe(cause).await {
                             None => continue,
                             Some(error) => {
                                 self.done = true;
@@ -309,16 +341,25 @@ impl ConsumeState {
                     if inner.is_closed() || inner.shared.is_closed() {
                         return None;
                     }
-                    // Ended on the connection in use, which is up: the broker closed the
-                    // channel or cancelled the consumers. On one that was replaced since (the
-                    // watcher may have recovered already), or one that is down: subscribe again.
+                    // Ended on the connection in use, which is up, with the channel open: the
+                    // broker cancelled the consumers (their queue went), the end. On a channel
+                    // the broker closed (an error of another operation on it, such as a
+                    // publish it refused), on a connection replaced since (the watcher may
+                    // have recovered already), or on one that is down: subscribe again.
                     let same = inner.shared.generation() == self.generation;
                     let alive = inner.shared.connection_alive();
+                    let channel_closed = !self.settlements.channel_open();
                     drop(inner);
-                    if same && alive {
+                    if same && alive && !channel_closed {
                         return None;
                     }
-                    let lost = Error::new(ErrorKind::Connection, "the AMQP connection dropped");
+                    let lost = match same && alive {
+                        true => Error::new(
+                            ErrorKind::Closed,
+                            "the broker closed the consumer's channel",
+                        ),
+                        false => Error::new(ErrorKind::Connection, "the AMQP connection dropped"),
+                    };
                     if let Some(error) = self.resubscribe(lost).await {
                         self.done = true;
                         return Some((Err(error), self));

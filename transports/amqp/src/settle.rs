@@ -248,6 +248,11 @@ impl State {
 }
 
 impl Settlements {
+    /// Whether the AMQP channel the deliveries came on is still open.
+    pub(crate) fn channel_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     pub(crate) fn new(channel: lapin::Channel, in_flight: Arc<InFlight>) -> Arc<Settlements> {
         Arc::new(Settlements {
             channel,
