@@ -61,7 +61,7 @@ mod policy;
 mod shutdown;
 use heartbeat::Heartbeat;
 pub use policy::Handled;
-pub use shutdown::{DEFAULT_SHUTDOWN_TIMEOUT, StopHandle};
+pub use shutdown::{DEFAULT_SHUTDOWN_TIMEOUT, StopHandle, shutdown_signal};
 use shutdown::{Ran, StopSignal};
 
 /// What to do with a delivery that could not be decoded or is not accepted (a poison

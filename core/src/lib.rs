@@ -89,7 +89,7 @@ pub use connection::Connection;
 pub use connection_builder::ConnectionBuilder;
 pub use consumer::{
     ConsumeError, Consumer, ConsumerBuilder, DEFAULT_MAX_REDELIVERIES, DEFAULT_SHUTDOWN_TIMEOUT,
-    ErrorAction, Handled, StopHandle,
+    ErrorAction, Handled, StopHandle, shutdown_signal,
 };
 pub use dead_letter::DeadLettered;
 pub use entity::{Binding, Exchange, ExchangeKind, HeaderMatch, Queue};

@@ -603,28 +603,12 @@ impl Worker {
         tokio::pin!(run);
         tokio::select! {
             done = &mut run => return done,
-            () = signal() => {
+            () = kombu_core::shutdown_signal() => {
                 tracing::info!("signal received: the Celery worker stops");
                 handle.stop();
             }
         }
         run.await
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -201,3 +201,26 @@ impl Consumer {
         closed
     }
 }
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what a service stops on. A signal that
+/// cannot be listened to is logged; when neither can, this never resolves.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen to SIGTERM"),
+        }
+    }
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::warn!(%error, "cannot listen to SIGINT either: no signal stops this");
+        std::future::pending::<()>().await;
+    }
+}

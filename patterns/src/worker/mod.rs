@@ -436,7 +436,7 @@ impl Worker {
         tokio::pin!(run);
         tokio::select! {
             done = &mut run => return done,
-            () = signal() => {
+            () = kombu_core::shutdown_signal() => {
                 tracing::info!("signal received: the worker stops");
                 handle.stop();
             }
@@ -458,27 +458,4 @@ fn heartbeat(builder: &WorkerBuilder) -> Result<Option<Duration>> {
     Ok(Some(visibility.map_or(DEFAULT_HEARTBEAT, |v| {
         (v / 3).max(Duration::from_millis(10))
     })))
-}
-
-/// Returns on SIGINT or SIGTERM (SIGINT only where there is no SIGTERM); never when they
-/// cannot be listened to (logged).
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            Err(error) => tracing::warn!(%error, "cannot listen to SIGTERM"),
-        }
-    }
-    if let Err(error) = tokio::signal::ctrl_c().await {
-        tracing::warn!(%error, "cannot listen to SIGINT: the worker stops only by its handle");
-        std::future::pending::<()>().await;
-    }
 }
