@@ -31,6 +31,7 @@
 //! alphabetical order rather than Celery's; Celery reads them by name.
 
 pub mod backend;
+mod canvas;
 mod client;
 mod message;
 mod repr;
@@ -38,9 +39,8 @@ mod request;
 mod result;
 pub mod worker;
 
-pub use client::{
-    Celery, CeleryBuilder, ChordSent, DEFAULT_QUEUE, GroupSent, Sent, Task, TaskOptions,
-};
+pub use canvas::{ChordSent, GroupSent};
+pub use client::{Celery, CeleryBuilder, DEFAULT_QUEUE, Sent, Task, TaskOptions};
 pub use message::{Signature, When};
 pub use request::TaskRequest;
 pub use result::{ResultMeta, State, TaskError, TaskFailure};

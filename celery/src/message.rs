@@ -76,6 +76,20 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// A canvas's list of signatures (a chain's or group's `tasks`, a chord's header):
+    /// every one, or the first that does not parse; none when the value is not a list.
+    pub(crate) fn list(value: Option<&Json>) -> Result<Vec<Signature>, serde_json::Error> {
+        match value {
+            Some(Json::Array(items)) => items
+                .iter()
+                .map(|t| serde_json::from_value(t.clone()))
+                .collect(),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
 /// A JSON value as positional arguments: an array's items, `null` as none, anything else as
 /// the one argument.
 pub(crate) fn into_args(value: Json) -> Vec<Json> {

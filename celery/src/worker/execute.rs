@@ -711,23 +711,19 @@ async fn send(
     }
 }
 
-/// The signatures of a canvas's `tasks` (or header) list.
+/// The signatures of a canvas's `tasks` (or header) list, which must be there.
 fn signatures(value: Option<&Json>, what: &str) -> kombu_core::Result<Vec<crate::Signature>> {
-    let Some(Json::Array(items)) = value else {
+    if !matches!(value, Some(Json::Array(_))) {
         return Err(kombu_core::Error::new(
             kombu_core::ErrorKind::Codec,
             format!("a {what} without its tasks"),
         ));
-    };
-    items
-        .iter()
-        .map(|t| serde_json::from_value(t.clone()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            kombu_core::Error::new(
-                kombu_core::ErrorKind::Codec,
-                format!("a {what} task that does not parse"),
-            )
-            .with_source(e)
-        })
+    }
+    crate::Signature::list(value).map_err(|e| {
+        kombu_core::Error::new(
+            kombu_core::ErrorKind::Codec,
+            format!("a {what} task that does not parse"),
+        )
+        .with_source(e)
+    })
 }
