@@ -95,40 +95,42 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-fn spawn_waits(
-    backend: &Arc<RedisResultBackend>,
-    ids: &[String],
-) -> Vec<tokio::task::JoinHandle<kombu_core::Result<ResultMeta>>> {
-    ids.iter()
-        .map(|id| {
-            let backend = backend.clone();
-            let id = id.clone();
-            tokio::spawn(async move { backend.wait(&id, Duration::from_secs(30)).await })
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_wait_shares_one_subscription_connection() {
-    const WAITERS: usize = 50;
-    let Some(broker) = brokers::broker("redis", "celery-redis-waits") else {
-        return;
-    };
+/// `waiters` waits, by a backend connected as a user of this test's own, all subscribed
+/// (on one connection); `None` when Redis is not there.
+async fn waiting(
+    test: &'static str,
+    waiters: usize,
+) -> Option<(User, Arc<RedisResultBackend>, Vec<String>, Vec<Wait>)> {
+    let broker = brokers::broker("redis", test)?;
     let (mut user, url) = User::new(&broker.url).await;
     let backend = Arc::new(
         RedisResultBackend::connect(&url)
             .await
             .expect("the backend"),
     );
-    let ids: Vec<String> = (0..WAITERS)
-        .map(|i| format!("wait-{i}-{}", uuid::Uuid::new_v4()))
+    let ids: Vec<String> = (0..waiters)
+        .map(|i| format!("{test}-{i}-{}", uuid::Uuid::new_v4()))
         .collect();
-    let waits = spawn_waits(&backend, &ids);
-    // All 50 on one connection (a connection each would be 50 with one channel apiece).
+    let waits = ids
+        .iter()
+        .map(|id| {
+            let backend = backend.clone();
+            let id = id.clone();
+            tokio::spawn(async move { backend.wait(&id, Duration::from_secs(30)).await })
+        })
+        .collect();
+    // All on one connection (a connection each would be many with one channel apiece).
     until("one connection with every channel", async || {
-        user.subscriptions().await == vec![WAITERS]
+        user.subscriptions().await == vec![waiters]
     })
     .await;
+    Some((user, backend, ids, waits))
+}
+
+type Wait = tokio::task::JoinHandle<kombu_core::Result<ResultMeta>>;
+
+/// Stores result `i` for the `i`th id; each wait ends with its own.
+async fn store_and_check(backend: &RedisResultBackend, ids: &[String], waits: Vec<Wait>) {
     for (i, id) in ids.iter().enumerate() {
         backend
             .store(&ResultMeta::success(id.as_str(), json!(i)))
@@ -143,6 +145,14 @@ async fn every_wait_shares_one_subscription_connection() {
             "each by its own"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_wait_shares_one_subscription_connection() {
+    let Some((mut user, backend, ids, waits)) = waiting("celery-redis-waits", 50).await else {
+        return;
+    };
+    store_and_check(&backend, &ids, waits).await;
     // The last waiter of each channel unsubscribed it; the connection stays for the next.
     // (A connection without channels leaves PUB/SUB mode: listed with none, or not at all.)
     until("every channel unsubscribed", async || {
@@ -155,24 +165,9 @@ async fn every_wait_shares_one_subscription_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_and_stores_outlive_their_connections_killed() {
-    const WAITERS: usize = 7;
-    let Some(broker) = brokers::broker("redis", "celery-redis-waits-kill") else {
+    let Some((mut user, backend, ids, waits)) = waiting("celery-redis-waits-kill", 7).await else {
         return;
     };
-    let (mut user, url) = User::new(&broker.url).await;
-    let backend = Arc::new(
-        RedisResultBackend::connect(&url)
-            .await
-            .expect("the backend"),
-    );
-    let ids: Vec<String> = (0..WAITERS)
-        .map(|i| format!("kill-{i}-{}", uuid::Uuid::new_v4()))
-        .collect();
-    let waits = spawn_waits(&backend, &ids);
-    until("the waits subscribed", async || {
-        user.subscriptions().await == vec![WAITERS]
-    })
-    .await;
     // The data connection and the subscription connection both.
     assert!(
         user.kill_connections().await >= 2,
@@ -180,16 +175,7 @@ async fn waits_and_stores_outlive_their_connections_killed() {
     );
     // Stored after the kill: the store reconnects, the waits subscribe again on a new
     // connection (or read the key when they do).
-    for (i, id) in ids.iter().enumerate() {
-        backend
-            .store(&ResultMeta::success(id.as_str(), json!(i)))
-            .await
-            .expect("store after the kill");
-    }
-    for (i, wait) in waits.into_iter().enumerate() {
-        let meta = wait.await.expect("the wait's task").expect("the wait");
-        assert_eq!((meta.state, meta.result), (State::Success, json!(i)));
-    }
+    store_and_check(&backend, &ids, waits).await;
     assert_eq!(
         backend.subscription_connections_opened(),
         2,
