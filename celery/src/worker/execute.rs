@@ -37,13 +37,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
     let counters = &shared.control.counters;
     if request.expired() {
         let reply = delivery_reply(&delivery);
-        let ignore = task.settings.ignore_result;
-        let call = Call {
-            request: Arc::new(request),
-            message: delivery.message().clone(),
-            queue: delivery.queue().to_owned(),
-        };
-        revoke(&shared, &call, &reply, ignore, None).await;
+        revoke(&shared, &request, &reply, task.settings.ignore_result, None).await;
         settle(delivery, true).await;
         return;
     }
@@ -111,7 +105,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
         );
     // It may have expired while it waited for its eta, its rate or a slot.
     if request.expired() {
-        revoke(&shared, &call, &reply, ignore, priority).await;
+        revoke(&shared, request, &reply, ignore, priority).await;
         settle(delivery, true).await;
         return;
     }
@@ -240,12 +234,11 @@ fn delivery_reply(delivery: &Delivery) -> (String, String) {
 /// An expired task: REVOKED (`TaskRevokedError('expired')`), not run.
 async fn revoke(
     shared: &Shared,
-    call: &Call,
+    request: &TaskRequest,
     reply: &(String, String),
     ignore: bool,
     priority: Option<u8>,
 ) {
-    let request = &call.request;
     let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", "expired");
     let mut meta = ResultMeta::failure(request.id.as_str(), State::Revoked, &failure);
     meta.group_id = request.group.clone();
