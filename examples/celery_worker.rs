@@ -5,10 +5,14 @@
 //! ```text
 //! cargo run --example celery_worker --features celery -- \
 //!     --broker redis://127.0.0.1:6379/0 --backend redis://127.0.0.1:6379/1 \
-//!     [--queue Q]... [--concurrency N] [--hostname NAME]
+//!     [--queue Q]... [--concurrency N | --autoscale MAX,MIN] [--hostname NAME] [-E]
 //! # then, from Python (examples/python/tasks.py):
 //! #   add.delay(2, 3).get(timeout=10) == 5
 //! ```
+//!
+//! `-E` (`--task-events`) sends task events, as Celery's `-E`: with it, `celery events` and
+//! Flower show the tasks; without it they still see the worker (its heartbeats). `celery
+//! inspect` and `celery control` reach it as any Celery worker.
 //!
 //! Backends: `redis://...`, `rpc://` (results to each caller's reply queue), and
 //! `db+sqlite:///path.db` (Celery's SQL tables). It stops with status 0 on SIGINT or SIGTERM,
@@ -72,14 +76,17 @@ fn tasks(worker: WorkerBuilder) -> WorkerBuilder {
         )
 }
 
-/// `--broker`, `--backend`, `--queue` (repeatable), `--concurrency`, `--hostname`.
+/// `--broker`, `--backend`, `--queue` (repeatable), `--concurrency`, `--autoscale`,
+/// `--hostname`, `-E`.
 #[derive(Debug, Default)]
 struct Args {
     broker: Option<String>,
     backend: Option<String>,
     queues: Vec<String>,
     concurrency: Option<usize>,
+    autoscale: Option<(usize, usize)>,
     hostname: Option<String>,
+    task_events: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -96,6 +103,16 @@ fn parse_args() -> Result<Args, String> {
                 args.concurrency = Some(n.parse().map_err(|e| format!("--concurrency {n}: {e}"))?);
             }
             "--hostname" | "-n" => args.hostname = Some(value()?),
+            "--autoscale" => {
+                let text = value()?;
+                let bad = || format!("--autoscale {text}: expected MAX,MIN");
+                let (max, min) = text.split_once(',').ok_or_else(bad)?;
+                args.autoscale = Some((
+                    max.trim().parse().map_err(|_| bad())?,
+                    min.trim().parse().map_err(|_| bad())?,
+                ));
+            }
+            "-E" | "--task-events" => args.task_events = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -116,7 +133,7 @@ async fn with_backend(
 }
 
 const USAGE: &str = "usage: celery_worker --broker URL --backend URL [--queue Q]... \
-                     [--concurrency N] [--hostname NAME]";
+                     [--concurrency N | --autoscale MAX,MIN] [--hostname NAME] [-E]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -163,9 +180,13 @@ async fn serve(broker: &str, args: &Args) -> Result<(), Box<dyn std::error::Erro
     if let Some(n) = args.concurrency {
         worker = worker.concurrency(n);
     }
+    if let Some((max, min)) = args.autoscale {
+        worker = worker.autoscale(max, min);
+    }
     if let Some(name) = &args.hostname {
         worker = worker.hostname(name);
     }
+    worker = worker.task_events(args.task_events);
     println!("celery_worker: consuming on {}", conn.url());
     worker.build()?.run_until_signal().await?;
     println!("celery_worker: stopped");

@@ -33,6 +33,9 @@
 pub mod backend;
 mod canvas;
 mod client;
+pub mod clock;
+pub mod control;
+pub mod events;
 mod message;
 mod repr;
 mod request;

@@ -37,6 +37,13 @@ pub(crate) fn kwargs_repr(kwargs: &serde_json::Map<String, Json>) -> String {
     cut(out)
 }
 
+/// The repr of one value (a task's result in `task-succeeded`, a string in a reply text).
+pub(crate) fn value_repr(value: &Json) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value, 0);
+    cut(out)
+}
+
 fn cut(text: String) -> String {
     match text.char_indices().nth(MAX_LEN) {
         None => text,

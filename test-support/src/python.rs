@@ -52,6 +52,9 @@ impl CeleryWorker {
         std::fs::create_dir_all(&dir).expect("create the worker directory"); // ok: a test helper; documented to panic
         std::fs::write(dir.join("kombu_rs_tasks.py"), app).expect("write the app module"); // ok: a test helper; documented to panic
         let log = std::fs::File::create(dir.join("worker.log")).expect("worker log"); // ok: a test helper; documented to panic
+        // A node name of its own: workers of concurrent tests must not share a mailbox
+        // (`<name>.celery.pidbox` is exclusive on RabbitMQ).
+        let node = format!("kombu-rs-{name}-{}-{nanos}@%h", std::process::id());
         let child = Command::new(python)
             .args([
                 "-m",
@@ -68,6 +71,8 @@ impl CeleryWorker {
                 "--without-heartbeat",
                 "-c",
                 "1",
+                "-n",
+                &node,
                 "--loglevel",
                 "INFO",
             ])

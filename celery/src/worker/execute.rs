@@ -12,10 +12,13 @@ use kombu_core::transport::Outgoing;
 use kombu_core::{Delivery, Message, Value};
 use serde_json::{Value as Json, json};
 
+use super::state::Phase;
 use super::task::{Retry, TaskContext, TaskFail};
 use super::{Results, Shared};
 use crate::backend::RpcResultBackend;
+use crate::events::{EventKind, fields};
 use crate::message::isoformat;
+use crate::repr::{args_repr, kwargs_repr, value_repr};
 use crate::request::TaskRequest;
 use crate::result::{ResultMeta, State, TaskFailure};
 
@@ -28,19 +31,95 @@ struct Call {
     request: Arc<TaskRequest>,
     message: Message,
     queue: String,
+    /// When it started.
+    started: tokio::time::Instant,
 }
 
-pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: TaskRequest) {
+/// Why a task is not run.
+#[derive(Clone, Copy)]
+enum Why {
+    /// Its `expires` passed.
+    Expired,
+    /// Remote control revoked it.
+    Revoked,
+    /// Remote control terminated it while it ran (with this signal).
+    Terminated(i32),
+}
+
+/// Whether the request is not to run: expired, or revoked by remote control.
+fn revoked(shared: &Shared, request: &TaskRequest) -> Option<Why> {
+    if shared.revoked.lock().contains(&request.id) {
+        return Some(Why::Revoked);
+    }
+    request.expired().then_some(Why::Expired)
+}
+
+/// Celery's `delivery_info` of a request.
+fn delivery_info(delivery: &Delivery) -> Json {
+    json!({
+        "exchange": delivery.exchange(),
+        "routing_key": delivery.routing_key(),
+        "priority": delivery.properties().priority.unwrap_or(0),
+        "redelivered": delivery.redelivered(),
+    })
+}
+
+/// Python's repr of a failure's exception (`ValueError('boom')`).
+fn exception_repr(failure: &TaskFailure) -> String {
+    let args: Vec<String> = failure.exc_message.iter().map(value_repr).collect();
+    format!("{}({})", failure.exc_type, args.join(", "))
+}
+
+/// The `task-received` event of a request.
+fn received(shared: &Shared, request: &TaskRequest) {
+    let iso = |at: &Option<chrono::DateTime<chrono::FixedOffset>>| {
+        at.map_or(Json::Null, |at| json!(at.to_rfc3339()))
+    };
+    shared.events.task(
+        EventKind::TaskReceived,
+        fields([
+            ("uuid", json!(request.id)),
+            ("name", json!(request.task)),
+            ("args", json!(args_repr(&request.args))),
+            ("kwargs", json!(kwargs_repr(&request.kwargs))),
+            ("root_id", json!(request.root_id)),
+            ("parent_id", json!(request.parent_id)),
+            ("retries", json!(request.retries)),
+            ("eta", iso(&request.eta)),
+            ("expires", iso(&request.expires)),
+        ]),
+    );
+}
+
+pub(crate) async fn execute(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    request: TaskRequest,
+    _consumer: Arc<()>,
+) {
     let Some(task) = shared.tasks.get(&request.task) else {
         return; // checked before the spawn
     };
     let counters = &shared.control.counters;
-    if request.expired() {
+    if let Some(why) = revoked(&shared, &request) {
         let reply = delivery_reply(&delivery);
-        revoke(&shared, &request, &reply, task.settings.ignore_result, None).await;
+        revoke(
+            &shared,
+            &request,
+            &reply,
+            task.settings.ignore_result,
+            None,
+            why,
+        )
+        .await;
         settle(delivery, true).await;
         return;
     }
+    received(&shared, &request);
+    let request = Arc::new(request);
+    let tracked = shared
+        .requests
+        .track(request.clone(), delivery_info(&delivery));
     // The eta: back through the transport's delayed delivery, or a short wait here.
     if let Some(eta) = request.eta {
         let wait = (eta.with_timezone(&Utc) - Utc::now())
@@ -60,12 +139,19 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
                 ),
             }
         }
-        if !wait.is_zero() && !hold(&shared, &delivery, wait).await {
-            settle(delivery, false).await;
-            return;
+        if !wait.is_zero() {
+            tracked.set(Phase::Scheduled {
+                eta: eta.to_rfc3339(),
+                priority: 6,
+            });
+            if !hold(&shared, &delivery, wait).await {
+                settle(delivery, false).await;
+                return;
+            }
+            tracked.set(Phase::Reserved);
         }
     }
-    if let Some(bucket) = &task.bucket {
+    if let Some(bucket) = task.bucket() {
         let wait = bucket.take();
         if !wait.is_zero() && !hold(&shared, &delivery, wait).await {
             settle(delivery, false).await;
@@ -92,9 +178,10 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
     // priority its signature gives.
     let priority = None;
     let call = Call {
-        request: Arc::new(request),
+        request,
         message: delivery.message().clone(),
         queue: delivery.queue().to_owned(),
+        started: tokio::time::Instant::now(),
     };
     let request = &call.request;
     let settings = &task.settings;
@@ -103,9 +190,9 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
             call.message.headers.get("ignore_result"),
             Some(Value::Bool(true))
         );
-    // It may have expired while it waited for its eta, its rate or a slot.
-    if request.expired() {
-        revoke(&shared, request, &reply, ignore, priority).await;
+    // It may have expired or been revoked while it waited for its eta, its rate or a slot.
+    if let Some(why) = revoked(&shared, request) {
+        revoke(&shared, request, &reply, ignore, priority, why).await;
         settle(delivery, true).await;
         return;
     }
@@ -125,6 +212,19 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
         }
     };
     counters.started.fetch_add(1, Ordering::Relaxed);
+    *shared
+        .totals
+        .lock()
+        .entry(request.task.clone())
+        .or_insert(0) += 1;
+    tracked.set(Phase::Active {
+        time_start: crate::events::now(),
+        acknowledged: late.is_none(),
+    });
+    shared.events.task(
+        EventKind::TaskStarted,
+        fields([("uuid", json!(request.id))]),
+    );
     if settings.track_started && !ignore {
         let mut meta = ResultMeta::pending(request.id.as_str());
         meta.state = State::Started;
@@ -137,8 +237,9 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .or(own)
     };
-    let hard = limit(request.time_limit.0, settings.time_limit);
-    let soft = limit(request.time_limit.1, settings.soft_time_limit);
+    let (own_hard, own_soft) = task.time_limits();
+    let hard = limit(request.time_limit.0, own_hard);
+    let soft = limit(request.time_limit.1, own_soft);
     let ctx = TaskContext {
         request: request.clone(),
         soft_deadline: soft.and_then(|s| tokio::time::Instant::now().checked_add(s)),
@@ -189,9 +290,22 @@ pub(crate) async fn execute(shared: Arc<Shared>, delivery: Delivery, request: Ta
             _ => run.await,
         }
     };
-    // Past the shutdown timeout the worker aborts what still runs.
+    let mut terminate = tracked.terminate.clone();
+    // Past the shutdown timeout the worker aborts what still runs; remote control may
+    // terminate it.
     let outcome = tokio::select! {
         outcome = work => outcome,
+        signal = async { terminate.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
+            let Some(signal) = signal else {
+                return; // the worker is gone
+            };
+            tracing::warn!(task = %request.task, id = %request.id, signal, "terminated by remote control");
+            revoke(&shared, request, &reply, ignore, priority, Why::Terminated(signal)).await;
+            if let Some(delivery) = late {
+                settle(delivery, true).await;
+            }
+            return;
+        }
         () = stopped(shared.abort.clone()) => {
             match late {
                 // Late acks: the message goes back for another worker.
@@ -231,15 +345,31 @@ fn delivery_reply(delivery: &Delivery) -> (String, String) {
     )
 }
 
-/// An expired task: REVOKED (`TaskRevokedError('expired')`), not run.
+/// A task not run (expired or revoked) or stopped (terminated): REVOKED
+/// (`TaskRevokedError('expired' | 'revoked' | 'terminated')`), announced `task-revoked`.
 async fn revoke(
     shared: &Shared,
     request: &TaskRequest,
     reply: &(String, String),
     ignore: bool,
     priority: Option<u8>,
+    why: Why,
 ) {
-    let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", "expired");
+    let (reason, terminated, signum, expired) = match why {
+        Why::Expired => ("expired", false, Json::Null, true),
+        Why::Revoked => ("revoked", false, Json::Null, false),
+        Why::Terminated(signal) => ("terminated", true, json!(signal), false),
+    };
+    shared.events.task(
+        EventKind::TaskRevoked,
+        fields([
+            ("uuid", json!(request.id)),
+            ("terminated", json!(terminated)),
+            ("signum", signum),
+            ("expired", json!(expired)),
+        ]),
+    );
+    let failure = TaskFailure::new("celery.exceptions", "TaskRevokedError", reason);
     let mut meta = ResultMeta::failure(request.id.as_str(), State::Revoked, &failure);
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
@@ -247,7 +377,7 @@ async fn revoke(
         store(shared, reply, &meta).await;
     }
     super::chord::part_return(shared, request, &meta, priority).await;
-    tracing::info!(task = %request.task, id = %request.id, "expired: revoked");
+    tracing::info!(task = %request.task, id = %request.id, reason, "revoked");
     shared
         .control
         .counters
@@ -298,6 +428,14 @@ async fn succeeded(
         .counters
         .succeeded
         .fetch_add(1, Ordering::Relaxed);
+    shared.events.task(
+        EventKind::TaskSucceeded,
+        fields([
+            ("uuid", json!(request.id)),
+            ("result", json!(value_repr(&value))),
+            ("runtime", json!(call.started.elapsed().as_secs_f64())),
+        ]),
+    );
     let mut meta = ResultMeta::success(request.id.as_str(), value);
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
@@ -331,6 +469,17 @@ async fn failed(
         .failed
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(task = %request.task, id = %request.id, failure = %failure, "task failed");
+    shared.events.task(
+        EventKind::TaskFailed,
+        fields([
+            ("uuid", json!(request.id)),
+            ("exception", json!(exception_repr(&failure))),
+            (
+                "traceback",
+                json!(failure.traceback.clone().unwrap_or_default()),
+            ),
+        ]),
+    );
     let mut meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
@@ -427,6 +576,17 @@ async fn retried(
                     format!("Retry in {}s", countdown.as_secs_f64()),
                 )
             });
+            shared.events.task(
+                EventKind::TaskRetried,
+                fields([
+                    ("uuid", json!(request.id)),
+                    ("exception", json!(exception_repr(&failure))),
+                    (
+                        "traceback",
+                        json!(failure.traceback.clone().unwrap_or_default()),
+                    ),
+                ]),
+            );
             let mut meta = ResultMeta::failure(request.id.as_str(), State::Retry, &failure);
             meta.date_done = None;
             meta.group_id = request.group.clone();

@@ -67,8 +67,15 @@
 //! ```
 
 mod chord;
+mod commands;
+mod consumers;
+mod eventer;
 mod execute;
+mod pidbox;
+mod pool;
 mod rate;
+mod run;
+mod state;
 mod task;
 
 use std::collections::HashMap;
@@ -76,20 +83,22 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use kombu_core::{Binding, Connection, Error, ErrorKind, Exchange, Queue, Result};
+use kombu_core::{Connection, Error, ErrorKind, Result};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::backend::ResultBackend;
-use crate::client::{Celery, DEFAULT_QUEUE, Task};
-use crate::request::TaskRequest;
+use crate::client::{Celery, Task};
+use crate::clock::LamportClock;
+use crate::events::EventKind;
 
 pub use chord::CHORD_UNLOCK;
+pub use eventer::HEARTBEAT_FREQ;
+pub use pool::KEEPALIVE as AUTOSCALE_KEEPALIVE;
 pub use rate::RateLimit;
 pub use task::{
     DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY, Retry, TaskContext, TaskFail, TaskSettings,
@@ -114,7 +123,82 @@ const REJECT_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct Registered {
     pub(crate) handler: Box<dyn Handler>,
     pub(crate) settings: TaskSettings,
-    pub(crate) bucket: Option<rate::Bucket>,
+    /// Its limits now (remote control changes them).
+    limits: Mutex<Limits>,
+}
+
+/// A task's limits as they stand.
+#[derive(Debug, Clone)]
+struct Limits {
+    /// The limit as given (`10/m`) and its bucket.
+    rate: Option<(String, Arc<rate::Bucket>)>,
+    hard: Option<Duration>,
+    soft: Option<Duration>,
+}
+
+impl Registered {
+    fn new(handler: Box<dyn Handler>, settings: TaskSettings) -> Registered {
+        let limits = Limits {
+            rate: settings
+                .rate_limit
+                .map(|limit| (limit.to_string(), Arc::new(rate::Bucket::new(limit)))),
+            hard: settings.time_limit,
+            soft: settings.soft_time_limit,
+        };
+        Registered {
+            handler,
+            settings,
+            limits: Mutex::new(limits),
+        }
+    }
+
+    /// Its rate limit's bucket, if it has one.
+    pub(crate) fn bucket(&self) -> Option<Arc<rate::Bucket>> {
+        self.limits.lock().rate.as_ref().map(|(_, b)| b.clone())
+    }
+
+    /// Its hard and soft time limits.
+    pub(crate) fn time_limits(&self) -> (Option<Duration>, Option<Duration>) {
+        let limits = self.limits.lock();
+        (limits.hard, limits.soft)
+    }
+
+    /// A new rate limit, with its text (`None`: none).
+    pub(crate) fn set_rate(&self, limit: Option<(RateLimit, String)>) {
+        self.limits.lock().rate = limit.map(|(l, text)| (text, Arc::new(rate::Bucket::new(l))));
+    }
+
+    /// New time limits (`None`: none).
+    pub(crate) fn set_time_limits(&self, hard: Option<Duration>, soft: Option<Duration>) {
+        let mut limits = self.limits.lock();
+        limits.hard = hard;
+        limits.soft = soft;
+    }
+
+    /// An attribute `inspect registered` shows, when set.
+    pub(crate) fn attribute(&self, name: &str) -> Option<String> {
+        let limits = self.limits.lock();
+        let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64().to_string());
+        match name {
+            "rate_limit" => limits.rate.as_ref().map(|(text, _)| text.clone()),
+            "time_limit" => seconds(limits.hard),
+            "soft_time_limit" => seconds(limits.soft),
+            "acks_late" => self
+                .settings
+                .acks_late
+                .map(|b| if b { "True" } else { "False" }.to_owned()),
+            "max_retries" => self.settings.max_retries.map(|n| n.to_string()),
+            "ignore_result" => Some(
+                if self.settings.ignore_result {
+                    "True"
+                } else {
+                    "False"
+                }
+                .to_owned(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Where results go.
@@ -140,6 +224,10 @@ pub struct WorkerBuilder {
     acks_late: bool,
     hostname: Option<String>,
     shutdown_timeout: Duration,
+    events: Option<bool>,
+    task_events: bool,
+    remote_control: bool,
+    autoscale: Option<(usize, usize)>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -153,6 +241,10 @@ impl fmt::Debug for WorkerBuilder {
             .field("prefetch_multiplier", &self.prefetch_multiplier)
             .field("acks_late", &self.acks_late)
             .field("hostname", &self.hostname)
+            .field("events", &self.events)
+            .field("task_events", &self.task_events)
+            .field("remote_control", &self.remote_control)
+            .field("autoscale", &self.autoscale)
             .finish()
     }
 }
@@ -212,11 +304,7 @@ impl WorkerBuilder {
         };
         self.tasks.insert(
             task.name().to_owned(),
-            Registered {
-                handler: Box::new(handler),
-                bucket: settings.rate_limit.map(rate::Bucket::new),
-                settings,
-            },
+            Registered::new(Box::new(handler), settings),
         );
         self
     }
@@ -272,6 +360,40 @@ impl WorkerBuilder {
     /// waits without a bound: give a long timeout for long tasks).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sends task events (`task-received`, `-started`, `-succeeded`, ...) as Celery's
+    /// `-E` / `worker_send_task_events` does (default `false`; the `enable_events` command
+    /// turns them on while it runs). See [`crate::events`].
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
+    /// Whether the worker sends events at all: `worker-online`, a `worker-heartbeat` every
+    /// [`HEARTBEAT_FREQ`], `worker-offline`, and task events when on. Default: on, except on
+    /// SQLite (as Celery sends none over its SQL transport).
+    pub fn events(mut self, on: bool) -> Self {
+        self.events = Some(on);
+        self
+    }
+
+    /// Whether the worker listens to remote control (`celery inspect`, `celery control`,
+    /// [`crate::control`]) on its mailbox `<hostname>.celery.pidbox` (default `true`, as
+    /// Celery's `worker_enable_remote_control`).
+    pub fn remote_control(mut self, on: bool) -> Self {
+        self.remote_control = on;
+        self
+    }
+
+    /// Scales the concurrency between `min` and `max` with the tasks the worker holds
+    /// (Celery's `--autoscale=max,min`): it starts at `min`, grows to the tasks waiting, and
+    /// shrinks back after [`AUTOSCALE_KEEPALIVE`] with fewer; the `autoscale` command
+    /// changes the range. The prefetch stays `max × prefetch_multiplier`.
+    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
+        let max = max.max(1);
+        self.autoscale = Some((max, min.min(max)));
         self
     }
 
@@ -412,6 +534,68 @@ pub(crate) struct Shared {
     /// How often a held message's lease is renewed: a third of the URL's
     /// `visibility_timeout`, else every 60 s.
     pub(crate) lease_heartbeat: Duration,
+    /// The node's Lamport clock (events and remote control).
+    pub(crate) clock: LamportClock,
+    /// The requests it holds (reserved, scheduled, running).
+    pub(crate) requests: Arc<state::Requests>,
+    /// The ids it was told to revoke.
+    pub(crate) revoked: Mutex<state::Revoked>,
+    /// Its events.
+    pub(crate) events: eventer::WorkerEvents,
+    /// Its concurrency.
+    pub(crate) pool: pool::Pool,
+    /// The queues it consumes now.
+    pub(crate) queues: Mutex<Vec<QueueInfo>>,
+    /// Queues to add or cancel, for the loop that reads them.
+    pub(crate) queue_changes: mpsc::UnboundedSender<QueueChange>,
+    /// Tasks started, by name (`stats`' `total`).
+    pub(crate) totals: Mutex<HashMap<String, u64>>,
+    /// When it started.
+    pub(crate) started: Instant,
+    /// Messages prefetched per consumer.
+    pub(crate) prefetch: usize,
+}
+
+/// A queue the worker consumes, as `inspect active_queues` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueInfo {
+    pub(crate) name: String,
+    pub(crate) exchange: String,
+    pub(crate) exchange_type: String,
+    pub(crate) routing_key: String,
+}
+
+impl QueueInfo {
+    /// A queue as Celery declares its own: a direct exchange and routing key of its name.
+    pub(crate) fn named(name: &str) -> QueueInfo {
+        QueueInfo {
+            name: name.to_owned(),
+            exchange: name.to_owned(),
+            exchange_type: "direct".to_owned(),
+            routing_key: name.to_owned(),
+        }
+    }
+}
+
+/// A change of the queues the worker consumes (`add_consumer`, `cancel_consumer`).
+#[derive(Debug)]
+pub(crate) enum QueueChange {
+    Add {
+        queue: String,
+        exchange: Option<String>,
+        exchange_type: Option<String>,
+        routing_key: Option<String>,
+    },
+    Cancel(String),
+}
+
+/// Sends a `worker-*` event with the worker's figures now.
+pub(crate) async fn heartbeat(shared: &Shared, kind: EventKind) {
+    let processed = shared.control.counters.started.load(Ordering::Relaxed);
+    shared
+        .events
+        .worker(kind, shared.requests.active(), processed)
+        .await;
 }
 
 impl Worker {
@@ -428,6 +612,10 @@ impl Worker {
             acks_late: false,
             hostname: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            events: None,
+            task_events: false,
+            remote_control: true,
+            autoscale: None,
         }
     }
 
@@ -436,164 +624,10 @@ impl Worker {
         self.handle.clone()
     }
 
-    /// Declares its queues and runs until stopped ([`WorkerHandle::stop`]) and wound down,
-    /// or until its consumer fails for good.
+    /// Declares its queues and runs until stopped ([`WorkerHandle::stop`], or the
+    /// `shutdown` command) and wound down, or until a consumer fails for good.
     pub async fn run(self) -> Result<()> {
-        let Worker { builder, handle } = self;
-        let mut queues = builder.queues;
-        if queues.is_empty() {
-            queues.push(DEFAULT_QUEUE.to_owned());
-        }
-        let conn = builder.conn;
-        let caps = conn.capabilities();
-        let amqp = conn.messaging_system() == "rabbitmq";
-        for queue in &queues {
-            let declaration = Queue::new(queue.as_str())
-                .exchange(Exchange::direct(queue.as_str()))
-                .routing_key(queue.as_str());
-            conn.declare_queue(&declaration)
-                .await
-                .map_err(|e| e.context(format!("declaring the worker's queue {queue:?}")))?;
-            if amqp {
-                conn.declare_exchange(&Exchange::topic(ETA_EXCHANGE))
-                    .await?;
-                conn.bind(queue, &Binding::new(ETA_EXCHANGE, format!("#.{queue}")))
-                    .await
-                    .map_err(|e| e.context(format!("binding {queue:?} for delayed tasks")))?;
-            }
-        }
-        let hostname: Arc<str> = builder.hostname.unwrap_or_else(default_hostname).into();
-        let prefetch = builder
-            .concurrency
-            .saturating_mul(usize::from(builder.prefetch_multiplier));
-        let mut consumer = conn
-            .consumer(queues.iter().map(|q| Queue::new(q.as_str())))
-            .prefetch(u16::try_from(prefetch).unwrap_or(u16::MAX))
-            .declare(false)
-            .build()
-            .await
-            .map_err(|e| {
-                e.context(format!(
-                    "starting the Celery worker's consumer of {queues:?}"
-                ))
-            })?;
-        let mut client = Celery::builder(&conn)
-            .default_queue(queues[0].as_str())
-            .origin(hostname.to_string());
-        for (pattern, queue) in builder.routes {
-            client = client.route(pattern, queue);
-        }
-        let client = Arc::new(client.build());
-        let mut tasks = builder.tasks;
-        if let Results::Backend(backend) = &builder.results {
-            // Celery's builtin, for chords on backends that do not join them (SQL).
-            tasks
-                .entry(CHORD_UNLOCK.to_owned())
-                .or_insert_with(|| Registered {
-                    handler: Box::new(chord::ChordUnlock {
-                        backend: backend.clone(),
-                        client: client.clone(),
-                    }),
-                    // Acked late: stopped midway, it comes back (it stores nothing, so a
-                    // lost one would leave the chord's body unsent).
-                    settings: TaskSettings::new()
-                        .max_retries(None)
-                        .ignore_result(true)
-                        .acks_late(true),
-                    bucket: None,
-                });
-        }
-        let shared = Arc::new(Shared {
-            client,
-            producer: conn.producer(),
-            tasks,
-            results: builder.results,
-            acks_late: builder.acks_late,
-            permits: Semaphore::new(builder.concurrency),
-            stop: handle.control.stop.subscribe(),
-            abort: handle.control.abort.subscribe(),
-            control: handle.control.clone(),
-            eta_exchange: if amqp { ETA_EXCHANGE } else { "" },
-            can_delay: caps.delayed_delivery,
-            leases: caps.visibility_timeout,
-            lease_heartbeat: conn
-                .url()
-                .query_seconds("visibility_timeout")
-                .ok()
-                .flatten()
-                .map_or(Duration::from_secs(60), |vt| {
-                    (vt / 3).max(Duration::from_millis(100))
-                }),
-            hostname,
-            conn: conn.clone(),
-        });
-        tracing::info!(queues = ?queues, hostname = %shared.hostname, "Celery worker ready");
-        let stop = execute::stopped(handle.control.stop.subscribe());
-        tokio::pin!(stop);
-        let mut running = JoinSet::new();
-        let mut failed = None;
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                Some(joined) = running.join_next(), if !running.is_empty() => {
-                    if let Err(error) = joined {
-                        tracing::error!(%error, "a task's run ended abnormally");
-                    }
-                }
-                item = consumer.next() => match item {
-                    None => break,
-                    Some(Ok(delivery)) => {
-                        match TaskRequest::from_delivery(&delivery) {
-                            Ok(request) if shared.tasks.contains_key(&request.task) => {
-                                shared.control.counters.received.fetch_add(1, Ordering::Relaxed);
-                                running.spawn(execute::execute(shared.clone(), delivery, request));
-                            }
-                            Ok(request) => {
-                                let reason = format!("unregistered task {:?} (id {})", request.task, request.id);
-                                reject(&shared, &consumer, delivery, reason).await;
-                            }
-                            Err(error) => {
-                                let reason = format!("not a Celery task message: {error:#}");
-                                reject(&shared, &consumer, delivery, reason).await;
-                            }
-                        }
-                    }
-                    Some(Err(refused)) => {
-                        if let Err(error) = consumer.handle(refused).await {
-                            failed = Some(error.context("the Celery worker's consumer"));
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        handle.stop();
-        // Waiting tasks put their messages back at once; running ones get the shutdown timeout.
-        let wound_down = tokio::time::timeout(builder.shutdown_timeout, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        if wound_down.is_err() {
-            tracing::warn!(
-                left = running.len(),
-                "tasks still running at the shutdown timeout are stopped: early-acked ones \
-                 fail (WorkerLostError), late-acked ones go back to their queues"
-            );
-            handle.control.abort.send_replace(true);
-            let settled = tokio::time::timeout(ABORT_GRACE, async {
-                while running.join_next().await.is_some() {}
-            })
-            .await;
-            if settled.is_err() {
-                running.shutdown().await;
-            }
-        }
-        let closed = consumer.close().await;
-        match failed {
-            Some(error) => Err(error),
-            None => closed,
-        }
+        run::run(self.builder, self.handle).await
     }
 
     /// [`run`](Self::run), stopping gracefully on SIGINT (Ctrl-C) or SIGTERM.
@@ -609,32 +643,5 @@ impl Worker {
             }
         }
         run.await
-    }
-}
-
-/// Moves a message the worker cannot run aside (dead-lettered), never dropping it.
-async fn reject(
-    shared: &Shared,
-    consumer: &kombu_core::Consumer,
-    delivery: kombu_core::Delivery,
-    reason: String,
-) {
-    tracing::error!(%reason, queue = %delivery.queue(), "a message this worker cannot run");
-    match consumer.dead_letter(delivery, reason).await {
-        Ok(_) => {
-            shared
-                .control
-                .counters
-                .rejected
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Err(error) => {
-            tracing::error!(
-                error = %format_args!("{error:#}"),
-                "dead-lettering failed: the message stays in its queue"
-            );
-            // It comes straight back: no hot loop against a broker that refuses.
-            tokio::time::sleep(REJECT_BACKOFF).await;
-        }
     }
 }
