@@ -292,6 +292,8 @@ pub struct Celery {
     origin: String,
     pub(crate) reply_to: Option<String>,
     declared: Mutex<HashSet<String>>,
+    /// Sends `task-sent` events, when asked.
+    sent_events: Option<crate::events::EventDispatcher>,
 }
 
 /// Options of a [`Celery`] client; from [`Celery::builder`].
@@ -302,6 +304,7 @@ pub struct CeleryBuilder {
     routes: Vec<(String, String)>,
     origin: Option<String>,
     reply_to: Option<String>,
+    sent_events: bool,
 }
 
 impl CeleryBuilder {
@@ -332,14 +335,26 @@ impl CeleryBuilder {
         self
     }
 
+    /// Sends a `task-sent` event for each task (Celery's `task_send_sent_event`; default
+    /// `false`), as node `gen<pid>@<host>` (or the [`origin`](Self::origin)): monitors then
+    /// show tasks from the moment they are sent (PENDING). See [`crate::events`].
+    pub fn send_sent_events(mut self, on: bool) -> Self {
+        self.sent_events = on;
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Celery {
+        let origin = self.origin.unwrap_or_else(default_origin);
         Celery {
             producer: self.conn.producer(),
+            sent_events: self
+                .sent_events
+                .then(|| crate::events::EventDispatcher::new(&self.conn, origin.clone())),
             conn: self.conn,
             default_queue: self.default_queue,
             routes: self.routes,
-            origin: self.origin.unwrap_or_else(default_origin),
+            origin,
             reply_to: self.reply_to,
             declared: Mutex::new(HashSet::new()),
         }
@@ -396,6 +411,7 @@ impl Celery {
             default_queue: DEFAULT_QUEUE.to_owned(),
             routes: Vec::new(),
             origin: None,
+            sent_events: false,
             reply_to: None,
         }
     }
@@ -471,6 +487,10 @@ impl Celery {
             Utc::now(),
             &self.origin,
         );
+        let sent_headers = match self.sent_events {
+            Some(_) => parts.headers.clone(),
+            None => Default::default(),
+        };
         let mut publish = self
             .producer
             .message(&parts.body)
@@ -492,6 +512,34 @@ impl Celery {
             publish = publish.expiration(ttl);
         }
         publish.send().await?;
+        if let Some(events) = &self.sent_events {
+            let header = |key: &str| {
+                sent_headers
+                    .get(key)
+                    .and_then(|v| serde_json::to_value(v).ok())
+                    .unwrap_or(Json::Null)
+            };
+            let fields = crate::events::fields([
+                ("uuid", Json::from(parts.id.as_str())),
+                ("name", Json::from(name)),
+                ("args", header("argsrepr")),
+                ("kwargs", header("kwargsrepr")),
+                ("retries", header("retries")),
+                ("eta", header("eta")),
+                ("expires", header("expires")),
+                ("queue", Json::from(queue.as_str())),
+                ("exchange", Json::from("")),
+                ("routing_key", Json::from(queue.as_str())),
+                ("root_id", header("root_id")),
+                ("parent_id", header("parent_id")),
+            ]);
+            if let Err(error) = events
+                .emit(crate::events::EventKind::TaskSent, fields)
+                .await
+            {
+                tracing::warn!(error = %format_args!("{error:#}"), id = %parts.id, "the task-sent event was not sent");
+            }
+        }
         Ok(parts.id)
     }
 

@@ -1,4 +1,5 @@
-//! `kombu celery call` and `kombu celery result`: send a Celery task and read its result.
+//! `kombu celery call` and `kombu celery result`: send a Celery task and read its result;
+//! `inspect`, `control` and `events` are in [`crate::celery_ops`].
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -49,6 +50,56 @@ Examples:
 
 Without --wait a task not finished yet prints its state on stderr and exits 3.")]
     Result(ResultArgs),
+    /// Ask workers (Python's or Rust's) about themselves: Celery's `inspect`.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery inspect ping
+  kombu celery inspect stats --destination celery@web1
+  kombu celery inspect active --timeout 3
+  kombu celery inspect registered rate_limit
+  kombu celery inspect query_task 1c9b6c1e-...
+
+Commands: ping, stats, active, reserved, scheduled, revoked, registered, active_queues, conf,
+clock, query_task, report (and any other a worker knows, its keyword arguments with --kwargs).
+Prints one JSON object {node: reply, ...} on stdout once no reply came for --timeout seconds
+(or every --destination replied). Exit status: 0 if a node replied, 3 if none did. Works on
+Redis and RabbitMQ (Celery's broadcast needs a fanout exchange), and on every transport between
+kombu-rs workers and clients.")]
+    Inspect(crate::celery_ops::RemoteArgs),
+    /// Tell workers (Python's or Rust's) to change: Celery's `control`.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery control revoke 1c9b6c1e-... 7d2e...
+  kombu celery control terminate SIGTERM 1c9b6c1e-...
+  kombu celery control rate_limit tasks.add 10/m
+  kombu celery control time_limit tasks.sleep 10 20
+  kombu celery control add_consumer reports --destination celery@web1
+  kombu celery control cancel_consumer reports
+  kombu celery control pool_grow 2
+  kombu celery control autoscale 10 3
+  kombu celery control enable_events
+  kombu celery control shutdown --destination celery@web1
+
+Commands: revoke ID..., terminate SIGNAL ID..., rate_limit TASK RATE, time_limit TASK SOFT
+HARD, add_consumer QUEUE [EXCHANGE [TYPE [ROUTING-KEY]]], cancel_consumer QUEUE, pool_grow
+[N], pool_shrink [N], autoscale MAX MIN, enable_events, disable_events, heartbeat, shutdown.
+Prints {node: reply, ...} as inspect does, with the same exit status; shutdown asks for no
+reply (a stopping worker sends none): it prints {} and exits 0 once sent.")]
+    Control(crate::celery_ops::RemoteArgs),
+    /// Print the events workers and clients send, one JSON object a line.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery events
+  kombu celery events --count 10 --routing-key 'worker.#'
+  kombu celery events | jq 'select(.type == \"task-failed\")'
+
+Workers send worker-online, worker-heartbeat (every 2 s) and worker-offline, and with task
+events on (celery worker -E, or `kombu celery control enable_events`) task-received,
+-started, -succeeded, -failed, -retried, -revoked and -rejected; clients send task-sent when
+asked. Runs until --count events were printed (exit 0) or until interrupted (Ctrl-C: 130,
+SIGTERM: 0). Like Celery's, its queue drops what it holds for 5 s, so a monitor that lags
+loses old events rather than building a backlog.")]
+    Events(crate::celery_ops::EventsArgs),
 }
 
 /// `kombu celery call`.
@@ -83,6 +134,10 @@ pub struct CallArgs {
     /// Wait this many seconds for the result and print it.
     #[arg(long, value_name = "SECONDS")]
     pub wait: Option<f64>,
+    /// Also send a task-sent event (Celery's task_send_sent_event), so monitors show the
+    /// task from now on.
+    #[arg(long)]
+    pub sent_event: bool,
 }
 
 /// `kombu celery result`.
@@ -101,6 +156,10 @@ pub struct ResultArgs {
 pub async fn run(global: &Global, args: CeleryArgs) -> anyhow::Result<Outcome> {
     match args.command {
         CeleryCommand::Call(call) => run_call(global, call).await,
+        CeleryCommand::Inspect(remote) | CeleryCommand::Control(remote) => {
+            crate::celery_ops::remote(global, remote).await
+        }
+        CeleryCommand::Events(events) => crate::celery_ops::events(global, events).await,
         CeleryCommand::Result(result) => {
             if result.backend.starts_with("rpc://") {
                 bail!(
@@ -161,7 +220,7 @@ async fn run_call(global: &Global, call: CallArgs) -> anyhow::Result<Outcome> {
         Some(backend) => Some(open_backend(backend, Some(&conn)).await?),
         None => None,
     };
-    let mut celery = Celery::builder(&conn);
+    let mut celery = Celery::builder(&conn).send_sent_events(call.sent_event);
     if let Some(rpc) = backend.as_ref().and_then(|b| b.reply_to()) {
         celery = celery.reply_to(rpc);
     }

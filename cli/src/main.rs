@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod celery;
+mod celery_ops;
 mod cli;
 mod common;
 mod consume;

@@ -214,7 +214,9 @@ pub fn event_exchange(conn: &Connection) -> Exchange {
 /// The local time's offset as Celery sends it (`utcoffset`): hours west of UTC, a float
 /// (Python's `time.timezone / 3600`, `time.altzone` in summer): 0.0 in UTC, -5.5 in Kolkata.
 pub fn utcoffset() -> f64 {
-    -f64::from(chrono::Local::now().offset().local_minus_utc()) / 3600.0
+    let east = chrono::Local::now().offset().local_minus_utc();
+    // `0 - x`, not `-x`: UTC is 0.0, not -0.0.
+    0.0 - f64::from(east) / 3600.0
 }
 
 /// The system's load averages over 1, 5 and 15 minutes, rounded up to two decimals as
