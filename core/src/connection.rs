@@ -337,7 +337,11 @@ impl Connection {
             self.inner.default_channel.declare_exchange(exchange)
         })
         .await?;
-        self.remember(exchange_key(exchange));
+        // As kombu's `can_cache_declaration`: an exchange that may vanish by itself is
+        // declared again each time.
+        if !exchange.auto_delete {
+            self.remember(exchange_key(exchange));
+        }
         Ok(())
     }
 
@@ -347,7 +351,12 @@ impl Connection {
             self.inner.default_channel.declare_queue(queue)
         })
         .await?;
-        self.remember(queue_key(queue));
+        // As kombu's `can_cache_declaration`: a queue that may vanish by itself (auto-delete,
+        // or expiring) is declared again each time, or a consumer of it after it went would
+        // find it missing.
+        if !queue.auto_delete && queue.expires.is_none() {
+            self.remember(queue_key(queue));
+        }
         Ok(())
     }
 

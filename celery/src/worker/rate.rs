@@ -66,8 +66,17 @@ impl FromStr for RateLimit {
 }
 
 impl fmt::Display for RateLimit {
+    /// As Celery writes it: a whole count per second, minute or hour where there is one
+    /// (`100/s`, `10/m`), else per second with three decimals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.3}/s", 1.0 / self.interval.as_secs_f64())
+        let per_second = 1.0 / self.interval.as_secs_f64();
+        for (unit, seconds) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
+            let count = per_second * seconds;
+            if count >= 1.0 && (count - count.round()).abs() < 1e-6 {
+                return write!(f, "{}/{unit}", count.round());
+            }
+        }
+        write!(f, "{per_second:.3}/s")
     }
 }
 
@@ -112,6 +121,10 @@ mod tests {
         assert!(limit("0/s").is_err());
         assert!(limit("ten/s").is_err());
         assert!(limit("10/d").is_err());
+        let shown = |s: &str| s.parse::<RateLimit>().map(|r| r.to_string()).ok();
+        assert_eq!(shown("100/s").as_deref(), Some("100/s"));
+        assert_eq!(shown("10/m").as_deref(), Some("10/m"));
+        assert_eq!(shown("7/h").as_deref(), Some("7/h"));
     }
 
     #[tokio::test(start_paused = true)]
