@@ -35,6 +35,7 @@ pub fn python() -> Option<PathBuf> {
 pub struct CeleryWorker {
     child: Option<Child>,
     dir: PathBuf,
+    node: String,
 }
 
 impl CeleryWorker {
@@ -54,7 +55,7 @@ impl CeleryWorker {
         let log = std::fs::File::create(dir.join("worker.log")).expect("worker log"); // ok: a test helper; documented to panic
         // A node name of its own: workers of concurrent tests must not share a mailbox
         // (`<name>.celery.pidbox` is exclusive on RabbitMQ).
-        let node = format!("kombu-rs-{name}-{}-{nanos}@%h", std::process::id());
+        let node = format!("kombu-rs-{name}-{}-{nanos}@test", std::process::id());
         let child = Command::new(python)
             .args([
                 "-m",
@@ -88,7 +89,13 @@ impl CeleryWorker {
         CeleryWorker {
             child: Some(child),
             dir,
+            node,
         }
+    }
+
+    /// The worker's node name (`-n`), unique to it.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The scratch directory (where the app module and the log are).

@@ -12,6 +12,7 @@ macro_rules! conformance_tests {
             headers_routing,
             default_exchange,
             unroutable,
+            binding_from_elsewhere,
             ack_removes,
             reject_drops,
             requeue_redelivers,

@@ -333,3 +333,21 @@ pub async fn bind_unbind(ctx: Ctx) -> Result<()> {
     expect_queue(&conn, &q.name, &["k1-d"], &ctx).await?;
     Ok(())
 }
+
+/// A binding another connection (another process) makes is routed to at once: a publish that
+/// matched no binding reads the bindings again rather than trusting a cached table (a Celery
+/// client binds its reply queue a moment before the worker replies to it).
+pub async fn binding_from_elsewhere(ctx: Ctx) -> Result<()> {
+    let conn = open(&ctx).await?;
+    let other = ctx.connect().await?;
+    let x = Exchange::direct(ctx.name("x"));
+    conn.declare_exchange(&x).await?;
+    let producer = conn.producer().exchange(x.clone());
+    // Read (and cached) with no binding for k.
+    producer.message(&"nobody").routing_key("k").send().await?;
+    let q = bound(&ctx, "q", &x, "k");
+    other.declare_queue(&q).await?;
+    producer.message(&"routed").routing_key("k").send().await?;
+    expect_queue(&conn, &q.name, &["routed"], &ctx).await?;
+    Ok(())
+}

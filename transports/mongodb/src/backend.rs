@@ -305,6 +305,11 @@ impl Backend for MongoBackend {
         self.read_bindings(exchange).await
     }
 
+    async fn fresh_bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        self.topology.forget_bindings(exchange);
+        self.read_bindings(exchange).await
+    }
+
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
         if items.is_empty() {
             return Ok(Vec::new());

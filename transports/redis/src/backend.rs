@@ -298,6 +298,12 @@ impl Backend for RedisBackend {
         self.read_bindings(exchange).await
     }
 
+    async fn fresh_bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        self.link.replayed().await;
+        self.topology.forget_bindings(exchange);
+        self.read_bindings(exchange).await
+    }
+
     async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
         let mut pipe = redis::pipe();
         for (queue, env) in &items {

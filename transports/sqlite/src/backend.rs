@@ -429,6 +429,11 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    async fn fresh_bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        self.topology.forget_bindings(exchange);
+        self.bindings(exchange).await
+    }
+
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
         if let Some(rows) = self.topology.bindings(exchange) {
             return Ok(rows);

@@ -174,6 +174,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// served from a short-lived cache for a shared store.
     async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>>;
 
+    /// [`bindings`](Self::bindings) read from the store now, past any cache: asked when a
+    /// publish matched no binding, so a binding another process made a moment ago (a Celery
+    /// client's reply queue, say) is not missed. The default is `bindings`.
+    async fn fresh_bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+        self.bindings(exchange).await
+    }
+
     /// Stores messages, each in its named queue, in one round trip where the broker allows:
     /// appended at the tail (within its priority level where the backend has priorities,
     /// higher first), in the order given for one queue. A message for a queue that was never

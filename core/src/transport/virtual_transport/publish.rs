@@ -114,7 +114,13 @@ impl Shared {
         }
         let kind = self.exchange_kind(&exchange).await?;
         let rows = self.backend.bindings(&exchange).await?;
-        let queues = route(kind, &rows, &routing_key, &message.headers);
+        let mut queues = route(kind, &rows, &routing_key, &message.headers);
+        let fresh;
+        if queues.is_empty() {
+            // The bindings may have been read before another process bound its queue.
+            fresh = self.backend.fresh_bindings(&exchange).await?;
+            queues = route(kind, &fresh, &routing_key, &message.headers);
+        }
         let Some((last, others)) = queues.split_last() else {
             if mandatory {
                 return Err(Error::new(

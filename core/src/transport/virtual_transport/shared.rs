@@ -132,6 +132,11 @@ impl TopologyCache {
             .insert(exchange.to_owned(), (Instant::now(), rows));
     }
 
+    /// Forgets an exchange's binding list (to read it again now).
+    pub fn forget_bindings(&self, exchange: &str) {
+        self.inner.lock().bindings.remove(exchange);
+    }
+
     /// Forgets everything (after a declaration, a binding change or a deletion).
     pub fn clear(&self) {
         let mut inner = self.inner.lock();

@@ -160,6 +160,9 @@ mod tests {
         async fn bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
             self.0.bindings(exchange).await
         }
+        async fn fresh_bindings(&self, exchange: &str) -> Result<Arc<[BindingRow]>> {
+            self.0.fresh_bindings(exchange).await
+        }
         async fn put_many(&self, items: Vec<(String, Envelope)>) -> Result<Vec<DeadLetter>> {
             self.0.put_many(items).await
         }
