@@ -19,7 +19,7 @@ mod client;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-pub use client::{Broadcast, Control};
+pub use client::{Broadcast, Control, DEFAULT_TIMEOUT};
 
 /// The mailbox's exchange (Celery's `control_exchange` `celery`, as a kombu pidbox).
 pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";

@@ -2,7 +2,7 @@
 //! the task messages Python (or Rust) sends, side by side with Python workers on the same
 //! queues, and store their results where Celery's clients read them.
 //!
-//! - **Messages**: protocol 2 and protocol 1 ([`TaskRequest`]). A message that is no task
+//! - **Messages**: protocol 2 and protocol 1 ([`TaskRequest`](crate::TaskRequest)). A message that is no task
 //!   message, or names a task this worker does not have, is dead-lettered (to the queue's
 //!   dead-letter exchange, else `<queue>.dlq`, see [`kombu_core::dead_letter`]) instead of
 //!   dropped as Celery drops it.
@@ -250,7 +250,7 @@ impl fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// Consumes `queue` too (default: only [`DEFAULT_QUEUE`], `celery`); the first queue
+    /// Consumes `queue` too (default: only [`DEFAULT_QUEUE`](crate::DEFAULT_QUEUE), `celery`); the first queue
     /// given is where the tasks this worker sends (a chain's next, callbacks, retries of
     /// tasks from elsewhere) go unless their signature names one. Declared as Celery declares
     /// its queues (durable, a direct exchange and routing key of its name).
