@@ -27,6 +27,11 @@
 //!   ([`Celery::chord`]: joined in the Redis backend in Celery's layout, else through Celery's
 //!   `celery.chord_unlock`, which the worker runs).
 //!
+//! - Operations: [`events`] (Celery's monitoring events: sent by the worker and, when asked,
+//!   the client; heard with [`events::EventReceiver`]) and [`control`] (Celery's remote
+//!   control: the worker answers `celery inspect` / `celery control`, and
+//!   [`control::Control`] asks Python and Rust workers alike).
+//!
 //! Headers: kombu-rs keeps headers in a sorted map, so a message's header keys come in
 //! alphabetical order rather than Celery's; Celery reads them by name.
 

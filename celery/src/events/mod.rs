@@ -322,16 +322,22 @@ impl EventDispatcher {
         self.send(&event).await
     }
 
-    /// Sends `events` as one batch: a list under [`TASK_MULTI`], as a Celery worker sends
-    /// its task events.
+    /// Sends `events` in batches as a Celery worker sends its task events: lists of at most
+    /// [`BUFFER_LIMIT`] under [`TASK_MULTI`], in order, in one round trip where the transport
+    /// allows (confirms awaited together on AMQP).
     pub async fn send_batch(&self, events: &[Event]) -> Result<()> {
-        let list: Vec<&Map<String, Json>> = events.iter().map(Event::fields).collect();
-        self.producer
-            .message(&list)
-            .routing_key(TASK_MULTI)
-            .header("hostname", &*self.hostname)
-            .send()
-            .await
+        let messages = events
+            .chunks(BUFFER_LIMIT)
+            .map(|chunk| {
+                let list: Vec<&Map<String, Json>> = chunk.iter().map(Event::fields).collect();
+                self.producer
+                    .message(&list)
+                    .routing_key(TASK_MULTI)
+                    .header("hostname", &*self.hostname)
+                    .build()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.producer.send_batch(messages).await
     }
 }
 

@@ -17,6 +17,10 @@ use crate::events::{BUFFER_LIMIT, Event, EventDispatcher, EventKind, SW_IDENT, l
 
 /// Celery's heartbeat interval (`freq`).
 pub const HEARTBEAT_FREQ: Duration = Duration::from_secs(2);
+/// Task events the flusher sends at once at most (as lists of [`BUFFER_LIMIT`]).
+const FLUSH_AT_MOST: usize = 8 * BUFFER_LIMIT;
+/// How long the flusher waits for more task events to fill a batch.
+const LINGER: Duration = Duration::from_millis(1);
 /// Task events waiting to be published at most; past it new ones are dropped (and counted),
 /// so a broker that does not take them does not grow the worker's memory.
 const QUEUED_AT_MOST: usize = 10_000;
@@ -115,30 +119,42 @@ fn sw_sys() -> &'static str {
     }
 }
 
-/// Publishes the queued task events in batches, each what has queued up meanwhile (at most
-/// [`BUFFER_LIMIT`]), until `closing` fires; then what is queued, and it returns.
+/// Publishes the queued task events in batches of at most [`BUFFER_LIMIT`], what has queued
+/// up meanwhile (several batches in one round trip when behind), until `closing` fires; then
+/// what is queued, and it returns.
 pub(crate) async fn flush(
     dispatcher: EventDispatcher,
     mut queue: mpsc::Receiver<Event>,
     closing: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut batch = Vec::with_capacity(BUFFER_LIMIT);
+    let mut batch = Vec::with_capacity(FLUSH_AT_MOST);
     tokio::pin!(closing);
     let mut open = true;
     loop {
         let got = match open {
             true => tokio::select! {
-                got = queue.recv_many(&mut batch, BUFFER_LIMIT) => got,
+                got = queue.recv_many(&mut batch, FLUSH_AT_MOST) => got,
                 _ = &mut closing => {
                     open = false;
                     queue.close();
                     continue;
                 }
             },
-            false => queue.recv_many(&mut batch, BUFFER_LIMIT).await,
+            false => queue.recv_many(&mut batch, FLUSH_AT_MOST).await,
         };
         if got == 0 {
             return;
+        }
+        if open && batch.len() < BUFFER_LIMIT {
+            // A busy worker's events come a few at a time: a moment's wait gathers them into
+            // one message rather than one each.
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < FLUSH_AT_MOST {
+                match queue.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
         }
         if let Err(error) = dispatcher.send_batch(&batch).await {
             tracing::warn!(
