@@ -36,6 +36,7 @@
 //! alphabetical order rather than Celery's; Celery reads them by name.
 
 pub mod backend;
+pub mod beat;
 mod canvas;
 mod client;
 pub mod clock;

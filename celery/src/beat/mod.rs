@@ -1,0 +1,3 @@
+//! Beat (in progress).
+mod crontab;
+pub use crontab::Crontab;
