@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use chrono::{
     DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
-    TimeZone, Timelike, Utc,
+    TimeZone, Utc,
 };
 use chrono_tz::Tz;
 use kombu_core::{Error, ErrorKind};
@@ -200,11 +200,14 @@ impl Crontab {
     /// The first run strictly after `after`, in `tz`; `None` if none within eight years (a
     /// date that never comes: `0 0 30 2 *`).
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        let start = after.with_timezone(&tz).date_naive() - Duration::days(1);
+        let after_local = after.with_timezone(&tz).naive_local();
+        // No zone moves its clocks by a day: local times a day before `after` are past.
+        let floor = after_local - Duration::hours(26);
+        let start = after_local.date() - Duration::days(1);
         for offset in 0..(366 * 8) {
             let date = start + Duration::days(offset);
             let mut best: Option<DateTime<Utc>> = None;
-            for local in self.times_on(date) {
+            for local in self.times_on(date).filter(|l| *l >= floor) {
                 for instant in self.instants(tz, local) {
                     if instant > after && best.is_none_or(|b| instant < b) {
                         best = Some(instant);
@@ -222,6 +225,7 @@ impl Crontab {
 /// The local hour and minute of `t` in `tz`.
 #[cfg(test)]
 fn hm(t: DateTime<Utc>, tz: Tz) -> (u32, u32) {
+    use chrono::Timelike;
     let local = t.with_timezone(&tz);
     (local.hour(), local.minute())
 }
@@ -287,7 +291,7 @@ mod tests {
             "2026-03-01T00:00:00Z",
         )
         .iter()
-        .map(|t| chrono::Datelike::day(t))
+        .map(chrono::Datelike::day)
         .collect();
         assert_eq!(days, [6, 13, 20, 27]);
     }
