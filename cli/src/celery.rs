@@ -100,6 +100,37 @@ asked. Runs until --count events were printed (exit 0) or until interrupted (Ctr
 SIGTERM: 0). Like Celery's, its queue drops what it holds for 5 s, so a monitor that lags
 loses old events rather than building a backlog.")]
     Events(crate::celery_ops::EventsArgs),
+    /// Send tasks on a schedule (interval, crontab, solar), as celery beat does, without its
+    /// known faults.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery beat --schedule beat.toml
+  kombu celery beat --schedule beat.toml --state redis://localhost:6379/0   # several beats
+
+A schedule file:
+  [beat]
+  name = \"default\"            # beats of one name share a lease and their runs
+  timezone = \"Europe/Oslo\"    # the entries' default zone (default UTC)
+
+  [[entry]]
+  name = \"nightly-report\"
+  task = \"reports.nightly\"
+  crontab = \"30 2 * * *\"      # or: every = \"10s\"; or: solar = \"sunset\", lat = 59.9, lon = 10.7
+  timezone = \"Europe/Oslo\"
+  args = [16, 16]
+  kwargs = { format = \"pdf\" }
+  queue = \"reports\"
+  expires = 3600                # seconds after it was due
+  catch_up = \"once\"           # missed runs: the latest once (default), or \"skip\"
+
+Each run is recorded before it is sent, under a task id made from the entry and the time it
+was due, so a beat that stops in between sends it (same id) when it resumes, and a run sent
+is never sent again. Only the beat holding the lease sends; the others wait to take over where
+it stopped. Crontabs follow daylight saving: a 02:30 job runs once on the night 02:00 becomes
+03:00 (at 03:30), an hourly job runs every hour once across the night clocks go back. Each
+run sent is printed as a JSON line; the log goes to stderr. Runs until SIGINT (130) or
+SIGTERM (0).")]
+    Beat(crate::celery_ops::BeatArgs),
 }
 
 /// `kombu celery call`.
@@ -160,6 +191,7 @@ pub async fn run(global: &Global, args: CeleryArgs) -> anyhow::Result<Outcome> {
             crate::celery_ops::remote(global, remote).await
         }
         CeleryCommand::Events(events) => crate::celery_ops::events(global, events).await,
+        CeleryCommand::Beat(beat) => crate::celery_ops::beat(global, beat).await,
         CeleryCommand::Result(result) => {
             if result.backend.starts_with("rpc://") {
                 bail!(

@@ -258,3 +258,103 @@ mod tests {
         assert_eq!(merged.map(serde_json::Value::Object), Some(json!({"x": 1})));
     }
 }
+
+/// `kombu celery beat`.
+#[derive(Debug, Args)]
+pub struct BeatArgs {
+    /// The schedule file (TOML: [[entry]] tables).
+    #[arg(long, value_name = "FILE")]
+    pub schedule: std::path::PathBuf,
+    /// Where the lease and the runs live: a SQLite file (default: <schedule>.state.db beside
+    /// the schedule), redis://... (shared by beats on any machine), or memory (forgotten on
+    /// exit).
+    #[arg(long, value_name = "PATH|URL")]
+    pub state: Option<String>,
+    /// Seconds the lease lasts unless renewed: how long the others wait before one takes
+    /// over from a beat that died.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub lease_ttl: f64,
+}
+
+/// Sends each run through Celery and prints it as a JSON line.
+struct Printing(kombu::celery::Celery);
+
+#[async_trait::async_trait]
+impl kombu::celery::beat::Sender for Printing {
+    async fn send(
+        &self,
+        entry: &kombu::celery::beat::Entry,
+        task_id: &str,
+        scheduled: chrono::DateTime<chrono::Utc>,
+    ) -> kombu::Result<()> {
+        kombu::celery::beat::Sender::send(&self.0, entry, task_id, scheduled).await?;
+        let line = serde_json::json!({
+            "entry": entry.name,
+            "task": entry.task,
+            "id": task_id,
+            "scheduled": scheduled.to_rfc3339(),
+        });
+        let mut out = std::io::stdout().lock();
+        // A closed stdout does not stop the schedule.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        Ok(())
+    }
+}
+
+/// Runs the schedule until SIGINT or SIGTERM.
+pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
+    use kombu::celery::beat::{
+        Beat, BeatStore, MemoryStore, RedisStore, ScheduleFile, SqliteStore,
+    };
+    use std::sync::Arc;
+
+    let text = std::fs::read_to_string(&args.schedule)
+        .with_context(|| format!("reading {}", args.schedule.display()))?;
+    let file =
+        ScheduleFile::parse(&text).with_context(|| format!("in {}", args.schedule.display()))?;
+    if file.entries.is_empty() {
+        bail!("{} has no [[entry]]", args.schedule.display());
+    }
+    let store: Arc<dyn BeatStore> = match args.state.as_deref() {
+        Some("memory") => Arc::new(MemoryStore::new()),
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Arc::new(
+            RedisStore::connect(url, &file.name)
+                .await
+                .with_context(|| format!("the beat state at {}", mask(url)))?,
+        ),
+        Some(path) => Arc::new(SqliteStore::open(path, &file.name)?),
+        None => Arc::new(SqliteStore::open(
+            args.schedule.with_extension("state.db"),
+            &file.name,
+        )?),
+    };
+    let url = url(global)?;
+    let conn = connect(&url).await?;
+    let mut signals = Signals::install();
+    let names: Vec<String> = file
+        .entries
+        .iter()
+        .map(|e| format!("{} ({})", e.name, e.schedule))
+        .collect();
+    eprintln!("beat {:?}: {}", file.name, names.join(", "));
+    let ttl = std::time::Duration::try_from_secs_f64(args.lease_ttl)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--lease-ttl {} is no number of seconds", args.lease_ttl))?;
+    let beat = Beat::new(
+        &file.name,
+        file.entries,
+        store,
+        Printing(kombu::celery::Celery::new(&conn)),
+    )
+    .lease_ttl(ttl);
+    let mut received = None;
+    beat.run_until(async {
+        received = Some(signals.wait().await);
+    })
+    .await
+    .context("the beat")?;
+    let signal = received.unwrap_or(crate::lifecycle::Signal::Interrupt);
+    Ok(stopped_by(signal))
+}

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use kombu_core::{ErrorKind, Result};
 
 pub use crontab::Crontab;
@@ -211,7 +211,11 @@ impl Beat {
         }
         let base = match recorded {
             Some(run) => run.scheduled,
-            None => *self.bases.entry(entry.name.clone()).or_insert(now),
+            // Whole seconds: runs fall on round times.
+            None => *self
+                .bases
+                .entry(entry.name.clone())
+                .or_insert_with(|| now.trunc_subsecs(0)),
         };
         let due = last_due(&entry, base, now);
         if let Some(due) = due {

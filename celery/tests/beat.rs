@@ -1,0 +1,169 @@
+//! The beat's stores on their real servers: on Redis (a key prefix of the test's own) and in
+//! a SQLite file, two beats of one schedule send each run once, a new leader continues where
+//! the old one stopped, and a beat whose lease ran out cannot record (so cannot send). The
+//! tasks go to a real broker and are read back by their ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kombu_celery::beat::{Beat, BeatStore, Entry, RedisStore, Run, Schedule, SqliteStore, run_id};
+use kombu_celery::{Celery, TaskRequest};
+use kombu_core::{Connection, ErrorKind, Queue};
+use kombu_test_support::brokers;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("a time")
+        .with_timezone(&Utc)
+}
+
+/// The `n` task ids waiting in `queue` (and that no more come).
+async fn ids_in(conn: &Connection, queue: &str, n: usize) -> Vec<String> {
+    let mut consumer = conn
+        .consumer([Queue::new(queue)])
+        .build()
+        .await
+        .expect("a consumer");
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        else {
+            break;
+        };
+        let request = TaskRequest::from_delivery(&delivery).expect("a task message");
+        assert_eq!(request.task, "tasks.tick");
+        assert_eq!(request.args, [serde_json::json!(7)]);
+        ids.push(request.id);
+        delivery.ack().await.expect("ack");
+    }
+    // Nothing more.
+    let more = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(more.is_err(), "no more tasks than runs");
+    consumer.close().await.expect("close");
+    ids
+}
+
+async fn two_beats_one_store(make: impl Fn() -> Arc<dyn BeatStore>, broker: &str, tag: &str) {
+    let conn = Connection::open(broker).await.expect("open");
+    let queue = format!("beat-{tag}-{}", uuid::Uuid::new_v4().simple());
+    let name = format!("s-{}", uuid::Uuid::new_v4().simple());
+    let entries = || {
+        vec![
+            Entry::new(
+                "tick",
+                "tasks.tick",
+                Schedule::Every(Duration::from_secs(10)),
+            )
+            .args(vec![serde_json::json!(7)])
+            .queue(queue.as_str()),
+        ]
+    };
+    let ttl = Duration::from_millis(600);
+    let mut a = Beat::new(&name, entries(), make(), Celery::new(&conn)).lease_ttl(ttl);
+    let mut b = Beat::new(&name, entries(), make(), Celery::new(&conn)).lease_ttl(ttl);
+    let start = utc("2026-01-01T00:00:00Z");
+    let mut now = start;
+    for _ in 0..8 {
+        a.tick(now).await.expect("a ticks");
+        b.tick(now).await.expect("b ticks");
+        now += chrono::Duration::seconds(5);
+    }
+    assert!(a.is_leader() != b.is_leader(), "one leader");
+    let mut ids = ids_in(&conn, &queue, 3).await;
+    let want: Vec<String> = (1..=3)
+        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
+        .collect();
+    assert_eq!(ids, want, "each run once, by its id");
+    // The leader dies (its lease runs out): the other continues where it stopped.
+    let (leader, follower) = if a.is_leader() {
+        (a, &mut b)
+    } else {
+        (b, &mut a)
+    };
+    drop(leader);
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    follower.tick(now).await.expect("takes over");
+    assert!(follower.is_leader());
+    follower
+        .tick(now + chrono::Duration::seconds(10))
+        .await
+        .expect("sends");
+    ids = ids_in(&conn, &queue, 2).await;
+    let want: Vec<String> = (4..=5)
+        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
+        .collect();
+    assert_eq!(ids, want, "no run skipped, none repeated");
+    // A beat whose lease ran out cannot record.
+    let store = make();
+    store.release(follower.owner()).await.expect("release");
+    assert!(
+        store
+            .lease("old", Duration::from_millis(200))
+            .await
+            .expect("lease")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store
+            .lease("new", Duration::from_secs(5))
+            .await
+            .expect("lease")
+    );
+    let refused = store
+        .record(
+            "old",
+            "tick",
+            Run {
+                scheduled: now,
+                sent: false,
+            },
+        )
+        .await
+        .expect_err("the old holder");
+    assert_eq!(refused.kind(), ErrorKind::PreconditionFailed);
+    conn.delete_queue(&queue).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_beats_share_a_redis_store() {
+    kombu_redis::register();
+    let Some(broker) = brokers::broker("redis", "beat") else {
+        return;
+    };
+    // A connection of its own for each beat, as beats on two machines.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut made: Vec<Arc<dyn BeatStore>> = Vec::new();
+    for _ in 0..3 {
+        made.push(Arc::new(
+            RedisStore::connect(&broker.url, "shared")
+                .await
+                .expect("redis"),
+        ));
+    }
+    two_beats_one_store(
+        || made[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % made.len()].clone(),
+        &broker.url,
+        "redis",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_beats_share_a_sqlite_file() {
+    kombu_core::transport::memory::register();
+    let dir = std::env::temp_dir().join(format!("kombu-rs-beat-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("beat.state.db");
+    let broker = format!("memory://beat-{}", uuid::Uuid::new_v4().simple());
+    // A connection of its own for each beat, as two processes on one machine.
+    two_beats_one_store(
+        || Arc::new(SqliteStore::open(&path, "shared").expect("sqlite")),
+        &broker,
+        "sqlite",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
