@@ -71,6 +71,7 @@ mod commands;
 mod consumers;
 mod eventer;
 mod execute;
+mod next;
 mod pidbox;
 mod pool;
 mod rate;
