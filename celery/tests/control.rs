@@ -640,8 +640,17 @@ async fn events_in_order(url: &str) {
         ["task-received", "task-revoked"],
         "taken, then expired"
     );
-    let clocks: Vec<u64> = mine.iter().filter_map(|e| e.clock()).collect();
-    assert_eq!(clocks.len(), mine.len(), "every event has a clock");
+    assert!(
+        mine.iter().all(|e| e.clock().is_some()),
+        "every event has a clock"
+    );
+    // Task events come in the order of their clocks (worker events are not batched, so a
+    // heartbeat may overtake a batch, as with Celery's).
+    let clocks: Vec<u64> = mine
+        .iter()
+        .filter(|e| e.kind().group() == "task")
+        .filter_map(|e| e.clock())
+        .collect();
     assert!(
         clocks.windows(2).all(|w| w[0] < w[1]),
         "clocks rise: {clocks:?}"

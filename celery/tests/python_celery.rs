@@ -79,6 +79,11 @@ async fn a_celery_worker_runs_what_we_send() {
                 assert!(recorded["eta"].is_string(), "{transport}: {recorded}");
             }
         }
+        // The task writes its record before the worker logs its success: wait for the log.
+        let logged = Instant::now();
+        while worker.log().matches("succeeded").count() < 2 && logged.elapsed() < GUARD {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let log = worker.log();
         assert!(
             log.matches("succeeded").count() >= 2,

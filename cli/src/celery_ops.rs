@@ -144,12 +144,12 @@ fn arguments(
 /// Sends the command and prints `{node: reply}`; no reply is a timeout (status 3).
 pub async fn remote(global: &Global, args: RemoteArgs) -> anyhow::Result<Outcome> {
     let arguments = arguments(&args.command, &args.args, args.kwargs.as_deref())?;
-    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
+    let Ok(timeout) = Duration::try_from_secs_f64(args.timeout) else {
         bail!(
             "--timeout must be a number of seconds, not {}",
             args.timeout
         );
-    }
+    };
     let url = url(global)?;
     let conn = connect(&url).await?;
     let control = Control::new(&conn);
@@ -163,7 +163,7 @@ pub async fn remote(global: &Global, args: RemoteArgs) -> anyhow::Result<Outcome
         print_json(&Json::Object(Map::new()))?;
         return Ok(Outcome::Done);
     }
-    let mut options = Broadcast::new().timeout(Duration::from_secs_f64(args.timeout));
+    let mut options = Broadcast::new().timeout(timeout);
     for node in &args.destination {
         options = options.destination(node.as_str());
     }

@@ -222,6 +222,25 @@ impl Crontab {
     }
 }
 
+impl Crontab {
+    /// The latest run at or before `at`, in `tz`; `None` if none within eight years.
+    pub fn last_at_or_before(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let start = at.with_timezone(&tz).date_naive() + Duration::days(1);
+        for back in 0..(366 * 8) {
+            let date = start - Duration::days(back);
+            let best = self
+                .times_on(date)
+                .flat_map(|local| self.instants(tz, local))
+                .filter(|instant| *instant <= at)
+                .max();
+            if best.is_some() {
+                return best;
+            }
+        }
+        None
+    }
+}
+
 /// The local hour and minute of `t` in `tz`.
 #[cfg(test)]
 fn hm(t: DateTime<Utc>, tz: Tz) -> (u32, u32) {
@@ -402,6 +421,32 @@ mod tests {
             [utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]
         );
         let _ = Utc.timestamp_opt(0, 0);
+    }
+
+    #[test]
+    fn the_latest_run_before_a_time_agrees_with_the_runs_after() {
+        for (cron, zone) in [
+            ("0 * * * *", "America/New_York"),
+            ("30 2 * * *", "Europe/Oslo"),
+            ("*/7 1-3 * * *", "Australia/Sydney"),
+        ] {
+            let tz: Tz = zone.parse().expect("a zone");
+            let c: Crontab = cron.parse().expect("a crontab");
+            let all = runs(cron, tz, "2026-03-01T00:00:00Z", "2026-04-10T00:00:00Z");
+            for pair in all.windows(2) {
+                let between = pair[0] + (pair[1] - pair[0]) / 2;
+                assert_eq!(
+                    c.last_at_or_before(between, tz),
+                    Some(pair[0]),
+                    "{cron} {zone}"
+                );
+                assert_eq!(
+                    c.last_at_or_before(pair[1], tz),
+                    Some(pair[1]),
+                    "{cron} {zone}: at"
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   #2746, django-celery-beat #459); missed runs follow the entry's [`CatchUp`].
 //! - **One leader**: beats of one schedule name share a lease in their [`BeatStore`]; only the
 //!   holder records and sends, and a record checks the lease in the same step, so a beat that
-//!   lost it (paused, cut off) cannot send (RedBeat #127, #208). The runs live with the lease,
+//!   lost it (paused, cut off) cannot record a run, nor so start its send (RedBeat #127,
+//!   #208); a send is given half the lease at most. Runs are sent at least once: a run
+//!   resent after a stop carries the same task id. The runs live with the lease,
 //!   so a new leader continues where the old one stopped. [`SqliteStore`] (one machine; the
 //!   default), [`RedisStore`] (shared through Redis), [`MemoryStore`] (one process).
 //! - **Daylight saving**: see [`Crontab`]: a daily 02:30 job runs once on the night 02:00
@@ -91,8 +93,11 @@ impl Sender for Celery {
         if let Some(queue) = &entry.queue {
             options = options.queue(queue.as_str());
         }
-        if let Some(expires) = entry.expires {
-            options = options.expires_at(std::time::SystemTime::from(scheduled) + expires);
+        if let Some(at) = entry
+            .expires
+            .and_then(|expires| std::time::SystemTime::from(scheduled).checked_add(expires))
+        {
+            options = options.expires_at(at);
         }
         self.send_task(
             &entry.task,
@@ -154,7 +159,10 @@ impl Beat {
 
     /// How long its lease lasts unless renewed (default [`LEASE_TTL`]).
     pub fn lease_ttl(mut self, ttl: Duration) -> Beat {
-        self.lease_ttl = ttl.max(Duration::from_millis(100));
+        self.lease_ttl = ttl.clamp(
+            Duration::from_millis(100),
+            Duration::from_secs(366 * 86_400),
+        );
         self
     }
 
@@ -173,31 +181,58 @@ impl Beat {
     pub async fn tick(&mut self, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         let renew =
             chrono::Duration::from_std(self.lease_ttl / 3).unwrap_or(chrono::Duration::seconds(10));
-        if !self.store.lease(&self.owner, self.lease_ttl).await? {
+        let held = match self.store.lease(&self.owner, self.lease_ttl).await {
+            Ok(held) => held,
+            Err(error) => {
+                // Whether it is still ours is unknown: read the runs again when it is.
+                self.runs = None;
+                return Err(error);
+            }
+        };
+        if !held {
             if self.runs.take().is_some() {
                 tracing::warn!(beat = %self.name, "lost the lease: another instance sends now");
             }
             return Ok(now + renew);
         }
+        // The runs are read at every tick: another instance may have led in between (this
+        // one paused past its lease, then took it back), and its runs must not be sent again.
+        let runs = match self.store.runs().await {
+            Ok(runs) => runs,
+            Err(error) => {
+                self.runs = None;
+                return Err(error);
+            }
+        };
         if self.runs.is_none() {
-            let runs = self.store.runs().await?;
             tracing::info!(beat = %self.name, owner = %self.owner, recorded = runs.len(), "leader: sending");
-            self.runs = Some(runs);
         }
+        self.runs = Some(runs);
         let mut wake = now + renew;
+        let mut failed = None;
         for at in 0..self.entries.len() {
             match self.due(at, now).await {
                 Ok(Some(next)) => wake = wake.min(next),
                 Ok(None) => {}
-                Err(error) => {
-                    if error.kind() == ErrorKind::PreconditionFailed {
-                        self.runs = None;
-                    }
+                Err(error) if error.kind() == ErrorKind::PreconditionFailed => {
+                    self.runs = None;
                     return Err(error);
+                }
+                // One entry that cannot be sent does not hold the others back.
+                Err(error) => {
+                    tracing::warn!(
+                        error = %format_args!("{error:#}"),
+                        entry = %self.entries[at].name,
+                        "an entry's run was not sent; it is tried again"
+                    );
+                    failed.get_or_insert(error);
                 }
             }
         }
-        Ok(wake)
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(wake),
+        }
     }
 
     /// Sends entry `at`'s unsent or due run; its next run after `now`.
@@ -205,9 +240,23 @@ impl Beat {
         let entry = self.entries[at].clone();
         let recorded = self.runs.as_ref().and_then(|r| r.get(&entry.name)).copied();
         if let Some(run) = recorded.filter(|r| !r.sent) {
-            // Recorded, not sent: a beat stopped in between. The same task id again.
-            tracing::info!(entry = %entry.name, scheduled = %run.scheduled, "sending a run recorded before a stop");
-            self.send(&entry, run.scheduled).await?;
+            let stale = entry.catch_up == CatchUp::Skip
+                && (now - run.scheduled).to_std().unwrap_or_default() > GRACE;
+            if stale {
+                tracing::info!(entry = %entry.name, scheduled = %run.scheduled, "a run recorded before a stop is past (catch_up = skip)");
+                self.record(
+                    &entry,
+                    Run {
+                        scheduled: run.scheduled,
+                        sent: true,
+                    },
+                )
+                .await?;
+            } else {
+                // Recorded, not sent: a beat stopped in between. The same task id again.
+                tracing::info!(entry = %entry.name, scheduled = %run.scheduled, "sending a run recorded before a stop");
+                self.send(&entry, run.scheduled).await?;
+            }
         }
         let base = match recorded {
             Some(run) => run.scheduled,
@@ -253,12 +302,25 @@ impl Beat {
 
     async fn send(&mut self, entry: &Entry, scheduled: DateTime<Utc>) -> Result<()> {
         let id = run_id(&self.name, &entry.name, scheduled);
-        self.sender.send(entry, &id, scheduled).await.map_err(|e| {
-            e.context(format!(
-                "sending {} ({}) due {scheduled}",
-                entry.name, entry.task
-            ))
-        })?;
+        // Within the lease: a send that outlasts it could overlap the next leader's resend.
+        let sending = self.sender.send(entry, &id, scheduled);
+        match tokio::time::timeout(self.lease_ttl / 2, sending).await {
+            Ok(sent) => sent.map_err(|e| {
+                e.context(format!(
+                    "sending {} ({}) due {scheduled}",
+                    entry.name, entry.task
+                ))
+            })?,
+            Err(_) => {
+                return Err(kombu_core::Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "sending {} due {scheduled}: no answer within half the lease",
+                        entry.name
+                    ),
+                ));
+            }
+        }
         tracing::info!(entry = %entry.name, task = %entry.task, %id, %scheduled, "sent");
         self.record(
             entry,
@@ -307,21 +369,15 @@ fn last_due(entry: &Entry, base: DateTime<Utc>, now: DateTime<Utc>) -> Option<Da
         let steps = (now - base)
             .num_milliseconds()
             .checked_div(every.num_milliseconds())?;
-        return (steps >= 1).then(|| base + every * i32::try_from(steps).unwrap_or(i32::MAX));
+        let steps = i32::try_from(steps).ok().filter(|s| *s >= 1)?;
+        return every
+            .checked_mul(steps)
+            .and_then(|d| base.checked_add_signed(d));
     }
-    let mut due = None;
-    let mut at = base;
-    // A long stop over a minutely crontab: at most a year of minutes.
-    for _ in 0..600_000 {
-        match entry.schedule.next_after(at, entry.timezone) {
-            Some(next) if next <= now => {
-                due = Some(next);
-                at = next;
-            }
-            _ => break,
-        }
-    }
-    due
+    entry
+        .schedule
+        .last_at_or_before(now, entry.timezone)
+        .filter(|due| *due > base)
 }
 
 #[cfg(test)]

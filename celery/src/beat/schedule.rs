@@ -35,6 +35,18 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The latest run at or before `at` (`None` for [`Every`](Schedule::Every), which counts
+    /// from a previous run, and when there is none within years).
+    pub fn last_at_or_before(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(_) => None,
+            Schedule::Crontab(cron) => cron.last_at_or_before(at, tz),
+            Schedule::Solar(solar) => solar.last_at_or_before(at),
+        }
+    }
+}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -119,6 +131,16 @@ impl Solar {
         (0..=367)
             .filter_map(|d| self.on(start + chrono::Duration::days(d)))
             .find(|t| *t > after)
+    }
+}
+
+impl Solar {
+    /// The latest event at or before `at` (looking a year back).
+    pub fn last_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = at.date_naive() + chrono::Duration::days(1);
+        (0..=367)
+            .filter_map(|d| self.on(start - chrono::Duration::days(d)))
+            .find(|t| *t <= at)
     }
 }
 

@@ -72,8 +72,9 @@ impl Broadcast {
     }
 }
 
-/// Sends remote-control commands to workers and collects their replies; one reply queue per
-/// `Control` (named by its id), declared when a reply is wanted.
+/// Sends remote-control commands to workers and collects their replies; each call that
+/// wants replies declares a reply queue of its own (`<id>.reply.celery.pidbox`, expiring 10 s
+/// after its last use), so calls made at once do not take each other's replies.
 ///
 /// ```no_run
 /// # async fn run() -> kombu_core::Result<()> {
@@ -88,7 +89,6 @@ impl Broadcast {
 /// ```
 pub struct Control {
     conn: Connection,
-    oid: String,
     clock: LamportClock,
     producer: Producer,
 }
@@ -96,14 +96,13 @@ pub struct Control {
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("oid", &self.oid)
             .field("clock", &self.clock.value())
             .finish_non_exhaustive()
     }
 }
 
 impl Control {
-    /// A caller on `conn`, with an id of its own.
+    /// A caller on `conn`.
     pub fn new(conn: &impl AsRef<Connection>) -> Control {
         let conn = conn.as_ref().clone();
         let producer = conn
@@ -111,16 +110,10 @@ impl Control {
             .exchange(Exchange::fanout(PIDBOX_EXCHANGE).durable(false))
             .serializer("json");
         Control {
-            oid: uuid::Uuid::new_v4().to_string(),
             clock: LamportClock::new(),
             producer,
             conn,
         }
-    }
-
-    /// Its id: the routing key of its replies.
-    pub fn oid(&self) -> &str {
-        &self.oid
     }
 
     /// Its Lamport clock (moved past each reply's).
@@ -137,13 +130,14 @@ impl Control {
         options: &Broadcast,
     ) -> Result<Vec<(String, Json)>> {
         let ticket = uuid::Uuid::new_v4().to_string();
-        let queue = Queue::new(reply_queue(&self.oid))
+        let oid = uuid::Uuid::new_v4().to_string();
+        let queue = Queue::new(reply_queue(&oid))
             .durable(false)
             .exclusive(true)
             .auto_delete(true)
             .expires(REPLY_QUEUE_EXPIRES)
             .message_ttl(REPLY_QUEUE_TTL)
-            .bind(Binding::new(REPLY_EXCHANGE, self.oid.as_str()));
+            .bind(Binding::new(REPLY_EXCHANGE, oid.as_str()));
         self.conn
             .declare_exchange(&Exchange::direct(REPLY_EXCHANGE).durable(false))
             .await
@@ -164,7 +158,7 @@ impl Control {
             ticket: Some(ticket.clone()),
             reply_to: Some(ReplyTo {
                 exchange: REPLY_EXCHANGE.to_owned(),
-                routing_key: self.oid.clone(),
+                routing_key: oid.clone(),
             }),
         };
         let sent = self.send(&command, options.timeout).await;

@@ -89,42 +89,104 @@ impl Command {
     }
 }
 
-/// Shell-style matching (`fnmatch`): `*`, `?`, `[...]`.
-pub fn glob(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    glob_at(&p, &n)
+/// One element of a glob.
+enum Tok {
+    Star,
+    Any,
+    Char(char),
+    /// `[...]`: ranges, and whether negated (`[!...]`).
+    Class(Vec<(char, char)>, bool),
 }
 
-fn glob_at(p: &[char], n: &[char]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some('*') => (0..=n.len()).any(|skip| glob_at(&p[1..], &n[skip..])),
-        Some('?') => !n.is_empty() && glob_at(&p[1..], &n[1..]),
-        Some('[') => match (p.iter().position(|c| *c == ']'), n.first()) {
-            (Some(end), Some(c)) if end > 1 => {
-                let set = &p[1..end];
-                let (negate, set) = match set.first() {
-                    Some('!') => (true, &set[1..]),
-                    _ => (false, set),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < set.len() {
-                    if i + 2 < set.len() && set[i + 1] == '-' {
-                        hit |= set[i] <= *c && *c <= set[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= set[i] == *c;
-                        i += 1;
-                    }
+fn tokens(pattern: &str) -> Vec<Tok> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '*' => {
+                if !matches!(out.last(), Some(Tok::Star)) {
+                    out.push(Tok::Star);
                 }
-                hit != negate && glob_at(&p[end + 1..], &n[1..])
+                i += 1;
             }
-            _ => n.first() == Some(&'[') && glob_at(&p[1..], &n[1..]),
-        },
-        Some(c) => n.first() == Some(c) && glob_at(&p[1..], &n[1..]),
+            '?' => {
+                out.push(Tok::Any);
+                i += 1;
+            }
+            '[' => match p[i + 1..].iter().skip(1).position(|c| *c == ']') {
+                // The first character of a class may be `]` itself.
+                Some(at) => {
+                    let end = i + 2 + at;
+                    let mut set = &p[i + 1..end];
+                    let negate = set.first() == Some(&'!');
+                    if negate {
+                        set = &set[1..];
+                    }
+                    let mut ranges = Vec::new();
+                    let mut k = 0;
+                    while k < set.len() {
+                        if k + 2 < set.len() && set[k + 1] == '-' {
+                            ranges.push((set[k], set[k + 2]));
+                            k += 3;
+                        } else {
+                            ranges.push((set[k], set[k]));
+                            k += 1;
+                        }
+                    }
+                    out.push(Tok::Class(ranges, negate));
+                    i = end + 1;
+                }
+                None => {
+                    out.push(Tok::Char('['));
+                    i += 1;
+                }
+            },
+            c => {
+                out.push(Tok::Char(c));
+                i += 1;
+            }
+        }
     }
+    out
+}
+
+/// Shell-style matching (`fnmatch`): `*`, `?`, `[...]`, `[!...]`; linear in the name for
+/// each star (no exponential backtracking on `***...x`).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let toks = tokens(pattern);
+    let n: Vec<char> = name.chars().collect();
+    let one = |tok: &Tok, c: char| match tok {
+        Tok::Any => true,
+        Tok::Char(want) => *want == c,
+        Tok::Class(ranges, negate) => ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate,
+        Tok::Star => false,
+    };
+    let (mut t, mut i) = (0, 0);
+    // Where the last star was, and the name position it is tried from.
+    let mut star: Option<(usize, usize)> = None;
+    while i < n.len() {
+        match toks.get(t) {
+            Some(Tok::Star) => {
+                star = Some((t, i));
+                t += 1;
+            }
+            Some(tok) if one(tok, n[i]) => {
+                t += 1;
+                i += 1;
+            }
+            _ => match star {
+                // Let the last star take one more character.
+                Some((at, from)) => {
+                    t = at + 1;
+                    i = from + 1;
+                    star = Some((at, from + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[t..].iter().all(|tok| matches!(tok, Tok::Star))
 }
 
 /// The common subset of regular expressions, anchored at the start as Python's `re.match`.
@@ -185,6 +247,11 @@ mod tests {
         assert!(glob("w?@h", "w1@h"));
         assert!(glob("w[0-9]@h", "w5@h") && !glob("w[!0-9]@h", "w5@h"));
         assert!(!glob("w1", "w12"));
+        assert!(glob("*a*b", "xxaxxb") && !glob("*a*b", "xxaxxc"));
+        assert!(glob("[]]x", "]x"));
+        // Many stars against a name that does not match: quick, not exponential.
+        let stars = format!("{}x", "*".repeat(40));
+        assert!(!glob(&stars, &"a".repeat(200)));
     }
 
     #[test]

@@ -393,7 +393,7 @@ impl WorkerBuilder {
     /// shrinks back after [`AUTOSCALE_KEEPALIVE`] with fewer; the `autoscale` command
     /// changes the range. The prefetch stays `max × prefetch_multiplier`.
     pub fn autoscale(mut self, max: usize, min: usize) -> Self {
-        let max = max.max(1);
+        let max = max.clamp(1, pool::MAX_SIZE);
         self.autoscale = Some((max, min.min(max)));
         self
     }

@@ -16,6 +16,8 @@ use super::state::Phase;
 
 /// How long the autoscaler keeps slots it no longer needs (Celery's `AUTOSCALE_KEEPALIVE`).
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// The most slots the pool takes (a bound on what remote control may ask for).
+pub(crate) const MAX_SIZE: usize = 10_000;
 /// How often the autoscaler looks.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -56,7 +58,7 @@ impl Pool {
         }
         let now = self.size();
         let target = match grow {
-            true => now.saturating_add(n),
+            true => now.saturating_add(n).min(MAX_SIZE),
             false => now.saturating_sub(n).max(1),
         };
         self.apply(shared, target);
@@ -73,7 +75,7 @@ impl Pool {
         let (max, min) = {
             let mut range = self.range.lock();
             let (old_max, old_min) = (*range)?;
-            let max = max.unwrap_or(old_max).max(1);
+            let max = max.unwrap_or(old_max).clamp(1, MAX_SIZE);
             let min = min.unwrap_or(old_min).min(max);
             *range = Some((max, min));
             (max, min)
@@ -96,6 +98,7 @@ impl Pool {
     /// Moves the concurrency to `target` slots: more permits at once, fewer as running
     /// tasks give theirs back.
     fn apply(&self, shared: &Arc<Shared>, target: usize) {
+        let target = target.clamp(1, MAX_SIZE);
         let now = self.size.swap(target, Ordering::Relaxed);
         if target > now {
             shared.permits.add_permits(target - now);
@@ -115,10 +118,7 @@ impl Pool {
 fn held(shared: &Shared) -> usize {
     shared
         .requests
-        .infos(&shared.hostname, false, |p| {
-            matches!(p, Phase::Active { .. } | Phase::Reserved)
-        })
-        .len()
+        .count(|p| matches!(p, Phase::Active { .. } | Phase::Reserved))
 }
 
 /// Grows the pool to the tasks held (up to the maximum) and, after [`KEEPALIVE`] with fewer,

@@ -225,12 +225,19 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
     }
     let closed = consumers.close().await;
     background.shutdown().await;
-    if let Some((closing, flushing)) = flusher {
+    if let Some((closing, mut flushing)) = flusher {
         let _ = closing.send(());
-        if tokio::time::timeout(EVENTS_GRACE, flushing).await.is_err() {
+        if tokio::time::timeout(EVENTS_GRACE, &mut flushing)
+            .await
+            .is_err()
+        {
+            flushing.abort();
             tracing::warn!("the last task events were not all sent");
         }
-        heartbeat(&shared, EventKind::WorkerOffline).await;
+        let offline = heartbeat(&shared, EventKind::WorkerOffline);
+        if tokio::time::timeout(EVENTS_GRACE, offline).await.is_err() {
+            tracing::warn!("worker-offline was not sent");
+        }
     }
     match failed {
         Some(error) => Err(error),
@@ -280,7 +287,7 @@ async fn change_queues(shared: &Shared, consumers: &mut Consumers, change: Queue
             Ok(false) => {}
             Err(error) => {
                 // Its consumer is retired; the queues it read besides could not get theirs.
-                shared.queues.lock().retain(|q| q.name != queue);
+                shared.queues.lock().retain(|q| consumers.consumes(&q.name));
                 tracing::error!(
                     error = %format_args!("{error:#}"),
                     %queue,

@@ -96,11 +96,12 @@ impl Requests {
 
     /// How many run now.
     pub(crate) fn active(&self) -> usize {
-        self.held
-            .lock()
-            .values()
-            .filter(|h| matches!(h.phase, Phase::Active { .. }))
-            .count()
+        self.count(|p| matches!(p, Phase::Active { .. }))
+    }
+
+    /// How many `pick` selects.
+    pub(crate) fn count(&self, pick: impl Fn(&Phase) -> bool) -> usize {
+        self.held.lock().values().filter(|h| pick(&h.phase)).count()
     }
 
     /// The request infos (Celery's `Request.info`) of those `pick` selects, in the order they
@@ -142,12 +143,13 @@ impl Requests {
         out
     }
 
-    /// Signals the running requests among `ids` to terminate; the ids it signalled.
+    /// Signals the requests among `ids` to terminate (a running one stops; one not started
+    /// yet stops as it starts, as Celery's terminate-on-accept); the ids it signalled.
     pub(crate) fn terminate(&self, ids: &HashSet<String>, signal: i32) -> Vec<String> {
         let held = self.held.lock();
         let mut hit = Vec::new();
         for h in held.values() {
-            if ids.contains(&h.request.id) && matches!(h.phase, Phase::Active { .. }) {
+            if ids.contains(&h.request.id) {
                 h.terminate.send_replace(Some(signal));
                 hit.push(h.request.id.clone());
             }
