@@ -229,7 +229,24 @@ pub async fn events(global: &Global, args: EventsArgs) -> anyhow::Result<Outcome
 
 #[cfg(test)]
 mod tests {
-    use super::arguments;
+    use super::{arguments, sqlite_file};
+
+    #[test]
+    fn a_sqlite_brokers_file_reads_as_the_transport_reads_it() {
+        let file = |url: &str| sqlite_file(url).map(|p| p.display().to_string());
+        assert_eq!(file("sqlite:///tmp/x.db").as_deref(), Some("/tmp/x.db"));
+        assert_eq!(
+            file("sqlite://kombu.db?polling_interval=1").as_deref(),
+            Some("kombu.db")
+        );
+        assert_eq!(file("sqla+sqlite:///x.db").as_deref(), Some("x.db"));
+        assert_eq!(
+            file("sqla+sqlite:////abs/x.db").as_deref(),
+            Some("/abs/x.db")
+        );
+        assert_eq!(file("sqlite://:memory:"), None);
+        assert_eq!(file("redis://h/0"), None);
+    }
     use serde_json::json;
 
     #[test]
@@ -265,9 +282,10 @@ pub struct BeatArgs {
     /// The schedule file (TOML: [[entry]] tables).
     #[arg(long, value_name = "FILE")]
     pub schedule: std::path::PathBuf,
-    /// Where the lease and the runs live: a SQLite file (default: <schedule>.state.db beside
-    /// the schedule), redis://... (shared by beats on any machine), or memory (forgotten on
-    /// exit).
+    /// Where the lease and the runs live: redis://... (shared by beats on any machine), a
+    /// SQLite file or sqlite:// URL (beats on one machine), or memory (forgotten on exit).
+    /// Default: the broker when it is Redis or SQLite, else <schedule>.state.db beside the
+    /// schedule.
     #[arg(long, value_name = "PATH|URL")]
     pub state: Option<String>,
     /// Seconds the lease lasts unless renewed: how long the others wait before one takes
@@ -316,20 +334,42 @@ pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
     if file.entries.is_empty() {
         bail!("{} has no [[entry]]", args.schedule.display());
     }
-    let store: Arc<dyn BeatStore> = match args.state.as_deref() {
-        Some("memory") => Arc::new(MemoryStore::new()),
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Arc::new(
+    let url = url(global)?;
+    // Default: on the broker where it can hold a lease (Redis, a SQLite broker's file), so
+    // beats sharing the broker share the lease; else a file beside the schedule.
+    let state = match args.state.clone() {
+        Some(state) => state,
+        None if is_redis(&url) => url.clone(),
+        None => match sqlite_file(&url) {
+            Some(path) => path.display().to_string(),
+            None => args
+                .schedule
+                .with_extension("state.db")
+                .display()
+                .to_string(),
+        },
+    };
+    let store: Arc<dyn BeatStore> = match state.as_str() {
+        "memory" => Arc::new(MemoryStore::new()),
+        url if is_redis(url) => Arc::new(
             RedisStore::connect(url, &file.name)
                 .await
                 .with_context(|| format!("the beat state at {}", mask(url)))?,
         ),
-        Some(path) => Arc::new(SqliteStore::open(path, &file.name)?),
-        None => Arc::new(SqliteStore::open(
-            args.schedule.with_extension("state.db"),
-            &file.name,
-        )?),
+        url if url.contains("://") => match sqlite_file(url) {
+            Some(path) => Arc::new(SqliteStore::open(path, &file.name)?),
+            None => bail!(
+                "--state {}: a file, a sqlite:// or redis:// URL, or memory",
+                mask(url)
+            ),
+        },
+        path => Arc::new(SqliteStore::open(path, &file.name)?),
     };
-    let url = url(global)?;
+    let shown = match state.contains("://") {
+        true => mask(&state),
+        false => state.clone(),
+    };
+    eprintln!("beat state: {shown}");
     let conn = connect(&url).await?;
     let mut signals = Signals::install();
     let names: Vec<String> = file
@@ -357,4 +397,22 @@ pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
     .context("the beat")?;
     let signal = received.unwrap_or(crate::lifecycle::Signal::Interrupt);
     Ok(stopped_by(signal))
+}
+
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+/// The file of a SQLite broker URL (`sqlite:///tmp/x.db` → `/tmp/x.db`; SQLAlchemy's one-slash
+/// rule for `sqla+sqlite://`), as the SQLite transport reads it; `None` for another URL or an
+/// in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let (scheme, rest) = url.split_once("://")?;
+    let location = rest.split_once('?').map_or(rest, |(p, _)| p);
+    let location = match scheme {
+        "sqlite" => location,
+        "sqla+sqlite" | "sqlalchemy+sqlite" => location.strip_prefix('/').unwrap_or(location),
+        _ => return None,
+    };
+    (!matches!(location, "" | ":memory:" | "/:memory:")).then(|| std::path::PathBuf::from(location))
 }
