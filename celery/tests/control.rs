@@ -731,3 +731,52 @@ async fn a_receiver_hears_the_worker_and_its_tasks_in_order() {
         events_in_order(&broker.url).await;
     }
 }
+
+/// Mingle: a worker that starts asks the others for their revoked ids (Redis, RabbitMQ).
+async fn mingle(url: &str) {
+    let conn = Connection::open(url).await.expect("open");
+    let old = node(&conn, "old", |w| w).await;
+    let control = Control::new(&conn);
+    answering(&control, &old).await;
+    let doomed = uuid::Uuid::new_v4().to_string();
+    ask(&control, &old, "revoke", json!({"task_id": doomed})).await;
+    let new = node(&conn, "new", |w| w).await;
+    answering(&control, &new).await;
+    let mut learned = Json::Null;
+    for _ in 0..100 {
+        learned = ask(&control, &new, "revoked", json!({})).await;
+        if learned
+            .as_array()
+            .is_some_and(|ids| ids.contains(&json!(doomed)))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        learned
+            .as_array()
+            .is_some_and(|ids| ids.contains(&json!(doomed))),
+        "the new worker learned {doomed}: {learned}"
+    );
+    for n in [old, new] {
+        n.handle.stop();
+        tokio::time::timeout(WAIT, n.running)
+            .await
+            .expect("stopped")
+            .expect("joined")
+            .expect("ran");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_worker_learns_the_ids_others_revoked() {
+    kombu_redis::register();
+    kombu_amqp::register();
+    for transport in ["redis", "amqp"] {
+        let Some(broker) = brokers::broker(transport, "mingle") else {
+            continue;
+        };
+        mingle(&broker.url).await;
+    }
+}

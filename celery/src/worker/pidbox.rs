@@ -96,3 +96,46 @@ async fn reply(shared: &Shared, ticket: &str, reply_to: &ReplyTo, payload: Json)
         .send()
         .await
 }
+
+/// Celery's mingle, in the background: asks the other workers (`hello`) for the ids they
+/// were told to revoke and their clocks, and takes them, so a task revoked before this worker
+/// started is not run here either. Celery does it at start on AMQP and Redis; a lone worker
+/// hears nothing.
+pub(crate) async fn mingle(shared: Arc<Shared>) {
+    let control = crate::control::Control::new(&shared.conn);
+    let mut arguments = Map::new();
+    arguments.insert(
+        "from_node".into(),
+        Json::String(shared.hostname.to_string()),
+    );
+    arguments.insert("revoked".into(), Json::Array(Vec::new()));
+    let options = crate::control::Broadcast::new().timeout(Duration::from_secs(1));
+    let replies = match control.broadcast("hello", arguments, &options).await {
+        Ok(replies) => replies,
+        Err(error) => {
+            tracing::debug!(error = %format_args!("{error:#}"), "mingle: no hello sent");
+            return;
+        }
+    };
+    let now = crate::events::now();
+    let mut synced = 0;
+    for (node, reply) in replies {
+        if node == *shared.hostname {
+            continue;
+        }
+        if let Some(clock) = reply.get("clock").and_then(Json::as_u64) {
+            shared.clock.adjust(clock);
+        }
+        let ids: Vec<&str> = match reply.get("revoked") {
+            Some(Json::Array(ids)) => ids.iter().filter_map(Json::as_str).collect(),
+            Some(Json::Object(ids)) => ids.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let mut revoked = shared.revoked.lock();
+        for id in ids {
+            revoked.add(id, now);
+        }
+        synced += 1;
+    }
+    tracing::info!(nodes = synced, "mingle: synced with other workers");
+}

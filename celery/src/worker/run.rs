@@ -140,6 +140,9 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
         match pidbox::listen(&conn, &shared.hostname).await {
             Ok(mailbox) => {
                 background.spawn(pidbox::serve(shared.clone(), mailbox));
+                if matches!(conn.messaging_system(), "rabbitmq" | "redis") {
+                    background.spawn(pidbox::mingle(shared.clone()));
+                }
             }
             Err(error) => tracing::warn!(
                 error = %format_args!("{error:#}"),

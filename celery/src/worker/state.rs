@@ -133,7 +133,8 @@ impl Requests {
         for h in held.values().filter(|h| ids.contains(&h.request.id)) {
             let state = match h.phase {
                 Phase::Active { .. } => "active",
-                Phase::Reserved | Phase::Scheduled { .. } => "reserved",
+                Phase::Reserved => "reserved",
+                Phase::Scheduled { .. } => "scheduled",
             };
             out.insert(
                 h.request.id.clone(),
