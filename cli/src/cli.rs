@@ -221,7 +221,7 @@ unless the URL says confirm_publish=false), stored for Redis, committed for SQLi
 latency is per delivery: from asking for the next message until it is decoded and acked.
 --json prints one JSON object per URL, one per line.")]
     Bench(BenchArgs),
-    /// Send Celery tasks and read their results.
+    /// Celery: send tasks, read results, inspect and control workers, watch events, run a beat.
     Celery(crate::celery::CeleryArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
