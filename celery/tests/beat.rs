@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use kombu_celery::beat::{Beat, BeatStore, Entry, RedisStore, Run, Schedule, SqliteStore, run_id};
+use kombu_celery::beat::{
+    AmqpStore, Beat, BeatStore, Entry, RedisStore, Run, Schedule, SqliteStore, run_id,
+};
 use kombu_celery::{Celery, TaskRequest};
 use kombu_core::{Connection, ErrorKind, Queue};
 use kombu_test_support::brokers;
@@ -166,4 +168,73 @@ async fn two_beats_share_a_sqlite_file() {
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_beats_share_rabbitmq() {
+    kombu_amqp::register();
+    let Some(broker) = brokers::broker("amqp", "beat") else {
+        return;
+    };
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let queue = format!("beat-amqp-{}", uuid::Uuid::new_v4().simple());
+    let name = format!("s-{}", uuid::Uuid::new_v4().simple());
+    let entries = || {
+        vec![
+            Entry::new(
+                "tick",
+                "tasks.tick",
+                Schedule::Every(Duration::from_secs(10)),
+            )
+            .args(vec![serde_json::json!(7)])
+            .queue(queue.as_str()),
+        ]
+    };
+    let store_a = Arc::new(AmqpStore::connect(&broker.url, &name).await.expect("a"));
+    let store_b = Arc::new(AmqpStore::connect(&broker.url, &name).await.expect("b"));
+    let mut a = Beat::new(&name, entries(), store_a.clone(), Celery::new(&conn));
+    let mut b = Beat::new(&name, entries(), store_b.clone(), Celery::new(&conn));
+    let start = utc("2026-01-01T00:00:00Z");
+    let mut now = start;
+    for _ in 0..8 {
+        a.tick(now).await.expect("a ticks");
+        b.tick(now).await.expect("b ticks");
+        now += chrono::Duration::seconds(5);
+    }
+    assert!(a.is_leader() && !b.is_leader(), "the first to ask leads");
+    let ids = ids_in(&conn, &queue, 3).await;
+    let want: Vec<String> = (1..=3)
+        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
+        .collect();
+    assert_eq!(ids, want, "each run once, by its id");
+    // The leader's connection goes (a crash closes it too): the other takes over where the
+    // leader stopped, and the old one can no longer record.
+    store_a.close().await.expect("close");
+    let refused = store_a
+        .record(
+            "a",
+            "tick",
+            Run {
+                scheduled: now,
+                sent: false,
+            },
+        )
+        .await
+        .expect_err("no lease, no record");
+    assert_eq!(refused.kind(), ErrorKind::PreconditionFailed);
+    b.tick(now).await.expect("takes over");
+    assert!(b.is_leader());
+    b.tick(now + chrono::Duration::seconds(10))
+        .await
+        .expect("sends");
+    let ids = ids_in(&conn, &queue, 2).await;
+    let want: Vec<String> = (4..=5)
+        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
+        .collect();
+    assert_eq!(ids, want, "no run skipped, none repeated");
+    store_b.close().await.expect("close");
+    conn.delete_queue(&queue).await.expect("delete");
+    conn.delete_queue(&format!("kombu_rs.beat.{name}.runs"))
+        .await
+        .expect("delete");
 }

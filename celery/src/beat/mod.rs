@@ -11,8 +11,9 @@
 //!   lost it (paused, cut off) cannot record a run, nor so start its send (RedBeat #127,
 //!   #208); a send is given half the lease at most. Runs are sent at least once: a run
 //!   resent after a stop carries the same task id. The runs live with the lease,
-//!   so a new leader continues where the old one stopped. [`SqliteStore`] (one machine; the
-//!   default), [`RedisStore`] (shared through Redis), [`MemoryStore`] (one process).
+//!   so a new leader continues where the old one stopped. [`SqliteStore`] (one machine, or a
+//!   SQLite broker's file), [`RedisStore`] (shared through Redis), [`AmqpStore`] (shared
+//!   through RabbitMQ: the lease an exclusive queue), [`MemoryStore`] (one process).
 //! - **Daylight saving**: see [`Crontab`]: a daily 02:30 job runs once on the night 02:00
 //!   becomes 03:00, an hourly job runs every hour once across the night 03:00 becomes 02:00
 //!   (celery #1604, #10107).
@@ -41,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+mod amqp_store;
 mod crontab;
 mod entry;
 mod schedule;
@@ -54,6 +56,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kombu_core::{ErrorKind, Result};
 
+pub use amqp_store::AmqpStore;
 pub use crontab::Crontab;
 pub use entry::{CatchUp, Entry, ScheduleFile};
 pub use schedule::{Schedule, Solar, parse_every};

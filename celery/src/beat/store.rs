@@ -25,11 +25,11 @@ pub struct Run {
 }
 
 impl Run {
-    fn to_json(self) -> String {
+    pub(crate) fn to_json(self) -> String {
         serde_json::json!({"scheduled": self.scheduled.to_rfc3339(), "sent": self.sent}).to_string()
     }
 
-    fn from_json(entry: &str, text: &str) -> Result<Run> {
+    pub(crate) fn from_json(entry: &str, text: &str) -> Result<Run> {
         let bad = || {
             Error::new(
                 ErrorKind::Codec,
