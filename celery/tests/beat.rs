@@ -21,6 +21,25 @@ fn utc(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// The entry both beats run: `tasks.tick(7)` every 10 s to `queue`.
+fn tick_every_ten_seconds(queue: &str) -> Vec<Entry> {
+    vec![
+        Entry::new(
+            "tick",
+            "tasks.tick",
+            Schedule::Every(Duration::from_secs(10)),
+        )
+        .args(vec![serde_json::json!(7)])
+        .queue(queue),
+    ]
+}
+
+/// The task ids of runs `k` of that entry, due `10 × k` s after `start`.
+fn run_ids(name: &str, start: DateTime<Utc>, ks: std::ops::RangeInclusive<i64>) -> Vec<String> {
+    ks.map(|k| run_id(name, "tick", start + chrono::Duration::seconds(10 * k)))
+        .collect()
+}
+
 /// The `n` task ids waiting in `queue` (and that no more come).
 async fn ids_in(conn: &Connection, queue: &str, n: usize) -> Vec<String> {
     let mut consumer = conn
@@ -52,17 +71,7 @@ async fn two_beats_one_store(make: impl Fn() -> Arc<dyn BeatStore>, broker: &str
     let conn = Connection::open(broker).await.expect("open");
     let queue = format!("beat-{tag}-{}", uuid::Uuid::new_v4().simple());
     let name = format!("s-{}", uuid::Uuid::new_v4().simple());
-    let entries = || {
-        vec![
-            Entry::new(
-                "tick",
-                "tasks.tick",
-                Schedule::Every(Duration::from_secs(10)),
-            )
-            .args(vec![serde_json::json!(7)])
-            .queue(queue.as_str()),
-        ]
-    };
+    let entries = || tick_every_ten_seconds(&queue);
     let ttl = Duration::from_millis(600);
     let mut a = Beat::new(&name, entries(), make(), Celery::new(&conn)).lease_ttl(ttl);
     let mut b = Beat::new(&name, entries(), make(), Celery::new(&conn)).lease_ttl(ttl);
@@ -75,9 +84,7 @@ async fn two_beats_one_store(make: impl Fn() -> Arc<dyn BeatStore>, broker: &str
     }
     assert!(a.is_leader() != b.is_leader(), "one leader");
     let mut ids = ids_in(&conn, &queue, 3).await;
-    let want: Vec<String> = (1..=3)
-        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
-        .collect();
+    let want = run_ids(&name, start, 1..=3);
     assert_eq!(ids, want, "each run once, by its id");
     // The leader dies (its lease runs out): the other continues where it stopped.
     let (leader, follower) = if a.is_leader() {
@@ -94,9 +101,7 @@ async fn two_beats_one_store(make: impl Fn() -> Arc<dyn BeatStore>, broker: &str
         .await
         .expect("sends");
     ids = ids_in(&conn, &queue, 2).await;
-    let want: Vec<String> = (4..=5)
-        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
-        .collect();
+    let want = run_ids(&name, start, 4..=5);
     assert_eq!(ids, want, "no run skipped, none repeated");
     // A beat whose lease ran out cannot record.
     let store = make();
@@ -179,17 +184,7 @@ async fn two_beats_share_rabbitmq() {
     let conn = Connection::open(&broker.url).await.expect("open");
     let queue = format!("beat-amqp-{}", uuid::Uuid::new_v4().simple());
     let name = format!("s-{}", uuid::Uuid::new_v4().simple());
-    let entries = || {
-        vec![
-            Entry::new(
-                "tick",
-                "tasks.tick",
-                Schedule::Every(Duration::from_secs(10)),
-            )
-            .args(vec![serde_json::json!(7)])
-            .queue(queue.as_str()),
-        ]
-    };
+    let entries = || tick_every_ten_seconds(&queue);
     let store_a = Arc::new(AmqpStore::connect(&broker.url, &name).await.expect("a"));
     let store_b = Arc::new(AmqpStore::connect(&broker.url, &name).await.expect("b"));
     let mut a = Beat::new(&name, entries(), store_a.clone(), Celery::new(&conn));
@@ -203,9 +198,7 @@ async fn two_beats_share_rabbitmq() {
     }
     assert!(a.is_leader() && !b.is_leader(), "the first to ask leads");
     let ids = ids_in(&conn, &queue, 3).await;
-    let want: Vec<String> = (1..=3)
-        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
-        .collect();
+    let want = run_ids(&name, start, 1..=3);
     assert_eq!(ids, want, "each run once, by its id");
     // The leader's connection goes (a crash closes it too): the other takes over where the
     // leader stopped, and the old one can no longer record.
@@ -228,9 +221,7 @@ async fn two_beats_share_rabbitmq() {
         .await
         .expect("sends");
     let ids = ids_in(&conn, &queue, 2).await;
-    let want: Vec<String> = (4..=5)
-        .map(|k| run_id(&name, "tick", start + chrono::Duration::seconds(10 * k)))
-        .collect();
+    let want = run_ids(&name, start, 4..=5);
     assert_eq!(ids, want, "no run skipped, none repeated");
     store_b.close().await.expect("close");
     conn.delete_queue(&queue).await.expect("delete");

@@ -111,7 +111,7 @@ impl AmqpStore {
                 let mut runs = HashMap::new();
                 if let serde_json::Value::Object(entries) = doc {
                     for (entry, run) in entries {
-                        runs.insert(entry.clone(), Run::from_json(&entry, &run.to_string())?);
+                        runs.insert(entry.clone(), Run::from_value(&entry, &run)?);
                     }
                 }
                 delivery.requeue().await.map_err(Error::from)?;
@@ -182,10 +182,7 @@ impl BeatStore for AmqpStore {
         runs.insert(entry.to_owned(), run);
         let doc: serde_json::Map<String, serde_json::Value> = runs
             .iter()
-            .map(|(name, run)| {
-                let value = serde_json::from_str(&run.to_json()).unwrap_or_default();
-                (name.clone(), value)
-            })
+            .map(|(name, run)| (name.clone(), run.to_value()))
             .collect();
         // Over the lease's connection, confirmed: written only while the lease is held.
         let written = conn

@@ -25,18 +25,17 @@ pub struct Run {
 }
 
 impl Run {
-    pub(crate) fn to_json(self) -> String {
-        serde_json::json!({"scheduled": self.scheduled.to_rfc3339(), "sent": self.sent}).to_string()
+    pub(crate) fn to_value(self) -> serde_json::Value {
+        serde_json::json!({"scheduled": self.scheduled.to_rfc3339(), "sent": self.sent})
     }
 
-    pub(crate) fn from_json(entry: &str, text: &str) -> Result<Run> {
+    pub(crate) fn from_value(entry: &str, value: &serde_json::Value) -> Result<Run> {
         let bad = || {
             Error::new(
                 ErrorKind::Codec,
-                format!("beat state: the run of {entry:?}: {text}"),
+                format!("beat state: the run of {entry:?}: {value}"),
             )
         };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
         let scheduled = value["scheduled"]
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -414,14 +413,21 @@ impl BeatStore for RedisStore {
             .map_err(redis_error("read runs"))?;
         raw.into_iter()
             .map(|(entry, json)| {
-                let run = Run::from_json(&entry, &json)?;
+                let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Codec,
+                        format!("beat state: the run of {entry:?}"),
+                    )
+                    .with_source(e)
+                })?;
+                let run = Run::from_value(&entry, &value)?;
                 Ok((entry, run))
             })
             .collect()
     }
 
     async fn record(&self, owner: &str, entry: &str, run: Run) -> Result<()> {
-        let json = run.to_json();
+        let json = run.to_value().to_string();
         let mut conn = self.conn.clone();
         let recorded: i64 = redis::Script::new(RECORD)
             .key(&self.lease_key)

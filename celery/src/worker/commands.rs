@@ -60,9 +60,10 @@ pub(crate) async fn handle(
             Json::Array(
                 scheduled
                     .into_iter()
+                    // Celery's timer priority for eta tasks is always 6.
                     .map(|(phase, request)| match phase {
-                        Phase::Scheduled { eta, priority } => {
-                            json!({"eta": eta, "priority": priority, "request": request})
+                        Phase::Scheduled { eta } => {
+                            json!({"eta": eta, "priority": 6, "request": request})
                         }
                         _ => json!({"eta": null, "priority": 6, "request": request}),
                     })
@@ -277,23 +278,15 @@ async fn revoke(shared: &Arc<Shared>, args: &Map<String, Json>, force_terminate:
             unique.push(id);
         }
     }
-    let now = crate::events::now();
     {
         let mut revoked = shared.revoked.lock();
         for id in &unique {
-            revoked.add(id, now);
+            revoked.add(id);
         }
     }
     let terminate = force_terminate || args.get("terminate").and_then(Json::as_bool) == Some(true);
     let set: HashSet<String> = unique.iter().cloned().collect();
-    let running: HashSet<String> = shared
-        .requests
-        .infos(&shared.hostname, false, |p| {
-            matches!(p, Phase::Active { .. })
-        })
-        .into_iter()
-        .filter_map(|(_, info)| info.get("id").and_then(Json::as_str).map(str::to_owned))
-        .collect();
+    let running = shared.requests.active_ids();
     if let Results::Backend(backend) = &shared.results {
         for id in unique.iter().filter(|id| !running.contains(*id)) {
             match backend.meta(id).await {
@@ -408,14 +401,13 @@ fn hello(shared: &Shared, args: &Map<String, Json>) -> Option<Json> {
     if from == Some(&*shared.hostname) {
         return Some(Json::Null);
     }
-    let now = crate::events::now();
     let theirs: Vec<String> = match args.get("revoked") {
         Some(Json::Object(map)) => map.keys().cloned().collect(),
         other => id_list(other),
     };
     let mut revoked = shared.revoked.lock();
     for id in &theirs {
-        revoked.add(id, now);
+        revoked.add(id);
     }
     revoked.purge();
     Some(json!({"revoked": revoked.ids(), "clock": shared.clock.forward()}))

@@ -143,7 +143,6 @@ pub(crate) async fn execute(
         if !wait.is_zero() {
             tracked.set(Phase::Scheduled {
                 eta: eta.to_rfc3339(),
-                priority: 6,
             });
             if !hold(&shared, &delivery, wait).await {
                 settle(delivery, false).await;

@@ -117,7 +117,6 @@ pub(crate) async fn mingle(shared: Arc<Shared>) {
             return;
         }
     };
-    let now = crate::events::now();
     let mut synced = 0;
     for (node, reply) in replies {
         if node == *shared.hostname {
@@ -133,7 +132,7 @@ pub(crate) async fn mingle(shared: Arc<Shared>) {
         };
         let mut revoked = shared.revoked.lock();
         for id in ids {
-            revoked.add(id, now);
+            revoked.add(id);
         }
         synced += 1;
     }

@@ -24,7 +24,7 @@ pub(crate) enum Phase {
     /// Taken, waiting for a slot or its rate limit (`inspect reserved`).
     Reserved,
     /// Waiting in the worker for its eta (`inspect scheduled`).
-    Scheduled { eta: String, priority: u8 },
+    Scheduled { eta: String },
     /// Running since (`inspect active`).
     Active { time_start: f64, acknowledged: bool },
 }
@@ -97,6 +97,16 @@ impl Requests {
     /// How many run now.
     pub(crate) fn active(&self) -> usize {
         self.count(|p| matches!(p, Phase::Active { .. }))
+    }
+
+    /// The ids of the running requests.
+    pub(crate) fn active_ids(&self) -> HashSet<String> {
+        self.held
+            .lock()
+            .values()
+            .filter(|h| matches!(h.phase, Phase::Active { .. }))
+            .map(|h| h.request.id.clone())
+            .collect()
     }
 
     /// How many `pick` selects.
@@ -197,19 +207,19 @@ fn info(held: &Held, hostname: &str, safe: bool) -> Json {
 /// [`REVOKE_EXPIRES`] (Celery's `LimitedSet`).
 #[derive(Debug, Default)]
 pub(crate) struct Revoked {
-    order: VecDeque<(String, Instant, f64)>,
-    ids: HashMap<String, f64>,
+    order: VecDeque<(String, Instant)>,
+    ids: HashSet<String>,
 }
 
 impl Revoked {
-    /// Adds `id` (revoked at epoch `when`).
-    pub(crate) fn add(&mut self, id: &str, when: f64) {
+    /// Adds `id`.
+    pub(crate) fn add(&mut self, id: &str) {
         self.purge();
-        if self.ids.insert(id.to_owned(), when).is_none() {
-            self.order.push_back((id.to_owned(), Instant::now(), when));
+        if self.ids.insert(id.to_owned()) {
+            self.order.push_back((id.to_owned(), Instant::now()));
         }
         while self.order.len() > REVOKES_MAX {
-            if let Some((old, _, _)) = self.order.pop_front() {
+            if let Some((old, _)) = self.order.pop_front() {
                 self.ids.remove(&old);
             }
         }
@@ -217,12 +227,12 @@ impl Revoked {
 
     /// Whether `id` is revoked.
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.contains_key(id)
+        self.ids.contains(id)
     }
 
     /// Forgets the ids older than [`REVOKE_EXPIRES`].
     pub(crate) fn purge(&mut self) {
-        while let Some((id, at, _)) = self.order.front() {
+        while let Some((id, at)) = self.order.front() {
             if at.elapsed() < REVOKE_EXPIRES {
                 break;
             }
@@ -233,7 +243,7 @@ impl Revoked {
 
     /// The ids, oldest first.
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.order.iter().map(|(id, _, _)| id.clone()).collect()
+        self.order.iter().map(|(id, _)| id.clone()).collect()
     }
 }
 
@@ -245,9 +255,9 @@ mod tests {
     fn the_revoked_set_is_bounded_oldest_out() {
         let mut revoked = Revoked::default();
         for i in 0..=REVOKES_MAX {
-            revoked.add(&format!("t{i}"), 1.0);
+            revoked.add(&format!("t{i}"));
         }
-        revoked.add("t5", 2.0);
+        revoked.add("t5");
         assert!(!revoked.contains("t0"));
         assert!(revoked.contains("t1") && revoked.contains(&format!("t{REVOKES_MAX}")));
         assert_eq!(revoked.ids().len(), REVOKES_MAX);
