@@ -229,3 +229,46 @@ async fn two_beats_share_rabbitmq() {
         .await
         .expect("delete");
 }
+
+#[cfg(feature = "mongodb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_beats_share_a_mongodb_store() {
+    use kombu_celery::beat::MongoStore;
+    kombu_mongodb::register();
+    let Some(broker) = brokers::broker("mongodb", "beat") else {
+        return;
+    };
+    // A connection of its own for each beat, as beats on two machines.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut made: Vec<Arc<dyn BeatStore>> = Vec::new();
+    for _ in 0..3 {
+        made.push(Arc::new(
+            MongoStore::connect(&broker.url, "shared")
+                .await
+                .expect("mongodb"),
+        ));
+    }
+    two_beats_one_store(
+        || made[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % made.len()].clone(),
+        &broker.url,
+        "mongodb",
+    )
+    .await;
+    // The document is where the docs say, with the runs under their entry names.
+    let db = kombu_mongodb::MongoDatabase::open(&broker.url)
+        .await
+        .expect("the database");
+    let doc = db
+        .database()
+        .collection::<mongodb::bson::Document>("kombu_rs.beat")
+        .find_one(mongodb::bson::doc! { "_id": "shared" })
+        .await
+        .expect("read")
+        .expect("the beat's document");
+    assert_eq!(doc.get_str("owner").expect("owner"), "new");
+    let tick = doc
+        .get_document("runs")
+        .and_then(|runs| runs.get_document("tick"))
+        .expect("the run of tick");
+    assert!(tick.get_bool("sent").expect("sent"));
+}

@@ -282,10 +282,10 @@ pub struct BeatArgs {
     /// The schedule file (TOML: [[entry]] tables).
     #[arg(long, value_name = "FILE")]
     pub schedule: std::path::PathBuf,
-    /// Where the lease and the runs live: redis://... or amqp://... (shared by beats on any
-    /// machine), a SQLite file or sqlite:// URL (beats on one machine), or memory (forgotten
-    /// on exit). Default: the broker when it is Redis, RabbitMQ or SQLite, else
-    /// <schedule>.state.db beside the schedule.
+    /// Where the lease and the runs live: redis://..., amqp://... or mongodb://... (shared by
+    /// beats on any machine), a SQLite file or sqlite:// URL (beats on one machine), or memory
+    /// (forgotten on exit). Default: the broker when it is Redis, RabbitMQ, MongoDB or
+    /// SQLite, else <schedule>.state.db beside the schedule.
     #[arg(long, value_name = "PATH|URL")]
     pub state: Option<String>,
     /// Seconds the lease lasts unless renewed: how long the others wait before one takes
@@ -323,7 +323,7 @@ impl kombu::celery::beat::Sender for Printing {
 /// Runs the schedule until SIGINT or SIGTERM.
 pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
     use kombu::celery::beat::{
-        AmqpStore, Beat, BeatStore, MemoryStore, RedisStore, ScheduleFile, SqliteStore,
+        AmqpStore, Beat, BeatStore, MemoryStore, MongoStore, RedisStore, ScheduleFile, SqliteStore,
     };
     use std::sync::Arc;
 
@@ -337,11 +337,12 @@ pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
     let url = url(global)?;
     // First: it registers the transports the state's URL may need too.
     let conn = connect(&url).await?;
-    // Default: on the broker where it can hold a lease (Redis, RabbitMQ, a SQLite broker's file), so
-    // beats sharing the broker share the lease; else a file beside the schedule.
+    // Default: on the broker where it can hold a lease (Redis, RabbitMQ, MongoDB, a SQLite
+    // broker's file), so beats sharing the broker share the lease; else a file beside the
+    // schedule.
     let state = match args.state.clone() {
         Some(state) => state,
-        None if is_redis(&url) || is_amqp(&url) => url.clone(),
+        None if is_redis(&url) || is_amqp(&url) || is_mongodb(&url) => url.clone(),
         None => match sqlite_file(&url) {
             Some(path) => path.display().to_string(),
             None => args
@@ -363,10 +364,15 @@ pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
                 .await
                 .with_context(|| format!("the beat state at {}", mask(url)))?,
         ),
+        url if is_mongodb(url) => Arc::new(
+            MongoStore::connect(url, &file.name)
+                .await
+                .with_context(|| format!("the beat state at {}", mask(url)))?,
+        ),
         url if url.contains("://") => match sqlite_file(url) {
             Some(path) => Arc::new(SqliteStore::open(path, &file.name)?),
             None => bail!(
-                "--state {}: a file, a sqlite://, redis:// or amqp:// URL, or memory",
+                "--state {}: a file, a sqlite://, redis://, amqp:// or mongodb:// URL, or memory",
                 mask(url)
             ),
         },
@@ -409,6 +415,10 @@ fn is_amqp(url: &str) -> bool {
     ["amqp://", "amqps://", "pyamqp://"]
         .iter()
         .any(|scheme| url.starts_with(scheme))
+}
+
+fn is_mongodb(url: &str) -> bool {
+    url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
 }
 
 fn is_redis(url: &str) -> bool {

@@ -1,5 +1,5 @@
 //! `kombu celery beat` as people run it: two of them on one schedule with the state on Redis
-//! send each run once (one JSON line each, the task in the queue under that id); the leader
+//! (named) or MongoDB (the default on a MongoDB broker) send each run once (one JSON line each, the task in the queue under that id); the leader
 //! killed, the other takes over; a schedule file with a mistake is refused with its reason.
 
 mod cli_support;
@@ -15,12 +15,22 @@ use serde_json::Value;
 
 use cli_support::*;
 
-/// Starts a beat; its stdout lines come on the returned channel.
-fn beat(url: &str, schedule: &std::path::Path, state: &str) -> (Child, mpsc::Receiver<Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kombu"))
+/// Starts a beat (its state at `state`, else where it goes by default); its stdout lines come
+/// on the returned channel.
+fn beat(
+    url: &str,
+    schedule: &std::path::Path,
+    state: Option<&str>,
+) -> (Child, mpsc::Receiver<Value>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kombu"));
+    command
         .args(["--url", url, "celery", "beat", "--schedule"])
         .arg(schedule)
-        .args(["--state", state, "--lease-ttl", "1"])
+        .args(["--lease-ttl", "1"]);
+    if let Some(state) = state {
+        command.args(["--state", state]);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -38,11 +48,23 @@ fn beat(url: &str, schedule: &std::path::Path, state: &str) -> (Child, mpsc::Rec
 }
 
 #[test]
-fn two_beats_send_each_run_once_and_take_over() {
+fn two_beats_send_each_run_once_and_take_over_on_redis() {
     let Some(broker) = brokers::broker("redis", "cli-beat") else {
         return;
     };
-    let url = broker.url.clone();
+    two_beats_send_each_run_once_and_take_over(&broker.url, Some(&broker.url));
+}
+
+#[test]
+fn two_beats_send_each_run_once_and_take_over_on_mongodb() {
+    let Some(broker) = brokers::broker("mongodb", "cli-beat") else {
+        return;
+    };
+    two_beats_send_each_run_once_and_take_over(&broker.url, None);
+}
+
+fn two_beats_send_each_run_once_and_take_over(url: &str, state: Option<&str>) {
+    let url = url.to_owned();
     let dir = tempfile::tempdir().expect("a directory");
     let queue = unique("cli-beat");
     let schedule = dir.path().join("beat.toml");
@@ -54,8 +76,8 @@ fn two_beats_send_each_run_once_and_take_over() {
         ),
     )
     .expect("write the schedule");
-    let (mut first, first_lines) = beat(&url, &schedule, &url);
-    let (mut second, second_lines) = beat(&url, &schedule, &url);
+    let (mut first, first_lines) = beat(&url, &schedule, state);
+    let (mut second, second_lines) = beat(&url, &schedule, state);
     std::thread::sleep(Duration::from_secs(4));
     let mut lines: Vec<(u8, Value)> = Vec::new();
     lines.extend(first_lines.try_iter().map(|v| (1, v)));
@@ -102,6 +124,12 @@ fn two_beats_send_each_run_once_and_take_over() {
         queued, unique_ids,
         "the queue holds exactly the runs printed"
     );
+    if state.is_none() {
+        assert!(
+            !schedule.with_extension("state.db").exists(),
+            "the state is on the broker, not in a file beside the schedule"
+        );
+    }
 }
 
 /// The task ids of the `n` messages in `queue`.

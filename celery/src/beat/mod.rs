@@ -13,7 +13,8 @@
 //!   resent after a stop carries the same task id. The runs live with the lease,
 //!   so a new leader continues where the old one stopped. [`SqliteStore`] (one machine, or a
 //!   SQLite broker's file), [`RedisStore`] (shared through Redis), [`AmqpStore`] (shared
-//!   through RabbitMQ: the lease an exclusive queue), [`MemoryStore`] (one process).
+//!   through RabbitMQ: the lease an exclusive queue), `MongoStore` (shared through MongoDB;
+//!   feature `mongodb`), [`MemoryStore`] (one process).
 //! - **Daylight saving**: see [`Crontab`]: a daily 02:30 job runs once on the night 02:00
 //!   becomes 03:00, an hourly job runs every hour once across the night 03:00 becomes 02:00
 //!   (celery #1604, #10107).
@@ -45,6 +46,8 @@
 mod amqp_store;
 mod crontab;
 mod entry;
+#[cfg(feature = "mongodb")]
+mod mongo_store;
 mod schedule;
 mod store;
 
@@ -59,6 +62,8 @@ use kombu_core::{ErrorKind, Result};
 pub use amqp_store::AmqpStore;
 pub use crontab::Crontab;
 pub use entry::{CatchUp, Entry, ScheduleFile};
+#[cfg(feature = "mongodb")]
+pub use mongo_store::MongoStore;
 pub use schedule::{Schedule, Solar, parse_every};
 pub use store::{BeatStore, MemoryStore, RedisStore, Run, SqliteStore, lease_lost};
 

@@ -15,12 +15,11 @@ use kombu_core::transport::virtual_transport::{
 use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{
-    ClientOptions, DatabaseOptions, IndexOptions, ReadPreference, SelectionCriteria, WriteConcern,
-};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
 use parking_lot::Mutex;
 
+use crate::database::MongoDatabase;
 use crate::delayed::{date_of, due_id, due_in};
 use crate::documents::{
     self, DUE, EXPIRE_AT, PAYLOAD, PRIORITY, Payload, QUEUE, TAKE, TAKEN_AT, delayed, leased,
@@ -29,7 +28,7 @@ use crate::documents::{
 use crate::errors::{Op, driver_error, is_link_loss};
 use crate::fanout::Fanout;
 use crate::link::Link;
-use crate::options::{DEFAULT_SERVER_SELECTION_TIMEOUT, Options};
+use crate::options::Options;
 use crate::topology::QueueSpec;
 use crate::watch::Waker;
 
@@ -80,40 +79,12 @@ impl MongoBackend {
     /// Connects, and makes what kombu makes on connect: the capped broadcast collection and
     /// kombu's indexes (TTL ones with `ttl`).
     pub(crate) async fn connect(options: Options, label: String) -> Result<Arc<MongoBackend>> {
-        let connect_err = |what: &'static str| {
-            let label = label.clone();
-            move |e| driver_error(&label, what, Op::Read, e)
-        };
-        let mut client_options = ClientOptions::parse(options.connection.clone())
-            .await
-            .map_err(connect_err("resolve the connection string"))?;
-        if client_options.server_selection_timeout.is_none() {
-            client_options.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
-        }
-        // A publish the server acknowledged must survive the server's crash: journaled
-        // writes unless the URL chooses a write concern (`w`, `journal`, `wtimeoutMS`).
-        if client_options.write_concern.is_none() {
-            client_options.write_concern = Some(WriteConcern::builder().journal(true).build());
-        }
-        if client_options.app_name.is_none() {
-            client_options.app_name = Some("kombu-rs".to_owned());
-        }
         let link = Arc::new(Link::default());
-        client_options.sdam_event_handler = Some(Link::handler(&link));
-        let client =
-            Client::with_options(client_options).map_err(connect_err("make the client"))?;
-        // Every read from the primary, whatever the URL's readPreference: a take reads what
-        // its own update just leased, and a stale secondary would strand leases.
-        let db = client.database_with_options(
-            &options.database,
-            DatabaseOptions::builder()
-                .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
-                .build(),
-        );
-        // The server answers (or the connection fails here, not at the first publish).
-        db.run_command(doc! { "ping": 1 })
-            .await
-            .map_err(connect_err("connect"))?;
+        let opened = MongoDatabase::open_with(&options, label.clone(), |client_options| {
+            client_options.sdam_event_handler = Some(Link::handler(&link));
+        })
+        .await?;
+        let db = opened.database().clone();
         let backend = Arc::new_cyclic(|me| MongoBackend {
             messages: db.collection(&options.messages),
             routing: db.collection(&options.routing),

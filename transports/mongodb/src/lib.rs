@@ -107,6 +107,7 @@
 //! Not supported (declared in the capabilities): `x-max-length`.
 
 mod backend;
+mod database;
 mod delayed;
 mod documents;
 mod errors;
@@ -125,6 +126,7 @@ use kombu_core::transport::{BrokerConnection, Transport, register_transport};
 use kombu_core::{BrokerUrl, Result};
 
 use crate::backend::MongoBackend;
+pub use crate::database::MongoDatabase;
 use crate::options::Options;
 
 /// Registers the `mongodb` and `mongodb+srv` URL schemes (idempotent).
