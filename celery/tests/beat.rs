@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kombu_celery::beat::{
-    AmqpStore, Beat, BeatStore, Entry, RedisStore, Run, Schedule, SqliteStore, run_id,
+    AmqpStore, Beat, BeatStore, Entry, MemoryStore, RedisStore, Run, Schedule, SqliteStore, run_id,
 };
 use kombu_celery::{Celery, TaskRequest};
 use kombu_core::{Connection, ErrorKind, Queue};
@@ -134,28 +134,140 @@ async fn two_beats_one_store(make: impl Fn() -> Arc<dyn BeatStore>, broker: &str
     conn.delete_queue(&queue).await.expect("delete");
 }
 
+/// [`two_beats_one_store`] with a connection of its own (from `connect`) for each beat and for
+/// the checks after, as beats on different machines.
+async fn two_beats_apart(connect: impl AsyncFn() -> Arc<dyn BeatStore>, broker: &str, tag: &str) {
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(connect().await);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    two_beats_one_store(
+        || stores[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % stores.len()].clone(),
+        broker,
+        tag,
+    )
+    .await;
+}
+
+/// The lease's rules on a store of a fresh schedule, with `connect` giving a connection of its
+/// own for each instance: of six asking at once, one gets it; a record after the lease ran out
+/// is refused though no one took it; a released lease is free at once.
+async fn lease_rules<S: BeatStore + 'static>(connect: impl AsyncFn() -> S) {
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(Arc::new(connect().await));
+    }
+    let asks = stores.iter().enumerate().map(|(i, store)| {
+        let store = store.clone();
+        tokio::spawn(async move { store.lease(&format!("b{i}"), Duration::from_secs(5)).await })
+    });
+    let won: Vec<bool> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("joined").expect("lease"))
+        .collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one holder: {won:?}");
+    let holder = format!("b{}", won.iter().position(|w| *w).unwrap_or_default());
+    let other = &stores[(won.iter().position(|w| *w).unwrap_or_default() + 1) % 6];
+    let run = Run {
+        scheduled: utc("2026-01-01T00:00:00Z"),
+        sent: false,
+    };
+    other
+        .record(&holder, "tick", run)
+        .await
+        .expect("the holder records");
+    // Renewed to a short lease that runs out; no one takes it; the record is refused.
+    assert!(
+        other
+            .lease(&holder, Duration::from_millis(200))
+            .await
+            .expect("renew")
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = other
+        .record(&holder, "tick", run)
+        .await
+        .expect_err("a lease that ran out");
+    assert_eq!(refused.kind(), ErrorKind::PreconditionFailed);
+    // Taken again, released: free for another at once.
+    assert!(
+        other
+            .lease(&holder, Duration::from_secs(30))
+            .await
+            .expect("take")
+    );
+    assert!(
+        !other
+            .lease("x", Duration::from_secs(30))
+            .await
+            .expect("held")
+    );
+    other.release(&holder).await.expect("release");
+    assert!(
+        other
+            .lease("x", Duration::from_secs(30))
+            .await
+            .expect("free")
+    );
+    assert_eq!(other.runs().await.expect("runs").get("tick"), Some(&run));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_rules_on_redis_sqlite_and_memory() {
+    let Some(broker) = brokers::broker("redis", "beat-lease") else {
+        return;
+    };
+    let name = format!("l-{}", uuid::Uuid::new_v4().simple());
+    lease_rules(async || {
+        RedisStore::connect(&broker.url, &name)
+            .await
+            .expect("redis")
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("kombu-rs-beat-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("beat.state.db");
+    lease_rules(async || SqliteStore::open(&path, "l").expect("sqlite")).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = Arc::new(MemoryStore::new());
+    lease_rules(async || SharedMemory(memory.clone())).await;
+}
+
+/// One [`MemoryStore`] behind several handles (as instances sharing it).
+#[derive(Debug)]
+struct SharedMemory(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl BeatStore for SharedMemory {
+    async fn lease(&self, owner: &str, ttl: Duration) -> kombu_core::Result<bool> {
+        self.0.lease(owner, ttl).await
+    }
+    async fn release(&self, owner: &str) -> kombu_core::Result<()> {
+        self.0.release(owner).await
+    }
+    async fn runs(&self) -> kombu_core::Result<std::collections::HashMap<String, Run>> {
+        self.0.runs().await
+    }
+    async fn record(&self, owner: &str, entry: &str, run: Run) -> kombu_core::Result<()> {
+        self.0.record(owner, entry, run).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_beats_share_a_redis_store() {
     kombu_redis::register();
     let Some(broker) = brokers::broker("redis", "beat") else {
         return;
     };
-    // A connection of its own for each beat, as beats on two machines.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut made: Vec<Arc<dyn BeatStore>> = Vec::new();
-    for _ in 0..3 {
-        made.push(Arc::new(
-            RedisStore::connect(&broker.url, "shared")
-                .await
-                .expect("redis"),
-        ));
-    }
-    two_beats_one_store(
-        || made[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % made.len()].clone(),
-        &broker.url,
-        "redis",
-    )
-    .await;
+    let connect = async || {
+        let store = RedisStore::connect(&broker.url, "shared")
+            .await
+            .expect("redis");
+        Arc::new(store) as Arc<dyn BeatStore>
+    };
+    two_beats_apart(connect, &broker.url, "redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,22 +350,13 @@ async fn two_beats_share_a_mongodb_store() {
     let Some(broker) = brokers::broker("mongodb", "beat") else {
         return;
     };
-    // A connection of its own for each beat, as beats on two machines.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut made: Vec<Arc<dyn BeatStore>> = Vec::new();
-    for _ in 0..3 {
-        made.push(Arc::new(
-            MongoStore::connect(&broker.url, "shared")
-                .await
-                .expect("mongodb"),
-        ));
-    }
-    two_beats_one_store(
-        || made[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % made.len()].clone(),
-        &broker.url,
-        "mongodb",
-    )
-    .await;
+    let connect = async || {
+        let store = MongoStore::connect(&broker.url, "shared")
+            .await
+            .expect("mongodb");
+        Arc::new(store) as Arc<dyn BeatStore>
+    };
+    two_beats_apart(connect, &broker.url, "mongodb").await;
     // The document is where the docs say, with the runs under their entry names.
     let db = kombu_mongodb::MongoDatabase::open(&broker.url)
         .await
@@ -271,4 +374,48 @@ async fn two_beats_share_a_mongodb_store() {
         .and_then(|runs| runs.get_document("tick"))
         .expect("the run of tick");
     assert!(tick.get_bool("sent").expect("sent"));
+}
+
+#[cfg(feature = "mongodb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_rules_on_mongodb() {
+    use kombu_celery::beat::MongoStore;
+    let Some(broker) = brokers::broker("mongodb", "beat-lease") else {
+        return;
+    };
+    lease_rules(async || {
+        MongoStore::connect(&broker.url, "l")
+            .await
+            .expect("mongodb")
+    })
+    .await;
+    // A document whose lease was cleared by hand (no owner, no expiry): free, its runs kept.
+    let db = kombu_mongodb::MongoDatabase::open(&broker.url)
+        .await
+        .expect("the database");
+    db.database()
+        .collection::<mongodb::bson::Document>("kombu_rs.beat")
+        .insert_one(mongodb::bson::doc! {
+            "_id": "cleared",
+            "runs": { "tick": { "scheduled": "2026-01-01T00:00:00+00:00", "sent": true } },
+        })
+        .await
+        .expect("insert");
+    let store = MongoStore::connect(&broker.url, "cleared")
+        .await
+        .expect("mongodb");
+    assert!(
+        store
+            .lease("a", Duration::from_secs(5))
+            .await
+            .expect("lease")
+    );
+    let runs = store.runs().await.expect("runs");
+    assert_eq!(
+        runs.get("tick"),
+        Some(&Run {
+            scheduled: utc("2026-01-01T00:00:00Z"),
+            sent: true
+        })
+    );
 }

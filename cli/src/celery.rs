@@ -123,8 +123,8 @@ A schedule file:
   expires = 3600                # seconds after it was due
   catch_up = \"once\"           # missed runs: the latest once (default), or \"skip\"
 
-The lease and the runs live on the broker when it is Redis, RabbitMQ or SQLite (beats sharing
-it share the lease), else in <schedule>.state.db beside the schedule (--state to choose).
+The lease and the runs live on the broker when it is Redis, RabbitMQ, MongoDB or SQLite (beats
+sharing it share the lease), else in <schedule>.state.db beside the schedule (--state to choose).
 Each run is recorded before it is sent, under a task id made from the entry and the time it
 was due, so a beat that stops in between sends it (same id) when it resumes, and a run sent
 is never sent again. Only the beat holding the lease sends; the others wait to take over where

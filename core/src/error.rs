@@ -35,6 +35,9 @@ pub enum ErrorKind {
     PreconditionFailed,
     /// The broker refused access (AMQP 403 ACCESS_REFUSED, bad credentials).
     AccessRefused,
+    /// Another connection holds the entity exclusively (AMQP 405 RESOURCE_LOCKED: another
+    /// connection's exclusive queue).
+    Locked,
     /// The transport cannot do this (see its [`Capabilities`](crate::Capabilities)).
     Unsupported,
     /// A body could not be encoded, decoded, compressed or decompressed, or its content type is
@@ -75,6 +78,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::PreconditionFailed => "precondition failed",
             ErrorKind::AccessRefused => "access refused",
+            ErrorKind::Locked => "resource locked",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Codec => "codec error",
             ErrorKind::Settlement => "settlement error",

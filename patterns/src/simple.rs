@@ -15,7 +15,7 @@
 //! exclusive implies auto-delete), and so does this module. On RabbitMQ an exclusive queue
 //! belongs to the connection that declared it: a peer on another connection (a Python process
 //! or another Rust one) that declares the same buffer is refused with RESOURCE_LOCKED (405,
-//! [`ErrorKind::Broker`]), just as between two Python processes. The virtual transports
+//! [`ErrorKind::Locked`]), just as between two Python processes. The virtual transports
 //! (Redis, SQLite, MongoDB, memory) record the flag and do not enforce it, as Python kombu's
 //! virtual transports. A buffer shared between processes on RabbitMQ is a [`SimpleQueue`]
 //! with a queue of your own ([`SimpleBuilder::queue`], kombu's `queue_opts`).

@@ -1,11 +1,4 @@
-//! The beat's lease and runs on RabbitMQ. The lease is an exclusive queue
-//! (`kombu_rs.beat.<name>.lease`): the broker lets one connection hold it and drops it when
-//! that connection goes (at once on a close, after missed heartbeats on a crash), so another
-//! beat takes over then. The runs are the one message of a durable queue that keeps only its
-//! newest (`kombu_rs.beat.<name>.runs`, `x-max-length` 1), written over the lease's own
-//! connection: a beat whose connection (so whose lease) is gone cannot write them. The
-//! connection does not recover by itself (`recover=false`): a lost one is a lost lease, and
-//! the next tick opens a new one and asks for the lease again.
+//! The beat's lease and runs on RabbitMQ ([`AmqpStore`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +13,14 @@ use super::store::{BeatStore, Run, lease_lost};
 /// How long reading the runs waits for their message (none: nothing recorded yet).
 const READ_WAIT: Duration = Duration::from_millis(500);
 
-/// On RabbitMQ; see the module docs.
+/// On RabbitMQ: the lease is an exclusive queue
+/// (`kombu_rs.beat.<name>.lease`): the broker lets one connection hold it and drops it when
+/// that connection goes (at once on a close, after missed heartbeats on a crash), so another
+/// beat takes over then. The runs are the one message of a durable queue that keeps only its
+/// newest (`kombu_rs.beat.<name>.runs`, `x-max-length` 1), written over the lease's own
+/// connection: a beat whose connection (so whose lease) is gone cannot write them. The
+/// connection does not recover by itself (`recover=false`): a lost one is a lost lease, and
+/// the next tick opens a new one and asks for the lease again.
 pub struct AmqpStore {
     url: String,
     lease_queue: String,
@@ -40,11 +40,6 @@ impl std::fmt::Debug for AmqpStore {
             .field("lease_queue", &self.lease_queue)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether the broker refused because another connection holds the exclusive queue (405).
-fn locked(error: &Error) -> bool {
-    format!("{error:#}").contains("RESOURCE_LOCKED")
 }
 
 impl AmqpStore {
@@ -143,7 +138,7 @@ impl BeatStore for AmqpStore {
         };
         match conn.declare_queue(&self.lease_declaration()).await {
             Ok(()) => Ok(true),
-            Err(error) if locked(&error) => {
+            Err(error) if error.kind() == ErrorKind::Locked => {
                 state.runs = None;
                 Ok(false)
             }

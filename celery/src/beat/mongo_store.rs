@@ -1,17 +1,4 @@
-//! The beat's lease and runs on MongoDB: one document per schedule in the collection
-//! `kombu_rs.beat` of the URL's database, `{_id: <name>, owner, expires, runs: {<entry>:
-//! {scheduled, sent}}}`. Taking the lease is one update that matches only while the lease is
-//! free (passed) or the taker's own, with an upsert for the first beat: a second beat's
-//! upsert hits the document's `_id` and is refused (duplicate key), so two never both take
-//! it. Recording a run is one update that matches only while the recorder holds the lease,
-//! so a beat that lost it cannot record (nor send).
-//!
-//! The expiry is a date written and compared by the beats' own clocks (SecantusDB, which the
-//! tests run on, compares dates wrongly inside `$expr`, so the server's `$$NOW` is not used):
-//! keep the beats' clocks in sync (NTP), as the transport's visibility timeout already asks.
-//! A clock ahead by more than the lease takes it early; the holder then cannot record, so no
-//! run is sent twice under two ids, but a send already started may overlap the new leader's
-//! resend of the same run (same task id).
+//! The beat's lease and runs on MongoDB ([`MongoStore`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,22 +12,51 @@ use mongodb::bson::{self, Bson, DateTime, Document, doc};
 use super::store::{BeatStore, Run, lease_lost};
 
 /// The collection of beat documents.
-pub const COLLECTION: &str = "kombu_rs.beat";
+pub(crate) const COLLECTION: &str = "kombu_rs.beat";
 
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
-/// On MongoDB; see the module docs.
-#[derive(Debug, Clone)]
+/// On MongoDB (the broker's, say): one document per schedule in the collection
+/// `kombu_rs.beat` of the URL's database, `{_id: <name>, owner, expires, runs: {<entry>:
+/// {scheduled, sent}}}` (an entry name's `.`, `$` and `%` percent-encoded, an empty one `%`).
+/// Several instances on any machines share it.
+///
+/// Taking the lease is one update that matches only while the lease is free (expired, or no
+/// expiry at all) or the taker's own, with an upsert for the first beat: a second beat's
+/// upsert hits the document's `_id` and is refused (duplicate key), so two never both take
+/// it. Recording a run is one update that matches only while the recorder holds the lease
+/// and it has not expired, so a beat that lost it cannot record (nor send).
+///
+/// The expiry is a date written and compared by the beats' own clocks (SecantusDB, which the
+/// tests run on, compares dates wrongly inside `$expr`, so the server's `$$NOW` is not used):
+/// keep the beats' clocks in sync (NTP), as the transport's visibility timeout already asks.
+/// A clock ahead by more than the lease takes it early; the holder then cannot record, so no
+/// run is recorded twice, but a send already started may overlap the new leader's resend of
+/// the same run (the same task id).
+#[derive(Clone)]
 pub struct MongoStore {
     db: MongoDatabase,
     beats: Collection<Document>,
     name: String,
 }
 
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("database", &self.db.label())
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An entry name as a field name: `.` would nest and a leading `$` is an operator, so those
-/// (and `%`, the escape) are percent-encoded.
+/// (and `%`, the escape) are percent-encoded; an empty name (no field name) is a lone `%`,
+/// which no encoding makes otherwise.
 fn field(entry: &str) -> String {
+    if entry.is_empty() {
+        return "%".to_owned();
+    }
     let mut out = String::with_capacity(entry.len());
     for c in entry.chars() {
         match c {
@@ -55,6 +71,9 @@ fn field(entry: &str) -> String {
 
 /// The entry name of a field written by [`field`].
 fn entry_of(field: &str) -> String {
+    if field == "%" {
+        return String::new();
+    }
     field
         .replace("%2E", ".")
         .replace("%24", "$")
@@ -96,7 +115,8 @@ impl BeatStore for MongoStore {
             .update_one(
                 doc! {
                     "_id": &self.name,
-                    "$or": [{ "owner": owner }, { "expires": { "$lte": now } }],
+                    // Expired, or no date at all (a document cleared by hand).
+                    "$or": [{ "owner": owner }, { "expires": { "$not": { "$gt": now } } }],
                 },
                 doc! { "$set": { "owner": owner, "expires": expiry(now, ttl) } },
             )
@@ -128,8 +148,19 @@ impl BeatStore for MongoStore {
             .projection(doc! { "runs": 1 })
             .await
             .map_err(self.err("read runs", false))?;
-        let Some(Bson::Document(runs)) = found.and_then(|mut d| d.remove("runs")) else {
-            return Ok(HashMap::new());
+        let runs = match found.and_then(|mut d| d.remove("runs")) {
+            None => return Ok(HashMap::new()),
+            Some(Bson::Document(runs)) => runs,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::Codec,
+                    format!(
+                        "beat state: {:?} in {COLLECTION} on {}: runs is no document: {other}",
+                        self.name,
+                        self.db.label()
+                    ),
+                ));
+            }
         };
         runs.into_iter()
             .map(|(key, value)| {
@@ -187,9 +218,12 @@ mod tests {
 
     #[test]
     fn entry_names_survive_as_field_names() {
-        for name in ["tick", "a.b", "$set", "100%", "%2E", "x.$%y"] {
+        for name in ["tick", "a.b", "$set", "100%", "%2E", "x.$%y", "", "%"] {
             let f = field(name);
-            assert!(!f.contains('.') && !f.starts_with('$'), "{name} → {f}");
+            assert!(
+                !f.is_empty() && !f.contains('.') && !f.starts_with('$'),
+                "{name} → {f}"
+            );
             assert_eq!(entry_of(&f), name);
         }
     }

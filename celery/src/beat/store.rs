@@ -1,8 +1,10 @@
 //! Where a beat keeps its lease and the runs it recorded: together, so the instance holding
 //! the lease is the only one that can record, and a new leader reads where the last one
 //! stopped. Recording checks the lease in the same step (a Lua script on Redis, a
-//! transaction on SQLite): a beat that lost its lease (paused, partitioned) cannot record a
-//! run, so it cannot send one, unlike RedBeat's lock (RedBeat #127, #208).
+//! transaction on SQLite, an update matching only the holder on MongoDB, the lease's own
+//! connection on RabbitMQ, a lock in memory): a beat that lost its lease (paused,
+//! partitioned) cannot record a run, so it cannot send one, unlike RedBeat's lock (RedBeat
+//! #127, #208).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! lapin's errors as kombu-core [`Error`]s: AMQP reply codes become kinds (404 NotFound, 406
-//! PreconditionFailed, 403 AccessRefused, 312 Unroutable), lost connections are recoverable
+//! PreconditionFailed, 403 AccessRefused, 405 Locked, 312 Unroutable), lost connections are recoverable
 //! [`ErrorKind::Connection`] errors.
 
 use kombu_core::{Error, ErrorKind};
@@ -32,6 +32,7 @@ pub(crate) fn map(e: lapin::Error, context: impl std::fmt::Display) -> Error {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => ErrorKind::NotFound,
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => ErrorKind::PreconditionFailed,
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => ErrorKind::AccessRefused,
+            AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => ErrorKind::Locked,
             AMQPErrorKind::Soft(AMQPSoftError::NOROUTE) => ErrorKind::Unroutable,
             AMQPErrorKind::Soft(_) => ErrorKind::Broker,
             AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => ErrorKind::Connection,

@@ -42,6 +42,8 @@
 //! (at-most-once, as in kombu). kombu-rs adds a collection of exchange declarations
 //! (`messages.kombu_rs.exchanges`; Python kombu keeps exchanges in each process's memory)
 //! and, on queue documents, `kombu_rs_settings` (the arguments a redeclaration must match).
+//! The Celery beat of kombu-celery keeps its lease and runs in `kombu_rs.beat` of the same
+//! database, opened with these URL rules through [`MongoDatabase`].
 //!
 //! # Leases: crash safety beyond kombu
 //!
