@@ -223,6 +223,20 @@ latency is per delivery: from asking for the next message until it is decoded an
     Bench(BenchArgs),
     /// Celery: send tasks, read results, inspect and control workers, watch events, run a beat.
     Celery(crate::celery::CeleryArgs),
+    /// Watch Celery workers and tasks: Flower's HTTP API over a task history kept in SQLite.
+    #[command(after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 monitor
+  kombu --url amqp://guest:guest@localhost// monitor --listen 127.0.0.1:5555 --db monitor.db
+  curl -s 127.0.0.1:5555/api/tasks?state=FAILURE
+
+It listens to the workers' events (start workers with -E, or send them `kombu celery control
+enable_events`) and asks them for their state by remote control, Python and Rust workers alike.
+Served so far: /api/tasks, /api/task/info/ID, /api/task/types, /api/workers, /healthcheck, with
+Flower's parameters and the same JSON. --db keeps the history across restarts (default: in
+memory); it holds at most --max-tasks tasks, none older than --max-age. Without authentication
+(not yet available) it listens on loopback only.")]
+    Monitor(crate::monitor::MonitorArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:

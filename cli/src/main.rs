@@ -19,6 +19,7 @@ mod common;
 mod consume;
 mod dlq;
 mod lifecycle;
+mod monitor;
 mod publish;
 mod render;
 mod transfer;
@@ -112,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Dlq(args) => dlq::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Celery(args) => celery::run(&global, args).await,
+        Command::Monitor(args) => monitor::run(&global, args).await,
         Command::Completions(args) => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout().lock();
@@ -126,7 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// (lapin logs every channel a broker closes as an error) stay quiet: what they report reaches
 /// the user as kombu's error.
 const DEFAULT_LOG: &str = "off,kombu=warn,kombu_core=warn,kombu_serializers=warn,\
-                           kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn,kombu_celery=warn";
+                           kombu_sqlite=warn,kombu_redis=warn,kombu_amqp=warn,kombu_celery=warn,\
+                           kombu_monitor=warn";
 
 /// Added to [`DEFAULT_LOG`] for `consume`, which prints its own line for each message the
 /// consumer's policy or the transport moved aside: the library's warning would repeat it.

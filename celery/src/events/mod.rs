@@ -190,6 +190,47 @@ impl Event {
         self.get("uuid").and_then(Json::as_str)
     }
 
+    /// What Celery's receiver does to an event it takes (`EventReceiver.event_from_message`):
+    /// moves `clock` (this receiver's Lamport clock) past the event's, giving a `task-sent`
+    /// (whose client's clock is not trusted) the receiver's clock less one and an event without
+    /// one (or 0) the next tick; shifts `timestamp` by the difference between the sender's `utcoffset`
+    /// and this host's (`here`, hours west); sets `local_received` (epoch seconds now).
+    ///
+    /// ```
+    /// use kombu_celery::clock::LamportClock;
+    /// use kombu_celery::events::{Event, EventKind};
+    ///
+    /// let clock = LamportClock::new();
+    /// let mut event = Event::new(EventKind::parse("task-started"), Default::default());
+    /// event.insert("clock", 41);
+    /// event.insert("timestamp", 1000.0);
+    /// event.insert("utcoffset", -1.0); // one hour east of UTC
+    /// event.receive(&clock, 0.0, 2000.0);
+    /// assert_eq!(clock.value(), 42);
+    /// assert_eq!(event.clock(), Some(41)); // the sender's stays
+    /// assert_eq!(event.timestamp(), Some(4600.0)); // 1000 - (-1 - 0) × 3600
+    /// ```
+    pub fn receive(&mut self, clock: &LamportClock, here: f64, now: f64) {
+        if self.kind.as_str() == "task-sent" {
+            let value = clock.value().max(1) - 1;
+            self.fields.insert("clock".into(), value.into());
+            clock.adjust(value);
+        } else if let Some(theirs) = self.clock().filter(|c| *c > 0) {
+            clock.adjust(theirs);
+        } else {
+            let value = clock.forward();
+            self.fields.insert("clock".into(), value.into());
+        }
+        if let (Some(offset), Some(timestamp)) = (
+            self.get("utcoffset").and_then(Json::as_f64),
+            self.timestamp(),
+        ) {
+            let adjusted = timestamp - (offset - here) * 3600.0;
+            self.fields.insert("timestamp".into(), adjusted.into());
+        }
+        self.fields.insert("local_received".into(), now.into());
+    }
+
     /// As a JSON object.
     pub fn to_json(&self) -> Json {
         Json::Object(self.fields.clone())

@@ -1,0 +1,83 @@
+//! `kombu monitor`: the monitor of kombu-monitor on the broker, served over HTTP until SIGINT
+//! or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kombu_monitor::{Limits, Monitor};
+
+use crate::Outcome;
+use crate::cli::Global;
+use crate::common::{connect, url};
+use crate::consume::stopped_by;
+use crate::lifecycle::Signals;
+
+/// `kombu monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Where to listen (loopback only until authentication exists).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Keep the task history in this SQLite file (across restarts); default: in memory.
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// At most this many tasks in the history (the least recently changed go first).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_tasks: u64,
+    /// Tasks without an event for this many hours leave the history.
+    #[arg(long, value_name = "HOURS", default_value_t = 168.0)]
+    pub max_age: f64,
+}
+
+/// Runs the monitor until SIGINT or SIGTERM.
+pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> {
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "--listen {}: the monitor has no authentication yet, so it listens on loopback only \
+             (127.0.0.1 or ::1)",
+            args.listen
+        );
+    }
+    let max_age = Duration::try_from_secs_f64(args.max_age * 3600.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--max-age {} is no number of hours", args.max_age))?;
+    let url = url(global)?;
+    let conn = connect(&url).await?;
+    let mut builder = Monitor::builder(&conn).limits(Limits {
+        max_tasks: args.max_tasks.max(1),
+        max_age,
+    });
+    if let Some(db) = &args.db {
+        builder = builder.db(db);
+    }
+    let monitor = builder.start().await.context("starting the monitor")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("monitor: http://{}/api/tasks", args.listen);
+    let mut signals = Signals::install();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let serving = monitor.serve(listener, async move {
+            let _ = stopped.await;
+        });
+        tokio::pin!(serving);
+        tokio::select! {
+            signal = signals.wait() => {
+                let _ = stop.send(());
+                (&mut serving).await.context("the monitor")?;
+                signal
+            }
+            served = &mut serving => {
+                served.context("the monitor")?;
+                bail!("the monitor's HTTP server stopped by itself");
+            }
+        }
+    };
+    monitor.stop().await;
+    Ok(stopped_by(signal))
+}

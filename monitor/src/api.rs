@@ -1,0 +1,222 @@
+//! Flower's HTTP API over the monitor's state: the same paths, parameters, status codes and
+//! JSON (see the crate docs for what is served so far).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State as Shared};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{Local, NaiveDateTime, TimeZone};
+use serde_json::{Map, Value as Json};
+
+use crate::history::{SortKey, TaskQuery};
+use crate::{State, pyjson};
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthcheck", get(|| async { "OK" }))
+        .route("/api/tasks", get(tasks))
+        .route("/api/task/types", get(task_types))
+        .route("/api/task/info/", get(task_info_empty))
+        .route("/api/task/info/{*id}", get(task_info))
+        .route("/api/workers", get(workers))
+        .with_state(state)
+}
+
+/// A JSON body as Flower writes it.
+fn json(value: &impl serde::Serialize) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+        pyjson::to_string(value),
+    )
+        .into_response()
+}
+
+/// An error with a plain-text reason, as Flower's `HTTPError(status, reason)`.
+fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        reason.into(),
+    )
+        .into_response()
+}
+
+fn failed(e: kombu_core::Error) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+/// Tornado's `get_argument`: the last value, stripped.
+fn argument<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params.get(name).map(|v| v.trim())
+}
+
+/// A Flower integer argument (400 when not one).
+fn integer(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Response> {
+    match argument(params, name) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid argument '{text}' of type 'int'"),
+            )
+        }),
+    }
+}
+
+/// A Flower boolean argument (`strtobool`: y, yes, t, true, on, 1 in any case are true).
+fn boolean(params: &HashMap<String, String>, name: &str) -> bool {
+    argument(params, name).is_some_and(|v| {
+        matches!(
+            v.to_lowercase().as_str(),
+            "true" | "1" | "yes" | "y" | "t" | "on"
+        )
+    })
+}
+
+/// `YYYY-MM-DD HH:MM` in this host's time zone, as epoch seconds (Flower's `mktime`).
+fn local_minute(text: &str) -> Option<f64> {
+    let parsed = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").ok()?;
+    let local = Local.from_local_datetime(&parsed).earliest()?;
+    Some(local.timestamp() as f64)
+}
+
+async fn tasks(
+    Shared(state): Shared<Arc<State>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match integer(&params, "limit") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let offset = match integer(&params, "offset") {
+        Ok(v) => v.unwrap_or(0).max(0),
+        Err(r) => return r,
+    };
+    let filter = |name: &str| {
+        argument(&params, name)
+            .filter(|v| *v != "All")
+            .map(str::to_owned)
+    };
+    let sort_by = match argument(&params, "sort_by").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => {
+            let key = text.trim_start_matches('-');
+            match SortKey::parse(key) {
+                Some(key) => Some((key, text.starts_with('-'))),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "Invalid sort_by '{text}', expected one of name, received, started, state"
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    let mut bounds = [None, None];
+    for (slot, name) in bounds.iter_mut().zip(["received_start", "received_end"]) {
+        if let Some(text) = argument(&params, name).filter(|t| !t.is_empty()) {
+            match local_minute(text) {
+                Some(at) => *slot = Some(at),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid received_start or received_end, expected format 'YYYY-MM-DD HH:MM'",
+                    );
+                }
+            }
+        }
+    }
+    if argument(&params, "search").is_some_and(|s| !s.is_empty()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            json(&serde_json::json!({"error": "search is not supported by this monitor yet"})),
+        )
+            .into_response();
+    }
+    let query = TaskQuery {
+        limit,
+        offset,
+        worker: filter("workername"),
+        name: filter("taskname"),
+        state: filter("state"),
+        received_start: bounds[0],
+        received_end: bounds[1],
+        sort_by,
+    };
+    let history = state.history.clone();
+    let page = match tokio::task::spawn_blocking(move || history.tasks(&query)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return failed(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut out = Map::new();
+    for (task, children) in page {
+        let uuid = task.str("uuid").unwrap_or_default().to_owned();
+        out.insert(uuid, task.to_flower(&children, true));
+    }
+    json(&Json::Object(out))
+}
+
+async fn task_types(Shared(state): Shared<Arc<State>>) -> Response {
+    let history = state.history.clone();
+    match tokio::task::spawn_blocking(move || history.types()).await {
+        Ok(Ok(types)) => json(&serde_json::json!({ "task-types": types })),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn task_info_empty() -> Response {
+    error(StatusCode::NOT_FOUND, "Unknown task ''")
+}
+
+async fn task_info(Shared(state): Shared<Arc<State>>, Path(id): Path<String>) -> Response {
+    let history = state.history.clone();
+    let lookup = id.clone();
+    match tokio::task::spawn_blocking(move || history.task(&lookup)).await {
+        Ok(Ok(Some((task, children)))) => json(&task.to_flower(&children, false)),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("Unknown task '{id}'")),
+        Ok(Err(e)) => failed(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn workers(
+    Shared(state): Shared<Arc<State>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let worker = argument(&params, "workername")
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned);
+    if boolean(&params, "refresh")
+        && let Err(e) = state.refresh(worker.as_deref()).await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Failed to update workers: {e}"),
+        );
+    }
+    if boolean(&params, "status") {
+        let now = kombu_core::transport::unix_now();
+        let workers = state.workers.lock();
+        let alive: Map<String, Json> = workers
+            .iter()
+            .map(|w| (w.hostname.clone(), Json::Bool(w.alive(now))))
+            .collect();
+        return json(&Json::Object(alive));
+    }
+    let cache = state.inspected.lock().await;
+    match worker {
+        Some(name) => match cache.get(&name) {
+            Some(info) => json(&serde_json::json!({ name: info })),
+            None => error(StatusCode::NOT_FOUND, format!("Unknown worker '{name}'")),
+        },
+        None => json(&Json::Object(cache.clone())),
+    }
+}

@@ -1,0 +1,430 @@
+//! The task history in SQLite: one row per task (its fields as JSON, and the columns the API
+//! filters and sorts by), kept across restarts when it is a file, bounded by count and by
+//! age whatever the event rate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kombu_core::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Map, Value as Json};
+
+use crate::task::Task;
+
+/// How many tasks, and for how long, the history keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// At most this many tasks: the ones least recently changed go first (Flower's
+    /// `max_tasks`, 100,000 by default).
+    pub max_tasks: u64,
+    /// Tasks whose last event is older than this go.
+    pub max_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tasks: 100_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A page of tasks, as `/api/tasks` asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    /// At most this many (`None`: all).
+    pub limit: Option<i64>,
+    /// Skip this many first.
+    pub offset: i64,
+    /// Only tasks of this worker (case-insensitive).
+    pub worker: Option<String>,
+    /// Only tasks of this name (case-insensitive).
+    pub name: Option<String>,
+    /// Only tasks in this state (case-insensitive).
+    pub state: Option<String>,
+    /// Only tasks received at or after this (epoch seconds); tasks not received pass.
+    pub received_start: Option<f64>,
+    /// Only tasks received at or before this; tasks not received pass.
+    pub received_end: Option<f64>,
+    /// `name`, `state`, `received` or `started`, and whether descending; `None`: the latest
+    /// event first.
+    pub sort_by: Option<(SortKey, bool)>,
+}
+
+/// What `/api/tasks` sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// The task's name, case-insensitive.
+    Name,
+    /// Its state.
+    State,
+    /// When it was received.
+    Received,
+    /// When it started.
+    Started,
+}
+
+impl SortKey {
+    /// From Flower's `sort_by` (without the `-`).
+    pub fn parse(text: &str) -> Option<SortKey> {
+        Some(match text {
+            "name" => SortKey::Name,
+            "state" => SortKey::State,
+            "received" => SortKey::Received,
+            "started" => SortKey::Started,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            SortKey::Name => "lower(name)",
+            SortKey::State => "lower(state)",
+            SortKey::Received => "received",
+            SortKey::Started => "started",
+        }
+    }
+}
+
+/// The history; see the module docs.
+#[derive(Debug)]
+pub struct History {
+    conn: Mutex<rusqlite::Connection>,
+    limits: Limits,
+}
+
+fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::new(ErrorKind::Broker, format!("monitor history: {what}")).with_source(e)
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode=WAL;
+    PRAGMA synchronous=NORMAL;
+    CREATE TABLE IF NOT EXISTS task (
+        uuid TEXT PRIMARY KEY, name TEXT, state TEXT, worker TEXT, received REAL, started REAL,
+        timestamp REAL, parent_id TEXT, touched INTEGER NOT NULL, fields TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS task_timestamp ON task (timestamp);
+    CREATE INDEX IF NOT EXISTS task_touched ON task (touched);
+    CREATE INDEX IF NOT EXISTS task_parent ON task (parent_id);
+    CREATE TABLE IF NOT EXISTS task_type (name TEXT PRIMARY KEY);
+";
+
+impl History {
+    /// Opens (or creates) the history in the file `path`, or in memory (`None`: gone on exit,
+    /// bounded all the same).
+    pub fn open(path: Option<&Path>, limits: Limits) -> Result<History> {
+        let conn = match path {
+            Some(path) => rusqlite::Connection::open(path),
+            None => rusqlite::Connection::open_in_memory(),
+        }
+        .map_err(|e| {
+            let place = path.map_or("memory".to_owned(), |p| p.display().to_string());
+            Error::new(ErrorKind::Config, format!("monitor history in {place}")).with_source(e)
+        })?;
+        conn.execute_batch(SCHEMA).map_err(sql("create tables"))?;
+        Ok(History {
+            conn: Mutex::new(conn),
+            limits,
+        })
+    }
+
+    /// Applies task events (`(subject, hostname, timestamp, fields)`) in one transaction, then
+    /// trims the history to its limits.
+    pub fn apply<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, &'a str, f64, &'a Map<String, Json>)>,
+        now: f64,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut touched: i64 = tx
+            .query_row("SELECT COALESCE(MAX(touched), 0) FROM task", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql("read"))?;
+        for (subject, hostname, timestamp, fields) in events {
+            let Some(uuid) = fields.get("uuid").and_then(Json::as_str) else {
+                continue;
+            };
+            let stored: Option<String> = tx
+                .query_row("SELECT fields FROM task WHERE uuid = ?1", [uuid], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql("read a task"))?;
+            let mut task = match stored.and_then(|s| serde_json::from_str::<Json>(&s).ok()) {
+                Some(Json::Object(fields)) => Task { fields },
+                _ => Task::new(uuid),
+            };
+            task.apply(subject, hostname, timestamp, fields);
+            touched += 1;
+            tx.execute(
+                "INSERT OR REPLACE INTO task
+                 (uuid, name, state, worker, received, started, timestamp, parent_id, touched, fields)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    uuid,
+                    task.str("name"),
+                    task.str("state"),
+                    task.str("worker"),
+                    task.f64("received"),
+                    task.f64("started"),
+                    task.f64("timestamp"),
+                    task.str("parent_id"),
+                    touched,
+                    Json::Object(task.fields.clone()).to_string(),
+                ],
+            )
+            .map_err(sql("write a task"))?;
+            if let Some(name) = task.str("name") {
+                tx.execute("INSERT OR IGNORE INTO task_type (name) VALUES (?1)", [name])
+                    .map_err(sql("write a task type"))?;
+            }
+        }
+        let cutoff = now - self.limits.max_age.as_secs_f64();
+        tx.execute("DELETE FROM task WHERE timestamp < ?1", [cutoff])
+            .map_err(sql("drop old tasks"))?;
+        let max = i64::try_from(self.limits.max_tasks).unwrap_or(i64::MAX);
+        tx.execute(
+            "DELETE FROM task WHERE touched <= (SELECT touched FROM task ORDER BY touched DESC
+             LIMIT 1 OFFSET ?1)",
+            [max],
+        )
+        .map_err(sql("trim the history"))?;
+        tx.commit().map_err(sql("commit"))
+    }
+
+    /// One task and its children's ids.
+    pub fn task(&self, uuid: &str) -> Result<Option<(Task, Vec<String>)>> {
+        let conn = self.conn.lock();
+        let stored: Option<String> = conn
+            .query_row("SELECT fields FROM task WHERE uuid = ?1", [uuid], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql("read a task"))?;
+        let Some(Json::Object(fields)) = stored.and_then(|s| serde_json::from_str(&s).ok()) else {
+            return Ok(None);
+        };
+        let children = children(&conn, uuid)?;
+        Ok(Some((Task { fields }, children)))
+    }
+
+    /// A page of tasks, each with its children's ids.
+    pub fn tasks(&self, query: &TaskQuery) -> Result<Vec<(Task, Vec<String>)>> {
+        if query.limit.is_some_and(|l| l <= 0) {
+            return Ok(Vec::new());
+        }
+        let mut sql_text = String::from("SELECT fields, uuid FROM task WHERE 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        for (column, value) in [
+            ("worker", &query.worker),
+            ("name", &query.name),
+            ("state", &query.state),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                args.push(value.to_lowercase().into());
+                sql_text.push_str(&format!(" AND lower({column}) = ?{}", args.len()));
+            }
+        }
+        if let Some(start) = query.received_start {
+            args.push(start.into());
+            sql_text.push_str(&format!(
+                " AND (received IS NULL OR received >= ?{})",
+                args.len()
+            ));
+        }
+        if let Some(end) = query.received_end {
+            args.push(end.into());
+            sql_text.push_str(&format!(
+                " AND (received IS NULL OR received <= ?{})",
+                args.len()
+            ));
+        }
+        match query.sort_by {
+            None => sql_text.push_str(" ORDER BY COALESCE(timestamp, 0) DESC, uuid DESC"),
+            Some((key, descending)) => {
+                let column = key.column();
+                let dir = if descending { "DESC" } else { "ASC" };
+                sql_text.push_str(&format!(
+                    " ORDER BY ({column} IS NOT NULL) {dir}, {column} {dir}, uuid {dir}"
+                ));
+            }
+        }
+        args.push(query.limit.unwrap_or(-1).into());
+        sql_text.push_str(&format!(" LIMIT ?{}", args.len()));
+        args.push(query.offset.max(0).into());
+        sql_text.push_str(&format!(" OFFSET ?{}", args.len()));
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&sql_text).map_err(sql("query tasks"))?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql("query tasks"))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(sql("read tasks"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (fields, uuid) in rows {
+            if let Ok(Json::Object(fields)) = serde_json::from_str(&fields) {
+                out.push((Task { fields }, children(&conn, &uuid)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The task names seen, sorted (kept when their tasks go, as Flower keeps them).
+    pub fn types(&self) -> Result<Vec<String>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT name FROM task_type ORDER BY name")
+            .map_err(sql("read task types"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("read task types"))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(sql("read task types"))
+    }
+
+    /// How many tasks it holds.
+    pub fn len(&self) -> Result<u64> {
+        let conn = self.conn.lock();
+        let count: i64 = conn
+            .query_row("SELECT COUNT(*) FROM task", [], |r| r.get(0))
+            .map_err(sql("count tasks"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Whether it holds no task.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+fn children(conn: &rusqlite::Connection, uuid: &str) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT uuid FROM task WHERE parent_id = ?1 ORDER BY uuid")
+        .map_err(sql("read children"))?;
+    stmt.query_map([uuid], |r| r.get(0))
+        .map_err(sql("read children"))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(sql("read children"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(value: Json) -> Map<String, Json> {
+        match value {
+            Json::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn bounded_by_count_and_age_and_kept_in_a_file() {
+        let dir = std::env::temp_dir().join(format!("kombu-monitor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let path = dir.join("h.db");
+        let limits = Limits {
+            max_tasks: 3,
+            max_age: Duration::from_secs(100),
+        };
+        let history = History::open(Some(&path), limits).expect("open");
+        let events: Vec<Map<String, Json>> = (0..5)
+            .map(|i| fields(json!({"uuid": format!("t{i}"), "name": "tasks.add", "timestamp": 1000.0 + f64::from(i)})))
+            .collect();
+        history
+            .apply(
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| ("received", "w@h", 1000.0 + i as f64, f)),
+                1010.0,
+            )
+            .expect("apply");
+        assert_eq!(history.len().expect("len"), 3, "the 3 changed last");
+        let ids: Vec<String> = history
+            .tasks(&TaskQuery::default())
+            .expect("tasks")
+            .iter()
+            .filter_map(|(t, _)| t.str("uuid").map(str::to_owned))
+            .collect();
+        assert_eq!(ids, ["t4", "t3", "t2"], "latest first");
+        drop(history);
+        let again = History::open(Some(&path), limits).expect("reopen");
+        assert_eq!(again.len().expect("len"), 3, "kept across a restart");
+        // Old ones go: an event 200 s later leaves only itself.
+        let late = fields(json!({"uuid": "late", "timestamp": 1300.0}));
+        again
+            .apply([("started", "w@h", 1300.0, &late)], 1300.0)
+            .expect("apply");
+        assert_eq!(again.len().expect("len"), 1);
+        assert_eq!(again.types().expect("types"), ["tasks.add"], "names stay");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn filters_and_sorts_as_flower() {
+        let history = History::open(None, Limits::default()).expect("open");
+        let a = fields(json!({"uuid": "a", "name": "tasks.B"}));
+        let b = fields(json!({"uuid": "b", "name": "tasks.a", "parent_id": "a"}));
+        let c = fields(json!({"uuid": "c"}));
+        history
+            .apply(
+                [
+                    ("received", "one@h", 1.0, &a),
+                    ("received", "two@h", 2.0, &b),
+                    ("started", "two@h", 3.0, &c),
+                ],
+                3.0,
+            )
+            .expect("apply");
+        let ids = |q: TaskQuery| -> Vec<String> {
+            history
+                .tasks(&q)
+                .expect("tasks")
+                .iter()
+                .filter_map(|(t, _)| t.str("uuid").map(str::to_owned))
+                .collect()
+        };
+        let by = |key, desc| TaskQuery {
+            sort_by: Some((key, desc)),
+            ..TaskQuery::default()
+        };
+        assert_eq!(
+            ids(by(SortKey::Name, false)),
+            ["c", "b", "a"],
+            "none first, then a < b"
+        );
+        assert_eq!(ids(by(SortKey::Name, true)), ["a", "b", "c"], "none last");
+        assert_eq!(
+            ids(TaskQuery {
+                worker: Some("TWO@h".into()),
+                ..TaskQuery::default()
+            }),
+            ["c", "b"]
+        );
+        assert_eq!(
+            ids(TaskQuery {
+                received_start: Some(1.5),
+                ..TaskQuery::default()
+            }),
+            ["c", "b"],
+            "not received passes"
+        );
+        assert_eq!(
+            ids(TaskQuery {
+                limit: Some(1),
+                offset: 1,
+                ..TaskQuery::default()
+            }),
+            ["b"]
+        );
+        let (_, children) = history.task("a").expect("read").expect("a");
+        assert_eq!(children, ["b"]);
+    }
+}

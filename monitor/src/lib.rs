@@ -1,0 +1,242 @@
+//! `kombu monitor`'s engine: it listens to Celery's events on a broker, keeps the task
+//! history in SQLite (across restarts when a file, bounded by count and age) and the workers
+//! in memory (bounded), asks the workers for their state by remote control, and serves Flower's
+//! HTTP API over them, for Python and Rust workers alike.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kombu_core::Result<()> {
+//! use kombu_monitor::Monitor;
+//!
+//! # kombu_core::transport::memory::register();
+//! let conn = kombu_core::Connection::open("memory://doc-monitor").await?;
+//! let monitor = Monitor::builder(&conn).start().await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
+//!     kombu_core::Error::new(kombu_core::ErrorKind::Config, "bind").with_source(e)
+//! })?;
+//! let app = monitor.router(); // serve with axum::serve(listener, app)
+//! # drop((listener, app));
+//! monitor.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! What Flower's API returns, this returns, byte for byte where the data are the same
+//! (`/api/tasks`, `/api/task/info/<id>`, `/api/task/types`, `/api/workers`, `/healthcheck`);
+//! the rest of Flower's API and the page come in later steps of the monitor's issue.
+
+mod api;
+pub mod history;
+mod ingest;
+mod pyjson;
+pub mod task;
+pub mod workers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kombu_core::{Connection, Result};
+use parking_lot::Mutex;
+use serde_json::{Map, Value as Json};
+
+pub use history::{History, Limits, SortKey, TaskQuery};
+pub use task::Task;
+pub use workers::{Worker, Workers};
+
+/// How a monitor is set up; from [`Monitor::builder`].
+#[derive(Debug)]
+pub struct MonitorBuilder {
+    conn: Connection,
+    db: Option<PathBuf>,
+    limits: Limits,
+    max_workers: usize,
+    inspect_timeout: Duration,
+}
+
+impl MonitorBuilder {
+    /// Keep the history in this SQLite file (default: in memory, gone on exit).
+    pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
+        self.db = Some(path.into());
+        self
+    }
+
+    /// How many tasks and for how long the history keeps them.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// At most this many workers remembered (default 5,000, Flower's).
+    pub fn max_workers(mut self, max: usize) -> Self {
+        self.max_workers = max;
+        self
+    }
+
+    /// How long a remote-control inspect waits for replies (default 1 s, Flower's).
+    pub fn inspect_timeout(mut self, timeout: Duration) -> Self {
+        self.inspect_timeout = timeout;
+        self
+    }
+
+    /// Opens the history, starts listening to events, and asks the workers for their state.
+    pub async fn start(self) -> Result<Monitor> {
+        let history = Arc::new(History::open(self.db.as_deref(), self.limits)?);
+        let state = Arc::new(State {
+            conn: self.conn.clone(),
+            history,
+            workers: Mutex::new(Workers::new(self.max_workers)),
+            inspected: tokio::sync::Mutex::new(Map::new()),
+            inspect_timeout: self.inspect_timeout,
+        });
+        let ingest = ingest::start(state.clone()).await?;
+        let refresh = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(error) = state.refresh(None).await {
+                    tracing::warn!(%error, "monitor: the first inspect of the workers failed");
+                }
+            })
+        };
+        Ok(Monitor {
+            state,
+            tasks: vec![ingest, refresh],
+        })
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub(crate) struct State {
+    conn: Connection,
+    pub(crate) history: Arc<History>,
+    pub(crate) workers: Mutex<Workers>,
+    /// Flower's inspect cache: node → `{method: reply, ..., "timestamp": t}`.
+    pub(crate) inspected: tokio::sync::Mutex<Map<String, Json>>,
+    inspect_timeout: Duration,
+}
+
+/// The inspect methods asked of every worker (Flower's), and of one worker when named.
+const INSPECT_ALL: [&str; 4] = ["stats", "active_queues", "registered", "conf"];
+const INSPECT_ONE: [&str; 4] = ["scheduled", "active", "reserved", "revoked"];
+
+impl State {
+    /// Asks the workers (or `worker`) for their state and caches the replies as Flower does.
+    pub(crate) async fn refresh(&self, worker: Option<&str>) -> Result<()> {
+        let control = kombu_celery::control::Control::new(&self.conn);
+        let mut options = kombu_celery::control::Broadcast::new().timeout(self.inspect_timeout);
+        let mut methods: Vec<&str> = INSPECT_ALL.to_vec();
+        if let Some(worker) = worker {
+            options = options.destination(worker);
+            methods.extend(INSPECT_ONE);
+        }
+        let asks = methods.iter().map(|method| {
+            let mut arguments = Map::new();
+            if *method == "active" {
+                arguments.insert("safe".into(), true.into());
+            }
+            let control = &control;
+            let options = &options;
+            async move { (*method, control.inspect(method, arguments, options).await) }
+        });
+        let replies = futures::future::join_all(asks).await;
+        let mut cache = self.inspected.lock().await;
+        let now = kombu_core::transport::unix_now();
+        for (method, replies) in replies {
+            let replies = match replies {
+                Ok(replies) => replies,
+                Err(error) => {
+                    tracing::warn!(%error, method, "monitor: inspect failed");
+                    continue;
+                }
+            };
+            for (node, mut reply) in replies {
+                if reply.is_null() || reply.get("error").is_some() {
+                    continue;
+                }
+                if method == "stats" {
+                    strip_alternates(&mut reply);
+                }
+                let entry = cache
+                    .entry(node)
+                    .or_insert_with(|| Json::Object(Map::new()));
+                if let Json::Object(entry) = entry {
+                    entry.insert(method.to_owned(), reply);
+                    entry.insert("timestamp".into(), now.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flower drops the broker's alternates from `stats`.
+fn strip_alternates(stats: &mut Json) {
+    if let Some(broker) = stats.get_mut("broker").and_then(Json::as_object_mut) {
+        broker.remove("alternates");
+    }
+    if let Some(broker) = stats
+        .get_mut("consumer")
+        .and_then(|c| c.get_mut("broker"))
+        .and_then(Json::as_object_mut)
+    {
+        broker.remove("alternates");
+    }
+}
+
+/// A running monitor: its state and the tasks that feed it.
+#[derive(Debug)]
+pub struct Monitor {
+    state: Arc<State>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// A monitor of the workers and tasks on `conn`'s broker.
+    pub fn builder(conn: &impl AsRef<Connection>) -> MonitorBuilder {
+        MonitorBuilder {
+            conn: conn.as_ref().clone(),
+            db: None,
+            limits: Limits::default(),
+            max_workers: 5_000,
+            inspect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The HTTP routes (Flower's API), to serve with `axum::serve`.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Serves [`router`](Self::router) on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| {
+                kombu_core::Error::new(
+                    kombu_core::ErrorKind::Connection,
+                    "the monitor's HTTP server",
+                )
+                .with_source(e)
+            })
+    }
+
+    /// The task history.
+    pub fn history(&self) -> &History {
+        &self.state.history
+    }
+
+    /// Stops listening.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
