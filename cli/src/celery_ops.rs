@@ -383,7 +383,7 @@ pub async fn beat(global: &Global, args: BeatArgs) -> anyhow::Result<Outcome> {
         false => state.clone(),
     };
     eprintln!("beat state: {shown}");
-    let mut signals = Signals::install();
+    let mut signals = Signals::install_saying("the beat");
     let names: Vec<String> = file
         .entries
         .iter()

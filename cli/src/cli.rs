@@ -229,13 +229,15 @@ Examples:
   kombu --url redis://localhost:6379/0 monitor
   kombu --url amqp://guest:guest@localhost// monitor --listen 127.0.0.1:5555 --db monitor.db
   curl -s 127.0.0.1:5555/api/tasks?state=FAILURE
+  kombu monitor --listen 0.0.0.0:5555 --auth ops:secret --read-only
 
 It listens to the workers' events (start workers with -E, or send them `kombu celery control
 enable_events`) and asks them for their state by remote control, Python and Rust workers alike.
-Served so far: /api/tasks, /api/task/info/ID, /api/task/types, /api/workers, /healthcheck, with
-Flower's parameters and the same JSON. --db keeps the history across restarts (default: in
-memory); it holds at most --max-tasks tasks, none older than --max-age. Without authentication
-(not yet available) it listens on loopback only.")]
+Served so far, with Flower's paths, parameters and JSON: /api/tasks, /api/task/info/ID,
+/api/task/types, /api/workers, /healthcheck, the worker controls (/api/worker/...), revoke,
+rate-limit, timeout, send-task and async-apply. --db keeps the history across restarts (default:
+in memory); it holds at most --max-tasks tasks, none older than --max-age. Without --auth or
+--token it listens on loopback only; --read-only refuses every steering call.")]
     Monitor(crate::monitor::MonitorArgs),
     /// Print a shell completion script.
     #[command(after_help = "\

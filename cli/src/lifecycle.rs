@@ -45,6 +45,12 @@ impl Signals {
     /// Starts listening for SIGINT and SIGTERM (on Unix; Ctrl-C elsewhere). From now on neither
     /// kills the process by itself.
     pub fn install() -> Signals {
+        Signals::install_saying("after the message in hand")
+    }
+
+    /// [`install`](Self::install), telling on the first signal that the command is
+    /// `stopping ...` (`what`).
+    pub fn install_saying(what: &'static str) -> Signals {
         let (tx, first) = watch::channel(None);
         let mut listener = Listener::new();
         tokio::spawn(async move {
@@ -59,10 +65,7 @@ impl Signals {
                     std::process::exit(signal.exit_status());
                 }
                 seen = true;
-                eprintln!(
-                    "{}: stopping after the message in hand (again to exit at once)",
-                    signal.name()
-                );
+                eprintln!("{}: stopping {what} (again to exit at once)", signal.name());
                 tx.send_replace(Some(signal));
             }
         });

@@ -18,9 +18,28 @@ use crate::lifecycle::Signals;
 /// `kombu monitor`.
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
-    /// Where to listen (loopback only until authentication exists).
+    /// Where to listen (loopback only unless --auth or --token is given).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
+    /// Let USER with PASSWORD call the API (HTTP Basic); may be repeated.
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "KOMBU_MONITOR_AUTH",
+        hide_env_values = true
+    )]
+    pub auth: Vec<String>,
+    /// Let callers presenting `Authorization: Bearer TOKEN` call the API.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "KOMBU_MONITOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Refuse every call that steers workers or sends tasks.
+    #[arg(long)]
+    pub read_only: bool,
     /// Keep the task history in this SQLite file (across restarts); default: in memory.
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
@@ -34,9 +53,9 @@ pub struct MonitorArgs {
 
 /// Runs the monitor until SIGINT or SIGTERM.
 pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> {
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && args.auth.is_empty() && args.token.is_none() {
         bail!(
-            "--listen {}: the monitor has no authentication yet, so it listens on loopback only \
+            "--listen {}: without --auth or --token the monitor listens on loopback only \
              (127.0.0.1 or ::1)",
             args.listen
         );
@@ -47,10 +66,21 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
         .with_context(|| format!("--max-age {} is no number of hours", args.max_age))?;
     let url = url(global)?;
     let conn = connect(&url).await?;
-    let mut builder = Monitor::builder(&conn).limits(Limits {
-        max_tasks: args.max_tasks.max(1),
-        max_age,
-    });
+    let mut builder = Monitor::builder(&conn)
+        .limits(Limits {
+            max_tasks: args.max_tasks.max(1),
+            max_age,
+        })
+        .read_only(args.read_only);
+    for pair in &args.auth {
+        let Some((user, password)) = pair.split_once(':') else {
+            bail!("--auth takes USER:PASSWORD");
+        };
+        builder = builder.basic_auth(user, password);
+    }
+    if let Some(token) = &args.token {
+        builder = builder.token(token.as_str());
+    }
     if let Some(db) = &args.db {
         builder = builder.db(db);
     }
@@ -59,7 +89,7 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("monitor: http://{}/api/tasks", args.listen);
-    let mut signals = Signals::install();
+    let mut signals = Signals::install_saying("the monitor");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let serving = monitor.serve(listener, async move {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Path, Query, State as Shared};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{Local, NaiveDateTime, TimeZone};
 use serde_json::{Map, Value as Json};
 
 use crate::history::{SortKey, TaskQuery};
-use crate::{State, pyjson};
+use crate::{State, control_api, pyjson};
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -23,11 +24,89 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/api/task/info/", get(task_info_empty))
         .route("/api/task/info/{*id}", get(task_info))
         .route("/api/workers", get(workers))
+        .route("/api/worker/shutdown/{worker}", post(control_api::shutdown))
+        .route("/api/worker/{group}/{action}/{worker}", post(worker_action))
+        .route("/api/task/revoke/{id}", post(control_api::revoke))
+        .route("/api/task/{kind}/{name}", post(task_post))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
+/// `/api/worker/pool/<x>/<w>` and `/api/worker/queue/<x>/<w>`.
+async fn worker_action(
+    shared: Shared<Arc<State>>,
+    Path((group, action, worker)): Path<(String, String, String)>,
+    query: axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    control_api::worker_control(
+        shared,
+        Path((format!("{group}/{action}"), worker)),
+        query,
+        body,
+    )
+    .await
+}
+
+/// `POST /api/task/<kind>/<name>`: rate-limit, timeout, send-task, async-apply.
+async fn task_post(
+    shared: Shared<Arc<State>>,
+    Path((kind, name)): Path<(String, String)>,
+    query: axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    match kind.as_str() {
+        "rate-limit" | "timeout" => {
+            control_api::task_limit(shared, Path((kind, name)), query, body).await
+        }
+        "send-task" | "async-apply" => control_api::send_task(shared, Path(name), body).await,
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// Checks the caller of `/api/...` when users or tokens are set: 401 with an empty body
+/// otherwise, as Flower.
+async fn authorize(
+    Shared(state): Shared<Arc<State>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if state.auth.is_open() || !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let allowed = match presented.split_once(' ') {
+        Some(("Basic", encoded)) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .is_some_and(|pair| state.auth.basic.iter().any(|b| same(b.as_bytes(), &pair)))
+        }
+        Some(("Bearer", token)) => {
+            let token = token.trim().as_bytes();
+            state.auth.tokens.iter().any(|t| same(t.as_bytes(), token))
+        }
+        _ => false,
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A JSON body as Flower writes it.
-fn json(value: &impl serde::Serialize) -> Response {
+pub(crate) fn json(value: &impl serde::Serialize) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
         pyjson::to_string(value),
@@ -36,7 +115,7 @@ fn json(value: &impl serde::Serialize) -> Response {
 }
 
 /// An error with a plain-text reason, as Flower's `HTTPError(status, reason)`.
-fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],

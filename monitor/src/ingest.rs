@@ -66,6 +66,19 @@ async fn run(state: Arc<State>, mut receiver: EventReceiver) {
 
 /// Applies one batch of events.
 async fn take(state: &Arc<State>, events: Vec<Event>) {
+    // A worker that comes online is asked for its state at once (Flower waits for a refresh).
+    for event in &events {
+        if event.kind().as_str() == "worker-online"
+            && let Some(hostname) = event.hostname()
+        {
+            let (state, hostname) = (state.clone(), hostname.to_owned());
+            tokio::spawn(async move {
+                if let Err(error) = state.refresh(Some(&hostname)).await {
+                    tracing::warn!(%error, hostname, "monitor: inspecting a new worker failed");
+                }
+            });
+        }
+    }
     {
         let mut workers = state.workers.lock();
         for event in &events {

@@ -20,11 +20,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What Flower's API returns, this returns, byte for byte where the data are the same
-//! (`/api/tasks`, `/api/task/info/<id>`, `/api/task/types`, `/api/workers`, `/healthcheck`);
-//! the rest of Flower's API and the page come in later steps of the monitor's issue.
+//! What Flower's API returns, this returns, byte for byte where the data are the same:
+//! `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`, `/api/workers`, `/healthcheck`, the
+//! worker controls (`/api/worker/shutdown|pool/grow|pool/shrink|pool/autoscale|pool/restart|
+//! queue/add-consumer|queue/cancel-consumer/<worker>`), `/api/task/revoke|rate-limit|timeout`,
+//! and `/api/task/send-task|async-apply` (options `queue`, `task_id`, `priority`, `countdown`,
+//! `expires`, in seconds). Calls are checked against HTTP Basic users and bearer tokens when
+//! any are set; read-only mode refuses every steering call. The rest of Flower's API (results,
+//! queue lengths, metrics, search) and the page come in later steps of the monitor's issue.
 
 mod api;
+mod control_api;
 pub mod history;
 mod ingest;
 mod pyjson;
@@ -51,9 +57,56 @@ pub struct MonitorBuilder {
     limits: Limits,
     max_workers: usize,
     inspect_timeout: Duration,
+    read_only: bool,
+    auth: Auth,
+}
+
+/// Who may call the API (`/api/...`; `/healthcheck` and `/metrics` are open, as Flower's).
+#[derive(Clone, Default)]
+pub(crate) struct Auth {
+    /// `user:password` pairs for HTTP Basic.
+    pub(crate) basic: Vec<String>,
+    /// Bearer tokens.
+    pub(crate) tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are never shown.
+        f.debug_struct("Auth")
+            .field("basic", &self.basic.len())
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl Auth {
+    pub(crate) fn is_open(&self) -> bool {
+        self.basic.is_empty() && self.tokens.is_empty()
+    }
 }
 
 impl MonitorBuilder {
+    /// Refuse every call that steers workers or sends tasks (403 `Read only mode is
+    /// enabled`, as Flower's `--read_only`).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Let `user` with `password` call the API (HTTP Basic); may be given several times. With
+    /// no user and no token the API is open (serve it on loopback only).
+    pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
+        self.auth.basic.push(format!("{user}:{password}"));
+        self
+    }
+
+    /// Let a caller presenting `Authorization: Bearer <token>` call the API.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth.tokens.push(token.into());
+        self
+    }
+
     /// Keep the history in this SQLite file (default: in memory, gone on exit).
     pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
         self.db = Some(path.into());
@@ -87,6 +140,8 @@ impl MonitorBuilder {
             workers: Mutex::new(Workers::new(self.max_workers)),
             inspected: tokio::sync::Mutex::new(Map::new()),
             inspect_timeout: self.inspect_timeout,
+            read_only: self.read_only,
+            auth: self.auth,
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -107,12 +162,14 @@ impl MonitorBuilder {
 /// What the handlers share.
 #[derive(Debug)]
 pub(crate) struct State {
-    conn: Connection,
+    pub(crate) conn: Connection,
     pub(crate) history: Arc<History>,
     pub(crate) workers: Mutex<Workers>,
     /// Flower's inspect cache: node → `{method: reply, ..., "timestamp": t}`.
     pub(crate) inspected: tokio::sync::Mutex<Map<String, Json>>,
     inspect_timeout: Duration,
+    pub(crate) read_only: bool,
+    pub(crate) auth: Auth,
 }
 
 /// The inspect methods asked of every worker (Flower's), and of one worker when named.
@@ -199,6 +256,8 @@ impl Monitor {
             limits: Limits::default(),
             max_workers: 5_000,
             inspect_timeout: Duration::from_secs(1),
+            read_only: false,
+            auth: Auth::default(),
         }
     }
 

@@ -28,11 +28,27 @@ fn free_port() -> u16 {
 
 /// `GET path` on loopback `port`: the status and the body (`None` when nothing answers).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, "", "")
+}
+
+/// `POST path` with `body`.
+fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    http(port, "POST", path, body, "")
+}
+
+/// A request on loopback `port` (`headers`: extra lines, each ending in CRLF): the status and
+/// the body.
+fn http(port: u16, method: &str, path: &str, body: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
@@ -84,7 +100,8 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         dir.join("flower_app.py"),
         "import json, os\nfrom celery import Celery\n\
          app = Celery('flower_app', broker=os.environ['KOMBU_RS_BROKER'])\n\
-         app.conf.broker_transport_options = json.loads(os.environ['KOMBU_RS_OPTIONS'])\n",
+         app.conf.broker_transport_options = json.loads(os.environ['KOMBU_RS_OPTIONS'])\n\
+         @app.task(name='tasks.add')\ndef add(x, y):\n    return x + y\n",
     )
     .expect("write the app");
     let flower_port = free_port();
@@ -182,6 +199,91 @@ async fn the_same_api_bytes_as_flower_on_redis() {
             .expect("the monitor answers");
         assert_eq!(ours, theirs, "{path}");
     }
+    // Flower knows a worker from its inspect at start or a refresh; ours also inspects a
+    // worker when it comes online.
+    poll(
+        flower_port,
+        "/api/workers?refresh=1",
+        "Flower's inspect",
+        |v| v[&node]["stats"].is_object(),
+    )
+    .await;
+    poll(our_port, "/api/workers", "our inspect", |v| {
+        v[&node]["stats"].is_object() && v[&node]["active"].is_array()
+    })
+    .await;
+    // Steering: the same answers (each side's own queue names where they differ).
+    let post = |port: u16, path: String, body: String| {
+        tokio::task::spawn_blocking(move || http_post(port, &path, &body))
+    };
+    for (path, body) in [
+        (
+            format!("/api/task/rate-limit/tasks.add?workername={node}&ratelimit=50/m"),
+            "",
+        ),
+        (
+            format!("/api/task/timeout/tasks.add?workername={node}&soft=30&hard=60"),
+            "",
+        ),
+        (format!("/api/worker/pool/grow/{node}?n=1"), ""),
+        (format!("/api/worker/pool/shrink/{node}"), ""),
+        ("/api/worker/pool/grow/nobody@nowhere".to_owned(), ""),
+        (
+            format!("/api/task/rate-limit/tasks.add?workername={node}"),
+            "",
+        ),
+        (format!("/api/task/revoke/{id}?terminate=false"), ""),
+        (format!("/api/task/revoke/{id}?terminate=maybe"), ""),
+        ("/api/task/send-task/tasks.add".to_owned(), "[1]"),
+        ("/api/task/send-task/tasks.add".to_owned(), r#"{"args": 3}"#),
+    ] {
+        let theirs = post(flower_port, path.clone(), body.to_owned())
+            .await
+            .expect("joined")
+            .expect("Flower answers");
+        let ours = post(our_port, path.clone(), body.to_owned())
+            .await
+            .expect("joined")
+            .expect("the monitor answers");
+        assert_eq!(ours, theirs, "POST {path} {body}");
+    }
+    for side in ["flower", "ours"] {
+        let port = if side == "flower" {
+            flower_port
+        } else {
+            our_port
+        };
+        let extra = format!("{queue}-{side}");
+        let added = post(
+            port,
+            format!("/api/worker/queue/add-consumer/{node}?queue={extra}"),
+            String::new(),
+        )
+        .await
+        .expect("joined")
+        .expect("answers");
+        assert_eq!(
+            added,
+            (200, format!(r#"{{"message": "add consumer {extra}"}}"#)),
+            "{side}"
+        );
+        let sent = post(
+            port,
+            "/api/task/send-task/tasks.add".to_owned(),
+            format!(r#"{{"args": [20, 22], "queue": "{extra}"}}"#),
+        )
+        .await
+        .expect("joined")
+        .expect("answers");
+        assert_eq!(sent.0, 200, "{side}: {sent:?}");
+        let sent: Json = serde_json::from_str(&sent.1).expect("JSON");
+        let sent_id = sent["task-id"].as_str().expect("a task id").to_owned();
+        poll(our_port, "/api/tasks", "the sent task done", |v| {
+            v[&sent_id]["result"] == json!("42")
+        })
+        .await;
+    }
+
     let (status, body) = tokio::task::spawn_blocking(move || http_get(our_port, "/healthcheck"))
         .await
         .expect("joined")
@@ -193,4 +295,84 @@ async fn the_same_api_bytes_as_flower_on_redis() {
     serving.abort();
     monitor.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_tokens_and_read_only() {
+    kombu_core::transport::memory::register();
+    let conn = Connection::open(&format!(
+        "memory://monitor-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+    .expect("open");
+    let monitor = Monitor::builder(&conn)
+        .basic_auth("ops", "s3cret")
+        .token("t0ken")
+        .read_only(true)
+        .start()
+        .await
+        .expect("the monitor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = monitor.router();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let ask = |method: &'static str, path: &'static str, headers: &'static str| {
+        tokio::task::spawn_blocking(move || http(port, method, path, "", headers))
+    };
+    let status = |r: Option<(u16, String)>| r.map(|(s, _)| s);
+    // "ops:s3cret" and "ops:wrong" in base64.
+    let good = "Authorization: Basic b3BzOnMzY3JldA==\r\n";
+    let bad = "Authorization: Basic b3BzOndyb25n\r\n";
+    assert_eq!(
+        status(ask("GET", "/api/tasks", "").await.expect("joined")),
+        Some(401)
+    );
+    assert_eq!(
+        status(ask("GET", "/api/tasks", bad).await.expect("joined")),
+        Some(401)
+    );
+    assert_eq!(
+        status(ask("GET", "/api/tasks", good).await.expect("joined")),
+        Some(200)
+    );
+    assert_eq!(
+        status(
+            ask("GET", "/api/task/types", "Authorization: Bearer t0ken\r\n")
+                .await
+                .expect("joined")
+        ),
+        Some(200)
+    );
+    assert_eq!(
+        status(
+            ask("GET", "/api/task/types", "Authorization: Bearer t0ke\r\n")
+                .await
+                .expect("joined")
+        ),
+        Some(401)
+    );
+    assert_eq!(
+        ask("POST", "/api/task/revoke/x", good)
+            .await
+            .expect("joined"),
+        Some((403, "Read only mode is enabled".to_owned()))
+    );
+    assert_eq!(
+        status(
+            ask("POST", "/api/task/send-task/tasks.add", good)
+                .await
+                .expect("joined")
+        ),
+        Some(403)
+    );
+    // Open without credentials, as Flower's.
+    assert_eq!(
+        ask("GET", "/healthcheck", "").await.expect("joined"),
+        Some((200, "OK".to_owned()))
+    );
+    serving.abort();
+    monitor.stop().await;
 }

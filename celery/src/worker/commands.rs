@@ -284,7 +284,8 @@ async fn revoke(shared: &Arc<Shared>, args: &Map<String, Json>, force_terminate:
             revoked.add(id);
         }
     }
-    let terminate = force_terminate || args.get("terminate").and_then(Json::as_bool) == Some(true);
+    // Python's truth: Flower sends `terminate` as 1 or 0.
+    let terminate = force_terminate || args.get("terminate").is_some_and(truthy);
     let set: HashSet<String> = unique.iter().cloned().collect();
     let running = shared.requests.active_ids();
     if let Results::Backend(backend) = &shared.results {
@@ -563,6 +564,18 @@ fn rusage() -> Json {
     })
 }
 
+/// Whether a JSON argument is true as Python reads it (`if value:`).
+fn truthy(value: &Json) -> bool {
+    match value {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(o) => !o.is_empty(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{set_repr, signal_number};
@@ -580,5 +593,30 @@ mod tests {
             signal_number(Some(&json!("term"))),
             Err(json!({"error": "TypeError('signal name must be uppercase string.')"}))
         );
+    }
+
+    #[test]
+    fn arguments_are_true_as_python_reads_them() {
+        for yes in [
+            json!(true),
+            json!(1),
+            json!(2.5),
+            json!("x"),
+            json!([0]),
+            json!({"a": 1}),
+        ] {
+            assert!(super::truthy(&yes), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!(0),
+            json!(0.0),
+            json!(""),
+            json!([]),
+            json!({}),
+            json!(null),
+        ] {
+            assert!(!super::truthy(&no), "{no}");
+        }
     }
 }
