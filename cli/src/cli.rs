@@ -229,7 +229,7 @@ Examples:
   kombu --url redis://localhost:6379/0 monitor
   kombu --url amqp://guest:guest@localhost// monitor --listen 127.0.0.1:5555 --db monitor.db
   curl -s 127.0.0.1:5555/api/tasks?state=FAILURE
-  kombu monitor --listen 0.0.0.0:5555 --auth ops:secret --read-only
+  KOMBU_MONITOR_AUTH=ops:secret kombu monitor --listen 0.0.0.0:5555 --read-only
 
 It listens to the workers' events (start workers with -E, or send them `kombu celery control
 enable_events`) and asks them for their state by remote control, Python and Rust workers alike.

@@ -15,20 +15,42 @@ use crate::common::{connect, url};
 use crate::consume::stopped_by;
 use crate::lifecycle::Signals;
 
+/// A password or token: never shown (`Debug` prints `***`).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Secret, String> {
+        if text.is_empty() {
+            return Err("empty".to_owned());
+        }
+        Ok(Secret(text.to_owned()))
+    }
+}
+
 /// `kombu monitor`.
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
     /// Where to listen (loopback only unless --auth or --token is given).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
-    /// Let USER with PASSWORD call the API (HTTP Basic); may be repeated.
+    /// Let USER with PASSWORD call the API (HTTP Basic); may be repeated. Prefer the
+    /// environment variable: a command line is visible to every user of the machine.
     #[arg(
         long,
         value_name = "USER:PASSWORD",
         env = "KOMBU_MONITOR_AUTH",
         hide_env_values = true
     )]
-    pub auth: Vec<String>,
+    pub auth: Vec<Secret>,
     /// Let callers presenting `Authorization: Bearer TOKEN` call the API.
     #[arg(
         long,
@@ -36,7 +58,7 @@ pub struct MonitorArgs {
         env = "KOMBU_MONITOR_TOKEN",
         hide_env_values = true
     )]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Refuse every call that steers workers or sends tasks.
     #[arg(long)]
     pub read_only: bool,
@@ -73,16 +95,15 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
         })
         .read_only(args.read_only);
     for pair in &args.auth {
-        let Some((user, password)) = pair.split_once(':') else {
-            bail!("--auth takes USER:PASSWORD");
-        };
-        builder = builder.basic_auth(user, password);
+        match pair.0.split_once(':') {
+            Some((user, password)) if !password.is_empty() => {
+                builder = builder.basic_auth(user, password);
+            }
+            _ => bail!("--auth takes USER:PASSWORD, with a password"),
+        }
     }
     if let Some(token) = &args.token {
-        builder = builder.token(token.as_str());
-    }
-    if let Some(db) = &args.db {
-        builder = builder.db(db);
+        builder = builder.token(token.0.as_str());
     }
     let monitor = builder.start().await.context("starting the monitor")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -18,7 +18,10 @@ use crate::{State, control_api, pyjson};
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
-        .route("/healthcheck", get(|| async { "OK" }))
+        .route(
+            "/healthcheck",
+            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], "OK") }),
+        )
         .route("/api/tasks", get(tasks))
         .route("/api/task/types", get(task_types))
         .route("/api/task/info/", get(task_info_empty))
@@ -71,7 +74,13 @@ async fn authorize(
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if state.auth.is_open() || !request.uri().path().starts_with("/api/") {
+    if !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    if let Some(refusal) = cross_site(&request, state.auth.is_open()) {
+        return refusal;
+    }
+    if state.auth.is_open() {
         return next.run(request).await;
     }
     let presented = request
@@ -98,6 +107,49 @@ async fn authorize(
     } else {
         StatusCode::UNAUTHORIZED.into_response()
     }
+}
+
+/// Refuses (403, empty body) what a web page of another site could make a browser send: a
+/// steering call (not GET, HEAD or OPTIONS) marked cross-site by `Sec-Fetch-Site` or whose
+/// `Origin` is not the `Host` asked (Flower's check); and, while the API is `open` (no users or
+/// tokens), any call addressed to a host that is not loopback (a DNS name rebound to
+/// 127.0.0.1 by a page).
+fn cross_site(request: &axum::extract::Request, open: bool) -> Option<Response> {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST).unwrap_or_default();
+    if open {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let loopback = name == "localhost"
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Some(StatusCode::FORBIDDEN.into_response());
+        }
+    }
+    if matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) {
+        return None;
+    }
+    let fetch_site = text(header::HeaderName::from_static("sec-fetch-site"));
+    if fetch_site.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+        return Some(StatusCode::FORBIDDEN.into_response());
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if origin_host != host {
+            return Some(StatusCode::FORBIDDEN.into_response());
+        }
+    }
+    None
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -146,14 +198,20 @@ fn integer(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, 
     }
 }
 
-/// A Flower boolean argument (`strtobool`: y, yes, t, true, on, 1 in any case are true).
-fn boolean(params: &HashMap<String, String>, name: &str) -> bool {
-    argument(params, name).is_some_and(|v| {
-        matches!(
-            v.to_lowercase().as_str(),
-            "true" | "1" | "yes" | "y" | "t" | "on"
-        )
-    })
+/// A Flower boolean argument (`strtobool`: y, yes, t, true, on, 1 true; n, no, f, false, off,
+/// 0 false, in any case; anything else 400).
+pub(crate) fn boolean(params: &HashMap<String, String>, name: &str) -> Result<bool, Response> {
+    let Some(text) = argument(params, name) else {
+        return Ok(false);
+    };
+    match text.to_lowercase().as_str() {
+        "y" | "yes" | "t" | "true" | "on" | "1" => Ok(true),
+        "n" | "no" | "f" | "false" | "off" | "0" => Ok(false),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid argument '{text}' of type 'bool'"),
+        )),
+    }
 }
 
 /// `YYYY-MM-DD HH:MM` in this host's time zone, as epoch seconds (Flower's `mktime`).
@@ -273,15 +331,17 @@ async fn workers(
     let worker = argument(&params, "workername")
         .filter(|w| !w.is_empty())
         .map(str::to_owned);
-    if boolean(&params, "refresh")
-        && let Err(e) = state.refresh(worker.as_deref()).await
-    {
+    let (refresh, status) = match (boolean(&params, "refresh"), boolean(&params, "status")) {
+        (Ok(refresh), Ok(status)) => (refresh, status),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    if refresh && let Err(e) = state.refresh(worker.as_deref()).await {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("Failed to update workers: {e}"),
         );
     }
-    if boolean(&params, "status") {
+    if status {
         let now = kombu_core::transport::unix_now();
         let workers = state.workers.lock();
         let alive: Map<String, Json> = workers

@@ -234,17 +234,9 @@ pub(crate) async fn revoke(
         return refusal;
     }
     let args = arguments(query.as_deref(), &body);
-    let terminate = match args.get("terminate").map(|t| t.to_lowercase()) {
-        None => false,
-        Some(t) if matches!(t.as_str(), "y" | "yes" | "t" | "true" | "on" | "1") => true,
-        Some(t) if matches!(t.as_str(), "n" | "no" | "f" | "false" | "off" | "0") => false,
-        Some(_) => {
-            let text = args.get("terminate").cloned().unwrap_or_default();
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("Invalid argument '{text}' of type 'bool'"),
-            );
-        }
+    let terminate = match crate::api::boolean(&args, "terminate") {
+        Ok(terminate) => terminate,
+        Err(response) => return response,
     };
     let signal = args
         .get("signal")
@@ -344,11 +336,13 @@ pub(crate) async fn send_task(
     let kwargs = options.remove("kwargs").unwrap_or_else(|| json!({}));
     let mut task = TaskOptions::new();
     for (key, value) in &options {
+        // Seconds as a number or a numeral; out of range is refused, not a panic.
         let seconds = || {
-            value
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+            let number = match value {
+                Json::String(text) => text.trim().parse::<f64>().ok(),
+                other => other.as_f64(),
+            };
+            number.and_then(|s| Duration::try_from_secs_f64(s).ok())
         };
         task = match (key.as_str(), value) {
             ("queue", Json::String(q)) => task.queue(q.as_str()),

@@ -3,6 +3,7 @@
 //! age whatever the event rate.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kombu_core::{Error, ErrorKind, Result};
@@ -80,8 +81,8 @@ impl SortKey {
 
     fn column(self) -> &'static str {
         match self {
-            SortKey::Name => "lower(name)",
-            SortKey::State => "lower(state)",
+            SortKey::Name => "name_key",
+            SortKey::State => "state_key",
             SortKey::Received => "received",
             SortKey::Started => "started",
         }
@@ -93,23 +94,39 @@ impl SortKey {
 pub struct History {
     conn: Mutex<rusqlite::Connection>,
     limits: Limits,
+    /// How many tasks it holds (kept here, so the count trim needs no scan).
+    count: std::sync::atomic::AtomicU64,
+    /// How many task names it remembers.
+    types: std::sync::atomic::AtomicU64,
 }
 
 fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::new(ErrorKind::Broker, format!("monitor history: {what}")).with_source(e)
 }
 
+/// A row per task: its fields as JSON, and what the API filters and sorts on (`*_key`: folded
+/// case, `ts_key`: the timestamp or 0, `seen`: when this monitor last heard of it).
 const SCHEMA: &str = "
     PRAGMA journal_mode=WAL;
     PRAGMA synchronous=NORMAL;
     CREATE TABLE IF NOT EXISTS task (
-        uuid TEXT PRIMARY KEY, name TEXT, state TEXT, worker TEXT, received REAL, started REAL,
-        timestamp REAL, parent_id TEXT, touched INTEGER NOT NULL, fields TEXT NOT NULL);
-    CREATE INDEX IF NOT EXISTS task_timestamp ON task (timestamp);
+        uuid TEXT PRIMARY KEY, name_key TEXT, state_key TEXT, worker_key TEXT, received REAL,
+        started REAL, ts_key REAL NOT NULL, parent_id TEXT, touched INTEGER NOT NULL,
+        seen REAL NOT NULL, fields TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS task_ts ON task (ts_key, uuid);
     CREATE INDEX IF NOT EXISTS task_touched ON task (touched);
+    CREATE INDEX IF NOT EXISTS task_seen ON task (seen);
     CREATE INDEX IF NOT EXISTS task_parent ON task (parent_id);
     CREATE TABLE IF NOT EXISTS task_type (name TEXT PRIMARY KEY);
 ";
+
+/// At most this many task names are remembered for `/api/task/types`.
+const MAX_TYPES: u64 = 10_000;
+
+/// Case folded for the filters and the name and state sorts (Flower compares `casefold()`).
+fn fold(text: Option<&str>) -> Option<String> {
+    text.map(str::to_lowercase)
+}
 
 impl History {
     /// Opens (or creates) the history in the file `path`, or in memory (`None`: gone on exit,
@@ -124,9 +141,17 @@ impl History {
             Error::new(ErrorKind::Config, format!("monitor history in {place}")).with_source(e)
         })?;
         conn.execute_batch(SCHEMA).map_err(sql("create tables"))?;
+        let count: i64 = conn
+            .query_row("SELECT COUNT(*) FROM task", [], |r| r.get(0))
+            .map_err(sql("count tasks"))?;
+        let types: i64 = conn
+            .query_row("SELECT COUNT(*) FROM task_type", [], |r| r.get(0))
+            .map_err(sql("count task types"))?;
         Ok(History {
             conn: Mutex::new(conn),
             limits,
+            count: std::sync::atomic::AtomicU64::new(u64::try_from(count).unwrap_or(0)),
+            types: std::sync::atomic::AtomicU64::new(u64::try_from(types).unwrap_or(0)),
         })
     }
 
@@ -139,6 +164,7 @@ impl History {
     ) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut added: u64 = 0;
         let mut touched: i64 = tx
             .query_row("SELECT COALESCE(MAX(touched), 0) FROM task", [], |r| {
                 r.get(0)
@@ -154,6 +180,7 @@ impl History {
                 })
                 .optional()
                 .map_err(sql("read a task"))?;
+            let is_new = stored.is_none();
             let mut task = match stored.and_then(|s| serde_json::from_str::<Json>(&s).ok()) {
                 Some(Json::Object(fields)) => Task { fields },
                 _ => Task::new(uuid),
@@ -161,39 +188,65 @@ impl History {
             task.apply(subject, hostname, timestamp, fields);
             touched += 1;
             tx.execute(
-                "INSERT OR REPLACE INTO task
-                 (uuid, name, state, worker, received, started, timestamp, parent_id, touched, fields)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO task (uuid, name_key, state_key, worker_key, received, started,
+                     ts_key, parent_id, touched, seen, fields)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (uuid) DO UPDATE SET name_key = ?2, state_key = ?3,
+                     worker_key = ?4, received = ?5, started = ?6, ts_key = ?7, parent_id = ?8,
+                     touched = ?9, seen = ?10, fields = ?11",
                 params![
                     uuid,
-                    task.str("name"),
-                    task.str("state"),
-                    task.str("worker"),
+                    fold(task.str("name")),
+                    fold(task.str("state")),
+                    fold(task.str("worker")),
                     task.f64("received"),
                     task.f64("started"),
-                    task.f64("timestamp"),
+                    task.f64("timestamp").unwrap_or(0.0),
                     task.str("parent_id"),
                     touched,
+                    now,
                     Json::Object(task.fields.clone()).to_string(),
                 ],
             )
             .map_err(sql("write a task"))?;
-            if let Some(name) = task.str("name") {
-                tx.execute("INSERT OR IGNORE INTO task_type (name) VALUES (?1)", [name])
+            if is_new {
+                added += 1;
+            }
+            if let Some(name) = task.str("name")
+                && self.types.load(Ordering::Relaxed) < MAX_TYPES
+            {
+                let new = tx
+                    .execute("INSERT OR IGNORE INTO task_type (name) VALUES (?1)", [name])
                     .map_err(sql("write a task type"))?;
+                self.types.fetch_add(new as u64, Ordering::Relaxed);
             }
         }
+        // Old ones go by when this monitor last heard of them (a sender's skewed clock does
+        // not age its tasks out on arrival), then the least recently changed beyond the count.
         let cutoff = now - self.limits.max_age.as_secs_f64();
-        tx.execute("DELETE FROM task WHERE timestamp < ?1", [cutoff])
+        let aged = tx
+            .execute("DELETE FROM task WHERE seen < ?1", [cutoff])
             .map_err(sql("drop old tasks"))?;
-        let max = i64::try_from(self.limits.max_tasks).unwrap_or(i64::MAX);
-        tx.execute(
-            "DELETE FROM task WHERE touched <= (SELECT touched FROM task ORDER BY touched DESC
-             LIMIT 1 OFFSET ?1)",
-            [max],
-        )
-        .map_err(sql("trim the history"))?;
-        tx.commit().map_err(sql("commit"))
+        let held = self
+            .count
+            .load(Ordering::Relaxed)
+            .saturating_add(added)
+            .saturating_sub(aged as u64);
+        let excess = held.saturating_sub(self.limits.max_tasks);
+        let trimmed = if excess > 0 {
+            tx.execute(
+                "DELETE FROM task WHERE uuid IN
+                 (SELECT uuid FROM task ORDER BY touched LIMIT ?1)",
+                [i64::try_from(excess).unwrap_or(i64::MAX)],
+            )
+            .map_err(sql("trim the history"))?
+        } else {
+            0
+        };
+        tx.commit().map_err(sql("commit"))?;
+        self.count
+            .store(held.saturating_sub(trimmed as u64), Ordering::Relaxed);
+        Ok(())
     }
 
     /// One task and its children's ids.
@@ -226,7 +279,7 @@ impl History {
         ] {
             if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
                 args.push(value.to_lowercase().into());
-                sql_text.push_str(&format!(" AND lower({column}) = ?{}", args.len()));
+                sql_text.push_str(&format!(" AND {column}_key = ?{}", args.len()));
             }
         }
         if let Some(start) = query.received_start {
@@ -244,7 +297,7 @@ impl History {
             ));
         }
         match query.sort_by {
-            None => sql_text.push_str(" ORDER BY COALESCE(timestamp, 0) DESC, uuid DESC"),
+            None => sql_text.push_str(" ORDER BY ts_key DESC, uuid DESC"),
             Some((key, descending)) => {
                 let column = key.column();
                 let dir = if descending { "DESC" } else { "ASC" };
@@ -288,17 +341,13 @@ impl History {
     }
 
     /// How many tasks it holds.
-    pub fn len(&self) -> Result<u64> {
-        let conn = self.conn.lock();
-        let count: i64 = conn
-            .query_row("SELECT COUNT(*) FROM task", [], |r| r.get(0))
-            .map_err(sql("count tasks"))?;
-        Ok(u64::try_from(count).unwrap_or(0))
+    pub fn len(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether it holds no task.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -346,7 +395,7 @@ mod tests {
                 1010.0,
             )
             .expect("apply");
-        assert_eq!(history.len().expect("len"), 3, "the 3 changed last");
+        assert_eq!(history.len(), 3, "the 3 changed last");
         let ids: Vec<String> = history
             .tasks(&TaskQuery::default())
             .expect("tasks")
@@ -356,13 +405,13 @@ mod tests {
         assert_eq!(ids, ["t4", "t3", "t2"], "latest first");
         drop(history);
         let again = History::open(Some(&path), limits).expect("reopen");
-        assert_eq!(again.len().expect("len"), 3, "kept across a restart");
+        assert_eq!(again.len(), 3, "kept across a restart");
         // Old ones go: an event 200 s later leaves only itself.
         let late = fields(json!({"uuid": "late", "timestamp": 1300.0}));
         again
             .apply([("started", "w@h", 1300.0, &late)], 1300.0)
             .expect("apply");
-        assert_eq!(again.len().expect("len"), 1);
+        assert_eq!(again.len(), 1);
         assert_eq!(again.types().expect("types"), ["tasks.add"], "names stay");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -423,6 +472,19 @@ mod tests {
                 ..TaskQuery::default()
             }),
             ["b"]
+        );
+        // Case folded beyond ASCII, as Flower's casefold.
+        let d = fields(json!({"uuid": "d", "name": "TÂCHE"}));
+        history
+            .apply([("received", "ünï@h", 4.0, &d)], 4.0)
+            .expect("apply");
+        assert_eq!(
+            ids(TaskQuery {
+                name: Some("tâche".into()),
+                worker: Some("ÜNÏ@h".into()),
+                ..TaskQuery::default()
+            }),
+            ["d"]
         );
         let (_, children) = history.task("a").expect("read").expect("a");
         assert_eq!(children, ["b"]);

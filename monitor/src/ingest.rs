@@ -71,12 +71,7 @@ async fn take(state: &Arc<State>, events: Vec<Event>) {
         if event.kind().as_str() == "worker-online"
             && let Some(hostname) = event.hostname()
         {
-            let (state, hostname) = (state.clone(), hostname.to_owned());
-            tokio::spawn(async move {
-                if let Err(error) = state.refresh(Some(&hostname)).await {
-                    tracing::warn!(%error, hostname, "monitor: inspecting a new worker failed");
-                }
-            });
+            state.refresh_soon(hostname);
         }
     }
     {

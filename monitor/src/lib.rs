@@ -1,6 +1,6 @@
 //! `kombu monitor`'s engine: it listens to Celery's events on a broker, keeps the task
 //! history in SQLite (across restarts when a file, bounded by count and age) and the workers
-//! in memory (bounded), asks the workers for their state by remote control, and serves Flower's
+//! and their inspect replies in memory (bounded by count), asks the workers for their state by remote control, and serves Flower's
 //! HTTP API over them, for Python and Rust workers alike.
 //!
 //! ```
@@ -94,16 +94,23 @@ impl MonitorBuilder {
         self
     }
 
-    /// Let `user` with `password` call the API (HTTP Basic); may be given several times. With
-    /// no user and no token the API is open (serve it on loopback only).
+    /// Let `user` with `password` call the API (HTTP Basic); may be given several times (an
+    /// empty password is ignored). With no user and no token the API is open: serve it on
+    /// loopback only (it then answers only requests addressed to a loopback host).
     pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
-        self.auth.basic.push(format!("{user}:{password}"));
+        if !password.is_empty() {
+            self.auth.basic.push(format!("{user}:{password}"));
+        }
         self
     }
 
-    /// Let a caller presenting `Authorization: Bearer <token>` call the API.
+    /// Let a caller presenting `Authorization: Bearer <token>` call the API (an empty token
+    /// is ignored: it would let anyone in).
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.auth.tokens.push(token.into());
+        let token = token.into();
+        if !token.is_empty() {
+            self.auth.tokens.push(token);
+        }
         self
     }
 
@@ -139,6 +146,8 @@ impl MonitorBuilder {
             history,
             workers: Mutex::new(Workers::new(self.max_workers)),
             inspected: tokio::sync::Mutex::new(Map::new()),
+            refreshing: Mutex::new(std::collections::HashSet::new()),
+            max_workers: self.max_workers.max(1),
             inspect_timeout: self.inspect_timeout,
             read_only: self.read_only,
             auth: self.auth,
@@ -167,16 +176,42 @@ pub(crate) struct State {
     pub(crate) workers: Mutex<Workers>,
     /// Flower's inspect cache: node → `{method: reply, ..., "timestamp": t}`.
     pub(crate) inspected: tokio::sync::Mutex<Map<String, Json>>,
+    /// The workers being inspected now (one inspect per worker at a time, at most
+    /// [`MAX_REFRESHES`] at once).
+    refreshing: Mutex<std::collections::HashSet<String>>,
+    /// At most this many workers in the inspect cache too.
+    max_workers: usize,
     inspect_timeout: Duration,
     pub(crate) read_only: bool,
     pub(crate) auth: Auth,
 }
+
+/// At most this many inspects of single workers run at once (each is 8 broadcasts).
+const MAX_REFRESHES: usize = 16;
 
 /// The inspect methods asked of every worker (Flower's), and of one worker when named.
 const INSPECT_ALL: [&str; 4] = ["stats", "active_queues", "registered", "conf"];
 const INSPECT_ONE: [&str; 4] = ["scheduled", "active", "reserved", "revoked"];
 
 impl State {
+    /// [`refresh`](Self::refresh) of one worker unless one is running for it, or too many
+    /// are; in the background (it ends within the inspect timeout).
+    pub(crate) fn refresh_soon(self: &Arc<Self>, worker: &str) {
+        {
+            let mut running = self.refreshing.lock();
+            if running.len() >= MAX_REFRESHES || !running.insert(worker.to_owned()) {
+                return;
+            }
+        }
+        let (state, worker) = (self.clone(), worker.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = state.refresh(Some(&worker)).await {
+                tracing::warn!(%error, worker, "monitor: inspecting a worker failed");
+            }
+            state.refreshing.lock().remove(&worker);
+        });
+    }
+
     /// Asks the workers (or `worker`) for their state and caches the replies as Flower does.
     pub(crate) async fn refresh(&self, worker: Option<&str>) -> Result<()> {
         let control = kombu_celery::control::Control::new(&self.conn);
@@ -220,6 +255,22 @@ impl State {
                     entry.insert(method.to_owned(), reply);
                     entry.insert("timestamp".into(), now.into());
                 }
+            }
+        }
+        // Bounded as the workers are: the least recently answered go.
+        while cache.len() > self.max_workers {
+            let oldest = cache
+                .iter()
+                .min_by(|a, b| {
+                    let at = |v: &Json| v["timestamp"].as_f64().unwrap_or(0.0);
+                    at(a.1).total_cmp(&at(b.1))
+                })
+                .map(|(node, _)| node.clone());
+            match oldest {
+                Some(node) => {
+                    cache.shift_remove(&node);
+                }
+                None => break,
             }
         }
         Ok(())

@@ -48,7 +48,8 @@ impl Formatter for Python {
         fragment: &str,
     ) -> io::Result<()> {
         for c in fragment.chars() {
-            if c.is_ascii() {
+            // Python escapes DEL too (`ensure_ascii` keeps 0x20-0x7e only).
+            if c.is_ascii() && c != '\x7f' {
                 writer.write_all(&[c as u8])?;
             } else {
                 let mut units = [0u16; 2];
@@ -140,6 +141,7 @@ mod tests {
             r#"{"a": [1, 2.5], "b": "\u00e9<\/x>", "c": null}"#
         );
         assert_eq!(to_string(&json!("😀")), r#""\ud83d\ude00""#);
+        assert_eq!(to_string(&json!("a\u{7f}")), r#""a\u007f""#);
         for (value, python) in [
             (1.0, "1.0"),
             (0.1, "0.1"),

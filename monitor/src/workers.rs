@@ -5,6 +5,9 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as Json};
 
+/// At most this many event types are counted per worker (custom task events are any name).
+const EVENT_TYPES: usize = 64;
+
 /// How many heartbeats a worker keeps (Celery keeps 4).
 const HEARTBEATS: usize = 4;
 
@@ -40,6 +43,14 @@ impl Worker {
         self.heartbeats
             .last()
             .is_some_and(|last| now < last + self.freq() * EXPIRE_WINDOW)
+    }
+
+    fn count(&mut self, kind: &str) {
+        if let Some(n) = self.events.get_mut(kind) {
+            *n += 1;
+        } else if self.events.len() < EVENT_TYPES {
+            self.events.insert(kind.to_owned(), 1);
+        }
     }
 
     fn heard(&mut self, at: f64) {
@@ -105,7 +116,7 @@ impl Workers {
                 return;
             }
             let worker = self.entry(hostname);
-            *worker.events.entry(kind.to_owned()).or_default() += 1;
+            worker.count(kind);
             for (key, value) in fields {
                 worker.fields.insert(key.clone(), value.clone());
             }
@@ -120,7 +131,7 @@ impl Workers {
             }
             // Celery passes the event's own timestamp as the heartbeat here.
             let worker = self.entry(hostname);
-            *worker.events.entry(kind.to_owned()).or_default() += 1;
+            worker.count(kind);
             if local_received > 0.0 {
                 worker.heard(timestamp);
             }

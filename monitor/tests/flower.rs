@@ -43,9 +43,13 @@ fn http(port: u16, method: &str, path: &str, body: &str, headers: &str) -> Optio
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let host = match headers.starts_with("Host:") {
+        true => "",
+        false => "Host: 127.0.0.1\r\n",
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\n{host}{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -373,6 +377,81 @@ async fn users_tokens_and_read_only() {
         ask("GET", "/healthcheck", "").await.expect("joined"),
         Some((200, "OK".to_owned()))
     );
+    serving.abort();
+    monitor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_are_refused() {
+    kombu_core::transport::memory::register();
+    let conn = Connection::open(&format!(
+        "memory://monitor-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+    .expect("open");
+    let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = monitor.router();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let ask = |method: &'static str, path: &'static str, headers: String| {
+        tokio::task::spawn_blocking(move || http(port, method, path, "", &headers))
+    };
+    let status = |r: Option<(u16, String)>| r.map(|(s, _)| s);
+    // Open (no users): loopback hosts only, so a page's rebound DNS name reads nothing.
+    for host in ["127.0.0.1", "localhost:5555", "[::1]:80"] {
+        let got = ask("GET", "/api/tasks", format!("Host: {host}\r\n"))
+            .await
+            .expect("joined");
+        assert_eq!(status(got), Some(200), "{host}");
+    }
+    let got = ask(
+        "GET",
+        "/api/tasks",
+        "Host: evil.example:5555\r\n".to_owned(),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(status(got), Some(403));
+    // Steering from another site's page.
+    let got = ask(
+        "POST",
+        "/api/task/revoke/x",
+        "Origin: http://evil.example\r\n".to_owned(),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(status(got), Some(403));
+    let got = ask(
+        "POST",
+        "/api/task/revoke/x",
+        "Sec-Fetch-Site: cross-site\r\n".to_owned(),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(status(got), Some(403));
+    let got = ask(
+        "POST",
+        "/api/task/revoke/x",
+        "Origin: http://127.0.0.1\r\nSec-Fetch-Site: same-origin\r\n".to_owned(),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(got, Some((200, r#"{"message": "Revoked 'x'"}"#.to_owned())));
+    // A countdown out of range is refused, not a panic.
+    let got = tokio::task::spawn_blocking(move || {
+        http_post(
+            port,
+            "/api/task/send-task/tasks.add",
+            r#"{"countdown": 1e300}"#,
+        )
+    })
+    .await
+    .expect("joined");
+    assert_eq!(got, Some((400, "Invalid option".to_owned())));
     serving.abort();
     monitor.stop().await;
 }

@@ -193,7 +193,7 @@ impl Event {
     /// What Celery's receiver does to an event it takes (`EventReceiver.event_from_message`):
     /// moves `clock` (this receiver's Lamport clock) past the event's, giving a `task-sent`
     /// (whose client's clock is not trusted) the receiver's clock less one and an event without
-    /// one (or 0) the next tick; shifts `timestamp` by the difference between the sender's `utcoffset`
+    /// one the next tick; shifts `timestamp` by the difference between the sender's `utcoffset`
     /// and this host's (`here`, hours west); sets `local_received` (epoch seconds now).
     ///
     /// ```
@@ -215,8 +215,8 @@ impl Event {
             let value = clock.value().max(1) - 1;
             self.fields.insert("clock".into(), value.into());
             clock.adjust(value);
-        } else if let Some(theirs) = self.clock().filter(|c| *c > 0) {
-            clock.adjust(theirs);
+        } else if let Some(theirs) = self.get("clock") {
+            clock.adjust(theirs.as_u64().unwrap_or(0));
         } else {
             let value = clock.forward();
             self.fields.insert("clock".into(), value.into());
