@@ -22,6 +22,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             "/healthcheck",
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], "OK") }),
         )
+        .route("/metrics", get(metrics))
+        .route("/api/queues/length", get(queue_lengths))
         .route("/api/tasks", get(tasks))
         .route("/api/task/types", get(task_types))
         .route("/api/task/info/", get(task_info_empty))
@@ -358,4 +360,35 @@ async fn workers(
         },
         None => json(&Json::Object(cache.clone())),
     }
+}
+
+/// `GET /api/queues/length`: `{"active_queues": [{"name", "messages"}]}` on every transport
+/// (Flower: Redis and RabbitMQ only).
+async fn queue_lengths(Shared(state): Shared<Arc<State>>) -> Response {
+    match state.queue_lengths().await {
+        Ok(lengths) => {
+            let queues: Vec<Json> = lengths
+                .into_iter()
+                .map(|(name, messages)| serde_json::json!({"name": name, "messages": messages}))
+                .collect();
+            json(&serde_json::json!({ "active_queues": queues }))
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /metrics`: Flower's families and the queues' lengths, unauthenticated as Flower's.
+async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
+    match state.queue_lengths().await {
+        Ok(lengths) => state.metrics.queues(&lengths),
+        Err(error) => tracing::warn!(%error, "monitor: queue lengths for /metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }

@@ -32,6 +32,19 @@ impl Default for Limits {
     }
 }
 
+/// A task as one event left it (what Flower's metrics read after each event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The task's name, if known yet.
+    pub name: Option<String>,
+    /// When it was received and started, if it was.
+    pub received: Option<f64>,
+    /// When it started.
+    pub started: Option<f64>,
+    /// Whether it has an `eta`.
+    pub eta: bool,
+}
+
 /// A page of tasks, as `/api/tasks` asks for it.
 #[derive(Debug, Clone, Default)]
 pub struct TaskQuery {
@@ -156,15 +169,17 @@ impl History {
     }
 
     /// Applies task events (`(subject, hostname, timestamp, fields)`) in one transaction, then
-    /// trims the history to its limits.
+    /// trims the history to its limits; returns each task as its event left it, in order
+    /// (events without a `uuid` are skipped and have none).
     pub fn apply<'a>(
         &self,
         events: impl IntoIterator<Item = (&'a str, &'a str, f64, &'a Map<String, Json>)>,
         now: f64,
-    ) -> Result<()> {
+    ) -> Result<Vec<Applied>> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(sql("begin"))?;
         let mut added: u64 = 0;
+        let mut applied = Vec::new();
         let mut touched: i64 = tx
             .query_row("SELECT COALESCE(MAX(touched), 0) FROM task", [], |r| {
                 r.get(0)
@@ -186,6 +201,12 @@ impl History {
                 _ => Task::new(uuid),
             };
             task.apply(subject, hostname, timestamp, fields);
+            applied.push(Applied {
+                name: task.str("name").map(str::to_owned),
+                received: task.f64("received"),
+                started: task.f64("started"),
+                eta: task.fields.get("eta").is_some_and(|e| !e.is_null()),
+            });
             touched += 1;
             tx.execute(
                 "INSERT INTO task (uuid, name_key, state_key, worker_key, received, started,
@@ -246,7 +267,7 @@ impl History {
         tx.commit().map_err(sql("commit"))?;
         self.count
             .store(held.saturating_sub(trimmed as u64), Ordering::Relaxed);
-        Ok(())
+        Ok(applied)
     }
 
     /// One task and its children's ids.
@@ -394,6 +415,7 @@ mod tests {
                     .map(|(i, f)| ("received", "w@h", 1000.0 + i as f64, f)),
                 1010.0,
             )
+            .map(drop)
             .expect("apply");
         assert_eq!(history.len(), 3, "the 3 changed last");
         let ids: Vec<String> = history
@@ -410,6 +432,7 @@ mod tests {
         let late = fields(json!({"uuid": "late", "timestamp": 1300.0}));
         again
             .apply([("started", "w@h", 1300.0, &late)], 1300.0)
+            .map(drop)
             .expect("apply");
         assert_eq!(again.len(), 1);
         assert_eq!(again.types().expect("types"), ["tasks.add"], "names stay");
@@ -431,6 +454,7 @@ mod tests {
                 ],
                 3.0,
             )
+            .map(drop)
             .expect("apply");
         let ids = |q: TaskQuery| -> Vec<String> {
             history
@@ -477,6 +501,7 @@ mod tests {
         let d = fields(json!({"uuid": "d", "name": "TÂCHE"}));
         history
             .apply([("received", "ünï@h", 4.0, &d)], 4.0)
+            .map(drop)
             .expect("apply");
         assert_eq!(
             ids(TaskQuery {

@@ -13,6 +13,7 @@ use kombu_core::transport::unix_now;
 use serde_json::Value as Json;
 
 use crate::State;
+use crate::metrics::TaskSeen;
 
 /// At most this many events go into one history transaction.
 const BATCH: usize = 512;
@@ -91,25 +92,61 @@ async fn take(state: &Arc<State>, events: Vec<Event>) {
                 received,
                 event.fields(),
             );
+            if event.kind().as_str().starts_with("worker-") {
+                let active = event.get("active").and_then(Json::as_i64);
+                state
+                    .metrics
+                    .worker(event.kind().as_str(), hostname, active);
+            }
         }
     }
     let history = state.history.clone();
     let applied = tokio::task::spawn_blocking(move || {
-        let tasks = events.iter().filter_map(|event| {
-            let subject = event.kind().as_str().strip_prefix("task-")?;
-            event.uuid()?;
-            Some((
-                subject,
-                event.hostname()?,
-                event.timestamp()?,
-                event.fields(),
-            ))
-        });
-        history.apply(tasks, unix_now())
+        let tasks: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.kind().as_str().starts_with("task-") && e.uuid().is_some())
+            .filter(|e| e.hostname().is_some() && e.timestamp().is_some())
+            .collect();
+        let result = history.apply(
+            tasks.iter().filter_map(|event| {
+                Some((
+                    event.kind().as_str().strip_prefix("task-")?,
+                    event.hostname()?,
+                    event.timestamp()?,
+                    event.fields(),
+                ))
+            }),
+            unix_now(),
+        );
+        result.map(|applied| {
+            tasks
+                .iter()
+                .zip(applied)
+                .map(|(event, task)| TaskSeen {
+                    kind: event.kind().as_str().to_owned(),
+                    worker: event.hostname().unwrap_or_default().to_owned(),
+                    name: event
+                        .get("name")
+                        .and_then(Json::as_str)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .or(task.name)
+                        .unwrap_or_default(),
+                    runtime: event.get("runtime").and_then(Json::as_f64),
+                    received: task.received,
+                    started: task.started,
+                    eta: task.eta,
+                })
+                .collect::<Vec<_>>()
+        })
     })
     .await;
     match applied {
-        Ok(Ok(())) => {}
+        Ok(Ok(seen)) => {
+            for task in &seen {
+                state.metrics.task(task);
+            }
+        }
         Ok(Err(error)) => tracing::warn!(%error, "monitor: task events not kept"),
         Err(error) => tracing::warn!(%error, "monitor: task events not kept"),
     }

@@ -24,15 +24,18 @@
 //! `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`, `/api/workers`, `/healthcheck`, the
 //! worker controls (`/api/worker/shutdown|pool/grow|pool/shrink|pool/autoscale|pool/restart|
 //! queue/add-consumer|queue/cancel-consumer/<worker>`), `/api/task/revoke|rate-limit|timeout`,
-//! and `/api/task/send-task|async-apply` (options `queue`, `task_id`, `priority`, `countdown`,
-//! `expires`, in seconds). Calls are checked against HTTP Basic users and bearer tokens when
+//! `/api/task/send-task|async-apply` (options `queue`, `task_id`, `priority`, `countdown`,
+//! `expires`, in seconds), and `/api/queues/length` (on every transport; Flower: Redis and
+//! RabbitMQ only). `/metrics` has Flower's six families (same names, labels, help, buckets,
+//! updated on the same events) and `kombu_queue_messages{queue}`, in the OpenMetrics format. Calls are checked against HTTP Basic users and bearer tokens when
 //! any are set; read-only mode refuses every steering call. The rest of Flower's API (results,
-//! queue lengths, metrics, search) and the page come in later steps of the monitor's issue.
+//! search) and the page come in later steps of the monitor's issue.
 
 mod api;
 mod control_api;
 pub mod history;
 mod ingest;
+mod metrics;
 mod pyjson;
 pub mod task;
 pub mod workers;
@@ -45,7 +48,7 @@ use kombu_core::{Connection, Result};
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json};
 
-pub use history::{History, Limits, SortKey, TaskQuery};
+pub use history::{Applied, History, Limits, SortKey, TaskQuery};
 pub use task::Task;
 pub use workers::{Worker, Workers};
 
@@ -151,6 +154,7 @@ impl MonitorBuilder {
             inspect_timeout: self.inspect_timeout,
             read_only: self.read_only,
             auth: self.auth,
+            metrics: metrics::Metrics::new(),
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -184,6 +188,7 @@ pub(crate) struct State {
     inspect_timeout: Duration,
     pub(crate) read_only: bool,
     pub(crate) auth: Auth,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
@@ -194,6 +199,35 @@ const INSPECT_ALL: [&str; 4] = ["stats", "active_queues", "registered", "conf"];
 const INSPECT_ONE: [&str; 4] = ["scheduled", "active", "reserved", "revoked"];
 
 impl State {
+    /// The queues the workers consume (from their `active_queues` replies; `celery` when none
+    /// answered), sorted, with the messages ready in each (queues that exist nowhere are
+    /// left out).
+    pub(crate) async fn queue_lengths(&self) -> Result<Vec<(String, u64)>> {
+        let mut names: Vec<String> = {
+            let cache = self.inspected.lock().await;
+            cache
+                .values()
+                .filter_map(|worker| worker["active_queues"].as_array())
+                .flatten()
+                .filter_map(|queue| queue["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        if names.is_empty() {
+            names.push(kombu_celery::DEFAULT_QUEUE.to_owned());
+        }
+        names.sort();
+        names.dedup();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.conn.queue_size(&name).await {
+                Ok(messages) => out.push((name, messages)),
+                Err(e) if e.kind() == kombu_core::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// [`refresh`](Self::refresh) of one worker unless one is running for it, or too many
     /// are; in the background (it ends within the inspect timeout).
     pub(crate) fn refresh_soon(self: &Arc<Self>, worker: &str) {

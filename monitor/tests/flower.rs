@@ -60,6 +60,42 @@ fn http(port: u16, method: &str, path: &str, body: &str, headers: &str) -> Optio
     Some((status, body.to_owned()))
 }
 
+/// A metric sample: its name, labels and value.
+type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// The samples of a Prometheus or OpenMetrics text exposition (`le` normalised as a number).
+fn samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap_or((line, ""));
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let mut map = std::collections::BTreeMap::new();
+        for pair in labels
+            .trim_end_matches('}')
+            .split("\",")
+            .filter(|p| !p.is_empty())
+        {
+            if let Some((key, value)) = pair.split_once("=\"") {
+                let value = value.trim_end_matches('"').to_owned();
+                let value = match key {
+                    "le" => value.parse::<f64>().map_or(value, |v| v.to_string()),
+                    _ => value,
+                };
+                map.insert(key.trim_start_matches(',').to_owned(), value);
+            }
+        }
+        out.push((name.to_owned(), map, value));
+    }
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    out
+}
+
 /// A child process killed when dropped.
 struct Child(std::process::Child);
 
@@ -178,6 +214,39 @@ async fn the_same_api_bytes_as_flower_on_redis() {
     let theirs = poll(flower_port, "/api/tasks", "Flower's tasks", finished).await;
     let ours = poll(our_port, "/api/tasks", "the monitor's tasks", finished).await;
     assert_eq!(ours, theirs, "/api/tasks");
+    // Flower's metrics, the same samples for our worker (formats differ: Python's text format
+    // there, OpenMetrics here; names, labels and values agree).
+    let scrape = |port: u16| tokio::task::spawn_blocking(move || http_get(port, "/metrics"));
+    let theirs = scrape(flower_port)
+        .await
+        .expect("joined")
+        .expect("Flower's metrics");
+    let ours = scrape(our_port)
+        .await
+        .expect("joined")
+        .expect("our metrics");
+    assert_eq!(ours.0, 200);
+    let of_node = |text: &str| -> Vec<Sample> {
+        samples(text)
+            .into_iter()
+            .filter(|(name, labels, _)| {
+                labels.get("worker") == Some(&node)
+                    && [
+                        "flower_events_total",
+                        "flower_worker_prefetched_tasks",
+                        "flower_task_prefetch_time_seconds",
+                        "flower_task_runtime_seconds_bucket",
+                        "flower_task_runtime_seconds_count",
+                        "flower_task_runtime_seconds_sum",
+                        "flower_worker_online",
+                    ]
+                    .contains(&name.as_str())
+            })
+            .collect()
+    };
+    let (theirs, ours) = (of_node(&theirs.1), of_node(&ours.1));
+    assert!(theirs.len() >= 10, "{theirs:?}");
+    assert_eq!(ours, theirs, "/metrics");
     for path in [
         format!("/api/task/info/{ok}"),
         format!("/api/task/info/{failing}"),
@@ -287,6 +356,38 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         })
         .await;
     }
+
+    // Queue lengths from the queues the worker consumes, after both asked it again.
+    poll(
+        flower_port,
+        "/api/workers?refresh=1",
+        "Flower's inspect",
+        |v| {
+            v[&node]["active_queues"]
+                .as_array()
+                .is_some_and(|q| q.len() == 3)
+        },
+    )
+    .await;
+    poll(our_port, "/api/workers?refresh=1", "our inspect", |v| {
+        v[&node]["active_queues"]
+            .as_array()
+            .is_some_and(|q| q.len() == 3)
+    })
+    .await;
+    let theirs = tokio::task::spawn_blocking(move || http_get(flower_port, "/api/queues/length"))
+        .await
+        .expect("joined");
+    let ours = tokio::task::spawn_blocking(move || http_get(our_port, "/api/queues/length"))
+        .await
+        .expect("joined");
+    assert_eq!(ours, theirs, "/api/queues/length");
+    assert!(
+        ours.is_some_and(
+            |(_, body)| body.contains(&format!(r#"{{"name": "{queue}", "messages": 0}}"#))
+        ),
+        "our queue listed"
+    );
 
     let (status, body) = tokio::task::spawn_blocking(move || http_get(our_port, "/healthcheck"))
         .await
