@@ -89,6 +89,17 @@ pub struct TaskFailure {
 }
 
 impl TaskFailure {
+    /// Python's repr of the exception (`ValueError('boom')`), as Celery's events and Flower
+    /// show it.
+    pub fn repr(&self) -> String {
+        let args: Vec<String> = self
+            .exc_message
+            .iter()
+            .map(crate::repr::value_repr)
+            .collect();
+        format!("{}({})", self.exc_type, args.join(", "))
+    }
+
     /// A failure of type `exc_type` from `exc_module` with `message` as its one argument.
     pub fn new(exc_module: &str, exc_type: &str, message: impl Into<String>) -> Self {
         TaskFailure {

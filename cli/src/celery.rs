@@ -302,7 +302,7 @@ fn seconds_of(seconds: f64) -> anyhow::Result<Duration> {
 }
 
 /// A result backend, and the reply queue its results come to when it is `rpc://`.
-enum Backend {
+pub(crate) enum Backend {
     Stored(Box<dyn ResultBackend>),
     Rpc(RpcResultBackend),
 }
@@ -331,7 +331,10 @@ impl Backend {
 }
 
 /// The result backend at `url` (`rpc://` replies over `conn`, the broker's connection).
-async fn open_backend(url: &str, conn: Option<&kombu::Connection>) -> anyhow::Result<Backend> {
+pub(crate) async fn open_backend(
+    url: &str,
+    conn: Option<&kombu::Connection>,
+) -> anyhow::Result<Backend> {
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
     match (scheme, conn) {
         ("redis" | "rediss", _) => {

@@ -235,8 +235,8 @@ It listens to the workers' events (start workers with -E, or send them `kombu ce
 enable_events`) and asks them for their state by remote control, Python and Rust workers alike.
 Served so far, with Flower's paths, parameters and JSON: /api/tasks, /api/task/info/ID,
 /api/task/types, /api/workers, /healthcheck, the worker controls (/api/worker/...), revoke,
-rate-limit, timeout, send-task, async-apply, /api/queues/length (every transport) and /metrics
-(Flower's metrics and the queues' lengths). --db keeps the history across restarts (default:
+rate-limit, timeout, send-task, async-apply, /api/task/result/ID (with --backend),
+/api/queues/length (every transport) and /metrics (Flower's metrics and the queues' lengths). --db keeps the history across restarts (default:
 in memory); it holds at most --max-tasks tasks, none older than --max-age. Without --auth or
 --token it listens on loopback only; --read-only refuses every steering call.")]
     Monitor(crate::monitor::MonitorArgs),

@@ -59,6 +59,9 @@ pub struct MonitorArgs {
         hide_env_values = true
     )]
     pub token: Option<Secret>,
+    /// Read task results here (/api/task/result/ID): redis:// or db+sqlite://.
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
     /// Refuse every call that steers workers or sends tasks.
     #[arg(long)]
     pub read_only: bool,
@@ -104,6 +107,16 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
     }
     if let Some(token) = &args.token {
         builder = builder.token(token.0.as_str());
+    }
+    if let Some(url) = &args.backend {
+        match crate::celery::open_backend(url, None).await? {
+            crate::celery::Backend::Stored(backend) => {
+                builder = builder.result_backend(std::sync::Arc::from(backend));
+            }
+            crate::celery::Backend::Rpc(_) => {
+                bail!("--backend rpc:// cannot be read by task id: use redis:// or db+sqlite://")
+            }
+        }
     }
     let monitor = builder.start().await.context("starting the monitor")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -26,6 +26,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/api/queues/length", get(queue_lengths))
         .route("/api/tasks", get(tasks))
         .route("/api/task/types", get(task_types))
+        .route("/api/task/result/{id}", get(task_result))
         .route("/api/task/info/", get(task_info_empty))
         .route("/api/task/info/{*id}", get(task_info))
         .route("/api/workers", get(workers))
@@ -391,4 +392,66 @@ async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// `GET /api/task/result/<id>[?timeout=S]`: from the result backend (503 without one).
+async fn task_result(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(backend) = state.results.clone() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let timeout = match argument(&params, "timeout") {
+        None => None,
+        Some(text) => match text.parse::<f64>() {
+            Ok(seconds) => std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero()),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Invalid argument '{text}' of type 'float'"),
+                );
+            }
+        },
+    };
+    let unavailable = |e: kombu_core::Error| {
+        tracing::warn!(error = %e, "monitor: the result backend");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Broker or result backend unavailable",
+        )
+    };
+    let now = match backend.meta(&id).await {
+        Ok(meta) => meta,
+        Err(e) => return unavailable(e),
+    };
+    let mut out = Map::new();
+    out.insert("task-id".into(), Json::from(id.as_str()));
+    out.insert("state".into(), Json::from(now.state.as_str()));
+    // As Flower: with a timeout, the result once ready but the state as first read.
+    let ready = match timeout {
+        Some(timeout) => match backend.wait(&id, timeout).await {
+            Ok(meta) => Some(meta).filter(|m| m.state.is_ready()),
+            Err(e) => return unavailable(e),
+        },
+        None => Some(now).filter(|m| m.state.is_ready()),
+    };
+    if let Some(meta) = ready {
+        let failure = meta.failure_of();
+        let result = match &failure {
+            Some(failure) => Json::from(failure.repr()),
+            None => meta.result.clone(),
+        };
+        out.insert("result".into(), result);
+        if meta.state == kombu_celery::State::Failure {
+            out.insert(
+                "traceback".into(),
+                meta.traceback.clone().map_or(Json::Null, Json::from),
+            );
+        }
+    }
+    json(&Json::Object(out))
 }

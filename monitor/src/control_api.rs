@@ -368,8 +368,16 @@ pub(crate) async fn send_task(
         };
     }
     let celery = Celery::new(&state.conn);
-    match celery.send_task(&name, args, kwargs, task).await {
-        Ok(id) => json(&json!({ "task-id": id })),
-        Err(e) => unavailable(&e),
+    let id = match celery.send_task(&name, args, kwargs, task).await {
+        Ok(id) => id,
+        Err(e) => return unavailable(&e),
+    };
+    // With a result backend, Flower adds the state read right after the send.
+    match &state.results {
+        None => json(&json!({ "task-id": id })),
+        Some(backend) => match backend.meta(&id).await {
+            Ok(meta) => json(&json!({ "task-id": id, "state": meta.state.as_str() })),
+            Err(e) => unavailable(&e),
+        },
     }
 }

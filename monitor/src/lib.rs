@@ -28,8 +28,9 @@
 //! `expires`, in seconds), and `/api/queues/length` (on every transport; Flower: Redis and
 //! RabbitMQ only). `/metrics` has Flower's six families (same names, labels, help, buckets,
 //! updated on the same events) and `kombu_queue_messages{queue}`, in the OpenMetrics format. Calls are checked against HTTP Basic users and bearer tokens when
-//! any are set; read-only mode refuses every steering call. The rest of Flower's API (results,
-//! search) and the page come in later steps of the monitor's issue.
+//! any are set; read-only mode refuses every steering call. `/api/task/result/<id>` reads the
+//! result backend given to [`MonitorBuilder::result_backend`]. The rest of Flower's API
+//! (search, apply, abort) and the page come in later steps of the monitor's issue.
 
 mod api;
 mod control_api;
@@ -62,6 +63,7 @@ pub struct MonitorBuilder {
     inspect_timeout: Duration,
     read_only: bool,
     auth: Auth,
+    results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
 }
 
 /// Who may call the API (`/api/...`; `/healthcheck` and `/metrics` are open, as Flower's).
@@ -90,6 +92,16 @@ impl Auth {
 }
 
 impl MonitorBuilder {
+    /// Read task results from this backend (`/api/task/result/<id>`; without one it answers
+    /// 503, as Flower).
+    pub fn result_backend(
+        mut self,
+        backend: Arc<dyn kombu_celery::backend::ResultBackend>,
+    ) -> Self {
+        self.results = Some(backend);
+        self
+    }
+
     /// Refuse every call that steers workers or sends tasks (403 `Read only mode is
     /// enabled`, as Flower's `--read_only`).
     pub fn read_only(mut self, read_only: bool) -> Self {
@@ -155,6 +167,7 @@ impl MonitorBuilder {
             read_only: self.read_only,
             auth: self.auth,
             metrics: metrics::Metrics::new(),
+            results: self.results,
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -189,6 +202,7 @@ pub(crate) struct State {
     pub(crate) read_only: bool,
     pub(crate) auth: Auth,
     pub(crate) metrics: metrics::Metrics,
+    pub(crate) results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
@@ -343,6 +357,7 @@ impl Monitor {
             inspect_timeout: Duration::from_secs(1),
             read_only: false,
             auth: Auth::default(),
+            results: None,
         }
     }
 

@@ -141,6 +141,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         "import json, os\nfrom celery import Celery\n\
          app = Celery('flower_app', broker=os.environ['KOMBU_RS_BROKER'])\n\
          app.conf.broker_transport_options = json.loads(os.environ['KOMBU_RS_OPTIONS'])\n\
+         app.conf.result_backend = os.environ['KOMBU_RS_BROKER']\n\
          @app.task(name='tasks.add')\ndef add(x, y):\n    return x + y\n",
     )
     .expect("write the app");
@@ -168,7 +169,17 @@ async fn the_same_api_bytes_as_flower_on_redis() {
     );
 
     let conn = Connection::open(&broker.url).await.expect("open");
-    let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
+    // Results in Redis where Flower reads them (Celery's keys, no transport prefix).
+    let results = std::sync::Arc::new(
+        kombu_celery::backend::RedisResultBackend::connect(&py_url)
+            .await
+            .expect("the result backend"),
+    );
+    let monitor = Monitor::builder(&conn)
+        .result_backend(results.clone())
+        .start()
+        .await
+        .expect("the monitor");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -184,6 +195,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         .queue(queue.as_str())
         .concurrency(1)
         .task_events(true)
+        .shared_result_backend(results.clone())
         .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
         .task(FAIL, |(message,), _: TaskContext| async move {
             Err(kombu_celery::TaskFailure::value_error(message).into())
@@ -257,6 +269,12 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         "/api/task/info/nothing".to_owned(),
         "/api/tasks?sort_by=size".to_owned(),
         "/api/tasks?limit=x".to_owned(),
+        format!("/api/task/result/{ok}"),
+        format!("/api/task/result/{failing}"),
+        format!("/api/task/result/{ok}?timeout=1"),
+        "/api/task/result/unknown".to_owned(),
+        "/api/task/result/unknown?timeout=0.2".to_owned(),
+        "/api/task/result/unknown?timeout=soon".to_owned(),
     ] {
         let get = |port: u16| {
             let path = path.clone();
@@ -351,6 +369,11 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         assert_eq!(sent.0, 200, "{side}: {sent:?}");
         let sent: Json = serde_json::from_str(&sent.1).expect("JSON");
         let sent_id = sent["task-id"].as_str().expect("a task id").to_owned();
+        assert_eq!(
+            sent["state"],
+            json!("PENDING"),
+            "{side}: the backend's state added"
+        );
         poll(our_port, "/api/tasks", "the sent task done", |v| {
             v[&sent_id]["result"] == json!("42")
         })

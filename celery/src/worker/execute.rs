@@ -65,12 +65,6 @@ fn delivery_info(delivery: &Delivery) -> Json {
     })
 }
 
-/// Python's repr of a failure's exception (`ValueError('boom')`).
-fn exception_repr(failure: &TaskFailure) -> String {
-    let args: Vec<String> = failure.exc_message.iter().map(value_repr).collect();
-    format!("{}({})", failure.exc_type, args.join(", "))
-}
-
 /// The `task-received` event of a request.
 fn received(shared: &Shared, request: &TaskRequest) {
     let iso = |at: &Option<chrono::DateTime<chrono::FixedOffset>>| {
@@ -473,7 +467,7 @@ async fn failed(
         EventKind::TaskFailed,
         fields([
             ("uuid", json!(request.id)),
-            ("exception", json!(exception_repr(&failure))),
+            ("exception", json!(failure.repr())),
             (
                 "traceback",
                 json!(failure.traceback.clone().unwrap_or_default()),
@@ -580,7 +574,7 @@ async fn retried(
                 EventKind::TaskRetried,
                 fields([
                     ("uuid", json!(request.id)),
-                    ("exception", json!(exception_repr(&failure))),
+                    ("exception", json!(failure.repr())),
                     (
                         "traceback",
                         json!(failure.traceback.clone().unwrap_or_default()),
