@@ -62,6 +62,9 @@ pub struct MonitorArgs {
     /// Read task results here (/api/task/result/ID): redis:// or db+sqlite://.
     #[arg(long, value_name = "URL")]
     pub backend: Option<String>,
+    /// Serve everything under this path (behind a reverse proxy): /PREFIX/api/tasks.
+    #[arg(long, value_name = "PREFIX")]
+    pub url_prefix: Option<String>,
     /// Refuse every call that steers workers or sends tasks.
     #[arg(long)]
     pub read_only: bool,
@@ -107,6 +110,9 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
     }
     if let Some(token) = &args.token {
         builder = builder.token(token.0.as_str());
+    }
+    if let Some(prefix) = &args.url_prefix {
+        builder = builder.url_prefix(prefix);
     }
     if let Some(url) = &args.backend {
         match crate::celery::open_backend(url, None).await? {

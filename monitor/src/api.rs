@@ -35,7 +35,50 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/api/task/revoke/{id}", post(control_api::revoke))
         .route("/api/task/{kind}/{name}", post(task_post))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(etag))
         .with_state(state)
+}
+
+/// Tornado's ETag: a 200 answer to GET or HEAD carries `Etag: "<SHA-1 of the body>"`, and a
+/// request whose `If-None-Match` names it (or `*`) gets 304 with no body.
+async fn etag(request: axum::extract::Request, next: Next) -> Response {
+    let conditional = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let asked = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = next.run(request).await;
+    if !conditional || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let tag = format!("\"{hex}\"");
+    let matches = asked.is_some_and(|asked| {
+        asked.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == tag
+        })
+    });
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    if let Ok(value) = header::HeaderValue::from_str(&tag) {
+        parts.headers.insert(header::ETAG, value);
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// `/api/worker/pool/<x>/<w>` and `/api/worker/queue/<x>/<w>`.

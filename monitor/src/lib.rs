@@ -64,6 +64,7 @@ pub struct MonitorBuilder {
     read_only: bool,
     auth: Auth,
     results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
+    url_prefix: Option<String>,
 }
 
 /// Who may call the API (`/api/...`; `/healthcheck` and `/metrics` are open, as Flower's).
@@ -99,6 +100,14 @@ impl MonitorBuilder {
         backend: Arc<dyn kombu_celery::backend::ResultBackend>,
     ) -> Self {
         self.results = Some(backend);
+        self
+    }
+
+    /// Serve every route under this path (`monitor` or `/monitor/`: `/monitor/api/tasks`), as
+    /// Flower's `--url_prefix` for a reverse proxy.
+    pub fn url_prefix(mut self, prefix: &str) -> Self {
+        let trimmed = prefix.trim_matches('/');
+        self.url_prefix = (!trimmed.is_empty()).then(|| format!("/{trimmed}"));
         self
     }
 
@@ -168,6 +177,7 @@ impl MonitorBuilder {
             auth: self.auth,
             metrics: metrics::Metrics::new(),
             results: self.results,
+            url_prefix: self.url_prefix,
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -203,6 +213,7 @@ pub(crate) struct State {
     pub(crate) auth: Auth,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
+    url_prefix: Option<String>,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
@@ -358,12 +369,18 @@ impl Monitor {
             read_only: false,
             auth: Auth::default(),
             results: None,
+            url_prefix: None,
         }
     }
 
-    /// The HTTP routes (Flower's API), to serve with `axum::serve`.
+    /// The HTTP routes (Flower's API), to serve with `axum::serve`; under `prefix` when one
+    /// is set ([`MonitorBuilder::url_prefix`], behind a reverse proxy).
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+        let routes = api::router(self.state.clone());
+        match self.state.url_prefix.as_deref() {
+            Some(prefix) => axum::Router::new().nest(prefix, routes),
+            None => routes,
+        }
     }
 
     /// Serves [`router`](Self::router) on `listener` until `shutdown` completes.

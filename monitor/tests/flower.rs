@@ -579,3 +579,71 @@ async fn cross_site_requests_are_refused() {
     serving.abort();
     monitor.stop().await;
 }
+
+/// The raw head of a GET (status line and headers).
+fn head_of(port: u16, path: &str, headers: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n"
+    )
+    .expect("write");
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n")
+        .map_or(raw.clone(), |(head, _)| head.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_prefix_with_etags() {
+    kombu_core::transport::memory::register();
+    let conn = Connection::open(&format!(
+        "memory://monitor-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+    .expect("open");
+    let monitor = Monitor::builder(&conn)
+        .url_prefix("/flower/")
+        .start()
+        .await
+        .expect("the monitor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = monitor.router();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (prefixed, bare, first) = tokio::task::spawn_blocking(move || {
+        (
+            http_get(port, "/flower/healthcheck"),
+            http_get(port, "/healthcheck"),
+            head_of(port, "/flower/api/task/types", ""),
+        )
+    })
+    .await
+    .expect("joined");
+    assert_eq!(prefixed, Some((200, "OK".to_owned())));
+    assert_eq!(bare.map(|(s, _)| s), Some(404));
+    let tag = first
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an ETag")
+        .to_owned();
+    assert!(tag.starts_with('"') && tag.len() == 42, "{tag}");
+    let again = tokio::task::spawn_blocking(move || {
+        head_of(
+            port,
+            "/flower/api/task/types",
+            &format!("If-None-Match: {tag}\r\n"),
+        )
+    })
+    .await
+    .expect("joined");
+    assert!(again.starts_with("HTTP/1.0 304"), "{again}");
+    serving.abort();
+    monitor.stop().await;
+}
