@@ -233,12 +233,13 @@ Examples:
 
 It listens to the workers' events (start workers with -E, or send them `kombu celery control
 enable_events`) and asks them for their state by remote control, Python and Rust workers alike.
-Served so far, with Flower's paths, parameters and JSON: /api/tasks, /api/task/info/ID,
-/api/task/types, /api/workers, /healthcheck, the worker controls (/api/worker/...), revoke,
-rate-limit, timeout, send-task, async-apply, /api/task/result/ID (with --backend),
-/api/queues/length (every transport) and /metrics (Flower's metrics and the queues' lengths). --db keeps the history across restarts (default:
-in memory); it holds at most --max-tasks tasks, none older than --max-age. Without --auth or
---token it listens on loopback only; --read-only refuses every steering call.")]
+Served so far, with Flower's paths, parameters and JSON: /api/tasks (with ?search=),
+/api/task/info/ID, /api/task/types, /api/workers, /healthcheck, the worker controls
+(/api/worker/...), revoke, rate-limit, timeout, send-task, async-apply, /api/task/result/ID
+(with --backend), /api/queues/length (every transport) and /metrics (Flower's metrics and the
+queues' lengths). --db keeps the history across restarts (default: in memory); it holds at most
+--max-tasks tasks, none older than --max-age. Without --auth or --token it listens on loopback
+only; --read-only refuses every steering call.")]
     Monitor(crate::monitor::MonitorArgs),
     /// Print a shell completion script.
     #[command(after_help = "\

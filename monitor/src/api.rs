@@ -315,13 +315,17 @@ async fn tasks(
             }
         }
     }
-    if argument(&params, "search").is_some_and(|s| !s.is_empty()) {
-        return (
-            StatusCode::BAD_REQUEST,
-            json(&serde_json::json!({"error": "search is not supported by this monitor yet"})),
-        )
-            .into_response();
-    }
+    let search = match params.get("search").map(|s| crate::search::parse(s)) {
+        None => None,
+        Some(Ok(query)) => Some(query),
+        Some(Err(message)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                json(&serde_json::json!({ "error": message })),
+            )
+                .into_response();
+        }
+    };
     let query = TaskQuery {
         limit,
         offset,
@@ -331,6 +335,7 @@ async fn tasks(
         received_start: bounds[0],
         received_end: bounds[1],
         sort_by,
+        search,
     };
     let history = state.history.clone();
     let page = match tokio::task::spawn_blocking(move || history.tasks(&query)).await {

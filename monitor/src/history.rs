@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Map, Value as Json};
 
+use crate::search::{Document, Query};
 use crate::task::Task;
 
 /// How many tasks, and for how long, the history keeps.
@@ -65,6 +66,8 @@ pub struct TaskQuery {
     /// `name`, `state`, `received` or `started`, and whether descending; `None`: the latest
     /// event first.
     pub sort_by: Option<(SortKey, bool)>,
+    /// Only tasks this search matches (Flower's query language, [`crate::search`]).
+    pub search: Option<Query>,
 }
 
 /// What `/api/tasks` sorts by.
@@ -327,23 +330,38 @@ impl History {
                 ));
             }
         }
-        args.push(query.limit.unwrap_or(-1).into());
-        sql_text.push_str(&format!(" LIMIT ?{}", args.len()));
-        args.push(query.offset.max(0).into());
-        sql_text.push_str(&format!(" OFFSET ?{}", args.len()));
+        // A search is matched here, on the rows in order, so the page is cut after it.
+        let search = query.search.as_ref().filter(|q| **q != Query::All);
+        if search.is_none() {
+            args.push(query.limit.unwrap_or(-1).into());
+            sql_text.push_str(&format!(" LIMIT ?{}", args.len()));
+            args.push(query.offset.max(0).into());
+            sql_text.push_str(&format!(" OFFSET ?{}", args.len()));
+        }
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(&sql_text).map_err(sql("query tasks"))?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(sql("query tasks"))?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(sql("read tasks"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (fields, uuid) in rows {
-            if let Ok(Json::Object(fields)) = serde_json::from_str(&fields) {
-                out.push((Task { fields }, children(&conn, &uuid)?));
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(sql("query tasks"))?;
+        let (mut out, mut skipped) = (Vec::new(), 0);
+        while let Some(row) = rows.next().map_err(sql("read tasks"))? {
+            let fields: String = row.get(0).map_err(sql("read tasks"))?;
+            let Ok(Json::Object(fields)) = serde_json::from_str(&fields) else {
+                continue;
+            };
+            if let Some(search) = search {
+                if !search.matches(&Document::of(&fields)) {
+                    continue;
+                }
+                if skipped < query.offset.max(0) {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            let uuid: String = row.get(1).map_err(sql("read tasks"))?;
+            out.push((Task { fields }, children(&conn, &uuid)?));
+            if search.is_some() && query.limit.is_some_and(|l| out.len() as i64 >= l) {
+                break;
             }
         }
         Ok(out)

@@ -29,8 +29,9 @@
 //! RabbitMQ only). `/metrics` has Flower's six families (same names, labels, help, buckets,
 //! updated on the same events) and `kombu_queue_messages{queue}`, in the OpenMetrics format. Calls are checked against HTTP Basic users and bearer tokens when
 //! any are set; read-only mode refuses every steering call. `/api/task/result/<id>` reads the
-//! result backend given to [`MonitorBuilder::result_backend`]. The rest of Flower's API
-//! (search, apply, abort) and the page come in later steps of the monitor's issue.
+//! result backend given to [`MonitorBuilder::result_backend`]. `/api/tasks?search=` takes
+//! Flower's query language ([`search`]). The rest of Flower's API (apply, abort) and the page
+//! come in later steps of the monitor's issue.
 
 mod api;
 mod control_api;
@@ -38,6 +39,7 @@ pub mod history;
 mod ingest;
 mod metrics;
 mod pyjson;
+pub mod search;
 pub mod task;
 pub mod workers;
 

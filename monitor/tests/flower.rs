@@ -275,6 +275,17 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         "/api/task/result/unknown".to_owned(),
         "/api/task/result/unknown?timeout=0.2".to_owned(),
         "/api/task/result/unknown?timeout=soon".to_owned(),
+        "/api/tasks?search=boom".to_owned(),
+        "/api/tasks?search=name:ADD".to_owned(),
+        "/api/tasks?search=state:failure".to_owned(),
+        "/api/tasks?search=add%20OR%20fail".to_owned(),
+        "/api/tasks?search=(tasks%20AND%20result:5)".to_owned(),
+        "/api/tasks?search=tasks&limit=1&offset=1".to_owned(),
+        "/api/tasks?search=kwargs:x=1".to_owned(),
+        "/api/tasks?search=a".to_owned(),
+        "/api/tasks?search=NOT%20abc".to_owned(),
+        "/api/tasks?search=%22abc".to_owned(),
+        "/api/tasks?search=abc%20OR".to_owned(),
     ] {
         let get = |port: u16| {
             let path = path.clone();
