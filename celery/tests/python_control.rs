@@ -9,8 +9,7 @@
 //! - Flower 2.x started on the broker lists our worker (`/api/workers`) and its tasks
 //!   (`/api/tasks`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use kombu_celery::control::{Broadcast, Control};
 use kombu_celery::worker::{TaskContext, Worker, WorkerHandle};
 use kombu_celery::{Celery, Task, TaskOptions};
 use kombu_core::Connection;
+use kombu_test_support::http::{free_port, get as http_get};
 use kombu_test_support::{CeleryWorker, brokers, python, until};
 use serde_json::{Map, Value as Json, json};
 
@@ -336,28 +336,6 @@ async fn celery_inspect_and_control_steer_our_worker_on_redis() {
 async fn celery_inspect_and_control_steer_our_worker_on_rabbitmq() {
     kombu_amqp::register();
     celery_tools("amqp").await;
-}
-
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET path` on loopback `port`: the status and the body (`None` when nothing answers).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// A child process killed when dropped.

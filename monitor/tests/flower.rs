@@ -2,8 +2,6 @@
 //! Rust worker with task events: the same bytes from `/api/tasks`, `/api/task/info/<id>` and
 //! `/api/task/types`, and both see the worker alive.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +9,9 @@ use kombu_celery::worker::{TaskContext, Worker};
 use kombu_celery::{Celery, Task, TaskOptions};
 use kombu_core::Connection;
 use kombu_monitor::Monitor;
+use kombu_test_support::http::{
+    free_port, get as http_get, head, post as http_post, request as http,
+};
 use kombu_test_support::{brokers, python};
 use serde_json::{Value as Json, json};
 
@@ -18,46 +19,28 @@ const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
 const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
 const WAIT: Duration = Duration::from_secs(40);
 
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET path` on loopback `port`: the status and the body (`None` when nothing answers).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http(port, "GET", path, "", "")
-}
-
-/// `POST path` with `body`.
-fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    http(port, "POST", path, body, "")
-}
-
-/// A request on loopback `port` (`headers`: extra lines, each ending in CRLF): the status and
-/// the body.
-fn http(port: u16, method: &str, path: &str, body: &str, headers: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let host = match headers.starts_with("Host:") {
-        true => "",
-        false => "Host: 127.0.0.1\r\n",
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\n{host}{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
+/// Serves `monitor` on a free loopback port: the port and the server's task.
+async fn serve(monitor: &Monitor) -> (u16, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = monitor.router();
+    (
+        port,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
     )
-    .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+}
+
+/// A connection to a memory broker of the test's own.
+async fn memory() -> Connection {
+    kombu_core::transport::memory::register();
+    Connection::open(&format!(
+        "memory://monitor-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+    .expect("open")
 }
 
 /// A metric sample: its name, labels and value.
@@ -180,12 +163,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         .start()
         .await
         .expect("the monitor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let our_port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (our_port, serving) = serve(&monitor).await;
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let node = format!("mon-{}@test", &id[..10]);
@@ -438,13 +416,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_tokens_and_read_only() {
-    kombu_core::transport::memory::register();
-    let conn = Connection::open(&format!(
-        "memory://monitor-{}",
-        uuid::Uuid::new_v4().simple()
-    ))
-    .await
-    .expect("open");
+    let conn = memory().await;
     let monitor = Monitor::builder(&conn)
         .basic_auth("ops", "s3cret")
         .token("t0ken")
@@ -452,12 +424,7 @@ async fn users_tokens_and_read_only() {
         .start()
         .await
         .expect("the monitor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, serving) = serve(&monitor).await;
     let ask = |method: &'static str, path: &'static str, headers: &'static str| {
         tokio::task::spawn_blocking(move || http(port, method, path, "", headers))
     };
@@ -518,20 +485,9 @@ async fn users_tokens_and_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_requests_are_refused() {
-    kombu_core::transport::memory::register();
-    let conn = Connection::open(&format!(
-        "memory://monitor-{}",
-        uuid::Uuid::new_v4().simple()
-    ))
-    .await
-    .expect("open");
+    let conn = memory().await;
     let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, serving) = serve(&monitor).await;
     let ask = |method: &'static str, path: &'static str, headers: String| {
         tokio::task::spawn_blocking(move || http(port, method, path, "", &headers))
     };
@@ -591,48 +547,20 @@ async fn cross_site_requests_are_refused() {
     monitor.stop().await;
 }
 
-/// The raw head of a GET (status line and headers).
-fn head_of(port: u16, path: &str, headers: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n"
-    )
-    .expect("write");
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
-    raw.split_once("\r\n\r\n")
-        .map_or(raw.clone(), |(head, _)| head.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_prefix_with_etags() {
-    kombu_core::transport::memory::register();
-    let conn = Connection::open(&format!(
-        "memory://monitor-{}",
-        uuid::Uuid::new_v4().simple()
-    ))
-    .await
-    .expect("open");
+    let conn = memory().await;
     let monitor = Monitor::builder(&conn)
         .url_prefix("/flower/")
         .start()
         .await
         .expect("the monitor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, serving) = serve(&monitor).await;
     let (prefixed, bare, first) = tokio::task::spawn_blocking(move || {
         (
             http_get(port, "/flower/healthcheck"),
             http_get(port, "/healthcheck"),
-            head_of(port, "/flower/api/task/types", ""),
+            head(port, "/flower/api/task/types", "").expect("an answer"),
         )
     })
     .await
@@ -646,11 +574,12 @@ async fn behind_a_prefix_with_etags() {
         .to_owned();
     assert!(tag.starts_with('"') && tag.len() == 42, "{tag}");
     let again = tokio::task::spawn_blocking(move || {
-        head_of(
+        head(
             port,
             "/flower/api/task/types",
             &format!("If-None-Match: {tag}\r\n"),
         )
+        .expect("an answer")
     })
     .await
     .expect("joined");

@@ -12,6 +12,8 @@
 //! [`until`] waits for a condition with a bound; [`delayed`] holds the delayed-delivery
 //! checks the stores share.
 //!
+//! [`http`] sends plain HTTP requests to servers on loopback (Flower, the monitor).
+//!
 //! [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which its corpus test runs.
 //!
 //! A dev-dependency only (`publish = false`).
@@ -20,6 +22,7 @@ pub mod brokers;
 pub mod delayed;
 pub mod faults;
 pub mod fuzz;
+pub mod http;
 pub mod interop;
 mod python;
 
