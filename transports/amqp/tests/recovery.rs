@@ -98,12 +98,18 @@ async fn connections_recover_and_redeclare_their_topology() {
     );
 
     // Until the consumer's connection has declared its exclusive queue again, a mandatory
-    // publish comes back unroutable; then it is routed again.
+    // publish comes back unroutable; then it is routed again. rabbitmqctl may return before
+    // the producer's connection has read its close: a publish written to the closing
+    // connection fails with its outcome unknown (by design not retried by default), and is
+    // sent again here as a caller wanting at-least-once would.
     let started = Instant::now();
     loop {
         match producer.message(&"after").mandatory(true).send().await {
             Ok(()) => break,
             Err(e) if e.kind() == ErrorKind::Unroutable && started.elapsed() < GUARD => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) if e.outcome_unknown() && e.is_recoverable() && started.elapsed() < GUARD => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("publish after the connections dropped: {e}"),
