@@ -245,11 +245,6 @@ async fn pings(url: &str) -> kombu::Result<Vec<Duration>> {
     Ok(took)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 #[tokio::main]
 async fn main() -> kombu::Result<()> {
     let n: u64 = std::env::args()
@@ -294,30 +289,27 @@ async fn main() -> kombu::Result<()> {
         println!(
             "{transport:6} events at full speed: {} tasks/s off, {} on, ratio {:.2}; \
              task-succeeded heard {:.0} of {n}",
-            support::grouped(median(off)),
-            support::grouped(median(on)),
-            median(ratio),
-            median(heard),
+            support::grouped(support::median(&off, |x| *x)),
+            support::grouped(support::median(&on, |x| *x)),
+            support::median(&ratio, |x| *x),
+            support::median(&heard, |x| *x),
         );
-        let pick = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
-            median(v.iter().map(f).collect())
-        };
         println!(
             "{transport:6} events at 2,000 tasks/s offered: kept {:.0}/s off, {:.0}/s on, ratio {:.2} \
              (target >= 0.90); CPU s per 1,000 tasks: ours {:.3} off, {:.3} on; broker {:.3} \
              off, {:.3} on",
-            pick(&paced_off, |t| t.0),
-            pick(&paced_on, |t| t.0),
-            median(paced_ratio),
-            pick(&paced_off, |t| t.1),
-            pick(&paced_on, |t| t.1),
-            pick(&paced_off, |t| t.2),
-            pick(&paced_on, |t| t.2),
+            support::median(&paced_off, |t| t.0),
+            support::median(&paced_on, |t| t.0),
+            support::median(&paced_ratio, |x| *x),
+            support::median(&paced_off, |t| t.1),
+            support::median(&paced_on, |t| t.1),
+            support::median(&paced_off, |t| t.2),
+            support::median(&paced_on, |t| t.2),
         );
         println!(
             "{transport:6} ping: p50 {:.1} ms, p99 {:.1} ms (whole call; target < 50 ms)",
-            median(p50),
-            median(p99),
+            support::median(&p50, |x| *x),
+            support::median(&p99, |x| *x),
         );
     }
     Ok(())

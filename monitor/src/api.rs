@@ -407,7 +407,7 @@ async fn workers(
             Some(info) => json(&serde_json::json!({ name: info })),
             None => error(StatusCode::NOT_FOUND, format!("Unknown worker '{name}'")),
         },
-        None => json(&Json::Object(cache.clone())),
+        None => json(&*cache),
     }
 }
 

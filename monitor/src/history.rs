@@ -188,14 +188,29 @@ impl History {
                 r.get(0)
             })
             .map_err(sql("read"))?;
+        // Prepared once for the batch.
+        let mut read = tx
+            .prepare_cached("SELECT fields FROM task WHERE uuid = ?1")
+            .map_err(sql("read a task"))?;
+        let mut write = tx
+            .prepare_cached(
+                "INSERT INTO task (uuid, name_key, state_key, worker_key, received, started,
+                     ts_key, parent_id, touched, seen, fields)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (uuid) DO UPDATE SET name_key = ?2, state_key = ?3,
+                     worker_key = ?4, received = ?5, started = ?6, ts_key = ?7, parent_id = ?8,
+                     touched = ?9, seen = ?10, fields = ?11",
+            )
+            .map_err(sql("write a task"))?;
+        let mut name_type = tx
+            .prepare_cached("INSERT OR IGNORE INTO task_type (name) VALUES (?1)")
+            .map_err(sql("write a task type"))?;
         for (subject, hostname, timestamp, fields) in events {
             let Some(uuid) = fields.get("uuid").and_then(Json::as_str) else {
                 continue;
             };
-            let stored: Option<String> = tx
-                .query_row("SELECT fields FROM task WHERE uuid = ?1", [uuid], |r| {
-                    r.get(0)
-                })
+            let stored: Option<String> = read
+                .query_row([uuid], |r| r.get(0))
                 .optional()
                 .map_err(sql("read a task"))?;
             let is_new = stored.is_none();
@@ -211,14 +226,11 @@ impl History {
                 eta: task.fields.get("eta").is_some_and(|e| !e.is_null()),
             });
             touched += 1;
-            tx.execute(
-                "INSERT INTO task (uuid, name_key, state_key, worker_key, received, started,
-                     ts_key, parent_id, touched, seen, fields)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (uuid) DO UPDATE SET name_key = ?2, state_key = ?3,
-                     worker_key = ?4, received = ?5, started = ?6, ts_key = ?7, parent_id = ?8,
-                     touched = ?9, seen = ?10, fields = ?11",
-                params![
+            let json = serde_json::to_string(&task.fields).map_err(|e| {
+                Error::new(ErrorKind::Codec, "monitor history: a task's fields").with_source(e)
+            })?;
+            write
+                .execute(params![
                     uuid,
                     fold(task.str("name")),
                     fold(task.str("state")),
@@ -229,22 +241,24 @@ impl History {
                     task.str("parent_id"),
                     touched,
                     now,
-                    Json::Object(task.fields.clone()).to_string(),
-                ],
-            )
-            .map_err(sql("write a task"))?;
+                    json,
+                ])
+                .map_err(sql("write a task"))?;
             if is_new {
                 added += 1;
             }
-            if let Some(name) = task.str("name")
+            // A task's name comes (or changes) only with an event that carries one.
+            if fields.contains_key("name")
+                && let Some(name) = task.str("name")
                 && self.types.load(Ordering::Relaxed) < MAX_TYPES
             {
-                let new = tx
-                    .execute("INSERT OR IGNORE INTO task_type (name) VALUES (?1)", [name])
+                let new = name_type
+                    .execute([name])
                     .map_err(sql("write a task type"))?;
                 self.types.fetch_add(new as u64, Ordering::Relaxed);
             }
         }
+        drop((read, write, name_type));
         // Old ones go by when this monitor last heard of them (a sender's skewed clock does
         // not age its tasks out on arrival), then the least recently changed beyond the count.
         let cutoff = now - self.limits.max_age.as_secs_f64();

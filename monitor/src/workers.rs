@@ -85,20 +85,21 @@ impl Workers {
         }
     }
 
-    fn entry(&mut self, hostname: &str) -> &mut Worker {
+    /// The worker of `hostname`, remembered from now on (the oldest seen goes past `max`).
+    fn entry(&mut self, hostname: &str) -> Option<&mut Worker> {
         if !self.by_name.contains_key(hostname) {
             if self.order.len() >= self.max {
                 let gone = self.order.remove(0);
                 self.by_name.remove(&gone);
             }
             self.order.push(hostname.to_owned());
-        }
-        self.by_name
-            .entry(hostname.to_owned())
-            .or_insert_with(|| Worker {
+            let worker = Worker {
                 hostname: hostname.to_owned(),
                 ..Worker::default()
-            })
+            };
+            self.by_name.insert(hostname.to_owned(), worker);
+        }
+        self.by_name.get_mut(hostname)
     }
 
     /// Applies an event of `kind` from `hostname` (adjusted `timestamp`, received at
@@ -115,7 +116,9 @@ impl Workers {
             if subject == "offline" && !self.by_name.contains_key(hostname) {
                 return;
             }
-            let worker = self.entry(hostname);
+            let Some(worker) = self.entry(hostname) else {
+                return;
+            };
             worker.count(kind);
             for (key, value) in fields {
                 worker.fields.insert(key.clone(), value.clone());
@@ -130,7 +133,9 @@ impl Workers {
                 return;
             }
             // Celery passes the event's own timestamp as the heartbeat here.
-            let worker = self.entry(hostname);
+            let Some(worker) = self.entry(hostname) else {
+                return;
+            };
             worker.count(kind);
             if local_received > 0.0 {
                 worker.heard(timestamp);

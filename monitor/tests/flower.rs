@@ -358,10 +358,13 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         assert_eq!(sent.0, 200, "{side}: {sent:?}");
         let sent: Json = serde_json::from_str(&sent.1).expect("JSON");
         let sent_id = sent["task-id"].as_str().expect("a task id").to_owned();
-        assert_eq!(
-            sent["state"],
-            json!("PENDING"),
-            "{side}: the backend's state added"
+        // The backend's state read right after the send: PENDING unless the worker was
+        // quicker.
+        assert!(
+            ["PENDING", "STARTED", "SUCCESS"]
+                .iter()
+                .any(|state| sent["state"] == json!(state)),
+            "{side}: the backend's state added: {sent}"
         );
         poll(our_port, "/api/tasks", "the sent task done", |v| {
             v[&sent_id]["result"] == json!("42")

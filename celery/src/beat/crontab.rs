@@ -252,7 +252,7 @@ fn hm(t: DateTime<Utc>, tz: Tz) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::Crontab;
-    use chrono::{DateTime, TimeZone, Utc};
+    use chrono::{DateTime, Utc};
     use chrono_tz::Tz;
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -420,7 +420,6 @@ mod tests {
             got,
             [utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]
         );
-        let _ = Utc.timestamp_opt(0, 0);
     }
 
     #[test]

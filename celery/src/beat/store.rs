@@ -139,10 +139,6 @@ fn sql_error(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::new(ErrorKind::Connection, format!("beat state: {what}")).with_source(e)
 }
 
-fn now_seconds() -> f64 {
-    crate::events::now()
-}
-
 impl SqliteStore {
     /// Opens (or creates) the state file `path` for the schedule `name`.
     pub fn open(path: impl Into<PathBuf>, name: &str) -> Result<SqliteStore> {
@@ -203,7 +199,7 @@ fn holds(tx: &rusqlite::Transaction<'_>, name: &str, owner: &str) -> Result<bool
             e => Err(e),
         })
         .map_err(sql_error("read the lease"))?;
-    Ok(row.is_some_and(|(holder, until)| holder == owner && until > now_seconds()))
+    Ok(row.is_some_and(|(holder, until)| holder == owner && until > crate::events::now()))
 }
 
 #[async_trait]
@@ -214,7 +210,7 @@ impl BeatStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(sql_error("begin"))?;
-            let now = now_seconds();
+            let now = crate::events::now();
             let taken = tx
                 .execute(
                     "INSERT INTO kombu_rs_beat_lease (name, owner, expires) VALUES (?1, ?2, ?3)
@@ -336,6 +332,10 @@ pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
     lease_key: String,
     runs_key: String,
+    /// The scripts, hashed once.
+    lease: redis::Script,
+    record: redis::Script,
+    release: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -377,6 +377,9 @@ impl RedisStore {
             conn,
             lease_key: format!("{prefix}kombu_rs.beat.{name}.lease"),
             runs_key: format!("{prefix}kombu_rs.beat.{name}.runs"),
+            lease: redis::Script::new(LEASE),
+            record: redis::Script::new(RECORD),
+            release: redis::Script::new(RELEASE),
         })
     }
 }
@@ -385,7 +388,8 @@ impl RedisStore {
 impl BeatStore for RedisStore {
     async fn lease(&self, owner: &str, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let held: i64 = redis::Script::new(LEASE)
+        let held: i64 = self
+            .lease
             .key(&self.lease_key)
             .arg(owner)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
@@ -397,7 +401,8 @@ impl BeatStore for RedisStore {
 
     async fn release(&self, owner: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::Script::new(RELEASE)
+        let _: i64 = self
+            .release
             .key(&self.lease_key)
             .arg(owner)
             .invoke_async(&mut conn)
@@ -431,7 +436,8 @@ impl BeatStore for RedisStore {
     async fn record(&self, owner: &str, entry: &str, run: Run) -> Result<()> {
         let json = run.to_value().to_string();
         let mut conn = self.conn.clone();
-        let recorded: i64 = redis::Script::new(RECORD)
+        let recorded: i64 = self
+            .record
             .key(&self.lease_key)
             .key(&self.runs_key)
             .arg(owner)

@@ -205,6 +205,15 @@ fn count(value: Option<&Json>) -> Option<usize> {
 }
 
 /// Task ids: one string or a list of them.
+/// The revoked ids a `hello` or its reply carries: Celery's LimitedSet as a map (id → time)
+/// or a list.
+pub(crate) fn revoked_ids(value: Option<&Json>) -> Vec<String> {
+    match value {
+        Some(Json::Object(map)) => map.keys().cloned().collect(),
+        other => id_list(other),
+    }
+}
+
 fn id_list(value: Option<&Json>) -> Vec<String> {
     match value {
         Some(Json::String(id)) => vec![id.clone()],
@@ -402,10 +411,7 @@ fn hello(shared: &Shared, args: &Map<String, Json>) -> Option<Json> {
     if from == Some(&*shared.hostname) {
         return Some(Json::Null);
     }
-    let theirs: Vec<String> = match args.get("revoked") {
-        Some(Json::Object(map)) => map.keys().cloned().collect(),
-        other => id_list(other),
-    };
+    let theirs = revoked_ids(args.get("revoked"));
     let mut revoked = shared.revoked.lock();
     for id in &theirs {
         revoked.add(id);

@@ -125,13 +125,9 @@ pub(crate) async fn mingle(shared: Arc<Shared>) {
         if let Some(clock) = reply.get("clock").and_then(Json::as_u64) {
             shared.clock.adjust(clock);
         }
-        let ids: Vec<&str> = match reply.get("revoked") {
-            Some(Json::Array(ids)) => ids.iter().filter_map(Json::as_str).collect(),
-            Some(Json::Object(ids)) => ids.keys().map(String::as_str).collect(),
-            _ => Vec::new(),
-        };
+        let ids = super::commands::revoked_ids(reply.get("revoked"));
         let mut revoked = shared.revoked.lock();
-        for id in ids {
+        for id in &ids {
             revoked.add(id);
         }
         synced += 1;
