@@ -384,6 +384,19 @@ where
             break;
         }
         if started.elapsed() >= plan.guard {
+            // What the broker holds and how the consumer's connection stands, to tell a lost
+            // message from a consumer that stopped receiving.
+            let ready = match tokio::time::timeout(
+                Duration::from_secs(10),
+                producer_conn.queue_size(&queue),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n.to_string(),
+                Ok(Err(e)) => format!("unknown ({e})"),
+                Err(_) => "unknown (no answer in 10 s)".to_owned(),
+            };
+            let link = format!("{:?}", *consumer_conn.link().borrow());
             let confirmed = shared.confirmed.lock();
             let missing: Vec<&u32> = confirmed
                 .iter()
@@ -393,13 +406,15 @@ where
             panic!(
                 "{name}: after {:?}: {} of {} confirmed messages received (missing, first \
                  10: {missing:?}); {} published, {} publish retries; fault {}; {stream_errors} \
-                 error items from the consumer (last: {last_error})",
+                 error items from the consumer (last: {last_error}); {ready} ready in the queue; \
+                 {} connection losses seen; the consumer's link: {link}",
                 plan.guard,
                 received.len(),
                 confirmed.len(),
                 shared.count.load(Ordering::SeqCst),
                 shared.retries.load(Ordering::SeqCst),
                 if fault_over { "over" } else { "not over" },
+                losses.load(Ordering::SeqCst),
             );
         }
         let polled = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;

@@ -21,6 +21,8 @@ use crate::settle::Settlements;
 
 /// How often a consumer waiting to subscribe again looks whether its channel was closed.
 const CLOSE_CHECK: Duration = Duration::from_millis(100);
+/// How often a consumer waiting for deliveries looks whether its channel is still open.
+const STALE_CHECK: Duration = Duration::from_secs(1);
 
 /// Whether a consumer subscribes again after `error`: a lost connection or channel (or an
 /// operation that timed out), on a connection that is open and recovers.
@@ -191,8 +193,9 @@ impl Inner {
     }
 }
 
-type Subscription =
-    BoxStream<'static, (Arc<str>, Arc<str>, lapin::Result<lapin::message::Delivery>)>;
+/// An item of a subscription: the queue, the consumer tag and the delivery or error.
+type SubscriptionItem = (Arc<str>, Arc<str>, lapin::Result<lapin::message::Delivery>);
+type Subscription = BoxStream<'static, SubscriptionItem>;
 
 struct ConsumeState {
     inner: Weak<Inner>,
@@ -283,18 +286,63 @@ impl ConsumeState {
         }
     }
 
+    /// The next item of the subscriptions; `None` when their channel is not open at two
+    /// checks in a row ([`STALE_CHECK`] apart) while they go on waiting: a subscription whose
+    /// channel or connection went away ends with an error, and this is the guard for one that
+    /// would not, so that a consumer never waits for ever on a channel that is gone.
+    async fn wait(&mut self) -> Option<Option<SubscriptionItem>> {
+        let mut strikes = 0;
+        loop {
+            tokio::select! {
+                next = self.streams.next() => return Some(next),
+                () = tokio::time::sleep(STALE_CHECK) => {
+                    if self.settlements.channel_open() {
+                        strikes = 0;
+                    } else {
+                        strikes += 1;
+                        if strikes >= 2 {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<Delivery>, ConsumeState)> {
         loop {
             if self.done {
                 return None;
             }
             let next = match futures::poll!(self.streams.next()) {
-                Poll::Ready(next) => next,
+                Poll::Ready(next) => Some(next),
                 Poll::Pending => {
                     // Nothing to hand out: acks the broker may be waiting for go now.
                     self.settlements.idle();
-                    self.streams.next().await
+                    self.wait().await
                 }
+            };
+            let Some(next) = next else {
+                // The channel is gone and lapin's consumer did not end: subscribe again.
+                let inner = self.inner.upgrade()?;
+                if inner.is_closed() || inner.shared.is_closed() {
+                    return None;
+                }
+                drop(inner);
+                tracing::warn!(
+                    queues = ?self.queues,
+                    "the AMQP consumer's channel ended without its subscription ending; \
+                     subscribing again"
+                );
+                let lost = Error::new(
+                    ErrorKind::Connection,
+                    "the AMQP consumer's channel ended without its subscription ending",
+                );
+                if let Some(error) = self.resubscribe(lost).await {
+                    self.done = true;
+                    return Some((Err(error), self));
+                }
+                continue;
             };
             match next {
                 Some((queue, tag, Ok(d))) => {
