@@ -60,6 +60,11 @@ pub struct Capabilities {
     /// it as AMQP and the memory transport do. Either way a mandatory publish fails with
     /// [`ErrorKind::Unroutable`](crate::ErrorKind::Unroutable) for such a queue.
     pub implicit_queues: bool,
+    /// A queue's ready messages can be read without taking them
+    /// ([`Channel::peek`](crate::transport::Channel::peek)): nothing is delivered, marked
+    /// redelivered or reordered. AMQP 0-9-1 has no such operation (only a get and a requeue,
+    /// which marks the message redelivered).
+    pub peek: bool,
 }
 
 impl Capabilities {
@@ -84,6 +89,7 @@ impl Capabilities {
             mandatory: false,
             tokio_clock: false,
             implicit_queues: false,
+            peek: false,
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -259,6 +259,31 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// [`queue_exists`](Channel::queue_exists)), on every transport.
     async fn queue_size(&self, queue: &str) -> Result<u64>;
 
+    /// What the broker can tell of a queue: its ready messages always, and where the transport
+    /// knows them its unsettled messages, its consumers and when its oldest ready message was
+    /// stored (see [`QueueStats`]). Fails with [`ErrorKind::NotFound`] when the queue exists
+    /// nowhere, as [`queue_size`](Channel::queue_size).
+    ///
+    /// The default reports [`queue_size`](Channel::queue_size) alone.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        Ok(QueueStats::new(self.queue_size(queue).await?))
+    }
+
+    /// Up to `limit` of a queue's ready messages, in the order consumers would get them,
+    /// without taking them: nothing is delivered, leased, marked redelivered or moved. A
+    /// snapshot: a consumer may take any of them right after. Fails with
+    /// [`ErrorKind::NotFound`] when the queue exists nowhere, and with
+    /// [`ErrorKind::Unsupported`] on a transport that cannot read a queue without taking
+    /// from it ([`Capabilities::peek`] off; AMQP 0-9-1).
+    ///
+    /// The default is unsupported.
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let _ = limit;
+        Err(Error::unsupported(format!(
+            "this transport cannot read the messages of queue {queue:?} without taking them"
+        )))
+    }
+
     /// Removes every ready message; returns how many. Fails with [`ErrorKind::NotFound`] when
     /// the queue exists nowhere (see [`queue_exists`](Channel::queue_exists)), on every
     /// transport.
@@ -282,6 +307,49 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
 
     /// Closes the channel: unsettled deliveries return to their queues.
     async fn close(&self) -> Result<()>;
+}
+
+/// What a broker can tell of one queue at a moment: [`Channel::queue_stats`]. A figure the
+/// transport cannot know is `None`, never a guess.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready to be delivered (as [`Channel::queue_size`]).
+    pub ready: u64,
+    /// Messages delivered (or taken) and not yet settled.
+    pub unacked: Option<u64>,
+    /// Consumers subscribed to the queue.
+    pub consumers: Option<u64>,
+    /// When the oldest ready message was stored, where the store records it.
+    pub oldest: Option<SystemTime>,
+}
+
+impl QueueStats {
+    /// Stats of a queue with `ready` ready messages and nothing else known.
+    pub fn new(ready: u64) -> Self {
+        QueueStats {
+            ready,
+            ..QueueStats::default()
+        }
+    }
+
+    /// With the count of unsettled messages.
+    pub fn unacked(mut self, unacked: u64) -> Self {
+        self.unacked = Some(unacked);
+        self
+    }
+
+    /// With the count of consumers.
+    pub fn consumers(mut self, consumers: u64) -> Self {
+        self.consumers = Some(consumers);
+        self
+    }
+
+    /// With when the oldest ready message was stored.
+    pub fn oldest(mut self, at: Option<SystemTime>) -> Self {
+        self.oldest = at;
+        self
+    }
 }
 
 /// How a delivery is settled.

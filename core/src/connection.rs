@@ -438,6 +438,19 @@ impl Connection {
         self.inner.default_channel.queue_size(queue).await
     }
 
+    /// What the broker can tell of a queue (ready messages, and where the transport knows
+    /// them unsettled messages, consumers and the oldest message's age):
+    /// [`Channel::queue_stats`](crate::transport::Channel::queue_stats).
+    pub async fn queue_stats(&self, queue: &str) -> Result<crate::transport::QueueStats> {
+        self.inner.default_channel.queue_stats(queue).await
+    }
+
+    /// Up to `limit` of a queue's ready messages, without taking them:
+    /// [`Channel::peek`](crate::transport::Channel::peek) (unsupported on AMQP).
+    pub async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<crate::transport::Envelope>> {
+        self.inner.default_channel.peek(queue, limit).await
+    }
+
     /// Removes every ready message from a queue; returns how many;
     /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when it exists nowhere.
     pub async fn purge(&self, queue: &str) -> Result<u64> {

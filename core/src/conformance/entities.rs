@@ -361,3 +361,94 @@ pub async fn missing_exchange(ctx: Ctx) -> Result<()> {
     conn.delete_queue(&q.name).await?;
     Ok(())
 }
+
+/// The bodies of peeked envelopes (JSON strings, as [`publish_all`] sends them).
+fn peeked_bodies(seen: &[crate::transport::Envelope]) -> Result<Vec<String>> {
+    seen.iter()
+        .map(|e| {
+            serde_json::from_slice::<String>(&e.message.body).map_err(|err| {
+                Error::new(
+                    ErrorKind::Codec,
+                    format!("a peeked body is not a string: {err}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `queue_stats` counts ready messages as `queue_size` does and, where the transport reports
+/// it, the unsettled ones. Where [`Capabilities::peek`](crate::Capabilities::peek) is on,
+/// `peek` shows ready messages in the order a consumer gets them and takes none: the size
+/// stays, the next take gets the first one peeked, not marked redelivered, and a message
+/// taken and unsettled is not shown; elsewhere `peek` is `Unsupported`. A missing queue is
+/// `NotFound` for both.
+pub async fn stats_and_peek(ctx: Ctx) -> Result<()> {
+    let (conn, q) = declared_queue(&ctx).await?;
+    let stats = conn.queue_stats(&q.name).await?;
+    assert_eq!(stats.ready, 0, "an empty queue: {stats:?}");
+    assert!(stats.unacked.is_none_or(|n| n == 0), "{stats:?}");
+    let producer = conn.producer().routing_key(q.name.clone());
+    publish_all(&producer, ["a", "b", "c"]).await?;
+    wait_for_size(&conn, &q.name, 3, ctx.patience).await?;
+    let stats = conn.queue_stats(&q.name).await?;
+    assert_eq!(stats.ready, 3, "{stats:?}");
+    assert!(stats.unacked.is_none_or(|n| n == 0), "{stats:?}");
+    let peek = conn.capabilities().peek;
+    if peek {
+        let seen = conn.peek(&q.name, 2).await?;
+        assert_eq!(peeked_bodies(&seen)?, ["a", "b"], "the first two, in order");
+        assert!(seen.iter().all(|e| !e.redelivered));
+        assert_eq!(
+            peeked_bodies(&conn.peek(&q.name, 10).await?)?,
+            ["a", "b", "c"]
+        );
+        assert_eq!(conn.queue_size(&q.name).await?, 3, "a peek takes nothing");
+    } else {
+        let refused = conn.peek(&q.name, 2).await;
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == ErrorKind::Unsupported),
+            "without the capability, peek is unsupported: {refused:?}"
+        );
+    }
+    let channel = conn.channel().await?;
+    let held = channel
+        .get(&q.name, false)
+        .await?
+        .expect("a ready message to get"); // ok: a conformance assertion
+    assert_eq!(held.decode::<String>()?, "a");
+    assert!(
+        !held.redelivered(),
+        "a peek does not mark a message redelivered"
+    );
+    wait_for_size(&conn, &q.name, 2, ctx.patience).await?;
+    let stats = conn.queue_stats(&q.name).await?;
+    assert_eq!(stats.ready, 2, "{stats:?}");
+    assert!(
+        stats.unacked.is_none_or(|n| n == 1),
+        "one message held: {stats:?}"
+    );
+    if peek {
+        assert_eq!(
+            peeked_bodies(&conn.peek(&q.name, 10).await?)?,
+            ["b", "c"],
+            "a held message is not ready"
+        );
+    }
+    held.ack().await?;
+    channel.close().await?;
+
+    let nowhere = ctx.name("nowhere");
+    let missing = conn.queue_stats(&nowhere).await;
+    assert!(
+        matches!(&missing, Err(e) if e.kind() == ErrorKind::NotFound),
+        "stats of a missing queue: {missing:?}"
+    );
+    if peek {
+        let missing = conn.peek(&nowhere, 1).await;
+        assert!(
+            matches!(&missing, Err(e) if e.kind() == ErrorKind::NotFound),
+            "a peek at a missing queue: {missing:?}"
+        );
+    }
+    Ok(())
+}

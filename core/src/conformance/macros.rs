@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             dead_lettering,
             max_length,
             purge_and_size,
+            stats_and_peek,
             queue_delete,
             competing_consumers,
             concurrent_producers,

@@ -27,7 +27,7 @@ use crate::link::{LinkReporter, LinkWatch};
 use crate::url::BrokerUrl;
 
 pub use crate::channel::{
-    Channel, ConsumeOptions, Decoder, DeliveryStream, Outcome, Outgoing, Settler,
+    Channel, ConsumeOptions, Decoder, DeliveryStream, Outcome, Outgoing, QueueStats, Settler,
 };
 pub use crate::message::Envelope;
 pub mod memory;

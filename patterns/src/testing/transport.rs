@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use kombu_core::transport::memory::MemoryTransport;
 use kombu_core::transport::{
-    BrokerConnection, Channel, ConsumeOptions, DeliveryStream, Outcome, Outgoing, Settler,
-    Transport,
+    BrokerConnection, Channel, ConsumeOptions, DeliveryStream, Envelope, Outcome, Outgoing,
+    QueueStats, Settler, Transport,
 };
 use kombu_core::{
     Binding, BrokerUrl, Capabilities, Delivery, Error, ErrorKind, Exchange, LinkWatch, Queue,
@@ -169,6 +169,14 @@ impl Channel for RecordChannel {
 
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.inner.queue_size(queue).await
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        self.inner.queue_stats(queue).await
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.inner.peek(queue, limit).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use kombu_core::transport::{Channel, ConsumeOptions, DeliveryStream, Outgoing};
+use kombu_core::transport::{Channel, ConsumeOptions, DeliveryStream, Outgoing, QueueStats};
 use kombu_core::{Binding, Capabilities, Delivery, ErrorKind, Exchange, Queue, Result};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
@@ -121,6 +121,33 @@ impl AmqpChannel {
             .await?;
         self.record(entry.clone());
         Ok(())
+    }
+}
+
+impl AmqpChannel {
+    /// A passive declaration of `queue`: its ready messages and consumers.
+    async fn declare_ok(&self, queue: &str) -> Result<QueueStats> {
+        let name = short_string("queue name", queue)?;
+        self.inner
+            .run(|ch| {
+                let name = name.clone();
+                async move {
+                    let q = ch
+                        .queue_declare(
+                            name,
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            no_arguments(),
+                        )
+                        .await
+                        .map_err(|e| map(e, format!("size of queue {queue:?}")))?;
+                    Ok(QueueStats::new(u64::from(q.message_count()))
+                        .consumers(u64::from(q.consumer_count())))
+                }
+            })
+            .await
     }
 }
 
@@ -262,26 +289,14 @@ impl Channel for AmqpChannel {
     }
 
     async fn queue_size(&self, queue: &str) -> Result<u64> {
-        let name = short_string("queue name", queue)?;
-        self.inner
-            .run(|ch| {
-                let name = name.clone();
-                async move {
-                    let q = ch
-                        .queue_declare(
-                            name,
-                            QueueDeclareOptions {
-                                passive: true,
-                                ..QueueDeclareOptions::default()
-                            },
-                            no_arguments(),
-                        )
-                        .await
-                        .map_err(|e| map(e, format!("size of queue {queue:?}")))?;
-                    Ok(u64::from(q.message_count()))
-                }
-            })
-            .await
+        Ok(self.declare_ok(queue).await?.ready)
+    }
+
+    /// The ready messages and consumers a passive declaration reports. Unsettled messages
+    /// and the age of the oldest one are not in AMQP 0-9-1 (RabbitMQ's management API has
+    /// them).
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        self.declare_ok(queue).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -7,11 +7,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
     StoredQueue, TakeMode, TopologyCache, envelope, poll_until_ready,
 };
+use kombu_core::transport::{QueueStats, unix_now};
 use kombu_core::{Capabilities, Error, Exchange, LinkWatch, Queue, Result};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
@@ -199,6 +199,7 @@ impl Backend for MongoBackend {
         c.message_ttl = true;
         c.dead_lettering = true;
         c.delayed_delivery = true;
+        c.peek = true;
         let mut backend = BackendCapabilities::new(c);
         // Fanout through the capped broadcast collection, as kombu carries it.
         backend.native_fanout = true;
@@ -234,6 +235,16 @@ impl Backend for MongoBackend {
 
     async fn queue(&self, name: &str, declare: Option<&Queue>) -> Result<Option<StoredQueue>> {
         self.queue_record(name, declare).await
+    }
+
+    // Stats and peeks: in `browse.rs`.
+
+    async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
+        self.stats(name).await
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.peek_queue(queue, limit).await
     }
 
     async fn delete_queue(&self, name: &str) -> Result<u64> {

@@ -109,6 +109,7 @@
 //! Not supported (declared in the capabilities): `x-max-length`.
 
 mod backend;
+mod browse;
 mod database;
 mod delayed;
 mod documents;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
     TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready,
 };
+use kombu_core::transport::{QueueStats, unix_now};
 use kombu_core::{BrokerUrl, Capabilities, Error, ErrorKind, Exchange, LinkWatch, Queue, Result};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
@@ -217,6 +217,7 @@ impl Backend for RedisBackend {
         c.implicit_queues = true;
         c.priority_buckets = true;
         c.delayed_delivery = true;
+        c.peek = true;
         let mut backend = BackendCapabilities::new(c);
         // Fanout exchanges over PUB/SUB, as kombu carries them.
         backend.native_fanout = true;
@@ -272,6 +273,16 @@ impl Backend for RedisBackend {
 
     async fn queue_exists(&self, name: &str) -> Result<bool> {
         self.queue_known(name).await
+    }
+
+    // Stats and peeks: in `browse.rs`.
+
+    async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
+        self.stats(name).await
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.peek_queue(queue, limit).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<u64> {

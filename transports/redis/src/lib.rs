@@ -142,6 +142,7 @@ use kombu_core::{BrokerUrl, FailoverStrategy, Result};
 
 mod acks;
 mod backend;
+mod browse;
 mod connect;
 mod delayed;
 mod fanout;

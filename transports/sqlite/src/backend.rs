@@ -10,11 +10,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kombu_core::transport::unix_now;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready, queue_settings,
+    TakeMode, Taken, TopologyCache, Unreadable, dead_letter_envelope, envelope, poll_until_ready,
+    queue_settings,
 };
+use kombu_core::transport::{QueueStats, unix_now};
 use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use parking_lot::Mutex;
 use rusqlite::types::ValueRef;
@@ -263,6 +264,7 @@ impl Backend for SqliteBackend {
         // A publish to a queue nobody declared creates it (kombu's SQLAlchemy transport does).
         c.implicit_queues = true;
         c.delayed_delivery = true;
+        c.peek = true;
         let mut backend = BackendCapabilities::new(c);
         backend.transport = "sqlite";
         backend
@@ -357,6 +359,77 @@ impl Backend for SqliteBackend {
             })
             .await?;
         Ok(found.map(|(stored, ready)| StoredQueue::new(parse_settings(stored), ready)))
+    }
+
+    async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
+        let name = name.to_owned();
+        let counts = self
+            .run("queue stats", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                let Some(id) = queue_id(&tx, &name)? else {
+                    return Ok(None);
+                };
+                // Ready rows, and taken ones (delayed rows are neither until due).
+                let (ready, taken): (i64, i64) = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(visible = 1), 0), \
+                         COALESCE(SUM(visible = 0 AND due_at IS NULL), 0) \
+                         FROM kombu_message WHERE queue_id = ?1",
+                    )?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let due = count_due(&tx, id, unix_now())?;
+                tx.commit()?;
+                Ok(Some((ready.unsigned_abs() + due, taken.unsigned_abs())))
+            })
+            .await?;
+        // The store keeps no time of a put (kombu's `timestamp` is written at a take).
+        Ok(counts.map(|(ready, taken)| QueueStats::new(ready).unacked(taken)))
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let name = queue.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_payload = i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX);
+        let rows = self
+            .run("peek", move |conn| {
+                let Some(id) = queue_id(conn, &name)? else {
+                    return Ok(Vec::new());
+                };
+                // In take order; an oversize payload is not read.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT CASE WHEN octet_length(payload) > ?3 THEN NULL ELSE payload END, \
+                     redelivered, octet_length(payload) > ?3 \
+                     FROM kombu_message \
+                     WHERE queue_id = ?1 AND visible = 1 ORDER BY timestamp, id LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![id, limit, max_payload], |r| {
+                    let oversize = r.get::<_, Option<bool>>(2)?.unwrap_or(false);
+                    Ok((
+                        Payload::read(r.get_ref(0)?, oversize, max_payload),
+                        r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(payload, redelivered)| {
+                let decoded = match payload.unreadable {
+                    Some(reason) => Err(reason),
+                    None => envelope::decode(&payload.bytes).map_err(|e| e.to_string()),
+                };
+                match decoded {
+                    Ok(mut env) => {
+                        env.redelivered |= redelivered;
+                        env
+                    }
+                    Err(reason) => {
+                        dead_letter_envelope(queue, "sqlite", &reason, payload.bytes.into())
+                    }
+                }
+            })
+            .collect())
     }
 
     async fn queue_exists(&self, name: &str) -> Result<bool> {

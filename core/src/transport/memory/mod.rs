@@ -52,7 +52,7 @@ use crate::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, DeathReason, Envelope, Fetched, Receipt,
     StoredQueue, TakeMode, Taken, VirtualConnection, queue_settings,
 };
-use crate::transport::{BrokerConnection, Transport};
+use crate::transport::{BrokerConnection, QueueStats, Transport};
 use crate::url::BrokerUrl;
 
 mod delayed;
@@ -412,6 +412,7 @@ impl Backend for MemoryBackend {
             publisher_confirms: true,
             delayed_delivery: true,
             tokio_clock: true,
+            peek: true,
             ..Capabilities::none()
         });
         // A look at an empty queue costs no I/O: spin a little before sleeping.
@@ -431,6 +432,36 @@ impl Backend for MemoryBackend {
             ),
             None => self.exchanges.read().get(name).cloned(),
         })
+    }
+
+    async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
+        let Some(stored) = self.queue(name, None).await? else {
+            return Ok(None);
+        };
+        let unacked = self
+            .with_queue(name, |q| q.leases.lock().unacked.len() as u64)
+            .unwrap_or(0);
+        // The store keeps no wall-clock time of a put.
+        Ok(Some(QueueStats::new(stored.messages).unacked(unacked)))
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let now = Instant::now();
+        Ok(self
+            .with_queue(queue, |q| {
+                let ready = q.ready.lock();
+                // Takes pop the highest level first, each from its front.
+                ready
+                    .levels
+                    .iter()
+                    .rev()
+                    .flat_map(|level| level.iter())
+                    .filter(|s| s.expires_at.is_none_or(|at| at > now))
+                    .take(limit)
+                    .map(|s| Envelope::clone(&s.envelope))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {

@@ -16,6 +16,7 @@ use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::LinkWatch;
+use crate::transport::QueueStats;
 use crate::transport::virtual_transport::{
     BindingRow, DeadLetter, Envelope, Fetched, Receipt, TakeMode,
 };
@@ -239,6 +240,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// cache of queues found bound, one query instead of two).
     async fn queue_exists(&self, name: &str) -> Result<bool> {
         Ok(self.queue(name, None).await?.is_some())
+    }
+
+    /// What the store can tell of a queue ([`Channel::queue_stats`](crate::transport::Channel::queue_stats)):
+    /// its ready count, and what else the store keeps (unacked messages, when the oldest ready
+    /// one was stored); `None` when the queue does not exist. Consumers are not known to a
+    /// store. Default: [`queue`](Self::queue)'s ready count alone.
+    async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
+        Ok(self
+            .queue(name, None)
+            .await?
+            .map(|stored| QueueStats::new(stored.messages)))
+    }
+
+    /// Up to `limit` of a queue's ready messages in the order takes would hand them out,
+    /// without taking, leasing or moving them ([`Channel::peek`](crate::transport::Channel::peek)).
+    /// An entry that is not an envelope is shown as the dead letter it would become
+    /// ([`dead_letter_envelope`](crate::transport::virtual_transport::dead_letter_envelope)),
+    /// never skipped. A missing queue reads as empty (core then asks whether it exists).
+    /// Backends with [`Capabilities::peek`] implement it; the default refuses with
+    /// [`ErrorKind::Unsupported`].
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let _ = limit;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the {} transport cannot read queue {queue:?} without taking from it",
+                self.capabilities().transport
+            ),
+        ))
     }
 
     /// Stores routed messages to become ready in their queues `delay` from now, in one round

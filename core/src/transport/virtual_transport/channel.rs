@@ -17,9 +17,10 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
-use crate::channel::{Channel, ConsumeOptions, Delivery, DeliveryStream, Outgoing};
+use crate::channel::{Channel, ConsumeOptions, Delivery, DeliveryStream, Outgoing, QueueStats};
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, Result};
+use crate::message::Envelope;
 use crate::transport::virtual_transport::Backend;
 use crate::transport::virtual_transport::acks::AckBatch;
 use crate::transport::virtual_transport::settle::{Pending, restore_all};
@@ -220,6 +221,16 @@ impl Channel for VirtualChannel {
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         self.shared.check_open()?;
         self.shared.queue_size(queue).await
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        self.shared.check_open()?;
+        self.shared.queue_stats(queue).await
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.shared.check_open()?;
+        self.shared.peek(queue, limit).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -5,6 +5,8 @@
 
 use crate::entity::{Binding, Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
+use crate::message::Envelope;
+use crate::transport::QueueStats;
 use crate::transport::virtual_transport::channel::Shared;
 use crate::transport::virtual_transport::{BindingRow, queue_settings};
 use crate::value::Headers;
@@ -89,6 +91,27 @@ impl Shared {
             Some(stored) => Ok(stored.messages),
             None => Err(missing(queue)),
         }
+    }
+
+    /// What the store tells of a queue, or [`ErrorKind::NotFound`] when it exists nowhere.
+    pub(super) async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        // Ordering only: acks queued before are written first.
+        self.acks.flush().await;
+        match self.backend.queue_stats(queue).await? {
+            Some(stats) => Ok(stats),
+            None => Err(missing(queue)),
+        }
+    }
+
+    /// Up to `limit` ready messages of a queue, not taken; [`ErrorKind::NotFound`] when it
+    /// exists nowhere.
+    pub(super) async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.acks.flush().await;
+        let seen = self.backend.peek(queue, limit).await?;
+        if seen.is_empty() && !self.backend.queue_exists(queue).await? {
+            return Err(missing(queue));
+        }
+        Ok(seen)
     }
 
     /// Purges a queue's ready messages, or fails with [`ErrorKind::NotFound`] when it exists
