@@ -68,6 +68,9 @@ pub struct MonitorArgs {
     /// Refuse every call that steers workers or sends tasks.
     #[arg(long)]
     pub read_only: bool,
+    /// Watch this queue too, beside those the workers consume; may be repeated.
+    #[arg(long = "queue", value_name = "NAME")]
+    pub queues: Vec<String>,
     /// Keep the task history in this SQLite file (across restarts); default: in memory.
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
@@ -99,7 +102,8 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
             max_tasks: args.max_tasks.max(1),
             max_age,
         })
-        .read_only(args.read_only);
+        .read_only(args.read_only)
+        .queues(args.queues.iter().cloned());
     for pair in &args.auth {
         match pair.0.split_once(':') {
             Some((user, password)) if !password.is_empty() => {

@@ -24,6 +24,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/api/queues/length", get(queue_lengths))
+        .route("/api/broker/queues", get(broker_queues))
+        .route("/api/broker/queues/{name}/messages", get(queue_messages))
         .route("/api/tasks", get(tasks))
         .route("/api/task/types", get(task_types))
         .route("/api/task/result/{id}", get(task_result))
@@ -426,11 +428,64 @@ async fn queue_lengths(Shared(state): Shared<Arc<State>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Flower's families and the queues' lengths, unauthenticated as Flower's.
+/// `GET /api/broker/queues`: the broker page's data: the transport, each queue the workers
+/// consume with every figure the transport can tell (`null` where it cannot) and its
+/// dead-letter queue, and in `unreported` what this transport cannot tell, in words.
+async fn broker_queues(Shared(state): Shared<Arc<State>>) -> Response {
+    match state.broker_report().await {
+        Ok(queues) => json(&serde_json::json!({
+            "transport": state.conn.messaging_system(),
+            "queues": queues.iter().map(crate::broker::QueueReport::to_json).collect::<Vec<_>>(),
+            "unreported": crate::broker::unreported(&state.conn),
+        })),
+        Err(e) => failed(e),
+    }
+}
+
+/// Most messages one look at a queue shows.
+const MAX_PEEK: usize = 100;
+
+/// `GET /api/broker/queues/<name>/messages[?limit=N]`: up to `limit` (default 20, at most
+/// 100) of the queue's ready messages in the order consumers get them, none taken; 404 for a
+/// queue that exists nowhere, 501 where the transport cannot read a queue without taking
+/// from it (AMQP 0-9-1).
+async fn queue_messages(
+    Shared(state): Shared<Arc<State>>,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match argument(&params, "limit") {
+        None | Some("") => 20,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) => n.min(MAX_PEEK),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Invalid argument '{text}' of type 'int'"),
+                );
+            }
+        },
+    };
+    match state.conn.peek(&name, limit).await {
+        Ok(seen) => json(&serde_json::json!({
+            "queue": name,
+            "messages": seen.iter().map(crate::broker::message_json).collect::<Vec<_>>(),
+        })),
+        Err(e) if e.kind() == kombu_core::ErrorKind::NotFound => {
+            error(StatusCode::NOT_FOUND, format!("Unknown queue '{name}'"))
+        }
+        Err(e) if e.kind() == kombu_core::ErrorKind::Unsupported => {
+            error(StatusCode::NOT_IMPLEMENTED, format!("{e:#}"))
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /metrics`: Flower's families and the queues' figures, unauthenticated as Flower's.
 async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
-    match state.queue_lengths().await {
-        Ok(lengths) => state.metrics.queues(&lengths),
-        Err(error) => tracing::warn!(%error, "monitor: queue lengths for /metrics"),
+    match state.broker_report().await {
+        Ok(queues) => state.metrics.queues(&queues),
+        Err(error) => tracing::warn!(%error, "monitor: the queues for /metrics"),
     }
     (
         [(

@@ -34,6 +34,7 @@
 //! come in later steps of the monitor's issue.
 
 mod api;
+mod broker;
 mod control_api;
 pub mod history;
 mod ingest;
@@ -64,6 +65,7 @@ pub struct MonitorBuilder {
     max_workers: usize,
     inspect_timeout: Duration,
     read_only: bool,
+    queues: Vec<String>,
     auth: Auth,
     results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
     url_prefix: Option<String>,
@@ -158,6 +160,18 @@ impl MonitorBuilder {
         self
     }
 
+    /// Watch these queues too (the broker page, `/api/queues/length`, `/metrics`), beside
+    /// those the workers say they consume: queues of applications that are not Celery
+    /// workers, or of workers not running now.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues.extend(queues.into_iter().map(Into::into));
+        self
+    }
+
     /// How long a remote-control inspect waits for replies (default 1 s, Flower's).
     pub fn inspect_timeout(mut self, timeout: Duration) -> Self {
         self.inspect_timeout = timeout;
@@ -176,10 +190,12 @@ impl MonitorBuilder {
             max_workers: self.max_workers.max(1),
             inspect_timeout: self.inspect_timeout,
             read_only: self.read_only,
+            queues: self.queues,
             auth: self.auth,
             metrics: metrics::Metrics::new(),
             results: self.results,
             url_prefix: self.url_prefix,
+            heads: broker::HeadWatch::default(),
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -212,10 +228,14 @@ pub(crate) struct State {
     max_workers: usize,
     inspect_timeout: Duration,
     pub(crate) read_only: bool,
+    /// Queues watched beyond those the workers consume.
+    queues: Vec<String>,
     pub(crate) auth: Auth,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
     url_prefix: Option<String>,
+    /// The head message of each queue and since when (the observed age of the oldest).
+    heads: broker::HeadWatch,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
@@ -230,20 +250,7 @@ impl State {
     /// answered), sorted, with the messages ready in each (queues that exist nowhere are
     /// left out).
     pub(crate) async fn queue_lengths(&self) -> Result<Vec<(String, u64)>> {
-        let mut names: Vec<String> = {
-            let cache = self.inspected.lock().await;
-            cache
-                .values()
-                .filter_map(|worker| worker["active_queues"].as_array())
-                .flatten()
-                .filter_map(|queue| queue["name"].as_str().map(str::to_owned))
-                .collect()
-        };
-        if names.is_empty() {
-            names.push(kombu_celery::DEFAULT_QUEUE.to_owned());
-        }
-        names.sort();
-        names.dedup();
+        let names = self.queue_names().await;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             match self.conn.queue_size(&name).await {
@@ -253,6 +260,34 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// The broker page's queues (those of [`queue_lengths`](Self::queue_lengths)) with what
+    /// the transport tells of each.
+    pub(crate) async fn broker_report(&self) -> Result<Vec<broker::QueueReport>> {
+        let names = self.queue_names().await;
+        broker::report(&self.conn, &self.heads, &names).await
+    }
+
+    /// The queues the workers consume and those asked for, sorted (`celery` when there are
+    /// none).
+    async fn queue_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = {
+            let cache = self.inspected.lock().await;
+            cache
+                .values()
+                .filter_map(|worker| worker["active_queues"].as_array())
+                .flatten()
+                .filter_map(|queue| queue["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        if names.is_empty() && self.queues.is_empty() {
+            names.push(kombu_celery::DEFAULT_QUEUE.to_owned());
+        }
+        names.extend(self.queues.iter().cloned());
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// [`refresh`](Self::refresh) of one worker unless one is running for it, or too many
@@ -369,6 +404,7 @@ impl Monitor {
             max_workers: 5_000,
             inspect_timeout: Duration::from_secs(1),
             read_only: false,
+            queues: Vec::new(),
             auth: Auth::default(),
             results: None,
             url_prefix: None,

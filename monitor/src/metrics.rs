@@ -3,6 +3,8 @@
 //! #1173), in the OpenMetrics text format.
 
 use parking_lot::Mutex;
+
+use crate::broker::QueueReport;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +48,8 @@ pub(crate) struct Metrics {
     online: Family<Labels, Gauge>,
     executing: Family<Labels, Gauge>,
     queue_messages: Family<Labels, Gauge>,
+    queue_unacked: Family<Labels, Gauge>,
+    queue_oldest: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Serialises encoding (the registry is read whole).
     encoding: Mutex<()>,
 }
@@ -68,6 +72,8 @@ impl Metrics {
         let online = Family::<Labels, Gauge>::default();
         let executing = Family::<Labels, Gauge>::default();
         let queue_messages = Family::<Labels, Gauge>::default();
+        let queue_unacked = Family::<Labels, Gauge>::default();
+        let queue_oldest = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register("flower_events", "Number of events", events.clone());
         registry.register(
             "flower_task_runtime_seconds",
@@ -99,6 +105,17 @@ impl Metrics {
             "Messages ready in the queue (the queues the workers consume, as /api/queues/length)",
             queue_messages.clone(),
         );
+        registry.register(
+            "kombu_queue_unacked_messages",
+            "Messages delivered and not yet acknowledged (where the transport tells)",
+            queue_unacked.clone(),
+        );
+        registry.register(
+            "kombu_queue_oldest_message_age_seconds",
+            "Age of the queue's oldest ready message: the store's record, else how long the \
+             monitor has seen it at the head (absent where neither is known)",
+            queue_oldest.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -108,6 +125,8 @@ impl Metrics {
             online,
             executing,
             queue_messages,
+            queue_unacked,
+            queue_oldest,
             encoding: Mutex::new(()),
         }
     }
@@ -167,13 +186,26 @@ impl Metrics {
         }
     }
 
-    /// The queues' lengths now (the gauges of queues no longer listed are dropped).
-    pub(crate) fn queues(&self, lengths: &[(String, u64)]) {
+    /// The queues now (the gauges of queues no longer listed are dropped; a figure the
+    /// transport cannot tell has no sample).
+    pub(crate) fn queues(&self, queues: &[QueueReport]) {
         self.queue_messages.clear();
-        for (queue, messages) in lengths {
+        self.queue_unacked.clear();
+        self.queue_oldest.clear();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for queue in queues {
+            let labels = vec![("queue", queue.name.clone())];
             self.queue_messages
-                .get_or_create(&vec![("queue", queue.clone())])
-                .set(i64::try_from(*messages).unwrap_or(i64::MAX));
+                .get_or_create(&labels)
+                .set(count(queue.stats.ready));
+            if let Some(unacked) = queue.stats.unacked {
+                self.queue_unacked
+                    .get_or_create(&labels)
+                    .set(count(unacked));
+            }
+            if let Some((age, _)) = queue.oldest_age {
+                self.queue_oldest.get_or_create(&labels).set(age);
+            }
         }
     }
 

@@ -1,0 +1,194 @@
+//! The broker page's data on every transport but memory: `/api/broker/queues` (ready,
+//! unacked, consumers, the oldest message's age and how it is known, the dead-letter queue,
+//! what the transport cannot tell), `/api/broker/queues/<name>/messages` (messages read
+//! without taking them; 501 on AMQP) and the queue gauges of `/metrics`.
+
+use std::time::Duration;
+
+use kombu_core::{Connection, Queue};
+use kombu_monitor::Monitor;
+use kombu_test_support::brokers;
+use kombu_test_support::http::get as http_get;
+use serde_json::{Value as Json, json};
+
+/// `GET path` on `port` off the runtime's threads: status and body.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get(port, &path))
+        .await
+        .expect("joined")
+        .unwrap_or_else(|| panic!("no answer"))
+}
+
+/// The report of queue `name` in a `/api/broker/queues` body.
+fn queue_of(body: &str, name: &str) -> Json {
+    let all: Json = serde_json::from_str(body).expect("JSON");
+    all["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {body}"))
+}
+
+/// A metric sample's value in a text exposition, if present.
+fn sample(text: &str, family: &str, queue: &str) -> Option<f64> {
+    let prefix = format!("{family}{{queue=\"{queue}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn check(broker: brokers::Broker) {
+    let transport = broker.transport;
+    let conn = Connection::open(&broker.url).await.expect("open");
+    let name = format!("monitor-broker-{}", uuid::Uuid::new_v4().simple());
+    let dlq = format!("{name}.dlq");
+    for q in [&name, &dlq] {
+        conn.declare_queue(&Queue::new(q.clone()))
+            .await
+            .expect("declare");
+    }
+    let producer = conn.producer().routing_key(name.clone());
+    for n in 1..=3 {
+        producer
+            .message(&json!({"n": n}))
+            .header("task", "tasks.add")
+            .send()
+            .await
+            .expect("publish");
+    }
+    conn.producer()
+        .routing_key(dlq.clone())
+        .publish(&"dead")
+        .await
+        .expect("publish a dead letter");
+    // One message held: unacked.
+    let channel = conn.channel().await.expect("channel");
+    let held = channel
+        .get(&name, false)
+        .await
+        .expect("get")
+        .expect("a message to hold");
+
+    let monitor = Monitor::builder(&conn)
+        .queues([name.clone()])
+        .start()
+        .await
+        .expect("start");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = monitor.router();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (status, body) = get(port, "/api/broker/queues").await;
+    assert_eq!(status, 200, "{transport}: {body}");
+    let all: Json = serde_json::from_str(&body).expect("JSON");
+    let report = queue_of(&body, &name);
+    assert_eq!(report["ready"], 2, "{transport}: {report}");
+    assert_eq!(
+        report["dead_letter_queue"],
+        json!({"name": dlq, "ready": 1}),
+        "{transport}: {report}"
+    );
+    if transport == "amqp" {
+        assert_eq!(all["transport"], "rabbitmq");
+        assert_eq!(report["unacked"], Json::Null, "{report}");
+        assert_eq!(report["consumers"], 0, "{report}");
+        assert_eq!(report["oldest_message_age"], Json::Null, "{report}");
+        assert!(all["unreported"]["messages"].is_string(), "{body}");
+    } else {
+        assert_eq!(report["unacked"], 1, "{transport}: {report}");
+        assert_eq!(report["consumers"], Json::Null, "{transport}: {report}");
+        assert!(all["unreported"]["consumers"].is_string(), "{body}");
+        let source = if transport == "mongodb" {
+            "store"
+        } else {
+            "observed"
+        };
+        assert_eq!(
+            report["oldest_message_age_source"], source,
+            "{transport}: {report}"
+        );
+        if source == "observed" {
+            // Seen at the head a moment ago, and still there a second later.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let (_, body) = get(port, "/api/broker/queues").await;
+            let later = queue_of(&body, &name);
+            let age = later["oldest_message_age"].as_f64().expect("an age");
+            assert!(age >= 1.0, "{transport}: {later}");
+        } else {
+            assert!(
+                report["oldest_message_age"]
+                    .as_f64()
+                    .is_some_and(|a| (0.0..600.0).contains(&a)),
+                "{transport}: {report}"
+            );
+        }
+    }
+
+    let path = format!("/api/broker/queues/{name}/messages?limit=10");
+    let (status, body) = get(port, &path).await;
+    if transport == "amqp" {
+        assert_eq!(status, 501, "{body}");
+    } else {
+        assert_eq!(status, 200, "{transport}: {body}");
+        let seen: Json = serde_json::from_str(&body).expect("JSON");
+        let messages = seen["messages"].as_array().expect("messages");
+        let bodies: Vec<&Json> = messages.iter().map(|m| &m["body"]).collect();
+        assert_eq!(
+            bodies,
+            [&json!({"n": 2}), &json!({"n": 3})],
+            "{transport}: the ready ones in order, the held one not: {body}"
+        );
+        assert_eq!(messages[0]["headers"]["task"], "tasks.add", "{body}");
+        assert_eq!(messages[0]["body_encoding"], "json", "{body}");
+        assert_eq!(messages[0]["redelivered"], false, "{body}");
+        // Nothing was taken.
+        let (_, body) = get(port, "/api/broker/queues").await;
+        assert_eq!(queue_of(&body, &name)["ready"], 2, "{transport}: {body}");
+        let (status, _) = get(port, &format!("/api/broker/queues/{name}/messages?limit=x")).await;
+        assert_eq!(status, 400);
+        let (status, body) = get(port, "/api/broker/queues/no-such-queue-here/messages").await;
+        assert_eq!(status, 404, "{transport}: {body}");
+    }
+
+    let (status, text) = get(port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&text, "kombu_queue_messages", &name),
+        Some(2.0),
+        "{transport}: {text}"
+    );
+    let unacked = sample(&text, "kombu_queue_unacked_messages", &name);
+    let age = sample(&text, "kombu_queue_oldest_message_age_seconds", &name);
+    if transport == "amqp" {
+        assert_eq!((unacked, age), (None, None), "{text}");
+    } else {
+        assert_eq!(unacked, Some(1.0), "{transport}: {text}");
+        assert!(age.is_some_and(|a| a >= 0.0), "{transport}: {text}");
+    }
+
+    held.ack().await.expect("ack");
+    channel.close().await.expect("close the channel");
+    server.abort();
+    monitor.stop().await;
+    for q in [&name, &dlq] {
+        conn.delete_queue(q).await.expect("delete");
+    }
+    conn.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_page_on_every_transport() {
+    kombu_redis::register();
+    kombu_amqp::register();
+    kombu_sqlite::register();
+    kombu_mongodb::register();
+    for transport in ["sqlite", "redis", "amqp", "mongodb"] {
+        if let Some(broker) = brokers::broker(transport, "monitor-broker") {
+            check(broker).await;
+        }
+    }
+}
