@@ -3,8 +3,8 @@
 //! Both take messages from the dead-letter queue one at a time with [`Channel::get`] (nothing is
 //! taken ahead), so exactly the messages shown or moved are touched. `list` holds what it shows
 //! and puts it all back at the end, newest first, so that the queue keeps its order. `replay`
-//! publishes each message to its queue before acking it from the dead-letter queue: a crash may
-//! duplicate one, never lose it.
+//! is [`kombu::dead_letter::replay`]: each message is published to its queue before it is
+//! acked from the dead-letter queue, so a crash may duplicate one, never lose it.
 
 use std::sync::Arc;
 
@@ -12,24 +12,14 @@ use anyhow::anyhow;
 use kombu::dead_letter::{
     ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY, REASON, REDELIVERIES, TRANSPORT,
 };
-use kombu::transport::{Channel, Decoder, Outgoing};
-use kombu::{Connection, Delivery, Value};
+use kombu::transport::{Channel, Decoder};
+use kombu::{Connection, Delivery};
 use serde_json::{Value as Json, json};
 
 use crate::Outcome;
 use crate::cli::{DlqArgs, DlqCommand, DlqFormat, DlqListArgs, DlqReplayArgs, Global};
 use crate::common::{self, Ctx as _};
 use crate::consume;
-
-/// The headers dead-lettering adds, which `replay` removes.
-const DEAD_LETTER_HEADERS: [&str; 6] = [
-    REASON,
-    ORIGINAL_QUEUE,
-    ORIGINAL_EXCHANGE,
-    ORIGINAL_ROUTING_KEY,
-    TRANSPORT,
-    REDELIVERIES,
-];
 
 pub async fn run(global: &Global, args: DlqArgs) -> anyhow::Result<Outcome> {
     match args.what {
@@ -40,18 +30,7 @@ pub async fn run(global: &Global, args: DlqArgs) -> anyhow::Result<Outcome> {
 
 /// A header as text (absent: `None`).
 fn header(delivery: &Delivery, name: &str) -> Option<String> {
-    match delivery.headers().get(name)? {
-        Value::String(s) => Some(s.clone()),
-        other => {
-            Some(serde_json::to_value(other).map_or_else(|_| String::new(), |v| v.to_string()))
-        }
-    }
-}
-
-/// Whether a dead letter in `dlq` is one of `queue`'s: a dead-letter queue shared by several
-/// queues (one bound to a dead-letter exchange) holds others' too.
-fn belongs_to(delivery: &Delivery, queue: &str) -> bool {
-    header(delivery, ORIGINAL_QUEUE).is_none_or(|q| q == queue)
+    kombu::dead_letter::header_text(delivery, name)
 }
 
 /// Opens the connection and a channel to take from the dead-letter queue; `None` when that
@@ -126,7 +105,7 @@ async fn list(global: &Global, args: DlqListArgs) -> anyhow::Result<Outcome> {
                     break;
                 }
             };
-        if belongs_to(&delivery, &args.queue) {
+        if kombu::dead_letter::is_dead_letter_of(&delivery, &args.queue) {
             shown += 1;
             let line = match args.format {
                 DlqFormat::Json => describe_json(&delivery, &registry).to_string(),
@@ -247,7 +226,9 @@ async fn replay(global: &Global, args: DlqReplayArgs) -> anyhow::Result<Outcome>
     if dlq == queue {
         return Err(anyhow!("--dlq is the queue itself ({queue:?})"));
     }
-    let (conn, masked, channel) = open(global, &dlq).await?;
+    let url = common::url(global)?;
+    let masked = common::mask(&url);
+    let conn = common::connect(&url).await?;
     common::require_queue(
         &conn,
         &queue,
@@ -255,78 +236,28 @@ async fn replay(global: &Global, args: DlqReplayArgs) -> anyhow::Result<Outcome>
         &format!("check the name, or create it with `kombu declare queue {queue}`"),
     )
     .await?;
-    let Some(channel) = channel else {
+    let (done, outcome) = kombu::dead_letter::replay(conn.as_ref(), &queue, &dlq, args.count).await;
+    if !done.found && outcome.is_ok() {
         println!("moved 0 messages: queue {dlq:?} does not exist on {masked}");
         conn.close().await.ok();
         return Ok(Outcome::Done);
-    };
-    let mandatory = conn.capabilities().mandatory;
-    let sender = conn.default_channel().clone();
-    let mut held: Vec<Delivery> = Vec::new();
-    let mut moved = 0u64;
-    let mut failure = None;
-    while args.count.is_none_or(|c| moved < c) {
-        let delivery =
-            match channel.get(&dlq, false).await {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(anyhow::Error::new(common::BrokerError::from(e)).context(
-                        format!("cannot take a message from queue {dlq:?} on {masked}"),
-                    ));
-                    break;
-                }
-            };
-        if !belongs_to(&delivery, &queue) {
-            held.push(delivery);
-            continue;
-        }
-        if let Some(transport) = header(&delivery, TRANSPORT) {
-            eprintln!(
-                "skipped: an entry {transport} could not read as a message ({}); it stays in \
-                 queue {dlq:?}",
-                header(&delivery, REASON).unwrap_or_else(|| "no reason given".to_owned())
-            );
-            held.push(delivery);
-            continue;
-        }
-        let mut message = delivery.message().clone();
-        for name in DEAD_LETTER_HEADERS {
-            message.headers.remove(name);
-        }
-        let out = Outgoing::new("", queue.clone(), message).mandatory(mandatory);
-        if let Err(e) = sender.publish(out).await {
-            // The delivery goes back to the dead-letter queue with the held ones.
-            held.push(delivery);
-            failure = Some(
-                anyhow::Error::new(common::BrokerError::from(e)).context(format!(
-                    "cannot publish to queue {queue:?} on {masked} ({moved} moved so far; the one \
-                 in hand stays in queue {dlq:?})"
-                )),
-            );
-            break;
-        }
-        if let Err(e) = delivery.ack().await {
-            failure = Some(
-                anyhow::Error::new(common::BrokerError::from(e.error)).context(format!(
-                    "queue {queue:?} has the message but removing it from queue {dlq:?} on \
-                     {masked} failed: it may be replayed twice"
-                )),
-            );
-            break;
-        }
-        moved += 1;
     }
-    let back = put_back(held, &masked).await;
-    let _ = channel.close().await;
+    if done.unreadable > 0 {
+        eprintln!(
+            "skipped {} entr{} the transport could not read as messages; they stay in queue \
+             {dlq:?} (kombu dlq list shows them)",
+            done.unreadable,
+            if done.unreadable == 1 { "y" } else { "ies" }
+        );
+    }
     println!(
-        "moved {moved} message{} from queue {dlq:?} back to queue {queue:?} on {masked}",
-        if moved == 1 { "" } else { "s" }
+        "moved {} message{} from queue {dlq:?} back to queue {queue:?} on {masked}",
+        done.moved,
+        if done.moved == 1 { "" } else { "s" }
     );
     conn.close().await.ok();
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    back?;
+    outcome.map_err(|e| {
+        anyhow::Error::new(common::BrokerError::from(e)).context(format!("on {masked}"))
+    })?;
     Ok(Outcome::Done)
 }

@@ -29,6 +29,11 @@
 
 use std::fmt;
 
+use crate::channel::{Delivery, Outgoing};
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::value::Value;
+
 /// Header: why the message was dead-lettered (a sentence, e.g. `unreadable envelope: ...` or
 /// `not accepted: ...`).
 pub const REASON: &str = "x-kombu-dead-reason";
@@ -124,3 +129,136 @@ impl fmt::Display for DeadLettered {
 }
 
 impl std::error::Error for DeadLettered {}
+
+/// The headers dead-lettering adds, which [`replay`] removes.
+pub const DEAD_LETTER_HEADERS: [&str; 6] = [
+    REASON,
+    ORIGINAL_QUEUE,
+    ORIGINAL_EXCHANGE,
+    ORIGINAL_ROUTING_KEY,
+    TRANSPORT,
+    REDELIVERIES,
+];
+
+/// A header of a delivery as text (a string as it is, anything else as JSON).
+pub fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.headers().get(name)? {
+        Value::String(s) => Some(s.clone()),
+        other => {
+            Some(serde_json::to_value(other).map_or_else(|_| String::new(), |v| v.to_string()))
+        }
+    }
+}
+
+/// Whether a message of a dead-letter queue is one of `queue`'s: a dead-letter queue shared
+/// by several queues (one bound to a dead-letter exchange) holds others' too. A message
+/// without [`ORIGINAL_QUEUE`] (dead-lettered by the broker) counts as `queue`'s.
+pub fn is_dead_letter_of(delivery: &Delivery, queue: &str) -> bool {
+    header_text(delivery, ORIGINAL_QUEUE).is_none_or(|q| q == queue)
+}
+
+/// What [`replay`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replayed {
+    /// Whether the dead-letter queue exists (nothing to replay when not).
+    pub found: bool,
+    /// Messages published back to the queue and removed from the dead-letter queue.
+    pub moved: u64,
+    /// Entries of the queue left in the dead-letter queue because they never were messages
+    /// (unreadable envelopes, with [`TRANSPORT`]): replaying them would fail again.
+    pub unreadable: u64,
+}
+
+/// Moves up to `max` (all when `None`) of `queue`'s dead letters from `dlq` back to
+/// `queue`, oldest first: each is published to `queue` through the default exchange
+/// (mandatory where the transport can tell an unroutable message) without the
+/// [`DEAD_LETTER_HEADERS`], and only then removed from `dlq`, so a crash may duplicate one,
+/// never lose it. Messages are taken one at a time with [`Channel::get`](crate::transport::Channel::get)
+/// (nothing is taken ahead); those of other queues and unreadable entries are put back, in
+/// their order, at the end.
+///
+/// Returns what was moved, and the failure that stopped it, if one did (what was moved
+/// before stays moved; the message in hand goes back to `dlq`).
+pub async fn replay(
+    conn: &Connection,
+    queue: &str,
+    dlq: &str,
+    max: Option<u64>,
+) -> (Replayed, Result<()>) {
+    let mut done = Replayed::default();
+    if dlq == queue {
+        return (
+            done,
+            Err(Error::config(format!(
+                "the dead-letter queue is the queue itself ({queue:?})"
+            ))),
+        );
+    }
+    match conn.queue_exists(dlq).await {
+        Ok(true) => done.found = true,
+        Ok(false) => return (done, Ok(())),
+        Err(e) => return (done, Err(e.context(format!("look up queue {dlq:?}")))),
+    }
+    let channel = match conn.channel().await {
+        Ok(channel) => channel,
+        Err(e) => return (done, Err(e.context("open a channel"))),
+    };
+    let mandatory = conn.capabilities().mandatory;
+    let sender = conn.default_channel().clone();
+    let mut held: Vec<Delivery> = Vec::new();
+    let mut failure = Ok(());
+    while max.is_none_or(|m| done.moved < m) {
+        let delivery = match channel.get(dlq, false).await {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => {
+                failure = Err(e.context(format!("take a message from queue {dlq:?}")));
+                break;
+            }
+        };
+        if !is_dead_letter_of(&delivery, queue) {
+            held.push(delivery);
+            continue;
+        }
+        if delivery.headers().contains_key(TRANSPORT) {
+            done.unreadable += 1;
+            held.push(delivery);
+            continue;
+        }
+        let mut message = delivery.message().clone();
+        for name in DEAD_LETTER_HEADERS {
+            message.headers.remove(name);
+        }
+        let out = Outgoing::new("", queue.to_owned(), message).mandatory(mandatory);
+        if let Err(e) = sender.publish(out).await {
+            // The delivery goes back to the dead-letter queue with the held ones.
+            held.push(delivery);
+            failure = Err(e.context(format!(
+                "publish to queue {queue:?} ({} moved so far; the one in hand stays in queue \
+                 {dlq:?})",
+                done.moved
+            )));
+            break;
+        }
+        if let Err(e) = delivery.ack().await {
+            failure = Err(e.error.context(format!(
+                "queue {queue:?} has the message but removing it from queue {dlq:?} failed: it \
+                 may be replayed twice"
+            )));
+            break;
+        }
+        done.moved += 1;
+    }
+    // Newest first, so that the queue keeps its order where a requeue goes to the head.
+    for delivery in held.into_iter().rev() {
+        let back = delivery.requeue().await;
+        if let (Ok(()), Err(e)) = (&failure, back) {
+            failure = Err(e
+                .error
+                .context(format!("put a message back on queue {dlq:?}")));
+        }
+    }
+    let _ = channel.close().await;
+    (done, failure)
+}
