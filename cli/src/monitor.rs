@@ -68,6 +68,10 @@ pub struct MonitorArgs {
     /// Refuse every call that steers workers or sends tasks.
     #[arg(long)]
     pub read_only: bool,
+    /// RabbitMQ's management API, for unacked messages and rates on AMQP (default:
+    /// http://<broker host>:15672/api/ with the broker's credentials).
+    #[arg(long, value_name = "URL")]
+    pub broker_api: Option<String>,
     /// Watch this queue too, beside those the workers consume; may be repeated.
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
@@ -104,6 +108,9 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
         })
         .read_only(args.read_only)
         .queues(args.queues.iter().cloned());
+    if let Some(api) = &args.broker_api {
+        builder = builder.broker_api(api);
+    }
     for pair in &args.auth {
         match pair.0.split_once(':') {
             Some((user, password)) if !password.is_empty() => {

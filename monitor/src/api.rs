@@ -14,7 +14,7 @@ use chrono::{Local, NaiveDateTime, TimeZone};
 use serde_json::{Map, Value as Json};
 
 use crate::history::{SortKey, TaskQuery};
-use crate::{State, control_api, pyjson};
+use crate::{State, broker_api, control_api, pyjson};
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -24,8 +24,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/api/queues/length", get(queue_lengths))
-        .route("/api/broker/queues", get(broker_queues))
-        .route("/api/broker/queues/{name}/messages", get(queue_messages))
+        .route("/api/broker/queues", get(broker_api::queues))
+        .route(
+            "/api/broker/queues/{name}/messages",
+            get(broker_api::messages).post(broker_api::take_and_requeue),
+        )
+        .route("/api/broker/queues/{name}/replay", post(broker_api::replay))
         .route("/api/tasks", get(tasks))
         .route("/api/task/types", get(task_types))
         .route("/api/task/result/{id}", get(task_result))
@@ -36,6 +40,16 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/api/worker/{group}/{action}/{worker}", post(worker_action))
         .route("/api/task/revoke/{id}", post(control_api::revoke))
         .route("/api/task/{kind}/{name}", post(task_post))
+        .route(
+            "/api/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    include_str!("openapi.json"),
+                )
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(etag))
         .with_state(state)
@@ -224,12 +238,12 @@ pub(crate) fn error(status: StatusCode, reason: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn failed(e: kombu_core::Error) -> Response {
+pub(crate) fn failed(e: kombu_core::Error) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
 /// Tornado's `get_argument`: the last value, stripped.
-fn argument<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+pub(crate) fn argument<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     params.get(name).map(|v| v.trim())
 }
 
@@ -428,63 +442,10 @@ async fn queue_lengths(Shared(state): Shared<Arc<State>>) -> Response {
     }
 }
 
-/// `GET /api/broker/queues`: the broker page's data: the transport, each queue the workers
-/// consume with every figure the transport can tell (`null` where it cannot) and its
-/// dead-letter queue, and in `unreported` what this transport cannot tell, in words.
-async fn broker_queues(Shared(state): Shared<Arc<State>>) -> Response {
-    match state.broker_report().await {
-        Ok(queues) => json(&serde_json::json!({
-            "transport": state.conn.messaging_system(),
-            "queues": queues.iter().map(crate::broker::QueueReport::to_json).collect::<Vec<_>>(),
-            "unreported": crate::broker::unreported(&state.conn),
-        })),
-        Err(e) => failed(e),
-    }
-}
-
-/// Most messages one look at a queue shows.
-const MAX_PEEK: usize = 100;
-
-/// `GET /api/broker/queues/<name>/messages[?limit=N]`: up to `limit` (default 20, at most
-/// 100) of the queue's ready messages in the order consumers get them, none taken; 404 for a
-/// queue that exists nowhere, 501 where the transport cannot read a queue without taking
-/// from it (AMQP 0-9-1).
-async fn queue_messages(
-    Shared(state): Shared<Arc<State>>,
-    Path(name): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit = match argument(&params, "limit") {
-        None | Some("") => 20,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) => n.min(MAX_PEEK),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("Invalid argument '{text}' of type 'int'"),
-                );
-            }
-        },
-    };
-    match state.conn.peek(&name, limit).await {
-        Ok(seen) => json(&serde_json::json!({
-            "queue": name,
-            "messages": seen.iter().map(crate::broker::message_json).collect::<Vec<_>>(),
-        })),
-        Err(e) if e.kind() == kombu_core::ErrorKind::NotFound => {
-            error(StatusCode::NOT_FOUND, format!("Unknown queue '{name}'"))
-        }
-        Err(e) if e.kind() == kombu_core::ErrorKind::Unsupported => {
-            error(StatusCode::NOT_IMPLEMENTED, format!("{e:#}"))
-        }
-        Err(e) => failed(e),
-    }
-}
-
 /// `GET /metrics`: Flower's families and the queues' figures, unauthenticated as Flower's.
 async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
     match state.broker_report().await {
-        Ok(queues) => state.metrics.queues(&queues),
+        Ok(report) => state.metrics.queues(&report.queues),
         Err(error) => tracing::warn!(%error, "monitor: the queues for /metrics"),
     }
     (
@@ -504,7 +465,11 @@ async fn task_result(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(backend) = state.results.clone() else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        // Flower answers an empty 503; the reason, as text, tells a user what to do.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No result backend: start the monitor with --backend",
+        );
     };
     let timeout = match argument(&params, "timeout") {
         None => None,

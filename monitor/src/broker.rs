@@ -7,7 +7,9 @@
 //! document's `ObjectId`). Elsewhere, on a transport that can peek (Redis, SQLite), it is how
 //! long this monitor has seen the same message at the head of the queue: a lower bound, which
 //! grows while the queue does not move (what autoscaling wants to know), and is reported as
-//! `observed`. On AMQP 0-9-1 neither is possible: it is reported as unknown.
+//! `observed`. On AMQP 0-9-1 neither is possible; there RabbitMQ's management API
+//! ([`management`](crate::management)) adds unacked messages, message rates and the head
+//! message's `timestamp` property where it has one.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -15,9 +17,11 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use kombu_core::dead_letter::dlq_name;
 use kombu_core::transport::{Envelope, QueueStats};
-use kombu_core::{Connection, ErrorKind, Result, Value};
+use kombu_core::{Connection, ErrorKind, Message, Result, Value};
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json, json};
+
+use crate::management::Management;
 
 /// Bodies larger than this are not shown (their size is).
 const MAX_BODY: usize = 64 * 1024;
@@ -29,6 +33,9 @@ pub(crate) enum AgeSource {
     Store,
     /// The monitor has seen the message at the head of the queue this long (a lower bound).
     Observed,
+    /// The head message's `timestamp` property, as its publisher set it (RabbitMQ's
+    /// management API).
+    Timestamp,
 }
 
 impl AgeSource {
@@ -36,6 +43,7 @@ impl AgeSource {
         match self {
             AgeSource::Store => "store",
             AgeSource::Observed => "observed",
+            AgeSource::Timestamp => "message_timestamp",
         }
     }
 }
@@ -49,6 +57,26 @@ pub(crate) struct QueueReport {
     pub(crate) oldest_age: Option<(f64, AgeSource)>,
     /// The queue's dead-letter queue (`<queue>.dlq`) and its ready messages, when it exists.
     pub(crate) dead_letters: Option<(String, u64)>,
+    /// Messages a second, where the broker tells them (RabbitMQ's management API).
+    pub(crate) rates: Rates,
+    /// The workers whose `active_queues` name the queue.
+    pub(crate) workers: Vec<String>,
+}
+
+/// Messages a second through a queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Rates {
+    pub(crate) publish: Option<f64>,
+    pub(crate) deliver: Option<f64>,
+    pub(crate) ack: Option<f64>,
+}
+
+/// The broker page's queues, and what kept a source from answering.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct BrokerReport {
+    pub(crate) queues: Vec<QueueReport>,
+    /// Why the management API added nothing (unreachable, refused), when it did not.
+    pub(crate) management_error: Option<String>,
 }
 
 impl QueueReport {
@@ -69,14 +97,36 @@ impl QueueReport {
             "dead_letter_queue": self.dead_letters.as_ref().map(|(name, ready)| {
                 json!({"name": name, "ready": ready})
             }),
+            "publish_rate": self.rates.publish,
+            "deliver_rate": self.rates.deliver,
+            "ack_rate": self.rates.ack,
+            "workers": self.workers,
         })
     }
 }
 
-/// What the connection's transport cannot report, in words for the page.
-pub(crate) fn unreported(conn: &Connection) -> Map<String, Json> {
+/// What the connection's transport cannot report, in words for the page; `management` is
+/// whether RabbitMQ's management API answered.
+pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Json> {
     let mut notes = Map::new();
     let peek = conn.capabilities().peek;
+    if !peek && management {
+        notes.insert(
+            "oldest_message_age".into(),
+            json!(
+                "known only when the head message carries a timestamp property (RabbitMQ's \
+                 head_message_timestamp); AMQP 0-9-1 cannot read a queue's head without taking it"
+            ),
+        );
+        notes.insert(
+            "messages".into(),
+            json!(
+                "AMQP 0-9-1 can only show messages by taking and requeueing them, which marks \
+                 them redelivered"
+            ),
+        );
+        return notes;
+    }
     if peek {
         notes.insert(
             "consumers".into(),
@@ -92,7 +142,10 @@ pub(crate) fn unreported(conn: &Connection) -> Map<String, Json> {
     } else {
         notes.insert(
             "unacked".into(),
-            json!("AMQP 0-9-1 does not report unacknowledged messages"),
+            json!(
+                "AMQP 0-9-1 does not report unacknowledged messages (RabbitMQ's management \
+                 API does: enable the rabbitmq_management plugin or give --broker-api)"
+            ),
         );
         notes.insert(
             "oldest_message_age".into(),
@@ -108,7 +161,10 @@ pub(crate) fn unreported(conn: &Connection) -> Map<String, Json> {
     }
     notes.insert(
         "rates".into(),
-        json!("publish and deliver rates are not reported by this transport"),
+        json!(match peek {
+            true => "a store-only broker counts no publishes or deliveries",
+            false => "message rates come from RabbitMQ's management API",
+        }),
     );
     notes
 }
@@ -164,27 +220,53 @@ impl HeadWatch {
     }
 }
 
-/// Reports `queues` (those that exist), with their dead-letter queues.
+/// Reports `queues` (those that exist; each with the workers consuming it), with their
+/// dead-letter queues, and what RabbitMQ's management API adds where there is one.
 pub(crate) async fn report(
     conn: &Connection,
     watch: &HeadWatch,
-    queues: &[String],
-) -> Result<Vec<QueueReport>> {
-    watch.keep(queues);
+    management: Option<&Management>,
+    queues: &[(String, Vec<String>)],
+) -> Result<BrokerReport> {
+    let names: Vec<String> = queues.iter().map(|(name, _)| name.clone()).collect();
+    watch.keep(&names);
     let peek = conn.capabilities().peek;
+    let (managed, management_error) = match management {
+        None => (HashMap::new(), None),
+        Some(api) => match api.queues().await {
+            Ok(managed) => (managed, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "monitor: RabbitMQ's management API");
+                (HashMap::new(), Some(format!("{e:#}")))
+            }
+        },
+    };
     let mut out = Vec::with_capacity(queues.len());
-    for name in queues {
-        let stats = match conn.queue_stats(name).await {
+    for (name, workers) in queues {
+        let mut stats = match conn.queue_stats(name).await {
             Ok(stats) => stats,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        let mut rates = Rates::default();
+        let mut stamped = None;
+        if let Some(m) = managed.get(name) {
+            stats.unacked = stats.unacked.or(m.unacked);
+            stats.consumers = stats.consumers.or(m.consumers);
+            stamped = m.head_timestamp;
+            rates = Rates {
+                publish: m.publish_rate,
+                deliver: m.deliver_rate,
+                ack: m.ack_rate,
+            };
+        }
         let now = SystemTime::now();
+        let since = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs_f64();
         let oldest_age = match stats.oldest {
-            Some(at) => Some((
-                now.duration_since(at).unwrap_or_default().as_secs_f64(),
-                AgeSource::Store,
-            )),
+            Some(at) => Some((since(at), AgeSource::Store)),
+            None if stats.ready > 0 && stamped.is_some() => stamped
+                .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+                .map(|at| (since(at), AgeSource::Timestamp)),
             None if peek => {
                 let head = match conn.peek(name, 1).await {
                     Ok(mut seen) => seen.pop().map(|e| identity(&e)),
@@ -208,9 +290,14 @@ pub(crate) async fn report(
             stats,
             oldest_age,
             dead_letters,
+            rates,
+            workers: workers.clone(),
         });
     }
-    Ok(out)
+    Ok(BrokerReport {
+        queues: out,
+        management_error,
+    })
 }
 
 /// A header or property value as JSON.
@@ -218,11 +305,15 @@ fn value_json(value: &Value) -> Json {
     serde_json::to_value(value).unwrap_or(Json::Null)
 }
 
-/// A message read without taking it, as `/api/broker/queue/<name>/messages` shows it: its
-/// routing, properties, headers and body (JSON decoded, text as text, anything else or a
-/// compressed body in base64; bodies over 64 KiB are left out, their size given).
-pub(crate) fn message_json(envelope: &Envelope) -> Json {
-    let message = &envelope.message;
+/// A message as `/api/broker/queues/<name>/messages` shows it: its routing, properties,
+/// headers and body (JSON decoded, text as text, anything else or a compressed body in
+/// base64; bodies over 64 KiB are left out, their size given).
+pub(crate) fn message_json(
+    message: &Message,
+    exchange: &str,
+    routing_key: &str,
+    redelivered: bool,
+) -> Json {
     let p = &message.properties;
     let properties = json!({
         "delivery_mode": p.delivery_mode.map(kombu_core::DeliveryMode::as_u8),
@@ -263,9 +354,9 @@ pub(crate) fn message_json(envelope: &Envelope) -> Json {
         )
     };
     json!({
-        "exchange": envelope.exchange,
-        "routing_key": envelope.routing_key,
-        "redelivered": envelope.redelivered,
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "redelivered": redelivered,
         "content_type": message.content_type.as_deref(),
         "content_encoding": message.content_encoding.as_deref(),
         "properties": properties,
@@ -307,13 +398,12 @@ mod tests {
     fn bodies_show_as_json_text_or_base64() {
         let mut message = kombu_core::Message::new(b"{\"a\": 1}".to_vec());
         message.content_type = Some("application/json".into());
-        let env = Envelope::new(message, "x".into(), "k".into());
-        let shown = message_json(&env);
+        let shown = message_json(&message, "x", "k", false);
         assert_eq!(shown["body"], json!({"a": 1}));
         assert_eq!(shown["body_encoding"], "json");
         let mut raw = kombu_core::Message::new(vec![0u8, 255]);
         raw.content_type = Some("application/octet-stream".into());
-        let shown = message_json(&Envelope::new(raw, String::new(), "q".into()));
+        let shown = message_json(&raw, "", "q", true);
         assert_eq!(shown["body"], "AP8=");
         assert_eq!(shown["body_encoding"], "base64");
     }

@@ -35,9 +35,11 @@
 
 mod api;
 mod broker;
+mod broker_api;
 mod control_api;
 pub mod history;
 mod ingest;
+mod management;
 mod metrics;
 mod pyjson;
 pub mod search;
@@ -66,6 +68,7 @@ pub struct MonitorBuilder {
     inspect_timeout: Duration,
     read_only: bool,
     queues: Vec<String>,
+    broker_api: Option<String>,
     auth: Auth,
     results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
     url_prefix: Option<String>,
@@ -172,6 +175,15 @@ impl MonitorBuilder {
         self
     }
 
+    /// RabbitMQ's management API (`http[s]://[user:password@]host:port/api/`, Flower's
+    /// `--broker_api`): unacked messages, message rates and head timestamps on the broker
+    /// page. Default on AMQP: `http://<broker host>:15672/api/` with the broker's
+    /// credentials; unused on other transports.
+    pub fn broker_api(mut self, url: &str) -> Self {
+        self.broker_api = Some(url.to_owned());
+        self
+    }
+
     /// How long a remote-control inspect waits for replies (default 1 s, Flower's).
     pub fn inspect_timeout(mut self, timeout: Duration) -> Self {
         self.inspect_timeout = timeout;
@@ -180,6 +192,11 @@ impl MonitorBuilder {
 
     /// Opens the history, starts listening to events, and asks the workers for their state.
     pub async fn start(self) -> Result<Monitor> {
+        let management = match (self.conn.messaging_system(), &self.broker_api) {
+            ("rabbitmq", Some(api)) => Some(management::Management::at(api, &self.conn.url())?),
+            ("rabbitmq", None) => Some(management::Management::beside(&self.conn.url())?),
+            _ => None,
+        };
         let history = Arc::new(History::open(self.db.as_deref(), self.limits)?);
         let state = Arc::new(State {
             conn: self.conn.clone(),
@@ -196,6 +213,7 @@ impl MonitorBuilder {
             results: self.results,
             url_prefix: self.url_prefix,
             heads: broker::HeadWatch::default(),
+            management,
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -236,6 +254,8 @@ pub(crate) struct State {
     url_prefix: Option<String>,
     /// The head message of each queue and since when (the observed age of the oldest).
     heads: broker::HeadWatch,
+    /// RabbitMQ's management API, on AMQP.
+    pub(crate) management: Option<management::Management>,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
@@ -263,31 +283,53 @@ impl State {
     }
 
     /// The broker page's queues (those of [`queue_lengths`](Self::queue_lengths)) with what
-    /// the transport tells of each.
-    pub(crate) async fn broker_report(&self) -> Result<Vec<broker::QueueReport>> {
-        let names = self.queue_names().await;
-        broker::report(&self.conn, &self.heads, &names).await
+    /// the transport, and RabbitMQ's management API where there is one, tell of each.
+    pub(crate) async fn broker_report(&self) -> Result<broker::BrokerReport> {
+        let queues = self.queue_consumers().await;
+        broker::report(&self.conn, &self.heads, self.management.as_ref(), &queues).await
     }
 
     /// The queues the workers consume and those asked for, sorted (`celery` when there are
     /// none).
     async fn queue_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = {
+        self.queue_consumers()
+            .await
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// [`queue_names`](Self::queue_names), each with the workers whose `active_queues` name
+    /// it (sorted).
+    async fn queue_consumers(&self) -> Vec<(String, Vec<String>)> {
+        let mut queues: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        {
             let cache = self.inspected.lock().await;
-            cache
-                .values()
-                .filter_map(|worker| worker["active_queues"].as_array())
-                .flatten()
-                .filter_map(|queue| queue["name"].as_str().map(str::to_owned))
-                .collect()
-        };
-        if names.is_empty() && self.queues.is_empty() {
-            names.push(kombu_celery::DEFAULT_QUEUE.to_owned());
+            for (worker, info) in cache.iter() {
+                for queue in info["active_queues"].as_array().into_iter().flatten() {
+                    if let Some(name) = queue["name"].as_str() {
+                        queues
+                            .entry(name.to_owned())
+                            .or_default()
+                            .push(worker.clone());
+                    }
+                }
+            }
         }
-        names.extend(self.queues.iter().cloned());
-        names.sort();
-        names.dedup();
-        names
+        if queues.is_empty() && self.queues.is_empty() {
+            queues.insert(kombu_celery::DEFAULT_QUEUE.to_owned(), Vec::new());
+        }
+        for name in &self.queues {
+            queues.entry(name.clone()).or_default();
+        }
+        queues
+            .into_iter()
+            .map(|(name, mut workers)| {
+                workers.sort();
+                workers.dedup();
+                (name, workers)
+            })
+            .collect()
     }
 
     /// [`refresh`](Self::refresh) of one worker unless one is running for it, or too many
@@ -405,6 +447,7 @@ impl Monitor {
             inspect_timeout: Duration::from_secs(1),
             read_only: false,
             queues: Vec::new(),
+            broker_api: None,
             auth: Auth::default(),
             results: None,
             url_prefix: None,
