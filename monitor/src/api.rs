@@ -24,6 +24,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/api/queues/length", get(queue_lengths))
+        .route("/api/live", get(crate::live::stream))
+        .route("/api/stats/series", get(crate::live::series))
         .route("/api/broker/queues", get(broker_api::queues))
         .route(
             "/api/broker/queues/{name}/messages",
@@ -68,7 +70,11 @@ async fn etag(request: axum::extract::Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let response = next.run(request).await;
-    if !conditional || response.status() != StatusCode::OK {
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if !conditional || response.status() != StatusCode::OK || streaming {
         return response;
     }
     let (mut parts, body) = response.into_parts();

@@ -97,6 +97,9 @@ async fn take(state: &Arc<State>, events: Vec<Event>) {
                 state
                     .metrics
                     .worker(event.kind().as_str(), hostname, active);
+                state
+                    .live
+                    .worker(event.kind().as_str(), hostname, event.fields());
             }
         }
     }
@@ -122,20 +125,23 @@ async fn take(state: &Arc<State>, events: Vec<Event>) {
             tasks
                 .iter()
                 .zip(applied)
-                .map(|(event, task)| TaskSeen {
-                    kind: event.kind().as_str().to_owned(),
-                    worker: event.hostname().unwrap_or_default().to_owned(),
-                    name: event
-                        .get("name")
-                        .and_then(Json::as_str)
-                        .filter(|n| !n.is_empty())
-                        .map(str::to_owned)
-                        .or(task.name)
-                        .unwrap_or_default(),
-                    runtime: event.get("runtime").and_then(Json::as_f64),
-                    received: task.received,
-                    started: task.started,
-                    eta: task.eta,
+                .map(|(event, task)| {
+                    let seen = TaskSeen {
+                        kind: event.kind().as_str().to_owned(),
+                        worker: event.hostname().unwrap_or_default().to_owned(),
+                        name: event
+                            .get("name")
+                            .and_then(Json::as_str)
+                            .filter(|n| !n.is_empty())
+                            .map(str::to_owned)
+                            .or(task.name)
+                            .unwrap_or_default(),
+                        runtime: event.get("runtime").and_then(Json::as_f64),
+                        received: task.received,
+                        started: task.started,
+                        eta: task.eta,
+                    };
+                    (event.uuid().unwrap_or_default().to_owned(), seen)
                 })
                 .collect::<Vec<_>>()
         })
@@ -143,8 +149,10 @@ async fn take(state: &Arc<State>, events: Vec<Event>) {
     .await;
     match applied {
         Ok(Ok(seen)) => {
-            for task in &seen {
+            let now = unix_now();
+            for (uuid, task) in &seen {
                 state.metrics.task(task);
+                state.live.task(uuid, task, now);
             }
         }
         Ok(Err(error)) => tracing::warn!(%error, "monitor: task events not kept"),

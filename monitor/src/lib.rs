@@ -39,6 +39,7 @@ mod broker_api;
 mod control_api;
 pub mod history;
 mod ingest;
+mod live;
 mod management;
 mod metrics;
 mod pyjson;
@@ -214,6 +215,7 @@ impl MonitorBuilder {
             url_prefix: self.url_prefix,
             heads: broker::HeadWatch::default(),
             management,
+            live: live::Live::default(),
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -256,6 +258,8 @@ pub(crate) struct State {
     heads: broker::HeadWatch,
     /// RabbitMQ's management API, on AMQP.
     pub(crate) management: Option<management::Management>,
+    /// Live updates and the throughput and latency series.
+    pub(crate) live: live::Live,
 }
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
