@@ -151,10 +151,14 @@ pub fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// Whether a message of a dead-letter queue is one of `queue`'s: a dead-letter queue shared
-/// by several queues (one bound to a dead-letter exchange) holds others' too. A message
-/// without [`ORIGINAL_QUEUE`] (dead-lettered by the broker) counts as `queue`'s.
+/// by several queues (one bound to a dead-letter exchange) holds others' too. The queue it
+/// came from is [`ORIGINAL_QUEUE`] (kombu-rs's dead letters), else `x-first-death-queue`
+/// (what RabbitMQ, and core on virtual transports, dead-letter by themselves); a message with
+/// neither counts as `queue`'s.
 pub fn is_dead_letter_of(delivery: &Delivery, queue: &str) -> bool {
-    header_text(delivery, ORIGINAL_QUEUE).is_none_or(|q| q == queue)
+    header_text(delivery, ORIGINAL_QUEUE)
+        .or_else(|| header_text(delivery, "x-first-death-queue"))
+        .is_none_or(|q| q == queue)
 }
 
 /// What [`replay`] did.
@@ -171,7 +175,7 @@ pub struct Replayed {
 }
 
 /// Moves up to `max` (all when `None`) of `queue`'s dead letters from `dlq` back to
-/// `queue`, oldest first: each is published to `queue` through the default exchange
+/// `queue`, oldest first, looking at no more messages than `dlq` held when it began: each is published to `queue` through the default exchange
 /// (mandatory where the transport can tell an unroutable message) without the
 /// [`DEAD_LETTER_HEADERS`], and only then removed from `dlq`, so a crash may duplicate one,
 /// never lose it. Messages are taken one at a time with [`Channel::get`](crate::transport::Channel::get)
@@ -200,6 +204,12 @@ pub async fn replay(
         Ok(false) => return (done, Ok(())),
         Err(e) => return (done, Err(e.context(format!("look up queue {dlq:?}")))),
     }
+    // What is there now, and no more: a consumer that dead-letters a replayed message
+    // again must not keep this going, nor others' messages pile up in `held`.
+    let present = match conn.queue_size(dlq).await {
+        Ok(n) => n,
+        Err(e) => return (done, Err(e.context(format!("size of queue {dlq:?}")))),
+    };
     let channel = match conn.channel().await {
         Ok(channel) => channel,
         Err(e) => return (done, Err(e.context("open a channel"))),
@@ -208,7 +218,9 @@ pub async fn replay(
     let sender = conn.default_channel().clone();
     let mut held: Vec<Delivery> = Vec::new();
     let mut failure = Ok(());
-    while max.is_none_or(|m| done.moved < m) {
+    let mut taken = 0u64;
+    while max.is_none_or(|m| done.moved < m) && taken < present {
+        taken += 1;
         let delivery = match channel.get(dlq, false).await {
             Ok(Some(d)) => d,
             Ok(None) => break,

@@ -7,10 +7,10 @@ use futures::TryStreamExt;
 use kombu_core::Result;
 use kombu_core::transport::QueueStats;
 use kombu_core::transport::virtual_transport::{Envelope, dead_letter_envelope};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use crate::backend::MongoBackend;
-use crate::documents::{PRIORITY, Payload, QUEUE, leased, read_payload};
+use crate::documents::{EXPIRE_AT, PRIORITY, Payload, QUEUE, leased, read_payload};
 use crate::errors::Op;
 
 /// When a document was stored, from its `_id` when that is an `ObjectId` (the driver's and
@@ -22,6 +22,18 @@ fn stored_at(document: &Document) -> Option<SystemTime> {
             SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
         }
         _ => None,
+    }
+}
+
+/// The ready documents of `queue` a take would hand out: not expired (a take dead-letters
+/// those).
+fn live(queue: &str) -> Document {
+    doc! {
+        QUEUE: queue,
+        "$or": [
+            { EXPIRE_AT: { "$exists": false } },
+            { EXPIRE_AT: { "$gt": DateTime::now() } },
+        ],
     }
 }
 
@@ -39,7 +51,7 @@ impl MongoBackend {
         // The oldest stored, not the first to be taken (priorities come first).
         let oldest = self
             .messages
-            .find_one(doc! { QUEUE: queue })
+            .find_one(live(queue))
             .sort(doc! { "_id": 1 })
             .projection(doc! { "_id": 1 })
             .await
@@ -59,7 +71,7 @@ impl MongoBackend {
         }
         let found: Vec<Document> = self
             .messages
-            .find(doc! { QUEUE: queue })
+            .find(live(queue))
             .sort(doc! { PRIORITY: 1, "_id": 1 })
             .limit(limit)
             .await
@@ -67,16 +79,19 @@ impl MongoBackend {
             .try_collect()
             .await
             .map_err(self.err("read a queue's messages", Op::Read))?;
+        // As a take: a dead-letter queue's documents are not bounded.
+        let max = match queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
+            true => u64::MAX,
+            false => self.options.max_payload_size,
+        };
         Ok(found
             .iter()
-            .map(
-                |document| match read_payload(document, self.options.max_payload_size) {
-                    Payload::Envelope(envelope) => Envelope::clone(&envelope),
-                    Payload::Unreadable(raw, reason) => {
-                        dead_letter_envelope(queue, "mongodb", &reason, raw)
-                    }
-                },
-            )
+            .map(|document| match read_payload(document, max) {
+                Payload::Envelope(envelope) => Envelope::clone(&envelope),
+                Payload::Unreadable(raw, reason) => {
+                    dead_letter_envelope(queue, "mongodb", &reason, raw)
+                }
+            })
             .collect())
     }
 }

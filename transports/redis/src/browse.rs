@@ -4,22 +4,36 @@
 use kombu_core::transport::QueueStats;
 use kombu_core::transport::virtual_transport::{Envelope, dead_letter_envelope, envelope};
 use kombu_core::{Error, ErrorKind, Result};
-use serde::de::IgnoredAny;
 
 use crate::backend::RedisBackend;
 
-/// Fields of `unacked` read per `HSCAN` step.
+/// Fields of `unacked` looked at per script call.
 const SCAN_STEP: usize = 1_000;
-/// At most this many `unacked` entries are read to count a queue's; beyond it the count is
-/// not reported (`None`) rather than a part of it.
+/// At most this many `unacked` entries are looked at to count a queue's; beyond it the count
+/// is not reported (`None`) rather than a part of it.
 const SCAN_LIMIT: usize = 200_000;
 
-/// The queue an `unacked` entry's message goes back to: kombu-rs writes `["<envelope>", "",
-/// "<queue>"]`, Python kombu `[<envelope>, "<exchange>", "<routing key>"]`, whose routing key
-/// is the queue under Celery's default routing. `None` for an entry of another shape.
-fn lease_queue(value: &[u8]) -> Option<String> {
-    let (_, _, key): (IgnoredAny, IgnoredAny, String) = serde_json::from_slice(value).ok()?;
-    Some(key)
+/// One `HSCAN` step of `KEYS[1]` (`unacked`) from cursor `ARGV[1]`, `ARGV[2]` fields, on the
+/// server: returns `{next cursor, fields seen, values ending with ARGV[3]}`, so no message
+/// crosses the network. An entry's value ends with its routing key (`, "<key>"]`): kombu-rs
+/// writes `[envelope, "", "<queue>"]`, Python kombu `[envelope, "<exchange>", "<routing
+/// key>"]`, whose routing key is the queue under Celery's default routing.
+const COUNT_LEASES: &str = r#"
+local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local values, suffix, n = r[2], ARGV[3], 0
+local len = #suffix
+for i = 2, #values, 2 do
+  if string.sub(values[i], -len) == suffix then n = n + 1 end
+end
+return {r[1], #values / 2, n}
+"#;
+
+static COUNT_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(COUNT_LEASES));
+
+/// The end of an `unacked` value naming `queue` as its routing key.
+fn lease_suffix(queue: &str) -> String {
+    format!(", {}]", serde_json::Value::from(queue))
 }
 
 impl RedisBackend {
@@ -36,29 +50,25 @@ impl RedisBackend {
         }))
     }
 
-    /// Counts the `unacked` entries of `queue` with `HSCAN`; `None` past [`SCAN_LIMIT`].
+    /// Counts the `unacked` entries of `queue` on the server, a step at a time (`HSCAN` may
+    /// return an entry twice while the hash grows: the count is then one high); `None` past
+    /// [`SCAN_LIMIT`] entries.
     async fn count_unacked(&self, queue: &str) -> Result<Option<u64>> {
         let mut conn = self.conn().await?;
-        let mut cursor: u64 = 0;
-        let mut seen = 0usize;
-        let mut count = 0u64;
+        let suffix = lease_suffix(queue);
+        let (mut cursor, mut seen, mut count) = (String::from("0"), 0usize, 0u64);
         loop {
-            let (next, pairs): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-                .arg(&self.options.unacked)
-                .arg(cursor)
-                .arg("COUNT")
+            let (next, fields, matched): (String, usize, u64) = COUNT_SCRIPT
+                .key(&self.options.unacked)
+                .arg(&cursor)
                 .arg(SCAN_STEP)
-                .query_async(&mut conn)
+                .arg(&suffix)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(self.err("count unacked messages"))?;
-            // Field, value, field, value, ...
-            for value in pairs.iter().skip(1).step_by(2) {
-                seen += 1;
-                if lease_queue(value).is_some_and(|q| q == queue) {
-                    count += 1;
-                }
-            }
-            if next == 0 {
+            seen += fields;
+            count += matched;
+            if next == "0" {
                 return Ok(Some(count));
             }
             if seen >= SCAN_LIMIT {
@@ -105,19 +115,14 @@ impl RedisBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::lease_queue;
+    use super::lease_suffix;
 
     #[test]
-    fn leases_name_their_queue_in_either_format() {
-        assert_eq!(
-            lease_queue(br#"["{\"body\": \"x\"}", "", "jobs"]"#).as_deref(),
-            Some("jobs")
-        );
-        assert_eq!(
-            lease_queue(br#"[{"body": "x"}, "celery", "celery"]"#).as_deref(),
-            Some("celery")
-        );
-        assert_eq!(lease_queue(b"not json"), None);
-        assert_eq!(lease_queue(br#"["a", "b"]"#), None);
+    fn leases_end_with_their_queue_in_either_format() {
+        let suffix = lease_suffix("jobs");
+        assert!(r#"["{\"body\": \"x\"}", "", "jobs"]"#.ends_with(&suffix));
+        assert!(r#"[{"body": "x"}, "celery", "jobs"]"#.ends_with(&suffix));
+        assert!(!r#"[{"body": "x"}, "", "other-jobs"]"#.ends_with(&suffix));
+        assert_eq!(lease_suffix("a\"b"), r#", "a\"b"]"#);
     }
 }

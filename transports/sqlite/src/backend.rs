@@ -369,11 +369,14 @@ impl Backend for SqliteBackend {
                 let Some(id) = queue_id(&tx, &name)? else {
                     return Ok(None);
                 };
-                // Ready rows, and taken ones (delayed rows are neither until due).
+                // Ready rows, and leased ones: taken by kombu-rs (a take time or an earlier
+                // version's lease end). Delayed rows are neither until due, and rows Python
+                // kombu took are never acked nor deleted by it: not counted.
                 let (ready, taken): (i64, i64) = tx
                     .prepare_cached(
                         "SELECT COALESCE(SUM(visible = 1), 0), \
-                         COALESCE(SUM(visible = 0 AND due_at IS NULL), 0) \
+                         COALESCE(SUM(visible = 0 AND due_at IS NULL \
+                         AND (taken_at IS NOT NULL OR lease_until IS NOT NULL)), 0) \
                          FROM kombu_message WHERE queue_id = ?1",
                     )?
                     .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -389,7 +392,12 @@ impl Backend for SqliteBackend {
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
         let name = queue.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let max_payload = i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX);
+        // As a take: a dead-letter queue's rows are not bounded (see `get_many`).
+        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
+            i64::MAX
+        } else {
+            i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX)
+        };
         let rows = self
             .run("peek", move |conn| {
                 let Some(id) = queue_id(conn, &name)? else {

@@ -86,3 +86,49 @@ async fn an_unreadable_row_taken_and_abandoned_comes_back() -> kombu_core::Resul
 fn broker(e: rusqlite::Error) -> kombu_core::Error {
     kombu_core::Error::new(kombu_core::ErrorKind::Broker, "raw sqlite").with_source(e)
 }
+
+/// Rows Python kombu took (visible 0, no take time: it never acks nor deletes them) are not
+/// unacked; a kombu-rs lease is. A peek shows the ready rows in take order, an unreadable one
+/// as the dead letter it would become.
+#[tokio::test]
+async fn stats_count_only_kombu_rs_leases_and_peeks_take_nothing() -> kombu_core::Result<()> {
+    let path = std::env::temp_dir().join(format!(
+        "kombu-sqlite-stats-{}.db",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let url = BrokerUrl::parse(&format!("sqlite://{}", path.display()))?;
+    let backend = SqliteBackend::shared(Options::from_url(&url)?, "test".to_owned()).await?;
+    backend.queue("q", Some(&Queue::new("q"))).await?;
+    {
+        let db = rusqlite::Connection::open(&path).map_err(broker)?;
+        // Taken by Python kombu long ago, then a row that is not an envelope.
+        db.execute_batch(
+            "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) \
+             VALUES (0, '2020-01-01 00:00:00', 'old', 1, (SELECT id FROM kombu_queue WHERE name = 'q')); \
+             INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) \
+             VALUES (1, NULL, x'00ff', 1, (SELECT id FROM kombu_queue WHERE name = 'q'));",
+        )
+        .map_err(broker)?;
+    }
+    backend
+        .put(
+            "q",
+            Envelope::new(Message::new(&b"\"a\""[..]), String::new(), "q".to_owned()),
+        )
+        .await?;
+    let stats = backend.queue_stats("q").await?.expect("the queue");
+    assert_eq!((stats.ready, stats.unacked), (2, Some(0)));
+    let seen = backend.peek("q", 10).await?;
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].routing_key, "q.dlq",
+        "the unreadable row first, as stored"
+    );
+    assert_eq!(seen[1].message.body.as_ref(), b"\"a\"");
+    let taken = backend.get_many("q", 1, TakeMode::Lease(None)).await?;
+    assert_eq!(taken.unreadable.len(), 1, "the peek took nothing");
+    let stats = backend.queue_stats("q").await?.expect("the queue");
+    assert_eq!((stats.ready, stats.unacked), (1, Some(1)));
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
