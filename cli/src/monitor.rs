@@ -69,9 +69,15 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub read_only: bool,
     /// RabbitMQ's management API, for unacked messages and rates on AMQP (default:
-    /// http://<broker host>:15672/api/ with the broker's credentials).
-    #[arg(long, value_name = "URL")]
-    pub broker_api: Option<String>,
+    /// http://<broker host>:15672/api/, https://...:15671 for amqps://, with the broker's
+    /// credentials). Prefer the environment variable when the URL holds a password.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KOMBU_MONITOR_BROKER_API",
+        hide_env_values = true
+    )]
+    pub broker_api: Option<Secret>,
     /// Watch this queue too, beside those the workers consume; may be repeated.
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
@@ -109,7 +115,7 @@ pub async fn run(global: &Global, args: MonitorArgs) -> anyhow::Result<Outcome> 
         .read_only(args.read_only)
         .queues(args.queues.iter().cloned());
     if let Some(api) = &args.broker_api {
-        builder = builder.broker_api(api);
+        builder = builder.broker_api(&api.0);
     }
     for pair in &args.auth {
         match pair.0.split_once(':') {

@@ -21,7 +21,7 @@ use kombu_core::{Connection, ErrorKind, Message, Result, Value};
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json, json};
 
-use crate::management::Management;
+use crate::management::{ManagedQueue, Management};
 
 /// Bodies larger than this are not shown (their size is).
 const MAX_BODY: usize = 64 * 1024;
@@ -61,6 +61,8 @@ pub(crate) struct QueueReport {
     pub(crate) rates: Rates,
     /// The workers whose `active_queues` name the queue.
     pub(crate) workers: Vec<String>,
+    /// Why the queue could not be read (its figures are then zero and unknown).
+    pub(crate) error: Option<String>,
 }
 
 /// Messages a second through a queue.
@@ -101,6 +103,7 @@ impl QueueReport {
             "deliver_rate": self.rates.deliver,
             "ack_rate": self.rates.ack,
             "workers": self.workers,
+            "error": self.error,
         })
     }
 }
@@ -122,7 +125,7 @@ pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Jso
             "messages".into(),
             json!(
                 "AMQP 0-9-1 can only show messages by taking and requeueing them, which marks \
-                 them redelivered"
+                 them redelivered (and counts toward a quorum queue's delivery limit)"
             ),
         );
         return notes;
@@ -155,7 +158,7 @@ pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Jso
             "messages".into(),
             json!(
                 "AMQP 0-9-1 can only show messages by taking and requeueing them, which marks \
-                 them redelivered"
+                 them redelivered (and counts toward a quorum queue's delivery limit)"
             ),
         );
     }
@@ -243,61 +246,106 @@ pub(crate) async fn report(
     };
     let mut out = Vec::with_capacity(queues.len());
     for (name, workers) in queues {
-        let mut stats = match conn.queue_stats(name).await {
-            Ok(stats) => stats,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let mut rates = Rates::default();
-        let mut stamped = None;
-        if let Some(m) = managed.get(name) {
-            stats.unacked = stats.unacked.or(m.unacked);
-            stats.consumers = stats.consumers.or(m.consumers);
-            stamped = m.head_timestamp;
-            rates = Rates {
-                publish: m.publish_rate,
-                deliver: m.deliver_rate,
-                ack: m.ack_rate,
-            };
-        }
-        let now = SystemTime::now();
-        let since = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs_f64();
-        let oldest_age = match stats.oldest {
-            Some(at) => Some((since(at), AgeSource::Store)),
-            None if stats.ready > 0 && stamped.is_some() => stamped
-                .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
-                .map(|at| (since(at), AgeSource::Timestamp)),
-            None if peek => {
-                let head = match conn.peek(name, 1).await {
-                    Ok(mut seen) => seen.pop().map(|e| identity(&e)),
-                    Err(e) if e.kind() == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e),
-                };
-                watch
-                    .note(name, head, now)
-                    .map(|d| (d.as_secs_f64(), AgeSource::Observed))
+        match queue_report(conn, watch, peek, &managed, name).await {
+            Ok(Some(mut report)) => {
+                report.workers = workers.clone();
+                out.push(report);
             }
-            None => None,
-        };
-        let dlq = dlq_name(name);
-        let dead_letters = match conn.queue_size(&dlq).await {
-            Ok(ready) => Some((dlq, ready)),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        out.push(QueueReport {
-            name: name.clone(),
-            stats,
-            oldest_age,
-            dead_letters,
-            rates,
-            workers: workers.clone(),
-        });
+            Ok(None) => {}
+            // One queue that cannot be read does not hide the others.
+            Err(e) => out.push(QueueReport {
+                name: name.clone(),
+                stats: QueueStats::default(),
+                oldest_age: None,
+                dead_letters: None,
+                rates: Rates::default(),
+                workers: workers.clone(),
+                error: Some(format!("{e:#}")),
+            }),
+        }
     }
     Ok(BrokerReport {
         queues: out,
         management_error,
     })
+}
+
+/// Whether `queue` exists, asked so that a missing one disturbs nothing: on AMQP a passive
+/// declaration of a missing queue closes the channel it is made on (`queue_exists` uses one
+/// of its own), which would be the connection's default channel.
+async fn exists(conn: &Connection, queue: &str) -> Result<bool> {
+    conn.queue_exists(queue).await
+}
+
+/// One queue's report; `None` when it exists nowhere.
+async fn queue_report(
+    conn: &Connection,
+    watch: &HeadWatch,
+    peek: bool,
+    managed: &HashMap<String, ManagedQueue>,
+    name: &str,
+) -> Result<Option<QueueReport>> {
+    if !exists(conn, name).await? {
+        return Ok(None);
+    }
+    let mut stats = match conn.queue_stats(name).await {
+        Ok(stats) => stats,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut rates = Rates::default();
+    let mut stamped = None;
+    if let Some(m) = managed.get(name) {
+        stats.unacked = stats.unacked.or(m.unacked);
+        stats.consumers = stats.consumers.or(m.consumers);
+        stamped = m.head_timestamp;
+        rates = Rates {
+            publish: m.publish_rate,
+            deliver: m.deliver_rate,
+            ack: m.ack_rate,
+        };
+    }
+    let now = SystemTime::now();
+    let since = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs_f64();
+    let oldest_age = match stats.oldest {
+        _ if stats.ready == 0 => {
+            watch.note(name, None, now);
+            None
+        }
+        Some(at) => Some((since(at), AgeSource::Store)),
+        None if stamped.is_some() => stamped
+            .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+            .map(|at| (since(at), AgeSource::Timestamp)),
+        None if peek => {
+            let head = match conn.peek(name, 1).await {
+                Ok(mut seen) => seen.pop().map(|e| identity(&e)),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            watch
+                .note(name, head, now)
+                .map(|d| (d.as_secs_f64(), AgeSource::Observed))
+        }
+        None => None,
+    };
+    let dlq = dlq_name(name);
+    let dead_letters = match exists(conn, &dlq).await? {
+        false => None,
+        true => match conn.queue_size(&dlq).await {
+            Ok(ready) => Some((dlq, ready)),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        },
+    };
+    Ok(Some(QueueReport {
+        name: name.to_owned(),
+        stats,
+        oldest_age,
+        dead_letters,
+        rates,
+        workers: Vec::new(),
+        error: None,
+    }))
 }
 
 /// A header or property value as JSON.

@@ -99,8 +99,9 @@ pub(crate) async fn messages(
 /// `POST /api/broker/queues/<name>/messages` with `redeliver=yes` (and `limit`): shows up to
 /// `limit` messages by taking them one at a time and putting them all back (newest first,
 /// so the queue keeps its order), for transports that cannot peek (AMQP 0-9-1). Each
-/// message shown is marked redelivered, and is unavailable to consumers while it is held:
-/// hence a steering call (refused in read-only mode) that must say `redeliver=yes`.
+/// message shown is marked redelivered, is unavailable to consumers while it is held, and on
+/// a RabbitMQ quorum queue each requeue counts toward the queue's delivery limit: hence a
+/// steering call (refused in read-only mode) that must say `redeliver=yes`.
 pub(crate) async fn take_and_requeue(
     Shared(state): Shared<Arc<State>>,
     Path(name): Path<String>,
@@ -126,6 +127,19 @@ pub(crate) async fn take_and_requeue(
         Ok(false) => return unknown_queue(&name),
         Err(e) => return failed(e),
     }
+    // In a task of its own: a client that goes away does not stop it half way, with
+    // messages taken and not put back in their order.
+    let done = tokio::spawn(take_and_put_back(state, name, limit)).await;
+    done.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("taking and requeueing failed: {e}"),
+        )
+    })
+}
+
+/// Takes up to `limit` messages of `name` one at a time, then puts them all back.
+async fn take_and_put_back(state: Arc<State>, name: String, limit: usize) -> Response {
     let channel = match state.conn.channel().await {
         Ok(channel) => channel,
         Err(e) => return failed(e),
@@ -192,7 +206,24 @@ pub(crate) async fn replay(
         Err(e) => return failed(e),
     }
     let dlq = dlq_name(&name);
-    let (done, outcome) = replay_dead_letters(&state.conn, &name, &dlq, count).await;
+    // In a task of its own: a client that goes away does not stop it between a publish and
+    // its ack.
+    let (done, outcome) = {
+        let (state, name, dlq) = (state.clone(), name.clone(), dlq.clone());
+        match tokio::spawn(
+            async move { replay_dead_letters(&state.conn, &name, &dlq, count).await },
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the replay failed: {e}"),
+                );
+            }
+        }
+    };
     let body = json!({
         "moved": done.moved,
         "unreadable": done.unreadable,

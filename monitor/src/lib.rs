@@ -69,7 +69,7 @@ pub struct MonitorBuilder {
     inspect_timeout: Duration,
     read_only: bool,
     queues: Vec<String>,
-    broker_api: Option<String>,
+    broker_api: Option<BrokerApi>,
     auth: Auth,
     results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
     url_prefix: Option<String>,
@@ -91,6 +91,16 @@ impl std::fmt::Debug for Auth {
             .field("basic", &self.basic.len())
             .field("tokens", &self.tokens.len())
             .finish()
+    }
+}
+
+/// The management API's URL, which may hold a password: never shown.
+#[derive(Clone)]
+struct BrokerApi(String);
+
+impl std::fmt::Debug for BrokerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerApi(***)")
     }
 }
 
@@ -181,7 +191,7 @@ impl MonitorBuilder {
     /// page. Default on AMQP: `http://<broker host>:15672/api/` with the broker's
     /// credentials; unused on other transports.
     pub fn broker_api(mut self, url: &str) -> Self {
-        self.broker_api = Some(url.to_owned());
+        self.broker_api = Some(BrokerApi(url.to_owned()));
         self
     }
 
@@ -194,7 +204,7 @@ impl MonitorBuilder {
     /// Opens the history, starts listening to events, and asks the workers for their state.
     pub async fn start(self) -> Result<Monitor> {
         let management = match (self.conn.messaging_system(), &self.broker_api) {
-            ("rabbitmq", Some(api)) => Some(management::Management::at(api, &self.conn.url())?),
+            ("rabbitmq", Some(api)) => Some(management::Management::at(&api.0, &self.conn.url())?),
             ("rabbitmq", None) => Some(management::Management::beside(&self.conn.url())?),
             _ => None,
         };
@@ -216,6 +226,7 @@ impl MonitorBuilder {
             heads: broker::HeadWatch::default(),
             management,
             live: live::Live::default(),
+            report: tokio::sync::Mutex::new(None),
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -260,7 +271,12 @@ pub(crate) struct State {
     pub(crate) management: Option<management::Management>,
     /// Live updates and the throughput and latency series.
     pub(crate) live: live::Live,
+    /// The last broker report and when it was made.
+    report: tokio::sync::Mutex<Option<(std::time::Instant, broker::BrokerReport)>>,
 }
+
+/// How long a broker report is served again.
+const REPORT_FOR: Duration = Duration::from_secs(2);
 
 /// At most this many inspects of single workers run at once (each is 8 broadcasts).
 const MAX_REFRESHES: usize = 16;
@@ -288,9 +304,21 @@ impl State {
 
     /// The broker page's queues (those of [`queue_lengths`](Self::queue_lengths)) with what
     /// the transport, and RabbitMQ's management API where there is one, tell of each.
+    ///
+    /// One report at a time, kept for [`REPORT_FOR`]: a page and `/metrics` scraped by several
+    /// Prometheus servers cost the broker one report every two seconds at most.
     pub(crate) async fn broker_report(&self) -> Result<broker::BrokerReport> {
+        let mut cached = self.report.lock().await;
+        if let Some((at, report)) = cached.as_ref()
+            && at.elapsed() < REPORT_FOR
+        {
+            return Ok(report.clone());
+        }
         let queues = self.queue_consumers().await;
-        broker::report(&self.conn, &self.heads, self.management.as_ref(), &queues).await
+        let report =
+            broker::report(&self.conn, &self.heads, self.management.as_ref(), &queues).await?;
+        *cached = Some((std::time::Instant::now(), report.clone()));
+        Ok(report)
     }
 
     /// The queues the workers consume and those asked for, sorted (`celery` when there are

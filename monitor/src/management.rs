@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kombu_core::{BrokerUrl, Error, ErrorKind, Result};
+use parking_lot::Mutex;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Deserialize;
+use serde_json::Value as Json;
 
 /// How long one call to the API may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,48 +38,42 @@ pub(crate) struct ManagedQueue {
     pub(crate) ack_rate: Option<f64>,
 }
 
-#[derive(Deserialize)]
-struct Rate {
-    rate: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-struct Stats {
-    publish_details: Option<Rate>,
-    deliver_get_details: Option<Rate>,
-    ack_details: Option<Rate>,
-}
-
-#[derive(Deserialize)]
-struct Row {
-    name: String,
-    messages_ready: Option<u64>,
-    messages_unacknowledged: Option<u64>,
-    consumers: Option<u64>,
-    head_message_timestamp: Option<u64>,
-    message_stats: Option<Stats>,
-}
-
-impl From<Row> for ManagedQueue {
-    fn from(row: Row) -> Self {
-        let stats = row.message_stats.unwrap_or_default();
-        let rate = |r: Option<Rate>| r.and_then(|r| r.rate);
-        ManagedQueue {
-            ready: row.messages_ready,
-            unacked: row.messages_unacknowledged,
-            consumers: row.consumers,
-            head_timestamp: row.head_message_timestamp,
-            publish_rate: rate(stats.publish_details),
-            deliver_rate: rate(stats.deliver_get_details),
-            ack_rate: rate(stats.ack_details),
-        }
+impl ManagedQueue {
+    /// A row of the API's queue list: its name and what it tells, each field read on its own
+    /// (a field of another type, as older brokers write `""` for an unknown one, is unknown).
+    fn read(row: &Json) -> Option<(String, ManagedQueue)> {
+        let name = row.get("name")?.as_str()?.to_owned();
+        let count = |key: &str| row.get(key).and_then(Json::as_u64);
+        let rate = |key: &str| {
+            row.get("message_stats")
+                .and_then(|s| s.get(key))
+                .and_then(|d| d.get("rate"))
+                .and_then(Json::as_f64)
+        };
+        Some((
+            name,
+            ManagedQueue {
+                ready: count("messages_ready"),
+                unacked: count("messages_unacknowledged"),
+                consumers: count("consumers"),
+                head_timestamp: count("head_message_timestamp"),
+                publish_rate: rate("publish_details"),
+                deliver_rate: rate("deliver_get_details"),
+                ack_rate: rate("ack_details"),
+            },
+        ))
     }
 }
 
+/// After a failed call, the next waits this long (its error is answered meanwhile): an API
+/// that does not answer costs a scrape nothing.
+const BACKOFF: Duration = Duration::from_secs(30);
+
 /// A client of one broker's management API.
-#[derive(Clone)]
 pub(crate) struct Management {
     client: reqwest::Client,
+    /// Until when calls are not made, and the error that stopped them.
+    paused: Mutex<Option<(std::time::Instant, String)>>,
     /// `<scheme>://<host>:<port>/<path>/`, without credentials.
     base: String,
     user: String,
@@ -130,8 +125,9 @@ fn client() -> Result<reqwest::Client> {
 }
 
 impl Management {
-    /// The API beside an AMQP broker: `http://<host>:15672/api/`, its credentials (guest
-    /// when it has none) and virtual host.
+    /// The API beside an AMQP broker: `http://<host>:15672/api/` (for `amqps://`,
+    /// `https://<host>:15671/api/`: its password is not sent in the clear), its credentials
+    /// (guest when it has none) and virtual host.
     pub(crate) fn beside(broker: &BrokerUrl) -> Result<Management> {
         let host = broker.host().unwrap_or("localhost");
         let host = if host.contains(':') {
@@ -139,9 +135,14 @@ impl Management {
         } else {
             host.to_owned()
         };
+        let base = match broker.scheme() {
+            "amqps" => format!("https://{host}:15671/api/"),
+            _ => format!("http://{host}:15672/api/"),
+        };
         Ok(Management {
             client: client()?,
-            base: format!("http://{host}:15672/api/"),
+            paused: Mutex::new(None),
+            base,
             user: broker.username().unwrap_or("guest").to_owned(),
             password: broker
                 .password()
@@ -191,8 +192,23 @@ impl Management {
         &self.base
     }
 
-    /// Every queue of the virtual host, by name.
+    /// Every queue of the virtual host, by name; after a failure, that failure again for
+    /// [`BACKOFF`] without calling.
     pub(crate) async fn queues(&self) -> Result<HashMap<String, ManagedQueue>> {
+        if let Some((until, error)) = self.paused.lock().as_ref()
+            && std::time::Instant::now() < *until
+        {
+            return Err(Error::new(ErrorKind::Connection, error.clone()));
+        }
+        let answer = self.call().await;
+        *self.paused.lock() = match &answer {
+            Ok(_) => None,
+            Err(e) => Some((std::time::Instant::now() + BACKOFF, format!("{e:#}"))),
+        };
+        answer
+    }
+
+    async fn call(&self) -> Result<HashMap<String, ManagedQueue>> {
         let url = format!(
             "{}queues/{}?columns={COLUMNS}",
             self.base,
@@ -223,11 +239,8 @@ impl Management {
                 format!("the management API at {} answered {status}", self.base),
             ));
         }
-        let rows: Vec<Row> = response.json().await.map_err(failed)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (row.name.clone(), ManagedQueue::from(row)))
-            .collect())
+        let rows: Vec<Json> = response.json().await.map_err(failed)?;
+        Ok(rows.iter().filter_map(ManagedQueue::read).collect())
     }
 }
 
@@ -253,6 +266,8 @@ mod tests {
         let m = Management::at("https://admin:s%2Fecret@mgmt.example:15671/api", &broker)?;
         assert_eq!(m.base, "https://mgmt.example:15671/api/");
         assert_eq!((m.user.as_str(), m.password.as_str()), ("admin", "s/ecret"));
+        let m = Management::beside(&BrokerUrl::parse("amqps://rabbit.example/")?)?;
+        assert_eq!(m.base, "https://rabbit.example:15671/api/");
         let m = Management::beside(&BrokerUrl::parse("amqp://localhost")?)?;
         assert_eq!((m.user.as_str(), m.vhost.as_str()), ("guest", "/"));
         assert!(Management::at("amqp://x", &broker).is_err());
@@ -260,22 +275,25 @@ mod tests {
     }
 
     #[test]
-    fn rows_read_with_and_without_stats() {
-        let rows: Vec<Row> = serde_json::from_str(
+    fn rows_read_field_by_field() {
+        let rows: Vec<Json> = serde_json::from_str(
             r#"[{"name": "a", "messages_ready": 2, "messages_unacknowledged": 1,
                  "consumers": 3, "head_message_timestamp": 1700000000,
                  "message_stats": {"publish_details": {"rate": 1.5},
                                    "deliver_get_details": {"rate": 0.5}}},
-                {"name": "b", "messages_ready": 0}]"#,
+                {"name": "b", "messages_ready": 0, "head_message_timestamp": ""},
+                {"no": "name"}]"#,
         )
         .expect("rows");
-        let queues: Vec<ManagedQueue> = rows.into_iter().map(ManagedQueue::from).collect();
-        assert_eq!(queues[0].unacked, Some(1));
-        assert_eq!(queues[0].head_timestamp, Some(1_700_000_000));
-        assert_eq!(queues[0].publish_rate, Some(1.5));
-        assert_eq!(queues[0].ack_rate, None);
+        let queues: Vec<(String, ManagedQueue)> =
+            rows.iter().filter_map(ManagedQueue::read).collect();
+        assert_eq!(queues.len(), 2);
+        assert_eq!(queues[0].1.unacked, Some(1));
+        assert_eq!(queues[0].1.head_timestamp, Some(1_700_000_000));
+        assert_eq!(queues[0].1.publish_rate, Some(1.5));
+        assert_eq!(queues[0].1.ack_rate, None);
         assert_eq!(
-            queues[1],
+            queues[1].1,
             ManagedQueue {
                 ready: Some(0),
                 ..ManagedQueue::default()

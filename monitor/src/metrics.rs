@@ -102,7 +102,7 @@ impl Metrics {
         );
         registry.register(
             "kombu_queue_messages",
-            "Messages ready in the queue (the queues the workers consume, as /api/queues/length)",
+            "Messages ready in the queue (the queues the workers consume and --queue names)",
             queue_messages.clone(),
         );
         registry.register(
@@ -193,7 +193,8 @@ impl Metrics {
         self.queue_unacked.clear();
         self.queue_oldest.clear();
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        for queue in queues {
+        // A queue that could not be read has no samples, rather than zeros.
+        for queue in queues.iter().filter(|q| q.error.is_none()) {
             let labels = vec![("queue", queue.name.clone())];
             self.queue_messages
                 .get_or_create(&labels)
