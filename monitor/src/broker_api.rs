@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::State;
 use crate::api::{argument, error, failed, json};
 use crate::broker::{self, QueueReport};
-use crate::control_api::arguments;
+use crate::control_api::{arguments, read_only};
 
 /// Most messages one look at a queue shows.
 const MAX_PEEK: usize = 100;
@@ -108,8 +108,8 @@ pub(crate) async fn take_and_requeue(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    if state.read_only {
-        return error(StatusCode::FORBIDDEN, "Read only mode is enabled");
+    if let Some(refusal) = read_only(&state) {
+        return refusal;
     }
     let params = arguments(query.as_deref(), &body);
     if argument(&params, "redeliver") != Some("yes") {
@@ -184,8 +184,8 @@ pub(crate) async fn replay(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    if state.read_only {
-        return error(StatusCode::FORBIDDEN, "Read only mode is enabled");
+    if let Some(refusal) = read_only(&state) {
+        return refusal;
     }
     let params = arguments(query.as_deref(), &body);
     let count = match argument(&params, "count") {

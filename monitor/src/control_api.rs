@@ -44,7 +44,8 @@ fn refused(text: String) -> Response {
         .into_response()
 }
 
-fn read_only(state: &State) -> Option<Response> {
+/// Flower's refusal of a steering call in read-only mode.
+pub(crate) fn read_only(state: &State) -> Option<Response> {
     state
         .read_only
         .then(|| error(StatusCode::FORBIDDEN, "Read only mode is enabled"))

@@ -4,6 +4,8 @@
 //! without taking them; 501 on AMQP) and the queue gauges of `/metrics`; on RabbitMQ with
 //! what its management API adds (unacked, the head message's timestamp, rates).
 
+mod support;
+
 use std::time::Duration;
 
 use kombu_core::{Connection, Queue};
@@ -92,12 +94,7 @@ async fn check(broker: brokers::Broker) {
         .start()
         .await
         .expect("start");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, server) = support::serve(&monitor).await;
 
     let (status, body) = get(port, "/api/broker/queues").await;
     assert_eq!(status, 200, "{transport}: {body}");
@@ -279,12 +276,7 @@ async fn check(broker: brokers::Broker) {
         .start()
         .await
         .expect("start");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, server) = support::serve(&monitor).await;
     for path in [
         format!("/api/broker/queues/{name}/replay"),
         format!("/api/broker/queues/{name}/messages"),

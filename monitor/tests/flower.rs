@@ -2,6 +2,8 @@
 //! Rust worker with task events: the same bytes from `/api/tasks`, `/api/task/info/<id>` and
 //! `/api/task/types`, and both see the worker alive.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,19 +20,6 @@ use serde_json::{Value as Json, json};
 const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
 const FAIL: Task<(String,), ()> = Task::new("tasks.fail");
 const WAIT: Duration = Duration::from_secs(40);
-
-/// Serves `monitor` on a free loopback port: the port and the server's task.
-async fn serve(monitor: &Monitor) -> (u16, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    (
-        port,
-        tokio::spawn(async move { axum::serve(listener, app).await }),
-    )
-}
 
 /// A connection to a memory broker of the test's own.
 async fn memory() -> Connection {
@@ -163,7 +152,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         .start()
         .await
         .expect("the monitor");
-    let (our_port, serving) = serve(&monitor).await;
+    let (our_port, serving) = support::serve(&monitor).await;
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let node = format!("mon-{}@test", &id[..10]);
@@ -427,7 +416,7 @@ async fn users_tokens_and_read_only() {
         .start()
         .await
         .expect("the monitor");
-    let (port, serving) = serve(&monitor).await;
+    let (port, serving) = support::serve(&monitor).await;
     let ask = |method: &'static str, path: &'static str, headers: &'static str| {
         tokio::task::spawn_blocking(move || http(port, method, path, "", headers))
     };
@@ -490,7 +479,7 @@ async fn users_tokens_and_read_only() {
 async fn cross_site_requests_are_refused() {
     let conn = memory().await;
     let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
-    let (port, serving) = serve(&monitor).await;
+    let (port, serving) = support::serve(&monitor).await;
     let ask = |method: &'static str, path: &'static str, headers: String| {
         tokio::task::spawn_blocking(move || http(port, method, path, "", &headers))
     };
@@ -558,7 +547,7 @@ async fn behind_a_prefix_with_etags() {
         .start()
         .await
         .expect("the monitor");
-    let (port, serving) = serve(&monitor).await;
+    let (port, serving) = support::serve(&monitor).await;
     let (prefixed, bare, first) = tokio::task::spawn_blocking(move || {
         (
             http_get(port, "/flower/healthcheck"),

@@ -2,6 +2,8 @@
 //! state changes as they happen (server-sent events), and `/api/stats/series` counts them in
 //! the current second's bucket.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -58,12 +60,7 @@ async fn task_and_worker_changes_stream_as_they_happen() {
         .await
         .expect("open");
     let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let app = monitor.router();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (port, server) = support::serve(&monitor).await;
 
     // The stream is open before anything happens.
     let reading = tokio::task::spawn_blocking(move || {
