@@ -22,6 +22,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             "/healthcheck",
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], "OK") }),
         )
+        .route("/", get(crate::page::index))
+        .route("/static/monitor.js", get(crate::page::script))
+        .route("/static/monitor.css", get(crate::page::style))
+        .route("/api/monitor/workers", get(crate::page::workers))
         .route("/metrics", get(metrics))
         .route("/api/queues/length", get(queue_lengths))
         .route("/api/live", get(crate::live::stream))
@@ -142,7 +146,10 @@ async fn authorize(
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if !request.uri().path().starts_with("/api/") {
+    // The API, and the page itself (so that a browser asks for the password when it opens
+    // the page, and sends it with the page's calls).
+    let path = request.uri().path();
+    if !path.starts_with("/api/") && path != "/" {
         return next.run(request).await;
     }
     if let Some(refusal) = cross_site(&request, state.auth.is_open()) {
@@ -172,8 +179,15 @@ async fn authorize(
     };
     if allowed {
         next.run(request).await
-    } else {
+    } else if state.auth.basic.is_empty() {
         StatusCode::UNAUTHORIZED.into_response()
+    } else {
+        // As Flower: a browser then asks for a user and password.
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"kombu monitor\"")],
+        )
+            .into_response()
     }
 }
 

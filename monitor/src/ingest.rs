@@ -69,10 +69,11 @@ async fn run(state: Arc<State>, mut receiver: EventReceiver) {
 async fn take(state: &Arc<State>, events: Vec<Event>) {
     // A worker that comes online is asked for its state at once (Flower waits for a refresh).
     for event in &events {
-        if event.kind().as_str() == "worker-online"
-            && let Some(hostname) = event.hostname()
-        {
-            state.refresh_soon(hostname);
+        match (event.kind().as_str(), event.hostname()) {
+            ("worker-online", Some(hostname)) => state.refresh_soon(hostname),
+            // Online before this monitor listened: asked at its first heartbeat heard.
+            ("worker-heartbeat", Some(hostname)) => state.inspect_if_unknown(hostname).await,
+            _ => {}
         }
     }
     {

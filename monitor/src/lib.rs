@@ -42,6 +42,7 @@ mod ingest;
 mod live;
 mod management;
 mod metrics;
+mod page;
 mod pyjson;
 pub mod search;
 pub mod task;
@@ -227,6 +228,7 @@ impl MonitorBuilder {
             management,
             live: live::Live::default(),
             report: tokio::sync::Mutex::new(None),
+            inspect_tried: Mutex::new(std::collections::HashMap::new()),
         });
         let ingest = ingest::start(state.clone()).await?;
         let refresh = {
@@ -273,7 +275,12 @@ pub(crate) struct State {
     pub(crate) live: live::Live,
     /// The last broker report and when it was made.
     report: tokio::sync::Mutex<Option<(std::time::Instant, broker::BrokerReport)>>,
+    /// When workers missing from the inspect cache were last asked.
+    inspect_tried: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// A worker missing from the inspect cache is asked again after this long.
+const INSPECT_AGAIN: Duration = Duration::from_secs(60);
 
 /// How long a broker report is served again.
 const REPORT_FOR: Duration = Duration::from_secs(2);
@@ -362,6 +369,34 @@ impl State {
                 (name, workers)
             })
             .collect()
+    }
+
+    /// [`refresh_soon`](Self::refresh_soon) of a worker heard from (a heartbeat) that is not
+    /// in the inspect cache, at most once a minute each: one whose `worker-online` came before
+    /// this monitor listened is listed without waiting for a refresh.
+    pub(crate) async fn inspect_if_unknown(self: &Arc<Self>, worker: &str) {
+        if self.inspected.lock().await.contains_key(worker) {
+            return;
+        }
+        {
+            let mut tried = self.inspect_tried.lock();
+            let now = std::time::Instant::now();
+            if tried
+                .get(worker)
+                .is_some_and(|at| now.duration_since(*at) < INSPECT_AGAIN)
+            {
+                return;
+            }
+            // Bounded as the workers are.
+            if tried.len() >= self.max_workers {
+                tried.retain(|_, at| now.duration_since(*at) < INSPECT_AGAIN);
+            }
+            if tried.len() >= self.max_workers {
+                return;
+            }
+            tried.insert(worker.to_owned(), now);
+        }
+        self.refresh_soon(worker);
     }
 
     /// [`refresh`](Self::refresh) of one worker unless one is running for it, or too many

@@ -1,0 +1,146 @@
+//! The page as served: the document, its script and style sheet from the binary (nothing
+//! from another site), the security headers, the workers' data the page reads, and the
+//! password a browser is asked for when users are set.
+
+use std::time::{Duration, Instant};
+
+use kombu_celery::Task;
+use kombu_celery::worker::{TaskContext, Worker};
+use kombu_core::Connection;
+use kombu_monitor::Monitor;
+use kombu_test_support::http::{get, head};
+use serde_json::Value as Json;
+
+mod support;
+
+const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+
+async fn fetch(port: u16, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || get(port, &path))
+        .await
+        .expect("joined")
+        .expect("an answer")
+}
+
+async fn headers(port: u16, path: &str) -> String {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || head(port, &path, ""))
+        .await
+        .expect("joined")
+        .expect("an answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_its_assets_and_its_workers() {
+    kombu_core::transport::memory::register();
+    let conn = Connection::open(&format!("memory://page-{}", uuid::Uuid::new_v4().simple()))
+        .await
+        .expect("open");
+    let monitor = Monitor::builder(&conn).start().await.expect("the monitor");
+    let (port, server) = support::serve(&monitor).await;
+
+    let (status, html) = fetch(port, "/").await;
+    assert_eq!(status, 200);
+    for part in [
+        "<html lang=\"en\">",
+        "class=\"skip\" href=\"#main\"",
+        "<nav aria-label=\"Sections\">",
+        "src=\"static/monitor.js\"",
+        "href=\"static/monitor.css\"",
+        "role=\"status\" aria-live=\"polite\"",
+        "<caption>",
+    ] {
+        assert!(html.contains(part), "the page lacks {part}");
+    }
+    let head = headers(port, "/").await.to_lowercase();
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    for (path, kind) in [
+        ("/static/monitor.js", "text/javascript"),
+        ("/static/monitor.css", "text/css"),
+    ] {
+        let (status, body) = fetch(port, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty());
+        // Nothing from elsewhere: no CDN, no absolute URL.
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{path} names another site"
+        );
+        let head = headers(port, path).await.to_lowercase();
+        assert!(head.contains(&format!("content-type: {kind}")), "{head}");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    // Every API path the script reads exists.
+    let (_, script) = fetch(port, "/static/monitor.js").await;
+    for path in [
+        "api/monitor/workers",
+        "api/tasks",
+        "api/task/info/",
+        "api/broker/queues",
+        "api/stats/series",
+        "api/live",
+    ] {
+        assert!(script.contains(path), "the script does not read {path}");
+    }
+
+    // The workers' table data.
+    let worker = Worker::builder(&conn)
+        .hostname("page@test")
+        .queue("page")
+        .concurrency(1)
+        .task_events(true)
+        .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
+        .build()
+        .expect("a worker");
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let (status, body) = fetch(port, "/api/monitor/workers").await;
+        assert_eq!(status, 200);
+        let data: Json = serde_json::from_str(&body).expect("JSON");
+        if let Some(w) = data["workers"]
+            .as_array()
+            .and_then(|all| all.iter().find(|w| w["hostname"] == "page@test"))
+            .filter(|w| w["online"] == true)
+        {
+            break w.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never came online: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(seen["sw_ident"], "kombu-rs", "{seen}");
+    assert_eq!(seen["failed"], 0, "{seen}");
+    handle.stop();
+    let _ = running.await;
+    server.abort();
+    monitor.stop().await;
+
+    // With users, the page asks for a password as Flower does.
+    let monitor = Monitor::builder(&conn)
+        .basic_auth("ann", "secret")
+        .start()
+        .await
+        .expect("the monitor");
+    let (port, server) = support::serve(&monitor).await;
+    let head = headers(port, "/").await;
+    assert!(head.contains(" 401 "), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("www-authenticate: basic realm=\"kombu monitor\""),
+        "{head}"
+    );
+    // The assets themselves hold nothing secret.
+    assert_eq!(fetch(port, "/static/monitor.js").await.0, 200);
+    server.abort();
+    monitor.stop().await;
+}
