@@ -53,9 +53,14 @@ async function getJson(path) {
 
 let current = "workers";
 
-function show(view) {
+function show(view, focus) {
   if (!VIEWS.includes(view)) view = "workers";
   current = view;
+  if (focus) {
+    const heading = $(`h-${view}`);
+    heading.tabIndex = -1;
+    heading.focus();
+  }
   for (const name of VIEWS) {
     $(`view-${name}`).hidden = name !== view;
     const link = document.querySelector(`nav a[data-view="${name}"]`);
@@ -126,10 +131,11 @@ function taskRow(uuid, task) {
   const nameCell = el("td");
   const open = el("button", task.name || "(unknown)", "link");
   open.type = "button";
+  open.setAttribute("aria-label", `${task.name || "task"} ${uuid}`);
   open.addEventListener("click", () => openTask(uuid));
   nameCell.appendChild(open);
   row.appendChild(nameCell);
-  cell(row, task.state).className = task.state || "";
+  cell(row, task.state).className = KNOWN.has(task.state) ? task.state : "";
   cell(row, task.worker);
   cell(row, when(task.received));
   cell(row, typeof task.runtime === "number" ? task.runtime.toFixed(3) : null, true);
@@ -189,18 +195,30 @@ async function openTask(uuid) {
 }
 
 // A task event: the row is updated in place, or added at the top when nothing filters.
+// Celery's precedence of states: a late event never moves a task back.
+const PRECEDENCE = ["PENDING", "RECEIVED", "STARTED", "RETRY", "REJECTED", "REVOKED",
+                    "FAILURE", "SUCCESS"];
+const rank = (state) => PRECEDENCE.indexOf(state);
+const KNOWN = new Set(PRECEDENCE);
+
 function onTask(event) {
   if (current !== "tasks") return;
   const row = shown.get(event.uuid);
   const state = STATE_OF[event.event];
+  // task-sent comes from the client, not from a worker.
+  const worker = event.event === "task-sent" ? null : event.worker;
   if (row) {
     const cells = row.children;
-    if (state) { cells[1].textContent = state; cells[1].className = state; }
-    if (event.worker) cells[2].textContent = event.worker;
+    const was = cells[1].textContent;
+    if (state && (rank(state) >= rank(was) || !KNOWN.has(was))) {
+      cells[1].textContent = state;
+      cells[1].className = state;
+    }
+    if (worker) cells[2].textContent = worker;
     if (typeof event.runtime === "number") cells[4].textContent = event.runtime.toFixed(3);
   } else if (!filtered()) {
     const added = taskRow(event.uuid, {
-      name: event.name, state, worker: event.worker, received: event.received,
+      name: event.name, state, worker, received: event.received,
       runtime: event.runtime,
     });
     shown.set(event.uuid, added);
@@ -270,9 +288,9 @@ function draw(canvas, series, lines, summary) {
   const n = series.seconds.length;
   const x = (i) => 40 + (i * (width - 50)) / Math.max(1, n - 1);
   const y = (v) => height - 20 - (v / top) * (height - 40);
-  ctx.strokeStyle = style.getPropertyValue("--line");
+  ctx.strokeStyle = style.getPropertyValue("--line").trim();
   ctx.strokeRect(40, 20, width - 50, height - 40);
-  ctx.fillStyle = style.getPropertyValue("--muted");
+  ctx.fillStyle = style.getPropertyValue("--muted").trim();
   ctx.font = "12px system-ui";
   ctx.fillText(top.toPrecision(3), 2, 24);
   ctx.fillText("0", 28, height - 20);
@@ -317,13 +335,26 @@ async function loadCharts() {
 
 function status(text) { $("link").textContent = text; }
 
+let lost = false;
 function listen() {
   const source = new EventSource("api/live");
-  source.addEventListener("hello", () => status("Live"));
+  source.addEventListener("hello", () => {
+    status("Live");
+    // What happened while the stream was down.
+    if (lost) { lost = false; refresh(); }
+  });
   source.addEventListener("task", (e) => onTask(JSON.parse(e.data)));
   source.addEventListener("worker", () => { if (current === "workers") scheduleWorkers(); });
   source.addEventListener("lagged", () => refresh());
-  source.onerror = () => status("Reconnecting…");
+  source.onerror = () => {
+    lost = true;
+    if (source.readyState === EventSource.CLOSED) {
+      status("Live updates are off (refused); refreshing every 5 s");
+      setTimeout(listen, 30000);
+    } else {
+      status("Reconnecting…");
+    }
+  };
 }
 
 let workersTimer = null;
@@ -334,7 +365,14 @@ function scheduleWorkers() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("task-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTasks(); });
-  window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+  window.addEventListener("hashchange", () => {
+    const view = location.hash.slice(1);
+    if (VIEWS.includes(view)) show(view, true);
+  });
+  document.querySelector(".skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    $("main").focus();
+  });
   show(location.hash.slice(1) || "workers");
   listen();
   setInterval(() => { if (current !== "tasks") refresh(); }, 5000);

@@ -30,8 +30,9 @@
 //! updated on the same events) and `kombu_queue_messages{queue}`, in the OpenMetrics format. Calls are checked against HTTP Basic users and bearer tokens when
 //! any are set; read-only mode refuses every steering call. `/api/task/result/<id>` reads the
 //! result backend given to [`MonitorBuilder::result_backend`]. `/api/tasks?search=` takes
-//! Flower's query language ([`search`]). The rest of Flower's API (apply, abort) and the page
-//! come in later steps of the monitor's issue.
+//! Flower's query language ([`search`]). Beyond Flower: the broker page's data, messages read
+//! without taking them, dead-letter replay, live updates and the page itself at `/`
+//! (`docs/ARCHITECTURE.md`, "The monitor").
 
 mod api;
 mod broker;
@@ -266,7 +267,7 @@ pub(crate) struct State {
     pub(crate) auth: Auth,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) results: Option<Arc<dyn kombu_celery::backend::ResultBackend>>,
-    url_prefix: Option<String>,
+    pub(crate) url_prefix: Option<String>,
     /// The head message of each queue and since when (the observed age of the oldest).
     heads: broker::HeadWatch,
     /// RabbitMQ's management API, on AMQP.
@@ -526,7 +527,17 @@ impl Monitor {
     pub fn router(&self) -> axum::Router {
         let routes = api::router(self.state.clone());
         match self.state.url_prefix.as_deref() {
-            Some(prefix) => axum::Router::new().nest(prefix, routes),
+            // The page is `<prefix>` (its URLs resolve against a `<base>` naming the prefix);
+            // `<prefix>/` leads there.
+            Some(prefix) => {
+                let page = prefix.to_owned();
+                axum::Router::new().nest(prefix, routes).route(
+                    &format!("{prefix}/"),
+                    axum::routing::get(move || async move {
+                        axum::response::Redirect::permanent(&page)
+                    }),
+                )
+            }
             None => routes,
         }
     }

@@ -24,7 +24,8 @@ const SECURITY: [(header::HeaderName, &str); 3] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (
         header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; \
+         form-action 'self'",
     ),
 ];
 
@@ -38,9 +39,18 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-/// `GET /`: the page.
-pub(crate) async fn index() -> Response {
-    asset("text/html; charset=UTF-8", HTML)
+/// `GET /`: the page, with a `<base>` naming where it is served (`/`, or the URL prefix),
+/// so that its relative URLs resolve under the prefix whether or not the address ends in
+/// `/`.
+pub(crate) async fn index(Shared(state): Shared<Arc<State>>) -> Response {
+    let base = format!(
+        "<head>\n<base href=\"{}/\">",
+        state.url_prefix.as_deref().unwrap_or("")
+    );
+    let html = HTML.replacen("<head>", &base, 1);
+    let mut response = asset("text/html; charset=UTF-8", "");
+    *response.body_mut() = axum::body::Body::from(html);
+    response
 }
 
 /// `GET /static/monitor.js`.

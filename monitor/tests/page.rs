@@ -42,6 +42,7 @@ async fn the_page_its_assets_and_its_workers() {
 
     let (status, html) = fetch(port, "/").await;
     assert_eq!(status, 200);
+    assert!(html.contains("<base href=\"/\">"), "{html}");
     for part in [
         "<html lang=\"en\">",
         "class=\"skip\" href=\"#main\"",
@@ -122,6 +123,35 @@ async fn the_page_its_assets_and_its_workers() {
     assert_eq!(seen["failed"], 0, "{seen}");
     handle.stop();
     let _ = running.await;
+    server.abort();
+    monitor.stop().await;
+
+    // Behind a prefix: the page names it as its base, and `<prefix>/` leads to it.
+    let monitor = Monitor::builder(&conn)
+        .url_prefix("flower")
+        .start()
+        .await
+        .expect("the monitor");
+    let (port, server) = support::serve(&monitor).await;
+    let (status, html) = fetch(port, "/flower").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<base href=\"/flower/\">"), "{html}");
+    for path in [
+        "/flower/static/monitor.js",
+        "/flower/static/monitor.css",
+        "/flower/api/monitor/workers",
+        "/flower/api/stats/series",
+    ] {
+        assert_eq!(fetch(port, path).await.0, 200, "{path}");
+    }
+    let head = headers(port, "/flower/").await;
+    assert!(head.contains(" 308 "), "{head}");
+    assert!(
+        head.to_lowercase().contains("location: /flower\r\n"),
+        "{head}"
+    );
+    let (_, html) = fetch(port, "/").await;
+    assert!(!html.contains("<base"), "nothing outside the prefix");
     server.abort();
     monitor.stop().await;
 
