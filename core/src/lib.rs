@@ -74,6 +74,7 @@ mod message;
 pub mod metrics;
 pub mod pool;
 mod producer;
+mod queue_stats;
 pub mod retry;
 pub mod telemetry;
 pub mod transport;

@@ -108,6 +108,11 @@ impl QueueReport {
     }
 }
 
+/// Why the page cannot show AMQP messages without taking them.
+const AMQP_MESSAGES: &str = "AMQP 0-9-1 can only show messages by taking and requeueing them, \
+                             which marks them redelivered (and counts toward a quorum queue's \
+                             delivery limit)";
+
 /// What the connection's transport cannot report, in words for the page; `management` is
 /// whether RabbitMQ's management API answered.
 pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Json> {
@@ -121,13 +126,7 @@ pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Jso
                  head_message_timestamp); AMQP 0-9-1 cannot read a queue's head without taking it"
             ),
         );
-        notes.insert(
-            "messages".into(),
-            json!(
-                "AMQP 0-9-1 can only show messages by taking and requeueing them, which marks \
-                 them redelivered (and counts toward a quorum queue's delivery limit)"
-            ),
-        );
+        notes.insert("messages".into(), json!(AMQP_MESSAGES));
         return notes;
     }
     if peek {
@@ -154,13 +153,7 @@ pub(crate) fn unreported(conn: &Connection, management: bool) -> Map<String, Jso
             "oldest_message_age".into(),
             json!("AMQP 0-9-1 cannot read a queue's head without taking it"),
         );
-        notes.insert(
-            "messages".into(),
-            json!(
-                "AMQP 0-9-1 can only show messages by taking and requeueing them, which marks \
-                 them redelivered (and counts toward a quorum queue's delivery limit)"
-            ),
-        );
+        notes.insert("messages".into(), json!(AMQP_MESSAGES));
     }
     notes.insert(
         "rates".into(),
@@ -270,13 +263,6 @@ pub(crate) async fn report(
     })
 }
 
-/// Whether `queue` exists, asked so that a missing one disturbs nothing: on AMQP a passive
-/// declaration of a missing queue closes the channel it is made on (`queue_exists` uses one
-/// of its own), which would be the connection's default channel.
-async fn exists(conn: &Connection, queue: &str) -> Result<bool> {
-    conn.queue_exists(queue).await
-}
-
 /// One queue's report; `None` when it exists nowhere.
 async fn queue_report(
     conn: &Connection,
@@ -285,7 +271,10 @@ async fn queue_report(
     managed: &HashMap<String, ManagedQueue>,
     name: &str,
 ) -> Result<Option<QueueReport>> {
-    if !exists(conn, name).await? {
+    // Asked first so that a missing queue disturbs nothing: on AMQP a passive declaration of
+    // a missing queue closes the channel it is made on (`queue_exists` uses one of its own),
+    // which would be the connection's default channel.
+    if !conn.queue_exists(name).await? {
         return Ok(None);
     }
     let mut stats = match conn.queue_stats(name).await {
@@ -329,7 +318,7 @@ async fn queue_report(
         None => None,
     };
     let dlq = dlq_name(name);
-    let dead_letters = match exists(conn, &dlq).await? {
+    let dead_letters = match conn.queue_exists(&dlq).await? {
         false => None,
         true => match conn.queue_size(&dlq).await {
             Ok(ready) => Some((dlq, ready)),

@@ -48,9 +48,17 @@ pub(crate) async fn queues(Shared(state): Shared<Arc<State>>) -> Response {
 
 /// The `limit` argument: default 20, at most [`MAX_PEEK`].
 fn limit(params: &HashMap<String, String>) -> Result<usize, Response> {
-    match argument(params, "limit") {
-        None | Some("") => Ok(20),
-        Some(text) => text.parse::<usize>().map(|n| n.min(MAX_PEEK)).map_err(|_| {
+    Ok(count(params, "limit")?.map_or(20, |n: usize| n.min(MAX_PEEK)))
+}
+
+/// A whole-number argument (absent or empty: `None`); 400 with Tornado's text otherwise.
+fn count<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, Response> {
+    match argument(params, name) {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse::<T>().map(Some).map_err(|_| {
             error(
                 StatusCode::BAD_REQUEST,
                 format!("Invalid argument '{text}' of type 'int'"),
@@ -188,17 +196,9 @@ pub(crate) async fn replay(
         return refusal;
     }
     let params = arguments(query.as_deref(), &body);
-    let count = match argument(&params, "count") {
-        None | Some("") => None,
-        Some(text) => match text.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("Invalid argument '{text}' of type 'int'"),
-                );
-            }
-        },
+    let count = match count::<u64>(&params, "count") {
+        Ok(n) => n,
+        Err(refusal) => return refusal,
     };
     match state.conn.queue_exists(&name).await {
         Ok(true) => {}

@@ -29,8 +29,8 @@ const SECURITY: [(header::HeaderName, &str); 3] = [
     ),
 ];
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body.into()).into_response();
     for (name, value) in SECURITY {
         response
             .headers_mut()
@@ -47,10 +47,10 @@ pub(crate) async fn index(Shared(state): Shared<Arc<State>>) -> Response {
         "<head>\n<base href=\"{}/\">",
         state.url_prefix.as_deref().unwrap_or("")
     );
-    let html = HTML.replacen("<head>", &base, 1);
-    let mut response = asset("text/html; charset=UTF-8", "");
-    *response.body_mut() = axum::body::Body::from(html);
-    response
+    asset(
+        "text/html; charset=UTF-8",
+        HTML.replacen("<head>", &base, 1),
+    )
 }
 
 /// `GET /static/monitor.js`.

@@ -12,19 +12,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kombu_core::transport::virtual_transport::{
     Backend, BackendCapabilities, BindingRow, DeadLetter, Envelope, Fetched, Receipt, StoredQueue,
-    TakeMode, Taken, TopologyCache, Unreadable, dead_letter_envelope, envelope, poll_until_ready,
-    queue_settings,
+    TakeMode, Taken, TopologyCache, Unreadable, envelope, poll_until_ready, queue_settings,
 };
 use kombu_core::transport::{QueueStats, unix_now};
 use kombu_core::{Capabilities, Error, ErrorKind, Exchange, ExchangeKind, Headers, Queue, Result};
 use parking_lot::Mutex;
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::delayed::{
     Sweeper, count_due, delete_due, due_in, insert_delayed, next_due_anywhere, promote_due,
 };
 use crate::options::Options;
+use crate::payload::Payload;
 use crate::receipt::{VERSION_MASK, receipt, receipt_row};
 use crate::schema::{
     LEASE_PASSED, ensure_queue, insert, open_db, payload_text, queue_id, timestamp_text,
@@ -219,35 +218,6 @@ struct Row {
     version: i64,
 }
 
-/// A row's payload as stored, whatever its storage class.
-struct Payload {
-    /// The stored bytes: a TEXT value's (UTF-8 or not), a BLOB's, a number's text.
-    bytes: Vec<u8>,
-    /// Why it is not even parsed (`NULL`, longer than `max_payload_size`).
-    unreadable: Option<String>,
-}
-
-impl Payload {
-    /// Reads the payload column; `oversize` is SQL's `octet_length(payload) > max`. Never
-    /// fails: whatever is stored is carried on, byte for byte.
-    fn read(value: ValueRef<'_>, oversize: bool, max: i64) -> Payload {
-        let (bytes, mut unreadable) = match value {
-            ValueRef::Text(b) => (b.to_vec(), None),
-            ValueRef::Blob(b) => (b.to_vec(), None),
-            ValueRef::Null => (Vec::new(), Some("the payload is NULL".to_owned())),
-            ValueRef::Integer(i) => (i.to_string().into_bytes(), None),
-            ValueRef::Real(f) => (f.to_string().into_bytes(), None),
-        };
-        if oversize {
-            unreadable = Some(format!(
-                "the payload is {} bytes, over max_payload_size ({max})",
-                bytes.len()
-            ));
-        }
-        Payload { bytes, unreadable }
-    }
-}
-
 /// Settings recorded in `kombu_rs_queue` (an unreadable record reads as none recorded, so a
 /// redeclaration fails naming every setting).
 fn parse_settings(stored: Option<String>) -> Option<Headers> {
@@ -361,83 +331,14 @@ impl Backend for SqliteBackend {
         Ok(found.map(|(stored, ready)| StoredQueue::new(parse_settings(stored), ready)))
     }
 
+    // Stats and peeks: in `browse.rs`.
+
     async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
-        let name = name.to_owned();
-        let counts = self
-            .run("queue stats", move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-                let Some(id) = queue_id(&tx, &name)? else {
-                    return Ok(None);
-                };
-                // Ready rows, and leased ones: taken by kombu-rs (a take time or an earlier
-                // version's lease end). Delayed rows are neither until due, and rows Python
-                // kombu took are never acked nor deleted by it: not counted.
-                let (ready, taken): (i64, i64) = tx
-                    .prepare_cached(
-                        "SELECT COALESCE(SUM(visible = 1), 0), \
-                         COALESCE(SUM(visible = 0 AND due_at IS NULL \
-                         AND (taken_at IS NOT NULL OR lease_until IS NOT NULL)), 0) \
-                         FROM kombu_message WHERE queue_id = ?1",
-                    )?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let due = count_due(&tx, id, unix_now())?;
-                tx.commit()?;
-                Ok(Some((ready.unsigned_abs() + due, taken.unsigned_abs())))
-            })
-            .await?;
-        // The store keeps no time of a put (kombu's `timestamp` is written at a take).
-        Ok(counts.map(|(ready, taken)| QueueStats::new(ready).unacked(taken)))
+        self.stats(name).await
     }
 
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
-        let name = queue.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // As a take: a dead-letter queue's rows are not bounded (see `get_many`).
-        let max_payload = if queue.ends_with(kombu_core::dead_letter::DLQ_SUFFIX) {
-            i64::MAX
-        } else {
-            i64::try_from(self.options.max_payload_size).unwrap_or(i64::MAX)
-        };
-        let rows = self
-            .run("peek", move |conn| {
-                let Some(id) = queue_id(conn, &name)? else {
-                    return Ok(Vec::new());
-                };
-                // In take order; an oversize payload is not read.
-                let mut stmt = conn.prepare_cached(
-                    "SELECT CASE WHEN octet_length(payload) > ?3 THEN NULL ELSE payload END, \
-                     redelivered, octet_length(payload) > ?3 \
-                     FROM kombu_message \
-                     WHERE queue_id = ?1 AND visible = 1 ORDER BY timestamp, id LIMIT ?2",
-                )?;
-                let rows = stmt.query_map(params![id, limit, max_payload], |r| {
-                    let oversize = r.get::<_, Option<bool>>(2)?.unwrap_or(false);
-                    Ok((
-                        Payload::read(r.get_ref(0)?, oversize, max_payload),
-                        r.get::<_, Option<bool>>(1)?.unwrap_or(false),
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(payload, redelivered)| {
-                let decoded = match payload.unreadable {
-                    Some(reason) => Err(reason),
-                    None => envelope::decode(&payload.bytes).map_err(|e| e.to_string()),
-                };
-                match decoded {
-                    Ok(mut env) => {
-                        env.redelivered |= redelivered;
-                        env
-                    }
-                    Err(reason) => {
-                        dead_letter_envelope(queue, "sqlite", &reason, payload.bytes.into())
-                    }
-                }
-            })
-            .collect())
+        self.peek_queue(queue, limit).await
     }
 
     async fn queue_exists(&self, name: &str) -> Result<bool> {

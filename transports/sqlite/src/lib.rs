@@ -79,8 +79,10 @@
 //! priorities, message and queue TTL, max length and dead-lettering.
 
 mod backend;
+mod browse;
 mod delayed;
 mod options;
+mod payload;
 mod receipt;
 mod schema;
 #[cfg(test)]

@@ -116,7 +116,10 @@ async fn stats_count_only_kombu_rs_leases_and_peeks_take_nothing() -> kombu_core
             Envelope::new(Message::new(&b"\"a\""[..]), String::new(), "q".to_owned()),
         )
         .await?;
-    let stats = backend.queue_stats("q").await?.expect("the queue");
+    let stats = backend
+        .queue_stats("q")
+        .await?
+        .ok_or_else(|| kombu_core::Error::new(kombu_core::ErrorKind::NotFound, "no queue q"))?;
     assert_eq!((stats.ready, stats.unacked), (2, Some(0)));
     let seen = backend.peek("q", 10).await?;
     assert_eq!(seen.len(), 2);
@@ -127,7 +130,10 @@ async fn stats_count_only_kombu_rs_leases_and_peeks_take_nothing() -> kombu_core
     assert_eq!(seen[1].message.body.as_ref(), b"\"a\"");
     let taken = backend.get_many("q", 1, TakeMode::Lease(None)).await?;
     assert_eq!(taken.unreadable.len(), 1, "the peek took nothing");
-    let stats = backend.queue_stats("q").await?.expect("the queue");
+    let stats = backend
+        .queue_stats("q")
+        .await?
+        .ok_or_else(|| kombu_core::Error::new(kombu_core::ErrorKind::NotFound, "no queue q"))?;
     assert_eq!((stats.ready, stats.unacked), (1, Some(1)));
     let _ = std::fs::remove_file(&path);
     Ok(())

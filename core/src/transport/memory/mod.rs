@@ -55,6 +55,7 @@ use crate::transport::virtual_transport::{
 use crate::transport::{BrokerConnection, QueueStats, Transport};
 use crate::url::BrokerUrl;
 
+mod browse; // queue stats and peeks
 mod delayed;
 use delayed::Delayed;
 
@@ -435,33 +436,11 @@ impl Backend for MemoryBackend {
     }
 
     async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>> {
-        let Some(stored) = self.queue(name, None).await? else {
-            return Ok(None);
-        };
-        let unacked = self
-            .with_queue(name, |q| q.leases.lock().unacked.len() as u64)
-            .unwrap_or(0);
-        // The store keeps no wall-clock time of a put.
-        Ok(Some(QueueStats::new(stored.messages).unacked(unacked)))
+        self.stats(name).await
     }
 
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
-        let now = Instant::now();
-        Ok(self
-            .with_queue(queue, |q| {
-                let ready = q.ready.lock();
-                // Takes pop the highest level first, each from its front.
-                ready
-                    .levels
-                    .iter()
-                    .rev()
-                    .flat_map(|level| level.iter())
-                    .filter(|s| s.expires_at.is_none_or(|at| at > now))
-                    .take(limit)
-                    .map(|s| Envelope::clone(&s.envelope))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.peek_queue(queue, limit))
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
