@@ -51,7 +51,8 @@ pub struct MonitorArgs {
         hide_env_values = true
     )]
     pub auth: Vec<Secret>,
-    /// Let callers presenting `Authorization: Bearer TOKEN` call the API.
+    /// Let callers presenting `Authorization: Bearer TOKEN` call the API (in a browser: the
+    /// token as the password, any user name).
     #[arg(
         long,
         value_name = "TOKEN",

@@ -64,6 +64,8 @@ fn the_openapi_document_holds_for_every_answer() {
         "/api/broker/queues/{name}/messages",
         "/api/broker/queues/{name}/replay",
         "/api/task/send-task/{name}",
+        "/api/task/apply/{name}",
+        "/api/task/abort/{id}",
         "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");

@@ -38,8 +38,18 @@ function age(seconds) {
   return (seconds / 3600).toFixed(1) + " h";
 }
 
+// A path of the API as an absolute URL without credentials: a page opened with a user and
+// password in its address would resolve relative URLs with them, which fetch and
+// EventSource refuse; the browser sends the password it opened the page with anyway.
+function api(path) {
+  const url = new URL(path, document.baseURI);
+  url.username = "";
+  url.password = "";
+  return url.href;
+}
+
 async function getJson(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const response = await fetch(api(path), { headers: { Accept: "application/json" } });
   const text = await response.text();
   if (!response.ok) {
     let reason = text;
@@ -56,16 +66,17 @@ let current = "workers";
 function show(view, focus) {
   if (!VIEWS.includes(view)) view = "workers";
   current = view;
-  if (focus) {
-    const heading = $(`h-${view}`);
-    heading.tabIndex = -1;
-    heading.focus();
-  }
   for (const name of VIEWS) {
     $(`view-${name}`).hidden = name !== view;
     const link = document.querySelector(`nav a[data-view="${name}"]`);
     if (name === view) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
+  }
+  // After the view is shown: a hidden heading takes no focus.
+  if (focus) {
+    const heading = $(`h-${view}`);
+    heading.tabIndex = -1;
+    heading.focus();
   }
   refresh();
 }
@@ -175,8 +186,9 @@ async function openTask(uuid) {
   facts.replaceChildren();
   for (const key of ["state", "worker", "args", "kwargs", "result", "exception", "retries",
                      "eta", "expires", "runtime", "routing_key", "root_id", "parent_id"]) {
-    const value = task[key];
+    let value = task[key];
     if (value === null || value === undefined) continue;
+    if (key === "runtime" && typeof value === "number") value = `${value.toFixed(6)} s`;
     facts.appendChild(el("dt", key));
     facts.appendChild(el("dd", typeof value === "object" ? JSON.stringify(value) : value));
   }
@@ -337,7 +349,7 @@ function status(text) { $("link").textContent = text; }
 
 let lost = false;
 function listen() {
-  const source = new EventSource("api/live");
+  const source = new EventSource(api("api/live"));
   source.addEventListener("hello", () => {
     status("Live");
     // What happened while the stream was down.

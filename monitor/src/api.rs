@@ -14,7 +14,7 @@ use chrono::{Local, NaiveDateTime, TimeZone};
 use serde_json::{Map, Value as Json};
 
 use crate::history::{SortKey, TaskQuery};
-use crate::{State, broker_api, control_api, pyjson};
+use crate::{State, broker_api, control_api, pyjson, task_api};
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -134,13 +134,16 @@ async fn task_post(
         "rate-limit" | "timeout" => {
             control_api::task_limit(shared, Path((kind, name)), query, body).await
         }
-        "send-task" | "async-apply" => control_api::send_task(shared, Path(name), body).await,
+        "send-task" | "async-apply" => task_api::send_task(shared, Path(name), body).await,
+        "apply" => task_api::apply(shared, Path(name), body).await,
+        "abort" => task_api::abort(shared, Path(name)).await,
         _ => error(StatusCode::NOT_FOUND, "Not Found"),
     }
 }
 
-/// Checks the caller of `/api/...` when users or tokens are set: 401 with an empty body
-/// otherwise, as Flower.
+/// Checks the caller of `/api/...` and of the page when users or tokens are set: a user's
+/// HTTP Basic pair, a bearer token, or a token as a Basic password; otherwise 401 with an
+/// empty body (as Flower) asking for HTTP Basic.
 async fn authorize(
     Shared(state): Shared<Arc<State>>,
     request: axum::extract::Request,
@@ -169,7 +172,20 @@ async fn authorize(
             base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
                 .ok()
-                .is_some_and(|pair| state.auth.basic.iter().any(|b| same(b.as_bytes(), &pair)))
+                .is_some_and(|pair| {
+                    // A user's pair, or a token as the password (any user name): how a
+                    // browser, which asks for a user and password only, uses a token.
+                    let password = pair
+                        .iter()
+                        .position(|&b| b == b':')
+                        .map_or(&[][..], |colon| &pair[colon + 1..]);
+                    state.auth.basic.iter().any(|b| same(b.as_bytes(), &pair))
+                        || state
+                            .auth
+                            .tokens
+                            .iter()
+                            .any(|t| same(t.as_bytes(), password))
+                })
         }
         Some(("Bearer", token)) => {
             let token = token.trim().as_bytes();
@@ -179,10 +195,9 @@ async fn authorize(
     };
     if allowed {
         next.run(request).await
-    } else if state.auth.basic.is_empty() {
-        StatusCode::UNAUTHORIZED.into_response()
     } else {
-        // As Flower: a browser then asks for a user and password.
+        // As Flower with users: a browser then asks for a user and password (with tokens, a
+        // token is the password).
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"kombu monitor\"")],
@@ -448,16 +463,11 @@ async fn workers(
 }
 
 /// `GET /api/queues/length`: `{"active_queues": [{"name", "messages"}]}` on every transport
-/// (Flower: Redis and RabbitMQ only).
+/// (Flower: Redis and RabbitMQ only); on RabbitMQ the management API's queue objects, as
+/// Flower's.
 async fn queue_lengths(Shared(state): Shared<Arc<State>>) -> Response {
     match state.queue_lengths().await {
-        Ok(lengths) => {
-            let queues: Vec<Json> = lengths
-                .into_iter()
-                .map(|(name, messages)| serde_json::json!({"name": name, "messages": messages}))
-                .collect();
-            json(&serde_json::json!({ "active_queues": queues }))
-        }
+        Ok(queues) => json(&serde_json::json!({ "active_queues": queues })),
         Err(e) => failed(e),
     }
 }
@@ -485,11 +495,7 @@ async fn task_result(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(backend) = state.results.clone() else {
-        // Flower answers an empty 503; the reason, as text, tells a user what to do.
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "No result backend: start the monitor with --backend",
-        );
+        return task_api::no_backend();
     };
     let timeout = match argument(&params, "timeout") {
         None => None,
@@ -528,18 +534,7 @@ async fn task_result(
         None => Some(now).filter(|m| m.state.is_ready()),
     };
     if let Some(meta) = ready {
-        let failure = meta.failure_of();
-        let result = match &failure {
-            Some(failure) => Json::from(failure.repr()),
-            None => meta.result.clone(),
-        };
-        out.insert("result".into(), result);
-        if meta.state == kombu_celery::State::Failure {
-            out.insert(
-                "traceback".into(),
-                meta.traceback.clone().map_or(Json::Null, Json::from),
-            );
-        }
+        task_api::add_outcome(&mut out, &meta);
     }
     json(&Json::Object(out))
 }

@@ -1,5 +1,5 @@
-//! Flower's steering endpoints: worker control (`/api/worker/...`), revoke, rate and time
-//! limits, and sending tasks (`/api/task/send-task`, `/api/task/async-apply`). Each refuses in
+//! Flower's steering endpoints of remote control: worker control (`/api/worker/...`), revoke,
+//! rate and time limits (sending tasks: [`task_api`](crate::task_api)). Each refuses in
 //! read-only mode first, as Flower does, and answers with Flower's messages.
 
 use std::collections::HashMap;
@@ -11,7 +11,6 @@ use axum::extract::{Path, RawQuery, State as Shared};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kombu_celery::control::{Broadcast, Control};
-use kombu_celery::{Celery, TaskOptions};
 use serde_json::{Map, Value as Json, json};
 
 use crate::State;
@@ -60,7 +59,7 @@ fn unknown_worker(worker: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("Unknown worker '{worker}'"))
 }
 
-fn unavailable(e: &kombu_core::Error) -> Response {
+pub(crate) fn unavailable(e: &kombu_core::Error) -> Response {
     tracing::warn!(error = %e, "monitor: a control call failed");
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -305,80 +304,5 @@ pub(crate) async fn task_limit(
         Err(e) => unavailable(&e),
         Ok(Err(reason)) => refused(format!("{failing}: '{reason}'")),
         Ok(Ok(ok)) => json(&json!({ "message": ok })),
-    }
-}
-
-/// `POST /api/task/send-task/<name>` and `/api/task/async-apply/<name>`: the JSON body's
-/// `args`, `kwargs` and options (`queue`, `countdown` seconds, `expires` seconds, `priority`,
-/// `task_id`); `{"task-id": id}`.
-pub(crate) async fn send_task(
-    Shared(state): Shared<Arc<State>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    if let Some(refusal) = read_only(&state) {
-        return refusal;
-    }
-    let options: Json = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    };
-    let Json::Object(mut options) = options else {
-        return error(StatusCode::BAD_REQUEST, "invalid options");
-    };
-    let args = options.remove("args").unwrap_or_else(|| json!([]));
-    if !args.is_array() {
-        return error(StatusCode::BAD_REQUEST, "args must be an array");
-    }
-    let kwargs = options.remove("kwargs").unwrap_or_else(|| json!({}));
-    let mut task = TaskOptions::new();
-    for (key, value) in &options {
-        // Seconds as a number or a numeral; out of range is refused, not a panic.
-        let seconds = || {
-            let number = match value {
-                Json::String(text) => text.trim().parse::<f64>().ok(),
-                other => other.as_f64(),
-            };
-            number.and_then(|s| Duration::try_from_secs_f64(s).ok())
-        };
-        task = match (key.as_str(), value) {
-            ("queue", Json::String(q)) => task.queue(q.as_str()),
-            ("task_id", Json::String(id)) => task.task_id(id.as_str()),
-            ("priority", Json::Number(p)) => match p.as_u64().and_then(|p| u8::try_from(p).ok()) {
-                Some(p) => task.priority(p),
-                None => return error(StatusCode::BAD_REQUEST, "Invalid option"),
-            },
-            ("countdown", _) => match seconds() {
-                Some(d) => task.countdown(d),
-                None => return error(StatusCode::BAD_REQUEST, "Invalid option"),
-            },
-            ("expires", _) => match seconds() {
-                Some(d) => task.expires_in(d),
-                None => return error(StatusCode::BAD_REQUEST, "Invalid option"),
-            },
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("Unsupported option '{key}'"),
-                );
-            }
-        };
-    }
-    let celery = Celery::new(&state.conn);
-    let id = match celery.send_task(&name, args, kwargs, task).await {
-        Ok(id) => id,
-        Err(e) => return unavailable(&e),
-    };
-    // With a result backend, Flower adds the state read right after the send.
-    match &state.results {
-        None => json(&json!({ "task-id": id })),
-        Some(backend) => match backend.meta(&id).await {
-            Ok(meta) => json(&json!({ "task-id": id, "state": meta.state.as_str() })),
-            Err(e) => unavailable(&e),
-        },
     }
 }

@@ -24,9 +24,10 @@
 //! `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`, `/api/workers`, `/healthcheck`, the
 //! worker controls (`/api/worker/shutdown|pool/grow|pool/shrink|pool/autoscale|pool/restart|
 //! queue/add-consumer|queue/cancel-consumer/<worker>`), `/api/task/revoke|rate-limit|timeout`,
-//! `/api/task/send-task|async-apply` (options `queue`, `task_id`, `priority`, `countdown`,
-//! `expires`, in seconds), and `/api/queues/length` (on every transport; Flower: Redis and
-//! RabbitMQ only). `/metrics` has Flower's six families (same names, labels, help, buckets,
+//! `/api/task/send-task|async-apply|apply` (options `queue`, `task_id`, `priority`,
+//! `countdown` in seconds, `eta` as a date, `expires` in seconds or as a date; apply waits for
+//! the result, at most `timeout` seconds), `/api/task/abort/<id>`, and `/api/queues/length`
+//! (on every transport; Flower: Redis and RabbitMQ only). `/metrics` has Flower's six families (same names, labels, help, buckets,
 //! updated on the same events) and `kombu_queue_messages{queue}`, in the OpenMetrics format. Calls are checked against HTTP Basic users and bearer tokens when
 //! any are set; read-only mode refuses every steering call. `/api/task/result/<id>` reads the
 //! result backend given to [`MonitorBuilder::result_backend`]. `/api/tasks?search=` takes
@@ -47,6 +48,7 @@ mod page;
 mod pyjson;
 pub mod search;
 pub mod task;
+mod task_api;
 pub mod workers;
 
 use std::path::PathBuf;
@@ -148,8 +150,9 @@ impl MonitorBuilder {
         self
     }
 
-    /// Let a caller presenting `Authorization: Bearer <token>` call the API (an empty token
-    /// is ignored: it would let anyone in).
+    /// Let a caller presenting `Authorization: Bearer <token>` call the API, or the token as
+    /// an HTTP Basic password with any user name (how a browser opens the page); an empty
+    /// token is ignored: it would let anyone in.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
         if !token.is_empty() {
@@ -294,15 +297,25 @@ const INSPECT_ALL: [&str; 4] = ["stats", "active_queues", "registered", "conf"];
 const INSPECT_ONE: [&str; 4] = ["scheduled", "active", "reserved", "revoked"];
 
 impl State {
-    /// The queues the workers consume (from their `active_queues` replies; `celery` when none
-    /// answered), sorted, with the messages ready in each (queues that exist nowhere are
-    /// left out).
-    pub(crate) async fn queue_lengths(&self) -> Result<Vec<(String, u64)>> {
+    /// `/api/queues/length`'s queues: those the workers consume (from their `active_queues`
+    /// replies; `celery` when none answered) and those asked for, sorted, each
+    /// `{"name", "messages"}` with the messages ready (queues that exist nowhere are left
+    /// out). On RabbitMQ, as Flower, the management API's description of each (every field,
+    /// `messages` counting the unacked too), while the API answers.
+    pub(crate) async fn queue_lengths(&self) -> Result<Vec<Json>> {
         let names = self.queue_names().await;
+        if let Some(management) = &self.management {
+            match management.described(&names).await {
+                Ok(rows) => return Ok(rows),
+                Err(error) => {
+                    tracing::warn!(%error, "monitor: queue lengths without the management API");
+                }
+            }
+        }
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             match self.conn.queue_size(&name).await {
-                Ok(messages) => out.push((name, messages)),
+                Ok(messages) => out.push(serde_json::json!({"name": name, "messages": messages})),
                 Err(e) if e.kind() == kombu_core::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }

@@ -195,12 +195,33 @@ impl Management {
     /// Every queue of the virtual host, by name; after a failure, that failure again for
     /// [`BACKOFF`] without calling.
     pub(crate) async fn queues(&self) -> Result<HashMap<String, ManagedQueue>> {
+        let rows = self.rows(Some(COLUMNS)).await?;
+        Ok(rows.iter().filter_map(ManagedQueue::read).collect())
+    }
+
+    /// The queues named in `names` as the API describes them, every field, in the API's
+    /// order: what Flower's `/api/queues/length` answers on RabbitMQ.
+    pub(crate) async fn described(&self, names: &[String]) -> Result<Vec<Json>> {
+        let rows = self.rows(None).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| {
+                row.get("name")
+                    .and_then(Json::as_str)
+                    .is_some_and(|name| names.iter().any(|n| n == name))
+            })
+            .collect())
+    }
+
+    /// The virtual host's queues (only `columns` of each, when named); after a failure, that
+    /// failure again for [`BACKOFF`] without calling.
+    async fn rows(&self, columns: Option<&str>) -> Result<Vec<Json>> {
         if let Some((until, error)) = self.paused.lock().as_ref()
             && std::time::Instant::now() < *until
         {
             return Err(Error::new(ErrorKind::Connection, error.clone()));
         }
-        let answer = self.call().await;
+        let answer = self.call(columns).await;
         *self.paused.lock() = match &answer {
             Ok(_) => None,
             Err(e) => Some((std::time::Instant::now() + BACKOFF, format!("{e:#}"))),
@@ -208,12 +229,16 @@ impl Management {
         answer
     }
 
-    async fn call(&self) -> Result<HashMap<String, ManagedQueue>> {
-        let url = format!(
-            "{}queues/{}?columns={COLUMNS}",
+    async fn call(&self, columns: Option<&str>) -> Result<Vec<Json>> {
+        let mut url = format!(
+            "{}queues/{}",
             self.base,
             utf8_percent_encode(&self.vhost, NON_ALPHANUMERIC)
         );
+        if let Some(columns) = columns {
+            url.push_str("?columns=");
+            url.push_str(columns);
+        }
         let failed = |e: reqwest::Error| {
             Error::new(
                 ErrorKind::Connection,
@@ -239,8 +264,7 @@ impl Management {
                 format!("the management API at {} answered {status}", self.base),
             ));
         }
-        let rows: Vec<Json> = response.json().await.map_err(failed)?;
-        Ok(rows.iter().filter_map(ManagedQueue::read).collect())
+        response.json().await.map_err(failed)
     }
 }
 

@@ -100,12 +100,41 @@ async fn poll(port: u16, path: &str, what: &str, done: impl Fn(&Json) -> bool) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_api_bytes_as_flower_on_redis() {
+    side_by_side("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_api_bytes_as_flower_on_rabbitmq() {
+    side_by_side("amqp").await;
+}
+
+/// Flower and the monitor on one broker (Redis, or a RabbitMQ virtual host of the test's
+/// own, with Flower reading the management API), results in Redis.
+async fn side_by_side(transport: &'static str) {
     kombu_redis::register();
+    kombu_amqp::register();
     let Some(python) = python() else { return };
-    let Some(broker) = brokers::broker("redis", "monitor") else {
-        return;
+    let (url, _vhost, _broker) = match transport {
+        "amqp" => {
+            let Some(vhost) = brokers::amqp_vhost("monitor") else {
+                return;
+            };
+            (vhost.url.clone(), Some(vhost), None)
+        }
+        _ => {
+            let Some(broker) = brokers::broker(transport, "monitor") else {
+                return;
+            };
+            (broker.url.clone(), None, Some(broker))
+        }
     };
-    let (py_url, options) = brokers::celery_side("redis", &broker.url);
+    let (py_url, options) = brokers::celery_side(transport, &url);
+    // Results in Redis where Flower reads them (Celery's keys, no transport prefix).
+    let backend_url = match transport {
+        "redis" => py_url.clone(),
+        _ => std::env::var("KOMBU_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned()),
+    };
     let dir = std::env::temp_dir().join(format!("kombu-monitor-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("a directory");
     std::fs::write(
@@ -113,7 +142,7 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         "import json, os\nfrom celery import Celery\n\
          app = Celery('flower_app', broker=os.environ['KOMBU_RS_BROKER'])\n\
          app.conf.broker_transport_options = json.loads(os.environ['KOMBU_RS_OPTIONS'])\n\
-         app.conf.result_backend = os.environ['KOMBU_RS_BROKER']\n\
+         app.conf.result_backend = os.environ['KOMBU_RS_BACKEND']\n\
          @app.task(name='tasks.add')\ndef add(x, y):\n    return x + y\n",
     )
     .expect("write the app");
@@ -129,21 +158,23 @@ async fn the_same_api_bytes_as_flower_on_redis() {
                 "--address=127.0.0.1",
             ])
             .arg(format!("--port={flower_port}"))
+            // Flower's default API address takes the broker's port (5672).
+            .arg("--broker_api=http://guest:guest@127.0.0.1:15672/api/")
             .current_dir(&dir)
             .env("PYTHONPATH", &dir)
             .env("FLOWER_UNAUTHENTICATED_API", "true")
             .env("KOMBU_RS_BROKER", &py_url)
             .env("KOMBU_RS_OPTIONS", &options)
+            .env("KOMBU_RS_BACKEND", &backend_url)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start flower"),
     );
 
-    let conn = Connection::open(&broker.url).await.expect("open");
-    // Results in Redis where Flower reads them (Celery's keys, no transport prefix).
+    let conn = Connection::open(&url).await.expect("open");
     let results = std::sync::Arc::new(
-        kombu_celery::backend::RedisResultBackend::connect(&py_url)
+        kombu_celery::backend::RedisResultBackend::connect(&backend_url)
             .await
             .expect("the result backend"),
     );
@@ -305,6 +336,16 @@ async fn the_same_api_bytes_as_flower_on_redis() {
         (format!("/api/task/revoke/{id}?terminate=maybe"), ""),
         ("/api/task/send-task/tasks.add".to_owned(), "[1]"),
         ("/api/task/send-task/tasks.add".to_owned(), r#"{"args": 3}"#),
+        ("/api/task/apply/tasks.add".to_owned(), r#"{"args": 3}"#),
+        (
+            "/api/task/apply/tasks.add".to_owned(),
+            r#"{"timeout": "x"}"#,
+        ),
+        ("/api/task/apply/tasks.add".to_owned(), r#"{"eta": "soon"}"#),
+        (
+            "/api/task/async-apply/tasks.add".to_owned(),
+            r#"{"expires": "May"}"#,
+        ),
     ] {
         let theirs = post(flower_port, path.clone(), body.to_owned())
             .await
@@ -315,6 +356,63 @@ async fn the_same_api_bytes_as_flower_on_redis() {
             .expect("joined")
             .expect("the monitor answers");
         assert_eq!(ours, theirs, "POST {path} {body}");
+    }
+    // apply: sent, waited for, answered in Flower's order (each side's own task id); with a
+    // timeout that passes first (nobody consumes the queue), the state then.
+    let nobody = format!("{queue}-nobody");
+    for body in [
+        format!(r#"{{"args": [2, 3], "queue": "{queue}"}}"#),
+        format!(r#"{{"args": [20, 22], "queue": "{queue}", "timeout": 30}}"#),
+        format!(r#"{{"args": [1, 2], "queue": "{nobody}", "timeout": 0.5}}"#),
+    ] {
+        let answer = |port: u16| {
+            let body = body.clone();
+            async move {
+                let (status, text) = post(port, "/api/task/apply/tasks.add".to_owned(), body)
+                    .await
+                    .expect("joined")
+                    .expect("answers");
+                let value: Json = serde_json::from_str(&text).expect("JSON");
+                let id = value["task-id"].as_str().unwrap_or_default().to_owned();
+                (status, text.replace(&id, "ID"))
+            }
+        };
+        let (theirs, ours) = (answer(flower_port).await, answer(our_port).await);
+        assert_eq!(ours, theirs, "apply {body}");
+        assert_eq!(ours.0, 200, "{ours:?}");
+    }
+    // abort: each side writes ABORTED where the other reads it; a result already SUCCESS
+    // stays.
+    for (writer, reader) in [(flower_port, our_port), (our_port, flower_port)] {
+        let target = uuid::Uuid::new_v4().to_string();
+        for (port, path, want) in [
+            (
+                writer,
+                format!("/api/task/abort/{target}"),
+                format!(r#"{{"message": "Aborted '{target}'"}}"#),
+            ),
+            (
+                writer,
+                format!("/api/task/abort/{ok}"),
+                format!(r#"{{"message": "Aborted '{ok}'"}}"#),
+            ),
+        ] {
+            let got = post(port, path.clone(), String::new())
+                .await
+                .expect("joined")
+                .expect("answers");
+            assert_eq!(got, (200, want), "{path}");
+        }
+        for (id, state) in [(&target, "ABORTED"), (&ok, "SUCCESS")] {
+            let path = format!("/api/task/result/{id}");
+            let (status, body) = tokio::task::spawn_blocking(move || http_get(reader, &path))
+                .await
+                .expect("joined")
+                .expect("answers");
+            assert_eq!(status, 200);
+            let body: Json = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(body["state"], json!(state), "{body}");
+        }
     }
     for side in ["flower", "ours"] {
         let port = if side == "flower" {
@@ -379,19 +477,51 @@ async fn the_same_api_bytes_as_flower_on_redis() {
             .is_some_and(|q| q.len() == 3)
     })
     .await;
-    let theirs = tokio::task::spawn_blocking(move || http_get(flower_port, "/api/queues/length"))
-        .await
-        .expect("joined");
-    let ours = tokio::task::spawn_blocking(move || http_get(our_port, "/api/queues/length"))
-        .await
-        .expect("joined");
-    assert_eq!(ours, theirs, "/api/queues/length");
-    assert!(
-        ours.is_some_and(
-            |(_, body)| body.contains(&format!(r#"{{"name": "{queue}", "messages": 0}}"#))
-        ),
-        "our queue listed"
-    );
+    if transport == "redis" {
+        let theirs =
+            tokio::task::spawn_blocking(move || http_get(flower_port, "/api/queues/length"))
+                .await
+                .expect("joined");
+        let ours = tokio::task::spawn_blocking(move || http_get(our_port, "/api/queues/length"))
+            .await
+            .expect("joined");
+        assert_eq!(ours, theirs, "/api/queues/length");
+        assert!(
+            ours.is_some_and(
+                |(_, body)| body.contains(&format!(r#"{{"name": "{queue}", "messages": 0}}"#))
+            ),
+            "our queue listed"
+        );
+    } else {
+        // The management API's queue objects on both sides, once its statistics (sampled
+        // every 5 s) count the three queues empty; their rates and times move between two
+        // calls, their names and counts do not.
+        let settled = |v: &Json| {
+            v["active_queues"].as_array().is_some_and(|queues| {
+                queues.len() == 3
+                    && queues
+                        .iter()
+                        .all(|q| q["messages"] == json!(0) && q["messages_ready"] == json!(0))
+            })
+        };
+        let names = |body: &str| -> Vec<Json> {
+            let body: Json = serde_json::from_str(body).unwrap_or_default();
+            body["active_queues"]
+                .as_array()
+                .map(|queues| queues.iter().map(|q| q["name"].clone()).collect())
+                .unwrap_or_default()
+        };
+        let theirs = poll(
+            flower_port,
+            "/api/queues/length",
+            "Flower's lengths",
+            settled,
+        )
+        .await;
+        let ours = poll(our_port, "/api/queues/length", "our lengths", settled).await;
+        assert_eq!(names(&ours), names(&theirs), "/api/queues/length");
+        assert_eq!(names(&ours)[0], json!(queue));
+    }
 
     let (status, body) = tokio::task::spawn_blocking(move || http_get(our_port, "/healthcheck"))
         .await
@@ -458,14 +588,17 @@ async fn users_tokens_and_read_only() {
             .expect("joined"),
         Some((403, "Read only mode is enabled".to_owned()))
     );
-    assert_eq!(
-        status(
-            ask("POST", "/api/task/send-task/tasks.add", good)
-                .await
-                .expect("joined")
-        ),
-        Some(403)
-    );
+    for path in [
+        "/api/task/send-task/tasks.add",
+        "/api/task/apply/tasks.add",
+        "/api/task/abort/x",
+    ] {
+        assert_eq!(
+            ask("POST", path, good).await.expect("joined"),
+            Some((403, "Read only mode is enabled".to_owned())),
+            "{path}"
+        );
+    }
     // Open without credentials, as Flower's.
     assert_eq!(
         ask("GET", "/healthcheck", "").await.expect("joined"),

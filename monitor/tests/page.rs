@@ -173,4 +173,39 @@ async fn the_page_its_assets_and_its_workers() {
     assert_eq!(fetch(port, "/static/monitor.js").await.0, 200);
     server.abort();
     monitor.stop().await;
+
+    // With a token only, a browser asks too, and the token is the password (any user name);
+    // scripts send it as a bearer token.
+    let monitor = Monitor::builder(&conn)
+        .token("t0ken")
+        .start()
+        .await
+        .expect("the monitor");
+    let (port, server) = support::serve(&monitor).await;
+    let head = headers(port, "/").await;
+    assert!(head.contains(" 401 "), "{head}");
+    assert!(
+        head.to_lowercase().contains("www-authenticate: basic"),
+        "{head}"
+    );
+    let ask = |path: &'static str, credentials: &'static str| {
+        let line = format!("Authorization: {credentials}\r\n");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                kombu_test_support::http::request(port, "GET", path, "", &line)
+            })
+            .await
+            .expect("joined")
+            .map(|(status, _)| status)
+        }
+    };
+    // "anyone:t0ken", "t0ken:t0ken", "anyone:t0ke" and "t0ken" (no colon) in base64.
+    assert_eq!(ask("/", "Basic YW55b25lOnQwa2Vu").await, Some(200));
+    assert_eq!(ask("/api/tasks", "Basic YW55b25lOnQwa2Vu").await, Some(200));
+    assert_eq!(ask("/api/tasks", "Basic dDBrZW46dDBrZW4=").await, Some(200));
+    assert_eq!(ask("/api/tasks", "Basic YW55b25lOnQwa2U=").await, Some(401));
+    assert_eq!(ask("/api/tasks", "Basic dDBrZW4=").await, Some(401));
+    assert_eq!(ask("/api/tasks", "Bearer t0ken").await, Some(200));
+    server.abort();
+    monitor.stop().await;
 }

@@ -152,3 +152,67 @@ pub fn celery_side(transport: &str, url: &str) -> (String, String) {
         _ => (url.to_owned(), "{}".to_owned()),
     }
 }
+
+/// A RabbitMQ virtual host of one test's own, made through the management plugin's HTTP API
+/// (on the AMQP server's host, port 15672, as guest) and deleted when dropped: for tests that
+/// must see only their own traffic on exchanges every Celery app shares (`celeryev`,
+/// `celery.pidbox`).
+#[derive(Debug)]
+pub struct AmqpVhost {
+    /// The broker URL of the virtual host.
+    pub url: String,
+    /// The virtual host's name.
+    pub name: String,
+}
+
+impl Drop for AmqpVhost {
+    fn drop(&mut self) {
+        // A vhost left behind is only clutter; a failure here is not the test's.
+        let _ = crate::http::request(
+            MANAGEMENT_PORT,
+            "DELETE",
+            &format!("/api/vhosts/{}", self.name),
+            "",
+            GUEST,
+        );
+    }
+}
+
+const MANAGEMENT_PORT: u16 = 15672;
+/// `guest:guest`, the default AMQP URL's user.
+const GUEST: &str = "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\n";
+
+/// A fresh virtual host on the AMQP server ([`broker`]'s rules: `None` when the server does
+/// not answer, a panic when `KOMBU_TEST_REQUIRE` requires AMQP; a panic too when the
+/// management API refuses, as nothing can be tested then).
+pub fn amqp_vhost(test: &str) -> Option<AmqpVhost> {
+    let base = broker("amqp", test)?;
+    let name = format!("kombu-{test}-{}", &unique()[..12]);
+    let made = crate::http::request(
+        MANAGEMENT_PORT,
+        "PUT",
+        &format!("/api/vhosts/{name}"),
+        "",
+        GUEST,
+    );
+    let allowed = crate::http::request(
+        MANAGEMENT_PORT,
+        "PUT",
+        &format!("/api/permissions/{name}/guest"),
+        r#"{"configure": ".*", "write": ".*", "read": ".*"}"#,
+        GUEST,
+    );
+    for (what, answer) in [("the vhost", made), ("guest's permissions", allowed)] {
+        if !matches!(answer, Some((201 | 204, _))) {
+            panic!("{test}: RabbitMQ's management API did not make {what}: {answer:?}");
+        }
+    }
+    let url = url::Url::parse(&base.url)
+        .ok()
+        .map(|mut u| {
+            u.set_path(&name);
+            u.to_string()
+        })
+        .unwrap_or_else(|| panic!("{test}: the AMQP URL {} is not a URL", base.url));
+    Some(AmqpVhost { url, name })
+}

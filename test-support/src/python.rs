@@ -44,6 +44,29 @@ impl CeleryWorker {
     /// `name` labels the scratch directory. Panics when the worker cannot start (a test
     /// helper).
     pub fn start(python: &Path, name: &str, app: &str, queue: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(python, name, app, queue, env, &["--without-heartbeat"])
+    }
+
+    /// [`CeleryWorker::start`], with the worker's events on: heartbeats every 2 s (so a
+    /// monitor sees it online) and task events (`-E`).
+    pub fn start_with_events(
+        python: &Path,
+        name: &str,
+        app: &str,
+        queue: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(python, name, app, queue, env, &["-E"])
+    }
+
+    fn spawn(
+        python: &Path,
+        name: &str,
+        app: &str,
+        queue: &str,
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -69,7 +92,6 @@ impl CeleryWorker {
                 queue,
                 "--without-gossip",
                 "--without-mingle",
-                "--without-heartbeat",
                 "-c",
                 "1",
                 "-n",
@@ -77,6 +99,7 @@ impl CeleryWorker {
                 "--loglevel",
                 "INFO",
             ])
+            .args(flags)
             .current_dir(&dir)
             .env("PYTHONPATH", &dir)
             .env("KOMBU_RS_QUEUE", queue)
