@@ -136,6 +136,31 @@ pub(crate) fn no_backend() -> Response {
     )
 }
 
+/// Sends task `name` as `body` asks (read-only mode refused first): its id and, for apply,
+/// how long to wait.
+async fn send(
+    state: &State,
+    name: &str,
+    body: &[u8],
+    apply: bool,
+) -> Result<(String, Option<Duration>), Response> {
+    if let Some(refusal) = read_only(state) {
+        return Err(refusal);
+    }
+    if apply && state.results.is_none() {
+        return Err(no_backend());
+    }
+    let sent = request(body, apply)?;
+    let celery = Celery::new(&state.conn);
+    match celery
+        .send_task(name, sent.args, sent.kwargs, sent.options)
+        .await
+    {
+        Ok(id) => Ok((id, sent.timeout)),
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
 /// `POST /api/task/send-task/<name>` and `/api/task/async-apply/<name>`:
 /// `{"task-id": id}`, and with a result backend the state read right after the send.
 pub(crate) async fn send_task(
@@ -143,20 +168,9 @@ pub(crate) async fn send_task(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = read_only(&state) {
-        return refusal;
-    }
-    let sent = match request(&body, false) {
-        Ok(sent) => sent,
+    let id = match send(&state, &name, &body, false).await {
+        Ok((id, _)) => id,
         Err(refusal) => return refusal,
-    };
-    let celery = Celery::new(&state.conn);
-    let id = match celery
-        .send_task(&name, sent.args, sent.kwargs, sent.options)
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => return unavailable(&e),
     };
     match &state.results {
         None => json(&json!({ "task-id": id })),
@@ -175,25 +189,14 @@ pub(crate) async fn apply(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = read_only(&state) {
-        return refusal;
-    }
-    let Some(backend) = state.results.clone() else {
-        return no_backend();
-    };
-    let sent = match request(&body, true) {
+    let (id, timeout) = match send(&state, &name, &body, true).await {
         Ok(sent) => sent,
         Err(refusal) => return refusal,
     };
-    let celery = Celery::new(&state.conn);
-    let id = match celery
-        .send_task(&name, sent.args, sent.kwargs, sent.options)
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => return unavailable(&e),
+    let Some(backend) = &state.results else {
+        return no_backend();
     };
-    let meta = match backend.wait(&id, sent.timeout.unwrap_or(APPLY_WAIT)).await {
+    let meta = match backend.wait(&id, timeout.unwrap_or(APPLY_WAIT)).await {
         Ok(meta) => meta,
         Err(e) => return unavailable(&e),
     };

@@ -26,7 +26,7 @@ use kombu_test_support::http::free_port;
 use kombu_test_support::{CeleryWorker, brokers, python};
 use serde_json::{Value as Json, json};
 
-const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+use support::ADD;
 const MUL: Task<(i64, i64), i64> = Task::new("tasks.mul");
 const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
 const WAIT: Duration = Duration::from_secs(40);
@@ -234,21 +234,12 @@ async fn workers_tasks_and_queues(transport: &'static str) {
     kombu_redis::register();
     kombu_amqp::register();
     let Some(python) = python() else { return };
-    // RabbitMQ's vhost is the test's own: other tests' workers and events stay out of view.
-    let (url, _vhost, _broker) = match transport {
-        "amqp" => {
-            let Some(vhost) = brokers::amqp_vhost("browser") else {
-                return;
-            };
-            (vhost.url.clone(), Some(vhost), None)
-        }
-        _ => {
-            let Some(broker) = brokers::broker(transport, "browser") else {
-                return;
-            };
-            (broker.url.clone(), None, Some(broker))
-        }
+    // On RabbitMQ a virtual host of the test's own: other tests' workers and events stay
+    // out of view.
+    let Some(broker) = brokers::isolated(transport, "browser") else {
+        return;
     };
+    let url = broker.url.clone();
     let Some(browser) = Browser::start(transport).await else {
         return;
     };
@@ -572,16 +563,7 @@ async fn a_token_opens_the_page_as_its_password() {
         .await
         .expect("the monitor");
     let (port, serving) = support::serve(&monitor).await;
-    let worker = Worker::builder(&conn)
-        .hostname("token@browser")
-        .queue("browser")
-        .concurrency(1)
-        .task_events(true)
-        .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
-        .build()
-        .expect("a worker");
-    let handle = worker.handle();
-    let running = tokio::spawn(worker.run());
+    let (handle, running) = support::add_worker(&conn, "token@browser", "browser");
     // What a user types at the browser's prompt, given in the address: any name, the token.
     browser
         .client

@@ -114,20 +114,12 @@ async fn side_by_side(transport: &'static str) {
     kombu_redis::register();
     kombu_amqp::register();
     let Some(python) = python() else { return };
-    let (url, _vhost, _broker) = match transport {
-        "amqp" => {
-            let Some(vhost) = brokers::amqp_vhost("monitor") else {
-                return;
-            };
-            (vhost.url.clone(), Some(vhost), None)
-        }
-        _ => {
-            let Some(broker) = brokers::broker(transport, "monitor") else {
-                return;
-            };
-            (broker.url.clone(), None, Some(broker))
-        }
+    // On RabbitMQ a virtual host of the test's own: other tests' workers and events stay
+    // out of view.
+    let Some(broker) = brokers::isolated(transport, "monitor") else {
+        return;
     };
+    let url = broker.url.clone();
     let (py_url, options) = brokers::celery_side(transport, &url);
     // Results in Redis where Flower reads them (Celery's keys, no transport prefix).
     let backend_url = match transport {

@@ -8,14 +8,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use kombu_celery::worker::{TaskContext, Worker};
-use kombu_celery::{Celery, Task, TaskOptions};
+use kombu_celery::{Celery, TaskOptions};
 use kombu_core::Connection;
 use kombu_monitor::Monitor;
 use kombu_test_support::http::get;
 use serde_json::Value as Json;
 
-const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
+use support::ADD;
 
 /// Reads server-sent events from `port` until `done` holds for one (its type and JSON data),
 /// or 30 s pass; returns every (type, data) read.
@@ -70,16 +69,7 @@ async fn task_and_worker_changes_stream_as_they_happen() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let worker = Worker::builder(&conn)
-        .hostname("live@test")
-        .queue("live")
-        .concurrency(1)
-        .task_events(true)
-        .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
-        .build()
-        .expect("a worker");
-    let handle = worker.handle();
-    let running = tokio::spawn(worker.run());
+    let (handle, running) = support::add_worker(&conn, "live@test", "live");
     let celery = Celery::builder(&conn).default_queue("live").build();
     let sent = celery
         .send_task(ADD.name(), (2, 3), (), TaskOptions::new())

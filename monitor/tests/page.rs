@@ -4,8 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use kombu_celery::Task;
-use kombu_celery::worker::{TaskContext, Worker};
 use kombu_core::Connection;
 use kombu_monitor::Monitor;
 use kombu_test_support::http::{get, head};
@@ -13,7 +11,6 @@ use serde_json::Value as Json;
 
 mod support;
 
-const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
 
 async fn fetch(port: u16, path: &str) -> (u16, String) {
     let path = path.to_owned();
@@ -91,16 +88,7 @@ async fn the_page_its_assets_and_its_workers() {
     }
 
     // The workers' table data.
-    let worker = Worker::builder(&conn)
-        .hostname("page@test")
-        .queue("page")
-        .concurrency(1)
-        .task_events(true)
-        .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
-        .build()
-        .expect("a worker");
-    let handle = worker.handle();
-    let running = tokio::spawn(worker.run());
+    let (handle, running) = support::add_worker(&conn, "page@test", "page");
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
         let (status, body) = fetch(port, "/api/monitor/workers").await;

@@ -216,3 +216,36 @@ pub fn amqp_vhost(test: &str) -> Option<AmqpVhost> {
         .unwrap_or_else(|| panic!("{test}: the AMQP URL {} is not a URL", base.url));
     Some(AmqpVhost { url, name })
 }
+
+/// A broker a test has to itself, even on the exchanges every Celery app shares: on AMQP a
+/// virtual host of its own ([`amqp_vhost`]), elsewhere [`broker`]'s fresh URL (on Redis, a key
+/// prefix of its own). Dropped, it cleans up as those do.
+#[derive(Debug)]
+pub struct Isolated {
+    /// The URL to open.
+    pub url: String,
+    _broker: Option<Broker>,
+    _vhost: Option<AmqpVhost>,
+}
+
+/// [`Isolated`] for `transport`, with [`broker`]'s rules when the server does not answer.
+pub fn isolated(transport: &'static str, test: &str) -> Option<Isolated> {
+    Some(match transport {
+        "amqp" => {
+            let vhost = amqp_vhost(test)?;
+            Isolated {
+                url: vhost.url.clone(),
+                _broker: None,
+                _vhost: Some(vhost),
+            }
+        }
+        _ => {
+            let broker = broker(transport, test)?;
+            Isolated {
+                url: broker.url.clone(),
+                _broker: Some(broker),
+                _vhost: None,
+            }
+        }
+    })
+}

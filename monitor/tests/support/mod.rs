@@ -15,3 +15,33 @@ pub async fn serve(monitor: &Monitor) -> (u16, tokio::task::JoinHandle<std::io::
         tokio::spawn(async move { axum::serve(listener, app).await }),
     )
 }
+
+/// `tasks.add`, the task the monitor's tests run.
+#[allow(dead_code)] // not every test file runs a worker
+pub const ADD: kombu_celery::Task<(i64, i64), i64> = kombu_celery::Task::new("tasks.add");
+
+/// A Rust worker `node` on `queue` with task events, running `tasks.add`: its handle (to stop
+/// it) and its task.
+#[allow(dead_code)] // not every test file runs a worker
+pub fn add_worker(
+    conn: &kombu_core::Connection,
+    node: &str,
+    queue: &str,
+) -> (
+    kombu_celery::worker::WorkerHandle,
+    tokio::task::JoinHandle<kombu_core::Result<()>>,
+) {
+    let worker = kombu_celery::worker::Worker::builder(conn)
+        .hostname(node)
+        .queue(queue)
+        .concurrency(1)
+        .task_events(true)
+        .task(
+            ADD,
+            |(x, y), _: kombu_celery::worker::TaskContext| async move { Ok(x + y) },
+        )
+        .build()
+        .expect("a worker");
+    let handle = worker.handle();
+    (handle, tokio::spawn(worker.run()))
+}
