@@ -320,6 +320,12 @@ async fn side_by_side(transport: &'static str) {
         (format!("/api/worker/pool/grow/{node}?n=1"), ""),
         (format!("/api/worker/pool/shrink/{node}"), ""),
         ("/api/worker/pool/grow/nobody@nowhere".to_owned(), ""),
+        (format!("/api/worker/pool/restart/{node}"), ""),
+        (format!("/api/worker/pool/autoscale/{node}?min=1&max=2"), ""),
+        (format!("/api/worker/pool/autoscale/{node}?min=1"), ""),
+        (format!("/api/worker/pool/grow/{node}"), ""),
+        ("/api/worker/shutdown/nobody@nowhere".to_owned(), ""),
+        (format!("/api/worker/queue/cancel-consumer/{node}"), ""),
         (
             format!("/api/task/rate-limit/tasks.add?workername={node}"),
             "",
@@ -521,8 +527,48 @@ async fn side_by_side(transport: &'static str) {
         .expect("answers");
     assert_eq!((status, body.as_str()), (200, "OK"));
 
-    handle.stop();
-    let _ = tokio::time::timeout(WAIT, running).await;
+    // The consumers added, cancelled: the worker's text on both sides.
+    for side in ["flower", "ours"] {
+        let port = if side == "flower" {
+            flower_port
+        } else {
+            our_port
+        };
+        let extra = format!("{queue}-{side}");
+        let cancelled = post(
+            port,
+            format!("/api/worker/queue/cancel-consumer/{node}?queue={extra}"),
+            String::new(),
+        )
+        .await
+        .expect("joined")
+        .expect("answers");
+        assert_eq!(
+            cancelled,
+            (
+                200,
+                format!(r#"{{"message": "no longer consuming from {extra}"}}"#)
+            ),
+            "{side}"
+        );
+    }
+    // Shutdown: a cast without reply, the same message from both; the worker's run ends.
+    let path = format!("/api/worker/shutdown/{node}");
+    let theirs = post(flower_port, path.clone(), String::new())
+        .await
+        .expect("joined");
+    let ours = post(our_port, path, String::new()).await.expect("joined");
+    assert_eq!(ours, theirs, "shutdown");
+    assert_eq!(
+        ours,
+        Some((200, r#"{"message": "Shutting down!"}"#.to_owned()))
+    );
+    let ended = tokio::time::timeout(WAIT, running).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the worker shut down: {ended:?}"
+    );
+    drop(handle);
     serving.abort();
     monitor.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

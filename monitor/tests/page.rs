@@ -11,7 +11,6 @@ use serde_json::Value as Json;
 
 mod support;
 
-
 async fn fetch(port: u16, path: &str) -> (u16, String) {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || get(port, &path))
