@@ -206,8 +206,9 @@ async fn authorize(
     }
 }
 
-/// Refuses (403, empty body) what a web page of another site could make a browser send: a
-/// steering call (not GET, HEAD or OPTIONS) marked cross-site by `Sec-Fetch-Site` or whose
+/// Refuses (403, empty body) what a web page of another site could make a browser send: any
+/// call of the API that `Sec-Fetch-Site` marks cross-site; a steering call (not GET, HEAD or
+/// OPTIONS) marked cross-site (or same-site) by `Sec-Fetch-Site` or whose
 /// `Origin` is not the `Host` asked (Flower's check); and, while the API is `open` (no users or
 /// tokens), any call addressed to a host that is not loopback (a DNS name rebound to
 /// 127.0.0.1 by a page).
@@ -230,13 +231,18 @@ fn cross_site(request: &axum::extract::Request, open: bool) -> Option<Response> 
             return Some(StatusCode::FORBIDDEN.into_response());
         }
     }
+    let fetch_site = text(header::HeaderName::from_static("sec-fetch-site"));
+    // The page calls its own API only: a browser's call from another site is refused, a
+    // GET too (a refresh runs an inspect broadcast); a link to the page itself is followed.
+    if fetch_site == Some("cross-site") && request.uri().path().starts_with("/api/") {
+        return Some(StatusCode::FORBIDDEN.into_response());
+    }
     if matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     ) {
         return None;
     }
-    let fetch_site = text(header::HeaderName::from_static("sec-fetch-site"));
     if fetch_site.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
         return Some(StatusCode::FORBIDDEN.into_response());
     }

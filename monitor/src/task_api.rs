@@ -20,8 +20,9 @@ use crate::State;
 use crate::api::{error, json};
 use crate::control_api::{read_only, unavailable};
 
-/// Flower's (Python's `strptime`) format of an `eta` or `expires` date, read as UTC (Celery's
-/// default time zone).
+/// Flower's (Python's `strptime`) format of an `eta` or `expires` date, `%Y-%m-%d
+/// %H:%M:%S.%f` (the fraction of 1 to 6 digits required), read as UTC (Celery's default time
+/// zone).
 const DATE_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 
 /// How long `/api/task/apply` waits when the caller names no `timeout`: Flower waits without
@@ -39,19 +40,38 @@ struct Request {
 
 /// A date in Flower's format, as a time.
 fn date(text: &str) -> Option<SystemTime> {
-    let at = NaiveDateTime::parse_from_str(text.trim(), DATE_FORMAT).ok()?;
+    let text = text.trim();
+    let (_, fraction) = text.rsplit_once('.')?;
+    if !(1..=6).contains(&fraction.len()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let at = NaiveDateTime::parse_from_str(text, DATE_FORMAT).ok()?;
     let nanos = at.and_utc().timestamp_nanos_opt()?;
     let nanos = u64::try_from(nanos).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
 }
 
-/// Seconds as a number or a numeral; out of range is `None`, not a panic.
-fn seconds(value: &Json) -> Option<Duration> {
-    let number = match value {
+/// A number or a numeral.
+fn number(value: &Json) -> Option<f64> {
+    match value {
         Json::String(text) => text.trim().parse::<f64>().ok(),
         other => other.as_f64(),
-    };
-    number.and_then(|s| Duration::try_from_secs_f64(s).ok())
+    }
+}
+
+/// Seconds as a number or a numeral; out of range is `None`, not a panic.
+fn seconds(value: &Json) -> Option<Duration> {
+    number(value).and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+/// Apply's `timeout` as Celery's `get` reads it: none for `0` (wait as long as it takes),
+/// at once for a negative one.
+fn wait_for(value: &Json) -> Option<Option<Duration>> {
+    match number(value)? {
+        0.0 => Some(None),
+        s if s < 0.0 => Some(Some(Duration::ZERO)),
+        s => Duration::try_from_secs_f64(s).ok().map(Some),
+    }
 }
 
 /// The JSON body of a send: `args`, `kwargs` and the options `queue`, `task_id`,
@@ -71,13 +91,15 @@ fn request(body: &[u8], apply: bool) -> Result<Request, Response> {
         return Err(error(StatusCode::BAD_REQUEST, "args must be an array"));
     }
     let kwargs = body.remove("kwargs").unwrap_or_else(|| json!({}));
-    // Only apply waits; elsewhere `timeout` is an option like any unknown one.
-    let timeout = match apply.then(|| body.remove("timeout")).flatten() {
+    // Only apply waits; Flower hands a send's `timeout` to Celery, which ignores it.
+    let timeout = match body.remove("timeout").filter(|_| apply) {
         None | Some(Json::Null) => None,
         Some(value) => {
-            Some(seconds(&value).ok_or_else(|| error(StatusCode::BAD_REQUEST, "Invalid timeout"))?)
+            wait_for(&value).ok_or_else(|| error(StatusCode::BAD_REQUEST, "Invalid timeout"))?
         }
     };
+    // Celery: a countdown wins over an eta, wherever it stands.
+    let countdown = body.remove("countdown");
     let invalid = || error(StatusCode::BAD_REQUEST, "Invalid option");
     let mut options = TaskOptions::new();
     for (key, value) in &body {
@@ -88,7 +110,6 @@ fn request(body: &[u8], apply: bool) -> Result<Request, Response> {
                 Some(p) => options.priority(p),
                 None => return Err(invalid()),
             },
-            ("countdown", _) => options.countdown(seconds(value).ok_or_else(invalid)?),
             ("eta", Json::String(at)) => options.eta(date(at).ok_or_else(invalid)?),
             ("expires", Json::String(at)) if at.trim().parse::<f64>().is_err() => {
                 options.expires_at(date(at).ok_or_else(invalid)?)
@@ -102,6 +123,9 @@ fn request(body: &[u8], apply: bool) -> Result<Request, Response> {
                 ));
             }
         };
+    }
+    if let Some(countdown) = countdown {
+        options = options.countdown(seconds(&countdown).ok_or_else(invalid)?);
     }
     Ok(Request {
         args,
@@ -233,34 +257,37 @@ mod tests {
 
     #[test]
     fn flower_dates_are_utc() {
-        let at =
-            date("2026-12-07 10:00:00.250000").map(|t| t.duration_since(SystemTime::UNIX_EPOCH));
+        let since = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).ok();
         assert_eq!(
-            at.and_then(Result::ok),
+            date("2026-12-07 10:00:00.250000").and_then(since),
             Some(Duration::from_millis(1_796_637_600_250))
         );
         assert_eq!(
-            date("2026-12-07 10:00:00").and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()),
-            Some(Duration::from_secs(1_796_637_600))
+            date("2026-12-07 10:00:00.5").and_then(since),
+            Some(Duration::from_millis(1_796_637_600_500))
         );
-        assert!(date("0000-00-00 00:00:00").is_none());
+        // As Python's strptime with `.%f`: the fraction required, six digits at most.
+        assert!(date("2026-12-07 10:00:00").is_none());
+        assert!(date("2026-12-07 10:00:00.1234567").is_none());
+        assert!(date("0000-00-00 00:00:00.0").is_none());
         assert!(date("tomorrow").is_none());
     }
 
     #[test]
-    fn options_refused_as_flower() {
+    fn options_read_as_flower() {
         let refused = |body: &str, apply: bool| {
             request(body.as_bytes(), apply)
                 .err()
                 .map(|r| r.status().as_u16())
         };
         assert_eq!(refused(r#"{"eta": "soon"}"#, false), Some(400));
+        // Flower fails on this one with a 500.
         assert_eq!(refused(r#"{"eta": 5}"#, false), Some(400));
         assert_eq!(refused(r#"{"expires": "2026-12-07"}"#, false), Some(400));
         assert_eq!(refused(r#"{"timeout": "x"}"#, true), Some(400));
-        assert_eq!(refused(r#"{"timeout": 2}"#, false), Some(400));
         assert_eq!(refused(r#"{"args": 3}"#, false), Some(400));
         assert_eq!(refused("[1]", false), Some(400));
+        assert_eq!(refused(r#"{"colour": "red"}"#, false), Some(400));
         for fine in [
             r#"{"eta": "2026-12-07 10:00:00.5", "expires": "2026-12-08 10:00:00.000000"}"#,
             r#"{"expires": "30", "countdown": 2}"#,
@@ -268,5 +295,14 @@ mod tests {
         ] {
             assert_eq!(refused(fine, true), None, "{fine}");
         }
+        // A send's timeout is passed over, as Celery does.
+        assert_eq!(refused(r#"{"timeout": 2}"#, false), None);
+        let timeout = |body: &str| request(body.as_bytes(), true).ok().and_then(|r| r.timeout);
+        assert_eq!(timeout(r#"{"timeout": 0}"#), None, "0: no time limit");
+        assert_eq!(timeout(r#"{"timeout": -1}"#), Some(Duration::ZERO));
+        assert_eq!(
+            timeout(r#"{"timeout": "2.5"}"#),
+            Some(Duration::from_millis(2500))
+        );
     }
 }

@@ -6,8 +6,9 @@
 //! Every step leaves a screenshot in `target/browser-screenshots/` (a CI artifact).
 //!
 //! ChromeDriver is `$KOMBU_TEST_CHROMEDRIVER`, else `chromedriver` on the path; Chromium is
-//! `$KOMBU_TEST_CHROMIUM`, else ChromeDriver's own choice. Without them the tests are skipped,
-//! unless `KOMBU_TEST_REQUIRE` requires `chromium` (`all` does, as in CI).
+//! `$KOMBU_TEST_CHROMIUM`, else ChromeDriver's own choice. Without ChromeDriver the tests are
+//! skipped, unless `KOMBU_TEST_REQUIRE` requires `chromium` (`all` does, as in CI); without
+//! Chromium they fail.
 
 mod support;
 
@@ -28,7 +29,8 @@ use serde_json::{Value as Json, json};
 
 use support::ADD;
 const MUL: Task<(i64, i64), i64> = Task::new("tasks.mul");
-const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
+/// Waits until the test lets it finish (a permit of the gate).
+const GATED: Task<(), ()> = Task::new("tasks.gated");
 const WAIT: Duration = Duration::from_secs(40);
 
 /// The Python worker's app: `tasks.mul`, events on (the worker's `-E` too).
@@ -38,11 +40,17 @@ const PYTHON_APP: &str = "import json, os\nfrom celery import Celery\n\
     app.conf.worker_send_task_events = True\n\
     @app.task(name='tasks.mul')\ndef mul(x, y):\n    return x * y\n";
 
-/// ChromeDriver, killed when dropped.
+/// ChromeDriver in a process group of its own, with the Chromium it starts: the whole group
+/// killed when dropped (a failing test's browser too, whose session is never closed).
 struct Driver(std::process::Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -58,24 +66,48 @@ struct Browser {
 
 impl Browser {
     /// A session, or `None` (skipped) when there is no ChromeDriver and none is required.
+    /// ChromeDriver logs to `<prefix>-chromedriver.log` beside the screenshots.
     async fn start(prefix: &str) -> Option<Browser> {
+        use std::os::unix::process::CommandExt;
         let program =
             std::env::var("KOMBU_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".to_owned());
-        let port = free_port();
-        let child = match Command::new(&program)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if !brokers::required("chromium") => {
-                eprintln!("browser tests skipped: no {program} ({e})");
-                return None;
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .map(|target| target.join("browser-screenshots"))
+            .expect("the target directory");
+        std::fs::create_dir_all(&shots).expect("the screenshots' directory");
+        let log = shots.join(format!("{prefix}-chromedriver.log"));
+        // A port another process takes between free_port and ChromeDriver's bind: ChromeDriver
+        // exits, and another port is tried.
+        let mut tries = 0;
+        let (driver, port) = loop {
+            tries += 1;
+            let port = free_port();
+            let mut child = match Command::new(&program)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(child) => child,
+                Err(e) if !brokers::required("chromium") => {
+                    eprintln!("browser tests skipped: no {program} ({e})");
+                    return None;
+                }
+                Err(e) => panic!("{program}: {e} (KOMBU_TEST_REQUIRE requires chromium)"),
+            };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            match child.try_wait() {
+                Ok(None) => break (Driver(child), port),
+                exited if tries < 3 => eprintln!("{program} on {port} ended: {exited:?}"),
+                exited => panic!(
+                    "{program} ended three times ({exited:?}); see {}",
+                    log.display()
+                ),
             }
-            Err(e) => panic!("{program}: {e} (KOMBU_TEST_REQUIRE requires chromium)"),
         };
-        let driver = Driver(child);
         let mut options = json!({
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -101,14 +133,9 @@ impl Browser {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => panic!("no session from {program}: {e}"),
+                Err(e) => panic!("no session from {program}: {e}; see {}", log.display()),
             }
         };
-        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .map(|target| target.join("browser-screenshots"))
-            .expect("the target directory");
-        std::fs::create_dir_all(&shots).expect("the screenshots' directory");
         Some(Browser {
             client,
             shots,
@@ -207,7 +234,8 @@ async fn queue_row(browser: &Browser, queue: &str, ready: &str) -> Vec<String> {
         .click()
         .await
         .expect("clicked");
-    // The page asks every 5 s; the broker's report is 2 s old at most.
+    // The page asks every 5 s; the broker's report is 2 s old at most (RabbitMQ's
+    // management figures up to 5 s more).
     let got = browser
         .until(
             &format!("{queue} ready {ready}"),
@@ -259,15 +287,23 @@ async fn workers_tasks_and_queues(transport: &'static str) {
     let (port, serving) = support::serve(&monitor).await;
 
     let rust_node = format!("rust-{id}@browser");
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let opened = gate.clone();
     let worker = Worker::builder(&conn)
         .hostname(rust_node.as_str())
         .queue(rust_queue.as_str())
         .concurrency(2)
         .task_events(true)
         .task(ADD, |(x, y), _: TaskContext| async move { Ok(x + y) })
-        .task(SLEEP, |(seconds,), _: TaskContext| async move {
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            Ok(seconds)
+        .task(GATED, move |(), _: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                // The test releases it once it saw the task running.
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+                Ok(())
+            }
         })
         .build()
         .expect("a worker");
@@ -326,12 +362,12 @@ async fn workers_tasks_and_queues(transport: &'static str) {
         .await;
     assert_eq!(browser.focused().await, "h-tasks");
 
-    // A task's state as it moves: a 2 s task is seen running before it succeeds.
+    // A task's state as it moves: seen running (it waits for the gate), then succeeded.
     let celery = Celery::builder(&conn).build();
     let slow = celery
         .send_task(
-            SLEEP.name(),
-            (2.0,),
+            GATED.name(),
+            (),
             (),
             TaskOptions::new().queue(rust_queue.as_str()),
         )
@@ -365,7 +401,8 @@ async fn workers_tasks_and_queues(transport: &'static str) {
         .await;
     browser.shot("tasks-running").await;
     let slow_row = row_with(&early, 5, &slow).unwrap_or_default();
-    assert_eq!(slow_row.first().map(String::as_str), Some("tasks.sleep"));
+    assert_eq!(slow_row.first().map(String::as_str), Some("tasks.gated"));
+    opened.add_permits(1);
     let done = browser
         .until("every task succeeded", &rows_of("tasks-body"), |v| {
             [&slow, &added, &multiplied]
@@ -600,7 +637,7 @@ async fn a_token_opens_the_page_as_its_password() {
     browser.shot("workers").await;
     let _ = browser.client.close().await;
     handle.stop();
-    let _ = running.await;
+    let _ = tokio::time::timeout(WAIT, running).await;
     serving.abort();
     monitor.stop().await;
 }

@@ -122,10 +122,12 @@ async fn side_by_side(transport: &'static str) {
     let url = broker.url.clone();
     let (py_url, options) = brokers::celery_side(transport, &url);
     // Results in Redis where Flower reads them (Celery's keys, no transport prefix).
+    let Some(redis) = brokers::broker("redis", "monitor") else {
+        return;
+    };
     let backend_url = match transport {
         "redis" => py_url.clone(),
-        _ => std::env::var("KOMBU_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned()),
+        _ => brokers::celery_side("redis", &redis.url).0,
     };
     let dir = std::env::temp_dir().join(format!("kombu-monitor-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("a directory");
@@ -150,7 +152,7 @@ async fn side_by_side(transport: &'static str) {
                 "--address=127.0.0.1",
             ])
             .arg(format!("--port={flower_port}"))
-            // Flower's default API address takes the broker's port (5672).
+            // Where the management API is (Flower's default, named for the reader).
             .arg("--broker_api=http://guest:guest@127.0.0.1:15672/api/")
             .current_dir(&dir)
             .env("PYTHONPATH", &dir)
@@ -687,6 +689,19 @@ async fn cross_site_requests_are_refused() {
     .await
     .expect("joined");
     assert_eq!(status(got), Some(403));
+    // Reading too, from another site's page; a link to the page itself is followed.
+    let got = ask(
+        "GET",
+        "/api/workers",
+        "Sec-Fetch-Site: cross-site\r\n".to_owned(),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(status(got), Some(403));
+    let got = ask("GET", "/", "Sec-Fetch-Site: cross-site\r\n".to_owned())
+        .await
+        .expect("joined");
+    assert_eq!(status(got), Some(200));
     let got = ask(
         "POST",
         "/api/task/revoke/x",

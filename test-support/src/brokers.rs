@@ -154,67 +154,93 @@ pub fn celery_side(transport: &str, url: &str) -> (String, String) {
 }
 
 /// A RabbitMQ virtual host of one test's own, made through the management plugin's HTTP API
-/// (on the AMQP server's host, port 15672, as guest) and deleted when dropped: for tests that
-/// must see only their own traffic on exchanges every Celery app shares (`celeryev`,
-/// `celery.pidbox`).
+/// (on 127.0.0.1:15672: the AMQP server of the tests must be local, as `scripts/test` runs
+/// it) as the AMQP URL's user, and deleted when dropped: for tests that must see only their
+/// own traffic on exchanges every Celery app shares (`celeryev`, `celery.pidbox`).
+/// `scripts/test` deletes the `kombu-test-*` virtual hosts an interrupted run left behind.
 #[derive(Debug)]
 pub struct AmqpVhost {
     /// The broker URL of the virtual host.
     pub url: String,
     /// The virtual host's name.
     pub name: String,
+    /// The management API's headers: the user's credentials, JSON.
+    headers: String,
 }
 
 impl Drop for AmqpVhost {
     fn drop(&mut self) {
-        // A vhost left behind is only clutter; a failure here is not the test's.
+        // A vhost left behind is only clutter (scripts/test sweeps them); a failure here is
+        // not the test's.
         let _ = crate::http::request(
             MANAGEMENT_PORT,
             "DELETE",
             &format!("/api/vhosts/{}", self.name),
             "",
-            GUEST,
+            &self.headers,
         );
     }
 }
 
 const MANAGEMENT_PORT: u16 = 15672;
-/// `guest:guest`, the default AMQP URL's user.
-const GUEST: &str = "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\n";
 
 /// A fresh virtual host on the AMQP server ([`broker`]'s rules: `None` when the server does
 /// not answer, a panic when `KOMBU_TEST_REQUIRE` requires AMQP; a panic too when the
 /// management API refuses, as nothing can be tested then).
 pub fn amqp_vhost(test: &str) -> Option<AmqpVhost> {
+    use base64::Engine;
     let base = broker("amqp", test)?;
-    let name = format!("kombu-{test}-{}", &unique()[..12]);
+    let url = url::Url::parse(&base.url)
+        .unwrap_or_else(|e| panic!("{test}: the AMQP URL {} is not a URL: {e}", base.url));
+    let local = url.host_str().is_some_and(|h| {
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    assert!(
+        local,
+        "{test}: a virtual host of its own needs a local AMQP server, not {}",
+        base.url
+    );
+    let user = match url.username() {
+        "" => "guest",
+        user => user,
+    };
+    let password = url.password().unwrap_or("guest");
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let name = format!("kombu-test-{test}-{}", &unique()[..12]);
+    let mut vhost_url = url.clone();
+    vhost_url.set_path(&name);
     let made = crate::http::request(
         MANAGEMENT_PORT,
         "PUT",
         &format!("/api/vhosts/{name}"),
         "",
-        GUEST,
+        &format!("Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n"),
     );
+    if !matches!(made, Some((201 | 204, _))) {
+        panic!("{test}: RabbitMQ's management API did not make the vhost: {made:?}");
+    }
+    // Deleted from here on, whatever follows.
+    let vhost = AmqpVhost {
+        url: vhost_url.to_string(),
+        name,
+        headers: format!(
+            "Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n"
+        ),
+    };
     let allowed = crate::http::request(
         MANAGEMENT_PORT,
         "PUT",
-        &format!("/api/permissions/{name}/guest"),
+        &format!("/api/permissions/{}/{user}", vhost.name),
         r#"{"configure": ".*", "write": ".*", "read": ".*"}"#,
-        GUEST,
+        &vhost.headers,
     );
-    for (what, answer) in [("the vhost", made), ("guest's permissions", allowed)] {
-        if !matches!(answer, Some((201 | 204, _))) {
-            panic!("{test}: RabbitMQ's management API did not make {what}: {answer:?}");
-        }
+    if !matches!(allowed, Some((201 | 204, _))) {
+        panic!("{test}: RabbitMQ's management API did not grant {user} the vhost: {allowed:?}");
     }
-    let url = url::Url::parse(&base.url)
-        .ok()
-        .map(|mut u| {
-            u.set_path(&name);
-            u.to_string()
-        })
-        .unwrap_or_else(|| panic!("{test}: the AMQP URL {} is not a URL", base.url));
-    Some(AmqpVhost { url, name })
+    Some(vhost)
 }
 
 /// A broker a test has to itself, even on the exchanges every Celery app shares: on AMQP a
