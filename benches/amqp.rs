@@ -290,6 +290,7 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|---:|");
     let row = |name: &str, f: fn(&Figures) -> f64, py: Option<f64>| {
+        support::record_row("amqp", name, "msg/s", (&ours_runs, &raw_runs), f, py);
         let o = med(&ours_runs, f);
         let r = med(&raw_runs, f);
         let (p, pr) = match py {

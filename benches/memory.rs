@@ -21,7 +21,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "memory_common.rs"]
 mod common;
+mod support;
 
 fn main() -> kombu::Result<()> {
-    common::run("mimalloc")
+    common::run("mimalloc", support::record)
 }

@@ -263,9 +263,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Records one side of a row (the benches' `support::record`: bench, row, side, unit, the
+/// rounds' figures).
+pub type Record = fn(&str, &str, &str, &str, &[f64]);
+
 /// Runs every measure `ROUNDS` times, alternating ours and the ceiling so that a noisy
-/// neighbour hurts both alike, and prints the medians; `allocator` names the global allocator.
-pub fn run(allocator: &str) -> kombu::Result<()> {
+/// neighbour hurts both alike, and prints the medians; `allocator` names the global allocator;
+/// each row goes to `record` too.
+pub fn run(allocator: &str, record: Record) -> kombu::Result<()> {
     const ROUNDS: usize = 3;
     let n: u64 = std::env::args()
         .skip(1)
@@ -327,6 +332,13 @@ pub fn run(allocator: &str) -> kombu::Result<()> {
                 format!("{v:.0}")
             }
         };
+        let bench = match allocator {
+            "mimalloc" => "memory",
+            _ => "memory_system_alloc",
+        };
+        let unit = if latency { "µs" } else { "msg/s" };
+        record(bench, name, "ours", unit, &ours[i]);
+        record(bench, name, "raw", unit, &ceil[i]);
         let o = median(ours[i].clone());
         let (c, ratio) = if ceil[i].is_empty() {
             ("-".to_owned(), "-".to_owned())

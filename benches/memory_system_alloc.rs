@@ -2,7 +2,8 @@
 
 #[path = "memory_common.rs"]
 mod common;
+mod support;
 
 fn main() -> kombu::Result<()> {
-    common::run("system")
+    common::run("system", support::record)
 }

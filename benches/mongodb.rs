@@ -435,6 +435,7 @@ fn main() {
     println!("| row | kombu-rs | raw driver | kombu-rs / raw | Python kombu | kombu-rs / Python |");
     println!("|---|---:|---:|---:|---:|---:|");
     let row = |name: &str, f: fn(&Figures) -> f64, py: Option<f64>| {
+        support::record_row("mongodb", name, "msg/s", (&ours_runs, &raw_runs), f, py);
         let o = pick(&ours_runs, f);
         let r = pick(&raw_runs, f);
         let (p, pr) = match py {

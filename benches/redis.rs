@@ -212,6 +212,7 @@ fn main() {
     println!("| row | kombu-rs | raw redis | kombu-rs / raw | Python kombu | kombu-rs / Python |");
     println!("|---|---:|---:|---:|---:|---:|");
     let row = |name: &str, f: fn(&Figures) -> f64, py: Option<f64>| {
+        support::record_row("redis", name, "msg/s", (&ours_runs, &raw_runs), f, py);
         let o = pick(&ours_runs, f);
         let r = pick(&raw_runs, f);
         let (p, pr) = match py {
@@ -246,6 +247,16 @@ fn main() {
         xs.sort_by(f64::total_cmp);
         xs[xs.len() / 2]
     };
+    for (name, f) in [
+        (
+            "latency p50, one in flight",
+            (|f: &Figures| f.p50) as fn(&Figures) -> Duration,
+        ),
+        ("latency p99, one in flight", |f: &Figures| f.p99),
+    ] {
+        let micros = |r: &Figures| f(r).as_secs_f64() * 1e6;
+        support::record_row("redis", name, "µs", (&ours_runs, &raw_runs), micros, None);
+    }
     println!(
         "| latency p50, one in flight | {:.0} µs | {:.0} µs | {:.1}× slower | – | – |",
         lat(&ours_runs, |f| f.p50),

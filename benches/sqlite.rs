@@ -134,6 +134,10 @@ fn main() {
     println!("| row | kombu-rs msg/s | Python kombu msg/s | kombu-rs / Python |");
     println!("|---|---:|---:|---:|");
     let row = |name: &str, ours: f64, theirs: Option<f64>| {
+        support::record("sqlite", name, "ours", "msg/s", &[ours]);
+        if let Some(theirs) = theirs {
+            support::record("sqlite", name, "python", "msg/s", &[theirs]);
+        }
         let (t, r) = match theirs {
             Some(t) => (support::grouped(t), format!("{:.1}×", ours / t)),
             None => ("–".to_owned(), "–".to_owned()),

@@ -216,3 +216,51 @@ pub fn median<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
+
+/// Records one side of a row for `scripts/bench` when `KOMBU_BENCH_JSON` names a file: a JSON
+/// line `{"bench", "row", "side", "unit", "rounds", "median"}` appended to it (`side`: `ours`,
+/// `raw` or `python`; `rounds`: the figure of each round, in round order, so that a ratio can
+/// be taken within each round). Nothing when the variable is unset.
+pub fn record(bench: &str, row: &str, side: &str, unit: &str, rounds: &[f64]) {
+    let Some(path) = std::env::var_os("KOMBU_BENCH_JSON") else {
+        return;
+    };
+    if rounds.is_empty() {
+        return;
+    }
+    let line = serde_json::json!({
+        "bench": bench,
+        "row": row,
+        "side": side,
+        "unit": unit,
+        "rounds": rounds,
+        "median": median(rounds, |v| *v),
+    });
+    use std::io::Write as _;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{line}"));
+    if let Err(e) = written {
+        eprintln!("KOMBU_BENCH_JSON {}: {e}", PathBuf::from(path).display());
+    }
+}
+
+/// [`record`] for the rows of [`alternate`]'s rounds: `ours` and `raw` round by round, and
+/// Python's median when there is one.
+pub fn record_row<T>(
+    bench: &str,
+    row: &str,
+    unit: &str,
+    (ours, raw): (&[T], &[T]),
+    f: impl Fn(&T) -> f64,
+    python: Option<f64>,
+) {
+    let of = |runs: &[T]| runs.iter().map(&f).collect::<Vec<f64>>();
+    record(bench, row, "ours", unit, &of(ours));
+    record(bench, row, "raw", unit, &of(raw));
+    if let Some(python) = python {
+        record(bench, row, "python", unit, &[python]);
+    }
+}

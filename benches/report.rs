@@ -1,0 +1,226 @@
+//! The benchmarks' report: reads the JSON lines the transport benchmarks record
+//! (`KOMBU_BENCH_JSON`, [`support::record`]) and prints one Markdown table per benchmark, the
+//! ratios taken within each round and their median, and the targets met or missed.
+//! `scripts/bench` runs it after the benchmarks.
+//!
+//! ```text
+//! cargo bench --bench report -- target/bench/results.jsonl
+//! ```
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One side of a row, as recorded.
+#[derive(Debug, Clone, Deserialize)]
+struct Figure {
+    bench: String,
+    row: String,
+    side: String,
+    unit: String,
+    rounds: Vec<f64>,
+    median: f64,
+}
+
+/// A row's sides.
+#[derive(Debug, Default)]
+struct Row {
+    unit: String,
+    ours: Option<Figure>,
+    raw: Option<Figure>,
+    python: Option<Figure>,
+}
+
+/// The ratio of `a` to `b`: the median of the ratios within each round when both ran the same
+/// rounds, else the ratio of the medians.
+fn ratio(a: &Figure, b: &Figure) -> f64 {
+    if a.rounds.len() == b.rounds.len() && a.rounds.len() > 1 {
+        let ratios: Vec<f64> = a.rounds.iter().zip(&b.rounds).map(|(x, y)| x / y).collect();
+        support::median(&ratios, |v| *v)
+    } else {
+        a.median / b.median
+    }
+}
+
+/// What the raw side is, per benchmark.
+fn ceiling(bench: &str) -> &'static str {
+    match bench {
+        "memory" | "memory_system_alloc" => "bare tokio mpsc",
+        "redis" => "the redis crate",
+        "amqp" => "bare lapin",
+        "mongodb" => "the mongodb driver",
+        _ => "raw client",
+    }
+}
+
+fn number(v: f64, unit: &str) -> String {
+    match unit {
+        "µs" => format!("{v:.1} µs"),
+        _ => format!("{} {unit}", support::grouped(v)),
+    }
+}
+
+/// A target of the benchmarks issue: the benchmark and row it reads, what it compares, and the
+/// least it must reach.
+struct Target {
+    what: &'static str,
+    bench: &'static str,
+    row: &'static str,
+    /// `ours` (an absolute rate), `raw` or `python` (a ratio).
+    against: &'static str,
+    at_least: f64,
+}
+
+const TARGETS: [Target; 5] = [
+    Target {
+        what: "memory: 1,000,000 typed messages a second, published one by one",
+        bench: "memory",
+        row: "typed publish+consume+ack (publish one by one)",
+        against: "ours",
+        at_least: 1_000_000.0,
+    },
+    Target {
+        what: "Redis consume + ack: 0.6 of the ceiling (here the bare pop, not yet the same work)",
+        bench: "redis",
+        row: "consume + ack, prefetch 100",
+        against: "raw",
+        at_least: 0.6,
+    },
+    Target {
+        what: "Redis consume + ack: 100× Python kombu",
+        bench: "redis",
+        row: "consume + ack, prefetch 100",
+        against: "python",
+        at_least: 100.0,
+    },
+    Target {
+        what: "Redis publish in batches: 0.8 of the raw pipeline",
+        bench: "redis",
+        row: "publish, batches of 100",
+        against: "raw",
+        at_least: 0.8,
+    },
+    Target {
+        what: "SQLite consume + ack: 50× Python kombu",
+        bench: "sqlite",
+        row: "consume + ack, prefetch 100",
+        against: "python",
+        at_least: 50.0,
+    },
+];
+
+fn main() {
+    let Some(path) = std::env::args().skip(1).find(|a| !a.starts_with('-')) else {
+        eprintln!("usage: cargo bench --bench report -- RESULTS.jsonl");
+        std::process::exit(2);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Benchmarks in the order they ran, rows in the order they were recorded.
+    let mut benches: Vec<(String, Vec<(String, Row)>)> = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let figure: Figure = match serde_json::from_str(line) {
+            Ok(figure) => figure,
+            Err(e) => {
+                eprintln!("{path}:{}: {e}", n + 1);
+                continue;
+            }
+        };
+        let bench = match benches.iter().position(|(b, _)| *b == figure.bench) {
+            Some(i) => &mut benches[i].1,
+            None => {
+                benches.push((figure.bench.clone(), Vec::new()));
+                let last = benches.len() - 1;
+                &mut benches[last].1
+            }
+        };
+        let row = match bench.iter().position(|(r, _)| *r == figure.row) {
+            Some(i) => &mut bench[i].1,
+            None => {
+                bench.push((figure.row.clone(), Row::default()));
+                let last = bench.len() - 1;
+                &mut bench[last].1
+            }
+        };
+        row.unit = figure.unit.clone();
+        match figure.side.as_str() {
+            "ours" => row.ours = Some(figure),
+            "raw" => row.raw = Some(figure),
+            "python" => row.python = Some(figure),
+            other => eprintln!("{path}:{}: unknown side {other}", n + 1),
+        }
+    }
+    let mut found: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for (bench, rows) in &benches {
+        let rounds = rows
+            .iter()
+            .filter_map(|(_, r)| r.ours.as_ref())
+            .map(|f| f.rounds.len())
+            .max()
+            .unwrap_or(0);
+        println!("### {bench}\n");
+        println!(
+            "Median of {rounds} round(s); ratios taken within each round where both sides ran \
+             them; the ceiling: {}.\n",
+            ceiling(bench)
+        );
+        println!(
+            "| row | kombu-rs | ceiling | kombu-rs / ceiling | Python kombu | kombu-rs / Python |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, row) in rows {
+            let Some(ours) = &row.ours else { continue };
+            let cell = |f: &Option<Figure>| {
+                f.as_ref()
+                    .map_or_else(|| "–".to_owned(), |f| number(f.median, &row.unit))
+            };
+            let to_raw = row.raw.as_ref().map(|raw| ratio(ours, raw));
+            let to_python = row.python.as_ref().map(|py| ratio(ours, py));
+            found.insert((bench.clone(), name.clone(), "ours".into()), ours.median);
+            if let Some(r) = to_raw {
+                found.insert((bench.clone(), name.clone(), "raw".into()), r);
+            }
+            if let Some(r) = to_python {
+                found.insert((bench.clone(), name.clone(), "python".into()), r);
+            }
+            println!(
+                "| {name} | {} | {} | {} | {} | {} |",
+                number(ours.median, &row.unit),
+                cell(&row.raw),
+                to_raw.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+                cell(&row.python),
+                to_python.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×")),
+            );
+        }
+        println!();
+    }
+    println!("### Targets\n");
+    println!("| target | measured | |");
+    println!("|---|---:|---|");
+    for t in &TARGETS {
+        let key = (t.bench.to_owned(), t.row.to_owned(), t.against.to_owned());
+        let (measured, verdict) = match found.get(&key) {
+            None => ("not run".to_owned(), "–"),
+            Some(&v) => {
+                let shown = match t.against {
+                    "ours" => format!("{} msg/s", support::grouped(v)),
+                    "raw" => format!("{v:.2}"),
+                    _ => format!("{v:.1}×"),
+                };
+                (shown, if v >= t.at_least { "met" } else { "missed" })
+            }
+        };
+        println!("| {} | {measured} | {verdict} |", t.what);
+    }
+}
