@@ -327,6 +327,24 @@ fn main() {
         |f| f.consume,
         py.map(|p| p.1),
     );
+    let spawned = "consume + ack, prefetch 100, lapin's acks spawned";
+    support::record(
+        "amqp",
+        spawned,
+        "ours",
+        "msg/s",
+        &ours_runs.iter().map(|f| f.consume).collect::<Vec<_>>(),
+    );
+    support::record(
+        "amqp",
+        spawned,
+        "raw",
+        "msg/s",
+        &raw_runs
+            .iter()
+            .map(|f| f.consume_spawned_acks)
+            .collect::<Vec<_>>(),
+    );
     let o = med(&ours_runs, |f| f.consume);
     let r = med(&raw_runs, |f| f.consume_spawned_acks);
     println!(

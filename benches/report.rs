@@ -51,6 +51,7 @@ fn ceiling(bench: &str) -> &'static str {
         "redis" => "the redis crate",
         "amqp" => "bare lapin",
         "mongodb" => "the mongodb driver",
+        "sqlite" => "none (no raw client measured)",
         _ => "raw client",
     }
 }
@@ -194,11 +195,13 @@ fn main() {
             if let Some(r) = to_python {
                 found.insert((bench.clone(), name.clone(), "python".into()), r);
             }
+            // A latency's ratio above 1 is slower; a rate's below 1 is.
+            let slower = if row.unit == "µs" { "× slower" } else { "" };
             println!(
                 "| {name} | {} | {} | {} | {} | {} |",
                 number(ours.median, &row.unit),
                 cell(&row.raw),
-                to_raw.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+                to_raw.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}{slower}")),
                 cell(&row.python),
                 to_python.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×")),
             );
@@ -210,7 +213,9 @@ fn main() {
     println!("|---|---:|---|");
     for t in &TARGETS {
         let key = (t.bench.to_owned(), t.row.to_owned(), t.against.to_owned());
+        let ran = benches.iter().any(|(b, _)| b == t.bench);
         let (measured, verdict) = match found.get(&key) {
+            None if ran => (format!("no {} figure", t.against), "–"),
             None => ("not run".to_owned(), "–"),
             Some(&v) => {
                 let shown = match t.against {

@@ -228,6 +228,11 @@ pub fn record(bench: &str, row: &str, side: &str, unit: &str, rounds: &[f64]) {
     if rounds.is_empty() {
         return;
     }
+    if let Some(bad) = rounds.iter().find(|v| !v.is_finite()) {
+        // JSON has no NaN: say so rather than write a null the report would drop.
+        eprintln!("{bench} / {row} / {side}: {bad} is no figure; not recorded");
+        return;
+    }
     let line = serde_json::json!({
         "bench": bench,
         "row": row,

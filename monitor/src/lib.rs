@@ -279,12 +279,22 @@ pub(crate) struct State {
     pub(crate) live: live::Live,
     /// The last broker report and when it was made.
     report: tokio::sync::Mutex<Option<(std::time::Instant, broker::BrokerReport)>>,
-    /// When workers missing from the inspect cache were last asked.
-    inspect_tried: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When workers missing from the inspect cache were last asked, and how many times.
+    inspect_tried: Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
 }
 
-/// A worker missing from the inspect cache is asked again after this long.
+/// A worker missing from the inspect cache is asked again after 5 s, then twice as long each
+/// time, up to a minute: a worker announces itself (Celery's `worker-online`, its heartbeats)
+/// before its mailbox listens, so the first asks can go unanswered.
+const INSPECT_FIRST_AGAIN: Duration = Duration::from_secs(5);
 const INSPECT_AGAIN: Duration = Duration::from_secs(60);
+
+/// How long after `attempts` unanswered asks a worker is asked again.
+fn inspect_again(attempts: u32) -> Duration {
+    INSPECT_FIRST_AGAIN
+        .saturating_mul(1 << attempts.saturating_sub(1).min(4))
+        .min(INSPECT_AGAIN)
+}
 
 /// How long a broker report is served again.
 const REPORT_FOR: Duration = Duration::from_secs(2);
@@ -386,8 +396,9 @@ impl State {
     }
 
     /// [`refresh_soon`](Self::refresh_soon) of a worker heard from (a heartbeat) that is not
-    /// in the inspect cache, at most once a minute each: one whose `worker-online` came before
-    /// this monitor listened is listed without waiting for a refresh.
+    /// in the inspect cache, again after 5 s, 10 s, 20 s, 40 s, then once a minute: one whose
+    /// `worker-online` came before this monitor listened, or before its mailbox listened, is
+    /// listed without waiting for a refresh.
     pub(crate) async fn inspect_if_unknown(self: &Arc<Self>, worker: &str) {
         if self.inspected.lock().await.contains_key(worker) {
             return;
@@ -395,20 +406,21 @@ impl State {
         {
             let mut tried = self.inspect_tried.lock();
             let now = std::time::Instant::now();
-            if tried
-                .get(worker)
-                .is_some_and(|at| now.duration_since(*at) < INSPECT_AGAIN)
-            {
-                return;
-            }
+            let attempts = match tried.get(worker) {
+                Some((at, attempts)) if now.duration_since(*at) < inspect_again(*attempts) => {
+                    return;
+                }
+                Some((_, attempts)) => *attempts,
+                None => 0,
+            };
             // Bounded as the workers are.
             if tried.len() >= self.max_workers {
-                tried.retain(|_, at| now.duration_since(*at) < INSPECT_AGAIN);
+                tried.retain(|_, (at, _)| now.duration_since(*at) < INSPECT_AGAIN);
             }
             if tried.len() >= self.max_workers {
                 return;
             }
-            tried.insert(worker.to_owned(), now);
+            tried.insert(worker.to_owned(), (now, attempts.saturating_add(1)));
         }
         self.refresh_soon(worker);
     }
@@ -586,5 +598,16 @@ impl Monitor {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_worker_is_asked_again_sooner_first() {
+        let waits: Vec<u64> = (1..=7).map(|n| inspect_again(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60, 60]);
     }
 }

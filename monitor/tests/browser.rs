@@ -481,8 +481,16 @@ async fn workers_tasks_and_queues(transport: &'static str) {
         Some("–"),
         "no worker: {row:?}"
     );
-    // Consumers where the broker counts them (RabbitMQ), the workers everywhere.
-    let got = browser.js(&rows_of("queues-body")).await;
+    // Consumers where the broker counts them (RabbitMQ), the workers everywhere (once the
+    // monitor's inspect of each has been answered: a worker's mailbox may listen after it
+    // announced itself).
+    let got = browser
+        .until("the workers' queues", &rows_of("queues-body"), |v| {
+            [(&rust_queue, &rust_node), (&py_queue, &py_node)]
+                .iter()
+                .all(|(queue, node)| row_with(v, 0, queue).is_some_and(|r| r.get(8) == Some(*node)))
+        })
+        .await;
     let column = |queue: &str, n: usize| row_with(&got, 0, queue).and_then(|r| r.get(n).cloned());
     let consumers = if transport == "amqp" { "1" } else { "–" };
     for (queue, node) in [(&rust_queue, &rust_node), (&py_queue, &py_node)] {

@@ -1,7 +1,7 @@
 # Functions scripts/test and scripts/bench share: installing what is missing and starting
 # the services (brokers, the venv's SecantusDB, Chromium) the tests and benchmarks use, each
 # idempotent. Sourced, never run: it defines functions and settings and does nothing else.
-# Needs $CARGO_TARGET_DIR set and the working directory at the project's root.
+# Needs $HOME, and $KOMBU_PYTHON (the venv's interpreter) before ensure_mongodb.
 
 step() { printf '\n==> %s\n' "$*"; }
 
