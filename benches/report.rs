@@ -83,7 +83,7 @@ const TARGETS: [Target; 5] = [
         at_least: 1_000_000.0,
     },
     Target {
-        what: "Redis consume + ack: 0.6 of the ceiling (here the bare pop, not yet the same work)",
+        what: "Redis consume + ack: 0.6 of the same-work ceiling",
         bench: "redis",
         row: "consume + ack, prefetch 100",
         against: "raw",
