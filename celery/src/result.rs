@@ -90,8 +90,20 @@ pub struct TaskFailure {
 
 impl TaskFailure {
     /// Python's repr of the exception (`ValueError('boom')`), as Celery's events and Flower
-    /// show it.
+    /// show it. Celery's `Reject` has a repr of its own: `reject requeue=False: reason`.
     pub fn repr(&self) -> String {
+        if self.exc_module == "celery.exceptions" && self.exc_type == "Reject" {
+            let reason = match self.exc_message.first() {
+                Some(Json::String(text)) => text.clone(),
+                Some(Json::Null) | None => "None".to_owned(),
+                Some(other) => crate::repr::value_repr(other),
+            };
+            let requeue = match self.exc_message.get(1) {
+                Some(Json::Bool(true)) => "True",
+                _ => "False",
+            };
+            return format!("reject requeue={requeue}: {reason}");
+        }
         let args: Vec<String> = self
             .exc_message
             .iter()

@@ -4,13 +4,14 @@
 //! Celery's own tools and Flower: python_control.rs.)
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use kombu_celery::backend::{MemoryResultBackend, ResultBackend};
 use kombu_celery::control::{Broadcast, Control};
 use kombu_celery::events::{EventKind, EventReceiver};
-use kombu_celery::worker::{TaskContext, TaskSettings, Worker, WorkerHandle};
+use kombu_celery::worker::{Reject, TaskContext, TaskFail, TaskSettings, Worker, WorkerHandle};
 use kombu_celery::{Celery, State, Task, TaskOptions};
 use kombu_core::Connection;
 use kombu_test_support::{brokers, until};
@@ -18,6 +19,8 @@ use serde_json::{Map, Value as Json, json};
 
 const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
 const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
+const REJECT: Task<(bool,), ()> = Task::new("tasks.reject");
+const IGNORE: Task<(), ()> = Task::new("tasks.ignore");
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Node {
@@ -558,7 +561,29 @@ async fn events_in_order(url: &str) {
         .build()
         .await
         .expect("a receiver of task.multi");
-    let worker = node(&conn, "events", |w| w.task_events(true)).await;
+    // Refusals as Celery's `Reject` and `Ignore`, acked late so that they act on the message.
+    let late = TaskSettings::new().acks_late(true);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let ignored_ran = Arc::new(AtomicBool::new(false));
+    let worker = node(&conn, "events", |w| {
+        let (runs, ignored_ran) = (runs.clone(), ignored_ran.clone());
+        w.task_events(true)
+            .task_with(REJECT, late.clone(), move |(requeue,), _: TaskContext| {
+                // With requeue: refused once, then run.
+                let again = requeue && runs.fetch_add(1, Ordering::SeqCst) > 0;
+                async move {
+                    match again {
+                        true => Ok(()),
+                        false => Err(Reject::new("too big").requeue(requeue).into()),
+                    }
+                }
+            })
+            .task_with(IGNORE, late, move |(), _: TaskContext| {
+                ignored_ran.store(true, Ordering::SeqCst);
+                async { Err::<(), _>(TaskFail::Ignore) }
+            })
+    })
+    .await;
     let control = Control::new(&conn);
     answering(&control, &worker).await;
     let celery = Celery::builder(&conn)
@@ -585,10 +610,70 @@ async fn events_in_order(url: &str) {
         )
         .await
         .expect("sent");
-    for id in [&ok, &failing, &expired] {
+    let unknown = celery
+        .send_task("tasks.unknown", (), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    let refused = celery
+        .send_task(REJECT.name(), (false,), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    let requeued = celery
+        .send_task(REJECT.name(), (true,), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    let ignored = celery
+        .send_task(IGNORE.name(), (), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    for id in [&ok, &failing, &expired, &unknown, &refused, &requeued] {
         let meta = worker.results.wait(id, WAIT).await.expect("a result");
         assert!(meta.state.is_ready(), "{id}: {meta:?}");
     }
+    // As Celery: an unknown task fails NotRegistered, a rejection for good fails Reject, a
+    // requeued one runs again; an ignored one stores nothing.
+    let failure = async |id: &str| {
+        let meta = worker.results.meta(id).await.expect("a result");
+        assert_eq!(meta.state, State::Failure, "{meta:?}");
+        let failure = meta.failure_of().expect("a failure");
+        (failure.exc_module, failure.exc_type, failure.exc_message)
+    };
+    assert_eq!(
+        failure(&unknown).await,
+        (
+            "celery.exceptions".into(),
+            "NotRegistered".into(),
+            vec![json!("tasks.unknown")]
+        )
+    );
+    assert_eq!(
+        failure(&refused).await,
+        (
+            "celery.exceptions".into(),
+            "Reject".into(),
+            vec![json!("too big"), json!(false)]
+        )
+    );
+    assert_eq!(
+        worker
+            .results
+            .meta(&requeued)
+            .await
+            .expect("a result")
+            .state,
+        State::Success
+    );
+    until("the ignored task ran", WAIT, || {
+        ignored_ran.load(Ordering::SeqCst)
+    })
+    .await;
+    // Both messages it does not run are kept: the unknown task's and the refused one's.
+    let dlq = format!("{}.dlq", worker.queue);
+    until("two dead letters", WAIT, || {
+        worker.handle.stats().rejected == 2
+    })
+    .await;
+    assert_eq!(conn.queue_size(&dlq).await.expect("the dead letters"), 2);
     assert_eq!(
         ask(&control, &worker, "heartbeat", json!({})).await,
         Json::Null
@@ -640,6 +725,36 @@ async fn events_in_order(url: &str) {
         ["task-received", "task-revoked"],
         "taken, then expired"
     );
+    assert_eq!(
+        kinds(&unknown),
+        ["task-failed"],
+        "as Celery's on_unknown_task"
+    );
+    assert_eq!(
+        kinds(&refused),
+        [
+            "task-received",
+            "task-started",
+            "task-failed",
+            "task-rejected"
+        ]
+    );
+    assert_eq!(
+        kinds(&requeued),
+        [
+            "task-received",
+            "task-started",
+            "task-rejected",
+            "task-received",
+            "task-started",
+            "task-succeeded"
+        ]
+    );
+    assert_eq!(kinds(&ignored), ["task-received", "task-started"]);
+    assert!(
+        worker.results.meta(&ignored).await.expect("a state").state == State::Pending,
+        "an ignored task stores nothing"
+    );
     assert!(
         mine.iter().all(|e| e.clock().is_some()),
         "every event has a clock"
@@ -681,6 +796,22 @@ async fn events_in_order(url: &str) {
         field(&expired, &EventKind::TaskRevoked, "expired"),
         Some(json!(true))
     );
+    assert_eq!(
+        field(&unknown, &EventKind::TaskFailed, "exception"),
+        Some(json!("NotRegistered('tasks.unknown')"))
+    );
+    assert_eq!(
+        field(&refused, &EventKind::TaskFailed, "exception"),
+        Some(json!("reject requeue=False: too big"))
+    );
+    assert_eq!(
+        field(&refused, &EventKind::TaskRejected, "requeue"),
+        Some(json!(false))
+    );
+    assert_eq!(
+        field(&requeued, &EventKind::TaskRejected, "requeue"),
+        Some(json!(true))
+    );
     let beat = mine
         .iter()
         .find(|e| e.kind() == &EventKind::WorkerHeartbeat)
@@ -701,7 +832,15 @@ async fn events_in_order(url: &str) {
     }
     let mut sent_ids: Vec<&str> = sent.iter().filter_map(|e| e.uuid()).collect();
     sent_ids.sort_unstable();
-    let mut want = vec![ok.as_str(), failing.as_str(), expired.as_str()];
+    let mut want = vec![
+        ok.as_str(),
+        failing.as_str(),
+        expired.as_str(),
+        unknown.as_str(),
+        refused.as_str(),
+        requeued.as_str(),
+        ignored.as_str(),
+    ];
     want.sort_unstable();
     assert_eq!(sent_ids, want, "the client's task-sent events");
     assert_eq!(sent[0].get("queue"), Some(&json!(worker.queue)));
@@ -717,6 +856,9 @@ async fn events_in_order(url: &str) {
         "task events under task.multi: {batched:?}"
     );
     assert!(batched.iter().all(|e| e.kind().group() == "task"));
+    conn.delete_queue(&dlq)
+        .await
+        .expect("delete the dead letters");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

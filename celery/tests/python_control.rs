@@ -362,7 +362,7 @@ async fn events_and_flower(transport: &'static str) {
     // Celery's EventReceiver, ready once it heard our worker.
     let mut receiver = Command::new(&python)
         .arg(support::script().with_file_name("events_side.py"))
-        .args([pair.node.as_str(), "2", "20"])
+        .args([pair.node.as_str(), "3", "20"])
         .envs(pair.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .spawn()
@@ -376,6 +376,10 @@ async fn events_and_flower(transport: &'static str) {
         .expect("sent");
     let failing = celery
         .send_task(FAIL.name(), ("boom",), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    let unknown = celery
+        .send_task("tasks.unknown", (), (), TaskOptions::new())
         .await
         .expect("sent");
     let report = tokio::task::block_in_place(|| lines.next());
@@ -400,6 +404,13 @@ async fn events_and_flower(transport: &'static str) {
         ["task-received", "task-started", "task-failed"],
         "{report}"
     );
+    // As Celery's on_unknown_task: one task-failed, NotRegistered.
+    assert_eq!(kinds(&unknown), ["task-failed"], "{report}");
+    assert!(
+        events.iter().any(|e| e["uuid"] == json!(unknown)
+            && e["exception"] == json!("NotRegistered('tasks.unknown')")),
+        "{report}"
+    );
     assert!(
         events.iter().any(|e| e["type"] == json!("worker-heartbeat")
             && e["sw_ident"] == json!("kombu-rs")
@@ -418,6 +429,7 @@ async fn events_and_flower(transport: &'static str) {
     );
     assert_eq!(report["tasks"][&ok], json!("SUCCESS"), "{report}");
     assert_eq!(report["tasks"][&failing], json!("FAILURE"), "{report}");
+    assert_eq!(report["tasks"][&unknown], json!("FAILURE"), "{report}");
     assert_eq!(report["worker"]["alive"], json!(true), "{report}");
 
     // Flower on the same broker.

@@ -139,6 +139,15 @@ impl Consumers {
             .map_or_else(|| Arc::new(()), |e| e.inflight.clone())
     }
 
+    /// The consumer (active or retired) whose token this is.
+    pub(crate) fn holding(&self, token: &Arc<()>) -> Option<&Consumer> {
+        self.active
+            .iter()
+            .chain(&self.retired)
+            .find(|e| Arc::ptr_eq(&e.inflight, token))
+            .map(|e| &e.consumer)
+    }
+
     /// Closes the retired consumers none of whose tasks still runs.
     pub(crate) async fn sweep(&mut self) {
         let mut keep = Vec::new();

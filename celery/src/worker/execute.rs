@@ -90,10 +90,10 @@ pub(crate) async fn execute(
     shared: Arc<Shared>,
     delivery: Delivery,
     request: TaskRequest,
-    _consumer: Arc<()>,
-) {
+    consumer: Arc<()>,
+) -> Option<Refused> {
     let Some(task) = shared.tasks.get(&request.task) else {
-        return; // checked before the spawn
+        return None; // checked before the spawn
     };
     let counters = &shared.control.counters;
     if let Some(why) = revoked(&shared, &request) {
@@ -108,7 +108,7 @@ pub(crate) async fn execute(
         )
         .await;
         settle(delivery, true).await;
-        return;
+        return None;
     }
     received(&shared, &request);
     let request = Arc::new(request);
@@ -126,7 +126,7 @@ pub(crate) async fn execute(
                 Ok(()) => {
                     tracing::debug!(id = %request.id, ?wait, "not due yet: delayed");
                     settle(delivery, true).await;
-                    return;
+                    return None;
                 }
                 Err(error) => tracing::warn!(
                     error = %format_args!("{error:#}"),
@@ -140,7 +140,7 @@ pub(crate) async fn execute(
             });
             if !hold(&shared, &delivery, wait).await {
                 settle(delivery, false).await;
-                return;
+                return None;
             }
             tracked.set(Phase::Reserved);
         }
@@ -149,7 +149,7 @@ pub(crate) async fn execute(
         let wait = bucket.take();
         if !wait.is_zero() && !hold(&shared, &delivery, wait).await {
             settle(delivery, false).await;
-            return;
+            return None;
         }
     }
     // Waiting for a slot keeps the lease alive, so no other worker is given the message.
@@ -165,7 +165,7 @@ pub(crate) async fn execute(
     };
     let Some(_permit) = permit else {
         settle(delivery, false).await;
-        return;
+        return None;
     };
     let reply = delivery_reply(&delivery);
     // Celery's `task_inherit_parent_priority` is off by default: what a task sends has the
@@ -188,7 +188,7 @@ pub(crate) async fn execute(
     if let Some(why) = revoked(&shared, request) {
         revoke(&shared, request, &reply, ignore, priority, why).await;
         settle(delivery, true).await;
-        return;
+        return None;
     }
     let acks_late = settings.acks_late.unwrap_or(shared.acks_late);
     let late = match acks_late {
@@ -200,7 +200,7 @@ pub(crate) async fn execute(
                     id = %call.request.id,
                     "acking a task before its run failed: it is not run here (it comes back)"
                 );
-                return;
+                return None;
             }
             None
         }
@@ -291,14 +291,14 @@ pub(crate) async fn execute(
         outcome = work => outcome,
         signal = async { terminate.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
             let Some(signal) = signal else {
-                return; // the worker is gone
+                return None; // the worker is gone
             };
             tracing::warn!(task = %request.task, id = %request.id, signal, "terminated by remote control");
             revoke(&shared, request, &reply, ignore, priority, Why::Terminated(signal)).await;
             if let Some(delivery) = late {
                 settle(delivery, true).await;
             }
-            return;
+            return None;
         }
         () = stopped(shared.abort.clone()) => {
             match late {
@@ -313,25 +313,84 @@ pub(crate) async fn execute(
                     failed(&shared, &call, &reply, lost, ignore, priority).await;
                 }
             }
-            return;
+            return None;
         }
     };
-    match outcome {
-        Ok(value) => succeeded(&shared, &call, &reply, value, ignore, priority).await,
+    let reject = match outcome {
+        Ok(value) => {
+            succeeded(&shared, &call, &reply, value, ignore, priority).await;
+            None
+        }
         Err(TaskFail::Failed(failure)) => {
             failed(&shared, &call, &reply, failure, ignore, priority).await;
+            None
         }
         Err(TaskFail::Retry(retry)) => {
             retried(&shared, &call, &reply, retry, settings, ignore, priority).await;
+            None
         }
-    }
-    if let Some(delivery) = late {
-        settle(delivery, true).await;
+        Err(TaskFail::Ignore) => {
+            tracing::debug!(task = %request.task, id = %request.id, "ignored");
+            None
+        }
+        // As Celery: a rejection for good is the task's failure first.
+        Err(TaskFail::Reject(reject)) => {
+            if !reject.requeue {
+                failed(&shared, &call, &reply, reject.failure(), ignore, priority).await;
+            }
+            Some(reject)
+        }
+    };
+    let Some(delivery) = late else {
+        if reject.is_some_and(|r| r.requeue) {
+            tracing::warn!(
+                task = %request.task,
+                id = %request.id,
+                "the task rejected its message with requeue, but acked it before its run \
+                 (acks_late is off): it is not run again"
+            );
+        }
+        return None;
+    };
+    match reject {
+        None => {
+            settle(delivery, true).await;
+            None
+        }
+        Some(reject) if reject.requeue => {
+            settle(delivery, false).await;
+            shared.events.task(
+                EventKind::TaskRejected,
+                fields([("uuid", json!(request.id)), ("requeue", json!(true))]),
+            );
+            None
+        }
+        Some(reject) => Some(Refused {
+            reason: format!(
+                "rejected by task {:?} (id {}): {}",
+                request.task,
+                request.id,
+                reject.reason.as_deref().unwrap_or("no reason given")
+            ),
+            task_id: request.id.clone(),
+            delivery,
+            token: consumer,
+        }),
     }
 }
 
+/// A message its task rejected for good, handed back to the run loop to be dead-lettered
+/// through the consumer it came from.
+pub(crate) struct Refused {
+    pub(crate) delivery: Delivery,
+    pub(crate) reason: String,
+    pub(crate) task_id: String,
+    /// The token of the consumer it came from, which is not closed while this lives.
+    pub(crate) token: Arc<()>,
+}
+
 /// The `reply_to` and `correlation_id` of a delivery (where `rpc://` results go).
-fn delivery_reply(delivery: &Delivery) -> (String, String) {
+pub(crate) fn delivery_reply(delivery: &Delivery) -> (String, String) {
     let props = delivery.properties();
     (
         props.reply_to.clone().unwrap_or_default(),
@@ -718,7 +777,7 @@ async fn settle(delivery: Delivery, ack: bool) {
 }
 
 /// Stores `meta` where the worker's results go.
-async fn store(shared: &Shared, reply: &(String, String), meta: &ResultMeta) {
+pub(crate) async fn store(shared: &Shared, reply: &(String, String), meta: &ResultMeta) {
     let stored = match &shared.results {
         Results::None => Ok(()),
         Results::Backend(backend) => backend.store(meta).await,

@@ -102,7 +102,7 @@ pub use eventer::HEARTBEAT_FREQ;
 pub use pool::KEEPALIVE as AUTOSCALE_KEEPALIVE;
 pub use rate::RateLimit;
 pub use task::{
-    DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY, Retry, TaskContext, TaskFail, TaskSettings,
+    DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY, Reject, Retry, TaskContext, TaskFail, TaskSettings,
 };
 
 use task::{Handler, Typed};

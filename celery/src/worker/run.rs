@@ -24,6 +24,7 @@ use crate::client::{Celery, DEFAULT_QUEUE};
 use crate::clock::LamportClock;
 use crate::events::{EventDispatcher, EventKind};
 use crate::request::TaskRequest;
+use crate::result::{ResultMeta, State, TaskFailure};
 
 /// How long the worker waits for its last task events to go out.
 const EVENTS_GRACE: Duration = Duration::from_secs(5);
@@ -165,9 +166,7 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
             biased;
             () = &mut stop => break,
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "a task's run ended abnormally");
-                }
+                ended(&shared, &consumers, joined).await;
                 consumers.sweep().await;
             }
             Some(change) = changes.recv() => change_queues(&shared, &mut consumers, change).await,
@@ -180,15 +179,14 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
                         running.spawn(execute::execute(shared.clone(), delivery, request, token));
                     }
                     Ok(request) => {
-                        let reason = format!("unregistered task {:?} (id {})", request.task, request.id);
                         if let Some(consumer) = consumers.consumer(at) {
-                            reject(&shared, consumer, delivery, reason, Some(&request.id)).await;
+                            not_registered(&shared, consumer, delivery, &request).await;
                         }
                     }
                     Err(error) => {
                         let reason = format!("not a Celery task message: {error:#}");
                         if let Some(consumer) = consumers.consumer(at) {
-                            reject(&shared, consumer, delivery, reason, None).await;
+                            reject(&shared, consumer, delivery, reason).await;
                         }
                     }
                 },
@@ -208,7 +206,9 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
     handle.stop();
     // Waiting tasks put their messages back at once; running ones get the shutdown timeout.
     let wound_down = tokio::time::timeout(builder.shutdown_timeout, async {
-        while running.join_next().await.is_some() {}
+        while let Some(joined) = running.join_next().await {
+            ended(&shared, &consumers, joined).await;
+        }
     })
     .await;
     if wound_down.is_err() {
@@ -301,16 +301,73 @@ async fn change_queues(shared: &Shared, consumers: &mut Consumers, change: Queue
     }
 }
 
-/// Moves a message the worker cannot run aside (dead-lettered), never dropping it; a task
-/// message (`task_id`) is announced `task-rejected`.
-async fn reject(
+/// A task's run has ended: a message its task rejected for good is dead-lettered through
+/// the consumer it came from, and announced `task-rejected`.
+async fn ended(
+    shared: &Shared,
+    consumers: &Consumers,
+    joined: std::result::Result<Option<execute::Refused>, tokio::task::JoinError>,
+) {
+    let refused = match joined {
+        Ok(Some(refused)) => refused,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, "a task's run ended abnormally");
+            return;
+        }
+    };
+    let execute::Refused {
+        delivery,
+        reason,
+        task_id,
+        token,
+    } = refused;
+    let Some(consumer) = consumers.holding(&token) else {
+        // Not expected (the token keeps its consumer open); the message is not dropped.
+        tracing::error!(id = %task_id, "a rejected task's consumer is gone: its message goes back");
+        if let Err(error) = delivery.requeue().await {
+            tracing::warn!(error = %format_args!("{:#}", kombu_core::Error::from(error)), "requeueing it failed: it comes back");
+        }
+        return;
+    };
+    if reject(shared, consumer, delivery, reason).await {
+        let fields = crate::events::fields([("uuid", json!(task_id)), ("requeue", json!(false))]);
+        shared.events.task(EventKind::TaskRejected, fields);
+    }
+}
+
+/// A task this worker does not know: dead-lettered (Celery drops it), then, as Celery,
+/// FAILURE `NotRegistered('name')` stored and announced `task-failed`.
+async fn not_registered(
     shared: &Shared,
     consumer: &Consumer,
     delivery: Delivery,
-    reason: String,
-    task_id: Option<&str>,
+    request: &TaskRequest,
 ) {
-    tracing::error!(%reason, queue = %delivery.queue(), "a message this worker cannot run");
+    let reply = execute::delivery_reply(&delivery);
+    let reason = format!("unregistered task {:?} (id {})", request.task, request.id);
+    if !reject(shared, consumer, delivery, reason).await {
+        return;
+    }
+    let failure = TaskFailure {
+        exc_type: "NotRegistered".into(),
+        exc_module: "celery.exceptions".into(),
+        exc_message: vec![json!(request.task)],
+        traceback: None,
+    };
+    let fields = crate::events::fields([
+        ("uuid", json!(request.id)),
+        ("exception", json!(failure.repr())),
+    ]);
+    shared.events.task(EventKind::TaskFailed, fields);
+    let meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
+    execute::store(shared, &reply, &meta).await;
+}
+
+/// Moves a message the worker cannot run aside (dead-lettered), never dropping it; whether
+/// it was.
+async fn reject(shared: &Shared, consumer: &Consumer, delivery: Delivery, reason: String) -> bool {
+    tracing::error!(%reason, queue = %delivery.queue(), "a message this worker does not run");
     match consumer.dead_letter(delivery, reason).await {
         Ok(_) => {
             shared
@@ -318,11 +375,7 @@ async fn reject(
                 .counters
                 .rejected
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = task_id {
-                let fields =
-                    crate::events::fields([("uuid", json!(id)), ("requeue", json!(false))]);
-                shared.events.task(EventKind::TaskRejected, fields);
-            }
+            true
         }
         Err(error) => {
             tracing::error!(
@@ -331,6 +384,7 @@ async fn reject(
             );
             // It comes straight back: no hot loop against a broker that refuses.
             tokio::time::sleep(REJECT_BACKOFF).await;
+            false
         }
     }
 }

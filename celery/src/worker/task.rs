@@ -208,6 +208,51 @@ impl Retry {
     }
 }
 
+/// A task's refusal of its message (Celery's `Reject(reason, requeue)`).
+///
+/// As in Celery, it acts on the message only when the task acks late
+/// ([`TaskSettings::acks_late`]); an early-acked message is gone by the time the task runs.
+/// - Without requeue: the task fails with `celery.exceptions.Reject` (stored, `task-failed`,
+///   errbacks and chain as any failure) and, acked late, its message is dead-lettered (to
+///   `<queue>.dlq`; Celery's broker would drop it) and `task-rejected` is sent.
+/// - With requeue: nothing is stored; acked late, its message goes back to its queue, to be
+///   run again, and `task-rejected` (requeue true) is sent. Acked early, the run just ends.
+#[derive(Debug, Clone, Default)]
+pub struct Reject {
+    pub(crate) reason: Option<String>,
+    pub(crate) requeue: bool,
+}
+
+impl Reject {
+    /// A rejection for `reason`, without requeue.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Reject {
+            reason: Some(reason.into()),
+            requeue: false,
+        }
+    }
+
+    /// Put the message back in its queue instead of dead-lettering it.
+    pub fn requeue(mut self, requeue: bool) -> Self {
+        self.requeue = requeue;
+        self
+    }
+
+    /// The failure a rejection without requeue stores: `Reject(reason, False)`, which Python
+    /// reads back as `celery.exceptions.Reject`.
+    pub(crate) fn failure(&self) -> TaskFailure {
+        TaskFailure {
+            exc_type: "Reject".into(),
+            exc_module: "celery.exceptions".into(),
+            exc_message: vec![
+                self.reason.clone().map_or(Json::Null, Json::String),
+                Json::Bool(self.requeue),
+            ],
+            traceback: None,
+        }
+    }
+}
+
 /// How a task ends when it does not return a value.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -216,6 +261,11 @@ pub enum TaskFail {
     Failed(TaskFailure),
     /// It asked to be run again ([`TaskContext::retry`]).
     Retry(Retry),
+    /// It refused its message ([`Reject`]).
+    Reject(Reject),
+    /// Celery's `Ignore`: the run ends with no state stored and no event sent; a late-acked
+    /// message is acked.
+    Ignore,
 }
 
 impl From<TaskFailure> for TaskFail {
@@ -230,11 +280,24 @@ impl From<Retry> for TaskFail {
     }
 }
 
+impl From<Reject> for TaskFail {
+    fn from(reject: Reject) -> Self {
+        TaskFail::Reject(reject)
+    }
+}
+
 impl fmt::Display for TaskFail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TaskFail::Failed(e) => write!(f, "{e}"),
             TaskFail::Retry(r) => write!(f, "retry requested (countdown {:?})", r.countdown),
+            TaskFail::Reject(r) => write!(
+                f,
+                "message rejected (requeue {}): {}",
+                r.requeue,
+                r.reason.as_deref().unwrap_or("no reason given")
+            ),
+            TaskFail::Ignore => write!(f, "ignored"),
         }
     }
 }

@@ -33,7 +33,7 @@ def on_event(event):
         print("ready", flush=True)
     seen.append({k: event.get(k) for k in ("type", "uuid", "clock", "timestamp", "freq",
                                             "sw_ident", "active", "processed", "result",
-                                            "name", "args")})
+                                            "name", "args", "exception")})
     if event["type"] in ("task-succeeded", "task-failed"):
         done[0] += 1
 
