@@ -63,13 +63,22 @@ struct Figures {
     consume: f64,
     /// Bare lapin only: acks spawned, not awaited one by one (what kombu-rs does).
     consume_spawned_acks: f64,
+    /// RabbitMQ's CPU per message (µs) over the rows above.
+    cpu_confirmed_single: f64,
+    cpu_confirmed_batch: f64,
+    cpu_consume: f64,
+}
+
+/// RabbitMQ's CPU (its `beam.smp`), read from `/proc`.
+fn server_cpu() -> support::ServerCpu {
+    support::ServerCpu::start("beam.smp", "")
 }
 
 fn values(n: u64) -> Vec<Payload> {
     (0..n)
         .map(|id| Payload {
             id,
-            payload: "x".repeat(64),
+            payload: support::payload_text(),
         })
         .collect()
 }
@@ -93,7 +102,9 @@ async fn ours(n: u64) -> Figures {
         .exchange(exchange.clone())
         .routing_key("bench");
 
+    let cpu = server_cpu();
     let confirmed_single = support::publish_each(&producer, &values).await;
+    let cpu_confirmed_single = cpu.per_message(n);
 
     let mut consumer = conn
         .consumer([queue.clone()])
@@ -101,10 +112,14 @@ async fn ours(n: u64) -> Figures {
         .build()
         .await
         .expect("consumer");
+    let cpu = server_cpu();
     let consume = support::consume_acking::<Payload>(&mut consumer, n).await;
+    let cpu_consume = cpu.per_message(n);
     consumer.close().await.expect("close");
 
+    let cpu = server_cpu();
     let confirmed_batch = support::publish_batches(&producer, &values).await;
+    let cpu_confirmed_batch = cpu.per_message(n);
 
     let sep = if server().contains('?') { '&' } else { '?' };
     let unconfirmed_conn = Connection::open(&format!("{}{sep}confirm_publish=false", server()))
@@ -126,6 +141,9 @@ async fn ours(n: u64) -> Figures {
         unconfirmed,
         consume,
         consume_spawned_acks: 0.0,
+        cpu_confirmed_single,
+        cpu_confirmed_batch,
+        cpu_consume,
     }
 }
 
@@ -188,12 +206,14 @@ async fn raw(n: u64) -> Figures {
         .await
         .expect("confirms");
 
+    let cpu = server_cpu();
     let start = Instant::now();
     for v in &values {
         let confirm = publish_raw(&ch, &ex, v).await.await.expect("confirm");
         assert!(confirm.is_ack());
     }
     let confirmed_single = support::rate(n, start.elapsed());
+    let cpu_confirmed_single = cpu.per_message(n);
 
     let cch = conn.create_channel().await.expect("channel");
     cch.basic_qos(100, BasicQosOptions::default())
@@ -208,6 +228,7 @@ async fn raw(n: u64) -> Figures {
         )
         .await
         .expect("consume");
+    let cpu = server_cpu();
     let start = Instant::now();
     for _ in 0..n {
         let d = consumer.next().await.expect("message").expect("delivery");
@@ -215,7 +236,9 @@ async fn raw(n: u64) -> Figures {
         d.acker.ack(BasicAckOptions::default()).await.expect("ack");
     }
     let consume = support::rate(n, start.elapsed());
+    let cpu_consume = cpu.per_message(n);
 
+    let cpu = server_cpu();
     let start = Instant::now();
     for chunk in values.chunks(100) {
         let mut confirms = Vec::with_capacity(chunk.len());
@@ -227,6 +250,7 @@ async fn raw(n: u64) -> Figures {
         }
     }
     let confirmed_batch = support::rate(n, start.elapsed());
+    let cpu_confirmed_batch = cpu.per_message(n);
 
     // The batch just published, consumed with acks handed to lapin without awaiting each.
     let start = Instant::now();
@@ -263,6 +287,9 @@ async fn raw(n: u64) -> Figures {
         unconfirmed,
         consume,
         consume_spawned_acks,
+        cpu_confirmed_single,
+        cpu_confirmed_batch,
+        cpu_consume,
     }
 }
 
@@ -272,7 +299,7 @@ fn main() {
     // Alternate the two sides over three rounds; report medians.
     let (ours_runs, raw_runs) = support::alternate(|| ours(n), || raw(n));
     let med = support::median::<Figures>;
-    let py = support::python_baseline("amqp", n);
+    let py = support::python_rates("amqp", &server_for_python(), n, &[]);
     // Python kombu publishing with confirms (one by one: kombu has no batch publish), fewer
     // messages: each waits for the broker's disk write.
     let py_confirmed = support::python_script(
@@ -353,4 +380,24 @@ fn main() {
         support::grouped(r),
         o / r
     );
+    // The server's own CPU per message: where both sides are near it, the row is broker-bound.
+    for (name, f) in [
+        (
+            "server CPU per message: publish with confirms, one by one",
+            (|f: &Figures| f.cpu_confirmed_single) as fn(&Figures) -> f64,
+        ),
+        (
+            "server CPU per message: publish with confirms, batches of 100",
+            |f| f.cpu_confirmed_batch,
+        ),
+        ("server CPU per message: consume + ack", |f| f.cpu_consume),
+    ] {
+        support::record_row("amqp", name, "µs CPU", (&ours_runs, &raw_runs), f, None);
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs | {:.2}× | – | – |",
+            med(&ours_runs, f),
+            med(&raw_runs, f),
+            med(&ours_runs, f) / med(&raw_runs, f)
+        );
+    }
 }

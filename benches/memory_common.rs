@@ -21,10 +21,21 @@ struct Payload {
     payload: String,
 }
 
+/// The payload's length: a body of `$KOMBU_BENCH_BODY` bytes of JSON (default 100, kombu's
+/// `"x" * 64`) less the 36 the rest of `{"id": N, "payload": ...}` takes, as the other
+/// benchmarks' `support::payload_text`.
+static PAYLOAD_LEN: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("KOMBU_BENCH_BODY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .saturating_sub(36)
+});
+
 fn payload(id: u64) -> Payload {
     Payload {
         id,
-        payload: "x".repeat(64),
+        payload: "x".repeat(*PAYLOAD_LEN),
     }
 }
 

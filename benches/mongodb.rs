@@ -197,7 +197,7 @@ fn values(n: u64) -> Vec<Payload> {
     (0..n)
         .map(|id| Payload {
             id,
-            payload: "x".repeat(64),
+            payload: support::payload_text(),
         })
         .collect()
 }
@@ -373,7 +373,7 @@ async fn kombu_document() -> (String, i32) {
         .routing_key("bench_q")
         .publish(&Payload {
             id: 0,
-            payload: "x".repeat(64),
+            payload: support::payload_text(),
         })
         .await
         .expect("publish");
@@ -414,8 +414,9 @@ fn main() {
     let py_url = db_url(&py_db);
     // The same number of messages: Python kombu's take (`find_one_and_delete`, sorted) slows
     // with the collection's size on this server, so a smaller run would flatter it.
-    let py = support::python_baseline_with(
+    let py = support::python_rates(
         "mongodb",
+        &py_url,
         n,
         &["--mongo-url", &py_url, "--mongo-n", &n.to_string()],
     );

@@ -9,7 +9,7 @@
 //!
 //! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON (kombu-rs wraps
 //! it in kombu's envelope, ~330 bytes on the wire); the raw rows push and pop byte strings of
-//! the same size. Every row runs under a fresh key prefix. Rows:
+//! the same size. `KOMBU_BENCH_BODY` sets another body size (bytes of JSON). Every row runs under a fresh key prefix. Rows:
 //! - publish one by one: `producer.publish` / one awaited `LPUSH` per message;
 //! - publish in batches of 100: `producer.publish_batch` / a pipeline of 100 `LPUSH`es;
 //! - publish from 16 tasks, each one by one: clones of one producer / of one multiplexed
@@ -52,8 +52,17 @@ struct Figures {
     consume: f64,
     /// The raw side's bare pop (ours: the same as `consume`).
     consume_bare_pop: f64,
+    /// The Redis server's CPU per message (µs) over the rows above.
+    cpu_publish_single: f64,
+    cpu_publish_batch: f64,
+    cpu_consume: f64,
     p50: Duration,
     p99: Duration,
+}
+
+/// The server's CPU, read from `/proc` (the `redis-server` listening on the URL's port).
+fn server_cpu() -> support::ServerCpu {
+    support::ServerCpu::start("redis-server", &support::port_marker(&server(), 6379))
 }
 
 async fn ours(n: u64) -> Figures {
@@ -65,11 +74,13 @@ async fn ours(n: u64) -> Figures {
     let values: Vec<Payload> = (0..n)
         .map(|id| Payload {
             id,
-            payload: "x".repeat(64),
+            payload: support::payload_text(),
         })
         .collect();
 
+    let cpu = server_cpu();
     let publish_single = support::publish_each(&producer, &values).await;
+    let cpu_publish_single = cpu.per_message(n);
 
     let mut consumer = conn
         .consumer([q.clone()])
@@ -77,9 +88,13 @@ async fn ours(n: u64) -> Figures {
         .build()
         .await
         .expect("consumer");
+    let cpu = server_cpu();
     let consume = support::consume_acking::<Payload>(&mut consumer, n).await;
+    let cpu_consume = cpu.per_message(n);
 
+    let cpu = server_cpu();
     let publish_batch = support::publish_batches(&producer, &values).await;
+    let cpu_publish_batch = cpu.per_message(n);
     conn.purge("bench_q").await.expect("purge");
 
     let values = std::sync::Arc::new(values);
@@ -120,6 +135,9 @@ async fn ours(n: u64) -> Figures {
         publish_tasks,
         consume,
         consume_bare_pop: consume,
+        cpu_publish_single,
+        cpu_publish_batch,
+        cpu_consume,
         p50: support::percentile(&lat, 0.5),
         p99: support::percentile(&lat, 0.99),
     }
@@ -128,47 +146,66 @@ async fn ours(n: u64) -> Figures {
 /// Concurrent publishing tasks in the "16 tasks" rows.
 const TASKS: usize = 16;
 
-async fn raw(n: u64) -> Figures {
+type RawConn = redis::aio::MultiplexedConnection;
+
+/// `RPOP key 100`: up to 100 entries, one round trip.
+async fn pop_batch(conn: &mut RawConn, key: &str) -> Vec<Vec<u8>> {
+    redis::cmd("RPOP")
+        .arg(key)
+        .arg(100)
+        .query_async(conn)
+        .await
+        .expect("rpop")
+}
+
+/// Pushes `n` copies of `body` onto `key` in pipelines of 100.
+async fn push_batches(conn: &mut RawConn, key: &str, body: &[u8], n: u64) {
+    for chunk in 0..n.div_ceil(100) {
+        let mut pipe = redis::pipe();
+        for _ in 0..100.min(n - chunk * 100) {
+            pipe.lpush(key, body).ignore();
+        }
+        let _: () = pipe.query_async(conn).await.expect("pipeline");
+    }
+}
+
+async fn raw(n: u64, envelope: usize) -> Figures {
     let client = redis::Client::open(server()).expect("client");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
     let key = format!("{}bench_q", prefix());
-    let body = vec![b'x'; 330];
+    let body = vec![b'x'; envelope];
 
+    let cpu = server_cpu();
     let start = Instant::now();
     for _ in 0..n {
         let _: i64 = conn.lpush(&key, &body).await.expect("lpush");
     }
     let publish_single = support::rate(n, start.elapsed());
+    let cpu_publish_single = cpu.per_message(n);
 
     let start = Instant::now();
     let mut got = 0u64;
     while got < n {
-        let batch: Vec<Vec<u8>> = redis::cmd("RPOP")
-            .arg(&key)
-            .arg(100)
-            .query_async(&mut conn)
-            .await
-            .expect("rpop");
-        got += batch.len() as u64;
+        got += pop_batch(&mut conn, &key).await.len() as u64;
     }
     let consume_bare_pop = support::rate(n, start.elapsed());
 
     // The same work as kombu's consumer: each batch taken is recorded as unacked, then acked.
-    fill(&mut conn, &key, &body, n).await;
+    let cpu = server_cpu();
+    let start = Instant::now();
+    push_batches(&mut conn, &key, &body, n).await;
+    let publish_batch = support::rate(n, start.elapsed());
+    let cpu_publish_batch = cpu.per_message(n);
     let (unacked, index) = (format!("{key}:unacked"), format!("{key}:unacked_index"));
     let suffix = b", \"\", \"bench_q\"]";
+    let cpu = server_cpu();
     let start = Instant::now();
     let mut got = 0u64;
     while got < n {
-        let batch: Vec<Vec<u8>> = redis::cmd("RPOP")
-            .arg(&key)
-            .arg(100)
-            .query_async(&mut conn)
-            .await
-            .expect("rpop");
+        let batch = pop_batch(&mut conn, &key).await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -200,16 +237,7 @@ async fn raw(n: u64) -> Figures {
         got += batch.len() as u64;
     }
     let consume = support::rate(n, start.elapsed());
-
-    let start = Instant::now();
-    for chunk in 0..n.div_ceil(100) {
-        let mut pipe = redis::pipe();
-        for _ in 0..100.min(n - chunk * 100) {
-            pipe.lpush(&key, &body).ignore();
-        }
-        let _: () = pipe.query_async(&mut conn).await.expect("pipeline");
-    }
-    let publish_batch = support::rate(n, start.elapsed());
+    let cpu_consume = cpu.per_message(n);
     let _: i64 = conn.del(&key).await.expect("del");
 
     let start = Instant::now();
@@ -247,28 +275,25 @@ async fn raw(n: u64) -> Figures {
         publish_tasks,
         consume,
         consume_bare_pop,
+        cpu_publish_single,
+        cpu_publish_batch,
+        cpu_consume,
         p50: support::percentile(&lat, 0.5),
         p99: support::percentile(&lat, 0.99),
-    }
-}
-
-/// Pushes `n` copies of `body` onto `key` in pipelines of 100 (not measured).
-async fn fill(conn: &mut redis::aio::MultiplexedConnection, key: &str, body: &[u8], n: u64) {
-    for chunk in 0..n.div_ceil(100) {
-        let mut pipe = redis::pipe();
-        for _ in 0..100.min(n - chunk * 100) {
-            pipe.lpush(key, body).ignore();
-        }
-        let _: () = pipe.query_async(conn).await.expect("fill");
     }
 }
 
 fn main() {
     let n = support::messages(20_000);
     // Alternate the two sides over three rounds; report medians.
-    let (ours_runs, raw_runs) = support::alternate(|| ours(n), || raw(n));
+    let envelope = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(support::redis_envelope_len(&server()));
+    let (ours_runs, raw_runs) = support::alternate(|| ours(n), || raw(n, envelope));
     let pick = support::median::<Figures>;
-    let py = support::python_baseline("redis", n.min(5_000));
+    let py = support::python_rates("redis", &server(), n.min(5_000), &[]);
 
     println!(
         "redis: {n} messages per row, median of 3 rounds; raw = the redis crate doing the same broker work (consume: the pop, kombu's unacked entries and their acks), same pipelining; Python kombu in the same run"
@@ -339,4 +364,23 @@ fn main() {
         lat(&raw_runs, |f| f.p99),
         lat(&ours_runs, |f| f.p99) / lat(&raw_runs, |f| f.p99)
     );
+    // The server's own CPU per message: where both sides are near it, the row is broker-bound.
+    for (name, f) in [
+        (
+            "server CPU per message: publish, one by one",
+            (|f: &Figures| f.cpu_publish_single) as fn(&Figures) -> f64,
+        ),
+        ("server CPU per message: publish, batches of 100", |f| {
+            f.cpu_publish_batch
+        }),
+        ("server CPU per message: consume + ack", |f| f.cpu_consume),
+    ] {
+        support::record_row("redis", name, "µs CPU", (&ours_runs, &raw_runs), f, None);
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs | {:.2}× | – | – |",
+            pick(&ours_runs, f),
+            pick(&raw_runs, f),
+            pick(&ours_runs, f) / pick(&raw_runs, f)
+        );
+    }
 }

@@ -17,12 +17,30 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 struct Figure {
     bench: String,
+    /// The messages' body size in bytes (older records have none: the default).
+    #[serde(default = "default_body")]
+    body: usize,
     row: String,
     side: String,
     unit: String,
     rounds: Vec<f64>,
     median: f64,
 }
+
+fn default_body() -> usize {
+    support::DEFAULT_BODY
+}
+
+/// `100 B`, `1 KiB`, `64 KiB`.
+fn size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} B"),
+    }
+}
+
+/// A table of the report: a benchmark at one body size.
+type Table = (String, usize);
 
 /// A row's sides.
 #[derive(Debug, Default)]
@@ -51,6 +69,9 @@ fn ceiling(bench: &str) -> &'static str {
         "redis" => "the redis crate",
         "amqp" => "bare lapin",
         "mongodb" => "the mongodb driver",
+        "latency" => {
+            "the raw client at the same load (Redis: the redis crate, RabbitMQ: bare lapin)"
+        }
         "sqlite" => "none (no raw client measured)",
         _ => "raw client",
     }
@@ -58,57 +79,87 @@ fn ceiling(bench: &str) -> &'static str {
 
 fn number(v: f64, unit: &str) -> String {
     match unit {
-        "µs" => format!("{v:.1} µs"),
+        "µs" | "µs CPU" => format!("{v:.1} µs"),
         _ => format!("{} {unit}", support::grouped(v)),
     }
 }
 
-/// A target of the benchmarks issue: the benchmark and row it reads, what it compares, and the
-/// least it must reach.
+/// A target of the benchmarks issue: the benchmark and row it reads (at the default body size),
+/// what it compares, and the least it must reach.
 struct Target {
     what: &'static str,
     bench: &'static str,
     row: &'static str,
-    /// `ours` (an absolute rate), `raw` or `python` (a ratio).
+    /// `ours` (an absolute figure), `raw` or `python` (a ratio).
     against: &'static str,
-    at_least: f64,
+    bound: Bound,
 }
 
-const TARGETS: [Target; 5] = [
+/// The least or the most a target allows.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Bound {
+    fn met(self, v: f64) -> bool {
+        match self {
+            Bound::AtLeast(least) => v >= least,
+            Bound::AtMost(most) => v <= most,
+        }
+    }
+}
+
+const TARGETS: [Target; 7] = [
     Target {
         what: "memory: 1,000,000 typed messages a second, published one by one",
         bench: "memory",
         row: "typed publish+consume+ack (publish one by one)",
         against: "ours",
-        at_least: 1_000_000.0,
+        bound: Bound::AtLeast(1_000_000.0),
     },
     Target {
         what: "Redis consume + ack: 0.6 of the same-work ceiling",
         bench: "redis",
         row: "consume + ack, prefetch 100",
         against: "raw",
-        at_least: 0.6,
+        bound: Bound::AtLeast(0.6),
     },
     Target {
         what: "Redis consume + ack: 100× Python kombu",
         bench: "redis",
         row: "consume + ack, prefetch 100",
         against: "python",
-        at_least: 100.0,
+        bound: Bound::AtLeast(100.0),
     },
     Target {
         what: "Redis publish in batches: 0.8 of the raw pipeline",
         bench: "redis",
         row: "publish, batches of 100",
         against: "raw",
-        at_least: 0.8,
+        bound: Bound::AtLeast(0.8),
+    },
+    Target {
+        what: "Redis: p99 publish→deliver under 2 ms at half the maximum rate",
+        bench: "latency",
+        row: "redis: publish→deliver p99 at half the maximum",
+        against: "ours",
+        bound: Bound::AtMost(2_000.0),
+    },
+    Target {
+        what: "RabbitMQ: p99 publish→deliver under 2 ms at half the maximum rate",
+        bench: "latency",
+        row: "amqp: publish→deliver p99 at half the maximum",
+        against: "ours",
+        bound: Bound::AtMost(2_000.0),
     },
     Target {
         what: "SQLite consume + ack: 50× Python kombu",
         bench: "sqlite",
         row: "consume + ack, prefetch 100",
         against: "python",
-        at_least: 50.0,
+        bound: Bound::AtLeast(50.0),
     },
 ];
 
@@ -124,8 +175,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // Benchmarks in the order they ran, rows in the order they were recorded.
-    let mut benches: Vec<(String, Vec<(String, Row)>)> = Vec::new();
+    // Benchmarks (and body sizes) in the order they ran, rows in the order they were recorded.
+    let mut benches: Vec<(Table, Vec<(String, Row)>)> = Vec::new();
     for (n, line) in text
         .lines()
         .enumerate()
@@ -138,10 +189,11 @@ fn main() {
                 continue;
             }
         };
-        let bench = match benches.iter().position(|(b, _)| *b == figure.bench) {
+        let key = (figure.bench.clone(), figure.body);
+        let bench = match benches.iter().position(|(b, _)| *b == key) {
             Some(i) => &mut benches[i].1,
             None => {
-                benches.push((figure.bench.clone(), Vec::new()));
+                benches.push((key, Vec::new()));
                 let last = benches.len() - 1;
                 &mut benches[last].1
             }
@@ -162,15 +214,16 @@ fn main() {
             other => eprintln!("{path}:{}: unknown side {other}", n + 1),
         }
     }
-    let mut found: BTreeMap<(String, String, String), f64> = BTreeMap::new();
-    for (bench, rows) in &benches {
+    let mut found: BTreeMap<(String, usize, String, String), f64> = BTreeMap::new();
+    for ((bench, body), rows) in &benches {
+        let body = *body;
         let rounds = rows
             .iter()
             .filter_map(|(_, r)| r.ours.as_ref())
             .map(|f| f.rounds.len())
             .max()
             .unwrap_or(0);
-        println!("### {bench}\n");
+        println!("### {bench}, {} bodies\n", size(body));
         println!(
             "Median of {rounds} round(s); ratios taken within each round where both sides ran \
              them; the ceiling: {}.\n",
@@ -188,20 +241,27 @@ fn main() {
             };
             let to_raw = row.raw.as_ref().map(|raw| ratio(ours, raw));
             let to_python = row.python.as_ref().map(|py| ratio(ours, py));
-            found.insert((bench.clone(), name.clone(), "ours".into()), ours.median);
+            let key = |side: &str| (bench.clone(), body, name.clone(), side.to_owned());
+            found.insert(key("ours"), ours.median);
             if let Some(r) = to_raw {
-                found.insert((bench.clone(), name.clone(), "raw".into()), r);
+                found.insert(key("raw"), r);
             }
             if let Some(r) = to_python {
-                found.insert((bench.clone(), name.clone(), "python".into()), r);
+                found.insert(key("python"), r);
             }
-            // A latency's ratio above 1 is slower; a rate's below 1 is.
-            let slower = if row.unit == "µs" { "× slower" } else { "" };
+            // A rate's ratio below 1 is slower; a latency's is said in words; a CPU cost's is
+            // a multiple.
+            let shown = |r: f64| match row.unit.as_str() {
+                "µs" if r >= 1.0 => format!("{r:.2}× slower"),
+                "µs" => format!("{:.2}× faster", 1.0 / r),
+                "µs CPU" => format!("{r:.2}×"),
+                _ => format!("{r:.2}"),
+            };
             println!(
                 "| {name} | {} | {} | {} | {} | {} |",
                 number(ours.median, &row.unit),
                 cell(&row.raw),
-                to_raw.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}{slower}")),
+                to_raw.map_or_else(|| "–".to_owned(), shown),
                 cell(&row.python),
                 to_python.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×")),
             );
@@ -212,18 +272,24 @@ fn main() {
     println!("| target | measured | |");
     println!("|---|---:|---|");
     for t in &TARGETS {
-        let key = (t.bench.to_owned(), t.row.to_owned(), t.against.to_owned());
-        let ran = benches.iter().any(|(b, _)| b == t.bench);
+        let key = (
+            t.bench.to_owned(),
+            support::DEFAULT_BODY,
+            t.row.to_owned(),
+            t.against.to_owned(),
+        );
+        let ran = benches.iter().any(|((b, _), _)| b == t.bench);
         let (measured, verdict) = match found.get(&key) {
             None if ran => (format!("no {} figure", t.against), "–"),
             None => ("not run".to_owned(), "–"),
             Some(&v) => {
-                let shown = match t.against {
-                    "ours" => format!("{} msg/s", support::grouped(v)),
-                    "raw" => format!("{v:.2}"),
+                let shown = match (t.against, t.bound) {
+                    ("ours", Bound::AtMost(_)) => format!("{v:.0} µs"),
+                    ("ours", Bound::AtLeast(_)) => format!("{} msg/s", support::grouped(v)),
+                    ("raw", _) => format!("{v:.2}"),
                     _ => format!("{v:.1}×"),
                 };
-                (shown, if v >= t.at_least { "met" } else { "missed" })
+                (shown, if t.bound.met(v) { "met" } else { "missed" })
             }
         };
         println!("| {} | {measured} | {verdict} |", t.what);

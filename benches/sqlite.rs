@@ -55,7 +55,7 @@ async fn publish(conn: &Connection, n: u64, batch: usize) -> Duration {
     let values: Vec<Payload> = (0..n)
         .map(|id| Payload {
             id,
-            payload: "x".repeat(64),
+            payload: support::payload_text(),
         })
         .collect();
     let start = Instant::now();
@@ -125,7 +125,13 @@ fn main() {
     });
 
     // Python kombu: 2,000 messages are plenty for its rate (its own default for sqlite).
-    let python = support::python_baseline("sqlite", n.min(2_000));
+    let py_file = std::env::temp_dir().join(format!("kombu-bench-py-{}.db", std::process::id()));
+    let python = support::python_rates(
+        "sqlite",
+        &format!("sqla+sqlite:///{}", py_file.display()),
+        n.min(2_000),
+        &[],
+    );
 
     println!(
         "sqlite: {n} messages of ~90 bytes of JSON per row; Python kombu sqla+sqlite in the same run"

@@ -37,6 +37,41 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Runs of the Python baseline per benchmark; its figures are their medians, as ours are.
 const PYTHON_RUNS: &str = "3";
 
+/// The body size the benchmarks' messages have, in bytes of JSON: `$KOMBU_BENCH_BODY`, else
+/// 100 (kombu's benchmark body, `{"id": N, "payload": "x" * 64}`).
+pub fn body_size() -> usize {
+    std::env::var("KOMBU_BENCH_BODY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_BODY)
+}
+
+/// The body size of the shared Python baseline.
+pub const DEFAULT_BODY: usize = 100;
+
+/// The `payload` text of a message of [`body_size`] bytes: `{"id": N, "payload": ...}` takes
+/// about 36 bytes besides (so 100 gives kombu's `"x" * 64`).
+pub fn payload_text() -> String {
+    "x".repeat(body_size().saturating_sub(36))
+}
+
+/// Python kombu's publish and consume rates at [`body_size`] on `url` (as kombu writes it):
+/// at the default size the shared baseline's suite entry `name` (which chooses its own server
+/// URL, except MongoDB's, passed in `extra`), at other sizes `benches/python/kombu_throughput.py`
+/// doing the same work; medians of [`PYTHON_RUNS`] runs each.
+pub fn python_rates(name: &str, url: &str, n: u64, extra: &[&str]) -> Option<(f64, f64)> {
+    if body_size() == DEFAULT_BODY {
+        return python_baseline_with(name, n, extra);
+    }
+    let args = [url, &n.to_string(), &body_size().to_string()];
+    let both = python_script_fields(
+        "kombu_throughput.py",
+        &args,
+        &["publish_rate", "consume_rate"],
+    )?;
+    Some((both[0], both[1]))
+}
+
 /// Python kombu's publish and consume rates for the baseline suite entry `name` (`redis`,
 /// `amqp`, `sqlite`), `n` messages: the medians of [`PYTHON_RUNS`] runs of
 /// `../shared/bench/kombu_baseline.py` (each in a fresh process) in the venv (`$KOMBU_PYTHON`,
@@ -108,12 +143,17 @@ pub fn python() -> Option<PathBuf> {
 /// The median over [`PYTHON_RUNS`] runs of `benches/python/<script>` with `args` of the number
 /// it prints as `{"<field>": number}`; `None` when Python or every run is missing.
 pub fn python_script(script: &str, args: &[&str], field: &str) -> Option<f64> {
+    python_script_fields(script, args, &[field]).map(|v| v[0])
+}
+
+/// [`python_script`] for several fields of one JSON object, each field's median.
+pub fn python_script_fields(script: &str, args: &[&str], fields: &[&str]) -> Option<Vec<f64>> {
     let python = python()?;
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("benches/python")
         .join(script);
     let runs: usize = PYTHON_RUNS.parse().ok()?;
-    let mut values: Vec<f64> = (0..runs)
+    let outputs: Vec<serde_json::Value> = (0..runs)
         .filter_map(|_| {
             let out = std::process::Command::new(&python)
                 .arg(&path)
@@ -127,12 +167,17 @@ pub fn python_script(script: &str, args: &[&str], field: &str) -> Option<f64> {
                 );
                 return None;
             }
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            json[field].as_f64()
+            serde_json::from_slice(&out.stdout).ok()
         })
         .collect();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+    fields
+        .iter()
+        .map(|field| {
+            let mut values: Vec<f64> = outputs.iter().filter_map(|o| o[field].as_f64()).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied()
+        })
+        .collect()
 }
 
 /// Publishes `values` one by one, each awaited; messages a second.
@@ -218,9 +263,10 @@ pub fn median<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
 }
 
 /// Records one side of a row for `scripts/bench` when `KOMBU_BENCH_JSON` names a file: a JSON
-/// line `{"bench", "row", "side", "unit", "rounds", "median"}` appended to it (`side`: `ours`,
-/// `raw` or `python`; `rounds`: the figure of each round, in round order, so that a ratio can
-/// be taken within each round). Nothing when the variable is unset.
+/// line `{"bench", "body", "row", "side", "unit", "rounds", "median"}` appended to it (`body`:
+/// [`body_size`]; `side`: `ours`, `raw` or `python`; `rounds`: the figure of each round, in
+/// round order, so that a ratio can be taken within each round). Nothing when the variable is
+/// unset.
 pub fn record(bench: &str, row: &str, side: &str, unit: &str, rounds: &[f64]) {
     let Some(path) = std::env::var_os("KOMBU_BENCH_JSON") else {
         return;
@@ -235,6 +281,7 @@ pub fn record(bench: &str, row: &str, side: &str, unit: &str, rounds: &[f64]) {
     }
     let line = serde_json::json!({
         "bench": bench,
+        "body": body_size(),
         "row": row,
         "side": side,
         "unit": unit,
@@ -268,4 +315,127 @@ pub fn record_row<T>(
     if let Some(python) = python {
         record(bench, row, "python", unit, &[python]);
     }
+}
+
+/// The CPU time (user + system) the local server processes named `comm` (as `/proc/PID/comm`
+/// shows it: `redis-server`, `beam.smp`) whose command line holds `marker` (`:6379`, or `""`)
+/// have used so far, all their threads; `None` when none runs here (a remote server) or `/proc`
+/// cannot be read.
+pub fn server_cpu(comm: &str, marker: &str) -> Option<Duration> {
+    // Clock ticks per second: 100 on Linux everywhere this runs (`getconf CLK_TCK`).
+    const TICKS: f64 = 100.0;
+    let mut ticks = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if name.trim_end() != comm {
+            continue;
+        }
+        let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // The fields after the command's closing parenthesis: utime and stime are the 12th
+        // and 13th of them.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        ticks += utime + stime;
+        found = true;
+    }
+    found.then(|| Duration::from_secs_f64(ticks as f64 / TICKS))
+}
+
+/// `":<port>"` of a server URL (`scheme://[user@]host:port/...`), `default` when it names none:
+/// how [`server_cpu`] tells one local server from others of its kind.
+pub fn port_marker(url: &str, default: u16) -> String {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(default);
+    format!(":{port}")
+}
+
+/// Measures a local server's CPU over a stretch of work: [`ServerCpu::start`] before it,
+/// [`ServerCpu::per_message`] after.
+pub struct ServerCpu {
+    comm: &'static str,
+    marker: String,
+    before: Option<Duration>,
+}
+
+impl ServerCpu {
+    /// Reads the CPU time of the server [`server_cpu`] finds by `comm` and `marker` now.
+    pub fn start(comm: &'static str, marker: &str) -> ServerCpu {
+        ServerCpu {
+            comm,
+            marker: marker.to_owned(),
+            before: server_cpu(comm, marker),
+        }
+    }
+
+    /// The server's CPU time since [`start`](Self::start) per message of `n`, in µs (NaN
+    /// when it could not be read, which [`record`] leaves out). `/proc` counts in 10 ms ticks:
+    /// a stretch of work should take a second or more for a figure worth reading.
+    pub fn per_message(&self, n: u64) -> f64 {
+        match (self.before, server_cpu(self.comm, &self.marker)) {
+            (Some(before), Some(after)) => {
+                after.saturating_sub(before).as_secs_f64() * 1e6 / n.max(1) as f64
+            }
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// The length of the entry kombu-rs pushes on the Redis at `server` for one message of
+/// [`payload_text`] (its envelope), which raw rows push as byte strings of the same size.
+pub async fn redis_envelope_len(server: &str) -> usize {
+    use redis::AsyncCommands as _;
+    #[derive(serde::Serialize)]
+    struct Payload {
+        id: u64,
+        payload: String,
+    }
+    let prefix = format!("bench-{}:", uuid::Uuid::new_v4().simple());
+    let conn = kombu::Connection::open(&format!("{server}?global_keyprefix={prefix}"))
+        .await
+        .expect("open");
+    conn.declare_queue(&kombu::Queue::new("bench_q"))
+        .await
+        .expect("declare");
+    conn.producer()
+        .routing_key("bench_q")
+        .publish(&Payload {
+            id: 10_000,
+            payload: payload_text(),
+        })
+        .await
+        .expect("publish");
+    let client = redis::Client::open(server).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let entry: Option<Vec<u8>> = raw
+        .rpop(format!("{prefix}bench_q"), None)
+        .await
+        .expect("rpop");
+    conn.delete_queue("bench_q").await.expect("delete");
+    entry.map_or(330, |e| e.len())
 }
