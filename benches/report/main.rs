@@ -1,15 +1,19 @@
 //! The benchmarks' report: reads the JSON lines the transport benchmarks record
-//! (`KOMBU_BENCH_JSON`, [`support::record`]) and prints one Markdown table per benchmark, the
-//! ratios taken within each round and their median, and the targets met or missed.
-//! `scripts/bench` runs it after the benchmarks.
+//! (`KOMBU_BENCH_JSON`, [`support::record`]) and prints the targets met or missed, then one
+//! Markdown table per benchmark and body size, the ratios taken within each round and their
+//! median. With `--plots DIR` it also draws SVG plots there (`plots.rs`), the history plot
+//! from the runs kept in `--history DIR` (one JSON-lines file per run). `scripts/bench` runs
+//! it after the benchmarks.
 //!
 //! ```text
 //! cargo bench --bench report -- target/bench/results.jsonl
+//! cargo bench --bench report -- results.jsonl --plots benchmarks --history benchmarks/history
 //! ```
 
+#[path = "../support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
+mod plots;
 
 use serde::Deserialize;
 
@@ -163,20 +167,14 @@ const TARGETS: [Target; 7] = [
     },
 ];
 
-fn main() {
-    let Some(path) = std::env::args().skip(1).find(|a| !a.starts_with('-')) else {
-        eprintln!("usage: cargo bench --bench report -- RESULTS.jsonl");
-        std::process::exit(2);
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("{path}: {e}");
-            std::process::exit(1);
-        }
-    };
-    // Benchmarks (and body sizes) in the order they ran, rows in the order they were recorded.
-    let mut benches: Vec<(Table, Vec<(String, Row)>)> = Vec::new();
+/// The rows of a results file, grouped in tables (benchmarks and body sizes in the order they
+/// ran, rows in the order they were recorded).
+type Tables = Vec<(Table, Vec<(String, Row)>)>;
+
+/// Reads a results file into its tables; lines that do not read are reported and skipped.
+fn load(path: &str) -> Result<Tables, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut benches: Tables = Vec::new();
     for (n, line) in text
         .lines()
         .enumerate()
@@ -214,75 +212,75 @@ fn main() {
             other => eprintln!("{path}:{}: unknown side {other}", n + 1),
         }
     }
-    let mut found: BTreeMap<(String, usize, String, String), f64> = BTreeMap::new();
-    for ((bench, body), rows) in &benches {
-        let body = *body;
-        let rounds = rows
-            .iter()
-            .filter_map(|(_, r)| r.ours.as_ref())
-            .map(|f| f.rounds.len())
-            .max()
-            .unwrap_or(0);
-        println!("### {bench}, {} bodies\n", size(body));
-        println!(
-            "Median of {rounds} round(s); ratios taken within each round where both sides ran \
-             them; the ceiling: {}.\n",
-            ceiling(bench)
-        );
-        println!(
-            "| row | kombu-rs | ceiling | kombu-rs / ceiling | Python kombu | kombu-rs / Python |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|");
-        for (name, row) in rows {
-            let Some(ours) = &row.ours else { continue };
-            let cell = |f: &Option<Figure>| {
-                f.as_ref()
-                    .map_or_else(|| "–".to_owned(), |f| number(f.median, &row.unit))
-            };
-            let to_raw = row.raw.as_ref().map(|raw| ratio(ours, raw));
-            let to_python = row.python.as_ref().map(|py| ratio(ours, py));
-            let key = |side: &str| (bench.clone(), body, name.clone(), side.to_owned());
-            found.insert(key("ours"), ours.median);
-            if let Some(r) = to_raw {
-                found.insert(key("raw"), r);
-            }
-            if let Some(r) = to_python {
-                found.insert(key("python"), r);
-            }
-            // A rate's ratio below 1 is slower; a latency's is said in words; a CPU cost's is
-            // a multiple.
-            let shown = |r: f64| match row.unit.as_str() {
-                "µs" if r >= 1.0 => format!("{r:.2}× slower"),
-                "µs" => format!("{:.2}× faster", 1.0 / r),
-                "µs CPU" => format!("{r:.2}×"),
-                _ => format!("{r:.2}"),
-            };
-            println!(
-                "| {name} | {} | {} | {} | {} | {} |",
-                number(ours.median, &row.unit),
-                cell(&row.raw),
-                to_raw.map_or_else(|| "–".to_owned(), shown),
-                cell(&row.python),
-                to_python.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×")),
-            );
-        }
-        println!();
+    Ok(benches)
+}
+
+/// What a target reads in `tables`: the absolute figure (`ours`) or the ratio; `None` when the
+/// run has no such figure.
+fn target_value(tables: &Tables, t: &Target) -> Option<f64> {
+    let (_, rows) = tables
+        .iter()
+        .find(|((b, body), _)| b == t.bench && *body == support::DEFAULT_BODY)?;
+    let (_, row) = rows.iter().find(|(name, _)| name == t.row)?;
+    let ours = row.ours.as_ref()?;
+    match t.against {
+        "ours" => Some(ours.median),
+        "raw" => row.raw.as_ref().map(|raw| ratio(ours, raw)),
+        _ => row.python.as_ref().map(|py| ratio(ours, py)),
     }
+}
+
+/// The value of `--name VALUE` among the arguments.
+fn option(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut positional = args.iter().enumerate().filter(|(i, a)| {
+        !a.starts_with('-') && (*i == 0 || !matches!(args[i - 1].as_str(), "--plots" | "--history"))
+    });
+    let Some((_, path)) = positional.next() else {
+        eprintln!(
+            "usage: cargo bench --bench report -- RESULTS.jsonl [--plots DIR] [--history DIR]"
+        );
+        std::process::exit(2);
+    };
+    let benches = match load(path) {
+        Ok(tables) => tables,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    targets(&benches);
+    println!();
+    for ((bench, body), rows) in &benches {
+        table(bench, *body, rows);
+    }
+    if let Some(dir) = option("--plots") {
+        let history = option("--history");
+        if let Err(e) = plots::draw(&benches, std::path::Path::new(&dir), history.as_deref()) {
+            eprintln!("plots: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The targets table.
+fn targets(benches: &Tables) {
     println!("### Targets\n");
     println!("| target | measured | |");
     println!("|---|---:|---|");
     for t in &TARGETS {
-        let key = (
-            t.bench.to_owned(),
-            support::DEFAULT_BODY,
-            t.row.to_owned(),
-            t.against.to_owned(),
-        );
         let ran = benches.iter().any(|((b, _), _)| b == t.bench);
-        let (measured, verdict) = match found.get(&key) {
+        let (measured, verdict) = match target_value(benches, t) {
             None if ran => (format!("no {} figure", t.against), "–"),
             None => ("not run".to_owned(), "–"),
-            Some(&v) => {
+            Some(v) => {
                 let shown = match (t.against, t.bound) {
                     ("ours", Bound::AtMost(_)) => format!("{v:.0} µs"),
                     ("ours", Bound::AtLeast(_)) => format!("{} msg/s", support::grouped(v)),
@@ -294,4 +292,50 @@ fn main() {
         };
         println!("| {} | {measured} | {verdict} |", t.what);
     }
+}
+
+/// One benchmark's table at one body size.
+fn table(bench: &str, body: usize, rows: &[(String, Row)]) {
+    let rounds = rows
+        .iter()
+        .filter_map(|(_, r)| r.ours.as_ref())
+        .map(|f| f.rounds.len())
+        .max()
+        .unwrap_or(0);
+    println!("### {bench}, {} bodies\n", size(body));
+    println!(
+        "Median of {rounds} round(s); ratios taken within each round where both sides ran \
+         them; the ceiling: {}.\n",
+        ceiling(bench)
+    );
+    println!(
+        "| row | kombu-rs | ceiling | kombu-rs / ceiling | Python kombu | kombu-rs / Python |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, row) in rows {
+        let Some(ours) = &row.ours else { continue };
+        let cell = |f: &Option<Figure>| {
+            f.as_ref()
+                .map_or_else(|| "–".to_owned(), |f| number(f.median, &row.unit))
+        };
+        let to_raw = row.raw.as_ref().map(|raw| ratio(ours, raw));
+        let to_python = row.python.as_ref().map(|py| ratio(ours, py));
+        // A rate's ratio below 1 is slower; a latency's is said in words; a CPU cost's is
+        // a multiple.
+        let shown = |r: f64| match row.unit.as_str() {
+            "µs" if r >= 1.0 => format!("{r:.2}× slower"),
+            "µs" => format!("{:.2}× faster", 1.0 / r),
+            "µs CPU" => format!("{r:.2}×"),
+            _ => format!("{r:.2}"),
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            number(ours.median, &row.unit),
+            cell(&row.raw),
+            to_raw.map_or_else(|| "–".to_owned(), shown),
+            cell(&row.python),
+            to_python.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×")),
+        );
+    }
+    println!();
 }
