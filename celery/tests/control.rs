@@ -21,6 +21,7 @@ const ADD: Task<(i64, i64), i64> = Task::new("tasks.add");
 const SLEEP: Task<(f64,), f64> = Task::new("tasks.sleep");
 const REJECT: Task<(bool,), ()> = Task::new("tasks.reject");
 const IGNORE: Task<(), ()> = Task::new("tasks.ignore");
+const REJECT_EARLY: Task<(), ()> = Task::new("tasks.reject_early");
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Node {
@@ -578,6 +579,12 @@ async fn events_in_order(url: &str) {
                     }
                 }
             })
+            // Acked early, as Celery: a failure, the message already gone (no dead letter).
+            .task_with(
+                REJECT_EARLY,
+                TaskSettings::new().acks_late(false),
+                |(), _: TaskContext| async { Err::<(), _>(Reject::new("too late").into()) },
+            )
             .task_with(IGNORE, late, move |(), _: TaskContext| {
                 ignored_ran.store(true, Ordering::SeqCst);
                 async { Err::<(), _>(TaskFail::Ignore) }
@@ -626,7 +633,13 @@ async fn events_in_order(url: &str) {
         .send_task(IGNORE.name(), (), (), TaskOptions::new())
         .await
         .expect("sent");
-    for id in [&ok, &failing, &expired, &unknown, &refused, &requeued] {
+    let early = celery
+        .send_task(REJECT_EARLY.name(), (), (), TaskOptions::new())
+        .await
+        .expect("sent");
+    for id in [
+        &ok, &failing, &expired, &unknown, &refused, &requeued, &early,
+    ] {
         let meta = worker.results.wait(id, WAIT).await.expect("a result");
         assert!(meta.state.is_ready(), "{id}: {meta:?}");
     }
@@ -662,6 +675,14 @@ async fn events_in_order(url: &str) {
             .expect("a result")
             .state,
         State::Success
+    );
+    assert_eq!(
+        failure(&early).await,
+        (
+            "celery.exceptions".into(),
+            "Reject".into(),
+            vec![json!("too late"), json!(false)]
+        )
     );
     until("the ignored task ran", WAIT, || {
         ignored_ran.load(Ordering::SeqCst)
@@ -751,6 +772,11 @@ async fn events_in_order(url: &str) {
         ]
     );
     assert_eq!(kinds(&ignored), ["task-received", "task-started"]);
+    assert_eq!(
+        kinds(&early),
+        ["task-received", "task-started", "task-failed"],
+        "acked before its run: nothing to reject"
+    );
     assert!(
         worker.results.meta(&ignored).await.expect("a state").state == State::Pending,
         "an ignored task stores nothing"
@@ -840,6 +866,7 @@ async fn events_in_order(url: &str) {
         refused.as_str(),
         requeued.as_str(),
         ignored.as_str(),
+        early.as_str(),
     ];
     want.sort_unstable();
     assert_eq!(sent_ids, want, "the client's task-sent events");

@@ -18,7 +18,6 @@ use super::task::{Retry, TaskContext, TaskFail};
 use super::{Results, Shared};
 use crate::backend::RpcResultBackend;
 use crate::events::{EventKind, fields};
-use crate::message::isoformat;
 use crate::repr::{args_repr, kwargs_repr, value_repr};
 use crate::request::TaskRequest;
 use crate::result::{ResultMeta, State, TaskFailure};
@@ -481,20 +480,19 @@ async fn succeeded(
         .counters
         .succeeded
         .fetch_add(1, Ordering::Relaxed);
-    shared.events.task(
-        EventKind::TaskSucceeded,
-        fields([
-            ("uuid", json!(request.id)),
-            ("result", json!(value_repr(&value))),
-            ("runtime", json!(call.started.elapsed().as_secs_f64())),
-        ]),
-    );
+    let event = fields([
+        ("uuid", json!(request.id)),
+        ("result", json!(value_repr(&value))),
+        ("runtime", json!(call.started.elapsed().as_secs_f64())),
+    ]);
     let mut meta = ResultMeta::success(request.id.as_str(), value);
     meta.group_id = request.group.clone();
     meta.parent_id = request.parent_id.clone();
+    // As Celery: stored, then announced (a listener may read the result on the event).
     if !ignore {
         store(shared, reply, &meta).await;
     }
+    shared.events.task(EventKind::TaskSucceeded, event);
     super::chord::part_return(shared, request, &meta, priority).await;
 }
 
@@ -522,6 +520,13 @@ async fn failed(
         .failed
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(task = %request.task, id = %request.id, failure = %failure, "task failed");
+    let mut meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
+    meta.group_id = request.group.clone();
+    meta.parent_id = request.parent_id.clone();
+    // As Celery: stored, then announced.
+    if !ignore {
+        store(shared, reply, &meta).await;
+    }
     shared.events.task(
         EventKind::TaskFailed,
         fields([
@@ -533,12 +538,6 @@ async fn failed(
             ),
         ]),
     );
-    let mut meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
-    meta.group_id = request.group.clone();
-    meta.parent_id = request.parent_id.clone();
-    if !ignore {
-        store(shared, reply, &meta).await;
-    }
     super::chord::part_return(shared, request, &meta, priority).await;
     // As Celery's `_fail_chain`: the tasks chained after it fail with it, so whoever waits on
     // the chain's end gets the error instead of a PENDING that never ends.
@@ -611,7 +610,7 @@ async fn retried(
         return;
     }
     let countdown = retry.countdown.unwrap_or(settings.retry_delay);
-    let sent = match retry_message(call, countdown) {
+    let sent = match super::next::retry_message(&call.message, &call.request, countdown) {
         Ok(message) => publish_later(shared, &call.queue, message, countdown).await,
         Err(reason) => Err(kombu_core::Error::new(kombu_core::ErrorKind::Codec, reason)),
     };
@@ -629,6 +628,13 @@ async fn retried(
                     format!("Retry in {}s", countdown.as_secs_f64()),
                 )
             });
+            let mut meta = ResultMeta::failure(request.id.as_str(), State::Retry, &failure);
+            meta.date_done = None;
+            meta.group_id = request.group.clone();
+            meta.parent_id = request.parent_id.clone();
+            if !ignore {
+                store(shared, reply, &meta).await;
+            }
             shared.events.task(
                 EventKind::TaskRetried,
                 fields([
@@ -640,13 +646,6 @@ async fn retried(
                     ),
                 ]),
             );
-            let mut meta = ResultMeta::failure(request.id.as_str(), State::Retry, &failure);
-            meta.date_done = None;
-            meta.group_id = request.group.clone();
-            meta.parent_id = request.parent_id.clone();
-            if !ignore {
-                store(shared, reply, &meta).await;
-            }
         }
         Err(error) => {
             let failure = TaskFailure::new(
@@ -657,50 +656,6 @@ async fn retried(
             failed(shared, call, reply, failure, ignore, priority).await;
         }
     }
-}
-
-/// The message of the task's retry: the same one with `retries` one higher and its `eta`
-/// the countdown from now (protocol 2 in the headers, protocol 1 in the body).
-fn retry_message(call: &Call, countdown: Duration) -> Result<Message, String> {
-    let mut message = call.message.clone();
-    let retries = i64::from(call.request.retries) + 1;
-    let eta = chrono::Duration::from_std(countdown)
-        .ok()
-        .and_then(|d| Utc::now().checked_add_signed(d))
-        .map(isoformat)
-        .ok_or_else(|| format!("a countdown of {countdown:?} is past any date"))?;
-    match call.request.protocol {
-        1 => {
-            // The body holds the retries: rewritten, or the retry would loop unchanged.
-            let body = match serde_json::from_slice::<Json>(&message.body) {
-                Ok(Json::Object(body))
-                    if message.content_type.as_deref() == Some("application/json")
-                        && message.compression().is_none() =>
-                {
-                    body
-                }
-                _ => {
-                    return Err(
-                        "a protocol 1 message whose body is not plain JSON cannot be retried"
-                            .to_owned(),
-                    );
-                }
-            };
-            let mut body = body;
-            body.insert("retries".into(), json!(retries));
-            body.insert("eta".into(), json!(eta));
-            message.body = serde_json::to_vec(&Json::Object(body))
-                .map_err(|e| e.to_string())?
-                .into();
-        }
-        _ => {
-            message
-                .headers
-                .insert("retries".to_owned(), Value::Int(retries));
-            message.headers.insert("eta".to_owned(), Value::from(eta));
-        }
-    }
-    Ok(message)
 }
 
 /// Publishes `message` back to `queue`, visible `delay` from now. Its broker-side

@@ -1,9 +1,15 @@
 //! What a task's end sends on: its callbacks and errbacks, the next step of its chain, and
-//! the groups and chords among them, as Celery's canvas writes them.
+//! the groups and chords among them, as Celery's canvas writes them; and the message of its
+//! retry.
 
+use std::time::Duration;
+
+use chrono::Utc;
+use kombu_core::{Message, Value};
 use serde_json::{Value as Json, json};
 
 use super::{Results, Shared};
+use crate::message::isoformat;
 use crate::request::TaskRequest;
 
 /// Sends a callback, errback or the chain's next task: a plain or chain signature through
@@ -136,4 +142,52 @@ fn signatures(value: Option<&Json>, what: &str) -> kombu_core::Result<Vec<crate:
         )
         .with_source(e)
     })
+}
+
+/// The message of the task's retry: the same one with `retries` one higher and its `eta`
+/// the countdown from now (protocol 2 in the headers, protocol 1 in the body).
+pub(crate) fn retry_message(
+    message: &Message,
+    request: &TaskRequest,
+    countdown: Duration,
+) -> Result<Message, String> {
+    let mut message = message.clone();
+    let retries = i64::from(request.retries) + 1;
+    let eta = chrono::Duration::from_std(countdown)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .map(isoformat)
+        .ok_or_else(|| format!("a countdown of {countdown:?} is past any date"))?;
+    match request.protocol {
+        1 => {
+            // The body holds the retries: rewritten, or the retry would loop unchanged.
+            let body = match serde_json::from_slice::<Json>(&message.body) {
+                Ok(Json::Object(body))
+                    if message.content_type.as_deref() == Some("application/json")
+                        && message.compression().is_none() =>
+                {
+                    body
+                }
+                _ => {
+                    return Err(
+                        "a protocol 1 message whose body is not plain JSON cannot be retried"
+                            .to_owned(),
+                    );
+                }
+            };
+            let mut body = body;
+            body.insert("retries".into(), json!(retries));
+            body.insert("eta".into(), json!(eta));
+            message.body = serde_json::to_vec(&Json::Object(body))
+                .map_err(|e| e.to_string())?
+                .into();
+        }
+        _ => {
+            message
+                .headers
+                .insert("retries".to_owned(), Value::Int(retries));
+            message.headers.insert("eta".to_owned(), Value::from(eta));
+        }
+    }
+    Ok(message)
 }

@@ -179,8 +179,14 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
                         running.spawn(execute::execute(shared.clone(), delivery, request, token));
                     }
                     Ok(request) => {
-                        if let Some(consumer) = consumers.consumer(at) {
-                            not_registered(&shared, consumer, delivery, &request).await;
+                        if let Some(consumer) = consumers.consumer(at)
+                            && let Some(failed) = not_registered(&shared, consumer, delivery, request).await
+                        {
+                            // Stored and announced aside: a slow backend does not hold the queues.
+                            running.spawn(async move {
+                                failed.await;
+                                None
+                            });
                         }
                     }
                     Err(error) => {
@@ -219,7 +225,9 @@ pub(super) async fn run(builder: WorkerBuilder, handle: WorkerHandle) -> Result<
         );
         handle.control.abort.send_replace(true);
         let settled = tokio::time::timeout(ABORT_GRACE, async {
-            while running.join_next().await.is_some() {}
+            while let Some(joined) = running.join_next().await {
+                ended(&shared, &consumers, joined).await;
+            }
         })
         .await;
         if settled.is_err() {
@@ -336,32 +344,36 @@ async fn ended(
     }
 }
 
-/// A task this worker does not know: dead-lettered (Celery drops it), then, as Celery,
-/// FAILURE `NotRegistered('name')` stored and announced `task-failed`.
+/// A task this worker does not know: dead-lettered (Celery drops it); once it is, what is
+/// left to do, as Celery's `on_unknown_task`: FAILURE `NotRegistered('name')` stored, then
+/// announced `task-failed`.
 async fn not_registered(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     consumer: &Consumer,
     delivery: Delivery,
-    request: &TaskRequest,
-) {
+    request: TaskRequest,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let reply = execute::delivery_reply(&delivery);
     let reason = format!("unregistered task {:?} (id {})", request.task, request.id);
     if !reject(shared, consumer, delivery, reason).await {
-        return;
+        return None;
     }
-    let failure = TaskFailure {
-        exc_type: "NotRegistered".into(),
-        exc_module: "celery.exceptions".into(),
-        exc_message: vec![json!(request.task)],
-        traceback: None,
-    };
-    let fields = crate::events::fields([
-        ("uuid", json!(request.id)),
-        ("exception", json!(failure.repr())),
-    ]);
-    shared.events.task(EventKind::TaskFailed, fields);
-    let meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
-    execute::store(shared, &reply, &meta).await;
+    let shared = shared.clone();
+    Some(async move {
+        let failure = TaskFailure {
+            exc_type: "NotRegistered".into(),
+            exc_module: "celery.exceptions".into(),
+            exc_message: vec![json!(request.task)],
+            traceback: None,
+        };
+        let meta = ResultMeta::failure(request.id.as_str(), State::Failure, &failure);
+        execute::store(&shared, &reply, &meta).await;
+        let fields = crate::events::fields([
+            ("uuid", json!(request.id)),
+            ("exception", json!(failure.repr())),
+        ]);
+        shared.events.task(EventKind::TaskFailed, fields);
+    })
 }
 
 /// Moves a message the worker cannot run aside (dead-lettered), never dropping it; whether
