@@ -381,23 +381,16 @@ fn main() {
         o / r
     );
     // The server's own CPU per message: where both sides are near it, the row is broker-bound.
-    for (name, f) in [
+    let cpu: [support::CpuRow<Figures>; 3] = [
         (
             "server CPU per message: publish with confirms, one by one",
-            (|f: &Figures| f.cpu_confirmed_single) as fn(&Figures) -> f64,
+            |f| f.cpu_confirmed_single,
         ),
         (
             "server CPU per message: publish with confirms, batches of 100",
             |f| f.cpu_confirmed_batch,
         ),
         ("server CPU per message: consume + ack", |f| f.cpu_consume),
-    ] {
-        support::record_row("amqp", name, "µs CPU", (&ours_runs, &raw_runs), f, None);
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.2}× | – | – |",
-            med(&ours_runs, f),
-            med(&raw_runs, f),
-            med(&ours_runs, f) / med(&raw_runs, f)
-        );
-    }
+    ];
+    support::cpu_rows("amqp", &cpu, &ours_runs, &raw_runs);
 }

@@ -365,22 +365,14 @@ fn main() {
         lat(&ours_runs, |f| f.p99) / lat(&raw_runs, |f| f.p99)
     );
     // The server's own CPU per message: where both sides are near it, the row is broker-bound.
-    for (name, f) in [
-        (
-            "server CPU per message: publish, one by one",
-            (|f: &Figures| f.cpu_publish_single) as fn(&Figures) -> f64,
-        ),
+    let cpu: [support::CpuRow<Figures>; 3] = [
+        ("server CPU per message: publish, one by one", |f| {
+            f.cpu_publish_single
+        }),
         ("server CPU per message: publish, batches of 100", |f| {
             f.cpu_publish_batch
         }),
         ("server CPU per message: consume + ack", |f| f.cpu_consume),
-    ] {
-        support::record_row("redis", name, "µs CPU", (&ours_runs, &raw_runs), f, None);
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.2}× | – | – |",
-            pick(&ours_runs, f),
-            pick(&raw_runs, f),
-            pick(&ours_runs, f) / pick(&raw_runs, f)
-        );
-    }
+    ];
+    support::cpu_rows("redis", &cpu, &ours_runs, &raw_runs);
 }

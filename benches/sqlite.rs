@@ -134,7 +134,8 @@ fn main() {
     );
 
     println!(
-        "sqlite: {n} messages of ~90 bytes of JSON per row; Python kombu sqla+sqlite in the same run"
+        "sqlite: {n} messages of a {}-byte body (JSON) per row; Python kombu sqla+sqlite in the same run",
+        support::body_size()
     );
     println!();
     println!("| row | kombu-rs msg/s | Python kombu msg/s | kombu-rs / Python |");

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 
 use super::{Bound, TARGETS, Tables, load, target_value};
@@ -32,6 +33,74 @@ const COLOURS: [RGBColor; 8] = [
 
 fn colour(i: usize) -> RGBAColor {
     COLOURS[i % COLOURS.len()].to_rgba()
+}
+
+/// The charts: two axes of `f64`, linear or logarithmic, on an SVG file.
+type Chart<'a, 'b, X, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>;
+
+/// Draws `points` as a solid line with its points marked, in the legend as `label`.
+fn solid<X, Y>(
+    chart: &mut Chart<'_, '_, X, Y>,
+    points: Vec<(f64, f64)>,
+    color: RGBAColor,
+    label: String,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    if points.is_empty() {
+        return Ok(());
+    }
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+        .map_err(text)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart
+        .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+        .map_err(text)?;
+    Ok(())
+}
+
+/// Draws `points` as a thin dashed line (a ceiling), in the legend as `label`.
+fn dashed<X, Y>(
+    chart: &mut Chart<'_, '_, X, Y>,
+    points: Vec<(f64, f64)>,
+    color: RGBAColor,
+    label: String,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    if points.is_empty() {
+        return Ok(());
+    }
+    chart
+        .draw_series(DashedLineSeries::new(points, 6, 4, color.stroke_width(1)))
+        .map_err(text)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    Ok(())
+}
+
+/// The legend, boxed, at `position`.
+fn legend<'a, 'b: 'a, X, Y>(
+    chart: &mut Chart<'a, 'b, X, Y>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(text)
 }
 
 /// An axis label: `1,000,000`, `250`, `0.7`.
@@ -136,25 +205,8 @@ fn throughput(tables: &Tables, path: &Path) -> Result<(), String> {
         .map_err(text)?;
     for (i, (label, ours, raw, python)) in series.into_iter().enumerate() {
         let color = colour(i);
-        if !ours.is_empty() {
-            chart
-                .draw_series(LineSeries::new(ours.clone(), color.stroke_width(2)))
-                .map_err(text)?
-                .label(format!("{label}: kombu-rs"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(ours.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                .map_err(text)?;
-        }
-        if !raw.is_empty() {
-            chart
-                .draw_series(DashedLineSeries::new(raw, 6, 4, color.stroke_width(1)))
-                .map_err(text)?
-                .label(format!("{label}: ceiling"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
+        solid(&mut chart, ours, color, format!("{label}: kombu-rs"))?;
+        dashed(&mut chart, raw, color, format!("{label}: ceiling"))?;
         if !python.is_empty() {
             chart
                 .draw_series(
@@ -167,13 +219,7 @@ fn throughput(tables: &Tables, path: &Path) -> Result<(), String> {
                 .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 4, color.filled()));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(text)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(text)
 }
 
@@ -245,33 +291,10 @@ fn latency(tables: &Tables, path: &Path) -> Result<(), String> {
         .map_err(text)?;
     for (i, (label, ours, raw)) in series.into_iter().enumerate() {
         let color = colour(i);
-        if !ours.is_empty() {
-            chart
-                .draw_series(LineSeries::new(ours.clone(), color.stroke_width(2)))
-                .map_err(text)?
-                .label(format!("{label}: kombu-rs"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(ours.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                .map_err(text)?;
-        }
-        if !raw.is_empty() {
-            chart
-                .draw_series(DashedLineSeries::new(raw, 6, 4, color.stroke_width(1)))
-                .map_err(text)?
-                .label(format!("{label}: raw client"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
+        solid(&mut chart, ours, color, format!("{label}: kombu-rs"))?;
+        dashed(&mut chart, raw, color, format!("{label}: raw client"))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(text)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(text)
 }
 
@@ -343,27 +366,8 @@ fn history_plot(dir: &Path, path: &Path) -> Result<(), String> {
         .draw_series(LineSeries::new(vec![(-0.2, 1.0), (last + 0.2, 1.0)], BLACK))
         .map_err(text)?;
     for (i, (label, points)) in series.into_iter().enumerate() {
-        if points.is_empty() {
-            continue;
-        }
-        let color = colour(i);
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(text)?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(text)?;
+        solid(&mut chart, points, colour(i), label)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(text)?;
+    legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present().map_err(text)
 }

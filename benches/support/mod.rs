@@ -49,8 +49,9 @@ pub fn body_size() -> usize {
 /// The body size of the shared Python baseline.
 pub const DEFAULT_BODY: usize = 100;
 
-/// The `payload` text of a message of [`body_size`] bytes: `{"id": N, "payload": ...}` takes
-/// about 36 bytes besides (so 100 gives kombu's `"x" * 64`).
+/// The `payload` text of a message of [`body_size`] bytes: `body_size - 36` bytes, so that 100
+/// gives kombu's `"x" * 64`. The rest of `{"id": N, "payload": ...}` takes 21 to 27 bytes, so a
+/// body is about 10 bytes short of its size (about 90 B, 1,014 B, 65,526 B).
 pub fn payload_text() -> String {
     "x".repeat(body_size().saturating_sub(36))
 }
@@ -438,4 +439,18 @@ pub async fn redis_envelope_len(server: &str) -> usize {
         .expect("rpop");
     conn.delete_queue("bench_q").await.expect("delete");
     entry.map_or(330, |e| e.len())
+}
+
+/// A server-CPU row: its name and the figure of a round it reads.
+pub type CpuRow<T> = (&'static str, fn(&T) -> f64);
+
+/// Records and prints a benchmark's server-CPU rows (µs of the broker's CPU per message, see
+/// [`ServerCpu`]): each `(row, figure)` for `ours` and `raw` round by round, and a table line
+/// with the medians and their ratio.
+pub fn cpu_rows<T>(bench: &str, rows: &[CpuRow<T>], ours: &[T], raw: &[T]) {
+    for (name, f) in rows {
+        record_row(bench, name, "µs CPU", (ours, raw), f, None);
+        let (o, r) = (median(ours, f), median(raw, f));
+        println!("| {name} | {o:.1} µs | {r:.1} µs | {:.2}× | – | – |", o / r);
+    }
 }
