@@ -7,9 +7,10 @@
 //! cargo bench --bench sqlite -- 5000         # fewer
 //! ```
 //!
-//! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON, published to a
-//! direct exchange `bench_ex` bound to `bench_q` with key `bench` (as the Python baseline does),
-//! into a fresh database file in the temp directory. Rows:
+//! Messages are kombu's benchmark body, `{"id": N, "payload": "x" * 64}` as JSON
+//! (`KOMBU_BENCH_BODY` sets another size), published to a direct exchange `bench_ex` bound to
+//! `bench_q` with key `bench` (as the Python baseline does), into a fresh database file in the
+//! temp directory; three rounds, each figure their median. Rows:
 //! - publish, one by one: `producer.publish(&value)` per message, each its own transaction.
 //! - publish, batches of 100: `producer.publish_batch`, one transaction per batch.
 //! - consume with ack, prefetch 100: one consumer decodes and acks every message.
@@ -96,6 +97,9 @@ async fn consume(conn: &Connection, n: u64, prefetch: u16) -> Duration {
     start.elapsed()
 }
 
+/// Rounds: each a fresh pair of database files.
+const ROUNDS: usize = 3;
+
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -107,22 +111,28 @@ fn main() {
         .build()
         .expect("runtime");
 
-    let (single_pub, batch_pub, consume_100, consume_1) = rt.block_on(async {
-        let (url, path) = db_url("single");
-        let conn = Connection::open(&url).await.expect("open");
-        let single_pub = publish(&conn, n, 1).await;
-        let consume_100 = consume(&conn, n, 100).await;
-        drop(conn);
-        cleanup(&path);
+    // Messages a second per row, round by round: publish one by one, publish in batches,
+    // consume with prefetch 100, consume with prefetch 1.
+    let rounds: Vec<[f64; 4]> = (0..ROUNDS)
+        .map(|_| {
+            rt.block_on(async {
+                let (url, path) = db_url("single");
+                let conn = Connection::open(&url).await.expect("open");
+                let single_pub = publish(&conn, n, 1).await;
+                let consume_100 = consume(&conn, n, 100).await;
+                drop(conn);
+                cleanup(&path);
 
-        let (url, path) = db_url("batch");
-        let conn = Connection::open(&url).await.expect("open");
-        let batch_pub = publish(&conn, n, 100).await;
-        let consume_1 = consume(&conn, n, 1).await;
-        drop(conn);
-        cleanup(&path);
-        (single_pub, batch_pub, consume_100, consume_1)
-    });
+                let (url, path) = db_url("batch");
+                let conn = Connection::open(&url).await.expect("open");
+                let batch_pub = publish(&conn, n, 100).await;
+                let consume_1 = consume(&conn, n, 1).await;
+                drop(conn);
+                cleanup(&path);
+                [single_pub, batch_pub, consume_100, consume_1].map(|d| support::rate(n, d))
+            })
+        })
+        .collect();
 
     // Python kombu: 2,000 messages are plenty for its rate (its own default for sqlite).
     let py_file = std::env::temp_dir().join(format!("kombu-bench-py-{}.db", std::process::id()));
@@ -134,41 +144,27 @@ fn main() {
     );
 
     println!(
-        "sqlite: {n} messages of a {}-byte body (JSON) per row; Python kombu sqla+sqlite in the same run",
+        "sqlite: {n} messages of a {}-byte body (JSON) per row, median of {ROUNDS} rounds; Python kombu sqla+sqlite in the same run",
         support::body_size()
     );
     println!();
     println!("| row | kombu-rs msg/s | Python kombu msg/s | kombu-rs / Python |");
     println!("|---|---:|---:|---:|");
-    let row = |name: &str, ours: f64, theirs: Option<f64>| {
-        support::record("sqlite", name, "ours", "msg/s", &[ours]);
+    let row = |name: &str, at: usize, theirs: Option<f64>| {
+        let figures: Vec<f64> = rounds.iter().map(|r| r[at]).collect();
+        support::record("sqlite", name, "ours", "msg/s", &figures);
         if let Some(theirs) = theirs {
             support::record("sqlite", name, "python", "msg/s", &[theirs]);
         }
+        let ours = support::median(&figures, |v| *v);
         let (t, r) = match theirs {
             Some(t) => (support::grouped(t), format!("{:.1}×", ours / t)),
             None => ("–".to_owned(), "–".to_owned()),
         };
         println!("| {name} | {} | {t} | {r} |", support::grouped(ours));
     };
-    row(
-        "publish, one by one",
-        support::rate(n, single_pub),
-        python.map(|p| p.0),
-    );
-    row(
-        "publish, batches of 100",
-        support::rate(n, batch_pub),
-        python.map(|p| p.0),
-    );
-    row(
-        "consume + ack, prefetch 100",
-        support::rate(n, consume_100),
-        python.map(|p| p.1),
-    );
-    row(
-        "consume + ack, prefetch 1",
-        support::rate(n, consume_1),
-        python.map(|p| p.1),
-    );
+    row("publish, one by one", 0, python.map(|p| p.0));
+    row("publish, batches of 100", 1, python.map(|p| p.0));
+    row("consume + ack, prefetch 100", 2, python.map(|p| p.1));
+    row("consume + ack, prefetch 1", 3, python.map(|p| p.1));
 }
