@@ -32,6 +32,9 @@ pub(crate) struct WorkerEvents {
     dispatcher: Option<EventDispatcher>,
     tasks: AtomicBool,
     queue: Option<mpsc::Sender<Event>>,
+    /// Held while an event is stamped and queued, so that events queue in their clocks'
+    /// order (tasks on two threads could otherwise stamp 22 and 23 and queue 23 first).
+    stamping: parking_lot::Mutex<()>,
     pub(crate) dropped: AtomicU64,
 }
 
@@ -53,6 +56,7 @@ impl WorkerEvents {
             dispatcher,
             tasks: AtomicBool::new(tasks),
             queue,
+            stamping: parking_lot::Mutex::new(()),
             dropped: AtomicU64::new(0),
         };
         (events, receiver)
@@ -81,8 +85,12 @@ impl WorkerEvents {
         let (Some(dispatcher), Some(queue)) = (&self.dispatcher, &self.queue) else {
             return;
         };
-        let event = dispatcher.event(kind, fields);
-        if queue.try_send(event).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+        // try_send does not wait: the lock is held for a stamp and a push.
+        let queued = {
+            let _order = self.stamping.lock();
+            queue.try_send(dispatcher.event(kind, fields))
+        };
+        if queued.is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!("task events are not published as fast as they come: some are dropped");
         }
     }
